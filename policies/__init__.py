@@ -1,0 +1,1 @@
+"""Batch-aware active-expert policies for MoE decode (pure torch; knows nothing of SGLang)."""

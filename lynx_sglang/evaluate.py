@@ -1,0 +1,93 @@
+"""Exact-match accuracy of a running server on the embedded task, measured over HTTP.
+
+    lynx-sglang eval --url http://127.0.0.1:30000 --count 2000
+
+Requests go out concurrently (like real traffic) so the server forms decode batches; each is greedy
+(temperature 0) so the result is reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from lynx_sglang.embedded.task import Problem, Score, heldout_problems, score
+
+MAX_ANSWER_TOKENS = 8  # the longest answer is 6 characters, plus EOS
+
+
+def post_json(url: str, payload: dict, timeout: float = 120.0) -> dict:
+    data = json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def complete(base_url: str, prompt: str, endpoint: str = "completions") -> str:
+    if endpoint == "completions":
+        body = {"model": "default", "prompt": prompt, "max_tokens": MAX_ANSWER_TOKENS, "temperature": 0}
+        return post_json(f"{base_url}/v1/completions", body)["choices"][0]["text"]
+    if endpoint == "chat":
+        body = {
+            "model": "default",
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": MAX_ANSWER_TOKENS,
+            "temperature": 0,
+        }
+        return post_json(f"{base_url}/v1/chat/completions", body)["choices"][0]["message"]["content"]
+    raise ValueError(f"unknown endpoint {endpoint!r}; expected 'completions' or 'chat'")
+
+
+@dataclass
+class EvalResult:
+    score: Score
+    seconds: float
+    endpoint: str
+
+    def summary(self) -> str:
+        return f"{self.score.summary()} via /v1/{self.endpoint} in {self.seconds:.1f} s"
+
+
+def evaluate(
+    base_url: str, problems: list[Problem], *, endpoint: str = "completions", concurrency: int = 32
+) -> EvalResult:
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        completions = list(pool.map(lambda p: complete(base_url, p.prompt, endpoint), problems))
+    return EvalResult(score(problems, completions), time.monotonic() - started, endpoint)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="lynx-sglang eval", description=__doc__.split("\n")[0])
+    ap.add_argument("--url", default="http://127.0.0.1:30000", help="base URL of a running server")
+    ap.add_argument("--count", type=int, default=2000, help="held-out problems to score")
+    ap.add_argument("--seed", type=int, default=1234, help="which held-out sample")
+    ap.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = ap.parse_args(argv)
+    if args.count < 1:
+        ap.error(f"--count must be at least 1 (got {args.count})")
+    if args.concurrency < 1:
+        ap.error(f"--concurrency must be at least 1 (got {args.concurrency})")
+
+    problems = heldout_problems(args.count, seed=args.seed)
+    try:
+        result = evaluate(args.url, problems, endpoint=args.endpoint, concurrency=args.concurrency)
+    except (urllib.error.URLError, ConnectionError) as exc:
+        print(f"lynx-sglang eval: error: cannot reach {args.url} ({exc})", file=sys.stderr)
+        return 2
+    if args.json:
+        s = result.score
+        print(json.dumps({"accuracy": s.accuracy, "correct": s.correct, "total": s.total,
+                          "by_kind": s.by_kind, "seconds": result.seconds, "endpoint": args.endpoint}))
+    else:
+        print(result.summary())
+    return 0

@@ -1,0 +1,132 @@
+"""The SGLang plugin (entry-point group `sglang.srt.plugins`), loaded by SGLang in every process.
+
+SGLang calls `load_plugin()` early in its launcher, scheduler, detokenizer and DP-controller
+processes. Each process leaves a record in the runtime directory saying that it loaded the plugin and
+which hooks it registered; the launcher serves those records at `GET /lynx/info`, which is how a
+user (and the tests) can see the plugin is live inside the scheduler, where the model runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lynx_sglang import __version__
+from lynx_sglang.config import RUNTIME_DIR_ENV, LynxConfig
+
+logger = logging.getLogger("lynx_sglang")
+
+# SGLang process entry functions, by the role they play. load_plugins() is called from these.
+_ROLE_BY_ENTRY_FUNCTION = {
+    "run_scheduler_process": "scheduler",
+    "run_detokenizer_process": "detokenizer",
+    "run_data_parallel_controller_process": "dp_controller",
+}
+
+_registered_hooks: list[str] = []
+
+
+def process_role() -> str:
+    """Which SGLang process this is, read off the call stack that is loading the plugin."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        role = _ROLE_BY_ENTRY_FUNCTION.get(frame.f_code.co_name)
+        if role:
+            return role
+        frame = frame.f_back
+    return "launcher"
+
+
+def _register(target: str, hook, hook_type_name: str) -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register(target, hook, getattr(HookType, hook_type_name))
+    _registered_hooks.append(f"{hook_type_name.lower()} {target}")
+
+
+def _runtime_dir(config: LynxConfig, role: str) -> Path | None:
+    directory = config.runtime_dir or os.environ.get(RUNTIME_DIR_ENV)
+    if directory is None and role == "launcher":
+        # Started by plain `python -m sglang.launch_server`: create the directory here so the
+        # children, which inherit the environment, write their records next to ours.
+        directory = tempfile.mkdtemp(prefix="lynx-sglang-")
+        os.environ[RUNTIME_DIR_ENV] = directory
+    return Path(directory) if directory else None
+
+
+def _write_process_record(directory: Path, role: str) -> None:
+    record = {
+        "pid": os.getpid(),
+        "role": role,
+        "loaded_at": time.time(),
+        "version": __version__,
+        "hooks": list(_registered_hooks),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".plugin-{os.getpid()}.json.tmp"
+    tmp.write_text(json.dumps(record))
+    tmp.replace(directory / f"plugin-{os.getpid()}.json")  # atomic: readers never see half a file
+
+
+def read_process_records(directory: Path) -> list[dict]:
+    records = []
+    for path in sorted(directory.glob("plugin-*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue  # a process that is writing right now; it will be there on the next read
+    return records
+
+
+def _started_as_http_server() -> bool:
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return main_spec is not None and main_spec.name.startswith("sglang")
+
+
+def add_http_routes(directory: Path | None) -> None:
+    from fastapi.responses import JSONResponse
+    from sglang.srt.entrypoints.http_server import app
+
+    if any(getattr(r, "path", None) == "/lynx/info" for r in app.routes):
+        return
+
+    async def lynx_info():
+        return JSONResponse(
+            {
+                "version": __version__,
+                "runtime_dir": str(directory) if directory else None,
+                "processes": read_process_records(directory) if directory else [],
+            }
+        )
+
+    app.add_api_route("/lynx/info", lynx_info, methods=["GET"])
+
+
+def load_plugin() -> None:
+    """Entry point called by SGLang's `load_plugins()` in each process."""
+    role = process_role()
+    config = LynxConfig.from_env()
+
+    from lynx_sglang import cpu_runtime
+
+    if cpu_runtime.glue_is_active():
+        from lynx_sglang.cpu_runtime import sglang_patches
+
+        for target, replacement in sglang_patches.REPLACEMENTS.items():
+            _register(target, replacement, "REPLACE")
+
+    directory = _runtime_dir(config, role)
+    if role == "launcher" and _started_as_http_server():
+        # The FastAPI app does not exist yet when plugins load: add our routes just before it serves.
+        def add_routes_before_launch(*args, **kwargs):
+            add_http_routes(directory)
+
+        _register("sglang.srt.entrypoints.http_server.launch_server", add_routes_before_launch, "BEFORE")
+    if directory is not None:
+        _write_process_record(directory, role)
+    logger.info("lynx-sglang %s plugin loaded in the %s process (pid %d)", __version__, role, os.getpid())

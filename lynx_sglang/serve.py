@@ -1,0 +1,265 @@
+"""`lynx-sglang serve`: start SGLang's HTTP server with the plugin, CPU-sane defaults and clean shutdown.
+
+Validation happens before any child process starts, and each failure is one line naming the problem
+(exit code 2). Every flag that is not ours goes to `python -m sglang.launch_server` unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lynx_sglang.config import CONFIG_ENV, RUNTIME_DIR_ENV, ConfigError, LynxConfig, split_lynx_flags
+
+EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / "checkpoint"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 30000
+
+# On CPU, SGLang's defaults are GPU-shaped: its KV pool takes ~72 % of RAM (15 GB, a 55 s start), the
+# idle scheduler spins half a core, and OpenMP spinning on shared cores made steps 8-26x slower.
+CPU_DEFAULT_FLAGS = {
+    "--device": "cpu",
+    "--attention-backend": "torch_native",
+    "--disable-cuda-graph": None,
+    "--max-total-tokens": "4096",
+    "--sleep-on-idle": None,
+    # The embedded model is float32; SGLang's "auto" would downcast it to float16.
+    "--dtype": "float32",
+}
+CPU_DEFAULT_ENV = {"OMP_NUM_THREADS": "1", "SGLANG_USE_CPU_ENGINE": "1"}
+
+
+class LaunchError(Exception):
+    """A problem found before launch; its message is the one line printed to the user."""
+
+
+@dataclass
+class LaunchPlan:
+    model_path: Path
+    host: str
+    port: int
+    sglang_args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "sglang.launch_server", *self.sglang_args]
+
+
+def _pop_option(args: list[str], name: str) -> str | None:
+    """Remove `name VALUE` or `name=VALUE` from args and return VALUE (last one wins, like argparse)."""
+    value = None
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == name:
+            if i + 1 >= len(args):
+                raise LaunchError(f"{name} needs a value")
+            value = args[i + 1]
+            i += 2
+            continue
+        if arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+            i += 1
+            continue
+        out.append(arg)
+        i += 1
+    args[:] = out
+    return value
+
+
+def _has_flag(args: list[str], name: str) -> bool:
+    return any(a == name or a.startswith(name + "=") for a in args)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def check_checkpoint(path: Path) -> None:
+    if not path.exists():
+        raise LaunchError(f"model path {path} does not exist")
+    if not path.is_dir():
+        raise LaunchError(f"model path {path} is not a directory (expected a Hugging Face checkpoint folder)")
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except FileNotFoundError:
+        raise LaunchError(f"model path {path} has no config.json; not a Hugging Face checkpoint") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LaunchError(f"cannot read {config_file}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise LaunchError(f"{config_file} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise LaunchError(f"{config_file} has no model_type; not a transformers model config")
+    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
+    if not weights:
+        raise LaunchError(f"model path {path} has no weight files (*.safetensors or *.bin)")
+    for w in weights:
+        if not os.access(w, os.R_OK):
+            raise LaunchError(f"cannot read weight file {w}: permission denied")
+
+
+def check_port_free(host: str, port: int) -> None:
+    if not 0 < port < 65536:
+        raise LaunchError(f"--port {port} is out of range (1..65535)")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Like uvicorn: connections of a recent server in TIME_WAIT do not block the port; a listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise LaunchError(f"port {port} on {host} is not available ({exc.strerror})") from None
+
+
+def plan_launch(argv: list[str], *, on_cpu: bool | None = None) -> LaunchPlan:
+    """Turn `lynx-sglang serve` arguments into a validated launch plan (starts nothing)."""
+    try:
+        lynx_flags, args = split_lynx_flags(list(argv))
+    except ConfigError as exc:
+        raise LaunchError(str(exc)) from None
+    del lynx_flags  # no --lynx-* settings exist yet; unknown ones were rejected above
+
+    model_arg = _pop_option(args, "--model-path") or _pop_option(args, "--model")
+    model_path = Path(model_arg).expanduser() if model_arg else EMBEDDED_MODEL_DIR
+    check_checkpoint(model_path)
+    host = _pop_option(args, "--host") or DEFAULT_HOST
+    port_arg = _pop_option(args, "--port")
+    try:
+        port = int(port_arg) if port_arg is not None else DEFAULT_PORT
+    except ValueError:
+        raise LaunchError(f"--port {port_arg!r} is not an integer") from None
+    check_port_free(host, port)
+
+    if on_cpu is None:
+        on_cpu = not cuda_available()
+    env: dict[str, str] = {}
+    sglang_args = ["--model-path", str(model_path), "--host", host, "--port", str(port)]
+    if on_cpu:
+        from lynx_sglang import cpu_runtime
+
+        if not cpu_runtime.is_installed():
+            raise LaunchError(
+                "no GPU found and the CPU runtime glue is not enabled in this environment; "
+                "run `python -m lynx_sglang.cpu_runtime install` (or `make install`)"
+            )
+        for flag, value in CPU_DEFAULT_FLAGS.items():
+            if not _has_flag(args, flag):
+                sglang_args += [flag] if value is None else [flag, value]
+        for key, value in CPU_DEFAULT_ENV.items():
+            env[key] = os.environ.get(key, value)
+    sglang_args += args
+    return LaunchPlan(model_path=model_path, host=host, port=port, sglang_args=sglang_args, env=env)
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Processes of the group that are still running (zombies have exited; they only await a reap)."""
+    import psutil
+
+    live = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                live.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return live
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the whole SGLang process group (launcher, scheduler, detokenizer), then SIGKILL."""
+    pgid = process.pid  # start_new_session=True made the child the leader of its own group
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            process.poll()  # reap our direct child so it does not linger as a zombie
+            if not _live_group_members(pgid):
+                return
+            time.sleep(0.1)
+    process.poll()
+
+
+def example_request(url: str) -> str:
+    body = json.dumps({"model": "default", "prompt": "123+45=", "max_tokens": 8, "temperature": 0})
+    return f"curl -s {url}/v1/completions -H 'Content-Type: application/json' -d '{body}'"
+
+
+def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
+    try:
+        plan = plan_launch(argv)
+    except LaunchError as exc:
+        print(f"lynx-sglang serve: error: {exc}", file=sys.stderr)
+        return 2
+
+    runtime_dir = tempfile.mkdtemp(prefix="lynx-sglang-")
+    env = dict(os.environ, **plan.env)
+    env[RUNTIME_DIR_ENV] = runtime_dir
+    env[CONFIG_ENV] = LynxConfig(runtime_dir=runtime_dir).to_env()
+    env.pop("TRITON_INTERPRET", None)  # a test-only setting must never reach a server
+
+    print(f"lynx-sglang: starting SGLang for {plan.model_path} on {plan.url}", flush=True)
+    # Own process group: one signal stops SGLang's launcher and every process it spawned.
+    process = subprocess.Popen(plan.command(), env=env, start_new_session=True)
+
+    stopping = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stopping["signal"] = signum
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if wait_healthy(plan.url, process, startup_timeout):
+            print(f"lynx-sglang: serving {plan.model_path.name} at {plan.url}", flush=True)
+            print(f"lynx-sglang: try  {example_request(plan.url)}", flush=True)
+        elif process.poll() is None:
+            print(f"lynx-sglang: server not healthy after {startup_timeout:.0f} s; stopping", file=sys.stderr)
+            return 1
+        return process.wait() if process.poll() is None else process.returncode
+    except KeyboardInterrupt:
+        print("lynx-sglang: stopping SGLang", file=sys.stderr, flush=True)
+        return 0 if stopping["signal"] in (signal.SIGINT, signal.SIGTERM) else 130
+    finally:
+        stop_process_group(process)
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,1 +1,59 @@
-"""Batch-aware active-expert policies for MoE decode (pure torch; knows nothing of SGLang)."""
+"""Batch-aware active-expert policies for MoE decode (pure torch; knows nothing of SGLang).
+
+    from lynx_sglang.policies import get_policy, available_policies
+    policy = get_policy("lynx", num_experts=E, top_k=k, renormalize=True)
+    d = policy.select(router_logits, topk_ids, topk_weights, num_real=None, layer_id=None)
+    d.topk_ids [T, k], d.topk_weights [T, k], d.active_mask [E] bool
+
+See docs/policies.md for every policy, the rules a policy must follow, and how to add your own.
+"""
+
+from .base import Policy, PolicyConfigError, PolicyDecision, RoutingContext, ensure_min_active
+from .lynx import LYNX_FALLBACK, LynxPolicy, LynxV1Policy, lynx_defaults
+from .peers import (
+    BaselinePolicy,
+    BudgetPolicy,
+    CoveragePolicy,
+    OeaPolicy,
+    RandomPolicy,
+    StaticTopKPolicy,
+    TopNPolicy,
+)
+from .registry import (
+    BUILTIN_POLICIES,
+    ENTRY_POINT_GROUP,
+    accepted_parameters,
+    available_policies,
+    get_policy,
+    resolve_policy_class,
+)
+from .remap import ids_to_mask, remap_topk, sanitize_logits, stable_topk_indices
+
+__all__ = [
+    "BUILTIN_POLICIES",
+    "ENTRY_POINT_GROUP",
+    "LYNX_FALLBACK",
+    "BaselinePolicy",
+    "BudgetPolicy",
+    "CoveragePolicy",
+    "LynxPolicy",
+    "LynxV1Policy",
+    "OeaPolicy",
+    "Policy",
+    "PolicyConfigError",
+    "PolicyDecision",
+    "RandomPolicy",
+    "RoutingContext",
+    "StaticTopKPolicy",
+    "TopNPolicy",
+    "accepted_parameters",
+    "available_policies",
+    "ensure_min_active",
+    "get_policy",
+    "ids_to_mask",
+    "lynx_defaults",
+    "remap_topk",
+    "resolve_policy_class",
+    "sanitize_logits",
+    "stable_topk_indices",
+]

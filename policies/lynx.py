@@ -1,0 +1,125 @@
+"""Lynx (Gupta et al., arXiv 2411.08982): batch-aware expert reduction for MoE decode.
+
+`lynx`    affinity binning, the authors' current algorithm (paper v3, their vLLM plugin).
+`lynx-v1` confidence-gated voting, the earlier Mixtral-focused version (paper v1).
+See docs/policies.md for formulas and defaults.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Policy, PolicyConfigError, RoutingContext
+from .remap import ids_to_mask, stable_topk_indices
+
+# (alpha, beta) shipped by the authors, matched by model name (lower-case substring, first match).
+# Order matters: the more specific names come first.
+_LYNX_DEFAULTS_BY_NAME: tuple[tuple[str, tuple[float, int]], ...] = (
+    ("mixtral-8x22b", (1.0, 1)),
+    ("mixtral", (0.7, 1)),
+    ("qwen2-57b", (3.0, 4)),
+    ("qwen3-235b-a22b-thinking", (1.0, 2)),
+    ("qwen3", (3.0, 2)),
+    ("deepseek", (1.0, 2)),
+    ("gpt-oss", (3.0, 2)),
+)
+
+# The same defaults keyed by (num_experts, top_k) when no name is given or it is unknown.
+_LYNX_DEFAULTS_BY_SHAPE: dict[tuple[int, int], tuple[float, int]] = {
+    (8, 2): (0.7, 1),  # Mixtral-8x7B
+    (64, 8): (3.0, 4),  # Qwen2-57B-A14B
+    (128, 8): (3.0, 2),  # Qwen3-30B-A3B, Qwen3-235B-A22B-Instruct
+    (160, 6): (1.0, 2),  # DeepSeek-V2 / DeepSeek-Coder-V2
+    (64, 6): (1.0, 2),  # DeepSeek-V2-Lite
+    (128, 4): (3.0, 2),  # GPT-OSS-120B
+}
+
+# Unknown models: DeepSeek's setting, the middle of the shipped range (bins one e-fold of router
+# probability wide, two bins below the top).
+LYNX_FALLBACK = (1.0, 2)
+
+
+def lynx_defaults(num_experts: int, top_k: int, model_name: str | None = None) -> tuple[float, int]:
+    """The authors' (alpha, beta) for a model: by name if it is known, else by (E, k), else
+    LYNX_FALLBACK = (1.0, 2)."""
+    if model_name:
+        lowered = model_name.lower()
+        for fragment, pair in _LYNX_DEFAULTS_BY_NAME:
+            if fragment in lowered:
+                return pair
+    return _LYNX_DEFAULTS_BY_SHAPE.get((num_experts, top_k), LYNX_FALLBACK)
+
+
+class LynxPolicy(Policy):
+    """Affinity binning.
+
+    q[t,e] = max(-beta, ceil(alpha * (L[t,e] - max_e L[t,e])))  in {0, -1, ..., -beta}
+    h[t,e] = B ** q[t,e];  S[e] = sum_t h[t,e]  (B = number of voting rows)
+    m[t,e] = q[t,e] + (S[e] - h[t,e]) / B
+    each voter takes the top-k of m; the active set is the union of those picks.
+
+    Exactness: m is compared as the integer B**(beta+1) * m = q * B**(beta+1) + sum over the OTHER
+    voters of B**(q+beta), so equal scores are really equal (a float sum would break ties by
+    rounding, differently on each device). Ties go to the lower expert index.
+    """
+
+    name = "lynx"
+
+    def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, alpha=None, beta=None,
+                 model_name=None):
+        super().__init__(num_experts, top_k, renormalize, layers)
+        if model_name is not None and not isinstance(model_name, str):
+            raise PolicyConfigError(
+                f"policy '{self.name}': parameter 'model_name'={model_name!r} must be a string"
+            )
+        default_alpha, default_beta = lynx_defaults(num_experts, top_k, model_name)
+        self.alpha = self.check_float("alpha", default_alpha if alpha is None else alpha, 0.0, 100.0,
+                                      low_open=True)
+        self.beta = self.check_int("beta", default_beta if beta is None else beta, 1, 8)
+
+    def decide(self, ctx: RoutingContext) -> torch.Tensor:
+        logits = ctx.logits
+        beta = self.beta
+        gap = logits - logits.max(dim=-1, keepdim=True).values  # log(p_e / p_top1) <= 0
+        bins = torch.ceil(self.alpha * gap).clamp_min(-beta).long()  # q in [-beta, 0]
+
+        num_rows = logits.shape[0]
+        # powers[j] = B ** j for j = 0..beta+1. Largest value used: beta * B**(beta+1) (+ sum of
+        # votes); within int64 when T**(beta+1) * (beta+2) < 2**62, a static check on the shape.
+        if num_rows ** (beta + 1) * (beta + 2) < 2**62:
+            batch = ctx.num_voters()
+            powers = batch ** torch.arange(beta + 2, device=logits.device)
+        else:  # huge batches with a large beta: float64, exact up to 2**53, then near-exact
+            batch = ctx.num_voters().double()
+            powers = batch ** torch.arange(beta + 2, device=logits.device, dtype=torch.float64)
+        votes = powers[bins + beta] * ctx.voters.unsqueeze(1)  # B**(q+beta): h in units of B**-beta
+        batch_votes = votes.sum(dim=0, keepdim=True)  # S in the same units
+        score = bins * powers[beta + 1] + (batch_votes - votes)  # = B**(beta+1) * m
+        picks = stable_topk_indices(score, self.top_k)
+        return ids_to_mask(picks, ctx.voters, self.num_experts)
+
+
+class LynxV1Policy(Policy):
+    """Confidence-gated voting.
+
+    Each token's top-k weights, renormalised and sorted, are split into a top half (first ceil(k/2)
+    slots) and a bottom half; confidence = (top mass - bottom mass) / top mass, i.e. (w1-w2)/w1 for
+    top-2 (k = 1: confidence 1). Tokens with confidence > threshold vote for their top-half
+    experts; the active set is the voted experts (topped up to k by the shared rule when fewer).
+    """
+
+    name = "lynx-v1"
+
+    def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, threshold=0.5):
+        super().__init__(num_experts, top_k, renormalize, layers)
+        self.threshold = self.check_float("threshold", threshold, 0.0, 1.0)
+
+    def decide(self, ctx: RoutingContext) -> torch.Tensor:
+        top_half = (self.top_k + 1) // 2
+        own_ids = ctx.own_topk_ids()
+        weights = torch.softmax(ctx.logits.gather(1, own_ids), dim=-1)  # renormalised, best first
+        top_mass = weights[:, :top_half].sum(dim=-1)
+        bottom_mass = weights[:, top_half:].sum(dim=-1)
+        confidence = (top_mass - bottom_mass) / top_mass  # top_mass >= 1/k > 0
+        confident = ctx.voters & (confidence > self.threshold)
+        return ids_to_mask(own_ids[:, :top_half], confident, self.num_experts)

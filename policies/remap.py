@@ -1,0 +1,142 @@
+"""The shared remap helper and the small tensor utilities every policy uses.
+
+A policy only decides WHICH experts the batch may use (an active mask [E]); this module turns that
+decision into per-token routing: each token re-takes its top-k over the active experts and its
+weights are fixed up. Everything here is static-shape tensor code: no `.item()`, no host sync, no
+data-dependent shapes, no Python branch on tensor values, so it runs inside CUDA graphs and compiles
+with `torch.compile(fullgraph=True)`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Non-finite logits are replaced by these before any ranking or softmax (see `sanitize_logits`).
+# A quarter of the fp32 range keeps `x - max(x)` finite inside a softmax.
+_FP32_BIG = torch.finfo(torch.float32).max / 4
+
+
+def stable_topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the `k` largest entries along the last dim, largest first.
+
+    Equal scores are ordered by LOWER index first. `torch.topk` does not document its tie order (and
+    CPU and CUDA differ), while a stable descending sort does; a fixed tie rule makes every policy
+    reproducible across devices and checkable against slow reference implementations.
+    """
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def ids_to_mask(ids: torch.Tensor, row_mask: torch.Tensor | None, num_experts: int) -> torch.Tensor:
+    """Mask [E] bool of the experts that appear in `ids` [T, j], counting only rows where `row_mask`
+    [T] is True (all rows when None). Out-of-range ids are clamped so a garbage row cannot trigger a
+    device-side assert; callers only pass rows they trust."""
+    num_rows, slots = ids.shape
+    ids = ids.long().clamp(0, num_experts - 1)
+    if row_mask is None:
+        votes = torch.ones(num_rows, slots, dtype=torch.bool, device=ids.device)
+    else:
+        votes = row_mask.unsqueeze(1).expand(num_rows, slots)
+    per_row = torch.zeros(num_rows, num_experts, dtype=torch.bool, device=ids.device)
+    per_row.scatter_(1, ids, votes)
+    return per_row.any(dim=0)
+
+
+def sanitize_logits(router_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (logits in fp32 with every value finite, row_is_finite [T] bool).
+
+    A row is finite when none of its logits is NaN, +inf or -inf. In a non-finite row NaN and -inf
+    become a very low value and +inf a very high one, so the row can still be ranked and
+    softmaxed without producing NaN; policies never let such a row vote (see Policy.select).
+    """
+    logits32 = router_logits.float()
+    row_is_finite = torch.isfinite(logits32).all(dim=-1)
+    clean = torch.nan_to_num(logits32, nan=-_FP32_BIG, posinf=_FP32_BIG, neginf=-_FP32_BIG)
+    return clean, row_is_finite
+
+
+def remap_topk(
+    router_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    active_mask: torch.Tensor,
+    keep_original_rows: torch.Tensor | None = None,
+    renormalize: bool = True,
+    slots_used: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-take each token's top-k over the active experts and fix its weights.
+
+    Args:
+        router_logits: [T, E] router logits (any float dtype; computed in fp32).
+        topk_ids, topk_weights: [T, k] the model's normal routing for the same tokens.
+        active_mask: [E] bool, the experts the batch may use. It should hold at least `slots_used`
+            experts (every built-in policy guarantees this); slots it cannot fill get weight 0.
+        keep_original_rows: optional [T] bool; those rows return topk_ids/topk_weights unchanged.
+        renormalize: True: weights sum to 1. False: weights are rescaled so their sum equals the
+            token's original top-k mass (the row sum of topk_weights), as for models that do not
+            renormalise (Qwen2-MoE, DeepSeek with norm_topk_prob=False).
+        slots_used: how many slots get an expert (default k). With fewer (static-topk), the
+            remaining slots repeat the token's first expert with weight 0 so they add no expert and
+            contribute nothing.
+
+    Returns (ids [T, k] in topk_ids' dtype, weights [T, k] in topk_weights' dtype).
+
+    Rules:
+      * new ids = top-`slots_used` of the logits with inactive experts at -inf (ties: lower index).
+      * new weights = the softmax probabilities of the ORIGINAL full distribution at the new ids,
+        scaled to the target sum. Scaling to a fixed sum makes the full softmax's normaliser cancel,
+        so this equals softmax(selected logits) * target, which we compute: it is the same number
+        and it cannot underflow to all-zeros when the token's favourite experts were dropped.
+      * a row whose original experts are ALL active keeps its original ids and weights bit for bit
+        (only when slots_used == k and its logits are finite), so pruning never perturbs a token
+        it did not have to move.
+    """
+    clean, row_is_finite = sanitize_logits(router_logits)
+    return _remap_clean(
+        clean, row_is_finite, topk_ids, topk_weights, active_mask, keep_original_rows,
+        renormalize, slots_used,
+    )
+
+
+def _remap_clean(
+    clean_logits: torch.Tensor,
+    row_is_finite: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    active_mask: torch.Tensor,
+    keep_original_rows: torch.Tensor | None,
+    renormalize: bool,
+    slots_used: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`remap_topk` on logits already passed through `sanitize_logits` (Policy.select shares them)."""
+    num_rows, num_experts = clean_logits.shape
+    top_k = topk_ids.shape[1]
+    slots = top_k if slots_used is None else slots_used
+
+    masked = clean_logits.masked_fill(~active_mask.unsqueeze(0), float("-inf"))
+    new_ids = stable_topk_indices(masked, slots)  # [T, slots] int64
+    selected_logits = masked.gather(1, new_ids)
+
+    if renormalize:
+        target_mass = torch.ones(num_rows, 1, dtype=torch.float32, device=clean_logits.device)
+    else:
+        target_mass = topk_weights.float().sum(dim=-1, keepdim=True)
+        # A garbage weight row must not turn into NaN weights: fall back to mass 1.
+        target_mass = torch.where(torch.isfinite(target_mass), target_mass, 1.0).clamp_min(0.0)
+    # nan_to_num: only reachable when the active set is empty (softmax of all -inf).
+    new_weights = torch.nan_to_num(torch.softmax(selected_logits, dim=-1), nan=0.0) * target_mass
+
+    if slots < top_k:
+        unused = top_k - slots
+        new_ids = torch.cat([new_ids, new_ids[:, :1].expand(num_rows, unused)], dim=1)
+        new_weights = torch.cat([new_weights, new_weights.new_zeros(num_rows, unused)], dim=1)
+
+    keep = torch.zeros(num_rows, dtype=torch.bool, device=clean_logits.device)
+    if slots == top_k:
+        original_all_active = active_mask[topk_ids.long().clamp(0, num_experts - 1)].all(dim=-1)
+        keep = original_all_active & row_is_finite
+    if keep_original_rows is not None:
+        keep = keep | keep_original_rows
+    keep = keep.unsqueeze(1)
+    out_ids = torch.where(keep, topk_ids, new_ids.to(topk_ids.dtype))
+    out_weights = torch.where(keep, topk_weights, new_weights.to(topk_weights.dtype))
+    return out_ids, out_weights

@@ -129,8 +129,8 @@ def _mix31_int(x: int) -> int:
 class RandomPolicy(Policy):
     """Control: exactly N pseudo-random experts per batch.
 
-    The random priorities are a hash of (seed, layer_id, the voters' own top-k ids and their row
-    positions), computed with integer tensor ops: no generator state, so the same input always gives
+    The random priorities are a hash of (seed, layer_id, the multiset of the voters' ranked own
+    top-k ids), computed with integer tensor ops: no generator state, so the same input always gives
     the same output, different batches and layers get different sets, padding rows cannot change
     it, and it is graph safe. The set ignores routing quality by design; N is exact.
     """
@@ -145,11 +145,10 @@ class RandomPolicy(Policy):
 
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
         own_ids = ctx.own_topk_ids()
-        num_rows, top_k = own_ids.shape
         device = own_ids.device
-        position = (torch.arange(num_rows, device=device).unsqueeze(1) * top_k
-                    + torch.arange(top_k, device=device).unsqueeze(0))
-        token_codes = _mix31(own_ids + self.num_experts * position) * ctx.voters.unsqueeze(1)
+        # Hash each voter's ranked choices; summing makes the code independent of row order.
+        slot = torch.arange(self.top_k, device=device).unsqueeze(0)
+        token_codes = _mix31(own_ids + self.num_experts * slot) * ctx.voters.unsqueeze(1)
         batch_code = token_codes.sum() & _MASK31  # at most T*k values below 2**31: no overflow
         layer_code = 0 if ctx.layer_id is None else ctx.layer_id + 1  # python int: static per layer
         static_code = _mix31_int(self.seed * 7919 + _mix31_int(layer_code))

@@ -219,3 +219,26 @@ def reference_oea(router_logits, topk_ids, topk_weights, num_real, k0, renormali
         ids_out[t] = chosen
         weights_out[t] = [x / sum(exps) * target for x in exps]
     return ids_out, weights_out, union
+
+
+# ---------------------------------------------------------------------------------------------
+# A third-party policy, as a user would write one (used by the registry tests and the docs)
+# ---------------------------------------------------------------------------------------------
+from lynx_sglang.policies import Policy, ids_to_mask  # noqa: E402
+
+
+class FirstExpertsPolicy(Policy):
+    """Keep only the experts 0..n-1 (topped up to k by the base class)."""
+
+    name = "first-experts"
+
+    def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, n=2):
+        super().__init__(num_experts, top_k, renormalize, layers)
+        self.n = self.check_int("n", n, 1, num_experts)
+
+    def decide(self, ctx):
+        return torch.arange(self.num_experts, device=ctx.logits.device) < self.n
+
+
+class NotAPolicy:
+    pass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .base import Policy, PolicyConfigError, RoutingContext
-from .remap import ids_to_mask, stable_topk_indices
+from .remap import ids_to_mask, stable_topk_indices, unique_descending_keys
 
 # (alpha, beta) shipped by the authors, matched by model name (lower-case substring, first match).
 # Order matters: the more specific names come first.
@@ -84,9 +84,11 @@ class LynxPolicy(Policy):
         bins = torch.ceil(self.alpha * gap).clamp_min(-beta).long()  # q in [-beta, 0]
 
         num_rows = logits.shape[0]
-        # powers[j] = B ** j for j = 0..beta+1. Largest value used: beta * B**(beta+1) (+ sum of
-        # votes); within int64 when T**(beta+1) * (beta+2) < 2**62, a static check on the shape.
-        if num_rows ** (beta + 1) * (beta + 2) < 2**62:
+        # powers[j] = B ** j for j = 0..beta+1. Largest |key|: (beta + 1) * B**(beta+1), times E
+        # for the tie-break below; int64 holds it when T**(beta+1) * (beta+2) * E < 2**62, a static
+        # check on the shape (true for beta <= 4 up to T ~ 1400 at E = 128).
+        exact = num_rows ** (beta + 1) * (beta + 2) * self.num_experts < 2**62
+        if exact:
             batch = ctx.num_voters()
             powers = batch ** torch.arange(beta + 2, device=logits.device)
         else:  # huge batches with a large beta: float64, exact up to 2**53, then near-exact
@@ -95,7 +97,10 @@ class LynxPolicy(Policy):
         votes = powers[bins + beta] * ctx.voters.unsqueeze(1)  # B**(q+beta): h in units of B**-beta
         batch_votes = votes.sum(dim=0, keepdim=True)  # S in the same units
         score = bins * powers[beta + 1] + (batch_votes - votes)  # = B**(beta+1) * m
-        picks = stable_topk_indices(score, self.top_k)
+        if exact:  # unique integer keys: topk is unambiguous and cheaper than a stable sort
+            picks = torch.topk(unique_descending_keys(score, self.num_experts), self.top_k).indices
+        else:
+            picks = stable_topk_indices(score, self.top_k)
         return ids_to_mask(picks, ctx.voters, self.num_experts)
 
 

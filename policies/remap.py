@@ -20,10 +20,33 @@ def stable_topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the `k` largest entries along the last dim, largest first.
 
     Equal scores are ordered by LOWER index first. `torch.topk` does not document its tie order (and
-    CPU and CUDA differ), while a stable descending sort does; a fixed tie rule makes every policy
-    reproducible across devices and checkable against slow reference implementations.
+    CPU and CUDA differ); a fixed tie rule makes every policy reproducible across devices and
+    checkable against slow reference implementations. Floats (no NaN) are mapped to integers with
+    the same order, the index is folded in as a tie-breaker so that every key is unique, and then
+    `torch.topk` is unambiguous (and much cheaper than a full stable sort when k << E).
+    Other dtypes fall back to a stable descending sort.
     """
+    if scores.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        num_experts = scores.shape[-1]
+        keys = unique_descending_keys(float32_order_key(scores.float()), num_experts)
+        return torch.topk(keys, k, dim=-1, sorted=True).indices
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def float32_order_key(values: torch.Tensor) -> torch.Tensor:
+    """int64 keys with the same order as fp32 `values` (which must hold no NaN); equal values,
+    including -0.0 and +0.0, get equal keys. The usual bit trick: a float's bits read as an int
+    are ordered for positive floats and reversed for negative ones, so flip the latter."""
+    values = torch.where(values == 0, torch.zeros_like(values), values)  # -0.0 -> +0.0
+    bits = values.view(torch.int32).long()
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def unique_descending_keys(keys: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Fold the expert index (last dim) into int64 `keys` so that equal keys rank the lower index
+    higher: key * E + (E - 1 - index). Callers keep |key| * E well inside int64."""
+    index = torch.arange(num_experts, device=keys.device)
+    return keys * num_experts + (num_experts - 1 - index)
 
 
 def ids_to_mask(ids: torch.Tensor, row_mask: torch.Tensor | None, num_experts: int) -> torch.Tensor:

@@ -157,3 +157,18 @@ def test_the_checks_catch_unsafe_policies():
     torch._dynamo.reset()
     with pytest.raises(Exception):
         torch.compile(_ItemPolicy(16, 4).select, fullgraph=True, backend="eager")(logits, ids, weights)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lynx", "coverage"])
+def test_inductor_compiled_select_matches_eager(name):
+    """The real compiler (inductor, C++ on CPU; ~30 s per policy here). Fused softmax may round the
+    last bit differently, so weights are compared with a tolerance; ids and masks exactly."""
+    logits = make_logits(32, 64, seed=21, skew=1.0)
+    ids, weights = normal_routing(logits, 8, True)
+    policy = get_policy(name, 64, 8, True)
+    torch._dynamo.reset()
+    got = torch.compile(policy.select, fullgraph=True)(logits, ids, weights, torch.tensor(30))
+    want = policy.select(logits, ids, weights, torch.tensor(30))
+    assert torch.equal(got.topk_ids, want.topk_ids) and torch.equal(got.active_mask, want.active_mask)
+    torch.testing.assert_close(got.topk_weights, want.topk_weights)

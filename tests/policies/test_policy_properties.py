@@ -27,6 +27,7 @@ def batches(draw):
         num_real = torch.tensor(num_real)
     renormalize = draw(st.booleans())
     ids, weights = normal_routing(logits, top_k, renormalize)
+    ids = ids.to(draw(st.sampled_from([torch.int32, torch.int64])))
     return logits, ids, weights, num_real, renormalize
 
 

@@ -172,3 +172,14 @@ def test_coverage_cap_lets_tokens_keep_their_experts():
     assert int(loose.active_mask.sum()) < int(capped.active_mask.sum())
     # A cap of 0 means no token may drop anything: routing is unchanged.
     assert torch.equal(capped.topk_ids, ids) and torch.equal(capped.topk_weights, weights)
+
+
+def test_lynx_float64_path_for_huge_keys_still_keeps_the_guarantees():
+    """T**(beta+1) * (beta+2) * E >= 2**62 switches lynx's vote to float64 (exact up to 2**53)."""
+    logits = make_logits(200, 64, seed=7, skew=2.0)
+    ids, weights = normal_routing(logits, 8, True)
+    policy = get_policy("lynx", 64, 8, True, alpha=3.0, beta=8)
+    assert 200 ** 9 * 10 * 64 >= 2**62
+    decision = policy.select(logits, ids, weights, num_real=150)
+    check_decision("lynx beta=8", "free", policy, decision, logits, ids, weights, 150, True)
+    assert int(decision.active_mask.sum()) < int(ids_to_mask(ids[:150], None, 64).sum())

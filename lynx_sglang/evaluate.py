@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--url", default="http://127.0.0.1:30000", help="base URL of a running server")
     ap.add_argument("--count", type=int, default=2000, help="held-out problems to score")
     ap.add_argument("--seed", type=int, default=1234, help="which held-out sample")
+    ap.add_argument("--distinct", action="store_true", help="no repeated problems (harder: see task.py)")
     ap.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     if args.concurrency < 1:
         ap.error(f"--concurrency must be at least 1 (got {args.concurrency})")
 
-    problems = heldout_problems(args.count, seed=args.seed)
+    problems = heldout_problems(args.count, seed=args.seed, distinct=args.distinct)
     try:
         result = evaluate(args.url, problems, endpoint=args.endpoint, concurrency=args.concurrency)
     except (urllib.error.URLError, ConnectionError) as exc:

@@ -23,8 +23,9 @@ from pathlib import Path
 from lynx_sglang.embedded.task import TASK_KINDS, Problem, heldout_problems, score, training_stream
 from lynx_sglang.embedded.tokenizer import BOS, EOS, PAD, vocabulary
 
-# Multiplication is the hardest kind for a model this size, so it gets the largest share.
-TASK_WEIGHTS = {"add": 0.22, "sub": 0.22, "mul": 0.38, "rev": 0.18}
+# Multiplication and subtraction are the hardest kinds for a model this size; reversal is learnt
+# early (100 % held-out by step 500 with an 18 % share), so it needs only a small one.
+TASK_WEIGHTS = {"add": 0.22, "sub": 0.28, "mul": 0.42, "rev": 0.08}
 
 MODEL_CONFIG = dict(
     hidden_size=128,

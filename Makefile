@@ -1,0 +1,26 @@
+# The two commands of the README: `make serve` and `make test`. Both install what is missing first.
+VENV ?= .venv
+BIN := $(VENV)/bin
+# One OpenMP thread per process: spinning threads on two shared cores made steps 8-26x slower.
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: install serve test test-fast train-embedded eval
+
+install:
+	@bash scripts/install.sh
+
+serve: install
+	$(BIN)/lynx-sglang serve $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Daily work: everything but the tests marked slow (servers, engines, long property searches).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+train-embedded: install
+	$(BIN)/python -m lynx_sglang.embedded.train --out lynx_sglang/embedded/checkpoint $(ARGS)
+
+eval: install
+	$(BIN)/lynx-sglang eval $(ARGS)

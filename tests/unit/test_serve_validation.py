@@ -1,0 +1,89 @@
+"""Bad input to `lynx-sglang serve` stops the launch with one specific line and exit code 2,
+before any SGLang process starts."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lynx_sglang.serve import EMBEDDED_MODEL_DIR, LaunchError, plan_launch
+
+
+def run_serve(*args, timeout=60):
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "lynx_sglang.cli", "serve", *args], capture_output=True, text=True, timeout=timeout
+    )
+    return proc, time.monotonic() - started
+
+
+def assert_rejected(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("lynx-sglang serve: error: ")
+    for needle in needles:
+        assert needle in lines[0]
+    assert "starting SGLang" not in proc.stdout
+
+
+def test_missing_model_path(tmp_path):
+    proc, _ = run_serve("--model-path", str(tmp_path / "nope"))
+    assert_rejected(proc, "does not exist", "nope")
+
+
+def test_unreadable_checkpoint(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    proc, _ = run_serve("--model-path", str(tmp_path))
+    assert_rejected(proc, "config.json", "not valid JSON")
+
+
+def test_checkpoint_without_weights(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mixtral"}))
+    proc, _ = run_serve("--model-path", str(tmp_path))
+    assert_rejected(proc, "no weight files")
+
+
+def test_port_in_use():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc, _ = run_serve("--port", str(port))
+    assert_rejected(proc, f"port {port}", "not available")
+
+
+def test_unknown_lynx_flag():
+    proc, _ = run_serve("--lynx-polcy", "lynx")
+    assert_rejected(proc, "unknown flag --lynx-polcy")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def test_plan_passes_unknown_sglang_flags_through_and_adds_cpu_defaults():
+    plan = plan_launch(["--port", free_port(), "--mem-fraction-static", "0.5", "--max-total-tokens", "2048"], on_cpu=True)
+    args = plan.sglang_args
+    assert args[:2] == ["--model-path", str(EMBEDDED_MODEL_DIR)]
+    assert args[args.index("--mem-fraction-static") + 1] == "0.5"
+    # a user's value wins over the CPU default, and appears once
+    assert args.count("--max-total-tokens") == 1 and args[args.index("--max-total-tokens") + 1] == "2048"
+    assert "--sleep-on-idle" in args and args[args.index("--device") + 1] == "cpu"
+    assert plan.env["OMP_NUM_THREADS"] == "1"
+
+
+def test_plan_on_gpu_adds_no_cpu_defaults():
+    plan = plan_launch(["--port", free_port()], on_cpu=False)
+    assert "--device" not in plan.sglang_args and plan.env == {}
+
+
+@pytest.mark.parametrize("port", ["http", "70000", "0"])
+def test_bad_port_values(port):
+    with pytest.raises(LaunchError, match="--port"):
+        plan_launch(["--port", port], on_cpu=True)

@@ -252,7 +252,7 @@ def choose_config(
 
     BLOCK_M follows the expected pairs per non-empty expert; BLOCK_N is the largest power of two that
     still gives ~2 programs per SM for the expected number of blocks, so every SM streams weights.
-    The GPU table that would tune these is pending (no GPU in the session that wrote this).
+    The GPU table that would tune these is pending (no GPU run has been made yet).
     """
     num_pairs = max(num_tokens * top_k, 1)
     nonempty = min(num_pairs, num_experts, max_active_experts or num_experts)

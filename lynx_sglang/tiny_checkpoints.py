@@ -1,6 +1,6 @@
 """Random tiny MoE checkpoints of the architectures SGLang serves, for tests and quick experiments.
 
-    python -m lynx_sglang.tiny_checkpoints qwen3_moe /tmp/tiny-qwen3
+    python -m lynx_sglang.tiny_checkpoints qwen3_moe ./tiny-qwen3
 
 Each is 4 layers, hidden 128, 8 experts, top-2, float32, with the embedded model's character tokenizer,
 so it loads offline in both transformers and SGLang. Weights are random (seeded): use float32, since

@@ -1,6 +1,6 @@
 """Shared helpers for the policy tests: routing generation, the policy configurations under test,
 and slow, obviously-correct reference implementations (python loops over the formulas of
-docs/policies.md and /work/shared/notes/lynx-and-peers.md)."""
+docs/policies.md)."""
 
 from __future__ import annotations
 

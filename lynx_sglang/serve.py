@@ -249,7 +249,8 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if wait_healthy(plan.url, process, startup_timeout):
-            print(f"lynx-sglang: serving {plan.model_path.name} at {plan.url}", flush=True)
+            name = "the embedded model" if plan.model_path == EMBEDDED_MODEL_DIR else str(plan.model_path)
+            print(f"lynx-sglang: serving {name} at {plan.url}", flush=True)
             print(f"lynx-sglang: try  {example_request(plan.url)}", flush=True)
         elif process.poll() is None:
             print(f"lynx-sglang: server not healthy after {startup_timeout:.0f} s; stopping", file=sys.stderr)

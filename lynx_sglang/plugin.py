@@ -49,9 +49,14 @@ def _register(target: str, hook, hook_type_name: str) -> None:
     _registered_hooks.append(f"{hook_type_name.lower()} {target}")
 
 
+def _started_as_http_server() -> bool:
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return main_spec is not None and main_spec.name.startswith("sglang")
+
+
 def _runtime_dir(config: LynxConfig, role: str) -> Path | None:
     directory = config.runtime_dir or os.environ.get(RUNTIME_DIR_ENV)
-    if directory is None and role == "launcher":
+    if directory is None and role == "launcher" and _started_as_http_server():
         # Started by plain `python -m sglang.launch_server`: create the directory here so the
         # children, which inherit the environment, write their records next to ours.
         directory = tempfile.mkdtemp(prefix="lynx-sglang-")
@@ -81,11 +86,6 @@ def read_process_records(directory: Path) -> list[dict]:
         except (OSError, json.JSONDecodeError):
             continue  # a process that is writing right now; it will be there on the next read
     return records
-
-
-def _started_as_http_server() -> bool:
-    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return main_spec is not None and main_spec.name.startswith("sglang")
 
 
 def add_http_routes(directory: Path | None) -> None:

@@ -240,11 +240,8 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
     # Own process group: one signal stops SGLang's launcher and every process it spawned.
     process = subprocess.Popen(plan.command(), env=env, start_new_session=True)
 
-    stopping = {"signal": None}
-
     def on_signal(signum, _frame):
-        stopping["signal"] = signum
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # unwinds to the finally below, which stops the process group
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -258,7 +255,7 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
         return process.wait() if process.poll() is None else process.returncode
     except KeyboardInterrupt:
         print("lynx-sglang: stopping SGLang", file=sys.stderr, flush=True)
-        return 0 if stopping["signal"] in (signal.SIGINT, signal.SIGTERM) else 130
+        return 0
     finally:
         stop_process_group(process)
         shutil.rmtree(runtime_dir, ignore_errors=True)

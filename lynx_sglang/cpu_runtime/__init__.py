@@ -17,6 +17,7 @@ the work happens when `torchvision`, `sgl_kernel` or `sglang` is first imported.
 
 from __future__ import annotations
 
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -47,6 +48,4 @@ def uninstall() -> None:
 
 def glue_is_active() -> bool:
     """True in a process where the CPU bootstrap ran (a CPU install), never on a CUDA install."""
-    import sys
-
     return "lynx_sglang.cpu_runtime.bootstrap" in sys.modules

@@ -235,6 +235,11 @@ class MoeKernelConfig:
                 raise ValueError(f"{name} must be a power of two >= 16 (tl.dot on Hopper), got {value}")
 
 
+# Shared memory the tile choice may use per program: below Hopper's 227 KiB per block, with room for
+# the compiler's own scratch.
+SHARED_MEMORY_BUDGET = 192 * 1024
+
+
 def _pow2_floor(value: int) -> int:
     return 1 << (max(int(value), 1).bit_length() - 1)
 
@@ -247,6 +252,7 @@ def choose_config(
     intermediate_size: int,
     max_active_experts: int | None = None,
     num_sms: int = 132,
+    element_size: int = 2,
 ) -> MoeKernelConfig:
     """Decode-oriented heuristic (shapes only, so it is the same at capture and replay).
 
@@ -265,12 +271,26 @@ def choose_config(
         tiles_wanted = max(1, -(-wanted_programs // expected_blocks))
         return max(16, min(128, _pow2_floor(max(n // tiles_wanted, 16))))
 
+    gate_up_block_n = block_n_for(intermediate_size)
+    down_block_n = block_n_for(hidden_size)
+    gate_up_block_k = 128 if hidden_size >= 128 else 64 if hidden_size >= 64 else 32 if hidden_size >= 32 else 16
+    down_block_k = 128 if intermediate_size >= 128 else 64 if intermediate_size >= 64 else 32 if intermediate_size >= 32 else 16
+    num_stages = MoeKernelConfig.num_stages
+    # Software pipelining keeps (num_stages - 1) copies of each loop's tiles in shared memory; fp32 tiles
+    # of 128x128 overflow Hopper's 227 KiB (measured by `python -m lynx_sglang.kernels.hopper_compile`).
+    def pipelined_bytes(block_k: int, block_n: int, weight_tiles: int) -> int:
+        return (num_stages - 1) * (block_m * block_k + weight_tiles * block_k * block_n) * element_size
+
+    while gate_up_block_k > 16 and pipelined_bytes(gate_up_block_k, gate_up_block_n, 2) > SHARED_MEMORY_BUDGET:
+        gate_up_block_k //= 2
+    while down_block_k > 16 and pipelined_bytes(down_block_k, down_block_n, 1) > SHARED_MEMORY_BUDGET:
+        down_block_k //= 2
     return MoeKernelConfig(
         block_m=block_m,
-        gate_up_block_n=block_n_for(intermediate_size),
-        gate_up_block_k=128 if hidden_size >= 128 else 64 if hidden_size >= 64 else 32 if hidden_size >= 32 else 16,
-        down_block_n=block_n_for(hidden_size),
-        down_block_k=128 if intermediate_size >= 128 else 64 if intermediate_size >= 64 else 32 if intermediate_size >= 32 else 16,
+        gate_up_block_n=gate_up_block_n,
+        gate_up_block_k=gate_up_block_k,
+        down_block_n=down_block_n,
+        down_block_k=down_block_k,
     )
 
 
@@ -309,7 +329,10 @@ def fused_moe_active_triton(
     if topk_weights.shape != topk_ids.shape or topk_ids.shape[0] != num_tokens:
         raise ValueError(f"topk_ids {tuple(topk_ids.shape)} and topk_weights {tuple(topk_weights.shape)} must be [T, k]")
     if config is None:
-        config = choose_config(num_tokens, top_k, num_experts, hidden_size, intermediate_size, max_active_experts)
+        config = choose_config(
+            num_tokens, top_k, num_experts, hidden_size, intermediate_size, max_active_experts,
+            element_size=hidden.element_size(),
+        )  # fmt: skip
     if alignment is None:
         alignment = align_active_experts(
             topk_ids, num_experts, config.block_m, active_mask, expert_counts, max_active_experts

@@ -1,0 +1,32 @@
+"""The Triton kernels compile for an H100/H200 (sm_90) at the tile sizes choose_config picks for the
+benchmark shapes, and fit in its shared memory: checked ahead of time, no GPU needed."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_kernels_compile_for_hopper():
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # the interpreter would replace the kernels with Python
+    proc = subprocess.run(
+        [sys.executable, "-m", "lynx_sglang.kernels.hopper_compile", "--quick", "--dtypes", "bf16", "fp32"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " 0 failed" in proc.stdout
+    assert "FAIL" not in proc.stdout
+
+
+def test_fp32_tiles_are_shrunk_to_fit_shared_memory():
+    from lynx_sglang.kernels.triton_moe import SHARED_MEMORY_BUDGET, MoeKernelConfig, choose_config
+
+    for element_size in (2, 4):
+        cfg = choose_config(128, 8, 128, 2048, 768, element_size=element_size)
+        stages = MoeKernelConfig.num_stages - 1
+        gate_up = stages * (cfg.block_m * cfg.gate_up_block_k + 2 * cfg.gate_up_block_k * cfg.gate_up_block_n)
+        assert gate_up * element_size <= SHARED_MEMORY_BUDGET, cfg

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 CONFIG_ENV = "LYNX_SGLANG_CONFIG"
 RUNTIME_DIR_ENV = "LYNX_SGLANG_RUNTIME_DIR"
@@ -23,7 +23,6 @@ class ConfigError(ValueError):
 class LynxConfig:
     # Where each SGLang process writes a record that it loaded the plugin (read by /lynx/info).
     runtime_dir: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

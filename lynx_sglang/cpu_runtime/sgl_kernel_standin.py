@@ -11,8 +11,6 @@ from __future__ import annotations
 import ctypes
 
 
-
-
 def assign_req_to_token_pool_cpu(req_pool_indices, req_to_token, start_offset, end_offset, out_cache_loc, pool_len):
     """For each request i: req_to_token[req_i, start_i:end_i] = the next (end_i - start_i) cache slots."""
     del pool_len  # the row length is req_to_token's own

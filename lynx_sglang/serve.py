@@ -201,6 +201,28 @@ def _live_group_members(pgid: int) -> list[int]:
     return live
 
 
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (Linux), so SGLang processes whose parent exited first can be reaped
+    here instead of lingering as zombies under a pid 1 that does not reap (as in many containers)."""
+    try:
+        import ctypes
+
+        PR_SET_CHILD_SUBREAPER = 36
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: zombies are the init process's to reap
+
+
+def reap_children() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def stop_process_group(process: subprocess.Popen, grace: float = 15.0) -> None:
     """SIGTERM the whole SGLang process group (launcher, scheduler, detokenizer), then SIGKILL."""
     pgid = process.pid  # start_new_session=True made the child the leader of its own group
@@ -212,10 +234,13 @@ def stop_process_group(process: subprocess.Popen, grace: float = 15.0) -> None:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             process.poll()  # reap our direct child so it does not linger as a zombie
+            reap_children()
             if not _live_group_members(pgid):
+                reap_children()
                 return
             time.sleep(0.1)
     process.poll()
+    reap_children()
 
 
 def example_request(url: str) -> str:
@@ -237,6 +262,7 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
     env.pop("TRITON_INTERPRET", None)  # a test-only setting must never reach a server
 
     print(f"lynx-sglang: starting SGLang for {plan.model_path} on {plan.url}", flush=True)
+    become_subreaper()
     # Own process group: one signal stops SGLang's launcher and every process it spawned.
     process = subprocess.Popen(plan.command(), env=env, start_new_session=True)
 

@@ -12,7 +12,6 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 CONFIG_ENV = "LYNX_SGLANG_CONFIG"
-RUNTIME_DIR_ENV = "LYNX_SGLANG_RUNTIME_DIR"
 
 
 class ConfigError(ValueError):
@@ -31,7 +30,7 @@ class LynxConfig:
     def from_env(cls, environ=os.environ) -> "LynxConfig":
         raw = environ.get(CONFIG_ENV)
         if not raw:
-            return cls(runtime_dir=environ.get(RUNTIME_DIR_ENV))
+            return cls()
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:

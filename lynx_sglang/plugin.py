@@ -8,6 +8,7 @@ user (and the tests) can see the plugin is live inside the scheduler, where the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from lynx_sglang import __version__
-from lynx_sglang.config import RUNTIME_DIR_ENV, LynxConfig
+from lynx_sglang.config import CONFIG_ENV, LynxConfig
 
 logger = logging.getLogger("lynx_sglang")
 
@@ -55,12 +56,12 @@ def _started_as_http_server() -> bool:
 
 
 def _runtime_dir(config: LynxConfig, role: str) -> Path | None:
-    directory = config.runtime_dir or os.environ.get(RUNTIME_DIR_ENV)
+    directory = config.runtime_dir
     if directory is None and role == "launcher" and _started_as_http_server():
         # Started by plain `python -m sglang.launch_server`: create the directory here so the
         # children, which inherit the environment, write their records next to ours.
         directory = tempfile.mkdtemp(prefix="lynx-sglang-")
-        os.environ[RUNTIME_DIR_ENV] = directory
+        os.environ[CONFIG_ENV] = dataclasses.replace(config, runtime_dir=directory).to_env()
     return Path(directory) if directory else None
 
 

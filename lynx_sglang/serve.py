@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lynx_sglang.config import CONFIG_ENV, RUNTIME_DIR_ENV, ConfigError, LynxConfig, split_lynx_flags
+from lynx_sglang.config import CONFIG_ENV, ConfigError, LynxConfig, split_lynx_flags
 
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / "checkpoint"
 DEFAULT_HOST = "127.0.0.1"
@@ -257,9 +257,7 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
 
     runtime_dir = tempfile.mkdtemp(prefix="lynx-sglang-")
     env = dict(os.environ, **plan.env)
-    env[RUNTIME_DIR_ENV] = runtime_dir
     env[CONFIG_ENV] = LynxConfig(runtime_dir=runtime_dir).to_env()
-    env.pop("TRITON_INTERPRET", None)  # a test-only setting must never reach a server
 
     print(f"lynx-sglang: starting SGLang for {plan.model_path} on {plan.url}", flush=True)
     become_subreaper()

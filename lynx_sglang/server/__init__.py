@@ -1,0 +1,1 @@
+"""Code that runs inside SGLang's HTTP launcher process: the `/lynx/*` routes, request checks, metrics."""

@@ -1,7 +1,8 @@
 """Exact-match accuracy of a running server on the embedded task, measured over HTTP.
 
-    lynx-sglang eval --url http://127.0.0.1:30000 --count 2000
+    lynx-sglang eval --url http://127.0.0.1:30000 --count 2000 [--distribution uniform]
 
+Problems are distinct held-out problems unless `--no-distinct`; the report gives every task kind.
 Requests go out concurrently (like real traffic) so the server forms decode batches; each is greedy
 (temperature 0) so the result is reproducible.
 """
@@ -16,7 +17,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from lynx_sglang.embedded.task import Problem, Score, heldout_problems, score
+from lynx_sglang.embedded.task import DISTRIBUTIONS, Problem, Score, heldout_problems, score
 
 MAX_ANSWER_TOKENS = 8  # the longest answer is 6 characters, plus EOS
 
@@ -52,6 +53,12 @@ class EvalResult:
     def summary(self) -> str:
         return f"{self.score.summary()} via /v1/{self.endpoint} in {self.seconds:.1f} s"
 
+    def as_json(self) -> dict:
+        s = self.score
+        by_kind = {k: {"correct": c, "total": n, "accuracy": s.kind_accuracy(k)} for k, (c, n) in s.by_kind.items()}
+        return {"accuracy": s.accuracy, "correct": s.correct, "total": s.total, "by_kind": by_kind,
+                "seconds": self.seconds, "endpoint": self.endpoint}
+
 
 def evaluate(
     base_url: str, problems: list[Problem], *, endpoint: str = "completions", concurrency: int = 32
@@ -62,14 +69,25 @@ def evaluate(
     return EvalResult(score(problems, completions), time.monotonic() - started, endpoint)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     import argparse
 
     ap = argparse.ArgumentParser(prog="lynx-sglang eval", description=__doc__.split("\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:30000", help="base URL of a running server")
-    ap.add_argument("--count", type=int, default=2000, help="held-out problems to score")
+    ap.add_argument("--count", type=int, default=2000, help="held-out problems to score (equal shares per kind)")
     ap.add_argument("--seed", type=int, default=1234, help="which held-out sample")
-    ap.add_argument("--distinct", action="store_true", help="no repeated problems (harder: see task.py)")
+    ap.add_argument(
+        "--distribution",
+        choices=DISTRIBUTIONS,
+        default="digits",
+        help="operands drawn digit count first (digits) or uniformly over their range (uniform)",
+    )
+    ap.add_argument(
+        "--distinct",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="no repeated problems (default); --no-distinct lets easy problems repeat as in training",
+    )
     ap.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -78,17 +96,32 @@ def main(argv=None) -> int:
         ap.error(f"--count must be at least 1 (got {args.count})")
     if args.concurrency < 1:
         ap.error(f"--concurrency must be at least 1 (got {args.concurrency})")
+    return ap, args
 
-    problems = heldout_problems(args.count, seed=args.seed, distinct=args.distinct)
+
+def describe(args, result: EvalResult) -> str:
+    sample = "distinct" if args.distinct else "possibly repeated"
+    header = (
+        f"{result.score.total} {sample} held-out problems, {args.distribution} operands, seed {args.seed}, "
+        f"via /v1/{result.endpoint} in {result.seconds:.1f} s"
+    )
+    return f"{header}\n{result.score.table()}"
+
+
+def main(argv=None) -> int:
+    ap, args = parse_args(argv)
+    try:
+        problems = heldout_problems(args.count, seed=args.seed, distinct=args.distinct, distribution=args.distribution)
+    except ValueError as exc:  # more distinct problems asked for than the held-out partition holds
+        ap.error(str(exc))
     try:
         result = evaluate(args.url, problems, endpoint=args.endpoint, concurrency=args.concurrency)
     except (urllib.error.URLError, ConnectionError) as exc:
         print(f"lynx-sglang eval: error: cannot reach {args.url} ({exc})", file=sys.stderr)
         return 2
     if args.json:
-        s = result.score
-        print(json.dumps({"accuracy": s.accuracy, "correct": s.correct, "total": s.total,
-                          "by_kind": s.by_kind, "seconds": result.seconds, "endpoint": args.endpoint}))
+        print(json.dumps({**result.as_json(), "distribution": args.distribution, "distinct": args.distinct,
+                          "seed": args.seed}))
     else:
-        print(result.summary())
+        print(describe(args, result))
     return 0

@@ -22,6 +22,16 @@ from typing import Iterable, Iterator, Literal, Sequence
 TaskKind = Literal["add", "sub", "mul", "rev"]
 TASK_KINDS: tuple[TaskKind, ...] = ("add", "sub", "mul", "rev")
 
+# How operands are drawn. "digits": digit count first, so 7 and 700 are drawn about as often as any
+# one-digit and any three-digit number together. "uniform": each value in range equally likely, as a
+# user typing random problems would (mostly full-length operands).
+Distribution = Literal["digits", "uniform"]
+DISTRIBUTIONS: tuple[Distribution, ...] = ("digits", "uniform")
+
+# A distinct draw gives up after this many draws in a row that found nothing new (the partition of a
+# kind is exhausted, e.g. more than ~625 distinct held-out products asked for).
+MAX_FRUITLESS_DRAWS = 200_000
+
 # One in HELDOUT_MODULUS prompts (by hash) is held out. Multiplication has only 10,000 distinct
 # problems, so the held-out partition must stay small enough to leave most of them for training.
 HELDOUT_MODULUS = 16
@@ -43,21 +53,25 @@ def is_heldout(prompt: str) -> bool:
     return int.from_bytes(digest, "little") % HELDOUT_MODULUS == 0
 
 
-def _operand(rng: random.Random, max_digits: int) -> int:
-    # Draw the digit count first so short operands are as common as long ones.
+def _operand(rng: random.Random, max_digits: int, distribution: Distribution) -> int:
+    if distribution == "uniform":
+        return rng.randint(0, 10**max_digits - 1)
+    if distribution != "digits":
+        raise ValueError(f"unknown distribution {distribution!r}; expected one of {', '.join(DISTRIBUTIONS)}")
     digits = rng.randint(1, max_digits)
     return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
 
 
-def make_problem(kind: TaskKind, rng: random.Random) -> Problem:
+def make_problem(kind: TaskKind, rng: random.Random, distribution: Distribution = "digits") -> Problem:
+    """One problem; `distribution` applies to arithmetic operands (reversal strings are the same in both)."""
     if kind == "add":
-        a, b = _operand(rng, 3), _operand(rng, 3)
+        a, b = _operand(rng, 3, distribution), _operand(rng, 3, distribution)
         return Problem(kind, f"{a}+{b}=", str(a + b))
     if kind == "sub":
-        a, b = _operand(rng, 3), _operand(rng, 3)
+        a, b = _operand(rng, 3, distribution), _operand(rng, 3, distribution)
         return Problem(kind, f"{a}-{b}=", str(a - b))
     if kind == "mul":
-        a, b = _operand(rng, 2), _operand(rng, 2)
+        a, b = _operand(rng, 2, distribution), _operand(rng, 2, distribution)
         return Problem(kind, f"{a}*{b}=", str(a * b))
     if kind == "rev":
         digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(2, 6)))
@@ -87,45 +101,59 @@ def sample_problems(
     kinds: Sequence[TaskKind] = TASK_KINDS,
     weights: Sequence[float] | None = None,
     distinct: bool = False,
+    distribution: Distribution = "digits",
 ) -> list[Problem]:
     """Draw `count` problems from the training (heldout=False) or held-out partition."""
     rng = random.Random(seed)
     problems: list[Problem] = []
     seen: set[str] = set()
+    fruitless = 0
     while len(problems) < count:
         kind = rng.choices(list(kinds), weights=weights)[0]
-        p = make_problem(kind, rng)
-        if is_heldout(p.prompt) != heldout:
+        p = make_problem(kind, rng, distribution)
+        if is_heldout(p.prompt) != heldout or (distinct and p.prompt in seen):
+            fruitless += 1
+            if fruitless > MAX_FRUITLESS_DRAWS:
+                raise ValueError(
+                    f"found only {len(problems)} of {count} distinct problems ({', '.join(kinds)}) in the "
+                    f"{'held-out' if heldout else 'training'} partition"
+                )
             continue
-        if distinct:
-            if p.prompt in seen:
-                continue
-            seen.add(p.prompt)
+        fruitless = 0
+        seen.add(p.prompt)
         problems.append(p)
     return problems
 
 
-def heldout_problems(count: int = 2000, *, seed: int = 1234, distinct: bool = False) -> list[Problem]:
+def heldout_problems(
+    count: int = 2000, *, seed: int = 1234, distinct: bool = False, distribution: Distribution = "digits"
+) -> list[Problem]:
     """A fixed evaluation set: equal shares of each task kind, drawn from the held-out partition.
 
-    By default problems are drawn exactly as training problems are (the task's own distribution), so
-    easy problems with one-digit operands can repeat. `distinct=True` draws without repeats instead,
-    which for multiplication (only ~625 held-out problems) leans on the hard two-digit ones.
+    Without `distinct`, easy problems repeat (under "digits", `3*7=` is drawn about once in 324
+    multiplications), which flatters the model; `lynx-sglang eval` therefore scores distinct problems.
+    Multiplication has only ~625 held-out problems, so at most that many distinct ones exist.
     """
     per_kind, extra = divmod(count, len(TASK_KINDS))
     out: list[Problem] = []
     for i, kind in enumerate(TASK_KINDS):
         n = per_kind + (1 if i < extra else 0)
-        out.extend(sample_problems(n, seed=seed + i, heldout=True, kinds=(kind,), distinct=distinct))
+        out.extend(
+            sample_problems(
+                n, seed=seed + i, heldout=True, kinds=(kind,), distinct=distinct, distribution=distribution
+            )
+        )
     random.Random(seed).shuffle(out)
     return out
 
 
-def training_stream(*, seed: int, weights: Sequence[float]) -> Iterator[Problem]:
+def training_stream(*, seed: int, weights: Sequence[float], uniform_share: float = 0.0) -> Iterator[Problem]:
+    """Endless training problems; `uniform_share` of them have value-uniform operands, the rest digits-first."""
     rng = random.Random(seed)
     while True:
         kind = rng.choices(list(TASK_KINDS), weights=weights)[0]
-        p = make_problem(kind, rng)
+        distribution: Distribution = "uniform" if rng.random() < uniform_share else "digits"
+        p = make_problem(kind, rng, distribution)
         if not is_heldout(p.prompt):
             yield p
 
@@ -145,9 +173,26 @@ class Score:
     def accuracy(self) -> float:
         return self.correct / self.total if self.total else 0.0
 
+    def kind_accuracy(self, kind: str) -> float:
+        correct, total = self.by_kind.get(kind, (0, 0))
+        return correct / total if total else 0.0
+
     def summary(self) -> str:
-        parts = [f"{k} {c}/{n}" for k, (c, n) in sorted(self.by_kind.items())]
+        parts = [f"{k} {c}/{n}" for k, (c, n) in sorted(self.by_kind.items(), key=_task_order)]
         return f"exact match {self.correct}/{self.total} = {self.accuracy:.4f} ({', '.join(parts)})"
+
+    def table(self) -> str:
+        """One line per task kind, then the total: kind, correct, total, accuracy."""
+        rows = [(k, c, n) for k, (c, n) in sorted(self.by_kind.items(), key=_task_order)]
+        rows.append(("all", self.correct, self.total))
+        lines = [f"{'kind':<5} {'correct':>7} {'total':>6} {'accuracy':>9}"]
+        lines += [f"{k:<5} {c:>7} {n:>6} {100 * c / n if n else 0:>8.2f}%" for k, c, n in rows]
+        return "\n".join(lines)
+
+
+def _task_order(item: tuple[str, object]) -> tuple[int, str]:
+    kind = item[0]
+    return (TASK_KINDS.index(kind) if kind in TASK_KINDS else len(TASK_KINDS), kind)
 
 
 def score(problems: Iterable[Problem], completions: Iterable[str]) -> Score:

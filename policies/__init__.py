@@ -2,13 +2,17 @@
 
     from lynx_sglang.policies import get_policy, available_policies
     policy = get_policy("lynx", num_experts=E, top_k=k, renormalize=True)
-    d = policy.select(router_logits, topk_ids, topk_weights, num_real=None, layer_id=None)
+    d = policy.select(router_logits, topk_ids, topk_weights, num_real=None, layer_id=None, budget=None)
     d.topk_ids [T, k], d.topk_weights [T, k], d.active_mask [E] bool
+    budget = ExpertBudget.unlimited(E, device).set_experts(16)   # a cap changeable in place
 
 See docs/policies.md for every policy, the rules a policy must follow, and how to add your own.
 """
 
-from .base import Policy, PolicyConfigError, PolicyDecision, RoutingContext, ensure_min_active
+from .base import Policy, PolicyDecision, RoutingContext, ensure_min_active
+from .budget import ExpertBudget
+from .keys import MASS_ONE, stable_topk_indices
+from .params import PolicyConfigError
 from .lynx import LYNX_FALLBACK, LynxPolicy, LynxV1Policy, lynx_defaults
 from .peers import (
     BaselinePolicy,
@@ -27,15 +31,17 @@ from .registry import (
     get_policy,
     resolve_policy_class,
 )
-from .remap import ids_to_mask, remap_topk, sanitize_logits, stable_topk_indices
+from .remap import ids_to_mask, remap_topk, sanitize_logits
 
 __all__ = [
     "BUILTIN_POLICIES",
     "ENTRY_POINT_GROUP",
     "LYNX_FALLBACK",
+    "MASS_ONE",
     "BaselinePolicy",
     "BudgetPolicy",
     "CoveragePolicy",
+    "ExpertBudget",
     "LynxPolicy",
     "LynxV1Policy",
     "OeaPolicy",

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 
 from .base import Policy, PolicyConfigError, RoutingContext
-from .remap import ids_to_mask, stable_topk_indices, unique_descending_keys
+from .keys import rank_of
+from .params import check_choice
+from .remap import ids_to_mask
 
 # (alpha, beta) shipped by the authors, matched by model name (lower-case substring, first match).
 # Order matters: the more specific names come first.
@@ -54,19 +56,22 @@ class LynxPolicy(Policy):
     """Affinity binning.
 
     q[t,e] = max(-beta, ceil(alpha * (L[t,e] - max_e L[t,e])))  in {0, -1, ..., -beta}
-    h[t,e] = B ** q[t,e];  S[e] = sum_t h[t,e]  (B = number of voting rows)
+    h[t,e] = B ** q[t,e];  S[e] = sum over voters of h[t,e]  (B = number of voters)
     m[t,e] = q[t,e] + (S[e] - h[t,e]) / B
     each voter takes the top-k of m; the active set is the union of those picks.
 
-    Exactness: m is compared as the integer B**(beta+1) * m = q * B**(beta+1) + sum over the OTHER
-    voters of B**(q+beta), so equal scores are really equal (a float sum would break ties by
-    rounding, differently on each device). Ties go to the lower expert index.
+    Within one token's bin h is constant and (S - h) / B < 1, so the top-k of m is the top-k of
+    the pair (q, S): bin first, then the batch vote S, compared exactly as integers. Equal pairs are
+    broken by one order shared by the batch: `tie_break="mass"` (default) the batch's routed mass,
+    then vote count, then lower index (at B = 1 that is the token's own order, so a lone token is
+    never moved); `"index"` the lower expert index (the authors' plugin).
     """
 
     name = "lynx"
+    TIE_BREAKS = ("mass", "index")
 
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, alpha=None, beta=None,
-                 model_name=None):
+                 model_name=None, tie_break="mass"):
         super().__init__(num_experts, top_k, renormalize, layers)
         if model_name is not None and not isinstance(model_name, str):
             raise PolicyConfigError(
@@ -76,31 +81,36 @@ class LynxPolicy(Policy):
         self.alpha = self.check_float("alpha", default_alpha if alpha is None else alpha, 0.0, 100.0,
                                       low_open=True)
         self.beta = self.check_int("beta", default_beta if beta is None else beta, 1, 8)
+        self.tie_break = check_choice(self.name, "tie_break", tie_break, self.TIE_BREAKS)
+
+    def bins(self, logits: torch.Tensor) -> torch.Tensor:
+        """[T, E] int64 q in [-beta, 0]. Only alpha * (L - max L) is rounded (fp32, one product)."""
+        gap = logits - logits.max(dim=-1, keepdim=True).values  # log(p_e / p_top1) <= 0
+        return torch.ceil(self.alpha * gap).clamp_min(-self.beta).long()
+
+    def batch_votes(self, bins: torch.Tensor, ctx: RoutingContext) -> torch.Tensor:
+        """[E] S in units of B**-beta: sum over voters of B**(q + beta). Exact in int64 while
+        B**(beta+1) < 2**62 (static check on T); beyond, float64 (exact up to 2**53)."""
+        exact = bins.shape[0] ** (self.beta + 1) < 2**62
+        batch = ctx.num_voters() if exact else ctx.num_voters().double()
+        powers = batch ** torch.arange(self.beta + 1, device=bins.device, dtype=batch.dtype)
+        return (powers[bins + self.beta] * ctx.voters.unsqueeze(1)).sum(dim=0)
+
+    def expert_order(self, votes: torch.Tensor, ctx: RoutingContext) -> torch.Tensor:
+        """[E] experts by batch vote descending, ties by the shared tie-break order."""
+        if self.tie_break == "mass":
+            tie_order = ctx.preference_order()
+        else:
+            tie_order = torch.arange(self.num_experts, device=votes.device)
+        by_votes = torch.sort(votes[tie_order], descending=True, stable=True).indices
+        return tie_order[by_votes]
 
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
-        logits = ctx.logits
-        beta = self.beta
-        gap = logits - logits.max(dim=-1, keepdim=True).values  # log(p_e / p_top1) <= 0
-        bins = torch.ceil(self.alpha * gap).clamp_min(-beta).long()  # q in [-beta, 0]
-
-        num_rows = logits.shape[0]
-        # powers[j] = B ** j for j = 0..beta+1. Largest |key|: (beta + 1) * B**(beta+1), times E
-        # for the tie-break below; int64 holds it when T**(beta+1) * (beta+2) * E < 2**62, a static
-        # check on the shape (true for beta <= 4 up to T ~ 1400 at E = 128).
-        exact = num_rows ** (beta + 1) * (beta + 2) * self.num_experts < 2**62
-        if exact:
-            batch = ctx.num_voters()
-            powers = batch ** torch.arange(beta + 2, device=logits.device)
-        else:  # huge batches with a large beta: float64, exact up to 2**53, then near-exact
-            batch = ctx.num_voters().double()
-            powers = batch ** torch.arange(beta + 2, device=logits.device, dtype=torch.float64)
-        votes = powers[bins + beta] * ctx.voters.unsqueeze(1)  # B**(q+beta): h in units of B**-beta
-        batch_votes = votes.sum(dim=0, keepdim=True)  # S in the same units
-        score = bins * powers[beta + 1] + (batch_votes - votes)  # = B**(beta+1) * m
-        if exact:  # unique integer keys: topk is unambiguous and cheaper than a stable sort
-            picks = torch.topk(unique_descending_keys(score, self.num_experts), self.top_k).indices
-        else:
-            picks = stable_topk_indices(score, self.top_k)
+        bins = self.bins(ctx.logits)
+        rank = rank_of(self.expert_order(self.batch_votes(bins, ctx), ctx))
+        # Unique per token: bin first, then the batch's order (rank 0 = best).
+        key = bins * self.num_experts + (self.num_experts - 1 - rank)
+        picks = torch.topk(key, self.top_k, dim=-1).indices
         return ids_to_mask(picks, ctx.voters, self.num_experts)
 
 

@@ -5,26 +5,25 @@ See docs/policies.md for the idea, formula, parameters and source of each.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .base import Policy, PolicyConfigError, PolicyDecision, RoutingContext, ensure_min_active
-from .remap import ids_to_mask, stable_topk_indices
+from .base import Policy, PolicyConfigError, PolicyDecision, RoutingContext, ensure_min_active, real_rows
+from .keys import MASS_BITS, MASS_ONE, unique_descending_keys
+from .params import experts_kept
+from .remap import ids_to_mask
 
 
 class BaselinePolicy(Policy):
-    """Identity: the model's routing, unchanged, whatever the logits hold."""
+    """Identity: the model's routing, unchanged, whatever the logits hold (and whatever budget)."""
 
     name = "baseline"
 
-    def select(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None) -> PolicyDecision:
-        self._check_shapes(router_logits, topk_ids, topk_weights)
-        num_rows = router_logits.shape[0]
-        row_index = torch.arange(num_rows, device=router_logits.device)
-        row_is_real = row_index >= 0 if num_real is None else row_index < num_real
-        return self.pass_through(topk_ids, topk_weights, row_is_real)
-
-    def decide(self, ctx: RoutingContext) -> torch.Tensor:  # not used: select is overridden
-        return ids_to_mask(ctx.own_topk_ids(), ctx.voters, self.num_experts)
+    def select(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None,
+               budget=None) -> PolicyDecision:
+        self._check_shapes(router_logits, topk_ids, topk_weights, budget)
+        return self.pass_through(topk_ids, topk_weights, real_rows(router_logits.shape[0], num_real, router_logits.device))
 
 
 class OeaPolicy(Policy):
@@ -45,41 +44,37 @@ class OeaPolicy(Policy):
 
 class BudgetPolicy(Policy):
     """Explicit expert budget (XShare-style): keep at most N experts, those receiving the most
-    gating mass from the batch under normal routing (RoutingContext.routed_mass); the rest are
-    remapped. Experts no voter chose are never added, so a batch already within budget is
-    unchanged."""
+    routed mass from the batch (RoutingContext.preference_order: mass, then votes, then index);
+    the rest are remapped. Experts no voter chose are never added, so a batch already within
+    budget is unchanged."""
 
     name = "budget"
 
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, num_experts_kept=None,
                  fraction=None):
         super().__init__(num_experts, top_k, renormalize, layers)
-        self.num_experts_kept = self.expert_budget_from(num_experts_kept, fraction)
+        self.num_experts_kept = experts_kept(self.name, num_experts, top_k, num_experts_kept, fraction)
 
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
-        mass = ctx.routed_mass()
-        best = stable_topk_indices(mass, self.num_experts_kept)
-        kept = torch.zeros_like(mass, dtype=torch.bool).scatter(0, best, True)
-        return kept & (mass > 0)
+        return (ctx.preference_rank() < self.num_experts_kept) & (ctx.topk_counts() > 0)
 
 
 class TopNPolicy(Policy):
-    """The N experts chosen (in their own top-k) by the most voters; ties broken by routed gating
-    mass, then by lower index."""
+    """The N experts chosen (in their own top-k) by the most voters; ties broken by routed mass,
+    then by lower index."""
 
     name = "topn"
 
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, num_experts_kept=None,
                  fraction=None):
         super().__init__(num_experts, top_k, renormalize, layers)
-        self.num_experts_kept = self.expert_budget_from(num_experts_kept, fraction)
+        self.num_experts_kept = experts_kept(self.name, num_experts, top_k, num_experts_kept, fraction)
 
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
         counts = ctx.topk_counts()
-        num_rows = ctx.logits.shape[0]
-        # routed mass of an expert <= its count <= T, so mass / (T + 1) < 1 only breaks count ties.
-        rank_key = counts.float() + ctx.routed_mass() / (num_rows + 1)
-        best = stable_topk_indices(rank_key, self.num_experts_kept)
+        # routed mass <= T * MASS_ONE: one integer key, count first.
+        rank_key = counts * (ctx.logits.shape[0] * MASS_ONE + 1) + ctx.routed_mass()
+        best = torch.topk(unique_descending_keys(rank_key, self.num_experts), self.num_experts_kept).indices
         kept = torch.zeros_like(counts, dtype=torch.bool).scatter(0, best, True)
         return kept & (counts > 0)
 
@@ -109,18 +104,10 @@ class StaticTopKPolicy(Policy):
 _MASK31 = (1 << 31) - 1
 
 
-def _mix31(x: torch.Tensor) -> torch.Tensor:
-    """A 31-bit integer hash (xorshift-multiply rounds). Operands stay below 2**62, so int64
-    arithmetic never overflows and CPU and CUDA give the same bits."""
+def _mix31(x):
+    """A 31-bit integer hash (xorshift-multiply rounds) of a python int or an int64 tensor.
+    Operands stay below 2**62, so int64 arithmetic never overflows and CPU and CUDA agree."""
     x = x & _MASK31
-    x = ((x ^ (x >> 15)) * 0x2C1B3C6D) & _MASK31
-    x = ((x ^ (x >> 12)) * 0x297A2D39) & _MASK31
-    return x ^ (x >> 15)
-
-
-def _mix31_int(x: int) -> int:
-    """`_mix31` on a python int (for the seed and layer, which are static)."""
-    x &= _MASK31
     x = ((x ^ (x >> 15)) * 0x2C1B3C6D) & _MASK31
     x = ((x ^ (x >> 12)) * 0x297A2D39) & _MASK31
     return x ^ (x >> 15)
@@ -140,7 +127,7 @@ class RandomPolicy(Policy):
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, num_experts_kept=None,
                  fraction=None, seed=0):
         super().__init__(num_experts, top_k, renormalize, layers)
-        self.num_experts_kept = self.expert_budget_from(num_experts_kept, fraction)
+        self.num_experts_kept = experts_kept(self.name, num_experts, top_k, num_experts_kept, fraction)
         self.seed = self.check_int("seed", seed, 0, 2**31 - 1)
 
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
@@ -151,18 +138,18 @@ class RandomPolicy(Policy):
         token_codes = _mix31(own_ids + self.num_experts * slot) * ctx.voters.unsqueeze(1)
         batch_code = token_codes.sum() & _MASK31  # at most T*k values below 2**31: no overflow
         layer_code = 0 if ctx.layer_id is None else ctx.layer_id + 1  # python int: static per layer
-        static_code = _mix31_int(self.seed * 7919 + _mix31_int(layer_code))
+        static_code = _mix31(self.seed * 7919 + _mix31(layer_code))
         expert_ids = torch.arange(self.num_experts, device=device)
         priority = _mix31(_mix31(expert_ids + static_code) ^ batch_code)
-        chosen = stable_topk_indices(priority, self.num_experts_kept)
+        chosen = torch.topk(unique_descending_keys(priority, self.num_experts), self.num_experts_kept).indices
         return torch.zeros(self.num_experts, dtype=torch.bool, device=device).scatter(0, chosen, True)
 
 
 class CoveragePolicy(Policy):
-    """Accuracy budget: the fewest experts covering a fraction p of the batch's routed gating mass
-    (RoutingContext.routed_mass), taken greedily from the most massive. Optionally a cap on any
-    token's dropped mass: a voter whose own top-k experts outside the active set carry more than
-    `max_dropped_mass` of its router probability keeps its own routing (its experts join the set).
+    """Accuracy budget: the fewest experts covering a fraction p of the batch's routed mass, taken
+    greedily in RoutingContext.preference_order. Optionally a cap on any token's dropped weight: a
+    voter whose own top-k experts outside the active set carry more than `max_dropped_mass` of its
+    (renormalised) routed weight keeps its own routing (its experts join the set).
     """
 
     name = "coverage"
@@ -177,17 +164,33 @@ class CoveragePolicy(Policy):
         )
 
     def decide(self, ctx: RoutingContext):
-        mass = ctx.routed_mass()
-        sorted_mass, order = torch.sort(mass, descending=True, stable=True)
-        mass_before = torch.cumsum(sorted_mass, dim=0) - sorted_mass  # exclusive prefix sum
-        # Expert i (in mass order) is needed while the ones before it cover less than p.
-        needed = (mass_before < self.mass_fraction * mass.sum()) & (sorted_mass > 0)
-        active = torch.zeros_like(needed).scatter(0, order, needed)
+        active = covering_experts(ctx.routed_mass(), ctx.preference_order(), self.mass_fraction)
         if self.max_dropped_mass is None:
             return active
         # Apply the cap to the set tokens will really see (after the shared top-up to k).
         active = ensure_min_active(active, ctx, self.slots_used)
-        own_ids = ctx.own_topk_ids()
-        own_probs = ctx.probs().gather(1, own_ids)
-        dropped = (own_probs * ~active[own_ids]).sum(dim=-1)
-        return active, dropped > self.max_dropped_mass
+        return active, tokens_over_dropped_cap(ctx, active, self.max_dropped_mass)
+
+
+def fraction_units(fraction: float) -> int:
+    """A fraction in MASS_ONE fixed point, rounded down (a python int: static per policy)."""
+    return math.floor(fraction * MASS_ONE)
+
+
+def covering_experts(mass: torch.Tensor, order: torch.Tensor, fraction: float) -> torch.Tensor:
+    """[E] bool: expert i of `order` is kept while the mass of those before it is < fraction *
+    total (and its own mass is > 0); integer arithmetic, so the cut is exact."""
+    mass_in_order = mass[order]
+    mass_before = torch.cumsum(mass_in_order, dim=0) - mass_in_order
+    needed = ((mass_before << MASS_BITS) < fraction_units(fraction) * mass.sum()) & (mass_in_order > 0)
+    return torch.zeros_like(needed).scatter(0, order, needed)
+
+
+def tokens_over_dropped_cap(ctx: RoutingContext, active: torch.Tensor, cap: float) -> torch.Tensor:
+    """[T] bool: voters whose own experts outside `active` carry more than `cap` of their routed
+    weight. cap 0 means no token may drop any expert (even one whose weight rounds to 0 units)."""
+    own_inactive = ~active[ctx.own_topk_ids()]
+    if cap == 0:
+        return own_inactive.any(dim=-1)
+    dropped = (ctx.own_weights() * own_inactive).sum(dim=-1)
+    return dropped > fraction_units(cap)

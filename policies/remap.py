@@ -11,42 +11,11 @@ from __future__ import annotations
 
 import torch
 
+from .keys import stable_topk_indices
+
 # Non-finite logits are replaced by these before any ranking or softmax (see `sanitize_logits`).
 # A quarter of the fp32 range keeps `x - max(x)` finite inside a softmax.
 _FP32_BIG = torch.finfo(torch.float32).max / 4
-
-
-def stable_topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the `k` largest entries along the last dim, largest first.
-
-    Equal scores are ordered by LOWER index first. `torch.topk` does not document its tie order (and
-    CPU and CUDA differ); a fixed tie rule makes every policy reproducible across devices and
-    checkable against slow reference implementations. Floats (no NaN) are mapped to integers with
-    the same order, the index is folded in as a tie-breaker so that every key is unique, and then
-    `torch.topk` is unambiguous (and much cheaper than a full stable sort when k << E).
-    Other dtypes fall back to a stable descending sort.
-    """
-    if scores.dtype in (torch.float32, torch.float16, torch.bfloat16):
-        num_experts = scores.shape[-1]
-        keys = unique_descending_keys(float32_order_key(scores.float()), num_experts)
-        return torch.topk(keys, k, dim=-1, sorted=True).indices
-    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
-
-
-def float32_order_key(values: torch.Tensor) -> torch.Tensor:
-    """int64 keys with the same order as fp32 `values` (which must hold no NaN); equal values,
-    including -0.0 and +0.0, get equal keys. The usual bit trick: a float's bits read as an int
-    are ordered for positive floats and reversed for negative ones, so flip the latter."""
-    values = torch.where(values == 0, torch.zeros_like(values), values)  # -0.0 -> +0.0
-    bits = values.view(torch.int32).long()
-    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-
-
-def unique_descending_keys(keys: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """Fold the expert index (last dim) into int64 `keys` so that equal keys rank the lower index
-    higher: key * E + (E - 1 - index). Callers keep |key| * E well inside int64."""
-    index = torch.arange(num_experts, device=keys.device)
-    return keys * num_experts + (num_experts - 1 - index)
 
 
 def ids_to_mask(ids: torch.Tensor, row_mask: torch.Tensor | None, num_experts: int) -> torch.Tensor:
@@ -91,8 +60,9 @@ def remap_topk(
     Args:
         router_logits: [T, E] router logits (any float dtype; computed in fp32).
         topk_ids, topk_weights: [T, k] the model's normal routing for the same tokens.
-        active_mask: [E] bool, the experts the batch may use. It should hold at least `slots_used`
-            experts (every built-in policy guarantees this); slots it cannot fill get weight 0.
+        active_mask: [E] bool, the experts the batch may use. With fewer than `slots_used` active
+            experts (an expert budget below k), the slots that cannot be filled repeat the token's
+            first chosen expert with weight 0, so no slot names an inactive expert.
         keep_original_rows: optional [T] bool; those rows return topk_ids/topk_weights unchanged.
         renormalize: True: weights sum to 1. False: weights are rescaled so their sum equals the
             token's original top-k mass (the row sum of topk_weights), as for models that do not
@@ -138,6 +108,9 @@ def _remap_clean(
     masked = clean_logits.masked_fill(~active_mask.unsqueeze(0), float("-inf"))
     new_ids = stable_topk_indices(masked, slots)  # [T, slots] int64
     selected_logits = masked.gather(1, new_ids)
+    # Fewer active experts than slots (an expert budget below k): the slots left over would name
+    # an inactive expert; they repeat the token's first choice instead, with weight 0 (below).
+    new_ids = torch.where(selected_logits == float("-inf"), new_ids[:, :1], new_ids)
 
     if renormalize:
         target_mass = torch.ones(num_rows, 1, dtype=torch.float32, device=clean_logits.device)

@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from lynx_sglang.policies import get_policy
+from lynx_sglang.policies import MASS_ONE, get_policy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,9 +136,37 @@ def _finish(router_logits, topk_ids, topk_weights, active, voters, num_real, ren
     return ids, weights, active
 
 
-def reference_lynx(router_logits, topk_ids, topk_weights, num_real, alpha, beta, renormalize):
+def reference_own_weight_units(row, top_k):
+    """A token's own top-k weights renormalised, in MASS_ONE units, as docs/policies.md defines
+    them: exp in double rounded to fp32, scaled by 2**40 and truncated, then integer arithmetic."""
+    own = _own_order(row)[:top_k]
+    gaps = [np.float32(np.float32(row[e]) - np.float32(row[own[0]])) for e in own]
+    fixed = [int(float(np.float32(math.exp(float(g)))) * 2.0**40) for g in gaps]
+    return {e: f * MASS_ONE // sum(fixed) for e, f in zip(own, fixed)}
+
+
+def reference_mass_and_counts(rows, voters, top_k):
+    num_experts = len(rows[0])
+    mass, counts = [0] * num_experts, [0] * num_experts
+    for t, row in enumerate(rows):
+        if voters[t]:
+            for e, units in reference_own_weight_units(row, top_k).items():
+                mass[e] += units
+                counts[e] += 1
+    return mass, counts
+
+
+def reference_preference_order(rows, voters, top_k):
+    """Experts by routed mass, then vote count (descending), then lower index."""
+    mass, counts = reference_mass_and_counts(rows, voters, top_k)
+    return sorted(range(len(rows[0])), key=lambda e: (-mass[e], -counts[e], e))
+
+
+def reference_lynx(router_logits, topk_ids, topk_weights, num_real, alpha, beta, renormalize,
+                   tie_break="mass"):
     """Affinity binning, straight from the formulas, in exact rational arithmetic. The bin uses
-    fp32 arithmetic for alpha * (L - max L) as the implementation does (the only rounding step)."""
+    fp32 arithmetic for alpha * (L - max L) as the implementation does (the only rounding step).
+    Equal scores: the batch's preference order ("mass") or the lower index ("index")."""
     rows = _rows(router_logits)
     num_experts = len(rows[0])
     top_k = topk_ids.shape[1]
@@ -154,12 +182,17 @@ def reference_lynx(router_logits, topk_ids, topk_weights, num_real, alpha, beta,
             bins[t, e] = max(-beta, math.ceil(float(scaled)))
     vote = {key: Fraction(batch) ** q for key, q in bins.items()}
     total = [sum(vote[t, e] for t in range(len(rows)) if voters[t]) for e in range(num_experts)]
+    if tie_break == "mass":
+        order = reference_preference_order(rows, voters, top_k)
+    else:
+        order = list(range(num_experts))
+    position = {e: i for i, e in enumerate(order)}
     active = [False] * num_experts
     for t in range(len(rows)):
         if not voters[t]:
             continue
         score = {e: bins[t, e] + (total[e] - vote[t, e]) / batch for e in range(num_experts)}
-        for e in sorted(range(num_experts), key=lambda e: (-score[e], e))[:top_k]:
+        for e in sorted(range(num_experts), key=lambda e: (-score[e], position[e]))[:top_k]:
             active[e] = True
     return _finish(router_logits, topk_ids, topk_weights, active, voters, num_real, renormalize)
 

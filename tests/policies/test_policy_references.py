@@ -46,13 +46,14 @@ def assert_matches(decision, expected, num_real):
 
 @SETTINGS
 @given(case=small_cases(), alpha=st.sampled_from([0.7, 1.0, 2.0, 3.0]), beta=st.integers(1, 4),
-       num_real_as_tensor=st.booleans())
-def test_lynx_matches_reference(case, alpha, beta, num_real_as_tensor):
+       num_real_as_tensor=st.booleans(), tie_break=st.sampled_from(["mass", "index"]))
+def test_lynx_matches_reference(case, alpha, beta, num_real_as_tensor, tie_break):
     logits, ids, weights, num_real, renormalize = case
-    policy = get_policy("lynx", logits.shape[1], ids.shape[1], renormalize, alpha=alpha, beta=beta)
+    policy = get_policy("lynx", logits.shape[1], ids.shape[1], renormalize, alpha=alpha, beta=beta,
+                        tie_break=tie_break)
     given_num_real = torch.tensor(num_real) if num_real_as_tensor else num_real
     decision = policy.select(logits, ids, weights, num_real=given_num_real)
-    expected = reference_lynx(logits, ids, weights, num_real, alpha, beta, renormalize)
+    expected = reference_lynx(logits, ids, weights, num_real, alpha, beta, renormalize, tie_break)
     assert_matches(decision, expected, num_real)
 
 
@@ -89,8 +90,19 @@ def test_lynx_worked_example():
     # S = [1 + 2/3, 1/3 + 2, 1/3 + 2, 1].  Token 1: m1 = 0 + (S1 - 1)/3 = 4/9, m2 = 4/9: a tie,
     # lower index wins -> expert 1. Token 2 likewise -> expert 1. Token 0 -> expert 0.
     ids, weights = normal_routing(logits, 1, True)
-    policy = get_policy("lynx", 4, 1, True, alpha=1.0, beta=1)
+    policy = get_policy("lynx", 4, 1, True, alpha=1.0, beta=1, tie_break="index")
     decision = policy.select(logits, ids, weights)
     assert decision.active_mask.tolist() == [True, True, False, False]
     assert decision.topk_ids.flatten().tolist() == [0, 1, 1]
     assert decision.topk_weights.flatten().tolist() == [1.0, 1.0, 1.0]
+
+
+def test_lynx_tie_break_by_mass_keeps_a_lone_token_on_its_choice():
+    """One token, three experts in bin 0 (alpha=1, beta=1: every logit within 1 of the top). The
+    index rule moves it to expert 0 for nothing; the mass rule keeps its own top-1, expert 2."""
+    logits = torch.tensor([[1.0, 1.2, 1.5, -5.0]])
+    ids, weights = normal_routing(logits, 1, True)
+    by_index = get_policy("lynx", 4, 1, True, alpha=1.0, beta=1, tie_break="index").select(logits, ids, weights)
+    by_mass = get_policy("lynx", 4, 1, True, alpha=1.0, beta=1).select(logits, ids, weights)
+    assert by_index.topk_ids.tolist() == [[0]]
+    assert by_mass.topk_ids.tolist() == [[2]] and torch.equal(by_mass.topk_weights, weights)

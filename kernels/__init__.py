@@ -31,10 +31,7 @@ def fused_moe_active(
     topk_weights: torch.Tensor,
     active_mask: torch.Tensor | None = None,
     activation: str = "silu",
-    *,
-    expert_counts: torch.Tensor | None = None,
-    max_active_experts: int | None = None,
-    out: torch.Tensor | None = None,
+    **options,
 ) -> torch.Tensor:
     """MoE output [T, H] computed over the active experts only.
 
@@ -47,21 +44,15 @@ def fused_moe_active(
         active_mask: [E] bool, or None for "the experts present in topk_ids". A choice that points at an
             inactive expert contributes 0, and that expert's weights are never read.
         activation: "silu" or "gelu" (exact erf form), applied to the gate then multiplied by up.
-        expert_counts: optional [E] histogram of topk_ids (pairs per expert), e.g. the one the policy
-            already computed; alignment then skips its own count. Trusted, not checked.
-        max_active_experts: optional static bound on active experts; tightens the CUDA grid.
-        out: optional preallocated [T, H] output (every element is written).
+        options (keyword-only, passed to the implementation): max_active_experts (a static bound on
+            the experts holding pairs; tightens the CUDA grid), out (a preallocated [T, H] output,
+            every element written); on CUDA also config and alignment (fused_moe_active_triton).
     """
     if hidden.is_cuda:
-        from .triton_moe import fused_moe_active_triton
-
-        return fused_moe_active_triton(
-            hidden, w13, w2, topk_ids, topk_weights, active_mask, activation,
-            expert_counts=expert_counts, max_active_experts=max_active_experts, out=out,
-        )  # fmt: skip
-    return fused_moe_active_cpu(
-        hidden, w13, w2, topk_ids, topk_weights, active_mask, activation, expert_counts=expert_counts, out=out
-    )
+        from .triton_moe import fused_moe_active_triton as implementation
+    else:
+        implementation = fused_moe_active_cpu
+    return implementation(hidden, w13, w2, topk_ids, topk_weights, active_mask, activation, **options)
 
 
 _LAZY_TRITON_NAMES = {"fused_moe_active_triton", "MoeKernelConfig", "choose_config"}

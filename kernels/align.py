@@ -35,9 +35,10 @@ class ActiveAlignment:
     block_expert: torch.Tensor  # [max_blocks] int32; expert id of each block, -1 past the real blocks
     num_blocks: torch.Tensor  # [1] int32; number of real blocks (the rest of the grid exits early)
     pair_is_computed: torch.Tensor  # [num_pairs] bool; False for inactive / negative / out-of-range ids
+    # (and for pairs past the grid when max_active_experts was not a true bound: they are dropped)
     active_experts: torch.Tensor  # [num_experts] int32; compact active list (ascending), padded with -1
     num_active: torch.Tensor  # [1] int32; number of active experts (those in the mask, or present)
-    expert_counts: torch.Tensor  # [num_experts] int32; computed pairs per expert (0 when inactive)
+    expert_counts: torch.Tensor  # [num_experts] int32; pairs per active expert (0 when inactive)
     block_m: int
     max_blocks: int  # static grid bound along the block axis
     num_pairs: int
@@ -79,7 +80,6 @@ def align_active_experts(
     num_experts: int,
     block_m: int,
     active_mask: torch.Tensor | None = None,
-    expert_counts: torch.Tensor | None = None,
     max_active_experts: int | None = None,
 ) -> ActiveAlignment:
     """Group the computed (token, expert) pairs into BLOCK_M blocks over the compact active list.
@@ -89,11 +89,10 @@ def align_active_experts(
         num_experts: E, the number of experts in the weights.
         block_m: rows per block (the kernel's BLOCK_M).
         active_mask: [E] bool, or None for "the experts present in topk_ids".
-        expert_counts: optional [E] integer histogram of ``topk_ids`` (pairs per expert, counting every
-            pair whose id is e), as a policy computes it anyway; when given, the recount is skipped.
-            It must match ``topk_ids``: it is trusted, not checked (checking would need a host sync).
-        max_active_experts: optional static bound on the active count (e.g. a policy's expert budget);
-            tightens the grid bound. Must be a true bound, or blocks are lost.
+        max_active_experts: optional static bound on the experts that hold pairs (e.g. an expert
+            budget); tightens the grid. If it is not a true bound, the pairs that do not fit in the
+            grid are dropped (they contribute 0, like an inactive id); nothing is written out of
+            bounds.
     """
     num_tokens, top_k = topk_ids.shape
     num_pairs = num_tokens * top_k
@@ -104,23 +103,10 @@ def align_active_experts(
     pair_is_computed = computed_pairs_mask(topk_ids, num_experts, active_mask)
     # Key for sorting: the expert id for computed pairs, E (sorts last) for the others.
     sort_key = torch.where(pair_is_computed, flat_ids.long(), torch.full_like(flat_ids, num_experts, dtype=torch.long))
-
-    if active_mask is None:
-        expert_is_active = None
-    else:
-        expert_is_active = active_mask.to(torch.bool)
-
-    if expert_counts is None:
-        counts = torch.zeros(num_experts + 1, dtype=torch.int32, device=device)
-        counts.scatter_add_(0, sort_key, torch.ones_like(sort_key, dtype=torch.int32))
-        counts = counts[:num_experts]
-    else:
-        counts = expert_counts.to(device=device, dtype=torch.int32)
-        if expert_is_active is not None:
-            counts = torch.where(expert_is_active, counts, torch.zeros_like(counts))
-
-    if expert_is_active is None:
-        expert_is_active = counts > 0
+    counts = torch.zeros(num_experts + 1, dtype=torch.int32, device=device)
+    counts.scatter_add_(0, sort_key, torch.ones_like(sort_key, dtype=torch.int32))
+    counts = counts[:num_experts]
+    expert_is_active = counts > 0 if active_mask is None else active_mask.to(torch.bool)
 
     # Compact active list: active experts first, in ascending id order (stable sort of "inactive").
     active_order = torch.argsort((~expert_is_active).to(torch.int32), stable=True)
@@ -134,7 +120,7 @@ def align_active_experts(
     blocks_compact = (counts_compact + block_m - 1) // block_m
     block_end_compact = torch.cumsum(blocks_compact, 0, dtype=torch.int32)  # inclusive
     block_start_compact = block_end_compact - blocks_compact
-    num_blocks = block_end_compact[-1:].clone()
+    num_blocks = block_end_compact[-1:].clamp(max=max_blocks)
 
     # Map compact results back to expert ids so pairs can look them up by their expert.
     block_start_by_expert = torch.zeros(num_experts + 1, dtype=torch.int32, device=device)
@@ -153,9 +139,11 @@ def align_active_experts(
     rank_in_expert = sorted_position - pair_start_by_expert[sorted_keys]
     destination = block_start_by_expert[sorted_keys] * block_m + rank_in_expert
     capacity = max_blocks * block_m
-    sorted_is_computed = sorted_keys < num_experts
-    # Pairs that are not computed go to a trash slot one past the end, sliced off below.
-    destination = torch.where(sorted_is_computed, destination, torch.full_like(destination, capacity))
+    # Pairs that are not computed, or do not fit the grid (a max_active_experts that was not a true
+    # bound), go to a trash slot one past the end, sliced off below, and are marked not computed.
+    lands = (sorted_keys < num_experts) & (destination < capacity)
+    destination = torch.where(lands, destination, torch.full_like(destination, capacity))
+    pair_is_computed = torch.zeros_like(pair_is_computed).scatter_(0, sorted_pairs, lands)
 
     sorted_pair_ids = torch.full((capacity + 1,), num_pairs, dtype=torch.int32, device=device)
     sorted_pair_ids.scatter_(0, destination.long(), sorted_pairs.to(torch.int32))

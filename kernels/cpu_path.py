@@ -26,10 +26,12 @@ def fused_moe_active_cpu(
     topk_weights: torch.Tensor,
     active_mask: torch.Tensor | None = None,
     activation: str = "silu",
-    expert_counts: torch.Tensor | None = None,
+    *,
+    max_active_experts: int | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Same contract as :func:`lynx_sglang.kernels.fused_moe_active`, computed with torch ops."""
+    """Same contract as :func:`lynx_sglang.kernels.fused_moe_active`, computed with torch ops.
+    max_active_experts only sizes the CUDA grid; the loop here runs the experts that have pairs."""
     num_tokens, hidden_size = hidden.shape
     num_experts, two_i, _ = w13.shape
     intermediate = two_i // 2
@@ -43,12 +45,7 @@ def fused_moe_active_cpu(
     sort_key = torch.where(pair_is_computed, flat_ids, torch.full_like(flat_ids, num_experts))
     pairs_by_expert = torch.argsort(sort_key, stable=True)
 
-    if expert_counts is None:
-        counts = torch.bincount(sort_key, minlength=num_experts + 1)[:num_experts]
-    else:  # the policy's histogram: trusted to match topk_ids (only active experts are kept)
-        counts = expert_counts.to(torch.long)
-        if active_mask is not None:
-            counts = torch.where(active_mask.to(torch.bool), counts, torch.zeros_like(counts))
+    counts = torch.bincount(sort_key, minlength=num_experts + 1)[:num_experts]
     counts_host = counts.tolist()  # host-side list: fine on CPU, see module docstring
 
     accumulator = torch.zeros(num_tokens, out.shape[1], dtype=torch.float32, device=hidden.device)

@@ -302,7 +302,7 @@ def fused_moe_active_triton(
     topk_weights: torch.Tensor,
     active_mask: torch.Tensor | None = None,
     activation: str = "silu",
-    expert_counts: torch.Tensor | None = None,
+    *,
     max_active_experts: int | None = None,
     out: torch.Tensor | None = None,
     config: MoeKernelConfig | None = None,
@@ -335,7 +335,7 @@ def fused_moe_active_triton(
         )  # fmt: skip
     if alignment is None:
         alignment = align_active_experts(
-            topk_ids, num_experts, config.block_m, active_mask, expert_counts, max_active_experts
+            topk_ids, num_experts, config.block_m, active_mask, max_active_experts
         )
     elif alignment.block_m != config.block_m:
         raise ValueError(f"alignment.block_m {alignment.block_m} != config.block_m {config.block_m}")

@@ -77,16 +77,22 @@ def test_out_of_range_ids_are_dropped():
     _check_alignment(topk_ids, 8, 16, None, alignment)
 
 
-def test_precomputed_histogram_gives_the_same_alignment():
+def test_a_wrong_expert_bound_drops_pairs_and_never_writes_out_of_bounds():
+    """max_active_experts sizes the grid; a value below the experts really used must not write past
+    the buffers (scatter_ would raise here and fault on a GPU). The pairs that do not fit are
+    dropped: marked not computed, like an inactive id."""
     gen = torch.Generator().manual_seed(3)
-    topk_ids = torch.randint(0, 16, (10, 4), generator=gen)
-    active_mask = torch.rand(16, generator=gen) < 0.6
-    # The policy's histogram counts every pair, active or not; alignment masks it.
-    histogram = torch.bincount(topk_ids.flatten(), minlength=16)
-    a = align_active_experts(topk_ids, 16, 16, active_mask)
-    b = align_active_experts(topk_ids, 16, 16, active_mask, expert_counts=histogram)
-    for name in ("sorted_pair_ids", "block_expert", "num_blocks", "pair_is_computed", "active_experts", "num_active"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    topk_ids = torch.randint(0, 16, (10, 4), generator=gen)  # about 14 distinct experts
+    alignment = align_active_experts(topk_ids, 16, 16, max_active_experts=2)
+    assert alignment.max_blocks == max_blocks_bound(40, 16, 16, 2) < int(alignment.expert_counts.gt(0).sum())
+    placed = alignment.sorted_pair_ids[alignment.sorted_pair_ids < 40].long()
+    assert sorted(placed.tolist()) == alignment.pair_is_computed.nonzero().flatten().tolist()
+    assert 0 < placed.numel() < 40
+    flat = topk_ids.reshape(-1)
+    for b in range(alignment.max_blocks):  # every placed pair sits in a block of its own expert
+        rows = alignment.sorted_pair_ids[b * 16:(b + 1) * 16].long()
+        rows = rows[rows < 40]
+        assert (flat[rows] == alignment.block_expert[b]).all()
 
 
 def test_grid_bound_follows_active_budget_and_not_e():

@@ -73,13 +73,6 @@ def test_inactive_choice_contributes_zero():
     assert not torch.allclose(masked, full)
 
 
-def test_precomputed_histogram():
-    problem = make_problem(10, 32, 32, 16, 4, torch.float32, num_active=6, stray_ids=True)
-    ids = problem.topk_ids.long()
-    histogram = torch.zeros(16, dtype=torch.long).index_add_(0, ids[ids >= 0], torch.ones_like(ids[ids >= 0]))
-    _run_and_check(problem, torch.float32, expert_counts=histogram)
-
-
 def test_no_active_expert_writes_zeros():
     problem = make_problem(3, 32, 32, 4, 2, torch.float32, num_active=0)
     out = poisoned_output(3, 32, torch.float32)

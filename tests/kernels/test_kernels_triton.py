@@ -84,14 +84,28 @@ def test_more_tokens_than_block_and_zero_token_experts(triton_moe):
     _run_and_check(triton_moe, problem, torch.float32)
 
 
-def test_precomputed_histogram_and_default_config(triton_moe):
+def test_default_config(triton_moe):
     problem = make_problem(5, 32, 32, 8, 2, torch.float32, num_active=6, stray_ids=True, device=DEVICE)
-    ids = problem.topk_ids.long()
-    valid = ids >= 0
-    histogram = torch.zeros(8, dtype=torch.long, device=DEVICE).index_add_(0, ids[valid], torch.ones_like(ids[valid]))
     config = triton_moe.choose_config(5, 2, 8, 32, 32)
     assert min(config.block_m, config.gate_up_block_k, config.down_block_k) >= 16
-    _run_and_check(triton_moe, problem, torch.float32, config=config, expert_counts=histogram)
+    _run_and_check(triton_moe, problem, torch.float32, config=config)
+
+
+def test_wrong_expert_bound_drops_pairs_instead_of_writing_out_of_bounds(triton_moe):
+    """A max_active_experts below the experts really used: the grid holds fewer blocks than needed.
+    The output is exactly the MoE over the pairs that fit (the rest contribute 0), all written."""
+    problem = make_problem(6, 32, 32, 16, 2, torch.float32, num_active=10, device=DEVICE)
+    config = _small_config(triton_moe)
+    alignment = align_active_experts(problem.topk_ids, 16, config.block_m, problem.active_mask, max_active_experts=2)
+    dropped = ~alignment.pair_is_computed.view(6, 2)
+    assert dropped.any() and not dropped.all()
+    out = poisoned_output(6, 32, torch.float32, DEVICE)
+    triton_moe.fused_moe_active_triton(problem.hidden, problem.w13, problem.w2, problem.topk_ids, problem.topk_weights,
+                                       problem.active_mask, out=out, config=config, max_active_experts=2)  # fmt: skip
+    kept_weights = torch.where(dropped, torch.zeros_like(problem.topk_weights), problem.topk_weights)
+    ref = fused_moe_reference(problem.hidden.cpu(), problem.w13.cpu(), problem.w2.cpu(), problem.topk_ids.cpu(),
+                              kept_weights.cpu(), problem.active_mask.cpu())  # fmt: skip
+    assert_close_to_reference(out.cpu(), ref, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

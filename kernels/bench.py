@@ -16,10 +16,12 @@ perf_counter. Several copies of the weights are rotated so that the caches (GPU 
 flatter the figures. The copy bandwidth is measured in the same run (``dst.copy_(src)`` of 1 GiB,
 GB/s = 2 * bytes / time).
 
-Compared implementations, at the same active set (the same topk_ids):
-* ``stock``: SGLang's own Triton fused MoE when it imports (GPU machine with SGLang), else the faithful
-  re-implementation in :mod:`.stock` (align over all E experts, then the stock block kernel);
-* ``grouped_mm``: ``torch._grouped_mm`` over tokens sorted by expert, where available.
+Compared implementations, at the same active set (the same topk_ids), each named in the output:
+* ``stock``: :mod:`.stock`, a re-implementation of SGLang's Triton fused-MoE algorithm (align over all E
+  experts, then the stock block kernel); GPU or ``--triton-on-cpu`` only;
+* ``grouped_mm``: ``torch._grouped_mm`` over tokens sorted by expert, where available;
+* whatever the caller adds: ``lynx_sglang.kernel_bench`` (``lynx-sglang bench kernels``) adds SGLang's
+  own fused MoE; this package never imports SGLang.
 Ratios are "other time / our time": above 1 means ours is faster.
 """
 
@@ -186,33 +188,34 @@ def copy_bandwidth(device: torch.device, nbytes: int, repeats: int = 5) -> float
     return 2 * nbytes / statistics.median(samples) / 1e9
 
 
-def build_implementations(device: torch.device, args) -> dict[str, Callable]:
-    """name -> fn(hidden, w13, w2, topk_ids, topk_weights, active_mask) for this device."""
+Implementation = Callable  # fn(hidden, w13, w2, topk_ids, topk_weights, active_mask) -> [T, H]
+
+
+def build_implementations(device: torch.device, args) -> dict[str, tuple[str, Implementation]]:
+    """name -> (what runs, fn) for this device."""
     from . import fused_moe_active
 
-    impls: dict[str, Callable] = {}
+    impls: dict[str, tuple[str, Implementation]] = {}
     if device.type == "cuda" or args.triton_on_cpu:
+        from .stock import fused_moe_stock
         from .triton_moe import fused_moe_active_triton
 
-        impls["ours"] = lambda h, w13, w2, ids, tw, mask: fused_moe_active_triton(h, w13, w2, ids, tw, mask)
+        impls["ours"] = ("lynx_sglang.kernels.fused_moe_active_triton (Triton)",
+                         lambda h, w13, w2, ids, tw, mask: fused_moe_active_triton(h, w13, w2, ids, tw, mask))
         if "stock" in args.compare:
-            from .stock import fused_moe_stock, load_sglang_fused_experts
-
-            sglang_fn, label = (None, "") if args.triton_on_cpu else load_sglang_fused_experts()
-            if sglang_fn is not None:
-                impls["stock"] = lambda h, w13, w2, ids, tw, mask: sglang_fn(h, w13, w2, ids, tw)
-            else:
-                impls["stock"] = lambda h, w13, w2, ids, tw, mask: fused_moe_stock(h, w13, w2, ids, tw)
-                label = "lynx_sglang.kernels.stock (faithful re-implementation)"
-            print(f"# stock = {label}")
+            impls["stock"] = ("lynx_sglang.kernels.stock.fused_moe_stock (re-implementation of SGLang's algorithm)",
+                              lambda h, w13, w2, ids, tw, mask: fused_moe_stock(h, w13, w2, ids, tw))
     else:
-        impls["ours"] = lambda h, w13, w2, ids, tw, mask: fused_moe_active(h, w13, w2, ids, tw, mask)
+        impls["ours"] = ("lynx_sglang.kernels.fused_moe_active (CPU torch path)",
+                         lambda h, w13, w2, ids, tw, mask: fused_moe_active(h, w13, w2, ids, tw, mask))
     if "grouped_mm" in args.compare and hasattr(torch, "_grouped_mm"):
-        impls["grouped_mm"] = lambda h, w13, w2, ids, tw, mask: grouped_mm_moe(h, w13, w2, ids, tw)
+        impls["grouped_mm"] = ("torch._grouped_mm over tokens sorted by expert",
+                               lambda h, w13, w2, ids, tw, mask: grouped_mm_moe(h, w13, w2, ids, tw))
     return impls
 
 
-def run(args) -> list[dict]:
+def run(args, extra_implementations: Callable | None = None) -> list[dict]:
+    """The table. extra_implementations(device) -> {name: (what runs, fn)} adds comparisons."""
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
@@ -228,7 +231,12 @@ def run(args) -> list[dict]:
     print(f"# device: {device_name}; dtype {args.dtype}; copy bandwidth {copy_gbs:.1f} GB/s "
           f"({args.copy_mib} MiB dst.copy_(src), 2*bytes/time); {args.copies} weight copies rotated; "
           f"median of {args.iters} calls{'' if device.type != 'cuda' or args.no_graphs else ', CUDA-graph replay'}")  # fmt: skip
-    impls = build_implementations(device, args)
+    described = build_implementations(device, args)
+    if extra_implementations is not None:
+        described.update(extra_implementations(device))
+    for name, (what, _) in described.items():
+        print(f"# {name} = {what}")
+    impls = {name: fn for name, (_, fn) in described.items()}
     others = [name for name in impls if name != "ours"]
 
     header = ["shape", "B", "active", "experts", "MB", "ours_us", "GB/s", "copy%", "t/t100"]
@@ -316,12 +324,12 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
+def main(argv=None, extra_implementations: Callable | None = None) -> int:
     args = parse_args(argv)
     if not args.device.startswith("cuda") and not args.cpu and not args.tiny:
         print("no CUDA device: the model shapes need a GPU; use --cpu for the CPU shape", file=sys.stderr)
         return 2
-    run(args)
+    run(args, extra_implementations)
     return 0
 
 

@@ -1,6 +1,8 @@
-"""A faithful re-implementation of the STOCK fused-MoE algorithm (SGLang / vLLM), for comparison only.
+"""A re-implementation of the STOCK fused-MoE algorithm (SGLang / vLLM), for comparison only.
 
-The stock flow, as in ``sglang.srt.layers.moe.fused_moe_triton`` (adapted from vLLM):
+This package never imports SGLang; `lynx_sglang.kernel_bench` compares against SGLang's real fused MoE
+(``sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe.fused_experts``). The stock flow, as there
+(adapted from vLLM):
 
 1. ``moe_align_block_size`` over ALL E experts: histogram of topk_ids over E, each expert's count padded
    to BLOCK_SIZE_M, sorted token ids in a buffer of ``T*k + E*(BLOCK_SIZE_M - 1)`` slots (capped at
@@ -168,19 +170,3 @@ def fused_moe_stock(
     _invoke_stock_kernel(cache2, w2, cache3, flat_weights, sorted_token_ids, expert_ids,
                          num_tokens_post_padded, True, 1, config)  # fmt: skip
     return cache3.view(num_tokens, top_k, hidden_size).sum(dim=1)  # moe_sum
-
-
-def load_sglang_fused_experts():
-    """SGLang's own Triton fused MoE if importable (GPU machine with SGLang), else None.
-
-    Returns a callable (hidden, w13, w2, topk_ids, topk_weights) -> out, plus a label.
-    """
-    try:
-        from sglang.srt.layers.moe.fused_moe_triton.fused_moe import outplace_fused_experts
-    except Exception:  # noqa: BLE001 - any import failure means "not available here"
-        return None, "lynx_sglang.kernels.stock (faithful re-implementation)"
-
-    def run(hidden, w13, w2, topk_ids, topk_weights):
-        return outplace_fused_experts(hidden, w13, w2, topk_weights, topk_ids, activation="silu")
-
-    return run, "sglang outplace_fused_experts"

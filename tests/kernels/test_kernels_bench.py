@@ -1,5 +1,7 @@
 """The benchmark runs end to end on tiny shapes (CPU torch path, and the Triton impls in the interpreter)."""
 
+import math
+
 import pytest
 
 from lynx_sglang.kernels import bench
@@ -9,9 +11,15 @@ def test_cpu_tiny_benchmark_prints_table(capsys):
     rows = bench.run(bench.parse_args(["--tiny", "--copy-mib", "8", "--iters", "2", "--copies", "2", "--batches", "4"]))
     assert [row["active_pct"] for row in rows] == [100, 75, 50, 25]
     assert all(row["ours_us"] > 0 and row["active_mb"] > 0 for row in rows)
-    assert rows[0]["rel_to_full"] == 1.0
+    # Fewer active experts: the experts with tokens and their bytes fall with the fraction.
+    assert [row["experts"] for row in rows] == [8, 6, 4, 2]
+    assert rows[0]["active_mb"] == pytest.approx(4 * rows[-1]["active_mb"])
+    # Each time relative to full is its own time over the 100 % time of the same batch.
+    for row in rows:
+        assert row["rel_to_full"] == pytest.approx(row["ours_us"] / rows[0]["ours_us"])
     out = capsys.readouterr().out
     assert "copy bandwidth" in out and "ours_us" in out
+    assert "# ours = lynx_sglang.kernels.fused_moe_active (CPU torch path)" in out
 
 
 def test_routing_covers_the_active_set():
@@ -20,10 +28,23 @@ def test_routing_covers_the_active_set():
     assert mask[topk_ids.long()].all()
 
 
+def test_extra_implementations_are_named_and_timed(capsys):
+    def extra(device):
+        return {"twice": ("ours called twice", lambda *a: [bench.grouped_mm_moe(*a[:5]) for _ in range(2)])}
+
+    rows = bench.run(bench.parse_args(["--tiny", "--copy-mib", "8", "--iters", "2", "--copies", "1",
+                                       "--batches", "2", "--fractions", "100"]), extra)  # fmt: skip
+    assert math.isfinite(rows[0]["x_twice"]) and rows[0]["x_twice"] > 0
+    assert "# twice = ours called twice" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_triton_and_stock_in_the_interpreter(capsys):
     args = bench.parse_args(["--tiny", "--triton-on-cpu", "--copy-mib", "8", "--iters", "1", "--copies", "1",
                              "--batches", "2", "--fractions", "100", "50"])  # fmt: skip
     rows = bench.run(args)
-    assert len(rows) == 2 and "x_stock" in rows[0]
-    assert rows[0]["x_stock"] == rows[0]["x_stock"]  # not NaN: the stock implementation ran
+    assert len(rows) == 2
+    assert all(math.isfinite(row["x_stock"]) and row["x_stock"] > 0 for row in rows), "stock did not run"
+    out = capsys.readouterr().out
+    assert "# stock = lynx_sglang.kernels.stock.fused_moe_stock" in out
+    assert "fused_moe_active_triton (Triton)" in out

@@ -1,68 +1,76 @@
-"""`lynx-sglang` command line: serve | eval | bench | policies | train-embedded."""
+"""`lynx-sglang` command line. Each subcommand owns its arguments: this parser only picks it and
+hands the rest over, so `lynx-sglang serve --tp 2` reaches SGLang untouched."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-USAGE = """usage: lynx-sglang <command> [args]
 
-commands:
-  serve            serve a MoE model through SGLang (default: the embedded model on 127.0.0.1:30000);
-                   every flag that is not --lynx-* goes to SGLang unchanged
-  eval             exact-match accuracy of a running server on held-out problems of the embedded task
-  bench policies   time each expert-selection policy per call
-  bench kernels    time the active-expert fused-MoE kernel
-  policies         list the available expert-selection policies
-  train-embedded   retrain the embedded model (python -m lynx_sglang.embedded.train)
-"""
+def _serve(args: list[str]) -> int:
+    from lynx_sglang.serve import serve
+
+    return serve(args)
 
 
-def _bench(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("policies", "kernels"):
-        print("usage: lynx-sglang bench {policies|kernels} [args]", file=sys.stderr)
-        return 2
-    if argv[0] == "policies":
-        from lynx_sglang.policies.bench import main as bench_main
+def _eval(args: list[str]) -> int:
+    from lynx_sglang.evaluate import main
+
+    return main(args)
+
+
+def _train_embedded(args: list[str]) -> int:
+    from lynx_sglang.embedded.train import main
+
+    return main(args)
+
+
+def _policies(args: list[str]) -> int:
+    from lynx_sglang.policy_catalog import main
+
+    return main(args)
+
+
+def _bench(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lynx-sglang bench", allow_abbrev=False)
+    parser.add_argument("what", choices=("policies", "kernels", "serve"), help="what to measure")
+    namespace = parser.parse_args(args[:1])
+    if namespace.what == "policies":
+        from lynx_sglang.policies.bench import main
+    elif namespace.what == "kernels":
+        from lynx_sglang.kernel_bench import main
     else:
-        from lynx_sglang.kernels.bench import main as bench_main
-    return bench_main(argv[1:]) or 0
+        from lynx_sglang.bench_serve import main
+    return main(args[1:]) or 0
 
 
-def _policies(argv: list[str]) -> int:
-    from lynx_sglang.policies import available_policies
+COMMANDS = {
+    "serve": (_serve, "serve a MoE model through SGLang with batch-aware expert selection "
+                      "(default: the embedded model on 127.0.0.1:30000)"),
+    "eval": (_eval, "exact-match accuracy of a running server on held-out problems of the embedded task"),
+    "policies": (_policies, "list the expert-selection policies with their parameters, defaults and ranges"),
+    "bench": (_bench, "benchmarks: `bench policies`, `bench kernels`, `bench serve` (end to end on CPU)"),
+    "train-embedded": (_train_embedded, "retrain the embedded model"),
+}  # fmt: skip
 
-    for name in available_policies():
-        print(name)
-    return 0
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lynx-sglang", allow_abbrev=False,
+        description="Batch-aware expert selection for Mixture-of-Experts serving with SGLang.",
+        epilog="Run `lynx-sglang <command> --help` for a command's own flags.",
+    )  # fmt: skip
+    commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="")
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "serve":
-        from lynx_sglang.serve import serve
-
-        if rest and rest[0] in ("-h", "--help"):
-            print("usage: lynx-sglang serve [--model-path DIR] [--host H] [--port P] [SGLang flags...]")
-            return 0
-        return serve(rest)
-    if command == "eval":
-        from lynx_sglang.evaluate import main as eval_main
-
-        return eval_main(rest)
-    if command == "bench":
-        return _bench(rest)
-    if command == "policies":
-        return _policies(rest)
-    if command == "train-embedded":
-        from lynx_sglang.embedded.train import main as train_main
-
-        return train_main(rest)
-    print(f"lynx-sglang: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")
-    return 2
+    namespace = build_parser().parse_args(argv[:1])
+    handler, _ = COMMANDS[namespace.command]
+    return handler(argv[1:]) or 0
 
 
 if __name__ == "__main__":

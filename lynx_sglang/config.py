@@ -1,27 +1,193 @@
-"""lynx-sglang's own settings: parsed from `--lynx-*` flags, validated once, handed to SGLang's processes.
+"""lynx-sglang's own settings: one validated `LynxConfig`, handed to every SGLang process.
 
-SGLang cannot be taught new CLI flags by a plugin, and plugins load in every SGLang process, so the
-launcher validates the settings and passes them to the children as JSON in one environment variable.
-Every flag that does not start with `--lynx-` belongs to SGLang and is passed through unchanged.
+Sources, highest precedence first: `--lynx-*` flags, `LYNX_*` environment variables, a YAML/JSON file
+(`--lynx-config` / `LYNX_CONFIG`), then the policy's own per-model defaults. SGLang cannot be taught new
+flags by a plugin, and plugins load in every SGLang process, so the launcher validates the settings
+once and passes them to the children as JSON in one environment variable (`CONFIG_ENV`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
 
 CONFIG_ENV = "LYNX_SGLANG_CONFIG"
+# The method name of lynx control requests on SGLang's scheduler RPC channel.
+CONTROL_RPC_METHOD = "lynx_control"
+
+KERNELS = ("auto", "sglang", "lynx", "triton")
+BUDGET_KINDS = ("experts", "fraction", "mass", "tpot_ms")
 
 
 class ConfigError(ValueError):
     """A bad setting. The message names the field, the value and what is allowed."""
 
 
+# ---- value parsers (shared by flags, environment, files and the runtime POST) ------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """`experts=N`, `fraction=F`, `mass=P` (caps on each decode step's active experts per layer) or
+    `tpot_ms=T` (a latency target the scheduler's controller turns into an expert cap)."""
+
+    kind: str
+    value: float
+
+    def __str__(self) -> str:
+        value = int(self.value) if self.kind == "experts" else self.value
+        return f"{self.kind}={value}"
+
+    @classmethod
+    def parse(cls, text, source: str = "budget") -> "Budget | None":
+        if text is None or (isinstance(text, str) and text.strip().lower() in ("", "none", "off")):
+            return None
+        if not isinstance(text, str):
+            raise ConfigError(f"{source}: {text!r} must be a string such as 'experts=4' or 'fraction=0.5'")
+        kind, sep, raw = text.strip().partition("=")
+        allowed = "experts=N, fraction=F, mass=P, tpot_ms=T or none"
+        if not sep or kind not in BUDGET_KINDS:
+            raise ConfigError(f"{source}: {text!r} is not a budget; allowed: {allowed}")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{source}: {text!r}: {raw!r} is not a number") from None
+        budget = cls(kind, value)
+        budget.check_range(source)
+        return budget
+
+    def check_range(self, source: str = "budget", num_experts: int | None = None) -> None:
+        v = self.value
+        problem = None
+        if not math.isfinite(v):
+            problem = "must be finite"
+        elif self.kind == "experts":
+            high = num_experts if num_experts else None
+            if v != int(v) or v < 1 or (high is not None and v > high):
+                problem = f"must be an integer in 1..{high if high else 'E'}"
+        elif self.kind in ("fraction", "mass") and not 0 < v <= 1:
+            problem = "must be in (0, 1]"
+        elif self.kind == "tpot_ms" and not 0 < v <= 600_000:
+            problem = "must be a positive number of milliseconds"
+        if problem:
+            raise ConfigError(f"{source}: {self} out of range: {self.kind} {problem}")
+
+
+def parse_layers(spec, source: str = "layers") -> tuple[int, ...] | None:
+    """'1-3,5' (or a list of ints) -> (1, 2, 3, 5); None/'' /'all' -> None (every layer)."""
+    if spec is None:
+        return None
+    if isinstance(spec, (list, tuple)):
+        items = list(spec)
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+            raise ConfigError(f"{source}: {spec!r} must be layer ids (integers >= 0)")
+        layers = set(items)
+    elif isinstance(spec, str):
+        text = spec.replace(" ", "")
+        if text.lower() in ("", "all"):
+            return None
+        layers = set()
+        for part in text.split(","):
+            low, dash, high = part.partition("-")
+            try:
+                lo = int(low)
+                hi = int(high) if dash else lo
+            except ValueError:
+                raise ConfigError(f"{source}: {spec!r}: {part!r} is not a layer id or range like 1-3") from None
+            if hi < lo:
+                raise ConfigError(f"{source}: {spec!r}: range {part!r} is empty")
+            layers.update(range(lo, hi + 1))
+    else:
+        raise ConfigError(f"{source}: {spec!r} must be a string such as '1-3,5' or a list of layer ids")
+    if not layers or min(layers) < 0:
+        raise ConfigError(f"{source}: {spec!r}: layer ids are integers >= 0")
+    return tuple(sorted(layers))
+
+
+def parse_param_value(raw: str):
+    """A policy parameter given on the command line or in an env var: int, float, bool, none or text."""
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def parse_params(items, source: str) -> dict[str, Any]:
+    """['alpha=1.0', 'beta=2'] or 'alpha=1.0,beta=2' or a mapping -> {'alpha': 1.0, 'beta': 2}."""
+    if items is None:
+        return {}
+    if isinstance(items, Mapping):
+        return dict(items)
+    if isinstance(items, str):
+        items = [p for p in items.replace(",", " ").split() if p]
+    params = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{source}: {item!r} must look like key=value (e.g. alpha=1.0)")
+        params[key.strip()] = parse_param_value(value)
+    return params
+
+
+def parse_bool(value, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{source}: {value!r} must be true or false")
+
+
+# ---- the settings object ------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class LynxConfig:
+    policy: str = "baseline"
+    params: dict = field(default_factory=dict)
+    budget: str | None = None  # normalised Budget text, e.g. "experts=4"
+    layers: tuple[int, ...] | None = None  # decoder layer ids the policy applies to; None = all
+    prune_mixed: bool = False  # also prune the decode rows of mixed prefill+decode batches
+    kernel: str = "auto"
+    admin_token: str | None = None
+    stats: bool = True
     # Where each SGLang process writes a record that it loaded the plugin (read by /lynx/info).
     runtime_dir: str | None = None
+
+    def __post_init__(self):
+        if self.kernel not in KERNELS:
+            raise ConfigError(f"kernel: {self.kernel!r} is not one of {', '.join(KERNELS)}")
+        if not isinstance(self.policy, str) or not self.policy:
+            raise ConfigError(f"policy: {self.policy!r} must be a policy name")
+        if self.admin_token is not None and (not isinstance(self.admin_token, str) or not self.admin_token):
+            raise ConfigError("admin_token: must be a non-empty string")
+        object.__setattr__(self, "budget", None if self.budget is None else str(Budget.parse(self.budget)))
+        object.__setattr__(self, "layers", parse_layers(self.layers))
+
+    @property
+    def parsed_budget(self) -> Budget | None:
+        return Budget.parse(self.budget)
+
+    def public_view(self) -> dict:
+        """What GET /lynx/policy shows: everything but the secret."""
+        view = asdict(self)
+        for private in ("admin_token", "runtime_dir"):
+            view.pop(private)
+        view["layers"] = None if self.layers is None else list(self.layers)
+        return view
 
     def to_env(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -35,37 +201,108 @@ class LynxConfig:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{CONFIG_ENV} is not valid JSON ({exc.msg} at position {exc.pos})") from None
+        return cls.from_mapping(data, CONFIG_ENV)
+
+    @classmethod
+    def from_mapping(cls, data, source: str) -> "LynxConfig":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{CONFIG_ENV}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values = dict(data)
+        if "params" in values:
+            values["params"] = parse_params(values["params"], f"{source}: params")
+        if "prune_mixed" in values:
+            values["prune_mixed"] = parse_bool(values["prune_mixed"], f"{source}: prune_mixed")
+        if "stats" in values:
+            values["stats"] = parse_bool(values["stats"], f"{source}: stats")
+        if "layers" in values:
+            values["layers"] = parse_layers(values["layers"], f"{source}: layers")
+        return cls(**values)
 
 
-# The `--lynx-*` flags `lynx-sglang serve` accepts: flag -> (config field, help). Empty for now:
-# the foundation carries no policy yet, and an unknown `--lynx-*` flag is an error, not passed on.
-LYNX_FLAGS: dict[str, tuple[str, str]] = {}
+# ---- the three sources and their precedence ----------------------------------------------------
+
+# Environment variable -> config field. LYNX_PARAMS is "key=value,key=value".
+ENV_VARIABLES = {
+    "LYNX_POLICY": "policy",
+    "LYNX_PARAMS": "params",
+    "LYNX_BUDGET": "budget",
+    "LYNX_LAYERS": "layers",
+    "LYNX_PRUNE_MIXED": "prune_mixed",
+    "LYNX_KERNEL": "kernel",
+    "LYNX_ADMIN_TOKEN": "admin_token",
+    "LYNX_STATS": "stats",
+}
+CONFIG_FILE_ENV = "LYNX_CONFIG"
+FILE_FIELDS = ("policy", "params", "budget", "layers", "prune_mixed", "kernel", "admin_token", "stats")
 
 
-def split_lynx_flags(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Separate `--lynx-*` flags (ours) from everything else (SGLang's), checking ours are known."""
-    ours: dict[str, str] = {}
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--lynx-"):
-            name, has_value, value = arg.partition("=")
-            if name not in LYNX_FLAGS:
-                allowed = ", ".join(sorted(LYNX_FLAGS)) or "none yet"
-                raise ConfigError(f"unknown flag {name}; known --lynx-* flags: {allowed}")
-            if not has_value:
-                if i + 1 >= len(argv):
-                    raise ConfigError(f"flag {name} needs a value")
-                value = argv[i + 1]
-                i += 1
-            ours[name] = value
-        else:
-            rest.append(arg)
-        i += 1
-    return ours, rest
+def read_config_file(path: str) -> dict:
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
+    if file.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    elif file.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    else:
+        raise ConfigError(f"config file {path}: unknown format; use .yaml, .yml or .json")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(FILE_FIELDS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(FILE_FIELDS)}")
+    return data
+
+
+def settings_from_env(environ: Mapping[str, str]) -> dict:
+    return {name: environ[var] for var, name in ENV_VARIABLES.items() if environ.get(var) not in (None, "")}
+
+
+def build_config(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> LynxConfig:
+    """Merge the sources: flag > env > file (params merge key by key in the same order).
+
+    `flags` holds only the settings the user gave on the command line (field name -> raw value),
+    plus optionally `config_file`.
+    """
+    file_path = flags.get("config_file") or environ.get(CONFIG_FILE_ENV) or None
+    layers_in_order = [
+        ("config file " + str(file_path), read_config_file(file_path) if file_path else {}),
+        ("environment", settings_from_env(environ)),
+        ("flag", {k: v for k, v in flags.items() if k != "config_file" and v is not None}),
+    ]
+    merged: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    for source, settings in layers_in_order:
+        for name, value in settings.items():
+            label = f"{source} {name}"
+            if name == "params":
+                params.update(parse_params(value, label))
+            elif name in ("prune_mixed", "stats"):
+                merged[name] = parse_bool(value, label)
+            elif name == "layers":
+                merged[name] = parse_layers(value, label)
+            elif name == "budget":
+                merged[name] = None if Budget.parse(value, label) is None else str(Budget.parse(value, label))
+            else:
+                merged[name] = value
+    return LynxConfig(**merged, params=params)
+
+
+def with_runtime_dir(config: LynxConfig, runtime_dir: str | None) -> LynxConfig:
+    return replace(config, runtime_dir=runtime_dir)

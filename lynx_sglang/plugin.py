@@ -1,9 +1,11 @@
 """The SGLang plugin (entry-point group `sglang.srt.plugins`), loaded by SGLang in every process.
 
 SGLang calls `load_plugin()` early in its launcher, scheduler, detokenizer and DP-controller
-processes. Each process leaves a record in the runtime directory saying that it loaded the plugin and
-which hooks it registered; the launcher serves those records at `GET /lynx/info`, which is how a
-user (and the tests) can see the plugin is live inside the scheduler, where the model runs.
+processes; each registers the hooks of its role: the scheduler's routing, compute and step hooks
+(`scheduler/hooks.py`), the launcher's HTTP routes and metrics (`server/launcher.py`). Each process
+leaves a record in the runtime directory saying that it loaded the plugin and which hooks it
+registered; the launcher serves those records at `GET /lynx/info`, which is how a user (and the
+tests) can see the plugin is live inside the scheduler, where the model runs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 
 from lynx_sglang import __version__
-from lynx_sglang.config import CONFIG_ENV, LynxConfig
+from lynx_sglang.config import CONFIG_ENV, LynxConfig, build_config
 
 logger = logging.getLogger("lynx_sglang")
 
@@ -89,29 +91,10 @@ def read_process_records(directory: Path) -> list[dict]:
     return records
 
 
-def add_http_routes(directory: Path | None) -> None:
-    from fastapi.responses import JSONResponse
-    from sglang.srt.entrypoints.http_server import app
-
-    if any(getattr(r, "path", None) == "/lynx/info" for r in app.routes):
-        return
-
-    async def lynx_info():
-        return JSONResponse(
-            {
-                "version": __version__,
-                "runtime_dir": str(directory) if directory else None,
-                "processes": read_process_records(directory) if directory else [],
-            }
-        )
-
-    app.add_api_route("/lynx/info", lynx_info, methods=["GET"])
-
-
 def load_plugin() -> None:
     """Entry point called by SGLang's `load_plugins()` in each process."""
     role = process_role()
-    config = LynxConfig.from_env()
+    config = plugin_config()
 
     from lynx_sglang import cpu_runtime
 
@@ -122,12 +105,22 @@ def load_plugin() -> None:
             _register(target, replacement, "REPLACE")
 
     directory = _runtime_dir(config, role)
-    if role == "launcher" and _started_as_http_server():
-        # The FastAPI app does not exist yet when plugins load: add our routes just before it serves.
-        def add_routes_before_launch(*args, **kwargs):
-            add_http_routes(directory)
+    if role == "scheduler":
+        from lynx_sglang.scheduler import hooks
 
-        _register("sglang.srt.entrypoints.http_server.launch_server", add_routes_before_launch, "BEFORE")
+        hooks.register(_register, config)
+    if role == "launcher" and _started_as_http_server():
+        from lynx_sglang.server import launcher
+
+        launcher.register(_register, config, directory)
     if directory is not None:
         _write_process_record(directory, role)
     logger.info("lynx-sglang %s plugin loaded in the %s process (pid %d)", __version__, role, os.getpid())
+
+
+def plugin_config() -> LynxConfig:
+    """The launcher's validated config when started by `lynx-sglang serve`; otherwise (plain
+    `python -m sglang.launch_server` with the plugin installed) the LYNX_* variables and file."""
+    if os.environ.get(CONFIG_ENV):
+        return LynxConfig.from_env()
+    return build_config({}, os.environ)

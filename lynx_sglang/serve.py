@@ -6,6 +6,8 @@ Validation happens before any child process starts, and each failure is one line
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lynx_sglang.config import CONFIG_ENV, ConfigError, LynxConfig, split_lynx_flags
+from lynx_sglang.config import CONFIG_ENV, KERNELS, ConfigError, LynxConfig, build_config
+from lynx_sglang.policy_setup import MoeShape, validate_for_model
 
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / "checkpoint"
 DEFAULT_HOST = "127.0.0.1"
@@ -44,6 +47,66 @@ class LaunchError(Exception):
     """A problem found before launch; its message is the one line printed to the user."""
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line naming the problem, not argparse's usage dump
+        raise LaunchError(message)
+
+
+# (flag, config field, argparse options, help). Defaults shown are those of LynxConfig.
+LYNX_FLAGS = (
+    ("--lynx-policy", "policy", {"metavar": "NAME"},
+     "expert-selection policy (default: baseline; see `lynx-sglang policies`)"),
+    ("--lynx-param", "params", {"metavar": "KEY=VALUE", "action": "append"},
+     "a policy parameter, repeatable (default: the policy's per-model defaults)"),
+    ("--lynx-budget", "budget", {"metavar": "SPEC"},
+     "experts=N | fraction=F | mass=P | tpot_ms=T | none (default: none)"),
+    ("--lynx-layers", "layers", {"metavar": "LIST"},
+     "decoder layers the policy applies to, e.g. 1-3,5 (default: all)"),
+    ("--lynx-prune-mixed", "prune_mixed", {"action": "store_const", "const": True},
+     "also prune the decode rows of mixed prefill+decode batches (default: off)"),
+    ("--lynx-kernel", "kernel", {"choices": KERNELS},
+     "expert compute of pruned decode steps (default: auto)"),
+    ("--lynx-admin-token", "admin_token", {"metavar": "TOKEN"},
+     "token for POST /lynx/policy and /lynx/stats/reset (default: none = those endpoints disabled)"),
+    ("--lynx-stats", "stats", {"choices": ("on", "off")}, "routing statistics (default: on)"),
+    ("--lynx-config", "config_file", {"metavar": "FILE"},
+     "settings from a .yaml/.yml/.json file (flags > LYNX_* variables > file > policy defaults)"),
+)  # fmt: skip
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="lynx-sglang serve", allow_abbrev=False, add_help=False,
+        description="Serve a MoE model through SGLang with batch-aware expert selection. Every flag that "
+                    "is not listed here goes to SGLang unchanged: see `python -m sglang.launch_server --help`.",
+    )  # fmt: skip
+    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    parser.add_argument("--model-path", "--model", dest="model_path", metavar="DIR",
+                        help="Hugging Face checkpoint folder (default: the embedded model)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"(default: {DEFAULT_HOST})")
+    parser.add_argument("--port", default=str(DEFAULT_PORT), help=f"(default: {DEFAULT_PORT})")
+    group = parser.add_argument_group("lynx-sglang settings (also LYNX_* environment variables)")
+    for flag, dest, options, help_text in LYNX_FLAGS:
+        group.add_argument(flag, dest=dest, help=help_text, **options)
+    return parser
+
+
+def parse_serve_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Our flags -> namespace; everything else (SGLang's) -> list, in order."""
+    namespace, sglang_args = serve_parser().parse_known_args(argv)
+    unknown = [arg.partition("=")[0] for arg in sglang_args if arg.startswith("--lynx-")]
+    if unknown:
+        known = ", ".join(flag for flag, *_ in LYNX_FLAGS)
+        raise LaunchError(f"unknown flag {unknown[0]}; known --lynx-* flags: {known}")
+    return namespace, sglang_args
+
+
+def lynx_settings(namespace: argparse.Namespace) -> dict:
+    """The --lynx-* settings the user gave (unset ones stay out, so env and file can fill them)."""
+    settings = {dest: getattr(namespace, dest) for _, dest, *_ in LYNX_FLAGS}
+    return {name: value for name, value in settings.items() if value is not None}
+
+
 @dataclass
 class LaunchPlan:
     model_path: Path
@@ -51,6 +114,7 @@ class LaunchPlan:
     port: int
     sglang_args: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    config: LynxConfig = field(default_factory=LynxConfig)
 
     @property
     def url(self) -> str:
@@ -58,29 +122,6 @@ class LaunchPlan:
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "sglang.launch_server", *self.sglang_args]
-
-
-def _pop_option(args: list[str], name: str) -> str | None:
-    """Remove `name VALUE` or `name=VALUE` from args and return VALUE (last one wins, like argparse)."""
-    value = None
-    out: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == name:
-            if i + 1 >= len(args):
-                raise LaunchError(f"{name} needs a value")
-            value = args[i + 1]
-            i += 2
-            continue
-        if arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-            i += 1
-            continue
-        out.append(arg)
-        i += 1
-    args[:] = out
-    return value
 
 
 def _has_flag(args: list[str], name: str) -> bool:
@@ -132,29 +173,27 @@ def check_port_free(host: str, port: int) -> None:
             raise LaunchError(f"port {port} on {host} is not available ({exc.strerror})") from None
 
 
-def plan_launch(argv: list[str], *, on_cpu: bool | None = None) -> LaunchPlan:
+def plan_launch(argv: list[str], *, on_cpu: bool | None = None, environ=os.environ) -> LaunchPlan:
     """Turn `lynx-sglang serve` arguments into a validated launch plan (starts nothing)."""
+    namespace, args = parse_serve_args(list(argv))
+    model_path = Path(namespace.model_path).expanduser() if namespace.model_path else EMBEDDED_MODEL_DIR
+    check_checkpoint(model_path)
     try:
-        lynx_flags, args = split_lynx_flags(list(argv))
+        config = build_config(lynx_settings(namespace), environ)
+        validate_for_model(config, MoeShape.from_checkpoint(model_path))
     except ConfigError as exc:
         raise LaunchError(str(exc)) from None
-    del lynx_flags  # no --lynx-* settings exist yet; unknown ones were rejected above
-
-    model_arg = _pop_option(args, "--model-path") or _pop_option(args, "--model")
-    model_path = Path(model_arg).expanduser() if model_arg else EMBEDDED_MODEL_DIR
-    check_checkpoint(model_path)
-    host = _pop_option(args, "--host") or DEFAULT_HOST
-    port_arg = _pop_option(args, "--port")
+    check_parallelism(config, args)
     try:
-        port = int(port_arg) if port_arg is not None else DEFAULT_PORT
+        port = int(namespace.port)
     except ValueError:
-        raise LaunchError(f"--port {port_arg!r} is not an integer") from None
-    check_port_free(host, port)
+        raise LaunchError(f"--port {namespace.port!r} is not an integer") from None
+    check_port_free(namespace.host, port)
 
     if on_cpu is None:
         on_cpu = not cuda_available()
     env: dict[str, str] = {}
-    sglang_args = ["--model-path", str(model_path), "--host", host, "--port", str(port)]
+    sglang_args = ["--model-path", str(model_path), "--host", namespace.host, "--port", str(port)]
     if on_cpu:
         from lynx_sglang import cpu_runtime
 
@@ -167,9 +206,42 @@ def plan_launch(argv: list[str], *, on_cpu: bool | None = None) -> LaunchPlan:
             if not _has_flag(args, flag):
                 sglang_args += [flag] if value is None else [flag, value]
         for key, value in CPU_DEFAULT_ENV.items():
-            env[key] = os.environ.get(key, value)
+            env[key] = environ.get(key, value)
+        if config.kernel == "triton":
+            # Triton kernels on CPU tensors run in its interpreter, which is chosen when a kernel
+            # is decorated: it must be on before any process imports them.
+            env["TRITON_INTERPRET"] = "1"
     sglang_args += args
-    return LaunchPlan(model_path=model_path, host=host, port=port, sglang_args=sglang_args, env=env)
+    return LaunchPlan(model_path=model_path, host=namespace.host, port=port, sglang_args=sglang_args, env=env,
+                      config=config)
+
+
+def _flag_value(args: list[str], *names: str) -> str | None:
+    """The value of SGLang's flag under any of its names (`--x V` or `--x=V`; last one wins)."""
+    value = None
+    for i, arg in enumerate(args):
+        name, eq, inline = arg.partition("=")
+        if name in names:
+            value = inline if eq else (args[i + 1] if i + 1 < len(args) else None)
+    return value
+
+
+def check_parallelism(config: LynxConfig, args: list[str]) -> None:
+    """Expert parallelism splits experts over ranks that see different tokens; a batch-wide active
+    set is not defined there, so pruning policies refuse to start with it."""
+    if config.policy == "baseline":
+        return
+    ep_size = _flag_value(args, "--ep-size", "--expert-parallel-size", "--ep")
+    if ep_size not in (None, "1"):
+        raise LaunchError(
+            f"expert parallelism (--ep-size {ep_size}) is not supported with --lynx-policy {config.policy}: "
+            "use tensor parallelism (--tp N), where every rank takes the same decision"
+        )
+    if _has_flag(args, "--enable-dp-attention"):
+        raise LaunchError(
+            f"--enable-dp-attention is not supported with --lynx-policy {config.policy}: data-parallel "
+            "attention ranks route different tokens, so they would take different decisions"
+        )
 
 
 def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> bool:
@@ -249,6 +321,9 @@ def example_request(url: str) -> str:
 
 
 def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
+    if any(arg in ("-h", "--help") for arg in argv):
+        serve_parser().print_help()
+        return 0
     try:
         plan = plan_launch(argv)
     except LaunchError as exc:
@@ -257,9 +332,12 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
 
     runtime_dir = tempfile.mkdtemp(prefix="lynx-sglang-")
     env = dict(os.environ, **plan.env)
-    env[CONFIG_ENV] = LynxConfig(runtime_dir=runtime_dir).to_env()
+    env[CONFIG_ENV] = dataclasses.replace(plan.config, runtime_dir=runtime_dir).to_env()
 
-    print(f"lynx-sglang: starting SGLang for {plan.model_path} on {plan.url}", flush=True)
+    config = plan.config
+    policy = config.policy + (f" {config.params}" if config.params else "")
+    print(f"lynx-sglang: starting SGLang for {plan.model_path} on {plan.url} "
+          f"(policy {policy}, budget {config.budget or 'none'}, kernel {config.kernel})", flush=True)
     become_subreaper()
     # Own process group: one signal stops SGLang's launcher and every process it spawned.
     process = subprocess.Popen(plan.command(), env=env, start_new_session=True)

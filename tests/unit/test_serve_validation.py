@@ -87,3 +87,46 @@ def test_plan_on_gpu_adds_no_cpu_defaults():
 def test_bad_port_values(port):
     with pytest.raises(LaunchError, match="--port"):
         plan_launch(["--port", port], on_cpu=True)
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--lynx-policy", "nope"], ["unknown policy 'nope'", "available"]),
+    (["--lynx-policy", "lynx", "--lynx-param", "alpha=-1"], ["alpha", "out of range"]),
+    (["--lynx-policy", "lynx", "--lynx-param", "gamma=1"], ["unknown parameter 'gamma'"]),
+    (["--lynx-policy", "lynx", "--lynx-param", "alpha"], ["key=value"]),
+    (["--lynx-policy", "budget", "--lynx-budget", "experts=99"], ["experts=99", "1..8"]),
+    (["--lynx-policy", "budget", "--lynx-budget", "fast"], ["not a budget"]),
+    (["--lynx-policy", "lynx", "--lynx-layers", "2-9"], ["layers", "not a layer of this model"]),
+    (["--lynx-policy", "lynx", "--lynx-layers", "x"], ["layers", "'x'"]),
+    (["--lynx-kernel", "cuda"], ["--lynx-kernel", "invalid choice"]),
+    (["--lynx-budget", "experts=4"], ["has no effect with policy 'baseline'"]),
+    (["--lynx-policy", "lynx", "--ep-size", "2"], ["expert parallelism", "--ep-size 2"]),
+    (["--lynx-policy", "lynx", "--enable-dp-attention"], ["--enable-dp-attention"]),
+])  # fmt: skip
+def test_bad_lynx_settings_stop_the_launch(args, needles):
+    proc, _ = run_serve("--port", free_port(), *args)
+    assert_rejected(proc, *needles)
+
+
+def test_bad_lynx_environment_is_rejected_like_a_flag(monkeypatch):
+    monkeypatch.setenv("LYNX_POLICY", "lynx")
+    monkeypatch.setenv("LYNX_BUDGET", "mass=2")
+    with pytest.raises(LaunchError, match="mass=2.0 out of range"):
+        plan_launch(["--port", free_port()], on_cpu=True)
+
+
+def test_plan_carries_a_validated_config():
+    plan = plan_launch(["--port", free_port(), "--lynx-policy", "oea", "--lynx-param", "k0=1",
+                        "--lynx-kernel", "triton"], on_cpu=True, environ={})
+    assert plan.config.policy == "oea" and plan.config.params == {"k0": 1}
+    assert plan.env["TRITON_INTERPRET"] == "1"  # Triton kernels on CPU tensors run interpreted
+
+
+def test_serve_help_lists_lynx_flags_and_points_to_sglang():
+    proc = subprocess.run([sys.executable, "-m", "lynx_sglang.cli", "serve", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0
+    for flag in ("--lynx-policy", "--lynx-param", "--lynx-budget", "--lynx-layers", "--lynx-prune-mixed",
+                 "--lynx-kernel", "--lynx-admin-token", "--lynx-config", "default: baseline"):
+        assert flag in proc.stdout
+    assert "sglang.launch_server --help" in proc.stdout.replace("\n", " ").replace("  ", " ")

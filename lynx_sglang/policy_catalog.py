@@ -1,0 +1,81 @@
+"""`lynx-sglang policies`: every policy with its parameters, defaults and allowed values.
+
+Ranges are not restated here: each parameter is handed a value of no valid type, and the policy's own
+validation says what it allows (the same text a user sees for a bad `--lynx-param`). Defaults are the
+signature's, and where that is "decided per model" (None), the value the policy picks for the model
+shape shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import re
+from pathlib import Path
+
+from lynx_sglang.policies import PolicyConfigError, accepted_parameters, available_policies, get_policy
+from lynx_sglang.policies import resolve_policy_class
+
+_NOT_A_VALUE = object()
+_HIDDEN = ("layers",)  # set by --lynx-layers, not by --lynx-param
+
+
+def allowed_values(name: str, param: str, num_experts: int, top_k: int) -> str:
+    try:
+        get_policy(name, num_experts, top_k, True, **{param: _NOT_A_VALUE})
+    except PolicyConfigError as error:
+        text = str(error)
+        found = re.search(r"\(allowed: (.*)\)$", text) or re.search(r"must be (.*)$", text)
+        return found.group(1) if found else text
+    except (TypeError, ValueError) as error:
+        return f"see the policy's documentation ({error})"
+    return "any value"
+
+
+def describe(name: str, num_experts: int, top_k: int, model_name: str | None) -> dict:
+    cls = resolve_policy_class(name)
+    signature = inspect.signature(cls.__init__).parameters
+    accepted = accepted_parameters(cls) or []
+    extra = {"model_name": model_name} if model_name and "model_name" in accepted else {}
+    instance = get_policy(name, num_experts, top_k, True, **extra)
+    parameters = []
+    for param in accepted:
+        if param in _HIDDEN:
+            continue
+        default = signature[param].default
+        if default is None and getattr(instance, param, None) is not None:
+            default = f"{getattr(instance, param)} (for this model)"
+        parameters.append({"name": param, "default": default,
+                           "allowed": allowed_values(name, param, num_experts, top_k)})
+    first_paragraph = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+    summary = first_paragraph.split(". ")[0].rstrip(".") + "."
+    return {"name": name, "summary": summary, "parameters": parameters}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lynx-sglang policies", description=__doc__.split("\n")[0])
+    parser.add_argument("--model-path", help="show per-model defaults for this checkpoint "
+                                             "(default: the embedded model)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+
+    from lynx_sglang.policy_setup import MoeShape
+    from lynx_sglang.serve import EMBEDDED_MODEL_DIR
+
+    shape = MoeShape.from_checkpoint(Path(args.model_path) if args.model_path else EMBEDDED_MODEL_DIR)
+    if shape is None:
+        parser.error(f"{args.model_path} has no routed experts")
+    catalog = [describe(name, shape.num_experts, shape.top_k, shape.model_name) for name in available_policies()]
+    if args.json:
+        print(json.dumps({"model": shape.model_name, "num_experts": shape.num_experts, "top_k": shape.top_k,
+                          "policies": catalog}, default=str, indent=2))
+        return 0
+    print(f"Policies (defaults for {shape.num_experts} experts, top-{shape.top_k}; "
+          "set with --lynx-policy NAME --lynx-param KEY=VALUE):\n")
+    for entry in catalog:
+        print(f"{entry['name']}: {entry['summary']}")
+        for p in entry["parameters"]:
+            print(f"    {p['name']:18s} default {p['default']!s:22s} allowed {p['allowed']}")
+        print()
+    return 0

@@ -1,0 +1,91 @@
+"""From a `LynxConfig` and a model's MoE shape to policy objects; shared by the launcher (to reject a
+bad setting before SGLang starts) and the scheduler (to build the policies it runs)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lynx_sglang.config import Budget, ConfigError, LynxConfig
+from lynx_sglang.policies import PolicyConfigError, accepted_parameters, get_policy, resolve_policy_class
+
+
+@dataclass(frozen=True)
+class MoeShape:
+    """What a checkpoint's config.json says about its routed experts."""
+
+    num_experts: int
+    top_k: int
+    num_layers: int
+    renormalize: bool
+    model_name: str
+
+    @classmethod
+    def from_checkpoint(cls, model_dir: Path) -> "MoeShape | None":
+        """None when the model has no routed experts (nothing to prune)."""
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        config = config.get("text_config", config)  # multimodal wrappers nest the language model
+        num_experts = next(
+            (config[key] for key in ("num_local_experts", "num_experts", "n_routed_experts") if config.get(key)),
+            None,
+        )
+        top_k = config.get("num_experts_per_tok") or config.get("moe_topk")
+        if not num_experts or not top_k:
+            return None
+        # Mixtral always renormalises; the others say so with norm_topk_prob.
+        renormalize = config.get("model_type") == "mixtral" or bool(config.get("norm_topk_prob", False))
+        name = config.get("_name_or_path") or Path(model_dir).resolve().name
+        return cls(int(num_experts), int(top_k), int(config.get("num_hidden_layers", 0)), renormalize, str(name))
+
+
+def policy_params(config: LynxConfig, model_name: str) -> dict:
+    """The configured parameters, plus the model's name for policies that pick per-model defaults
+    (the lowest precedence: a user's model_name wins)."""
+    params = dict(config.params)
+    accepted = accepted_parameters(resolve_policy_class(config.policy))
+    if "model_name" not in params and (accepted is None or "model_name" in accepted):
+        params["model_name"] = model_name
+    if config.layers is not None:
+        params["layers"] = list(config.layers)
+    return params
+
+
+def build_policy(config: LynxConfig, num_experts: int, top_k: int, renormalize: bool, model_name: str):
+    try:
+        return get_policy(config.policy, num_experts, top_k, renormalize, **policy_params(config, model_name))
+    except PolicyConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    except TypeError as exc:  # a third-party policy whose signature rejects what we pass
+        raise ConfigError(f"policy {config.policy!r}: {exc}") from None
+
+
+def validate_for_model(config: LynxConfig, shape: MoeShape | None) -> None:
+    """Raise ConfigError (one line) for any setting the model cannot take."""
+    resolve_policy_or_error(config.policy)
+    budget = config.parsed_budget
+    if budget is not None and config.policy == "baseline":
+        raise ConfigError(
+            f"budget: {budget} has no effect with policy 'baseline' (it computes every chosen expert); "
+            "use --lynx-policy budget (or any pruning policy) with a budget"
+        )
+    if shape is None:
+        return
+    if config.layers is not None and shape.num_layers and max(config.layers) >= shape.num_layers:
+        raise ConfigError(
+            f"layers: {max(config.layers)} is not a layer of this model (layers 0..{shape.num_layers - 1})"
+        )
+    if budget is not None:
+        budget.check_range("budget", shape.num_experts)
+    build_policy(config, shape.num_experts, shape.top_k, shape.renormalize, shape.model_name)
+
+
+def resolve_policy_or_error(name: str):
+    try:
+        return resolve_policy_class(name)
+    except PolicyConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def describe_budget(budget: Budget | None) -> str:
+    return "none" if budget is None else str(budget)

@@ -1,0 +1,139 @@
+"""The SGLang hooks of the scheduler process, each a thin adapter onto the one `LynxRuntime`.
+
+    forward_context(...)                  AROUND  publish the Step of every forward (eager and capture)
+    ModelRunner._forward_raw              AROUND  count and time steps, feed the latency controller
+    ModelRunner.load_model                AFTER   bind the runtime to the loaded MoE layers
+    ForwardBatch.init_new                 AFTER   remember how many rows of a mixed batch are decode
+    select_experts                        AROUND  apply the policy to the top-k of pruned steps
+    UnquantizedFusedMoEMethod.apply       AROUND  compute only the active experts (lynx kernels)
+    DecodeCudaGraphRunner.can_run_graph   AROUND  replay graphs only if they hold the current policy
+    Scheduler.handle_rpc_request          AROUND  answer lynx control requests between steps
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from lynx_sglang.config import CONTROL_RPC_METHOD, ConfigError, LynxConfig
+from lynx_sglang.scheduler.runtime import LynxRuntime
+from lynx_sglang.scheduler.step import StepScope, current_step, step_for_batch
+
+logger = logging.getLogger("lynx_sglang")
+
+runtime: LynxRuntime | None = None
+
+
+def register(register_hook, config: LynxConfig) -> None:
+    """Create the process's runtime and register every scheduler hook with SGLang's HookRegistry."""
+    global runtime
+    runtime = LynxRuntime(config)
+    model_runner = "sglang.srt.model_executor.model_runner.ModelRunner"
+    register_hook("sglang.srt.model_executor.forward_context.forward_context", around_forward_context, "AROUND")
+    register_hook(f"{model_runner}._forward_raw", around_forward_raw, "AROUND")
+    register_hook(f"{model_runner}.load_model", after_load_model, "AFTER")
+    register_hook("sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new", after_forward_batch_init,
+                  "AFTER")
+    register_hook("sglang.srt.layers.moe.topk.select_experts", around_select_experts, "AROUND")
+    register_hook("sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.apply", around_moe_apply,
+                  "AROUND")
+    register_hook("sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.can_run_graph",
+                  around_can_run_graph, "AROUND")
+    register_hook("sglang.srt.managers.scheduler.Scheduler.handle_rpc_request", around_handle_rpc_request,
+                  "AROUND")
+
+
+def around_forward_context(original, ctx, *args, forward_batch=None, **kwargs):
+    manager = original(ctx, *args, forward_batch=forward_batch, **kwargs)
+    if forward_batch is None or runtime is None or not runtime.bound:
+        return manager
+    return StepScope(manager, step_for_batch(forward_batch, runtime.config.prune_mixed))
+
+
+def around_forward_raw(original, model_runner, forward_batch, *args, **kwargs):
+    if runtime is None or not runtime.bound or getattr(model_runner, "is_draft_worker", False):
+        return original(model_runner, forward_batch, *args, **kwargs)
+    step = step_for_batch(forward_batch, runtime.config.prune_mixed)
+    runtime.begin_step(step)
+    try:
+        return original(model_runner, forward_batch, *args, **kwargs)
+    finally:
+        runtime.end_step(step)
+
+
+def after_load_model(result, model_runner, *args, **kwargs):
+    if runtime is not None:
+        runtime.bind(model_runner)
+    return result
+
+
+def after_forward_batch_init(forward_batch, *args, **kwargs):
+    # init_new(batch, model_runner): a mixed batch's decode requests follow its prefill requests.
+    batch = next((a for a in args if hasattr(a, "decoding_reqs")), kwargs.get("batch"))
+    decoding = getattr(batch, "decoding_reqs", None)
+    if decoding and forward_batch.forward_mode.is_mixed():
+        forward_batch.lynx_decode_rows = len(decoding)
+    return forward_batch
+
+
+def around_select_experts(original, hidden_states, router_logits, topk_config, *args, **kwargs):
+    output = original(hidden_states, router_logits, topk_config, *args, **kwargs)
+    step = current_step()
+    if step is None or not step.prune or runtime is None:
+        return output
+    return runtime.route(
+        output, router_logits, topk_config, kwargs.get("layer_id"), kwargs.get("num_token_non_padded"),
+        kwargs.get("expert_location_dispatch_info"), step,
+    )  # fmt: skip
+
+
+def around_moe_apply(original, method, layer=None, dispatch_output=None, *args, **kwargs):
+    step = current_step()
+    if runtime is not None and step is not None and step.pure_decode:
+        mask = runtime.active_masks.pop(getattr(layer, "layer_id", None), None)
+        kernel = runtime.expert_kernel(layer, method) if mask is not None else None
+        if kernel is not None:
+            return kernel(layer, dispatch_output, mask)
+    return original(method, layer, dispatch_output, *args, **kwargs)
+
+
+def around_can_run_graph(original, graph_runner, forward_batch, *args, **kwargs):
+    # Graphs captured with one policy must not replay another: after a switch, decode runs eagerly
+    # (correct, slower) until the policy the graphs hold is switched back.
+    if runtime is not None and runtime.bound and runtime.policy_signature() != runtime.graph_signature:
+        return False
+    return original(graph_runner, forward_batch, *args, **kwargs)
+
+
+def around_handle_rpc_request(original, scheduler, recv_req, *args, **kwargs):
+    if getattr(recv_req, "method", None) != CONTROL_RPC_METHOD:
+        return original(scheduler, recv_req, *args, **kwargs)
+    from sglang.srt.managers.io_struct import RpcReqOutput
+
+    try:
+        request = json.loads((recv_req.parameters or {}).get("request", "{}"))
+        if runtime is None or not runtime.bound:
+            raise ConfigError("the model has no MoE layers lynx-sglang can prune")
+        reply = {"ok": True, "nonce": request.get("nonce"), "result": runtime.handle(request)}
+    except (ConfigError, ValueError, TypeError) as error:
+        reply = {"ok": False, "nonce": _nonce(recv_req), "error": str(error)}
+    _barrier(scheduler)
+    return RpcReqOutput(success=reply["ok"], message=json.dumps(reply))
+
+
+def _nonce(recv_req):
+    try:
+        return json.loads((recv_req.parameters or {}).get("request", "{}")).get("nonce")
+    except (ValueError, AttributeError):
+        return None
+
+
+def _barrier(scheduler) -> None:
+    # SGLang's own RPC handler ends with this barrier so that every tensor-parallel rank has applied
+    # the request before rank 0 answers.
+    group = getattr(getattr(scheduler, "tp_group", None), "cpu_group", None)
+    if group is None:
+        return
+    from torch.distributed import barrier
+
+    barrier(group=group)

@@ -1,0 +1,117 @@
+"""The `/lynx/*` HTTP routes, added to SGLang's FastAPI app in the launcher process.
+
+    GET  /lynx/info          which SGLang processes loaded the plugin
+    GET  /lynx/policy        active policy, parameters, budget, kernel (and the controller's state)
+    POST /lynx/policy        switch policy, parameters or budget              (admin token)
+    GET  /lynx/stats         routing statistics since start or the last reset
+    POST /lynx/stats/reset   clear the statistics                             (admin token)
+
+Reads and writes go to the scheduler over `SchedulerChannel`; the scheduler applies a switch between
+two steps. Admin routes need `Authorization: Bearer <token>`; with no token configured they are
+disabled (403, saying how to enable them).
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from fastapi import Request
+
+from lynx_sglang import __version__
+from lynx_sglang.config import LynxConfig
+from lynx_sglang.server.channel import SchedulerChannel, SchedulerError, SchedulerUnavailable
+
+# Field of a POST /lynx/policy body -> (accepted JSON types, how to say it).
+POLICY_FIELDS = {
+    "policy": ((str,), "a string"),
+    "params": ((dict,), "an object"),
+    "budget": ((str, type(None)), "a string such as 'experts=4', or null"),
+}
+
+
+def admin_refusal(config: LynxConfig, authorization: str | None) -> str | None:
+    """Why a request may not use an admin route (None: it may)."""
+    if not config.admin_token:
+        return ("admin endpoints are disabled: start the server with --lynx-admin-token TOKEN "
+                "(or LYNX_ADMIN_TOKEN) to enable them")
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.admin_token.encode()):
+        return "missing or wrong admin token (send Authorization: Bearer <token>)"
+    return None
+
+
+def policy_request_problem(body) -> str | None:
+    """What is wrong with a POST /lynx/policy body's shape (None: nothing; values are the
+    scheduler's to judge)."""
+    if not isinstance(body, dict):
+        return "the body must be a JSON object such as {\"policy\": \"lynx\", \"params\": {\"alpha\": 1.0}}"
+    unknown = sorted(set(body) - set(POLICY_FIELDS))
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(POLICY_FIELDS)}"
+    if not body:
+        return "nothing to change: give at least one of policy, params, budget"
+    for name, (types, expected) in POLICY_FIELDS.items():
+        if name in body and not isinstance(body[name], types):
+            return f"{name} must be {expected}, got {body[name]!r}"
+    return None
+
+
+def add_routes(app, config: LynxConfig, channel: SchedulerChannel | None, runtime_dir: Path | None) -> None:
+    from fastapi.responses import JSONResponse
+
+    from lynx_sglang.plugin import read_process_records
+
+    if any(getattr(route, "path", None) == "/lynx/info" for route in app.routes):
+        return
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    async def ask_scheduler(op: str, refusal_status: int, **fields):
+        if channel is None:
+            return error(503, "the scheduler channel is not available in this process")
+        try:
+            return JSONResponse(await channel.request_async(op, **fields))
+        except SchedulerError as exc:
+            return error(refusal_status, str(exc))
+        except SchedulerUnavailable as exc:
+            return error(504, str(exc))
+
+    async def lynx_info():
+        return JSONResponse({
+            "version": __version__,
+            "runtime_dir": str(runtime_dir) if runtime_dir else None,
+            "processes": read_process_records(runtime_dir) if runtime_dir else [],
+        })  # fmt: skip
+
+    async def get_policy():
+        return await ask_scheduler("get_policy", 409)
+
+    async def post_policy(request: Request):
+        refusal = admin_refusal(config, request.headers.get("authorization"))
+        if refusal:
+            return error(403, refusal)
+        try:
+            body = await request.json()
+        except ValueError:
+            return error(400, "the body is not valid JSON")
+        problem = policy_request_problem(body)
+        if problem:
+            return error(400, problem)
+        return await ask_scheduler("set_policy", 400, **body)
+
+    async def get_stats():
+        return await ask_scheduler("get_stats", 409)
+
+    async def reset_stats(request: Request):
+        refusal = admin_refusal(config, request.headers.get("authorization"))
+        if refusal:
+            return error(403, refusal)
+        return await ask_scheduler("reset_stats", 409)
+
+    app.add_api_route("/lynx/info", lynx_info, methods=["GET"])
+    app.add_api_route("/lynx/policy", get_policy, methods=["GET"])
+    app.add_api_route("/lynx/policy", post_policy, methods=["POST"])
+    app.add_api_route("/lynx/stats", get_stats, methods=["GET"])
+    app.add_api_route("/lynx/stats/reset", reset_stats, methods=["POST"])

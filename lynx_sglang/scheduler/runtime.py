@@ -49,8 +49,9 @@ class LynxRuntime:
         self._last_failure_log = -FAILURE_LOG_INTERVAL_S
         self._notes: set[str] = set()
         self._last_decode_start: float | None = None
-        self._calibration = None  # (w13, w2, activation) of one MoE layer, for the controller
+        self._calibration = None
         self._kernels: dict[int, ActiveExpertCompute | None] = {}  # by id of the MoE layer
+        self.compute_by_layer: dict[int, str] = {}  # what computed each layer's pruned decode steps
 
     # ---- binding to the loaded model ----------------------------------------------------------
     def bind(self, model_runner) -> None:
@@ -62,19 +63,27 @@ class LynxRuntime:
         if not moe_layers:
             logger.info("lynx-sglang: the model has no MoE layers; nothing to prune")
             return
-        self.layers = [_layer_info(m) for m in moe_layers]
-        self.device = moe_layers[0].w13_weight.device
         hf_config = model_runner.model_config.hf_config
-        self.model_name = getattr(hf_config, "_name_or_path", "") or str(model_runner.model_config.model_path)
-        self.stats = RoutingStats(self.layers if self.config.stats else [], self.device)
         first = moe_layers[0]
-        self._calibration = (first.w13_weight, first.w2_weight, first.moe_runner_config.activation)
-        for info in self.layers:
+        self.bind_layers(
+            [_layer_info(m) for m in moe_layers], first.w13_weight.device,
+            getattr(hf_config, "_name_or_path", "") or str(model_runner.model_config.model_path),
+            (first.w13_weight, first.w2_weight, first.moe_runner_config.activation),
+        )  # fmt: skip
+
+    def bind_layers(self, layers: list[MoeLayerInfo], device, model_name: str, calibration=None) -> None:
+        """Everything `bind` learns from the model; separate so that tests can bind plain tensors."""
+        self.layers = layers
+        self.device = torch.device(device)
+        self.model_name = model_name
+        self.stats = RoutingStats(layers if self.config.stats else [], self.device)
+        self._calibration = calibration  # (w13, w2, activation) of one MoE layer, for the controller
+        for info in layers:
             self.budget_for(info.num_experts)
         self.apply_config(self.config)
         self.graph_signature = self.policy_signature()
         self.bound = True
-        info = self.layers[0]
+        info = layers[0]
         logger.info(
             "lynx-sglang: policy %s%s on %d MoE layers (%d experts, top-%d, %.2f MB per expert); "
             "kernel %s; budget %s",
@@ -141,9 +150,10 @@ class LynxRuntime:
         elif budget.kind == "mass":
             expert_budget.set_unlimited()
             expert_budget.set_mass(budget.value)
-        else:  # tpot_ms: the controller's current cap
+        else:  # tpot_ms: the controller's current cap (all experts until it has one)
             expert_budget.set_unlimited()
-            expert_budget.set_experts(min(self.controller.experts, num_experts))
+            cap = self.controller.experts if self.controller is not None else num_experts
+            expert_budget.set_experts(min(cap, num_experts))
 
     def policy_signature(self) -> tuple:
         return (self.config.policy, tuple(sorted(self.config.params.items())), self.config.layers)
@@ -234,14 +244,15 @@ class LynxRuntime:
     def expert_kernel(self, layer, method):
         """The active-expert compute for this MoE layer on pruned decode steps, or None for SGLang's
         own (decided once per layer; an unsupported layer says why, once, in the log)."""
-        cache = self._kernels
         key = id(layer)
-        if key not in cache:
+        if key not in self._kernels:
             reason = active_kernel_unsupported(layer, method)
             if reason:
                 self._note_once(f"MoE layers with {reason} keep SGLang's expert compute (the policy still applies)")
-            cache[key] = None if reason else ActiveExpertCompute(self.config.kernel)
-        return cache[key]
+            compute = None if reason else ActiveExpertCompute(self.config.kernel, layer.w13_weight.is_cuda)
+            self._kernels[key] = compute
+            self.compute_by_layer[layer.layer_id] = f"sglang ({reason})" if reason else compute.name
+        return self._kernels[key]
 
     def uses_active_kernel(self) -> bool:
         kernel = self.config.kernel
@@ -298,6 +309,7 @@ class LynxRuntime:
         state["controller"] = None if self.controller is None else self.controller.state()
         state["budget_experts"] = self._current_cap()
         state["cuda_graphs_replay_pruning"] = self.policy_signature() == self.graph_signature
+        state["expert_compute"] = {str(layer): name for layer, name in sorted(self.compute_by_layer.items())}
         return state
 
     def _current_cap(self) -> int | None:
@@ -413,8 +425,9 @@ def _synchronize(device: torch.device) -> None:
 class ActiveExpertCompute:
     """Runs a decode step's experts through lynx_sglang.kernels over the policy's active set."""
 
-    def __init__(self, kernel: str):
+    def __init__(self, kernel: str, on_cuda: bool):
         self.force_triton = kernel == "triton"
+        self.name = "lynx-triton" if on_cuda or self.force_triton else "lynx-cpu"
 
     def __call__(self, layer, dispatch_output, active_mask):
         from sglang.srt.layers.moe.token_dispatcher import StandardCombineInput

@@ -1,0 +1,175 @@
+"""LynxRuntime.route on SGLang's own top-k output and config types: policy applied on decode steps,
+fallbacks for failures and NaN logits (counted), pass-through for routers it does not handle, stats,
+switches, and decisions that are identical in separate processes (tensor-parallel ranks)."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lynx_sglang.config import ConfigError, LynxConfig
+from lynx_sglang.policies import Policy
+from lynx_sglang.scheduler.runtime import LynxRuntime
+from lynx_sglang.scheduler.stats import MoeLayerInfo
+from lynx_sglang.scheduler.step import Step
+
+topk = pytest.importorskip("sglang.srt.layers.moe.topk")
+
+E, K, T = 8, 2, 16
+DECODE = Step("decode", True)
+
+
+class RaisingPolicy(Policy):
+    name = "raising"
+
+    def decide(self, ctx):
+        raise RuntimeError("boom")
+
+
+class WrongShapePolicy(Policy):
+    name = "wrong-shape"
+
+    def select(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None, budget=None):
+        return super().select(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)._replace(
+            topk_ids=topk_ids[:, :1])
+
+    def decide(self, ctx):
+        return ctx.voters.new_ones(E)
+
+
+def make_runtime(policy="lynx", **kwargs) -> LynxRuntime:
+    runtime = LynxRuntime(LynxConfig(policy=policy, **kwargs))
+    layers = [MoeLayerInfo(layer_id, E, K, expert_bytes=1000) for layer_id in range(2)]
+    runtime.bind_layers(layers, "cpu", "tiny-mixtral")
+    return runtime
+
+
+def routing(seed=0, rows=T):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, E, generator=generator) * 2
+    weights, ids = torch.softmax(logits, -1).topk(K, dim=-1)
+    weights = weights / weights.sum(-1, keepdim=True)
+    return logits, topk.StandardTopKOutput(weights, ids.to(torch.int32), logits)
+
+
+def route(runtime, logits, output, layer_id=0, num_real=None, config=None, step=DECODE):
+    return runtime.route(output, logits, config or topk.TopKConfig(top_k=K), layer_id, num_real, None, step)
+
+
+def test_decode_step_is_pruned_and_counted():
+    runtime = make_runtime("lynx")
+    logits, output = routing()
+    runtime.begin_step(DECODE)
+    for layer in (0, 1):
+        routed = route(runtime, logits, output, layer)
+    runtime.end_step(DECODE)
+    assert routed.topk_ids.dtype == torch.int32 and routed.topk_ids.shape == (T, K)
+    stats = runtime.stats_snapshot()
+    assert (stats["decode_steps"], stats["pruned_steps"], stats["fallback_steps"]) == (1, 1, 0)
+    assert stats["distinct_experts_after"] <= stats["distinct_experts_before"]
+    layer = stats["layers"][0]
+    assert layer["decode_tokens"] == T and layer["steps"] == 1
+    used = len(set(routed.topk_ids.flatten().tolist()))
+    assert layer["distinct_experts_after"] == used
+    assert stats["expert_bytes_per_decode_token_after"] == pytest.approx(2 * used * 1000 / T)
+
+
+def test_baseline_is_the_identity_and_still_measured():
+    runtime = make_runtime("baseline")
+    logits, output = routing()
+    routed = route(runtime, logits, output)
+    assert routed.topk_ids is output.topk_ids and routed.topk_weights is output.topk_weights
+    stats = runtime.stats_snapshot()
+    assert stats["layers"][0]["distinct_experts_before"] == stats["layers"][0]["distinct_experts_after"] > 0
+
+
+def test_padding_rows_are_not_counted_and_pass_through():
+    runtime = make_runtime("budget", budget="experts=2")
+    logits, output = routing()
+    routed = route(runtime, logits, output, num_real=torch.tensor(4))
+    assert torch.equal(routed.topk_ids[4:], output.topk_ids[4:])
+    layer = runtime.stats_snapshot()["layers"][0]
+    assert layer["decode_tokens"] == 4 and layer["distinct_experts_after"] <= 2
+
+
+@pytest.mark.parametrize("policy", [f"{__name__}:RaisingPolicy", f"{__name__}:WrongShapePolicy"])
+def test_a_failing_policy_falls_back_for_that_step_and_is_counted(policy, caplog):
+    runtime = make_runtime(policy)
+    logits, output = routing()
+    for _ in range(3):
+        runtime.begin_step(DECODE)
+        routed = route(runtime, logits, output)
+        runtime.end_step(DECODE)
+        assert routed.topk_ids is output.topk_ids
+    stats = runtime.stats_snapshot()
+    assert stats["fallback_steps"] == 3 and stats["pruned_steps"] == 0 and stats["policy_failures"] == 3
+    assert stats["layers"][0]["fallbacks"] == 3
+    assert sum("failed at layer" in r.getMessage() for r in caplog.records) == 1  # at most once a minute
+
+
+def test_nan_router_logits_keep_the_models_routing_for_that_layer():
+    runtime = make_runtime("budget", budget="experts=1")
+    logits, output = routing()
+    logits[3, 2] = float("nan")
+    runtime.begin_step(DECODE)
+    routed = route(runtime, logits, output)
+    runtime.end_step(DECODE)
+    assert torch.equal(routed.topk_ids, output.topk_ids) and torch.equal(routed.topk_weights, output.topk_weights)
+    stats = runtime.stats_snapshot()
+    assert stats["fallback_steps"] == 1 and stats["layers"][0]["fallbacks"] == 1
+    assert stats["layers"][0]["steps"] == 0  # a fallen-back layer adds no pruning figures
+
+
+def test_routers_it_does_not_handle_pass_through(caplog):
+    caplog.set_level(logging.INFO, logger="lynx_sglang")
+    runtime = make_runtime("budget", budget="experts=1")
+    logits, output = routing()
+    grouped = topk.TopKConfig(top_k=K, use_grouped_topk=True, topk_group=1, num_expert_group=1)
+    sigmoid = topk.TopKConfig(top_k=K, scoring_func="sigmoid")
+    for config in (grouped, sigmoid):
+        assert route(runtime, logits, output, config=config) is output
+    assert any("a grouped router pass through untouched" in r.getMessage() for r in caplog.records)
+
+
+def test_switch_is_validated_before_anything_changes():
+    runtime = make_runtime("lynx", admin_token="t")
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        runtime.handle({"op": "set_policy", "policy": "oea", "params": {"alpha": 1}})
+    with pytest.raises(ConfigError, match="out of range"):
+        runtime.handle({"op": "set_policy", "budget": "experts=9"})
+    assert runtime.config.policy == "lynx" and runtime.config.budget is None
+    state = runtime.handle({"op": "set_policy", "policy": "budget", "budget": "fraction=0.25"})
+    assert state["policy"] == "budget" and state["budget_experts"] == 2
+    state = runtime.handle({"op": "set_policy", "policy": "baseline"})
+    assert state["budget"] is None  # baseline takes no budget
+
+
+DETERMINISM_SCRIPT = """
+import sys, torch
+from lynx_sglang.policies import ExpertBudget, get_policy
+generator = torch.Generator().manual_seed(5)
+logits = torch.randn(64, 16, generator=generator) * 2
+weights, ids = torch.softmax(logits, -1).topk(4, dim=-1)
+budget = ExpertBudget.unlimited(16).set_mass(0.9)
+for name in ("lynx", "oea", "coverage", "budget"):
+    d = get_policy(name, 16, 4, True).select(logits, ids, weights, num_real=60, layer_id=3, budget=budget)
+    for t in d:
+        sys.stdout.write(t.numpy().tobytes().hex() + ":")
+"""
+
+
+def test_two_processes_take_bit_identical_decisions():
+    """Tensor-parallel ranks see the same (replicated) router logits and each computes the decision
+    itself, so it must be a pure function of them: the same bits in separate processes, whatever
+    their thread counts."""
+    outputs = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads}
+        proc = subprocess.run([sys.executable, "-c", DETERMINISM_SCRIPT], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs.append(proc.stdout)
+    assert outputs[0] == outputs[1] and len(outputs[0]) > 1000

@@ -33,16 +33,21 @@ def test_env() -> dict[str, str]:
 
 
 class RunningServer:
-    def __init__(self, args: list[str], log_path: Path):
+    """`lynx-sglang serve --port <free> ARGS`, or any other server command given as `command`
+    (with `{port}` in it); `env` adds to the test environment."""
+
+    def __init__(self, args: list[str], log_path: Path, *, command: list[str] | None = None, env=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")
+        if command is None:
+            command = [*lynx_sglang_command(), "serve", "--port", "{port}", *args]
         self.process = subprocess.Popen(
-            [*lynx_sglang_command(), "serve", "--port", str(self.port), *args],
+            [part.replace("{port}", str(self.port)) for part in command],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=test_env(),
+            env={**test_env(), **(env or {})},
         )
 
     def log_tail(self, lines: int = 40) -> str:
@@ -77,10 +82,10 @@ class RunningServer:
         return self.process.returncode
 
 
-def post(url: str, payload, timeout: float = 60):
+def post(url: str, payload, timeout: float = 60, headers: dict | None = None):
     """POST JSON (or raw bytes); returns (status, parsed body or text)."""
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as r:
             body = r.read()

@@ -47,6 +47,8 @@ class LynxRuntime:
         self.graph_signature: tuple | None = None
         self.failures = 0
         self._last_failure_log = -FAILURE_LOG_INTERVAL_S
+        self._last_fallback_check = -FAILURE_LOG_INTERVAL_S
+        self._fallbacks_reported = 0
         self._notes: set[str] = set()
         self._last_decode_start: float | None = None
         self._calibration = None
@@ -178,6 +180,23 @@ class LynxRuntime:
         self.active_masks.clear()
         if step.prune and self.stats is not None:
             self.stats.end_step()
+            self._report_silent_fallbacks()
+
+    def _report_silent_fallbacks(self) -> None:
+        """Fallbacks decided by tensor ops (non-finite logits, out-of-range ids) are only counted on
+        the device; once a minute, one host read of the count tells the log whether there were any."""
+        now = time.monotonic()
+        if now - self._last_fallback_check < FAILURE_LOG_INTERVAL_S:
+            return
+        self._last_fallback_check = now
+        total = int(self.stats.fallback_steps.item())
+        if total > self._fallbacks_reported:
+            logger.warning(
+                "lynx-sglang: %d decode step(s) fell back to the model's routing in some layer since the last report "
+                "(non-finite router logits or invalid policy output); see fallback_steps in /lynx/stats",
+                total - self._fallbacks_reported,
+            )  # fmt: skip
+        self._fallbacks_reported = total
 
     # ---- per MoE layer (tensor code: captured by CUDA graphs) ---------------------------------
     def route(self, output, router_logits, topk_config, layer_id, num_token_non_padded, dispatch_info, step):
@@ -341,7 +360,7 @@ class LynxRuntime:
         }
 
     def reset_stats(self) -> None:
-        self.decode_steps = self.passthrough_steps = self.failures = 0
+        self.decode_steps = self.passthrough_steps = self.failures = self._fallbacks_reported = 0
         self.steps_by_policy.clear()
         if self.stats is not None:
             self.stats.reset()

@@ -6,12 +6,12 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from lynx_sglang.config import ConfigError, LynxConfig
-from lynx_sglang.policies import Policy
 from lynx_sglang.scheduler.runtime import LynxRuntime
 from lynx_sglang.scheduler.stats import MoeLayerInfo
 from lynx_sglang.scheduler.step import Step
@@ -20,24 +20,6 @@ topk = pytest.importorskip("sglang.srt.layers.moe.topk")
 
 E, K, T = 8, 2, 16
 DECODE = Step("decode", True)
-
-
-class RaisingPolicy(Policy):
-    name = "raising"
-
-    def decide(self, ctx):
-        raise RuntimeError("boom")
-
-
-class WrongShapePolicy(Policy):
-    name = "wrong-shape"
-
-    def select(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None, budget=None):
-        return super().select(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)._replace(
-            topk_ids=topk_ids[:, :1])
-
-    def decide(self, ctx):
-        return ctx.voters.new_ones(E)
 
 
 def make_runtime(policy="lynx", **kwargs) -> LynxRuntime:
@@ -95,19 +77,23 @@ def test_padding_rows_are_not_counted_and_pass_through():
     assert layer["decode_tokens"] == 4 and layer["distinct_experts_after"] <= 2
 
 
-@pytest.mark.parametrize("policy", [f"{__name__}:RaisingPolicy", f"{__name__}:WrongShapePolicy"])
-def test_a_failing_policy_falls_back_for_that_step_and_is_counted(policy, caplog):
-    runtime = make_runtime(policy)
+@pytest.mark.parametrize("policy", ["RaisingPolicy", "WrongShapePolicy", "OutOfRangePolicy"])
+def test_a_failing_policy_falls_back_for_that_step_and_is_counted(policy, caplog, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "support"))
+    runtime = make_runtime(f"fault_policies:{policy}")
     logits, output = routing()
     for _ in range(3):
         runtime.begin_step(DECODE)
         routed = route(runtime, logits, output)
         runtime.end_step(DECODE)
-        assert routed.topk_ids is output.topk_ids
+        assert torch.equal(routed.topk_ids, output.topk_ids)
     stats = runtime.stats_snapshot()
-    assert stats["fallback_steps"] == 3 and stats["pruned_steps"] == 0 and stats["policy_failures"] == 3
+    assert stats["fallback_steps"] == 3 and stats["pruned_steps"] == 0
     assert stats["layers"][0]["fallbacks"] == 3
-    assert sum("failed at layer" in r.getMessage() for r in caplog.records) == 1  # at most once a minute
+    # Logged at most once a minute: an exception or wrong shape when it happens, a bad value (seen
+    # only on the device) by the once-a-minute count.
+    message = "fell back" if policy == "OutOfRangePolicy" else "failed at layer"
+    assert sum(message in r.getMessage() for r in caplog.records) == 1
 
 
 def test_nan_router_logits_keep_the_models_routing_for_that_layer():

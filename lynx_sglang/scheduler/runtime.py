@@ -67,8 +67,9 @@ class LynxRuntime:
             return
         hf_config = model_runner.model_config.hf_config
         first = moe_layers[0]
+        top_k = getattr(hf_config, "num_experts_per_tok", None)  # some MoE layers leave top_k to TopK
         self.bind_layers(
-            [_layer_info(m) for m in moe_layers], first.w13_weight.device,
+            [_layer_info(m, top_k) for m in moe_layers], first.w13_weight.device,
             getattr(hf_config, "_name_or_path", "") or str(model_runner.model_config.model_path),
             (first.w13_weight, first.w2_weight, first.moe_runner_config.activation),
         )  # fmt: skip
@@ -425,11 +426,11 @@ def _scales_weights(topk_config) -> bool:
     return bool(topk_config.apply_routed_scaling_factor_on_output and factor not in (None, 1.0))
 
 
-def _layer_info(layer) -> MoeLayerInfo:
+def _layer_info(layer, model_top_k: int | None) -> MoeLayerInfo:
     per_rank = layer.w13_weight[0].numel() * layer.w13_weight.element_size()
     per_rank += layer.w2_weight[0].numel() * layer.w2_weight.element_size()
     routed = layer.num_experts - layer.num_fused_shared_experts
-    return MoeLayerInfo(layer.layer_id, routed, layer.top_k, per_rank * layer.moe_tp_size)
+    return MoeLayerInfo(layer.layer_id, routed, layer.top_k or model_top_k, per_rank * layer.moe_tp_size)
 
 
 def _shape(num_experts: int, top_k: int, model_name: str) -> MoeShape:

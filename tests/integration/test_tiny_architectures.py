@@ -1,8 +1,10 @@
-"""SGLang serves random tiny checkpoints of each supported MoE architecture, token for token like
-transformers' greedy decoding in float32 (plugin and CPU glue loaded, as in production)."""
+"""`lynx-sglang serve` serves random tiny checkpoints of each supported MoE architecture with `lynx`
+on (and reports stats), and with `baseline` answers token for token like transformers' greedy
+decoding in float32."""
 
 import pytest
 import torch
+from live_server import RunningServer, get_json, post
 
 from lynx_sglang.tiny_checkpoints import ARCHITECTURES, build_tiny_checkpoint
 
@@ -28,8 +30,7 @@ def transformers_greedy(model_dir, prompt_ids):
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_sglang_matches_transformers_greedy(arch, tmp_path, monkeypatch):
-    import sglang
+def test_serves_with_lynx_and_matches_transformers_with_baseline(arch, tmp_path):
     from transformers import AutoTokenizer
 
     model_dir = build_tiny_checkpoint(arch, tmp_path / arch, seed=1)
@@ -37,22 +38,25 @@ def test_sglang_matches_transformers_greedy(arch, tmp_path, monkeypatch):
     prompt_ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
     expected = transformers_greedy(model_dir, prompt_ids)
 
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # never let a test-only setting reach SGLang
-    engine = sglang.Engine(
-        model_path=str(model_dir),
-        device="cpu",
-        attention_backend="torch_native",
-        disable_cuda_graph=True,
-        max_total_tokens=1024,
-        dtype="float32",
-        log_level="error",
-    )
+    srv = RunningServer(["--model-path", str(model_dir), "--lynx-policy", "lynx", "--lynx-admin-token", "t"],
+                        tmp_path / "server.log")
     try:
-        results = engine.generate(
-            input_ids=prompt_ids,
-            sampling_params={"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True},
-        )
+        srv.wait_healthy()
+        generate(srv, prompt_ids)  # a decode batch of four under lynx
+        stats = get_json(srv.url + "/lynx/stats")
+        status, _ = post(srv.url + "/lynx/policy", {"policy": "baseline"}, headers={"Authorization": "Bearer t"})
+        assert status == 200
+        got = generate(srv, prompt_ids)
     finally:
-        engine.shutdown()
-    got = [r["output_ids"] for r in results]
+        srv.stop()
+    assert stats["policy"] == "lynx" and stats["pruned_steps"] > 0 and len(stats["layers"]) == 4, stats
+    assert 0 < stats["distinct_experts_after"] <= stats["distinct_experts_before"] <= 8
     assert got == expected, f"{arch}: SGLang {got} != transformers {expected}"
+
+
+def generate(server, prompt_ids):
+    body = {"input_ids": prompt_ids, "sampling_params": {"temperature": 0, "max_new_tokens": NEW_TOKENS,
+                                                         "ignore_eos": True}}
+    status, results = post(server.url + "/generate", body, timeout=300)
+    assert status == 200, results
+    return [r["output_ids"] for r in results]

@@ -26,14 +26,16 @@ _COMMON = dict(
 )
 
 
-def _config(arch: str, vocab_size: int, special: dict):
+def _config(arch: str, vocab_size: int, special: dict, shape: dict):
     import transformers as tf
 
     if arch == "mixtral":
-        return tf.MixtralConfig(
-            **_COMMON, **special, vocab_size=vocab_size, intermediate_size=256,
-            num_local_experts=8, num_experts_per_tok=2,
-        )
+        return tf.MixtralConfig(**{
+            **_COMMON, **special, "vocab_size": vocab_size, "intermediate_size": 256,
+            "num_local_experts": 8, "num_experts_per_tok": 2, **shape,
+        })  # fmt: skip
+    if shape:
+        raise ValueError(f"shape overrides are only supported for mixtral, not {arch}")
     if arch == "qwen2_moe":
         return tf.Qwen2MoeConfig(
             **_COMMON, **special, vocab_size=vocab_size, intermediate_size=256, moe_intermediate_size=128,
@@ -54,7 +56,9 @@ def _config(arch: str, vocab_size: int, special: dict):
     raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
 
 
-def build_tiny_checkpoint(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_checkpoint(arch: str, out_dir: str | Path, seed: int = 0, dtype: str = "float32", **shape) -> Path:
+    """A random checkpoint of `arch`; `shape` overrides config fields (mixtral only), e.g. for the
+    large memory-bound model of `lynx-sglang bench serve`."""
     import torch
     import transformers as tf
 
@@ -66,10 +70,10 @@ def build_tiny_checkpoint(arch: str, out_dir: str | Path, seed: int = 0) -> Path
     special = dict(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    config = _config(arch, len(tokenizer), special)
-    config.torch_dtype = "float32"
+    config = _config(arch, len(tokenizer), special, shape)
+    config.dtype = dtype
     torch.manual_seed(seed)
-    model = tf.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = tf.AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     # Random init is small; larger router weights make routing decisive, as in a trained model.
     num_experts = getattr(config, "num_experts", None) or config.num_local_experts
     with torch.no_grad():

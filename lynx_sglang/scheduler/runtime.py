@@ -43,6 +43,7 @@ class LynxRuntime:
         self.decode_steps = 0
         self.passthrough_steps = 0
         self.steps_by_policy: dict[str, int] = {}
+        self.steps_by_mode: dict[str, int] = {}
         self.active_masks: dict[int, torch.Tensor] = {}  # layer id -> experts the kernel computes
         self.graph_signature: tuple | None = None
         self.failures = 0
@@ -65,6 +66,7 @@ class LynxRuntime:
         if not moe_layers:
             logger.info("lynx-sglang: the model has no MoE layers; nothing to prune")
             return
+        self._note_unsupported_routers(model_runner.model)
         hf_config = model_runner.model_config.hf_config
         first = moe_layers[0]
         top_k = getattr(hf_config, "num_experts_per_tok", None)  # some MoE layers leave top_k to TopK
@@ -73,6 +75,22 @@ class LynxRuntime:
             getattr(hf_config, "_name_or_path", "") or str(model_runner.model_config.model_path),
             (first.w13_weight, first.w2_weight, first.moe_runner_config.activation),
         )  # fmt: skip
+
+    def _note_unsupported_routers(self, model) -> None:
+        """Say at start which MoE layers the policy will leave alone (the routing hook re-checks each
+        call; layers whose top-k never reaches select_experts are only visible here)."""
+        from sglang.srt.layers.moe.topk import TopK, TopKOutputFormat
+
+        for module in model.modules():
+            if not isinstance(module, TopK):
+                continue
+            config = module.topk_config
+            if config.output_format not in (None, TopKOutputFormat.STANDARD):
+                reason = f"the {config.output_format.name} top-k format"
+            else:
+                reason = router_passthrough_reason(config)
+            if reason:
+                self._note_once(f"MoE layers with {reason} pass through untouched (first: layer {module.layer_id})")
 
     def bind_layers(self, layers: list[MoeLayerInfo], device, model_name: str, calibration=None) -> None:
         """Everything `bind` learns from the model; separate so that tests can bind plain tensors."""
@@ -163,6 +181,7 @@ class LynxRuntime:
 
     # ---- per step (host side, around every forward) -------------------------------------------
     def begin_step(self, step: Step) -> None:
+        self.steps_by_mode[step.mode] = self.steps_by_mode.get(step.mode, 0) + 1
         if not step.prune:
             self.passthrough_steps += 1
             self._last_decode_start = None  # a prefill in between is not part of a decode interval
@@ -355,6 +374,7 @@ class LynxRuntime:
             "fallback_steps": fallback_steps,
             "policy_failures": self.failures,
             "steps_by_policy": dict(self.steps_by_policy),
+            "steps_by_mode": dict(self.steps_by_mode),
             "stats_enabled": self.config.stats,
             "controller": None if self.controller is None else self.controller.state(),
             **figures,
@@ -363,6 +383,7 @@ class LynxRuntime:
     def reset_stats(self) -> None:
         self.decode_steps = self.passthrough_steps = self.failures = self._fallbacks_reported = 0
         self.steps_by_policy.clear()
+        self.steps_by_mode.clear()
         if self.stats is not None:
             self.stats.reset()
 
@@ -404,6 +425,18 @@ def passthrough_reason(output, router_logits, topk_config, dispatch_info) -> str
     """Why a layer's routing is left alone (None: the policy applies). Static per layer."""
     if type(output).__name__ != "StandardTopKOutput":
         return f"the {type(output).__name__} top-k format"
+    reason = router_passthrough_reason(topk_config)
+    if reason:
+        return reason
+    if dispatch_info is not None:
+        return "expert-location dispatch (EPLB)"
+    if router_logits is None or router_logits.dim() != 2 or router_logits.shape[0] != output.topk_ids.shape[0]:
+        return "router logits that do not match the top-k rows"
+    return None
+
+
+def router_passthrough_reason(topk_config) -> str | None:
+    """Routers the policies do not model: they assume plain softmax top-k routing."""
     if topk_config.use_grouped_topk:
         return "a grouped router"
     if topk_config.correction_bias is not None:
@@ -414,10 +447,6 @@ def passthrough_reason(output, router_logits, topk_config, dispatch_info) -> str
         return "a custom routing function"
     if topk_config.num_shared_topk_slots:
         return "shared-expert top-k slots"
-    if dispatch_info is not None:
-        return "expert-location dispatch (EPLB)"
-    if router_logits is None or router_logits.dim() != 2 or router_logits.shape[0] != output.topk_ids.shape[0]:
-        return "router logits that do not match the top-k rows"
     return None
 
 

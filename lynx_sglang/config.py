@@ -20,6 +20,9 @@ CONFIG_ENV = "LYNX_SGLANG_CONFIG"
 CONTROL_RPC_METHOD = "lynx_control"
 
 KERNELS = ("auto", "sglang", "lynx", "triton")
+# Each rank would time its own steps and could set its own cap, but ranks must take the same decision.
+TPOT_WITH_TP = ("budget: tpot_ms is not supported with tensor parallelism (each rank would run its own "
+                "controller); use experts=N or fraction=F")
 BUDGET_KINDS = ("experts", "fraction", "mass", "tpot_ms")
 
 

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lynx_sglang.config import CONFIG_ENV, KERNELS, ConfigError, LynxConfig, build_config
+from lynx_sglang.config import CONFIG_ENV, KERNELS, TPOT_WITH_TP, ConfigError, LynxConfig, build_config
 from lynx_sglang.policy_setup import MoeShape, validate_for_model
 
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / "checkpoint"
@@ -237,6 +237,10 @@ def check_parallelism(config: LynxConfig, args: list[str]) -> None:
             f"expert parallelism (--ep-size {ep_size}) is not supported with --lynx-policy {config.policy}: "
             "use tensor parallelism (--tp N), where every rank takes the same decision"
         )
+    tp_size = _flag_value(args, "--tp", "--tp-size", "--tensor-parallel-size")
+    budget = config.parsed_budget
+    if budget is not None and budget.kind == "tpot_ms" and tp_size not in (None, "1"):
+        raise LaunchError(TPOT_WITH_TP)
     if _has_flag(args, "--enable-dp-attention"):
         raise LaunchError(
             f"--enable-dp-attention is not supported with --lynx-policy {config.policy}: data-parallel "

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from lynx_sglang.config import Budget, ConfigError, LynxConfig
+from lynx_sglang.config import TPOT_WITH_TP, Budget, ConfigError, LynxConfig
 from lynx_sglang.policies import ExpertBudget, ids_to_mask
 from lynx_sglang.policy_setup import MoeShape, build_policy, validate_for_model
 from lynx_sglang.scheduler.controller import TpotController
@@ -44,6 +44,7 @@ class LynxRuntime:
         self.passthrough_steps = 0
         self.steps_by_policy: dict[str, int] = {}
         self.steps_by_mode: dict[str, int] = {}
+        self.tp_size = 1
         self.active_masks: dict[int, torch.Tensor] = {}  # layer id -> experts the kernel computes
         self.graph_signature: tuple | None = None
         self.failures = 0
@@ -67,6 +68,9 @@ class LynxRuntime:
             logger.info("lynx-sglang: the model has no MoE layers; nothing to prune")
             return
         self._note_unsupported_routers(model_runner.model)
+        from sglang.srt.runtime_context import get_parallel
+
+        self.tp_size = get_parallel().tp_size
         hf_config = model_runner.model_config.hf_config
         first = moe_layers[0]
         top_k = getattr(hf_config, "num_experts_per_tok", None)  # some MoE layers leave top_k to TopK
@@ -152,6 +156,8 @@ class LynxRuntime:
     def _controller_for(self, budget: Budget | None) -> TpotController | None:
         if budget is None or budget.kind != "tpot_ms":
             return None
+        if self.tp_size > 1:
+            raise ConfigError(TPOT_WITH_TP)
         if self.controller is not None and self.controller.target_ms == budget.value:
             return self.controller
         num_experts = max(info.num_experts for info in self.layers)

@@ -102,6 +102,7 @@ def test_bad_port_values(port):
     (["--lynx-budget", "experts=4"], ["has no effect with policy 'baseline'"]),
     (["--lynx-policy", "lynx", "--ep-size", "2"], ["expert parallelism", "--ep-size 2"]),
     (["--lynx-policy", "lynx", "--enable-dp-attention"], ["--enable-dp-attention"]),
+    (["--lynx-policy", "lynx", "--lynx-budget", "tpot_ms=20", "--tp", "2"], ["tpot_ms", "tensor parallelism"]),
 ])  # fmt: skip
 def test_bad_lynx_settings_stop_the_launch(args, needles):
     proc, _ = run_serve("--port", free_port(), *args)

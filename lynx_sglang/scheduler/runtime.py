@@ -165,20 +165,18 @@ class LynxRuntime:
         return TpotController(budget.value, num_experts, slope, min_experts=1)
 
     def _fill_budget(self, num_experts: int, expert_budget: ExpertBudget) -> None:
+        """Write the configured cap into the device tensors the policy (and any captured graph) reads."""
         budget = self.config.parsed_budget
+        expert_budget.set_unlimited()
         if budget is None:
-            expert_budget.set_unlimited()
-        elif budget.kind == "experts":
-            expert_budget.set_unlimited()
+            return
+        if budget.kind == "experts":
             expert_budget.set_experts(min(int(budget.value), num_experts))
         elif budget.kind == "fraction":
-            expert_budget.set_unlimited()
             expert_budget.set_fraction(budget.value)
         elif budget.kind == "mass":
-            expert_budget.set_unlimited()
             expert_budget.set_mass(budget.value)
         else:  # tpot_ms: the controller's current cap (all experts until it has one)
-            expert_budget.set_unlimited()
             cap = self.controller.experts if self.controller is not None else num_experts
             expert_budget.set_experts(min(cap, num_experts))
 

@@ -127,16 +127,22 @@ def parse_param_value(raw: str):
 
 
 def parse_params(items, source: str) -> dict[str, Any]:
-    """['alpha=1.0', 'beta=2'] or 'alpha=1.0,beta=2' or a mapping -> {'alpha': 1.0, 'beta': 2}."""
+    """'alpha=1.0,beta=2', ['alpha=1.0', 'beta=2'], '{"alpha": 1.0}' or a mapping -> {'alpha': 1.0, 'beta': 2}."""
     if items is None:
         return {}
     if isinstance(items, Mapping):
         return dict(items)
+    if isinstance(items, str) and items.strip().startswith("{"):
+        try:
+            parsed = json.loads(items)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source}: {items!r} is not a valid JSON object ({exc.msg})") from None
+        return parse_params(parsed, source)
     if isinstance(items, str):
-        items = [p for p in items.replace(",", " ").split() if p]
+        items = [items]
     params = {}
-    for item in items:
-        key, sep, value = str(item).partition("=")
+    for item in (part for text in items for part in str(text).replace(",", " ").split()):
+        key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{source}: {item!r} must look like key=value (e.g. alpha=1.0)")
         params[key.strip()] = parse_param_value(value)

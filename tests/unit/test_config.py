@@ -101,3 +101,11 @@ def test_bad_kernel_and_boolean_values():
 def test_public_view_hides_the_token():
     view = LynxConfig(admin_token="s3cret").public_view()
     assert "admin_token" not in view and "s3cret" not in json.dumps(view)
+
+
+@pytest.mark.parametrize("raw", ["alpha=0.5,beta=2", "alpha=0.5 beta=2", '{"alpha": 0.5, "beta": 2}',
+                                 ["alpha=0.5", "beta=2"], ["alpha=0.5,beta=2"]])
+def test_params_in_every_spelling(raw):
+    assert build_config({"params": raw}, {}).params == {"alpha": 0.5, "beta": 2}
+    if isinstance(raw, str):
+        assert build_config({}, {"LYNX_PARAMS": raw}).params == {"alpha": 0.5, "beta": 2}

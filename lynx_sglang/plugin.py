@@ -110,9 +110,10 @@ def load_plugin() -> None:
 
         hooks.register(_register, config)
     if role == "launcher" and _started_as_http_server():
-        from lynx_sglang.server import launcher
+        from lynx_sglang.server import launcher, request_guard
 
         launcher.register(_register, config, directory)
+        request_guard.register_hooks(_register)
     if directory is not None:
         _write_process_record(directory, role)
     logger.info("lynx-sglang %s plugin loaded in the %s process (pid %d)", __version__, role, os.getpid())

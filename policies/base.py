@@ -17,6 +17,7 @@ from .budget import ExpertBudget, cap_active_experts
 from .keys import own_weight_units, preference_order, rank_of, stable_topk_indices, unique_descending_keys
 from .params import PolicyConfigError
 from .remap import _remap_clean, ids_to_mask, sanitize_logits
+from ..kernels.routing import GivenRule, RoutingCall, RoutingRule, fused_available, fused_route, fused_supports
 
 
 class PolicyDecision(NamedTuple):
@@ -45,10 +46,11 @@ class RoutingContext:
     """
 
     def __init__(self, logits: torch.Tensor, voters: torch.Tensor, num_experts: int, top_k: int,
-                 layer_id: int | None = None):
+                 layer_id: int | None = None, row_is_finite: torch.Tensor | None = None):
         self.logits = logits
         self.layer_id = layer_id
         self.voters = voters
+        self.row_is_finite = row_is_finite
         self.num_experts = num_experts
         self.top_k = top_k
         self._cache: dict[str, torch.Tensor] = {}
@@ -176,6 +178,8 @@ class Policy:
         num_real: int | torch.Tensor | None = None,
         layer_id: int | None = None,
         budget: ExpertBudget | None = None,
+        *,
+        implementation: str = "auto",
     ) -> PolicyDecision:
         """Decide the batch's routing for one layer.
 
@@ -184,24 +188,70 @@ class Policy:
         padding: they never influence the active set and are returned unchanged. Real rows whose
         logits hold NaN or +-inf do not vote and are routed inside the active set. `budget` caps
         the active set after the policy's decision (its tensors live on the logits' device).
+        implementation: "auto" (the fused path where there is one: Triton on CUDA, the C++ op on
+        CPU), "torch" (the reference), "triton" or "cpu" (that fused path, for tests and benchmarks).
         """
         self._check_shapes(router_logits, topk_ids, topk_weights, budget)
-        row_is_real = real_rows(router_logits.shape[0], num_real, router_logits.device)
         if not self.applies_to_layer(layer_id):
-            return self.pass_through(topk_ids, topk_weights, row_is_real)
+            return self.pass_through(topk_ids, topk_weights, real_rows(router_logits.shape[0], num_real, router_logits.device))
+        chosen = self._implementation(router_logits, implementation)
+        if chosen == "torch":
+            return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
+        return self._select_fused(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, chosen)
 
-        clean_logits, row_is_finite = sanitize_logits(router_logits)
-        voters = row_is_real & row_is_finite
-        ctx = RoutingContext(clean_logits, voters, self.num_experts, self.top_k, layer_id)
+    def select_reference(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None,
+                         budget=None) -> PolicyDecision:
+        """`select` in plain torch: the definition every fused path reproduces exactly."""
+        row_is_real = real_rows(router_logits.shape[0], num_real, router_logits.device)
+        ctx = self._context(router_logits, row_is_real, layer_id)
         active, keep_rows = self._active_set(ctx, topk_ids, budget)
-
         # Padding rows pass through unchanged (SGLang marks them with id -1, which we keep).
         keep_original = ~row_is_real if keep_rows is None else (~row_is_real | keep_rows)
         ids, weights = _remap_clean(
-            clean_logits, row_is_finite, topk_ids, topk_weights, active, keep_original,
+            ctx.logits, ctx.row_is_finite, topk_ids, topk_weights, active, keep_original,
             self.renormalize, self.slots_used,
         )
         return PolicyDecision(ids, weights, active)
+
+    # ---- the fused path -----------------------------------------------------------------------
+    def fused_rule(self) -> RoutingRule | None:
+        """The rule the fused implementations run in place of `decide`, or None: `decide` runs in
+        torch and only the shared stages (top-up, kept rows, budget cap, remap) run fused."""
+        return None
+
+    def _implementation(self, router_logits: torch.Tensor, requested: str) -> str:
+        if requested != "auto":
+            if requested not in ("torch", "triton", "cpu"):
+                raise ValueError(f"implementation must be 'auto', 'torch', 'triton' or 'cpu', got {requested!r}")
+            return requested
+        if torch.compiler.is_compiling():
+            return "torch"  # a compiled graph traces the reference (the fused ops are opaque to dynamo)
+        if router_logits.is_cuda:
+            return "triton" if fused_available("triton") else "torch"
+        return "cpu" if fused_available("cpu") else "torch"
+
+    def _select_fused(self, router_logits, topk_ids, topk_weights, num_real, layer_id, budget,
+                      implementation: str) -> PolicyDecision:
+        rule, given_active, given_keep = self.fused_rule(), None, None
+        if rule is None:
+            ctx = self._context(router_logits, real_rows(router_logits.shape[0], num_real, router_logits.device),
+                                layer_id)
+            decided = self.decide(ctx)
+            given_active, given_keep = decided if isinstance(decided, tuple) else (decided, None)
+            rule = GivenRule()
+        call = RoutingCall(
+            rule, router_logits, topk_ids, topk_weights, num_real, self.slots_used, self.renormalize,
+            None if budget is None else budget.max_experts, None if budget is None else budget.mass_fraction,
+            given_active, given_keep,
+        )
+        if not fused_supports(call) or (budget is not None and budget.max_experts.device != router_logits.device):
+            return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
+        return PolicyDecision(*fused_route(call, implementation))
+
+    def _context(self, router_logits, row_is_real, layer_id) -> RoutingContext:
+        clean_logits, row_is_finite = sanitize_logits(router_logits)
+        return RoutingContext(clean_logits, row_is_real & row_is_finite, self.num_experts, self.top_k, layer_id,
+                              row_is_finite=row_is_finite)
 
     def _active_set(self, ctx: RoutingContext, topk_ids: torch.Tensor, budget: ExpertBudget | None):
         """decide -> top-up to slots_used -> add the kept rows' experts -> budget cap."""

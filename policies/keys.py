@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.routing import MASS_BITS, RATIO_BITS
+
 # One token's routed weight is MASS_ONE units: the mass is a sum of integers, exact in any order.
-MASS_BITS = 20
 MASS_ONE = 1 << MASS_BITS
-# exp(gap) is scaled by 2**RATIO_BITS before truncation to an integer (top-1 -> exactly 2**40).
-RATIO_BITS = 40
 
 
 def float32_order_key(values: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.routing import LynxRule
 from .base import Policy, PolicyConfigError, RoutingContext
 from .keys import rank_of
 from .params import check_choice
@@ -104,6 +105,9 @@ class LynxPolicy(Policy):
             tie_order = torch.arange(self.num_experts, device=votes.device)
         by_votes = torch.sort(votes[tie_order], descending=True, stable=True).indices
         return tie_order[by_votes]
+
+    def fused_rule(self) -> LynxRule:
+        return LynxRule(self.alpha, self.beta, tie_by_mass=self.tie_break == "mass")
 
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
         bins = self.bins(ctx.logits)

@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from ..kernels.routing import BudgetRule, CoverageRule, OwnTopRule, TopNRule
 from .base import Policy, PolicyConfigError, PolicyDecision, RoutingContext, ensure_min_active, real_rows
 from .keys import MASS_BITS, MASS_ONE, unique_descending_keys
 from .params import experts_kept
@@ -38,6 +39,9 @@ class OeaPolicy(Policy):
         super().__init__(num_experts, top_k, renormalize, layers)
         self.k0 = self.check_int("k0", max(1, top_k // 2) if k0 is None else k0, 1, top_k)
 
+    def fused_rule(self) -> OwnTopRule:
+        return OwnTopRule(self.k0)
+
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
         return ids_to_mask(ctx.own_topk_ids(self.k0), ctx.voters, self.num_experts)
 
@@ -55,6 +59,9 @@ class BudgetPolicy(Policy):
         super().__init__(num_experts, top_k, renormalize, layers)
         self.num_experts_kept = experts_kept(self.name, num_experts, top_k, num_experts_kept, fraction)
 
+    def fused_rule(self) -> BudgetRule:
+        return BudgetRule(self.num_experts_kept)
+
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
         return (ctx.preference_rank() < self.num_experts_kept) & (ctx.topk_counts() > 0)
 
@@ -69,6 +76,9 @@ class TopNPolicy(Policy):
                  fraction=None):
         super().__init__(num_experts, top_k, renormalize, layers)
         self.num_experts_kept = experts_kept(self.name, num_experts, top_k, num_experts_kept, fraction)
+
+    def fused_rule(self) -> TopNRule:
+        return TopNRule(self.num_experts_kept)
 
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
         counts = ctx.topk_counts()
@@ -96,6 +106,9 @@ class StaticTopKPolicy(Policy):
         self.top_k_used = self.check_int("top_k_used", default if top_k_used is None else top_k_used,
                                          1, top_k - 1)
         self.slots_used = self.top_k_used
+
+    def fused_rule(self) -> OwnTopRule:
+        return OwnTopRule(self.top_k_used)
 
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
         return ids_to_mask(ctx.own_topk_ids(self.top_k_used), ctx.voters, self.num_experts)
@@ -162,6 +175,12 @@ class CoveragePolicy(Policy):
             None if max_dropped_mass is None
             else self.check_float("max_dropped_mass", max_dropped_mass, 0.0, 1.0)
         )
+
+    def fused_rule(self) -> CoverageRule:
+        if self.max_dropped_mass is None:
+            return CoverageRule(fraction_units(self.mass_fraction))
+        return CoverageRule(fraction_units(self.mass_fraction), fraction_units(self.max_dropped_mass),
+                            keep_on_any_drop=self.max_dropped_mass == 0)
 
     def decide(self, ctx: RoutingContext):
         active = covering_experts(ctx.routed_mass(), ctx.preference_order(), self.mass_fraction)

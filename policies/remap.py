@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.routing import FP32_BIG as _FP32_BIG
 from .keys import stable_topk_indices
-
-# Non-finite logits are replaced by these before any ranking or softmax (see `sanitize_logits`).
-# A quarter of the fp32 range keeps `x - max(x)` finite inside a softmax.
-_FP32_BIG = torch.finfo(torch.float32).max / 4
 
 
 def ids_to_mask(ids: torch.Tensor, row_mask: torch.Tensor | None, num_experts: int) -> torch.Tensor:

@@ -1,14 +1,9 @@
-"""Test setup for lynx_sglang.kernels.
+"""Test setup for lynx_sglang.kernels: without CUDA, Triton kernels run in Triton's CPU interpreter.
 
-Triton decides between compiled and interpreted kernels when ``@triton.jit`` decorates a function, i.e.
-when ``lynx_sglang.kernels.triton_moe`` is imported. Without CUDA we must switch the interpreter on
-before that import, so this happens at the very top of the conftest, before anything else is imported.
+Triton decides between compiled and interpreted kernels when ``@triton.jit`` decorates a function, so
+the switch happens here, before any test module imports a kernel module.
 """
 
-import os
+from lynx_sglang.kernels.interpret import interpret_without_cuda
 
-if "TRITON_INTERPRET" not in os.environ:
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "1"
+interpret_without_cuda()

@@ -1,0 +1,616 @@
+"""Fused routing decision on CUDA: two Triton launches per layer call, static grids, no host sync.
+
+Launch 1, ``_routing_rows_kernel``, grid cdiv(T, BLOCK_T): per row, clean logits, voter flag, own top-k
+(ids, logits, weights in fixed point); for lynx the bins, the row's bin threshold b* (the k-th best bin)
+and how many bin-b* experts it still needs. Per program, partial per-expert sums (votes, mass, lynx's
+bin histogram, the experts some row takes for sure), written to its own slot: no atomics, no zeroing.
+
+Launch 2, ``_routing_decide_kernel``, grid cdiv(T, BLOCK_T): every program reduces the partials and
+makes the same batch decision (ranks by exact integer counting, the rule's active set, top-up, kept
+rows, budget cap), then remaps its own block of rows. Recomputing the small [E] decision per program
+is cheaper than a third launch or a grid-wide barrier.
+
+Lynx's picks avoid a top-k per row: a row takes every expert above its bin threshold b*, plus the
+first `need` bin-b* experts in the batch's expert order, which a prefix count (cumsum) over the row's
+bins gathered in that order finds in one pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .routing import (
+    FP32_BIG,
+    MASS_BITS,
+    RATIO_BITS,
+    BudgetRule,
+    CoverageRule,
+    GivenRule,
+    LynxRule,
+    OwnTopRule,
+    RoutingCall,
+    RoutingResult,
+    TopNRule,
+)
+from .triton_moe import INTERPRETING
+
+MODE_LYNX, MODE_OWN_TOP, MODE_BUDGET, MODE_TOPN, MODE_COVERAGE, MODE_GIVEN = range(6)
+KEEP_NONE, KEEP_DROPPED_CAP, KEEP_GIVEN = range(3)
+
+_TAKEN = tl.constexpr(-2147483648)  # below every int32 key: a column already taken or not there
+_BIG = tl.constexpr(FP32_BIG)
+_MASS_BITS = tl.constexpr(MASS_BITS)
+_MASS_ONE = tl.constexpr(1 << MASS_BITS)
+_RATIO_SCALE = tl.constexpr(float(1 << RATIO_BITS))
+# Rows of each program's scratch ([SCRATCH_ROWS, BLOCK_E] int64): vectors that other threads gather.
+_ROW_KEY, _ROW_TIE, _ROW_VALUE, _ROW_ORDER, _ROW_PICKED, _ROW_TOPPED, _ROW_ACTIVE = (tl.constexpr(i) for i in range(7))
+SCRATCH_ROWS = 7
+SCRATCH_ROWS_C = tl.constexpr(SCRATCH_ROWS)
+
+
+# ---- per-row helpers ----------------------------------------------------------------------------
+@triton.jit
+def _clean_logits(logits_ptr, stride_row, rows, cols, row_ok, col_ok):
+    """[BT, BE] fp32 logits with NaN/-inf -> -BIG and +inf -> +BIG, and [BT] "all finite"."""
+    mask = row_ok[:, None] & col_ok[None, :]
+    x = tl.load(logits_ptr + rows[:, None].to(tl.int64) * stride_row + cols[None, :], mask=mask, other=0.0)
+    x = x.to(tl.float32)
+    nan = x != x
+    pos_inf = x == float("inf")
+    neg_inf = x == float("-inf")
+    finite = tl.sum(((nan | pos_inf | neg_inf) & mask).to(tl.int32), axis=1) == 0
+    x = tl.where(nan | neg_inf, -_BIG, x)
+    return tl.where(pos_inf, _BIG, x), finite
+
+
+@triton.jit
+def _real_rows(rows, num_rows, num_real_ptr, num_real, NUM_REAL_MODE: tl.constexpr):
+    """Rows below num_real: mode 0 every row, 1 a scalar argument, 2 a 0-dim tensor on the device."""
+    real = rows < num_rows
+    if NUM_REAL_MODE == 1:
+        real = real & (rows < num_real)
+    elif NUM_REAL_MODE == 2:
+        real = real & (rows < tl.load(num_real_ptr))
+    return real
+
+
+@triton.jit
+def _order_key(x):
+    """int32 keys in the order of fp32 x (no NaN); -0.0 and +0.0 equal (as keys.float32_order_key)."""
+    bits = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
+    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+@triton.jit
+def _column(matrix, slot, j):
+    """Column j of a small [BT, BK] matrix (exact: one term is non-zero)."""
+    return tl.sum(tl.where(slot[None, :] == j, matrix, 0), axis=1)
+
+
+@triton.jit
+def _top_columns(keys, x, cols, slot, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, K: tl.constexpr,
+                 BLOCK_E: tl.constexpr):
+    """The K largest keys per row, largest first, equal keys by lower column: (ids, x there)."""
+    ids = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int32)
+    values = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
+    for j in tl.static_range(K):
+        best = tl.max(keys, axis=1)
+        pick = tl.min(tl.where(keys == best[:, None], cols[None, :], BLOCK_E), axis=1)
+        hit = cols[None, :] == pick[:, None]
+        value = tl.sum(tl.where(hit, x, 0.0), axis=1)
+        ids = tl.where(slot[None, :] == j, pick[:, None], ids)
+        values = tl.where(slot[None, :] == j, value[:, None], values)
+        keys = tl.where(hit, _TAKEN, keys)
+    return ids, values
+
+
+@triton.jit
+def _own_weight_units(own_values, slot, TOP_K: tl.constexpr):
+    """Top-k weights renormalised in fixed point (keys.own_weight_units): exp in float64 rounded to
+    fp32, exact scaling by 2**40, truncation, integer division."""
+    slot_ok = slot[None, :] < TOP_K
+    gap = tl.where(slot_ok, own_values - _column(own_values, slot, 0)[:, None], 0.0)
+    ratio = tl.exp(gap.to(tl.float64)).to(tl.float32)
+    fixed = tl.where(slot_ok, (ratio * _RATIO_SCALE).to(tl.int64), 0)
+    return fixed * _MASS_ONE // tl.sum(fixed, axis=1)[:, None]
+
+
+# ---- launch 1 -----------------------------------------------------------------------------------
+@triton.jit
+def _routing_rows_kernel(
+    logits_ptr, num_real_ptr,
+    own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, bins_ptr, threshold_ptr, need_ptr,
+    part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr,
+    stride_logits, num_real, num_rows, num_experts, alpha,
+    MODE: tl.constexpr, TOP_K: tl.constexpr, FLOOR_K: tl.constexpr, BETA: tl.constexpr,
+    NUM_REAL_MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_E)
+    slot = tl.arange(0, BLOCK_K)
+    row_ok = rows < num_rows
+    col_ok = cols < num_experts
+    x, finite = _clean_logits(logits_ptr, stride_logits, rows, cols, row_ok, col_ok)
+    voter = _real_rows(rows, num_rows, num_real_ptr, num_real, NUM_REAL_MODE) & finite
+
+    keys = tl.where(col_ok[None, :], _order_key(x), _TAKEN)
+    own_ids, own_values = _top_columns(keys, x, cols, slot, BLOCK_T, BLOCK_K, TOP_K, BLOCK_E)
+    own_weights = _own_weight_units(own_values, slot, TOP_K) * voter[:, None]
+    row_slot = rows[:, None] * BLOCK_K + slot[None, :]
+    row_slot_ok = row_ok[:, None] & (slot[None, :] < TOP_K)
+    tl.store(own_ids_ptr + row_slot, own_ids, mask=row_slot_ok)
+    tl.store(own_values_ptr + row_slot, own_values, mask=row_slot_ok)
+    tl.store(own_weights_ptr + row_slot, own_weights, mask=row_slot_ok)
+    tl.store(row_flags_ptr + rows, (voter.to(tl.int8) + 2 * finite.to(tl.int8)), mask=row_ok)
+
+    counts = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
+    mass = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int64)
+    union = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
+    for j in tl.static_range(TOP_K):
+        hit = (cols[None, :] == _column(own_ids, slot, j)[:, None]) & voter[:, None]
+        counts += hit.to(tl.int32)
+        mass += tl.where(hit, _column(own_weights, slot, j)[:, None], 0)
+        if j < FLOOR_K:
+            union += hit.to(tl.int32)
+    part = pid * BLOCK_E + cols
+    tl.store(part_counts_ptr + part, tl.sum(counts, axis=0))
+    tl.store(part_mass_ptr + part, tl.sum(mass, axis=0))
+    tl.store(part_voters_ptr + pid, tl.sum(voter.to(tl.int32), axis=0))
+
+    if MODE == 0:  # lynx: bins, each row's bin threshold, and the experts above it (taken for sure)
+        top = _column(own_values, slot, 0)
+        bins = tl.maximum(tl.ceil(alpha * (x - top[:, None])), -BETA).to(tl.int32)
+        tl.store(bins_ptr + rows[:, None].to(tl.int64) * num_experts + cols[None, :], bins.to(tl.int8),
+                 mask=row_ok[:, None] & col_ok[None, :])
+        above = tl.zeros([BLOCK_T], dtype=tl.int32)
+        threshold = tl.full([BLOCK_T], -BETA, dtype=tl.int32)
+        need = tl.zeros([BLOCK_T], dtype=tl.int32)
+        found = tl.zeros([BLOCK_T], dtype=tl.int1)
+        for i in tl.static_range(BETA + 1):  # bins 0, -1, ..., -beta
+            in_bin = (bins == -i) & col_ok[None, :]
+            in_bin_count = tl.sum(in_bin.to(tl.int32), axis=1)
+            reached = (~found) & (above + in_bin_count >= TOP_K)
+            threshold = tl.where(reached, -i, threshold)
+            need = tl.where(reached, TOP_K - above, need)
+            found = found | reached
+            above += in_bin_count
+            voted = tl.sum((in_bin & voter[:, None]).to(tl.int32), axis=0)
+            tl.store(part_bins_ptr + (pid * (BETA + 1) + BETA - i) * BLOCK_E + cols, voted)
+        tl.store(threshold_ptr + rows, threshold, mask=row_ok)
+        tl.store(need_ptr + rows, need, mask=row_ok)
+        union = ((bins > threshold[:, None]) & col_ok[None, :] & voter[:, None]).to(tl.int32)
+    tl.store(part_union_ptr + part, tl.sum(union, axis=0))
+
+
+# ---- batch-level helpers (launch 2) -------------------------------------------------------------
+@triton.jit
+def _share(scratch, row, vector, cols, BLOCK_E: tl.constexpr):
+    """Write an [E] vector where every thread can gather from it."""
+    tl.debug_barrier()
+    tl.store(scratch + row * BLOCK_E + cols, vector.to(tl.int64))
+    tl.debug_barrier()
+
+
+@triton.jit
+def _rank_desc(scratch, key, tie, cols, num_experts, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr):
+    """rank[e] = #{e' < E: key[e'] > key[e], or equal keys and tie[e'] < tie[e]} (0 = first).
+    Exact integer counting, O(E^2) in chunks: no sort, no float."""
+    _share(scratch, _ROW_KEY, key, cols, BLOCK_E)
+    _share(scratch, _ROW_TIE, tie, cols, BLOCK_E)
+    key = key.to(tl.int64)
+    tie = tie.to(tl.int64)
+    rank = tl.zeros([BLOCK_E], dtype=tl.int32)
+    for start in tl.static_range(0, BLOCK_E, CHUNK):
+        other = start + tl.arange(0, CHUNK)
+        other_key = tl.load(scratch + _ROW_KEY * BLOCK_E + other)[:, None]
+        other_tie = tl.load(scratch + _ROW_TIE * BLOCK_E + other)[:, None]
+        before = (other_key > key[None, :]) | ((other_key == key[None, :]) & (other_tie < tie[None, :]))
+        rank += tl.sum((before & (other < num_experts)[:, None]).to(tl.int32), axis=0)
+    return rank
+
+
+@triton.jit
+def _before_in_order(scratch, flag, rank, value, cols, num_experts, BLOCK_E: tl.constexpr,
+                     CHUNK: tl.constexpr):
+    """For each e: how many flagged experts have a lower rank, and the sum of their values."""
+    _share(scratch, _ROW_KEY, flag, cols, BLOCK_E)
+    _share(scratch, _ROW_TIE, rank, cols, BLOCK_E)
+    _share(scratch, _ROW_VALUE, value, cols, BLOCK_E)
+    count = tl.zeros([BLOCK_E], dtype=tl.int64)
+    total = tl.zeros([BLOCK_E], dtype=tl.int64)
+    for start in tl.static_range(0, BLOCK_E, CHUNK):
+        other = start + tl.arange(0, CHUNK)
+        other_flag = tl.load(scratch + _ROW_KEY * BLOCK_E + other)[:, None]
+        other_rank = tl.load(scratch + _ROW_TIE * BLOCK_E + other)[:, None]
+        other_value = tl.load(scratch + _ROW_VALUE * BLOCK_E + other)[:, None]
+        before = (other_flag != 0) & (other_rank < rank[None, :]) & (other < num_experts)[:, None]
+        count += tl.sum(before.to(tl.int64), axis=0)
+        total += tl.sum(tl.where(before, other_value, 0), axis=0)
+    return count, total
+
+
+@triton.jit
+def _sum_parts(part_ptr, num_parts, stride, cols, BLOCK_E: tl.constexpr):
+    """Sum over programs of launch 1 of their [E] partial sums (int64)."""
+    total = tl.zeros([BLOCK_E], dtype=tl.int64)
+    for p in range(num_parts):
+        total += tl.load(part_ptr + p * stride + cols).to(tl.int64)
+    return total
+
+
+@triton.jit
+def _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows, num_experts,
+                cols, col_ok, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):  # fmt: skip
+    """[E] bool: experts some voter takes from its threshold bin (the first `need` of them in the
+    batch's expert order)."""
+    tl.debug_barrier()
+    tl.store(scratch + _ROW_ORDER * BLOCK_E + lynx_rank, cols.to(tl.int64), mask=col_ok)  # expert at each rank
+    tl.debug_barrier()
+    order = tl.load(scratch + _ROW_ORDER * BLOCK_E + cols, mask=col_ok, other=0)
+    picked = tl.zeros([BLOCK_E], dtype=tl.int32)
+    for start in range(0, num_rows, BLOCK_T):
+        rows = start + tl.arange(0, BLOCK_T)
+        row_ok = rows < num_rows
+        voter = (tl.load(row_flags_ptr + rows, mask=row_ok, other=0) & 1) != 0
+        threshold = tl.load(threshold_ptr + rows, mask=row_ok, other=0)
+        need = tl.load(need_ptr + rows, mask=row_ok, other=0)
+        bins = tl.load(bins_ptr + rows[:, None].to(tl.int64) * num_experts + order[None, :],
+                       mask=row_ok[:, None] & col_ok[None, :], other=-128).to(tl.int32)  # fmt: skip
+        in_bin = (bins == threshold[:, None]) & col_ok[None, :]
+        first = tl.cumsum(in_bin.to(tl.int32), axis=1) <= need[:, None]
+        picked = tl.maximum(picked, tl.max((in_bin & first & voter[:, None]).to(tl.int32), axis=0))
+    _share(scratch, _ROW_PICKED, picked, cols, BLOCK_E)  # by rank -> by expert
+    return tl.load(scratch + _ROW_PICKED * BLOCK_E + lynx_rank, mask=col_ok, other=0) != 0
+
+
+@triton.jit
+def _kept_rows(topped_ptr, rows, row_ok, slot, own_ids_ptr, own_weights_ptr, row_flags_ptr, given_keep_ptr,
+               dropped_cap_units, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr, KEEP_MODE: tl.constexpr,
+               ANY_DROP: tl.constexpr):  # fmt: skip
+    """[BT] bool: voters that keep their own routing: coverage's dropped-weight cap against the
+    topped-up set at `topped_ptr` (KEEP_MODE 1), or the rows a torch `decide` returned (2)."""
+    voter = (tl.load(row_flags_ptr + rows, mask=row_ok, other=0) & 1) != 0
+    if KEEP_MODE == 1:
+        row_slot = rows[:, None] * BLOCK_K + slot[None, :]
+        slot_ok = row_ok[:, None] & (slot[None, :] < TOP_K)
+        own_ids = tl.load(own_ids_ptr + row_slot, mask=slot_ok, other=0)
+        inactive = (tl.load(topped_ptr + own_ids) == 0) & slot_ok
+        if ANY_DROP:
+            keep = tl.max(inactive.to(tl.int32), axis=1) > 0
+        else:
+            weights = tl.load(own_weights_ptr + row_slot, mask=slot_ok, other=0)
+            keep = tl.sum(tl.where(inactive, weights, 0), axis=1) > dropped_cap_units
+    else:
+        keep = tl.load(given_keep_ptr + rows, mask=row_ok, other=0) != 0
+    return keep & voter & row_ok
+
+
+@triton.jit
+def _kept_experts(topped_ptr, topk_ids_ptr, stride_ids, own_ids_ptr, own_weights_ptr, row_flags_ptr,
+                  given_keep_ptr, dropped_cap_units, num_rows, num_experts, cols, slot,
+                  TOP_K: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr,
+                  BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """[E] bool: the model's experts of every kept row (ids clamped to [0, E), as ids_to_mask)."""
+    kept = tl.zeros([BLOCK_E], dtype=tl.int32)
+    for start in range(0, num_rows, BLOCK_T):
+        rows = start + tl.arange(0, BLOCK_T)
+        row_ok = rows < num_rows
+        keep = _kept_rows(topped_ptr, rows, row_ok, slot, own_ids_ptr, own_weights_ptr, row_flags_ptr,
+                          given_keep_ptr, dropped_cap_units, TOP_K, BLOCK_K, KEEP_MODE, ANY_DROP)
+        ids = tl.load(topk_ids_ptr + rows[:, None].to(tl.int64) * stride_ids + slot[None, :],
+                      mask=row_ok[:, None] & (slot[None, :] < TOP_K), other=0)
+        ids = tl.minimum(tl.maximum(ids, 0), num_experts - 1).to(tl.int32)
+        for j in tl.static_range(TOP_K):
+            hit = (cols[None, :] == _column(ids, slot, j)[:, None]) & keep[:, None]
+            kept = tl.maximum(kept, tl.max(hit.to(tl.int32), axis=0))
+    return kept != 0
+
+
+@triton.jit
+def _decide_active(
+    scratch, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, own_ids_ptr, own_weights_ptr, topk_ids_ptr,
+    part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr, num_parts,
+    budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
+    stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
+    MODE: tl.constexpr, TOP_K: tl.constexpr, SLOTS: tl.constexpr, BETA: tl.constexpr,
+    TIE_BY_MASS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr, HAS_BUDGET: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """The batch's active set [E] bool, identical in every program (integer arithmetic only)."""
+    col_ok = cols < num_experts
+    counts = _sum_parts(part_counts_ptr, num_parts, BLOCK_E, cols, BLOCK_E)
+    mass = _sum_parts(part_mass_ptr, num_parts, BLOCK_E, cols, BLOCK_E)
+    union = _sum_parts(part_union_ptr, num_parts, BLOCK_E, cols, BLOCK_E)
+    voters = 0
+    for p in range(num_parts):
+        voters += tl.load(part_voters_ptr + p)
+    voters = voters.to(tl.int64)
+    total_mass = tl.sum(mass, axis=0)
+    # Preference order: routed mass, then votes (descending), then lower index (keys.preference_order).
+    preference = _rank_desc(scratch, mass * (num_rows + 1) + counts, cols, cols, num_experts, BLOCK_E, CHUNK)
+
+    if MODE == 0:  # lynx: S = sum_j (voters with bin j - beta) * B**j; experts ordered by (S, tie)
+        votes = tl.zeros([BLOCK_E], dtype=tl.int64)
+        power = voters * 0 + 1
+        for j in tl.static_range(BETA + 1):
+            votes += _sum_parts(part_bins_ptr + j * BLOCK_E, num_parts, (BETA + 1) * BLOCK_E, cols, BLOCK_E) * power
+            power = power * voters
+        if TIE_BY_MASS:
+            lynx_rank = _rank_desc(scratch, votes, preference, cols, num_experts, BLOCK_E, CHUNK)
+        else:
+            lynx_rank = _rank_desc(scratch, votes, cols, cols, num_experts, BLOCK_E, CHUNK)
+        picked = _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows,
+                             num_experts, cols, col_ok, BLOCK_T, BLOCK_E)  # fmt: skip
+        active = (union != 0) | picked
+    elif MODE == 1:  # union of the voters' own top-j
+        active = union != 0
+    elif MODE == 2:  # budget: the first n of the preference order that some voter chose
+        active = (preference < rule_n) & (counts > 0)
+    elif MODE == 3:  # topn: votes, then mass, then index
+        by_votes = _rank_desc(scratch, counts * (num_rows * _MASS_ONE + 1) + mass, cols, cols, num_experts,
+                              BLOCK_E, CHUNK)  # fmt: skip
+        active = (by_votes < rule_n) & (counts > 0)
+    elif MODE == 4:  # coverage: prefix of the preference order covering the fraction of the mass
+        _, mass_before = _before_in_order(scratch, cols * 0 + 1, preference, mass, cols, num_experts, BLOCK_E, CHUNK)
+        active = ((mass_before << _MASS_BITS) < fraction_units * total_mass) & (mass > 0)
+    else:  # decided by a policy's torch code
+        active = tl.load(given_active_ptr + cols, mask=col_ok, other=0) != 0
+    active = active & col_ok
+
+    # Top-up to SLOTS experts by votes (ties: lower index), as base.ensure_min_active.
+    top_up = _rank_desc(scratch, active.to(tl.int64) * (num_rows + 1) + counts, cols, cols, num_experts, BLOCK_E,
+                        CHUNK)  # fmt: skip
+    active = active | ((top_up < SLOTS) & col_ok)
+    if KEEP_MODE != 0:
+        _share(scratch, _ROW_TOPPED, active, cols, BLOCK_E)
+        active = active | _kept_experts(scratch + _ROW_TOPPED * BLOCK_E, topk_ids_ptr, stride_ids, own_ids_ptr,
+                                        own_weights_ptr, row_flags_ptr, given_keep_ptr, dropped_cap_units, num_rows,
+                                        num_experts, cols, slot, TOP_K, KEEP_MODE, ANY_DROP, BLOCK_T, BLOCK_E,
+                                        BLOCK_K)  # fmt: skip
+    if HAS_BUDGET:  # budget.cap_active_experts
+        rank, mass_before = _before_in_order(scratch, active, preference, mass, cols, num_experts, BLOCK_E, CHUNK)
+        max_experts = tl.load(budget_max_ptr)
+        fraction = tl.load(budget_fraction_ptr)
+        threshold = tl.floor(fraction * _MASS_ONE).to(tl.int64)
+        covering = (mass_before << _MASS_BITS) < threshold * total_mass
+        # (an int sum, not a scalar-bool | vector-bool, which the interpreter rejects)
+        wanted = (rank < max_experts) & ((covering.to(tl.int32) + (fraction >= 1.0).to(tl.int32)) > 0)
+        active = active & (wanted | (rank == 0))
+    return active
+
+
+@triton.jit
+def _remap_rows(
+    active_ptr, topped_ptr, logits_ptr, topk_ids_ptr, topk_weights_ptr, out_ids_ptr, out_weights_ptr,
+    num_real_ptr, own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, given_keep_ptr,
+    stride_logits, stride_ids, stride_weights, num_real, num_rows, num_experts, dropped_cap_units,
+    rows, cols, slot,
+    TOP_K: tl.constexpr, SLOTS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr,
+    RENORMALIZE: tl.constexpr, NUM_REAL_MODE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """remap._remap_clean for a block of rows, given the active set at `active_ptr`."""
+    row_ok = rows < num_rows
+    col_ok = cols < num_experts
+    slot_ok = slot[None, :] < TOP_K
+    row_slot = rows[:, None] * BLOCK_K + slot[None, :]
+    own_ids = tl.load(own_ids_ptr + row_slot, mask=row_ok[:, None] & slot_ok, other=0)
+    own_values = tl.load(own_values_ptr + row_slot, mask=row_ok[:, None] & slot_ok, other=0.0)
+
+    # The token's own experts that stay active keep their order at the front (every one of them beats
+    # every expert outside its own top-k); the best active experts outside fill the rest.
+    own_active = (tl.load(active_ptr + own_ids) != 0) & slot_ok
+    position = tl.cumsum(own_active.to(tl.int32), axis=1) - 1
+    new_ids = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int32)
+    new_values = tl.full([BLOCK_T, BLOCK_K], float("-inf"), dtype=tl.float32)
+    for j in tl.static_range(SLOTS):
+        here = own_active & (position == j)
+        filled = tl.max(here.to(tl.int32), axis=1) > 0
+        new_ids = tl.where((slot[None, :] == j) & filled[:, None], tl.sum(tl.where(here, own_ids, 0), axis=1)[:, None],
+                           new_ids)  # fmt: skip
+        new_values = tl.where((slot[None, :] == j) & filled[:, None],
+                              tl.sum(tl.where(here, own_values, 0.0), axis=1)[:, None], new_values)  # fmt: skip
+    kept = tl.sum(own_active.to(tl.int32), axis=1)
+    missing = tl.where(row_ok, tl.maximum(SLOTS - kept, 0), 0)
+    extra_rounds = tl.max(missing, axis=0)
+    if extra_rounds > 0:
+        x, _ = _clean_logits(logits_ptr, stride_logits, rows, cols, row_ok, col_ok)
+        active = tl.load(active_ptr + cols, mask=col_ok, other=0) != 0
+        candidate = active[None, :] & col_ok[None, :]
+        for j in tl.static_range(TOP_K):
+            candidate = candidate & (cols[None, :] != _column(own_ids, slot, j)[:, None])
+        keys = tl.where(candidate, _order_key(x), _TAKEN)
+        for extra in range(0, extra_rounds):
+            best = tl.max(keys, axis=1)
+            pick = tl.min(tl.where(keys == best[:, None], cols[None, :], BLOCK_E), axis=1)
+            hit = cols[None, :] == pick[:, None]
+            value = tl.sum(tl.where(hit, x, 0.0), axis=1)
+            place = (slot[None, :] == (kept + extra)[:, None]) & ((best != _TAKEN) & (extra < missing))[:, None]
+            new_ids = tl.where(place, pick[:, None], new_ids)
+            new_values = tl.where(place, value[:, None], new_values)
+            keys = tl.where(hit, _TAKEN, keys)
+
+    # Weights: softmax of the chosen logits, times the target mass; unfilled slots repeat the first
+    # choice with weight 0.
+    filled = (new_values > float("-inf")) & (slot[None, :] < SLOTS)
+    first = _column(new_ids, slot, 0)
+    top = tl.max(new_values, axis=1)
+    exps = tl.where(filled, tl.exp(new_values - tl.where(top > float("-inf"), top, 0.0)[:, None]), 0.0)
+    total = tl.sum(exps, axis=1)
+    weights = exps / tl.where(total > 0, total, 1.0)[:, None]
+    in_mask = row_ok[:, None] & slot_ok
+    given_ids = tl.load(topk_ids_ptr + rows[:, None].to(tl.int64) * stride_ids + slot[None, :], mask=in_mask, other=0)
+    given_weights = tl.load(topk_weights_ptr + rows[:, None].to(tl.int64) * stride_weights + slot[None, :],
+                            mask=in_mask, other=0.0)  # fmt: skip
+    if not RENORMALIZE:
+        target = tl.sum(given_weights.to(tl.float32), axis=1)
+        target = tl.where((target == target) & (tl.abs(target) < float("inf")), target, 1.0)
+        weights = weights * tl.maximum(target, 0.0)[:, None]
+    new_ids = tl.where(filled, new_ids, first[:, None])
+
+    # A row keeps the model's routing when it is padding, or all its experts are active and it is
+    # finite with every slot used, or a kept row.
+    flags = tl.load(row_flags_ptr + rows, mask=row_ok, other=0)
+    real = _real_rows(rows, num_rows, num_real_ptr, num_real, NUM_REAL_MODE)
+    clamped = tl.minimum(tl.maximum(given_ids, 0), num_experts - 1).to(tl.int32)
+    all_active = tl.sum(((tl.load(active_ptr + clamped) == 0) & slot_ok).to(tl.int32), axis=1) == 0
+    keep_anyway = ((flags & 2) != 0) & (SLOTS == TOP_K)
+    if KEEP_MODE != 0:
+        keep_anyway = keep_anyway | _kept_rows(topped_ptr, rows, row_ok, slot, own_ids_ptr, own_weights_ptr,
+                                               row_flags_ptr, given_keep_ptr, dropped_cap_units, TOP_K, BLOCK_K,
+                                               KEEP_MODE, ANY_DROP)  # fmt: skip
+    keep = ~real | (all_active & keep_anyway)
+    out = rows[:, None].to(tl.int64) * stride_ids + slot[None, :]
+    tl.store(out_ids_ptr + out, tl.where(keep[:, None], given_ids, new_ids.to(given_ids.dtype)), mask=in_mask)
+    out = rows[:, None].to(tl.int64) * stride_weights + slot[None, :]
+    tl.store(out_weights_ptr + out, tl.where(keep[:, None], given_weights.to(tl.float32), weights), mask=in_mask)
+
+
+# ---- launch 2 -----------------------------------------------------------------------------------
+@triton.jit
+def _routing_decide_kernel(
+    logits_ptr, topk_ids_ptr, topk_weights_ptr, num_real_ptr,
+    own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, bins_ptr, threshold_ptr, need_ptr,
+    part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr,
+    budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
+    scratch_ptr, out_ids_ptr, out_weights_ptr, active_out_ptr,
+    stride_logits, stride_ids, stride_weights, num_real, num_rows, num_experts, num_parts,
+    rule_n, fraction_units, dropped_cap_units,
+    MODE: tl.constexpr, TOP_K: tl.constexpr, SLOTS: tl.constexpr, BETA: tl.constexpr,
+    TIE_BY_MASS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr, HAS_BUDGET: tl.constexpr,
+    RENORMALIZE: tl.constexpr, NUM_REAL_MODE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    scratch = scratch_ptr + pid * (SCRATCH_ROWS_C * BLOCK_E)
+    cols = tl.arange(0, BLOCK_E)
+    slot = tl.arange(0, BLOCK_K)
+    active = _decide_active(
+        scratch, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, own_ids_ptr, own_weights_ptr, topk_ids_ptr,
+        part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr, num_parts,
+        budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
+        stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
+        MODE, TOP_K, SLOTS, BETA, TIE_BY_MASS, KEEP_MODE, ANY_DROP, HAS_BUDGET, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK,
+    )  # fmt: skip
+    if pid == 0:
+        tl.store(active_out_ptr + cols, active.to(tl.uint8), mask=cols < num_experts)
+    _share(scratch, _ROW_ACTIVE, active, cols, BLOCK_E)
+    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    _remap_rows(
+        scratch + _ROW_ACTIVE * BLOCK_E, scratch + _ROW_TOPPED * BLOCK_E, logits_ptr, topk_ids_ptr, topk_weights_ptr,
+        out_ids_ptr, out_weights_ptr, num_real_ptr, own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr,
+        given_keep_ptr, stride_logits, stride_ids, stride_weights, num_real, num_rows, num_experts,
+        dropped_cap_units, rows, cols, slot,
+        TOP_K, SLOTS, KEEP_MODE, ANY_DROP, RENORMALIZE, NUM_REAL_MODE, BLOCK_T, BLOCK_E, BLOCK_K,
+    )  # fmt: skip
+
+
+# ---- entry point --------------------------------------------------------------------------------
+def _next_pow2(value: int) -> int:
+    return 1 << max(int(value) - 1, 0).bit_length()
+
+
+def _rule_arguments(rule) -> dict:
+    """Kernel mode and parameters of a rule (python values: static per policy)."""
+    base = {"MODE": MODE_GIVEN, "BETA": 0, "FLOOR_K": 0, "TIE_BY_MASS": False, "alpha": 0.0, "rule_n": 0,
+            "fraction_units": 0, "dropped_cap_units": 0, "KEEP_MODE": KEEP_NONE, "ANY_DROP": False}
+    if isinstance(rule, LynxRule):
+        base.update(MODE=MODE_LYNX, BETA=rule.beta, TIE_BY_MASS=rule.tie_by_mass, alpha=float(rule.alpha))
+    elif isinstance(rule, OwnTopRule):
+        base.update(MODE=MODE_OWN_TOP, FLOOR_K=rule.j)
+    elif isinstance(rule, BudgetRule):
+        base.update(MODE=MODE_BUDGET, rule_n=rule.n)
+    elif isinstance(rule, TopNRule):
+        base.update(MODE=MODE_TOPN, rule_n=rule.n)
+    elif isinstance(rule, CoverageRule):
+        base.update(MODE=MODE_COVERAGE, fraction_units=rule.fraction_units)
+        if rule.dropped_cap_units is not None:
+            base.update(KEEP_MODE=KEEP_DROPPED_CAP, dropped_cap_units=rule.dropped_cap_units,
+                        ANY_DROP=rule.keep_on_any_drop)
+    elif not isinstance(rule, GivenRule):
+        raise TypeError(f"no fused kernel for rule {rule!r}")
+    return base
+
+
+def block_sizes(num_rows: int, num_experts: int, top_k: int) -> tuple[int, int, int]:
+    """(BLOCK_T, BLOCK_E, BLOCK_K): shapes only, so capture and replay launch the same grids."""
+    block_e = max(_next_pow2(num_experts), 16)
+    block_t = max(1, min(16, 2048 // block_e, _next_pow2(num_rows)))
+    return block_t, block_e, _next_pow2(top_k)
+
+
+def route_triton(call: RoutingCall) -> RoutingResult:
+    """Two launches; allocations only (torch.empty launches nothing)."""
+    logits, ids, weights = call.logits, call.topk_ids, call.topk_weights
+    if not logits.is_cuda and not INTERPRETING:
+        raise RuntimeError("route_triton got CPU tensors but Triton's interpreter is off (TRITON_INTERPRET=1)")
+    num_rows, num_experts = logits.shape
+    top_k = ids.shape[1]
+    device = logits.device
+    block_t, block_e, block_k = block_sizes(num_rows, num_experts, top_k)
+    programs = triton.cdiv(num_rows, block_t)
+    args = _rule_arguments(call.rule)
+    if isinstance(call.rule, GivenRule) and call.given_keep is not None:
+        args["KEEP_MODE"] = KEEP_GIVEN
+
+    def empty(*shape, dtype=torch.int32):
+        return torch.empty(*shape, dtype=dtype, device=device)
+
+    own_ids, own_values, own_weights = empty(num_rows, block_k), empty(num_rows, block_k, dtype=torch.float32), \
+        empty(num_rows, block_k, dtype=torch.int64)
+    row_flags = empty(num_rows, dtype=torch.int8)
+    lynx = args["MODE"] == MODE_LYNX
+    bins = empty(num_rows, num_experts, dtype=torch.int8) if lynx else row_flags
+    threshold, need = (empty(num_rows), empty(num_rows)) if lynx else (row_flags, row_flags)
+    part_counts, part_union = empty(programs, block_e), empty(programs, block_e)
+    part_mass = empty(programs, block_e, dtype=torch.int64)
+    part_bins = empty(programs, args["BETA"] + 1, block_e) if lynx else part_counts
+    part_voters = empty(programs)
+    scratch = empty(programs, SCRATCH_ROWS, block_e, dtype=torch.int64)
+    out_ids, out_weights = torch.empty_like(ids), torch.empty_like(weights)
+    active = torch.empty(num_experts, dtype=torch.bool, device=device)
+
+    num_real_mode, num_real_ptr, num_real_value = _num_real_arguments(call.num_real, device, row_flags)
+    has_budget = call.budget_max_experts is not None
+    budget_max = call.budget_max_experts if has_budget else part_voters
+    budget_fraction = call.budget_mass_fraction if has_budget else part_voters
+    given_active = call.given_active.view(torch.uint8) if call.given_active is not None else row_flags
+    given_keep = call.given_keep.view(torch.uint8) if call.given_keep is not None else row_flags
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    launch = {} if INTERPRETING else {"num_warps": 4}
+
+    _routing_rows_kernel[(programs,)](
+        logits, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, threshold, need,
+        part_counts, part_mass, part_union, part_bins, part_voters,
+        logits.stride(0), num_real_value, num_rows, num_experts, args["alpha"],
+        MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=num_real_mode,
+        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, **launch,
+    )  # fmt: skip
+    _routing_decide_kernel[(programs,)](
+        logits, ids, weights, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, threshold, need,
+        part_counts, part_mass, part_union, part_bins, part_voters,
+        budget_max, budget_fraction, given_active, given_keep, scratch, out_ids, out_weights, active.view(torch.uint8),
+        logits.stride(0), ids.stride(0), weights.stride(0), num_real_value, num_rows, num_experts, programs,
+        args["rule_n"], args["fraction_units"], args["dropped_cap_units"],
+        MODE=args["MODE"], TOP_K=top_k, SLOTS=call.slots, BETA=args["BETA"], TIE_BY_MASS=args["TIE_BY_MASS"],
+        KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=has_budget,
+        RENORMALIZE=call.renormalize, NUM_REAL_MODE=num_real_mode,
+        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=min(block_e, 32), **launch,
+    )  # fmt: skip
+    return RoutingResult(out_ids, out_weights, active)
+
+
+def _num_real_arguments(num_real, device, placeholder):
+    """(NUM_REAL_MODE, pointer, scalar): a device tensor is read by the kernel (graph replays see new
+    values); a python int, or a tensor on another device, becomes a scalar argument."""
+    if num_real is None:
+        return 0, placeholder, 0
+    if isinstance(num_real, torch.Tensor):
+        if num_real.device == device:
+            return 2, num_real, 0
+        num_real = int(num_real)  # a CPU scalar next to CUDA logits: read on the host, as torch does
+    return 1, placeholder, int(num_real)

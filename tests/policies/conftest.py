@@ -1,0 +1,9 @@
+"""Test setup for lynx_sglang.policies: without CUDA, the fused Triton path runs in Triton's CPU interpreter.
+
+Triton decides between compiled and interpreted kernels when ``@triton.jit`` decorates a function, so
+the switch happens here, before any test module imports a kernel module.
+"""
+
+from lynx_sglang.kernels.interpret import interpret_without_cuda
+
+interpret_without_cuda()

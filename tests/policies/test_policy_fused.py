@@ -1,0 +1,117 @@
+"""The fused paths (Triton kernels, here in Triton's interpreter; the C++ CPU op) against the torch
+reference: the same active set and ids, weights within 1e-6 relative, on hypothesis batches with ties,
+padding rows, NaN/inf rows, budgets, fp32/bf16/fp16 logits."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lynx_sglang.kernels.routing import fused_available
+from lynx_sglang.policies import ExpertBudget, get_policy
+from policies_testlib import FirstExpertsPolicy, make_logits, normal_routing
+
+IMPLEMENTATIONS = [name for name in ("triton", "cpu") if fused_available(name)]
+pytestmark = pytest.mark.skipif(not IMPLEMENTATIONS, reason="no fused implementation available here")
+
+
+def configurations(num_experts, top_k, renormalize):
+    """(label, policy) for every policy with a fused rule, and policies whose decide runs in torch."""
+    budget = max(top_k, num_experts // 3)
+    configs = [
+        ("lynx", {}), ("lynx", {"alpha": 3.0, "beta": 4}), ("lynx", {"alpha": 0.7, "beta": 1, "tie_break": "index"}),
+        ("oea", {}), ("oea", {"k0": 1}), ("budget", {"num_experts_kept": budget}), ("topn", {"num_experts_kept": budget}),
+        ("coverage", {"mass_fraction": 0.7}), ("coverage", {"mass_fraction": 0.5, "max_dropped_mass": 0.2}),
+        ("coverage", {"mass_fraction": 0.4, "max_dropped_mass": 0.0}),
+        ("lynx-v1", {"threshold": 0.3}), ("random", {"num_experts_kept": budget}),
+    ]  # fmt: skip
+    if top_k >= 2:
+        configs.append(("static-topk", {}))
+    out = [(f"{name} {params}", get_policy(name, num_experts, top_k, renormalize, **params)) for name, params in configs]
+    out.append(("third-party", FirstExpertsPolicy(num_experts, top_k, renormalize, n=max(1, num_experts // 2))))
+    return out
+
+
+@st.composite
+def batches(draw, max_rows=12, experts=(2, 3, 4, 8, 16)):
+    num_experts = draw(st.sampled_from(experts))
+    top_k = draw(st.integers(1, min(8, num_experts)))
+    num_rows = draw(st.integers(1, max_rows))
+    dtype = draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+    logits = make_logits(num_rows, num_experts, seed=draw(st.integers(0, 2**31 - 1)), dtype=dtype,
+                         scale=draw(st.sampled_from([0.3, 2.0, 6.0])), skew=draw(st.sampled_from([0.0, 2.0])),
+                         grid=draw(st.booleans()))  # fmt: skip
+    renormalize = draw(st.booleans())
+    ids, weights = normal_routing(logits, top_k, renormalize)
+    ids = ids.to(draw(st.sampled_from([torch.int32, torch.int64])))
+    poisoned = draw(st.sets(st.integers(0, num_rows - 1), max_size=2))
+    for row in poisoned:  # a NaN/inf row, with the garbage routing a model would give it
+        logits[row, draw(st.integers(0, num_experts - 1))] = draw(st.sampled_from([float("nan"), float("inf"), float("-inf")]))
+        weights[row] = float("nan")
+    num_real = draw(st.one_of(st.none(), st.integers(0, num_rows)))
+    if num_real is not None and draw(st.booleans()):
+        num_real = torch.tensor(num_real)
+    budget = None
+    if draw(st.booleans()):
+        budget = ExpertBudget.unlimited(num_experts)
+        budget.set_experts(draw(st.integers(1, num_experts)))
+        if draw(st.booleans()):
+            budget.set_mass(draw(st.sampled_from([0.2, 0.5, 0.9, 1.0])))
+    return logits, ids, weights, num_real, renormalize, budget
+
+
+def assert_same_decision(label, fused, reference):
+    assert torch.equal(fused.active_mask, reference.active_mask), f"{label}: active set"
+    assert torch.equal(fused.topk_ids, reference.topk_ids), f"{label}: ids"
+    assert fused.topk_weights.dtype == reference.topk_weights.dtype, label
+    torch.testing.assert_close(fused.topk_weights, reference.topk_weights, rtol=1e-6, atol=0, equal_nan=True,
+                               msg=lambda m: f"{label}: weights: {m}")  # fmt: skip
+
+
+def check_batch(batch, implementation):
+    logits, ids, weights, num_real, renormalize, budget = batch
+    for label, policy in configurations(logits.shape[1], ids.shape[1], renormalize):
+        reference = policy.select(logits, ids, weights, num_real, budget=budget, implementation="torch")
+        fused = policy.select(logits, ids, weights, num_real, budget=budget, implementation=implementation)
+        assert_same_decision(f"{implementation} {label}", fused, reference)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=batches())
+def test_fused_matches_reference(implementation, batch):
+    check_batch(batch, implementation)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=batches(max_rows=40, experts=(8, 16, 60, 64, 128)))
+def test_fused_matches_reference_wider(implementation, batch):
+    check_batch(batch, implementation)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_fused_lynx_on_qwen3_shape(implementation):
+    """E 128, top-8, 48 rows of skewed logits, default (alpha, beta), with and without a budget."""
+    logits = make_logits(48, 128, seed=9, dtype=torch.bfloat16, skew=2.0)
+    ids, weights = normal_routing(logits, 8, True)
+    policy = get_policy("lynx", 128, 8, True)
+    for budget in (None, ExpertBudget.unlimited(128).set_experts(20)):
+        reference = policy.select(logits, ids, weights, torch.tensor(40), budget=budget, implementation="torch")
+        fused = policy.select(logits, ids, weights, torch.tensor(40), budget=budget, implementation=implementation)
+        assert_same_decision(implementation, fused, reference)
+        assert int(reference.active_mask.sum()) < int(torch.unique(ids[:40]).numel())  # it did prune
+
+
+def test_lynx_beyond_the_exact_int64_vote_uses_the_reference():
+    """T**(beta+1) >= 2**62: the fused paths decline (static check) and select runs the torch code."""
+    from lynx_sglang.kernels.routing import max_lynx_rows
+
+    assert max_lynx_rows(8) ** 9 < 2**62 <= (max_lynx_rows(8) + 1) ** 9
+    logits = make_logits(max_lynx_rows(8) + 1, 16, seed=2)
+    ids, weights = normal_routing(logits, 2, True)
+    policy = get_policy("lynx", 16, 2, True, beta=8)
+    for implementation in IMPLEMENTATIONS:
+        fused = policy.select(logits, ids, weights, implementation=implementation)
+        assert_same_decision(implementation, fused, policy.select(logits, ids, weights, implementation="torch"))

@@ -44,6 +44,18 @@ def _bench(args: list[str]) -> int:
     return main(args[1:]) or 0
 
 
+def _ab(args: list[str]) -> int:
+    from lynx_sglang.experiments.ab import main
+
+    return main(args)
+
+
+def _sweep(args: list[str]) -> int:
+    from lynx_sglang.experiments.sweep import main
+
+    return main(args)
+
+
 COMMANDS = {
     "serve": (_serve, "serve a MoE model through SGLang with batch-aware expert selection "
                       "(default: the embedded model on 127.0.0.1:30000)"),
@@ -51,6 +63,8 @@ COMMANDS = {
     "policies": (_policies, "list the expert-selection policies with their parameters, defaults and ranges"),
     "bench": (_bench, "benchmarks: `bench policies`, `bench kernels`, `bench serve` (end to end on CPU)"),
     "train-embedded": (_train_embedded, "retrain the embedded model"),
+    "ab": (_ab, "two policies on the same requests: accuracy and speed with confidence intervals"),
+    "sweep": (_sweep, "many policies on one server: the accuracy / expert-bytes frontier"),
 }  # fmt: skip
 
 

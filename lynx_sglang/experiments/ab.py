@@ -1,0 +1,230 @@
+"""`lynx-sglang ab`: two policies on the same requests and the same server, side by side.
+
+    lynx-sglang ab                                     # baseline against the best setting found
+    lynx-sglang ab --a baseline --b lynx --b-param alpha=1 --concurrency 8,32 --out ab-lynx
+    lynx-sglang ab --url http://127.0.0.1:30000 --admin-token T --task gsm8k.jsonl --score number
+
+Writes report.md, results.json, measurements.jsonl and PNG plots under --out; see docs/experiments.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import fmt, plots
+from .analysis import compare_arms, group_blocks, summarise_arm, within_points
+from .arms import Arm, ArmSpecError, arm_from_flags
+from .experiment import Experiment, add_common_arguments, check_common, parse_levels, prepare_items, run
+from .tasks import TaskError
+
+# The best setting found for the embedded model by `lynx-sglang sweep` (docs/results/).
+DEFAULT_B = Arm("lynx-v1", {"threshold": 0.5})
+NON_INFERIORITY_POINTS = 0.01
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="lynx-sglang ab", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.split("\n")[2:]))
+    arms = parser.add_argument_group("arms")
+    arms.add_argument("--a", default="baseline", help="policy of arm A (default baseline)")
+    arms.add_argument("--b", default=None, help=f"policy of arm B (default {DEFAULT_B.label})")
+    for side in ("a", "b"):
+        arms.add_argument(f"--{side}-param", action="append", default=[], metavar="K=V",
+                          help=f"a parameter of arm {side.upper()}'s policy, repeatable")
+        arms.add_argument(f"--{side}-budget", metavar="SPEC", help=f"expert budget of arm {side.upper()}: experts=N, fraction=F, mass=P or tpot_ms=T")
+    add_common_arguments(parser, default_n=2000, default_levels="1,8,32", default_out="ab-results")
+    args = parser.parse_args(argv)
+    check_common(parser, args)
+    return parser, args
+
+
+def build_arms(args) -> list[Arm]:
+    a = arm_from_flags(args.a, args.a_param, args.a_budget)
+    if args.b is None and not args.b_param and not args.b_budget:
+        b = DEFAULT_B
+    else:
+        b = arm_from_flags(args.b or DEFAULT_B.policy, args.b_param, args.b_budget)
+    return [a, b]
+
+
+def main(argv=None) -> int:
+    parser, args = parse_args(argv)
+    try:
+        arms = build_arms(args)
+        levels = parse_levels(args.concurrency)
+        items = prepare_items(args)
+    except (ArmSpecError, TaskError, ValueError) as error:
+        print(f"lynx-sglang ab: error: {error}", file=sys.stderr)
+        return 2
+    return run(Experiment("ab", args, arms, levels, items), analyse, publish)
+
+
+# ---- figures ---------------------------------------------------------------------------------------
+
+def analyse(experiment: Experiment, blocks, run_info: dict) -> dict:
+    args = experiment.args
+    data = group_blocks(blocks)
+    a, b = (arm.label for arm in experiment.arms)
+    summaries, comparisons = [], []
+    for level in experiment.levels:
+        found = {arm: data.get((level, arm)) for arm in (a, b)}
+        level_summaries = {arm: summarise_arm(d, experiment.items, resamples=args.bootstrap, seed=args.seed)
+                           for arm, d in found.items() if d is not None}
+        summaries += level_summaries.values()
+        if len(level_summaries) == 2:
+            comparisons.append(compare_arms(found[a], found[b], experiment.items, level_summaries[a], level_summaries[b],
+                                            resamples=args.bootstrap, seed=args.seed))
+    experiment.raw = data
+    return {"tool": "lynx-sglang ab", **run_info, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": {k: v for k, v in experiment.config().items() if k != "items"},
+            "a": a, "b": b, "summaries": summaries, "comparisons": comparisons}
+
+
+def verdicts(comparison: dict) -> list[str]:
+    c = comparison
+    lines = []
+    accuracy = (f"accuracy {fmt.pct(c['accuracy_a'])} (A) vs {fmt.pct(c['accuracy_b'])} (B), difference "
+                f"{fmt.points(c['accuracy_diff'])} points {fmt.interval_points(c['accuracy_diff_ci'])}, McNemar p = {fmt.p_value(c['mcnemar_p'])}")
+    if c["mcnemar_p"] < 0.05:
+        accuracy += ": B is significantly " + ("less" if c["accuracy_diff"] < 0 else "more") + " accurate"
+    else:
+        accuracy += ": no significant difference"
+    within = within_points(c, NON_INFERIORITY_POINTS)
+    accuracy += (f"; within {100 * NON_INFERIORITY_POINTS:.0f} point: {'yes' if within else 'no'}"
+                 f" (lower end {fmt.points(c['accuracy_diff_ci'][0])})")
+    lines.append(accuracy)
+    lines.append(f"expert bytes per decode token: B reads {fmt.fewer(c['expert_bytes_ratio'])} than A "
+                 f"({fmt.megabytes(c['expert_bytes_per_decode_token_b'])} vs {fmt.megabytes(c['expert_bytes_per_decode_token_a'])})")
+    low, high = c["tpot_median_ratio_ci"]
+    speed = "faster" if high < 1 else "slower" if low > 1 else "no clear difference"
+    lines.append(f"median TPOT {fmt.ms(c['tpot_median_ms_b'])} ms (B) vs {fmt.ms(c['tpot_median_ms_a'])} ms (A), ratio "
+                 f"{fmt.ratio(c['tpot_median_ratio'])} {fmt.interval(c['tpot_median_ratio_ci'])}: {speed}; "
+                 f"throughput ratio {fmt.ratio(c['throughput_ratio'])} {fmt.interval(c['throughput_ratio_ci'])}")
+    return lines
+
+
+def summary_rows(results: dict) -> list[list[str]]:
+    rows = []
+    for c in results["comparisons"]:
+        rows.append([str(c["concurrency"]), fmt.pct(c["accuracy_a"]), fmt.pct(c["accuracy_b"]),
+                     fmt.points(c["accuracy_diff"]), fmt.interval_points(c["accuracy_diff_ci"]), fmt.p_value(c["mcnemar_p"]),
+                     fmt.megabytes(c["expert_bytes_per_decode_token_a"]), fmt.megabytes(c["expert_bytes_per_decode_token_b"]),
+                     fmt.fewer(c["expert_bytes_ratio"]), fmt.ms(c["tpot_median_ms_a"]), fmt.ms(c["tpot_median_ms_b"]),
+                     fmt.ratio(c["throughput_ratio"])])
+    return rows
+
+
+SUMMARY_HEADER = ["c", "acc A", "acc B", "B-A (pts)", "95 % CI", "McNemar p", "bytes/tok A", "bytes/tok B", "B vs A bytes",
+                  "TPOT A ms", "TPOT B ms", "throughput B/A"]
+
+
+TERMINAL_HEADER = ["c", "acc A %", "acc B %", "B-A pts [95 % CI]", "McNemar p", "expert MB/token A->B", "TPOT ms A->B",
+                   "tok/s B/A"]
+
+
+def terminal_rows(results: dict) -> list[list[str]]:
+    rows = []
+    for c in results["comparisons"]:
+        bytes_a, bytes_b = c["expert_bytes_per_decode_token_a"], c["expert_bytes_per_decode_token_b"]
+        change = "" if fmt.missing(c["expert_bytes_ratio"]) else f" ({100 * (c['expert_bytes_ratio'] - 1):+.0f} %)"
+        rows.append([str(c["concurrency"]), f"{100 * c['accuracy_a']:.1f}", f"{100 * c['accuracy_b']:.1f}",
+                     f"{fmt.points(c['accuracy_diff'])} {fmt.interval_points(c['accuracy_diff_ci'])}",
+                     fmt.p_value(c["mcnemar_p"]),
+                     "-" if fmt.missing(bytes_a) or fmt.missing(bytes_b) else f"{bytes_a / 1e6:.2f}->{bytes_b / 1e6:.2f}{change}",
+                     f"{fmt.ms(c['tpot_median_ms_a'])}->{fmt.ms(c['tpot_median_ms_b'])}", fmt.ratio(c["throughput_ratio"])])
+    return rows
+
+
+def print_summary(results: dict, console: Console) -> None:
+    table = Table(title=f"A = {results['a']}   B = {results['b']}", title_justify="left")
+    for name in TERMINAL_HEADER:
+        table.add_column(name, justify="right")
+    for row in terminal_rows(results):
+        table.add_row(*row)
+    out = Console(width=max(Console().width, 120))
+    out.print(table)
+    for c in results["comparisons"]:
+        for line in verdicts(c):
+            out.print(escape(f"c={c['concurrency']}: {line}"), soft_wrap=True)
+
+
+def publish(experiment: Experiment, results: dict, console: Console) -> None:
+    out = experiment.out
+    figures = [plots.accuracy_vs_bytes(results["summaries"], out / "accuracy_vs_expert_bytes.png"),
+               plots.experts_per_layer(results["summaries"], out / "experts_per_layer.png"),
+               plots.latency_distributions(experiment.raw, out / "latency.png")]
+    (out / "report.md").write_text(report_markdown(results, figures))
+    print_summary(results, console)
+    console.print(f"report: {out / 'report.md'}")
+
+
+def report_markdown(results: dict, figures: list[str]) -> str:
+    config, versions = results["config"], results["versions"]
+    lines = [f"# A/B: {results['a']} (A) against {results['b']} (B)", ""]
+    if results["status"] != "complete":
+        lines += [f"**Partial results** ({results['status']}: {results['message']}); {results['blocks']} blocks measured.", ""]
+    lines += [
+        f"`{config['command']}`", "",
+        f"{results['date']}, {versions['machine']}, model {model_text(versions['model'])}; task {config['task']} "
+        f"({config['n']} items, seed {config['seed']}, score {config['score']}), /v1/{config['endpoint']}, "
+        f"at most {config['max_tokens']} output tokens, greedy; {config['blocks']} interleaved blocks per level; "
+        f"{results['seconds']:.0f} s.", "",
+        "## Summary", "", fmt.markdown_table(SUMMARY_HEADER, summary_rows(results)), "",
+    ]
+    for c in results["comparisons"]:
+        lines += [f"- **c={c['concurrency']}**: " + "; ".join(verdicts(c))]
+    lines += ["", "## Per task", "", per_task_table(results), "", "## Latency", "", latency_table(results), "",
+              "## Experts", "", experts_table(results), "", "## Plots", ""]
+    lines += [f"![{name}]({name})" for name in figures]
+    lines += ["", "## Versions", "", "`" + ", ".join(f"{k} {v}" for k, v in versions["packages"].items()) +
+              f", python {versions['python']}`", ""]
+    return "\n".join(lines)
+
+
+def model_text(model: dict) -> str:
+    if "url" in model:
+        return f"served at {model['url']}"
+    return f"{model['name']} (weights sha256 {model['weights_sha256'][:12]})"
+
+
+def per_task_table(results: dict) -> str:
+    rows = []
+    for c in results["comparisons"]:
+        for task, t in c["by_task"].items():
+            rows.append([str(c["concurrency"]), task, str(t["items"]), fmt.pct(t["accuracy_a"]), fmt.pct(t["accuracy_b"]),
+                         fmt.points(t["accuracy_diff"]), fmt.interval_points(t["accuracy_diff_ci"]), fmt.p_value(t["mcnemar_p"])])
+    return fmt.markdown_table(["c", "task", "items", "acc A", "acc B", "B-A (pts)", "95 % CI", "McNemar p"], rows)
+
+
+def latency_table(results: dict) -> str:
+    rows = []
+    for s in results["summaries"]:
+        for metric in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            m = s[metric]
+            rows.append([str(s["concurrency"]), s["arm"], metric.removesuffix("_ms").upper(),
+                         f"{fmt.ms(m['median'])} {fmt.interval(m['median_ci'], 1)}", f"{fmt.ms(m['p90'])} {fmt.interval(m['p90_ci'], 1)}",
+                         f"{fmt.ms(m['p99'])} {fmt.interval(m['p99_ci'], 1)}"])
+        rows.append([str(s["concurrency"]), s["arm"], "throughput", f"{s['output_tokens_per_s']:.1f} tok/s",
+                     f"{s['requests_per_s']:.1f} req/s", ""])
+    return fmt.markdown_table(["c", "arm", "metric", "median ms [95 % CI]", "p90 ms", "p99 ms"], rows)
+
+
+def experts_table(results: dict) -> str:
+    rows = []
+    for s in results["summaries"]:
+        server = s["server"]
+        per_layer = " / ".join(f"{layer['distinct_experts_before']:.2f}->{layer['distinct_experts_after']:.2f}"
+                               for layer in server["layers"] if layer["distinct_experts_before"] is not None)
+        rows.append([str(s["concurrency"]), s["arm"], per_layer or "-",
+                     fmt.megabytes(server["expert_bytes_per_decode_token_before"]),
+                     fmt.megabytes(server["expert_bytes_per_decode_token_after"]),
+                     fmt.pct(server["tokens_rerouted_fraction"]), str(server["fallback_steps"])])
+    return fmt.markdown_table(["c", "arm", "distinct experts per layer (model -> policy)", "bytes/token model",
+                               "bytes/token policy", "tokens rerouted", "fallback steps"], rows)

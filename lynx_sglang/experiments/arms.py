@@ -1,0 +1,154 @@
+"""An arm is one server setting under test: a policy, its parameters and an optional expert budget.
+
+Text form (used by `sweep --policies`, in labels and in result files):
+
+    POLICY[+BUDGET][:PARAM=VALUES]...        arms separated by ";"
+    lynx:alpha=0.5,1,2                       three arms
+    topn:num_experts_kept=3..7               five arms (an integer range, both ends included)
+    lynx+experts=3..5:alpha=1                lynx under an experts=N budget, three arms
+    budget:fraction=0.5                      the `budget` policy's own parameter
+
+VALUES is one value, a comma list, or an integer range LO..HI; several swept parameters give every
+combination. A value is read as an integer, a real number, true/false/none, a JSON list or object,
+or else a string.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+
+BUDGET_KINDS = ("experts", "fraction", "mass", "tpot_ms")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+
+
+class ArmSpecError(ValueError):
+    """A policy/parameter/budget text that cannot be parsed (the message quotes it)."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    policy: str
+    params: dict = field(default_factory=dict, hash=False)
+    budget: str | None = None
+
+    @property
+    def label(self) -> str:
+        text = self.policy + (f"+{self.budget}" if self.budget else "")
+        return text + "".join(f":{key}={format_value(value)}" for key, value in self.params.items())
+
+    def request_body(self) -> dict:
+        """The POST /lynx/policy body that puts the server in this arm's setting."""
+        return {"policy": self.policy, "params": dict(self.params), "budget": self.budget}
+
+    def as_json(self) -> dict:
+        return {"label": self.label, **self.request_body()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Arm":
+        return cls(data["policy"], dict(data.get("params") or {}), data.get("budget"))
+
+
+def format_value(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def parse_value(text: str):
+    text = text.strip()
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    if text[:1] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ArmSpecError(f"value {text!r} is not valid JSON ({error.msg})") from None
+    return text
+
+
+def expand_values(text: str) -> list:
+    """`1` -> [1]; `0.5,1,2` -> [0.5, 1, 2]; `3..7` -> [3, 4, 5, 6, 7]; `[0,1]` -> [[0, 1]]."""
+    text = text.strip()
+    if not text:
+        raise ArmSpecError("empty value")
+    if text[0] in "[{":
+        return [parse_value(text)]
+    found = _RANGE.match(text)
+    if found:
+        low, high = int(found.group(1)), int(found.group(2))
+        if high < low:
+            raise ArmSpecError(f"range {text!r} is empty (high below low)")
+        return list(range(low, high + 1))
+    return [parse_value(part) for part in text.split(",")]
+
+
+def parse_assignment(text: str) -> tuple[str, list]:
+    name, sep, values = text.partition("=")
+    if not sep or not name.strip():
+        raise ArmSpecError(f"expected NAME=VALUES, got {text!r}")
+    return name.strip(), expand_values(values)
+
+
+def parse_budget_values(text: str) -> list[str]:
+    """`experts=3..5` -> ["experts=3", "experts=4", "experts=5"]."""
+    kind, values = parse_assignment(text)
+    if kind not in BUDGET_KINDS:
+        raise ArmSpecError(f"unknown budget {kind!r} in {text!r}; expected one of {', '.join(BUDGET_KINDS)}")
+    return [f"{kind}={format_value(value)}" for value in values]
+
+
+def parse_arms(spec: str) -> list[Arm]:
+    """Every arm of a ';'-separated spec, duplicates dropped, in order."""
+    arms: list[Arm] = []
+    for part in spec.split(";"):
+        if part.strip():
+            for arm in parse_arm_group(part.strip()):
+                if arm not in arms:
+                    arms.append(arm)
+    if not arms:
+        raise ArmSpecError(f"no arms in {spec!r}")
+    return arms
+
+
+def parse_arm_group(text: str) -> list[Arm]:
+    head, *assignments = text.split(":")
+    policy, plus, budget_text = head.partition("+")
+    policy = policy.strip()
+    if not policy:
+        raise ArmSpecError(f"missing policy name in {text!r}")
+    budgets = parse_budget_values(budget_text) if plus else [None]
+    swept = [parse_assignment(assignment) for assignment in assignments]
+    names = [name for name, _ in swept]
+    if len(set(names)) != len(names):
+        raise ArmSpecError(f"a parameter appears twice in {text!r}")
+    arms = []
+    for budget in budgets:
+        for combination in itertools.product(*(values for _, values in swept)):
+            arms.append(Arm(policy, dict(zip(names, combination)), budget))
+    return arms
+
+
+def arm_from_flags(policy: str, params: list[str], budget: str | None) -> Arm:
+    """One arm from `ab`'s --a/--a-param/--a-budget flags (each parameter a single value)."""
+    values = {}
+    for assignment in params:
+        name, sep, value = assignment.partition("=")
+        if not sep or not name:
+            raise ArmSpecError(f"expected --a-param/--b-param NAME=VALUE, got {assignment!r}")
+        values[name.strip()] = parse_value(value)
+    if budget is not None:
+        parse_budget_values(budget)  # validates the kind; the server validates the value
+    return Arm(policy, values, budget)

@@ -1,0 +1,132 @@
+"""HTTP side of an experiment: one streamed, timed request, and the admin calls that switch arms."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from .arms import Arm
+
+ENDPOINTS = ("completions", "chat")
+REQUEST_TIMEOUT_S = 600.0
+
+
+class ServerError(RuntimeError):
+    """The server is unreachable, refused us, or died; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int
+    ttft_ms: float
+    tpot_ms: float | None  # None with fewer than two output tokens
+    e2e_ms: float
+
+
+def request_body(prompt: str, endpoint: str, max_tokens: int) -> dict:
+    body = {"model": "default", "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    if endpoint == "chat":
+        return {**body, "messages": [{"role": "user", "content": prompt}]}
+    return {**body, "prompt": prompt}
+
+
+def chunk_text(chunk: dict, endpoint: str) -> str:
+    choices = chunk.get("choices") or []
+    if not choices:
+        return ""
+    if endpoint == "chat":
+        return (choices[0].get("delta") or {}).get("content") or ""
+    return choices[0].get("text") or ""
+
+
+def stream_completion(base_url: str, prompt: str, *, endpoint: str = "completions", max_tokens: int = 16) -> Completion:
+    """Send one greedy streaming request; time the first token, each later token and the whole."""
+    path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+    data = json.dumps(request_body(prompt, endpoint, max_tokens)).encode()
+    request = urllib.request.Request(base_url + path, data=data, headers={"Content-Type": "application/json"})
+    started = time.perf_counter()
+    arrivals: list[float] = []  # one chunk per decoded token, EOS included (its chunk has no text)
+    pieces: list[str] = []
+    usage_tokens = None
+    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+        for line in response:
+            if not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            if chunk.get("usage"):
+                usage_tokens = chunk["usage"].get("completion_tokens")
+            if chunk.get("choices") and (chunk_text(chunk, endpoint) or chunk["choices"][0].get("finish_reason")):
+                arrivals.append(time.perf_counter())
+                pieces.append(chunk_text(chunk, endpoint))
+    ended = time.perf_counter()
+    first = arrivals[0] if arrivals else ended
+    tpot = (arrivals[-1] - first) * 1000 / (len(arrivals) - 1) if len(arrivals) > 1 else None
+    tokens = usage_tokens if usage_tokens is not None else len(arrivals)
+    return Completion("".join(pieces), tokens, (first - started) * 1000, tpot, (ended - started) * 1000)
+
+
+class AdminClient:
+    """The /lynx/* calls an experiment needs, with errors turned into one-line ServerErrors."""
+
+    def __init__(self, base_url: str, token: str | None):
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+
+    def _call(self, method: str, path: str, body: dict | None = None, timeout: float = 60) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise ServerError(self._http_message(path, error)) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise ServerError(f"cannot reach {self.base_url} ({reason})") from None
+
+    def _http_message(self, path: str, error: urllib.error.HTTPError) -> str:
+        try:
+            detail = json.loads(error.read()).get("error", "")
+        except (json.JSONDecodeError, AttributeError, OSError):
+            detail = ""
+        if error.code == 403:
+            return f"{self.base_url} refused the admin token ({detail or 'HTTP 403'}); pass the server's --lynx-admin-token as --admin-token"
+        if error.code == 404:
+            return f"{self.base_url}{path} not found: is this a lynx-sglang server?"
+        return f"{self.base_url}{path}: HTTP {error.code} {detail}".rstrip()
+
+    def policy(self) -> dict:
+        return self._call("GET", "/lynx/policy")
+
+    def stats(self) -> dict:
+        return self._call("GET", "/lynx/stats")
+
+    def reset_stats(self) -> None:
+        self._call("POST", "/lynx/stats/reset", {})
+
+    def switch(self, arm: Arm) -> dict:
+        """Put the server exactly in `arm`'s setting. The server merges parameters into those of an
+        unchanged policy, so pass through `baseline` first: the arm's parameters then stand alone."""
+        if arm.policy != "baseline":
+            self._call("POST", "/lynx/policy", {"policy": "baseline", "budget": None})
+        try:
+            state = self._call("POST", "/lynx/policy", arm.request_body())
+        except ServerError as error:
+            raise ServerError(f"arm {arm.label}: {error}") from None
+        if state.get("policy") != arm.policy or (state.get("params") or {}) != arm.params:
+            raise ServerError(f"arm {arm.label}: the server reports {state.get('policy')} {state.get('params')} after the switch")
+        return state
+
+    def check_admin(self) -> dict:
+        """Reachable, a lynx-sglang server, and the token accepted (a harmless reset proves it)."""
+        state = self.policy()
+        self.reset_stats()
+        return state

@@ -1,0 +1,218 @@
+"""What `ab` and `sweep` share: flags, the server (started here or reached by URL), the measured run
+with its interruption handling, and the files written under --out."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+
+from .arms import Arm
+from .client import ENDPOINTS, AdminClient, ServerError
+from .launch import ManagedServer
+from .runner import Runner, plan_steps
+from .store import Block, MeasurementStore, ResumeError
+from .tasks import BUILTIN_TASK, Item, TaskError, load_items, make_scorer
+
+EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "embedded" / "checkpoint"
+EXIT_INTERRUPTED = 130
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, default_n: int, default_levels: str, default_out: str) -> None:
+    server = parser.add_argument_group("server (default: start one on the embedded model)")
+    server.add_argument("--model-path", help="checkpoint to serve (default: the embedded model)")
+    server.add_argument("--url", help="use this running lynx-sglang server instead of starting one")
+    server.add_argument("--admin-token", help="the running server's --lynx-admin-token (with --url)")
+    server.add_argument("--serve-arg", action="append", default=[], metavar="FLAG",
+                        help="extra flag for the started server, repeatable (e.g. --serve-arg=--max-running-requests=64)")
+    work = parser.add_argument_group("requests")
+    work.add_argument("--task", default=BUILTIN_TASK,
+                      help=f"'{BUILTIN_TASK}' (the embedded model's held-out problems) or a JSONL file of "
+                           '{"prompt": ..., "answer": ..., "task"?: ...} lines')
+    work.add_argument("--n", type=int, default=default_n, help=f"items per arm and level (default {default_n})")
+    work.add_argument("--concurrency", default=default_levels, help=f"requests in flight, comma list (default {default_levels})")
+    work.add_argument("--max-tokens", type=int, default=16, help="output tokens per request at most (default 16)")
+    work.add_argument("--seed", type=int, default=0, help="which held-out problems; seeds the bootstrap too")
+    work.add_argument("--score", default="exact", help="exact (default), number (last number, GSM8K-style) or regex:PATTERN")
+    work.add_argument("--endpoint", choices=ENDPOINTS, default="completions", help="/v1/completions or /v1/chat/completions")
+    work.add_argument("--blocks", type=int, default=4, help="slices per level; arms alternate slice by slice (default 4)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default=default_out, help=f"directory for the report, results and plots (default {default_out})")
+    out.add_argument("--bootstrap", type=int, default=4000, help="bootstrap resamples per interval (default 4000)")
+
+
+@dataclass
+class Experiment:
+    tool: str  # "ab" or "sweep"
+    args: argparse.Namespace
+    arms: list[Arm]
+    levels: list[int]
+    items: list[Item]
+    raw: dict = field(default_factory=dict)  # (level, arm) -> ArmData, kept for the plots
+
+    @property
+    def out(self) -> Path:
+        return Path(self.args.out)
+
+    def config(self) -> dict:
+        a = self.args
+        return {
+            "tool": f"lynx-sglang {self.tool}", "arms": [arm.as_json() for arm in self.arms], "levels": self.levels,
+            "items": [[i.prompt, i.answer, i.task] for i in self.items], "task": a.task, "n": a.n, "seed": a.seed,
+            "score": a.score, "endpoint": a.endpoint, "max_tokens": a.max_tokens, "blocks": a.blocks,
+            "model": None if a.url else (a.model_path or "embedded"), "url_mode": bool(a.url),
+            "serve_args": a.serve_arg, "command": " ".join(["lynx-sglang", self.tool, *sys.argv[2:]]),
+        }
+
+
+def parse_levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--concurrency must be a comma list of integers, got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise ValueError(f"--concurrency levels must be at least 1, got {text!r}")
+    return levels
+
+
+def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.url and not args.admin_token:
+        parser.error("--url needs --admin-token (the server's --lynx-admin-token): arms are switched through /lynx/policy")
+    if args.url and args.model_path:
+        parser.error("--model-path starts a server; with --url the running server's model is used")
+    for name in ("n", "max_tokens", "blocks", "bootstrap"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def prepare_items(args) -> list[Item]:
+    items = load_items(args.task, args.n, args.seed)
+    make_scorer(args.score)  # a bad --score fails here, before any server starts
+    if len(items) < args.n:
+        print(f"note: {args.task} has {len(items)} items; using all of them", file=sys.stderr)
+    return items
+
+
+Analyse = Callable[[Experiment, list[Block], dict], dict]
+Publish = Callable[[Experiment, dict, Console], None]
+
+
+def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: bool = False) -> int:
+    """Measure, then analyse and publish whatever was measured, also after Ctrl-C or a dead server."""
+    console = Console(stderr=True)
+    args = experiment.args
+    store = MeasurementStore(experiment.out)
+    try:
+        done = store.start(experiment.config(), resume=resume)
+    except ResumeError as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    started = time.monotonic()
+    try:
+        server, admin, url = connect(experiment, console)
+    except ServerError as error:  # unreachable URL, refused token, a server that would not start
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    status, message = "complete", None
+    try:
+        runner = Runner(url=url, admin=admin, items=experiment.items, scorer=make_scorer(args.score),
+                        endpoint=args.endpoint, max_tokens=args.max_tokens, store=store, server=server, console=console)
+        runner.run(plan_steps(experiment.arms, experiment.levels, len(experiment.items), args.blocks), done)
+    except KeyboardInterrupt:
+        status, message = "interrupted", "interrupted (Ctrl-C)"
+    except ServerError as error:
+        status, message = "server-error", server_message(error, server)
+    finally:
+        if server is not None:
+            server.stop()
+    blocks = store.load()[1]
+    if message:
+        console.print(f"[red]error:[/red] {message}" if status == "server-error" else f"[yellow]{message}[/yellow]")
+    run_info = {"status": status, "message": message, "seconds": time.monotonic() - started, "blocks": len(blocks),
+                "versions": versions(experiment)}
+    if not blocks:
+        console.print(f"nothing was measured; {store.path} holds the configuration only")
+        return EXIT_INTERRUPTED if status == "interrupted" else 1
+    results = analyse(experiment, blocks, run_info)
+    write_json(experiment.out / "results.json", results)
+    publish(experiment, results, console)
+    if status != "complete":
+        console.print(f"partial results ({len(blocks)} blocks) written to {experiment.out}; "
+                      f"`--resume` continues from {store.path.name}")
+    return {"complete": 0, "interrupted": EXIT_INTERRUPTED}.get(status, 1)
+
+
+def connect(experiment: Experiment, console: Console) -> tuple[ManagedServer | None, AdminClient, str]:
+    args = experiment.args
+    if args.url:
+        admin = AdminClient(args.url, args.admin_token)
+        admin.check_admin()
+        return None, admin, args.url.rstrip("/")
+    experiment.out.mkdir(parents=True, exist_ok=True)
+    server = ManagedServer(experiment.out / "server.log", policy=experiment.arms[0].policy,
+                           model_path=args.model_path, serve_args=args.serve_arg)
+    console.print(f"starting lynx-sglang serve on port {server.port} (log: {server.log_path})")
+    try:
+        server.wait_healthy()
+        admin = AdminClient(server.url, server.token)
+        admin.check_admin()
+    except BaseException:
+        server.stop()
+        raise
+    return server, admin, server.url
+
+
+def server_message(error: ServerError, server: ManagedServer | None) -> str:
+    text = str(error)
+    if server is not None and not server.alive() and "died" not in text and "exited" not in text:
+        return (f"the server died (exit code {server.process.returncode}; log: {server.log_path}): {text}\n"
+                f"{server.log_tail()}")
+    return text
+
+
+def write_json(path: Path, data: dict) -> None:
+    staging = path.with_suffix(".json.tmp")
+    staging.write_text(json.dumps(data, indent=1, default=float) + "\n")
+    os.replace(staging, path)  # never a half-written results file
+
+
+def versions(experiment: Experiment) -> dict:
+    packages = {}
+    for name in ("lynx-sglang", "sglang", "torch", "transformers", "scipy", "numpy", "matplotlib"):
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"packages": packages, "python": platform.python_version(), "machine": machine_description(),
+            "model": model_identity(experiment)}
+
+
+def machine_description() -> str:
+    processor = platform.processor() or platform.machine()
+    return f"{os.cpu_count()}-core CPU ({processor}, {platform.system()})"
+
+
+def model_identity(experiment: Experiment) -> dict:
+    """Which weights were measured: the checkpoint's name and the sha256 of its safetensors files."""
+    args = experiment.args
+    if args.url:
+        return {"url": args.url}
+    directory = Path(args.model_path) if args.model_path else EMBEDDED_MODEL
+    digest = hashlib.sha256()
+    for weights in sorted(directory.glob("*.safetensors")):
+        with open(weights, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return {"name": "embedded" if not args.model_path else directory.name, "weights_sha256": digest.hexdigest()}

@@ -1,0 +1,75 @@
+"""The server an experiment starts for itself: `lynx-sglang serve` on a free port with an admin token."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from .client import ServerError
+
+STARTUP_TIMEOUT_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ManagedServer:
+    """`lynx-sglang serve` in its own process; the log goes to `log_path`."""
+
+    def __init__(self, log_path: Path, *, policy: str, model_path: str | None = None, serve_args: list[str] = ()):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = secrets.token_hex(16)
+        self.log_path = log_path
+        command = [sys.executable, "-m", "lynx_sglang.cli", "serve", "--port", str(self.port),
+                   "--lynx-policy", policy, "--lynx-admin-token", self.token]
+        if model_path:
+            command += ["--model-path", model_path]
+        command += list(serve_args)
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        self._log = open(log_path, "wb")
+        # A session of its own: Ctrl-C in the terminal reaches only the experiment, which stops the server
+        # after saving what was measured.
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_healthy(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ServerError(f"the server exited with code {self.process.returncode} while starting "
+                                  f"(log: {self.log_path}):\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(1)
+        raise ServerError(f"the server was not healthy after {timeout:.0f} s (log: {self.log_path})")
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()

@@ -1,0 +1,128 @@
+"""PNG figures of an experiment (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .analysis import ArmData  # noqa: E402
+
+
+def _save(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _error_bars(summary: dict) -> tuple[float, list[float]]:
+    accuracy = summary["accuracy"]
+    low, high = summary["accuracy_ci"]
+    return 100 * accuracy, [100 * (accuracy - low), 100 * (high - accuracy)]
+
+
+def accuracy_vs_bytes(summaries: list[dict], path: Path) -> str:
+    """Each arm at each level: accuracy (95 % interval) against expert MB read per decode token."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    arms = list(dict.fromkeys(s["arm"] for s in summaries))
+    markers = "osD^v<>pX*"
+    for level_index, level in enumerate(sorted({s["concurrency"] for s in summaries})):
+        for arm_index, arm in enumerate(arms):
+            summary = next((s for s in summaries if s["arm"] == arm and s["concurrency"] == level), None)
+            if summary is None or summary["server"]["expert_bytes_per_decode_token_after"] is None:
+                continue
+            y, yerr = _error_bars(summary)
+            ax.errorbar(summary["server"]["expert_bytes_per_decode_token_after"] / 1e6, y,
+                        yerr=np.array(yerr).reshape(2, 1), fmt=markers[arm_index % len(markers)],
+                        color=f"C{level_index}", capsize=3,
+                        label=f"{arm}, c={level}")
+    ax.set_xlabel("expert weights read per decode token (MB)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy against expert bytes per decode token")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def experts_per_layer(summaries: list[dict], path: Path) -> str:
+    """Distinct experts per decode step in each layer: bars after each arm's policy, ticks for the
+    model's own routing of the same steps."""
+    levels = sorted({s["concurrency"] for s in summaries})
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.5 * len(levels), 3.8), squeeze=False)
+    arms = list(dict.fromkeys(s["arm"] for s in summaries))
+    width = 0.8 / max(1, len(arms))
+    for ax, level in zip(axes[0], levels):
+        for arm_index, arm in enumerate(arms):
+            summary = next((s for s in summaries if s["arm"] == arm and s["concurrency"] == level), None)
+            if summary is None:
+                continue
+            layers = summary["server"]["layers"]
+            x = np.arange(len(layers)) + arm_index * width
+            after = [layer["distinct_experts_after"] or 0 for layer in layers]
+            before = [layer["distinct_experts_before"] or 0 for layer in layers]
+            ax.bar(x, after, width, label=f"{arm}", color=f"C{arm_index}")
+            ax.scatter(x, before, marker="_", s=200, color="black", zorder=3,
+                       label="model's routing" if arm_index == 0 else None)
+        ax.set_xticks(np.arange(len(layers)) + width * (len(arms) - 1) / 2, [str(layer["layer"]) for layer in layers])
+        ax.set_xlabel("MoE layer")
+        ax.set_ylabel("distinct experts per decode step")
+        ax.set_title(f"concurrency {level}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def latency_distributions(data: dict[tuple[int, str], ArmData], path: Path) -> str:
+    """Empirical CDFs of TTFT, TPOT and end-to-end latency, one row per concurrency level."""
+    levels = sorted({level for level, _ in data})
+    arms = list(dict.fromkeys(arm for _, arm in data))
+    metrics = (("ttft_ms", "time to first token (ms)"), ("tpot_ms", "time per output token (ms)"),
+               ("e2e_ms", "end-to-end latency (ms)"))
+    fig, axes = plt.subplots(len(levels), 3, figsize=(12, 3 * len(levels)), squeeze=False)
+    for row, level in enumerate(levels):
+        for col, (metric, label) in enumerate(metrics):
+            ax = axes[row][col]
+            for arm_index, arm in enumerate(arms):
+                if (level, arm) not in data:
+                    continue
+                values = np.sort([v for v in getattr(data[(level, arm)], metric).values() if v is not None])
+                if values.size:
+                    ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", color=f"C{arm_index}",
+                            label=arm)
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"fraction of requests (c={level})")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def frontier(points: list[dict], level: int, path: Path, *, reference: str, x_key: str = "expert_mb_per_token") -> str:
+    """Accuracy against expert MB per decode token at one level; the frontier (non-dominated arms)
+    joined by a line, dominated arms hollow and grey, the reference's 1-point band shaded."""
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    front = sorted((p for p in points if p["on_frontier"]), key=lambda p: p[x_key])
+    if front:
+        ax.plot([p[x_key] for p in front], [100 * p["accuracy"] for p in front], color="C0", alpha=0.6, zorder=1)
+    for p in points:
+        y, yerr = 100 * p["accuracy"], [[100 * (p["accuracy"] - p["accuracy_ci"][0])], [100 * (p["accuracy_ci"][1] - p["accuracy"])]]
+        color = "C3" if p["arm"] == reference else "C0" if p["on_frontier"] else "0.6"
+        style = dict(color=color) if p["on_frontier"] else dict(color=color, mfc="white")
+        ax.errorbar(p[x_key], y, yerr=yerr, fmt="o", capsize=2, zorder=2, **style)
+        ax.annotate(p["arm"], (p[x_key], y), textcoords="offset points", xytext=(4, 3), fontsize=6,
+                    color="black" if p["on_frontier"] else "0.5")
+    ref = next((p for p in points if p["arm"] == reference), None)
+    if ref is not None:
+        ax.axhspan(100 * ref["accuracy"] - 1, 100 * ref["accuracy"], color="C2", alpha=0.12,
+                   label=f"within 1 point of {reference}")
+        ax.axvline(0.4 * ref[x_key], color="C2", linestyle=":", label=f"60 % fewer bytes than {reference}")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel("expert weights read per decode token (MB)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Accuracy against expert bytes, concurrency {level} (filled: frontier; hollow: dominated)")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,109 @@
+"""The measurements file of a run (`measurements.jsonl` in --out): a configuration line, then one line
+per finished block (one arm, one concurrency level, one slice of the items), appended and flushed as
+soon as the block ends. A run that dies keeps every finished block; `--resume` continues from them."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+MEASUREMENTS = "measurements.jsonl"
+
+# Settings that change what a block measures; a resumed run must match them exactly.
+MEASURED_SETTINGS = ("items", "task", "seed", "score", "endpoint", "max_tokens", "blocks", "model", "url_mode")
+
+
+class ResumeError(ValueError):
+    pass
+
+
+@dataclass
+class Block:
+    concurrency: int
+    arm: str  # the arm's label
+    block: int
+    first_item: int  # items [first_item, first_item + len(correct)) of the item list
+    correct: list[bool]
+    completions: list[str]
+    tokens: list[int]
+    ttft_ms: list[float]
+    tpot_ms: list[float | None]
+    e2e_ms: list[float]
+    wall_s: float
+    stats: dict  # the server's /lynx/stats for this block alone (reset before it)
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return (self.concurrency, self.arm, self.block)
+
+    def to_line(self) -> str:
+        data = asdict(self)
+        for name in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            data[name] = [None if v is None else round(v, 3) for v in data[name]]
+        data["correct"] = "".join("1" if ok else "0" for ok in self.correct)
+        return json.dumps({"kind": "block", **data}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Block":
+        data = {k: v for k, v in data.items() if k != "kind"}
+        data["correct"] = [c == "1" for c in data["correct"]]
+        return cls(**data)
+
+
+def compact_stats(stats: dict) -> dict:
+    """The parts of /lynx/stats that add up across blocks (per layer) plus the step counters."""
+    layer_keys = ("layer", "num_experts", "top_k", "expert_bytes", "steps", "decode_tokens", "distinct_experts_before",
+                  "distinct_experts_after", "tokens_rerouted", "router_mass_dropped", "fallbacks")
+    return {
+        **{k: stats.get(k) for k in ("policy", "params", "budget", "decode_steps", "pruned_steps", "fallback_steps",
+                                     "passthrough_steps", "policy_failures")},
+        "layers": [{k: layer.get(k) for k in layer_keys} for layer in stats.get("layers", [])],
+    }
+
+
+class MeasurementStore:
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / MEASUREMENTS
+
+    def start(self, config: dict, *, resume: bool) -> list[Block]:
+        """A fresh file with `config` as its first line, or (resume) the blocks already in it."""
+        if resume and self.path.exists():
+            saved, blocks = self.load()
+            check_same_settings(saved, config)
+            self._rewrite(saved, blocks)  # drops a line a crash cut short, so appends stay parseable
+            return blocks
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"kind": "config", **config}) + "\n")
+        return []
+
+    def load(self) -> tuple[dict, list[Block]]:
+        lines = self.path.read_text().splitlines()
+        if not lines:
+            raise ResumeError(f"{self.path} is empty")
+        config = json.loads(lines[0])
+        blocks = []
+        for line in lines[1:]:
+            try:
+                blocks.append(Block.from_json(json.loads(line)))
+            except (json.JSONDecodeError, TypeError, KeyError):
+                break  # a line cut short by a crash: that block is measured again
+        return config, blocks
+
+    def _rewrite(self, config: dict, blocks: list[Block]) -> None:
+        lines = [json.dumps(config)] + [block.to_line() for block in blocks]
+        self.path.write_text("\n".join(lines) + "\n")
+
+    def append(self, block: Block) -> None:
+        with open(self.path, "a") as f:
+            f.write(block.to_line() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def check_same_settings(saved: dict, config: dict) -> None:
+    for key in MEASURED_SETTINGS:
+        if saved.get(key) != config.get(key):
+            raise ResumeError(f"cannot resume: {key} was {saved.get(key)!r} in the saved run, now {config.get(key)!r}; "
+                              "use the same flags, or another --out")

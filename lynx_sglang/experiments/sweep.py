@@ -1,0 +1,195 @@
+"""`lynx-sglang sweep`: many arms on one server, and the accuracy / expert-bytes frontier.
+
+    lynx-sglang sweep --policies "lynx:alpha=0.5,1,2;oea:k0=1;topn:num_experts_kept=3..7;budget:fraction=0.5"
+    lynx-sglang sweep --policies "lynx+experts=3..5:alpha=1" --concurrency 32 --out sweep-lynx
+    lynx-sglang sweep --out sweep-lynx --resume        # continue an interrupted sweep (same flags)
+
+Arms: POLICY[+BUDGET][:PARAM=VALUES]..., separated by ';' (VALUES: a value, a comma list or LO..HI).
+The reference arm (default baseline) is always measured; every other arm is compared with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import fmt, plots, stats
+from .analysis import compare_arms, group_blocks, summarise_arm, within_points
+from .arms import Arm, ArmSpecError, parse_arms
+from .experiment import Experiment, add_common_arguments, check_common, parse_levels, prepare_items, run
+
+# Every shipped policy at several settings (docs/results/ is this sweep on the embedded model).
+DEFAULT_POLICIES = ";".join([
+    "lynx:alpha=0.5,1,2,3", "lynx:beta=1:alpha=0.7,1,2", "lynx-v1:threshold=0.3,0.5,0.7,0.9", "oea:k0=1",
+    "budget:num_experts_kept=2..6", "topn:num_experts_kept=2..6", "static-topk:top_k_used=1",
+    "random:num_experts_kept=3,5", "coverage:mass_fraction=0.6,0.7,0.8,0.9",
+    "coverage:mass_fraction=0.6,0.8:max_dropped_mass=0.5", "lynx+experts=3,4",
+])
+GOAL_BYTES_RATIO = 0.4  # "at least 60 % fewer expert bytes per decode token"
+GOAL_POINTS = 0.01  # "... with accuracy within 1 point"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="lynx-sglang sweep", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.split("\n")[2:]))
+    parser.add_argument("--policies", default=DEFAULT_POLICIES, help="the arms (default: every shipped policy at several settings)")
+    parser.add_argument("--reference", default="baseline", help="the arm every other is compared with (default baseline)")
+    parser.add_argument("--resume", action="store_true", help="continue from --out's measurements.jsonl (same flags)")
+    add_common_arguments(parser, default_n=1000, default_levels="8,32", default_out="sweep-results")
+    args = parser.parse_args(argv)
+    check_common(parser, args)
+    return parser, args
+
+
+def main(argv=None) -> int:
+    parser, args = parse_args(argv)
+    try:
+        reference = parse_arms(args.reference)
+        if len(reference) != 1:
+            raise ArmSpecError(f"--reference must be one arm, got {len(reference)}")
+        arms = reference + [arm for arm in parse_arms(args.policies) if arm != reference[0]]
+        levels = parse_levels(args.concurrency)
+        items = prepare_items(args)
+    except ValueError as error:
+        print(f"lynx-sglang sweep: error: {error}", file=sys.stderr)
+        return 2
+    return run(Experiment("sweep", args, arms, levels, items), analyse, publish, resume=args.resume)
+
+
+# ---- figures ---------------------------------------------------------------------------------------
+
+def analyse(experiment: Experiment, blocks, run_info: dict) -> dict:
+    args = experiment.args
+    data = group_blocks(blocks)
+    reference = experiment.arms[0].label
+    summaries, comparisons, frontiers = [], [], []
+    for level in experiment.levels:
+        level_summaries = {arm.label: summarise_arm(data[(level, arm.label)], experiment.items, resamples=args.bootstrap,
+                                                    seed=args.seed, latency_quantiles=(0.5, 0.9))
+                           for arm in experiment.arms if (level, arm.label) in data}
+        summaries += level_summaries.values()
+        level_comparisons = {}
+        if reference in level_summaries:
+            for label, summary in level_summaries.items():
+                if label != reference:
+                    level_comparisons[label] = compare_arms(
+                        data[(level, reference)], data[(level, label)], experiment.items, level_summaries[reference],
+                        summary, resamples=args.bootstrap, seed=args.seed, ratios=("tpot_ms",))
+        comparisons += level_comparisons.values()
+        if level_summaries:
+            frontiers.append(frontier_points(level, level_summaries, level_comparisons, reference))
+    return {"tool": "lynx-sglang sweep", **run_info, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": {k: v for k, v in experiment.config().items() if k != "items"}, "reference": reference,
+            "summaries": summaries, "comparisons": comparisons, "frontiers": frontiers}
+
+
+def frontier_points(level: int, summaries: dict[str, dict], comparisons: dict[str, dict], reference: str) -> dict:
+    points = []
+    reference_bytes = summaries.get(reference, {}).get("server", {}).get("expert_bytes_per_decode_token_after")
+    for label, summary in summaries.items():
+        server = summary["server"]
+        comparison = comparisons.get(label)
+        bytes_after = server["expert_bytes_per_decode_token_after"]
+        points.append({
+            "arm": label, "accuracy": summary["accuracy"], "accuracy_ci": summary["accuracy_ci"],
+            "expert_bytes_per_decode_token": bytes_after,
+            "expert_mb_per_token": None if bytes_after is None else bytes_after / 1e6,
+            "distinct_experts": server["distinct_experts_after"],
+            "bytes_vs_reference": bytes_after / reference_bytes if reference_bytes and bytes_after is not None else None,
+            "tokens_rerouted_fraction": server["tokens_rerouted_fraction"],
+            "tpot_median_ms": summary["tpot_ms"]["median"],
+            "accuracy_diff": comparison["accuracy_diff"] if comparison else 0.0,
+            "accuracy_diff_ci": comparison["accuracy_diff_ci"] if comparison else [0.0, 0.0],
+            "mcnemar_p": comparison["mcnemar_p"] if comparison else 1.0,
+            "meets_goal": bool(comparison and comparison["expert_bytes_ratio"] is not None
+                               and comparison["expert_bytes_ratio"] <= GOAL_BYTES_RATIO
+                               and within_points(comparison, GOAL_POINTS)),
+        })
+    measured = [p for p in points if p["expert_mb_per_token"] is not None]
+    for point, on_front in zip(measured, stats.non_dominated([(p["expert_mb_per_token"], p["accuracy"]) for p in measured])):
+        point["on_frontier"] = on_front
+    for point in points:
+        point.setdefault("on_frontier", False)
+    points.sort(key=lambda p: (p["expert_bytes_per_decode_token"] is None, p["expert_bytes_per_decode_token"] or 0))
+    return {"concurrency": level, "points": points}
+
+
+HEADER = ["arm", "experts/layer", "MB/token", "bytes vs ref", "accuracy [95 % CI]", "diff pts [95 % CI]", "McNemar p",
+          "rerouted", "TPOT ms", "frontier"]
+
+
+def table_rows(frontier: dict, reference: str, *, terminal: bool = False) -> list[list[str]]:
+    rows = []
+    for p in frontier["points"]:
+        is_reference = p["arm"] == reference
+        accuracy = f"{fmt.pct(p['accuracy'])} {fmt.interval_pct(p['accuracy_ci'])}"
+        if terminal:  # narrower cells
+            accuracy = accuracy.replace(" %", "")
+        rows.append([p["arm"], fmt.ms(p["distinct_experts"], 2), fmt.ms(p["expert_mb_per_token"], 3),
+                     "reference" if is_reference else fmt.fewer(p["bytes_vs_reference"]), accuracy,
+                     "reference" if is_reference else f"{fmt.points(p['accuracy_diff'])} {fmt.interval_points(p['accuracy_diff_ci'])}",
+                     "" if is_reference else fmt.p_value(p["mcnemar_p"]), fmt.pct(p["tokens_rerouted_fraction"]),
+                     fmt.ms(p["tpot_median_ms"]), ("*" if p["on_frontier"] else "") + (" goal" if p["meets_goal"] else "")])
+    return rows
+
+
+def goal_line(results: dict, frontier: dict) -> str:
+    """Which arm comes closest to 60 % fewer bytes within 1 point of the reference."""
+    candidates = [p for p in frontier["points"] if p["arm"] != results["reference"] and p["bytes_vs_reference"] is not None
+                  and p["accuracy_diff_ci"][0] >= -GOAL_POINTS - 1e-12]
+    level = frontier["concurrency"]
+    if not candidates:
+        return f"c={level}: no arm is within 1 point of {results['reference']} (lower end of the 95 % interval)"
+    best = min(candidates, key=lambda p: p["bytes_vs_reference"])
+    verdict = "meets" if best["bytes_vs_reference"] <= GOAL_BYTES_RATIO else "misses"
+    return (f"c={level}: fewest expert bytes within 1 point of {results['reference']}: {best['arm']}, "
+            f"{fmt.fewer(best['bytes_vs_reference'])} bytes per decode token, accuracy difference "
+            f"{fmt.points(best['accuracy_diff'])} points {fmt.interval_points(best['accuracy_diff_ci'])}: {verdict} the 60 % goal")
+
+
+def publish(experiment: Experiment, results: dict, console: Console) -> None:
+    out = experiment.out
+    figures = [plots.frontier(f["points"], f["concurrency"], out / f"frontier_c{f['concurrency']}.png",
+                              reference=results["reference"]) for f in results["frontiers"]]
+    (out / "report.md").write_text(report_markdown(results, figures))
+    terminal = Console(width=max(Console().width, 160))
+    for frontier in results["frontiers"]:
+        table = Table(title=f"concurrency {frontier['concurrency']} (* = on the frontier)", title_justify="left")
+        for name in HEADER:
+            table.add_column(name, justify="left" if name == "arm" else "right", no_wrap=True)
+        for row in table_rows(frontier, results["reference"], terminal=True):
+            table.add_row(*(escape(cell) for cell in row))
+        terminal.print(table)
+        terminal.print(escape(goal_line(results, frontier)), soft_wrap=True)
+    console.print(f"report: {out / 'report.md'}")
+
+
+def report_markdown(results: dict, figures: list[str]) -> str:
+    config, versions = results["config"], results["versions"]
+    model = versions["model"]
+    model_text = model.get("url") or f"{model['name']} (weights sha256 {model['weights_sha256'][:12]})"
+    lines = [f"# Sweep: accuracy against expert bytes per decode token", ""]
+    if results["status"] != "complete":
+        lines += [f"**Partial results** ({results['status']}: {results['message']}); {results['blocks']} blocks measured.", ""]
+    lines += [
+        f"`{config['command']}`", "",
+        f"{results['date']}, {versions['machine']}, model {model_text}; task {config['task']} ({config['n']} items, "
+        f"seed {config['seed']}, score {config['score']}), /v1/{config['endpoint']}, greedy, at most "
+        f"{config['max_tokens']} output tokens; {len(config['arms'])} arms interleaved in {config['blocks']} blocks per "
+        f"level; {results['seconds']:.0f} s. Differences are paired against `{results['reference']}` on the same items "
+        "(Newcombe's score interval, McNemar's exact test); `*` marks the frontier (no other arm reads fewer bytes "
+        "and is at least as accurate); `goal` marks arms with at least 60 % fewer bytes and the lower end of the "
+        "difference's interval at or above -1 point.", "",
+    ]
+    for frontier, figure in zip(results["frontiers"], figures):
+        lines += [f"## Concurrency {frontier['concurrency']}", "", goal_line(results, frontier), "",
+                  fmt.markdown_table(HEADER, table_rows(frontier, results["reference"])), "", f"![{figure}]({figure})", ""]
+    lines += ["## Versions", "", "`" + ", ".join(f"{k} {v}" for k, v in versions["packages"].items()) +
+              f", python {versions['python']}`", ""]
+    return "\n".join(lines)

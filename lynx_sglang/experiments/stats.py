@@ -59,10 +59,15 @@ def paired_difference_interval(a_correct, b_correct) -> tuple[float, float]:
 
 
 def _phi(a: np.ndarray, b: np.ndarray) -> float:
-    """Correlation of two paired binary outcomes (0 when an outcome never varies, as Newcombe sets it)."""
+    """Newcombe's continuity-corrected correlation of the paired outcomes (0 when an outcome never
+    varies): with D = both*neither - only_a*only_b, D - n/2 if D > n/2, 0 if 0 <= D <= n/2, else D."""
     both, only_a, only_b, neither = (int(np.sum(x)) for x in (a & b, a & ~b, ~a & b, ~a & ~b))
     margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
-    return 0.0 if margins == 0 else (both * neither - only_a * only_b) / np.sqrt(float(margins))
+    if margins == 0:
+        return 0.0
+    cross = both * neither - only_a * only_b
+    corrected = cross - a.size / 2 if cross > a.size / 2 else 0.0 if cross >= 0 else cross
+    return corrected / np.sqrt(float(margins))
 
 
 def quantile_interval(values, q: float, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float, float]:

@@ -1,0 +1,150 @@
+"""Task files, scoring rules and arm specs of `lynx-sglang ab` / `sweep` (no server)."""
+
+import json
+
+import pytest
+
+from lynx_sglang.experiments.arms import Arm, ArmSpecError, arm_from_flags, expand_values, parse_arms
+from lynx_sglang.experiments.tasks import (
+    TaskError,
+    builtin_items,
+    exact_match,
+    jsonl_items,
+    last_number,
+    load_items,
+    make_scorer,
+    number_match,
+)
+
+
+def write_lines(tmp_path, lines):
+    path = tmp_path / "task.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_jsonl_items_keep_order_task_and_number_answers(tmp_path):
+    path = write_lines(tmp_path, ['{"prompt": "1+1=", "answer": "2", "task": "add"}', "",
+                                  '{"prompt": "Q: 3*4?", "answer": 12}'])
+    items = jsonl_items(path)
+    assert [(i.prompt, i.answer, i.task) for i in items] == [("1+1=", "2", "add"), ("Q: 3*4?", "12", "all")]
+
+
+@pytest.mark.parametrize("bad_line, reason", [
+    ('{"prompt": "1+1=", "answer": "2"', "not valid JSON"),
+    ('["1+1=", "2"]', "expected a JSON object"),
+    ('{"prompt": "1+1="}', 'missing "answer"'),
+    ('{"answer": "2"}', 'missing "prompt"'),
+    ('{"prompt": "", "answer": "2"}', '"prompt" must be a non-empty string'),
+    ('{"prompt": "x", "answer": null}', '"answer" must be a string or a number'),
+    ('{"prompt": "x", "answer": true}', '"answer" must be a string or a number'),
+    ('{"prompt": "x", "answer": "1", "task": 3}', '"task" must be a non-empty string'),
+])
+def test_a_malformed_line_is_reported_with_its_line_number(tmp_path, bad_line, reason):
+    path = write_lines(tmp_path, ['{"prompt": "1+1=", "answer": "2"}', "", bad_line])
+    with pytest.raises(TaskError) as error:
+        jsonl_items(path)
+    assert f"{path}:3:" in str(error.value) and reason in str(error.value)
+
+
+def test_missing_and_empty_task_files_are_errors(tmp_path):
+    with pytest.raises(TaskError, match="does not exist"):
+        jsonl_items(tmp_path / "nope.jsonl")
+    with pytest.raises(TaskError, match="no items"):
+        jsonl_items(write_lines(tmp_path, ["", "  "]))
+
+
+def test_builtin_items_are_distinct_heldout_problems_of_every_kind():
+    items = builtin_items(40, seed=0)
+    assert len({i.prompt for i in items}) == 40
+    assert {i.task for i in items} == {"add", "sub", "mul", "rev"}
+    assert all(exact_match(i.answer + "\n", i.answer) for i in items)
+    assert load_items("arithmetic", 40, 0) == items  # same seed, same items
+
+
+def test_load_items_takes_the_first_n_lines_of_a_file(tmp_path):
+    path = write_lines(tmp_path, [json.dumps({"prompt": f"p{i}", "answer": str(i)}) for i in range(5)])
+    assert [i.answer for i in load_items(str(path), 3, 0)] == ["0", "1", "2"]
+
+
+def test_exact_match_uses_the_first_line_stripped():
+    assert exact_match(" 168 \nmore", "168")
+    assert not exact_match("1680", "168")
+    assert not exact_match("", "168")
+
+
+@pytest.mark.parametrize("text, number", [
+    ("The answer is 42.", "42"), ("so 1,234 apples", "1234"), ("-7 then 3.50", "3.5"), ("x = -0", "0"),
+    ("#### 72", "72"), ("2.0", "2"), ("no digits", None),
+])
+def test_last_number(text, number):
+    assert last_number(text) == number
+
+
+def test_number_scoring_compares_last_numbers():
+    assert number_match("She has 3 apples, then 5 more: 8", "8")
+    assert number_match("Total: $1,000.00", "1000")
+    assert not number_match("8 apples, minus 1 is 7", "8")
+    assert not number_match("I don't know", "8")
+
+
+def test_regex_scoring_uses_group_one_or_the_whole_match():
+    assert make_scorer(r"regex:answer: (\w+)")("the answer: yes!", "yes")
+    assert not make_scorer(r"regex:answer: (\w+)")("the answer: no", "yes")
+    assert make_scorer(r"regex:\d+")("abc 17 def", "17")
+    assert not make_scorer(r"regex:\d+")("abc", "17")
+
+
+def test_bad_scoring_rules_are_errors():
+    with pytest.raises(TaskError, match="unknown --score"):
+        make_scorer("fuzzy")
+    with pytest.raises(TaskError, match="invalid regular expression"):
+        make_scorer("regex:(unclosed")
+
+
+# ---- arms ----------------------------------------------------------------------------------------
+
+def test_value_lists_ranges_and_types():
+    assert expand_values("0.5,1,2") == [0.5, 1, 2]
+    assert expand_values("3..6") == [3, 4, 5, 6]
+    assert expand_values("true") == [True] and expand_values("none") == [None]
+    assert expand_values("mass") == ["mass"]
+    assert expand_values("[0,1]") == [[0, 1]]
+    with pytest.raises(ArmSpecError, match="empty"):
+        expand_values("5..3")
+
+
+def test_a_spec_expands_to_every_combination_without_duplicates():
+    arms = parse_arms("lynx:alpha=0.5,1:beta=1,2; oea:k0=1 ;topn:num_experts_kept=3..4;oea:k0=1;baseline")
+    assert [a.label for a in arms] == [
+        "lynx:alpha=0.5:beta=1", "lynx:alpha=0.5:beta=2", "lynx:alpha=1:beta=1", "lynx:alpha=1:beta=2",
+        "oea:k0=1", "topn:num_experts_kept=3", "topn:num_experts_kept=4", "baseline"]
+
+
+def test_budgets_are_swept_after_a_plus():
+    arms = parse_arms("lynx+experts=3..4:alpha=1;budget+mass=0.9")
+    assert [(a.policy, a.params, a.budget) for a in arms] == [
+        ("lynx", {"alpha": 1}, "experts=3"), ("lynx", {"alpha": 1}, "experts=4"), ("budget", {}, "mass=0.9")]
+    with pytest.raises(ArmSpecError, match="unknown budget"):
+        parse_arms("lynx+tokens=3")
+
+
+def test_labels_parse_back_to_the_same_arm():
+    for arm in parse_arms("lynx+fraction=0.5:alpha=2:tie_break=index;coverage:max_dropped_mass=none;oea:layers=[0,1]"):
+        assert parse_arms(arm.label) == [arm]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("", "no arms"), (":alpha=1", "missing policy"), ("lynx:alpha", "NAME=VALUES"), ("lynx:alpha=1:alpha=2", "twice"),
+])
+def test_bad_specs_are_errors(spec, message):
+    with pytest.raises(ArmSpecError, match=message):
+        parse_arms(spec)
+
+
+def test_ab_flags_make_one_arm():
+    arm = arm_from_flags("lynx", ["alpha=1", "tie_break=index"], "experts=4")
+    assert arm == Arm("lynx", {"alpha": 1, "tie_break": "index"}, "experts=4")
+    assert arm.request_body() == {"policy": "lynx", "params": {"alpha": 1, "tie_break": "index"}, "budget": "experts=4"}
+    with pytest.raises(ArmSpecError):
+        arm_from_flags("lynx", ["alpha"], None)

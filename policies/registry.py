@@ -33,6 +33,7 @@ BUILTIN_POLICIES: dict[str, type[Policy]] = {
         StaticTopKPolicy,
         RandomPolicy,
         CoveragePolicy,
+        importlib.import_module(".anchor", __package__).AnchorPolicy,
     )
 }
 

@@ -1,0 +1,64 @@
+"""`anchor`: every token keeps one expert it rates almost as high as its top-1, on as few experts as possible."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import Policy, RoutingContext
+from .keys import MASS_ONE
+
+
+class AnchorPolicy(Policy):
+    """The fewest experts that give every token one expert it rates almost as high as its top-1.
+
+    Each voter accepts the experts whose router probability is at least `ratio` times its top-1's
+    (always its top-1; also near-ties). The active set is a small hitting set of those acceptable sets,
+    built greedily: repeatedly add the expert acceptable to the most voters not yet served (ties: more
+    routed mass, then lower index) until every voter is served. Each token then re-takes its top-k over
+    the set, so its first slot is its top-1 or an expert it rates almost as high; the other slots are
+    filled from experts the batch computes anyway. Voters whose top-1 holds less than `min_share` of
+    their own top-k weight are not served (they go wherever the others' experts are, as lynx-v1's
+    non-voters do).
+
+    A lone voter is served by its top-1 (most routed mass among its acceptable experts) and the shared
+    top-up restores the rest of its top-k, so its routing is unchanged; so is a batch whose voters use
+    no more than k experts in all.
+    """
+
+    name = "anchor"
+
+    def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, ratio=0.5, min_share=0.0):
+        super().__init__(num_experts, top_k, renormalize, layers)
+        self.ratio = self.check_float("ratio", ratio, 0.0, 1.0, low_open=True)
+        self.min_share = self.check_float("min_share", min_share, 0.0, 1.0)
+        # log(p_e / p_top1) = L_e - L_top1, so "p_e >= ratio * p_top1" is one fp32 subtraction and a
+        # comparison with this constant: the same decision on every device.
+        self._log_ratio = torch.tensor(math.log(self.ratio), dtype=torch.float32).item()
+
+    def decide(self, ctx: RoutingContext) -> torch.Tensor:
+        logits = ctx.logits
+        acceptable = (logits - logits.max(dim=1, keepdim=True).values) >= self._log_ratio
+        needs = ctx.voters & self.insisting(ctx)
+        served = torch.zeros_like(needs)
+        active = torch.zeros(self.num_experts, dtype=torch.bool, device=logits.device)
+        # key = votes first, then routed mass (<= T * MASS_ONE), as one int64; argmax takes the first
+        # (lowest index) of equal keys on every device.
+        scale = logits.shape[0] * MASS_ONE + 1
+        mass = ctx.routed_mass()
+        for _ in range(min(self.num_experts, logits.shape[0])):  # a hitting set never needs more picks
+            waiting = (needs & ~served).unsqueeze(1) & acceptable
+            votes = waiting.sum(dim=0)
+            best = torch.argmax(votes * scale + mass)
+            pick = torch.nn.functional.one_hot(best, self.num_experts).bool() & (votes.max() > 0)
+            active = active | pick
+            served = served | (acceptable & pick.unsqueeze(0)).any(dim=1)
+        return active
+
+    def insisting(self, ctx: RoutingContext) -> torch.Tensor:
+        """[T] bool: voters whose top-1 carries at least min_share of their own top-k weight."""
+        if self.min_share == 0.0:
+            return torch.ones_like(ctx.voters)
+        top_share = ctx.own_weights()[:, 0]  # MASS_ONE units, best first
+        return top_share >= math.ceil(self.min_share * MASS_ONE)

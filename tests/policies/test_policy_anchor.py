@@ -1,0 +1,152 @@
+"""Properties of the `anchor` policy (policies/anchor.py)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lynx_sglang.policies import PolicyConfigError, get_policy
+from policies_testlib import make_logits, normal_routing
+from test_policy_graph_safety import assert_static, recording_backend
+
+SHAPES = st.sampled_from([(8, 1), (8, 2), (16, 4), (64, 8), (60, 4)])
+
+
+def route(policy, logits, num_real=None, **kwargs):
+    ids, weights = normal_routing(logits, policy.top_k, policy.renormalize)
+    return ids, weights, policy.select(logits, ids, weights, num_real, layer_id=0, **kwargs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=SHAPES, padding=st.integers(0, 7), seed=st.integers(0, 10_000), renormalize=st.booleans(),
+       ratio=st.sampled_from([0.05, 0.3, 0.5, 1.0]), min_share=st.sampled_from([0.0, 0.6, 1.0]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_one_real_row_keeps_its_routing(shape, padding, seed, renormalize, ratio, min_share, dtype):
+    num_experts, top_k = shape
+    policy = get_policy("anchor", num_experts, top_k, renormalize, ratio=ratio, min_share=min_share)
+    logits = make_logits(1 + padding, num_experts, seed=seed, dtype=dtype)
+    ids, weights, decision = route(policy, logits, num_real=torch.tensor(1))
+    assert torch.equal(decision.topk_ids, ids) and torch.equal(decision.topk_weights, weights)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=SHAPES, rows=st.integers(2, 40), seed=st.integers(0, 10_000), renormalize=st.booleans(),
+       ratio=st.sampled_from([0.05, 0.5, 1.0]))
+def test_a_batch_that_already_fits_in_k_experts_is_unchanged(shape, rows, seed, renormalize, ratio):
+    num_experts, top_k = shape
+    policy = get_policy("anchor", num_experts, top_k, renormalize, ratio=ratio)
+    # Every row prefers the same k experts (in its own order): the batch uses k experts in all.
+    generator = torch.Generator().manual_seed(seed)
+    favourites = torch.randperm(num_experts, generator=generator)[:top_k]
+    logits = torch.randn(rows, num_experts, generator=generator) - 20.0
+    logits[:, favourites] = torch.randn(rows, top_k, generator=generator) * 2
+    ids, weights, decision = route(policy, logits)
+    assert torch.equal(decision.topk_ids, ids) and torch.equal(decision.topk_weights, weights)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=SHAPES, rows=st.integers(1, 64), seed=st.integers(0, 10_000), renormalize=st.booleans(),
+       ratio=st.sampled_from([0.1, 0.3, 0.5, 0.8]), skew=st.sampled_from([0.0, 2.0]))
+def test_every_token_keeps_an_expert_it_rates_almost_as_high_as_its_first(shape, rows, seed, renormalize, ratio, skew):
+    num_experts, top_k = shape
+    policy = get_policy("anchor", num_experts, top_k, renormalize, ratio=ratio)
+    logits = make_logits(rows, num_experts, seed=seed, skew=skew)
+    ids, weights, decision = route(policy, logits)
+    probs = torch.softmax(logits, dim=-1)
+    first = decision.topk_ids[:, 0].long()
+    assert torch.all(probs.gather(1, first.unsqueeze(1)).squeeze(1) >= ratio * probs.max(dim=1).values * (1 - 1e-6))
+    assert torch.all(decision.active_mask[decision.topk_ids.long()])
+    assert int(decision.active_mask.sum()) >= top_k
+    sums = decision.topk_weights.sum(dim=1)
+    target = torch.ones_like(sums) if renormalize else weights.sum(dim=1)
+    assert torch.allclose(sums, target, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=SHAPES, rows=st.integers(1, 64), seed=st.integers(0, 10_000))
+def test_ratio_one_keeps_exactly_the_tokens_first_choices(shape, rows, seed):
+    """With only the top-1 acceptable (continuous logits: no ties), the set is the union of the
+    tokens' first choices, as oea with k0=1."""
+    num_experts, top_k = shape
+    logits = make_logits(rows, num_experts, seed=seed)
+    _, _, anchor = route(get_policy("anchor", num_experts, top_k, True, ratio=1.0), logits)
+    _, _, oea = route(get_policy("oea", num_experts, top_k, True, k0=1), logits)
+    assert torch.equal(anchor.active_mask, oea.active_mask)
+    assert torch.equal(anchor.topk_ids, oea.topk_ids)
+
+
+def test_a_lower_ratio_never_needs_more_experts_on_shared_near_ties():
+    # Half the tokens rate experts 0 and 1 alike, half rate 1 and 2 alike: expert 1 serves everyone.
+    logits = torch.full((8, 8), -5.0)
+    logits[:4, 0], logits[:4, 1] = 2.0, 1.9
+    logits[4:, 2], logits[4:, 1] = 2.0, 1.8
+    strict = route(get_policy("anchor", 8, 1, True, ratio=1.0), logits)[2]
+    tolerant = route(get_policy("anchor", 8, 1, True, ratio=0.5), logits)[2]
+    assert strict.active_mask.nonzero().flatten().tolist() == [0, 2]
+    assert tolerant.active_mask.nonzero().flatten().tolist() == [1]
+    assert tolerant.topk_ids.flatten().tolist() == [1] * 8
+
+
+def test_tokens_below_min_share_are_not_served():
+    # Four confident tokens on expert 3; four unsure tokens split between 5 and 6 with top-1 share ~0.52.
+    logits = torch.full((8, 8), -6.0)
+    logits[:4, 3], logits[:4, 4] = 4.0, 0.0
+    logits[4:, 5], logits[4:, 6] = 1.0, 0.9
+    served_all = route(get_policy("anchor", 8, 2, True, ratio=0.95), logits)[2]
+    confident_only = route(get_policy("anchor", 8, 2, True, ratio=0.95, min_share=0.6), logits)[2]
+    assert served_all.active_mask[[3, 5]].all()
+    assert not confident_only.active_mask[5] and not confident_only.active_mask[6]
+    assert confident_only.active_mask.sum() == 2  # expert 3 plus the shared top-up to k
+
+
+def test_padding_rows_and_row_order_change_nothing():
+    logits = make_logits(24, 16, seed=3, skew=1.0)
+    policy = get_policy("anchor", 16, 4, True, ratio=0.4)
+    _, _, plain = route(policy, logits)
+    padded = torch.cat([logits, make_logits(8, 16, seed=99, scale=9.0)])
+    _, _, with_padding = route(policy, padded, num_real=torch.tensor(24))
+    assert torch.equal(plain.active_mask, with_padding.active_mask)
+    assert torch.equal(plain.topk_ids, with_padding.topk_ids[:24])
+    order = torch.randperm(24, generator=torch.Generator().manual_seed(0))
+    _, _, shuffled = route(policy, logits[order])
+    assert torch.equal(plain.active_mask, shuffled.active_mask)
+    assert torch.equal(plain.topk_ids[order], shuffled.topk_ids)
+
+
+def test_fused_and_reference_paths_agree():
+    policy = get_policy("anchor", 64, 8, False, ratio=0.3, min_share=0.2)
+    logits = make_logits(40, 64, seed=11, skew=2.0, dtype=torch.bfloat16)
+    ids, weights = normal_routing(logits, 8, False)
+    auto = policy.select(logits, ids, weights, torch.tensor(33), layer_id=0)
+    reference = policy.select(logits, ids, weights, torch.tensor(33), layer_id=0, implementation="torch")
+    assert torch.equal(auto.active_mask, reference.active_mask) and torch.equal(auto.topk_ids, reference.topk_ids)
+    torch.testing.assert_close(auto.topk_weights, reference.topk_weights, rtol=1e-6, atol=0)
+
+
+def test_compiles_fullgraph_with_static_shapes():
+    policy = get_policy("anchor", 16, 4, True, ratio=0.5, min_share=0.3)
+    logits = make_logits(6, 16, seed=5, dtype=torch.bfloat16)
+    ids, weights = normal_routing(logits, 4, True)
+    torch._dynamo.reset()
+    graphs = []
+    compiled = torch.compile(policy.select, fullgraph=True, backend=recording_backend(graphs))
+    got = compiled(logits, ids, weights, torch.tensor(4), layer_id=0)
+    want = policy.select(logits, ids, weights, torch.tensor(4), layer_id=0, implementation="torch")  # what dynamo traces
+    assert all(torch.equal(a, b) for a, b in zip(got, want)) and graphs
+    for graph_module in graphs:
+        assert_static(graph_module, "anchor")
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"ratio": 0.0}, "ratio"), ({"ratio": 1.5}, "ratio"), ({"min_share": -0.1}, "min_share"), ({"other": 1}, "unknown parameter"),
+])
+def test_bad_parameters_are_refused_at_construction(params, message):
+    with pytest.raises(PolicyConfigError, match=message):
+        get_policy("anchor", 8, 2, True, **params)
+
+
+def test_log_ratio_constant_is_the_fp32_log():
+    policy = get_policy("anchor", 8, 2, True, ratio=0.3)
+    assert policy._log_ratio == pytest.approx(math.log(0.3), rel=1e-7)

@@ -16,7 +16,6 @@ at weight 0; weights renormalised or rescaled to the original top-k mass).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -29,8 +28,7 @@ RATIO_BITS = 40
 FP32_BIG = torch.finfo(torch.float32).max / 4
 
 
-@dataclass(frozen=True)
-class LynxRule:
+class LynxRule(NamedTuple):
     """Affinity binning: bins q = max(-beta, ceil(alpha * (L - max L))), batch vote S; each voter
     takes its top-k by (q, S, tie order); tie order = preference order (mass) or expert index."""
 
@@ -39,29 +37,25 @@ class LynxRule:
     tie_by_mass: bool = True
 
 
-@dataclass(frozen=True)
-class OwnTopRule:
+class OwnTopRule(NamedTuple):
     """Active set = union of the voters' own top-j (OEA's floor, static-topk's k')."""
 
     j: int
 
 
-@dataclass(frozen=True)
-class BudgetRule:
+class BudgetRule(NamedTuple):
     """The first n experts of the preference order that some voter chose."""
 
     n: int
 
 
-@dataclass(frozen=True)
-class TopNRule:
+class TopNRule(NamedTuple):
     """The n experts with the most votes (ties: routed mass, then lower index) that some voter chose."""
 
     n: int
 
 
-@dataclass(frozen=True)
-class CoverageRule:
+class CoverageRule(NamedTuple):
     """The fewest experts of the preference order covering fraction_units / 2**MASS_BITS of the routed
     mass; optionally voters dropping more than dropped_cap_units of their routed weight keep their
     routing (keep_on_any_drop: voters dropping any expert keep it)."""
@@ -71,8 +65,7 @@ class CoverageRule:
     keep_on_any_drop: bool = False
 
 
-@dataclass(frozen=True)
-class GivenRule:
+class GivenRule(NamedTuple):
     """The active set (and kept rows) were decided elsewhere (a policy's torch `decide`); only the
     shared stages run fused."""
 
@@ -86,9 +79,9 @@ class RoutingResult(NamedTuple):
     active_mask: torch.Tensor
 
 
-@dataclass(frozen=True)
-class RoutingCall:
-    """One layer call: the inputs every implementation takes (so the argument list exists once)."""
+class RoutingCall(NamedTuple):
+    """One layer call: the inputs every implementation takes (so the argument list exists once).
+    Rules and calls are NamedTuples: built per layer call, they must cost next to nothing."""
 
     rule: RoutingRule
     logits: torch.Tensor  # [T, E] fp32 / bf16 / fp16

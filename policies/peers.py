@@ -21,8 +21,12 @@ class BaselinePolicy(Policy):
 
     name = "baseline"
 
-    def select(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None,
-               budget=None) -> PolicyDecision:
+    def select(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None, budget=None, *,
+               implementation="auto") -> PolicyDecision:
+        return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
+
+    def select_reference(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None,
+                         budget=None) -> PolicyDecision:
         self._check_shapes(router_logits, topk_ids, topk_weights, budget)
         return self.pass_through(topk_ids, topk_weights, real_rows(router_logits.shape[0], num_real, router_logits.device))
 

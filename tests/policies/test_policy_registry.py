@@ -16,7 +16,7 @@ from lynx_sglang.policies import (
 from lynx_sglang.policies import registry
 from policies_testlib import make_logits, normal_routing
 
-BUILTINS = ["baseline", "budget", "coverage", "lynx", "lynx-v1", "oea", "random", "static-topk", "topn"]
+BUILTINS = ["anchor", "baseline", "budget", "coverage", "lynx", "lynx-v1", "oea", "random", "static-topk", "topn"]
 
 
 def test_builtin_names():
@@ -25,7 +25,7 @@ def test_builtin_names():
 
 
 def test_unknown_name_lists_available():
-    with pytest.raises(PolicyConfigError, match=r"unknown policy 'foo'; available: baseline, budget, coverage"):
+    with pytest.raises(PolicyConfigError, match=r"unknown policy 'foo'; available: anchor, baseline, budget, coverage"):
         get_policy("foo", num_experts=64, top_k=8)
 
 
@@ -117,7 +117,7 @@ def test_entry_point_policies(monkeypatch):
     assert "first-experts" in available_policies()
     policy = get_policy("first-experts", num_experts=16, top_k=2, n=3)
     assert policy.n == 3
-    with pytest.raises(PolicyConfigError, match="available: baseline, .*first-experts"):
+    with pytest.raises(PolicyConfigError, match="available: anchor, baseline, .*first-experts"):
         get_policy("nope", num_experts=16, top_k=2)
 
 

@@ -1,0 +1,344 @@
+// The fused routing decision on a CPU: the same rules as lynx_sglang.policies (the torch reference)
+// and kernels/routing_triton.py, in one pass over the rows, one over the experts, one remap pass.
+// Exact by construction: floats are only compared, or produced by single IEEE operations (built with
+// -ffp-contract=off); sums are integers. No torch headers: plain pointers, loaded with ctypes.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+namespace {
+
+enum Mode : int32_t { kLynx = 0, kOwnTop = 1, kBudget = 2, kTopN = 3, kCoverage = 4, kGiven = 5 };
+enum KeepMode : int32_t { kKeepNone = 0, kKeepDroppedCap = 1, kKeepGiven = 2 };
+constexpr int kMassBits = 20;
+constexpr float kRatioScale = 1099511627776.0f;  // 2**40
+constexpr int kMaxTopK = 64;
+constexpr int kMaxExperts = 1024;
+
+}  // namespace
+
+extern "C" {
+
+// Field order and types mirror RouteArgs in routing_cpu.py.
+struct RouteArgs {
+  const float* logits;
+  const void* topk_ids;
+  const float* topk_weights;
+  const uint8_t* given_active;
+  const uint8_t* given_keep;
+  void* out_ids;
+  float* out_weights;
+  uint8_t* active_out;
+  int64_t logits_stride, ids_stride, weights_stride;
+  int64_t num_rows, num_experts, top_k, slots, num_real;
+  int64_t fraction_units, dropped_cap_units, budget_max_experts, rule_n;
+  float alpha, budget_mass_fraction, big;
+  int32_t ids_are_int64, renormalize, mode, beta, tie_by_mass, floor_k, keep_mode, any_drop, has_budget;
+};
+
+}  // extern "C"
+
+namespace {
+
+struct Workspace {
+  std::vector<int8_t> bins;            // [T, E] lynx bins
+  std::vector<int32_t> own_ids;        // [T, k]
+  std::vector<float> own_values;       // [T, k]
+  std::vector<int64_t> own_weights;    // [T, k] fixed point, 0 for non-voters
+  std::vector<uint8_t> voter, finite, keep;
+  std::vector<int32_t> threshold, need;
+  std::vector<int64_t> counts, mass, union_count;  // [E]
+  std::vector<int32_t> bin_votes;  // [beta+1, E]: voters with the expert in bin -j
+  std::vector<uint8_t> active, topped, candidate;  // candidate: active, less the row's own top-k
+  std::vector<int32_t> order, rank;
+};
+
+inline bool better(float va, int64_t ia, float vb, int64_t ib) { return va > vb || (va == vb && ia < ib); }
+
+inline int64_t id_at(const RouteArgs& a, int64_t t, int64_t j) {
+  if (a.ids_are_int64) return static_cast<const int64_t*>(a.topk_ids)[t * a.ids_stride + j];
+  return static_cast<const int32_t*>(a.topk_ids)[t * a.ids_stride + j];
+}
+
+inline void set_id(const RouteArgs& a, int64_t t, int64_t j, int64_t value) {
+  if (a.ids_are_int64) static_cast<int64_t*>(a.out_ids)[t * a.top_k + j] = value;
+  else static_cast<int32_t*>(a.out_ids)[t * a.top_k + j] = static_cast<int32_t>(value);
+}
+
+inline int64_t clamp_id(int64_t id, int64_t num_experts) { return std::min(std::max<int64_t>(id, 0), num_experts - 1); }
+
+// Insert (value, id) into a list sorted best first, keeping at most `capacity` entries. Ids arrive in
+// ascending order, so an equal value never passes an earlier one (lower index first).
+inline void insert_best(float* values, int32_t* ids, int64_t& size, int64_t capacity, float value, int32_t id) {
+  if (size == capacity && !(value > values[size - 1])) return;
+  int64_t pos = size < capacity ? size++ : capacity - 1;
+  while (pos > 0 && value > values[pos - 1]) {
+    values[pos] = values[pos - 1];
+    ids[pos] = ids[pos - 1];
+    --pos;
+  }
+  values[pos] = value;
+  ids[pos] = id;
+}
+
+// A row of logits as the reference sees it: the input itself when all finite (the common case, no
+// copy), else a copy in `buffer` with NaN/-inf -> -big and +inf -> +big. Returns (row, finite).
+inline const float* clean_row(const RouteArgs& a, int64_t t, float* buffer, bool& finite) {
+  const float* x = &a.logits[t * a.logits_stride];
+  const int64_t E = a.num_experts;
+  int32_t bad = 0;
+  for (int64_t e = 0; e < E; ++e) bad |= !(std::fabs(x[e]) <= 3.4028234663852886e38f);  // NaN fails too
+  finite = bad == 0;
+  if (finite) return x;
+  for (int64_t e = 0; e < E; ++e) buffer[e] = std::isnan(x[e]) ? -a.big : std::isinf(x[e]) ? std::copysign(a.big, x[e]) : x[e];
+  return buffer;
+}
+
+// Per row: voter flag, own top-k with weights in fixed point, per-expert sums; lynx bins.
+void scan_rows(const RouteArgs& a, Workspace& w) {
+  const int64_t T = a.num_rows, E = a.num_experts, K = a.top_k;
+  float buffer[kMaxExperts];
+  for (int64_t t = 0; t < T; ++t) {
+    bool finite;
+    const float* row = clean_row(a, t, buffer, finite);
+    const bool voter = t < a.num_real && finite;
+    w.voter[t] = voter;
+    w.finite[t] = finite;
+    float values[kMaxTopK];  // local: the selection then stays in registers (no aliasing with row)
+    int32_t ids[kMaxTopK];
+    int64_t size = 0;
+    for (int64_t e = 0; e < E; ++e) insert_best(values, ids, size, K, row[e], static_cast<int32_t>(e));
+    std::copy(values, values + K, &w.own_values[t * K]);
+    std::copy(ids, ids + K, &w.own_ids[t * K]);
+    // Renormalised top-k weights: fp32 exp (correctly rounded via double), exact 2**40 scaling.
+    int64_t fixed[kMaxTopK], total = 0;
+    for (int64_t j = 0; j < K; ++j) {
+      const float ratio = static_cast<float>(std::exp(static_cast<double>(values[j] - values[0])));
+      fixed[j] = static_cast<int64_t>(ratio * kRatioScale);
+      total += fixed[j];
+    }
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t units = voter ? (fixed[j] << kMassBits) / total : 0;
+      w.own_weights[t * K + j] = units;
+      if (!voter) continue;
+      w.counts[ids[j]] += 1;
+      w.mass[ids[j]] += units;
+      if (j < a.floor_k) w.union_count[ids[j]] += 1;
+    }
+    if (a.mode != kLynx) continue;
+    // Bins in a local int32 row (an int8 store may alias anything and would force reloads).
+    int32_t bins[kMaxExperts];
+    const float top = values[0], alpha = a.alpha, lowest = static_cast<float>(-a.beta);
+    for (int64_t e = 0; e < E; ++e) {
+      // ceil(alpha * gap) clamped to -beta; gap <= 0, so truncation is the ceiling (no libm call,
+      // no branch: both compile to vector instructions).
+      const float scaled = alpha * (row[e] - top);  // one fp32 product, as the reference
+      bins[e] = static_cast<int32_t>(std::max(scaled, lowest));
+    }
+    // Per bin q = -j: how many of this row's experts, and (voters) which experts, per expert.
+    int64_t in_bin[9];
+    for (int32_t j = 0; j <= a.beta; ++j) {
+      int32_t* votes = &w.bin_votes[j * E];
+      int32_t count = 0;
+      for (int64_t e = 0; e < E; ++e) {
+        const int32_t here = bins[e] == -j;
+        count += here;
+        votes[e] += voter ? here : 0;
+      }
+      in_bin[j] = count;
+    }
+    int32_t bin = 0;
+    int64_t above = 0;
+    while (above + in_bin[-bin] < K) above += in_bin[-bin], --bin;  // the bin holding the k-th expert
+    w.threshold[t] = bin;
+    w.need[t] = static_cast<int32_t>(K - above);
+    std::copy(bins, bins + E, &w.bins[t * E]);
+    if (!voter) continue;
+    int64_t* sure = w.union_count.data();
+    for (int64_t e = 0; e < E; ++e) sure[e] += bins[e] > bin;
+  }
+}
+
+// Experts sorted by `before(a, b)`; rank[e] = position of e.
+template <class Before>
+void order_experts(int64_t E, std::vector<int32_t>& order, std::vector<int32_t>& rank, Before before) {
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), before);
+  for (int64_t r = 0; r < E; ++r) rank[order[r]] = static_cast<int32_t>(r);
+}
+
+void decide(const RouteArgs& a, Workspace& w) {
+  const int64_t T = a.num_rows, E = a.num_experts, K = a.top_k;
+  int64_t voters = 0, total_mass = 0;
+  for (int64_t t = 0; t < T; ++t) voters += w.voter[t];
+  for (int64_t e = 0; e < E; ++e) total_mass += w.mass[e];
+  // Preference order: routed mass, then votes (descending), then lower index.
+  std::vector<int32_t> preference(E), preference_rank(E);
+  order_experts(E, preference, preference_rank, [&](int32_t x, int32_t y) {
+    if (w.mass[x] != w.mass[y]) return w.mass[x] > w.mass[y];
+    if (w.counts[x] != w.counts[y]) return w.counts[x] > w.counts[y];
+    return x < y;
+  });
+  std::fill(w.active.begin(), w.active.end(), 0);
+  if (a.mode == kLynx) {
+    std::vector<int64_t> votes(E, 0);
+    for (int64_t e = 0; e < E; ++e) {
+      int64_t power = 1;
+      for (int64_t j = a.beta; j >= 0; --j, power *= voters) votes[e] += w.bin_votes[j * E + e] * power;
+    }
+    order_experts(E, w.order, w.rank, [&](int32_t x, int32_t y) {
+      if (votes[x] != votes[y]) return votes[x] > votes[y];
+      return a.tie_by_mass ? preference_rank[x] < preference_rank[y] : x < y;
+    });
+    for (int64_t e = 0; e < E; ++e) w.active[e] = w.union_count[e] > 0;
+    for (int64_t t = 0; t < T; ++t) {  // the first `need` threshold-bin experts in the batch's order
+      if (!w.voter[t]) continue;
+      const int8_t* bins = &w.bins[t * E];
+      for (int64_t r = 0, left = w.need[t]; r < E && left > 0; ++r) {
+        const int32_t e = w.order[r];
+        if (bins[e] == w.threshold[t]) w.active[e] = 1, --left;
+      }
+    }
+  } else if (a.mode == kOwnTop) {
+    for (int64_t e = 0; e < E; ++e) w.active[e] = w.union_count[e] > 0;
+  } else if (a.mode == kBudget) {
+    for (int64_t e = 0; e < E; ++e) w.active[e] = preference_rank[e] < a.rule_n && w.counts[e] > 0;
+  } else if (a.mode == kTopN) {
+    order_experts(E, w.order, w.rank, [&](int32_t x, int32_t y) {
+      if (w.counts[x] != w.counts[y]) return w.counts[x] > w.counts[y];
+      if (w.mass[x] != w.mass[y]) return w.mass[x] > w.mass[y];
+      return x < y;
+    });
+    for (int64_t e = 0; e < E; ++e) w.active[e] = w.rank[e] < a.rule_n && w.counts[e] > 0;
+  } else if (a.mode == kCoverage) {
+    int64_t before = 0;
+    for (int32_t e : preference) {
+      w.active[e] = (before << kMassBits) < a.fraction_units * total_mass && w.mass[e] > 0;
+      before += w.mass[e];
+    }
+  } else {
+    for (int64_t e = 0; e < E; ++e) w.active[e] = a.given_active[e] != 0;
+  }
+
+  // Top-up to `slots` experts: the most-voted inactive ones (ties: lower index).
+  int64_t active_count = std::count(w.active.begin(), w.active.end(), 1);
+  if (active_count < a.slots) {
+    std::vector<int32_t> by_votes(E);
+    std::iota(by_votes.begin(), by_votes.end(), 0);
+    std::stable_sort(by_votes.begin(), by_votes.end(), [&](int32_t x, int32_t y) { return w.counts[x] > w.counts[y]; });
+    for (int32_t e : by_votes) {
+      if (active_count == a.slots) break;
+      if (!w.active[e]) w.active[e] = 1, ++active_count;
+    }
+  }
+  // Kept rows: their experts join the set.
+  w.topped = w.active;
+  for (int64_t t = 0; t < T; ++t) {
+    bool keep = false;
+    if (a.keep_mode == kKeepDroppedCap && w.voter[t]) {
+      int64_t dropped = 0;
+      bool any = false;
+      for (int64_t j = 0; j < K; ++j)
+        if (!w.topped[w.own_ids[t * K + j]]) dropped += w.own_weights[t * K + j], any = true;
+      keep = a.any_drop ? any : dropped > a.dropped_cap_units;
+    } else if (a.keep_mode == kKeepGiven) {
+      keep = w.voter[t] && a.given_keep[t];
+    }
+    w.keep[t] = keep;
+    if (keep)
+      for (int64_t j = 0; j < K; ++j) w.active[clamp_id(id_at(a, t, j), E)] = 1;
+  }
+  // Budget cap, in the preference order.
+  if (a.has_budget) {
+    const int64_t threshold = static_cast<int64_t>(std::floor(a.budget_mass_fraction * static_cast<float>(1 << kMassBits)));
+    int64_t rank = 0, before = 0;
+    for (int32_t e : preference) {
+      if (!w.active[e]) continue;
+      const bool covering = a.budget_mass_fraction >= 1.0f || (before << kMassBits) < threshold * total_mass;
+      w.active[e] = rank == 0 || (rank < a.budget_max_experts && covering);
+      ++rank;
+      before += w.mass[e];
+    }
+  }
+}
+
+// Each real row re-takes its top-`slots` over the active set (remap._remap_clean).
+void remap(const RouteArgs& a, Workspace& w) {
+  const int64_t T = a.num_rows, E = a.num_experts, K = a.top_k, S = a.slots;
+  w.candidate = w.active;
+  for (int64_t t = 0; t < T; ++t) {
+    bool all_active = true;
+    for (int64_t j = 0; j < K; ++j) all_active = all_active && w.active[clamp_id(id_at(a, t, j), E)];
+    const bool keep = t >= a.num_real || (all_active && (w.keep[t] || (S == K && w.finite[t])));
+    if (keep) {
+      for (int64_t j = 0; j < K; ++j) {
+        set_id(a, t, j, id_at(a, t, j));
+        a.out_weights[t * K + j] = a.topk_weights[t * a.weights_stride + j];
+      }
+      continue;
+    }
+    float values[kMaxTopK];
+    int32_t ids[kMaxTopK];
+    int64_t filled = 0;
+    const int32_t* own = &w.own_ids[t * K];
+    for (int64_t j = 0; j < K && filled < S; ++j)  // own experts still active lead, in their order
+      if (w.active[own[j]]) values[filled] = w.own_values[t * K + j], ids[filled++] = own[j];
+    if (filled < S) {  // then the best active experts outside the own top-k
+      float buffer[kMaxExperts];
+      bool finite;
+      const float* row = clean_row(a, t, buffer, finite);
+      for (int64_t j = 0; j < K; ++j) w.candidate[own[j]] = 0;
+      int64_t extra = 0;
+      for (int64_t e = 0; e < E; ++e)
+        if (w.candidate[e]) insert_best(values + filled, ids + filled, extra, S - filled, row[e], static_cast<int32_t>(e));
+      for (int64_t j = 0; j < K; ++j) w.candidate[own[j]] = w.active[own[j]];
+      filled += extra;
+    }
+    float target = 1.0f;
+    if (!a.renormalize) {
+      target = 0.0f;
+      for (int64_t j = 0; j < K; ++j) target += a.topk_weights[t * a.weights_stride + j];
+      target = std::isfinite(target) ? std::max(target, 0.0f) : 1.0f;
+    }
+    float exps[kMaxTopK], total = 0.0f;
+    for (int64_t j = 0; j < filled; ++j) total += exps[j] = std::exp(values[j] - values[0]);
+    const int32_t first = filled > 0 ? ids[0] : 0;
+    for (int64_t j = 0; j < K; ++j) {
+      const bool used = j < filled;
+      set_id(a, t, j, used ? ids[j] : first);
+      a.out_weights[t * K + j] = used ? exps[j] / total * target : 0.0f;
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int lynx_route_cpu(const RouteArgs* args) {
+  const RouteArgs& a = *args;
+  if (a.top_k > kMaxTopK || a.num_experts > kMaxExperts || a.beta > 8 || a.num_experts < a.top_k) return 1;
+  static thread_local Workspace w;
+  const int64_t T = a.num_rows, E = a.num_experts, K = a.top_k;
+  w.bins.resize(a.mode == kLynx ? T * E : 0);
+  w.own_ids.resize(T * K);
+  w.own_values.resize(T * K);
+  w.own_weights.resize(T * K);
+  w.voter.assign(T, 0);
+  w.finite.assign(T, 0);
+  w.keep.assign(T, 0);
+  w.threshold.resize(T);
+  w.need.resize(T);
+  w.counts.assign(E, 0);
+  w.mass.assign(E, 0);
+  w.union_count.assign(E, 0);
+  w.bin_votes.assign(a.mode == kLynx ? E * (a.beta + 1) : 0, 0);
+  w.active.assign(E, 0);
+  w.order.resize(E);
+  w.rank.resize(E);
+  scan_rows(a, w);
+  decide(a, w);
+  remap(a, w);
+  for (int64_t e = 0; e < E; ++e) a.active_out[e] = w.active[e];
+  return 0;
+}

@@ -1,6 +1,8 @@
-"""Compile every Triton kernel of the active-expert MoE for an NVIDIA Hopper GPU (sm_90), without one.
+"""Compile every Triton kernel of this package for an NVIDIA Hopper GPU (sm_90), without one.
 
     python -m lynx_sglang.kernels.hopper_compile [--dtypes bf16 fp16 fp32] [--quick]
+
+Covers the active-expert MoE (three kernels) and the fused routing decision (two kernels, every rule).
 
 Triton compiles ahead of time from a kernel's signature: no driver and no GPU are needed to lower the
 kernels to PTX and a cubin (Triton ships its own ptxas). That catches what the CPU interpreter cannot:
@@ -18,13 +20,14 @@ import inspect
 import os
 import sys
 import time
+from typing import NamedTuple
 
 # Hopper (H100/H200): 227 KiB of shared memory per thread block at most.
 HOPPER_MAX_SHARED_BYTES = 232_448
 BATCHES = (1, 8, 32, 64, 128)
 
 
-def _signature(kernel, pointer_types: dict[str, str], constexprs: dict) -> dict[str, str]:
+def _signature(kernel, pointer_types: dict[str, str], constexprs: dict, scalar_types: dict[str, str]) -> dict[str, str]:
     signature = {}
     for name in inspect.signature(kernel.fn).parameters:
         if name in constexprs:
@@ -32,16 +35,17 @@ def _signature(kernel, pointer_types: dict[str, str], constexprs: dict) -> dict[
         elif name.endswith("_ptr"):
             signature[name] = pointer_types[name]
         else:
-            signature[name] = "i32"
+            signature[name] = scalar_types.get(name, "i32")
     return signature
 
 
-def compile_for_hopper(kernel, pointer_types: dict[str, str], constexprs: dict, num_warps: int, num_stages: int):
+def compile_for_hopper(kernel, pointer_types: dict[str, str], constexprs: dict, num_warps: int, num_stages: int,
+                       scalar_types: dict[str, str] | None = None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    signature = _signature(kernel, pointer_types, constexprs)
+    signature = _signature(kernel, pointer_types, constexprs, scalar_types or {})
     names = list(signature)
     source = ASTSource(
         fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}
@@ -76,51 +80,121 @@ def kernel_cases(dtype: str, config, top_k: int, activation_code: int):
     ]  # fmt: skip
 
 
+class Case(NamedTuple):
+    """One compilation: a kernel at one specialisation."""
+
+    label: str
+    kernel: object
+    pointers: dict
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    scalars: dict = {}
+
+
+def moe_cases(dtype: str, batches, activations):
+    from .bench import MODEL_SHAPES
+    from .triton_moe import ACTIVATION_CODES, choose_config
+
+    element_sizes = {"bf16": 2, "fp16": 2, "fp32": 4}
+    configs = {}
+    for shape in MODEL_SHAPES:
+        for batch in batches:
+            config = choose_config(
+                batch, shape.top_k, shape.experts, shape.hidden, shape.intermediate, element_size=element_sizes[dtype],
+            )  # fmt: skip
+            configs.setdefault((config, shape.top_k), f"{shape.name} B={batch}")
+    # Distinct (config, top_k) pairs over the benchmark shapes: the compile depends on nothing else.
+    for (config, top_k), example in configs.items():
+        for activation in activations:
+            for kernel, pointers, constexprs in kernel_cases(dtype, config, top_k, ACTIVATION_CODES[activation]):
+                label = f"{dtype} {kernel.fn.__name__} {activation} k={top_k} {constexprs} ({example})"
+                yield Case(label, kernel, pointers, constexprs, config.num_warps, config.num_stages)
+
+
+# (rule, T, E, k, slots, with a budget): every mode, the largest shapes (T 512, E 256) and the smallest.
+ROUTING_SHAPES = [
+    ("lynx beta=2 mass", 256, 128, 8, 8, True), ("lynx beta=4 index", 512, 256, 8, 8, False),
+    ("lynx beta=1 mass", 1, 8, 2, 2, False), ("own-top j=4", 256, 128, 8, 8, True),
+    ("own-top j=2 slots=2", 64, 64, 4, 2, False), ("budget n=32", 512, 256, 8, 8, True),
+    ("topn n=16", 256, 128, 8, 8, False), ("coverage", 256, 128, 8, 8, True),
+    ("coverage cap", 128, 64, 6, 6, True), ("coverage any-drop", 8, 16, 2, 2, False),
+    ("given keep", 256, 128, 8, 8, True), ("given", 32, 60, 4, 4, False),
+]  # fmt: skip
+
+
+def routing_cases(dtype: str, quick: bool):
+    from . import routing_triton as rt
+    from .routing import BudgetRule, CoverageRule, GivenRule, LynxRule, OwnTopRule, TopNRule
+
+    rules = {
+        "lynx beta=2 mass": LynxRule(3.0, 2, True), "lynx beta=4 index": LynxRule(3.0, 4, False),
+        "lynx beta=1 mass": LynxRule(0.7, 1, True), "own-top j=4": OwnTopRule(4), "own-top j=2 slots=2": OwnTopRule(2),
+        "budget n=32": BudgetRule(32), "topn n=16": TopNRule(16), "coverage": CoverageRule(900_000),
+        "coverage cap": CoverageRule(500_000, 200_000), "coverage any-drop": CoverageRule(500_000, 0, True),
+        "given keep": GivenRule(), "given": GivenRule(),
+    }  # fmt: skip
+    shapes = ROUTING_SHAPES[:3] if quick else ROUTING_SHAPES
+    for name, rows, experts, top_k, slots, budget in shapes:
+        args = rt._rule_arguments(rules[name])
+        if name == "given keep":
+            args["KEEP_MODE"] = rt.KEEP_GIVEN
+        block_t, block_e, block_k = rt.block_sizes(rows, experts, top_k)
+        example = f"{name}, T={rows} E={experts} k={top_k}"
+        per_row = {"own_ids_ptr": "*i32", "own_values_ptr": "*fp32", "own_weights_ptr": "*i64", "row_flags_ptr": "*i8",
+                   "bins_ptr": "*i8", "threshold_ptr": "*i32", "need_ptr": "*i32", "num_real_ptr": "*i64",
+                   "part_counts_ptr": "*i32", "part_mass_ptr": "*i64", "part_union_ptr": "*i32",
+                   "part_bins_ptr": "*i32", "part_voters_ptr": "*i32"}  # fmt: skip
+        yield Case(
+            f"{dtype} _routing_rows_kernel ({example})", rt._routing_rows_kernel, {"logits_ptr": f"*{dtype}", **per_row},
+            dict(MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=2,
+                 BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k),
+            4, 1, {"alpha": "fp32"},
+        )  # fmt: skip
+        yield Case(
+            f"{dtype} _routing_decide_kernel ({example})", rt._routing_decide_kernel,
+            {"logits_ptr": f"*{dtype}", "topk_ids_ptr": "*i32", "topk_weights_ptr": "*fp32", **per_row,
+             "budget_max_ptr": "*i64", "budget_fraction_ptr": "*fp32", "given_active_ptr": "*u8", "given_keep_ptr": "*u8",
+             "scratch_ptr": "*i64", "out_ids_ptr": "*i32", "out_weights_ptr": "*fp32", "active_out_ptr": "*u8"},
+            dict(MODE=args["MODE"], TOP_K=top_k, SLOTS=slots, BETA=args["BETA"], TIE_BY_MASS=args["TIE_BY_MASS"],
+                 KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=budget, RENORMALIZE=not budget,
+                 NUM_REAL_MODE=2, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=min(block_e, 32)),
+            4, 1,
+        )  # fmt: skip
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lynx_sglang.kernels.hopper_compile", description=__doc__.split("\n")[0])
     ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp16", "fp32"], choices=["bf16", "fp16", "fp32"])
-    ap.add_argument("--quick", action="store_true", help="SiLU only, and only the smallest and largest batch")
+    ap.add_argument("--quick", action="store_true",
+                    help="SiLU only, the smallest and largest batch, three routing specialisations")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("hopper_compile: unset TRITON_INTERPRET (the interpreter replaces the kernels)", file=sys.stderr)
         return 2
 
-    from .bench import MODEL_SHAPES
-    from .triton_moe import ACTIVATION_CODES, choose_config
+    from .triton_moe import ACTIVATION_CODES
 
     batches = (BATCHES[0], BATCHES[-1]) if args.quick else BATCHES
     activations = ["silu"] if args.quick else list(ACTIVATION_CODES)
-    element_sizes = {"bf16": 2, "fp16": 2, "fp32": 4}
-    failures = 0
-    compiled = 0
+    failures = compiled = 0
     started = time.monotonic()
     for dtype in args.dtypes:
-        configs = {}
-        for shape in MODEL_SHAPES:
-            for batch in batches:
-                config = choose_config(
-                    batch, shape.top_k, shape.experts, shape.hidden, shape.intermediate,
-                    element_size=element_sizes[dtype],
-                )  # fmt: skip
-                configs.setdefault((config, shape.top_k), f"{shape.name} B={batch}")
-        # Distinct (config, top_k) pairs over the benchmark shapes: the compile depends on nothing else.
-        for (config, top_k), example in configs.items():
-            for activation in activations:
-                for kernel, pointers, constexprs in kernel_cases(dtype, config, top_k, ACTIVATION_CODES[activation]):
-                    label = f"{dtype} {kernel.fn.__name__} {activation} k={top_k} {constexprs} ({example})"
-                    try:
-                        binary = compile_for_hopper(kernel, pointers, constexprs, config.num_warps, config.num_stages)
-                    except Exception as exc:  # report every failing case, not just the first
-                        failures += 1
-                        print(f"FAIL {label}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-                        continue
-                    shared = binary.metadata.shared
-                    if shared > HOPPER_MAX_SHARED_BYTES:
-                        failures += 1
-                        print(f"FAIL {label}: needs {shared} B of shared memory (> {HOPPER_MAX_SHARED_BYTES})")
-                        continue
-                    compiled += 1
-                    print(f"ok   {label}: shared {shared} B")
+        for case in [*moe_cases(dtype, batches, activations), *routing_cases(dtype, args.quick)]:
+            try:
+                binary = compile_for_hopper(case.kernel, case.pointers, case.constexprs, case.num_warps,
+                                            case.num_stages, case.scalars)  # fmt: skip
+            except Exception as exc:  # report every failing case, not just the first
+                failures += 1
+                print(f"FAIL {case.label}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+                continue
+            shared = binary.metadata.shared
+            if shared > HOPPER_MAX_SHARED_BYTES:
+                failures += 1
+                print(f"FAIL {case.label}: needs {shared} B of shared memory (> {HOPPER_MAX_SHARED_BYTES})")
+                continue
+            compiled += 1
+            print(f"ok   {case.label}: shared {shared} B")
     print(f"{compiled} compiled for sm_90, {failures} failed, in {time.monotonic() - started:.0f} s")
     return 1 if failures else 0
 

@@ -24,6 +24,8 @@ import torch
 # 2**RATIO_BITS before truncation (docs/policies.md).
 MASS_BITS = 20
 RATIO_BITS = 40
+# The fused kernels are compiled and tested up to this many experts; beyond, policies run the reference.
+MAX_FUSED_EXPERTS = 256
 # Non-finite logits are replaced by +-FP32_BIG (a quarter of the fp32 range keeps x - max(x) finite).
 FP32_BIG = torch.finfo(torch.float32).max / 4
 
@@ -119,7 +121,7 @@ def fused_supports(call: RoutingCall) -> bool:
     """Whether the fused implementations cover this call (static: rule and shapes only)."""
     if isinstance(call.rule, LynxRule) and call.logits.shape[0] > max_lynx_rows(call.rule.beta):
         return False  # beyond the int64 vote, the reference switches to float64 sums
-    return call.logits.shape[0] >= 1 and call.num_experts <= 1024
+    return call.logits.shape[0] >= 1 and call.num_experts <= MAX_FUSED_EXPERTS and call.top_k <= 64
 
 
 def fused_available(implementation: str) -> bool:

@@ -1,11 +1,14 @@
 """Micro-benchmark: time per `select` call of every policy (one MoE layer of one decode batch).
 
-    python -m lynx_sglang.policies.bench [--device cpu|cuda] [--repeats N] [--compile]
+    python -m lynx_sglang.policies.bench [--device cpu|cuda] [--repeats N] [--policies a,b] [--tokens 1,8]
+                                         [--experts 8,64] [--compile] [--no-launch-counts]
 
-CPU: median of `repeats` wall-clock calls (time.perf_counter). CUDA: the call is captured once in a
-CUDA graph and replayed; the time per replay comes from CUDA events (median of 5 batches of
-`repeats` replays), which is what a CUDA-graph decode step pays. Target on an H100/H200: at most
-15 microseconds per layer call at T <= 256, E <= 128.
+CPU: median wall clock of `repeats` calls, for the torch reference ("eager") and the fast path (the
+C++ op). CUDA: each call captured once in a CUDA graph and replayed, timed with CUDA events (median of
+5 batches of `repeats` replays), for the fused path (Triton) and the reference. Launches per call are
+counted by instrumentation (kernels/launches.py); without CUDA, the fused path's are counted with the
+Triton kernels running in Triton's interpreter. Targets: lynx fast path at most 150 us per call on one
+CPU core, and at most 15 us per call under graph replay on an H100/H200, for T <= 256 and E <= 128.
 """
 
 from __future__ import annotations
@@ -16,10 +19,16 @@ import time
 
 import torch
 
+from ..kernels.interpret import interpret_without_cuda
+from ..kernels.launches import count_launches
+from ..kernels.routing import fused_available
 from .registry import BUILTIN_POLICIES, get_policy
 
 DEFAULT_TOKENS = (1, 8, 32, 128, 256)
 DEFAULT_EXPERTS = (8, 64, 128)
+TARGET_CPU_US = 150.0
+TARGET_GPU_US = 15.0
+TARGET_SHAPES = "E <= 128, T <= 256"
 
 
 def top_k_for(num_experts: int) -> int:
@@ -53,7 +62,7 @@ def time_cpu(call, repeats: int) -> float:
 def time_cuda_graph(call, repeats: int) -> float:
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up (allocations, lazy init) outside the capture
+    with torch.cuda.stream(side):  # warm up (allocations, lazy init, Triton compiles) outside the capture
         for _ in range(3):
             call()
     torch.cuda.current_stream().wait_stream(side)
@@ -74,11 +83,32 @@ def time_cuda_graph(call, repeats: int) -> float:
     return statistics.median(per_replay)
 
 
-def main(argv=None) -> int:
+class Table:
+    """One table of microseconds: a row per (policy, E), a column per T."""
+
+    def __init__(self, title: str, tokens):
+        self.title = title
+        self.tokens = tokens
+        self.cells: dict[tuple[str, int], list[float]] = {}
+
+    def header(self) -> str:
+        head = f"{'policy':<12} {'E':>4} {'k':>2} " + " ".join(f"{'T=' + str(t):>9}" for t in self.tokens)
+        return f"\n## {self.title}\n{head}\n{'-' * len(head)}"
+
+    def row(self, name: str, num_experts: int, values: list[float]) -> str:
+        self.cells[name, num_experts] = values
+        return f"{name:<12} {num_experts:>4} {top_k_for(num_experts):>2} " + " ".join(f"{v:>9.1f}" for v in values)
+
+    def worst(self, name: str, max_experts: int, max_tokens: int) -> float | None:
+        values = [v for (policy, experts), row in self.cells.items() if policy == name and experts <= max_experts
+                  for t, v in zip(self.tokens, row) if t <= max_tokens]  # fmt: skip
+        return max(values) if values else None
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lynx_sglang.policies.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"],
-                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per cell (default 50 on CPU, 200 graph replays on CUDA)")
     parser.add_argument("--policies", default=",".join(BUILTIN_POLICIES),
@@ -86,47 +116,101 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", default=",".join(map(str, DEFAULT_TOKENS)))
     parser.add_argument("--experts", default=",".join(map(str, DEFAULT_EXPERTS)))
     parser.add_argument("--compile", action="store_true",
-                        help="time torch.compile(policy.select, fullgraph=True) (inductor) instead of eager")
+                        help="also time torch.compile(select, fullgraph=True) (inductor) of the torch reference")
+    parser.add_argument("--no-launch-counts", action="store_true", help="skip counting launches per call")
     args = parser.parse_args(argv)
-
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    repeats = args.repeats or (200 if args.device == "cuda" else 50)
-    tokens = [int(x) for x in args.tokens.split(",")]
-    experts = [int(x) for x in args.experts.split(",")]
-    names = [name.strip() for name in args.policies.split(",") if name.strip()]
-    device = torch.device(args.device)
-    logits_dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    timer = time_cuda_graph if args.device == "cuda" else time_cpu
+    args.repeats = args.repeats or (200 if args.device == "cuda" else 50)
+    args.tokens = [int(x) for x in args.tokens.split(",")]
+    args.experts = [int(x) for x in args.experts.split(",")]
+    args.policies = [name.strip() for name in args.policies.split(",") if name.strip()]
+    return args
 
-    where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
-    mode = "torch.compile (inductor), " if args.compile else "eager, "
-    mode += "CUDA graph replay, CUDA events" if args.device == "cuda" else "median wall clock"
-    print(f"# policy select() time per call, microseconds; {where}; torch {torch.__version__}; "
-          f"{mode}; {repeats} repeats; logits {str(logits_dtype).replace('torch.', '')}; "
-          "all rows real (num_real as a 0-dim tensor)")
-    header = f"{'policy':<12} {'E':>4} {'k':>2} " + " ".join(f"{'T=' + str(t):>9}" for t in tokens)
-    print(header)
-    print("-" * len(header))
-    for name in names:
-        for num_experts in experts:
-            top_k = top_k_for(num_experts)
+
+def policies_of(args):
+    """(name, E, policy) for every cell row; names a policy cannot take at that shape are reported."""
+    for name in args.policies:
+        for num_experts in args.experts:
             try:
-                policy = get_policy(name, num_experts=num_experts, top_k=top_k, renormalize=True)
+                yield name, num_experts, get_policy(name, num_experts=num_experts, top_k=top_k_for(num_experts))
             except ValueError as error:
-                print(f"{name:<12} {num_experts:>4} {top_k:>2}  skipped: {error}")
-                continue
-            select = policy.select
-            if args.compile:
-                torch._dynamo.reset()
-                select = torch.compile(policy.select, fullgraph=True)
-            cells = []
-            for num_rows in tokens:
-                logits, ids, weights = make_batch(num_rows, num_experts, top_k, device, logits_dtype)
-                num_real = torch.tensor(num_rows, device=device)
-                micros = timer(lambda: select(logits, ids, weights, num_real), repeats)
-                cells.append(f"{micros:>9.1f}")
-            print(f"{name:<12} {num_experts:>4} {top_k:>2} " + " ".join(cells), flush=True)
+                print(f"{name:<12} {num_experts:>4}  skipped: {error}")
+
+
+def run_table(table: Table, args, device, dtype, timer, implementation: str, compiled: bool = False) -> None:
+    print(table.header())
+    for name, num_experts, policy in policies_of(args):
+        select = policy.select
+        if compiled:
+            torch._dynamo.reset()
+            select = torch.compile(policy.select, fullgraph=True)
+        values = []
+        for num_rows in args.tokens:
+            logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype)
+            num_real = torch.tensor(num_rows, device=device)
+            values.append(timer(lambda: select(logits, ids, weights, num_real, implementation=implementation),
+                                args.repeats))  # fmt: skip
+        print(table.row(name, num_experts, values), flush=True)
+
+
+def launch_counts(args, device, dtype, fused: str) -> None:
+    """Launches per call of the fused path and of the torch reference, at the smallest and largest T."""
+    where = "on the device" if device.type == "cuda" else "Triton kernels run in Triton's interpreter"
+    print(f"\n## launches per layer call (counted: Triton launches + torch ops that launch a CUDA kernel; {where})")
+    print(f"{'policy':<12} {'E':>4} {'k':>2} {'fused (triton + torch)':>24} {'torch reference':>16}")
+    sizes = sorted({min(args.tokens), max(args.tokens)})
+    for name, num_experts, policy in policies_of(args):
+        fused_counts, reference_counts = [], []
+        for num_rows in sizes:
+            logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype)
+            num_real = torch.tensor(num_rows, device=device)
+            counter = count_launches(policy.select, logits, ids, weights, num_real, implementation=fused)
+            fused_counts.append(f"{counter.triton} + {counter.torch_ops}")
+            reference = count_launches(policy.select, logits, ids, weights, num_real, implementation="torch")
+            reference_counts.append(str(reference.torch_ops))
+        print(f"{name:<12} {num_experts:>4} {top_k_for(num_experts):>2} {' / '.join(fused_counts):>24} "
+              f"{' / '.join(reference_counts):>16}", flush=True)  # fmt: skip
+    print(f"(each cell: T={' / T='.join(map(str, sizes))})")
+
+
+def target_line(label: str, table: Table, target: float) -> str:
+    worst = table.worst("lynx", 128, 256)
+    if worst is None:
+        return f"# target {label}: lynx not measured at {TARGET_SHAPES}"
+    verdict = "met" if worst <= target else "MISSED"
+    return f"# target {label}: lynx, worst cell at {TARGET_SHAPES}: {worst:.1f} us (target {target:.0f} us): {verdict}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    on_gpu = args.device == "cuda"
+    if not on_gpu:
+        interpret_without_cuda()  # launch counts of the Triton path without a GPU
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    where = torch.cuda.get_device_name() if on_gpu else f"cpu, {torch.get_num_threads()} thread(s)"
+    mode = "CUDA graph replay, CUDA events" if on_gpu else "median wall clock"
+    print(f"# policy select() time per layer call, microseconds; {where}; torch {torch.__version__}; {mode}; "
+          f"{args.repeats} repeats; logits {str(dtype).replace('torch.', '')}; all rows real (num_real a 0-dim tensor)")
+    timer = time_cuda_graph if on_gpu else time_cpu
+    fast = "triton" if on_gpu else "cpu"
+    if not on_gpu:
+        print("# CUDA: no CUDA device here, so no graph-replay times; launch counts below use Triton's interpreter")
+    eager = Table("torch reference" + (" (CUDA graph replay)" if on_gpu else " (CPU eager)"), args.tokens)
+    run_table(eager, args, device, dtype, timer, "torch")
+    fused = Table("fused path" + (": Triton, CUDA graph replay" if on_gpu else ": CPU fast path (C++ op)"), args.tokens)
+    if fused_available(fast):
+        run_table(fused, args, device, dtype, timer, fast)
+        print(target_line("CUDA graph replay" if on_gpu else "CPU fast path, one core", fused,
+                          TARGET_GPU_US if on_gpu else TARGET_CPU_US))
+    else:
+        print(f"\n## {fused.title}: not available here (see the log); policies run the torch reference")
+    if args.compile:
+        run_table(Table("torch.compile (inductor) of the torch reference", args.tokens), args, device, dtype, timer,
+                  "torch", compiled=True)  # fmt: skip
+    if not args.no_launch_counts and fused_available("triton"):
+        launch_counts(args, device, dtype, "triton")
     return 0
 
 

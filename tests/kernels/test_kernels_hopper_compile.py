@@ -1,5 +1,6 @@
-"""The Triton kernels compile for an H100/H200 (sm_90) at the tile sizes choose_config picks for the
-benchmark shapes, and fit in its shared memory: checked ahead of time, no GPU needed."""
+"""The Triton kernels (the active-expert MoE and the fused routing decision) compile for an H100/H200
+(sm_90) at the tile sizes the code picks for the benchmark shapes, and fit in its shared memory: checked
+ahead of time, no GPU needed."""
 
 import os
 import subprocess
@@ -20,6 +21,8 @@ def test_kernels_compile_for_hopper():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " 0 failed" in proc.stdout
     assert "FAIL" not in proc.stdout
+    for kernel in ("_gate_up_activation_kernel", "_routing_rows_kernel", "_routing_decide_kernel"):
+        assert f"ok   bf16 {kernel}" in proc.stdout and f"ok   fp32 {kernel}" in proc.stdout, kernel
 
 
 def test_fp32_tiles_are_shrunk_to_fit_shared_memory():

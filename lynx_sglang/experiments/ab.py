@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from rich.console import Console
@@ -20,7 +21,7 @@ from rich.table import Table
 from . import fmt, plots
 from .analysis import compare_arms, group_blocks, summarise_arm, within_points
 from .arms import Arm, ArmSpecError, arm_from_flags
-from .experiment import Experiment, add_common_arguments, check_common, parse_levels, prepare_items, run
+from .experiment import Experiment, add_common_arguments, check_common, parse_levels, prepare_items, run, say
 from .tasks import TaskError
 
 # The best setting found for the embedded model by `lynx-sglang sweep` (docs/results/).
@@ -51,6 +52,8 @@ def build_arms(args) -> list[Arm]:
         b = DEFAULT_B
     else:
         b = arm_from_flags(args.b or DEFAULT_B.policy, args.b_param, args.b_budget)
+    if a == b:  # an A/A run: the same setting twice, measured and reported as two arms
+        a, b = replace(a, tag="A"), replace(b, tag="B")
     return [a, b]
 
 
@@ -100,8 +103,9 @@ def verdicts(comparison: dict) -> list[str]:
     accuracy += (f"; within {100 * NON_INFERIORITY_POINTS:.0f} point: {'yes' if within else 'no'}"
                  f" (lower end {fmt.points(c['accuracy_diff_ci'][0])})")
     lines.append(accuracy)
-    lines.append(f"expert bytes per decode token: B reads {fmt.fewer(c['expert_bytes_ratio'])} than A "
-                 f"({fmt.megabytes(c['expert_bytes_per_decode_token_b'])} vs {fmt.megabytes(c['expert_bytes_per_decode_token_a'])})")
+    lines.append(f"expert bytes per decode token: B reads {fmt.fewer(c['expert_bytes_fraction_b'])} than the model's routing "
+                 f"on the same decode steps; {fmt.megabytes(c['expert_bytes_per_decode_token_b'])} (B) vs "
+                 f"{fmt.megabytes(c['expert_bytes_per_decode_token_a'])} (A), {fmt.fewer(c['expert_bytes_ratio'])}")
     low, high = c["tpot_median_ratio_ci"]
     speed = "faster" if high < 1 else "slower" if low > 1 else "no clear difference"
     lines.append(f"median TPOT {fmt.ms(c['tpot_median_ms_b'])} ms (B) vs {fmt.ms(c['tpot_median_ms_a'])} ms (A), ratio "
@@ -162,12 +166,12 @@ def publish(experiment: Experiment, results: dict, console: Console) -> None:
                plots.latency_distributions(experiment.raw, out / "latency.png")]
     (out / "report.md").write_text(report_markdown(results, figures))
     print_summary(results, console)
-    console.print(f"report: {out / 'report.md'}")
+    say(console, f"report: {out / 'report.md'}")
 
 
 def report_markdown(results: dict, figures: list[str]) -> str:
     config, versions = results["config"], results["versions"]
-    lines = [f"# A/B: {results['a']} (A) against {results['b']} (B)", ""]
+    lines = [f"# A/B: A = {results['a']}, B = {results['b']}", ""]
     if results["status"] != "complete":
         lines += [f"**Partial results** ({results['status']}: {results['message']}); {results['blocks']} blocks measured.", ""]
     lines += [

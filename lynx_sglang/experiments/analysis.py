@@ -163,6 +163,7 @@ def compare_arms(a: ArmData, b: ArmData, items: list[Item], summary_a: dict, sum
         "by_task": paired_by_task(common, a, b, items),
         "expert_bytes_per_decode_token_a": bytes_a, "expert_bytes_per_decode_token_b": bytes_b,
         "expert_bytes_ratio": bytes_b / bytes_a if bytes_a and bytes_b is not None else None,
+        "expert_bytes_fraction_b": same_step_fraction(summary_b["server"]),
         "distinct_experts_a": summary_a["server"]["distinct_experts_after"],
         "distinct_experts_b": summary_b["server"]["distinct_experts_after"],
         "tpot_median_ms_a": summary_a["tpot_ms"]["median"], "tpot_median_ms_b": summary_b["tpot_ms"]["median"],
@@ -175,6 +176,14 @@ def compare_arms(a: ArmData, b: ArmData, items: list[Item], summary_a: dict, sum
         result[f"{metric.removesuffix('_ms')}_median_ratio"] = estimate
         result[f"{metric.removesuffix('_ms')}_median_ratio_ci"] = [low, high]
     return result
+
+
+def same_step_fraction(server: dict) -> float | None:
+    """Expert bytes the policy read as a fraction of what the model's own routing would have read on
+    the very same decode steps. Unlike a ratio between arms it does not move with the decode batch
+    sizes, which timing makes differ from arm to arm."""
+    before, after = server["expert_bytes_per_decode_token_before"], server["expert_bytes_per_decode_token_after"]
+    return after / before if before else None
 
 
 def paired_accuracy(a_ok: list[bool], b_ok: list[bool]) -> dict:

@@ -33,11 +33,13 @@ class Arm:
     policy: str
     params: dict = field(default_factory=dict, hash=False)
     budget: str | None = None
+    tag: str | None = None  # tells two arms of the same setting apart (an A/A run)
 
     @property
     def label(self) -> str:
         text = self.policy + (f"+{self.budget}" if self.budget else "")
-        return text + "".join(f":{key}={format_value(value)}" for key, value in self.params.items())
+        text += "".join(f":{key}={format_value(value)}" for key, value in self.params.items())
+        return text + (f" ({self.tag})" if self.tag else "")
 
     def request_body(self) -> dict:
         """The POST /lynx/policy body that puts the server in this arm's setting."""
@@ -46,9 +48,6 @@ class Arm:
     def as_json(self) -> dict:
         return {"label": self.label, **self.request_body()}
 
-    @classmethod
-    def from_json(cls, data: dict) -> "Arm":
-        return cls(data["policy"], dict(data.get("params") or {}), data.get("budget"))
 
 
 def format_value(value) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 from .arms import Arm
 from .client import ENDPOINTS, AdminClient, ServerError
@@ -115,13 +116,13 @@ def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: b
     try:
         done = store.start(experiment.config(), resume=resume)
     except ResumeError as error:
-        console.print(f"[red]error:[/red] {error}")
+        say(console, f"error: {error}", "red")
         return 2
     started = time.monotonic()
     try:
         server, admin, url = connect(experiment, console)
     except ServerError as error:  # unreachable URL, refused token, a server that would not start
-        console.print(f"[red]error:[/red] {error}")
+        say(console, f"error: {error}", "red")
         return 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -139,18 +140,18 @@ def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: b
             server.stop()
     blocks = store.load()[1]
     if message:
-        console.print(f"[red]error:[/red] {message}" if status == "server-error" else f"[yellow]{message}[/yellow]")
+        say(console, f"error: {message}" if status == "server-error" else message, "red" if status == "server-error" else "yellow")
     run_info = {"status": status, "message": message, "seconds": time.monotonic() - started, "blocks": len(blocks),
                 "versions": versions(experiment)}
     if not blocks:
-        console.print(f"nothing was measured; {store.path} holds the configuration only")
+        say(console, f"nothing was measured; {store.path} holds the configuration only")
         return EXIT_INTERRUPTED if status == "interrupted" else 1
     results = analyse(experiment, blocks, run_info)
     write_json(experiment.out / "results.json", results)
     publish(experiment, results, console)
     if status != "complete":
-        console.print(f"partial results ({len(blocks)} blocks) written to {experiment.out}; "
-                      f"`--resume` continues from {store.path.name}")
+        say(console, f"partial results ({len(blocks)} blocks) written to {experiment.out}; "
+                     f"`--resume` continues from {store.path.name}")
     return {"complete": 0, "interrupted": EXIT_INTERRUPTED}.get(status, 1)
 
 
@@ -163,7 +164,7 @@ def connect(experiment: Experiment, console: Console) -> tuple[ManagedServer | N
     experiment.out.mkdir(parents=True, exist_ok=True)
     server = ManagedServer(experiment.out / "server.log", policy=experiment.arms[0].policy,
                            model_path=args.model_path, serve_args=args.serve_arg)
-    console.print(f"starting lynx-sglang serve on port {server.port} (log: {server.log_path})")
+    say(console, f"starting lynx-sglang serve on port {server.port} (log: {server.log_path})")
     try:
         server.wait_healthy()
         admin = AdminClient(server.url, server.token)
@@ -172,6 +173,11 @@ def connect(experiment: Experiment, console: Console) -> tuple[ManagedServer | N
         server.stop()
         raise
     return server, admin, server.url
+
+
+def say(console: Console, text: str, style: str | None = None) -> None:
+    """One message, never wrapped (paths and URLs stay greppable), never read as rich markup."""
+    console.print(escape(text), style=style, soft_wrap=True)
 
 
 def server_message(error: ServerError, server: ManagedServer | None) -> str:

@@ -49,6 +49,13 @@ class ManagedServer:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def exited_within(self, seconds: float) -> bool:
+        try:
+            self.process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def wait_healthy(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

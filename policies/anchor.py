@@ -6,8 +6,10 @@ import math
 
 import torch
 
-from .base import Policy, RoutingContext
+from .base import Policy, RoutingContext, real_rows
+from .budget import ExpertBudget
 from .keys import MASS_ONE
+from .params import PolicyConfigError
 
 
 class AnchorPolicy(Policy):
@@ -22,20 +24,59 @@ class AnchorPolicy(Policy):
     their own top-k weight are not served (they go wherever the others' experts are, as lynx-v1's
     non-voters do).
 
+    `layer_caps` (one entry per layer, the last repeating; 0 = none) caps a layer's active experts,
+    below k if asked, whenever the batch has two voters or more: for layers whose experts a model can
+    share across a batch almost freely (found per model with `lynx-sglang sweep`). A token then fills
+    as many slots as there are active experts, as under an expert budget.
+
     A lone voter is served by its top-1 (most routed mass among its acceptable experts) and the shared
     top-up restores the rest of its top-k, so its routing is unchanged; so is a batch whose voters use
-    no more than k experts in all.
+    no more than k experts in all (and no cap below k).
     """
 
     name = "anchor"
 
-    def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, ratio=0.5, min_share=0.0):
+    def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, ratio=0.5, min_share=0.0,
+                 layer_caps=None):
         super().__init__(num_experts, top_k, renormalize, layers)
         self.ratio = self.check_float("ratio", ratio, 0.0, 1.0, low_open=True)
         self.min_share = self.check_float("min_share", min_share, 0.0, 1.0)
+        self.layer_caps = self.check_layer_caps(layer_caps)
         # log(p_e / p_top1) = L_e - L_top1, so "p_e >= ratio * p_top1" is one fp32 subtraction and a
         # comparison with this constant: the same decision on every device.
         self._log_ratio = torch.tensor(math.log(self.ratio), dtype=torch.float32).item()
+
+    def check_layer_caps(self, caps) -> tuple[int, ...] | None:
+        if caps is None:
+            return None
+        if not isinstance(caps, (list, tuple)) or not caps:
+            raise PolicyConfigError(f"policy '{self.name}': parameter 'layer_caps'={caps!r} is not a list "
+                                    f"(allowed: one integer 0..{self.num_experts} per layer, 0 = no cap)")
+        return tuple(self.check_int("layer_caps", cap, 0, self.num_experts) for cap in caps)
+
+    def layer_cap(self, layer_id: int | None) -> int | None:
+        """The cap of this layer (the list's last entry for deeper layers); None: no cap."""
+        if self.layer_caps is None or layer_id is None:
+            return None
+        cap = self.layer_caps[min(layer_id, len(self.layer_caps) - 1)]
+        return cap or None
+
+    def select(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None, budget=None, **options):
+        cap = self.layer_cap(layer_id)
+        if cap is not None and self.applies_to_layer(layer_id):
+            budget = self.capped_budget(budget, cap, router_logits, num_real)
+        return super().select(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, **options)
+
+    def capped_budget(self, budget: ExpertBudget | None, cap: int, router_logits, num_real) -> ExpertBudget:
+        """This layer's cap joined with the caller's budget. The cap holds only with two voters or
+        more, so a lone token keeps its routing even under a cap below k."""
+        device = router_logits.device
+        voters = (real_rows(router_logits.shape[0], num_real, device) & torch.isfinite(router_logits).all(dim=1)).sum()
+        uncapped = torch.tensor(self.num_experts, dtype=torch.int64, device=device)
+        layer_max = torch.where(voters >= 2, torch.tensor(cap, dtype=torch.int64, device=device), uncapped)
+        if budget is None:
+            return ExpertBudget(self.num_experts, layer_max, torch.tensor(1.0, dtype=torch.float32, device=device))
+        return ExpertBudget(self.num_experts, torch.minimum(budget.max_experts, layer_max), budget.mass_fraction)
 
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
         logits = ctx.logits

@@ -79,19 +79,28 @@ def parse_value(text: str):
 
 
 def expand_values(text: str) -> list:
-    """`1` -> [1]; `0.5,1,2` -> [0.5, 1, 2]; `3..7` -> [3, 4, 5, 6, 7]; `[0,1]` -> [[0, 1]]."""
+    """`1` -> [1]; `0.5,1,2` -> [0.5, 1, 2]; `3..7` -> [3, 4, 5, 6, 7]; `[0,1],[2]` -> [[0, 1], [2]]."""
     text = text.strip()
     if not text:
         raise ArmSpecError("empty value")
-    if text[0] in "[{":
-        return [parse_value(text)]
     found = _RANGE.match(text)
     if found:
         low, high = int(found.group(1)), int(found.group(2))
         if high < low:
             raise ArmSpecError(f"range {text!r} is empty (high below low)")
         return list(range(low, high + 1))
-    return [parse_value(part) for part in text.split(",")]
+    return [parse_value(part) for part in top_level_parts(text)]
+
+
+def top_level_parts(text: str) -> list[str]:
+    """Split at commas outside brackets: `[0,1],[2]` -> [`[0,1]`, `[2]`]."""
+    parts, depth, start = [], 0, 0
+    for position, char in enumerate(text):
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            parts.append(text[start:position])
+            start = position + 1
+    return parts + [text[start:]]
 
 
 def parse_assignment(text: str) -> tuple[str, list]:

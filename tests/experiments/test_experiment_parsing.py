@@ -110,6 +110,7 @@ def test_value_lists_ranges_and_types():
     assert expand_values("true") == [True] and expand_values("none") == [None]
     assert expand_values("mass") == ["mass"]
     assert expand_values("[0,1]") == [[0, 1]]
+    assert expand_values("[0,1],[2],{\"a\":[1,2]}") == [[0, 1], [2], {"a": [1, 2]}]
     with pytest.raises(ArmSpecError, match="empty"):
         expand_values("5..3")
 

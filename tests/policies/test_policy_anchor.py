@@ -150,3 +150,68 @@ def test_bad_parameters_are_refused_at_construction(params, message):
 def test_log_ratio_constant_is_the_fp32_log():
     policy = get_policy("anchor", 8, 2, True, ratio=0.3)
     assert policy._log_ratio == pytest.approx(math.log(0.3), rel=1e-7)
+
+
+# ---- layer_caps ------------------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(shape=SHAPES, padding=st.integers(0, 5), seed=st.integers(0, 10_000), renormalize=st.booleans(),
+       layer=st.integers(0, 5))
+def test_a_lone_token_keeps_its_routing_under_caps_below_k(shape, padding, seed, renormalize, layer):
+    num_experts, top_k = shape
+    policy = get_policy("anchor", num_experts, top_k, renormalize, layer_caps=[1, 0, 1])
+    logits = make_logits(1 + padding, num_experts, seed=seed)
+    ids, weights = normal_routing(logits, top_k, renormalize)
+    decision = policy.select(logits, ids, weights, torch.tensor(1), layer_id=layer)
+    assert torch.equal(decision.topk_ids, ids) and torch.equal(decision.topk_weights, weights)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=SHAPES, rows=st.integers(2, 48), seed=st.integers(0, 10_000), renormalize=st.booleans(),
+       cap=st.integers(1, 4))
+def test_a_capped_layer_uses_at_most_cap_experts_and_others_are_untouched(shape, rows, seed, renormalize, cap):
+    num_experts, top_k = shape
+    capped = get_policy("anchor", num_experts, top_k, renormalize, ratio=0.5, layer_caps=[0, cap])
+    free = get_policy("anchor", num_experts, top_k, renormalize, ratio=0.5)
+    logits = make_logits(rows, num_experts, seed=seed, skew=1.0)
+    ids, weights = normal_routing(logits, top_k, renormalize)
+    for layer in (1, 7):  # layer 7 takes the list's last entry
+        decision = capped.select(logits, ids, weights, layer_id=layer)
+        assert int(decision.active_mask.sum()) <= cap
+        assert torch.all(decision.active_mask[decision.topk_ids.long()])
+        sums = decision.topk_weights.sum(dim=1)
+        assert torch.allclose(sums, torch.ones_like(sums) if renormalize else weights.sum(dim=1), atol=1e-5)
+    for got, want in zip(capped.select(logits, ids, weights, layer_id=0), free.select(logits, ids, weights, layer_id=0)):
+        assert torch.equal(got, want)
+
+
+def test_layer_cap_and_a_callers_budget_take_the_smaller():
+    from lynx_sglang.policies import ExpertBudget
+
+    policy = get_policy("anchor", 16, 2, True, ratio=1.0, layer_caps=[6])
+    logits = make_logits(40, 16, seed=2)
+    ids, weights = normal_routing(logits, 2, True)
+    budget = ExpertBudget.unlimited(16).set_experts(3)
+    assert int(policy.select(logits, ids, weights, layer_id=0, budget=budget).active_mask.sum()) == 3
+    budget.set_experts(12)
+    assert int(policy.select(logits, ids, weights, layer_id=0, budget=budget).active_mask.sum()) == 6
+
+
+def test_capped_layers_compile_fullgraph_with_static_shapes():
+    policy = get_policy("anchor", 16, 4, True, layer_caps=[2])
+    logits = make_logits(6, 16, seed=5)
+    ids, weights = normal_routing(logits, 4, True)
+    torch._dynamo.reset()
+    graphs = []
+    compiled = torch.compile(policy.select, fullgraph=True, backend=recording_backend(graphs))
+    got = compiled(logits, ids, weights, torch.tensor(4), layer_id=0)
+    want = policy.select(logits, ids, weights, torch.tensor(4), layer_id=0, implementation="torch")
+    assert all(torch.equal(a, b) for a, b in zip(got, want)) and int(got.active_mask.sum()) <= 2
+    for graph_module in graphs:
+        assert_static(graph_module, "anchor layer_caps")
+
+
+@pytest.mark.parametrize("caps", [[], 3, [0, 9], [-1], ["2"]])
+def test_bad_layer_caps_are_refused(caps):
+    with pytest.raises(PolicyConfigError, match="layer_caps"):
+        get_policy("anchor", 8, 2, True, layer_caps=caps)

@@ -24,7 +24,8 @@ class AnchorPolicy(Policy):
     their own top-k weight are not served (they go wherever the others' experts are, as lynx-v1's
     non-voters do).
 
-    `layer_caps` (one entry per layer, the last repeating; 0 = none) caps a layer's active experts,
+    `ratio` and `min_share` take one value, or a list with one per layer (the last repeating for
+    deeper layers). `layer_caps` (a list of the same kind; 0 = none) caps a layer's active experts,
     below k if asked, whenever the batch has two voters or more: for layers whose experts a model can
     share across a batch almost freely (found per model with `lynx-sglang sweep`). A token then fills
     as many slots as there are active experts, as under an expert budget.
@@ -39,27 +40,33 @@ class AnchorPolicy(Policy):
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, ratio=0.5, min_share=0.0,
                  layer_caps=None):
         super().__init__(num_experts, top_k, renormalize, layers)
-        self.ratio = self.check_float("ratio", ratio, 0.0, 1.0, low_open=True)
-        self.min_share = self.check_float("min_share", min_share, 0.0, 1.0)
-        self.layer_caps = self.check_layer_caps(layer_caps)
+        # Each setting is one value or a list with one per layer (the last repeating for deeper layers).
+        self.ratio = self.per_layer("ratio", ratio, lambda v: self.check_float("ratio", v, 0.0, 1.0, low_open=True))
+        self.min_share = self.per_layer("min_share", min_share, lambda v: self.check_float("min_share", v, 0.0, 1.0))
+        self.layer_caps = None if layer_caps is None else self.per_layer(
+            "layer_caps", layer_caps, lambda v: self.check_int("layer_caps", v, 0, self.num_experts), scalar=False)
         # log(p_e / p_top1) = L_e - L_top1, so "p_e >= ratio * p_top1" is one fp32 subtraction and a
         # comparison with this constant: the same decision on every device.
-        self._log_ratio = torch.tensor(math.log(self.ratio), dtype=torch.float32).item()
+        self._log_ratio = tuple(torch.tensor(math.log(r), dtype=torch.float32).item() for r in self.ratio)
 
-    def check_layer_caps(self, caps) -> tuple[int, ...] | None:
-        if caps is None:
-            return None
-        if not isinstance(caps, (list, tuple)) or not caps:
-            raise PolicyConfigError(f"policy '{self.name}': parameter 'layer_caps'={caps!r} is not a list "
-                                    f"(allowed: one integer 0..{self.num_experts} per layer, 0 = no cap)")
-        return tuple(self.check_int("layer_caps", cap, 0, self.num_experts) for cap in caps)
+    def per_layer(self, name: str, value, check, *, scalar: bool = True) -> tuple:
+        if isinstance(value, (list, tuple)) and value:
+            return tuple(check(v) for v in value)
+        if scalar and not isinstance(value, (list, tuple)):
+            return (check(value),)
+        raise PolicyConfigError(f"policy '{self.name}': parameter '{name}'={value!r} is not a list "
+                                f"(allowed: one value per layer{', or one for all' if scalar else ''}"
+                                f"{f'; integers 0..{self.num_experts}, 0 = no cap' if name == 'layer_caps' else ''})")
+
+    @staticmethod
+    def for_layer(values: tuple, layer_id: int | None):
+        return values[0 if layer_id is None else min(layer_id, len(values) - 1)]
 
     def layer_cap(self, layer_id: int | None) -> int | None:
-        """The cap of this layer (the list's last entry for deeper layers); None: no cap."""
+        """This layer's cap; None: no cap."""
         if self.layer_caps is None or layer_id is None:
             return None
-        cap = self.layer_caps[min(layer_id, len(self.layer_caps) - 1)]
-        return cap or None
+        return self.for_layer(self.layer_caps, layer_id) or None
 
     def select(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None, budget=None, **options):
         cap = self.layer_cap(layer_id)
@@ -80,7 +87,7 @@ class AnchorPolicy(Policy):
 
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
         logits = ctx.logits
-        acceptable = (logits - logits.max(dim=1, keepdim=True).values) >= self._log_ratio
+        acceptable = (logits - logits.max(dim=1, keepdim=True).values) >= self.for_layer(self._log_ratio, ctx.layer_id)
         needs = ctx.voters & self.insisting(ctx)
         served = torch.zeros_like(needs)
         active = torch.zeros(self.num_experts, dtype=torch.bool, device=logits.device)
@@ -99,7 +106,8 @@ class AnchorPolicy(Policy):
 
     def insisting(self, ctx: RoutingContext) -> torch.Tensor:
         """[T] bool: voters whose top-1 carries at least min_share of their own top-k weight."""
-        if self.min_share == 0.0:
+        min_share = self.for_layer(self.min_share, ctx.layer_id)
+        if min_share == 0.0:
             return torch.ones_like(ctx.voters)
         top_share = ctx.own_weights()[:, 0]  # MASS_ONE units, best first
-        return top_share >= math.ceil(self.min_share * MASS_ONE)
+        return top_share >= math.ceil(min_share * MASS_ONE)

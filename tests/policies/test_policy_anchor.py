@@ -140,7 +140,8 @@ def test_compiles_fullgraph_with_static_shapes():
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"ratio": 0.0}, "ratio"), ({"ratio": 1.5}, "ratio"), ({"min_share": -0.1}, "min_share"), ({"other": 1}, "unknown parameter"),
+    ({"ratio": 0.0}, "ratio"), ({"ratio": 1.5}, "ratio"), ({"ratio": []}, "ratio"), ({"ratio": [0.5, 2.0]}, "ratio"),
+    ({"min_share": -0.1}, "min_share"), ({"other": 1}, "unknown parameter"),
 ])
 def test_bad_parameters_are_refused_at_construction(params, message):
     with pytest.raises(PolicyConfigError, match=message):
@@ -149,7 +150,17 @@ def test_bad_parameters_are_refused_at_construction(params, message):
 
 def test_log_ratio_constant_is_the_fp32_log():
     policy = get_policy("anchor", 8, 2, True, ratio=0.3)
-    assert policy._log_ratio == pytest.approx(math.log(0.3), rel=1e-7)
+    assert policy._log_ratio[0] == pytest.approx(math.log(0.3), rel=1e-7)
+
+
+def test_per_layer_settings_take_the_last_entry_for_deeper_layers():
+    logits = make_logits(40, 16, seed=8, skew=1.0)
+    ids, weights = normal_routing(logits, 2, True)
+    layered = get_policy("anchor", 16, 2, True, ratio=[1.0, 0.2], min_share=[0.0, 0.0, 0.9])
+    for layer, ratio, min_share in ((0, 1.0, 0.0), (1, 0.2, 0.0), (2, 0.2, 0.9), (9, 0.2, 0.9)):
+        single = get_policy("anchor", 16, 2, True, ratio=ratio, min_share=min_share)
+        for got, want in zip(layered.select(logits, ids, weights, layer_id=layer), single.select(logits, ids, weights, layer_id=layer)):
+            assert torch.equal(got, want), layer
 
 
 # ---- layer_caps ------------------------------------------------------------------------------------

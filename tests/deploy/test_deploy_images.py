@@ -1,0 +1,79 @@
+"""deploy/Dockerfile (CPU) and deploy/Dockerfile.gpu, read as Docker would (no engine here): the SGLang
+version they carry, the installer they run, the layer that keeps SGLang cached, the user they run as."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from deploy_testlib import DEPLOY, ROOT
+
+DOCKERFILES = {"cpu": DEPLOY / "Dockerfile", "gpu": DEPLOY / "Dockerfile.gpu"}
+# What scripts/install.sh reads (plus the folder lister): the only sources allowed before the install.
+INSTALL_INPUTS = {"Makefile", "pyproject.toml", "requirements/", "scripts/", "deploy/package_dirs.py",
+                  "deploy/gpu-build/", "lynx_sglang/__init__.py", "lynx_sglang/cpu_runtime/"}
+
+
+def instructions(path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", "\n".join(l for l in path.read_text().splitlines() if not l.lstrip().startswith("#")))
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in text.splitlines() if line.strip()]
+
+
+def sglang_pin(text: str) -> str:
+    [version] = set(re.findall(r"sglang==([\w.]+)", text))
+    return version
+
+
+@pytest.mark.parametrize("kind", DOCKERFILES)
+def test_image_installs_through_the_readme_installer(kind):
+    # README: `make serve` / `make test` install first; `make install` is scripts/install.sh.
+    assert "make serve" in (ROOT / "README.md").read_text()
+    assert "bash scripts/install.sh" in (ROOT / "Makefile").read_text()
+    runs = [args for op, args in instructions(DOCKERFILES[kind]) if op == "RUN"]
+    assert sum("make install" in r for r in runs) == 1, runs
+    assert not any(re.search(r"pip install[^&]*\bsglang\b", r) for r in runs), "SGLang installed outside the installer"
+
+
+def test_both_images_carry_the_sglang_version_the_project_pins():
+    project = sglang_pin((ROOT / "pyproject.toml").read_text())
+    assert sglang_pin((ROOT / "scripts" / "install.sh").read_text()) == project  # the CPU image's SGLang
+    gpu = instructions(DOCKERFILES["gpu"])
+    assert ("ARG", f"SGLANG_VERSION={project}") in gpu
+    assert ("FROM", "lmsysorg/sglang:v${SGLANG_VERSION}") in gpu  # SGLang's official image of that release
+
+
+@pytest.mark.parametrize("kind", DOCKERFILES)
+def test_sglang_layer_is_reused_when_only_project_code_changes(kind):
+    steps = instructions(DOCKERFILES[kind])
+    install = next(i for i, (op, args) in enumerate(steps) if op == "RUN" and "make install" in args)
+    copied_before = {src for op, args in steps[:install] if op == "COPY" for src in args.split()[:-1]}
+    assert copied_before <= INSTALL_INPUTS, copied_before - INSTALL_INPUTS
+    assert ("COPY", ". .") in steps[install:], "the project code must come after the install"
+
+
+def test_dependency_layer_creates_every_package_folder():
+    listed = subprocess.run([sys.executable, "deploy/package_dirs.py"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert "lynx_sglang" in listed and "policies" in listed and "kernels" in listed
+    for folder in listed:
+        assert (ROOT / folder / "__init__.py").is_file(), folder
+
+
+@pytest.mark.parametrize("kind", DOCKERFILES)
+def test_image_runs_lynx_sglang_serve_as_a_non_root_user(kind):
+    steps = instructions(DOCKERFILES[kind])
+    user = [args for op, args in steps if op == "USER"][-1]
+    assert user not in ("root", "0")
+    [entrypoint] = [json.loads(args) for op, args in steps if op == "ENTRYPOINT"]
+    assert entrypoint == ["/opt/lynx-sglang/deploy/entrypoint.sh"]
+    assert ("VOLUME", "/models") in steps
+    assert not any("TOKEN" in args for op, args in steps if op in ("ENV", "ARG")), "a secret baked into the image"
+
+
+def test_entrypoint_execs_lynx_sglang_serve():
+    script = DEPLOY / "entrypoint.sh"
+    assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
+    [command] = [line for line in script.read_text().splitlines() if line.startswith("exec ")]
+    assert command.startswith("exec lynx-sglang serve --host 0.0.0.0 ") and command.endswith('"$@"')

@@ -1,0 +1,87 @@
+"""Prometheus and Grafana configuration under deploy/: promtool validates the config, the alert rules
+and every dashboard query; the pieces name each other consistently (scrape target, data source,
+dashboard folder)."""
+
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from deploy_testlib import (
+    COMPOSE_FILE,
+    DASHBOARD,
+    DEPLOY,
+    PROMETHEUS_DIR,
+    SERVER_SERVICES,
+    as_prometheus_query,
+    dashboard,
+    dashboard_queries,
+    debian_tool,
+    promql_metric_names,
+)
+
+GRAFANA = DEPLOY / "grafana" / "provisioning"
+
+
+@pytest.fixture(scope="module")
+def promtool():
+    return debian_tool("promtool", "prometheus")
+
+
+def run_promtool(promtool, *args, cwd=PROMETHEUS_DIR):
+    result = subprocess.run([promtool, *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_prometheus_config_validates(promtool):
+    assert "SUCCESS" in run_promtool(promtool, "check", "config", "prometheus.yml")
+
+
+def test_alert_rules_validate_and_fire_as_intended(promtool):
+    assert "SUCCESS: 4 rules found" in run_promtool(promtool, "check", "rules", "alerts.yml")
+    tests = Path(__file__).with_name("alerts_test.yml")
+    assert "SUCCESS" in run_promtool(promtool, "test", "rules", tests.name, cwd=tests.parent)
+
+
+def test_every_dashboard_query_is_valid_promql(promtool, tmp_path):
+    # Prometheus' own parser checks each query, as the expression of a recording rule.
+    rules = [{"record": f"dashboard:query_{i}", "expr": as_prometheus_query(q)} for i, q in enumerate(dashboard_queries())]
+    (tmp_path / "queries.yml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    assert f"SUCCESS: {len(rules)} rules found" in run_promtool(promtool, "check", "rules", "queries.yml", cwd=tmp_path)
+
+
+def test_promql_names_are_found_in_every_position():
+    expr = ('histogram_quantile(0.9, sum by (le) (rate(sglang:x_bucket{instance=~"$instance", a="b(c)"}'
+            '[$__rate_interval]))) / on(instance) group_left(policy) lynx_y offset 5m > bool 1e-3')
+    assert promql_metric_names(expr) == {"sglang:x_bucket", "lynx_y"}
+
+
+def test_prometheus_scrapes_the_servers_network_alias():
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    [job] = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())["scrape_configs"]
+    [target] = [t for group in job["static_configs"] for t in group["targets"]]
+    host, port = target.split(":")
+    for name in SERVER_SERVICES:
+        server = compose["services"][name]
+        assert host in server["networks"]["default"]["aliases"], name
+        assert any(p.endswith(f":{port}") for p in server["ports"]), name  # the port the container serves
+    assert job["metrics_path"] == "/metrics"
+
+
+def test_grafana_reads_the_provisioned_prometheus_and_dashboard():
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    [source] = yaml.safe_load((GRAFANA / "datasources" / "prometheus.yml").read_text())["datasources"]
+    url = urlparse(source["url"])
+    assert url.hostname in compose["services"] and url.port == 9090
+
+    [provider] = yaml.safe_load((GRAFANA / "dashboards" / "lynx-sglang.yml").read_text())["providers"]
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["grafana"]["volumes"])
+    assert mounts[f"./{DASHBOARD.parent.relative_to(DEPLOY)}"] == provider["options"]["path"]
+
+    panels = dashboard()["panels"]
+    assert len(panels) >= 10
+    for panel in panels:
+        uids = {panel["datasource"]["uid"]} | {t["datasource"]["uid"] for t in panel["targets"]}
+        assert uids == {source["uid"]}, panel["title"]

@@ -160,7 +160,7 @@ def publish(experiment: Experiment, results: dict, console: Console) -> None:
     figures = [plots.frontier(f["points"], f["concurrency"], out / f"frontier_c{f['concurrency']}.png",
                               reference=results["reference"]) for f in results["frontiers"]]
     (out / "report.md").write_text(report_markdown(results, figures))
-    terminal = Console(width=max(Console().width, 160))
+    terminal = Console(width=max(Console().width, 200))
     for frontier in results["frontiers"]:
         table = Table(title=f"concurrency {frontier['concurrency']} (* = on the frontier)", title_justify="left")
         for name in HEADER:

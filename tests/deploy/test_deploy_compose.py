@@ -5,6 +5,7 @@ reservation, volumes, and an admin token that only ever comes from an uncommitte
 import os
 import shutil
 import subprocess
+import tempfile
 from fnmatch import fnmatch
 
 import pytest
@@ -32,8 +33,10 @@ def compose_config(profiles=(), **variables) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LYNX_", "PROMETHEUS_", "GRAFANA_", "COMPOSE_"))}
     env.update(LYNX_ENV_FILE=ENV_EXAMPLE.name, **variables)
     flags = [arg for profile in profiles for arg in ("--profile", profile)]
-    result = subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), *flags, "config"],
-                            cwd=DEPLOY, env=env, capture_output=True, text=True)
+    # An empty --env-file: a local deploy/.env must not change what is checked here, the committed defaults.
+    with tempfile.NamedTemporaryFile(suffix=".env") as no_overrides:
+        result = subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), "--env-file", no_overrides.name,
+                                 *flags, "config"], cwd=DEPLOY, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"compose config {flags} failed:\n{result.stderr}"
     return yaml.safe_load(result.stdout)
 
@@ -98,13 +101,17 @@ def test_only_the_gpu_server_reserves_gpus(configs):
     assert services["lynx-sglang-cpu"]["build"]["dockerfile"] == "deploy/Dockerfile"
 
 
+def mounts(service: dict) -> set[str]:
+    """'source:target' of each volume, in compose v1 ('SRC:DST:rw') or v2 (mapping) form."""
+    return {":".join(v.split(":")[:2]) if isinstance(v, str) else f"{v['source']}:{v['target']}"
+            for v in service.get("volumes", [])}
+
+
 def test_model_cache_and_metrics_history_are_named_volumes(configs):
     config = configs[("cpu", "monitoring")]
-    mounts = {name: [str(v if isinstance(v, str) else f"{v['source']}:{v['target']}") for v in s.get("volumes", [])]
-              for name, s in config["services"].items()}
     for name in SERVER_SERVICES:
-        assert any(m.startswith("model-cache:/models") for m in mounts[name]), mounts[name]
-    assert any(m.startswith("prometheus-data:/prometheus") for m in mounts["prometheus"]), mounts["prometheus"]
+        assert "model-cache:/models" in mounts(config["services"][name]), name
+    assert "prometheus-data:/prometheus" in mounts(config["services"]["prometheus"])
     assert {"model-cache", "prometheus-data"} <= set(config["volumes"])
 
 

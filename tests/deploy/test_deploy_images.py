@@ -72,6 +72,13 @@ def test_image_runs_lynx_sglang_serve_as_a_non_root_user(kind):
     assert not any("TOKEN" in args for op, args in steps if op in ("ENV", "ARG")), "a secret baked into the image"
 
 
+def test_cpu_image_has_the_compiler_the_cpu_routing_op_needs():
+    # kernels/routing_cpu.py builds its library with `c++` on first use (Debian's g++ provides it);
+    # SGLang's official image has build-essential.
+    installs = [args for op, args in instructions(DOCKERFILES["cpu"]) if op == "RUN" and "apt-get install" in args]
+    assert any(re.search(r"\bg\+\+(\s|$)", args) for args in installs), installs
+
+
 def test_entrypoint_execs_lynx_sglang_serve():
     script = DEPLOY / "entrypoint.sh"
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0

@@ -52,6 +52,36 @@ def test_every_dashboard_query_is_valid_promql(promtool, tmp_path):
     assert f"SUCCESS: {len(rules)} rules found" in run_promtool(promtool, "check", "rules", "queries.yml", cwd=tmp_path)
 
 
+def collector_sample_names() -> set[str]:
+    """Sample names lynx-sglang's /metrics collector writes for a stats snapshot under a latency budget:
+    the fast check; tests/deploy/test_deploy_metrics_live.py scrapes a real server."""
+    import torch
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from lynx_sglang.scheduler.stats import MoeLayerInfo, RoutingStats
+    from lynx_sglang.server.metrics import LynxCollector
+
+    figures = RoutingStats([MoeLayerInfo(layer_id=1, num_experts=8, top_k=2, expert_bytes=1024)], torch.device("cpu")).snapshot()
+    collector = LynxCollector()
+    collector.snapshot = {
+        "policy": "lynx", "params": {}, "budget": "tpot_ms=50", "budget_experts": 4, "kernel": "auto",
+        "decode_steps": 3, "pruned_steps": 3, "passthrough_steps": 1, "policy_failures": 0,
+        "controller": {"target_tpot_ms": 50.0, "measured_tpot_ms": 40.0}, **figures,
+    }  # fmt: skip
+    registry = CollectorRegistry()
+    registry.register(collector)
+    families = text_string_to_metric_families(generate_latest(registry).decode())
+    return {sample.name for family in families for sample in family.samples}
+
+
+def test_every_lynx_metric_the_dashboard_and_alerts_query_is_one_lynx_sglang_exports():
+    rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"][0]["rules"]
+    queried = set().union(*(promql_metric_names(q) for q in [*dashboard_queries(), *(r["expr"] for r in rules)]))
+    lynx = {name for name in queried if name.startswith("lynx_")}
+    assert lynx and lynx <= collector_sample_names(), sorted(lynx - collector_sample_names())
+
+
 def test_promql_names_are_found_in_every_position():
     expr = ('histogram_quantile(0.9, sum by (le) (rate(sglang:x_bucket{instance=~"$instance", a="b(c)"}'
             '[$__rate_interval]))) / on(instance) group_left(policy) lynx_y offset 5m > bool 1e-3')

@@ -19,6 +19,7 @@ ENV_EXAMPLE = DEPLOY / "lynx.env.example"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "lynx-sglang.json"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 SERVER_SERVICES = ("lynx-sglang", "lynx-sglang-cpu")
+APT_TIMEOUT_S = 300
 
 
 @functools.cache
@@ -31,9 +32,16 @@ def debian_tool(command: str, package: str) -> str:
         pytest.skip(f"{command} is not installed, and installing Debian's {package} needs root and apt-get")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     install = ["apt-get", "install", "-y", "--no-install-recommends", package]
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True)
-        result = subprocess.run(install, env=env, capture_output=True, text=True)
+
+    def apt(args):  # an unreachable mirror hangs rather than fails: bound it, and skip
+        try:
+            return subprocess.run(args, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"{command} missing; `{' '.join(args[:2])}` ran past {APT_TIMEOUT_S} s")
+
+    if apt(install).returncode != 0:
+        apt(["apt-get", "update"])
+        result = apt(install)
         if result.returncode != 0:
             pytest.skip(f"{command} missing; `apt-get install {package}` failed: {result.stderr.strip()[-300:]}")
     found = shutil.which(command)

@@ -62,7 +62,8 @@ def collector_sample_names() -> set[str]:
     from lynx_sglang.scheduler.stats import MoeLayerInfo, RoutingStats
     from lynx_sglang.server.metrics import LynxCollector
 
-    figures = RoutingStats([MoeLayerInfo(layer_id=1, num_experts=8, top_k=2, expert_bytes=1024)], torch.device("cpu")).snapshot()
+    layer = MoeLayerInfo(layer_id=1, num_experts=8, top_k=2, expert_bytes=1024)
+    figures = RoutingStats([layer], torch.device("cpu")).snapshot()
     collector = LynxCollector()
     collector.snapshot = {
         "policy": "lynx", "params": {}, "budget": "tpot_ms=50", "budget_experts": 4, "kernel": "auto",

@@ -79,6 +79,14 @@ def test_cpu_image_has_the_compiler_the_cpu_routing_op_needs():
     assert any(re.search(r"\bg\+\+(\s|$)", args) for args in installs), installs
 
 
+def test_scripts_the_images_run_are_executable_as_committed():
+    # The images run them directly (ENTRYPOINT, the installer's `nvidia-smi -L`): COPY keeps git's mode.
+    scripts = ["deploy/entrypoint.sh", "deploy/gpu-build/nvidia-smi"]
+    listed = subprocess.run(["git", "ls-files", "-s", *scripts], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.splitlines()
+    assert len(listed) == len(scripts) and all(line.startswith("100755 ") for line in listed), listed
+
+
 def test_entrypoint_execs_lynx_sglang_serve():
     script = DEPLOY / "entrypoint.sh"
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0

@@ -6,10 +6,12 @@ import math
 
 import torch
 
-from .base import Policy, RoutingContext, real_rows
-from .budget import ExpertBudget
+from .base import Policy, RoutingContext, ensure_min_active, real_rows
+from .budget import ExpertBudget, cap_active_experts
 from .keys import MASS_ONE
+from . import params
 from .params import PolicyConfigError
+from .remap import ids_to_mask
 
 
 class AnchorPolicy(Policy):
@@ -30,16 +32,21 @@ class AnchorPolicy(Policy):
     share across a batch almost freely (found per model with `lynx-sglang sweep`). A token then fills
     as many slots as there are active experts, as under an expert budget.
 
-    A lone voter is served by its top-1 (most routed mass among its acceptable experts) and the shared
-    top-up restores the rest of its top-k, so its routing is unchanged; so is a batch whose voters use
-    no more than k experts in all (and no cap below k).
+    `fill_to_k` (default true) tops the set up to k experts, so every token keeps k slots; false
+    computes only the hitting set (with two voters or more), so a token may fill fewer slots when the
+    set is smaller than k.
+
+    Whenever the set would not be smaller than the experts the voters' own routing uses, the batch
+    keeps its own routing: a lone voter is never changed, nor (with fill_to_k and no cap below k) a
+    batch whose voters use no more than k experts in all.
     """
 
     name = "anchor"
 
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, ratio=0.5, min_share=0.0,
-                 layer_caps=None):
+                 layer_caps=None, fill_to_k=True):
         super().__init__(num_experts, top_k, renormalize, layers)
+        self.fill_to_k = params.check_bool(self.name, "fill_to_k", fill_to_k)
         # Each setting is one value or a list with one per layer (the last repeating for deeper layers).
         self.ratio = self.per_layer("ratio", ratio, lambda v: self.check_float("ratio", v, 0.0, 1.0, low_open=True))
         self.min_share = self.per_layer("min_share", min_share, lambda v: self.check_float("min_share", v, 0.0, 1.0))
@@ -85,6 +92,22 @@ class AnchorPolicy(Policy):
             return ExpertBudget(self.num_experts, layer_max, torch.tensor(1.0, dtype=torch.float32, device=device))
         return ExpertBudget(self.num_experts, torch.minimum(budget.max_experts, layer_max), budget.mass_fraction)
 
+    def _select_fused(self, router_logits, topk_ids, topk_weights, num_real, layer_id, budget, implementation):
+        if not self.fill_to_k:  # the fused shared stages always fill the active set up to k
+            return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
+        return super()._select_fused(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, implementation)
+
+    def _active_set(self, ctx: RoutingContext, topk_ids: torch.Tensor, budget: ExpertBudget | None):
+        if self.fill_to_k:
+            return super()._active_set(ctx, topk_ids, budget)
+        needed = self.decide(ctx)
+        # A batch computes only what its voters need; a lone voter (or none) still gets k experts.
+        active = torch.where(ctx.num_voters() >= 2, ensure_min_active(needed, ctx, 1),
+                             ensure_min_active(needed, ctx, self.slots_used))
+        if budget is not None:
+            active = cap_active_experts(active, ctx.preference_order(), ctx.routed_mass(), budget)
+        return active, None
+
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
         logits = ctx.logits
         acceptable = (logits - logits.max(dim=1, keepdim=True).values) >= self.for_layer(self._log_ratio, ctx.layer_id)
@@ -102,7 +125,15 @@ class AnchorPolicy(Policy):
             pick = torch.nn.functional.one_hot(best, self.num_experts).bool() & (votes.max() > 0)
             active = active | pick
             served = served | (acceptable & pick.unsqueeze(0)).any(dim=1)
-        return active
+        return self.unless_no_saving(active, ctx)
+
+    def unless_no_saving(self, hitting: torch.Tensor, ctx: RoutingContext) -> torch.Tensor:
+        """The voters' own experts when the batch would compute as many experts as its own routing
+        needs anyway (then nobody is moved for nothing); else the hitting set."""
+        own = ids_to_mask(ctx.own_topk_ids(), ctx.voters, self.num_experts)
+        filled = hitting.sum().clamp(min=self.slots_used)
+        computed = filled if self.fill_to_k else torch.where(ctx.num_voters() >= 2, hitting.sum().clamp(min=1), filled)
+        return torch.where(computed >= own.sum(), own, hitting)
 
     def insisting(self, ctx: RoutingContext) -> torch.Tensor:
         """[T] bool: voters whose top-1 carries at least min_share of their own top-k weight."""

@@ -68,13 +68,18 @@ def test_every_token_keeps_an_expert_it_rates_almost_as_high_as_its_first(shape,
 @given(shape=SHAPES, rows=st.integers(1, 64), seed=st.integers(0, 10_000))
 def test_ratio_one_keeps_exactly_the_tokens_first_choices(shape, rows, seed):
     """With only the top-1 acceptable (continuous logits: no ties), the set is the union of the
-    tokens' first choices, as oea with k0=1."""
+    tokens' first choices, as oea with k0=1, wherever that saves an expert; elsewhere the batch keeps
+    its own routing."""
     num_experts, top_k = shape
     logits = make_logits(rows, num_experts, seed=seed)
-    _, _, anchor = route(get_policy("anchor", num_experts, top_k, True, ratio=1.0), logits)
+    ids, weights, anchor = route(get_policy("anchor", num_experts, top_k, True, ratio=1.0), logits)
     _, _, oea = route(get_policy("oea", num_experts, top_k, True, k0=1), logits)
-    assert torch.equal(anchor.active_mask, oea.active_mask)
-    assert torch.equal(anchor.topk_ids, oea.topk_ids)
+    own_experts = int(ids.unique().numel())
+    if int(oea.active_mask.sum()) < own_experts:
+        assert torch.equal(anchor.active_mask, oea.active_mask)
+        assert torch.equal(anchor.topk_ids, oea.topk_ids)
+    else:
+        assert torch.equal(anchor.topk_ids, ids) and torch.equal(anchor.topk_weights, weights)
 
 
 def test_a_lower_ratio_never_needs_more_experts_on_shared_near_ties():
@@ -226,3 +231,118 @@ def test_capped_layers_compile_fullgraph_with_static_shapes():
 def test_bad_layer_caps_are_refused(caps):
     with pytest.raises(PolicyConfigError, match="layer_caps"):
         get_policy("anchor", 8, 2, True, layer_caps=caps)
+
+
+# ---- where nothing can be saved, nothing changes ----------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(shape=SHAPES, padding=st.integers(0, 7), seed=st.integers(0, 10_000), renormalize=st.booleans(),
+       ratio=st.sampled_from([0.05, 0.5, 1.0]), fill_to_k=st.booleans(), layer_caps=st.sampled_from([None, [1], [0, 2]]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_a_lone_row_keeps_its_routing_in_every_mode(shape, padding, seed, renormalize, ratio, fill_to_k, layer_caps, dtype):
+    num_experts, top_k = shape
+    policy = get_policy("anchor", num_experts, top_k, renormalize, ratio=ratio, fill_to_k=fill_to_k, layer_caps=layer_caps)
+    logits = make_logits(1 + padding, num_experts, seed=seed, dtype=dtype)
+    ids, weights = normal_routing(logits, top_k, renormalize)
+    for layer in (0, 1):
+        decision = policy.select(logits, ids, weights, torch.tensor(1), layer_id=layer)
+        assert torch.equal(decision.topk_ids, ids) and torch.equal(decision.topk_weights, weights)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=SHAPES, rows=st.integers(2, 40), seed=st.integers(0, 10_000), renormalize=st.booleans(),
+       ratio=st.sampled_from([0.05, 0.5, 1.0]), spare=st.integers(0, 3))
+def test_a_batch_that_fits_a_callers_budget_is_unchanged(shape, rows, seed, renormalize, ratio, spare):
+    from lynx_sglang.policies import ExpertBudget
+
+    num_experts, top_k = shape
+    policy = get_policy("anchor", num_experts, top_k, renormalize, ratio=ratio)
+    generator = torch.Generator().manual_seed(seed)
+    favourites = torch.randperm(num_experts, generator=generator)[:top_k]
+    logits = torch.randn(rows, num_experts, generator=generator) - 20.0
+    logits[:, favourites] = torch.randn(rows, top_k, generator=generator) * 2
+    ids, weights = normal_routing(logits, top_k, renormalize)
+    budget = ExpertBudget.unlimited(num_experts).set_experts(min(num_experts, top_k + spare))
+    decision = policy.select(logits, ids, weights, layer_id=0, budget=budget)
+    assert torch.equal(decision.topk_ids, ids) and torch.equal(decision.topk_weights, weights)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=SHAPES, rows=st.integers(2, 40), seed=st.integers(0, 10_000), renormalize=st.booleans(),
+       fill_to_k=st.booleans(), ratio=st.sampled_from([0.05, 0.3, 0.6]), skew=st.sampled_from([0.0, 2.0]))
+def test_the_batch_keeps_its_routing_unless_it_computes_fewer_experts(shape, rows, seed, renormalize, fill_to_k, ratio, skew):
+    num_experts, top_k = shape
+    policy = get_policy("anchor", num_experts, top_k, renormalize, ratio=ratio, fill_to_k=fill_to_k)
+    logits = make_logits(rows, num_experts, seed=seed, skew=skew)
+    ids, weights, decision = route(policy, logits)
+    if torch.equal(decision.topk_ids, ids) and torch.equal(decision.topk_weights, weights):
+        return
+    assert int(decision.active_mask.sum()) < int(ids.unique().numel())
+
+
+def test_a_batch_whose_hitting_set_is_as_large_as_its_union_is_unchanged():
+    # Greedy would pick expert 2 (acceptable to three tokens) and then still need expert 0: two experts,
+    # as many as the tokens' own first choices {0, 1}; moving anyone to expert 2 would save nothing.
+    logits = torch.full((4, 8), -9.0)
+    logits[0, 0] = 2.0
+    logits[1:, 1], logits[1:, 2] = 2.0, 1.8
+    logits[1, 0] = 1.0
+    for fill_to_k in (True, False):
+        ids, weights, decision = route(get_policy("anchor", 8, 1, True, ratio=0.5, fill_to_k=fill_to_k), logits)
+        assert torch.equal(decision.topk_ids, ids) and torch.equal(decision.topk_weights, weights)
+
+
+# ---- fill_to_k=false --------------------------------------------------------------------------------
+
+def test_without_fill_to_k_a_batch_computes_only_the_experts_its_voters_need():
+    # Every token rates expert 3 within half its top-1: one expert serves all; with fill_to_k the
+    # batch also computes the most chosen second expert.
+    logits = torch.full((6, 8), -9.0)
+    logits[:3, 3], logits[:3, 5] = 2.0, 1.8
+    logits[3:, 6], logits[3:, 3] = 2.0, 1.7
+    ids, weights = normal_routing(logits, 2, True)
+    filled = get_policy("anchor", 8, 2, True, ratio=0.5).select(logits, ids, weights, layer_id=0)
+    lean = get_policy("anchor", 8, 2, True, ratio=0.5, fill_to_k=False).select(logits, ids, weights, layer_id=0)
+    assert lean.active_mask.nonzero().flatten().tolist() == [3]
+    assert int(filled.active_mask.sum()) == 2 and filled.active_mask[3]
+    assert lean.topk_ids[:, 0].tolist() == [3] * 6
+    assert torch.equal(lean.topk_weights[:, 1], torch.zeros(6)) and torch.allclose(lean.topk_weights.sum(dim=1), torch.ones(6))
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=SHAPES, rows=st.integers(2, 48), seed=st.integers(0, 10_000), renormalize=st.booleans(),
+       ratio=st.sampled_from([0.1, 0.3, 0.5, 0.8]), skew=st.sampled_from([0.0, 2.0]))
+def test_without_fill_to_k_every_token_still_keeps_an_acceptable_expert(shape, rows, seed, renormalize, ratio, skew):
+    num_experts, top_k = shape
+    policy = get_policy("anchor", num_experts, top_k, renormalize, ratio=ratio, fill_to_k=False)
+    filled = get_policy("anchor", num_experts, top_k, renormalize, ratio=ratio)
+    logits = make_logits(rows, num_experts, seed=seed, skew=skew)
+    ids, weights, decision = route(policy, logits)
+    probs = torch.softmax(logits, dim=-1)
+    first = decision.topk_ids[:, 0].long()
+    assert torch.all(probs.gather(1, first.unsqueeze(1)).squeeze(1) >= ratio * probs.max(dim=1).values * (1 - 1e-6))
+    used = decision.topk_ids.long()[decision.topk_weights > 0]
+    assert torch.all(decision.active_mask[used])
+    assert int(decision.active_mask.sum()) <= int(route(filled, logits)[2].active_mask.sum())
+    sums = decision.topk_weights.sum(dim=1)
+    assert torch.allclose(sums, torch.ones_like(sums) if renormalize else weights.sum(dim=1), atol=1e-5)
+
+
+def test_without_fill_to_k_compiles_fullgraph_and_the_auto_path_is_the_reference():
+    policy = get_policy("anchor", 16, 4, True, ratio=0.3, fill_to_k=False, layer_caps=[0, 2])
+    logits = make_logits(12, 16, seed=4, skew=1.0)
+    ids, weights = normal_routing(logits, 4, True)
+    want = policy.select(logits, ids, weights, torch.tensor(10), layer_id=0, implementation="torch")
+    assert all(torch.equal(a, b) for a, b in zip(policy.select(logits, ids, weights, torch.tensor(10), layer_id=0), want))
+    torch._dynamo.reset()
+    graphs = []
+    compiled = torch.compile(policy.select, fullgraph=True, backend=recording_backend(graphs))
+    got = compiled(logits, ids, weights, torch.tensor(10), layer_id=0)
+    assert all(torch.equal(a, b) for a, b in zip(got, want)) and graphs
+    for graph_module in graphs:
+        assert_static(graph_module, "anchor fill_to_k=false")
+
+
+def test_fill_to_k_must_be_a_boolean():
+    with pytest.raises(PolicyConfigError, match="fill_to_k"):
+        get_policy("anchor", 8, 2, True, fill_to_k="no")

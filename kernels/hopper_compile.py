@@ -139,7 +139,7 @@ def routing_cases(dtype: str, quick: bool):
         args = rt._rule_arguments(rules[name])
         if name == "given keep":
             args["KEEP_MODE"] = rt.KEEP_GIVEN
-        block_t, block_e, block_k = rt.block_sizes(rows, experts, top_k)
+        block_t, block_e, block_k, scan_t = rt.block_sizes(rows, experts, top_k)
         example = f"{name}, T={rows} E={experts} k={top_k}"
         per_row = {"own_ids_ptr": "*i32", "own_values_ptr": "*fp32", "own_weights_ptr": "*i64", "row_flags_ptr": "*i8",
                    "bins_ptr": "*i8", "threshold_ptr": "*i32", "need_ptr": "*i32", "num_real_ptr": "*i64",
@@ -158,8 +158,9 @@ def routing_cases(dtype: str, quick: bool):
              "scratch_ptr": "*i64", "out_ids_ptr": "*i32", "out_weights_ptr": "*fp32", "active_out_ptr": "*u8"},
             dict(MODE=args["MODE"], TOP_K=top_k, SLOTS=slots, BETA=args["BETA"], TIE_BY_MASS=args["TIE_BY_MASS"],
                  KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=budget, RENORMALIZE=not budget,
-                 NUM_REAL_MODE=2, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=min(block_e, 32)),
-            4, 1,
+                 NUM_REAL_MODE=2, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=min(block_e, 32),
+                 SCAN_T=scan_t),
+            8, 1,
         )  # fmt: skip
 
 

@@ -317,9 +317,10 @@ def _decide_active(
     stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
     MODE: tl.constexpr, TOP_K: tl.constexpr, SLOTS: tl.constexpr, BETA: tl.constexpr,
     TIE_BY_MASS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr, HAS_BUDGET: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, SCAN_T: tl.constexpr,
 ):  # fmt: skip
-    """The batch's active set [E] bool, identical in every program (integer arithmetic only)."""
+    """The batch's active set [E] bool, identical in every program (integer arithmetic only). Loops
+    over all rows take SCAN_T rows at a time (more than a program's own block: fewer iterations)."""
     col_ok = cols < num_experts
     counts = _sum_parts(part_counts_ptr, num_parts, BLOCK_E, cols, BLOCK_E)
     mass = _sum_parts(part_mass_ptr, num_parts, BLOCK_E, cols, BLOCK_E)
@@ -343,7 +344,7 @@ def _decide_active(
         else:
             lynx_rank = _rank_desc(scratch, votes, cols, cols, num_experts, BLOCK_E, CHUNK)
         picked = _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows,
-                             num_experts, cols, col_ok, BLOCK_T, BLOCK_E)  # fmt: skip
+                             num_experts, cols, col_ok, SCAN_T, BLOCK_E)  # fmt: skip
         active = (union != 0) | picked
     elif MODE == 1:  # union of the voters' own top-j
         active = union != 0
@@ -368,7 +369,7 @@ def _decide_active(
         _share(scratch, _ROW_TOPPED, active, cols, BLOCK_E)
         active = active | _kept_experts(scratch + _ROW_TOPPED * BLOCK_E, topk_ids_ptr, stride_ids, own_ids_ptr,
                                         own_weights_ptr, row_flags_ptr, given_keep_ptr, dropped_cap_units, num_rows,
-                                        num_experts, cols, slot, TOP_K, KEEP_MODE, ANY_DROP, BLOCK_T, BLOCK_E,
+                                        num_experts, cols, slot, TOP_K, KEEP_MODE, ANY_DROP, SCAN_T, BLOCK_E,
                                         BLOCK_K)  # fmt: skip
     if HAS_BUDGET:  # budget.cap_active_experts
         rank, mass_before = _before_in_order(scratch, active, preference, mass, cols, num_experts, BLOCK_E, CHUNK)
@@ -482,7 +483,7 @@ def _routing_decide_kernel(
     MODE: tl.constexpr, TOP_K: tl.constexpr, SLOTS: tl.constexpr, BETA: tl.constexpr,
     TIE_BY_MASS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr, HAS_BUDGET: tl.constexpr,
     RENORMALIZE: tl.constexpr, NUM_REAL_MODE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, SCAN_T: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     scratch = scratch_ptr + pid * (SCRATCH_ROWS_C * BLOCK_E)
@@ -493,7 +494,7 @@ def _routing_decide_kernel(
         part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr, num_parts,
         budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
         stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
-        MODE, TOP_K, SLOTS, BETA, TIE_BY_MASS, KEEP_MODE, ANY_DROP, HAS_BUDGET, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK,
+        MODE, TOP_K, SLOTS, BETA, TIE_BY_MASS, KEEP_MODE, ANY_DROP, HAS_BUDGET, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK, SCAN_T,
     )  # fmt: skip
     if pid == 0:
         tl.store(active_out_ptr + cols, active.to(tl.uint8), mask=cols < num_experts)
@@ -535,11 +536,13 @@ def _rule_arguments(rule) -> dict:
     return base
 
 
-def block_sizes(num_rows: int, num_experts: int, top_k: int) -> tuple[int, int, int]:
-    """(BLOCK_T, BLOCK_E, BLOCK_K): shapes only, so capture and replay launch the same grids."""
+def block_sizes(num_rows: int, num_experts: int, top_k: int) -> tuple[int, int, int, int]:
+    """(BLOCK_T, BLOCK_E, BLOCK_K, SCAN_T): shapes only, so capture and replay launch the same grids.
+    BLOCK_T rows per program; SCAN_T rows per step of the loops over every row in launch 2."""
     block_e = max(_next_pow2(num_experts), 16)
     block_t = max(1, min(16, 2048 // block_e, _next_pow2(num_rows)))
-    return block_t, block_e, _next_pow2(top_k)
+    scan_t = max(block_t, min(64, 8192 // block_e, _next_pow2(num_rows)))
+    return block_t, block_e, _next_pow2(top_k), scan_t
 
 
 def route_triton(call: RoutingCall) -> RoutingResult:
@@ -550,7 +553,7 @@ def route_triton(call: RoutingCall) -> RoutingResult:
     num_rows, num_experts = logits.shape
     top_k = ids.shape[1]
     device = logits.device
-    block_t, block_e, block_k = block_sizes(num_rows, num_experts, top_k)
+    block_t, block_e, block_k, scan_t = block_sizes(num_rows, num_experts, top_k)
     programs = triton.cdiv(num_rows, block_t)
     args = _rule_arguments(call.rule)
     if isinstance(call.rule, GivenRule) and call.given_keep is not None:
@@ -581,14 +584,12 @@ def route_triton(call: RoutingCall) -> RoutingResult:
     given_keep = call.given_keep.view(torch.uint8) if call.given_keep is not None else row_flags
     if logits.stride(1) != 1:
         logits = logits.contiguous()
-    launch = {} if INTERPRETING else {"num_warps": 4}
-
     _routing_rows_kernel[(programs,)](
         logits, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, threshold, need,
         part_counts, part_mass, part_union, part_bins, part_voters,
         logits.stride(0), num_real_value, num_rows, num_experts, args["alpha"],
         MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=num_real_mode,
-        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, **launch,
+        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, **({} if INTERPRETING else {"num_warps": 4}),
     )  # fmt: skip
     _routing_decide_kernel[(programs,)](
         logits, ids, weights, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, threshold, need,
@@ -599,7 +600,8 @@ def route_triton(call: RoutingCall) -> RoutingResult:
         MODE=args["MODE"], TOP_K=top_k, SLOTS=call.slots, BETA=args["BETA"], TIE_BY_MASS=args["TIE_BY_MASS"],
         KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=has_budget,
         RENORMALIZE=call.renormalize, NUM_REAL_MODE=num_real_mode,
-        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=min(block_e, 32), **launch,
+        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=min(block_e, 32), SCAN_T=scan_t,
+        **({} if INTERPRETING else {"num_warps": 8}),
     )  # fmt: skip
     return RoutingResult(out_ids, out_weights, active)
 

@@ -232,20 +232,19 @@ class Policy:
 
     def _select_fused(self, router_logits, topk_ids, topk_weights, num_real, layer_id, budget,
                       implementation: str) -> PolicyDecision:
-        rule, given_active, given_keep = self.fused_rule(), None, None
-        if rule is None:
-            ctx = self._context(router_logits, real_rows(router_logits.shape[0], num_real, router_logits.device),
-                                layer_id)
-            decided = self.decide(ctx)
-            given_active, given_keep = decided if isinstance(decided, tuple) else (decided, None)
-            rule = GivenRule()
+        rule = self.fused_rule()
         call = RoutingCall(
-            rule, router_logits, topk_ids, topk_weights, num_real, self.slots_used, self.renormalize,
-            None if budget is None else budget.max_experts, None if budget is None else budget.mass_fraction,
-            given_active, given_keep,
-        )
+            GivenRule() if rule is None else rule, router_logits, topk_ids, topk_weights, num_real, self.slots_used,
+            self.renormalize, None if budget is None else budget.max_experts,
+            None if budget is None else budget.mass_fraction,
+        )  # fmt: skip
         if not fused_supports(call) or (budget is not None and budget.max_experts.device != router_logits.device):
             return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
+        if rule is None:  # decide in torch; the shared stages still run fused
+            row_is_real = real_rows(router_logits.shape[0], num_real, router_logits.device)
+            decided = self.decide(self._context(router_logits, row_is_real, layer_id))
+            active, keep_rows = decided if isinstance(decided, tuple) else (decided, None)
+            call = call._replace(given_active=active, given_keep=keep_rows)
         return PolicyDecision(*fused_route(call, implementation))
 
     def _context(self, router_logits, row_is_real, layer_id) -> RoutingContext:

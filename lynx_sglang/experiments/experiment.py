@@ -34,6 +34,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_n: int, def
     server.add_argument("--model-path", help="checkpoint to serve (default: the embedded model)")
     server.add_argument("--url", help="use this running lynx-sglang server instead of starting one")
     server.add_argument("--admin-token", help="the running server's --lynx-admin-token (with --url)")
+    server.add_argument("--port", type=int, help="port of the server the command starts (default: a free one)")
     server.add_argument("--serve-arg", action="append", default=[], metavar="FLAG",
                         help="extra flag for the started server, repeatable (e.g. --serve-arg=--max-running-requests=64)")
     work = parser.add_argument_group("requests")
@@ -89,8 +90,8 @@ def parse_levels(text: str) -> list[int]:
 def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.url and not args.admin_token:
         parser.error("--url needs --admin-token (the server's --lynx-admin-token): arms are switched through /lynx/policy")
-    if args.url and args.model_path:
-        parser.error("--model-path starts a server; with --url the running server's model is used")
+    if args.url and (args.model_path or args.port):
+        parser.error("--model-path and --port are for the server the command starts; with --url the running server is used")
     for name in ("n", "max_tokens", "blocks", "bootstrap"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -163,7 +164,7 @@ def connect(experiment: Experiment, console: Console) -> tuple[ManagedServer | N
         return None, admin, args.url.rstrip("/")
     experiment.out.mkdir(parents=True, exist_ok=True)
     server = ManagedServer(experiment.out / "server.log", policy=experiment.arms[0].policy,
-                           model_path=args.model_path, serve_args=args.serve_arg)
+                           model_path=args.model_path, serve_args=args.serve_arg, port=args.port)
     say(console, f"starting lynx-sglang serve on port {server.port} (log: {server.log_path})")
     try:
         server.wait_healthy()

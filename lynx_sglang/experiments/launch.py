@@ -26,8 +26,9 @@ def free_port() -> int:
 class ManagedServer:
     """`lynx-sglang serve` in its own process; the log goes to `log_path`."""
 
-    def __init__(self, log_path: Path, *, policy: str, model_path: str | None = None, serve_args: list[str] = ()):
-        self.port = free_port()
+    def __init__(self, log_path: Path, *, policy: str, model_path: str | None = None, serve_args: list[str] = (),
+                 port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = secrets.token_hex(16)
         self.log_path = log_path

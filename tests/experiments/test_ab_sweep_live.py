@@ -13,6 +13,8 @@ import psutil
 import pytest
 from live_server import RunningServer
 
+from lynx_sglang.experiments.launch import free_port
+
 pytestmark = pytest.mark.slow
 
 TOKEN = "experiments-test-token"
@@ -139,10 +141,13 @@ def test_ctrl_c_writes_what_was_measured(server, tmp_path):
 def test_a_server_that_dies_mid_run_is_reported_and_partial_results_kept(tmp_path):
     """`ab` with no --url starts its own server; stopping that server mid-run must not lose the blocks."""
     out = tmp_path / "died"
-    process = start_ab("--n", "400", "--concurrency", "1", "--blocks", "20", "--bootstrap", "200", "--out", str(out))
+    port = free_port()
+    process = start_ab("--n", "400", "--concurrency", "1", "--blocks", "20", "--bootstrap", "200", "--port", str(port),
+                       "--out", str(out))
     try:
         wait_for_blocks(process, out, 2)
         (serve,) = [child for child in psutil.Process(process.pid).children() if "serve" in child.cmdline()]
+        assert serve.cmdline()[serve.cmdline().index("--port") + 1] == str(port)
         serve.send_signal(signal.SIGINT)  # lynx-sglang serve stops its SGLang processes
         _, stderr = process.communicate(timeout=180)
     finally:

@@ -149,3 +149,13 @@ def test_ab_flags_make_one_arm():
     assert arm.request_body() == {"policy": "lynx", "params": {"alpha": 1, "tie_break": "index"}, "budget": "experts=4"}
     with pytest.raises(ArmSpecError):
         arm_from_flags("lynx", ["alpha"], None)
+
+
+@pytest.mark.parametrize("flags", [["--port", "31399"], ["--model-path", "some/checkpoint"]])
+def test_server_flags_are_refused_with_a_url(flags, capsys):
+    from lynx_sglang.experiments.ab import parse_args
+
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--url", "http://127.0.0.1:30000", "--admin-token", "t", *flags])
+    assert stopped.value.code == 2 and "with --url the running server is used" in capsys.readouterr().err
+

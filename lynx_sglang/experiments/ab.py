@@ -4,7 +4,7 @@
     lynx-sglang ab --a baseline --b lynx --b-param alpha=1 --concurrency 8,32 --out ab-lynx
     lynx-sglang ab --url http://127.0.0.1:30000 --admin-token T --task gsm8k.jsonl --score number
 
-Writes report.md, results.json, measurements.jsonl and PNG plots under --out; see docs/experiments.md.
+Writes report.md, results.json, measurements.jsonl and PNG plots under --out; see docs/ab-experiments.md.
 """
 
 from __future__ import annotations

@@ -226,9 +226,9 @@ def experts_table(results: dict) -> str:
         server = s["server"]
         per_layer = " / ".join(f"{layer['distinct_experts_before']:.2f}->{layer['distinct_experts_after']:.2f}"
                                for layer in server["layers"] if layer["distinct_experts_before"] is not None)
-        rows.append([str(s["concurrency"]), s["arm"], per_layer or "-",
+        rows.append([str(s["concurrency"]), s["arm"], fmt.ms(server["decode_batch"], 1), per_layer or "-",
                      fmt.megabytes(server["expert_bytes_per_decode_token_before"]),
                      fmt.megabytes(server["expert_bytes_per_decode_token_after"]),
                      fmt.pct(server["tokens_rerouted_fraction"]), str(server["fallback_steps"])])
-    return fmt.markdown_table(["c", "arm", "distinct experts per layer (model -> policy)", "bytes/token model",
+    return fmt.markdown_table(["c", "arm", "decode batch", "distinct experts per layer (model -> policy)", "bytes/token model",
                                "bytes/token policy", "tokens rerouted", "fallback steps"], rows)

@@ -90,10 +90,11 @@ def model_figures(per_layer: list[dict], merged: list[dict]) -> dict:
     steps = sum(m["steps"] for m in merged)
     tokens = sum(m["decode_tokens"] for m in merged)
     if not steps or not tokens:
-        return {key: None for key in ("distinct_experts_before", "distinct_experts_after", "expert_bytes_per_decode_token_before",
-                                      "expert_bytes_per_decode_token_after", "tokens_rerouted_fraction",
-                                      "router_mass_dropped_per_token")}
+        return {key: None for key in ("decode_batch", "distinct_experts_before", "distinct_experts_after",
+                                      "expert_bytes_per_decode_token_before", "expert_bytes_per_decode_token_after",
+                                      "tokens_rerouted_fraction", "router_mass_dropped_per_token")}
     return {
+        "decode_batch": tokens / steps,  # mean decode tokens per pruned step: the batch the policy really saw
         "distinct_experts_before": sum(m["experts_before"] for m in merged) / steps,
         "distinct_experts_after": sum(m["experts_after"] for m in merged) / steps,
         "expert_bytes_per_decode_token_before": sum(l["expert_bytes_per_decode_token_before"] or 0 for l in per_layer),

@@ -100,7 +100,7 @@ def frontier_points(level: int, summaries: dict[str, dict], comparisons: dict[st
             "arm": label, "accuracy": summary["accuracy"], "accuracy_ci": summary["accuracy_ci"],
             "expert_bytes_per_decode_token": bytes_after,
             "expert_mb_per_token": None if bytes_after is None else bytes_after / 1e6,
-            "distinct_experts": server["distinct_experts_after"],
+            "distinct_experts": server["distinct_experts_after"], "decode_batch": server.get("decode_batch"),
             "bytes_vs_reference": bytes_after / reference_bytes if reference_bytes and bytes_after is not None else None,
             "bytes_fraction": same_step_fraction(server),
             "tokens_rerouted_fraction": server["tokens_rerouted_fraction"],
@@ -121,7 +121,7 @@ def frontier_points(level: int, summaries: dict[str, dict], comparisons: dict[st
     return {"concurrency": level, "points": points}
 
 
-HEADER = ["arm", "experts/layer", "MB/token", "bytes vs model", "bytes vs ref arm", "accuracy [95 % CI]", "diff pts [95 % CI]", "McNemar p",
+HEADER = ["arm", "batch", "experts/layer", "MB/token", "bytes vs model", "bytes vs ref arm", "accuracy [95 % CI]", "diff pts [95 % CI]", "McNemar p",
           "rerouted", "TPOT ms", "frontier"]
 
 
@@ -132,7 +132,7 @@ def table_rows(frontier: dict, reference: str, *, terminal: bool = False) -> lis
         accuracy = f"{fmt.pct(p['accuracy'])} {fmt.interval_pct(p['accuracy_ci'])}"
         if terminal:  # narrower cells
             accuracy = accuracy.replace(" %", "")
-        rows.append([p["arm"], fmt.ms(p["distinct_experts"], 2), fmt.ms(p["expert_mb_per_token"], 3),
+        rows.append([p["arm"], fmt.ms(p["decode_batch"], 1), fmt.ms(p["distinct_experts"], 2), fmt.ms(p["expert_mb_per_token"], 3),
                      fmt.fewer(p["bytes_fraction"]), "reference" if is_reference else fmt.fewer(p["bytes_vs_reference"]), accuracy,
                      "reference" if is_reference else f"{fmt.points(p['accuracy_diff'])} {fmt.interval_points(p['accuracy_diff_ci'])}",
                      "" if is_reference else fmt.p_value(p["mcnemar_p"]), fmt.pct(p["tokens_rerouted_fraction"]),

@@ -99,6 +99,7 @@ def test_server_stats_merge_weights_means_by_steps_and_bytes_by_tokens():
     assert zero["expert_bytes_per_decode_token_after"] == pytest.approx((10 * 4 + 30 * 3) * 1000 / 1000)
     assert zero["tokens_rerouted_fraction"] == pytest.approx(50 / 1000)
     assert merged["decode_steps"] == 40
+    assert merged["decode_batch"] == pytest.approx(2000 / 80)  # decode tokens per step, every layer counted alike
     assert merged["expert_bytes_per_decode_token_before"] == pytest.approx(
         sum(l["expert_bytes_per_decode_token_before"] for l in merged["layers"]))
 

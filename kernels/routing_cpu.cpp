@@ -52,7 +52,7 @@ struct Workspace {
   std::vector<int64_t> counts, mass, union_count;  // [E]
   std::vector<int32_t> bin_votes;  // [beta+1, E]: voters with the expert in bin -j
   std::vector<uint8_t> active, topped, candidate;  // candidate: active, less the row's own top-k
-  std::vector<int32_t> order, rank;
+  std::vector<int32_t> order, rank, active_ids;
 };
 
 inline bool better(float va, int64_t ia, float vb, int64_t ib) { return va > vb || (va == vb && ia < ib); }
@@ -83,6 +83,47 @@ inline void insert_best(float* values, int32_t* ids, int64_t& size, int64_t capa
   ids[pos] = id;
 }
 
+// The same for ids in any order: equal values are ordered by id.
+inline void insert_pair(float* values, int32_t* ids, int64_t& size, int64_t capacity, float value, int32_t id) {
+  if (size == capacity && !better(value, id, values[size - 1], ids[size - 1])) return;
+  int64_t pos = size < capacity ? size++ : capacity - 1;
+  while (pos > 0 && better(value, id, values[pos - 1], ids[pos - 1])) {
+    values[pos] = values[pos - 1];
+    ids[pos] = ids[pos - 1];
+    --pos;
+  }
+  values[pos] = value;
+  ids[pos] = id;
+}
+
+// A row's own top-k, best first (ties: lower index). The k-th best of 16 lane maxima bounds the k-th
+// best value from below: only the lanes whose maximum reaches it are scanned, and the insertion runs
+// on the few values that reach it, not on all E (it was most of the time per row).
+constexpr int64_t kLanes = 16;
+inline void own_top(const float* row, int64_t E, int64_t K, float* values, int32_t* ids) {
+  int64_t size = 0;
+  if (K > kLanes || E < 8 * kLanes) {  // few experts: plain insertion is cheaper
+    for (int64_t e = 0; e < E; ++e) insert_best(values, ids, size, K, row[e], static_cast<int32_t>(e));
+    return;
+  }
+  float lane_max[kLanes];
+  std::copy(row, row + kLanes, lane_max);
+  int64_t e = kLanes;
+  for (; e + kLanes <= E; e += kLanes)
+    for (int64_t i = 0; i < kLanes; ++i) lane_max[i] = std::max(lane_max[i], row[e + i]);
+  for (; e < E; ++e) lane_max[e % kLanes] = std::max(lane_max[e % kLanes], row[e]);
+  float best[kLanes];
+  int32_t lane[kLanes];
+  int64_t filled = 0;
+  for (int64_t i = 0; i < kLanes; ++i) insert_best(best, lane, filled, K, lane_max[i], static_cast<int32_t>(i));
+  const float bound = best[K - 1];  // K distinct experts reach it, so the k-th best does too
+  for (int64_t i = 0; i < kLanes; ++i) {  // only lanes whose maximum reaches the bound hold candidates
+    if (lane_max[i] < bound) continue;
+    for (int64_t c = i; c < E; c += kLanes)
+      if (row[c] >= bound) insert_pair(values, ids, size, K, row[c], static_cast<int32_t>(c));
+  }
+}
+
 // A row of logits as the reference sees it: the input itself when all finite (the common case, no
 // copy), else a copy in `buffer` with NaN/-inf -> -big and +inf -> +big. Returns (row, finite).
 inline const float* clean_row(const RouteArgs& a, int64_t t, float* buffer, bool& finite) {
@@ -108,8 +149,7 @@ void scan_rows(const RouteArgs& a, Workspace& w) {
     w.finite[t] = finite;
     float values[kMaxTopK];  // local: the selection then stays in registers (no aliasing with row)
     int32_t ids[kMaxTopK];
-    int64_t size = 0;
-    for (int64_t e = 0; e < E; ++e) insert_best(values, ids, size, K, row[e], static_cast<int32_t>(e));
+    own_top(row, E, K, values, ids);
     std::copy(values, values + K, &w.own_values[t * K]);
     std::copy(ids, ids + K, &w.own_ids[t * K]);
     // Renormalised top-k weights: fp32 exp (correctly rounded via double), exact 2**40 scaling.
@@ -268,6 +308,9 @@ void decide(const RouteArgs& a, Workspace& w) {
 void remap(const RouteArgs& a, Workspace& w) {
   const int64_t T = a.num_rows, E = a.num_experts, K = a.top_k, S = a.slots;
   w.candidate = w.active;
+  w.active_ids.clear();  // ascending: the fill below scans these, not all E
+  for (int64_t e = 0; e < E; ++e)
+    if (w.active[e]) w.active_ids.push_back(static_cast<int32_t>(e));
   for (int64_t t = 0; t < T; ++t) {
     bool all_active = true;
     for (int64_t j = 0; j < K; ++j) all_active = all_active && w.active[clamp_id(id_at(a, t, j), E)];
@@ -291,8 +334,8 @@ void remap(const RouteArgs& a, Workspace& w) {
       const float* row = clean_row(a, t, buffer, finite);
       for (int64_t j = 0; j < K; ++j) w.candidate[own[j]] = 0;
       int64_t extra = 0;
-      for (int64_t e = 0; e < E; ++e)
-        if (w.candidate[e]) insert_best(values + filled, ids + filled, extra, S - filled, row[e], static_cast<int32_t>(e));
+      for (const int32_t e : w.active_ids)
+        if (w.candidate[e]) insert_best(values + filled, ids + filled, extra, S - filled, row[e], e);
       for (int64_t j = 0; j < K; ++j) w.candidate[own[j]] = w.active[own[j]];
       filled += extra;
     }

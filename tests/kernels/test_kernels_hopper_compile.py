@@ -3,6 +3,7 @@
 ahead of time, no GPU needed."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,8 @@ def test_kernels_compile_for_hopper():
     assert "FAIL" not in proc.stdout
     for kernel in ("_gate_up_activation_kernel", "_routing_rows_kernel", "_routing_decide_kernel"):
         assert f"ok   bf16 {kernel}" in proc.stdout and f"ok   fp32 {kernel}" in proc.stdout, kernel
+    for kernel in ("_routing_rows_kernel", "_routing_decide_kernel"):  # also at the largest shape (T 512, E 256)
+        assert re.search(rf"ok   (bf16|fp32) {kernel} \(.*T=512 E=256", proc.stdout), kernel
 
 
 def test_fp32_tiles_are_shrunk_to_fit_shared_memory():

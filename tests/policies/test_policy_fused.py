@@ -91,7 +91,7 @@ def test_fused_matches_reference(implementation, batch, config):
 @pytest.mark.slow
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=batches(max_rows=40, experts=(2, 8, 16, 60, 64, 128)))
+@given(batch=batches(max_rows=40, experts=(2, 8, 16, 60, 64, 128, 256)))
 def test_fused_matches_reference_every_policy(implementation, batch):
     check_batch(batch, implementation)
 
@@ -107,6 +107,53 @@ def test_fused_lynx_on_qwen3_shape(implementation):
         fused = policy.select(logits, ids, weights, torch.tensor(20), budget=budget, implementation=implementation)
         assert_same_decision(implementation, fused, reference)
         assert int(reference.active_mask.sum()) < int(torch.unique(ids[:20]).numel())  # it did prune
+
+
+@pytest.mark.skipif("triton" not in IMPLEMENTATIONS, reason="Triton is not available here")
+def test_two_launches_per_call_and_no_host_sync():
+    """Counted by instrumentation (Triton's interpreter here): every fused rule is two Triton launches
+    and no torch op; a policy deciding in torch adds its own ops, still without a host sync."""
+    from lynx_sglang.kernels.launches import count_launches
+
+    logits = make_logits(5, 8, seed=4)
+    ids, weights = normal_routing(logits, 2, True)
+    budget = ExpertBudget.unlimited(8).set_experts(5)
+    for label, policy in configurations(8, 2, True):
+        counter = count_launches(policy.select, logits, ids, weights, torch.tensor(4), budget=budget,
+                                 implementation="triton")  # fmt: skip
+        assert (counter.triton, counter.host_syncs) == (2, 0), (label, counter.op_names)
+        if policy.fused_rule() is not None:
+            assert counter.torch_ops == 0, (label, counter.op_names)
+
+
+def largest_batch(num_rows, num_experts, dtype, seed=11):
+    """Tied logits (a coarse grid), a NaN row, an inf row, 12 padding rows, top-8: the limits the fused
+    kernels are compiled for (T 512, E 256), with a budget of 3/8 of the experts."""
+    logits = make_logits(num_rows, num_experts, seed=seed, dtype=dtype, grid=True, skew=2.0)
+    ids, weights = normal_routing(logits, 8, True)
+    logits[3, 7], logits[40, 0] = float("nan"), float("inf")
+    weights[3] = weights[40] = float("nan")
+    budget = ExpertBudget.unlimited(num_experts).set_experts(num_experts * 3 // 8)
+    return logits, ids, weights, torch.tensor(num_rows - 12), True, budget
+
+
+@pytest.mark.skipif("cpu" not in IMPLEMENTATIONS, reason="the C++ op is not available here")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpu_op_at_the_largest_shape(dtype):
+    check_batch(largest_batch(512, 256, dtype), "cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("triton" not in IMPLEMENTATIONS, reason="Triton is not available here")
+def test_triton_at_the_largest_shape():
+    """Every policy at T 512 over few experts (the row loops), lynx at T 512, E 256 (one interpreted
+    call takes a minute or two on a CPU)."""
+    check_batch(largest_batch(512, 16, torch.bfloat16), "triton")
+    logits, ids, weights, num_real, _, budget = largest_batch(512, 256, torch.bfloat16)
+    policy = get_policy("lynx", 256, 8, True)
+    reference = policy.select(logits, ids, weights, num_real, budget=budget, implementation="torch")
+    fused = policy.select(logits, ids, weights, num_real, budget=budget, implementation="triton")
+    assert_same_decision("triton lynx T=512 E=256", fused, reference)
 
 
 def test_lynx_beyond_the_exact_int64_vote_uses_the_reference():

@@ -1,0 +1,28 @@
+"""`lynx-sglang bench policies` end to end on tiny shapes: CPU eager and fast-path tables, the target
+line, and launches per call counted with the Triton kernels in the interpreter (no GPU here)."""
+
+import re
+
+import pytest
+import torch
+
+from lynx_sglang.cli import main as cli_main
+from lynx_sglang.kernels.routing import fused_available
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only report")
+
+
+@pytest.mark.skipif(not (fused_available("cpu") and fused_available("triton")), reason="needs both fused paths")
+def test_bench_policies_reports_cpu_tables_and_interpreter_launch_counts(capsys):
+    code = cli_main(["bench", "policies", "--repeats", "2", "--policies", "lynx,random,baseline",
+                     "--tokens", "1,4", "--experts", "8"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "no CUDA device here" in out and "Triton's interpreter" in out
+    assert "## torch reference (CPU eager)" in out and "## fused path: CPU fast path (C++ op)" in out
+    assert re.search(r"# target CPU fast path, one core: lynx, worst cell .*: (met|MISSED)", out)
+    launches = {line.split()[0]: line for line in out[out.index("## launches per layer call"):].splitlines()
+                if re.match(r"(lynx|random|baseline) ", line)}  # fmt: skip
+    assert launches["lynx"].split()[3:8] == ["2", "+", "0", "/", "2"]  # two Triton launches, no torch op
+    assert launches["random"].split()[3:5] == ["2", "+"]  # decide in torch, shared stages fused
+    assert launches["baseline"].split()[3:5] == ["0", "+"]  # pass-through: no fused launch

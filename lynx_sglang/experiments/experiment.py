@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -73,7 +74,7 @@ class Experiment:
             "items": [[i.prompt, i.answer, i.task] for i in self.items], "task": a.task, "n": a.n, "seed": a.seed,
             "score": a.score, "endpoint": a.endpoint, "max_tokens": a.max_tokens, "blocks": a.blocks,
             "model": None if a.url else (a.model_path or "embedded"), "url_mode": bool(a.url),
-            "serve_args": a.serve_arg, "command": " ".join(["lynx-sglang", self.tool, *sys.argv[2:]]),
+            "serve_args": a.serve_arg, "command": shlex.join(["lynx-sglang", self.tool, *sys.argv[2:]]),
         }
 
 

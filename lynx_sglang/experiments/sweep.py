@@ -25,10 +25,12 @@ from .experiment import Experiment, add_common_arguments, check_common, parse_le
 
 # Every shipped policy at several settings (docs/results/ is this sweep on the embedded model).
 DEFAULT_POLICIES = ";".join([
-    "lynx:alpha=0.5,1,2,3", "lynx:beta=1:alpha=0.7,1,2", "lynx-v1:threshold=0.3,0.5,0.7,0.9", "oea:k0=1",
-    "budget:num_experts_kept=2..6", "topn:num_experts_kept=2..6", "static-topk:top_k_used=1",
-    "random:num_experts_kept=3,5", "coverage:mass_fraction=0.6,0.7,0.8,0.9",
-    "coverage:mass_fraction=0.6,0.8:max_dropped_mass=0.5", "lynx+experts=3,4",
+    "lynx:alpha=0.5,1,2,3", "lynx-v1:threshold=0.3,0.5,0.7", "oea:k0=1", "budget:num_experts_kept=2..4",
+    "topn:num_experts_kept=2..4", "static-topk:top_k_used=1", "random:num_experts_kept=4",
+    "coverage:mass_fraction=0.6,0.8", "coverage:mass_fraction=0.6:max_dropped_mass=0.5", "lynx+experts=3",
+    "anchor:ratio=0.3,0.5,0.7", "anchor:ratio=0.3,0.5:fill_to_k=false",
+    # per-layer ratios calibrated on other items (docs/results/calibration): looser where a layer tolerates it
+    "anchor:ratio=[0.2,0.3,0.5,0.3],[0.2,0.3,1.0,0.3]:fill_to_k=false",
 ])
 GOAL_BYTES_RATIO = 0.4  # "at least 60 % fewer expert bytes per decode token"
 GOAL_POINTS = 0.01  # "... with accuracy within 1 point"

@@ -25,7 +25,7 @@ from .experiment import Experiment, add_common_arguments, check_common, parse_le
 from .tasks import TaskError
 
 # The best setting found for the embedded model by `lynx-sglang sweep` (docs/results/).
-DEFAULT_B = Arm("lynx-v1", {"threshold": 0.5})
+DEFAULT_B = Arm("anchor", {"ratio": 0.3, "fill_to_k": False})
 NON_INFERIORITY_POINTS = 0.01
 
 

@@ -78,6 +78,24 @@ def test_pruning_arm_reads_fewer_expert_bytes_and_per_task_figures_add_up(server
     assert results["versions"]["model"]["url"] == server.url
 
 
+def test_a_jsonl_task_over_the_chat_endpoint_is_scored_per_task(server, tmp_path):
+    task = tmp_path / "own.jsonl"
+    lines = [{"prompt": f"{a}+{b}=", "answer": a + b, "task": "sums"} for a, b in ((12, 30), (7, 8), (101, 220))]
+    lines += [{"prompt": f"r{digits}=", "answer": digits[::-1], "task": "reversals"} for digits in ("1234", "905", "77801")]
+    task.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "own"
+    done = lynx_sglang("ab", *against(server), "--b", "anchor", "--b-param", "fill_to_k=false", "--task", str(task),
+                       "--endpoint", "chat", "--score", "number", "--n", "6", "--concurrency", "3", "--blocks", "2",
+                       "--bootstrap", "200", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    (comparison,) = results["comparisons"]
+    assert {task: t["items"] for task, t in comparison["by_task"].items()} == {"sums": 3, "reversals": 3}
+    assert comparison["accuracy_a"] > 0.5  # the embedded model gets most of these right through its chat template
+    assert results["config"]["endpoint"] == "chat" and results["config"]["score"] == "number"
+    assert results["config"]["arms"][1]["params"] == {"fill_to_k": False}
+
+
 def test_sweep_draws_the_frontier_and_resumes(server, tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", *against(server), "--policies", "topn:num_experts_kept=2,8;oea:k0=1", "--n", "32",

@@ -130,8 +130,11 @@ def blocks_in(out: Path) -> int:
 
 def start_ab(*args) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    # A test run started in the background (`make test &`) inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: give the child the default disposition, as a terminal would.
     return subprocess.Popen([sys.executable, "-m", "lynx_sglang.cli", "ab", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_blocks(process: subprocess.Popen, out: Path, count: int, timeout: float = 300) -> None:

@@ -3,6 +3,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # One OpenMP thread per process: spinning threads on two shared cores made steps 8-26x slower.
 export OMP_NUM_THREADS ?= 1
+# Test modules run on two workers (one module stays on one worker, so each starts its server once):
+# most of the suite is SGLang servers starting and answering, which two cores overlap well.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install serve test test-fast train-embedded eval
 
@@ -13,11 +17,11 @@ serve: install
 	$(BIN)/lynx-sglang serve $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Daily work: everything but the tests marked slow (servers, engines, long property searches).
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 train-embedded: install
 	$(BIN)/python -m lynx_sglang.embedded.train --out lynx_sglang/embedded/checkpoint $(ARGS)

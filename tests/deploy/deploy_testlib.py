@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,11 +41,14 @@ def debian_tool(command: str, package: str) -> str:
         except subprocess.TimeoutExpired:
             pytest.skip(f"{command} missing; `{' '.join(args[:2])}` ran past {APT_TIMEOUT_S} s")
 
-    if apt(install).returncode != 0:
-        apt(["apt-get", "update"])
-        result = apt(install)
-        if result.returncode != 0:
-            pytest.skip(f"{command} missing; `apt-get install {package}` failed: {result.stderr.strip()[-300:]}")
+    # Test workers running in parallel (pytest -n) would otherwise fight over dpkg's lock.
+    with open(Path(tempfile.gettempdir()) / "lynx-sglang-tests-apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not shutil.which(command) and apt(install).returncode != 0:
+            apt(["apt-get", "update"])
+            result = apt(install)
+            if result.returncode != 0:
+                pytest.skip(f"{command} missing; `apt-get install {package}` failed: {result.stderr.strip()[-300:]}")
     found = shutil.which(command)
     if not found:
         pytest.skip(f"Debian's {package} installed no {command}")

@@ -31,17 +31,22 @@ def test_one_real_row_keeps_its_routing(shape, padding, seed, renormalize, ratio
     assert torch.equal(decision.topk_ids, ids) and torch.equal(decision.topk_weights, weights)
 
 
+def logits_on_k_favourites(num_experts, top_k, rows, seed):
+    """Every row prefers the same k experts (in its own order): the batch uses k experts in all."""
+    generator = torch.Generator().manual_seed(seed)
+    favourites = torch.randperm(num_experts, generator=generator)[:top_k]
+    logits = torch.randn(rows, num_experts, generator=generator) - 20.0
+    logits[:, favourites] = torch.randn(rows, top_k, generator=generator) * 2
+    return logits
+
+
 @settings(max_examples=60, deadline=None)
 @given(shape=SHAPES, rows=st.integers(2, 40), seed=st.integers(0, 10_000), renormalize=st.booleans(),
        ratio=st.sampled_from([0.05, 0.5, 1.0]))
 def test_a_batch_that_already_fits_in_k_experts_is_unchanged(shape, rows, seed, renormalize, ratio):
     num_experts, top_k = shape
     policy = get_policy("anchor", num_experts, top_k, renormalize, ratio=ratio)
-    # Every row prefers the same k experts (in its own order): the batch uses k experts in all.
-    generator = torch.Generator().manual_seed(seed)
-    favourites = torch.randperm(num_experts, generator=generator)[:top_k]
-    logits = torch.randn(rows, num_experts, generator=generator) - 20.0
-    logits[:, favourites] = torch.randn(rows, top_k, generator=generator) * 2
+    logits = logits_on_k_favourites(num_experts, top_k, rows, seed)
     ids, weights, decision = route(policy, logits)
     assert torch.equal(decision.topk_ids, ids) and torch.equal(decision.topk_weights, weights)
 
@@ -257,10 +262,7 @@ def test_a_batch_that_fits_a_callers_budget_is_unchanged(shape, rows, seed, reno
 
     num_experts, top_k = shape
     policy = get_policy("anchor", num_experts, top_k, renormalize, ratio=ratio)
-    generator = torch.Generator().manual_seed(seed)
-    favourites = torch.randperm(num_experts, generator=generator)[:top_k]
-    logits = torch.randn(rows, num_experts, generator=generator) - 20.0
-    logits[:, favourites] = torch.randn(rows, top_k, generator=generator) * 2
+    logits = logits_on_k_favourites(num_experts, top_k, rows, seed)
     ids, weights = normal_routing(logits, top_k, renormalize)
     budget = ExpertBudget.unlimited(num_experts).set_experts(min(num_experts, top_k + spare))
     decision = policy.select(logits, ids, weights, layer_id=0, budget=budget)

@@ -8,14 +8,28 @@ gives up. Every request, from every entry point (`/generate`, `/v1/completions`,
 batches), passes through `TokenizerManager._init_req_state` once and `_validate_one_request` per
 prompt in the HTTP process; a ValueError raised there is SGLang's own path to a 400 that names the
 problem.
+
+Three more hooks turn request shapes that SGLang's own code reads unchecked into a 400: an empty
+`input_embeds`, a `sampling_params` list that is not one object per prompt, a `stop_regex` that is
+not a regular expression, and any body its OpenAI request models' validators trip over (a JSON body
+that is not an object, `"response_format": 5`). Without them such a request is a 500 and, streamed,
+a 200 whose stream is cut off before its first event.
 """
 
 from __future__ import annotations
 
 import operator
+import re
 
 VALIDATE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
 FAN_OUT_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._init_req_state"
+NORMALIZE_TARGET = "sglang.srt.managers.io_struct.GenerateReqInput.normalize_batch_and_arguments"
+SAMPLING_NORMALIZE_TARGET = "sglang.srt.sampling.sampling_params.SamplingParams.normalize"
+# FastAPI's validation of a request body against an endpoint's model (fastapi is pinned).
+BODY_VALIDATION_TARGET = "fastapi._compat.v2.ModelField.validate"
+
+# What SGLang's normalisation code raises when it indexes into a request of the wrong shape.
+SHAPE_ERRORS = (IndexError, KeyError, TypeError, AttributeError)
 
 # Each sequence of a request the client abandons is aborted on its own, and each abort scans the
 # scheduler's waiting queue: the stall grows with the square of the count.
@@ -143,6 +157,101 @@ def reject_too_many_sequences(tokenizer_manager, request, *args, **kwargs):
     check_sequence_count(request)
 
 
+def prompt_count(request) -> int | None:
+    """Prompts in a `/generate` request as SGLang's normalisation counts them (None: a single one)."""
+    if request.text is not None:
+        return None if isinstance(request.text, str) else len(request.text)
+    if request.input_ids is not None:
+        ids = request.input_ids
+        if not isinstance(ids, list) or not ids or isinstance(ids[0], int):
+            return None
+        return len(ids)
+    embeds = request.input_embeds
+    if isinstance(embeds, list) and embeds and isinstance(embeds[0], list) and embeds[0]:
+        return None if not isinstance(embeds[0][0], list) else len(embeds)
+    return None
+
+
+def check_input_embeds(request) -> None:
+    if request.text is not None or request.input_ids is not None or request.input_embeds is None:
+        return  # SGLang ignores input_embeds next to text or input_ids
+    embeds = request.input_embeds
+    if not (isinstance(embeds, list) and embeds and isinstance(embeds[0], list) and embeds[0]):
+        raise ValueError(
+            "input_embeds must be a non-empty list of embedding vectors (a list of floats per "
+            f"token), or a list of such lists for a batch; got {embeds!r:.80}"
+        )
+
+
+def check_sampling_params_shape(request) -> None:
+    """`sampling_params` is one object, or a list of one object per prompt. A one-object list for
+    a single prompt is read as that object (SGLang serves it only when n > 1)."""
+    params = request.sampling_params
+    if params is None or isinstance(params, dict):
+        return
+    if not isinstance(params, list) or not all(isinstance(entry, dict) for entry in params):
+        raise ValueError(
+            f"sampling_params must be an object, or a list of objects with one per prompt; got {params!r:.80}"
+        )
+    prompts = prompt_count(request)
+    if prompts is None and len(params) == 1:
+        request.sampling_params = params[0]
+    elif len(params) != (prompts or 1):
+        raise ValueError(
+            f"sampling_params is a list of {len(params)} objects for {prompts or 1} prompt(s); give one "
+            "object per prompt, or a single object for all of them"
+        )
+
+
+def refuse_malformed_generate_requests(normalize, request, *args, **kwargs):
+    """Around `GenerateReqInput.normalize_batch_and_arguments`: the shapes it cannot handle get a
+    400 that says what is wrong, and any it still trips over a 400 rather than a 500."""
+    check_input_embeds(request)
+    check_sampling_params_shape(request)
+    try:
+        return normalize(request, *args, **kwargs)
+    except SHAPE_ERRORS as exc:
+        raise ValueError(f"malformed request: SGLang could not read it ({type(exc).__name__}: {exc})") from exc
+
+
+def check_stop_regex(stop_regex) -> None:
+    patterns = [stop_regex] if isinstance(stop_regex, str) else stop_regex
+    if not isinstance(patterns, list) or not all(isinstance(pattern, str) for pattern in patterns):
+        raise ValueError(f"stop_regex must be a regular expression or a list of them; got {stop_regex!r:.80}")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"stop_regex {pattern!r:.80} is not a valid regular expression: {exc}") from exc
+
+
+def refuse_malformed_sampling_params(normalize, sampling_params, *args, **kwargs):
+    """Around `SamplingParams.normalize`: it compiles `stop_regex` unchecked."""
+    if sampling_params.stop_regex_strs is not None:
+        check_stop_regex(sampling_params.stop_regex_strs)
+    try:
+        return normalize(sampling_params, *args, **kwargs)
+    except SHAPE_ERRORS + (re.error,) as exc:
+        raise ValueError(f"malformed sampling_params: SGLang could not read them ({type(exc).__name__}: {exc})") from exc
+
+
+def refuse_bodies_the_request_model_trips_over(validate, field, value, *args, loc=(), **kwargs):
+    """Around FastAPI's body validation: pydantic turns only ValueErrors of a validator into a
+    validation error, and SGLang's request models run validators that call `.get` on whatever the
+    client sent; what they raise becomes the same 400 as any other invalid field."""
+    try:
+        return validate(field, value, *args, loc=loc, **kwargs)
+    except SHAPE_ERRORS as exc:
+        message = (
+            f"malformed request: a field has the wrong type, such as a number, string or list where "
+            f"an object is expected ({type(exc).__name__}: {exc})"
+        )
+        return None, [{"type": "value_error", "loc": tuple(loc), "msg": message, "input": value}]
+
+
 def register_hooks(register_hook) -> None:
     register_hook(VALIDATE_TARGET, reject_what_the_scheduler_cannot_run, "BEFORE")
     register_hook(FAN_OUT_TARGET, reject_too_many_sequences, "BEFORE")
+    register_hook(NORMALIZE_TARGET, refuse_malformed_generate_requests, "AROUND")
+    register_hook(SAMPLING_NORMALIZE_TARGET, refuse_malformed_sampling_params, "AROUND")
+    register_hook(BODY_VALIDATION_TARGET, refuse_bodies_the_request_model_trips_over, "AROUND")

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from lynx_sglang.server.request_guard import (
+    BODY_VALIDATION_TARGET,
     FAN_OUT_TARGET,
     MAX_SEQUENCES_PER_REQUEST,
+    NORMALIZE_TARGET,
+    SAMPLING_NORMALIZE_TARGET,
     VALIDATE_TARGET,
     check_logprob_params,
     check_sampling_params,
@@ -16,6 +19,9 @@ from lynx_sglang.server.request_guard import (
     check_token_ids,
     first_invalid_token_id,
     ids_bound_for_the_model,
+    refuse_bodies_the_request_model_trips_over,
+    refuse_malformed_generate_requests,
+    refuse_malformed_sampling_params,
     register_hooks,
 )
 
@@ -163,15 +169,139 @@ def test_a_list_of_prompts_with_n_below_one_is_refused(n):
         check_sequence_count(normalised(text=["1+1="], sampling_params={"n": n}))
 
 
+def guarded_normalise(**fields):
+    """What the hooked `normalize_batch_and_arguments` does to a `/generate` request."""
+    from sglang.srt.managers.io_struct import GenerateReqInput
+
+    request = GenerateReqInput(**fields)
+    refuse_malformed_generate_requests(GenerateReqInput.normalize_batch_and_arguments, request)
+    return request
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"input_embeds": []}, "input_embeds must be a non-empty list of embedding vectors"),
+        ({"input_embeds": [[]]}, "input_embeds must be a non-empty list of embedding vectors"),
+        ({"input_embeds": "x"}, "input_embeds must be a non-empty list of embedding vectors"),
+        ({"text": "1+1=", "sampling_params": []}, r"sampling_params is a list of 0 objects for 1 prompt\(s\)"),
+        ({"text": ["1+1=", "2+2="], "sampling_params": [{}]}, "a list of 1 objects for 2 prompt"),
+        ({"input_ids": [[5], [6]], "sampling_params": [{}, {}, {}]}, "a list of 3 objects for 2 prompt"),
+        ({"text": "1+1=", "sampling_params": [{}, 3]}, "sampling_params must be an object, or a list of objects"),
+        ({"text": "1+1=", "sampling_params": "greedy"}, "sampling_params must be an object, or a list of objects"),
+    ],
+)
+def test_request_shapes_sglang_indexes_into_unchecked_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        guarded_normalise(**fields)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"text": "1+1=", "sampling_params": {"max_new_tokens": 2}},
+        {"text": ["1+1=", "2+2="], "sampling_params": [{"max_new_tokens": 2}, {"max_new_tokens": 3}]},
+        {"input_ids": [[5], [6]], "sampling_params": [{"n": 2}, {"n": 2}]},
+        {"text": "1+1=", "sampling_params": [{"n": 2}]},
+        {"input_embeds": [[0.5, 0.5]]},
+        {"input_embeds": [[[0.5, 0.5]], [[0.1, 0.2]]], "sampling_params": [{}, {}]},
+    ],
+)
+def test_well_formed_requests_normalise_as_sglang_alone_does(fields):
+    expected = normalised(**fields)
+    guarded = guarded_normalise(**fields)
+    assert (guarded.is_single, guarded.batch_size, guarded.sampling_params) == (
+        expected.is_single, expected.batch_size, expected.sampling_params)  # fmt: skip
+
+
+def test_a_one_object_list_for_a_single_prompt_is_read_as_that_object():
+    # SGLang alone serves it only with n > 1; with n = 1 it would fail building SamplingParams.
+    assert guarded_normalise(text="1+1=", sampling_params=[{"max_new_tokens": 2}]).sampling_params == {"max_new_tokens": 2}
+
+
+def test_what_normalisation_still_trips_over_is_a_value_error_naming_it():
+    from sglang.srt.managers.io_struct import GenerateReqInput
+
+    def trips(request):
+        raise IndexError("list index out of range")
+
+    with pytest.raises(ValueError, match=r"malformed request: SGLang could not read it \(IndexError"):
+        refuse_malformed_generate_requests(trips, GenerateReqInput(text="1+1="))
+
+
+def sampling_params_normalised(**fields):
+    from sglang.srt.sampling.sampling_params import SamplingParams
+    from transformers import AutoTokenizer
+
+    from lynx_sglang.serve import EMBEDDED_MODEL_DIR
+
+    params = SamplingParams(**fields)
+    refuse_malformed_sampling_params(SamplingParams.normalize, params, AutoTokenizer.from_pretrained(EMBEDDED_MODEL_DIR))
+    return params
+
+
+@pytest.mark.parametrize(
+    "stop_regex,message",
+    [("((", r"stop_regex '\(\(' is not a valid regular expression"), (["[0-9]+", "a{"], None), (7, "stop_regex must be"),
+     ([["x"]], "stop_regex must be a regular expression or a list of them")],
+)  # fmt: skip
+def test_stop_regex_that_is_not_a_regular_expression_is_refused(stop_regex, message):
+    if message is None:
+        sampling_params_normalised(stop_regex=stop_regex)  # "a{" is a literal in Python's re
+        return
+    with pytest.raises(ValueError, match=message):
+        sampling_params_normalised(stop_regex=stop_regex)
+
+
+def test_valid_stop_regex_normalises_as_sglang_alone_does():
+    assert sampling_params_normalised(stop_regex="[0-9]+").stop_regex_strs == ["[0-9]+"]
+
+
+def chat_body_field():
+    from fastapi._compat.v2 import ModelField
+    from fastapi.params import Body
+    from sglang.srt.entrypoints.openai.protocol import ChatCompletionRequest
+
+    return ModelField(field_info=Body(annotation=ChatCompletionRequest), name="request", mode="validation")
+
+
+CHAT = {"model": "default", "messages": [{"role": "user", "content": "1+1="}], "max_tokens": 1}
+
+
+@pytest.mark.parametrize("body", [[], None, "x", 5, {**CHAT, "response_format": 5}, {**CHAT, "response_format": "json"}])
+def test_chat_bodies_the_request_model_trips_over_are_validation_errors(body):
+    from fastapi._compat.v2 import ModelField
+
+    value, errors = refuse_bodies_the_request_model_trips_over(ModelField.validate, chat_body_field(), body, {}, loc=("body",))
+    assert value is None
+    assert [(error["loc"], error["type"]) for error in errors] == [(("body",), "value_error")]
+    assert errors[0]["msg"].startswith("malformed request: a field has the wrong type")
+
+
+def test_valid_and_ordinarily_invalid_chat_bodies_validate_as_without_the_guard():
+    from fastapi._compat.v2 import ModelField
+
+    field = chat_body_field()
+    for body in [CHAT, {**CHAT, "response_format": {"type": "nonsense"}}, {**CHAT, "max_tokens": "many"}]:
+        guarded = refuse_bodies_the_request_model_trips_over(ModelField.validate, field, body, {}, loc=("body",))
+        plain = field.validate(body, {}, loc=("body",))
+        assert (guarded[0], [e["type"] for e in guarded[1]]) == (plain[0], [e["type"] for e in plain[1]])
+
+
 @pytest.mark.parametrize("target,arguments", [(VALIDATE_TARGET, ["self", "obj", "input_ids"]),
-                                              (FAN_OUT_TARGET, ["self", "obj"])])  # fmt: skip
+                                              (FAN_OUT_TARGET, ["self", "obj"]),
+                                              (NORMALIZE_TARGET, ["self"]),
+                                              (SAMPLING_NORMALIZE_TARGET, ["self", "tokenizer"]),
+                                              (BODY_VALIDATION_TARGET, ["self", "value", "values", "loc"])])  # fmt: skip
 def test_the_hook_targets_exist_with_the_arguments_the_hooks_expect(target, arguments):
     # Guards an SGLang upgrade: a renamed or reordered method would silently leave the server unguarded.
     method = pkgutil.resolve_name(target)
     assert list(inspect.signature(method).parameters)[: len(arguments)] == arguments
 
 
-def test_both_hooks_run_before_sglangs_own_method():
+def test_the_checks_run_before_and_the_shape_guards_around_sglangs_own_methods():
     registered = []
     register_hooks(lambda *args: registered.append(args))
-    assert [(name, kind) for name, _, kind in registered] == [(VALIDATE_TARGET, "BEFORE"), (FAN_OUT_TARGET, "BEFORE")]
+    assert [(name, kind) for name, _, kind in registered] == [
+        (VALIDATE_TARGET, "BEFORE"), (FAN_OUT_TARGET, "BEFORE"),
+        (NORMALIZE_TARGET, "AROUND"), (SAMPLING_NORMALIZE_TARGET, "AROUND"), (BODY_VALIDATION_TARGET, "AROUND")]  # fmt: skip

@@ -8,6 +8,15 @@
 #include <numeric>
 #include <vector>
 
+// The row passes vectorise; on x86-64 they are also built for AVX2 and the CPU picks at load time
+// (about 20% faster than the SSE2 baseline at T 256, E 128). Exact either way: the same IEEE
+// operations, no fused multiply-add. routing_cpu.py builds without it where the compiler refuses.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(LYNX_NO_TARGET_CLONES)
+#define LYNX_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define LYNX_VECTOR_CLONES
+#endif
+
 namespace {
 
 enum Mode : int32_t { kLynx = 0, kOwnTop = 1, kBudget = 2, kTopN = 3, kCoverage = 4, kGiven = 5 };
@@ -97,12 +106,12 @@ inline void insert_pair(float* values, int32_t* ids, int64_t& size, int64_t capa
 }
 
 // A row's own top-k, best first (ties: lower index). The k-th best of 16 lane maxima bounds the k-th
-// best value from below: only the lanes whose maximum reaches it are scanned, and the insertion runs
-// on the few values that reach it, not on all E (it was most of the time per row).
+// best value from below (K distinct experts reach it): one branch-free pass gathers the values that
+// reach it, in index order, and the insertion runs on those few, not on all E.
 constexpr int64_t kLanes = 16;
 inline void own_top(const float* row, int64_t E, int64_t K, float* values, int32_t* ids) {
   int64_t size = 0;
-  if (K > kLanes || E < 8 * kLanes) {  // few experts: plain insertion is cheaper
+  if (K > kLanes || E < 4 * kLanes) {  // few experts: plain insertion is cheaper
     for (int64_t e = 0; e < E; ++e) insert_best(values, ids, size, K, row[e], static_cast<int32_t>(e));
     return;
   }
@@ -116,12 +125,51 @@ inline void own_top(const float* row, int64_t E, int64_t K, float* values, int32
   int32_t lane[kLanes];
   int64_t filled = 0;
   for (int64_t i = 0; i < kLanes; ++i) insert_best(best, lane, filled, K, lane_max[i], static_cast<int32_t>(i));
-  const float bound = best[K - 1];  // K distinct experts reach it, so the k-th best does too
-  for (int64_t i = 0; i < kLanes; ++i) {  // only lanes whose maximum reaches the bound hold candidates
-    if (lane_max[i] < bound) continue;
-    for (int64_t c = i; c < E; c += kLanes)
-      if (row[c] >= bound) insert_pair(values, ids, size, K, row[c], static_cast<int32_t>(c));
+  const float bound = best[K - 1];
+  float candidate_values[kMaxExperts];
+  int32_t candidate_ids[kMaxExperts];
+  int32_t candidates = 0;
+  for (int32_t c = 0; c < static_cast<int32_t>(E); ++c) {
+    candidate_values[candidates] = row[c];
+    candidate_ids[candidates] = c;
+    candidates += row[c] >= bound;
   }
+  for (int32_t c = 0; c < candidates; ++c) insert_best(values, ids, size, K, candidate_values[c], candidate_ids[c]);
+}
+
+// The model's own top-k ids (`topk_ids`) are usually the row's top-k already: a router that takes
+// the top k of its softmax picks the same set. Checking that costs one vectorisable pass over the
+// row instead of a selection: the set is the top-k (ties: lower index) iff exactly K experts are
+// its worst member or better, and every given id is one of them. Returns false when it is not (a
+// grouped or biased router, ties split differently, repeated or invalid ids): own_top decides then.
+inline bool own_top_from_ids(const RouteArgs& a, int64_t t, const float* row, float* values, int32_t* ids) {
+  const int64_t E = a.num_experts, K = a.top_k;
+  for (int64_t j = 0; j < K; ++j) {
+    const int64_t id = id_at(a, t, j);
+    if (id < 0 || id >= E) return false;
+    ids[j] = static_cast<int32_t>(id);
+    values[j] = row[id];
+  }
+  int64_t worst = 0;
+  for (int64_t j = 1; j < K; ++j)
+    if (better(values[worst], ids[worst], values[j], ids[j])) worst = j;
+  const float worst_value = values[worst];
+  const int32_t worst_id = ids[worst];
+  int32_t reaching = 0;  // experts at least as good as the worst given one (two loops: both vectorise)
+  for (int32_t e = 0; e < static_cast<int32_t>(E); ++e) reaching += row[e] > worst_value;
+  for (int32_t e = 0; e <= worst_id; ++e) reaching += row[e] == worst_value;
+  if (reaching != K) return false;
+  for (int64_t j = 0; j < K; ++j)
+    for (int64_t i = 0; i < j; ++i)
+      if (ids[i] == ids[j]) return false;  // K distinct ids, all reaching: exactly that set
+  for (int64_t j = 1; j < K; ++j) {  // best first, ties lower index: own_top's order
+    const float value = values[j];
+    const int32_t id = ids[j];
+    int64_t pos = j;
+    for (; pos > 0 && better(value, id, values[pos - 1], ids[pos - 1]); --pos) values[pos] = values[pos - 1], ids[pos] = ids[pos - 1];
+    values[pos] = value, ids[pos] = id;
+  }
+  return true;
 }
 
 // A row of logits as the reference sees it: the input itself when all finite (the common case, no
@@ -138,7 +186,7 @@ inline const float* clean_row(const RouteArgs& a, int64_t t, float* buffer, bool
 }
 
 // Per row: voter flag, own top-k with weights in fixed point, per-expert sums; lynx bins.
-void scan_rows(const RouteArgs& a, Workspace& w) {
+LYNX_VECTOR_CLONES void scan_rows(const RouteArgs& a, Workspace& w) {
   const int64_t T = a.num_rows, E = a.num_experts, K = a.top_k;
   float buffer[kMaxExperts];
   for (int64_t t = 0; t < T; ++t) {
@@ -149,7 +197,7 @@ void scan_rows(const RouteArgs& a, Workspace& w) {
     w.finite[t] = finite;
     float values[kMaxTopK];  // local: the selection then stays in registers (no aliasing with row)
     int32_t ids[kMaxTopK];
-    own_top(row, E, K, values, ids);
+    if (!own_top_from_ids(a, t, row, values, ids)) own_top(row, E, K, values, ids);
     std::copy(values, values + K, &w.own_values[t * K]);
     std::copy(ids, ids + K, &w.own_ids[t * K]);
     // Renormalised top-k weights: fp32 exp (correctly rounded via double), exact 2**40 scaling.
@@ -305,7 +353,7 @@ void decide(const RouteArgs& a, Workspace& w) {
 }
 
 // Each real row re-takes its top-`slots` over the active set (remap._remap_clean).
-void remap(const RouteArgs& a, Workspace& w) {
+LYNX_VECTOR_CLONES void remap(const RouteArgs& a, Workspace& w) {
   const int64_t T = a.num_rows, E = a.num_experts, K = a.top_k, S = a.slots;
   w.candidate = w.active;
   w.active_ids.clear();  // ascending: the fill below scans these, not all E

@@ -74,7 +74,12 @@ def build_cpu_op() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:  # build aside, then rename: atomic
         built = Path(scratch) / target.name
-        subprocess.run([_compiler(), *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True, check=True)
+        command = [_compiler(), *FLAGS, str(SOURCE), "-o", str(built)]
+        try:
+            subprocess.run(command, capture_output=True, text=True, check=True)
+        except subprocess.CalledProcessError:
+            # A compiler without target_clones (or ifunc support): the plain build, one ISA.
+            subprocess.run([*command, "-DLYNX_NO_TARGET_CLONES"], capture_output=True, text=True, check=True)
         os.replace(built, target)
     return target
 

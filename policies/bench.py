@@ -1,13 +1,16 @@
 """Micro-benchmark: time per `select` call of every policy (one MoE layer of one decode batch).
 
     python -m lynx_sglang.policies.bench [--device cpu|cuda] [--repeats N] [--policies a,b] [--tokens 1,8]
-                                         [--experts 8,64] [--compile] [--no-launch-counts]
+                                         [--experts 8,64] [--ids router|biased] [--compile]
+                                         [--no-launch-counts]
 
 CPU: median wall clock of `repeats` calls, for the torch reference ("eager") and the fast path (the
 C++ op). CUDA: each call captured once in a CUDA graph and replayed, timed with CUDA events (median of
 5 batches of `repeats` replays), for the fused path (Triton) and the reference. Launches per call are
 counted by instrumentation (kernels/launches.py); without CUDA, the fused path's are counted with the
-Triton kernels running in Triton's interpreter. Targets: lynx fast path at most 150 us per call on one
+Triton kernels running in Triton's interpreter. `--ids biased` gives the policies the top-k ids of
+a router with a per-expert correction bias instead of the softmax top-k, so the CPU op cannot take
+them as each row's own top-k and selects it from the logits (its slower case). Targets: lynx fast path at most 150 us per call on one
 CPU core, and at most 15 us per call under graph replay on an H100/H200, for T <= 256 and E <= 128.
 """
 
@@ -36,13 +39,17 @@ def top_k_for(num_experts: int) -> int:
     return 2 if num_experts <= 8 else 8
 
 
-def make_batch(num_rows, num_experts, top_k, device, dtype, seed=0):
+def make_batch(num_rows, num_experts, top_k, device, dtype, seed=0, ids="router"):
     generator = torch.Generator().manual_seed(seed)
     # Skewed routing, as in real models: a shared per-expert bias on top of per-token noise.
     logits = (torch.randn(num_rows, num_experts, generator=generator) * 2.0
               + torch.randn(1, num_experts, generator=generator))
     probs = torch.softmax(logits, dim=-1)
-    weights, ids = probs.topk(top_k, dim=-1)
+    weights, top = probs.topk(top_k, dim=-1)
+    if ids == "biased":  # DeepSeek-V3-style selection: top-k of the scores plus a per-expert bias
+        top = (logits + 2.0 * torch.randn(1, num_experts, generator=generator)).topk(top_k, dim=-1).indices
+        weights = probs.gather(1, top)
+    ids = top
     weights = weights / weights.sum(dim=-1, keepdim=True)
     return (logits.to(device=device, dtype=dtype), ids.to(device=device, dtype=torch.int32),
             weights.to(device=device))
@@ -115,6 +122,8 @@ def parse_args(argv=None):
                         help="comma-separated policy names (default: all built-ins)")
     parser.add_argument("--tokens", default=",".join(map(str, DEFAULT_TOKENS)))
     parser.add_argument("--experts", default=",".join(map(str, DEFAULT_EXPERTS)))
+    parser.add_argument("--ids", choices=["router", "biased"], default="router",
+                        help="the model's top-k ids: its softmax top-k (default), or a biased router's")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile(select, fullgraph=True) (inductor) of the torch reference")
     parser.add_argument("--no-launch-counts", action="store_true", help="skip counting launches per call")
@@ -147,7 +156,7 @@ def run_table(table: Table, args, device, dtype, timer, implementation: str, com
             select = torch.compile(policy.select, fullgraph=True)
         values = []
         for num_rows in args.tokens:
-            logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype)
+            logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype, ids=args.ids)
             num_real = torch.tensor(num_rows, device=device)
             values.append(timer(lambda: select(logits, ids, weights, num_real, implementation=implementation),
                                 args.repeats))  # fmt: skip
@@ -163,7 +172,7 @@ def launch_counts(args, device, dtype, fused: str) -> None:
     for name, num_experts, policy in policies_of(args):
         fused_counts, reference_counts = [], []
         for num_rows in sizes:
-            logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype)
+            logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype, ids=args.ids)
             num_real = torch.tensor(num_rows, device=device)
             counter = count_launches(policy.select, logits, ids, weights, num_real, implementation=fused)
             fused_counts.append(f"{counter.triton} + {counter.torch_ops}")
@@ -192,7 +201,8 @@ def main(argv=None) -> int:
     where = torch.cuda.get_device_name() if on_gpu else f"cpu, {torch.get_num_threads()} thread(s)"
     mode = "CUDA graph replay, CUDA events" if on_gpu else "median wall clock"
     print(f"# policy select() time per layer call, microseconds; {where}; torch {torch.__version__}; {mode}; "
-          f"{args.repeats} repeats; logits {str(dtype).replace('torch.', '')}; all rows real (num_real a 0-dim tensor)")
+          f"{args.repeats} repeats; logits {str(dtype).replace('torch.', '')}; all rows real (num_real a 0-dim tensor); "
+          f"model ids: {'softmax top-k' if args.ids == 'router' else 'a biased router (not the logits top-k)'}")
     timer = time_cuda_graph if on_gpu else time_cpu
     fast = "triton" if on_gpu else "cpu"
     if not on_gpu:

@@ -26,3 +26,23 @@ def test_bench_policies_reports_cpu_tables_and_interpreter_launch_counts(capsys)
     assert launches["lynx"].split()[3:8] == ["2", "+", "0", "/", "2"]  # two Triton launches, no torch op
     assert launches["random"].split()[3:5] == ["2", "+"]  # decide in torch, shared stages fused
     assert launches["baseline"].split()[3:5] == ["0", "+"]  # pass-through: no fused launch
+
+
+def test_bench_policies_with_a_biased_routers_ids_says_so(capsys):
+    code = cli_main(["bench", "policies", "--repeats", "2", "--policies", "lynx", "--tokens", "4", "--experts", "8",
+                     "--ids", "biased", "--no-launch-counts"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "model ids: a biased router (not the logits top-k)" in out
+    assert re.search(r"^lynx +8 +2 +\d+\.\d", out, re.MULTILINE)
+
+
+def test_a_biased_routers_ids_differ_from_the_softmax_top_k():
+    from lynx_sglang.policies.bench import make_batch
+
+    logits, router_ids, _ = make_batch(64, 128, 8, "cpu", torch.float32)
+    same_logits, biased_ids, weights = make_batch(64, 128, 8, "cpu", torch.float32, ids="biased")
+    assert torch.equal(logits, same_logits)
+    assert torch.equal(router_ids, logits.topk(8, dim=-1).indices)
+    assert not torch.equal(biased_ids.sort(dim=-1).values, router_ids.sort(dim=-1).values)
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(64))

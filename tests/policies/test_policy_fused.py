@@ -34,6 +34,22 @@ def configurations(num_experts, top_k, renormalize):
     return out
 
 
+def model_ids(draw, ids, num_experts):
+    """The model's top-k ids as a router other than plain softmax top-k may give them. The fast
+    paths take these ids as a hint for each row's own top-k and must agree with the reference, which
+    recomputes it from the logits, whether or not the hint is right."""
+    kind = draw(st.sampled_from(["router", "router", "reordered", "biased", "repeated"]))
+    if kind == "reordered":  # the same set in another order
+        ids = ids[:, torch.randperm(ids.shape[1], generator=torch.Generator().manual_seed(draw(st.integers(0, 99))))]
+    elif kind == "biased":  # a router with a correction bias: other experts than the logits' top-k
+        shift = draw(st.integers(1, num_experts - 1))
+        ids = (ids + shift) % num_experts
+    elif kind == "repeated" and ids.shape[1] > 1:
+        ids = ids.clone()
+        ids[:, -1] = ids[:, 0]
+    return ids.contiguous()
+
+
 @st.composite
 def batches(draw, max_rows=12, experts=(2, 3, 4, 8, 16)):
     num_experts = draw(st.sampled_from(experts))
@@ -45,6 +61,7 @@ def batches(draw, max_rows=12, experts=(2, 3, 4, 8, 16)):
                          grid=draw(st.booleans()))  # fmt: skip
     renormalize = draw(st.booleans())
     ids, weights = normal_routing(logits, top_k, renormalize)
+    ids = model_ids(draw, ids, num_experts)
     ids = ids.to(draw(st.sampled_from([torch.int32, torch.int64])))
     poisoned = draw(st.sets(st.integers(0, num_rows - 1), max_size=2))
     for row in poisoned:  # a NaN/inf row, with the garbage routing a model would give it
@@ -138,11 +155,15 @@ def test_two_launches_per_call_and_no_host_sync():
             assert counter.torch_ops == 0, (label, counter.op_names)
 
 
-def largest_batch(num_rows, num_experts, dtype, seed=11):
+def largest_batch(num_rows, num_experts, dtype, seed=11, biased_router=False):
     """Tied logits (a coarse grid), a NaN row, an inf row, 12 padding rows, top-8: the limits the fused
-    kernels are compiled for (T 512, E 256), with a budget of 3/8 of the experts."""
+    kernels are compiled for (T 512, E 256), with a budget of 3/8 of the experts. A biased router's
+    ids are not the logits' top-k, so the CPU op selects every row's own top-k from the logits."""
     logits = make_logits(num_rows, num_experts, seed=seed, dtype=dtype, grid=True, skew=2.0)
     ids, weights = normal_routing(logits, 8, True)
+    if biased_router:
+        bias = torch.randn(1, num_experts, generator=torch.Generator().manual_seed(seed))
+        ids = (logits.float() + 2.0 * bias).topk(8, dim=-1).indices.to(torch.int32)
     logits[3, 7], logits[40, 0] = float("nan"), float("inf")
     weights[3] = weights[40] = float("nan")
     budget = ExpertBudget.unlimited(num_experts).set_experts(num_experts * 3 // 8)
@@ -151,8 +172,10 @@ def largest_batch(num_rows, num_experts, dtype, seed=11):
 
 @pytest.mark.skipif("cpu" not in IMPLEMENTATIONS, reason="the C++ op is not available here")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_cpu_op_at_the_largest_shape(dtype):
-    check_batch(largest_batch(512, 256, dtype), "cpu")
+@pytest.mark.parametrize("biased_router", [False, True])
+def test_cpu_op_at_the_largest_shape(dtype, biased_router):
+    check_batch(largest_batch(512, 256, dtype, biased_router=biased_router), "cpu")
+    check_batch(largest_batch(256, 128, dtype, seed=5, biased_router=biased_router), "cpu")
 
 
 @pytest.mark.slow

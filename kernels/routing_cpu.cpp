@@ -433,3 +433,31 @@ extern "C" int lynx_route_cpu(const RouteArgs* args) {
   for (int64_t e = 0; e < E; ++e) a.active_out[e] = w.active[e];
   return 0;
 }
+
+// anchor's greedy hitting set (policies/anchor.py, AnchorPolicy.hitting_set): repeatedly pick the
+// expert acceptable to the most waiting rows (ties: more routed mass, then lower index), until no
+// waiting row is left. Each row leaves the count of every expert it accepts once, when first served:
+// O(T E) in all, instead of O(T E) per pick.
+extern "C" int lynx_anchor_hitting_set(const uint8_t* acceptable, const uint8_t* waiting_rows, const int64_t* mass,
+                                       int64_t num_rows, int64_t num_experts, uint8_t* active_out) {
+  const int64_t T = num_rows, E = num_experts;
+  std::vector<int64_t> votes(E, 0);
+  std::vector<uint8_t> waiting(waiting_rows, waiting_rows + T);
+  for (int64_t t = 0; t < T; ++t)
+    if (waiting[t])
+      for (int64_t e = 0; e < E; ++e) votes[e] += acceptable[t * E + e];
+  std::fill(active_out, active_out + E, 0);
+  for (int64_t pick = 0; pick < std::min(E, T); ++pick) {
+    int64_t best = 0;
+    for (int64_t e = 1; e < E; ++e)
+      if (votes[e] > votes[best] || (votes[e] == votes[best] && mass[e] > mass[best])) best = e;
+    if (votes[best] == 0) break;
+    active_out[best] = 1;
+    for (int64_t t = 0; t < T; ++t) {
+      if (!waiting[t] || !acceptable[t * E + best]) continue;
+      waiting[t] = 0;
+      for (int64_t e = 0; e < E; ++e) votes[e] -= acceptable[t * E + e];
+    }
+  }
+  return 0;
+}

@@ -99,6 +99,33 @@ def load_cpu_op():
     return function
 
 
+@functools.cache
+def load_anchor_op():
+    """anchor's greedy hitting set in the same library, or None where the library is unavailable."""
+    if load_cpu_op() is None:
+        return None
+    function = ctypes.CDLL(str(build_cpu_op())).lynx_anchor_hitting_set
+    pointer = ctypes.c_void_p
+    function.argtypes = [pointer, pointer, pointer, ctypes.c_int64, ctypes.c_int64, pointer]
+    function.restype = ctypes.c_int
+    return function
+
+
+def anchor_hitting_set_cpu(acceptable: torch.Tensor, waiting: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """[E] bool: anchor's greedy hitting set (AnchorPolicy.hitting_set) in one C++ call.
+    acceptable [T, E] bool, waiting [T] bool, mass [E] int64, all CPU tensors."""
+    function = load_anchor_op()
+    if function is None:
+        raise RuntimeError("the CPU routing op could not be built (see the log)")
+    num_rows, num_experts = acceptable.shape
+    acceptable = acceptable.to(torch.uint8).contiguous()
+    waiting = waiting.to(torch.uint8).contiguous()
+    mass = mass.to(torch.int64).contiguous()
+    active = torch.empty(num_experts, dtype=torch.bool)
+    function(acceptable.data_ptr(), waiting.data_ptr(), mass.data_ptr(), num_rows, num_experts, active.data_ptr())
+    return active
+
+
 @functools.lru_cache(maxsize=256)
 def _static_fields(kind: type, rule, slots: int, renormalize: bool) -> RouteArgs:
     """The fields fixed per policy (a template copied per call: cheaper than building the struct).

@@ -348,3 +348,23 @@ def test_without_fill_to_k_compiles_fullgraph_and_the_auto_path_is_the_reference
 def test_fill_to_k_must_be_a_boolean():
     with pytest.raises(PolicyConfigError, match="fill_to_k"):
         get_policy("anchor", 8, 2, True, fill_to_k="no")
+
+
+@pytest.mark.parametrize("num_rows,num_experts,top_k", [(256, 128, 8), (512, 256, 8), (64, 8, 2), (3, 16, 4)])
+@pytest.mark.parametrize("ratio,min_share", [(0.3, 0.0), (0.5, 0.4), (0.9, 0.0), (1.0, 0.0)])
+def test_the_cpu_hitting_set_op_makes_the_same_picks_as_the_torch_loop(num_rows, num_experts, top_k, ratio, min_share):
+    from lynx_sglang.kernels.routing import fused_available
+    from lynx_sglang.policies.base import real_rows
+
+    if not fused_available("cpu"):
+        pytest.skip("the C++ op is not available here")
+    from lynx_sglang.kernels.routing_cpu import anchor_hitting_set_cpu
+
+    policy = get_policy("anchor", num_experts, top_k, True, ratio=ratio, min_share=min_share)
+    logits = make_logits(num_rows, num_experts, seed=num_rows + num_experts, skew=2.0, grid=True)
+    ctx = policy._context(logits, real_rows(num_rows, torch.tensor(num_rows - 2), logits.device), None)
+    inputs = policy.hitting_set_inputs(ctx)
+    expected = policy.hitting_set(*inputs)
+    assert torch.equal(anchor_hitting_set_cpu(*inputs), expected)
+    assert 1 <= int(expected.sum()) < num_experts or num_rows < 4  # a real hitting set, not everything
+    assert torch.equal(policy.decide_with(ctx, "cpu"), policy.decide(ctx))

@@ -96,6 +96,9 @@ class RoutingCall(NamedTuple):
     budget_mass_fraction: torch.Tensor | None = None  # 0-dim fp32
     given_active: torch.Tensor | None = None  # [E] bool (GivenRule)
     given_keep: torch.Tensor | None = None  # [T] bool or None (GivenRule)
+    # With two voters or more, top the active set up to one expert instead of `slots` (anchor with
+    # fill_to_k=false: tokens may fill fewer slots). The C++ op only.
+    top_up_to_one: bool = False
 
     @property
     def num_experts(self) -> int:

@@ -45,6 +45,7 @@ struct RouteArgs {
   int64_t fraction_units, dropped_cap_units, budget_max_experts, rule_n;
   float alpha, budget_mass_fraction, big;
   int32_t ids_are_int64, renormalize, mode, beta, tie_by_mass, floor_k, keep_mode, any_drop, has_budget;
+  int32_t top_up_to_one;  // with two voters or more, top up to one expert instead of `slots`
 };
 
 }  // extern "C"
@@ -310,14 +311,15 @@ void decide(const RouteArgs& a, Workspace& w) {
     for (int64_t e = 0; e < E; ++e) w.active[e] = a.given_active[e] != 0;
   }
 
-  // Top-up to `slots` experts: the most-voted inactive ones (ties: lower index).
+  // Top-up to `slots` experts (or one): the most-voted inactive ones (ties: lower index).
+  const int64_t top_up_target = a.top_up_to_one && voters >= 2 ? 1 : a.slots;
   int64_t active_count = std::count(w.active.begin(), w.active.end(), 1);
-  if (active_count < a.slots) {
+  if (active_count < top_up_target) {
     std::vector<int32_t> by_votes(E);
     std::iota(by_votes.begin(), by_votes.end(), 0);
     std::stable_sort(by_votes.begin(), by_votes.end(), [&](int32_t x, int32_t y) { return w.counts[x] > w.counts[y]; });
     for (int32_t e : by_votes) {
-      if (active_count == a.slots) break;
+      if (active_count == top_up_target) break;
       if (!w.active[e]) w.active[e] = 1, ++active_count;
     }
   }

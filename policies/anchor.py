@@ -93,10 +93,15 @@ class AnchorPolicy(Policy):
         return ExpertBudget(self.num_experts, torch.minimum(budget.max_experts, layer_max), budget.mass_fraction)
 
     def _select_fused(self, router_logits, topk_ids, topk_weights, num_real, layer_id, budget, implementation):
-        if not self.fill_to_k:  # the fused shared stages always fill the active set up to k
+        if not self.fill_to_k and implementation != "cpu":  # the Triton stages always fill the set up to k
             return self._select_in_torch(router_logits, topk_ids, topk_weights, num_real, layer_id, budget,
                                          implementation)  # fmt: skip
         return super()._select_fused(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, implementation)
+
+    def adjust_fused_call(self, call):
+        # Without fill_to_k the set is topped up to one expert with two voters or more (else to k),
+        # as in _active_set below; the C++ op does that top-up itself.
+        return call if self.fill_to_k else call._replace(top_up_to_one=True)
 
     def _active_set(self, ctx: RoutingContext, topk_ids: torch.Tensor, budget: ExpertBudget | None,
                     implementation: str = "torch"):

@@ -230,6 +230,11 @@ class Policy:
         torch and only the shared stages (top-up, kept rows, budget cap, remap) run fused."""
         return None
 
+    def adjust_fused_call(self, call: RoutingCall) -> RoutingCall:
+        """The fused call as this policy needs it (default: unchanged); anchor without fill_to_k
+        asks for the top-up to one expert."""
+        return call
+
     def _implementation(self, router_logits: torch.Tensor, requested: str) -> str:
         if requested != "auto":
             if requested not in ("torch", "triton", "cpu"):
@@ -249,6 +254,7 @@ class Policy:
             self.renormalize, None if budget is None else budget.max_experts,
             None if budget is None else budget.mass_fraction,
         )  # fmt: skip
+        call = self.adjust_fused_call(call)
         if not fused_supports(call) or (budget is not None and budget.max_experts.device != router_logits.device):
             return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
         if rule is None:  # decide in torch; the shared stages still run fused

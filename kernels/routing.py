@@ -67,12 +67,23 @@ class CoverageRule(NamedTuple):
     keep_on_any_drop: bool = False
 
 
+class AnchorRule(NamedTuple):
+    """anchor's decision (policies/anchor.py): the greedy hitting set of the voters' acceptable
+    experts (logit within log_ratio of the top-1; voters whose top-1 weight is below
+    min_share_units do not insist), unless it is not smaller than the voters' own experts.
+    The C++ op only: on CUDA anchor decides in torch (GivenRule)."""
+
+    log_ratio: float
+    min_share_units: int
+    fill_to_k: bool
+
+
 class GivenRule(NamedTuple):
     """The active set (and kept rows) were decided elsewhere (a policy's torch `decide`); only the
     shared stages run fused."""
 
 
-RoutingRule = LynxRule | OwnTopRule | BudgetRule | TopNRule | CoverageRule | GivenRule
+RoutingRule = LynxRule | OwnTopRule | BudgetRule | TopNRule | CoverageRule | AnchorRule | GivenRule
 
 
 class RoutingResult(NamedTuple):

@@ -19,7 +19,7 @@
 
 namespace {
 
-enum Mode : int32_t { kLynx = 0, kOwnTop = 1, kBudget = 2, kTopN = 3, kCoverage = 4, kGiven = 5 };
+enum Mode : int32_t { kLynx = 0, kOwnTop = 1, kBudget = 2, kTopN = 3, kCoverage = 4, kGiven = 5, kAnchor = 6 };
 enum KeepMode : int32_t { kKeepNone = 0, kKeepDroppedCap = 1, kKeepGiven = 2 };
 constexpr int kMassBits = 20;
 constexpr float kRatioScale = 1099511627776.0f;  // 2**40
@@ -46,6 +46,9 @@ struct RouteArgs {
   float alpha, budget_mass_fraction, big;
   int32_t ids_are_int64, renormalize, mode, beta, tie_by_mass, floor_k, keep_mode, any_drop, has_budget;
   int32_t top_up_to_one;  // with two voters or more, top up to one expert instead of `slots`
+  int32_t anchor_fill_to_k;
+  float anchor_log_ratio;
+  int64_t anchor_min_share_units;
 };
 
 }  // extern "C"
@@ -258,6 +261,53 @@ void order_experts(int64_t E, std::vector<int32_t>& order, std::vector<int32_t>&
   for (int64_t r = 0; r < E; ++r) rank[order[r]] = static_cast<int32_t>(r);
 }
 
+// anchor's greedy hitting set (policies/anchor.py, AnchorPolicy.hitting_set): repeatedly pick the
+// expert acceptable to the most waiting rows (ties: more routed mass, then lower index), until no
+// waiting row is left. Each row leaves the count of every expert it accepts once, when first served:
+// O(T E) in all, where the torch loop does O(T E) per pick.
+void hitting_set(const std::vector<uint8_t>& acceptable, std::vector<uint8_t>& waiting, const int64_t* mass,
+                 int64_t T, int64_t E, uint8_t* active) {
+  std::vector<int64_t> votes(E, 0);
+  for (int64_t t = 0; t < T; ++t)
+    if (waiting[t])
+      for (int64_t e = 0; e < E; ++e) votes[e] += acceptable[t * E + e];
+  std::fill(active, active + E, 0);
+  for (int64_t pick = 0; pick < std::min(E, T); ++pick) {
+    int64_t best = 0;
+    for (int64_t e = 1; e < E; ++e)
+      if (votes[e] > votes[best] || (votes[e] == votes[best] && mass[e] > mass[best])) best = e;
+    if (votes[best] == 0) break;
+    active[best] = 1;
+    for (int64_t t = 0; t < T; ++t) {
+      if (!waiting[t] || !acceptable[t * E + best]) continue;
+      waiting[t] = 0;
+      for (int64_t e = 0; e < E; ++e) votes[e] -= acceptable[t * E + e];
+    }
+  }
+}
+
+// anchor's decide (AnchorPolicy.decide): the hitting set of the voters' acceptable experts (within
+// log_ratio of their top-1), unless it would not be smaller than the voters' own experts.
+void decide_anchor(const RouteArgs& a, Workspace& w, int64_t voters) {
+  const int64_t T = a.num_rows, E = a.num_experts, K = a.top_k;
+  std::vector<uint8_t> acceptable(T * E, 0), waiting(T, 0);
+  float buffer[kMaxExperts];
+  for (int64_t t = 0; t < T; ++t) {
+    bool finite;
+    const float* row = clean_row(a, t, buffer, finite);
+    const float top = w.own_values[t * K];
+    for (int64_t e = 0; e < E; ++e) acceptable[t * E + e] = (row[e] - top) >= a.anchor_log_ratio;
+    waiting[t] = w.voter[t] && w.own_weights[t * K] >= a.anchor_min_share_units;
+  }
+  std::vector<uint8_t> hitting(E, 0);
+  hitting_set(acceptable, waiting, w.mass.data(), T, E, hitting.data());
+  int64_t chosen = 0, own = 0;
+  for (int64_t e = 0; e < E; ++e) chosen += hitting[e], own += w.counts[e] > 0;
+  const int64_t filled = std::max(chosen, a.slots);
+  const int64_t computed = a.anchor_fill_to_k ? filled : (voters >= 2 ? std::max<int64_t>(chosen, 1) : filled);
+  for (int64_t e = 0; e < E; ++e) w.active[e] = computed >= own ? w.counts[e] > 0 : hitting[e];
+}
+
 void decide(const RouteArgs& a, Workspace& w) {
   const int64_t T = a.num_rows, E = a.num_experts, K = a.top_k;
   int64_t voters = 0, total_mass = 0;
@@ -307,6 +357,8 @@ void decide(const RouteArgs& a, Workspace& w) {
       w.active[e] = (before << kMassBits) < a.fraction_units * total_mass && w.mass[e] > 0;
       before += w.mass[e];
     }
+  } else if (a.mode == kAnchor) {
+    decide_anchor(a, w, voters);
   } else {
     for (int64_t e = 0; e < E; ++e) w.active[e] = a.given_active[e] != 0;
   }
@@ -433,33 +485,5 @@ extern "C" int lynx_route_cpu(const RouteArgs* args) {
   decide(a, w);
   remap(a, w);
   for (int64_t e = 0; e < E; ++e) a.active_out[e] = w.active[e];
-  return 0;
-}
-
-// anchor's greedy hitting set (policies/anchor.py, AnchorPolicy.hitting_set): repeatedly pick the
-// expert acceptable to the most waiting rows (ties: more routed mass, then lower index), until no
-// waiting row is left. Each row leaves the count of every expert it accepts once, when first served:
-// O(T E) in all, instead of O(T E) per pick.
-extern "C" int lynx_anchor_hitting_set(const uint8_t* acceptable, const uint8_t* waiting_rows, const int64_t* mass,
-                                       int64_t num_rows, int64_t num_experts, uint8_t* active_out) {
-  const int64_t T = num_rows, E = num_experts;
-  std::vector<int64_t> votes(E, 0);
-  std::vector<uint8_t> waiting(waiting_rows, waiting_rows + T);
-  for (int64_t t = 0; t < T; ++t)
-    if (waiting[t])
-      for (int64_t e = 0; e < E; ++e) votes[e] += acceptable[t * E + e];
-  std::fill(active_out, active_out + E, 0);
-  for (int64_t pick = 0; pick < std::min(E, T); ++pick) {
-    int64_t best = 0;
-    for (int64_t e = 1; e < E; ++e)
-      if (votes[e] > votes[best] || (votes[e] == votes[best] && mass[e] > mass[best])) best = e;
-    if (votes[best] == 0) break;
-    active_out[best] = 1;
-    for (int64_t t = 0; t < T; ++t) {
-      if (!waiting[t] || !acceptable[t * E + best]) continue;
-      waiting[t] = 0;
-      for (int64_t e = 0; e < E; ++e) votes[e] -= acceptable[t * E + e];
-    }
-  }
   return 0;
 }

@@ -22,6 +22,7 @@ import torch
 
 from .routing import (
     FP32_BIG,
+    AnchorRule,
     BudgetRule,
     CoverageRule,
     GivenRule,
@@ -37,7 +38,7 @@ logger = logging.getLogger("lynx_sglang")
 SOURCE = Path(__file__).with_name("routing_cpu.cpp")
 # -ffp-contract=off: no fused multiply-add, so every float operation rounds as the reference's.
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math"]
-MODES = {LynxRule: 0, OwnTopRule: 1, BudgetRule: 2, TopNRule: 3, CoverageRule: 4, GivenRule: 5}
+MODES = {LynxRule: 0, OwnTopRule: 1, BudgetRule: 2, TopNRule: 3, CoverageRule: 4, GivenRule: 5, AnchorRule: 6}
 
 
 class RouteArgs(ctypes.Structure):
@@ -51,9 +52,9 @@ class RouteArgs(ctypes.Structure):
     )] + [(name, ctypes.c_float) for name in ("alpha", "budget_mass_fraction", "big")] + [
         (name, ctypes.c_int32) for name in (
             "ids_are_int64", "renormalize", "mode", "beta", "tie_by_mass", "floor_k", "keep_mode", "any_drop",
-            "has_budget", "top_up_to_one",
+            "has_budget", "top_up_to_one", "anchor_fill_to_k",
         )
-    ]  # fmt: skip
+    ] + [("anchor_log_ratio", ctypes.c_float), ("anchor_min_share_units", ctypes.c_int64)]  # fmt: skip
 
 
 def _cache_dir() -> Path:
@@ -99,33 +100,6 @@ def load_cpu_op():
     return function
 
 
-@functools.cache
-def load_anchor_op():
-    """anchor's greedy hitting set in the same library, or None where the library is unavailable."""
-    if load_cpu_op() is None:
-        return None
-    function = ctypes.CDLL(str(build_cpu_op())).lynx_anchor_hitting_set
-    pointer = ctypes.c_void_p
-    function.argtypes = [pointer, pointer, pointer, ctypes.c_int64, ctypes.c_int64, pointer]
-    function.restype = ctypes.c_int
-    return function
-
-
-def anchor_hitting_set_cpu(acceptable: torch.Tensor, waiting: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
-    """[E] bool: anchor's greedy hitting set (AnchorPolicy.hitting_set) in one C++ call.
-    acceptable [T, E] bool, waiting [T] bool, mass [E] int64, all CPU tensors."""
-    function = load_anchor_op()
-    if function is None:
-        raise RuntimeError("the CPU routing op could not be built (see the log)")
-    num_rows, num_experts = acceptable.shape
-    acceptable = acceptable.to(torch.uint8).contiguous()
-    waiting = waiting.to(torch.uint8).contiguous()
-    mass = mass.to(torch.int64).contiguous()
-    active = torch.empty(num_experts, dtype=torch.bool)
-    function(acceptable.data_ptr(), waiting.data_ptr(), mass.data_ptr(), num_rows, num_experts, active.data_ptr())
-    return active
-
-
 @functools.lru_cache(maxsize=256)
 def _static_fields(kind: type, rule, slots: int, renormalize: bool) -> RouteArgs:
     """The fields fixed per policy (a template copied per call: cheaper than building the struct).
@@ -137,6 +111,9 @@ def _static_fields(kind: type, rule, slots: int, renormalize: bool) -> RouteArgs
         args.floor_k = rule.j
     elif isinstance(rule, (BudgetRule, TopNRule)):
         args.rule_n = rule.n
+    elif isinstance(rule, AnchorRule):
+        args.anchor_log_ratio, args.anchor_min_share_units = rule.log_ratio, rule.min_share_units
+        args.anchor_fill_to_k = int(rule.fill_to_k)
     elif isinstance(rule, CoverageRule):
         args.fraction_units = rule.fraction_units
         if rule.dropped_cap_units is not None:

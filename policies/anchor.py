@@ -12,6 +12,7 @@ from .keys import MASS_ONE
 from . import params
 from .params import PolicyConfigError
 from .remap import ids_to_mask
+from ..kernels.routing import AnchorRule
 
 
 class AnchorPolicy(Policy):
@@ -94,20 +95,25 @@ class AnchorPolicy(Policy):
 
     def _select_fused(self, router_logits, topk_ids, topk_weights, num_real, layer_id, budget, implementation):
         if not self.fill_to_k and implementation != "cpu":  # the Triton stages always fill the set up to k
-            return self._select_in_torch(router_logits, topk_ids, topk_weights, num_real, layer_id, budget,
-                                         implementation)  # fmt: skip
+            return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
         return super()._select_fused(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, implementation)
 
-    def adjust_fused_call(self, call):
-        # Without fill_to_k the set is topped up to one expert with two voters or more (else to k),
-        # as in _active_set below; the C++ op does that top-up itself.
-        return call if self.fill_to_k else call._replace(top_up_to_one=True)
+    def adjust_fused_call(self, call, implementation, layer_id):
+        """On CPU the C++ op makes the whole decision (AnchorRule); without fill_to_k it tops the set
+        up to one expert with two voters or more (else to k), as _active_set below. On CUDA `decide`
+        runs in torch and only the shared stages are fused."""
+        if implementation != "cpu":
+            return call
+        min_share = self.for_layer(self.min_share, layer_id)
+        rule = AnchorRule(log_ratio=self.for_layer(self._log_ratio, layer_id),
+                          min_share_units=math.ceil(min_share * MASS_ONE) if min_share > 0.0 else 0,
+                          fill_to_k=self.fill_to_k)  # fmt: skip
+        return call._replace(rule=rule, top_up_to_one=not self.fill_to_k)
 
-    def _active_set(self, ctx: RoutingContext, topk_ids: torch.Tensor, budget: ExpertBudget | None,
-                    implementation: str = "torch"):
+    def _active_set(self, ctx: RoutingContext, topk_ids: torch.Tensor, budget: ExpertBudget | None):
         if self.fill_to_k:
-            return super()._active_set(ctx, topk_ids, budget, implementation)
-        needed = self.decide_with(ctx, implementation)
+            return super()._active_set(ctx, topk_ids, budget)
+        needed = self.decide(ctx)
         # A batch computes only what its voters need; a lone voter (or none) still gets k experts.
         active = torch.where(ctx.num_voters() >= 2, ensure_min_active(needed, ctx, 1),
                              ensure_min_active(needed, ctx, self.slots_used))
@@ -117,15 +123,6 @@ class AnchorPolicy(Policy):
 
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
         return self.unless_no_saving(self.hitting_set(*self.hitting_set_inputs(ctx)), ctx)
-
-    def decide_with(self, ctx: RoutingContext, implementation: str) -> torch.Tensor:
-        if implementation != "cpu":
-            return self.decide(ctx)
-        # On CPU the greedy loop below is min(E, T) steps of [T, E] work (8-12 ms at E 128, T 256);
-        # the C++ op makes the same picks in one pass.
-        from ..kernels.routing_cpu import anchor_hitting_set_cpu
-
-        return self.unless_no_saving(anchor_hitting_set_cpu(*self.hitting_set_inputs(ctx)), ctx)
 
     def hitting_set_inputs(self, ctx: RoutingContext):
         """(acceptable [T, E] bool, waiting [T] bool: the voters to serve, routed mass [E] int64)."""

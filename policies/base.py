@@ -202,14 +202,9 @@ class Policy:
     def select_reference(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None,
                          budget=None) -> PolicyDecision:
         """`select` in plain torch: the definition every fused path reproduces exactly."""
-        return self._select_in_torch(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, "torch")
-
-    def _select_in_torch(self, router_logits, topk_ids, topk_weights, num_real, layer_id, budget,
-                         implementation: str) -> PolicyDecision:
-        """The reference's stages in torch, `decide` computed by `implementation` (see decide_with)."""
         row_is_real = real_rows(router_logits.shape[0], num_real, router_logits.device)
         ctx = self._context(router_logits, row_is_real, layer_id)
-        active, keep_rows = self._active_set(ctx, topk_ids, budget, implementation)
+        active, keep_rows = self._active_set(ctx, topk_ids, budget)
         # Padding rows pass through unchanged (SGLang marks them with id -1, which we keep).
         keep_original = ~row_is_real if keep_rows is None else (~row_is_real | keep_rows)
         ids, weights = _remap_clean(
@@ -219,20 +214,14 @@ class Policy:
         return PolicyDecision(ids, weights, active)
 
     # ---- the fused path -----------------------------------------------------------------------
-    def decide_with(self, ctx: RoutingContext, implementation: str):
-        """`decide`, computed by `implementation` ("torch", "triton" or "cpu"). The same decision
-        always; a policy without a fused rule may still have an op of its own for the costly part
-        (anchor's hitting set on CPU). Default: `decide` in torch."""
-        return self.decide(ctx)
-
     def fused_rule(self) -> RoutingRule | None:
         """The rule the fused implementations run in place of `decide`, or None: `decide` runs in
         torch and only the shared stages (top-up, kept rows, budget cap, remap) run fused."""
         return None
 
-    def adjust_fused_call(self, call: RoutingCall) -> RoutingCall:
-        """The fused call as this policy needs it (default: unchanged); anchor without fill_to_k
-        asks for the top-up to one expert."""
+    def adjust_fused_call(self, call: RoutingCall, implementation: str, layer_id: int | None) -> RoutingCall:
+        """The fused call as this policy needs it on `implementation` (default: unchanged). anchor
+        gives the C++ op its own rule there, and without fill_to_k asks for the top-up to one expert."""
         return call
 
     def _implementation(self, router_logits: torch.Tensor, requested: str) -> str:
@@ -254,12 +243,12 @@ class Policy:
             self.renormalize, None if budget is None else budget.max_experts,
             None if budget is None else budget.mass_fraction,
         )  # fmt: skip
-        call = self.adjust_fused_call(call)
+        call = self.adjust_fused_call(call, implementation, layer_id)
         if not fused_supports(call) or (budget is not None and budget.max_experts.device != router_logits.device):
             return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
-        if rule is None:  # decide in torch; the shared stages still run fused
+        if isinstance(call.rule, GivenRule):  # decide in torch; the shared stages still run fused
             row_is_real = real_rows(router_logits.shape[0], num_real, router_logits.device)
-            decided = self.decide_with(self._context(router_logits, row_is_real, layer_id), implementation)
+            decided = self.decide(self._context(router_logits, row_is_real, layer_id))
             active, keep_rows = decided if isinstance(decided, tuple) else (decided, None)
             call = call._replace(given_active=active, given_keep=keep_rows)
         return PolicyDecision(*fused_route(call, implementation))
@@ -269,10 +258,9 @@ class Policy:
         return RoutingContext(clean_logits, row_is_real & row_is_finite, self.num_experts, self.top_k, layer_id,
                               row_is_finite=row_is_finite)
 
-    def _active_set(self, ctx: RoutingContext, topk_ids: torch.Tensor, budget: ExpertBudget | None,
-                    implementation: str = "torch"):
+    def _active_set(self, ctx: RoutingContext, topk_ids: torch.Tensor, budget: ExpertBudget | None):
         """decide -> top-up to slots_used -> add the kept rows' experts -> budget cap."""
-        decided = self.decide_with(ctx, implementation)
+        decided = self.decide(ctx)
         if isinstance(decided, tuple):
             active, keep_rows = decided
             keep_rows = keep_rows & ctx.voters  # only trusted rows may insist on their own experts

@@ -355,20 +355,21 @@ def test_fill_to_k_must_be_a_boolean():
 
 
 @pytest.mark.parametrize("num_rows,num_experts,top_k", [(256, 128, 8), (512, 256, 8), (64, 8, 2), (3, 16, 4)])
-@pytest.mark.parametrize("ratio,min_share", [(0.3, 0.0), (0.5, 0.4), (0.9, 0.0), (1.0, 0.0)])
-def test_the_cpu_hitting_set_op_makes_the_same_picks_as_the_torch_loop(num_rows, num_experts, top_k, ratio, min_share):
+@pytest.mark.parametrize("ratio,min_share,fill_to_k", [(0.3, 0.0, False), (0.5, 0.4, True), (0.9, 0.0, True),
+                                                       (1.0, 0.0, False), (0.3, 0.6, False)])  # fmt: skip
+def test_the_cpu_op_makes_anchors_decision_as_the_torch_reference(num_rows, num_experts, top_k, ratio, min_share,
+                                                                   fill_to_k):  # fmt: skip
     from lynx_sglang.kernels.routing import fused_available
-    from lynx_sglang.policies.base import real_rows
 
     if not fused_available("cpu"):
         pytest.skip("the C++ op is not available here")
-    from lynx_sglang.kernels.routing_cpu import anchor_hitting_set_cpu
-
-    policy = get_policy("anchor", num_experts, top_k, True, ratio=ratio, min_share=min_share)
+    policy = get_policy("anchor", num_experts, top_k, True, ratio=ratio, min_share=min_share, fill_to_k=fill_to_k)
     logits = make_logits(num_rows, num_experts, seed=num_rows + num_experts, skew=2.0, grid=True)
-    ctx = policy._context(logits, real_rows(num_rows, torch.tensor(num_rows - 2), logits.device), None)
-    inputs = policy.hitting_set_inputs(ctx)
-    expected = policy.hitting_set(*inputs)
-    assert torch.equal(anchor_hitting_set_cpu(*inputs), expected)
-    assert 1 <= int(expected.sum()) < num_experts or num_rows < 4  # a real hitting set, not everything
-    assert torch.equal(policy.decide_with(ctx, "cpu"), policy.decide(ctx))
+    ids, weights = normal_routing(logits, top_k, True)
+    num_real = torch.tensor(max(num_rows - 2, 1))
+    want = policy.select(logits, ids, weights, num_real, implementation="torch")
+    got = policy.select(logits, ids, weights, num_real, implementation="cpu")
+    assert torch.equal(got.active_mask, want.active_mask) and torch.equal(got.topk_ids, want.topk_ids)
+    torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0)
+    if num_rows >= 64:
+        assert int(want.active_mask.sum()) < num_experts  # it did prune

@@ -70,8 +70,9 @@ class CoverageRule(NamedTuple):
 class AnchorRule(NamedTuple):
     """anchor's decision (policies/anchor.py): the greedy hitting set of the voters' acceptable
     experts (logit within log_ratio of the top-1; voters whose top-1 weight is below
-    min_share_units do not insist), unless it is not smaller than the voters' own experts.
-    The C++ op only: on CUDA anchor decides in torch (GivenRule)."""
+    min_share_units do not insist), unless it is not smaller than the voters' own experts. Without
+    fill_to_k the set is topped up to one expert (two voters or more) instead of `slots`, so tokens
+    may fill fewer slots. The C++ op only: on CUDA anchor decides in torch (GivenRule)."""
 
     log_ratio: float
     min_share_units: int
@@ -107,9 +108,6 @@ class RoutingCall(NamedTuple):
     budget_mass_fraction: torch.Tensor | None = None  # 0-dim fp32
     given_active: torch.Tensor | None = None  # [E] bool (GivenRule)
     given_keep: torch.Tensor | None = None  # [T] bool or None (GivenRule)
-    # With two voters or more, top the active set up to one expert instead of `slots` (anchor with
-    # fill_to_k=false: tokens may fill fewer slots). The C++ op only.
-    top_up_to_one: bool = False
 
     @property
     def num_experts(self) -> int:

@@ -45,8 +45,7 @@ struct RouteArgs {
   int64_t fraction_units, dropped_cap_units, budget_max_experts, rule_n;
   float alpha, budget_mass_fraction, big;
   int32_t ids_are_int64, renormalize, mode, beta, tie_by_mass, floor_k, keep_mode, any_drop, has_budget;
-  int32_t top_up_to_one;  // with two voters or more, top up to one expert instead of `slots`
-  int32_t anchor_fill_to_k;
+  int32_t anchor_fill_to_k;  // false: with two voters or more, top up to one expert, not `slots`
   float anchor_log_ratio;
   int64_t anchor_min_share_units;
 };
@@ -364,7 +363,8 @@ void decide(const RouteArgs& a, Workspace& w) {
   }
 
   // Top-up to `slots` experts (or one): the most-voted inactive ones (ties: lower index).
-  const int64_t top_up_target = a.top_up_to_one && voters >= 2 ? 1 : a.slots;
+  const bool anchor_unfilled = a.mode == kAnchor && !a.anchor_fill_to_k;
+  const int64_t top_up_target = anchor_unfilled && voters >= 2 ? 1 : a.slots;
   int64_t active_count = std::count(w.active.begin(), w.active.end(), 1);
   if (active_count < top_up_target) {
     std::vector<int32_t> by_votes(E);

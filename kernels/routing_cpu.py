@@ -52,7 +52,7 @@ class RouteArgs(ctypes.Structure):
     )] + [(name, ctypes.c_float) for name in ("alpha", "budget_mass_fraction", "big")] + [
         (name, ctypes.c_int32) for name in (
             "ids_are_int64", "renormalize", "mode", "beta", "tie_by_mass", "floor_k", "keep_mode", "any_drop",
-            "has_budget", "top_up_to_one", "anchor_fill_to_k",
+            "has_budget", "anchor_fill_to_k",
         )
     ] + [("anchor_log_ratio", ctypes.c_float), ("anchor_min_share_units", ctypes.c_int64)]  # fmt: skip
 
@@ -147,7 +147,6 @@ def route_cpu(call: RoutingCall) -> RoutingResult:
     args.num_rows, args.num_experts, args.top_k = num_rows, num_experts, top_k
     args.num_real = num_rows if call.num_real is None else min(max(int(call.num_real), 0), num_rows)
     args.ids_are_int64 = ids.dtype == torch.int64
-    args.top_up_to_one = int(call.top_up_to_one)
     if call.given_active is not None:  # kept alive until the call returns
         given_active = call.given_active.to(torch.uint8)
         args.given_active = given_active.data_ptr()

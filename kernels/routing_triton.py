@@ -547,8 +547,6 @@ def block_sizes(num_rows: int, num_experts: int, top_k: int) -> tuple[int, int, 
 
 def route_triton(call: RoutingCall) -> RoutingResult:
     """Two launches; allocations only (torch.empty launches nothing)."""
-    if call.top_up_to_one:
-        raise ValueError("route_triton always tops the active set up to `slots`; top_up_to_one is the C++ op's")
     logits, ids, weights = call.logits, call.topk_ids, call.topk_weights
     if not logits.is_cuda and not INTERPRETING:
         raise RuntimeError("route_triton got CPU tensors but Triton's interpreter is off (TRITON_INTERPRET=1)")

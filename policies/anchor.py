@@ -108,7 +108,7 @@ class AnchorPolicy(Policy):
         rule = AnchorRule(log_ratio=self.for_layer(self._log_ratio, layer_id),
                           min_share_units=math.ceil(min_share * MASS_ONE) if min_share > 0.0 else 0,
                           fill_to_k=self.fill_to_k)  # fmt: skip
-        return call._replace(rule=rule, top_up_to_one=not self.fill_to_k)
+        return call._replace(rule=rule)
 
     def _active_set(self, ctx: RoutingContext, topk_ids: torch.Tensor, budget: ExpertBudget | None):
         if self.fill_to_k:
@@ -122,24 +122,17 @@ class AnchorPolicy(Policy):
         return active, None
 
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
-        return self.unless_no_saving(self.hitting_set(*self.hitting_set_inputs(ctx)), ctx)
-
-    def hitting_set_inputs(self, ctx: RoutingContext):
-        """(acceptable [T, E] bool, waiting [T] bool: the voters to serve, routed mass [E] int64)."""
         logits = ctx.logits
         acceptable = (logits - logits.max(dim=1, keepdim=True).values) >= self.for_layer(self._log_ratio, ctx.layer_id)
-        return acceptable, ctx.voters & self.insisting(ctx), ctx.routed_mass()
-
-    def hitting_set(self, acceptable: torch.Tensor, needs: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
-        """[E] bool: the greedy hitting set, in static-shape torch (graph-safe)."""
-        num_rows = acceptable.shape[0]
+        needs = ctx.voters & self.insisting(ctx)
         served = torch.zeros_like(needs)
-        active = torch.zeros(self.num_experts, dtype=torch.bool, device=acceptable.device)
+        active = torch.zeros(self.num_experts, dtype=torch.bool, device=logits.device)
         # key = votes first, then routed mass (<= T * MASS_ONE), as one int64; argmax takes the first
         # (lowest index) of equal keys on every device.
-        scale = num_rows * MASS_ONE + 1
-        experts = torch.arange(self.num_experts, device=acceptable.device)
-        for _ in range(min(self.num_experts, num_rows)):  # a hitting set never needs more picks
+        scale = logits.shape[0] * MASS_ONE + 1
+        mass = ctx.routed_mass()
+        experts = torch.arange(self.num_experts, device=logits.device)
+        for _ in range(min(self.num_experts, logits.shape[0])):  # a hitting set never needs more picks
             waiting = (needs & ~served).unsqueeze(1) & acceptable
             votes = waiting.sum(dim=0)
             best = torch.argmax(votes * scale + mass)
@@ -147,7 +140,7 @@ class AnchorPolicy(Policy):
             pick = (experts == best) & (votes.max() > 0)
             active = active | pick
             served = served | (acceptable & pick.unsqueeze(0)).any(dim=1)
-        return active
+        return self.unless_no_saving(active, ctx)
 
     def unless_no_saving(self, hitting: torch.Tensor, ctx: RoutingContext) -> torch.Tensor:
         """The voters' own experts when the batch would compute as many experts as its own routing

@@ -167,16 +167,21 @@ def prompt_count(request) -> int | None:
             return None
         return len(ids)
     embeds = request.input_embeds
-    if isinstance(embeds, list) and embeds and isinstance(embeds[0], list) and embeds[0]:
+    if has_a_first_vector(embeds):
         return None if not isinstance(embeds[0][0], list) else len(embeds)
     return None
+
+
+def has_a_first_vector(embeds) -> bool:
+    """`embeds[0][0]` exists: what SGLang reads first to tell a single prompt from a batch."""
+    return isinstance(embeds, list) and bool(embeds) and isinstance(embeds[0], list) and bool(embeds[0])
 
 
 def check_input_embeds(request) -> None:
     if request.text is not None or request.input_ids is not None or request.input_embeds is None:
         return  # SGLang ignores input_embeds next to text or input_ids
     embeds = request.input_embeds
-    if not (isinstance(embeds, list) and embeds and isinstance(embeds[0], list) and embeds[0]):
+    if not has_a_first_vector(embeds):
         raise ValueError(
             "input_embeds must be a non-empty list of embedding vectors (a list of floats per "
             f"token), or a list of such lists for a batch; got {embeds!r:.80}"

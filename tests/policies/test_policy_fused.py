@@ -216,12 +216,11 @@ def test_lynx_beyond_the_exact_int64_vote_uses_the_reference():
 
 
 @pytest.mark.skipif("triton" not in IMPLEMENTATIONS, reason="Triton is not available here")
-def test_the_triton_path_refuses_a_top_up_to_one_it_cannot_do():
-    from lynx_sglang.kernels.routing import GivenRule, RoutingCall, fused_route
+def test_the_triton_path_refuses_anchors_rule_it_cannot_do():
+    from lynx_sglang.kernels.routing import AnchorRule, RoutingCall, fused_route
 
     logits = make_logits(4, 8, seed=1)
     ids, weights = normal_routing(logits, 2, True)
-    call = RoutingCall(GivenRule(), logits, ids, weights, None, 2, True, given_active=torch.ones(8, dtype=torch.bool),
-                       top_up_to_one=True)  # fmt: skip
-    with pytest.raises(ValueError, match="top_up_to_one is the C\\+\\+ op's"):
+    call = RoutingCall(AnchorRule(log_ratio=-1.2, min_share_units=0, fill_to_k=False), logits, ids, weights, None, 2, True)
+    with pytest.raises(TypeError, match="no fused kernel for rule AnchorRule"):
         fused_route(call, "triton")

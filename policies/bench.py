@@ -17,6 +17,7 @@ CPU core, and at most 15 us per call under graph replay on an H100/H200, for T <
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -107,9 +108,12 @@ class Table:
         return f"{name:<12} {num_experts:>4} {top_k_for(num_experts):>2} " + " ".join(f"{v:>9.1f}" for v in values)
 
     def worst(self, name: str, max_experts: int, max_tokens: int) -> float | None:
+        """The largest time among the cells at those shapes; NaN when one of them failed."""
         values = [v for (policy, experts), row in self.cells.items() if policy == name and experts <= max_experts
                   for t, v in zip(self.tokens, row) if t <= max_tokens]  # fmt: skip
-        return max(values) if values else None
+        if not values:
+            return None
+        return math.nan if any(math.isnan(v) for v in values) else max(values)
 
 
 def parse_args(argv=None):
@@ -154,13 +158,20 @@ def run_table(table: Table, args, device, dtype, timer, implementation: str, com
         if compiled:
             torch._dynamo.reset()
             select = torch.compile(policy.select, fullgraph=True)
-        values = []
+        values, failures = [], []
         for num_rows in args.tokens:
             logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype, ids=args.ids)
             num_real = torch.tensor(num_rows, device=device)
-            values.append(timer(lambda: select(logits, ids, weights, num_real, implementation=implementation),
-                                args.repeats))  # fmt: skip
+            try:
+                values.append(timer(lambda: select(logits, ids, weights, num_real, implementation=implementation),
+                                    args.repeats))  # fmt: skip
+            except Exception as error:  # noqa: BLE001 - one failing cell (a capture refused, say) must not hide the rest
+                values.append(math.nan)
+                failures.append(f"#   {name} E={num_experts} T={num_rows} failed: {type(error).__name__}: "
+                                f"{' '.join(str(error).split())[:300]}")  # fmt: skip
         print(table.row(name, num_experts, values), flush=True)
+        for line in failures:
+            print(line, flush=True)
 
 
 def launch_counts(args, device, dtype, fused: str) -> None:
@@ -174,10 +185,15 @@ def launch_counts(args, device, dtype, fused: str) -> None:
         for num_rows in sizes:
             logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype, ids=args.ids)
             num_real = torch.tensor(num_rows, device=device)
-            counter = count_launches(policy.select, logits, ids, weights, num_real, implementation=fused)
-            fused_counts.append(f"{counter.triton} + {counter.torch_ops}")
-            reference = count_launches(policy.select, logits, ids, weights, num_real, implementation="torch")
-            reference_counts.append(str(reference.torch_ops))
+            try:
+                counter = count_launches(policy.select, logits, ids, weights, num_real, implementation=fused)
+                fused_counts.append(f"{counter.triton} + {counter.torch_ops}")
+                reference = count_launches(policy.select, logits, ids, weights, num_real, implementation="torch")
+                reference_counts.append(str(reference.torch_ops))
+            except Exception as error:  # noqa: BLE001 - report it, go on with the other policies
+                fused_counts.append("failed")
+                reference_counts.append("-")
+                print(f"#   {name} E={num_experts} T={num_rows}: {type(error).__name__}: {str(error)[:300]}")
         print(f"{name:<12} {num_experts:>4} {top_k_for(num_experts):>2} {' / '.join(fused_counts):>24} "
               f"{' / '.join(reference_counts):>16}", flush=True)  # fmt: skip
     print(f"(each cell: T={' / T='.join(map(str, sizes))})")
@@ -187,6 +203,8 @@ def target_line(label: str, table: Table, target: float) -> str:
     worst = table.worst("lynx", 128, 256)
     if worst is None:
         return f"# target {label}: lynx not measured at {TARGET_SHAPES}"
+    if math.isnan(worst):
+        return f"# target {label}: lynx FAILED in a cell at {TARGET_SHAPES} (see above)"
     verdict = "met" if worst <= target else "MISSED"
     return f"# target {label}: lynx, worst cell at {TARGET_SHAPES}: {worst:.1f} us (target {target:.0f} us): {verdict}"
 

@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from lynx_sglang.policies import MASS_ONE, get_policy
+from lynx_sglang.policies import MASS_ONE, ExpertBudget, get_policy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,6 +37,26 @@ def normal_routing(router_logits, top_k, renormalize):
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     return ids.to(torch.int32), weights
+
+
+def device_for(implementation):
+    """Where an implementation's inputs live: the Triton path on the GPU when there is one (else CPU
+    tensors under Triton's interpreter), everything else on the CPU."""
+    if implementation == "triton" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def moved(device, *values):
+    """Tensors (0-dim num_real included) and budgets on `device`; anything else unchanged."""
+    out = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+        elif isinstance(value, ExpertBudget):
+            value = ExpertBudget(value.num_experts, value.max_experts.to(device), value.mass_fraction.to(device))
+        out.append(value)
+    return out
 
 
 def policies_under_test(num_experts, top_k, renormalize):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.policies import ExpertBudget, get_policy
-from policies_testlib import FirstExpertsPolicy, make_logits, normal_routing
+from policies_testlib import FirstExpertsPolicy, device_for, make_logits, moved, normal_routing
 
 IMPLEMENTATIONS = [name for name in ("triton", "cpu") if fused_available(name)]
 pytestmark = pytest.mark.skipif(not IMPLEMENTATIONS, reason="no fused implementation available here")
@@ -29,11 +29,14 @@ def configurations(num_experts, top_k, renormalize):
         ("lynx-v1", {"threshold": 0.3}), ("random", {"num_experts_kept": budget}),
         ("anchor", {}), ("anchor", {"ratio": 0.3, "fill_to_k": False}), ("anchor", {"ratio": 0.8, "min_share": 0.4}),
     ]  # fmt: skip
-    if top_k >= 2:
-        configs.append(("static-topk", {}))
     out = [(f"{name} {params}", get_policy(name, num_experts, top_k, renormalize, **params)) for name, params in configs]
     out.append(("third-party", FirstExpertsPolicy(num_experts, top_k, renormalize, n=max(1, num_experts // 2))))
+    if top_k >= 2:  # last, so that every other configuration has the same index at every k
+        out.append(("static-topk {}", get_policy("static-topk", num_experts, top_k, renormalize)))
     return out
+
+
+NUM_CONFIGURATIONS = len(configurations(8, 2, True))
 
 
 def model_ids(draw, ids, num_experts):
@@ -82,6 +85,7 @@ def batches(draw, max_rows=12, experts=(2, 3, 4, 8, 16)):
 
 
 def assert_same_decision(label, fused, reference):
+    assert fused.active_mask.device == reference.active_mask.device, label
     assert torch.equal(fused.active_mask, reference.active_mask), f"{label}: active set"
     assert torch.equal(fused.topk_ids, reference.topk_ids), f"{label}: ids"
     assert fused.topk_weights.dtype == reference.topk_weights.dtype, label
@@ -90,11 +94,12 @@ def assert_same_decision(label, fused, reference):
 
 
 def check_batch(batch, implementation, only=None):
-    """Fused against reference for every configuration (or only the one at index `only`)."""
-    logits, ids, weights, num_real, renormalize, budget = batch
+    """Fused against reference, on the fused path's device, for every configuration (or only the one
+    at index `only`, when the batch's top-k allows it)."""
+    logits, ids, weights, num_real, renormalize, budget = moved(device_for(implementation), *batch)
     configs = configurations(logits.shape[1], ids.shape[1], renormalize)
     if only is not None:
-        configs = [configs[only % len(configs)]]
+        configs = configs[only : only + 1]
     for label, policy in configs:
         reference = policy.select(logits, ids, weights, num_real, budget=budget, implementation="torch")
         fused = policy.select(logits, ids, weights, num_real, budget=budget, implementation=implementation)
@@ -106,23 +111,26 @@ def check_batch(batch, implementation, only=None):
 @given(batch=batches(), config=st.integers(0, 63))
 def test_fused_matches_reference(implementation, batch, config):
     """One drawn configuration per batch (the interpreter is slow); the slow test runs them all."""
-    check_batch(batch, implementation, only=config)
+    check_batch(batch, implementation, only=config % NUM_CONFIGURATIONS)
 
 
 # The interpreted Triton kernels take seconds per batch on a CPU, so the whole suite draws fewer
-# batches for them; LYNX_TEST_THOROUGH=1 (or a GPU) draws as many as for the C++ op.
+# batches for them; LYNX_TEST_THOROUGH=1 (or a GPU) draws twice as many.
 THOROUGH = os.environ.get("LYNX_TEST_THOROUGH") == "1" or torch.cuda.is_available()
-EVERY_POLICY_BATCHES = {"cpu": 60, "triton": 60 if THOROUGH else 15}
+EVERY_POLICY_BATCHES = {"cpu": 60, "triton": 30 if THOROUGH else 15}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_fused_matches_reference_every_policy(implementation):
+@pytest.mark.parametrize("config", range(NUM_CONFIGURATIONS))
+def test_fused_matches_reference_every_policy(implementation, config):
+    """Batches of their own for every configuration: one test each, so that workers share the work
+    (on a GPU most of the time is Triton compiling each new specialisation of the kernels)."""
     @settings(max_examples=EVERY_POLICY_BATCHES[implementation], deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(batch=batches(max_rows=40, experts=(2, 8, 16, 60, 64, 128, 256)))
     def every_policy_agrees(batch):
-        check_batch(batch, implementation)
+        check_batch(batch, implementation, only=config)
 
     every_policy_agrees()
 
@@ -132,10 +140,12 @@ def test_fused_lynx_on_qwen3_shape(implementation):
     """E 128, top-8, 24 rows of skewed logits, default (alpha, beta), with and without a budget."""
     logits = make_logits(24, 128, seed=9, dtype=torch.bfloat16, skew=2.0)
     ids, weights = normal_routing(logits, 8, True)
+    device = device_for(implementation)
+    logits, ids, weights, num_real = moved(device, logits, ids, weights, torch.tensor(20))
     policy = get_policy("lynx", 128, 8, True)
-    for budget in (None, ExpertBudget.unlimited(128).set_experts(20)):
-        reference = policy.select(logits, ids, weights, torch.tensor(20), budget=budget, implementation="torch")
-        fused = policy.select(logits, ids, weights, torch.tensor(20), budget=budget, implementation=implementation)
+    for budget in (None, ExpertBudget.unlimited(128, device=device).set_experts(20)):
+        reference = policy.select(logits, ids, weights, num_real, budget=budget, implementation="torch")
+        fused = policy.select(logits, ids, weights, num_real, budget=budget, implementation=implementation)
         assert_same_decision(implementation, fused, reference)
         assert int(reference.active_mask.sum()) < int(torch.unique(ids[:20]).numel())  # it did prune
 
@@ -150,8 +160,9 @@ def test_two_launches_per_call_and_no_host_sync():
     logits = make_logits(5, 8, seed=4)
     ids, weights = normal_routing(logits, 2, True)
     budget = ExpertBudget.unlimited(8).set_experts(5)
+    logits, ids, weights, num_real, budget = moved(device_for("triton"), logits, ids, weights, torch.tensor(4), budget)
     for label, policy in configurations(8, 2, True):
-        counter = count_launches(policy.select, logits, ids, weights, torch.tensor(4), budget=budget,
+        counter = count_launches(policy.select, logits, ids, weights, num_real, budget=budget,
                                  implementation="triton")  # fmt: skip
         # anchor without fill_to_k runs every stage in torch: the fused shared stages fill up to k.
         fused_stages = 0 if getattr(policy, "fill_to_k", True) is False else 2
@@ -195,7 +206,7 @@ def test_triton_at_the_largest_shape():
             check_batch(largest_batch(512, 16, torch.bfloat16), "triton", only=only)
         return
     check_batch(largest_batch(512, 16, torch.bfloat16), "triton")
-    logits, ids, weights, num_real, _, budget = largest_batch(512, 256, torch.bfloat16)
+    logits, ids, weights, num_real, _, budget = moved(device_for("triton"), *largest_batch(512, 256, torch.bfloat16))
     policy = get_policy("lynx", 256, 8, True)
     reference = policy.select(logits, ids, weights, num_real, budget=budget, implementation="torch")
     fused = policy.select(logits, ids, weights, num_real, budget=budget, implementation="triton")
@@ -211,8 +222,9 @@ def test_lynx_beyond_the_exact_int64_vote_uses_the_reference():
     ids, weights = normal_routing(logits, 2, True)
     policy = get_policy("lynx", 16, 2, True, beta=8)
     for implementation in IMPLEMENTATIONS:
-        fused = policy.select(logits, ids, weights, implementation=implementation)
-        assert_same_decision(implementation, fused, policy.select(logits, ids, weights, implementation="torch"))
+        on_device = moved(device_for(implementation), logits, ids, weights)
+        fused = policy.select(*on_device, implementation=implementation)
+        assert_same_decision(implementation, fused, policy.select(*on_device, implementation="torch"))
 
 
 @pytest.mark.skipif("triton" not in IMPLEMENTATIONS, reason="Triton is not available here")
@@ -221,6 +233,7 @@ def test_the_triton_path_refuses_anchors_rule_it_cannot_do():
 
     logits = make_logits(4, 8, seed=1)
     ids, weights = normal_routing(logits, 2, True)
+    logits, ids, weights = moved(device_for("triton"), logits, ids, weights)
     call = RoutingCall(AnchorRule(log_ratio=-1.2, min_share_units=0, fill_to_k=False), logits, ids, weights, None, 2, True)
     with pytest.raises(TypeError, match="no fused kernel for rule AnchorRule"):
         fused_route(call, "triton")

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The checks that need an NVIDIA GPU, in one run that fits a short lease:
+#   1. the kernel and policy tests on CUDA tensors (Triton compiled for the device, the Hopper
+#      ahead-of-time compile check, the fused routing against the torch reference),
+#   2. `bench policies`: each policy's select() under CUDA-graph replay, and launches per call,
+#   3. `bench kernels --quick`: the active-expert MoE against the stock algorithm and grouped_mm,
+#   4. the long hypothesis agreement test of every policy on CUDA, with whatever time is left.
+# Most of a cold run is Triton compiling each specialisation of the kernels, so the benchmarks are
+# first run once in parallel processes (one per policy / shape) to fill Triton's cache; the timed
+# runs that follow compile nothing.
+#
+#   bash scripts/gpu-checks.sh OUTDIR [SECONDS]     # logs in OUTDIR; stops starting stages after SECONDS (default 450)
+#
+# Needs torch with CUDA, Triton, pytest, hypothesis, pytest-xdist and pytest-timeout; not SGLang.
+set -uo pipefail
+out=${1:?usage: scripts/gpu-checks.sh OUTDIR [SECONDS]}
+deadline=$((SECONDS + ${2:-450}))
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+python=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+unset TRITON_INTERPRET
+workers=$(( $(nproc) > 2 ? $(nproc) - 1 : 1 ))
+
+# A stage gets at most CAP seconds, and never more than what is left before the deadline.
+budget() { local left=$((deadline - SECONDS)); echo $(( left < $1 ? (left > 0 ? left : 1) : $1 )); }
+stage() { echo "== $1 ($(date -u +%T), $((deadline - SECONDS)) s left)"; }
+
+if ! "$python" -c "import lynx_sglang.policies" 2>/dev/null; then
+  "$python" -m pip install --quiet --no-deps --no-build-isolation -e . || exit 1
+fi
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  "$python" -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '|', torch.cuda.get_device_name())"
+  echo "$(nproc) CPU cores; commit $(git rev-parse --short HEAD 2>/dev/null || echo "unknown (no git here)")"
+} 2>&1 | tee "$out/device.txt"
+
+stage "tests on CUDA" | tee "$out/tests.txt"
+timeout -s INT "$(budget 150)" "$python" -m pytest -p no:cacheprovider -q -n "$workers" --dist load --timeout 140 \
+  tests/kernels tests/policies --ignore tests/kernels/test_kernels_sglang_bench.py \
+  --deselect tests/policies/test_policy_fused.py::test_fused_matches_reference_every_policy 2>&1 | tee -a "$out/tests.txt"
+
+stage "bench policies: compile (parallel)"
+policies=$("$python" -c "from lynx_sglang.policies.registry import BUILTIN_POLICIES as p; print(' '.join(p))")
+for policy in $policies; do
+  timeout "$(budget 90)" "$python" -m lynx_sglang.policies.bench --policies "$policy" --repeats 1 --no-launch-counts >/dev/null 2>&1 &
+done
+wait
+stage "bench policies" | tee "$out/policies.txt"
+timeout "$(budget 100)" "$python" -m lynx_sglang.policies.bench 2>&1 | tee -a "$out/policies.txt"
+timeout "$(budget 40)" "$python" -m lynx_sglang.policies.bench --ids biased --policies lynx,oea,budget,coverage \
+  --no-launch-counts 2>&1 | tee "$out/policies-biased.txt"
+
+stage "bench kernels: compile (parallel)"
+shapes=$("$python" -c "from lynx_sglang.kernels.bench import MODEL_SHAPES as s; print(' '.join(x.name for x in s))")
+for shape in $shapes; do
+  timeout "$(budget 60)" "$python" -c "from lynx_sglang.kernel_bench import main; main()" --quick --shapes "$shape" \
+    --iters 1 --warmup 1 --copies 1 --copy-mib 64 >/dev/null 2>&1 &
+done
+wait
+stage "bench kernels" | tee "$out/kernels.txt"
+timeout "$(budget 100)" "$python" -c "from lynx_sglang.kernel_bench import main; main()" --quick 2>&1 | tee -a "$out/kernels.txt"
+
+stage "every policy against the reference, hypothesis batches on CUDA" | tee "$out/thorough.txt"
+timeout -s INT "$(budget 600)" "$python" -m pytest -p no:cacheprovider -q -n "$workers" --dist load --timeout 300 \
+  tests/policies/test_policy_fused.py -k "test_fused_matches_reference_every_policy and triton" 2>&1 | tee -a "$out/thorough.txt"
+stage "done"

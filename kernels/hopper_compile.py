@@ -140,6 +140,7 @@ def routing_cases(dtype: str, quick: bool):
         if name == "given keep":
             args["KEEP_MODE"] = rt.KEEP_GIVEN
         block_t, block_e, block_k, scan_t = rt.block_sizes(rows, experts, top_k)
+        rows_warps, decide_warps = rt.warps_for(block_t, block_e, scan_t)
         example = f"{name}, T={rows} E={experts} k={top_k}"
         per_row = {"own_ids_ptr": "*i32", "own_values_ptr": "*fp32", "own_weights_ptr": "*i64", "row_flags_ptr": "*i8",
                    "bins_ptr": "*i8", "threshold_ptr": "*i32", "need_ptr": "*i32", "num_real_ptr": "*i64",
@@ -149,7 +150,7 @@ def routing_cases(dtype: str, quick: bool):
             f"{dtype} _routing_rows_kernel ({example})", rt._routing_rows_kernel, {"logits_ptr": f"*{dtype}", **per_row},
             dict(MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=2,
                  BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k),
-            4, 1, {"alpha": "fp32"},
+            rows_warps, 1, {"alpha": "fp32"},
         )  # fmt: skip
         yield Case(
             f"{dtype} _routing_decide_kernel ({example})", rt._routing_decide_kernel,
@@ -160,8 +161,101 @@ def routing_cases(dtype: str, quick: bool):
                  KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=budget, RENORMALIZE=not budget,
                  NUM_REAL_MODE=2, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=min(block_e, 32),
                  SCAN_T=scan_t),
-            8, 1,
+            decide_warps, 1,
         )  # fmt: skip
+
+
+# ---- real calls: the specialisations a launch on the device makes -----------------------------------
+CALL_POLICIES = [  # (policy, parameters): every fused rule, and a policy deciding in torch (anchor, random)
+    ("lynx", {}), ("lynx", {"alpha": 0.7, "beta": 1, "tie_break": "index"}), ("oea", {}), ("lynx-v1", {}),
+    ("budget", {"num_experts_kept": None}), ("topn", {"num_experts_kept": None}), ("coverage", {"mass_fraction": 0.7}),
+    ("coverage", {"mass_fraction": 0.5, "max_dropped_mass": 0.2}), ("random", {"num_experts_kept": None}),
+]  # fmt: skip  (num_experts_kept: max(k, E // 4) at each shape)
+
+
+def call_grid(quick: bool):
+    """(policy, params, E, k, T, with budget) over the block sizes and modes the launches can take."""
+    shapes = [(64, 8, 1), (64, 1, 5), (8, 2, 1), (128, 8, 256)] if quick else [
+        (experts, top_k, rows) for experts in (8, 64, 128, 256) for top_k in (1, 2, 8) for rows in (1, 5, 40, 512)
+    ]  # fmt: skip
+    for name, params in CALL_POLICIES[:3] if quick else CALL_POLICIES:
+        for experts, top_k, rows in shapes:
+            valid = dict(params)
+            if "num_experts_kept" in valid:
+                valid["num_experts_kept"] = max(top_k, experts // 4)
+            yield name, valid, experts, top_k, rows, rows % 2 == 1
+
+
+def compile_calls(specs, dtype: str) -> None:
+    """Child process: each call's launches compiled for sm_90 (compile_only); prints one line per call."""
+    import torch
+
+    from ..policies import ExpertBudget, get_policy
+    from .compile_only import compile_only_for_hopper
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    for index, (name, params, experts, top_k, rows, with_budget) in specs:
+        print(f"start {index}", flush=True)
+        generator = torch.Generator().manual_seed(index)
+        logits = torch.randn(rows, experts, generator=generator).to(dtypes[dtype])
+        weights, ids = torch.softmax(logits.float(), dim=-1).topk(top_k, dim=-1)
+        budget = ExpertBudget.unlimited(experts).set_experts(max(1, experts // 2)) if with_budget else None
+        policy = get_policy(name, experts, top_k, **params)
+        with compile_only_for_hopper():
+            ids = ids.to(torch.int64 if rows % 5 == 0 else torch.int32)  # both id dtypes models give
+            policy.select(logits, ids, weights, torch.tensor(rows), budget=budget, implementation="triton")
+        print(f"ok {index}", flush=True)
+
+
+def run_call_grid(dtypes, quick: bool, workers: int) -> tuple[int, int]:
+    """Every call of the grid, in child processes (a compiler crash aborts its process: that call is
+    reported and a new child takes the rest). Returns (compiled calls, failed calls)."""
+    import json
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    specs = [(dtype, spec) for dtype in dtypes for spec in call_grid(quick)]
+
+    def label(index):
+        dtype, (name, params, experts, top_k, rows, with_budget) = specs[index]
+        return f"{dtype} {name} {params} E={experts} k={top_k} T={rows}{' budget' if with_budget else ''}"
+
+    def run_share(indices):
+        results, pending = {}, list(indices)
+        while pending:
+            dtype = specs[pending[0]][0]
+            batch = [i for i in pending if specs[i][0] == dtype]
+            payload = json.dumps([(i, specs[i][1]) for i in batch])
+            proc = subprocess.run([sys.executable, "-m", __spec__.name, "--compile-calls", dtype, payload],
+                                  capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0"})  # fmt: skip
+            started = None
+            for line in proc.stdout.splitlines():
+                kind, _, value = line.partition(" ")
+                if kind == "start":
+                    started = int(value)
+                elif kind == "ok":
+                    results[int(value)] = None
+                    started = None
+            if started is not None:  # the child died compiling this call
+                tail = [l for l in proc.stderr.splitlines() if "Assertion" in l or "Error" in l or "error:" in l]
+                results[started] = (tail[-1] if tail else f"exit code {proc.returncode}")[:300]
+            elif proc.returncode != 0 and not any(i in results for i in batch):
+                raise RuntimeError(f"compile worker failed: {proc.stderr[-2000:]}")
+            pending = [i for i in pending if i not in results]
+        return results
+
+    shares = [range(w, len(specs), workers) for w in range(workers)]
+    failures = compiled = 0
+    with ThreadPoolExecutor(workers) as pool:
+        for results in pool.map(run_share, shares):
+            for index, error in sorted(results.items()):
+                if error is None:
+                    compiled += 1
+                    print(f"ok   call {label(index)}")
+                else:
+                    failures += 1
+                    print(f"FAIL call {label(index)}: {error}")
+    return compiled, failures
 
 
 def main(argv=None) -> int:
@@ -169,13 +263,28 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp16", "fp32"], choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--quick", action="store_true",
                     help="SiLU only, the smallest and largest batch, three routing specialisations")
+    ap.add_argument("--calls", action="store_true",
+                    help="instead: real calls of the policies (route_triton as it launches, with Triton's "
+                         "specialisation on alignment and divisibility), over a grid of shapes and rules")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel compile processes (--calls)")
+    ap.add_argument("--compile-calls", nargs=2, metavar=("DTYPE", "JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.compile_calls:
+        import json
+
+        compile_calls(json.loads(args.compile_calls[1]), args.compile_calls[0])
+        return 0
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("hopper_compile: unset TRITON_INTERPRET (the interpreter replaces the kernels)", file=sys.stderr)
         return 2
 
     from .triton_moe import ACTIVATION_CODES
 
+    if args.calls:
+        started = time.monotonic()
+        compiled, failures = run_call_grid(args.dtypes, args.quick, max(1, args.workers))
+        print(f"{compiled} calls compiled for sm_90, {failures} failed, in {time.monotonic() - started:.0f} s")
+        return 1 if failures else 0
     batches = (BATCHES[0], BATCHES[-1]) if args.quick else BATCHES
     activations = ["silu"] if args.quick else list(ACTIVATION_CODES)
     failures = compiled = 0

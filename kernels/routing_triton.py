@@ -36,6 +36,9 @@ from .routing import (
 )
 from .triton_moe import INTERPRETING
 
+# Set only by compile_only.compile_only_for_hopper, where launches compile and never run.
+ALLOW_CPU_TENSORS = False
+
 MODE_LYNX, MODE_OWN_TOP, MODE_BUDGET, MODE_TOPN, MODE_COVERAGE, MODE_GIVEN = range(6)
 KEEP_NONE, KEEP_DROPPED_CAP, KEEP_GIVEN = range(3)
 
@@ -404,7 +407,11 @@ def _remap_rows(
     # The token's own experts that stay active keep their order at the front (every one of them beats
     # every expert outside its own top-k); the best active experts outside fill the rest.
     own_active = (tl.load(active_ptr + own_ids) != 0) & slot_ok
-    position = tl.cumsum(own_active.to(tl.int32), axis=1) - 1
+    # Prefix count over the (at most 8) slots, unrolled: tl.cumsum over this narrow axis crashes
+    # Triton 3.6's scan lowering on sm_90 at some widths (top-1 at E 64, seen on an H100).
+    position = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int32) - 1
+    for j in tl.static_range(TOP_K):
+        position += tl.where(slot[None, :] >= j, _column(own_active.to(tl.int32), slot, j)[:, None], 0)
     new_ids = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int32)
     new_values = tl.full([BLOCK_T, BLOCK_K], float("-inf"), dtype=tl.float32)
     for j in tl.static_range(SLOTS):
@@ -545,15 +552,23 @@ def block_sizes(num_rows: int, num_experts: int, top_k: int) -> tuple[int, int, 
     return block_t, block_e, _next_pow2(top_k), scan_t
 
 
+def warps_for(block_t: int, block_e: int, scan_t: int) -> tuple[int, int]:
+    """Warps of launch 1 and launch 2: no more threads than the main tile has elements (4 and 8 at
+    most). More threads than elements replicate values across threads, which Triton 3.6 miscompiles
+    on sm_90 at some shapes (an LLVM SLP-vectorizer assertion at T 1, E 64, 4 warps; seen on an H100)."""
+    return max(1, min(4, block_t * block_e // 32)), max(1, min(8, scan_t * block_e // 32))
+
+
 def route_triton(call: RoutingCall) -> RoutingResult:
     """Two launches; allocations only (torch.empty launches nothing)."""
     logits, ids, weights = call.logits, call.topk_ids, call.topk_weights
-    if not logits.is_cuda and not INTERPRETING:
+    if not logits.is_cuda and not INTERPRETING and not ALLOW_CPU_TENSORS:
         raise RuntimeError("route_triton got CPU tensors but Triton's interpreter is off (TRITON_INTERPRET=1)")
     num_rows, num_experts = logits.shape
     top_k = ids.shape[1]
     device = logits.device
     block_t, block_e, block_k, scan_t = block_sizes(num_rows, num_experts, top_k)
+    rows_warps, decide_warps = warps_for(block_t, block_e, scan_t)
     programs = triton.cdiv(num_rows, block_t)
     args = _rule_arguments(call.rule)
     if isinstance(call.rule, GivenRule) and call.given_keep is not None:
@@ -589,7 +604,7 @@ def route_triton(call: RoutingCall) -> RoutingResult:
         part_counts, part_mass, part_union, part_bins, part_voters,
         logits.stride(0), num_real_value, num_rows, num_experts, args["alpha"],
         MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=num_real_mode,
-        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, **({} if INTERPRETING else {"num_warps": 4}),
+        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, **({} if INTERPRETING else {"num_warps": rows_warps}),
     )  # fmt: skip
     _routing_decide_kernel[(programs,)](
         logits, ids, weights, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, threshold, need,
@@ -601,7 +616,7 @@ def route_triton(call: RoutingCall) -> RoutingResult:
         KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=has_budget,
         RENORMALIZE=call.renormalize, NUM_REAL_MODE=num_real_mode,
         BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=min(block_e, 32), SCAN_T=scan_t,
-        **({} if INTERPRETING else {"num_warps": 8}),
+        **({} if INTERPRETING else {"num_warps": decide_warps}),
     )  # fmt: skip
     return RoutingResult(out_ids, out_weights, active)
 

@@ -5,8 +5,9 @@
                                          [--no-launch-counts]
 
 CPU: median wall clock of `repeats` calls, for the torch reference ("eager") and the fast path (the
-C++ op). CUDA: each call captured once in a CUDA graph and replayed, timed with CUDA events (median of
-5 batches of `repeats` replays), for the fused path (Triton) and the reference. Launches per call are
+C++ op). CUDA: 20 calls captured back to back in one CUDA graph (as a decode step's graph holds every
+layer) and replayed, timed with CUDA events (median of 5 batches of `repeats` replays, divided by the
+calls), for the fused path (Triton) and the reference. Launches per call are
 counted by instrumentation (kernels/launches.py); without CUDA, the fused path's are counted with the
 Triton kernels running in Triton's interpreter. `--ids biased` gives the policies the top-k ids of
 a router with a per-expert correction bias instead of the softmax top-k, so the CPU op cannot take
@@ -67,7 +68,14 @@ def time_cpu(call, repeats: int) -> float:
     return statistics.median(samples) * 1e6
 
 
+# A decode step replays one graph holding every layer: a layer call's cost is its kernels, not the
+# replay's own launch (several us). So the graph holds this many calls back to back.
+CALLS_PER_GRAPH = 20
+
+
 def time_cuda_graph(call, repeats: int) -> float:
+    """Microseconds per call: CALLS_PER_GRAPH calls captured in one graph, `repeats` replays between
+    CUDA events, median of five such runs."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm up (allocations, lazy init, Triton compiles) outside the capture
@@ -76,10 +84,11 @@ def time_cuda_graph(call, repeats: int) -> float:
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        call()
+        for _ in range(CALLS_PER_GRAPH):
+            call()
     graph.replay()
     torch.cuda.synchronize()
-    per_replay = []
+    per_call = []
     for _ in range(5):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -87,8 +96,8 @@ def time_cuda_graph(call, repeats: int) -> float:
             graph.replay()
         end.record()
         end.synchronize()
-        per_replay.append(start.elapsed_time(end) * 1e3 / repeats)  # ms -> us
-    return statistics.median(per_replay)
+        per_call.append(start.elapsed_time(end) * 1e3 / (repeats * CALLS_PER_GRAPH))  # ms -> us
+    return statistics.median(per_call)
 
 
 class Table:
@@ -121,7 +130,7 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed calls per cell (default 50 on CPU, 200 graph replays on CUDA)")
+                        help="timed calls per cell (default 50 on CPU; on CUDA 10 graph replays of 20 calls, five times)")
     parser.add_argument("--policies", default=",".join(BUILTIN_POLICIES),
                         help="comma-separated policy names (default: all built-ins)")
     parser.add_argument("--tokens", default=",".join(map(str, DEFAULT_TOKENS)))
@@ -134,7 +143,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    args.repeats = args.repeats or (200 if args.device == "cuda" else 50)
+    args.repeats = args.repeats or (10 if args.device == "cuda" else 50)
     args.tokens = [int(x) for x in args.tokens.split(",")]
     args.experts = [int(x) for x in args.experts.split(",")]
     args.policies = [name.strip() for name in args.policies.split(",") if name.strip()]
@@ -217,7 +226,8 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if on_gpu else torch.float32
     where = torch.cuda.get_device_name() if on_gpu else f"cpu, {torch.get_num_threads()} thread(s)"
-    mode = "CUDA graph replay, CUDA events" if on_gpu else "median wall clock"
+    mode = (f"CUDA graph replay ({CALLS_PER_GRAPH} calls per graph), CUDA events" if on_gpu
+            else "median wall clock")
     print(f"# policy select() time per layer call, microseconds; {where}; torch {torch.__version__}; {mode}; "
           f"{args.repeats} repeats; logits {str(dtype).replace('torch.', '')}; all rows real (num_real a 0-dim tensor); "
           f"model ids: {'softmax top-k' if args.ids == 'router' else 'a biased router (not the logits top-k)'}")

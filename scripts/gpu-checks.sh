@@ -10,6 +10,7 @@
 # runs that follow compile nothing.
 #
 #   bash scripts/gpu-checks.sh OUTDIR [SECONDS]     # logs in OUTDIR; stops starting stages after SECONDS (default 450)
+#   STAGES="tests policies" bash scripts/gpu-checks.sh OUTDIR   # only some of: tests policies kernels thorough
 #
 # Needs torch with CUDA, Triton, pytest, hypothesis, pytest-xdist and pytest-timeout; not SGLang.
 set -uo pipefail
@@ -18,13 +19,15 @@ deadline=$((SECONDS + ${2:-450}))
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 python=${PYTHON:-python3}
+workers=$(( $(nproc --all) > 2 ? $(nproc --all) - 1 : 1 ))  # --all: nproc alone obeys OMP_NUM_THREADS
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 unset TRITON_INTERPRET
-workers=$(( $(nproc) > 2 ? $(nproc) - 1 : 1 ))
 
 # A stage gets at most CAP seconds, and never more than what is left before the deadline.
 budget() { local left=$((deadline - SECONDS)); echo $(( left < $1 ? (left > 0 ? left : 1) : $1 )); }
 stage() { echo "== $1 ($(date -u +%T), $((deadline - SECONDS)) s left)"; }
+stages=" ${STAGES:-tests policies kernels thorough} "
+wanted() { [[ $stages == *" $1 "* ]]; }
 
 if ! "$python" -c "import lynx_sglang.policies" 2>/dev/null; then
   "$python" -m pip install --quiet --no-deps --no-build-isolation -e . || exit 1
@@ -32,14 +35,17 @@ fi
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   "$python" -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '|', torch.cuda.get_device_name())"
-  echo "$(nproc) CPU cores; commit $(git rev-parse --short HEAD 2>/dev/null || echo "unknown (no git here)")"
+  echo "$(nproc --all) CPU cores; $workers test workers"
 } 2>&1 | tee "$out/device.txt"
 
+if wanted tests; then
 stage "tests on CUDA" | tee "$out/tests.txt"
 timeout -s INT "$(budget 150)" "$python" -m pytest -p no:cacheprovider -q -n "$workers" --dist load --timeout 140 \
   tests/kernels tests/policies --ignore tests/kernels/test_kernels_sglang_bench.py \
   --deselect tests/policies/test_policy_fused.py::test_fused_matches_reference_every_policy 2>&1 | tee -a "$out/tests.txt"
+fi
 
+if wanted policies; then
 stage "bench policies: compile (parallel)"
 policies=$("$python" -c "from lynx_sglang.policies.registry import BUILTIN_POLICIES as p; print(' '.join(p))")
 for policy in $policies; do
@@ -50,7 +56,9 @@ stage "bench policies" | tee "$out/policies.txt"
 timeout "$(budget 100)" "$python" -m lynx_sglang.policies.bench 2>&1 | tee -a "$out/policies.txt"
 timeout "$(budget 40)" "$python" -m lynx_sglang.policies.bench --ids biased --policies lynx,oea,budget,coverage \
   --no-launch-counts 2>&1 | tee "$out/policies-biased.txt"
+fi
 
+if wanted kernels; then
 stage "bench kernels: compile (parallel)"
 shapes=$("$python" -c "from lynx_sglang.kernels.bench import MODEL_SHAPES as s; print(' '.join(x.name for x in s))")
 for shape in $shapes; do
@@ -60,8 +68,11 @@ done
 wait
 stage "bench kernels" | tee "$out/kernels.txt"
 timeout "$(budget 100)" "$python" -c "from lynx_sglang.kernel_bench import main; main()" --quick 2>&1 | tee -a "$out/kernels.txt"
+fi
 
+if wanted thorough; then
 stage "every policy against the reference, hypothesis batches on CUDA" | tee "$out/thorough.txt"
 timeout -s INT "$(budget 600)" "$python" -m pytest -p no:cacheprovider -q -n "$workers" --dist load --timeout 300 \
   tests/policies/test_policy_fused.py -k "test_fused_matches_reference_every_policy and triton" 2>&1 | tee -a "$out/thorough.txt"
+fi
 stage "done"

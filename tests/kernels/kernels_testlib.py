@@ -95,10 +95,12 @@ def relative_errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]
 
 
 def assert_close_to_reference(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
-    assert torch.isfinite(out).all(), "output has non-finite values (unwritten or NaN weights read)"
+    """`out` where it was computed (the tolerance depends on the device), `ref` on the CPU."""
     fro_bound, max_bound = TOLERANCE[dtype]
     if out.is_cuda and dtype == torch.float32:
         fro_bound, max_bound = GPU_FP32_TOLERANCE
+    out = out.cpu()
+    assert torch.isfinite(out).all(), "output has non-finite values (unwritten or NaN weights read)"
     fro, worst = relative_errors(out, ref)
     assert fro <= fro_bound and worst <= max_bound, f"{dtype}: rel. error fro {fro:.3g} (<= {fro_bound}), max {worst:.3g} (<= {max_bound})"
 

@@ -28,6 +28,24 @@ def test_kernels_compile_for_hopper():
         assert re.search(rf"ok   (bf16|fp32) {kernel} \(.*T=512 E=256", proc.stdout), kernel
 
 
+def test_real_calls_compile_for_hopper():
+    """The launches as real calls make them (Triton's specialisation on alignment and divisibility),
+    at the shapes where Triton 3.6 crashed on an H100 before the kernels avoided it: top-8 of 64 at
+    one row (LLVM's SLP vectorizer), top-1 of 64 at five rows (the scan lowering). Each call compiles
+    in a child process, so a compiler abort is reported as that call's failure."""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lynx_sglang.kernels.hopper_compile", "--calls", "--quick", "--dtypes", "bf16",
+         "--workers", "2"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "12 calls compiled for sm_90, 0 failed" in proc.stdout, proc.stdout[-3000:]
+    assert "ok   call bf16 lynx {} E=64 k=8 T=1 budget" in proc.stdout
+    assert "ok   call bf16 lynx {} E=64 k=1 T=5 budget" in proc.stdout
+
+
 def test_fp32_tiles_are_shrunk_to_fit_shared_memory():
     from lynx_sglang.kernels.triton_moe import SHARED_MEMORY_BUDGET, MoeKernelConfig, choose_config
 

@@ -39,7 +39,7 @@ def _run_and_check(triton_moe, problem, dtype, activation="silu", config=None, *
         problem.hidden.cpu(), problem.w13.cpu(), problem.w2.cpu(), problem.topk_ids.cpu(),
         problem.topk_weights.cpu(), None if problem.active_mask is None else problem.active_mask.cpu(), activation,
     )  # fmt: skip
-    assert_close_to_reference(got.cpu(), ref, dtype)
+    assert_close_to_reference(got, ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -105,7 +105,7 @@ def test_wrong_expert_bound_drops_pairs_instead_of_writing_out_of_bounds(triton_
     kept_weights = torch.where(dropped, torch.zeros_like(problem.topk_weights), problem.topk_weights)
     ref = fused_moe_reference(problem.hidden.cpu(), problem.w13.cpu(), problem.w2.cpu(), problem.topk_ids.cpu(),
                               kept_weights.cpu(), problem.active_mask.cpu())  # fmt: skip
-    assert_close_to_reference(out.cpu(), ref, torch.float32)
+    assert_close_to_reference(out, ref, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -117,7 +117,7 @@ def test_stock_reimplementation_matches_reference(dtype):
     got = fused_moe_stock(problem.hidden, problem.w13, problem.w2, problem.topk_ids, problem.topk_weights, config=config)
     ref = fused_moe_reference(problem.hidden.cpu(), problem.w13.cpu(), problem.w2.cpu(), problem.topk_ids.cpu(),
                               problem.topk_weights.cpu())  # fmt: skip
-    assert_close_to_reference(got.cpu(), ref, dtype)
+    assert_close_to_reference(got, ref, dtype)
 
 
 def test_config_rejects_tiles_below_16(triton_moe):

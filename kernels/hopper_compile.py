@@ -166,44 +166,61 @@ def routing_cases(dtype: str, quick: bool):
 
 
 # ---- real calls: the specialisations a launch on the device makes -----------------------------------
-CALL_POLICIES = [  # (policy, parameters): every fused rule, and a policy deciding in torch (anchor, random)
-    ("lynx", {}), ("lynx", {"alpha": 0.7, "beta": 1, "tie_break": "index"}), ("oea", {}), ("lynx-v1", {}),
-    ("budget", {"num_experts_kept": None}), ("topn", {"num_experts_kept": None}), ("coverage", {"mass_fraction": 0.7}),
-    ("coverage", {"mass_fraction": 0.5, "max_dropped_mass": 0.2}), ("random", {"num_experts_kept": None}),
-]  # fmt: skip  (num_experts_kept: max(k, E // 4) at each shape)
+# Every rule (as the policies build them: lynx's defaults and another beta / tie rule, oea's own top-1,
+# budget, topn, coverage with and without its cap) and a given active set with kept rows (the shared
+# stages of a policy deciding in torch).
+CALL_RULES = ["lynx", "lynx beta=1 index", "own-top j=1", "budget", "topn", "coverage", "coverage cap", "given keep"]
 
 
 def call_grid(quick: bool):
-    """(policy, params, E, k, T, with budget) over the block sizes and modes the launches can take."""
+    """(rule name, E, k, T, with a budget) over the block sizes and modes the launches can take."""
     shapes = [(64, 8, 1), (64, 1, 5), (8, 2, 1), (128, 8, 256)] if quick else [
         (experts, top_k, rows) for experts in (8, 64, 128, 256) for top_k in (1, 2, 8) for rows in (1, 5, 40, 512)
     ]  # fmt: skip
-    for name, params in CALL_POLICIES[:3] if quick else CALL_POLICIES:
+    for name in CALL_RULES[:3] if quick else CALL_RULES:
         for experts, top_k, rows in shapes:
-            valid = dict(params)
-            if "num_experts_kept" in valid:
-                valid["num_experts_kept"] = max(top_k, experts // 4)
-            yield name, valid, experts, top_k, rows, rows % 2 == 1
+            yield name, experts, top_k, rows, rows % 2 == 1
+
+
+def routing_call(name: str, experts: int, top_k: int, rows: int, with_budget: bool, dtype, seed: int):
+    """A RoutingCall as a policy's select builds it, on CPU tensors."""
+    import torch
+
+    from .routing import MASS_BITS, BudgetRule, CoverageRule, GivenRule, LynxRule, OwnTopRule, RoutingCall, TopNRule
+
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, experts, generator=generator).to(dtype)
+    weights, ids = torch.softmax(logits.float(), dim=-1).topk(top_k, dim=-1)
+    ids = ids.to(torch.int64 if rows % 5 == 0 else torch.int32)  # both id dtypes models give
+    kept = max(top_k, experts // 4)
+    units = lambda fraction: int(fraction * (1 << MASS_BITS))  # noqa: E731
+    rule = {
+        "lynx": LynxRule(1.0, 4, True), "lynx beta=1 index": LynxRule(0.7, 1, False), "own-top j=1": OwnTopRule(1),
+        "budget": BudgetRule(kept), "topn": TopNRule(kept), "coverage": CoverageRule(units(0.7)),
+        "coverage cap": CoverageRule(units(0.5), units(0.2)), "given keep": GivenRule(),
+    }[name]  # fmt: skip
+    given = {}
+    if name == "given keep":
+        given = dict(given_active=torch.arange(experts) < kept, given_keep=torch.arange(rows) % 3 == 0)
+    budget = {}
+    if with_budget:
+        budget = dict(budget_max_experts=torch.tensor(max(1, experts // 2)), budget_mass_fraction=torch.tensor(0.9))
+    return RoutingCall(rule, logits, ids, weights, torch.tensor(rows), top_k, True, **budget, **given)
 
 
 def compile_calls(specs, dtype: str) -> None:
     """Child process: each call's launches compiled for sm_90 (compile_only); prints one line per call."""
     import torch
 
-    from ..policies import ExpertBudget, get_policy
     from .compile_only import compile_only_for_hopper
+    from .routing_triton import route_triton
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    for index, (name, params, experts, top_k, rows, with_budget) in specs:
+    for index, spec in specs:
         print(f"start {index}", flush=True)
-        generator = torch.Generator().manual_seed(index)
-        logits = torch.randn(rows, experts, generator=generator).to(dtypes[dtype])
-        weights, ids = torch.softmax(logits.float(), dim=-1).topk(top_k, dim=-1)
-        budget = ExpertBudget.unlimited(experts).set_experts(max(1, experts // 2)) if with_budget else None
-        policy = get_policy(name, experts, top_k, **params)
+        call = routing_call(*spec, dtypes[dtype], seed=index)
         with compile_only_for_hopper():
-            ids = ids.to(torch.int64 if rows % 5 == 0 else torch.int32)  # both id dtypes models give
-            policy.select(logits, ids, weights, torch.tensor(rows), budget=budget, implementation="triton")
+            route_triton(call)
         print(f"ok {index}", flush=True)
 
 
@@ -217,8 +234,8 @@ def run_call_grid(dtypes, quick: bool, workers: int) -> tuple[int, int]:
     specs = [(dtype, spec) for dtype in dtypes for spec in call_grid(quick)]
 
     def label(index):
-        dtype, (name, params, experts, top_k, rows, with_budget) = specs[index]
-        return f"{dtype} {name} {params} E={experts} k={top_k} T={rows}{' budget' if with_budget else ''}"
+        dtype, (name, experts, top_k, rows, with_budget) = specs[index]
+        return f"{dtype} {name}, E={experts} k={top_k} T={rows}{' budget' if with_budget else ''}"
 
     def run_share(indices):
         results, pending = {}, list(indices)
@@ -264,8 +281,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="SiLU only, the smallest and largest batch, three routing specialisations")
     ap.add_argument("--calls", action="store_true",
-                    help="instead: real calls of the policies (route_triton as it launches, with Triton's "
-                         "specialisation on alignment and divisibility), over a grid of shapes and rules")
+                    help="instead: real calls (route_triton as it launches, with Triton's specialisation "
+                         "on alignment and divisibility), over a grid of shapes and rules")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel compile processes (--calls)")
     ap.add_argument("--compile-calls", nargs=2, metavar=("DTYPE", "JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -51,6 +51,7 @@ _RATIO_SCALE = tl.constexpr(float(1 << RATIO_BITS))
 _ROW_KEY, _ROW_TIE, _ROW_VALUE, _ROW_ORDER, _ROW_PICKED, _ROW_TOPPED, _ROW_ACTIVE = (tl.constexpr(i) for i in range(7))
 SCRATCH_ROWS = 7
 SCRATCH_ROWS_C = tl.constexpr(SCRATCH_ROWS)
+_PARTS_PER_LOAD = tl.constexpr(16)  # launch-1 programs whose partial sums launch 2 loads at once
 
 
 # ---- per-row helpers ----------------------------------------------------------------------------
@@ -237,10 +238,13 @@ def _before_in_order(scratch, flag, rank, value, cols, num_experts, BLOCK_E: tl.
 
 @triton.jit
 def _sum_parts(part_ptr, num_parts, stride, cols, BLOCK_E: tl.constexpr):
-    """Sum over programs of launch 1 of their [E] partial sums (int64)."""
+    """Sum over programs of launch 1 of their [E] partial sums (int64). A tile of programs per load:
+    a loop of one load per program waits for each load in turn (the decision's cost grew with T)."""
     total = tl.zeros([BLOCK_E], dtype=tl.int64)
-    for p in range(num_parts):
-        total += tl.load(part_ptr + p * stride + cols).to(tl.int64)
+    for start in range(0, num_parts, _PARTS_PER_LOAD):
+        part = start + tl.arange(0, _PARTS_PER_LOAD)
+        tile = tl.load(part_ptr + part[:, None] * stride + cols[None, :], mask=(part < num_parts)[:, None], other=0)
+        total += tl.sum(tile.to(tl.int64), axis=0)
     return total
 
 
@@ -328,10 +332,11 @@ def _decide_active(
     counts = _sum_parts(part_counts_ptr, num_parts, BLOCK_E, cols, BLOCK_E)
     mass = _sum_parts(part_mass_ptr, num_parts, BLOCK_E, cols, BLOCK_E)
     union = _sum_parts(part_union_ptr, num_parts, BLOCK_E, cols, BLOCK_E)
-    voters = 0
-    for p in range(num_parts):
-        voters += tl.load(part_voters_ptr + p)
-    voters = voters.to(tl.int64)
+    voters = tl.zeros([_PARTS_PER_LOAD], dtype=tl.int64)
+    for start in range(0, num_parts, _PARTS_PER_LOAD):
+        part = start + tl.arange(0, _PARTS_PER_LOAD)
+        voters += tl.load(part_voters_ptr + part, mask=part < num_parts, other=0).to(tl.int64)
+    voters = tl.sum(voters, axis=0)
     total_mass = tl.sum(mass, axis=0)
     # Preference order: routed mass, then votes (descending), then lower index (keys.preference_order).
     preference = _rank_desc(scratch, mass * (num_rows + 1) + counts, cols, cols, num_experts, BLOCK_E, CHUNK)
@@ -446,7 +451,10 @@ def _remap_rows(
     filled = (new_values > float("-inf")) & (slot[None, :] < SLOTS)
     first = _column(new_ids, slot, 0)
     top = tl.max(new_values, axis=1)
-    exps = tl.where(filled, tl.exp(new_values - tl.where(top > float("-inf"), top, 0.0)[:, None]), 0.0)
+    # exp in float64, rounded to fp32: fp32 tl.exp is ex2.approx on NVIDIA, off by more than 1e-6
+    # relative at gaps of ~20 (a weight of 5e-11 differed by 1.1e-6 from torch on an H100).
+    gap = new_values - tl.where(top > float("-inf"), top, 0.0)[:, None]
+    exps = tl.where(filled, tl.exp(gap.to(tl.float64)).to(tl.float32), 0.0)
     total = tl.sum(exps, axis=1)
     weights = exps / tl.where(total > 0, total, 1.0)[:, None]
     in_mask = row_ok[:, None] & slot_ok

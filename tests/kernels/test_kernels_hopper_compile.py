@@ -42,8 +42,8 @@ def test_real_calls_compile_for_hopper():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "12 calls compiled for sm_90, 0 failed" in proc.stdout, proc.stdout[-3000:]
-    assert "ok   call bf16 lynx {} E=64 k=8 T=1 budget" in proc.stdout
-    assert "ok   call bf16 lynx {} E=64 k=1 T=5 budget" in proc.stdout
+    assert "ok   call bf16 lynx, E=64 k=8 T=1 budget" in proc.stdout
+    assert "ok   call bf16 lynx, E=64 k=1 T=5 budget" in proc.stdout
 
 
 def test_fp32_tiles_are_shrunk_to_fit_shared_memory():

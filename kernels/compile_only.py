@@ -4,12 +4,11 @@
 on its arguments: pointer alignment and integers divisible by 16 (Triton's `tt.divisibility`), the
 dtype of every tensor. Those change the layouts Triton picks, and some layouts crash Triton 3.6's
 compiler where others compile (seen on an H100: an assertion in its scan lowering at E 64, top-1).
-Here the real Python launch code runs (`route_triton`, `fused_moe_active_triton`) on CPU tensors,
-with a stand-in driver that says "CUDA, sm_90" and kernels that compile instead of launching.
+Here the real launch code of the routing kernels (`route_triton`) runs on CPU tensors, with a
+stand-in driver that says "CUDA, sm_90" and kernels that compile instead of launching.
 
-    with compile_only_for_hopper() as compiled:
-        policy.select(logits, ids, weights, implementation="triton")   # CPU tensors
-    compiled  # [(kernel name, specialisation key)], compiled for sm_90
+    with compile_only_for_hopper():
+        route_triton(call)   # a RoutingCall on CPU tensors: both launches compiled for sm_90
 
 Outputs of calls made inside the block are garbage (nothing ran): use it for compilation only.
 """
@@ -42,21 +41,18 @@ class _HopperDriver:
 
 @contextlib.contextmanager
 def compile_only_for_hopper():
-    """Inside: every Triton launch of this package compiles for sm_90 and launches nothing."""
+    """Inside: every Triton launch compiles for sm_90 and launches nothing."""
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
-    from . import routing_triton, triton_moe
+    from . import routing_triton
 
     if routing_triton.INTERPRETING:
         raise RuntimeError("compile_only_for_hopper: unset TRITON_INTERPRET (the interpreter replaces the kernels)")
-    compiled: list[tuple[str, str]] = []
     original_run = JITFunction.run
 
     def run(self, *args, grid, warmup, **kwargs):
-        kernel = original_run(self, *args, grid=grid, warmup=True, **kwargs)
-        compiled.append((self.fn.__name__, getattr(kernel, "hash", "")))
-        return kernel
+        return original_run(self, *args, grid=grid, warmup=True, **kwargs)
 
     try:
         real = driver.active
@@ -64,11 +60,11 @@ def compile_only_for_hopper():
         real = None
     driver.set_active(_HopperDriver(real))
     JITFunction.run = run
-    routing_triton.ALLOW_CPU_TENSORS = triton_moe.ALLOW_CPU_TENSORS = True
+    routing_triton.ALLOW_CPU_TENSORS = True
     try:
-        yield compiled
+        yield
     finally:
-        routing_triton.ALLOW_CPU_TENSORS = triton_moe.ALLOW_CPU_TENSORS = False
+        routing_triton.ALLOW_CPU_TENSORS = False
         JITFunction.run = original_run
         if real is None:
             driver._active = None

@@ -216,12 +216,11 @@ def compile_calls(specs, dtype: str) -> None:
     from .routing_triton import route_triton
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    for index, spec in specs:
-        print(f"start {index}", flush=True)
-        call = routing_call(*spec, dtypes[dtype], seed=index)
-        with compile_only_for_hopper():
-            route_triton(call)
-        print(f"ok {index}", flush=True)
+    with compile_only_for_hopper():
+        for index, spec in specs:
+            print(f"start {index}", flush=True)
+            route_triton(routing_call(*spec, dtypes[dtype], seed=index))
+            print(f"ok {index}", flush=True)
 
 
 def run_call_grid(dtypes, quick: bool, workers: int) -> tuple[int, int]:

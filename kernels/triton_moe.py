@@ -49,8 +49,6 @@ def _interpreter_enabled() -> bool:
 
 
 INTERPRETING = _interpreter_enabled()
-# Set only by compile_only.compile_only_for_hopper, where launches compile and never run.
-ALLOW_CPU_TENSORS = False
 
 ACTIVATION_CODES = {"silu": 0, "gelu": 1}
 
@@ -317,7 +315,7 @@ def fused_moe_active_triton(
     """
     if activation not in ACTIVATION_CODES:
         raise ValueError(f"activation must be one of {tuple(ACTIVATION_CODES)}, got {activation!r}")
-    if not hidden.is_cuda and not INTERPRETING and not ALLOW_CPU_TENSORS:
+    if not hidden.is_cuda and not INTERPRETING:
         raise RuntimeError(
             "fused_moe_active_triton got CPU tensors but Triton's interpreter is off: set TRITON_INTERPRET=1 "
             "before importing lynx_sglang.kernels.triton_moe, or use the CPU path (fused_moe_active)."

@@ -266,6 +266,8 @@ class LynxRuntime:
         num_rows, num_experts = logits.shape
         renormalize = topk_config.renormalize and not _scales_weights(topk_config)
         policy = self.policy_for(num_experts, ids.shape[1], renormalize)
+        if not policy.applies_to_layer(layer_id):  # the model's routing as it is: nothing to check
+            return ids, weights, no_fallback
         decision = policy.select(logits, ids, weights, num_real=num_real, layer_id=layer_id,
                                  budget=self.budget_for(num_experts))
         new_ids, new_weights = decision.topk_ids, decision.topk_weights

@@ -68,6 +68,17 @@ def test_baseline_is_the_identity_and_still_measured():
     assert stats["layers"][0]["distinct_experts_before"] == stats["layers"][0]["distinct_experts_after"] > 0
 
 
+def test_layers_outside_the_policy_keep_the_models_routing_as_is():
+    runtime = make_runtime("budget", budget="experts=2", layers="1")
+    logits, output = routing()
+    untouched = route(runtime, logits, output, layer_id=0)
+    assert untouched.topk_ids is output.topk_ids and untouched.topk_weights is output.topk_weights
+    pruned = route(runtime, logits, output, layer_id=1)
+    assert len(set(pruned.topk_ids.flatten().tolist())) <= 2 < len(set(output.topk_ids.flatten().tolist()))
+    stats = runtime.stats_snapshot()
+    assert stats["fallback_steps"] == 0 and runtime.failures == 0
+
+
 def test_padding_rows_are_not_counted_and_pass_through():
     runtime = make_runtime("budget", budget="experts=2")
     logits, output = routing()

@@ -339,7 +339,11 @@ def _decide_active(
     voters = tl.sum(voters, axis=0)
     total_mass = tl.sum(mass, axis=0)
     # Preference order: routed mass, then votes (descending), then lower index (keys.preference_order).
-    preference = _rank_desc(scratch, mass * (num_rows + 1) + counts, cols, cols, num_experts, BLOCK_E, CHUNK)
+    # Ranked only for the rules that read it: each ranking is O(E^2) with four barriers.
+    if (MODE == 2) | (MODE == 4) | ((MODE == 0) & TIE_BY_MASS) | HAS_BUDGET:
+        preference = _rank_desc(scratch, mass * (num_rows + 1) + counts, cols, cols, num_experts, BLOCK_E, CHUNK)
+    else:
+        preference = cols
 
     if MODE == 0:  # lynx: S = sum_j (voters with bin j - beta) * B**j; experts ordered by (S, tie)
         votes = tl.zeros([BLOCK_E], dtype=tl.int64)
@@ -369,10 +373,12 @@ def _decide_active(
         active = tl.load(given_active_ptr + cols, mask=col_ok, other=0) != 0
     active = active & col_ok
 
-    # Top-up to SLOTS experts by votes (ties: lower index), as base.ensure_min_active.
-    top_up = _rank_desc(scratch, active.to(tl.int64) * (num_rows + 1) + counts, cols, cols, num_experts, BLOCK_E,
-                        CHUNK)  # fmt: skip
-    active = active | ((top_up < SLOTS) & col_ok)
+    # Top-up to SLOTS experts by votes (ties: lower index), as base.ensure_min_active. Rarely needed, so
+    # ranked only then: a branch on a block-wide sum, the same in every thread (no host sync).
+    if tl.sum(active.to(tl.int32), axis=0) < SLOTS:
+        top_up = _rank_desc(scratch, active.to(tl.int64) * (num_rows + 1) + counts, cols, cols, num_experts,
+                            BLOCK_E, CHUNK)  # fmt: skip
+        active = active | ((top_up < SLOTS) & col_ok)
     if KEEP_MODE != 0:
         _share(scratch, _ROW_TOPPED, active, cols, BLOCK_E)
         active = active | _kept_experts(scratch + _ROW_TOPPED * BLOCK_E, topk_ids_ptr, stride_ids, own_ids_ptr,

@@ -235,15 +235,21 @@ class Policy:
             return "triton" if fused_available("triton") else "torch"
         return "cpu" if fused_available("cpu") else "torch"
 
-    def _select_fused(self, router_logits, topk_ids, topk_weights, num_real, layer_id, budget,
-                      implementation: str) -> PolicyDecision:
+    def fused_call(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None, budget=None,
+                   implementation: str = "triton") -> RoutingCall:
+        """The call `select` hands to a fused implementation (a `GivenRule` one when `decide` runs in
+        torch: its result is added before the call runs)."""
         rule = self.fused_rule()
         call = RoutingCall(
             GivenRule() if rule is None else rule, router_logits, topk_ids, topk_weights, num_real, self.slots_used,
             self.renormalize, None if budget is None else budget.max_experts,
             None if budget is None else budget.mass_fraction,
         )  # fmt: skip
-        call = self.adjust_fused_call(call, implementation, layer_id)
+        return self.adjust_fused_call(call, implementation, layer_id)
+
+    def _select_fused(self, router_logits, topk_ids, topk_weights, num_real, layer_id, budget,
+                      implementation: str) -> PolicyDecision:
+        call = self.fused_call(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, implementation)
         if not fused_supports(call) or (budget is not None and budget.max_experts.device != router_logits.device):
             return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
         if isinstance(call.rule, GivenRule):  # decide in torch; the shared stages still run fused

@@ -2,14 +2,15 @@
 
     python -m lynx_sglang.policies.bench [--device cpu|cuda] [--repeats N] [--policies a,b] [--tokens 1,8]
                                          [--experts 8,64] [--ids router|biased] [--compile]
-                                         [--no-launch-counts]
+                                         [--no-launch-counts] [--per-launch]
 
 CPU: median wall clock of `repeats` calls, for the torch reference ("eager") and the fast path (the
 C++ op). CUDA: 20 calls captured back to back in one CUDA graph (as a decode step's graph holds every
 layer) and replayed, timed with CUDA events (median of 5 batches of `repeats` replays, divided by the
 calls), for the fused path (Triton) and the reference. Launches per call are
 counted by instrumentation (kernels/launches.py); without CUDA, the fused path's are counted with the
-Triton kernels running in Triton's interpreter. `--ids biased` gives the policies the top-k ids of
+Triton kernels running in Triton's interpreter. `--per-launch` (CUDA) times the fused path's two
+launches apart instead. `--ids biased` gives the policies the top-k ids of
 a router with a per-expert correction bias instead of the softmax top-k, so the CPU op cannot take
 them as each row's own top-k and selects it from the logits (its slower case). Targets: lynx fast path at most 150 us per call on one
 CPU core, and at most 15 us per call under graph replay on an H100/H200, for T <= 256 and E <= 128.
@@ -140,9 +141,13 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile(select, fullgraph=True) (inductor) of the torch reference")
     parser.add_argument("--no-launch-counts", action="store_true", help="skip counting launches per call")
+    parser.add_argument("--per-launch", action="store_true",
+                        help="only time the fused path's two Triton launches apart, each under graph replay (CUDA)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.per_launch and args.device != "cuda":
+        parser.error("--per-launch times the Triton launches on a GPU: it needs a CUDA device")
     args.repeats = args.repeats or (10 if args.device == "cuda" else 50)
     args.tokens = [int(x) for x in args.tokens.split(",")]
     args.experts = [int(x) for x in args.experts.split(",")]
@@ -208,6 +213,37 @@ def launch_counts(args, device, dtype, fused: str) -> None:
     print(f"(each cell: T={' / T='.join(map(str, sizes))})")
 
 
+def per_launch_table(args, device, dtype, timer) -> None:
+    """Launch 1 (rows: own top-k, bins, partial sums) and launch 2 (batch decision, remap) of each
+    fused rule, timed apart: which one to make faster. Launch 2 is replayed on launch 1's output."""
+    from ..kernels.routing import GivenRule, fused_supports
+    from ..kernels.routing_triton import plan_triton
+
+    print("\n## fused path per launch: launch 1 (rows) / launch 2 (decision, remap), us per call")
+    head = f"{'policy':<12} {'E':>4} {'k':>2} " + " ".join(f"{'T=' + str(t):>17}" for t in args.tokens)
+    print(f"{head}\n{'-' * len(head)}")
+    for name, num_experts, policy in policies_of(args):
+        cells, failures = [], []
+        for num_rows in args.tokens:
+            logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype, ids=args.ids)
+            call = policy.fused_call(logits, ids, weights, torch.tensor(num_rows, device=device))
+            if isinstance(call.rule, GivenRule) or not fused_supports(call):
+                cells.append("-")  # decided in torch: its time is not the launches'
+                continue
+            try:
+                plan = plan_triton(call)
+                plan.rows()
+                cells.append(f"{timer(plan.rows, args.repeats):.1f} / {timer(plan.decide, args.repeats):.1f}")
+            except Exception as error:  # noqa: BLE001 - report the cell, go on
+                cells.append("failed")
+                failures.append(f"#   {name} E={num_experts} T={num_rows} failed: {type(error).__name__}: "
+                                f"{' '.join(str(error).split())[:300]}")  # fmt: skip
+        print(f"{name:<12} {num_experts:>4} {top_k_for(num_experts):>2} " + " ".join(f"{c:>17}" for c in cells),
+              flush=True)  # fmt: skip
+        for line in failures:
+            print(line, flush=True)
+
+
 def target_line(label: str, table: Table, target: float) -> str:
     worst = table.worst("lynx", 128, 256)
     if worst is None:
@@ -233,6 +269,9 @@ def main(argv=None) -> int:
           f"model ids: {'softmax top-k' if args.ids == 'router' else 'a biased router (not the logits top-k)'}")
     timer = time_cuda_graph if on_gpu else time_cpu
     fast = "triton" if on_gpu else "cpu"
+    if args.per_launch:
+        per_launch_table(args, device, dtype, timer)
+        return 0
     if not on_gpu:
         print("# CUDA: no CUDA device here, so no graph-replay times; launch counts below use Triton's interpreter")
     eager = Table("torch reference" + (" (CUDA graph replay)" if on_gpu else " (CPU eager)"), args.tokens)

@@ -2,15 +2,17 @@
 # The checks that need an NVIDIA GPU, in one run that fits a short lease:
 #   1. the kernel and policy tests on CUDA tensors (Triton compiled for the device, the Hopper
 #      ahead-of-time compile check, the fused routing against the torch reference),
-#   2. `bench policies`: each policy's select() under CUDA-graph replay, and launches per call,
-#   3. `bench kernels --quick`: the active-expert MoE against the stock algorithm and grouped_mm,
-#   4. the long hypothesis agreement test of every policy on CUDA, with whatever time is left.
+#   2. `bench policies`: each policy's select() under CUDA-graph replay, launches per call, and the
+#      fused path's two launches timed apart (`--per-launch`),
+#   3. `profile`: lynx's two launches at E 128 under Nsight Compute (ncu), where it is installed,
+#   4. `bench kernels --quick`: the active-expert MoE against the stock algorithm and grouped_mm,
+#   5. the long hypothesis agreement test of every policy on CUDA, with whatever time is left.
 # Most of a cold run is Triton compiling each specialisation of the kernels, so the benchmarks are
 # first run once in parallel processes (one per policy / shape) to fill Triton's cache; the timed
 # runs that follow compile nothing.
 #
 #   bash scripts/gpu-checks.sh OUTDIR [SECONDS]     # logs in OUTDIR; stops starting stages after SECONDS (default 450)
-#   STAGES="tests policies" bash scripts/gpu-checks.sh OUTDIR   # only some of: tests policies kernels thorough
+#   STAGES="tests policies" bash scripts/gpu-checks.sh OUTDIR   # only some of: tests policies profile kernels thorough
 #
 # Needs torch with CUDA, Triton, pytest, hypothesis, pytest-xdist and pytest-timeout; not SGLang.
 set -uo pipefail
@@ -26,7 +28,7 @@ unset TRITON_INTERPRET
 # A stage gets at most CAP seconds, and never more than what is left before the deadline.
 budget() { local left=$((deadline - SECONDS)); echo $(( left < $1 ? (left > 0 ? left : 1) : $1 )); }
 stage() { echo "== $1 ($(date -u +%T), $((deadline - SECONDS)) s left)"; }
-stages=" ${STAGES:-tests policies kernels thorough} "
+stages=" ${STAGES:-tests policies profile kernels thorough} "
 wanted() { [[ $stages == *" $1 "* ]]; }
 
 if ! "$python" -c "import lynx_sglang.policies" 2>/dev/null; then
@@ -56,6 +58,34 @@ stage "bench policies" | tee "$out/policies.txt"
 timeout "$(budget 100)" "$python" -m lynx_sglang.policies.bench 2>&1 | tee -a "$out/policies.txt"
 timeout "$(budget 40)" "$python" -m lynx_sglang.policies.bench --ids biased --policies lynx,oea,budget,coverage \
   --no-launch-counts 2>&1 | tee "$out/policies-biased.txt"
+timeout "$(budget 40)" "$python" -m lynx_sglang.policies.bench --per-launch --policies lynx,oea,budget,coverage \
+  2>&1 | tee "$out/policies-launches.txt"
+fi
+
+if wanted profile; then
+stage "profile: lynx's launches at E 128, T 1 and 256, under Nsight Compute" | tee "$out/profile.txt"
+if command -v ncu >/dev/null; then
+  # Each T: three eager pairs of launches (the first compiles); every one is profiled.
+  timeout "$(budget 120)" ncu --kernel-name regex:_routing_ --section SpeedOfLight --section WarpStateStats \
+    --section Occupancy "$python" - <<'EOF' 2>&1 | tee -a "$out/profile.txt"
+import torch
+from lynx_sglang.kernels.routing_triton import plan_triton
+from lynx_sglang.policies.bench import make_batch
+from lynx_sglang.policies.registry import get_policy
+
+policy = get_policy("lynx", num_experts=128, top_k=8)
+for tokens in (1, 256):
+    logits, ids, weights = make_batch(tokens, 128, 8, "cuda", torch.bfloat16)
+    plan = plan_triton(policy.fused_call(logits, ids, weights, torch.tensor(tokens, device="cuda")))
+    for _ in range(3):
+        plan.rows()
+        plan.decide()
+    torch.cuda.synchronize()
+    print(f"profiled: lynx E 128 T {tokens}, three (rows, decide) pairs", flush=True)
+EOF
+else
+  echo "ncu is not on PATH here: no profile" | tee -a "$out/profile.txt"
+fi
 fi
 
 if wanted kernels; then

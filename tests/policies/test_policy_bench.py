@@ -46,3 +46,24 @@ def test_a_biased_routers_ids_differ_from_the_softmax_top_k():
     assert torch.equal(router_ids, logits.topk(8, dim=-1).indices)
     assert not torch.equal(biased_ids.sort(dim=-1).values, router_ids.sort(dim=-1).values)
     torch.testing.assert_close(weights.sum(dim=-1), torch.ones(64))
+
+
+def test_per_launch_times_need_a_gpu(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "policies", "--per-launch"])
+    assert "--per-launch times the Triton launches on a GPU: it needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not fused_available("triton"), reason="needs Triton")
+def test_per_launch_table_splits_each_fused_rule_into_its_two_launches(capsys):
+    """The table's code path with the launches interpreted and timed on the host (on a GPU: graph replay)."""
+    from lynx_sglang.policies.bench import parse_args, per_launch_table, time_cpu
+
+    args = parse_args(["--device", "cpu", "--repeats", "1", "--policies", "lynx,lynx-v1", "--tokens", "1,5",
+                       "--experts", "8"])  # fmt: skip
+    per_launch_table(args, torch.device("cpu"), torch.float32, time_cpu)
+    rows = {line.split()[0]: line.split()[3:] for line in capsys.readouterr().out.splitlines()
+            if re.match(r"lynx(-v1)? ", line)}  # fmt: skip
+    assert len(rows["lynx"]) == 6 and rows["lynx"][1::3] == ["/", "/"]  # launch 1 / launch 2, per T
+    assert all(float(value) > 0 for value in rows["lynx"][0::3] + rows["lynx"][2::3])
+    assert rows["lynx-v1"] == ["-", "-"]  # decides in torch: not a pair of launches

@@ -2,7 +2,8 @@
 
     python -m lynx_sglang.kernels.hopper_compile [--dtypes bf16 fp16 fp32] [--quick]
 
-Covers the active-expert MoE (three kernels) and the fused routing decision (two kernels, every rule).
+Covers the active-expert MoE (three kernels), the fused routing decision (two kernels, every rule) and
+the serving runtime's per-layer statistics (one kernel).
 
 Triton compiles ahead of time from a kernel's signature: no driver and no GPU are needed to lower the
 kernels to PTX and a cubin (Triton ships its own ptxas). That catches what the CPU interpreter cannot:
@@ -165,6 +166,22 @@ def routing_cases(dtype: str, quick: bool):
         )  # fmt: skip
 
 
+def stats_cases(dtype: str, quick: bool):
+    """The serving runtime's per-layer statistics launch (stats_triton.py) at the routing shapes."""
+    from . import stats_triton as st
+
+    shapes = ROUTING_SHAPES[:3] if quick else ROUTING_SHAPES
+    for ids in ("i32",) if quick else ("i32", "i64"):
+        for _, rows, experts, top_k, _, _ in shapes:
+            block_t, block_e, block_k, warps = st.launch_sizes(rows, experts, top_k)
+            yield Case(
+                f"{dtype} _routing_stats_kernel (T={rows} E={experts} k={top_k}, ids {ids})", st._routing_stats_kernel,
+                {"logits_ptr": f"*{dtype}", "original_ptr": f"*{ids}", "final_ptr": f"*{ids}", "real_ptr": "*u8",
+                 "fell_back_ptr": "*u8", "table_row_ptr": "*fp64", "step_fell_back_ptr": "*fp64"},
+                dict(TOP_K=top_k, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k), warps, 1,
+            )  # fmt: skip
+
+
 # ---- real calls: the specialisations a launch on the device makes -----------------------------------
 # Every rule (as the policies build them: lynx's defaults and another beta / tie rule, oea's own top-1,
 # budget, topn, coverage with and without its cap) and a given active set with kept rows (the shared
@@ -214,12 +231,18 @@ def compile_calls(specs, dtype: str) -> None:
 
     from .compile_only import compile_only_for_hopper
     from .routing_triton import route_triton
+    from .stats_triton import record_triton
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     with compile_only_for_hopper():
         for index, spec in specs:
             print(f"start {index}", flush=True)
-            route_triton(routing_call(*spec, dtypes[dtype], seed=index))
+            call = routing_call(*spec, dtypes[dtype], seed=index)
+            result = route_triton(call)
+            # The runtime's statistics launch after it, at the same shape and id dtype.
+            real = torch.ones(call.logits.shape[0], dtype=torch.bool)
+            record_triton(torch.zeros(7, dtype=torch.float64), torch.zeros((), dtype=torch.float64), real, call.logits,
+                          call.topk_ids, result.topk_ids, torch.tensor(False))  # fmt: skip
             print(f"ok {index}", flush=True)
 
 
@@ -306,7 +329,8 @@ def main(argv=None) -> int:
     failures = compiled = 0
     started = time.monotonic()
     for dtype in args.dtypes:
-        for case in [*moe_cases(dtype, batches, activations), *routing_cases(dtype, args.quick)]:
+        for case in [*moe_cases(dtype, batches, activations), *routing_cases(dtype, args.quick),
+                     *stats_cases(dtype, args.quick)]:
             try:
                 binary = compile_for_hopper(case.kernel, case.pointers, case.constexprs, case.num_warps,
                                             case.num_stages, case.scalars)  # fmt: skip

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.policies import ids_to_mask
 
 FIELDS = ("steps", "tokens", "distinct_before", "distinct_after", "rerouted", "mass_dropped", "fallbacks")
@@ -27,8 +28,14 @@ class MoeLayerInfo:
 
 
 class RoutingStats:
-    def __init__(self, layers: list[MoeLayerInfo], device: torch.device):
+    """fused: add each layer call's figures with one Triton launch (kernels/stats_triton.py) instead
+    of ~46 torch ops; None = on CUDA when Triton is available (on a CPU the torch ops are cheaper)."""
+
+    def __init__(self, layers: list[MoeLayerInfo], device: torch.device, fused: bool | None = None):
         self.layers = layers
+        if fused is None:
+            fused = torch.device(device).type == "cuda" and fused_available("triton")
+        self.fused = fused
         self.row_of = {info.layer_id: row for row, info in enumerate(layers)}
         self.table = torch.zeros(len(layers), len(FIELDS), dtype=torch.float64, device=device)
         # Set by any layer that fell back during the current step; folded into the count at step end.
@@ -41,6 +48,12 @@ class RoutingStats:
         own routing, so it counts as a fallback and nothing else)."""
         row = self.row_of.get(layer_id)
         if row is None:
+            return
+        if self.fused:
+            from lynx_sglang.kernels.stats_triton import record_triton
+
+            record_triton(self.table[row], self.step_fell_back, real_rows, router_logits, original_ids, final_ids,
+                          fell_back)  # fmt: skip
             return
         num_experts = router_logits.shape[-1]
         before = ids_to_mask(original_ids, real_rows, num_experts).sum()

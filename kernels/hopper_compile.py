@@ -3,7 +3,7 @@
     python -m lynx_sglang.kernels.hopper_compile [--dtypes bf16 fp16 fp32] [--quick]
 
 Covers the active-expert MoE (three kernels), the fused routing decision (two kernels, every rule) and
-the serving runtime's per-layer statistics (one kernel).
+the serving runtime's per-layer bookkeeping (one kernel).
 
 Triton compiles ahead of time from a kernel's signature: no driver and no GPU are needed to lower the
 kernels to PTX and a cubin (Triton ships its own ptxas). That catches what the CPU interpreter cannot:
@@ -166,20 +166,26 @@ def routing_cases(dtype: str, quick: bool):
         )  # fmt: skip
 
 
-def stats_cases(dtype: str, quick: bool):
-    """The serving runtime's per-layer statistics launch (stats_triton.py) at the routing shapes."""
-    from . import stats_triton as st
+def layer_cases(dtype: str, quick: bool):
+    """The serving runtime's per-layer bookkeeping launch (layer_triton.py) at the routing shapes: the
+    checks, mask and statistics together, and the statistics alone."""
+    from . import layer_triton as lt
 
     shapes = ROUTING_SHAPES[:3] if quick else ROUTING_SHAPES
     for ids in ("i32",) if quick else ("i32", "i64"):
         for _, rows, experts, top_k, _, _ in shapes:
-            block_t, block_e, block_k, warps = st.launch_sizes(rows, experts, top_k)
-            yield Case(
-                f"{dtype} _routing_stats_kernel (T={rows} E={experts} k={top_k}, ids {ids})", st._routing_stats_kernel,
-                {"logits_ptr": f"*{dtype}", "original_ptr": f"*{ids}", "final_ptr": f"*{ids}", "real_ptr": "*u8",
-                 "fell_back_ptr": "*u8", "table_row_ptr": "*fp64", "step_fell_back_ptr": "*fp64"},
-                dict(TOP_K=top_k, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k), warps, 1,
-            )  # fmt: skip
+            block_t, block_e, block_k, warps = lt.launch_sizes(rows, experts, top_k)
+            for check in (True, False):
+                yield Case(
+                    f"{dtype} _layer_kernel (T={rows} E={experts} k={top_k}, ids {ids}, "
+                    f"{'checks, mask, stats' if check else 'stats'})", lt._layer_kernel,
+                    {"logits_ptr": f"*{dtype}", "original_ids_ptr": f"*{ids}", "original_weights_ptr": "*fp32",
+                     "new_ids_ptr": f"*{ids}", "new_weights_ptr": "*fp32", "real_ptr": "*u8", "fell_back_ptr": "*u8",
+                     "out_ids_ptr": f"*{ids}", "out_weights_ptr": "*fp32", "mask_ptr": "*u8", "table_row_ptr": "*fp64",
+                     "step_fell_back_ptr": "*fp64"},
+                    dict(TOP_K=top_k, CHECK=check, MASK=check, STATS=True, BLOCK_T=block_t, BLOCK_E=block_e,
+                         BLOCK_K=block_k), warps, 1,
+                )  # fmt: skip
 
 
 # ---- real calls: the specialisations a launch on the device makes -----------------------------------
@@ -231,7 +237,7 @@ def compile_calls(specs, dtype: str) -> None:
 
     from .compile_only import compile_only_for_hopper
     from .routing_triton import route_triton
-    from .stats_triton import record_triton
+    from .layer_triton import finalize_triton, record_triton
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     with compile_only_for_hopper():
@@ -239,10 +245,12 @@ def compile_calls(specs, dtype: str) -> None:
             print(f"start {index}", flush=True)
             call = routing_call(*spec, dtypes[dtype], seed=index)
             result = route_triton(call)
-            # The runtime's statistics launch after it, at the same shape and id dtype.
+            # The serving runtime's launch after it (checks, mask, statistics; statistics alone), same shape.
             real = torch.ones(call.logits.shape[0], dtype=torch.bool)
-            record_triton(torch.zeros(7, dtype=torch.float64), torch.zeros((), dtype=torch.float64), real, call.logits,
-                          call.topk_ids, result.topk_ids, torch.tensor(False))  # fmt: skip
+            table, step = torch.zeros(7, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+            finalize_triton(call.logits, call.topk_ids, call.topk_weights, result.topk_ids, result.topk_weights, real,
+                            mask=True, table_row=table, step_fell_back=step)  # fmt: skip
+            record_triton(table, step, real, call.logits, call.topk_ids, result.topk_ids, torch.tensor(False))
             print(f"ok {index}", flush=True)
 
 
@@ -330,7 +338,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     for dtype in args.dtypes:
         for case in [*moe_cases(dtype, batches, activations), *routing_cases(dtype, args.quick),
-                     *stats_cases(dtype, args.quick)]:
+                     *layer_cases(dtype, args.quick)]:
             try:
                 binary = compile_for_hopper(case.kernel, case.pointers, case.constexprs, case.num_warps,
                                             case.num_stages, case.scalars)  # fmt: skip

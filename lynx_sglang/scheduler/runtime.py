@@ -18,6 +18,7 @@ from dataclasses import replace
 import torch
 
 from lynx_sglang.config import TPOT_WITH_TP, Budget, ConfigError, LynxConfig
+from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.policies import ExpertBudget, ids_to_mask
 from lynx_sglang.policy_setup import MoeShape, build_policy, validate_for_model
 from lynx_sglang.scheduler.controller import TpotController
@@ -102,6 +103,9 @@ class LynxRuntime:
         self.device = torch.device(device)
         self.model_name = model_name
         self.stats = RoutingStats(layers if self.config.stats else [], self.device)
+        # On CUDA the bookkeeping after a decision (checks, fallback, mask, statistics) is one Triton
+        # launch per layer call, not ~80 small torch ops (each a kernel under the step's CUDA graph).
+        self.fused_bookkeeping = self.device.type == "cuda" and fused_available("triton")
         self._calibration = calibration  # (w13, w2, activation) of one MoE layer, for the controller
         for info in layers:
             self.budget_for(info.num_experts)
@@ -245,7 +249,8 @@ class LynxRuntime:
         real = torch.arange(num_rows, device=logits.device)
         real = real >= 0 if num_real is None else real < num_real
         try:
-            new_ids, new_weights, fell_back = self._decide(logits, ids, weights, num_real, layer_id, topk_config)
+            new_ids, new_weights = self._propose(logits, ids, weights, num_real, layer_id, topk_config)
+            new_ids, new_weights, active = self._finish(logits, ids, weights, new_ids, new_weights, real, layer_id)
         except Exception as error:  # a policy bug must cost one step's pruning, never the server
             self._log_failure(error, layer_id)
             if self.stats is not None:
@@ -253,38 +258,59 @@ class LynxRuntime:
                 self.stats.record(layer_id, real, logits, ids, ids, torch.ones((), dtype=torch.bool,
                                                                               device=logits.device))
             return ids, weights
-        if self.stats is not None:
-            self.stats.record(layer_id, real, logits, ids, new_ids, fell_back)
-        if self.uses_active_kernel():
-            self.active_masks[layer_id] = ids_to_mask(new_ids, real, num_experts)
+        if active is not None:
+            self.active_masks[layer_id] = active
         return new_ids, new_weights
 
-    def _decide(self, logits, ids, weights, num_real, layer_id, topk_config):
-        no_fallback = torch.zeros((), dtype=torch.bool, device=logits.device)
+    def _propose(self, logits, ids, weights, num_real, layer_id, topk_config):
+        """The policy's routing for this layer call, unchecked; the model's own (the same tensors)
+        where there is nothing to decide."""
         if self.config.policy == "baseline":
-            return ids, weights, no_fallback
-        num_rows, num_experts = logits.shape
+            return ids, weights
+        num_experts = logits.shape[1]
         renormalize = topk_config.renormalize and not _scales_weights(topk_config)
         policy = self.policy_for(num_experts, ids.shape[1], renormalize)
         if not policy.applies_to_layer(layer_id):  # the model's routing as it is: nothing to check
-            return ids, weights, no_fallback
+            return ids, weights
         decision = policy.select(logits, ids, weights, num_real=num_real, layer_id=layer_id,
                                  budget=self.budget_for(num_experts))
         new_ids, new_weights = decision.topk_ids, decision.topk_weights
         if new_ids.shape != ids.shape or new_weights.shape != weights.shape:
             raise ValueError(f"policy returned shapes {tuple(new_ids.shape)}/{tuple(new_weights.shape)}, "
                              f"expected {tuple(ids.shape)}")
+        return new_ids, new_weights
+
+    def _finish(self, logits, ids, weights, new_ids, new_weights, real, layer_id):
+        """(final ids, final weights, active mask or None), statistics recorded. Data-dependent problems
+        are handled on the device (no host sync): any real row with non-finite router logits, or a
+        decision with ids out of range or non-finite weights, makes the whole layer keep the model's
+        own routing for this step (a fallback, counted)."""
+        num_experts = logits.shape[1]
+        want_mask = self.uses_active_kernel()
+        stats_row = self.stats.row(layer_id) if self.stats is not None else None
+        if new_ids is ids and new_weights is weights:  # the model's routing: nothing to check
+            if stats_row is not None:
+                self.stats.record(layer_id, real, logits, ids, ids, torch.zeros((), dtype=torch.bool,
+                                                                                device=logits.device))
+            return ids, weights, ids_to_mask(ids, real, num_experts) if want_mask else None
+        if self.fused_bookkeeping:
+            from lynx_sglang.kernels.layer_triton import finalize_triton
+
+            table_row, step_fell_back = stats_row if stats_row is not None else (None, None)
+            final_ids, final_weights, _, active = finalize_triton(
+                logits, ids, weights, new_ids, new_weights, real, mask=want_mask, table_row=table_row,
+                step_fell_back=step_fell_back,
+            )  # fmt: skip
+            return final_ids, final_weights, active
         new_ids, new_weights = new_ids.to(ids.dtype), new_weights.to(weights.dtype)
-        # Data-dependent problems are handled with tensor ops (no host sync): any real row with
-        # non-finite router logits, or a decision with ids out of range or non-finite weights,
-        # makes the whole layer keep the model's own routing for this step.
-        rows = torch.arange(num_rows, device=logits.device)
-        real = rows >= 0 if num_real is None else rows < num_real
         bad_logits = ~torch.isfinite(logits.float()).all(dim=-1)
         bad_ids = ((new_ids < 0) | (new_ids >= num_experts)).any(dim=-1)
         bad_weights = ~torch.isfinite(new_weights.float()).all(dim=-1)
         fell_back = ((bad_logits | bad_ids | bad_weights) & real).any()
-        return torch.where(fell_back, ids, new_ids), torch.where(fell_back, weights, new_weights), fell_back
+        final_ids, final_weights = torch.where(fell_back, ids, new_ids), torch.where(fell_back, weights, new_weights)
+        if stats_row is not None:
+            self.stats.record(layer_id, real, logits, ids, final_ids, fell_back)
+        return final_ids, final_weights, ids_to_mask(final_ids, real, num_experts) if want_mask else None
 
     def expert_kernel(self, layer, method):
         """The active-expert compute for this MoE layer on pruned decode steps, or None for SGLang's

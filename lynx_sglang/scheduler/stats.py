@@ -28,7 +28,7 @@ class MoeLayerInfo:
 
 
 class RoutingStats:
-    """fused: add each layer call's figures with one Triton launch (kernels/stats_triton.py) instead
+    """fused: add each layer call's figures with one Triton launch (kernels/layer_triton.py) instead
     of ~46 torch ops; None = on CUDA when Triton is available (on a CPU the torch ops are cheaper)."""
 
     def __init__(self, layers: list[MoeLayerInfo], device: torch.device, fused: bool | None = None):
@@ -50,7 +50,7 @@ class RoutingStats:
         if row is None:
             return
         if self.fused:
-            from lynx_sglang.kernels.stats_triton import record_triton
+            from lynx_sglang.kernels.layer_triton import record_triton
 
             record_triton(self.table[row], self.step_fell_back, real_rows, router_logits, original_ids, final_ids,
                           fell_back)  # fmt: skip
@@ -72,6 +72,12 @@ class RoutingStats:
         ])  # fmt: skip
         self.table[row].add_(values)
         self.step_fell_back.copy_(torch.maximum(self.step_fell_back, fell_back.double()))
+
+    def row(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(the layer's table row [7] float64, the step's fallback flag): where a fused launch adds a
+        layer call's figures; None for a layer not tracked."""
+        row = self.row_of.get(layer_id)
+        return None if row is None else (self.table[row], self.step_fell_back)
 
     def end_step(self) -> None:
         self.fallback_steps.add_(self.step_fell_back)

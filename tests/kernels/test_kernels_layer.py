@@ -1,0 +1,164 @@
+"""The serving runtime's per-layer routing statistics in one Triton launch (kernels/layer_triton.py)
+against the torch version of RoutingStats.record, under the interpreter without a GPU."""
+
+import pytest
+import torch
+
+from lynx_sglang.kernels.launches import count_launches
+from lynx_sglang.kernels.routing import fused_available
+from lynx_sglang.scheduler.stats import FIELDS, MoeLayerInfo, RoutingStats
+
+pytestmark = pytest.mark.skipif(not fused_available("triton"), reason="needs Triton")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def layer_calls(num_rows, num_experts, top_k, seed, ids_dtype=torch.int32, logits_dtype=torch.float32):
+    """Real and padding rows, NaN / +inf / all -inf rows, a -1 id, repeated ids, kept and rerouted rows."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(num_rows, num_experts, generator=generator) * 2
+    original = torch.softmax(logits, -1).topk(top_k, dim=-1).indices
+    final = original.clone()
+    rerouted = torch.rand(num_rows, generator=generator) < 0.5
+    final[rerouted, -1] = torch.randint(0, num_experts, (int(rerouted.sum()),), generator=generator)
+    if num_rows >= 6:
+        logits[1, 0] = float("nan")
+        logits[2, 3] = float("inf")
+        logits[3] = float("-inf")
+        original[4, 0] = -1  # garbage in a padding row: clamped, never counted
+        final[5] = final[5, :1]  # one expert in every slot
+    real = torch.arange(num_rows) < max(1, num_rows - 2)
+    if num_rows >= 6:
+        real[4] = False
+    moved = lambda t: t.to(DEVICE)  # noqa: E731
+    return (moved(real), moved(logits.to(logits_dtype)), moved(original.to(ids_dtype)), moved(final.to(ids_dtype)))
+
+
+def recorded(fused, calls, fell_back_at=()):
+    layers = [MoeLayerInfo(0, calls[0][1].shape[1], calls[0][2].shape[1], expert_bytes=1)]
+    stats = RoutingStats(layers, DEVICE, fused=fused)
+    for index, (real, logits, original, final) in enumerate(calls):
+        fell_back = torch.tensor(index in fell_back_at, device=DEVICE)
+        stats.record(0, real, logits, original, final, fell_back)
+        if index == 1:
+            stats.end_step()
+    stats.end_step()
+    return stats
+
+
+@pytest.mark.parametrize("num_rows,num_experts,top_k", [(1, 8, 2), (7, 8, 2), (40, 60, 4), (130, 128, 8)])
+@pytest.mark.parametrize("dtypes", [(torch.int32, torch.float32), (torch.int64, torch.bfloat16)])
+def test_one_launch_adds_the_same_figures_as_the_torch_ops(num_rows, num_experts, top_k, dtypes):
+    calls = [layer_calls(num_rows, num_experts, top_k, seed, *dtypes) for seed in range(3)]
+    reference = recorded(False, calls, fell_back_at=(1,))
+    fused = recorded(True, calls, fell_back_at=(1,))
+    mass = FIELDS.index("mass_dropped")
+    counts = [i for i in range(len(FIELDS)) if i != mass]
+    assert torch.equal(fused.table[:, counts], reference.table[:, counts]), (fused.table, reference.table)
+    torch.testing.assert_close(fused.table[:, mass], reference.table[:, mass], rtol=1e-5, atol=1e-6)
+    assert fused.table[0, FIELDS.index("fallbacks")] == 1 and fused.table[0, FIELDS.index("steps")] == 2
+    assert torch.equal(fused.fallback_steps, reference.fallback_steps) and fused.fallback_steps == 1
+    if num_rows > 2:  # the cases above do lose experts: the mass is not trivially 0
+        assert fused.table[0, mass] > 0
+
+
+def test_the_fused_record_is_one_triton_launch_and_no_torch_op():
+    real, logits, original, final = layer_calls(16, 64, 8, seed=1)
+    stats = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, fused=True)
+    counter = count_launches(stats.record, 3, real, logits, original, final, torch.tensor(False, device=DEVICE))
+    assert (counter.triton, counter.torch_ops, counter.host_syncs) == (1, 0, 0), counter.op_names
+    reference = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, fused=False)
+    counter = count_launches(reference.record, 3, real, logits, original, final, torch.tensor(False, device=DEVICE))
+    assert counter.torch_ops > 20  # what the launch replaces, each a kernel under a CUDA graph
+
+
+def test_auto_choice_follows_the_device():
+    layers = [MoeLayerInfo(0, 8, 2, expert_bytes=1)]
+    assert RoutingStats(layers, torch.device("cpu")).fused is False  # torch ops are cheaper on a CPU
+    if torch.cuda.is_available():
+        assert RoutingStats(layers, torch.device("cuda")).fused is True
+
+
+# ---- the serving runtime with its bookkeeping fused (as on CUDA) against its torch ops --------------
+def runtime_routes(fused: bool, policy: str, calls, monkeypatch, **config):
+    """(final ids, final weights, active mask) per call and the stats snapshot, from a LynxRuntime
+    whose bookkeeping is the Triton launch (fused) or the torch ops."""
+    from pathlib import Path
+
+    from lynx_sglang.config import LynxConfig
+    from lynx_sglang.scheduler.runtime import LynxRuntime
+    from lynx_sglang.scheduler.step import Step
+
+    topk = pytest.importorskip("sglang.srt.layers.moe.topk")
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "support"))
+    runtime = LynxRuntime(LynxConfig(policy=policy, **config))
+    num_experts, top_k = calls[0][0].shape[1], calls[0][1].shape[1]
+    runtime.bind_layers([MoeLayerInfo(i, num_experts, top_k, expert_bytes=100) for i in range(2)], DEVICE, "test")
+    runtime.fused_bookkeeping = runtime.stats.fused = fused
+    decode = Step("decode", True)
+    results = []
+    for index, (logits, ids, weights, num_real) in enumerate(calls):
+        runtime.begin_step(decode)
+        output = topk.StandardTopKOutput(weights, ids, logits)
+        routed = runtime.route(output, logits, topk.TopKConfig(top_k=top_k), index % 2, num_real, None, decode)
+        results.append((routed.topk_ids, routed.topk_weights, runtime.active_masks.get(index % 2)))
+        runtime.end_step(decode)
+    return results, runtime.stats_snapshot(), runtime.failures
+
+
+def model_routing(num_rows, num_experts, top_k, seed, nan_row=None):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(num_rows, num_experts, generator=generator) * 2
+    if nan_row is not None:
+        logits[nan_row, 1] = float("nan")
+    weights, ids = torch.softmax(logits, -1).topk(top_k, dim=-1)
+    weights = weights / weights.sum(-1, keepdim=True)
+    return logits.to(DEVICE), ids.to(torch.int32).to(DEVICE), weights.to(DEVICE), torch.tensor(num_rows - 3)
+
+
+@pytest.mark.parametrize("policy,config", [
+    ("lynx", {}), ("budget", {"budget": "experts=3"}), ("fault_policies:OutOfRangePolicy", {}),
+    ("oea", {"layers": "1"}), ("baseline", {"kernel": "triton"}),
+])  # fmt: skip
+def test_the_runtime_routes_alike_with_its_bookkeeping_fused(policy, config, monkeypatch):
+    calls = [model_routing(24, 16, 4, seed) for seed in range(3)] + [model_routing(24, 16, 4, 7, nan_row=5)]
+    reference, reference_stats, reference_failures = runtime_routes(False, policy, calls, monkeypatch, **config)
+    fused, fused_stats, fused_failures = runtime_routes(True, policy, calls, monkeypatch, **config)
+    assert fused_failures == reference_failures == 0
+    for (ids, weights, mask), (want_ids, want_weights, want_mask) in zip(fused, reference):
+        assert ids.dtype == want_ids.dtype and torch.equal(ids, want_ids)
+        assert weights.dtype == want_weights.dtype  # the NaN row's weights are NaN in both: the model's own
+        torch.testing.assert_close(weights, want_weights, rtol=0, atol=0, equal_nan=True)
+        assert (mask is None) == (want_mask is None) and (mask is None or torch.equal(mask, want_mask))
+    masses = ("router_mass_dropped", "router_mass_dropped_per_token")
+    for layer, want in zip(fused_stats["layers"], reference_stats["layers"]):
+        assert {k: v for k, v in layer.items() if k not in masses} == {k: v for k, v in want.items() if k not in masses}
+        for mass in masses:
+            assert layer[mass] == pytest.approx(want[mass], rel=1e-5, abs=1e-7)
+    assert fused_stats["fallback_steps"] == reference_stats["fallback_steps"]
+    # The NaN row's step falls back, but for baseline: the model's routing is not checked.
+    assert reference_stats["fallback_steps"] >= (policy != "baseline")
+
+
+def test_a_runtime_layer_call_is_the_policy_plus_one_launch(monkeypatch):
+    """Counted by instrumentation: after the policy's decision (the C++ op here; two Triton launches on
+    CUDA), the fused bookkeeping is one Triton launch and the two ops that mark the real rows; the
+    torch bookkeeping is dozens of ops, each a kernel under a decode step's CUDA graph."""
+    from lynx_sglang.config import LynxConfig
+    from lynx_sglang.scheduler.runtime import LynxRuntime
+    from lynx_sglang.scheduler.step import Step
+
+    topk = pytest.importorskip("sglang.srt.layers.moe.topk")
+    logits, ids, weights, num_real = model_routing(32, 16, 4, seed=2)
+    counts = {}
+    for fused in (True, False):
+        runtime = LynxRuntime(LynxConfig(policy="lynx"))
+        runtime.bind_layers([MoeLayerInfo(0, 16, 4, expert_bytes=100)], DEVICE, "test")
+        runtime.fused_bookkeeping = runtime.stats.fused = fused
+        runtime.begin_step(Step("decode", True))
+        counter = count_launches(runtime.route, topk.StandardTopKOutput(weights, ids, logits), logits,
+                                 topk.TopKConfig(top_k=4), 0, num_real.to(DEVICE), None, Step("decode", True))  # fmt: skip
+        counts[fused] = counter
+    policy_launches = 2 if DEVICE.type == "cuda" else 0  # the C++ op makes no launch
+    assert (counts[True].triton, counts[True].torch_ops) == (policy_launches + 1, 2), counts[True].op_names
+    assert counts[False].triton == policy_launches
+    assert counts[False].torch_ops > 60

@@ -69,8 +69,9 @@ def _layer_kernel(
             in_slots = row_ok[:, None] & slot_ok
             ids = tl.load(new_ids_ptr + rows[:, None].to(tl.int64) * stride_new_ids + slot[None, :], mask=in_slots,
                           other=0)  # fmt: skip
+            # checked in the dtype they are returned in (as the torch path: cast first, then isfinite)
             weights = tl.load(new_weights_ptr + rows[:, None].to(tl.int64) * stride_new_weights + slot[None, :],
-                              mask=in_slots, other=0.0).to(tl.float32)  # fmt: skip
+                              mask=in_slots, other=0.0).to(original_weights_ptr.dtype.element_ty).to(tl.float32)  # fmt: skip
             broken = ~_finite(x) & in_row
             wrong = ((ids < 0) | (ids >= num_experts) | ~_finite(weights)) & in_slots
             row_bad = (tl.sum(broken.to(tl.int32), axis=1) + tl.sum(wrong.to(tl.int32), axis=1)) > 0

@@ -162,3 +162,22 @@ def test_a_runtime_layer_call_is_the_policy_plus_one_launch(monkeypatch):
     assert (counts[True].triton, counts[True].torch_ops) == (policy_launches + 1, 2), counts[True].op_names
     assert counts[False].triton == policy_launches
     assert counts[False].torch_ops > 60
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # the interpreter's cast to inf, wanted here
+def test_weights_are_checked_in_the_dtype_they_are_returned_in():
+    """fp16 routing weights: a proposed weight of 70000 (finite in fp32) is inf once cast, so the layer
+    falls back, as the runtime's torch checks decide (cast first, then isfinite)."""
+    from lynx_sglang.kernels.layer_triton import finalize_triton
+
+    logits, ids, weights, _ = model_routing(8, 16, 4, seed=3)
+    weights = weights.half()
+    real = torch.ones(8, dtype=torch.bool, device=DEVICE)
+    for huge, falls_back in ((70000.0, True), (60000.0, False)):
+        proposed = weights.float().clone()
+        proposed[2, 1] = huge
+        final_ids, final_weights, fell_back, mask = finalize_triton(logits, ids, weights, ids.flip(1), proposed, real,
+                                                                    mask=True)  # fmt: skip
+        assert bool(fell_back) is falls_back and final_weights.dtype == torch.float16
+        assert torch.equal(final_ids, ids if falls_back else ids.flip(1)) and mask.dtype == torch.bool
+        assert torch.equal(final_weights, weights if falls_back else proposed.half())

@@ -84,11 +84,11 @@ def runtime_routes(fused: bool, policy: str, calls, monkeypatch, **config):
     whose bookkeeping is the Triton launch (fused) or the torch ops."""
     from pathlib import Path
 
+    topk = pytest.importorskip("sglang.srt.layers.moe.topk")  # the runtime takes SGLang's types
     from lynx_sglang.config import LynxConfig
     from lynx_sglang.scheduler.runtime import LynxRuntime
     from lynx_sglang.scheduler.step import Step
 
-    topk = pytest.importorskip("sglang.srt.layers.moe.topk")
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "support"))
     runtime = LynxRuntime(LynxConfig(policy=policy, **config))
     num_experts, top_k = calls[0][0].shape[1], calls[0][1].shape[1]
@@ -143,11 +143,11 @@ def test_a_runtime_layer_call_is_the_policy_plus_one_launch(monkeypatch):
     """Counted by instrumentation: after the policy's decision (the C++ op here; two Triton launches on
     CUDA), the fused bookkeeping is one Triton launch and the two ops that mark the real rows; the
     torch bookkeeping is dozens of ops, each a kernel under a decode step's CUDA graph."""
+    topk = pytest.importorskip("sglang.srt.layers.moe.topk")  # the runtime takes SGLang's types
     from lynx_sglang.config import LynxConfig
     from lynx_sglang.scheduler.runtime import LynxRuntime
     from lynx_sglang.scheduler.step import Step
 
-    topk = pytest.importorskip("sglang.srt.layers.moe.topk")
     logits, ids, weights, num_real = model_routing(32, 16, 4, seed=2)
     counts = {}
     for fused in (True, False):

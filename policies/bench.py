@@ -10,7 +10,7 @@ layer) and replayed, timed with CUDA events (median of 5 batches of `repeats` re
 calls), for the fused path (Triton) and the reference. Launches per call are
 counted by instrumentation (kernels/launches.py); without CUDA, the fused path's are counted with the
 Triton kernels running in Triton's interpreter. `--per-launch` (CUDA) times the fused path's two
-launches apart instead. `--ids biased` gives the policies the top-k ids of
+launches apart instead, and the server's bookkeeping launch that follows them. `--ids biased` gives the policies the top-k ids of
 a router with a per-expert correction bias instead of the softmax top-k, so the CPU op cannot take
 them as each row's own top-k and selects it from the logits (its slower case). Targets: lynx fast path at most 150 us per call on one
 CPU core, and at most 15 us per call under graph replay on an H100/H200, for T <= 256 and E <= 128.
@@ -142,7 +142,8 @@ def parse_args(argv=None):
                         help="also time torch.compile(select, fullgraph=True) (inductor) of the torch reference")
     parser.add_argument("--no-launch-counts", action="store_true", help="skip counting launches per call")
     parser.add_argument("--per-launch", action="store_true",
-                        help="only time the fused path's two Triton launches apart, each under graph replay (CUDA)")
+                        help="only time the fused path's two Triton launches apart, and the server's bookkeeping launch, "
+                             "each under graph replay (CUDA)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
@@ -244,6 +245,28 @@ def per_launch_table(args, device, dtype, timer) -> None:
             print(line, flush=True)
 
 
+def layer_launch_table(args, device, dtype, timer) -> None:
+    """The server's bookkeeping launch after a decision (kernels/layer_triton.py: fallback checks,
+    final routing, active mask, statistics), per E and T: what a pruned layer call adds to `select`."""
+    from ..kernels.layer_triton import finalize_triton
+
+    print("\n## the server's bookkeeping launch per layer call (checks, mask, statistics), us per call")
+    head = f"{'':<12} {'E':>4} {'k':>2} " + " ".join(f"{'T=' + str(t):>9}" for t in args.tokens)
+    print(f"{head}\n{'-' * len(head)}")
+    for num_experts in args.experts:
+        top_k = top_k_for(num_experts)
+        values = []
+        for num_rows in args.tokens:
+            logits, ids, weights = make_batch(num_rows, num_experts, top_k, device, dtype, ids=args.ids)
+            real = torch.ones(num_rows, dtype=torch.bool, device=device)
+            table = torch.zeros(7, dtype=torch.float64, device=device)
+            step = torch.zeros((), dtype=torch.float64, device=device)
+            proposed = ids.flip(1)  # the same experts in another order: every row counts as rerouted
+            values.append(timer(lambda: finalize_triton(logits, ids, weights, proposed, weights, real, mask=True,
+                                                        table_row=table, step_fell_back=step), args.repeats))  # fmt: skip
+        print(f"{'layer':<12} {num_experts:>4} {top_k:>2} " + " ".join(f"{v:>9.1f}" for v in values), flush=True)
+
+
 def target_line(label: str, table: Table, target: float) -> str:
     worst = table.worst("lynx", 128, 256)
     if worst is None:
@@ -271,6 +294,7 @@ def main(argv=None) -> int:
     fast = "triton" if on_gpu else "cpu"
     if args.per_launch:
         per_launch_table(args, device, dtype, timer)
+        layer_launch_table(args, device, dtype, timer)
         return 0
     if not on_gpu:
         print("# CUDA: no CUDA device here, so no graph-replay times; launch counts below use Triton's interpreter")

@@ -67,3 +67,14 @@ def test_per_launch_table_splits_each_fused_rule_into_its_two_launches(capsys):
     assert len(rows["lynx"]) == 6 and rows["lynx"][1::3] == ["/", "/"]  # launch 1 / launch 2, per T
     assert all(float(value) > 0 for value in rows["lynx"][0::3] + rows["lynx"][2::3])
     assert rows["lynx-v1"] == ["-", "-"]  # decides in torch: not a pair of launches
+
+
+@pytest.mark.skipif(not fused_available("triton"), reason="needs Triton")
+def test_layer_launch_table_times_the_servers_bookkeeping(capsys):
+    from lynx_sglang.policies.bench import layer_launch_table, parse_args, time_cpu
+
+    args = parse_args(["--device", "cpu", "--repeats", "1", "--tokens", "1,5", "--experts", "8,16"])
+    layer_launch_table(args, torch.device("cpu"), torch.float32, time_cpu)
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("layer ")]
+    assert [row[1:3] for row in rows] == [["8", "2"], ["16", "8"]]
+    assert all(float(value) > 0 for row in rows for value in row[3:]) and all(len(row) == 5 for row in rows)

@@ -1,7 +1,7 @@
 """The serving runtime's bookkeeping after a policy's decision, for one MoE layer call, in one Triton launch.
 
-What lynx_sglang/scheduler/runtime.py does per layer call in torch, about 80 small ops, each a kernel of a
-few microseconds under a decode step's CUDA graph (milliseconds per step for a 48-layer model):
+What lynx_sglang/scheduler/runtime.py does per layer call in torch is more than 60 small ops, each a kernel
+under a decode step's CUDA graph (at 2-3 us a kernel, milliseconds per step for a 48-layer model):
 
 1. **Checks** (`finalize_triton`): the layer falls back to the model's own routing for this step when a
    real row has non-finite router logits, or the decision has an id outside [0, E) or a non-finite

@@ -104,7 +104,7 @@ class LynxRuntime:
         self.model_name = model_name
         self.stats = RoutingStats(layers if self.config.stats else [], self.device)
         # On CUDA the bookkeeping after a decision (checks, fallback, mask, statistics) is one Triton
-        # launch per layer call, not ~80 small torch ops (each a kernel under the step's CUDA graph).
+        # launch per layer call, not more than 60 small torch ops (each a kernel under the step's CUDA graph).
         self.fused_bookkeeping = self.device.type == "cuda" and fused_available("triton")
         self._calibration = calibration  # (w13, w2, activation) of one MoE layer, for the controller
         for info in layers:

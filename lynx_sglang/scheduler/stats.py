@@ -29,7 +29,7 @@ class MoeLayerInfo:
 
 class RoutingStats:
     """fused: add each layer call's figures with one Triton launch (kernels/layer_triton.py) instead
-    of ~46 torch ops; None = on CUDA when Triton is available (on a CPU the torch ops are cheaper)."""
+    of dozens of torch ops; None = on CUDA when Triton is available (Triton has no CPU backend)."""
 
     def __init__(self, layers: list[MoeLayerInfo], device: torch.device, fused: bool | None = None):
         self.layers = layers

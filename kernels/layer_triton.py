@@ -26,16 +26,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .routing_triton import _column, warps_for
 from .triton_moe import INTERPRETING
 
 STAT_FIELDS = 7
 STAT_FIELDS_C = tl.constexpr(STAT_FIELDS)
-
-
-@triton.jit
-def _column(matrix, slot, j):
-    """Column j of a small [BT, BK] matrix (exact: one term is non-zero)."""
-    return tl.sum(tl.where(slot[None, :] == j, matrix, 0), axis=1)
 
 
 @triton.jit
@@ -153,11 +148,11 @@ def _layer_kernel(
 
 
 def launch_sizes(num_rows: int, num_experts: int, top_k: int) -> tuple[int, int, int, int]:
-    """(BLOCK_T, BLOCK_E, BLOCK_K, warps): shapes only. Warps no more than the tile has elements (the
-    Triton 3.6 miscompile routing_triton.warps_for avoids)."""
+    """(BLOCK_T, BLOCK_E, BLOCK_K, warps): shapes only. Warps as the routing's launch 1 (no more threads
+    than the tile has elements: routing_triton.warps_for)."""
     block_e = max(triton.next_power_of_2(num_experts), 16)
     block_t = max(1, min(64, 4096 // block_e, triton.next_power_of_2(num_rows)))
-    return block_t, block_e, triton.next_power_of_2(top_k), max(1, min(4, block_t * block_e // 32))
+    return block_t, block_e, triton.next_power_of_2(top_k), warps_for(block_t, block_e, block_t)[0]
 
 
 def _rows(tensor: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ from dataclasses import replace
 import torch
 
 from lynx_sglang.config import TPOT_WITH_TP, Budget, ConfigError, LynxConfig
-from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.policies import ExpertBudget, ids_to_mask
 from lynx_sglang.policy_setup import MoeShape, build_policy, validate_for_model
 from lynx_sglang.scheduler.controller import TpotController
@@ -105,7 +104,7 @@ class LynxRuntime:
         self.stats = RoutingStats(layers if self.config.stats else [], self.device)
         # On CUDA the bookkeeping after a decision (checks, fallback, mask, statistics) is one Triton
         # launch per layer call, not more than 60 small torch ops (each a kernel under the step's CUDA graph).
-        self.fused_bookkeeping = self.device.type == "cuda" and fused_available("triton")
+        self.fused_bookkeeping = self.stats.fused  # the same condition: CUDA, and Triton available
         self._calibration = calibration  # (w13, w2, activation) of one MoE layer, for the controller
         for info in layers:
             self.budget_for(info.num_experts)

@@ -4,15 +4,18 @@
 #      ahead-of-time compile check, the fused routing against the torch reference),
 #   2. `bench policies`: each policy's select() under CUDA-graph replay, launches per call, and the
 #      fused path's two launches timed apart (`--per-launch`),
-#   3. `profile`: lynx's two launches at E 128 under Nsight Compute (ncu), where it is installed,
-#   4. `bench kernels --quick`: the active-expert MoE against the stock algorithm and grouped_mm,
-#   5. the long hypothesis agreement test of every policy on CUDA, with whatever time is left.
+#   3. `launches`: only the per-launch times (`bench policies --per-launch`) of the fused rules,
+#   4. `sweep`: lynx's launch configurations (block sizes, warps) timed per E and T (policies/sweep.py),
+#   5. `profile`: lynx's two launches at E 128 under Nsight Compute (ncu), where it is installed,
+#   6. `bench kernels --quick`: the active-expert MoE against the stock algorithm and grouped_mm,
+#   7. the long hypothesis agreement test of every policy on CUDA, with whatever time is left.
 # Most of a cold run is Triton compiling each specialisation of the kernels, so the benchmarks are
 # first run once in parallel processes (one per policy / shape) to fill Triton's cache; the timed
 # runs that follow compile nothing.
 #
 #   bash scripts/gpu-checks.sh OUTDIR [SECONDS]     # logs in OUTDIR; stops starting stages after SECONDS (default 450)
-#   STAGES="tests policies" bash scripts/gpu-checks.sh OUTDIR   # only some of: tests policies profile kernels thorough
+#   STAGES="tests policies" bash scripts/gpu-checks.sh OUTDIR   # only some of: tests policies launches sweep profile kernels thorough
+#   TESTS="tests/kernels/test_kernels_layer.py" ...                # the tests stage runs these (default: tests/kernels tests/policies)
 #
 # Needs torch with CUDA, Triton, pytest, hypothesis, pytest-xdist and pytest-timeout; not SGLang.
 set -uo pipefail
@@ -43,7 +46,7 @@ fi
 if wanted tests; then
 stage "tests on CUDA" | tee "$out/tests.txt"
 timeout -s INT "$(budget 150)" "$python" -m pytest -p no:cacheprovider -q -n "$workers" --dist load --timeout 140 \
-  tests/kernels tests/policies --ignore tests/kernels/test_kernels_sglang_bench.py \
+  ${TESTS:-tests/kernels tests/policies} --ignore tests/kernels/test_kernels_sglang_bench.py \
   --deselect tests/policies/test_policy_fused.py::test_fused_matches_reference_every_policy 2>&1 | tee -a "$out/tests.txt"
 fi
 
@@ -62,12 +65,29 @@ timeout "$(budget 40)" "$python" -m lynx_sglang.policies.bench --per-launch --po
   2>&1 | tee "$out/policies-launches.txt"
 fi
 
+if wanted launches; then
+stage "bench policies --per-launch: compile (parallel)"
+for policy in lynx oea budget coverage; do
+  timeout "$(budget 90)" "$python" -m lynx_sglang.policies.bench --per-launch --policies "$policy" --repeats 1 >/dev/null 2>&1 &
+done
+wait
+stage "bench policies --per-launch" | tee "$out/launches.txt"
+timeout "$(budget 60)" "$python" -m lynx_sglang.policies.bench --per-launch --policies lynx,oea,budget,coverage \
+  2>&1 | tee -a "$out/launches.txt"
+fi
+
+if wanted sweep; then
+stage "sweep: lynx's launch configurations" | tee "$out/sweep.txt"
+timeout "$(budget 240)" "$python" -m lynx_sglang.policies.sweep --policies lynx --experts 64,128 \
+  --log "$out/sweep.jsonl" 2>&1 | tee -a "$out/sweep.txt"
+fi
+
 if wanted profile; then
 stage "profile: lynx's launches at E 128, T 1 and 256, under Nsight Compute" | tee "$out/profile.txt"
 if command -v ncu >/dev/null; then
   # Each T: three eager pairs of launches (the first compiles); every one is profiled.
-  timeout "$(budget 120)" ncu --kernel-name regex:_routing_ --section SpeedOfLight --section WarpStateStats \
-    --section Occupancy "$python" - <<'EOF' 2>&1 | tee -a "$out/profile.txt"
+  timeout "$(budget 120)" ncu --clock-control none --kernel-name regex:_routing_ --section SpeedOfLight \
+    --section WarpStateStats --section Occupancy --section LaunchStats "$python" - <<'EOF' 2>&1 | tee -a "$out/profile.txt"
 import torch
 from lynx_sglang.kernels.routing_triton import plan_triton
 from lynx_sglang.policies.bench import make_batch

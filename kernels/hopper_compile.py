@@ -174,7 +174,7 @@ def layer_cases(dtype: str, quick: bool):
     shapes = ROUTING_SHAPES[:3] if quick else ROUTING_SHAPES
     for ids in ("i32",) if quick else ("i32", "i64"):
         for _, rows, experts, top_k, _, _ in shapes:
-            block_t, block_e, block_k, warps = lt.launch_sizes(rows, experts, top_k)
+            block_t, scan_t, block_e, block_k, warps = lt.launch_sizes(rows, experts, top_k)
             for check in (True, False):
                 yield Case(
                     f"{dtype} _layer_kernel (T={rows} E={experts} k={top_k}, ids {ids}, "
@@ -182,9 +182,9 @@ def layer_cases(dtype: str, quick: bool):
                     {"logits_ptr": f"*{dtype}", "original_ids_ptr": f"*{ids}", "original_weights_ptr": "*fp32",
                      "new_ids_ptr": f"*{ids}", "new_weights_ptr": "*fp32", "real_ptr": "*u8", "fell_back_ptr": "*u8",
                      "out_ids_ptr": f"*{ids}", "out_weights_ptr": "*fp32", "mask_ptr": "*u8", "table_row_ptr": "*fp64",
-                     "step_fell_back_ptr": "*fp64"},
-                    dict(TOP_K=top_k, CHECK=check, MASK=check, STATS=True, BLOCK_T=block_t, BLOCK_E=block_e,
-                         BLOCK_K=block_k), warps, 1,
+                     "step_fell_back_ptr": "*fp64", "scratch_ptr": "*i32"},
+                    dict(TOP_K=top_k, CHECK=check, MASK=check, STATS=True, BLOCK_T=block_t, SCAN_T=scan_t,
+                         BLOCK_E=block_e, BLOCK_K=block_k), warps, 1,
                 )  # fmt: skip
 
 

@@ -140,8 +140,9 @@ def routing_cases(dtype: str, quick: bool):
         args = rt._rule_arguments(rules[name])
         if name == "given keep":
             args["KEEP_MODE"] = rt.KEEP_GIVEN
-        block_t, block_e, block_k, scan_t = rt.block_sizes(rows, experts, top_k)
-        rows_warps, decide_warps = rt.warps_for(block_t, block_e, scan_t)
+        block_e, block_k = rt.block_sizes(experts, top_k)
+        config = rt.launch_config(rows, experts, top_k)
+        block_t, scan_t = config.block_t, config.scan_t
         example = f"{name}, T={rows} E={experts} k={top_k}"
         per_row = {"own_ids_ptr": "*i32", "own_values_ptr": "*fp32", "own_weights_ptr": "*i64", "row_flags_ptr": "*i8",
                    "bins_ptr": "*i8", "threshold_ptr": "*i32", "need_ptr": "*i32", "num_real_ptr": "*i64",
@@ -151,7 +152,7 @@ def routing_cases(dtype: str, quick: bool):
             f"{dtype} _routing_rows_kernel ({example})", rt._routing_rows_kernel, {"logits_ptr": f"*{dtype}", **per_row},
             dict(MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=2,
                  BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k),
-            rows_warps, 1, {"alpha": "fp32"},
+            config.rows_warps, 1, {"alpha": "fp32"},
         )  # fmt: skip
         yield Case(
             f"{dtype} _routing_decide_kernel ({example})", rt._routing_decide_kernel,
@@ -160,9 +161,9 @@ def routing_cases(dtype: str, quick: bool):
              "scratch_ptr": "*i64", "out_ids_ptr": "*i32", "out_weights_ptr": "*fp32", "active_out_ptr": "*u8"},
             dict(MODE=args["MODE"], TOP_K=top_k, SLOTS=slots, BETA=args["BETA"], TIE_BY_MASS=args["TIE_BY_MASS"],
                  KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=budget, RENORMALIZE=not budget,
-                 NUM_REAL_MODE=2, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=min(block_e, 32),
-                 SCAN_T=scan_t),
-            decide_warps, 1,
+                 NUM_REAL_MODE=2, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=config.chunk,
+                 SCAN_T=scan_t, PARTS=config.parts),
+            config.decide_warps, 1,
         )  # fmt: skip
 
 

@@ -180,11 +180,11 @@ def _layer_kernel(
 def launch_sizes(num_rows: int, num_experts: int, top_k: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_T, SCAN_T, BLOCK_E, BLOCK_K, warps): shapes only. BLOCK_T rows per program (the grid is
     cdiv(T, BLOCK_T)); SCAN_T rows per step of the loop over every row; no more threads than the
-    BLOCK_T tile has elements (as routing_triton.warps_for)."""
+    BLOCK_T tile has elements (routing_triton.warps_for)."""
     block_e = max(triton.next_power_of_2(num_experts), 16)
     block_t = max(1, min(16, 2048 // block_e, triton.next_power_of_2(num_rows)))
     scan_t = max(block_t, min(64, 8192 // block_e, triton.next_power_of_2(num_rows)))
-    return block_t, scan_t, block_e, triton.next_power_of_2(top_k), warps_for(block_t, block_e, block_t)[0]
+    return block_t, scan_t, block_e, triton.next_power_of_2(top_k), warps_for(block_t * block_e)
 
 
 def _rows(tensor: torch.Tensor) -> torch.Tensor:

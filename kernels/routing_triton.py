@@ -53,7 +53,6 @@ _RATIO_SCALE = tl.constexpr(float(1 << RATIO_BITS))
 _ROW_KEY, _ROW_TIE, _ROW_VALUE, _ROW_ORDER, _ROW_PICKED, _ROW_TOPPED, _ROW_ACTIVE = (tl.constexpr(i) for i in range(7))
 SCRATCH_ROWS = 7
 SCRATCH_ROWS_C = tl.constexpr(SCRATCH_ROWS)
-_PARTS_PER_LOAD = tl.constexpr(16)  # launch-1 programs whose partial sums launch 2 loads at once
 
 
 # ---- per-row helpers ----------------------------------------------------------------------------
@@ -239,12 +238,12 @@ def _before_in_order(scratch, flag, rank, value, cols, num_experts, BLOCK_E: tl.
 
 
 @triton.jit
-def _sum_parts(part_ptr, num_parts, stride, cols, BLOCK_E: tl.constexpr):
-    """Sum over programs of launch 1 of their [E] partial sums (int64). A tile of programs per load:
-    a loop of one load per program waits for each load in turn (the decision's cost grew with T)."""
+def _sum_parts(part_ptr, num_parts, stride, cols, BLOCK_E: tl.constexpr, PARTS: tl.constexpr):
+    """Sum over programs of launch 1 of their [E] partial sums (int64). A tile of PARTS programs per
+    load: a loop of one load per program waits for each load in turn (the decision's cost grew with T)."""
     total = tl.zeros([BLOCK_E], dtype=tl.int64)
-    for start in range(0, num_parts, _PARTS_PER_LOAD):
-        part = start + tl.arange(0, _PARTS_PER_LOAD)
+    for start in range(0, num_parts, PARTS):
+        part = start + tl.arange(0, PARTS)
         tile = tl.load(part_ptr + part[:, None] * stride + cols[None, :], mask=(part < num_parts)[:, None], other=0)
         total += tl.sum(tile.to(tl.int64), axis=0)
     return total
@@ -327,16 +326,17 @@ def _decide_active(
     MODE: tl.constexpr, TOP_K: tl.constexpr, SLOTS: tl.constexpr, BETA: tl.constexpr,
     TIE_BY_MASS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr, HAS_BUDGET: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, SCAN_T: tl.constexpr,
+    PARTS: tl.constexpr,
 ):  # fmt: skip
     """The batch's active set [E] bool, identical in every program (integer arithmetic only). Loops
     over all rows take SCAN_T rows at a time (more than a program's own block: fewer iterations)."""
     col_ok = cols < num_experts
-    counts = _sum_parts(part_counts_ptr, num_parts, BLOCK_E, cols, BLOCK_E)
-    mass = _sum_parts(part_mass_ptr, num_parts, BLOCK_E, cols, BLOCK_E)
-    union = _sum_parts(part_union_ptr, num_parts, BLOCK_E, cols, BLOCK_E)
-    voters = tl.zeros([_PARTS_PER_LOAD], dtype=tl.int64)
-    for start in range(0, num_parts, _PARTS_PER_LOAD):
-        part = start + tl.arange(0, _PARTS_PER_LOAD)
+    counts = _sum_parts(part_counts_ptr, num_parts, BLOCK_E, cols, BLOCK_E, PARTS)
+    mass = _sum_parts(part_mass_ptr, num_parts, BLOCK_E, cols, BLOCK_E, PARTS)
+    union = _sum_parts(part_union_ptr, num_parts, BLOCK_E, cols, BLOCK_E, PARTS)
+    voters = tl.zeros([PARTS], dtype=tl.int64)
+    for start in range(0, num_parts, PARTS):
+        part = start + tl.arange(0, PARTS)
         voters += tl.load(part_voters_ptr + part, mask=part < num_parts, other=0).to(tl.int64)
     voters = tl.sum(voters, axis=0)
     total_mass = tl.sum(mass, axis=0)
@@ -351,7 +351,8 @@ def _decide_active(
         votes = tl.zeros([BLOCK_E], dtype=tl.int64)
         power = voters * 0 + 1
         for j in tl.static_range(BETA + 1):
-            votes += _sum_parts(part_bins_ptr + j * BLOCK_E, num_parts, (BETA + 1) * BLOCK_E, cols, BLOCK_E) * power
+            votes += _sum_parts(part_bins_ptr + j * BLOCK_E, num_parts, (BETA + 1) * BLOCK_E, cols, BLOCK_E,
+                                PARTS) * power
             power = power * voters
         if TIE_BY_MASS:
             lynx_rank = _rank_desc(scratch, votes, preference, cols, num_experts, BLOCK_E, CHUNK)
@@ -507,6 +508,7 @@ def _routing_decide_kernel(
     TIE_BY_MASS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr, HAS_BUDGET: tl.constexpr,
     RENORMALIZE: tl.constexpr, NUM_REAL_MODE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, SCAN_T: tl.constexpr,
+    PARTS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     scratch = scratch_ptr + pid * (SCRATCH_ROWS_C * BLOCK_E)
@@ -518,6 +520,7 @@ def _routing_decide_kernel(
         budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
         stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
         MODE, TOP_K, SLOTS, BETA, TIE_BY_MASS, KEEP_MODE, ANY_DROP, HAS_BUDGET, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK, SCAN_T,
+        PARTS,
     )  # fmt: skip
     if pid == 0:
         tl.store(active_out_ptr + cols, active.to(tl.uint8), mask=cols < num_experts)
@@ -559,20 +562,42 @@ def _rule_arguments(rule) -> dict:
     return base
 
 
-def block_sizes(num_rows: int, num_experts: int, top_k: int) -> tuple[int, int, int, int]:
-    """(BLOCK_T, BLOCK_E, BLOCK_K, SCAN_T): shapes only, so capture and replay launch the same grids.
-    BLOCK_T rows per program; SCAN_T rows per step of the loops over every row in launch 2."""
-    block_e = max(_next_pow2(num_experts), 16)
-    block_t = max(1, min(16, 2048 // block_e, _next_pow2(num_rows)))
-    scan_t = max(block_t, min(64, 8192 // block_e, _next_pow2(num_rows)))
-    return block_t, block_e, _next_pow2(top_k), scan_t
+def block_sizes(num_experts: int, top_k: int) -> tuple[int, int]:
+    """(BLOCK_E, BLOCK_K): the expert and slot axes of every tile."""
+    return max(_next_pow2(num_experts), 16), _next_pow2(top_k)
 
 
-def warps_for(block_t: int, block_e: int, scan_t: int) -> tuple[int, int]:
-    """Warps of launch 1 and launch 2: no more threads than the main tile has elements (4 and 8 at
-    most). More threads than elements replicate values across threads, which Triton 3.6 miscompiles
-    on sm_90 at some shapes (an LLVM SLP-vectorizer assertion at T 1, E 64, 4 warps; seen on an H100)."""
-    return max(1, min(4, block_t * block_e // 32)), max(1, min(8, scan_t * block_e // 32))
+def warps_for(elements: int, most: int = 4) -> int:
+    """Warps for a tile: no more threads than it has elements. More threads than elements replicate
+    values across threads, which Triton 3.6 miscompiles on sm_90 at some shapes (an LLVM SLP-vectorizer
+    assertion at T 1, E 64, 4 warps; seen on an H100)."""
+    return max(1, min(most, elements // 32))
+
+
+class LaunchConfig(NamedTuple):
+    """Block sizes and warps of the two launches: functions of the shapes only, so capture and replay
+    launch the same grids. `python -m lynx_sglang.policies.launch_sweep` times alternatives on a GPU."""
+
+    block_t: int  # rows per program, both launches (the grid is cdiv(T, block_t))
+    scan_t: int  # rows per step of launch 2's loops over every row
+    rows_warps: int
+    decide_warps: int
+    chunk: int  # experts per step of launch 2's O(E^2) rankings
+    parts: int  # launch-1 programs whose partial sums launch 2 loads at once
+
+
+def launch_config(num_rows: int, num_experts: int, top_k: int) -> LaunchConfig:
+    """The fastest pair of launches the sweep found for lynx at E 64 and 128, T 1-256, on an H100
+    (docs/benchmarks/policies-gpu.md): 4 rows per program (one at T 1, with one warp), so launch 1 is
+    short and launch 2 has 32-64 programs (each repeats the batch decision: more programs, more waves
+    of it); launch 2 at 4 warps, going over every row about 2048-4096 logits at a time."""
+    block_e, _ = block_sizes(num_experts, top_k)
+    rows = _next_pow2(num_rows)
+    block_t = min(4, rows)
+    scan_t = max(block_t, min(rows, 64 if block_e <= 64 else 2048 // block_e))
+    rows_warps = 1 if block_t == 1 else warps_for(block_t * block_e)
+    parts = 16 if triton.cdiv(num_rows, block_t) <= 16 else 64
+    return LaunchConfig(block_t, scan_t, rows_warps, warps_for(scan_t * block_e), min(block_e, 32), parts)
 
 
 class TritonPlan(NamedTuple):
@@ -592,15 +617,17 @@ def route_triton(call: RoutingCall) -> RoutingResult:
     return plan.result
 
 
-def plan_triton(call: RoutingCall) -> TritonPlan:
+def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> TritonPlan:
+    """The call's launches with `config` (default: `launch_config` of the shapes)."""
     logits, ids, weights = call.logits, call.topk_ids, call.topk_weights
     if not logits.is_cuda and not INTERPRETING and not ALLOW_CPU_TENSORS:
         raise RuntimeError("route_triton got CPU tensors but Triton's interpreter is off (TRITON_INTERPRET=1)")
     num_rows, num_experts = logits.shape
     top_k = ids.shape[1]
     device = logits.device
-    block_t, block_e, block_k, scan_t = block_sizes(num_rows, num_experts, top_k)
-    rows_warps, decide_warps = warps_for(block_t, block_e, scan_t)
+    block_e, block_k = block_sizes(num_experts, top_k)
+    config = config or launch_config(num_rows, num_experts, top_k)
+    block_t, scan_t = config.block_t, config.scan_t
     programs = triton.cdiv(num_rows, block_t)
     args = _rule_arguments(call.rule)
     if isinstance(call.rule, GivenRule) and call.given_keep is not None:
@@ -638,7 +665,7 @@ def plan_triton(call: RoutingCall) -> TritonPlan:
             part_counts, part_mass, part_union, part_bins, part_voters,
             logits.stride(0), num_real_value, num_rows, num_experts, args["alpha"],
             MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=num_real_mode,
-            BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, **({} if INTERPRETING else {"num_warps": rows_warps}),
+            BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, **({} if INTERPRETING else {"num_warps": config.rows_warps}),
         )  # fmt: skip
 
     def launch_decide():
@@ -651,8 +678,8 @@ def plan_triton(call: RoutingCall) -> TritonPlan:
             MODE=args["MODE"], TOP_K=top_k, SLOTS=call.slots, BETA=args["BETA"], TIE_BY_MASS=args["TIE_BY_MASS"],
             KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=has_budget,
             RENORMALIZE=call.renormalize, NUM_REAL_MODE=num_real_mode,
-            BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=min(block_e, 32), SCAN_T=scan_t,
-            **({} if INTERPRETING else {"num_warps": decide_warps}),
+            BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=config.chunk, SCAN_T=scan_t, PARTS=config.parts,
+            **({} if INTERPRETING else {"num_warps": config.decide_warps}),
         )  # fmt: skip
 
     return TritonPlan(RoutingResult(out_ids, out_weights, active), launch_rows, launch_decide)

@@ -5,7 +5,7 @@
 #   2. `bench policies`: each policy's select() under CUDA-graph replay, launches per call, and the
 #      fused path's two launches timed apart (`--per-launch`),
 #   3. `launches`: only the per-launch times (`bench policies --per-launch`) of the fused rules,
-#   4. `sweep`: lynx's launch configurations (block sizes, warps) timed per E and T (policies/sweep.py),
+#   4. `sweep`: lynx's launch configurations (block sizes, warps) timed per E and T (policies/launch_sweep.py),
 #   5. `profile`: lynx's two launches at E 128 under Nsight Compute (ncu), where it is installed,
 #   6. `bench kernels --quick`: the active-expert MoE against the stock algorithm and grouped_mm,
 #   7. the long hypothesis agreement test of every policy on CUDA, with whatever time is left.
@@ -78,7 +78,7 @@ fi
 
 if wanted sweep; then
 stage "sweep: lynx's launch configurations" | tee "$out/sweep.txt"
-timeout "$(budget 240)" "$python" -m lynx_sglang.policies.sweep --policies lynx --experts 64,128 \
+timeout "$(budget 240)" "$python" -m lynx_sglang.policies.launch_sweep --policies lynx --experts 64,128 \
   --log "$out/sweep.jsonl" 2>&1 | tee -a "$out/sweep.txt"
 fi
 

@@ -1,0 +1,182 @@
+"""Launch-configuration sweep of the fused routing on a GPU: which block sizes and warps make each
+launch fastest, per policy, E and T. What `routing_triton.launch_config` should pick comes from here.
+
+    python -m lynx_sglang.policies.launch_sweep [--policies lynx] [--experts 64,128] [--tokens 1,8,32,128,256]
+                                         [--repeats 10] [--workers N] [--log FILE]
+
+Every candidate (`candidates`: rows per program, warps of each launch, the rows per step and ranking
+chunk of launch 2, partial sums per load) is first compiled in parallel processes (a Triton compile
+takes seconds, a cached one milliseconds; a child that crashes costs only its own candidates), then
+each launch is timed alone under CUDA-graph replay in this process, as `bench policies --per-launch`
+times them. Prints, per shape: the default's times, the fastest candidate for the pair of launches,
+and the fastest for each launch alone. `--log` writes every candidate's times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from ..kernels.routing import GivenRule, fused_supports
+from ..kernels.routing_triton import LaunchConfig, block_sizes, launch_config, plan_triton
+from .bench import make_batch, time_cuda_graph, top_k_for
+from .registry import get_policy
+
+
+def candidates(num_rows: int, num_experts: int, top_k: int) -> list[LaunchConfig]:
+    """The default first, then alternatives for each launch. Warps never exceed a tile's elements
+    over 32 (routing_triton.warps_for: more crashed Triton 3.6 at some shapes)."""
+    default = launch_config(num_rows, num_experts, top_k)
+    block_e, _ = block_sizes(num_experts, top_k)
+    rows_pow2 = 1 << max(num_rows - 1, 0).bit_length()
+    found = [default]
+
+    def add(config: LaunchConfig) -> None:
+        programs = -(-num_rows // config.block_t)
+        config = config._replace(parts=16 if programs <= 16 else 64)
+        if config not in found:
+            found.append(config)
+
+    block_ts = [t for t in (1, 2, 4, 8, 16) if t <= rows_pow2 and t * block_e <= 4096]
+    for block_t in block_ts:  # launch 1: rows per program and warps
+        for warps in (1, 2, 4):
+            if warps * 32 <= block_t * block_e:
+                add(default._replace(block_t=block_t, rows_warps=warps, scan_t=max(default.scan_t, block_t)))
+    for block_t in sorted({default.block_t} | {t for t in (8, 16) if t <= rows_pow2}):  # launch 2
+        for scan_t in sorted({max(block_t, min(s, rows_pow2)) for s in (16, 32, 64) if s * block_e <= 8192}):
+            for warps in (1, 2, 4, 8):
+                if warps * 32 > scan_t * block_e:
+                    continue
+                for chunk in sorted({min(16, block_e), min(32, block_e)}):
+                    add(default._replace(block_t=block_t, scan_t=scan_t, decide_warps=warps, chunk=chunk))
+    return found
+
+
+def cells(args):
+    """(policy name, E, T, policy, call) for every shape with a fused rule."""
+    for name in args.policies:
+        for num_experts in args.experts:
+            policy = get_policy(name, num_experts=num_experts, top_k=top_k_for(num_experts))
+            for num_rows in args.tokens:
+                logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), "cuda",
+                                                  torch.bfloat16)  # fmt: skip
+                call = policy.fused_call(logits, ids, weights, torch.tensor(num_rows, device="cuda"))
+                if isinstance(call.rule, GivenRule) or not fused_supports(call):
+                    print(f"# {name} E={num_experts}: decided in torch, nothing to sweep")
+                    break
+                yield name, num_experts, num_rows, call
+
+
+def compile_child(tasks: list) -> None:
+    """Child process: run each (policy, E, T, config) once (Triton compiles it into its cache)."""
+    for name, num_experts, num_rows, config in tasks:
+        policy = get_policy(name, num_experts=num_experts, top_k=top_k_for(num_experts))
+        logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), "cuda", torch.bfloat16)
+        call = policy.fused_call(logits, ids, weights, torch.tensor(num_rows, device="cuda"))
+        try:
+            plan = plan_triton(call, LaunchConfig(*config))
+            plan.rows()
+            plan.decide()
+            torch.cuda.synchronize()
+            print(json.dumps(["ok", name, num_experts, num_rows, config]), flush=True)
+        except Exception as error:  # noqa: BLE001 - reported, the sweep goes on
+            print(json.dumps(["failed", name, num_experts, num_rows, config, f"{type(error).__name__}: {error}"[:300]]),
+                  flush=True)  # fmt: skip
+
+
+def compile_all(tasks: list, workers: int) -> tuple[set, list[str]]:
+    """Compile every task in `workers` child processes; (the tasks that ran, failure lines)."""
+    chunks = [tasks[i::workers] for i in range(workers) if tasks[i::workers]]
+    command = [sys.executable, "-m", "lynx_sglang.policies.launch_sweep", "--child"]
+    children = [subprocess.Popen(command + [json.dumps(chunk)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True) for chunk in chunks]  # fmt: skip
+    ran, failures = set(), []
+    for child, chunk in zip(children, chunks):
+        out, _ = child.communicate()
+        done = set()
+        for line in out.splitlines():
+            status, name, num_experts, num_rows, config, *why = json.loads(line)
+            key = (name, num_experts, num_rows, tuple(config))
+            done.add(key)
+            if status == "ok":
+                ran.add(key)
+            else:
+                failures.append(f"#   failed {key}: {why[0] if why else ''}")
+        if child.returncode != 0:
+            lost = [tuple(t[:3]) + (tuple(t[3]),) for t in chunk if (t[0], t[1], t[2], tuple(t[3])) not in done]
+            failures.append(f"#   a compile process died (exit {child.returncode}); {len(lost)} candidates not run, "
+                            f"first {lost[:1]}")  # fmt: skip
+    return ran, failures
+
+
+def describe(config: LaunchConfig) -> str:
+    return (f"bt{config.block_t} st{config.scan_t} w{config.rows_warps}/{config.decide_warps} c{config.chunk} "
+            f"p{config.parts}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lynx_sglang.policies.launch_sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policies", default="lynx")
+    parser.add_argument("--experts", default="64,128")
+    parser.add_argument("--tokens", default="1,8,32,128,256")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=max(1, min(15, (os.cpu_count() or 2) - 1)))
+    parser.add_argument("--log", help="write every candidate's times (JSON lines) here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("the sweep times Triton launches on a GPU: it needs a CUDA device")
+    if args.child:
+        compile_child(json.loads(args.child))
+        return 0
+    args.policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    args.experts = [int(x) for x in args.experts.split(",")]
+    args.tokens = [int(x) for x in args.tokens.split(",")]
+
+    shapes = list(cells(args))
+    tasks = [[name, e, t, list(config)] for name, e, t, call in shapes
+             for config in candidates(t, e, call.topk_ids.shape[1])]  # fmt: skip
+    print(f"# launch sweep; {torch.cuda.get_device_name()}; {len(tasks)} candidates; compiling in {args.workers} "
+          f"processes", flush=True)  # fmt: skip
+    ran, failures = compile_all(tasks, args.workers)
+    for line in failures:
+        print(line, flush=True)
+    log = open(args.log, "w") if args.log else None
+    print(f"{'policy':<8} {'E':>4} {'T':>4}  {'default (rows+decide)':>24}  {'best pair':>38}  {'best rows':>30}  "
+          f"{'best decide':>30}")  # fmt: skip
+    for name, num_experts, num_rows, call in shapes:
+        times = {}
+        for config in candidates(num_rows, num_experts, call.topk_ids.shape[1]):
+            if (name, num_experts, num_rows, tuple(config)) not in ran:
+                continue
+            plan = plan_triton(call, config)
+            plan.rows()
+            times[config] = (time_cuda_graph(plan.rows, args.repeats), time_cuda_graph(plan.decide, args.repeats))
+            if log:
+                log.write(json.dumps([name, num_experts, num_rows, list(config), *times[config]]) + "\n")
+        if not times:
+            print(f"{name:<8} {num_experts:>4} {num_rows:>4}  no candidate ran")
+            continue
+        default = launch_config(num_rows, num_experts, call.topk_ids.shape[1])
+        pair = min(times, key=lambda c: sum(times[c]))
+        rows = min(times, key=lambda c: times[c][0])
+        decide = min(times, key=lambda c: times[c][1])
+        base = times.get(default)
+        base_text = f"{base[0]:.1f}+{base[1]:.1f}={sum(base):.1f}" if base else "did not run"
+        print(f"{name:<8} {num_experts:>4} {num_rows:>4}  {base_text:>24}  "
+              f"{describe(pair) + f' {times[pair][0]:.1f}+{times[pair][1]:.1f}={sum(times[pair]):.1f}':>38}  "
+              f"{describe(rows) + f' {times[rows][0]:.1f}':>30}  {describe(decide) + f' {times[decide][1]:.1f}':>30}",
+              flush=True)  # fmt: skip
+    if log:
+        log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""Every launch configuration the GPU sweep (policies/launch_sweep.py) may time computes the same routing as
+the default one: block sizes and warps change speed, never the result (weights up to rounding: on a
+GPU the warps change the order of a row's sum). Under Triton's interpreter, or on CUDA."""
+
+import pytest
+import torch
+
+from lynx_sglang.kernels.routing import fused_available
+from lynx_sglang.kernels.routing_triton import launch_config, plan_triton
+from lynx_sglang.policies.bench import make_batch
+from lynx_sglang.policies.registry import get_policy
+from lynx_sglang.policies.launch_sweep import candidates
+
+pytestmark = pytest.mark.skipif(not fused_available("triton"), reason="needs Triton")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run(call, config):
+    plan = plan_triton(call, config)
+    plan.rows()
+    plan.decide()
+    return plan.result
+
+
+@pytest.mark.parametrize("policy,num_rows,num_experts,top_k", [("lynx", 20, 16, 4), ("coverage", 9, 32, 2)])
+def test_every_candidate_routes_as_the_default(policy, num_rows, num_experts, top_k):
+    logits, ids, weights = make_batch(num_rows, num_experts, top_k, DEVICE, torch.float32, seed=3)
+    logits[2, 1] = float("nan")  # a row that does not vote
+    call = get_policy(policy, num_experts=num_experts, top_k=top_k).fused_call(
+        logits, ids, weights, torch.tensor(num_rows - 2, device=DEVICE))
+    configs = candidates(num_rows, num_experts, top_k)
+    assert configs[0] == launch_config(num_rows, num_experts, top_k) and len(configs) > 5
+    assert len({c.block_t for c in configs}) > 1 and len({c.decide_warps for c in configs}) > 1
+    want = run(call, configs[0])
+    assert want.active_mask.sum() < num_experts  # the rule does prune here: the comparison is not vacuous
+    for config in configs[1:]:
+        got = run(call, config)
+        assert torch.equal(got.topk_ids, want.topk_ids), config
+        torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0, msg=str(config))
+        assert torch.equal(got.active_mask, want.active_mask), config

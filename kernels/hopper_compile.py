@@ -168,24 +168,28 @@ def routing_cases(dtype: str, quick: bool):
 
 
 def layer_cases(dtype: str, quick: bool):
-    """The serving runtime's per-layer bookkeeping launch (layer_triton.py) at the routing shapes: the
-    checks, mask and statistics together, and the statistics alone."""
+    """The serving runtime's per-layer bookkeeping launch (layer_triton.py) at the routing shapes, in its
+    three uses: checks, mask and statistics after a decision (num_real a device tensor); the statistics
+    of a fallen-back call (a given flag, num_real an int); the model's own routing (mask and
+    statistics, every row real)."""
     from . import layer_triton as lt
 
     shapes = ROUTING_SHAPES[:3] if quick else ROUTING_SHAPES
     for ids in ("i32",) if quick else ("i32", "i64"):
         for _, rows, experts, top_k, _, _ in shapes:
             block_t, scan_t, block_e, block_k, warps = lt.launch_sizes(rows, experts, top_k)
-            for check in (True, False):
+            uses = {"checks, mask, stats": (True, False, True, 2), "stats, given fallback": (False, True, False, 1),
+                    "model routing: mask, stats": (False, False, True, 0)}  # fmt: skip
+            for use, (check, given_fell, mask, num_real_mode) in uses.items():
                 yield Case(
-                    f"{dtype} _layer_kernel (T={rows} E={experts} k={top_k}, ids {ids}, "
-                    f"{'checks, mask, stats' if check else 'stats'})", lt._layer_kernel,
+                    f"{dtype} _layer_kernel (T={rows} E={experts} k={top_k}, ids {ids}, {use})", lt._layer_kernel,
                     {"logits_ptr": f"*{dtype}", "original_ids_ptr": f"*{ids}", "original_weights_ptr": "*fp32",
-                     "new_ids_ptr": f"*{ids}", "new_weights_ptr": "*fp32", "real_ptr": "*u8", "fell_back_ptr": "*u8",
+                     "new_ids_ptr": f"*{ids}", "new_weights_ptr": "*fp32", "num_real_ptr": "*i64", "fell_back_ptr": "*u8",
                      "out_ids_ptr": f"*{ids}", "out_weights_ptr": "*fp32", "mask_ptr": "*u8", "table_row_ptr": "*fp64",
                      "step_fell_back_ptr": "*fp64", "scratch_ptr": "*i32"},
-                    dict(TOP_K=top_k, CHECK=check, MASK=check, STATS=True, BLOCK_T=block_t, SCAN_T=scan_t,
-                         BLOCK_E=block_e, BLOCK_K=block_k), warps, 1,
+                    dict(TOP_K=top_k, CHECK=check, GIVEN_FELL=given_fell, MASK=mask, STATS=True,
+                         NUM_REAL_MODE=num_real_mode, BLOCK_T=block_t, SCAN_T=scan_t, BLOCK_E=block_e, BLOCK_K=block_k),
+                    warps, 1,
                 )  # fmt: skip
 
 
@@ -247,11 +251,11 @@ def compile_calls(specs, dtype: str) -> None:
             call = routing_call(*spec, dtypes[dtype], seed=index)
             result = route_triton(call)
             # The serving runtime's launch after it (checks, mask, statistics; statistics alone), same shape.
-            real = torch.ones(call.logits.shape[0], dtype=torch.bool)
+            num_real = call.num_real  # a 0-dim tensor, as SGLang passes it
             table, step = torch.zeros(7, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
-            finalize_triton(call.logits, call.topk_ids, call.topk_weights, result.topk_ids, result.topk_weights, real,
-                            mask=True, table_row=table, step_fell_back=step)  # fmt: skip
-            record_triton(table, step, real, call.logits, call.topk_ids, result.topk_ids, torch.tensor(False))
+            finalize_triton(call.logits, call.topk_ids, call.topk_weights, result.topk_ids, result.topk_weights,
+                            num_real, mask=True, table_row=table, step_fell_back=step)  # fmt: skip
+            record_triton(table, step, num_real, call.logits, call.topk_ids, call.topk_ids, mask=True)
             print(f"ok {index}", flush=True)
 
 

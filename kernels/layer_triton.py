@@ -7,7 +7,8 @@ under a decode step's CUDA graph (at 2-3 us a kernel, milliseconds per step for 
    real row has non-finite router logits, or the decision has an id outside [0, E) or a non-finite
    weight in a real row; the outputs are the decision, or the model's routing when it fell back.
 2. **Active mask**: the experts the final ids use in real rows (ids clamped, as `ids_to_mask`).
-3. **Statistics** (also alone: `record_triton`): one row of the [layers, 7] float64 table gets
+3. **Statistics** (alone too, for a routing already final: `record_triton`): one row of the
+   [layers, 7] float64 table gets
 
        steps, tokens, distinct_before, distinct_after, rerouted, mass_dropped, fallbacks
 
@@ -20,7 +21,9 @@ A program per block of rows writes its rows' routing and adds their figures (flo
 the table row). The fallback is a decision over every row, so each program checks every row itself and
 all reach the same answer: no exchange between programs, no second launch. The first program also marks
 the experts of every row for the mask and the distinct counts. (One program looping over all rows took
-316 us at T 256, E 128 on an H100.) Static grid, no host sync: graph-capturable.
+316 us at T 256, E 128 on an H100.) The real rows are the first `num_real` (a 0-dim device tensor, an
+int, or None for all), read by the launch itself: no [T] mask to build first. Static grid, no host
+sync: graph-capturable.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .routing_triton import _column, warps_for
+from .routing_triton import _column, _num_real_arguments, _real_rows, warps_for
 from .triton_moe import INTERPRETING
 
 STAT_FIELDS = 7
@@ -50,13 +53,16 @@ def _in_first(mask, pid):
 
 @triton.jit
 def _layer_kernel(
-    logits_ptr, original_ids_ptr, original_weights_ptr, new_ids_ptr, new_weights_ptr, real_ptr, fell_back_ptr,
+    logits_ptr, original_ids_ptr, original_weights_ptr, new_ids_ptr, new_weights_ptr, num_real_ptr, fell_back_ptr,
     out_ids_ptr, out_weights_ptr, mask_ptr, table_row_ptr, step_fell_back_ptr, scratch_ptr,
     stride_logits, stride_original_ids, stride_original_weights, stride_new_ids, stride_new_weights,
-    num_rows, num_experts,
-    TOP_K: tl.constexpr, CHECK: tl.constexpr, MASK: tl.constexpr, STATS: tl.constexpr,
-    BLOCK_T: tl.constexpr, SCAN_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+    num_real, num_rows, num_experts,
+    TOP_K: tl.constexpr, CHECK: tl.constexpr, GIVEN_FELL: tl.constexpr, MASK: tl.constexpr, STATS: tl.constexpr,
+    NUM_REAL_MODE: tl.constexpr, BLOCK_T: tl.constexpr, SCAN_T: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    """CHECK: decide the fallback (and write the outputs); else GIVEN_FELL: read it at fell_back_ptr;
+    else the layer did not fall back."""
     pid = tl.program_id(0)
     first = pid == 0  # the program that also counts the experts used (masks over every row)
     cols = tl.arange(0, BLOCK_E)
@@ -81,7 +87,7 @@ def _layer_kernel(
     for start in range(0, scan_rows, SCAN_T):
         rows = start + tl.arange(0, SCAN_T)
         row_ok = rows < num_rows
-        real = (tl.load(real_ptr + rows, mask=row_ok, other=0) != 0) & row_ok
+        real = _real_rows(rows, num_rows, num_real_ptr, num_real, NUM_REAL_MODE)
         in_slots = row_ok[:, None] & slot_ok
         new_ids = tl.load(new_ids_ptr + rows[:, None].to(tl.int64) * stride_new_ids + slot[None, :], mask=in_slots,
                           other=0)  # fmt: skip
@@ -106,13 +112,15 @@ def _layer_kernel(
     if CHECK:
         fell = tl.sum(bad, axis=0) > 0
         tl.store(fell_back_ptr, fell.to(tl.uint8), mask=first)
-    else:
+    elif GIVEN_FELL:
         fell = tl.load(fell_back_ptr) != 0
+    else:
+        fell = pid < 0  # False (a scalar of the same type)
 
     # This program's own rows: the final routing and the per-row statistics.
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
     row_ok = rows < num_rows
-    real = (tl.load(real_ptr + rows, mask=row_ok, other=0) != 0) & row_ok
+    real = _real_rows(rows, num_rows, num_real_ptr, num_real, NUM_REAL_MODE)
     in_slots = row_ok[:, None] & slot_ok
     original = tl.load(original_ids_ptr + rows[:, None].to(tl.int64) * stride_original_ids + slot[None, :],
                        mask=in_slots, other=0)  # fmt: skip
@@ -191,7 +199,7 @@ def _rows(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.stride(1) == 1 else tensor.contiguous()
 
 
-def _launch(logits, original_ids, original_weights, new_ids, new_weights, real_rows, fell_back, out_ids, out_weights,
+def _launch(logits, original_ids, original_weights, new_ids, new_weights, num_real, fell_back, out_ids, out_weights,
             mask, table_row, step_fell_back, check: bool):  # fmt: skip
     num_rows, num_experts = logits.shape
     top_k = original_ids.shape[1]
@@ -202,39 +210,48 @@ def _launch(logits, original_ids, original_weights, new_ids, new_weights, real_r
     stats = table_row is not None
     if stats and (table_row.dtype != torch.float64 or table_row.numel() < STAT_FIELDS or not table_row.is_contiguous()):
         raise ValueError("table_row must be a contiguous float64 row of the statistics table")
-    placeholder = fell_back.view(torch.uint8)
     scratch = torch.empty(2, block_e, dtype=torch.int32, device=logits.device)
+    placeholder = scratch
+    num_real_mode, num_real_ptr, num_real_value = _num_real_arguments(num_real, logits.device, placeholder)
     _layer_kernel[(triton.cdiv(num_rows, block_t),)](
-        logits, original_ids, original_weights, new_ids, new_weights, real_rows.view(torch.uint8), placeholder,
+        logits, original_ids, original_weights, new_ids, new_weights, num_real_ptr,
+        placeholder if fell_back is None else fell_back.view(torch.uint8),
         placeholder if out_ids is None else out_ids, placeholder if out_weights is None else out_weights,
         placeholder if mask is None else mask.view(torch.uint8), table_row if stats else placeholder,
         step_fell_back if stats else placeholder, scratch,
         logits.stride(0), original_ids.stride(0), original_weights.stride(0), new_ids.stride(0), new_weights.stride(0),
-        num_rows, num_experts,
-        TOP_K=top_k, CHECK=check, MASK=mask is not None, STATS=stats, BLOCK_T=block_t, SCAN_T=scan_t, BLOCK_E=block_e,
-        BLOCK_K=block_k, **({} if INTERPRETING else {"num_warps": warps}),
+        num_real_value, num_rows, num_experts,
+        TOP_K=top_k, CHECK=check, GIVEN_FELL=fell_back is not None and not check, MASK=mask is not None,
+        STATS=stats, NUM_REAL_MODE=num_real_mode, BLOCK_T=block_t, SCAN_T=scan_t, BLOCK_E=block_e, BLOCK_K=block_k,
+        **({} if INTERPRETING else {"num_warps": warps}),
     )  # fmt: skip
 
 
-def record_triton(table_row: torch.Tensor, step_fell_back: torch.Tensor, real_rows: torch.Tensor,
+def record_triton(table_row: torch.Tensor | None, step_fell_back: torch.Tensor | None, num_real,
                   router_logits: torch.Tensor, original_ids: torch.Tensor, final_ids: torch.Tensor,
-                  fell_back: torch.Tensor) -> None:
-    """Add one layer call's figures to `table_row` ([7] float64) and fold `fell_back` (0-dim bool)
-    into `step_fell_back` (0-dim float64). One launch; allocations only (torch.empty launches nothing)."""
-    _launch(router_logits, original_ids, final_ids, final_ids, final_ids, real_rows, fell_back, None, None, None,
+                  fell_back: torch.Tensor | None = None, *, mask: bool = False) -> torch.Tensor | None:
+    """A layer call whose routing is final (`final_ids`): add its figures to `table_row` ([7] float64;
+    None: no figures) and fold `fell_back` (a 0-dim bool tensor, or None: it did not fall back) into
+    `step_fell_back` (0-dim float64). Returns the active mask of `final_ids` [E] bool when `mask`.
+    num_real: the first rows that are real (0-dim device tensor, int, or None for all). One launch;
+    allocations only (torch.empty launches nothing)."""
+    active = torch.empty(router_logits.shape[1], dtype=torch.bool, device=final_ids.device) if mask else None
+    _launch(router_logits, original_ids, final_ids, final_ids, final_ids, num_real, fell_back, None, None, active,
             table_row, step_fell_back, check=False)  # fmt: skip
+    return active
 
 
-def finalize_triton(router_logits, ids, weights, new_ids, new_weights, real_rows, *, mask: bool,
+def finalize_triton(router_logits, ids, weights, new_ids, new_weights, num_real, *, mask: bool,
                     table_row=None, step_fell_back=None):
     """The layer's final routing after a policy proposed (new_ids, new_weights): (ids [T, k] in ids'
     dtype, weights [T, k] in weights' dtype, fell_back 0-dim bool, active mask [E] bool or None),
-    and the statistics row updated when `table_row` is given. One launch; allocations only."""
+    and the statistics row updated when `table_row` is given. num_real as in `record_triton`. One
+    launch; allocations only."""
     num_rows, num_experts = router_logits.shape
     out_ids = torch.empty(ids.shape, dtype=ids.dtype, device=ids.device)
     out_weights = torch.empty(weights.shape, dtype=weights.dtype, device=weights.device)
     fell_back = torch.empty((), dtype=torch.bool, device=ids.device)
     active = torch.empty(num_experts, dtype=torch.bool, device=ids.device) if mask else None
-    _launch(router_logits, ids, weights, new_ids, new_weights, real_rows, fell_back, out_ids, out_weights, active,
+    _launch(router_logits, ids, weights, new_ids, new_weights, num_real, fell_back, out_ids, out_weights, active,
             table_row, step_fell_back, check=True)  # fmt: skip
     return out_ids, out_weights, fell_back, active

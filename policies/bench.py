@@ -258,11 +258,11 @@ def layer_launch_table(args, device, dtype, timer) -> None:
         values = []
         for num_rows in args.tokens:
             logits, ids, weights = make_batch(num_rows, num_experts, top_k, device, dtype, ids=args.ids)
-            real = torch.ones(num_rows, dtype=torch.bool, device=device)
+            num_real = torch.tensor(num_rows, device=device)  # as SGLang passes it
             table = torch.zeros(7, dtype=torch.float64, device=device)
             step = torch.zeros((), dtype=torch.float64, device=device)
             proposed = ids.flip(1)  # the same experts in another order: every row counts as rerouted
-            values.append(timer(lambda: finalize_triton(logits, ids, weights, proposed, weights, real, mask=True,
+            values.append(timer(lambda: finalize_triton(logits, ids, weights, proposed, weights, num_real, mask=True,
                                                         table_row=table, step_fell_back=step), args.repeats))  # fmt: skip
         print(f"{'layer':<12} {num_experts:>4} {top_k:>2} " + " ".join(f"{v:>9.1f}" for v in values), flush=True)
 

@@ -19,6 +19,7 @@ import torch
 
 from lynx_sglang.config import TPOT_WITH_TP, Budget, ConfigError, LynxConfig
 from lynx_sglang.policies import ExpertBudget, ids_to_mask
+from lynx_sglang.policies.base import real_rows
 from lynx_sglang.policy_setup import MoeShape, build_policy, validate_for_model
 from lynx_sglang.scheduler.controller import TpotController
 from lynx_sglang.scheduler.step import Step
@@ -244,18 +245,18 @@ class LynxRuntime:
         return output._replace(topk_ids=new_ids, topk_weights=new_weights)
 
     def _route_rows(self, logits, ids, weights, num_real, layer_id, topk_config):
-        num_rows, num_experts = logits.shape
-        real = torch.arange(num_rows, device=logits.device)
-        real = real >= 0 if num_real is None else real < num_real
+        """num_real: the first rows that are real (SGLang's num_token_non_padded: a 0-dim tensor), or
+        None when all are."""
         try:
             new_ids, new_weights = self._propose(logits, ids, weights, num_real, layer_id, topk_config)
-            new_ids, new_weights, active = self._finish(logits, ids, weights, new_ids, new_weights, real, layer_id)
+            new_ids, new_weights, active = self._finish(logits, ids, weights, new_ids, new_weights, num_real,
+                                                        layer_id)  # fmt: skip
         except Exception as error:  # a policy bug must cost one step's pruning, never the server
             self._log_failure(error, layer_id)
             if self.stats is not None:
                 self.stats.mark_step_fallback()
-                self.stats.record(layer_id, real, logits, ids, ids, torch.ones((), dtype=torch.bool,
-                                                                              device=logits.device))
+                self.stats.record(layer_id, num_real, logits, ids, ids, torch.ones((), dtype=torch.bool,
+                                                                                   device=logits.device))
             return ids, weights
         if active is not None:
             self.active_masks[layer_id] = active
@@ -279,7 +280,7 @@ class LynxRuntime:
                              f"expected {tuple(ids.shape)}")
         return new_ids, new_weights
 
-    def _finish(self, logits, ids, weights, new_ids, new_weights, real, layer_id):
+    def _finish(self, logits, ids, weights, new_ids, new_weights, num_real, layer_id):
         """(final ids, final weights, active mask or None), statistics recorded. Data-dependent problems
         are handled on the device (no host sync): any real row with non-finite router logits, or a
         decision with ids out of range or non-finite weights, makes the whole layer keep the model's
@@ -287,20 +288,28 @@ class LynxRuntime:
         num_experts = logits.shape[1]
         want_mask = self.uses_active_kernel()
         stats_row = self.stats.row(layer_id) if self.stats is not None else None
+        table_row, step_fell_back = stats_row if stats_row is not None else (None, None)
         if new_ids is ids and new_weights is weights:  # the model's routing: nothing to check
+            if self.fused_bookkeeping:
+                from lynx_sglang.kernels.layer_triton import record_triton
+
+                active = None
+                if stats_row is not None or want_mask:  # the figures and the mask in one launch
+                    active = record_triton(table_row, step_fell_back, num_real, logits, ids, ids, mask=want_mask)
+                return ids, weights, active
             if stats_row is not None:
-                self.stats.record(layer_id, real, logits, ids, ids, torch.zeros((), dtype=torch.bool,
-                                                                                device=logits.device))
+                self.stats.record(layer_id, num_real, logits, ids, ids)
+            real = real_rows(logits.shape[0], num_real, logits.device)
             return ids, weights, ids_to_mask(ids, real, num_experts) if want_mask else None
         if self.fused_bookkeeping:
             from lynx_sglang.kernels.layer_triton import finalize_triton
 
-            table_row, step_fell_back = stats_row if stats_row is not None else (None, None)
             final_ids, final_weights, _, active = finalize_triton(
-                logits, ids, weights, new_ids, new_weights, real, mask=want_mask, table_row=table_row,
+                logits, ids, weights, new_ids, new_weights, num_real, mask=want_mask, table_row=table_row,
                 step_fell_back=step_fell_back,
             )  # fmt: skip
             return final_ids, final_weights, active
+        real = real_rows(logits.shape[0], num_real, logits.device)
         new_ids, new_weights = new_ids.to(ids.dtype), new_weights.to(weights.dtype)
         bad_logits = ~torch.isfinite(logits.float()).all(dim=-1)
         bad_ids = ((new_ids < 0) | (new_ids >= num_experts)).any(dim=-1)
@@ -308,7 +317,7 @@ class LynxRuntime:
         fell_back = ((bad_logits | bad_ids | bad_weights) & real).any()
         final_ids, final_weights = torch.where(fell_back, ids, new_ids), torch.where(fell_back, weights, new_weights)
         if stats_row is not None:
-            self.stats.record(layer_id, real, logits, ids, final_ids, fell_back)
+            self.stats.record(layer_id, num_real, logits, ids, final_ids, fell_back)
         return final_ids, final_weights, ids_to_mask(final_ids, real, num_experts) if want_mask else None
 
     def expert_kernel(self, layer, method):

@@ -14,6 +14,7 @@ import torch
 
 from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.policies import ids_to_mask
+from lynx_sglang.policies.base import real_rows
 
 FIELDS = ("steps", "tokens", "distinct_before", "distinct_after", "rerouted", "mass_dropped", "fallbacks")
 _COL = {name: i for i, name in enumerate(FIELDS)}
@@ -42,31 +43,35 @@ class RoutingStats:
         self.step_fell_back = torch.zeros((), dtype=torch.float64, device=device)
         self.fallback_steps = torch.zeros((), dtype=torch.float64, device=device)
 
-    def record(self, layer_id: int, real_rows: torch.Tensor, router_logits: torch.Tensor,
-               original_ids: torch.Tensor, final_ids: torch.Tensor, fell_back: torch.Tensor) -> None:
-        """Add one layer call. real_rows [T] bool; fell_back 0-dim bool (the layer kept the model's
-        own routing, so it counts as a fallback and nothing else)."""
+    def record(self, layer_id: int, num_real, router_logits: torch.Tensor, original_ids: torch.Tensor,
+               final_ids: torch.Tensor, fell_back: torch.Tensor | None = None) -> None:
+        """Add one layer call. num_real: the first rows that are real (a 0-dim tensor, an int, or None
+        for all); fell_back: a 0-dim bool tensor (the layer kept the model's own routing, so it counts
+        as a fallback and nothing else), or None (it did not fall back)."""
         row = self.row_of.get(layer_id)
         if row is None:
             return
         if self.fused:
             from lynx_sglang.kernels.layer_triton import record_triton
 
-            record_triton(self.table[row], self.step_fell_back, real_rows, router_logits, original_ids, final_ids,
+            record_triton(self.table[row], self.step_fell_back, num_real, router_logits, original_ids, final_ids,
                           fell_back)  # fmt: skip
             return
         num_experts = router_logits.shape[-1]
-        before = ids_to_mask(original_ids, real_rows, num_experts).sum()
-        after = ids_to_mask(final_ids, real_rows, num_experts).sum()
+        real = real_rows(router_logits.shape[0], num_real, router_logits.device)
+        if fell_back is None:
+            fell_back = torch.zeros((), dtype=torch.bool, device=router_logits.device)
+        before = ids_to_mask(original_ids, real, num_experts).sum()
+        after = ids_to_mask(final_ids, real, num_experts).sum()
         # A token is rerouted when one of its original experts is gone from its final ones.
         kept = (original_ids.unsqueeze(-1) == final_ids.unsqueeze(-2)).any(dim=-1)  # [T, k]
-        rerouted = (real_rows & ~kept.all(dim=-1)).sum()
+        rerouted = (real & ~kept.all(dim=-1)).sum()
         probs = torch.softmax(router_logits.float(), dim=-1).nan_to_num(0.0)
         original_probs = probs.gather(1, original_ids.long().clamp(0, num_experts - 1))
-        dropped = (original_probs * ~kept * real_rows.unsqueeze(1)).sum()
+        dropped = (original_probs * ~kept * real.unsqueeze(1)).sum()
         counted = (~fell_back).double()
         values = torch.stack([
-            counted, real_rows.sum().double() * counted, before.double() * counted,
+            counted, real.sum().double() * counted, before.double() * counted,
             after.double() * counted, rerouted.double() * counted, dropped.double() * counted,
             fell_back.double(),
         ])  # fmt: skip

@@ -13,7 +13,9 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def layer_calls(num_rows, num_experts, top_k, seed, ids_dtype=torch.int32, logits_dtype=torch.float32):
-    """Real and padding rows, NaN / +inf / all -inf rows, a -1 id, repeated ids, kept and rerouted rows."""
+    """Real and padding rows, NaN / +inf / all -inf rows, a -1 id, repeated ids, kept and rerouted rows.
+    The real rows are the first num_real: a 0-dim device tensor (as SGLang passes it), an int, or None
+    (all real), by seed."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(num_rows, num_experts, generator=generator) * 2
     original = torch.softmax(logits, -1).topk(top_k, dim=-1).indices
@@ -24,21 +26,24 @@ def layer_calls(num_rows, num_experts, top_k, seed, ids_dtype=torch.int32, logit
         logits[1, 0] = float("nan")
         logits[2, 3] = float("inf")
         logits[3] = float("-inf")
-        original[4, 0] = -1  # garbage in a padding row: clamped, never counted
+        original[-1, 0] = -1  # garbage in a padding row: clamped, never counted
         final[5] = final[5, :1]  # one expert in every slot
-    real = torch.arange(num_rows) < max(1, num_rows - 2)
-    if num_rows >= 6:
-        real[4] = False
+    num_real = [torch.tensor(max(1, num_rows - 2), device=DEVICE), max(1, num_rows - 2), None][seed % 3]
+    if num_real is None:
+        original[-1, 0] = original[-1, 1 % top_k]  # every row is real here: no garbage
     moved = lambda t: t.to(DEVICE)  # noqa: E731
-    return (moved(real), moved(logits.to(logits_dtype)), moved(original.to(ids_dtype)), moved(final.to(ids_dtype)))
+    return (num_real, moved(logits.to(logits_dtype)), moved(original.to(ids_dtype)), moved(final.to(ids_dtype)))
 
 
 def recorded(fused, calls, fell_back_at=()):
     layers = [MoeLayerInfo(0, calls[0][1].shape[1], calls[0][2].shape[1], expert_bytes=1)]
     stats = RoutingStats(layers, DEVICE, fused=fused)
-    for index, (real, logits, original, final) in enumerate(calls):
+    for index, (num_real, logits, original, final) in enumerate(calls):
+        # a flag tensor, or None where the call did not fall back
         fell_back = torch.tensor(index in fell_back_at, device=DEVICE)
-        stats.record(0, real, logits, original, final, fell_back)
+        if index % 2 == 0 and index not in fell_back_at:
+            fell_back = None  # the same as a false flag
+        stats.record(0, num_real, logits, original, final, fell_back)
         if index == 1:
             stats.end_step()
     stats.end_step()
@@ -62,12 +67,13 @@ def test_one_launch_adds_the_same_figures_as_the_torch_ops(num_rows, num_experts
 
 
 def test_the_fused_record_is_one_triton_launch_and_no_torch_op():
-    real, logits, original, final = layer_calls(16, 64, 8, seed=1)
+    num_real, logits, original, final = layer_calls(16, 64, 8, seed=0)  # num_real: a 0-dim device tensor
     stats = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, fused=True)
-    counter = count_launches(stats.record, 3, real, logits, original, final, torch.tensor(False, device=DEVICE))
-    assert (counter.triton, counter.torch_ops, counter.host_syncs) == (1, 0, 0), counter.op_names
+    for fell_back in (torch.tensor(False, device=DEVICE), None):
+        counter = count_launches(stats.record, 3, num_real, logits, original, final, fell_back)
+        assert (counter.triton, counter.torch_ops, counter.host_syncs) == (1, 0, 0), counter.op_names
     reference = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, fused=False)
-    counter = count_launches(reference.record, 3, real, logits, original, final, torch.tensor(False, device=DEVICE))
+    counter = count_launches(reference.record, 3, num_real, logits, original, final, torch.tensor(False, device=DEVICE))
     assert counter.torch_ops > 20  # what the launch replaces, each a kernel under a CUDA graph
 
 
@@ -139,9 +145,14 @@ def test_the_runtime_routes_alike_with_its_bookkeeping_fused(policy, config, mon
     assert reference_stats["fallback_steps"] >= (policy != "baseline")
 
 
-def test_a_runtime_layer_call_is_the_policy_plus_one_launch(monkeypatch):
+@pytest.mark.parametrize("policy,config,decides", [
+    ("lynx", {}, True),  # a decision to check
+    ("baseline", {"kernel": "triton"}, False),  # the model's routing: its mask for the expert kernel
+    ("oea", {"layers": "1"}, False),  # a layer outside the policy's: the model's routing, figures only
+])  # fmt: skip
+def test_a_runtime_layer_call_is_the_policy_plus_one_launch(policy, config, decides):
     """Counted by instrumentation: after the policy's decision (the C++ op here; two Triton launches on
-    CUDA), the fused bookkeeping is one Triton launch and the two ops that mark the real rows; the
+    CUDA), the fused bookkeeping is one Triton launch and no torch op (it reads num_real itself); the
     torch bookkeeping is dozens of ops, each a kernel under a decode step's CUDA graph."""
     topk = pytest.importorskip("sglang.srt.layers.moe.topk")  # the runtime takes SGLang's types
     from lynx_sglang.config import LynxConfig
@@ -151,17 +162,19 @@ def test_a_runtime_layer_call_is_the_policy_plus_one_launch(monkeypatch):
     logits, ids, weights, num_real = model_routing(32, 16, 4, seed=2)
     counts = {}
     for fused in (True, False):
-        runtime = LynxRuntime(LynxConfig(policy="lynx"))
+        runtime = LynxRuntime(LynxConfig(policy=policy, **config))
         runtime.bind_layers([MoeLayerInfo(0, 16, 4, expert_bytes=100)], DEVICE, "test")
         runtime.fused_bookkeeping = runtime.stats.fused = fused
         runtime.begin_step(Step("decode", True))
         counter = count_launches(runtime.route, topk.StandardTopKOutput(weights, ids, logits), logits,
                                  topk.TopKConfig(top_k=4), 0, num_real.to(DEVICE), None, Step("decode", True))  # fmt: skip
         counts[fused] = counter
-    policy_launches = 2 if DEVICE.type == "cuda" else 0  # the C++ op makes no launch
-    assert (counts[True].triton, counts[True].torch_ops) == (policy_launches + 1, 2), counts[True].op_names
+    policy_launches = 2 if DEVICE.type == "cuda" and decides else 0  # the C++ op makes no launch
+    assert (counts[True].triton, counts[True].torch_ops) == (policy_launches + 1, 0), counts[True].op_names
+    if DEVICE.type == "cuda":  # (the CPU op reads num_real on the host: no sync on a CPU)
+        assert counts[True].host_syncs == 0
     assert counts[False].triton == policy_launches
-    assert counts[False].torch_ops > 60
+    assert counts[False].torch_ops > (60 if decides else 20)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # the interpreter's cast to inf, wanted here
@@ -172,11 +185,10 @@ def test_weights_are_checked_in_the_dtype_they_are_returned_in():
 
     logits, ids, weights, _ = model_routing(8, 16, 4, seed=3)
     weights = weights.half()
-    real = torch.ones(8, dtype=torch.bool, device=DEVICE)
     for huge, falls_back in ((70000.0, True), (60000.0, False)):
         proposed = weights.float().clone()
         proposed[2, 1] = huge
-        final_ids, final_weights, fell_back, mask = finalize_triton(logits, ids, weights, ids.flip(1), proposed, real,
+        final_ids, final_weights, fell_back, mask = finalize_triton(logits, ids, weights, ids.flip(1), proposed, None,
                                                                     mask=True)  # fmt: skip
         assert bool(fell_back) is falls_back and final_weights.dtype == torch.float16
         assert torch.equal(final_ids, ids if falls_back else ids.flip(1)) and mask.dtype == torch.bool

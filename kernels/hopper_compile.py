@@ -162,7 +162,7 @@ def routing_cases(dtype: str, quick: bool):
             dict(MODE=args["MODE"], TOP_K=top_k, SLOTS=slots, BETA=args["BETA"], TIE_BY_MASS=args["TIE_BY_MASS"],
                  KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=budget, RENORMALIZE=not budget,
                  NUM_REAL_MODE=2, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=config.chunk,
-                 SCAN_T=scan_t, PARTS=config.parts),
+                 SCAN_T=scan_t, PARTS=config.parts, PICKS=config.picks),
             config.decide_warps, 1,
         )  # fmt: skip
 

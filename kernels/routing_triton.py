@@ -275,6 +275,32 @@ def _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags
 
 
 @triton.jit
+def _lynx_picks_by_rank(lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows, num_experts, cols,
+                        col_ok, TOP_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):  # fmt: skip
+    """The same picks as `_lynx_picks`, another way (LaunchConfig.picks = 1): each row's bins read in
+    expert order (contiguous, no gather), its cut the need-th lowest batch rank among its bin-b*
+    experts (TOP_K min-reductions per row, need <= TOP_K), the picks those at or before the cut."""
+    picked = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
+    for start in range(0, num_rows, BLOCK_T):
+        rows = start + tl.arange(0, BLOCK_T)
+        row_ok = rows < num_rows
+        voter = (tl.load(row_flags_ptr + rows, mask=row_ok, other=0) & 1) != 0
+        threshold = tl.load(threshold_ptr + rows, mask=row_ok, other=0)
+        need = tl.load(need_ptr + rows, mask=row_ok, other=0)
+        bins = tl.load(bins_ptr + rows[:, None].to(tl.int64) * num_experts + cols[None, :],
+                       mask=row_ok[:, None] & col_ok[None, :], other=-128).to(tl.int32)  # fmt: skip
+        in_bin = (bins == threshold[:, None]) & col_ok[None, :] & voter[:, None]
+        key = tl.where(in_bin, lynx_rank[None, :], BLOCK_E)  # ranks are 0..E-1, each once
+        cut = tl.full([BLOCK_T], -1, dtype=tl.int32)
+        for j in tl.static_range(TOP_K):
+            lowest = tl.min(key, axis=1)
+            cut = tl.where(j < need, lowest, cut)
+            key = tl.where(key == lowest[:, None], BLOCK_E, key)
+        picked = tl.maximum(picked, (in_bin & (lynx_rank[None, :] <= cut[:, None])).to(tl.int32))
+    return tl.max(picked, axis=0) != 0
+
+
+@triton.jit
 def _kept_rows(topped_ptr, rows, row_ok, slot, own_ids_ptr, own_weights_ptr, row_flags_ptr, given_keep_ptr,
                dropped_cap_units, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr, KEEP_MODE: tl.constexpr,
                ANY_DROP: tl.constexpr):  # fmt: skip
@@ -326,7 +352,7 @@ def _decide_active(
     MODE: tl.constexpr, TOP_K: tl.constexpr, SLOTS: tl.constexpr, BETA: tl.constexpr,
     TIE_BY_MASS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr, HAS_BUDGET: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, SCAN_T: tl.constexpr,
-    PARTS: tl.constexpr,
+    PARTS: tl.constexpr, PICKS: tl.constexpr,
 ):  # fmt: skip
     """The batch's active set [E] bool, identical in every program (integer arithmetic only). Loops
     over all rows take SCAN_T rows at a time (more than a program's own block: fewer iterations)."""
@@ -358,8 +384,12 @@ def _decide_active(
             lynx_rank = _rank_desc(scratch, votes, preference, cols, num_experts, BLOCK_E, CHUNK)
         else:
             lynx_rank = _rank_desc(scratch, votes, cols, cols, num_experts, BLOCK_E, CHUNK)
-        picked = _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows,
-                             num_experts, cols, col_ok, SCAN_T, BLOCK_E)  # fmt: skip
+        if PICKS == 0:
+            picked = _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows,
+                                 num_experts, cols, col_ok, SCAN_T, BLOCK_E)  # fmt: skip
+        else:
+            picked = _lynx_picks_by_rank(lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows,
+                                         num_experts, cols, col_ok, TOP_K, SCAN_T, BLOCK_E)  # fmt: skip
         active = (union != 0) | picked
     elif MODE == 1:  # union of the voters' own top-j
         active = union != 0
@@ -508,7 +538,7 @@ def _routing_decide_kernel(
     TIE_BY_MASS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr, HAS_BUDGET: tl.constexpr,
     RENORMALIZE: tl.constexpr, NUM_REAL_MODE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, SCAN_T: tl.constexpr,
-    PARTS: tl.constexpr,
+    PARTS: tl.constexpr, PICKS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     scratch = scratch_ptr + pid * (SCRATCH_ROWS_C * BLOCK_E)
@@ -520,7 +550,7 @@ def _routing_decide_kernel(
         budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
         stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
         MODE, TOP_K, SLOTS, BETA, TIE_BY_MASS, KEEP_MODE, ANY_DROP, HAS_BUDGET, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK, SCAN_T,
-        PARTS,
+        PARTS, PICKS,
     )  # fmt: skip
     if pid == 0:
         tl.store(active_out_ptr + cols, active.to(tl.uint8), mask=cols < num_experts)
@@ -584,6 +614,7 @@ class LaunchConfig(NamedTuple):
     decide_warps: int
     chunk: int  # experts per step of launch 2's O(E^2) rankings
     parts: int  # launch-1 programs whose partial sums launch 2 loads at once
+    picks: int = 0  # lynx's picks: 0 gathered in batch order + prefix count, 1 contiguous + rank cut
 
 
 def launch_config(num_rows: int, num_experts: int, top_k: int) -> LaunchConfig:
@@ -679,6 +710,7 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
             KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=has_budget,
             RENORMALIZE=call.renormalize, NUM_REAL_MODE=num_real_mode,
             BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=config.chunk, SCAN_T=scan_t, PARTS=config.parts,
+            PICKS=config.picks,
             **({} if INTERPRETING else {"num_warps": config.decide_warps}),
         )  # fmt: skip
 

@@ -5,7 +5,7 @@ launch fastest, per policy, E and T. What `routing_triton.launch_config` should 
                                          [--repeats 10] [--workers N] [--log FILE]
 
 Every candidate (`candidates`: rows per program, warps of each launch, the rows per step and ranking
-chunk of launch 2, partial sums per load) is first compiled in parallel processes (a Triton compile
+chunk of launch 2, partial sums per load, lynx's way of picking) is first compiled in parallel processes (a Triton compile
 takes seconds, a cached one milliseconds; a child that crashes costs only its own candidates), then
 each launch is timed alone under CUDA-graph replay in this process, as `bench policies --per-launch`
 times them. Prints, per shape: the default's times, the fastest candidate for the pair of launches,
@@ -54,6 +54,9 @@ def candidates(num_rows: int, num_experts: int, top_k: int) -> list[LaunchConfig
                     continue
                 for chunk in sorted({min(16, block_e), min(32, block_e)}):
                     add(default._replace(block_t=block_t, scan_t=scan_t, decide_warps=warps, chunk=chunk))
+    for config in list(found):  # lynx's other way to pick (the other rules ignore it)
+        if config.decide_warps >= 2 and config.chunk == default.chunk:
+            add(config._replace(picks=1 - default.picks))
     return found
 
 
@@ -116,7 +119,7 @@ def compile_all(tasks: list, workers: int) -> tuple[set, list[str]]:
 
 def describe(config: LaunchConfig) -> str:
     return (f"bt{config.block_t} st{config.scan_t} w{config.rows_warps}/{config.decide_warps} c{config.chunk} "
-            f"p{config.parts}")
+            f"p{config.parts}" + (f" k{config.picks}" if config.picks else ""))
 
 
 def main(argv=None) -> int:

@@ -17,6 +17,8 @@
 #   STAGES="tests policies" bash scripts/gpu-checks.sh OUTDIR   # only some of: tests policies launches sweep profile kernels thorough
 #   TESTS="tests/kernels/test_kernels_layer.py" ...                # the tests stage runs these (default: tests/kernels tests/policies)
 #
+# Files in OUTDIR: device.txt and one .txt per stage, plus sweep.jsonl and profile-lines.csv (a lease
+# returns at most 8 files: "tests policies sweep profile" makes 7).
 # Needs torch with CUDA, Triton, pytest, hypothesis, pytest-xdist and pytest-timeout; not SGLang.
 set -uo pipefail
 out=${1:?usage: scripts/gpu-checks.sh OUTDIR [SECONDS]}
@@ -60,9 +62,9 @@ wait
 stage "bench policies" | tee "$out/policies.txt"
 timeout "$(budget 100)" "$python" -m lynx_sglang.policies.bench 2>&1 | tee -a "$out/policies.txt"
 timeout "$(budget 40)" "$python" -m lynx_sglang.policies.bench --ids biased --policies lynx,oea,budget,coverage \
-  --no-launch-counts 2>&1 | tee "$out/policies-biased.txt"
+  --no-launch-counts 2>&1 | tee -a "$out/policies.txt"
 timeout "$(budget 40)" "$python" -m lynx_sglang.policies.bench --per-launch --policies lynx,oea,budget,coverage \
-  2>&1 | tee "$out/policies-launches.txt"
+  2>&1 | tee -a "$out/policies.txt"
 fi
 
 if wanted launches; then
@@ -85,24 +87,16 @@ fi
 if wanted profile; then
 stage "profile: lynx's launches at E 128, T 1 and 256, under Nsight Compute" | tee "$out/profile.txt"
 if command -v ncu >/dev/null; then
-  # Each T: three eager pairs of launches (the first compiles); every one is profiled.
+  # Every launch of scripts/lynx_launches.py (T 1, T 256, T 256 picking the other way; three pairs each).
   timeout "$(budget 120)" ncu --clock-control none --kernel-name regex:_routing_ --section SpeedOfLight \
-    --section WarpStateStats --section Occupancy --section LaunchStats "$python" - <<'EOF' 2>&1 | tee -a "$out/profile.txt"
-import torch
-from lynx_sglang.kernels.routing_triton import plan_triton
-from lynx_sglang.policies.bench import make_batch
-from lynx_sglang.policies.registry import get_policy
-
-policy = get_policy("lynx", num_experts=128, top_k=8)
-for tokens in (1, 256):
-    logits, ids, weights = make_batch(tokens, 128, 8, "cuda", torch.bfloat16)
-    plan = plan_triton(policy.fused_call(logits, ids, weights, torch.tensor(tokens, device="cuda")))
-    for _ in range(3):
-        plan.rows()
-        plan.decide()
-    torch.cuda.synchronize()
-    print(f"profiled: lynx E 128 T {tokens}, three (rows, decide) pairs", flush=True)
-EOF
+    --section WarpStateStats --section Occupancy --section LaunchStats "$python" scripts/lynx_launches.py \
+    2>&1 | tee -a "$out/profile.txt"
+  # Per source line of routing_triton.py (Triton keeps line info): where launch 2 stalls at T 256
+  # (its 5th launch: the second warm one at T 256, the default way of picking).
+  timeout "$(budget 120)" ncu --clock-control none --kernel-name regex:_routing_decide --launch-skip 4 \
+    --launch-count 1 --section SourceCounters --import-source yes --page source --print-source cuda --csv \
+    "$python" scripts/lynx_launches.py > "$out/profile-lines.csv" 2>> "$out/profile.txt"
+  echo "per-line profile: $(wc -l < "$out/profile-lines.csv") lines in profile-lines.csv" | tee -a "$out/profile.txt"
 else
   echo "ncu is not on PATH here: no profile" | tee -a "$out/profile.txt"
 fi

@@ -1,0 +1,20 @@
+"""lynx's two routing launches at E 128, eager, for a profiler to watch (scripts/gpu-checks.sh, stage
+`profile`): per case, three (rows, decide) pairs, the first of which compiles. Cases in order: T 1, T 256,
+and T 256 with the other way of picking (LaunchConfig.picks = 1)."""
+
+import torch
+
+from lynx_sglang.kernels.routing_triton import launch_config, plan_triton
+from lynx_sglang.policies.bench import make_batch
+from lynx_sglang.policies.registry import get_policy
+
+policy = get_policy("lynx", num_experts=128, top_k=8)
+for tokens, picks in ((1, 0), (256, 0), (256, 1)):
+    logits, ids, weights = make_batch(tokens, 128, 8, "cuda", torch.bfloat16)
+    config = launch_config(tokens, 128, 8)._replace(picks=picks)
+    plan = plan_triton(policy.fused_call(logits, ids, weights, torch.tensor(tokens, device="cuda")), config)
+    for _ in range(3):
+        plan.rows()
+        plan.decide()
+    torch.cuda.synchronize()
+    print(f"profiled: lynx E 128 T {tokens}, {config}: three (rows, decide) pairs", flush=True)

@@ -218,6 +218,26 @@ def _rank_desc(scratch, key, tie, cols, num_experts, BLOCK_E: tl.constexpr, CHUN
 
 
 @triton.jit
+def _rank_desc_then(scratch, key, second, cols, num_experts, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr):
+    """rank[e] by key descending, then second descending, then lower index: one O(E^2) pass where
+    _rank_desc would need the rank by (second, index) first, then another pass with it as the tie."""
+    _share(scratch, _ROW_KEY, key, cols, BLOCK_E)
+    _share(scratch, _ROW_TIE, second, cols, BLOCK_E)
+    key = key.to(tl.int64)
+    second = second.to(tl.int64)
+    rank = tl.zeros([BLOCK_E], dtype=tl.int32)
+    for start in tl.static_range(0, BLOCK_E, CHUNK):
+        other = start + tl.arange(0, CHUNK)
+        other_key = tl.load(scratch + _ROW_KEY * BLOCK_E + other)[:, None]
+        other_second = tl.load(scratch + _ROW_TIE * BLOCK_E + other)[:, None]
+        lower_index = other[:, None] < cols[None, :]
+        second_first = (other_second > second[None, :]) | ((other_second == second[None, :]) & lower_index)
+        before = (other_key > key[None, :]) | ((other_key == key[None, :]) & second_first)
+        rank += tl.sum((before & (other < num_experts)[:, None]).to(tl.int32), axis=0)
+    return rank
+
+
+@triton.jit
 def _before_in_order(scratch, flag, rank, value, cols, num_experts, BLOCK_E: tl.constexpr,
                      CHUNK: tl.constexpr):
     """For each e: how many flagged experts have a lower rank, and the sum of their values."""
@@ -367,9 +387,11 @@ def _decide_active(
     voters = tl.sum(voters, axis=0)
     total_mass = tl.sum(mass, axis=0)
     # Preference order: routed mass, then votes (descending), then lower index (keys.preference_order).
-    # Ranked only for the rules that read it: each ranking is O(E^2) with four barriers.
-    if (MODE == 2) | (MODE == 4) | ((MODE == 0) & TIE_BY_MASS) | HAS_BUDGET:
-        preference = _rank_desc(scratch, mass * (num_rows + 1) + counts, cols, cols, num_experts, BLOCK_E, CHUNK)
+    # Ranked only for the rules that read it as an order: each ranking is O(E^2) with four barriers.
+    # (lynx's mass tie-break alone does not need it: its ranking compares the same key directly.)
+    preference_key = mass * (num_rows + 1) + counts
+    if (MODE == 2) | (MODE == 4) | HAS_BUDGET:
+        preference = _rank_desc(scratch, preference_key, cols, cols, num_experts, BLOCK_E, CHUNK)
     else:
         preference = cols
 
@@ -380,8 +402,8 @@ def _decide_active(
             votes += _sum_parts(part_bins_ptr + j * BLOCK_E, num_parts, (BETA + 1) * BLOCK_E, cols, BLOCK_E,
                                 PARTS) * power
             power = power * voters
-        if TIE_BY_MASS:
-            lynx_rank = _rank_desc(scratch, votes, preference, cols, num_experts, BLOCK_E, CHUNK)
+        if TIE_BY_MASS:  # votes, then the preference order (its key, then the index)
+            lynx_rank = _rank_desc_then(scratch, votes, preference_key, cols, num_experts, BLOCK_E, CHUNK)
         else:
             lynx_rank = _rank_desc(scratch, votes, cols, cols, num_experts, BLOCK_E, CHUNK)
         if PICKS == 0:

@@ -200,39 +200,25 @@ def _share(scratch, row, vector, cols, BLOCK_E: tl.constexpr):
 
 
 @triton.jit
-def _rank_desc(scratch, key, tie, cols, num_experts, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr):
-    """rank[e] = #{e' < E: key[e'] > key[e], or equal keys and tie[e'] < tie[e]} (0 = first).
-    Exact integer counting, O(E^2) in chunks: no sort, no float."""
+def _rank_desc(scratch, key, second, cols, num_experts, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr,
+               HAS_SECOND: tl.constexpr):
+    """rank[e] = how many experts e' < E come before e (0 = first): a larger key, or an equal key and
+    (HAS_SECOND) a larger second key, or equal keys and a lower index. One pass of exact integer
+    counting, O(E^2) in chunks: no sort, no float."""
     _share(scratch, _ROW_KEY, key, cols, BLOCK_E)
-    _share(scratch, _ROW_TIE, tie, cols, BLOCK_E)
-    key = key.to(tl.int64)
-    tie = tie.to(tl.int64)
-    rank = tl.zeros([BLOCK_E], dtype=tl.int32)
-    for start in tl.static_range(0, BLOCK_E, CHUNK):
-        other = start + tl.arange(0, CHUNK)
-        other_key = tl.load(scratch + _ROW_KEY * BLOCK_E + other)[:, None]
-        other_tie = tl.load(scratch + _ROW_TIE * BLOCK_E + other)[:, None]
-        before = (other_key > key[None, :]) | ((other_key == key[None, :]) & (other_tie < tie[None, :]))
-        rank += tl.sum((before & (other < num_experts)[:, None]).to(tl.int32), axis=0)
-    return rank
-
-
-@triton.jit
-def _rank_desc_then(scratch, key, second, cols, num_experts, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr):
-    """rank[e] by key descending, then second descending, then lower index: one O(E^2) pass where
-    _rank_desc would need the rank by (second, index) first, then another pass with it as the tie."""
-    _share(scratch, _ROW_KEY, key, cols, BLOCK_E)
-    _share(scratch, _ROW_TIE, second, cols, BLOCK_E)
+    if HAS_SECOND:
+        _share(scratch, _ROW_TIE, second, cols, BLOCK_E)
     key = key.to(tl.int64)
     second = second.to(tl.int64)
     rank = tl.zeros([BLOCK_E], dtype=tl.int32)
     for start in tl.static_range(0, BLOCK_E, CHUNK):
         other = start + tl.arange(0, CHUNK)
         other_key = tl.load(scratch + _ROW_KEY * BLOCK_E + other)[:, None]
-        other_second = tl.load(scratch + _ROW_TIE * BLOCK_E + other)[:, None]
-        lower_index = other[:, None] < cols[None, :]
-        second_first = (other_second > second[None, :]) | ((other_second == second[None, :]) & lower_index)
-        before = (other_key > key[None, :]) | ((other_key == key[None, :]) & second_first)
+        tie_after = other[:, None] < cols[None, :]
+        if HAS_SECOND:
+            other_second = tl.load(scratch + _ROW_TIE * BLOCK_E + other)[:, None]
+            tie_after = (other_second > second[None, :]) | ((other_second == second[None, :]) & tie_after)
+        before = (other_key > key[None, :]) | ((other_key == key[None, :]) & tie_after)
         rank += tl.sum((before & (other < num_experts)[:, None]).to(tl.int32), axis=0)
     return rank
 
@@ -270,6 +256,21 @@ def _sum_parts(part_ptr, num_parts, stride, cols, BLOCK_E: tl.constexpr, PARTS: 
 
 
 @triton.jit
+def _threshold_bins(start, columns, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows, num_experts, col_ok,
+                    BLOCK_T: tl.constexpr):  # fmt: skip
+    """Rows start.. start+BLOCK_T: (voter, threshold bin b*, how many bin-b* experts it needs, its bins
+    at `columns` as int32: the batch's expert order, or the experts in index order)."""
+    rows = start + tl.arange(0, BLOCK_T)
+    row_ok = rows < num_rows
+    voter = (tl.load(row_flags_ptr + rows, mask=row_ok, other=0) & 1) != 0
+    threshold = tl.load(threshold_ptr + rows, mask=row_ok, other=0)
+    need = tl.load(need_ptr + rows, mask=row_ok, other=0)
+    bins = tl.load(bins_ptr + rows[:, None].to(tl.int64) * num_experts + columns[None, :],
+                   mask=row_ok[:, None] & col_ok[None, :], other=-128).to(tl.int32)  # fmt: skip
+    return voter, threshold, need, bins
+
+
+@triton.jit
 def _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows, num_experts,
                 cols, col_ok, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):  # fmt: skip
     """[E] bool: experts some voter takes from its threshold bin (the first `need` of them in the
@@ -280,13 +281,8 @@ def _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags
     order = tl.load(scratch + _ROW_ORDER * BLOCK_E + cols, mask=col_ok, other=0)
     picked = tl.zeros([BLOCK_E], dtype=tl.int32)
     for start in range(0, num_rows, BLOCK_T):
-        rows = start + tl.arange(0, BLOCK_T)
-        row_ok = rows < num_rows
-        voter = (tl.load(row_flags_ptr + rows, mask=row_ok, other=0) & 1) != 0
-        threshold = tl.load(threshold_ptr + rows, mask=row_ok, other=0)
-        need = tl.load(need_ptr + rows, mask=row_ok, other=0)
-        bins = tl.load(bins_ptr + rows[:, None].to(tl.int64) * num_experts + order[None, :],
-                       mask=row_ok[:, None] & col_ok[None, :], other=-128).to(tl.int32)  # fmt: skip
+        voter, threshold, need, bins = _threshold_bins(start, order, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr,
+                                                       num_rows, num_experts, col_ok, BLOCK_T)  # fmt: skip
         in_bin = (bins == threshold[:, None]) & col_ok[None, :]
         first = tl.cumsum(in_bin.to(tl.int32), axis=1) <= need[:, None]
         picked = tl.maximum(picked, tl.max((in_bin & first & voter[:, None]).to(tl.int32), axis=0))
@@ -302,13 +298,8 @@ def _lynx_picks_by_rank(lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_
     experts (TOP_K min-reductions per row, need <= TOP_K), the picks those at or before the cut."""
     picked = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
     for start in range(0, num_rows, BLOCK_T):
-        rows = start + tl.arange(0, BLOCK_T)
-        row_ok = rows < num_rows
-        voter = (tl.load(row_flags_ptr + rows, mask=row_ok, other=0) & 1) != 0
-        threshold = tl.load(threshold_ptr + rows, mask=row_ok, other=0)
-        need = tl.load(need_ptr + rows, mask=row_ok, other=0)
-        bins = tl.load(bins_ptr + rows[:, None].to(tl.int64) * num_experts + cols[None, :],
-                       mask=row_ok[:, None] & col_ok[None, :], other=-128).to(tl.int32)  # fmt: skip
+        voter, threshold, need, bins = _threshold_bins(start, cols, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr,
+                                                       num_rows, num_experts, col_ok, BLOCK_T)  # fmt: skip
         in_bin = (bins == threshold[:, None]) & col_ok[None, :] & voter[:, None]
         key = tl.where(in_bin, lynx_rank[None, :], BLOCK_E)  # ranks are 0..E-1, each once
         cut = tl.full([BLOCK_T], -1, dtype=tl.int32)
@@ -388,10 +379,10 @@ def _decide_active(
     total_mass = tl.sum(mass, axis=0)
     # Preference order: routed mass, then votes (descending), then lower index (keys.preference_order).
     # Ranked only for the rules that read it as an order: each ranking is O(E^2) with four barriers.
-    # (lynx's mass tie-break alone does not need it: its ranking compares the same key directly.)
+    # (lynx's mass tie-break alone does not need it: its ranking compares the same key as a second key.)
     preference_key = mass * (num_rows + 1) + counts
     if (MODE == 2) | (MODE == 4) | HAS_BUDGET:
-        preference = _rank_desc(scratch, preference_key, cols, cols, num_experts, BLOCK_E, CHUNK)
+        preference = _rank_desc(scratch, preference_key, cols, cols, num_experts, BLOCK_E, CHUNK, False)
     else:
         preference = cols
 
@@ -403,9 +394,9 @@ def _decide_active(
                                 PARTS) * power
             power = power * voters
         if TIE_BY_MASS:  # votes, then the preference order (its key, then the index)
-            lynx_rank = _rank_desc_then(scratch, votes, preference_key, cols, num_experts, BLOCK_E, CHUNK)
+            lynx_rank = _rank_desc(scratch, votes, preference_key, cols, num_experts, BLOCK_E, CHUNK, True)
         else:
-            lynx_rank = _rank_desc(scratch, votes, cols, cols, num_experts, BLOCK_E, CHUNK)
+            lynx_rank = _rank_desc(scratch, votes, cols, cols, num_experts, BLOCK_E, CHUNK, False)
         if PICKS == 0:
             picked = _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows,
                                  num_experts, cols, col_ok, SCAN_T, BLOCK_E)  # fmt: skip
@@ -419,7 +410,7 @@ def _decide_active(
         active = (preference < rule_n) & (counts > 0)
     elif MODE == 3:  # topn: votes, then mass, then index
         by_votes = _rank_desc(scratch, counts * (num_rows * _MASS_ONE + 1) + mass, cols, cols, num_experts,
-                              BLOCK_E, CHUNK)  # fmt: skip
+                              BLOCK_E, CHUNK, False)  # fmt: skip
         active = (by_votes < rule_n) & (counts > 0)
     elif MODE == 4:  # coverage: prefix of the preference order covering the fraction of the mass
         _, mass_before = _before_in_order(scratch, cols * 0 + 1, preference, mass, cols, num_experts, BLOCK_E, CHUNK)
@@ -432,7 +423,7 @@ def _decide_active(
     # ranked only then: a branch on a block-wide sum, the same in every thread (no host sync).
     if tl.sum(active.to(tl.int32), axis=0) < SLOTS:
         top_up = _rank_desc(scratch, active.to(tl.int64) * (num_rows + 1) + counts, cols, cols, num_experts,
-                            BLOCK_E, CHUNK)  # fmt: skip
+                            BLOCK_E, CHUNK, False)  # fmt: skip
         active = active | ((top_up < SLOTS) & col_ok)
     if KEEP_MODE != 0:
         _share(scratch, _ROW_TOPPED, active, cols, BLOCK_E)

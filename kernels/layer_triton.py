@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .routing_triton import _column, _num_real_arguments, _real_rows, warps_for
+from .routing_triton import _column, _num_real_arguments, _real_rows, block_sizes, warps_for
 from .triton_moe import INTERPRETING
 
 STAT_FIELDS = 7
@@ -189,10 +189,10 @@ def launch_sizes(num_rows: int, num_experts: int, top_k: int) -> tuple[int, int,
     """(BLOCK_T, SCAN_T, BLOCK_E, BLOCK_K, warps): shapes only. BLOCK_T rows per program (the grid is
     cdiv(T, BLOCK_T)); SCAN_T rows per step of the loop over every row; no more threads than the
     BLOCK_T tile has elements (routing_triton.warps_for)."""
-    block_e = max(triton.next_power_of_2(num_experts), 16)
+    block_e, block_k = block_sizes(num_experts, top_k)
     block_t = max(1, min(16, 2048 // block_e, triton.next_power_of_2(num_rows)))
     scan_t = max(block_t, min(64, 8192 // block_e, triton.next_power_of_2(num_rows)))
-    return block_t, scan_t, block_e, triton.next_power_of_2(top_k), warps_for(block_t * block_e)
+    return block_t, scan_t, block_e, block_k, warps_for(block_t * block_e)
 
 
 def _rows(tensor: torch.Tensor) -> torch.Tensor:

@@ -60,15 +60,19 @@ def candidates(num_rows: int, num_experts: int, top_k: int) -> list[LaunchConfig
     return found
 
 
+def routing_call(name: str, num_experts: int, num_rows: int):
+    """The RoutingCall the policy builds for a benchmark batch (bf16 logits on CUDA, all rows real)."""
+    policy = get_policy(name, num_experts=num_experts, top_k=top_k_for(num_experts))
+    logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), "cuda", torch.bfloat16)
+    return policy.fused_call(logits, ids, weights, torch.tensor(num_rows, device="cuda"))
+
+
 def cells(args):
-    """(policy name, E, T, policy, call) for every shape with a fused rule."""
+    """(policy name, E, T, call) for every shape with a fused rule."""
     for name in args.policies:
         for num_experts in args.experts:
-            policy = get_policy(name, num_experts=num_experts, top_k=top_k_for(num_experts))
             for num_rows in args.tokens:
-                logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), "cuda",
-                                                  torch.bfloat16)  # fmt: skip
-                call = policy.fused_call(logits, ids, weights, torch.tensor(num_rows, device="cuda"))
+                call = routing_call(name, num_experts, num_rows)
                 if isinstance(call.rule, GivenRule) or not fused_supports(call):
                     print(f"# {name} E={num_experts}: decided in torch, nothing to sweep")
                     break
@@ -78,9 +82,7 @@ def cells(args):
 def compile_child(tasks: list) -> None:
     """Child process: run each (policy, E, T, config) once (Triton compiles it into its cache)."""
     for name, num_experts, num_rows, config in tasks:
-        policy = get_policy(name, num_experts=num_experts, top_k=top_k_for(num_experts))
-        logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), "cuda", torch.bfloat16)
-        call = policy.fused_call(logits, ids, weights, torch.tensor(num_rows, device="cuda"))
+        call = routing_call(name, num_experts, num_rows)
         try:
             plan = plan_triton(call, LaunchConfig(*config))
             plan.rows()

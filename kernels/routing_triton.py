@@ -11,8 +11,11 @@ rows, budget cap), then remaps its own block of rows. Recomputing the small [E] 
 is cheaper than a third launch or a grid-wide barrier.
 
 Lynx's picks avoid a top-k per row: a row takes every expert above its bin threshold b*, plus the
-first `need` bin-b* experts in the batch's expert order, which a prefix count (cumsum) over the row's
-bins gathered in that order finds in one pass.
+first `need` bin-b* experts in the batch's expert order. By default (LaunchConfig.picks = 2) launch 1
+stores each voter's bin-b* experts as bits, and launch 2 finds each row's cut by a binary search over
+the batch order (an AND and a popcount per step), a few words per row instead of a pass over its E
+bins; picks 0 (a prefix count over the row's bins gathered in that order) and 1 (a rank cut over its
+bins in expert order) remain for the launch sweep to compare.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Callable, NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from .routing import (
     FP32_BIG,
@@ -49,6 +53,8 @@ _BIG = tl.constexpr(FP32_BIG)
 _MASS_BITS = tl.constexpr(MASS_BITS)
 _MASS_ONE = tl.constexpr(1 << MASS_BITS)
 _RATIO_SCALE = tl.constexpr(float(1 << RATIO_BITS))
+# The interpreter cannot call libdevice (extern functions): it counts bits with shifts and masks instead.
+_HARDWARE_POPCOUNT = tl.constexpr(not INTERPRETING)
 # Rows of each program's scratch ([SCRATCH_ROWS, BLOCK_E] int64): vectors that other threads gather.
 _ROW_KEY, _ROW_TIE, _ROW_VALUE, _ROW_ORDER, _ROW_PICKED, _ROW_TOPPED, _ROW_ACTIVE = (tl.constexpr(i) for i in range(7))
 SCRATCH_ROWS = 7
@@ -122,15 +128,46 @@ def _own_weight_units(own_values, slot, TOP_K: tl.constexpr):
     return fixed * _MASS_ONE // tl.sum(fixed, axis=1)[:, None]
 
 
+@triton.jit
+def _expert_bits(member, cols, words, BLOCK_T: tl.constexpr, WORDS: tl.constexpr):
+    """[BT, WORDS] int64 from a [BT, BE] bool: bit e % 64 of word e // 64 is member[:, e]. (A sum of
+    distinct powers of two is their OR; bit 63 is -2**63, and the sum cannot overflow.)"""
+    bit = tl.full([1], 1, dtype=tl.int64) << (cols % 64).to(tl.int64)
+    result = tl.zeros([BLOCK_T, WORDS], dtype=tl.int64)
+    for w in tl.static_range(WORDS):
+        word = tl.sum(tl.where(member & (cols // 64 == w)[None, :], bit[None, :], 0), axis=1)
+        result = tl.where(words[None, :] == w, word[:, None], result)
+    return result
+
+
+@triton.jit
+def _popcount(x, HARDWARE: tl.constexpr):
+    """Set bits of each int64 of x, as int32."""
+    if HARDWARE:
+        return libdevice.popc(x)
+    else:
+        u = x.to(tl.uint64, bitcast=True)
+        u = u - ((u >> 1) & 0x5555555555555555)
+        u = (u & 0x3333333333333333) + ((u >> 2) & 0x3333333333333333)
+        u = (u + (u >> 4)) & 0x0F0F0F0F0F0F0F0F
+        return ((u * 0x0101010101010101) >> 56).to(tl.int32)
+
+
+@triton.jit
+def _bit_or(a, b):
+    return a | b
+
+
 # ---- launch 1 -----------------------------------------------------------------------------------
 @triton.jit
 def _routing_rows_kernel(
     logits_ptr, num_real_ptr,
-    own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, bins_ptr, threshold_ptr, need_ptr,
+    own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr,
     part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr,
     stride_logits, num_real, num_rows, num_experts, alpha,
     MODE: tl.constexpr, TOP_K: tl.constexpr, FLOOR_K: tl.constexpr, BETA: tl.constexpr,
     NUM_REAL_MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+    PICKS: tl.constexpr, WORDS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -168,8 +205,9 @@ def _routing_rows_kernel(
     if MODE == 0:  # lynx: bins, each row's bin threshold, and the experts above it (taken for sure)
         top = _column(own_values, slot, 0)
         bins = tl.maximum(tl.ceil(alpha * (x - top[:, None])), -BETA).to(tl.int32)
-        tl.store(bins_ptr + rows[:, None].to(tl.int64) * num_experts + cols[None, :], bins.to(tl.int8),
-                 mask=row_ok[:, None] & col_ok[None, :])
+        if PICKS != 2:
+            tl.store(bins_ptr + rows[:, None].to(tl.int64) * num_experts + cols[None, :], bins.to(tl.int8),
+                     mask=row_ok[:, None] & col_ok[None, :])
         above = tl.zeros([BLOCK_T], dtype=tl.int32)
         threshold = tl.full([BLOCK_T], -BETA, dtype=tl.int32)
         need = tl.zeros([BLOCK_T], dtype=tl.int32)
@@ -186,6 +224,11 @@ def _routing_rows_kernel(
             tl.store(part_bins_ptr + (pid * (BETA + 1) + BETA - i) * BLOCK_E + cols, voted)
         tl.store(threshold_ptr + rows, threshold, mask=row_ok)
         tl.store(need_ptr + rows, need, mask=row_ok)
+        if PICKS == 2:  # the voters' threshold-bin experts, as bits (launch 2 reads 8 bytes per 64 experts)
+            words = tl.arange(0, WORDS)
+            in_threshold_bin = (bins == threshold[:, None]) & col_ok[None, :] & voter[:, None]
+            masks = _expert_bits(in_threshold_bin, cols, words, BLOCK_T, WORDS)
+            tl.store(bin_masks_ptr + rows[:, None].to(tl.int64) * WORDS + words[None, :], masks, mask=row_ok[:, None])
         union = ((bins > threshold[:, None]) & col_ok[None, :] & voter[:, None]).to(tl.int32)
     tl.store(part_union_ptr + part, tl.sum(union, axis=0))
 
@@ -312,6 +355,47 @@ def _lynx_picks_by_rank(lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_
 
 
 @triton.jit
+def _lynx_picks_by_bits(scratch, lynx_rank, bin_masks_ptr, need_ptr, num_rows, cols, col_ok, WORDS: tl.constexpr,
+                        BITS_T: tl.constexpr, BLOCK_E: tl.constexpr):  # fmt: skip
+    """The same picks as `_lynx_picks`, a third way (LaunchConfig.picks = 2), with no pass over a row's E
+    experts: launch 1 stored each voter's threshold-bin experts as bits. Here, once, the bits of the
+    experts in the first i + 1 places of the batch's order (for every i); then per row a binary search
+    for the first i whose prefix holds `need` of its experts (log2(E) steps of an AND and a popcount),
+    and its picks are its experts in that prefix."""
+    tl.debug_barrier()
+    tl.store(scratch + _ROW_ORDER * BLOCK_E + lynx_rank, cols.to(tl.int64), mask=col_ok)  # expert at each rank
+    tl.debug_barrier()
+    order = tl.load(scratch + _ROW_ORDER * BLOCK_E + cols, mask=col_ok, other=0)
+    tl.debug_barrier()  # every thread has its part of the order: its row may now be overwritten
+    words = tl.arange(0, WORDS)
+    bit = tl.full([1], 1, dtype=tl.int64) << (order % 64)
+    for w in tl.static_range(WORDS):  # [BLOCK_E places, WORDS] over scratch rows 0 .. WORDS - 1
+        first = tl.cumsum(tl.where(col_ok & (order // 64 == w), bit, 0), axis=0)  # distinct bits: sum = OR
+        tl.store(scratch + cols * WORDS + w, first)
+    tl.debug_barrier()
+    found = tl.zeros([BITS_T, WORDS], dtype=tl.int64)
+    for start in range(0, num_rows, BITS_T):
+        rows = start + tl.arange(0, BITS_T)
+        row_ok = rows < num_rows
+        masks = tl.load(bin_masks_ptr + rows[:, None].to(tl.int64) * WORDS + words[None, :], mask=row_ok[:, None],
+                        other=0)  # fmt: skip
+        need = tl.load(need_ptr + rows, mask=row_ok, other=0)
+        low = tl.zeros([BITS_T], dtype=tl.int32)
+        high = tl.full([BITS_T], BLOCK_E - 1, dtype=tl.int32)
+        for step in tl.static_range(9):  # log2(BLOCK_E) halvings of [0, BLOCK_E), BLOCK_E <= 512
+            if (1 << step) < BLOCK_E:
+                middle = (low + high) >> 1
+                prefix = tl.load(scratch + middle[:, None] * WORDS + words[None, :])
+                enough = tl.sum(_popcount(masks & prefix, _HARDWARE_POPCOUNT), axis=1) >= need
+                high = tl.where(enough, middle, high)
+                low = tl.where(enough, low, middle + 1)
+        found = found | (masks & tl.load(scratch + low[:, None] * WORDS + words[None, :]))
+    found = tl.reduce(found, 0, _bit_or)
+    word = tl.sum(tl.where(words[None, :] == (cols // 64)[:, None], found[None, :], 0), axis=1)
+    return ((word >> (cols % 64).to(tl.int64)) & 1) != 0
+
+
+@triton.jit
 def _kept_rows(topped_ptr, rows, row_ok, slot, own_ids_ptr, own_weights_ptr, row_flags_ptr, given_keep_ptr,
                dropped_cap_units, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr, KEEP_MODE: tl.constexpr,
                ANY_DROP: tl.constexpr):  # fmt: skip
@@ -356,14 +440,14 @@ def _kept_experts(topped_ptr, topk_ids_ptr, stride_ids, own_ids_ptr, own_weights
 
 @triton.jit
 def _decide_active(
-    scratch, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, own_ids_ptr, own_weights_ptr, topk_ids_ptr,
-    part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr, num_parts,
+    scratch, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr, row_flags_ptr, own_ids_ptr, own_weights_ptr,
+    topk_ids_ptr, part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr, num_parts,
     budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
     stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
     MODE: tl.constexpr, TOP_K: tl.constexpr, SLOTS: tl.constexpr, BETA: tl.constexpr,
     TIE_BY_MASS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr, HAS_BUDGET: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, SCAN_T: tl.constexpr,
-    PARTS: tl.constexpr, PICKS: tl.constexpr,
+    PARTS: tl.constexpr, PICKS: tl.constexpr, WORDS: tl.constexpr, BITS_T: tl.constexpr,
 ):  # fmt: skip
     """The batch's active set [E] bool, identical in every program (integer arithmetic only). Loops
     over all rows take SCAN_T rows at a time (more than a program's own block: fewer iterations)."""
@@ -400,9 +484,12 @@ def _decide_active(
         if PICKS == 0:
             picked = _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows,
                                  num_experts, cols, col_ok, SCAN_T, BLOCK_E)  # fmt: skip
-        else:
+        elif PICKS == 1:
             picked = _lynx_picks_by_rank(lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows,
                                          num_experts, cols, col_ok, TOP_K, SCAN_T, BLOCK_E)  # fmt: skip
+        else:
+            picked = _lynx_picks_by_bits(scratch, lynx_rank, bin_masks_ptr, need_ptr, num_rows, cols, col_ok, WORDS,
+                                         BITS_T, BLOCK_E)  # fmt: skip
         active = (union != 0) | picked
     elif MODE == 1:  # union of the voters' own top-j
         active = union != 0
@@ -541,7 +628,7 @@ def _remap_rows(
 @triton.jit
 def _routing_decide_kernel(
     logits_ptr, topk_ids_ptr, topk_weights_ptr, num_real_ptr,
-    own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, bins_ptr, threshold_ptr, need_ptr,
+    own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr,
     part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr,
     budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
     scratch_ptr, out_ids_ptr, out_weights_ptr, active_out_ptr,
@@ -551,19 +638,19 @@ def _routing_decide_kernel(
     TIE_BY_MASS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr, HAS_BUDGET: tl.constexpr,
     RENORMALIZE: tl.constexpr, NUM_REAL_MODE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, SCAN_T: tl.constexpr,
-    PARTS: tl.constexpr, PICKS: tl.constexpr,
+    PARTS: tl.constexpr, PICKS: tl.constexpr, WORDS: tl.constexpr, BITS_T: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     scratch = scratch_ptr + pid * (SCRATCH_ROWS_C * BLOCK_E)
     cols = tl.arange(0, BLOCK_E)
     slot = tl.arange(0, BLOCK_K)
     active = _decide_active(
-        scratch, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, own_ids_ptr, own_weights_ptr, topk_ids_ptr,
-        part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr, num_parts,
+        scratch, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr, row_flags_ptr, own_ids_ptr, own_weights_ptr,
+        topk_ids_ptr, part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr, num_parts,
         budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
         stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
         MODE, TOP_K, SLOTS, BETA, TIE_BY_MASS, KEEP_MODE, ANY_DROP, HAS_BUDGET, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK, SCAN_T,
-        PARTS, PICKS,
+        PARTS, PICKS, WORDS, BITS_T,
     )  # fmt: skip
     if pid == 0:
         tl.store(active_out_ptr + cols, active.to(tl.uint8), mask=cols < num_experts)
@@ -610,6 +697,16 @@ def block_sizes(num_experts: int, top_k: int) -> tuple[int, int]:
     return max(_next_pow2(num_experts), 16), _next_pow2(top_k)
 
 
+def bit_words(block_e: int) -> int:
+    """int64 words of a row's expert bit mask (lynx's picks = 2)."""
+    return max(1, block_e // 64)
+
+
+def bits_rows(num_rows: int, warps: int) -> int:
+    """Rows per step of lynx's binary searches (picks = 2): two per thread; a row is a few words."""
+    return min(_next_pow2(num_rows), 64 * warps)
+
+
 def warps_for(elements: int, most: int = 4) -> int:
     """Warps for a tile: no more threads than it has elements. More threads than elements replicate
     values across threads, which Triton 3.6 miscompiles on sm_90 at some shapes (an LLVM SLP-vectorizer
@@ -627,21 +724,30 @@ class LaunchConfig(NamedTuple):
     decide_warps: int
     chunk: int  # experts per step of launch 2's O(E^2) rankings
     parts: int  # launch-1 programs whose partial sums launch 2 loads at once
-    picks: int = 0  # lynx's picks: 0 gathered in batch order + prefix count, 1 contiguous + rank cut
+    picks: int = 0  # lynx's picks: 0 gathered in batch order + prefix count, 1 contiguous + rank cut, 2 bit masks
 
 
 def launch_config(num_rows: int, num_experts: int, top_k: int) -> LaunchConfig:
-    """The fastest pair of launches the sweep found for lynx at E 64 and 128, T 1-256, on an H100
+    """The sweep's fastest pair of launches for lynx at E 64 and 128, T 1-256, on an H100
     (docs/benchmarks/policies-gpu.md): 4 rows per program (one at T 1, with one warp), so launch 1 is
     short and launch 2 has 32-64 programs (each repeats the batch decision: more programs, more waves
-    of it); launch 2 at 4 warps, going over every row about 2048-4096 logits at a time."""
+    of it); launch 2 at 4 warps, going over every row about 2048-4096 logits at a time.
+    Chosen since, not yet timed on a GPU (python -m lynx_sglang.kernels.sass_report counts what they
+    compile to): lynx picks from bit masks (picks 2: at T 256, E 128 one step of 317 instructions where
+    picks 0 takes 16 of 703), and launch 2 loads the partial sums of no more programs than there are."""
     block_e, _ = block_sizes(num_experts, top_k)
     rows = _next_pow2(num_rows)
     block_t = min(4, rows)
     scan_t = max(block_t, min(rows, 64 if block_e <= 64 else 2048 // block_e))
     rows_warps = 1 if block_t == 1 else warps_for(block_t * block_e)
-    parts = 16 if triton.cdiv(num_rows, block_t) <= 16 else 64
-    return LaunchConfig(block_t, scan_t, rows_warps, warps_for(scan_t * block_e), min(block_e, 32), parts)
+    parts = parts_per_load(triton.cdiv(num_rows, block_t))
+    return LaunchConfig(block_t, scan_t, rows_warps, warps_for(scan_t * block_e), min(block_e, 32), parts, picks=2)
+
+
+def parts_per_load(programs: int) -> int:
+    """Launch-1 programs whose partial sums launch 2 loads at once: all of them, up to 64 (a tile of
+    64 x E; more would cost registers)."""
+    return min(64, _next_pow2(programs))
 
 
 class TritonPlan(NamedTuple):
@@ -684,7 +790,9 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
         empty(num_rows, block_k, dtype=torch.int64)
     row_flags = empty(num_rows, dtype=torch.int8)
     lynx = args["MODE"] == MODE_LYNX
-    bins = empty(num_rows, num_experts, dtype=torch.int8) if lynx else row_flags
+    words = bit_words(block_e)
+    bins = empty(num_rows, num_experts, dtype=torch.int8) if lynx and config.picks != 2 else row_flags
+    bin_masks = empty(num_rows, words, dtype=torch.int64) if lynx and config.picks == 2 else own_weights
     threshold, need = (empty(num_rows), empty(num_rows)) if lynx else (row_flags, row_flags)
     part_counts, part_union = empty(programs, block_e), empty(programs, block_e)
     part_mass = empty(programs, block_e, dtype=torch.int64)
@@ -705,16 +813,17 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
 
     def launch_rows():
         _routing_rows_kernel[(programs,)](
-            logits, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, threshold, need,
+            logits, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, bin_masks, threshold, need,
             part_counts, part_mass, part_union, part_bins, part_voters,
             logits.stride(0), num_real_value, num_rows, num_experts, args["alpha"],
             MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=num_real_mode,
-            BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, **({} if INTERPRETING else {"num_warps": config.rows_warps}),
+            BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, PICKS=config.picks, WORDS=words, **({} if INTERPRETING else {"num_warps": config.rows_warps}),
         )  # fmt: skip
 
     def launch_decide():
         _routing_decide_kernel[(programs,)](
-            logits, ids, weights, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, threshold, need,
+            logits, ids, weights, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, bin_masks,
+            threshold, need,
             part_counts, part_mass, part_union, part_bins, part_voters,
             budget_max, budget_fraction, given_active, given_keep, scratch, out_ids, out_weights, active.view(torch.uint8),
             logits.stride(0), ids.stride(0), weights.stride(0), num_real_value, num_rows, num_experts, programs,
@@ -723,7 +832,7 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
             KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=has_budget,
             RENORMALIZE=call.renormalize, NUM_REAL_MODE=num_real_mode,
             BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=config.chunk, SCAN_T=scan_t, PARTS=config.parts,
-            PICKS=config.picks,
+            PICKS=config.picks, WORDS=words, BITS_T=bits_rows(num_rows, config.decide_warps),
             **({} if INTERPRETING else {"num_warps": config.decide_warps}),
         )  # fmt: skip
 

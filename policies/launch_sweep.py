@@ -4,8 +4,8 @@ launch fastest, per policy, E and T. What `routing_triton.launch_config` should 
     python -m lynx_sglang.policies.launch_sweep [--policies lynx] [--experts 64,128] [--tokens 1,8,32,128,256]
                                          [--repeats 10] [--workers N] [--log FILE]
 
-Every candidate (`candidates`: rows per program, warps of each launch, the rows per step and ranking
-chunk of launch 2, partial sums per load, lynx's way of picking) is first compiled in parallel processes (a Triton compile
+Every candidate (`candidates`: rows per program, warps of each launch, the ranking chunk of launch 2,
+lynx's way of picking and its rows per step) is first compiled in parallel processes (a Triton compile
 takes seconds, a cached one milliseconds; a child that crashes costs only its own candidates), then
 each launch is timed alone under CUDA-graph replay in this process, as `bench policies --per-launch`
 times them. Prints, per shape: the default's times, the fastest candidate for the pair of launches,
@@ -23,40 +23,42 @@ import sys
 import torch
 
 from ..kernels.routing import GivenRule, fused_supports
-from ..kernels.routing_triton import LaunchConfig, block_sizes, launch_config, plan_triton
+from ..kernels.routing_triton import LaunchConfig, block_sizes, launch_config, parts_per_load, plan_triton
 from .bench import make_batch, time_cuda_graph, top_k_for
 from .registry import get_policy
 
 
 def candidates(num_rows: int, num_experts: int, top_k: int) -> list[LaunchConfig]:
-    """The default first, then alternatives for each launch. Warps never exceed a tile's elements
-    over 32 (routing_triton.warps_for: more crashed Triton 3.6 at some shapes)."""
+    """The default first, then alternatives for each launch, and lynx's earlier ways of picking with
+    their own settings (rows per step, warps). Launch 1's warps never exceed its tile's elements over
+    32 (routing_triton.warps_for: more crashed Triton 3.6 at some shapes); launch 2's are bounded by
+    its largest tile, the ranking's chunk x E (a candidate that fails to compile is reported and
+    skipped)."""
     default = launch_config(num_rows, num_experts, top_k)
     block_e, _ = block_sizes(num_experts, top_k)
     rows_pow2 = 1 << max(num_rows - 1, 0).bit_length()
     found = [default]
 
     def add(config: LaunchConfig) -> None:
-        programs = -(-num_rows // config.block_t)
-        config = config._replace(parts=16 if programs <= 16 else 64)
+        config = config._replace(parts=parts_per_load(-(-num_rows // config.block_t)))
         if config not in found:
             found.append(config)
 
-    block_ts = [t for t in (1, 2, 4, 8, 16) if t <= rows_pow2 and t * block_e <= 4096]
-    for block_t in block_ts:  # launch 1: rows per program and warps
-        for warps in (1, 2, 4):
+    for block_t in (t for t in (1, 2, 4, 8) if t <= rows_pow2):  # launch 1: rows per program and warps
+        for warps in (1, 4):
             if warps * 32 <= block_t * block_e:
                 add(default._replace(block_t=block_t, rows_warps=warps, scan_t=max(default.scan_t, block_t)))
     for block_t in sorted({default.block_t} | {t for t in (8, 16) if t <= rows_pow2}):  # launch 2
-        for scan_t in sorted({max(block_t, min(s, rows_pow2)) for s in (16, 32, 64) if s * block_e <= 8192}):
-            for warps in (1, 2, 4, 8):
-                if warps * 32 > scan_t * block_e:
-                    continue
-                for chunk in sorted({min(16, block_e), min(32, block_e)}):
-                    add(default._replace(block_t=block_t, scan_t=scan_t, decide_warps=warps, chunk=chunk))
-    for config in list(found):  # lynx's other way to pick (the other rules ignore it)
-        if config.decide_warps >= 2 and config.chunk == default.chunk:
-            add(config._replace(picks=1 - default.picks))
+        for warps in (2, 4, 8, 16):
+            for chunk in sorted({min(16, block_e), min(32, block_e)}):
+                if warps * 32 <= chunk * block_e:
+                    add(default._replace(block_t=block_t, scan_t=max(default.scan_t, block_t), decide_warps=warps,
+                                         chunk=chunk))  # fmt: skip
+    for picks in sorted({0, 1, 2} - {default.picks}):  # lynx's other ways to pick (the other rules ignore them)
+        for scan_t in sorted({max(default.block_t, min(s, rows_pow2)) for s in (16, 32, 64) if s * block_e <= 8192}):
+            for warps in (4, 8):
+                if warps * 32 <= scan_t * block_e:
+                    add(default._replace(picks=picks, scan_t=scan_t, decide_warps=warps))
     return found
 
 
@@ -121,7 +123,7 @@ def compile_all(tasks: list, workers: int) -> tuple[set, list[str]]:
 
 def describe(config: LaunchConfig) -> str:
     return (f"bt{config.block_t} st{config.scan_t} w{config.rows_warps}/{config.decide_warps} c{config.chunk} "
-            f"p{config.parts}" + (f" k{config.picks}" if config.picks else ""))
+            f"p{config.parts} k{config.picks}")
 
 
 def main(argv=None) -> int:

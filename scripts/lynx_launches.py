@@ -1,6 +1,6 @@
 """lynx's two routing launches at E 128, eager, for a profiler to watch (scripts/gpu-checks.sh, stage
 `profile`): per case, three (rows, decide) pairs, the first of which compiles. Cases in order: T 1, T 256,
-and T 256 with the other way of picking (LaunchConfig.picks = 1)."""
+and T 256 with the earlier way of picking (LaunchConfig.picks = 0: gathered bins and a prefix count)."""
 
 import torch
 
@@ -9,7 +9,8 @@ from lynx_sglang.policies.bench import make_batch
 from lynx_sglang.policies.registry import get_policy
 
 policy = get_policy("lynx", num_experts=128, top_k=8)
-for tokens, picks in ((1, 0), (256, 0), (256, 1)):
+default = launch_config(256, 128, 8).picks
+for tokens, picks in ((1, default), (256, default), (256, 0)):
     logits, ids, weights = make_batch(tokens, 128, 8, "cuda", torch.bfloat16)
     config = launch_config(tokens, 128, 8)._replace(picks=picks)
     plan = plan_triton(policy.fused_call(logits, ids, weights, torch.tensor(tokens, device="cuda")), config)

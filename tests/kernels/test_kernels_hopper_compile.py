@@ -54,3 +54,26 @@ def test_fp32_tiles_are_shrunk_to_fit_shared_memory():
         stages = MoeKernelConfig.num_stages - 1
         gate_up = stages * (cfg.block_m * cfg.gate_up_block_k + 2 * cfg.gate_up_block_k * cfg.gate_up_block_n)
         assert gate_up * element_size <= SHARED_MEMORY_BUDGET, cfg
+
+
+def test_sass_report_counts_what_each_launch_compiles_to():
+    """`sass_report` disassembles both launches (Triton's own nvdisasm) and attributes instructions to
+    the functions of routing_triton.py: lynx's launch 2 has the batch ranking and a loop over every row's
+    bit masks (picks 2), which picks 0 replaces by a wider loop over every row's bins."""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    outputs = {}
+    for picks in (0, 2):
+        proc = subprocess.run(
+            [sys.executable, "-m", "lynx_sglang.kernels.sass_report", "--experts", "64", "--top-k", "4", "--tokens",
+             "40", "--set", f"picks={picks}", "--top", "30"],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        outputs[picks] = proc.stdout
+    for picks, out in outputs.items():
+        launch = re.search(r"launch 2 \(_routing_decide_kernel\): (\d+) instructions, (\d+) registers", out)
+        assert launch and int(launch.group(1)) > 500 and 16 <= int(launch.group(2)) <= 255, out
+        assert re.search(r"by function: .*_rank_desc \d+", out), out
+    loop = lambda out, name: max(int(n) for n in re.findall(rf"{name} (\d+)", out.split("loop bodies:")[-1]))  # noqa: E731
+    assert loop(outputs[2], "_lynx_picks_by_bits") < loop(outputs[0], "_lynx_picks"), outputs

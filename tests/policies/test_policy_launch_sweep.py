@@ -43,8 +43,9 @@ def test_every_candidate_routes_as_the_default(policy, num_rows, num_experts, to
 @pytest.mark.parametrize("num_rows,num_experts,top_k,seed", [(1, 8, 2, 0), (13, 64, 8, 1), (33, 60, 4, 2), (6, 128, 8, 3)])
 @pytest.mark.parametrize("options", [{}, {"alpha": 0.7, "beta": 1}, {"alpha": 3.0, "beta": 4, "tie_break": "index"}])
 def test_both_ways_of_picking_agree(num_rows, num_experts, top_k, seed, options):
-    """lynx's picks gathered in the batch's order with a prefix count (picks 0), or read in expert order
-    with a per-row rank cut (picks 1): the same routing, ties and non-voting rows included."""
+    """lynx's picks gathered in the batch's order with a prefix count (picks 0), read in expert order
+    with a per-row rank cut (picks 1), or from bit masks by binary search (picks 2): the same routing,
+    ties and non-voting rows included."""
     logits, ids, weights = make_batch(num_rows, num_experts, top_k, DEVICE, torch.float32, seed=seed)
     logits = (logits * 2).round() / 2  # many equal logits: ties in the bins and the batch order
     if num_rows > 3:
@@ -52,6 +53,8 @@ def test_both_ways_of_picking_agree(num_rows, num_experts, top_k, seed, options)
     call = get_policy("lynx", num_experts=num_experts, top_k=top_k, **options).fused_call(
         logits, ids, weights, torch.tensor(max(1, num_rows - 1), device=DEVICE))
     default = launch_config(num_rows, num_experts, top_k)
-    want, got = run(call, default._replace(picks=0)), run(call, default._replace(picks=1))
-    assert torch.equal(got.active_mask, want.active_mask) and torch.equal(got.topk_ids, want.topk_ids)
-    torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0)
+    want = run(call, default._replace(picks=0))
+    for picks in (1, 2):
+        got = run(call, default._replace(picks=picks))
+        assert torch.equal(got.active_mask, want.active_mask) and torch.equal(got.topk_ids, want.topk_ids), picks
+        torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0)

@@ -4,6 +4,7 @@ Launch 1, ``_routing_rows_kernel``, grid cdiv(T, BLOCK_T): per row, clean logits
 (ids, logits, weights in fixed point); for lynx the bins, the row's bin threshold b* (the k-th best bin)
 and how many bin-b* experts it still needs. Per program, partial per-expert sums (votes, mass, lynx's
 bin histogram, the experts some row takes for sure), written to its own slot: no atomics, no zeroing.
+The counts (each at most T) are packed several to an int32 word, so launch 2 loads fewer.
 
 Launch 2, ``_routing_decide_kernel``, grid cdiv(T, BLOCK_T): every program reduces the partials and
 makes the same batch decision (ranks by exact integer counting, the rule's active set, top-up, kept
@@ -59,6 +60,11 @@ _HARDWARE_POPCOUNT = tl.constexpr(not INTERPRETING)
 _ROW_KEY, _ROW_TIE, _ROW_VALUE, _ROW_ORDER, _ROW_PICKED, _ROW_TOPPED, _ROW_ACTIVE = (tl.constexpr(i) for i in range(7))
 SCRATCH_ROWS = 7
 SCRATCH_ROWS_C = tl.constexpr(SCRATCH_ROWS)
+# Launch 1's per-expert counts, each at most T, packed into int32 words (tally_layout): the votes (own
+# top-k), the experts some row takes for sure, then lynx's voters per bin (-beta first). Launch 2 then
+# loads a few words per expert and program instead of one int32 per count.
+TALLY_VOTES, TALLY_SURE, TALLY_BINS = 0, 1, 2
+_TALLY_VOTES, _TALLY_SURE, _TALLY_BINS = (tl.constexpr(i) for i in (TALLY_VOTES, TALLY_SURE, TALLY_BINS))
 
 
 # ---- per-row helpers ----------------------------------------------------------------------------
@@ -158,16 +164,25 @@ def _bit_or(a, b):
     return a | b
 
 
+@triton.jit
+def _add_tally(tallies, tally_words, field: tl.constexpr, value, TALLY_BITS: tl.constexpr,
+               TALLIES_PER_WORD: tl.constexpr):  # fmt: skip
+    """Add an [E] count (at most T) as field `field` of the packed [words, E] tallies."""
+    shift: tl.constexpr = (field % TALLIES_PER_WORD) * TALLY_BITS
+    return tallies + tl.where(tally_words[:, None] == field // TALLIES_PER_WORD, value[None, :] << shift, 0)
+
+
 # ---- launch 1 -----------------------------------------------------------------------------------
 @triton.jit
 def _routing_rows_kernel(
     logits_ptr, num_real_ptr,
     own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr,
-    part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr,
+    part_tallies_ptr, part_mass_ptr, part_voters_ptr,
     stride_logits, num_real, num_rows, num_experts, alpha,
     MODE: tl.constexpr, TOP_K: tl.constexpr, FLOOR_K: tl.constexpr, BETA: tl.constexpr,
     NUM_REAL_MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
     PICKS: tl.constexpr, WORDS: tl.constexpr,
+    TALLY_BITS: tl.constexpr, TALLIES_PER_WORD: tl.constexpr, TALLY_WORDS: tl.constexpr, TALLY_TILE: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -197,10 +212,11 @@ def _routing_rows_kernel(
         mass += tl.where(hit, _column(own_weights, slot, j)[:, None], 0)
         if j < FLOOR_K:
             union += hit.to(tl.int32)
-    part = pid * BLOCK_E + cols
-    tl.store(part_counts_ptr + part, tl.sum(counts, axis=0))
-    tl.store(part_mass_ptr + part, tl.sum(mass, axis=0))
+    tl.store(part_mass_ptr + pid * BLOCK_E + cols, tl.sum(mass, axis=0))
     tl.store(part_voters_ptr + pid, tl.sum(voter.to(tl.int32), axis=0))
+    tally_words = tl.arange(0, TALLY_TILE)
+    tallies = _add_tally(tl.zeros([TALLY_TILE, BLOCK_E], dtype=tl.int32), tally_words, _TALLY_VOTES, tl.sum(counts, axis=0),
+                         TALLY_BITS, TALLIES_PER_WORD)  # fmt: skip
 
     if MODE == 0:  # lynx: bins, each row's bin threshold, and the experts above it (taken for sure)
         top = _column(own_values, slot, 0)
@@ -221,7 +237,7 @@ def _routing_rows_kernel(
             found = found | reached
             above += in_bin_count
             voted = tl.sum((in_bin & voter[:, None]).to(tl.int32), axis=0)
-            tl.store(part_bins_ptr + (pid * (BETA + 1) + BETA - i) * BLOCK_E + cols, voted)
+            tallies = _add_tally(tallies, tally_words, _TALLY_BINS + BETA - i, voted, TALLY_BITS, TALLIES_PER_WORD)
         tl.store(threshold_ptr + rows, threshold, mask=row_ok)
         tl.store(need_ptr + rows, need, mask=row_ok)
         if PICKS == 2:  # the voters' threshold-bin experts, as bits (launch 2 reads 8 bytes per 64 experts)
@@ -230,7 +246,9 @@ def _routing_rows_kernel(
             masks = _expert_bits(in_threshold_bin, cols, words, BLOCK_T, WORDS)
             tl.store(bin_masks_ptr + rows[:, None].to(tl.int64) * WORDS + words[None, :], masks, mask=row_ok[:, None])
         union = ((bins > threshold[:, None]) & col_ok[None, :] & voter[:, None]).to(tl.int32)
-    tl.store(part_union_ptr + part, tl.sum(union, axis=0))
+    tallies = _add_tally(tallies, tally_words, _TALLY_SURE, tl.sum(union, axis=0), TALLY_BITS, TALLIES_PER_WORD)
+    tl.store(part_tallies_ptr + (pid * TALLY_WORDS + tally_words[:, None]) * BLOCK_E + cols[None, :], tallies,
+             mask=(tally_words < TALLY_WORDS)[:, None])  # fmt: skip
 
 
 # ---- batch-level helpers (launch 2) -------------------------------------------------------------
@@ -288,14 +306,15 @@ def _before_in_order(scratch, flag, rank, value, cols, num_experts, BLOCK_E: tl.
 
 @triton.jit
 def _sum_parts(part_ptr, num_parts, stride, cols, BLOCK_E: tl.constexpr, PARTS: tl.constexpr):
-    """Sum over programs of launch 1 of their [E] partial sums (int64). A tile of PARTS programs per
-    load: a loop of one load per program waits for each load in turn (the decision's cost grew with T)."""
-    total = tl.zeros([BLOCK_E], dtype=tl.int64)
+    """Sum over programs of launch 1 of their [E] partial sums, as int64, added in the partials' own
+    type (int32 counts stay below T: half the adds of int64). A tile of PARTS programs per load: a loop
+    of one load per program waits for each load in turn (the decision's cost grew with T)."""
+    total = tl.zeros([BLOCK_E], dtype=part_ptr.dtype.element_ty)
     for start in range(0, num_parts, PARTS):
         part = start + tl.arange(0, PARTS)
-        tile = tl.load(part_ptr + part[:, None] * stride + cols[None, :], mask=(part < num_parts)[:, None], other=0)
-        total += tl.sum(tile.to(tl.int64), axis=0)
-    return total
+        total += tl.sum(tl.load(part_ptr + part[:, None] * stride + cols[None, :], mask=(part < num_parts)[:, None],
+                                other=0), axis=0)  # fmt: skip
+    return total.to(tl.int64)
 
 
 @triton.jit
@@ -441,25 +460,42 @@ def _kept_experts(topped_ptr, topk_ids_ptr, stride_ids, own_ids_ptr, own_weights
 @triton.jit
 def _decide_active(
     scratch, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr, row_flags_ptr, own_ids_ptr, own_weights_ptr,
-    topk_ids_ptr, part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr, num_parts,
+    topk_ids_ptr, part_tallies_ptr, part_mass_ptr, part_voters_ptr, num_parts,
     budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
     stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
     MODE: tl.constexpr, TOP_K: tl.constexpr, SLOTS: tl.constexpr, BETA: tl.constexpr,
     TIE_BY_MASS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr, HAS_BUDGET: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, SCAN_T: tl.constexpr,
     PARTS: tl.constexpr, PICKS: tl.constexpr, WORDS: tl.constexpr, BITS_T: tl.constexpr,
+    TALLY_BITS: tl.constexpr, TALLIES_PER_WORD: tl.constexpr, TALLY_WORDS: tl.constexpr,
 ):  # fmt: skip
     """The batch's active set [E] bool, identical in every program (integer arithmetic only). Loops
     over all rows take SCAN_T rows at a time (more than a program's own block: fewer iterations)."""
     col_ok = cols < num_experts
-    counts = _sum_parts(part_counts_ptr, num_parts, BLOCK_E, cols, BLOCK_E, PARTS)
     mass = _sum_parts(part_mass_ptr, num_parts, BLOCK_E, cols, BLOCK_E, PARTS)
-    union = _sum_parts(part_union_ptr, num_parts, BLOCK_E, cols, BLOCK_E, PARTS)
     voters = tl.zeros([PARTS], dtype=tl.int64)
     for start in range(0, num_parts, PARTS):
         part = start + tl.arange(0, PARTS)
         voters += tl.load(part_voters_ptr + part, mask=part < num_parts, other=0).to(tl.int64)
     voters = tl.sum(voters, axis=0)
+    # The packed tallies, summed word by word (no field overflows into the next: each total is at most
+    # T < 2**TALLY_BITS). lynx: S = sum_j (voters with bin j - beta) * B**j, the bins' fields in order of j.
+    counts = tl.zeros([BLOCK_E], dtype=tl.int64)
+    union = tl.zeros([BLOCK_E], dtype=tl.int64)
+    votes = tl.zeros([BLOCK_E], dtype=tl.int64)
+    power = voters * 0 + 1
+    for w in tl.static_range(TALLY_WORDS):
+        word = _sum_parts(part_tallies_ptr + w * BLOCK_E, num_parts, TALLY_WORDS * BLOCK_E, cols, BLOCK_E, PARTS)
+        for f in tl.static_range(TALLIES_PER_WORD):
+            value = (word >> (f * TALLY_BITS)) & ((1 << TALLY_BITS) - 1)
+            if w * TALLIES_PER_WORD + f == _TALLY_VOTES:
+                counts = value
+            elif w * TALLIES_PER_WORD + f == _TALLY_SURE:
+                union = value
+            elif MODE == 0:
+                if w * TALLIES_PER_WORD + f <= _TALLY_BINS + BETA:
+                    votes += value * power
+                    power = power * voters
     total_mass = tl.sum(mass, axis=0)
     # Preference order: routed mass, then votes (descending), then lower index (keys.preference_order).
     # Ranked only for the rules that read it as an order: each ranking is O(E^2) with four barriers.
@@ -470,13 +506,7 @@ def _decide_active(
     else:
         preference = cols
 
-    if MODE == 0:  # lynx: S = sum_j (voters with bin j - beta) * B**j; experts ordered by (S, tie)
-        votes = tl.zeros([BLOCK_E], dtype=tl.int64)
-        power = voters * 0 + 1
-        for j in tl.static_range(BETA + 1):
-            votes += _sum_parts(part_bins_ptr + j * BLOCK_E, num_parts, (BETA + 1) * BLOCK_E, cols, BLOCK_E,
-                                PARTS) * power
-            power = power * voters
+    if MODE == 0:  # lynx: experts ordered by (S, tie)
         if TIE_BY_MASS:  # votes, then the preference order (its key, then the index)
             lynx_rank = _rank_desc(scratch, votes, preference_key, cols, num_experts, BLOCK_E, CHUNK, True)
         else:
@@ -629,7 +659,7 @@ def _remap_rows(
 def _routing_decide_kernel(
     logits_ptr, topk_ids_ptr, topk_weights_ptr, num_real_ptr,
     own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr,
-    part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr,
+    part_tallies_ptr, part_mass_ptr, part_voters_ptr,
     budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
     scratch_ptr, out_ids_ptr, out_weights_ptr, active_out_ptr,
     stride_logits, stride_ids, stride_weights, num_real, num_rows, num_experts, num_parts,
@@ -639,6 +669,7 @@ def _routing_decide_kernel(
     RENORMALIZE: tl.constexpr, NUM_REAL_MODE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, SCAN_T: tl.constexpr,
     PARTS: tl.constexpr, PICKS: tl.constexpr, WORDS: tl.constexpr, BITS_T: tl.constexpr,
+    TALLY_BITS: tl.constexpr, TALLIES_PER_WORD: tl.constexpr, TALLY_WORDS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     scratch = scratch_ptr + pid * (SCRATCH_ROWS_C * BLOCK_E)
@@ -646,11 +677,11 @@ def _routing_decide_kernel(
     slot = tl.arange(0, BLOCK_K)
     active = _decide_active(
         scratch, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr, row_flags_ptr, own_ids_ptr, own_weights_ptr,
-        topk_ids_ptr, part_counts_ptr, part_mass_ptr, part_union_ptr, part_bins_ptr, part_voters_ptr, num_parts,
+        topk_ids_ptr, part_tallies_ptr, part_mass_ptr, part_voters_ptr, num_parts,
         budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
         stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
         MODE, TOP_K, SLOTS, BETA, TIE_BY_MASS, KEEP_MODE, ANY_DROP, HAS_BUDGET, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK, SCAN_T,
-        PARTS, PICKS, WORDS, BITS_T,
+        PARTS, PICKS, WORDS, BITS_T, TALLY_BITS, TALLIES_PER_WORD, TALLY_WORDS,
     )  # fmt: skip
     if pid == 0:
         tl.store(active_out_ptr + cols, active.to(tl.uint8), mask=cols < num_experts)
@@ -695,6 +726,20 @@ def _rule_arguments(rule) -> dict:
 def block_sizes(num_experts: int, top_k: int) -> tuple[int, int]:
     """(BLOCK_E, BLOCK_K): the expert and slot axes of every tile."""
     return max(_next_pow2(num_experts), 16), _next_pow2(top_k)
+
+
+class TallyLayout(NamedTuple):
+    bits: int  # per field: every tally is at most T
+    per_word: int  # fields per int32 word
+    words: int
+
+
+def tally_layout(num_rows: int, bins: int) -> TallyLayout:
+    """How launch 1 packs its per-expert counts (votes, sure takes, then `bins` per-bin voter counts)
+    into int32 words; the sums over programs stay exact, since no field's total exceeds T."""
+    bits = max(1, num_rows.bit_length())
+    per_word = max(1, 31 // bits)
+    return TallyLayout(bits, per_word, -(-(TALLY_BINS + bins) // per_word))
 
 
 def bit_words(block_e: int) -> int:
@@ -794,9 +839,9 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
     bins = empty(num_rows, num_experts, dtype=torch.int8) if lynx and config.picks != 2 else row_flags
     bin_masks = empty(num_rows, words, dtype=torch.int64) if lynx and config.picks == 2 else own_weights
     threshold, need = (empty(num_rows), empty(num_rows)) if lynx else (row_flags, row_flags)
-    part_counts, part_union = empty(programs, block_e), empty(programs, block_e)
+    tally = tally_layout(num_rows, args["BETA"] + 1 if lynx else 0)
+    part_tallies = empty(programs, tally.words, block_e)
     part_mass = empty(programs, block_e, dtype=torch.int64)
-    part_bins = empty(programs, args["BETA"] + 1, block_e) if lynx else part_counts
     part_voters = empty(programs)
     scratch = empty(programs, SCRATCH_ROWS, block_e, dtype=torch.int64)
     out_ids, out_weights = torch.empty_like(ids), torch.empty_like(weights)
@@ -814,17 +859,19 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
     def launch_rows():
         _routing_rows_kernel[(programs,)](
             logits, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, bin_masks, threshold, need,
-            part_counts, part_mass, part_union, part_bins, part_voters,
+            part_tallies, part_mass, part_voters,
             logits.stride(0), num_real_value, num_rows, num_experts, args["alpha"],
             MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=num_real_mode,
-            BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, PICKS=config.picks, WORDS=words, **({} if INTERPRETING else {"num_warps": config.rows_warps}),
+            BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, PICKS=config.picks, WORDS=words,
+            TALLY_BITS=tally.bits, TALLIES_PER_WORD=tally.per_word, TALLY_WORDS=tally.words,
+            TALLY_TILE=_next_pow2(tally.words), **({} if INTERPRETING else {"num_warps": config.rows_warps}),
         )  # fmt: skip
 
     def launch_decide():
         _routing_decide_kernel[(programs,)](
             logits, ids, weights, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, bin_masks,
             threshold, need,
-            part_counts, part_mass, part_union, part_bins, part_voters,
+            part_tallies, part_mass, part_voters,
             budget_max, budget_fraction, given_active, given_keep, scratch, out_ids, out_weights, active.view(torch.uint8),
             logits.stride(0), ids.stride(0), weights.stride(0), num_real_value, num_rows, num_experts, programs,
             args["rule_n"], args["fraction_units"], args["dropped_cap_units"],
@@ -833,6 +880,7 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
             RENORMALIZE=call.renormalize, NUM_REAL_MODE=num_real_mode,
             BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=config.chunk, SCAN_T=scan_t, PARTS=config.parts,
             PICKS=config.picks, WORDS=words, BITS_T=bits_rows(num_rows, config.decide_warps),
+            TALLY_BITS=tally.bits, TALLIES_PER_WORD=tally.per_word, TALLY_WORDS=tally.words,
             **({} if INTERPRETING else {"num_warps": config.decide_warps}),
         )  # fmt: skip
 

@@ -136,6 +136,19 @@ def test_fused_matches_reference_every_policy(implementation, config):
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("num_rows", [8, 31])
+def test_counts_that_reach_t_fit_their_packed_fields(implementation, num_rows):
+    """Launch 1 packs per-expert counts several to a word, each field just wide enough for T
+    (routing_triton.tally_layout): rows that all route alike push the votes, the sure takes and one
+    lynx bin to T itself (T = 8 is a power of two: the widest count for its field); one row differs, so
+    that the decision is not trivial."""
+    logits = make_logits(1, 16, seed=4).repeat(num_rows, 1)
+    logits[-1] = make_logits(1, 16, seed=5)[0]
+    ids, weights = normal_routing(logits, 4, True)
+    check_batch((logits, ids, weights, None, True, None), implementation)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_fused_lynx_on_qwen3_shape(implementation):
     """E 128, top-8, 24 rows of skewed logits, default (alpha, beta), with and without a budget."""
     logits = make_logits(24, 128, seed=9, dtype=torch.bfloat16, skew=2.0)

@@ -125,6 +125,8 @@ ROUTING_SHAPES = [
 
 
 def routing_cases(dtype: str, quick: bool):
+    import torch
+
     from . import routing_triton as rt
     from .routing import BudgetRule, CoverageRule, GivenRule, LynxRule, OwnTopRule, TopNRule
 
@@ -146,7 +148,8 @@ def routing_cases(dtype: str, quick: bool):
         example = f"{name}, T={rows} E={experts} k={top_k}"
         per_row = {"own_ids_ptr": "*i32", "own_values_ptr": "*fp32", "own_weights_ptr": "*i64", "row_flags_ptr": "*i8",
                    "bins_ptr": "*i8", "bin_masks_ptr": "*i64", "threshold_ptr": "*i32", "need_ptr": "*i32", "num_real_ptr": "*i64",
-                   "part_tallies_ptr": "*i32", "part_mass_ptr": "*i64", "part_voters_ptr": "*i32"}  # fmt: skip
+                   "part_tallies_ptr": "*i32", "part_voters_ptr": "*i32",
+                   "part_mass_ptr": "*i32" if rt.mass_partial_dtype(rows) == torch.int32 else "*i64"}  # fmt: skip
         tally = rt.tally_layout(rows, args["BETA"] + 1 if args["MODE"] == rt.MODE_LYNX else 0)
         packing = dict(TALLY_BITS=tally.bits, TALLIES_PER_WORD=tally.per_word, TALLY_WORDS=tally.words)
         yield Case(

@@ -101,22 +101,30 @@ def _order_key(x):
 
 
 @triton.jit
+def _key_value(key):
+    """The fp32 value of an order key (inverse of _order_key; -0.0 comes back as +0.0, which no later
+    step tells apart): a row's best value without a reduction over the row."""
+    bits = tl.where(key < 0, key ^ 0x7FFFFFFF, key)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _column(matrix, slot, j):
     """Column j of a small [BT, BK] matrix (exact: one term is non-zero)."""
     return tl.sum(tl.where(slot[None, :] == j, matrix, 0), axis=1)
 
 
 @triton.jit
-def _top_columns(keys, x, cols, slot, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, K: tl.constexpr,
+def _top_columns(keys, cols, slot, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, K: tl.constexpr,
                  BLOCK_E: tl.constexpr):
-    """The K largest keys per row, largest first, equal keys by lower column: (ids, x there)."""
+    """The K largest keys per row, largest first, equal keys by lower column: (ids, their values)."""
     ids = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int32)
     values = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
     for j in tl.static_range(K):
         best = tl.max(keys, axis=1)
         pick = tl.min(tl.where(keys == best[:, None], cols[None, :], BLOCK_E), axis=1)
         hit = cols[None, :] == pick[:, None]
-        value = tl.sum(tl.where(hit, x, 0.0), axis=1)
+        value = _key_value(best)
         ids = tl.where(slot[None, :] == j, pick[:, None], ids)
         values = tl.where(slot[None, :] == j, value[:, None], values)
         keys = tl.where(hit, _TAKEN, keys)
@@ -194,7 +202,7 @@ def _routing_rows_kernel(
     voter = _real_rows(rows, num_rows, num_real_ptr, num_real, NUM_REAL_MODE) & finite
 
     keys = tl.where(col_ok[None, :], _order_key(x), _TAKEN)
-    own_ids, own_values = _top_columns(keys, x, cols, slot, BLOCK_T, BLOCK_K, TOP_K, BLOCK_E)
+    own_ids, own_values = _top_columns(keys, cols, slot, BLOCK_T, BLOCK_K, TOP_K, BLOCK_E)
     own_weights = _own_weight_units(own_values, slot, TOP_K) * voter[:, None]
     row_slot = rows[:, None] * BLOCK_K + slot[None, :]
     row_slot_ok = row_ok[:, None] & (slot[None, :] < TOP_K)
@@ -609,7 +617,7 @@ def _remap_rows(
             best = tl.max(keys, axis=1)
             pick = tl.min(tl.where(keys == best[:, None], cols[None, :], BLOCK_E), axis=1)
             hit = cols[None, :] == pick[:, None]
-            value = tl.sum(tl.where(hit, x, 0.0), axis=1)
+            value = _key_value(best)
             place = (slot[None, :] == (kept + extra)[:, None]) & ((best != _TAKEN) & (extra < missing))[:, None]
             new_ids = tl.where(place, pick[:, None], new_ids)
             new_values = tl.where(place, value[:, None], new_values)
@@ -742,6 +750,12 @@ def tally_layout(num_rows: int, bins: int) -> TallyLayout:
     return TallyLayout(bits, per_word, -(-(TALLY_BINS + bins) // per_word))
 
 
+def mass_partial_dtype(num_rows: int) -> torch.dtype:
+    """Launch 1's per-expert routed mass (at most T << MASS_BITS in total) as int32 where it fits: launch 2
+    adds every program's partials, and int32 adds are half the instructions of int64 ones."""
+    return torch.int32 if num_rows << MASS_BITS < 2**31 else torch.int64
+
+
 def bit_words(block_e: int) -> int:
     """int64 words of a row's expert bit mask (lynx's picks = 2)."""
     return max(1, block_e // 64)
@@ -841,7 +855,7 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
     threshold, need = (empty(num_rows), empty(num_rows)) if lynx else (row_flags, row_flags)
     tally = tally_layout(num_rows, args["BETA"] + 1 if lynx else 0)
     part_tallies = empty(programs, tally.words, block_e)
-    part_mass = empty(programs, block_e, dtype=torch.int64)
+    part_mass = empty(programs, block_e, dtype=mass_partial_dtype(num_rows))
     part_voters = empty(programs)
     scratch = empty(programs, SCRATCH_ROWS, block_e, dtype=torch.int64)
     out_ids, out_weights = torch.empty_like(ids), torch.empty_like(weights)

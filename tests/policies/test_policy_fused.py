@@ -149,6 +149,19 @@ def test_counts_that_reach_t_fit_their_packed_fields(implementation, num_rows):
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_negative_zero_logits_route_as_positive_zero(implementation):
+    """The Triton path reads a row's best logit back from its order key, where -0.0 and +0.0 are one
+    key: rows whose best logits are signed zeros (ties of -0.0 and +0.0 among them) still route as the
+    reference does."""
+    logits = -make_logits(6, 16, seed=6).abs() - 0.5
+    logits[:, :4] = torch.tensor([-0.0, 0.0, -0.0, -0.25])
+    logits[1, 1] = -0.0
+    logits[2, :3] = -0.0
+    ids, weights = normal_routing(logits, 4, True)
+    check_batch((logits, ids, weights, None, True, None), implementation)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_fused_lynx_on_qwen3_shape(implementation):
     """E 128, top-8, 24 rows of skewed logits, default (alpha, beta), with and without a budget."""
     logits = make_logits(24, 128, seed=9, dtype=torch.bfloat16, skew=2.0)

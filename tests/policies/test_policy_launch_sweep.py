@@ -58,3 +58,23 @@ def test_both_ways_of_picking_agree(num_rows, num_experts, top_k, seed, options)
         got = run(call, default._replace(picks=picks))
         assert torch.equal(got.active_mask, want.active_mask) and torch.equal(got.topk_ids, want.topk_ids), picks
         torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0)
+
+
+def test_mass_partials_are_int64_only_where_int32_could_overflow(monkeypatch):
+    """Launch 1's routed-mass partials are int32 up to T 2047 (the total is at most T << MASS_BITS) and
+    int64 beyond; both kinds of partial route alike (int64 forced here at a small T)."""
+    from lynx_sglang.kernels import routing_triton
+    from lynx_sglang.kernels.routing import MASS_BITS
+
+    assert routing_triton.mass_partial_dtype(2047) == torch.int32 and 2047 << MASS_BITS < 2**31
+    assert routing_triton.mass_partial_dtype(2048) == torch.int64
+    logits, ids, weights = make_batch(24, 32, 4, DEVICE, torch.float32, seed=8)
+    for name in ("lynx", "coverage"):
+        call = get_policy(name, num_experts=32, top_k=4).fused_call(logits, ids, weights,
+                                                                    torch.tensor(24, device=DEVICE))
+        want = run(call, launch_config(24, 32, 4))
+        monkeypatch.setattr(routing_triton, "mass_partial_dtype", lambda num_rows: torch.int64)
+        got = run(call, launch_config(24, 32, 4))
+        monkeypatch.undo()
+        assert torch.equal(got.active_mask, want.active_mask) and torch.equal(got.topk_ids, want.topk_ids), name
+        torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0)

@@ -33,12 +33,14 @@ def _policies(args: list[str]) -> int:
 
 def _bench(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lynx-sglang bench", allow_abbrev=False)
-    parser.add_argument("what", choices=("policies", "kernels", "serve"), help="what to measure")
+    parser.add_argument("what", choices=("policies", "kernels", "serve", "bookkeeping"), help="what to measure")
     namespace = parser.parse_args(args[:1])
     if namespace.what == "policies":
         from lynx_sglang.policies.bench import main
     elif namespace.what == "kernels":
         from lynx_sglang.kernel_bench import main
+    elif namespace.what == "bookkeeping":
+        from lynx_sglang.bench_bookkeeping import main
     else:
         from lynx_sglang.bench_serve import main
     return main(args[1:]) or 0
@@ -61,7 +63,7 @@ COMMANDS = {
                       "(default: the embedded model on 127.0.0.1:30000)"),
     "eval": (_eval, "exact-match accuracy of a running server on held-out problems of the embedded task"),
     "policies": (_policies, "list the expert-selection policies with their parameters, defaults and ranges"),
-    "bench": (_bench, "benchmarks: `bench policies`, `bench kernels`, `bench serve` (end to end on CPU)"),
+    "bench": (_bench, "benchmarks: `bench policies`, `bench kernels`, `bench serve` (end to end on CPU), `bench bookkeeping`"),
     "train-embedded": (_train_embedded, "retrain the embedded model"),
     "ab": (_ab, "two policies on the same requests: accuracy and speed with confidence intervals"),
     "sweep": (_sweep, "many policies on one server: the accuracy / expert-bytes frontier"),

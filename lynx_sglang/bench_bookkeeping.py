@@ -1,0 +1,84 @@
+"""Per layer call on a CPU: the serving runtime's bookkeeping after a policy's decision, next to the decision.
+
+    lynx-sglang bench bookkeeping [--policy lynx] [--experts 64,128] [--tokens 1,8,32,128,256] [--repeats 50]
+
+After `Policy.select`, the runtime (`LynxRuntime._finish`) checks the decision (the layer keeps the
+model's routing for the step on non-finite logits in a real row, an id out of range or a non-finite
+weight), picks the final routing, builds the active-expert mask for the expert kernel and adds the
+layer's statistics. On CUDA that is one Triton launch (kernels/layer_triton.py); on a CPU it is torch
+ops, timed here: per layer call on one thread, median wall clock of `repeats` calls, microseconds.
+`select` is the policy's decision as the runtime calls it (the C++ fast path where it builds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from lynx_sglang.config import LynxConfig
+from lynx_sglang.policies.bench import make_batch, top_k_for
+from lynx_sglang.scheduler.runtime import LynxRuntime
+from lynx_sglang.scheduler.stats import MoeLayerInfo
+
+
+def median_us(call, repeats: int) -> float:
+    for _ in range(min(5, repeats)):
+        call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2] * 1e6
+
+
+def runtime_for(policy: str, num_experts: int, top_k: int, stats: bool) -> LynxRuntime:
+    runtime = LynxRuntime(LynxConfig(policy=policy, stats=stats))
+    runtime.bind_layers([MoeLayerInfo(0, num_experts, top_k, expert_bytes=1)], torch.device("cpu"), "bench")
+    return runtime
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lynx-sglang bench bookkeeping", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", default="lynx")
+    parser.add_argument("--experts", default="64,128", help="comma-separated expert counts")
+    parser.add_argument("--tokens", default="1,8,32,128,256", help="comma-separated decode batch sizes")
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args(argv)
+    try:
+        experts = [int(e) for e in args.experts.split(",")]
+        tokens = [int(t) for t in args.tokens.split(",")]
+    except ValueError:
+        parser.error("--experts and --tokens take comma-separated integers")
+    if args.repeats < 1 or min(experts + tokens) < 1:
+        parser.error("--repeats, --experts and --tokens must be positive")
+    torch.set_num_threads(1)
+    print(f"# per layer call, microseconds; cpu, 1 thread; torch {torch.__version__}; median of {args.repeats}")
+    print(f"{'policy':<10} {'E':>4} {'k':>2} {'T':>5} {'select':>9} {'checks+mask':>12} {'+statistics':>12}")
+    for num_experts in experts:
+        top_k = top_k_for(num_experts)
+        without_stats, with_stats = (runtime_for(args.policy, num_experts, top_k, stats) for stats in (False, True))
+        policy = without_stats.policy_for(num_experts, top_k, True)
+        for num_rows in tokens:
+            logits, ids, weights = make_batch(num_rows, num_experts, top_k, "cpu", torch.float32)
+            num_real = torch.tensor(num_rows)  # as SGLang passes it
+
+            def select():
+                return policy.select(logits, ids, weights, num_real=num_real, layer_id=0,
+                                     budget=without_stats.budget_for(num_experts))
+
+            decision = select()
+            cells = [median_us(select, args.repeats)]
+            for runtime in (without_stats, with_stats):
+                cells.append(median_us(lambda: runtime._finish(logits, ids, weights, decision.topk_ids,
+                                                               decision.topk_weights, num_real, 0), args.repeats))
+            print(f"{args.policy:<10} {num_experts:>4} {top_k:>2} {num_rows:>5} {cells[0]:>9.1f} {cells[1]:>12.1f} "
+                  f"{cells[2]:>12.1f}", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

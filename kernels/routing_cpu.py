@@ -86,13 +86,21 @@ def build_cpu_op() -> Path:
 
 
 @functools.cache
-def load_cpu_op():
-    """The C function, or None (with one log line saying why) when it cannot be built here."""
+def load_cpu_library():
+    """The built library (ctypes), or None (with one log line saying why) when it cannot be built here."""
     try:
-        library = ctypes.CDLL(str(build_cpu_op()))
+        return ctypes.CDLL(str(build_cpu_op()))
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
         logger.warning("lynx-sglang: CPU routing op unavailable (%s); policies use their torch code", detail.strip()[:300])
+        return None
+
+
+@functools.cache
+def load_cpu_op():
+    """The routing decision's C function, or None when the library cannot be built here."""
+    library = load_cpu_library()
+    if library is None:
         return None
     function = library.lynx_route_cpu
     function.argtypes = [ctypes.POINTER(RouteArgs)]

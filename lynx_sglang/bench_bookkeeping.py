@@ -5,38 +5,29 @@
 After `Policy.select`, the runtime (`LynxRuntime._finish`) checks the decision (the layer keeps the
 model's routing for the step on non-finite logits in a real row, an id out of range or a non-finite
 weight), picks the final routing, builds the active-expert mask for the expert kernel and adds the
-layer's statistics. On CUDA that is one Triton launch (kernels/layer_triton.py); on a CPU it is torch
-ops, timed here: per layer call on one thread, median wall clock of `repeats` calls, microseconds.
-`select` is the policy's decision as the runtime calls it (the C++ fast path where it builds).
+layer's statistics. On CUDA that is one Triton launch (kernels/layer_triton.py); on a CPU one call into
+the C++ library of the routing op (kernels/layer_cpu.py), or torch ops where it cannot be built. Both
+CPU ways are timed here, without and with statistics: per layer call on one thread, median wall clock
+of `repeats` calls, microseconds. `select` is the policy's decision as the runtime calls it (the C++
+fast path where it builds).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from lynx_sglang.config import LynxConfig
-from lynx_sglang.policies.bench import make_batch, top_k_for
+from lynx_sglang.policies.bench import make_batch, time_cpu, top_k_for
 from lynx_sglang.scheduler.runtime import LynxRuntime
-from lynx_sglang.scheduler.stats import MoeLayerInfo
+from lynx_sglang.scheduler.stats import MoeLayerInfo, cpu_bookkeeping_available
 
 
-def median_us(call, repeats: int) -> float:
-    for _ in range(min(5, repeats)):
-        call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2] * 1e6
-
-
-def runtime_for(policy: str, num_experts: int, top_k: int, stats: bool) -> LynxRuntime:
+def runtime_for(policy: str, num_experts: int, top_k: int, stats: bool, cpu_op: bool) -> LynxRuntime:
     runtime = LynxRuntime(LynxConfig(policy=policy, stats=stats))
     runtime.bind_layers([MoeLayerInfo(0, num_experts, top_k, expert_bytes=1)], torch.device("cpu"), "bench")
+    runtime.cpu_bookkeeping = runtime.stats.cpu_op = cpu_op
     return runtime
 
 
@@ -56,27 +47,33 @@ def main(argv=None) -> int:
     if args.repeats < 1 or min(experts + tokens) < 1:
         parser.error("--repeats, --experts and --tokens must be positive")
     torch.set_num_threads(1)
+    ways = [True, False] if cpu_bookkeeping_available() else [False]  # the C++ op, then torch ops
     print(f"# per layer call, microseconds; cpu, 1 thread; torch {torch.__version__}; median of {args.repeats}")
-    print(f"{'policy':<10} {'E':>4} {'k':>2} {'T':>5} {'select':>9} {'checks+mask':>12} {'+statistics':>12}")
+    if len(ways) == 1:
+        print("# the C++ library could not be built here (see the log): torch ops only")
+    header = "".join(f" {f'{way}: checks+mask':>18} {f'{way}: +statistics':>18}" for way in
+                     (["C++", "torch"] if len(ways) == 2 else ["torch"]))  # fmt: skip
+    print(f"{'policy':<10} {'E':>4} {'k':>2} {'T':>5} {'select':>9}{header}")
     for num_experts in experts:
         top_k = top_k_for(num_experts)
-        without_stats, with_stats = (runtime_for(args.policy, num_experts, top_k, stats) for stats in (False, True))
-        policy = without_stats.policy_for(num_experts, top_k, True)
+        runtimes = [runtime_for(args.policy, num_experts, top_k, stats, cpu_op) for cpu_op in ways
+                    for stats in (False, True)]  # fmt: skip
+        policy = runtimes[0].policy_for(num_experts, top_k, True)
         for num_rows in tokens:
             logits, ids, weights = make_batch(num_rows, num_experts, top_k, "cpu", torch.float32)
             num_real = torch.tensor(num_rows)  # as SGLang passes it
 
             def select():
                 return policy.select(logits, ids, weights, num_real=num_real, layer_id=0,
-                                     budget=without_stats.budget_for(num_experts))
+                                     budget=runtimes[0].budget_for(num_experts))
 
             decision = select()
-            cells = [median_us(select, args.repeats)]
-            for runtime in (without_stats, with_stats):
-                cells.append(median_us(lambda: runtime._finish(logits, ids, weights, decision.topk_ids,
+            cells = [time_cpu(select, args.repeats)]
+            for runtime in runtimes:
+                cells.append(time_cpu(lambda: runtime._finish(logits, ids, weights, decision.topk_ids,
                                                                decision.topk_weights, num_real, 0), args.repeats))
-            print(f"{args.policy:<10} {num_experts:>4} {top_k:>2} {num_rows:>5} {cells[0]:>9.1f} {cells[1]:>12.1f} "
-                  f"{cells[2]:>12.1f}", flush=True)  # fmt: skip
+            times = "".join(f" {cell:>18.1f}" for cell in cells[1:])
+            print(f"{args.policy:<10} {num_experts:>4} {top_k:>2} {num_rows:>5} {cells[0]:>9.1f}{times}", flush=True)
     return 0
 
 

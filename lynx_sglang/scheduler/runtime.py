@@ -106,6 +106,9 @@ class LynxRuntime:
         # On CUDA the bookkeeping after a decision (checks, fallback, mask, statistics) is one Triton
         # launch per layer call, not more than 60 small torch ops (each a kernel under the step's CUDA graph).
         self.fused_bookkeeping = self.stats.fused  # the same condition: CUDA, and Triton available
+        # On a CPU the same work is one call into the routing op's C++ library: the torch ops cost more
+        # than the policy's decision there (lynx-sglang bench bookkeeping).
+        self.cpu_bookkeeping = self.stats.cpu_op
         self._calibration = calibration  # (w13, w2, activation) of one MoE layer, for the controller
         for info in layers:
             self.budget_for(info.num_experts)
@@ -290,21 +293,27 @@ class LynxRuntime:
         stats_row = self.stats.row(layer_id) if self.stats is not None else None
         table_row, step_fell_back = stats_row if stats_row is not None else (None, None)
         if new_ids is ids and new_weights is weights:  # the model's routing: nothing to check
-            if self.fused_bookkeeping:
-                from lynx_sglang.kernels.layer_triton import record_triton
+            if self.fused_bookkeeping or self.cpu_bookkeeping:
+                if self.fused_bookkeeping:
+                    from lynx_sglang.kernels.layer_triton import record_triton as record
+                else:
+                    from lynx_sglang.kernels.layer_cpu import record_cpu as record
 
                 active = None
                 if stats_row is not None or want_mask:  # the figures and the mask in one launch
-                    active = record_triton(table_row, step_fell_back, num_real, logits, ids, ids, mask=want_mask)
+                    active = record(table_row, step_fell_back, num_real, logits, ids, ids, mask=want_mask)
                 return ids, weights, active
             if stats_row is not None:
                 self.stats.record(layer_id, num_real, logits, ids, ids)
             real = real_rows(logits.shape[0], num_real, logits.device)
             return ids, weights, ids_to_mask(ids, real, num_experts) if want_mask else None
-        if self.fused_bookkeeping:
-            from lynx_sglang.kernels.layer_triton import finalize_triton
+        if self.fused_bookkeeping or self.cpu_bookkeeping:
+            if self.fused_bookkeeping:
+                from lynx_sglang.kernels.layer_triton import finalize_triton as finalize
+            else:
+                from lynx_sglang.kernels.layer_cpu import finalize_cpu as finalize
 
-            final_ids, final_weights, _, active = finalize_triton(
+            final_ids, final_weights, _, active = finalize(
                 logits, ids, weights, new_ids, new_weights, num_real, mask=want_mask, table_row=table_row,
                 step_fell_back=step_fell_back,
             )  # fmt: skip

@@ -16,6 +16,13 @@ from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.policies import ids_to_mask
 from lynx_sglang.policies.base import real_rows
 
+def cpu_bookkeeping_available() -> bool:
+    """Whether the C++ bookkeeping (kernels/layer_cpu.py) loads here: it shares the routing op's library."""
+    from lynx_sglang.kernels.layer_cpu import load_layer_op
+
+    return load_layer_op() is not None
+
+
 FIELDS = ("steps", "tokens", "distinct_before", "distinct_after", "rerouted", "mass_dropped", "fallbacks")
 _COL = {name: i for i, name in enumerate(FIELDS)}
 
@@ -30,13 +37,19 @@ class MoeLayerInfo:
 
 class RoutingStats:
     """fused: add each layer call's figures with one Triton launch (kernels/layer_triton.py) instead
-    of dozens of torch ops; None = on CUDA when Triton is available (Triton has no CPU backend)."""
+    of dozens of torch ops; None = on CUDA when Triton is available (Triton has no CPU backend).
+    cpu_op: the same with one call into the C++ library of the routing op (kernels/layer_cpu.py);
+    None = on a CPU when it builds."""
 
-    def __init__(self, layers: list[MoeLayerInfo], device: torch.device, fused: bool | None = None):
+    def __init__(self, layers: list[MoeLayerInfo], device: torch.device, fused: bool | None = None,
+                 cpu_op: bool | None = None):  # fmt: skip
         self.layers = layers
         if fused is None:
             fused = torch.device(device).type == "cuda" and fused_available("triton")
+        if cpu_op is None:
+            cpu_op = torch.device(device).type == "cpu" and cpu_bookkeeping_available()
         self.fused = fused
+        self.cpu_op = cpu_op
         self.row_of = {info.layer_id: row for row, info in enumerate(layers)}
         self.table = torch.zeros(len(layers), len(FIELDS), dtype=torch.float64, device=device)
         # Set by any layer that fell back during the current step; folded into the count at step end.
@@ -56,6 +69,11 @@ class RoutingStats:
 
             record_triton(self.table[row], self.step_fell_back, num_real, router_logits, original_ids, final_ids,
                           fell_back)  # fmt: skip
+            return
+        if self.cpu_op:
+            from lynx_sglang.kernels.layer_cpu import record_cpu
+
+            record_cpu(self.table[row], self.step_fell_back, num_real, router_logits, original_ids, final_ids, fell_back)
             return
         num_experts = router_logits.shape[-1]
         real = real_rows(router_logits.shape[0], num_real, router_logits.device)

@@ -1,5 +1,6 @@
-"""The serving runtime's per-layer routing statistics in one Triton launch (kernels/layer_triton.py)
-against the torch version of RoutingStats.record, under the interpreter without a GPU."""
+"""The serving runtime's per-layer bookkeeping (checks, final routing, mask, statistics) in one Triton
+launch (kernels/layer_triton.py; under the interpreter without a GPU) and in one call into the C++
+library on a CPU (kernels/layer_cpu.py), against the runtime's torch ops."""
 
 import pytest
 import torch
@@ -10,6 +11,9 @@ from lynx_sglang.scheduler.stats import FIELDS, MoeLayerInfo, RoutingStats
 
 pytestmark = pytest.mark.skipif(not fused_available("triton"), reason="needs Triton")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# "triton" and "torch" everywhere; "cpu" (the C++ op) where the tensors are on a CPU and it builds.
+IMPLEMENTATIONS = ["triton"] + (["cpu"] if DEVICE.type == "cpu" and fused_available("cpu") else [])
+FLAGS = {"triton": (True, False), "cpu": (False, True), "torch": (False, False)}  # (fused, cpu_op)
 
 
 def layer_calls(num_rows, num_experts, top_k, seed, ids_dtype=torch.int32, logits_dtype=torch.float32):
@@ -35,9 +39,10 @@ def layer_calls(num_rows, num_experts, top_k, seed, ids_dtype=torch.int32, logit
     return (num_real, moved(logits.to(logits_dtype)), moved(original.to(ids_dtype)), moved(final.to(ids_dtype)))
 
 
-def recorded(fused, calls, fell_back_at=()):
+def recorded(implementation, calls, fell_back_at=()):
     layers = [MoeLayerInfo(0, calls[0][1].shape[1], calls[0][2].shape[1], expert_bytes=1)]
-    stats = RoutingStats(layers, DEVICE, fused=fused)
+    fused, cpu_op = FLAGS[implementation]
+    stats = RoutingStats(layers, DEVICE, fused=fused, cpu_op=cpu_op)
     for index, (num_real, logits, original, final) in enumerate(calls):
         # a flag tensor, or None where the call did not fall back
         fell_back = torch.tensor(index in fell_back_at, device=DEVICE)
@@ -50,12 +55,13 @@ def recorded(fused, calls, fell_back_at=()):
     return stats
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("num_rows,num_experts,top_k", [(1, 8, 2), (7, 8, 2), (40, 60, 4), (130, 128, 8)])
 @pytest.mark.parametrize("dtypes", [(torch.int32, torch.float32), (torch.int64, torch.bfloat16)])
-def test_one_launch_adds_the_same_figures_as_the_torch_ops(num_rows, num_experts, top_k, dtypes):
+def test_one_launch_adds_the_same_figures_as_the_torch_ops(implementation, num_rows, num_experts, top_k, dtypes):
     calls = [layer_calls(num_rows, num_experts, top_k, seed, *dtypes) for seed in range(3)]
-    reference = recorded(False, calls, fell_back_at=(1,))
-    fused = recorded(True, calls, fell_back_at=(1,))
+    reference = recorded("torch", calls, fell_back_at=(1,))
+    fused = recorded(implementation, calls, fell_back_at=(1,))
     mass = FIELDS.index("mass_dropped")
     counts = [i for i in range(len(FIELDS)) if i != mass]
     assert torch.equal(fused.table[:, counts], reference.table[:, counts]), (fused.table, reference.table)
@@ -68,26 +74,27 @@ def test_one_launch_adds_the_same_figures_as_the_torch_ops(num_rows, num_experts
 
 def test_the_fused_record_is_one_triton_launch_and_no_torch_op():
     num_real, logits, original, final = layer_calls(16, 64, 8, seed=0)  # num_real: a 0-dim device tensor
-    stats = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, fused=True)
+    stats = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, fused=True, cpu_op=False)
     for fell_back in (torch.tensor(False, device=DEVICE), None):
         counter = count_launches(stats.record, 3, num_real, logits, original, final, fell_back)
         assert (counter.triton, counter.torch_ops, counter.host_syncs) == (1, 0, 0), counter.op_names
-    reference = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, fused=False)
+    reference = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, fused=False, cpu_op=False)
     counter = count_launches(reference.record, 3, num_real, logits, original, final, torch.tensor(False, device=DEVICE))
     assert counter.torch_ops > 20  # what the launch replaces, each a kernel under a CUDA graph
 
 
 def test_auto_choice_follows_the_device():
     layers = [MoeLayerInfo(0, 8, 2, expert_bytes=1)]
-    assert RoutingStats(layers, torch.device("cpu")).fused is False  # torch ops are cheaper on a CPU
+    on_cpu = RoutingStats(layers, torch.device("cpu"))
+    assert on_cpu.fused is False and on_cpu.cpu_op is fused_available("cpu")  # Triton has no CPU backend
     if torch.cuda.is_available():
         assert RoutingStats(layers, torch.device("cuda")).fused is True
 
 
 # ---- the serving runtime with its bookkeeping fused (as on CUDA) against its torch ops --------------
-def runtime_routes(fused: bool, policy: str, calls, monkeypatch, **config):
+def runtime_routes(implementation: str, policy: str, calls, monkeypatch, **config):
     """(final ids, final weights, active mask) per call and the stats snapshot, from a LynxRuntime
-    whose bookkeeping is the Triton launch (fused) or the torch ops."""
+    whose bookkeeping is the Triton launch, the C++ op or the torch ops."""
     from pathlib import Path
 
     topk = pytest.importorskip("sglang.srt.layers.moe.topk")  # the runtime takes SGLang's types
@@ -99,7 +106,8 @@ def runtime_routes(fused: bool, policy: str, calls, monkeypatch, **config):
     runtime = LynxRuntime(LynxConfig(policy=policy, **config))
     num_experts, top_k = calls[0][0].shape[1], calls[0][1].shape[1]
     runtime.bind_layers([MoeLayerInfo(i, num_experts, top_k, expert_bytes=100) for i in range(2)], DEVICE, "test")
-    runtime.fused_bookkeeping = runtime.stats.fused = fused
+    runtime.fused_bookkeeping = runtime.stats.fused = FLAGS[implementation][0]
+    runtime.cpu_bookkeeping = runtime.stats.cpu_op = FLAGS[implementation][1]
     decode = Step("decode", True)
     results = []
     for index, (logits, ids, weights, num_real) in enumerate(calls):
@@ -121,14 +129,15 @@ def model_routing(num_rows, num_experts, top_k, seed, nan_row=None):
     return logits.to(DEVICE), ids.to(torch.int32).to(DEVICE), weights.to(DEVICE), torch.tensor(num_rows - 3)
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("policy,config", [
     ("lynx", {}), ("budget", {"budget": "experts=3"}), ("fault_policies:OutOfRangePolicy", {}),
     ("oea", {"layers": "1"}), ("baseline", {"kernel": "triton"}),
 ])  # fmt: skip
-def test_the_runtime_routes_alike_with_its_bookkeeping_fused(policy, config, monkeypatch):
+def test_the_runtime_routes_alike_with_its_bookkeeping_fused(implementation, policy, config, monkeypatch):
     calls = [model_routing(24, 16, 4, seed) for seed in range(3)] + [model_routing(24, 16, 4, 7, nan_row=5)]
-    reference, reference_stats, reference_failures = runtime_routes(False, policy, calls, monkeypatch, **config)
-    fused, fused_stats, fused_failures = runtime_routes(True, policy, calls, monkeypatch, **config)
+    reference, reference_stats, reference_failures = runtime_routes("torch", policy, calls, monkeypatch, **config)
+    fused, fused_stats, fused_failures = runtime_routes(implementation, policy, calls, monkeypatch, **config)
     assert fused_failures == reference_failures == 0
     for (ids, weights, mask), (want_ids, want_weights, want_mask) in zip(fused, reference):
         assert ids.dtype == want_ids.dtype and torch.equal(ids, want_ids)
@@ -165,6 +174,7 @@ def test_a_runtime_layer_call_is_the_policy_plus_one_launch(policy, config, deci
         runtime = LynxRuntime(LynxConfig(policy=policy, **config))
         runtime.bind_layers([MoeLayerInfo(0, 16, 4, expert_bytes=100)], DEVICE, "test")
         runtime.fused_bookkeeping = runtime.stats.fused = fused
+        runtime.cpu_bookkeeping = runtime.stats.cpu_op = False
         runtime.begin_step(Step("decode", True))
         counter = count_launches(runtime.route, topk.StandardTopKOutput(weights, ids, logits), logits,
                                  topk.TopKConfig(top_k=4), 0, num_real.to(DEVICE), None, Step("decode", True))  # fmt: skip
@@ -178,11 +188,14 @@ def test_a_runtime_layer_call_is_the_policy_plus_one_launch(policy, config, deci
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # the interpreter's cast to inf, wanted here
-def test_weights_are_checked_in_the_dtype_they_are_returned_in():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_weights_are_checked_in_the_dtype_they_are_returned_in(implementation):
     """fp16 routing weights: a proposed weight of 70000 (finite in fp32) is inf once cast, so the layer
     falls back, as the runtime's torch checks decide (cast first, then isfinite)."""
+    from lynx_sglang.kernels.layer_cpu import finalize_cpu
     from lynx_sglang.kernels.layer_triton import finalize_triton
 
+    finalize_triton = finalize_triton if implementation == "triton" else finalize_cpu
     logits, ids, weights, _ = model_routing(8, 16, 4, seed=3)
     weights = weights.half()
     for huge, falls_back in ((70000.0, True), (60000.0, False)):
@@ -193,3 +206,47 @@ def test_weights_are_checked_in_the_dtype_they_are_returned_in():
         assert bool(fell_back) is falls_back and final_weights.dtype == torch.float16
         assert torch.equal(final_ids, ids if falls_back else ids.flip(1)) and mask.dtype == torch.bool
         assert torch.equal(final_weights, weights if falls_back else proposed.half())
+
+
+@pytest.mark.skipif("cpu" not in IMPLEMENTATIONS, reason="the C++ op needs CPU tensors and a C++ compiler")
+def test_a_runtime_layer_call_on_a_cpu_is_one_call_and_no_torch_op_but_allocations():
+    """On a CPU the bookkeeping after the C++ decision is one call into the same library: no torch op
+    that computes (the torch bookkeeping is dozens), for a decision and for the model's own routing."""
+    topk = pytest.importorskip("sglang.srt.layers.moe.topk")
+    from lynx_sglang.config import LynxConfig
+    from lynx_sglang.scheduler.runtime import LynxRuntime
+    from lynx_sglang.scheduler.step import Step
+
+    logits, ids, weights, num_real = model_routing(32, 16, 4, seed=2)
+    for policy, config in (("lynx", {}), ("baseline", {"kernel": "triton"})):
+        runtime = LynxRuntime(LynxConfig(policy=policy, **config))
+        runtime.bind_layers([MoeLayerInfo(0, 16, 4, expert_bytes=100)], DEVICE, "test")
+        assert runtime.cpu_bookkeeping and not runtime.fused_bookkeeping  # the default on a CPU
+        runtime.begin_step(Step("decode", True))
+        counter = count_launches(runtime.route, topk.StandardTopKOutput(weights, ids, logits), logits,
+                                 topk.TopKConfig(top_k=4), 0, num_real, None, Step("decode", True))  # fmt: skip
+        assert (counter.triton, counter.torch_ops) == (0, 0), (policy, counter.op_names)
+        assert runtime.active_masks[0].dtype == torch.bool and runtime.active_masks[0].any()
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_the_fallback_checks_at_their_edges(implementation):
+    """A proposed id of E or -1 in a real row, or a NaN weight there, makes the layer fall back; an id of
+    E - 1 does not, and nothing in a padding row counts."""
+    from lynx_sglang.kernels.layer_cpu import finalize_cpu
+    from lynx_sglang.kernels.layer_triton import finalize_triton
+
+    finalize = finalize_triton if implementation == "triton" else finalize_cpu
+    logits, ids, weights, _ = model_routing(6, 16, 4, seed=4)
+    num_real = torch.tensor(4, device=DEVICE)
+    cases = [((1, 2), 16, None, True), ((1, 2), -1, None, True), ((1, 2), 15, None, False),
+             ((5, 0), 16, None, False), ((2, 3), None, float("nan"), True), ((5, 3), None, float("nan"), False)]
+    for (row, slot), new_id, new_weight, falls_back in cases:
+        proposed_ids, proposed_weights = ids.flip(1).clone(), weights.clone()
+        if new_id is not None:
+            proposed_ids[row, slot] = new_id
+        if new_weight is not None:
+            proposed_weights[row, slot] = new_weight
+        final_ids, _, fell_back, _ = finalize(logits, ids, weights, proposed_ids, proposed_weights, num_real, mask=True)
+        assert bool(fell_back) is falls_back, (row, slot, new_id, new_weight)
+        assert torch.equal(final_ids, ids if falls_back else proposed_ids)

@@ -1,0 +1,116 @@
+"""The serving runtime's bookkeeping after a policy's decision, for one MoE layer call on a CPU: one call
+into the C++ library of the routing op (`lynx_layer_cpu` in routing_cpu.cpp) instead of dozens of torch
+ops, which cost more than the decision itself on a CPU (`lynx-sglang bench bookkeeping`).
+
+The same work and signatures as kernels/layer_triton.py on CUDA: checks (the layer keeps the model's
+routing for the step when a real row has non-finite logits, or the decision an id outside [0, E) or a
+non-finite weight), the final routing, the active mask (ids clamped, as `ids_to_mask`) and one row of
+statistics (steps, tokens, distinct_before, distinct_after, rerouted, mass_dropped, fallbacks). Counts
+are exact; the dropped router mass is summed in float64 (torch sums fp32).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from .routing_cpu import load_cpu_library
+
+STAT_FIELDS = 7
+
+
+class LayerArgs(ctypes.Structure):
+    """Mirror of `struct LayerArgs` in routing_cpu.cpp (same order, same types)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "logits", "original_ids", "original_weights", "new_ids", "new_weights", "out_ids", "out_weights",
+        "fell_back_out", "mask_out", "table_row", "step_fell_back",
+    )] + [(name, ctypes.c_int64) for name in (
+        "logits_stride", "original_ids_stride", "original_weights_stride", "new_ids_stride", "new_weights_stride",
+        "num_rows", "num_experts", "top_k", "num_real",
+    )] + [(name, ctypes.c_int32) for name in ("ids_are_int64", "check", "given_fell")]  # fmt: skip
+
+
+@functools.cache
+def load_layer_op():
+    """The C function, or None when the library cannot be built here (then the runtime uses torch ops)."""
+    library = load_cpu_library()
+    if library is None:
+        return None
+    function = library.lynx_layer_cpu
+    function.argtypes = [ctypes.POINTER(LayerArgs)]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _rows(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    tensor = tensor.to(dtype)
+    return tensor if tensor.stride(1) == 1 else tensor.contiguous()
+
+
+def _call(logits, original_ids, original_weights, new_ids, new_weights, num_real, *, check: bool, given_fell: bool,
+          out_ids=None, out_weights=None, fell_back=None, mask=None, table_row=None, step_fell_back=None) -> None:  # fmt: skip
+    function = load_layer_op()
+    if function is None:
+        raise RuntimeError("the CPU bookkeeping op could not be built (see the log)")
+    num_rows, num_experts = logits.shape
+    if table_row is not None and (table_row.dtype != torch.float64 or table_row.numel() < STAT_FIELDS
+                                  or not table_row.is_contiguous() or step_fell_back is None):
+        raise ValueError("table_row must be a contiguous float64 row of the statistics table, with step_fell_back")
+    args = LayerArgs(logits=logits.data_ptr(), original_ids=original_ids.data_ptr(),
+                     original_weights=original_weights.data_ptr(), new_ids=new_ids.data_ptr(),
+                     new_weights=new_weights.data_ptr(),
+                     logits_stride=logits.stride(0), original_ids_stride=original_ids.stride(0),
+                     original_weights_stride=original_weights.stride(0), new_ids_stride=new_ids.stride(0),
+                     new_weights_stride=new_weights.stride(0), num_rows=num_rows, num_experts=num_experts,
+                     top_k=original_ids.shape[1], num_real=num_rows if num_real is None else int(num_real),
+                     ids_are_int64=original_ids.dtype == torch.int64, check=check, given_fell=given_fell)
+    for field, tensor in (("out_ids", out_ids), ("out_weights", out_weights), ("fell_back_out", fell_back),
+                          ("mask_out", mask), ("table_row", table_row), ("step_fell_back", step_fell_back)):
+        if tensor is not None:
+            setattr(args, field, tensor.data_ptr())
+    if function(ctypes.byref(args)) != 0:
+        raise ValueError(f"CPU bookkeeping op rejected the call (top_k {original_ids.shape[1]}, E {num_experts})")
+
+
+def record_cpu(table_row: torch.Tensor | None, step_fell_back: torch.Tensor | None, num_real,
+               router_logits: torch.Tensor, original_ids: torch.Tensor, final_ids: torch.Tensor,
+               fell_back: torch.Tensor | None = None, *, mask: bool = False) -> torch.Tensor | None:
+    """As layer_triton.record_triton: a layer call whose routing is final; its figures added to
+    `table_row` (None: none), `fell_back` (0-dim bool or None) folded into `step_fell_back`; the active
+    mask of `final_ids` [E] bool when `mask`."""
+    logits = _rows(router_logits, torch.float32)
+    original_ids = _rows(original_ids, original_ids.dtype)
+    final_ids = _rows(final_ids, original_ids.dtype)
+    active = torch.empty(logits.shape[1], dtype=torch.bool) if mask else None
+    unused_weights = logits  # read only with check, which this call does not ask for
+    _call(logits, original_ids, unused_weights, final_ids, unused_weights, num_real, check=False,
+          given_fell=fell_back is not None and bool(fell_back), mask=active, table_row=table_row,
+          step_fell_back=step_fell_back)  # fmt: skip
+    return active
+
+
+def finalize_cpu(router_logits, ids, weights, new_ids, new_weights, num_real, *, mask: bool, table_row=None,
+                 step_fell_back=None):  # fmt: skip
+    """As layer_triton.finalize_triton: (ids [T, k] in ids' dtype, weights [T, k] in weights' dtype,
+    fell_back 0-dim bool, active mask [E] bool or None), statistics added when `table_row` is given.
+    The proposed routing is checked in the dtypes it is returned in (a weight finite in fp32 may not be
+    in fp16)."""
+    num_rows, top_k = ids.shape
+    logits = _rows(router_logits, torch.float32)
+    ids = _rows(ids, ids.dtype)
+    new_ids = _rows(new_ids, ids.dtype)
+    original_weights = _rows(weights, torch.float32)
+    new_weights = _rows(new_weights.to(weights.dtype), torch.float32)
+    out_ids = torch.empty(num_rows, top_k, dtype=ids.dtype)
+    out_weights = torch.empty(num_rows, top_k, dtype=torch.float32)
+    fell_back = torch.empty((), dtype=torch.bool)
+    active = torch.empty(logits.shape[1], dtype=torch.bool) if mask else None
+    _call(logits, ids, original_weights, new_ids, new_weights, num_real, check=True, given_fell=False,
+          out_ids=out_ids, out_weights=out_weights, fell_back=fell_back, mask=active, table_row=table_row,
+          step_fell_back=step_fell_back)  # fmt: skip
+    if weights.dtype != torch.float32:
+        out_weights = out_weights.to(weights.dtype)
+    return out_ids, out_weights, fell_back, active

@@ -51,7 +51,8 @@ def _rows(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _call(logits, original_ids, original_weights, new_ids, new_weights, num_real, *, check: bool, given_fell: bool,
-          out_ids=None, out_weights=None, fell_back=None, mask=None, table_row=None, step_fell_back=None) -> None:  # fmt: skip
+          out_ids=None, out_weights=None, fell_back=None, mask=None, table_row=None,
+          step_fell_back=None) -> None:  # fmt: skip
     function = load_layer_op()
     if function is None:
         raise RuntimeError("the CPU bookkeeping op could not be built (see the log)")

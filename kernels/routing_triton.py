@@ -223,8 +223,8 @@ def _routing_rows_kernel(
     tl.store(part_mass_ptr + pid * BLOCK_E + cols, tl.sum(mass, axis=0))
     tl.store(part_voters_ptr + pid, tl.sum(voter.to(tl.int32), axis=0))
     tally_words = tl.arange(0, TALLY_TILE)
-    tallies = _add_tally(tl.zeros([TALLY_TILE, BLOCK_E], dtype=tl.int32), tally_words, _TALLY_VOTES, tl.sum(counts, axis=0),
-                         TALLY_BITS, TALLIES_PER_WORD)  # fmt: skip
+    tallies = tl.zeros([TALLY_TILE, BLOCK_E], dtype=tl.int32)
+    tallies = _add_tally(tallies, tally_words, _TALLY_VOTES, tl.sum(counts, axis=0), TALLY_BITS, TALLIES_PER_WORD)
 
     if MODE == 0:  # lynx: bins, each row's bin threshold, and the experts above it (taken for sure)
         top = _column(own_values, slot, 0)

@@ -184,7 +184,9 @@ def say(console: Console, text: str, style: str | None = None) -> None:
 
 def server_message(error: ServerError, server: ManagedServer | None) -> str:
     text = str(error)
-    if server is not None and not server.alive() and "died" not in text and "exited" not in text:
+    # Whatever the error (an HTTP 5xx while SGLang drains, a failed policy switch between arms), a managed
+    # server that exits soon after it died: waiting for it, on this error path only, says so reliably.
+    if server is not None and "died" not in text and "exited" not in text and server.exited_within():
         return (f"the server died (exit code {server.process.returncode}; log: {server.log_path}): {text}\n"
                 f"{server.log_tail()}")
     return text

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .client import ServerError
 
+DYING_SERVER_WAIT_S = 60
 STARTUP_TIMEOUT_S = 600
 
 
@@ -50,7 +51,11 @@ class ManagedServer:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def exited_within(self, seconds: float) -> bool:
+    def exited_within(self, seconds: float | None = None) -> bool:
+        """Whether the server process ends within `seconds` (default DYING_SERVER_WAIT_S). A dying server
+        takes a while to exit: it stops SGLang's processes first (draining requests, a 5 s pause before
+        its crash diagnostics), which took over 15 s on a loaded 2-core machine. Only error paths wait."""
+        seconds = DYING_SERVER_WAIT_S if seconds is None else seconds
         try:
             self.process.wait(timeout=seconds)
         except subprocess.TimeoutExpired:

@@ -141,9 +141,8 @@ class Runner:
             raise ServerError(self.lost_server_message(what, getattr(error, "reason", error))) from None
 
     def lost_server_message(self, what: str, reason) -> str:
-        # A dying server takes a while to exit: it stops SGLang's processes first, which took over 15 s on
-        # a loaded 2-core machine. Only a lost connection waits here, and the run ends after it anyway.
-        if self.server is not None and self.server.exited_within(60):
+        # Only a lost connection waits here (ManagedServer.exited_within), and the run ends after it anyway.
+        if self.server is not None and self.server.exited_within():
             return (f"the server died during {what} (exit code {self.server.process.returncode}; "
                     f"log: {self.server.log_path}):\n{self.server.log_tail()}")
         return f"lost the server at {self.url} during {what} ({reason})"

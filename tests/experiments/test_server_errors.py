@@ -1,0 +1,38 @@
+"""How `ab`/`sweep` word an error from the server they started: a server that is dying (it drains
+requests and stops SGLang's processes for several seconds first) is reported as dead, whatever error
+reached the run first: an HTTP 5xx while it drains as much as a lost connection."""
+
+import subprocess
+import sys
+
+from lynx_sglang.experiments import launch
+from lynx_sglang.experiments.client import ServerError
+from lynx_sglang.experiments.experiment import server_message
+
+
+def server_exiting_after(seconds: float, tmp_path) -> launch.ManagedServer:
+    """A ManagedServer whose process is a real one that exits after `seconds` (no SGLang needed)."""
+    server = launch.ManagedServer.__new__(launch.ManagedServer)
+    server.log_path = tmp_path / "server.log"
+    server.log_path.write_text("SIGTERM received. Draining requests and shutting down...\n")
+    server.process = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+    return server
+
+
+def test_an_http_error_from_a_server_that_exits_soon_after_says_it_died(tmp_path):
+    server = server_exiting_after(1.5, tmp_path)  # still alive when the error arrives
+    message = server_message(ServerError("block 3: the server answered HTTP 503: draining"), server)
+    assert message.startswith("the server died (exit code 0; log: ") and str(server.log_path) in message
+    assert "Draining requests" in message and "HTTP 503" in message
+
+
+def test_a_server_that_stays_up_keeps_the_error_as_it_was(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "DYING_SERVER_WAIT_S", 0.5)
+    server = server_exiting_after(30, tmp_path)
+    try:
+        error = ServerError("block 3: the server answered HTTP 500: a bug")
+        assert server_message(error, server) == str(error)
+    finally:
+        server.process.kill()
+        server.process.wait()
+    assert server_message(error, None) == str(error)

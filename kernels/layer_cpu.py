@@ -16,7 +16,8 @@ import functools
 
 import torch
 
-from .routing_cpu import load_cpu_library
+from .routing_cpu import _rows_of as _rows
+from .routing_cpu import c_function
 
 STAT_FIELDS = 7
 
@@ -36,18 +37,7 @@ class LayerArgs(ctypes.Structure):
 @functools.cache
 def load_layer_op():
     """The C function, or None when the library cannot be built here (then the runtime uses torch ops)."""
-    library = load_cpu_library()
-    if library is None:
-        return None
-    function = library.lynx_layer_cpu
-    function.argtypes = [ctypes.POINTER(LayerArgs)]
-    function.restype = ctypes.c_int
-    return function
-
-
-def _rows(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    tensor = tensor.to(dtype)
-    return tensor if tensor.stride(1) == 1 else tensor.contiguous()
+    return c_function("lynx_layer_cpu", LayerArgs)
 
 
 def _call(logits, original_ids, original_weights, new_ids, new_weights, num_real, *, check: bool, given_fell: bool,

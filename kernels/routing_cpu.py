@@ -96,16 +96,21 @@ def load_cpu_library():
         return None
 
 
-@functools.cache
-def load_cpu_op():
-    """The routing decision's C function, or None when the library cannot be built here."""
+def c_function(name: str, args_type: type):
+    """The library's `int name(const ArgsType*)`, or None when the library cannot be built here."""
     library = load_cpu_library()
     if library is None:
         return None
-    function = library.lynx_route_cpu
-    function.argtypes = [ctypes.POINTER(RouteArgs)]
+    function = getattr(library, name)
+    function.argtypes = [ctypes.POINTER(args_type)]
     function.restype = ctypes.c_int
     return function
+
+
+@functools.cache
+def load_cpu_op():
+    """The routing decision's C function, or None when the library cannot be built here."""
+    return c_function("lynx_route_cpu", RouteArgs)
 
 
 @functools.lru_cache(maxsize=256)

@@ -341,14 +341,20 @@ def _threshold_bins(start, columns, bins_ptr, threshold_ptr, need_ptr, row_flags
 
 
 @triton.jit
+def _batch_order(scratch, rank, cols, col_ok, BLOCK_E: tl.constexpr):
+    """[E]: the expert at each place of the batch's order (the inverse of `rank`), through the scratch."""
+    tl.debug_barrier()
+    tl.store(scratch + _ROW_ORDER * BLOCK_E + rank, cols.to(tl.int64), mask=col_ok)
+    tl.debug_barrier()
+    return tl.load(scratch + _ROW_ORDER * BLOCK_E + cols, mask=col_ok, other=0)
+
+
+@triton.jit
 def _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows, num_experts,
                 cols, col_ok, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):  # fmt: skip
     """[E] bool: experts some voter takes from its threshold bin (the first `need` of them in the
     batch's expert order)."""
-    tl.debug_barrier()
-    tl.store(scratch + _ROW_ORDER * BLOCK_E + lynx_rank, cols.to(tl.int64), mask=col_ok)  # expert at each rank
-    tl.debug_barrier()
-    order = tl.load(scratch + _ROW_ORDER * BLOCK_E + cols, mask=col_ok, other=0)
+    order = _batch_order(scratch, lynx_rank, cols, col_ok, BLOCK_E)
     picked = tl.zeros([BLOCK_E], dtype=tl.int32)
     for start in range(0, num_rows, BLOCK_T):
         voter, threshold, need, bins = _threshold_bins(start, order, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr,
@@ -389,10 +395,7 @@ def _lynx_picks_by_bits(scratch, lynx_rank, bin_masks_ptr, need_ptr, num_rows, c
     experts in the first i + 1 places of the batch's order (for every i); then per row a binary search
     for the first i whose prefix holds `need` of its experts (log2(E) steps of an AND and a popcount),
     and its picks are its experts in that prefix."""
-    tl.debug_barrier()
-    tl.store(scratch + _ROW_ORDER * BLOCK_E + lynx_rank, cols.to(tl.int64), mask=col_ok)  # expert at each rank
-    tl.debug_barrier()
-    order = tl.load(scratch + _ROW_ORDER * BLOCK_E + cols, mask=col_ok, other=0)
+    order = _batch_order(scratch, lynx_rank, cols, col_ok, BLOCK_E)
     tl.debug_barrier()  # every thread has its part of the order: its row may now be overwritten
     words = tl.arange(0, WORDS)
     bit = tl.full([1], 1, dtype=tl.int64) << (order % 64)

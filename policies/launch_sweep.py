@@ -5,11 +5,12 @@ launch fastest, per policy, E and T. What `routing_triton.launch_config` should 
                                          [--repeats 10] [--workers N] [--log FILE]
 
 Every candidate (`candidates`: rows per program, warps of each launch, the ranking chunk of launch 2,
-lynx's way of picking and its rows per step) is first compiled in parallel processes (a Triton compile
-takes seconds, a cached one milliseconds; a child that crashes costs only its own candidates), then
-each launch is timed alone under CUDA-graph replay in this process, as `bench policies --per-launch`
-times them. Prints, per shape: the default's times, the fastest candidate for the pair of launches,
-and the fastest for each launch alone. `--log` writes every candidate's times.
+sorts or counting for its orders, lynx's way of picking and its rows per step) is first compiled in
+parallel processes (a Triton compile takes seconds, a cached one milliseconds; a child that crashes
+costs only its own candidates), then each launch is timed alone under CUDA-graph replay in this
+process, as `bench policies --per-launch` times them. Prints, per shape: the default's times, the
+fastest candidate for the pair of launches, and the fastest for each launch alone. `--log` writes every
+candidate's times.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def candidates(num_rows: int, num_experts: int, top_k: int) -> list[LaunchConfig
                 if warps * 32 <= chunk * block_e:
                     add(default._replace(block_t=block_t, scan_t=max(default.scan_t, block_t), decide_warps=warps,
                                          chunk=chunk))  # fmt: skip
+    for warps in (4, 8):  # launch 2 ordering the experts by O(E^2) counting instead of sorts
+        if warps * 32 <= default.chunk * block_e:
+            add(default._replace(sort=False, decide_warps=warps))
     for picks in sorted({0, 1, 2} - {default.picks}):  # lynx's other ways to pick (the other rules ignore them)
         for scan_t in sorted({max(default.block_t, min(s, rows_pow2)) for s in (16, 32, 64) if s * block_e <= 8192}):
             for warps in (4, 8):
@@ -123,7 +127,7 @@ def compile_all(tasks: list, workers: int) -> tuple[set, list[str]]:
 
 def describe(config: LaunchConfig) -> str:
     return (f"bt{config.block_t} st{config.scan_t} w{config.rows_warps}/{config.decide_warps} c{config.chunk} "
-            f"p{config.parts} k{config.picks}")
+            f"p{config.parts} k{config.picks}{' sorts' if config.sort else ''}")
 
 
 def main(argv=None) -> int:

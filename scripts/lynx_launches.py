@@ -1,6 +1,7 @@
 """lynx's two routing launches at E 128, eager, for a profiler to watch (scripts/gpu-checks.sh, stage
 `profile`): per case, three (rows, decide) pairs, the first of which compiles. Cases in order: T 1, T 256,
-and T 256 with the earlier way of picking (LaunchConfig.picks = 0: gathered bins and a prefix count)."""
+and T 256 with the earlier way of picking (LaunchConfig.picks = 0: gathered bins and a prefix count, the
+batch's order ranked by O(E^2) counting rather than sorted)."""
 
 import torch
 

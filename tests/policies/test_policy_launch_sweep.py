@@ -60,6 +60,95 @@ def test_both_ways_of_picking_agree(num_rows, num_experts, top_k, seed, options)
         torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("num_rows,num_experts,top_k,seed", [(1, 8, 2, 0), (13, 64, 8, 1), (33, 60, 4, 2), (6, 128, 8, 3)])
+@pytest.mark.parametrize("options", [{}, {"alpha": 0.7, "beta": 1}, {"alpha": 3.0, "beta": 4, "tie_break": "index"}])
+def test_sorted_and_counted_orders_agree(num_rows, num_experts, top_k, seed, options):
+    """Launch 2 orders lynx's experts (and the top-up's) by bitonic sorts of packed keys (sort=True) or by
+    O(E^2) counting: the same routing, with equal votes and equal preference keys among the experts,
+    non-voting rows, columns beyond E, and a batch with no voter at all (every expert from the top-up)."""
+    from lynx_sglang.kernels.routing_triton import block_sizes, rule_sorts
+
+    logits, ids, weights = make_batch(num_rows, num_experts, top_k, DEVICE, torch.float32, seed=seed)
+    logits = (logits * 2).round() / 2
+    if num_rows > 3:
+        logits[1] = float("nan")
+    policy = get_policy("lynx", num_experts=num_experts, top_k=top_k, **options)
+    default = launch_config(num_rows, num_experts, top_k)
+    for num_real in (max(1, num_rows - 1), 0):
+        call = policy.fused_call(logits, ids, weights, torch.tensor(num_real, device=DEVICE))
+        assert default.sort and rule_sorts(call.rule, num_rows, block_sizes(num_experts, top_k)[0], default)
+        want = run(call, default._replace(sort=False))
+        got = run(call, default)
+        assert torch.equal(got.active_mask, want.active_mask) and torch.equal(got.topk_ids, want.topk_ids), num_real
+        torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0)
+        if num_real == 0:
+            assert int(got.active_mask.sum()) == top_k  # the top-up alone: the first k by votes, then index
+
+
+@pytest.mark.parametrize("name,kept", [("budget", 4), ("budget", 7), ("budget", 60), ("topn", 5), ("topn", 60)])
+def test_budget_and_topn_sorted_as_counted(name, kept):
+    """budget (without a cap) and topn take the first n of their order from a sort of packed keys, or
+    from O(E^2) ranks: the same routing, with equal masses and votes, n past the experts voted for."""
+    from lynx_sglang.kernels.routing_triton import block_sizes, rule_sorts
+
+    logits, ids, weights = make_batch(21, 60, 4, DEVICE, torch.float32, seed=5)
+    logits = (logits * 2).round() / 2
+    logits[3] = float("nan")
+    call = get_policy(name, num_experts=60, top_k=4, num_experts_kept=kept).fused_call(
+        logits, ids, weights, torch.tensor(19, device=DEVICE))
+    default = launch_config(21, 60, 4)
+    assert rule_sorts(call.rule, 21, block_sizes(60, 4)[0], default)
+    want = run(call, default._replace(sort=False))
+    got = run(call, default)
+    assert torch.equal(got.active_mask, want.active_mask) and torch.equal(got.topk_ids, want.topk_ids)
+    torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name,params", [("coverage", {}), ("coverage", {"mass_fraction": 0.5}),
+                                         ("lynx", {"alpha": 0.3, "beta": 2}), ("budget", {"num_experts_kept": 30})])
+@pytest.mark.parametrize("cap", [None, (6, 1.0), (40, 0.6), (1, 0.3)])
+def test_coverage_and_budget_cap_sorted_as_counted(name, params, cap):
+    """coverage's prefix of the preference order and an ExpertBudget cap (count and mass of the active
+    experts before each one) from prefix sums along a sorted order, or from O(E^2) counting: alike."""
+    from lynx_sglang.policies import ExpertBudget
+
+    logits, ids, weights = make_batch(21, 60, 4, DEVICE, torch.float32, seed=6)
+    logits = (logits * 2).round() / 2
+    logits[3] = float("nan")
+    budget = None
+    if cap is not None:
+        budget = ExpertBudget.unlimited(60, device=DEVICE).set_experts(cap[0]).set_mass(cap[1])
+    call = get_policy(name, num_experts=60, top_k=4, **params).fused_call(
+        logits, ids, weights, torch.tensor(19, device=DEVICE), budget=budget)
+    default = launch_config(21, 60, 4)
+    want = run(call, default._replace(sort=False))
+    got = run(call, default)
+    assert torch.equal(got.active_mask, want.active_mask) and torch.equal(got.topk_ids, want.topk_ids)
+    torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0)
+    if cap is not None and cap[0] < 10:
+        assert int(got.active_mask.sum()) <= max(cap[0], 4)  # the cap did bind: not a vacuous comparison
+
+
+def test_rule_sorts_only_where_its_keys_fit():
+    """The sort words hold the key above two fields of log2(BLOCK_E) bits: S <= T**(beta+1) and the
+    mass tie-break's preference key must fit below 2**(63 - 2 log2(BLOCK_E)); beyond, launch 2 counts."""
+    from lynx_sglang.kernels.routing import MASS_BITS, BudgetRule, CoverageRule, LynxRule, TopNRule
+    from lynx_sglang.kernels.routing_triton import cap_sorts, rule_sorts, sort_fits
+
+    assert sort_fits(2**49 - 1, 128) and not sort_fits(2**49, 128) and sort_fits(2**47 - 1, 256)
+    config = launch_config(256, 128, 8)
+    assert rule_sorts(LynxRule(1.0, 4, True), 256, 128, config)  # S < 2**41, preference key < 2**37
+    assert not rule_sorts(LynxRule(1.0, 8, False), 64, 128, config)  # S up to 64**9 = 2**54
+    assert rule_sorts(LynxRule(1.0, 8, False), 40, 128, config)  # 40**9 < 2**48
+    assert not rule_sorts(LynxRule(1.0, 4, True), 256, 128, config._replace(picks=0))  # picks 0 reads ranks
+    assert not rule_sorts(LynxRule(1.0, 4, True), 256, 128, config._replace(sort=False))
+    assert (256 << MASS_BITS) * 257 + 256 < 2**49
+    assert rule_sorts(TopNRule(8), 512, 256, config) and not rule_sorts(TopNRule(8), 2**14, 256, config)
+    assert rule_sorts(BudgetRule(8), 512, 256, config) and rule_sorts(CoverageRule(900_000), 512, 256, config)
+    assert cap_sorts(512, 256, config) and not cap_sorts(2**14, 256, config)
+    assert not rule_sorts(BudgetRule(8), 2**14, 256, config) and not cap_sorts(8, 16, config._replace(sort=False))
+
+
 def test_mass_partials_are_int64_only_where_int32_could_overflow(monkeypatch):
     """Launch 1's routed-mass partials are int32 up to T 2047 (the total is at most T << MASS_BITS) and
     int64 beyond; both kinds of partial route alike (int64 forced here at a small T)."""

@@ -58,8 +58,9 @@ def test_fp32_tiles_are_shrunk_to_fit_shared_memory():
 
 def test_sass_report_counts_what_each_launch_compiles_to():
     """`sass_report` disassembles both launches (Triton's own nvdisasm) and attributes instructions to
-    the functions of routing_triton.py: lynx's launch 2 has the batch ranking and a loop over every row's
-    bit masks (picks 2), which picks 0 replaces by a wider loop over every row's bins."""
+    the functions of routing_triton.py: lynx's launch 2 has the batch order (sorted with picks 2, ranked
+    by counting with picks 0) and a loop over every row's bit masks (picks 2), which picks 0 replaces by
+    a wider loop over every row's bins."""
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     outputs = {}
@@ -74,6 +75,7 @@ def test_sass_report_counts_what_each_launch_compiles_to():
     for picks, out in outputs.items():
         launch = re.search(r"launch 2 \(_routing_decide_kernel\): (\d+) instructions, (\d+) registers", out)
         assert launch and int(launch.group(1)) > 500 and 16 <= int(launch.group(2)) <= 255, out
-        assert re.search(r"by function: .*_rank_desc \d+", out), out
+        order = "_sort_desc" if picks == 2 else "_rank_desc"
+        assert re.search(rf"by function: .*{order} \d+", out), out
     loop = lambda out, name: max(int(n) for n in re.findall(rf"{name} (\d+)", out.split("loop bodies:")[-1]))  # noqa: E731
     assert loop(outputs[2], "_lynx_picks_by_bits") < loop(outputs[0], "_lynx_picks"), outputs

@@ -149,6 +149,25 @@ def test_rule_sorts_only_where_its_keys_fit():
     assert not rule_sorts(BudgetRule(8), 2**14, 256, config) and not cap_sorts(8, 16, config._replace(sort=False))
 
 
+def test_lynx_whose_keys_do_not_fit_a_sort_counts_and_matches_the_reference():
+    """beta 8 at T 50, E 128: S up to 50**9 > 2**49, so the default launches rank lynx's experts by
+    counting (and scatter the ranks into the order its bit-mask picks read); the routing is the torch
+    reference's."""
+    from lynx_sglang.kernels.routing_triton import rule_sorts
+
+    logits, ids, weights = make_batch(50, 128, 8, DEVICE, torch.float32, seed=11)
+    logits = (logits * 2).round() / 2
+    policy = get_policy("lynx", num_experts=128, top_k=8, alpha=0.5, beta=8)
+    num_real = torch.tensor(47, device=DEVICE)
+    call = policy.fused_call(logits, ids, weights, num_real)
+    assert not rule_sorts(call.rule, 50, 128, launch_config(50, 128, 8))
+    fused = policy.select(logits, ids, weights, num_real, implementation="triton")
+    reference = policy.select(logits, ids, weights, num_real, implementation="torch")
+    assert torch.equal(fused.active_mask, reference.active_mask) and torch.equal(fused.topk_ids, reference.topk_ids)
+    torch.testing.assert_close(fused.topk_weights, reference.topk_weights, rtol=1e-6, atol=0)
+    assert int(reference.active_mask.sum()) < int(torch.unique(ids[:47]).numel())  # it did prune
+
+
 def test_mass_partials_are_int64_only_where_int32_could_overflow(monkeypatch):
     """Launch 1's routed-mass partials are int32 up to T 2047 (the total is at most T << MASS_BITS) and
     int64 beyond; both kinds of partial route alike (int64 forced here at a small T)."""

@@ -213,13 +213,17 @@ def _routing_rows_kernel(
     tl.store(own_weights_ptr + row_slot, own_weights, mask=row_slot_ok)
     tl.store(row_flags_ptr + rows, (voter.to(tl.int8) + 2 * finite.to(tl.int8)), mask=row_ok)
 
+    # A row's weights sum to at most MASS_ONE (2**20): a program's mass fits int32 below 2048 rows, and
+    # int32 columns and adds are half the instructions of int64 ones.
+    tl.static_assert(BLOCK_T < 2048)
+    own_units = own_weights.to(tl.int32)
     counts = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
-    mass = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int64)
+    mass = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
     union = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
     for j in tl.static_range(TOP_K):
         hit = (cols[None, :] == _column(own_ids, slot, j)[:, None]) & voter[:, None]
         counts += hit.to(tl.int32)
-        mass += tl.where(hit, _column(own_weights, slot, j)[:, None], 0)
+        mass += tl.where(hit, _column(own_units, slot, j)[:, None], 0)
         if j < FLOOR_K:
             union += hit.to(tl.int32)
     tl.store(part_mass_ptr + pid * BLOCK_E + cols, tl.sum(mass, axis=0))

@@ -168,7 +168,7 @@ def routing_cases(dtype: str, quick: bool):
                  KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=budget, RENORMALIZE=not budget,
                  NUM_REAL_MODE=2, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=config.chunk,
                  SCAN_T=scan_t, PARTS=config.parts, PICKS=config.picks, WORDS=rt.bit_words(block_e),
-                 BITS_T=rt.bits_rows(rows, config.decide_warps), SORT_TOP_UP=config.sort,
+                 BITS_T=rt.bits_rows(rows, config.decide_warps), SORT_TOP_UP=rt.top_up_sorts(rows, block_e, config),
                  SORT_RULE=rt.rule_sorts(rules[name], rows, block_e, config),
                  SORT_CAP=rt.cap_sorts(rows, block_e, config), LOG_E=block_e.bit_length() - 1, **packing),
             config.decide_warps, 1,

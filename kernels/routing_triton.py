@@ -575,16 +575,18 @@ def _decide_active(
     # Ranked by counting only where a rule reads ranks and cannot sort (keys too wide, or sort off): each
     # ranking is O(E^2) with four barriers. (lynx's mass tie-break compares the same key itself.)
     preference_key = mass * (num_rows + 1) + counts
-    if ((((MODE == 2) | (MODE == 4)) & (not SORT_RULE)) | (HAS_BUDGET & (not SORT_CAP))):
+    if (((MODE == 2) | (MODE == 4)) & (not SORT_RULE)) | (HAS_BUDGET & (not SORT_CAP)):
         preference = _rank_desc(scratch, preference_key, cols, cols, num_experts, BLOCK_E, CHUNK, False)
     else:
         preference = cols
+    # The preference order sorted once, for every step that walks it (lynx's mass tie-break, coverage, a cap).
+    preference_words = _sort_keys(preference_key, cols, col_ok, cols, LOG_E)
+    if ((((MODE == 0) & TIE_BY_MASS) | (MODE == 4)) & SORT_RULE) | (HAS_BUDGET & SORT_CAP):
+        by_preference = _sorted_experts(scratch, preference_words, cols, BLOCK_E)
 
     if MODE == 0:  # lynx: experts ordered by (S, tie)
         if SORT_RULE:  # the batch's order by bitonic sorts (PICKS 2 reads no ranks)
-            if TIE_BY_MASS:  # sort by the preference order, then stably by votes: places of it as ties
-                words = _sort_keys(preference_key, cols, col_ok, cols, LOG_E)
-                by_preference = _sorted_experts(scratch, words, cols, BLOCK_E)
+            if TIE_BY_MASS:  # by votes, the places of the preference order as ties
                 _share(scratch, _ROW_KEY, votes, cols, BLOCK_E)
                 votes_there = tl.load(scratch + _ROW_KEY * BLOCK_E + by_preference)
                 words = _sort_keys(votes_there, cols, col_ok, by_preference, LOG_E)
@@ -611,8 +613,7 @@ def _decide_active(
         active = union != 0
     elif MODE == 2:  # budget: the first n of the preference order that some voter chose
         if SORT_RULE:
-            words = _sort_keys(preference_key, cols, col_ok, cols, LOG_E)
-            first = _first_by_sort(scratch, words, rule_n, cols, BLOCK_E)
+            first = _first_by_sort(scratch, preference_words, rule_n, cols, BLOCK_E)
         else:
             first = preference < rule_n
         active = first & (counts > 0)
@@ -625,8 +626,6 @@ def _decide_active(
         active = first & (counts > 0)
     elif MODE == 4:  # coverage: prefix of the preference order covering the fraction of the mass
         if SORT_RULE:
-            words = _sort_keys(preference_key, cols, col_ok, cols, LOG_E)
-            by_preference = _sorted_experts(scratch, words, cols, BLOCK_E)
             _, mass_before = _before_in_sorted(scratch, by_preference, cols * 0 + 1, mass, cols, BLOCK_E)
         else:
             _, mass_before = _before_in_order(scratch, cols * 0 + 1, preference, mass, cols, num_experts, BLOCK_E,
@@ -654,8 +653,6 @@ def _decide_active(
                                         BLOCK_K)  # fmt: skip
     if HAS_BUDGET:  # budget.cap_active_experts
         if SORT_CAP:
-            words = _sort_keys(preference_key, cols, col_ok, cols, LOG_E)
-            by_preference = _sorted_experts(scratch, words, cols, BLOCK_E)
             rank, mass_before = _before_in_sorted(scratch, by_preference, active, mass, cols, BLOCK_E)
         else:
             rank, mass_before = _before_in_order(scratch, active, preference, mass, cols, num_experts, BLOCK_E,
@@ -945,6 +942,11 @@ def rule_sorts(rule, num_rows: int, block_e: int, config: LaunchConfig) -> bool:
     return sort_fits(largest, block_e)
 
 
+def top_up_sorts(num_rows: int, block_e: int, config: LaunchConfig) -> bool:
+    """Whether the top-up to k experts takes its order from a sort (SORT_TOP_UP): active * (T + 1) + votes."""
+    return config.sort and sort_fits(2 * num_rows + 1, block_e)
+
+
 def cap_sorts(num_rows: int, block_e: int, config: LaunchConfig) -> bool:
     """Whether a budget cap (ExpertBudget) walks the preference order from a sort (SORT_CAP)."""
     return config.sort and sort_fits(_largest_preference_key(num_rows), block_e)
@@ -1042,7 +1044,8 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
             BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=config.chunk, SCAN_T=scan_t, PARTS=config.parts,
             PICKS=config.picks, WORDS=words, BITS_T=bits_rows(num_rows, config.decide_warps),
             TALLY_BITS=tally.bits, TALLIES_PER_WORD=tally.per_word, TALLY_WORDS=tally.words,
-            SORT_RULE=rule_sorts(call.rule, num_rows, block_e, config), SORT_TOP_UP=config.sort,
+            SORT_RULE=rule_sorts(call.rule, num_rows, block_e, config),
+            SORT_TOP_UP=top_up_sorts(num_rows, block_e, config),
             SORT_CAP=cap_sorts(num_rows, block_e, config),
             LOG_E=block_e.bit_length() - 1, **({} if INTERPRETING else {"num_warps": config.decide_warps}),
         )  # fmt: skip

@@ -148,7 +148,7 @@ def routing_cases(dtype: str, quick: bool):
         example = f"{name}, T={rows} E={experts} k={top_k}"
         per_row = {"own_ids_ptr": "*i32", "own_values_ptr": "*fp32", "own_weights_ptr": "*i64", "row_flags_ptr": "*i8",
                    "bins_ptr": "*i8", "bin_masks_ptr": "*i64", "threshold_ptr": "*i32", "need_ptr": "*i32", "num_real_ptr": "*i64",
-                   "part_tallies_ptr": "*i32", "part_voters_ptr": "*i32",
+                   "part_tallies_ptr": "*i32",
                    "part_mass_ptr": "*i32" if rt.mass_partial_dtype(rows) == torch.int32 else "*i64"}  # fmt: skip
         tally = rt.tally_layout(rows, args["BETA"] + 1 if args["MODE"] == rt.MODE_LYNX else 0)
         packing = dict(TALLY_BITS=tally.bits, TALLIES_PER_WORD=tally.per_word, TALLY_WORDS=tally.words)
@@ -156,7 +156,7 @@ def routing_cases(dtype: str, quick: bool):
             f"{dtype} _routing_rows_kernel ({example})", rt._routing_rows_kernel, {"logits_ptr": f"*{dtype}", **per_row},
             dict(MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=2,
                  BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, PICKS=config.picks,
-                 WORDS=rt.bit_words(block_e), TALLY_TILE=rt._next_pow2(tally.words), **packing),
+                 WORDS=rt.bit_words(block_e), **packing),
             config.rows_warps, 1, {"alpha": "fp32"},
         )  # fmt: skip
         yield Case(
@@ -167,7 +167,8 @@ def routing_cases(dtype: str, quick: bool):
             dict(MODE=args["MODE"], TOP_K=top_k, SLOTS=slots, BETA=args["BETA"], TIE_BY_MASS=args["TIE_BY_MASS"],
                  KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=budget, RENORMALIZE=not budget,
                  NUM_REAL_MODE=2, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=config.chunk,
-                 SCAN_T=scan_t, PARTS=config.parts, PICKS=config.picks, WORDS=rt.bit_words(block_e),
+                 SCAN_T=scan_t, PARTS=config.parts,
+                 ONE_LOAD=-(-rows // block_t) <= config.parts, PICKS=config.picks, WORDS=rt.bit_words(block_e),
                  BITS_T=rt.bits_rows(rows, config.decide_warps), SORT_TOP_UP=rt.top_up_sorts(rows, block_e, config),
                  SORT_RULE=rt.rule_sorts(rules[name], rows, block_e, config),
                  SORT_CAP=rt.cap_sorts(rows, block_e, config), LOG_E=block_e.bit_length() - 1, **packing),

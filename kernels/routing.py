@@ -133,7 +133,9 @@ def fused_supports(call: RoutingCall) -> bool:
     """Whether the fused implementations cover this call (static: rule and shapes only)."""
     if isinstance(call.rule, LynxRule) and call.logits.shape[0] > max_lynx_rows(call.rule.beta):
         return False  # beyond the int64 vote, the reference switches to float64 sums
-    return call.logits.shape[0] >= 1 and call.num_experts <= MAX_FUSED_EXPERTS and call.top_k <= 64
+    # k <= E: launch 2 counts the voters as their votes over k (each votes for k distinct experts).
+    return (call.logits.shape[0] >= 1 and call.num_experts <= MAX_FUSED_EXPERTS
+            and call.top_k <= min(64, call.num_experts))
 
 
 def fused_available(implementation: str) -> bool:

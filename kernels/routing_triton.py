@@ -174,25 +174,17 @@ def _bit_or(a, b):
     return a | b
 
 
-@triton.jit
-def _add_tally(tallies, tally_words, field: tl.constexpr, value, TALLY_BITS: tl.constexpr,
-               TALLIES_PER_WORD: tl.constexpr):  # fmt: skip
-    """Add an [E] count (at most T) as field `field` of the packed [words, E] tallies."""
-    shift: tl.constexpr = (field % TALLIES_PER_WORD) * TALLY_BITS
-    return tallies + tl.where(tally_words[:, None] == field // TALLIES_PER_WORD, value[None, :] << shift, 0)
-
-
 # ---- launch 1 -----------------------------------------------------------------------------------
 @triton.jit
 def _routing_rows_kernel(
     logits_ptr, num_real_ptr,
     own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr,
-    part_tallies_ptr, part_mass_ptr, part_voters_ptr,
+    part_tallies_ptr, part_mass_ptr,
     stride_logits, num_real, num_rows, num_experts, alpha,
     MODE: tl.constexpr, TOP_K: tl.constexpr, FLOOR_K: tl.constexpr, BETA: tl.constexpr,
     NUM_REAL_MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
     PICKS: tl.constexpr, WORDS: tl.constexpr,
-    TALLY_BITS: tl.constexpr, TALLIES_PER_WORD: tl.constexpr, TALLY_WORDS: tl.constexpr, TALLY_TILE: tl.constexpr,
+    TALLY_BITS: tl.constexpr, TALLIES_PER_WORD: tl.constexpr, TALLY_WORDS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -227,10 +219,6 @@ def _routing_rows_kernel(
         if j < FLOOR_K:
             union += hit.to(tl.int32)
     tl.store(part_mass_ptr + pid * BLOCK_E + cols, tl.sum(mass, axis=0))
-    tl.store(part_voters_ptr + pid, tl.sum(voter.to(tl.int32), axis=0))
-    tally_words = tl.arange(0, TALLY_TILE)
-    tallies = tl.zeros([TALLY_TILE, BLOCK_E], dtype=tl.int32)
-    tallies = _add_tally(tallies, tally_words, _TALLY_VOTES, tl.sum(counts, axis=0), TALLY_BITS, TALLIES_PER_WORD)
 
     if MODE == 0:  # lynx: bins, each row's bin threshold, and the experts above it (taken for sure)
         top = _column(own_values, slot, 0)
@@ -243,15 +231,12 @@ def _routing_rows_kernel(
         need = tl.zeros([BLOCK_T], dtype=tl.int32)
         found = tl.zeros([BLOCK_T], dtype=tl.int1)
         for i in tl.static_range(BETA + 1):  # bins 0, -1, ..., -beta
-            in_bin = (bins == -i) & col_ok[None, :]
-            in_bin_count = tl.sum(in_bin.to(tl.int32), axis=1)
+            in_bin_count = tl.sum(((bins == -i) & col_ok[None, :]).to(tl.int32), axis=1)
             reached = (~found) & (above + in_bin_count >= TOP_K)
             threshold = tl.where(reached, -i, threshold)
             need = tl.where(reached, TOP_K - above, need)
             found = found | reached
             above += in_bin_count
-            voted = tl.sum((in_bin & voter[:, None]).to(tl.int32), axis=0)
-            tallies = _add_tally(tallies, tally_words, _TALLY_BINS + BETA - i, voted, TALLY_BITS, TALLIES_PER_WORD)
         tl.store(threshold_ptr + rows, threshold, mask=row_ok)
         tl.store(need_ptr + rows, need, mask=row_ok)
         if PICKS == 2:  # the voters' threshold-bin experts, as bits (launch 2 reads 8 bytes per 64 experts)
@@ -260,9 +245,24 @@ def _routing_rows_kernel(
             masks = _expert_bits(in_threshold_bin, cols, words, BLOCK_T, WORDS)
             tl.store(bin_masks_ptr + rows[:, None].to(tl.int64) * WORDS + words[None, :], masks, mask=row_ok[:, None])
         union = ((bins > threshold[:, None]) & col_ok[None, :] & voter[:, None]).to(tl.int32)
-    tallies = _add_tally(tallies, tally_words, _TALLY_SURE, tl.sum(union, axis=0), TALLY_BITS, TALLIES_PER_WORD)
-    tl.store(part_tallies_ptr + (pid * TALLY_WORDS + tally_words[:, None]) * BLOCK_E + cols[None, :], tallies,
-             mask=(tally_words < TALLY_WORDS)[:, None])  # fmt: skip
+        # A voter's expert in bin -i counts in field TALLY_BINS + BETA - i.
+        bin_field = _TALLY_BINS + BETA + bins
+        binned = col_ok[None, :] & voter[:, None]
+
+    # The counts, each row's 0 / 1 flags packed into the tally words before the sum over the program's
+    # rows: that sum crosses warps (shared memory and a barrier) once per word, not once per count. Exact:
+    # no field's total exceeds T < 2**TALLY_BITS.
+    for w in tl.static_range(TALLY_WORDS):
+        word = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
+        if _TALLY_VOTES // TALLIES_PER_WORD == w:
+            word += counts << ((_TALLY_VOTES % TALLIES_PER_WORD) * TALLY_BITS)
+        if _TALLY_SURE // TALLIES_PER_WORD == w:
+            word += union << ((_TALLY_SURE % TALLIES_PER_WORD) * TALLY_BITS)
+        if MODE == 0:
+            word += tl.where(binned & (bin_field // TALLIES_PER_WORD == w),
+                             tl.full([BLOCK_T, BLOCK_E], 1, tl.int32) << (bin_field % TALLIES_PER_WORD) * TALLY_BITS,
+                             0)  # fmt: skip
+        tl.store(part_tallies_ptr + (pid * TALLY_WORDS + w) * BLOCK_E + cols, tl.sum(word, axis=0))
 
 
 # ---- batch-level helpers (launch 2) -------------------------------------------------------------
@@ -372,6 +372,13 @@ def _before_in_sorted(scratch, order, flag, value, cols, BLOCK_E: tl.constexpr):
     tl.store(scratch + _ROW_VALUE * BLOCK_E + order, total)
     tl.debug_barrier()
     return tl.load(scratch + _ROW_KEY * BLOCK_E + cols), tl.load(scratch + _ROW_VALUE * BLOCK_E + cols)
+
+
+@triton.jit
+def _load_parts(part_ptr, num_parts, stride, cols, PARTS: tl.constexpr):
+    """[PARTS, E]: the [E] partial sums of every launch-1 program (num_parts <= PARTS), 0 past them."""
+    part = tl.arange(0, PARTS)
+    return tl.load(part_ptr + part[:, None] * stride + cols[None, :], mask=(part < num_parts)[:, None], other=0)
 
 
 @triton.jit
@@ -533,37 +540,47 @@ def _kept_experts(topped_ptr, topk_ids_ptr, stride_ids, own_ids_ptr, own_weights
 @triton.jit
 def _decide_active(
     scratch, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr, row_flags_ptr, own_ids_ptr, own_weights_ptr,
-    topk_ids_ptr, part_tallies_ptr, part_mass_ptr, part_voters_ptr, num_parts,
+    topk_ids_ptr, part_tallies_ptr, part_mass_ptr, num_parts,
     budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
     stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
     MODE: tl.constexpr, TOP_K: tl.constexpr, SLOTS: tl.constexpr, BETA: tl.constexpr,
     TIE_BY_MASS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr, HAS_BUDGET: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, SCAN_T: tl.constexpr,
-    PARTS: tl.constexpr, PICKS: tl.constexpr, WORDS: tl.constexpr, BITS_T: tl.constexpr,
+    PARTS: tl.constexpr, ONE_LOAD: tl.constexpr, PICKS: tl.constexpr, WORDS: tl.constexpr, BITS_T: tl.constexpr,
     TALLY_BITS: tl.constexpr, TALLIES_PER_WORD: tl.constexpr, TALLY_WORDS: tl.constexpr,
     SORT_RULE: tl.constexpr, SORT_TOP_UP: tl.constexpr, SORT_CAP: tl.constexpr, LOG_E: tl.constexpr,
 ):  # fmt: skip
     """The batch's active set [E] bool, identical in every program (integer arithmetic only). Loops
     over all rows take SCAN_T rows at a time (more than a program's own block: fewer iterations)."""
     col_ok = cols < num_experts
-    mass = _sum_parts(part_mass_ptr, num_parts, BLOCK_E, cols, BLOCK_E, PARTS)
-    voters = tl.zeros([PARTS], dtype=tl.int64)
-    for start in range(0, num_parts, PARTS):
-        part = start + tl.arange(0, PARTS)
-        voters += tl.load(part_voters_ptr + part, mask=part < num_parts, other=0).to(tl.int64)
-    voters = tl.sum(voters, axis=0)
+    if ONE_LOAD:  # one tile per field: the next field's loads leave before this one is added up
+        mass_tile = _load_parts(part_mass_ptr, num_parts, BLOCK_E, cols, PARTS)
+        word_tile = _load_parts(part_tallies_ptr, num_parts, TALLY_WORDS * BLOCK_E, cols, PARTS)
+        mass = tl.sum(mass_tile, axis=0).to(tl.int64)
+    else:
+        mass = _sum_parts(part_mass_ptr, num_parts, BLOCK_E, cols, BLOCK_E, PARTS)
     # The packed tallies, summed word by word (no field overflows into the next: each total is at most
-    # T < 2**TALLY_BITS). lynx: S = sum_j (voters with bin j - beta) * B**j, the bins' fields in order of j.
+    # T < 2**TALLY_BITS). lynx: S = sum_j (voters with bin j - beta) * B**j, the bins' fields in order of j;
+    # B, the voters, is the votes' total over k (every voter votes for k distinct experts): no load of
+    # its own, which would wait for the memory a second time.
     counts = tl.zeros([BLOCK_E], dtype=tl.int64)
     union = tl.zeros([BLOCK_E], dtype=tl.int64)
     votes = tl.zeros([BLOCK_E], dtype=tl.int64)
-    power = voters * 0 + 1
     for w in tl.static_range(TALLY_WORDS):
-        word = _sum_parts(part_tallies_ptr + w * BLOCK_E, num_parts, TALLY_WORDS * BLOCK_E, cols, BLOCK_E, PARTS)
+        if ONE_LOAD:
+            tile = word_tile
+            if w + 1 < TALLY_WORDS:
+                word_tile = _load_parts(part_tallies_ptr + (w + 1) * BLOCK_E, num_parts, TALLY_WORDS * BLOCK_E, cols,
+                                        PARTS)  # fmt: skip
+            word = tl.sum(tile, axis=0).to(tl.int64)
+        else:
+            word = _sum_parts(part_tallies_ptr + w * BLOCK_E, num_parts, TALLY_WORDS * BLOCK_E, cols, BLOCK_E, PARTS)
         for f in tl.static_range(TALLIES_PER_WORD):
             value = (word >> (f * TALLY_BITS)) & ((1 << TALLY_BITS) - 1)
-            if w * TALLIES_PER_WORD + f == _TALLY_VOTES:
+            if w * TALLIES_PER_WORD + f == _TALLY_VOTES:  # field 0: before every bin's field
                 counts = value
+                voters = tl.sum(counts, axis=0) // TOP_K
+                power = voters * 0 + 1
             elif w * TALLIES_PER_WORD + f == _TALLY_SURE:
                 union = value
             elif MODE == 0:
@@ -769,7 +786,7 @@ def _remap_rows(
 def _routing_decide_kernel(
     logits_ptr, topk_ids_ptr, topk_weights_ptr, num_real_ptr,
     own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr,
-    part_tallies_ptr, part_mass_ptr, part_voters_ptr,
+    part_tallies_ptr, part_mass_ptr,
     budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
     scratch_ptr, out_ids_ptr, out_weights_ptr, active_out_ptr,
     stride_logits, stride_ids, stride_weights, num_real, num_rows, num_experts, num_parts,
@@ -778,7 +795,7 @@ def _routing_decide_kernel(
     TIE_BY_MASS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr, HAS_BUDGET: tl.constexpr,
     RENORMALIZE: tl.constexpr, NUM_REAL_MODE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, SCAN_T: tl.constexpr,
-    PARTS: tl.constexpr, PICKS: tl.constexpr, WORDS: tl.constexpr, BITS_T: tl.constexpr,
+    PARTS: tl.constexpr, ONE_LOAD: tl.constexpr, PICKS: tl.constexpr, WORDS: tl.constexpr, BITS_T: tl.constexpr,
     TALLY_BITS: tl.constexpr, TALLIES_PER_WORD: tl.constexpr, TALLY_WORDS: tl.constexpr,
     SORT_RULE: tl.constexpr, SORT_TOP_UP: tl.constexpr, SORT_CAP: tl.constexpr, LOG_E: tl.constexpr,
 ):  # fmt: skip
@@ -788,11 +805,11 @@ def _routing_decide_kernel(
     slot = tl.arange(0, BLOCK_K)
     active = _decide_active(
         scratch, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr, row_flags_ptr, own_ids_ptr, own_weights_ptr,
-        topk_ids_ptr, part_tallies_ptr, part_mass_ptr, part_voters_ptr, num_parts,
+        topk_ids_ptr, part_tallies_ptr, part_mass_ptr, num_parts,
         budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
         stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
         MODE, TOP_K, SLOTS, BETA, TIE_BY_MASS, KEEP_MODE, ANY_DROP, HAS_BUDGET, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK, SCAN_T,
-        PARTS, PICKS, WORDS, BITS_T, TALLY_BITS, TALLIES_PER_WORD, TALLY_WORDS, SORT_RULE, SORT_TOP_UP, SORT_CAP,
+        PARTS, ONE_LOAD, PICKS, WORDS, BITS_T, TALLY_BITS, TALLIES_PER_WORD, TALLY_WORDS, SORT_RULE, SORT_TOP_UP, SORT_CAP,
         LOG_E,
     )  # fmt: skip
     if pid == 0:
@@ -892,17 +909,18 @@ class LaunchConfig(NamedTuple):
 
 
 def launch_config(num_rows: int, num_experts: int, top_k: int) -> LaunchConfig:
-    """The sweep's fastest pair of launches for lynx at E 64 and 128, T 1-256, on an H100
-    (docs/benchmarks/policies-gpu.md): 4 rows per program (one at T 1, with one warp), so launch 1 is
-    short and launch 2 has 32-64 programs (each repeats the batch decision: more programs, more waves
-    of it); launch 2 at 4 warps, going over every row about 2048-4096 logits at a time.
-    Chosen since, not yet timed on a GPU (python -m lynx_sglang.kernels.sass_report counts what they
-    compile to): lynx picks from bit masks (picks 2: at T 256, E 128 one step of 317 instructions where
-    picks 0 takes 16 of 703), launch 2 loads the partial sums of no more programs than there are, and
-    orders experts by bitonic sorts where the keys fit (at E 128, T 1 its count 5,616 -> 2,304)."""
+    """The fastest pairs of launches the sweep measured for lynx at E 64 and 128, T 1-256, on an H100
+    (run 4, docs/benchmarks/policies-gpu.md). Rows per program trade the two launches: a program's
+    per-expert sums over its rows cross warps in launch 1 (E 128: 3.5 us at one row with one warp, 5.9
+    at four rows), while each program of launch 2 adds every launch-1 program's partials. So: one row
+    per program up to 32 programs at E <= 64 and 64 above (E 128, T 8 and 32: 12.3 and 12.7 us against
+    13.6 and 14.2 at four rows), then more rows, at most 4 (E 128, T 128: 2 rows 14.6 us, 4 rows 15.2;
+    E 64, T 128: 4 rows 12.2, 2 rows 12.8). Launch 2 runs 4 warps and goes over every row about 2048-4096
+    logits at a time; lynx picks from bit masks (picks 2) and launch 2 orders experts by bitonic sorts
+    where the keys fit (E 128, T 256: launch 2 10.5 us, 12.9 counting)."""
     block_e, _ = block_sizes(num_experts, top_k)
     rows = _next_pow2(num_rows)
-    block_t = min(4, rows)
+    block_t = min(4, max(1, rows // (64 if block_e > 64 else 32)))
     scan_t = max(block_t, min(rows, 64 if block_e <= 64 else 2048 // block_e))
     rows_warps = 1 if block_t == 1 else warps_for(block_t * block_e)
     parts = parts_per_load(triton.cdiv(num_rows, block_t))
@@ -1005,15 +1023,14 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
     tally = tally_layout(num_rows, args["BETA"] + 1 if lynx else 0)
     part_tallies = empty(programs, tally.words, block_e)
     part_mass = empty(programs, block_e, dtype=mass_partial_dtype(num_rows))
-    part_voters = empty(programs)
     scratch = empty(programs, SCRATCH_ROWS, block_e, dtype=torch.int64)
     out_ids, out_weights = torch.empty_like(ids), torch.empty_like(weights)
     active = torch.empty(num_experts, dtype=torch.bool, device=device)
 
     num_real_mode, num_real_ptr, num_real_value = _num_real_arguments(call.num_real, device, row_flags)
     has_budget = call.budget_max_experts is not None
-    budget_max = call.budget_max_experts if has_budget else part_voters
-    budget_fraction = call.budget_mass_fraction if has_budget else part_voters
+    budget_max = call.budget_max_experts if has_budget else row_flags
+    budget_fraction = call.budget_mass_fraction if has_budget else row_flags
     given_active = call.given_active.view(torch.uint8) if call.given_active is not None else row_flags
     given_keep = call.given_keep.view(torch.uint8) if call.given_keep is not None else row_flags
     if logits.stride(1) != 1:
@@ -1022,19 +1039,19 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
     def launch_rows():
         _routing_rows_kernel[(programs,)](
             logits, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, bin_masks, threshold, need,
-            part_tallies, part_mass, part_voters,
+            part_tallies, part_mass,
             logits.stride(0), num_real_value, num_rows, num_experts, args["alpha"],
             MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=num_real_mode,
             BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, PICKS=config.picks, WORDS=words,
             TALLY_BITS=tally.bits, TALLIES_PER_WORD=tally.per_word, TALLY_WORDS=tally.words,
-            TALLY_TILE=_next_pow2(tally.words), **({} if INTERPRETING else {"num_warps": config.rows_warps}),
+            **({} if INTERPRETING else {"num_warps": config.rows_warps}),
         )  # fmt: skip
 
     def launch_decide():
         _routing_decide_kernel[(programs,)](
             logits, ids, weights, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, bin_masks,
             threshold, need,
-            part_tallies, part_mass, part_voters,
+            part_tallies, part_mass,
             budget_max, budget_fraction, given_active, given_keep, scratch, out_ids, out_weights, active.view(torch.uint8),
             logits.stride(0), ids.stride(0), weights.stride(0), num_real_value, num_rows, num_experts, programs,
             args["rule_n"], args["fraction_units"], args["dropped_cap_units"],
@@ -1042,6 +1059,7 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
             KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=has_budget,
             RENORMALIZE=call.renormalize, NUM_REAL_MODE=num_real_mode,
             BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=config.chunk, SCAN_T=scan_t, PARTS=config.parts,
+            ONE_LOAD=programs <= config.parts,
             PICKS=config.picks, WORDS=words, BITS_T=bits_rows(num_rows, config.decide_warps),
             TALLY_BITS=tally.bits, TALLIES_PER_WORD=tally.per_word, TALLY_WORDS=tally.words,
             SORT_RULE=rule_sorts(call.rule, num_rows, block_e, config),

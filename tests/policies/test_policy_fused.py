@@ -255,6 +255,39 @@ def test_lynx_beyond_the_exact_int64_vote_uses_the_reference():
         assert_same_decision(implementation, fused, policy.select(*on_device, implementation="torch"))
 
 
+def test_lynx_vote_base_is_the_number_of_voters():
+    """S = sum over voters of B**(bin + beta) with B the number of voters (10 here), so a vote in a
+    higher bin outweighs every vote in the bins below. Top-1, beta 2: expert 0 has two votes in bin 0
+    (S = 2 B**2 + 8), expert 1 one in bin 0 and eight in bin -1 (S = B**2 + 8 B + 1). Row 9 holds both
+    in its bin 0 and takes the first in the batch's order: expert 0 at B = 10, expert 1 at any base of
+    6 or less. Row 0 votes for expert 0 in bin 0 but takes expert 7, so only row 9 can make 0 active."""
+    logits = torch.full((10, 8), -5.0)  # bin -2 at alpha 1
+    logits[0, 7] = logits[0, 0] = 0.0  # row 0: experts 7 and 0 in bin 0, takes 7 (the larger S)
+    logits[1:9, 7] = 0.0  # rows 1-8: expert 7 in bin 0, expert 1 in bin -1
+    logits[1:9, 1] = -1.5
+    logits[9, 0] = logits[9, 1] = 0.0  # row 9: experts 0 and 1 in bin 0
+    ids, weights = normal_routing(logits, 1, True)
+    policy = get_policy("lynx", 8, 1, True, alpha=1.0, beta=2)
+    reference = policy.select(logits, ids, weights, implementation="torch")
+    assert reference.active_mask.nonzero().flatten().tolist() == [0, 7]
+    for implementation in IMPLEMENTATIONS:
+        on_device = moved(device_for(implementation), logits, ids, weights)
+        assert_same_decision(implementation, policy.select(*on_device, implementation=implementation), reference)
+
+
+def test_fused_paths_decline_more_slots_than_experts():
+    """k > E: launch 2 takes the voters as their votes over k (each votes for k distinct experts), which
+    needs k <= E, so the fused paths decline and select runs the reference (a static check)."""
+    from lynx_sglang.kernels.routing import LynxRule, RoutingCall, fused_supports
+
+    logits = make_logits(4, 8, seed=3)
+    ids, weights = normal_routing(logits, 8, True)
+    assert fused_supports(RoutingCall(LynxRule(1.0, 4), logits, ids, weights, None, 8, True))
+    wide_ids = torch.cat([ids, ids[:, :1]], dim=1)
+    wide_weights = torch.cat([weights, weights[:, :1]], dim=1)
+    assert not fused_supports(RoutingCall(LynxRule(1.0, 4), logits, wide_ids, wide_weights, None, 9, True))
+
+
 @pytest.mark.skipif("triton" not in IMPLEMENTATIONS, reason="Triton is not available here")
 def test_the_triton_path_refuses_anchors_rule_it_cannot_do():
     from lynx_sglang.kernels.routing import AnchorRule, RoutingCall, fused_route

@@ -908,7 +908,7 @@ class LaunchConfig(NamedTuple):
     sort: bool = False  # launch 2 orders experts by bitonic sorts where the keys fit (sort_fits), not O(E^2) counting
 
 
-def launch_config(num_rows: int, num_experts: int, top_k: int) -> LaunchConfig:
+def launch_config(num_rows: int, num_experts: int, top_k: int, block_t: int | None = None) -> LaunchConfig:
     """The fastest pairs of launches the sweep measured for lynx at E 64 and 128, T 1-256, on an H100
     (run 4, docs/benchmarks/policies-gpu.md). Rows per program trade the two launches: a program's
     per-expert sums over its rows cross warps in launch 1 (E 128: 3.5 us at one row with one warp, 5.9
@@ -917,10 +917,12 @@ def launch_config(num_rows: int, num_experts: int, top_k: int) -> LaunchConfig:
     13.6 and 14.2 at four rows), then more rows, at most 4 (E 128, T 128: 2 rows 14.6 us, 4 rows 15.2;
     E 64, T 128: 4 rows 12.2, 2 rows 12.8). Launch 2 runs 4 warps and goes over every row about 2048-4096
     logits at a time; lynx picks from bit masks (picks 2) and launch 2 orders experts by bitonic sorts
-    where the keys fit (E 128, T 256: launch 2 10.5 us, 12.9 counting)."""
+    where the keys fit (E 128, T 256: launch 2 10.5 us, 12.9 counting). `block_t` sets the rows per
+    program instead (the rest follows from it)."""
     block_e, _ = block_sizes(num_experts, top_k)
     rows = _next_pow2(num_rows)
-    block_t = min(4, max(1, rows // (64 if block_e > 64 else 32)))
+    if block_t is None:
+        block_t = min(4, max(1, rows // (64 if block_e > 64 else 32)))
     scan_t = max(block_t, min(rows, 64 if block_e <= 64 else 2048 // block_e))
     rows_warps = 1 if block_t == 1 else warps_for(block_t * block_e)
     parts = parts_per_load(triton.cdiv(num_rows, block_t))
@@ -1002,7 +1004,11 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
     top_k = ids.shape[1]
     device = logits.device
     block_e, block_k = block_sizes(num_experts, top_k)
-    config = config or launch_config(num_rows, num_experts, top_k)
+    if config is None:
+        # Triton's interpreter runs the programs one after another: 4 rows per program there (every
+        # configuration routes alike, tests/policies/test_policy_launch_sweep.py), a quarter of the
+        # programs the GPU's default has at T <= 32.
+        config = launch_config(num_rows, num_experts, top_k, min(4, _next_pow2(num_rows)) if INTERPRETING else None)
     block_t, scan_t = config.block_t, config.scan_t
     programs = triton.cdiv(num_rows, block_t)
     args = _rule_arguments(call.rule)

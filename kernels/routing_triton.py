@@ -1035,8 +1035,9 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
 
     num_real_mode, num_real_ptr, num_real_value = _num_real_arguments(call.num_real, device, row_flags)
     has_budget = call.budget_max_experts is not None
-    budget_max = call.budget_max_experts if has_budget else row_flags
-    budget_fraction = call.budget_mass_fraction if has_budget else row_flags
+    # Without a budget its pointers are never read: placeholders of the budget's dtypes (int64, fp32).
+    budget_max = call.budget_max_experts if has_budget else own_weights
+    budget_fraction = call.budget_mass_fraction if has_budget else own_values
     given_active = call.given_active.view(torch.uint8) if call.given_active is not None else row_flags
     given_keep = call.given_keep.view(torch.uint8) if call.given_keep is not None else row_flags
     if logits.stride(1) != 1:

@@ -17,8 +17,9 @@
 #   STAGES="tests policies" bash scripts/gpu-checks.sh OUTDIR   # only some of: tests policies launches sweep profile kernels thorough
 #   TESTS="tests/kernels/test_kernels_layer.py" ...                # the tests stage runs these (default: tests/kernels tests/policies)
 #
-# Files in OUTDIR: device.txt and one .txt per stage, plus sweep.jsonl and profile-lines.csv (a lease
-# returns at most 8 files: "tests policies sweep profile" makes 7).
+# Files in OUTDIR: device.txt and one .txt per stage, plus sweep.jsonl (a lease
+# returns at most 8 files: "tests policies sweep profile" makes 6). The profile has no per-source-line
+# counters: on the H100 of run 4 ncu's source page came back without metrics (no PC sampling there).
 # Needs torch with CUDA, Triton, pytest, hypothesis, pytest-xdist and pytest-timeout; not SGLang.
 set -uo pipefail
 out=${1:?usage: scripts/gpu-checks.sh OUTDIR [SECONDS]}
@@ -91,12 +92,6 @@ if command -v ncu >/dev/null; then
   timeout "$(budget 120)" ncu --clock-control none --kernel-name regex:_routing_ --section SpeedOfLight \
     --section WarpStateStats --section Occupancy --section LaunchStats "$python" scripts/lynx_launches.py \
     2>&1 | tee -a "$out/profile.txt"
-  # Per source line of routing_triton.py (Triton keeps line info): where launch 2 stalls at T 256
-  # (its 5th launch: the second warm one at T 256, the default way of picking).
-  timeout "$(budget 120)" ncu --clock-control none --kernel-name regex:_routing_decide --launch-skip 4 \
-    --launch-count 1 --section SourceCounters --import-source yes --page source --print-source cuda --csv \
-    "$python" scripts/lynx_launches.py > "$out/profile-lines.csv" 2>> "$out/profile.txt"
-  echo "per-line profile: $(wc -l < "$out/profile-lines.csv") lines in profile-lines.csv" | tee -a "$out/profile.txt"
 else
   echo "ncu is not on PATH here: no profile" | tee -a "$out/profile.txt"
 fi

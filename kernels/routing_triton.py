@@ -388,9 +388,7 @@ def _sum_parts(part_ptr, num_parts, stride, cols, BLOCK_E: tl.constexpr, PARTS: 
     of one load per program waits for each load in turn (the decision's cost grew with T)."""
     total = tl.zeros([BLOCK_E], dtype=part_ptr.dtype.element_ty)
     for start in range(0, num_parts, PARTS):
-        part = start + tl.arange(0, PARTS)
-        total += tl.sum(tl.load(part_ptr + part[:, None] * stride + cols[None, :], mask=(part < num_parts)[:, None],
-                                other=0), axis=0)  # fmt: skip
+        total += tl.sum(_load_parts(part_ptr + start * stride, num_parts - start, stride, cols, PARTS), axis=0)
     return total.to(tl.int64)
 
 

@@ -61,6 +61,9 @@ _HARDWARE_POPCOUNT = tl.constexpr(not INTERPRETING)
 _ROW_KEY, _ROW_TIE, _ROW_VALUE, _ROW_ORDER, _ROW_PICKED, _ROW_TOPPED, _ROW_ACTIVE, _ROW_SORT = (
     tl.constexpr(i) for i in range(8))
 SCRATCH_ROWS = 8
+# Rows per program of the default launches under Triton's interpreter (tests/policies/test_policy_fused.py:
+# 188 s on 2 cores at 4 rows, 63 s at 16).
+INTERPRETER_BLOCK_T = 16
 SCRATCH_ROWS_C = tl.constexpr(SCRATCH_ROWS)
 # Launch 1's per-expert counts, each at most T, packed into int32 words (tally_layout): the votes (own
 # top-k), the experts some row takes for sure, then lynx's voters per bin (-beta first). Launch 2 then
@@ -928,6 +931,15 @@ def launch_config(num_rows: int, num_experts: int, top_k: int, block_t: int | No
                         sort=True)
 
 
+def default_launch_config(num_rows: int, num_experts: int, top_k: int) -> LaunchConfig:
+    """What `plan_triton` launches without a config: `launch_config`'s, but under Triton's interpreter,
+    which runs the programs one after another while each program of launch 2 makes the whole batch
+    decision again, fewer and larger programs (every configuration routes alike:
+    tests/policies/test_policy_launch_sweep.py)."""
+    interpreted_rows = min(INTERPRETER_BLOCK_T, _next_pow2(num_rows)) if INTERPRETING else None
+    return launch_config(num_rows, num_experts, top_k, interpreted_rows)
+
+
 def sort_fits(largest_key: int, block_e: int) -> bool:
     """Whether keys up to `largest_key` fit launch 2's sort words (_sort_keys: the key above two
     fields of log2(BLOCK_E) bits, in a signed int64)."""
@@ -1003,10 +1015,7 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
     device = logits.device
     block_e, block_k = block_sizes(num_experts, top_k)
     if config is None:
-        # Triton's interpreter runs the programs one after another: 4 rows per program there (every
-        # configuration routes alike, tests/policies/test_policy_launch_sweep.py), a quarter of the
-        # programs the GPU's default has at T <= 32.
-        config = launch_config(num_rows, num_experts, top_k, min(4, _next_pow2(num_rows)) if INTERPRETING else None)
+        config = default_launch_config(num_rows, num_experts, top_k)
     block_t, scan_t = config.block_t, config.scan_t
     programs = triton.cdiv(num_rows, block_t)
     args = _rule_arguments(call.rule)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lynx_sglang.kernels.routing import fused_available
-from lynx_sglang.kernels.routing_triton import launch_config, plan_triton
+from lynx_sglang.kernels.routing_triton import default_launch_config, launch_config, plan_triton
 from lynx_sglang.policies.bench import make_batch
 from lynx_sglang.policies.registry import get_policy
 from lynx_sglang.policies.launch_sweep import candidates
@@ -52,7 +52,7 @@ def test_both_ways_of_picking_agree(num_rows, num_experts, top_k, seed, options)
         logits[1] = float("nan")
     call = get_policy("lynx", num_experts=num_experts, top_k=top_k, **options).fused_call(
         logits, ids, weights, torch.tensor(max(1, num_rows - 1), device=DEVICE))
-    default = launch_config(num_rows, num_experts, top_k)
+    default = default_launch_config(num_rows, num_experts, top_k)
     want = run(call, default._replace(picks=0))
     for picks in (1, 2):
         got = run(call, default._replace(picks=picks))
@@ -73,7 +73,7 @@ def test_sorted_and_counted_orders_agree(num_rows, num_experts, top_k, seed, opt
     if num_rows > 3:
         logits[1] = float("nan")
     policy = get_policy("lynx", num_experts=num_experts, top_k=top_k, **options)
-    default = launch_config(num_rows, num_experts, top_k)
+    default = default_launch_config(num_rows, num_experts, top_k)
     for num_real in (max(1, num_rows - 1), 0):
         call = policy.fused_call(logits, ids, weights, torch.tensor(num_real, device=DEVICE))
         assert default.sort and rule_sorts(call.rule, num_rows, block_sizes(num_experts, top_k)[0], default)
@@ -96,7 +96,7 @@ def test_budget_and_topn_sorted_as_counted(name, kept):
     logits[3] = float("nan")
     call = get_policy(name, num_experts=60, top_k=4, num_experts_kept=kept).fused_call(
         logits, ids, weights, torch.tensor(19, device=DEVICE))
-    default = launch_config(21, 60, 4)
+    default = default_launch_config(21, 60, 4)
     assert rule_sorts(call.rule, 21, block_sizes(60, 4)[0], default)
     want = run(call, default._replace(sort=False))
     got = run(call, default)
@@ -120,7 +120,7 @@ def test_coverage_and_budget_cap_sorted_as_counted(name, params, cap):
         budget = ExpertBudget.unlimited(60, device=DEVICE).set_experts(cap[0]).set_mass(cap[1])
     call = get_policy(name, num_experts=60, top_k=4, **params).fused_call(
         logits, ids, weights, torch.tensor(19, device=DEVICE), budget=budget)
-    default = launch_config(21, 60, 4)
+    default = default_launch_config(21, 60, 4)
     want = run(call, default._replace(sort=False))
     got = run(call, default)
     assert torch.equal(got.active_mask, want.active_mask) and torch.equal(got.topk_ids, want.topk_ids)
@@ -180,9 +180,29 @@ def test_mass_partials_are_int64_only_where_int32_could_overflow(monkeypatch):
     for name in ("lynx", "coverage"):
         call = get_policy(name, num_experts=32, top_k=4).fused_call(logits, ids, weights,
                                                                     torch.tensor(24, device=DEVICE))
-        want = run(call, launch_config(24, 32, 4))
+        want = run(call, default_launch_config(24, 32, 4))
         monkeypatch.setattr(routing_triton, "mass_partial_dtype", lambda num_rows: torch.int64)
-        got = run(call, launch_config(24, 32, 4))
+        got = run(call, default_launch_config(24, 32, 4))
         monkeypatch.undo()
         assert torch.equal(got.active_mask, want.active_mask) and torch.equal(got.topk_ids, want.topk_ids), name
         torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("block_t,parts", [(2, 8), (4, 4)])
+def test_partials_added_a_tile_at_a_time_route_as_in_one_load(block_t, parts):
+    """More launch-1 programs than launch 2 loads at once (T > 256 at four rows per program on a GPU):
+    launch 2 adds their partial sums a tile at a time, the last tile part-filled, as one load would."""
+    num_rows, num_experts, top_k = 42, 16, 4
+    logits, ids, weights = make_batch(num_rows, num_experts, top_k, DEVICE, torch.float32, seed=9)
+    logits[5, 3] = float("nan")
+    default = launch_config(num_rows, num_experts, top_k, block_t=16)
+    assert -(-num_rows // default.block_t) <= default.parts  # the reference: every partial in one load
+    tiled = default._replace(block_t=block_t, parts=parts)
+    assert (-(-num_rows // block_t)) % parts != 0  # several tiles, the last one part-filled
+    for name in ("lynx", "coverage"):
+        call = get_policy(name, num_experts=num_experts, top_k=top_k).fused_call(
+            logits, ids, weights, torch.tensor(num_rows - 3, device=DEVICE))
+        want, got = run(call, default), run(call, tiled)
+        assert want.active_mask.sum() < num_experts, name  # it prunes: the comparison is not vacuous
+        assert torch.equal(got.active_mask, want.active_mask) and torch.equal(got.topk_ids, want.topk_ids), name
+        torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0, msg=name)

@@ -46,7 +46,7 @@ def candidates(num_rows: int, num_experts: int, top_k: int) -> list[LaunchConfig
             found.append(config)
 
     for block_t in (t for t in (1, 2, 4, 8) if t <= rows_pow2):  # launch 1: rows per program and warps
-        for warps in (1, 4):
+        for warps in (1, 4, 8):  # 8: one warp per row at 8 rows (E 128, T 256: half the partials)
             if warps * 32 <= block_t * block_e:
                 add(default._replace(block_t=block_t, rows_warps=warps, scan_t=max(default.scan_t, block_t)))
     for block_t in sorted({default.block_t} | {t for t in (8, 16) if t <= rows_pow2}):  # launch 2

@@ -146,8 +146,8 @@ def routing_cases(dtype: str, quick: bool):
         config = rt.launch_config(rows, experts, top_k)
         block_t, scan_t = config.block_t, config.scan_t
         example = f"{name}, T={rows} E={experts} k={top_k}"
-        per_row = {"own_ids_ptr": "*i32", "own_values_ptr": "*fp32", "own_weights_ptr": "*i64", "row_flags_ptr": "*i8",
-                   "bins_ptr": "*i8", "bin_masks_ptr": "*i64", "threshold_ptr": "*i32", "need_ptr": "*i32", "num_real_ptr": "*i64",
+        per_row = {"own_ids_ptr": "*i32", "own_values_ptr": "*fp32", "own_weights_ptr": "*i64", "row_state_ptr": "*i32",
+                   "bins_ptr": "*i8", "bin_masks_ptr": "*i64", "num_real_ptr": "*i64",
                    "part_tallies_ptr": "*i32",
                    "part_mass_ptr": "*i32" if rt.mass_partial_dtype(rows) == torch.int32 else "*i64"}  # fmt: skip
         tally = rt.tally_layout(rows, args["BETA"] + 1 if args["MODE"] == rt.MODE_LYNX else 0)
@@ -156,7 +156,7 @@ def routing_cases(dtype: str, quick: bool):
             f"{dtype} _routing_rows_kernel ({example})", rt._routing_rows_kernel, {"logits_ptr": f"*{dtype}", **per_row},
             dict(MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=2,
                  BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, PICKS=config.picks,
-                 WORDS=rt.bit_words(block_e), **packing),
+                 WORDS=rt.bit_words(block_e), STORE_WEIGHTS=rt.reads_own_weights(args), **packing),
             config.rows_warps, 1, {"alpha": "fp32"},
         )  # fmt: skip
         yield Case(

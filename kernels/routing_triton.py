@@ -1,8 +1,9 @@
 """Fused routing decision on CUDA: two Triton launches per layer call, static grids, no host sync.
 
-Launch 1, ``_routing_rows_kernel``, grid cdiv(T, BLOCK_T): per row, clean logits, voter flag, own top-k
-(ids, logits, weights in fixed point); for lynx the bins, the row's bin threshold b* (the k-th best bin)
-and how many bin-b* experts it still needs. Per program, partial per-expert sums (votes, mass, lynx's
+Launch 1, ``_routing_rows_kernel``, grid cdiv(T, BLOCK_T): per row, clean logits, own top-k (ids,
+logits; weights in fixed point where launch 2 reads them), and one int32 of row state: the voter and
+finite flags, for lynx also the row's bin threshold b* (the k-th best bin) and how many bin-b* experts
+it still needs. Per program, partial per-expert sums (votes, mass, lynx's
 bin histogram, the experts some row takes for sure), written to its own slot: no atomics, no zeroing.
 The counts (each at most T) are packed several to an int32 word, so launch 2 loads fewer.
 
@@ -61,6 +62,11 @@ _HARDWARE_POPCOUNT = tl.constexpr(not INTERPRETING)
 _ROW_KEY, _ROW_TIE, _ROW_VALUE, _ROW_ORDER, _ROW_PICKED, _ROW_TOPPED, _ROW_ACTIVE, _ROW_SORT = (
     tl.constexpr(i) for i in range(8))
 SCRATCH_ROWS = 8
+# Launch 1's one int32 per row for launch 2: bit 0 voter, bit 1 all logits finite; for lynx also the
+# bin-b* experts the row still needs (at most k <= 64) and -b* (at most beta <= 8). One store per row
+# where three cost three layout conversions of a per-row vector (each through shared memory).
+_STATE_VOTER, _STATE_FINITE = tl.constexpr(1), tl.constexpr(2)
+_NEED_SHIFT, _NEED_MASK, _THRESHOLD_SHIFT = tl.constexpr(2), tl.constexpr(127), tl.constexpr(9)
 # Rows per program of the default launches under Triton's interpreter (tests/policies/test_policy_fused.py:
 # 188 s on 2 cores at 4 rows, 63 s at 16).
 INTERPRETER_BLOCK_T = 16
@@ -96,6 +102,21 @@ def _real_rows(rows, num_rows, num_real_ptr, num_real, NUM_REAL_MODE: tl.constex
     elif NUM_REAL_MODE == 2:
         real = real & (rows < tl.load(num_real_ptr))
     return real
+
+
+@triton.jit
+def _row_voter(state):
+    return (state & _STATE_VOTER) != 0
+
+
+@triton.jit
+def _row_need(state):
+    return (state >> _NEED_SHIFT) & _NEED_MASK
+
+
+@triton.jit
+def _row_threshold(state):
+    return -(state >> _THRESHOLD_SHIFT)
 
 
 @triton.jit
@@ -181,12 +202,12 @@ def _bit_or(a, b):
 @triton.jit
 def _routing_rows_kernel(
     logits_ptr, num_real_ptr,
-    own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr,
+    own_ids_ptr, own_values_ptr, own_weights_ptr, row_state_ptr, bins_ptr, bin_masks_ptr,
     part_tallies_ptr, part_mass_ptr,
     stride_logits, num_real, num_rows, num_experts, alpha,
     MODE: tl.constexpr, TOP_K: tl.constexpr, FLOOR_K: tl.constexpr, BETA: tl.constexpr,
     NUM_REAL_MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
-    PICKS: tl.constexpr, WORDS: tl.constexpr,
+    PICKS: tl.constexpr, WORDS: tl.constexpr, STORE_WEIGHTS: tl.constexpr,
     TALLY_BITS: tl.constexpr, TALLIES_PER_WORD: tl.constexpr, TALLY_WORDS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -205,12 +226,14 @@ def _routing_rows_kernel(
     row_slot_ok = row_ok[:, None] & (slot[None, :] < TOP_K)
     tl.store(own_ids_ptr + row_slot, own_ids, mask=row_slot_ok)
     tl.store(own_values_ptr + row_slot, own_values, mask=row_slot_ok)
-    tl.store(own_weights_ptr + row_slot, own_weights, mask=row_slot_ok)
-    tl.store(row_flags_ptr + rows, (voter.to(tl.int8) + 2 * finite.to(tl.int8)), mask=row_ok)
+    if STORE_WEIGHTS:  # only coverage's dropped-weight cap reads them (launch 2's _kept_rows)
+        tl.store(own_weights_ptr + row_slot, own_weights, mask=row_slot_ok)
+    state = voter.to(tl.int32) * _STATE_VOTER + finite.to(tl.int32) * _STATE_FINITE
 
     # A row's weights sum to at most MASS_ONE (2**20): a program's mass fits int32 below 2048 rows, and
     # int32 columns and adds are half the instructions of int64 ones.
     tl.static_assert(BLOCK_T < 2048)
+    tl.static_assert(TOP_K <= _NEED_MASK)  # a row's need fits its field of the row state
     own_units = own_weights.to(tl.int32)
     counts = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
     mass = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
@@ -240,8 +263,7 @@ def _routing_rows_kernel(
             need = tl.where(reached, TOP_K - above, need)
             found = found | reached
             above += in_bin_count
-        tl.store(threshold_ptr + rows, threshold, mask=row_ok)
-        tl.store(need_ptr + rows, need, mask=row_ok)
+        state += (need << _NEED_SHIFT) | (-threshold << _THRESHOLD_SHIFT)
         if PICKS == 2:  # the voters' threshold-bin experts, as bits (launch 2 reads 8 bytes per 64 experts)
             words = tl.arange(0, WORDS)
             in_threshold_bin = (bins == threshold[:, None]) & col_ok[None, :] & voter[:, None]
@@ -251,6 +273,7 @@ def _routing_rows_kernel(
         # A voter's expert in bin -i counts in field TALLY_BINS + BETA - i.
         bin_field = _TALLY_BINS + BETA + bins
         binned = col_ok[None, :] & voter[:, None]
+    tl.store(row_state_ptr + rows, state, mask=row_ok)
 
     # The counts, each row's 0 / 1 flags packed into the tally words before the sum over the program's
     # rows: that sum crosses warps (shared memory and a barrier) once per word, not once per count. Exact:
@@ -396,15 +419,13 @@ def _sum_parts(part_ptr, num_parts, stride, cols, BLOCK_E: tl.constexpr, PARTS: 
 
 
 @triton.jit
-def _threshold_bins(start, columns, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows, num_experts, col_ok,
-                    BLOCK_T: tl.constexpr):  # fmt: skip
+def _threshold_bins(start, columns, bins_ptr, row_state_ptr, num_rows, num_experts, col_ok, BLOCK_T: tl.constexpr):
     """Rows start.. start+BLOCK_T: (voter, threshold bin b*, how many bin-b* experts it needs, its bins
     at `columns` as int32: the batch's expert order, or the experts in index order)."""
     rows = start + tl.arange(0, BLOCK_T)
     row_ok = rows < num_rows
-    voter = (tl.load(row_flags_ptr + rows, mask=row_ok, other=0) & 1) != 0
-    threshold = tl.load(threshold_ptr + rows, mask=row_ok, other=0)
-    need = tl.load(need_ptr + rows, mask=row_ok, other=0)
+    state = tl.load(row_state_ptr + rows, mask=row_ok, other=0)
+    voter, threshold, need = _row_voter(state), _row_threshold(state), _row_need(state)
     bins = tl.load(bins_ptr + rows[:, None].to(tl.int64) * num_experts + columns[None, :],
                    mask=row_ok[:, None] & col_ok[None, :], other=-128).to(tl.int32)  # fmt: skip
     return voter, threshold, need, bins
@@ -420,14 +441,14 @@ def _batch_order(scratch, rank, cols, col_ok, BLOCK_E: tl.constexpr):
 
 
 @triton.jit
-def _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows, num_experts,
+def _lynx_picks(scratch, lynx_rank, bins_ptr, row_state_ptr, num_rows, num_experts,
                 cols, col_ok, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):  # fmt: skip
     """[E] bool: experts some voter takes from its threshold bin (the first `need` of them in the
     batch's expert order)."""
     order = _batch_order(scratch, lynx_rank, cols, col_ok, BLOCK_E)
     picked = tl.zeros([BLOCK_E], dtype=tl.int32)
     for start in range(0, num_rows, BLOCK_T):
-        voter, threshold, need, bins = _threshold_bins(start, order, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr,
+        voter, threshold, need, bins = _threshold_bins(start, order, bins_ptr, row_state_ptr,
                                                        num_rows, num_experts, col_ok, BLOCK_T)  # fmt: skip
         in_bin = (bins == threshold[:, None]) & col_ok[None, :]
         first = tl.cumsum(in_bin.to(tl.int32), axis=1) <= need[:, None]
@@ -437,14 +458,14 @@ def _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags
 
 
 @triton.jit
-def _lynx_picks_by_rank(lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows, num_experts, cols,
+def _lynx_picks_by_rank(lynx_rank, bins_ptr, row_state_ptr, num_rows, num_experts, cols,
                         col_ok, TOP_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):  # fmt: skip
     """The same picks as `_lynx_picks`, another way (LaunchConfig.picks = 1): each row's bins read in
     expert order (contiguous, no gather), its cut the need-th lowest batch rank among its bin-b*
     experts (TOP_K min-reductions per row, need <= TOP_K), the picks those at or before the cut."""
     picked = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
     for start in range(0, num_rows, BLOCK_T):
-        voter, threshold, need, bins = _threshold_bins(start, cols, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr,
+        voter, threshold, need, bins = _threshold_bins(start, cols, bins_ptr, row_state_ptr,
                                                        num_rows, num_experts, col_ok, BLOCK_T)  # fmt: skip
         in_bin = (bins == threshold[:, None]) & col_ok[None, :] & voter[:, None]
         key = tl.where(in_bin, lynx_rank[None, :], BLOCK_E)  # ranks are 0..E-1, each once
@@ -458,7 +479,7 @@ def _lynx_picks_by_rank(lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_
 
 
 @triton.jit
-def _lynx_picks_by_bits(scratch, order, bin_masks_ptr, need_ptr, num_rows, cols, col_ok, WORDS: tl.constexpr,
+def _lynx_picks_by_bits(scratch, order, bin_masks_ptr, row_state_ptr, num_rows, cols, col_ok, WORDS: tl.constexpr,
                         BITS_T: tl.constexpr, BLOCK_E: tl.constexpr):  # fmt: skip
     """The same picks as `_lynx_picks`, a third way (LaunchConfig.picks = 2), with no pass over a row's E
     experts: launch 1 stored each voter's threshold-bin experts as bits. Here, once, the bits of the
@@ -479,7 +500,7 @@ def _lynx_picks_by_bits(scratch, order, bin_masks_ptr, need_ptr, num_rows, cols,
         row_ok = rows < num_rows
         masks = tl.load(bin_masks_ptr + rows[:, None].to(tl.int64) * WORDS + words[None, :], mask=row_ok[:, None],
                         other=0)  # fmt: skip
-        need = tl.load(need_ptr + rows, mask=row_ok, other=0)
+        need = _row_need(tl.load(row_state_ptr + rows, mask=row_ok, other=0))
         low = tl.zeros([BITS_T], dtype=tl.int32)
         high = tl.full([BITS_T], BLOCK_E - 1, dtype=tl.int32)
         for step in tl.static_range(9):  # log2(BLOCK_E) halvings of [0, BLOCK_E), BLOCK_E <= 512
@@ -496,12 +517,12 @@ def _lynx_picks_by_bits(scratch, order, bin_masks_ptr, need_ptr, num_rows, cols,
 
 
 @triton.jit
-def _kept_rows(topped_ptr, rows, row_ok, slot, own_ids_ptr, own_weights_ptr, row_flags_ptr, given_keep_ptr,
+def _kept_rows(topped_ptr, rows, row_ok, slot, own_ids_ptr, own_weights_ptr, row_state_ptr, given_keep_ptr,
                dropped_cap_units, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr, KEEP_MODE: tl.constexpr,
                ANY_DROP: tl.constexpr):  # fmt: skip
     """[BT] bool: voters that keep their own routing: coverage's dropped-weight cap against the
     topped-up set at `topped_ptr` (KEEP_MODE 1), or the rows a torch `decide` returned (2)."""
-    voter = (tl.load(row_flags_ptr + rows, mask=row_ok, other=0) & 1) != 0
+    voter = _row_voter(tl.load(row_state_ptr + rows, mask=row_ok, other=0))
     if KEEP_MODE == 1:
         row_slot = rows[:, None] * BLOCK_K + slot[None, :]
         slot_ok = row_ok[:, None] & (slot[None, :] < TOP_K)
@@ -518,7 +539,7 @@ def _kept_rows(topped_ptr, rows, row_ok, slot, own_ids_ptr, own_weights_ptr, row
 
 
 @triton.jit
-def _kept_experts(topped_ptr, topk_ids_ptr, stride_ids, own_ids_ptr, own_weights_ptr, row_flags_ptr,
+def _kept_experts(topped_ptr, topk_ids_ptr, stride_ids, own_ids_ptr, own_weights_ptr, row_state_ptr,
                   given_keep_ptr, dropped_cap_units, num_rows, num_experts, cols, slot,
                   TOP_K: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr,
                   BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
@@ -527,7 +548,7 @@ def _kept_experts(topped_ptr, topk_ids_ptr, stride_ids, own_ids_ptr, own_weights
     for start in range(0, num_rows, BLOCK_T):
         rows = start + tl.arange(0, BLOCK_T)
         row_ok = rows < num_rows
-        keep = _kept_rows(topped_ptr, rows, row_ok, slot, own_ids_ptr, own_weights_ptr, row_flags_ptr,
+        keep = _kept_rows(topped_ptr, rows, row_ok, slot, own_ids_ptr, own_weights_ptr, row_state_ptr,
                           given_keep_ptr, dropped_cap_units, TOP_K, BLOCK_K, KEEP_MODE, ANY_DROP)
         ids = tl.load(topk_ids_ptr + rows[:, None].to(tl.int64) * stride_ids + slot[None, :],
                       mask=row_ok[:, None] & (slot[None, :] < TOP_K), other=0)
@@ -540,7 +561,7 @@ def _kept_experts(topped_ptr, topk_ids_ptr, stride_ids, own_ids_ptr, own_weights
 
 @triton.jit
 def _decide_active(
-    scratch, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr, row_flags_ptr, own_ids_ptr, own_weights_ptr,
+    scratch, bins_ptr, bin_masks_ptr, row_state_ptr, own_ids_ptr, own_weights_ptr,
     topk_ids_ptr, part_tallies_ptr, part_mass_ptr, num_parts,
     budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
     stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
@@ -616,15 +637,15 @@ def _decide_active(
         else:
             lynx_rank = _rank_desc(scratch, votes, cols, cols, num_experts, BLOCK_E, CHUNK, False)
         if PICKS == 0:
-            picked = _lynx_picks(scratch, lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows,
+            picked = _lynx_picks(scratch, lynx_rank, bins_ptr, row_state_ptr, num_rows,
                                  num_experts, cols, col_ok, SCAN_T, BLOCK_E)  # fmt: skip
         elif PICKS == 1:
-            picked = _lynx_picks_by_rank(lynx_rank, bins_ptr, threshold_ptr, need_ptr, row_flags_ptr, num_rows,
+            picked = _lynx_picks_by_rank(lynx_rank, bins_ptr, row_state_ptr, num_rows,
                                          num_experts, cols, col_ok, TOP_K, SCAN_T, BLOCK_E)  # fmt: skip
         else:
             if not SORT_RULE:
                 order = _batch_order(scratch, lynx_rank, cols, col_ok, BLOCK_E)
-            picked = _lynx_picks_by_bits(scratch, order, bin_masks_ptr, need_ptr, num_rows, cols, col_ok, WORDS,
+            picked = _lynx_picks_by_bits(scratch, order, bin_masks_ptr, row_state_ptr, num_rows, cols, col_ok, WORDS,
                                          BITS_T, BLOCK_E)  # fmt: skip
         active = (union != 0) | picked
     elif MODE == 1:  # union of the voters' own top-j
@@ -666,7 +687,7 @@ def _decide_active(
     if KEEP_MODE != 0:
         _share(scratch, _ROW_TOPPED, active, cols, BLOCK_E)
         active = active | _kept_experts(scratch + _ROW_TOPPED * BLOCK_E, topk_ids_ptr, stride_ids, own_ids_ptr,
-                                        own_weights_ptr, row_flags_ptr, given_keep_ptr, dropped_cap_units, num_rows,
+                                        own_weights_ptr, row_state_ptr, given_keep_ptr, dropped_cap_units, num_rows,
                                         num_experts, cols, slot, TOP_K, KEEP_MODE, ANY_DROP, SCAN_T, BLOCK_E,
                                         BLOCK_K)  # fmt: skip
     if HAS_BUDGET:  # budget.cap_active_experts
@@ -688,7 +709,7 @@ def _decide_active(
 @triton.jit
 def _remap_rows(
     active_ptr, topped_ptr, logits_ptr, topk_ids_ptr, topk_weights_ptr, out_ids_ptr, out_weights_ptr,
-    num_real_ptr, own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, given_keep_ptr,
+    num_real_ptr, own_ids_ptr, own_values_ptr, own_weights_ptr, row_state_ptr, given_keep_ptr,
     stride_logits, stride_ids, stride_weights, num_real, num_rows, num_experts, dropped_cap_units,
     rows, cols, slot,
     TOP_K: tl.constexpr, SLOTS: tl.constexpr, KEEP_MODE: tl.constexpr, ANY_DROP: tl.constexpr,
@@ -766,14 +787,14 @@ def _remap_rows(
 
     # A row keeps the model's routing when it is padding, or all its experts are active and it is
     # finite with every slot used, or a kept row.
-    flags = tl.load(row_flags_ptr + rows, mask=row_ok, other=0)
+    state = tl.load(row_state_ptr + rows, mask=row_ok, other=0)
     real = _real_rows(rows, num_rows, num_real_ptr, num_real, NUM_REAL_MODE)
     clamped = tl.minimum(tl.maximum(given_ids, 0), num_experts - 1).to(tl.int32)
     all_active = tl.sum(((tl.load(active_ptr + clamped) == 0) & slot_ok).to(tl.int32), axis=1) == 0
-    keep_anyway = ((flags & 2) != 0) & (SLOTS == TOP_K)
+    keep_anyway = ((state & _STATE_FINITE) != 0) & (SLOTS == TOP_K)
     if KEEP_MODE != 0:
         keep_anyway = keep_anyway | _kept_rows(topped_ptr, rows, row_ok, slot, own_ids_ptr, own_weights_ptr,
-                                               row_flags_ptr, given_keep_ptr, dropped_cap_units, TOP_K, BLOCK_K,
+                                               row_state_ptr, given_keep_ptr, dropped_cap_units, TOP_K, BLOCK_K,
                                                KEEP_MODE, ANY_DROP)  # fmt: skip
     keep = ~real | (all_active & keep_anyway)
     out = rows[:, None].to(tl.int64) * stride_ids + slot[None, :]
@@ -786,7 +807,7 @@ def _remap_rows(
 @triton.jit
 def _routing_decide_kernel(
     logits_ptr, topk_ids_ptr, topk_weights_ptr, num_real_ptr,
-    own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr,
+    own_ids_ptr, own_values_ptr, own_weights_ptr, row_state_ptr, bins_ptr, bin_masks_ptr,
     part_tallies_ptr, part_mass_ptr,
     budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
     scratch_ptr, out_ids_ptr, out_weights_ptr, active_out_ptr,
@@ -805,7 +826,7 @@ def _routing_decide_kernel(
     cols = tl.arange(0, BLOCK_E)
     slot = tl.arange(0, BLOCK_K)
     active = _decide_active(
-        scratch, bins_ptr, bin_masks_ptr, threshold_ptr, need_ptr, row_flags_ptr, own_ids_ptr, own_weights_ptr,
+        scratch, bins_ptr, bin_masks_ptr, row_state_ptr, own_ids_ptr, own_weights_ptr,
         topk_ids_ptr, part_tallies_ptr, part_mass_ptr, num_parts,
         budget_max_ptr, budget_fraction_ptr, given_active_ptr, given_keep_ptr,
         stride_ids, num_rows, num_experts, rule_n, fraction_units, dropped_cap_units, cols, slot,
@@ -819,7 +840,7 @@ def _routing_decide_kernel(
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
     _remap_rows(
         scratch + _ROW_ACTIVE * BLOCK_E, scratch + _ROW_TOPPED * BLOCK_E, logits_ptr, topk_ids_ptr, topk_weights_ptr,
-        out_ids_ptr, out_weights_ptr, num_real_ptr, own_ids_ptr, own_values_ptr, own_weights_ptr, row_flags_ptr,
+        out_ids_ptr, out_weights_ptr, num_real_ptr, own_ids_ptr, own_values_ptr, own_weights_ptr, row_state_ptr,
         given_keep_ptr, stride_logits, stride_ids, stride_weights, num_real, num_rows, num_experts,
         dropped_cap_units, rows, cols, slot,
         TOP_K, SLOTS, KEEP_MODE, ANY_DROP, RENORMALIZE, NUM_REAL_MODE, BLOCK_T, BLOCK_E, BLOCK_K,
@@ -982,6 +1003,11 @@ def cap_sorts(num_rows: int, block_e: int, config: LaunchConfig) -> bool:
     return config.sort and sort_fits(_largest_preference_key(num_rows), block_e)
 
 
+def reads_own_weights(args: dict) -> bool:
+    """Whether launch 2 reads the rows' own weights (coverage's dropped-weight cap), so launch 1 stores them."""
+    return args["KEEP_MODE"] == KEEP_DROPPED_CAP and not args["ANY_DROP"]
+
+
 def parts_per_load(programs: int) -> int:
     """Launch-1 programs whose partial sums launch 2 loads at once: all of them, up to 64 (a tile of
     64 x E; more would cost registers)."""
@@ -1027,12 +1053,12 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
 
     own_ids, own_values, own_weights = empty(num_rows, block_k), empty(num_rows, block_k, dtype=torch.float32), \
         empty(num_rows, block_k, dtype=torch.int64)
-    row_flags = empty(num_rows, dtype=torch.int8)
+    row_state = empty(num_rows)
+    unused = empty(1, dtype=torch.int8)  # for the pointers a call does not read
     lynx = args["MODE"] == MODE_LYNX
     words = bit_words(block_e)
-    bins = empty(num_rows, num_experts, dtype=torch.int8) if lynx and config.picks != 2 else row_flags
+    bins = empty(num_rows, num_experts, dtype=torch.int8) if lynx and config.picks != 2 else unused
     bin_masks = empty(num_rows, words, dtype=torch.int64) if lynx and config.picks == 2 else own_weights
-    threshold, need = (empty(num_rows), empty(num_rows)) if lynx else (row_flags, row_flags)
     tally = tally_layout(num_rows, args["BETA"] + 1 if lynx else 0)
     part_tallies = empty(programs, tally.words, block_e)
     part_mass = empty(programs, block_e, dtype=mass_partial_dtype(num_rows))
@@ -1040,31 +1066,31 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
     out_ids, out_weights = torch.empty_like(ids), torch.empty_like(weights)
     active = torch.empty(num_experts, dtype=torch.bool, device=device)
 
-    num_real_mode, num_real_ptr, num_real_value = _num_real_arguments(call.num_real, device, row_flags)
+    num_real_mode, num_real_ptr, num_real_value = _num_real_arguments(call.num_real, device, unused)
     has_budget = call.budget_max_experts is not None
     # Without a budget its pointers are never read: placeholders of the budget's dtypes (int64, fp32).
     budget_max = call.budget_max_experts if has_budget else own_weights
     budget_fraction = call.budget_mass_fraction if has_budget else own_values
-    given_active = call.given_active.view(torch.uint8) if call.given_active is not None else row_flags
-    given_keep = call.given_keep.view(torch.uint8) if call.given_keep is not None else row_flags
+    given_active = call.given_active.view(torch.uint8) if call.given_active is not None else unused
+    given_keep = call.given_keep.view(torch.uint8) if call.given_keep is not None else unused
     if logits.stride(1) != 1:
         logits = logits.contiguous()
 
     def launch_rows():
         _routing_rows_kernel[(programs,)](
-            logits, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, bin_masks, threshold, need,
+            logits, num_real_ptr, own_ids, own_values, own_weights, row_state, bins, bin_masks,
             part_tallies, part_mass,
             logits.stride(0), num_real_value, num_rows, num_experts, args["alpha"],
             MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=num_real_mode,
             BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, PICKS=config.picks, WORDS=words,
+            STORE_WEIGHTS=reads_own_weights(args),
             TALLY_BITS=tally.bits, TALLIES_PER_WORD=tally.per_word, TALLY_WORDS=tally.words,
             **({} if INTERPRETING else {"num_warps": config.rows_warps}),
         )  # fmt: skip
 
     def launch_decide():
         _routing_decide_kernel[(programs,)](
-            logits, ids, weights, num_real_ptr, own_ids, own_values, own_weights, row_flags, bins, bin_masks,
-            threshold, need,
+            logits, ids, weights, num_real_ptr, own_ids, own_values, own_weights, row_state, bins, bin_masks,
             part_tallies, part_mass,
             budget_max, budget_fraction, given_active, given_keep, scratch, out_ids, out_weights, active.view(torch.uint8),
             logits.stride(0), ids.stride(0), weights.stride(0), num_real_value, num_rows, num_experts, programs,

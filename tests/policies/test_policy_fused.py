@@ -298,3 +298,17 @@ def test_the_triton_path_refuses_anchors_rule_it_cannot_do():
     call = RoutingCall(AnchorRule(log_ratio=-1.2, min_share_units=0, fill_to_k=False), logits, ids, weights, None, 2, True)
     with pytest.raises(TypeError, match="no fused kernel for rule AnchorRule"):
         fused_route(call, "triton")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_lynx_at_a_large_k_needs_many_experts_of_its_threshold_bin(implementation):
+    """k 40 of 64 experts at a low alpha: rows need up to 40 experts of their threshold bin (on Triton a
+    field of launch 1's row state wider than any top-8 batch needs) and take them in the batch's order."""
+    logits = make_logits(5, 64, seed=12, scale=0.5)
+    ids, weights = normal_routing(logits, 40, True)
+    policy = get_policy("lynx", num_experts=64, top_k=40, alpha=0.3, beta=2, tie_break="index")
+    on_device = moved(device_for(implementation), logits, ids, weights)
+    reference = policy.select(*on_device, implementation="torch")
+    fused = policy.select(*on_device, implementation=implementation)
+    assert_same_decision(f"{implementation} lynx k=40", fused, reference)
+    assert int(reference.active_mask.sum()) < 64  # it prunes: the picks decide the set

@@ -5,7 +5,7 @@
 
 Compiles both launches of one routing call as a real call would (`compile_only`), disassembles the
 cubins with the tools Triton ships (nvdisasm, cuobjdump) and prints, per launch: registers, stack
-(spills), SASS instructions, and how many of them each function of `routing_triton` produced (from
+(spills), SASS instructions, barriers and shared-memory traffic, and how many of them each function of `routing_triton` produced (from
 the cubin's line table), and each loop's body. Launch 2 runs one program per SM with 4 warps, so
 nearly every instruction's latency is exposed (Nsight Compute measured 13 cycles per issued
 instruction): fewer instructions on a program's path is what makes it faster. Triton's library code
@@ -77,9 +77,9 @@ def functions_by_line(path: str) -> dict[int, str]:
     return names
 
 
-class Report(collections.namedtuple("Report", "registers stack instructions by_function loops")):
+class Report(collections.namedtuple("Report", "registers stack instructions by_function loops opcodes")):
     """registers and stack bytes per thread, SASS instructions, {function: instructions},
-    [(function most of the body comes from, body instructions)]."""
+    [(function most of the body comes from, body instructions)], {opcode without modifiers: count}."""
 
 
 def analyse(cubin: bytes, workdir: str, name: str) -> Report:
@@ -110,13 +110,15 @@ def analyse(cubin: bytes, workdir: str, name: str) -> Report:
                 labels[pending] = address
                 pending = None
     by_function = collections.Counter(function for _, _, function in instructions)
+    opcodes = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
+                                  for _, text, _ in instructions)
     loops = []
     for address, text, _ in instructions:
         target = re.search(r"BRA\b.*?(\.L_x_\d+)", text)
         if target and labels.get(target.group(1), address + 1) <= address:  # a backward branch: a loop
             body = [f for a, _, f in instructions if labels[target.group(1)] <= a <= address]
             loops.append((collections.Counter(body).most_common(1)[0][0], len(body)))
-    return Report(registers, stack, len(instructions), by_function, loops)
+    return Report(registers, stack, len(instructions), by_function, loops, opcodes)
 
 
 def main(argv=None) -> int:
@@ -157,6 +159,10 @@ def main(argv=None) -> int:
                 report = analyse(cubins[kernel], workdir, kernel)
                 print(f"launch {launch} ({kernel}): {report.instructions} instructions, {report.registers} registers, "
                       f"{report.stack} B stack")  # fmt: skip
+                # Barriers and shared-memory traffic: where threads wait for each other (reductions across
+                # warps, layout conversions of stored vectors).
+                print(f"  barriers {report.opcodes['BAR']}, shared-memory stores {report.opcodes['STS']}, "
+                      f"loads {report.opcodes['LDS']}, shuffles {report.opcodes['SHFL']}")  # fmt: skip
                 listed = ", ".join(f"{f} {n}" for f, n in report.by_function.most_common(args.top))
                 print(f"  by function: {listed}")
                 if report.loops:

@@ -75,6 +75,8 @@ def test_sass_report_counts_what_each_launch_compiles_to():
     for picks, out in outputs.items():
         launch = re.search(r"launch 2 \(_routing_decide_kernel\): (\d+) instructions, (\d+) registers", out)
         assert launch and int(launch.group(1)) > 500 and 16 <= int(launch.group(2)) <= 255, out
+        waits = re.search(r"launch 2 .*\n  barriers (\d+), shared-memory stores (\d+), loads (\d+)", out)
+        assert waits and 0 < int(waits.group(1)) < int(launch.group(1)), out  # launch 2 reduces across warps
         order = "_sort_desc" if picks == 2 else "_rank_desc"
         assert re.search(rf"by function: .*{order} \d+", out), out
     loop = lambda out, name: max(int(n) for n in re.findall(rf"{name} (\d+)", out.split("loop bodies:")[-1]))  # noqa: E731

@@ -157,7 +157,7 @@ def routing_cases(dtype: str, quick: bool):
             dict(MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=2,
                  BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, PICKS=config.picks,
                  WORDS=rt.bit_words(block_e), STORE_WEIGHTS=rt.reads_own_weights(args),
-                 TALLY_WORDS_P2=rt._next_pow2(tally.words), **packing),
+                 TALLY_WORDS_P2=tally.words_pow2, **packing),
             config.rows_warps, 1, {"alpha": "fp32"},
         )  # fmt: skip
         yield Case(

@@ -888,6 +888,7 @@ class TallyLayout(NamedTuple):
     bits: int  # per field: every tally is at most T
     per_word: int  # fields per int32 word
     words: int
+    words_pow2: int  # the words' axis of launch 1's stacked sum over rows
 
 
 def tally_layout(num_rows: int, bins: int) -> TallyLayout:
@@ -895,7 +896,8 @@ def tally_layout(num_rows: int, bins: int) -> TallyLayout:
     into int32 words; the sums over programs stay exact, since no field's total exceeds T."""
     bits = max(1, num_rows.bit_length())
     per_word = max(1, 31 // bits)
-    return TallyLayout(bits, per_word, -(-(TALLY_BINS + bins) // per_word))
+    words = -(-(TALLY_BINS + bins) // per_word)
+    return TallyLayout(bits, per_word, words, _next_pow2(words))
 
 
 def mass_partial_dtype(num_rows: int) -> torch.dtype:
@@ -1090,7 +1092,7 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
             BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, PICKS=config.picks, WORDS=words,
             STORE_WEIGHTS=reads_own_weights(args),
             TALLY_BITS=tally.bits, TALLIES_PER_WORD=tally.per_word, TALLY_WORDS=tally.words,
-            TALLY_WORDS_P2=_next_pow2(tally.words),
+            TALLY_WORDS_P2=tally.words_pow2,
             **({} if INTERPRETING else {"num_warps": config.rows_warps}),
         )  # fmt: skip
 

@@ -201,6 +201,10 @@ inline const float* clean_row(const RouteArgs& a, int64_t t, float* buffer, bool
 LYNX_VECTOR_CLONES void scan_rows(const RouteArgs& a, Workspace& w) {
   const int64_t T = a.num_rows, E = a.num_experts, K = a.top_k;
   float buffer[kMaxExperts];
+  // A router whose ids are not its logits' top-k (a biased one) fails the check on every row: after
+  // kGiveUpAfter failures in a row this call stops checking (own_top alone gives the same answer).
+  constexpr int kGiveUpAfter = 4;
+  int failed_checks = 0;
   for (int64_t t = 0; t < T; ++t) {
     bool finite;
     const float* row = clean_row(a, t, buffer, finite);
@@ -209,13 +213,15 @@ LYNX_VECTOR_CLONES void scan_rows(const RouteArgs& a, Workspace& w) {
     w.finite[t] = finite;
     float values[kMaxTopK];  // local: the selection then stays in registers (no aliasing with row)
     int32_t ids[kMaxTopK];
-    if (!own_top_from_ids(a, t, row, values, ids)) own_top(row, E, K, values, ids);
+    const bool from_ids = failed_checks < kGiveUpAfter && own_top_from_ids(a, t, row, values, ids);
+    failed_checks = from_ids ? 0 : failed_checks + 1;
+    if (!from_ids) own_top(row, E, K, values, ids);
     std::copy(values, values + K, &w.own_values[t * K]);
     std::copy(ids, ids + K, &w.own_ids[t * K]);
     // Renormalised top-k weights: fp32 exp (correctly rounded via double), exact 2**40 scaling.
     int64_t fixed[kMaxTopK], total = 0;
-    for (int64_t j = 0; j < K; ++j) {
-      const float ratio = static_cast<float>(std::exp(static_cast<double>(values[j] - values[0])));
+    for (int64_t j = 0; j < K; ++j) {  // the best expert's gap is 0: its ratio is 1, no exp call
+      const float ratio = j == 0 ? 1.0f : static_cast<float>(std::exp(static_cast<double>(values[j] - values[0])));
       fixed[j] = static_cast<int64_t>(ratio * kRatioScale);
       total += fixed[j];
     }

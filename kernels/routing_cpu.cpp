@@ -65,6 +65,7 @@ struct Workspace {
   std::vector<int32_t> threshold, need;
   std::vector<int64_t> counts, mass, union_count;  // [E]
   std::vector<int32_t> bin_votes;  // [beta+1, E]: voters with the expert in bin -j
+  std::vector<int32_t> above_threshold;  // [E] lynx: voters with the expert above their threshold bin
   std::vector<uint8_t> active, topped, candidate;  // candidate: active, less the row's own top-k
   std::vector<int32_t> order, rank, active_ids;
 };
@@ -262,9 +263,12 @@ LYNX_VECTOR_CLONES void scan_rows(const RouteArgs& a, Workspace& w) {
     w.need[t] = static_cast<int32_t>(K - above);
     std::copy(bins, bins + E, &w.bins[t * E]);
     if (!voter) continue;
-    int64_t* sure = w.union_count.data();
+    // int32, as the bins: an int64 sum here widened every compare (twice the instructions per row).
+    int32_t* sure = w.above_threshold.data();
     for (int64_t e = 0; e < E; ++e) sure[e] += bins[e] > bin;
   }
+  if (a.mode == kLynx)
+    for (int64_t e = 0; e < E; ++e) w.union_count[e] += w.above_threshold[e];
 }
 
 // Experts sorted by `before(a, b)`; rank[e] = position of e.
@@ -493,6 +497,7 @@ extern "C" int lynx_route_cpu(const RouteArgs* args) {
   w.mass.assign(E, 0);
   w.union_count.assign(E, 0);
   w.bin_votes.assign(a.mode == kLynx ? E * (a.beta + 1) : 0, 0);
+  w.above_threshold.assign(a.mode == kLynx ? E : 0, 0);
   w.active.assign(E, 0);
   w.order.resize(E);
   w.rank.resize(E);

@@ -271,13 +271,23 @@ LYNX_VECTOR_CLONES void scan_rows(const RouteArgs& a, Workspace& w) {
     for (int64_t e = 0; e < E; ++e) w.union_count[e] += w.above_threshold[e];
 }
 
-// Experts sorted by `before(a, b)`; rank[e] = position of e.
-template <class Before>
-void order_experts(int64_t E, std::vector<int32_t>& order, std::vector<int32_t>& rank, Before before) {
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), before);
+// Experts sorted by `before(a, b)`; rank[e] = position of e. Every order here is by non-negative
+// keys, descending, then a tie-break: experts whose keys are all zero (`unkeyed`) come after all
+// others and tie among themselves, so they are placed in their tie-break order (`tie_order(i)`: the
+// i-th expert in it) and only the rest are sorted. At small T that is a few experts, not all E.
+template <class Unkeyed, class TieOrder, class Before>
+void order_experts(int64_t E, std::vector<int32_t>& order, std::vector<int32_t>& rank, Unkeyed unkeyed,
+                   TieOrder tie_order, Before before) {
+  int64_t keyed = 0;
+  for (int64_t i = 0; i < E; ++i)
+    if (!unkeyed(tie_order(i))) order[keyed++] = tie_order(i);
+  for (int64_t i = 0, next = keyed; i < E; ++i)
+    if (unkeyed(tie_order(i))) order[next++] = tie_order(i);
+  std::sort(order.begin(), order.begin() + keyed, before);
   for (int64_t r = 0; r < E; ++r) rank[order[r]] = static_cast<int32_t>(r);
 }
+
+inline int32_t by_index(int64_t i) { return static_cast<int32_t>(i); }
 
 // anchor's greedy hitting set (policies/anchor.py, AnchorPolicy.hitting_set): repeatedly pick the
 // expert acceptable to the most waiting rows (ties: more routed mass, then lower index), until no
@@ -333,7 +343,8 @@ void decide(const RouteArgs& a, Workspace& w) {
   for (int64_t e = 0; e < E; ++e) total_mass += w.mass[e];
   // Preference order: routed mass, then votes (descending), then lower index.
   std::vector<int32_t> preference(E), preference_rank(E);
-  order_experts(E, preference, preference_rank, [&](int32_t x, int32_t y) {
+  const auto unrouted = [&](int32_t e) { return w.mass[e] == 0 && w.counts[e] == 0; };
+  order_experts(E, preference, preference_rank, unrouted, by_index, [&](int32_t x, int32_t y) {
     if (w.mass[x] != w.mass[y]) return w.mass[x] > w.mass[y];
     if (w.counts[x] != w.counts[y]) return w.counts[x] > w.counts[y];
     return x < y;
@@ -345,7 +356,9 @@ void decide(const RouteArgs& a, Workspace& w) {
       int64_t power = 1;
       for (int64_t j = a.beta; j >= 0; --j, power *= voters) votes[e] += w.bin_votes[j * E + e] * power;
     }
-    order_experts(E, w.order, w.rank, [&](int32_t x, int32_t y) {
+    const auto no_votes = [&](int32_t e) { return votes[e] == 0; };
+    const auto ties = [&](int64_t i) { return a.tie_by_mass ? preference[i] : by_index(i); };
+    order_experts(E, w.order, w.rank, no_votes, ties, [&](int32_t x, int32_t y) {
       if (votes[x] != votes[y]) return votes[x] > votes[y];
       return a.tie_by_mass ? preference_rank[x] < preference_rank[y] : x < y;
     });
@@ -363,7 +376,7 @@ void decide(const RouteArgs& a, Workspace& w) {
   } else if (a.mode == kBudget) {
     for (int64_t e = 0; e < E; ++e) w.active[e] = preference_rank[e] < a.rule_n && w.counts[e] > 0;
   } else if (a.mode == kTopN) {
-    order_experts(E, w.order, w.rank, [&](int32_t x, int32_t y) {
+    order_experts(E, w.order, w.rank, unrouted, by_index, [&](int32_t x, int32_t y) {
       if (w.counts[x] != w.counts[y]) return w.counts[x] > w.counts[y];
       if (w.mass[x] != w.mass[y]) return w.mass[x] > w.mass[y];
       return x < y;

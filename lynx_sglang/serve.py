@@ -299,22 +299,53 @@ def reap_children() -> None:
             return
 
 
-def stop_process_group(process: subprocess.Popen, grace: float = 15.0) -> None:
-    """SIGTERM the whole SGLang process group (launcher, scheduler, detokenizer), then SIGKILL."""
+# How long SGLang gets to stop by itself after the signal we pass on. SIGTERM means "drain": SGLang
+# finishes the requests in flight first (its watchdog looks every 5 s). The whole ladder stays under
+# the deployment's 30 s stop_grace_period.
+STOP_GRACE_S = {signal.SIGINT: 10.0, signal.SIGTERM: 20.0}
+
+
+def _wait_group_gone(process, pgid: int, seconds: float, *, until_leader_exits=False, hurry=lambda: False) -> bool:
+    """Wait until no process of the group runs (True), or `seconds` pass, or `hurry()` says so, or (if
+    asked) the group's leader has exited while others still run: those were orphaned, waiting is
+    pointless."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not hurry():
+        leader_exited = process.poll() is not None  # also reaps our direct child
+        reap_children()
+        if not _live_group_members(pgid):
+            reap_children()
+            return True
+        if until_leader_exits and leader_exited:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGINT, hurry=lambda: False) -> None:
+    """Stop SGLang the way SGLang stops itself, then make sure of it.
+
+    The signal goes to SGLang's launcher alone, as if it had been sent to `sglang.launch_server`:
+    SIGINT stops at once, SIGTERM drains requests in flight first; either way SGLang ends its own
+    scheduler and detokenizer. Whatever of the group still runs after the grace period (or once the
+    launcher is gone) gets SIGTERM, then SIGKILL. Signalling the whole group at once instead made the
+    launcher see its scheduler die, report a crash and sleep 5 s for crash diagnostics.
+    `hurry()` turning true (a second Ctrl-C) skips what is left of the grace period."""
     pgid = process.pid  # start_new_session=True made the child the leader of its own group
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+    if process.poll() is None:
         try:
-            os.killpg(pgid, sig)
+            os.kill(pgid, sig)
+        except ProcessLookupError:
+            pass
+        if _wait_group_gone(process, pgid, STOP_GRACE_S.get(sig, 10.0), until_leader_exits=True, hurry=hurry):
+            return
+    for group_signal, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, group_signal)
         except ProcessLookupError:
             break
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            process.poll()  # reap our direct child so it does not linger as a zombie
-            reap_children()
-            if not _live_group_members(pgid):
-                reap_children()
-                return
-            time.sleep(0.1)
+        if _wait_group_gone(process, pgid, wait):
+            return
     process.poll()
     reap_children()
 
@@ -343,10 +374,13 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
     print(f"lynx-sglang: starting SGLang for {plan.model_path} on {plan.url} "
           f"(policy {policy}, budget {config.budget or 'none'}, kernel {config.kernel})", flush=True)
     become_subreaper()
-    # Own process group: one signal stops SGLang's launcher and every process it spawned.
+    # Own process group: whatever SGLang spawns can be found and stopped, even orphaned.
     process = subprocess.Popen(plan.command(), env=env, start_new_session=True)
 
+    received = []  # the signal that stops us is the one SGLang gets: SIGTERM drains, SIGINT does not
+
     def on_signal(signum, _frame):
+        received.append(signum)
         raise KeyboardInterrupt  # unwinds to the finally below, which stops the process group
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -360,10 +394,14 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
             return 1
         return process.wait() if process.poll() is None else process.returncode
     except KeyboardInterrupt:
-        print("lynx-sglang: stopping SGLang", file=sys.stderr, flush=True)
+        drain = received and received[0] == signal.SIGTERM
+        print(f"lynx-sglang: stopping SGLang{' once the requests in flight finish' if drain else ''}",
+              file=sys.stderr, flush=True)
         return 0
     finally:
-        stop_process_group(process)
+        for s in previous:  # a second signal while SGLang stops: stop it the hard way, now
+            signal.signal(s, lambda signum, _frame: received.append(signum))
+        stop_process_group(process, received[0] if received else signal.SIGINT, hurry=lambda: len(received) > 1)
         shutil.rmtree(runtime_dir, ignore_errors=True)
         for s, handler in previous.items():
             signal.signal(s, handler)

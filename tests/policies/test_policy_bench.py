@@ -78,3 +78,19 @@ def test_layer_launch_table_times_the_servers_bookkeeping(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("layer ")]
     assert [row[1:3] for row in rows] == [["8", "2"], ["16", "8"]]
     assert all(float(value) > 0 for row in rows for value in row[3:]) and all(len(row) == 5 for row in rows)
+
+
+def test_cpu_cells_report_the_lowest_median_of_their_rounds(capsys):
+    """Rounds alternate over a row's cells; each cell shows its lowest round (interference only adds)."""
+    from lynx_sglang.policies.bench import CPU_ROUNDS, Table, parse_args, run_table
+
+    args = parse_args(["--device", "cpu", "--repeats", "1", "--policies", "lynx", "--tokens", "1,4", "--experts", "8"])
+    medians = iter([90.0, 40.0, 30.0, 70.0, 60.0, 50.0][: 2 * CPU_ROUNDS])  # T=1, T=4, T=1, T=4, ...
+
+    def timer(call, repeats):
+        call()
+        return next(medians)
+
+    run_table(Table("t", args.tokens), args, torch.device("cpu"), torch.float32, timer, "cpu")
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lynx")][0]
+    assert CPU_ROUNDS == 3 and row.split()[3:] == ["30.0", "40.0"]

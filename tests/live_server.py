@@ -58,9 +58,9 @@ class RunningServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
-            if self.healthy():
+            if self.healthy():  # 503 at once while starting; once up, SGLang's /health takes a second
                 return
-            time.sleep(1)
+            time.sleep(0.25)
         raise RuntimeError(f"server not healthy after {STARTUP_TIMEOUT_S} s:\n{self.log_tail()}")
 
     def healthy(self) -> bool:

@@ -107,7 +107,15 @@ def test_sweep_draws_the_frontier_and_resumes(server, tmp_path):
     points = {p["arm"]: p for p in frontier["points"]}
     assert set(points) == {"baseline", "topn:num_experts_kept=2", "topn:num_experts_kept=8", "oea:k0=1"}
     assert points["topn:num_experts_kept=2"]["distinct_experts"] <= 2
-    assert points["topn:num_experts_kept=2"]["on_frontier"]  # nothing reads fewer bytes
+    # Which arm reads the fewest bytes depends on how the steps batched (oea:k0=1 can beat topn=2 on
+    # the small tail batches): the cheapest arm is on the frontier, and every arm off it is dominated.
+    cheapest = min(points.values(), key=lambda p: (p["bytes_fraction"], -p["accuracy"]))
+    assert cheapest["on_frontier"], points
+    for point in points.values():
+        dominated = any(q["bytes_fraction"] <= point["bytes_fraction"] and q["accuracy"] >= point["accuracy"]
+                        and (q["bytes_fraction"], q["accuracy"]) != (point["bytes_fraction"], point["accuracy"])
+                        for q in points.values() if q["on_frontier"])  # fmt: skip
+        assert point["on_frontier"] != dominated, (point, points)
     assert (out / "frontier_c16.png").stat().st_size > 0
     assert "## Concurrency 16" in (out / "report.md").read_text()
     blocks = (out / "measurements.jsonl").read_text().count('"kind":"block"')

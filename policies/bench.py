@@ -4,18 +4,20 @@
                                          [--experts 8,64] [--ids router|biased] [--compile]
                                          [--no-launch-counts] [--per-launch]
 
-CPU: wall clock per call for the torch reference ("eager") and the fast path (the C++ op): the median
-of `repeats` calls, taken in 3 rounds that alternate over a row's cells, and the lowest of the 3
-medians reported. Other work on a shared machine only ever adds time, in bursts longer than one
-median's 50 calls; a burst rarely covers all three rounds of a cell. CUDA: 20 calls captured back to
-back in one CUDA graph (as a decode step's graph holds every layer) and replayed, timed with CUDA events (median of 5 batches of `repeats` replays, divided by the
-calls), for the fused path (Triton) and the reference. Launches per call are
-counted by instrumentation (kernels/launches.py); without CUDA, the fused path's are counted with the
-Triton kernels running in Triton's interpreter. `--per-launch` (CUDA) times the fused path's two
-launches apart instead, and the server's bookkeeping launch that follows them. `--ids biased` gives the policies the top-k ids of
-a router with a per-expert correction bias instead of the softmax top-k, so the CPU op cannot take
-them as each row's own top-k and selects it from the logits (its slower case). Targets: lynx fast path at most 150 us per call on one
-CPU core, and at most 15 us per call under graph replay on an H100/H200, for T <= 256 and E <= 128.
+CPU: wall clock per call for the torch reference ("eager") and the fast path (the C++ op): the
+median of `repeats` calls, taken in 3 rounds that alternate over a row's cells, and the lowest of
+the 3 medians reported. Other work on a shared machine only ever adds time, in bursts longer than
+one median's 50 calls; a burst rarely covers all three rounds of a cell. CUDA: 20 calls captured
+back to back in one CUDA graph (as a decode step's graph holds every layer) and replayed, timed with
+CUDA events (median of 5 batches of `repeats` replays, divided by the calls), for the fused path
+(Triton) and the reference. Launches per call are counted by instrumentation (kernels/launches.py);
+without CUDA, the fused path's are counted with the Triton kernels running in Triton's interpreter.
+`--per-launch` (CUDA) times the fused path's two launches apart instead, and the server's
+bookkeeping launch that follows them. `--ids biased` gives the policies the top-k ids of a router
+with a per-expert correction bias instead of the softmax top-k, so the CPU op cannot take them as
+each row's own top-k and selects it from the logits (its slower case). Targets: lynx fast path at
+most 150 us per call on one CPU core, and at most 15 us per call under graph replay on an H100/H200,
+for T <= 256 and E <= 128.
 """
 
 from __future__ import annotations

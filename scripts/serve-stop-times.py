@@ -11,36 +11,19 @@ means "hurry"). The signal goes out when the stream's first chunk arrives.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
+
+from lynx_sglang.experiments.launch import free_port
+from lynx_sglang.serve import wait_healthy
 
 CASES = [("idle", [signal.SIGINT]), ("idle", [signal.SIGTERM]), ("in flight", [signal.SIGINT]),
          ("in flight", [signal.SIGTERM]), ("in flight", [signal.SIGTERM, signal.SIGTERM])]  # fmt: skip
 # The embedded model's context is 64 tokens: a 7-token prompt and 48 generated fit.
 REQUEST = {"model": "default", "prompt": "123+45=", "max_tokens": 48, "temperature": 0, "ignore_eos": True,
            "stream": True}  # fmt: skip
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url, process, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise SystemExit(f"the server did not become healthy (exit code {process.poll()})")
 
 
 def stream(url, on_first_chunk):
@@ -78,7 +61,8 @@ def run_case(kind, signals, serve_args):
             time.sleep(0.05)
 
     try:
-        wait_healthy(url, process)
+        if not wait_healthy(url, process, timeout=300):
+            raise SystemExit(f"the server did not become healthy (exit code {process.poll()})")
         answer = ""
         if kind == "idle":
             send()

@@ -16,6 +16,7 @@
 #   bash scripts/gpu-checks.sh OUTDIR [SECONDS]     # logs in OUTDIR; stops starting stages after SECONDS (default 450)
 #   STAGES="tests policies" bash scripts/gpu-checks.sh OUTDIR   # only some of: tests policies launches sweep profile kernels thorough
 #   TESTS="tests/kernels/test_kernels_layer.py" ...                # the tests stage runs these (default: tests/kernels tests/policies)
+#   SWEEP_EXPERTS=128,64 ...                                       # the sweep's E, timed in this order (default 64,128)
 #
 # Files in OUTDIR: device.txt and one .txt per stage, plus sweep.jsonl (a lease
 # returns at most 8 files: "tests policies sweep profile" makes 6). The profile has no per-source-line
@@ -81,7 +82,7 @@ fi
 
 if wanted sweep; then
 stage "sweep: lynx's launch configurations" | tee "$out/sweep.txt"
-timeout "$(budget 240)" "$python" -m lynx_sglang.policies.launch_sweep --policies lynx --experts 64,128 \
+timeout "$(budget 240)" "$python" -m lynx_sglang.policies.launch_sweep --policies lynx --experts "${SWEEP_EXPERTS:-64,128}" \
   --log "$out/sweep.jsonl" 2>&1 | tee -a "$out/sweep.txt"
 fi
 

@@ -939,24 +939,25 @@ class LaunchConfig(NamedTuple):
 
 def launch_config(num_rows: int, num_experts: int, top_k: int, block_t: int | None = None) -> LaunchConfig:
     """The fastest pairs of launches the sweep measured for lynx at E 64 and 128, T 1-256, on an H100
-    (run 4, docs/benchmarks/policies-gpu.md). Rows per program trade the two launches: a program's
-    per-expert sums over its rows cross warps in launch 1 (E 128: 3.5 us at one row with one warp, 5.9
-    at four rows), while each program of launch 2 adds every launch-1 program's partials. So: one row
-    per program up to 32 programs at E <= 64 and 64 above (E 128, T 8 and 32: 12.3 and 12.7 us against
-    13.6 and 14.2 at four rows), then more rows, at most 4 (E 128, T 128: 2 rows 14.6 us, 4 rows 15.2;
-    E 64, T 128: 4 rows 12.2, 2 rows 12.8). Launch 2 runs 4 warps and goes over every row about 2048-4096
-    logits at a time; lynx picks from bit masks (picks 2) and launch 2 orders experts by bitonic sorts
-    where the keys fit (E 128, T 256: launch 2 10.5 us, 12.9 counting). `block_t` sets the rows per
-    program instead (the rest follows from it)."""
+    (runs 4 and 5, docs/benchmarks/policies-gpu.md). Rows per program trade the two launches: a program's
+    per-expert sums over its rows cross warps in launch 1, while each program of launch 2 adds every
+    launch-1 program's partials. So: one row per program up to 32 programs at E <= 64 and 64 above
+    (run 4, E 128, T 8 and 32: 12.3 and 12.7 us against 13.6 and 14.2 at four rows), then 4 rows (run 5,
+    E 128, T 128: 12.5 us against 13.1 at 2 rows). Launch 2 runs 2 warps at one row per program up to
+    E 128 (run 5, E 128, T 8 / 32: launch 2 7.5 / 8.1 us against 8.3 / 8.6 at 4 warps; E 64, T 8 / 32:
+    6.1 / 6.1 against 6.9 / 6.7), else 4, and goes over every row about 2048-4096 logits at a time; lynx
+    picks from bit masks (picks 2) and launch 2 orders experts by bitonic sorts where the keys fit
+    (run 4, E 128, T 256: launch 2 10.5 us, 12.9 counting). `block_t` sets the rows per program instead
+    (the rest follows from it)."""
     block_e, _ = block_sizes(num_experts, top_k)
     rows = _next_pow2(num_rows)
     if block_t is None:
-        block_t = min(4, max(1, rows // (64 if block_e > 64 else 32)))
+        block_t = 1 if rows <= (64 if block_e > 64 else 32) else 4
     scan_t = max(block_t, min(rows, 64 if block_e <= 64 else 2048 // block_e))
     rows_warps = 1 if block_t == 1 else warps_for(block_t * block_e)
+    decide_warps = warps_for(scan_t * block_e, most=2 if block_t == 1 and block_e <= 128 else 4)
     parts = parts_per_load(triton.cdiv(num_rows, block_t))
-    return LaunchConfig(block_t, scan_t, rows_warps, warps_for(scan_t * block_e), min(block_e, 32), parts, picks=2,
-                        sort=True)
+    return LaunchConfig(block_t, scan_t, rows_warps, decide_warps, min(block_e, 32), parts, picks=2, sort=True)
 
 
 def default_launch_config(num_rows: int, num_experts: int, top_k: int) -> LaunchConfig:

@@ -18,14 +18,15 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lynx_sglang.experiments.client import AdminClient
+from lynx_sglang.experiments.launch import ManagedServer
 
 DEFAULT_SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 2, "num_attention_heads": 16,
                  "num_key_value_heads": 4, "num_local_experts": 8, "num_experts_per_tok": 2}  # fmt: skip
@@ -101,59 +102,6 @@ def bench_checkpoint(shape: dict) -> Path:
     return directory
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model: Path, arm: Arm, extra: list[str], log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        command = [sys.executable, "-m", "lynx_sglang.cli", "serve", "--model-path", str(model), "--port",
-                   str(self.port), "--dtype", "bfloat16", "--lynx-admin-token", "bench", *arm.serve_flags(), *extra]
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        self.process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
-
-    def wait_healthy(self, timeout: float = 900) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}; see {self.log}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(1)
-        raise RuntimeError(f"server not healthy after {timeout:.0f} s; see {self.log}")
-
-    def stop(self) -> None:
-        import signal
-
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-    def post(self, path: str, body: dict, auth: bool = False) -> dict:
-        headers = {"Content-Type": "application/json", **({"Authorization": "Bearer bench"} if auth else {})}
-        request = urllib.request.Request(self.url + path, json.dumps(body).encode(), headers)
-        with urllib.request.urlopen(request, timeout=600) as r:
-            return json.loads(r.read())
-
-    def stats(self) -> dict:
-        with urllib.request.urlopen(self.url + "/lynx/stats", timeout=60) as r:
-            return json.loads(r.read())
-
-
 def stream_one(url: str, prompt: list[int], output_tokens: int) -> tuple[float, int]:
     """Send one streaming request; return (time per output token in ms, tokens received)."""
     body = {"input_ids": prompt, "stream": True,
@@ -174,17 +122,18 @@ def stream_one(url: str, prompt: list[int], output_tokens: int) -> tuple[float, 
     return (ended - first) * 1000 / max(tokens - 1, 1), tokens
 
 
-def run_level(server: Server, arm: Arm, concurrency: int, requests: int, prompt_tokens: int, output_tokens: int,
+def run_level(server: ManagedServer, arm: Arm, concurrency: int, requests: int, prompt_tokens: int, output_tokens: int,
               vocab: int, seed: int) -> LevelResult:
     rng = random.Random(seed)
     prompts = [[rng.randrange(4, vocab) for _ in range(prompt_tokens)] for _ in range(requests)]
     stream_one(server.url, prompts[0], 4)  # warm the path at this level's first shapes
-    server.post("/lynx/stats/reset", {}, auth=True)
+    admin = AdminClient(server.url, server.token)
+    admin.reset_stats()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         results = list(pool.map(lambda p: stream_one(server.url, p, output_tokens), prompts))
     seconds = time.perf_counter() - started
-    stats = server.stats()
+    stats = admin.stats()
     return LevelResult(arm.label, concurrency, requests, sum(t for _, t in results), seconds,
                        [tpot for tpot, _ in results], stats["expert_bytes_per_decode_token_after"],
                        stats["distinct_experts_after"])
@@ -234,9 +183,10 @@ def main(argv=None) -> int:
     results: list[LevelResult] = []
     logs = Path(tempfile.mkdtemp(prefix="lynx-bench-serve-"))
     for arm in arms:
-        server = Server(model, arm, args.serve_args, logs / f"{arm.policy}.log")
+        server = ManagedServer(logs / f"{arm.policy}.log", policy=None, model_path=str(model),
+                               serve_args=["--dtype", "bfloat16", *arm.serve_flags(), *args.serve_args])
         try:
-            server.wait_healthy()
+            server.wait_healthy(timeout=900)  # a large checkpoint loads slowly on CPU
             for concurrency in levels:
                 requests = args.requests or max(4, 2 * concurrency)
                 result = run_level(server, arm, concurrency, requests, args.prompt_tokens, args.output_tokens, vocab,

@@ -25,16 +25,19 @@ def free_port() -> int:
 
 
 class ManagedServer:
-    """`lynx-sglang serve` in its own process; the log goes to `log_path`."""
+    """`lynx-sglang serve` in its own process; the log goes to `log_path`. `policy` None leaves the policy
+    flags to `serve_args`."""
 
-    def __init__(self, log_path: Path, *, policy: str, model_path: str | None = None, serve_args: list[str] = (),
-                 port: int | None = None):
+    def __init__(self, log_path: Path, *, policy: str | None, model_path: str | None = None,
+                 serve_args: list[str] = (), port: int | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = secrets.token_hex(16)
         self.log_path = log_path
         command = [sys.executable, "-m", "lynx_sglang.cli", "serve", "--port", str(self.port),
-                   "--lynx-policy", policy, "--lynx-admin-token", self.token]
+                   "--lynx-admin-token", self.token]
+        if policy:
+            command += ["--lynx-policy", policy]
         if model_path:
             command += ["--model-path", model_path]
         command += list(serve_args)

@@ -5,9 +5,10 @@
                                          [--no-launch-counts] [--per-launch]
 
 CPU: wall clock per call for the torch reference ("eager") and the fast path (the C++ op): the
-median of `repeats` calls, taken in 3 rounds that alternate over a row's cells, and the lowest of
-the 3 medians reported. Other work on a shared machine only ever adds time, in bursts longer than
-one median's 50 calls; a burst rarely covers all three rounds of a cell. CUDA: 20 calls captured
+median of `repeats` calls, taken in rounds over every cell of the table (at least 3, and more until
+they span 3 s), and the lowest of the medians reported. Other work on a shared machine only ever adds
+time, in slow spells from tens of milliseconds to over a second long: three rounds of one fast-path
+row take about 30 ms and often fell inside one spell. CUDA: 20 calls captured
 back to back in one CUDA graph (as a decode step's graph holds every layer) and replayed, timed with
 CUDA events (median of 5 batches of `repeats` replays, divided by the calls), for the fused path
 (Triton) and the reference. Launches per call are counted by instrumentation (kernels/launches.py);
@@ -26,6 +27,7 @@ import argparse
 import math
 import statistics
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -62,8 +64,12 @@ def make_batch(num_rows, num_experts, top_k, device, dtype, seed=0, ids="router"
             weights.to(device=device))
 
 
-# Rounds per CPU cell, the lowest median reported (see the module's docstring).
+# Rounds per CPU cell, the lowest median reported (see the module's docstring): at least CPU_ROUNDS,
+# over the whole table, and more until they span CPU_TABLE_SECONDS. Slow spells on a shared machine
+# last from tens of milliseconds to over a second, while three rounds of a fast-path row take about 30 ms.
 CPU_ROUNDS = 3
+CPU_TABLE_SECONDS = 3.0
+clock = time.monotonic  # the rounds' clock (a test scripts it)
 
 
 def time_cpu(call, repeats: int) -> float:
@@ -174,9 +180,44 @@ def policies_of(args):
                 print(f"{name:<12} {num_experts:>4}  skipped: {error}")
 
 
+@dataclass
+class _Row:
+    name: str
+    num_experts: int
+    select: object
+    cells: list  # (num_rows, batch)
+    values: list = field(default_factory=list)
+    failures: list = field(default_factory=list)
+
+
+def _time_rows(rows: list[_Row], args, device, timer, implementation: str) -> None:
+    """Rounds over every cell of `rows`, each cell keeping its lowest median: one round on CUDA (the timer
+    takes its own median of five), on CPU at least CPU_ROUNDS and more until they span CPU_TABLE_SECONDS."""
+    for row in rows:
+        row.values = [math.inf] * len(row.cells)
+    rounds = 1 if device.type == "cuda" else CPU_ROUNDS
+    started, done = clock(), 0
+    while done < rounds or (device.type == "cpu" and clock() - started < CPU_TABLE_SECONDS):
+        done += 1
+        for row in rows:
+            for i, (num_rows, batch) in enumerate(row.cells):
+                if math.isnan(row.values[i]):
+                    continue
+                try:
+                    value = timer(lambda: row.select(*batch, implementation=implementation), args.repeats)  # noqa: B023
+                    row.values[i] = min(row.values[i], value)
+                except Exception as error:  # noqa: BLE001 - one failing cell (a capture refused, say) must not hide the rest
+                    row.values[i] = math.nan
+                    row.failures.append(f"#   {row.name} E={row.num_experts} T={num_rows} failed: "
+                                        f"{type(error).__name__}: {' '.join(str(error).split())[:300]}")  # fmt: skip
+
+
 def run_table(table: Table, args, device, dtype, timer, implementation: str, compiled: bool = False) -> None:
-    print(table.header())
-    rounds = 1 if device.type == "cuda" else CPU_ROUNDS  # time_cuda_graph takes its own median of five
+    """On CPU the rounds go over the whole table, so that a cell's rounds lie seconds apart; on CUDA, and
+    for torch.compile (each row resets dynamo), row by row, each row printed as it is done."""
+    print(table.header(), flush=True)
+    whole_table = device.type == "cpu" and not compiled
+    rows = []
     for name, num_experts, policy in policies_of(args):
         select = policy.select
         if compiled:
@@ -187,20 +228,19 @@ def run_table(table: Table, args, device, dtype, timer, implementation: str, com
             logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype, ids=args.ids)
             num_real = torch.tensor(num_rows, device=device)
             cells.append((num_rows, (logits, ids, weights, num_real)))
-        values, failures = [math.inf] * len(cells), []
-        for _ in range(rounds):
-            for i, (num_rows, batch) in enumerate(cells):
-                if math.isnan(values[i]):
-                    continue
-                try:
-                    value = timer(lambda: select(*batch, implementation=implementation), args.repeats)  # noqa: B023
-                    values[i] = min(values[i], value)
-                except Exception as error:  # noqa: BLE001 - one failing cell (a capture refused, say) must not hide the rest
-                    values[i] = math.nan
-                    failures.append(f"#   {name} E={num_experts} T={num_rows} failed: {type(error).__name__}: "
-                                    f"{' '.join(str(error).split())[:300]}")  # fmt: skip
-        print(table.row(name, num_experts, values), flush=True)
-        for line in failures:
+        rows.append(_Row(name, num_experts, select, cells))
+        if not whole_table:
+            _time_rows(rows[-1:], args, device, timer, implementation)
+            _print_rows(table, rows[-1:])
+    if whole_table:
+        _time_rows(rows, args, device, timer, implementation)
+        _print_rows(table, rows)
+
+
+def _print_rows(table: Table, rows: list[_Row]) -> None:
+    for row in rows:
+        print(table.row(row.name, row.num_experts, row.values), flush=True)
+        for line in row.failures:
             print(line, flush=True)
 
 
@@ -301,7 +341,8 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if on_gpu else torch.float32
     where = torch.cuda.get_device_name() if on_gpu else f"cpu, {torch.get_num_threads()} thread(s)"
     mode = (f"CUDA graph replay ({CALLS_PER_GRAPH} calls per graph), CUDA events" if on_gpu
-            else f"wall clock, lowest of {CPU_ROUNDS} medians (rounds alternate over a row's cells)")
+            else f"wall clock, lowest median of rounds over the table's cells (at least {CPU_ROUNDS}, "
+                  f"over at least {CPU_TABLE_SECONDS:g} s of the table)")
     print(f"# policy select() time per layer call, microseconds; {where}; torch {torch.__version__}; {mode}; "
           f"{args.repeats} repeats; logits {str(dtype).replace('torch.', '')}; all rows real (num_real a 0-dim tensor); "
           f"model ids: {'softmax top-k' if args.ids == 'router' else 'a biased router (not the logits top-k)'}")

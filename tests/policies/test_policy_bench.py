@@ -80,9 +80,12 @@ def test_layer_launch_table_times_the_servers_bookkeeping(capsys):
     assert all(float(value) > 0 for row in rows for value in row[3:]) and all(len(row) == 5 for row in rows)
 
 
-def test_cpu_cells_report_the_lowest_median_of_their_rounds(capsys):
+def test_cpu_cells_report_the_lowest_median_of_their_rounds(capsys, monkeypatch):
     """Rounds alternate over a row's cells; each cell shows its lowest round (interference only adds)."""
+    from lynx_sglang.policies import bench
     from lynx_sglang.policies.bench import CPU_ROUNDS, Table, parse_args, run_table
+
+    monkeypatch.setattr(bench, "CPU_TABLE_SECONDS", 0.0)  # the minimum of rounds only
 
     args = parse_args(["--device", "cpu", "--repeats", "1", "--policies", "lynx", "--tokens", "1,4", "--experts", "8"])
     medians = iter([90.0, 40.0, 30.0, 70.0, 60.0, 50.0][: 2 * CPU_ROUNDS])  # T=1, T=4, T=1, T=4, ...
@@ -94,3 +97,32 @@ def test_cpu_cells_report_the_lowest_median_of_their_rounds(capsys):
     run_table(Table("t", args.tokens), args, torch.device("cpu"), torch.float32, timer, "cpu")
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lynx")][0]
     assert CPU_ROUNDS == 3 and row.split()[3:] == ["30.0", "40.0"]
+
+
+def test_cpu_rounds_go_over_the_table_until_they_span_its_seconds(capsys, monkeypatch):
+    """A slow spell of the machine can outlast three quick rounds: the rounds go over every row of the
+    table, again and again until they span CPU_TABLE_SECONDS, and each cell reports its lowest round."""
+    from lynx_sglang.policies import bench
+    from lynx_sglang.policies.bench import Table, parse_args, run_table
+
+    clock = [0.0]
+    monkeypatch.setattr(bench, "clock", lambda: clock[0])
+    args = parse_args(["--device", "cpu", "--repeats", "1", "--policies", "lynx,oea", "--tokens", "1",
+                       "--experts", "8"])  # fmt: skip
+    medians = {"lynx": iter([90.0, 80.0, 85.0, 70.0, 60.0, 75.0, 10.0]),
+               "oea": iter([50.0, 55.0, 40.0, 45.0, 30.0, 35.0, 5.0])}
+    calls = []
+
+    def timer(call, repeats):
+        name = "lynx" if len(calls) % 2 == 0 else "oea"  # the table's cells, round after round
+        call()
+        calls.append((name, clock[0]))
+        clock[0] += 0.25  # each cell takes a quarter of a second: a round of the table, half a second
+        return next(medians[name])
+
+    run_table(Table("t", args.tokens), args, torch.device("cpu"), torch.float32, timer, "cpu")
+    rows = {line.split()[0]: line.split()[3:] for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("lynx", "oea"))}  # fmt: skip
+    # rounds start at 0, 0.5, 1.0, 1.5, 2.0, 2.5 s; none at 3 s
+    assert bench.CPU_TABLE_SECONDS == 3.0 and [n for n, _ in calls] == ["lynx", "oea"] * 6
+    assert rows == {"lynx": ["60.0"], "oea": ["30.0"]}

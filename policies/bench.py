@@ -27,6 +27,7 @@ import argparse
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -184,17 +185,18 @@ def policies_of(args):
 class _Row:
     name: str
     num_experts: int
-    select: object
+    select: Callable
     cells: list  # (num_rows, batch)
-    values: list = field(default_factory=list)
+    values: list = field(init=False)  # each cell's lowest median so far
     failures: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.values = [math.inf] * len(self.cells)
 
 
 def _time_rows(rows: list[_Row], args, device, timer, implementation: str) -> None:
     """Rounds over every cell of `rows`, each cell keeping its lowest median: one round on CUDA (the timer
     takes its own median of five), on CPU at least CPU_ROUNDS and more until they span CPU_TABLE_SECONDS."""
-    for row in rows:
-        row.values = [math.inf] * len(row.cells)
     rounds = 1 if device.type == "cuda" else CPU_ROUNDS
     started, done = clock(), 0
     while done < rounds or (device.type == "cpu" and clock() - started < CPU_TABLE_SECONDS):

@@ -96,13 +96,8 @@ def load_plugin() -> None:
     role = process_role()
     config = plugin_config()
 
-    from lynx_sglang import cpu_runtime
-
-    if cpu_runtime.glue_is_active():
-        from lynx_sglang.cpu_runtime import sglang_patches
-
-        for target, replacement in sglang_patches.REPLACEMENTS.items():
-            _register(target, replacement, "REPLACE")
+    for target, replacement in _runtime_replacements().items():
+        _register(target, replacement, "REPLACE")
 
     directory = _runtime_dir(config, role)
     if role == "scheduler":
@@ -117,6 +112,19 @@ def load_plugin() -> None:
     if directory is not None:
         _write_process_record(directory, role)
     logger.info("lynx-sglang %s plugin loaded in the %s process (pid %d)", __version__, role, os.getpid())
+
+
+def _runtime_replacements() -> dict:
+    """SGLang functions the CPU glue or the GPU runtime replaces with torch or Triton code."""
+    from lynx_sglang import cpu_runtime, gpu_runtime
+
+    if cpu_runtime.glue_is_active():
+        from lynx_sglang.cpu_runtime import sglang_patches
+    elif os.environ.get(gpu_runtime.RUNTIME_ENV) == "1":
+        from lynx_sglang.gpu_runtime import sglang_patches
+    else:
+        return {}
+    return sglang_patches.REPLACEMENTS
 
 
 def plugin_config() -> LynxConfig:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lynx_sglang.config import CONFIG_ENV, KERNELS, TPOT_WITH_TP, ConfigError, LynxConfig, build_config
+from lynx_sglang import gpu_runtime
 from lynx_sglang.policy_setup import MoeShape, validate_for_model
 
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / "checkpoint"
@@ -173,8 +174,10 @@ def check_port_free(host: str, port: int) -> None:
             raise LaunchError(f"port {port} on {host} is not available ({exc.strerror})") from None
 
 
-def plan_launch(argv: list[str], *, on_cpu: bool | None = None, environ=os.environ) -> LaunchPlan:
-    """Turn `lynx-sglang serve` arguments into a validated launch plan (starts nothing)."""
+def plan_launch(argv: list[str], *, on_cpu: bool | None = None, environ=os.environ,
+                sgl_kernel_ok: bool | None = None) -> LaunchPlan:
+    """Turn `lynx-sglang serve` arguments into a validated launch plan (starts nothing).
+    `sgl_kernel_ok` (probed when None, on CUDA only) says whether SGLang's compiled kernels import."""
     namespace, args = parse_serve_args(list(argv))
     model_path = Path(namespace.model_path).expanduser() if namespace.model_path else EMBEDDED_MODEL_DIR
     check_checkpoint(model_path)
@@ -211,6 +214,11 @@ def plan_launch(argv: list[str], *, on_cpu: bool | None = None, environ=os.envir
             # Triton kernels on CPU tensors run in its interpreter, which is chosen when a kernel
             # is decorated: it must be on before any process imports them.
             env["TRITON_INTERPRET"] = "1"
+    elif not (gpu_runtime.sgl_kernel_importable() if sgl_kernel_ok is None else sgl_kernel_ok):
+        for flag, value in gpu_runtime.SERVE_FLAGS.items():
+            if not _has_flag(args, flag):
+                sglang_args += [flag, value]
+        env.update(gpu_runtime.serve_environment(environ))
     sglang_args += args
     return LaunchPlan(model_path=model_path, host=namespace.host, port=port, sglang_args=sglang_args, env=env,
                       config=config)
@@ -373,6 +381,8 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
     policy = config.policy + (f" {config.params}" if config.params else "")
     print(f"lynx-sglang: starting SGLang for {plan.model_path} on {plan.url} "
           f"(policy {policy}, budget {config.budget or 'none'}, kernel {config.kernel})", flush=True)
+    if gpu_runtime.RUNTIME_ENV in plan.env:
+        print(f"lynx-sglang: {gpu_runtime.LOG_LINE}", flush=True)
     become_subreaper()
     # Own process group: whatever SGLang spawns can be found and stopped, even orphaned.
     process = subprocess.Popen(plan.command(), env=env, start_new_session=True)

@@ -112,6 +112,10 @@ class AdminClient:
     def reset_stats(self) -> None:
         self._call("POST", "/lynx/stats/reset", {})
 
+    def set_policy(self, body: dict) -> dict:
+        """POST /lynx/policy as it is (`{"budget": ...}` alone changes only the budget)."""
+        return self._call("POST", "/lynx/policy", body)
+
     def switch(self, arm: Arm) -> dict:
         """Put the server exactly in `arm`'s setting. The server merges parameters into those of an
         unchanged policy, so pass through `baseline` first: the arm's parameters then stand alone."""

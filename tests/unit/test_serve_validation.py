@@ -2,13 +2,16 @@
 before any SGLang process starts."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from lynx_sglang import gpu_runtime
 from lynx_sglang.serve import EMBEDDED_MODEL_DIR, LaunchError, plan_launch
 
 
@@ -79,8 +82,22 @@ def test_plan_passes_unknown_sglang_flags_through_and_adds_cpu_defaults():
 
 
 def test_plan_on_gpu_adds_no_cpu_defaults():
-    plan = plan_launch(["--port", free_port()], on_cpu=False)
+    plan = plan_launch(["--port", free_port()], on_cpu=False, sgl_kernel_ok=True)
     assert "--device" not in plan.sglang_args and plan.env == {}
+
+
+def test_plan_on_gpu_without_sgl_kernel_runs_the_gpu_runtime():
+    plan = plan_launch(["--port", free_port(), "--attention-backend", "flashinfer"], on_cpu=False,
+                       sgl_kernel_ok=False, environ={"PYTHONPATH": "elsewhere"})
+    args = plan.sglang_args
+    assert args[args.index("--moe-runner-backend") + 1] == "triton"
+    assert args[args.index("--sampling-backend") + 1] == "pytorch"
+    # the user's choice wins, and appears once
+    assert args.count("--attention-backend") == 1 and args[args.index("--attention-backend") + 1] == "flashinfer"
+    assert "--device" not in args
+    standin, rest = plan.env["PYTHONPATH"].split(os.pathsep)
+    assert (Path(standin) / "sgl_kernel" / "__init__.py").is_file() and rest == "elsewhere"
+    assert plan.env["SGLANG_FORCE_FUSED_OP_BACKEND"] == "torch" and plan.env[gpu_runtime.RUNTIME_ENV] == "1"
 
 
 @pytest.mark.parametrize("port", ["http", "70000", "0"])

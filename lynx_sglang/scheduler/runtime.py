@@ -23,6 +23,7 @@ from lynx_sglang.policies.base import real_rows
 from lynx_sglang.policy_setup import MoeShape, build_policy, validate_for_model
 from lynx_sglang.scheduler.calibration import calibrate_ms_per_expert
 from lynx_sglang.scheduler.controller import TpotController
+from lynx_sglang.scheduler.decisions import DecisionDigest
 from lynx_sglang.scheduler.step import Step
 from lynx_sglang.scheduler.stats import MoeLayerInfo, RoutingStats
 
@@ -39,6 +40,7 @@ class LynxRuntime:
         self.model_name = ""
         self.device: torch.device | None = None
         self.stats: RoutingStats | None = None
+        self.decisions: DecisionDigest | None = None  # tensor parallel only: each rank's decisions, comparable
         self.budgets: dict[int, ExpertBudget] = {}  # by number of experts
         self.policies: dict[tuple, object] = {}  # by (E, k, renormalize)
         self.controller: TpotController | None = None
@@ -104,6 +106,7 @@ class LynxRuntime:
         self.device = torch.device(device)
         self.model_name = model_name
         self.stats = RoutingStats(layers if self.config.stats else [], self.device)
+        self.decisions = DecisionDigest(layers, self.device) if self.tp_size > 1 else None
         # On CUDA the bookkeeping after a decision (checks, fallback, mask, statistics) is one Triton
         # launch per layer call, not more than 60 small torch ops (each a kernel under the step's CUDA graph).
         self.fused_bookkeeping = self.stats.fused  # the same condition: CUDA, and Triton available
@@ -262,7 +265,9 @@ class LynxRuntime:
                 self.stats.mark_step_fallback()
                 self.stats.record(layer_id, num_real, logits, ids, ids, torch.ones((), dtype=torch.bool,
                                                                                    device=logits.device))
-            return ids, weights
+            new_ids, new_weights, active = ids, weights, None
+        if self.decisions is not None:
+            self.decisions.record(layer_id, num_real, new_ids, active)
         if active is not None:
             self.active_masks[layer_id] = active
         return new_ids, new_weights
@@ -435,8 +440,9 @@ class LynxRuntime:
         self.decode_steps = self.passthrough_steps = self.failures = self._fallbacks_reported = 0
         self.steps_by_policy.clear()
         self.steps_by_mode.clear()
-        if self.stats is not None:
-            self.stats.reset()
+        for record in (self.stats, self.decisions):
+            if record is not None:
+                record.reset()
 
 
 def passthrough_reason(output, router_logits, topk_config, dispatch_info) -> str | None:

@@ -144,7 +144,8 @@ def test_plan_binds_one_core_set_per_tensor_parallel_rank_on_cpu(flag):
 
 def test_plan_keeps_one_rank_and_a_users_binding_as_they_are():
     assert "SGLANG_CPU_OMP_THREADS_BIND" not in plan_launch(["--port", free_port()], on_cpu=True, environ={}).env
-    plan = plan_launch(["--port", free_port(), "--tp", "2"], on_cpu=True, environ={"SGLANG_CPU_OMP_THREADS_BIND": "1|0"})
+    users = {"SGLANG_CPU_OMP_THREADS_BIND": "1|0"}
+    plan = plan_launch(["--port", free_port(), "--tp", "2"], on_cpu=True, environ=users)
     assert "SGLANG_CPU_OMP_THREADS_BIND" not in plan.env  # the user's variable reaches SGLang unchanged
     assert "SGLANG_CPU_OMP_THREADS_BIND" not in plan_launch(["--port", free_port(), "--tp", "2"], on_cpu=False).env
 

@@ -22,8 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lynx_sglang.config import CONFIG_ENV, KERNELS, TPOT_WITH_TP, ConfigError, LynxConfig, build_config
 from lynx_sglang import gpu_runtime
+from lynx_sglang.config import CONFIG_ENV, KERNELS, TPOT_WITH_TP, ConfigError, LynxConfig, build_config
 from lynx_sglang.policy_setup import MoeShape, validate_for_model
 
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / "checkpoint"
@@ -199,6 +199,7 @@ def plan_launch(argv: list[str], *, on_cpu: bool | None = None, environ=os.envir
     sglang_args = ["--model-path", str(model_path), "--host", namespace.host, "--port", str(port)]
     if on_cpu:
         from lynx_sglang import cpu_runtime
+        from lynx_sglang.cpu_runtime import threads
 
         if not cpu_runtime.is_installed():
             raise LaunchError(
@@ -210,6 +211,11 @@ def plan_launch(argv: list[str], *, on_cpu: bool | None = None, environ=os.envir
                 sglang_args += [flag] if value is None else [flag, value]
         for key, value in CPU_DEFAULT_ENV.items():
             env[key] = environ.get(key, value)
+        tp_value = _flag_value(args, "--tp", "--tp-size", "--tensor-parallel-size")
+        try:  # one core set per tensor-parallel rank, or SGLang asserts one NUMA node per rank
+            env.update(threads.default_bind_env(tp_value, environ.get(threads.BIND_ENV)))
+        except ValueError as exc:
+            raise LaunchError(str(exc)) from None
         if config.kernel == "triton":
             # Triton kernels on CPU tensors run in its interpreter, which is chosen when a kernel
             # is decorated: it must be on before any process imports them.
@@ -383,6 +389,11 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
           f"(policy {policy}, budget {config.budget or 'none'}, kernel {config.kernel})", flush=True)
     if gpu_runtime.RUNTIME_ENV in plan.env:
         print(f"lynx-sglang: {gpu_runtime.LOG_LINE}", flush=True)
+    if "SGLANG_CPU_OMP_THREADS_BIND" in plan.env:  # only the CPU defaults set it
+        from lynx_sglang.cpu_runtime.threads import shared_cores_note
+
+        if note := shared_cores_note(plan.env["SGLANG_CPU_OMP_THREADS_BIND"]):
+            print(f"lynx-sglang: {note}", file=sys.stderr, flush=True)
     become_subreaper()
     # Own process group: whatever SGLang spawns can be found and stopped, even orphaned.
     process = subprocess.Popen(plan.command(), env=env, start_new_session=True)

@@ -16,6 +16,7 @@ import json
 import logging
 
 from lynx_sglang.config import CONTROL_RPC_METHOD, ConfigError, LynxConfig
+from lynx_sglang.scheduler.decisions import decisions_by_rank
 from lynx_sglang.scheduler.runtime import LynxRuntime
 from lynx_sglang.scheduler.step import StepScope, current_step, step_for_batch
 
@@ -114,7 +115,11 @@ def around_handle_rpc_request(original, scheduler, recv_req, *args, **kwargs):
         request = json.loads((recv_req.parameters or {}).get("request", "{}"))
         if runtime is None or not runtime.bound:
             raise ConfigError("the model has no MoE layers lynx-sglang can prune")
-        reply = {"ok": True, "nonce": request.get("nonce"), "result": runtime.handle(request)}
+        result = runtime.handle(request)
+        if runtime.decisions is not None and request.get("op") in ("get_stats", "reset_stats"):
+            # Every rank handles this request here, so every rank joins the exchange.
+            result.update(decisions_by_rank(runtime.decisions, _cpu_group(scheduler)))
+        reply = {"ok": True, "nonce": request.get("nonce"), "result": result}
     except (ConfigError, ValueError, TypeError) as error:
         reply = {"ok": False, "nonce": _nonce(recv_req), "error": str(error)}
     _barrier(scheduler)
@@ -128,10 +133,14 @@ def _nonce(recv_req):
         return None
 
 
+def _cpu_group(scheduler):
+    return getattr(getattr(scheduler, "tp_group", None), "cpu_group", None)
+
+
 def _barrier(scheduler) -> None:
     # SGLang's own RPC handler ends with this barrier so that every tensor-parallel rank has applied
     # the request before rank 0 answers.
-    group = getattr(getattr(scheduler, "tp_group", None), "cpu_group", None)
+    group = _cpu_group(scheduler)
     if group is None:
         return
     from torch.distributed import barrier

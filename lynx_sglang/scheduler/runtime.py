@@ -21,7 +21,9 @@ from lynx_sglang.config import TPOT_WITH_TP, Budget, ConfigError, LynxConfig
 from lynx_sglang.policies import ExpertBudget, ids_to_mask
 from lynx_sglang.policies.base import real_rows
 from lynx_sglang.policy_setup import MoeShape, build_policy, validate_for_model
+from lynx_sglang.scheduler.calibration import calibrate_ms_per_expert
 from lynx_sglang.scheduler.controller import TpotController
+from lynx_sglang.scheduler.decisions import DecisionDigest
 from lynx_sglang.scheduler.step import Step
 from lynx_sglang.scheduler.stats import MoeLayerInfo, RoutingStats
 
@@ -38,6 +40,7 @@ class LynxRuntime:
         self.model_name = ""
         self.device: torch.device | None = None
         self.stats: RoutingStats | None = None
+        self.decisions: DecisionDigest | None = None  # tensor parallel only: each rank's decisions, comparable
         self.budgets: dict[int, ExpertBudget] = {}  # by number of experts
         self.policies: dict[tuple, object] = {}  # by (E, k, renormalize)
         self.controller: TpotController | None = None
@@ -103,6 +106,7 @@ class LynxRuntime:
         self.device = torch.device(device)
         self.model_name = model_name
         self.stats = RoutingStats(layers if self.config.stats else [], self.device)
+        self.decisions = DecisionDigest(layers, self.device) if self.tp_size > 1 else None
         # On CUDA the bookkeeping after a decision (checks, fallback, mask, statistics) is one Triton
         # launch per layer call, not more than 60 small torch ops (each a kernel under the step's CUDA graph).
         self.fused_bookkeeping = self.stats.fused  # the same condition: CUDA, and Triton available
@@ -168,7 +172,8 @@ class LynxRuntime:
         if self.controller is not None and self.controller.target_ms == budget.value:
             return self.controller
         num_experts = max(info.num_experts for info in self.layers)
-        slope = self._calibrate_ms_per_expert()
+        info = self.layers[0]
+        slope = calibrate_ms_per_expert(*self._calibration, info.num_experts, info.top_k, len(self.layers))
         return TpotController(budget.value, num_experts, slope, min_experts=1)
 
     def _fill_budget(self, num_experts: int, expert_budget: ExpertBudget) -> None:
@@ -260,7 +265,9 @@ class LynxRuntime:
                 self.stats.mark_step_fallback()
                 self.stats.record(layer_id, num_real, logits, ids, ids, torch.ones((), dtype=torch.bool,
                                                                                    device=logits.device))
-            return ids, weights
+            new_ids, new_weights, active = ids, weights, None
+        if self.decisions is not None:
+            self.decisions.record(layer_id, num_real, new_ids, active)
         if active is not None:
             self.active_masks[layer_id] = active
         return new_ids, new_weights
@@ -433,41 +440,9 @@ class LynxRuntime:
         self.decode_steps = self.passthrough_steps = self.failures = self._fallbacks_reported = 0
         self.steps_by_policy.clear()
         self.steps_by_mode.clear()
-        if self.stats is not None:
-            self.stats.reset()
-
-    # ---- calibration of the latency controller's cost model -----------------------------------
-    def _calibrate_ms_per_expert(self) -> float:
-        """Time the expert compute of one layer with k and with E experts active, and scale the
-        per-expert slope to all MoE layers: the controller's b."""
-        from lynx_sglang.kernels import fused_moe_active
-
-        w13, w2, activation = self._calibration
-        num_experts, top_k = self.layers[0].num_experts, self.layers[0].top_k
-        tokens = max(8, num_experts)
-        hidden = torch.randn(tokens, w13.shape[2], dtype=w13.dtype, device=w13.device) * 0.1
-        weights = torch.full((tokens, top_k), 1.0 / top_k, device=w13.device)
-
-        def time_with(active: int) -> float:
-            slots = torch.arange(tokens * top_k, device=w13.device).view(tokens, top_k)
-            ids = (slots % active).to(torch.int32)
-            best = float("inf")
-            for _ in range(3):
-                _synchronize(w13.device)
-                started = time.perf_counter()
-                fused_moe_active(hidden, w13, w2, ids, weights, None, activation)
-                _synchronize(w13.device)
-                best = min(best, time.perf_counter() - started)
-            return best * 1000.0
-
-        low = max(top_k, 1)
-        t_low, t_all = time_with(low), time_with(num_experts)
-        slope = (t_all - t_low) / (num_experts - low) if num_experts > low else t_all / num_experts
-        slope = max(slope, t_all / num_experts / 4)  # noise must not make the slope vanish
-        total = slope * len(self.layers)
-        logger.info("lynx-sglang: latency controller calibrated: %.3f ms per expert over %d MoE layers",
-                    total, len(self.layers))
-        return total
+        for record in (self.stats, self.decisions):
+            if record is not None:
+                record.reset()
 
 
 def passthrough_reason(output, router_logits, topk_config, dispatch_info) -> str | None:
@@ -513,11 +488,6 @@ def _layer_info(layer, model_top_k: int | None) -> MoeLayerInfo:
 
 def _shape(num_experts: int, top_k: int, model_name: str) -> MoeShape:
     return MoeShape(num_experts, top_k, 0, True, model_name)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class ActiveExpertCompute:

@@ -148,3 +148,30 @@ def test_serve_help_lists_lynx_flags_and_points_to_sglang():
                  "--lynx-kernel", "--lynx-admin-token", "--lynx-config", "default: baseline"):
         assert flag in proc.stdout
     assert "sglang.launch_server --help" in proc.stdout.replace("\n", " ").replace("  ", " ")
+
+
+@pytest.mark.parametrize("flag", ["--tp", "--tp-size", "--tensor-parallel-size"])
+def test_plan_binds_one_core_set_per_tensor_parallel_rank_on_cpu(flag):
+    from lynx_sglang.cpu_runtime.threads import threads_bind, usable_cores
+
+    plan = plan_launch(["--port", free_port(), "--lynx-policy", "lynx", flag, "2"], on_cpu=True, environ={})
+    assert plan.env["SGLANG_CPU_OMP_THREADS_BIND"] == threads_bind(2, usable_cores())
+    assert plan.env["OMP_NUM_THREADS"] == "1"
+
+
+def test_plan_keeps_one_rank_and_a_users_binding_as_they_are():
+    assert "SGLANG_CPU_OMP_THREADS_BIND" not in plan_launch(["--port", free_port()], on_cpu=True, environ={}).env
+    users = {"SGLANG_CPU_OMP_THREADS_BIND": "1|0"}
+    plan = plan_launch(["--port", free_port(), "--tp", "2"], on_cpu=True, environ=users)
+    assert "SGLANG_CPU_OMP_THREADS_BIND" not in plan.env  # the user's variable reaches SGLang unchanged
+    assert "SGLANG_CPU_OMP_THREADS_BIND" not in plan_launch(["--port", free_port(), "--tp", "2"], on_cpu=False).env
+
+
+@pytest.mark.parametrize("args,environ,needle", [
+    (["--tp", "zwei"], {}, "--tp 'zwei' is not a positive integer"),
+    (["--tp=4"], {"SGLANG_CPU_OMP_THREADS_BIND": "0|1"}, "holds 2 core set(s), but --tp 4 needs one per rank"),
+])  # fmt: skip
+def test_bad_tensor_parallel_values_stop_the_cpu_launch(args, environ, needle):
+    with pytest.raises(LaunchError) as error:
+        plan_launch(["--port", free_port(), *args], on_cpu=True, environ=environ)
+    assert needle in str(error.value)

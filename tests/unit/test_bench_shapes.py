@@ -2,10 +2,12 @@
 device's memory, the servers an --arms / --kernels pair starts, and baseline's expert figures
 borrowed from the pruned arms."""
 
+import json
+
 import pytest
 
-from lynx_sglang.bench_models import DEFAULT_SHAPE_FIELDS
-from lynx_sglang.bench_serve import parse_arms, server_runs
+from lynx_sglang.bench_models import DEFAULT_SHAPE_FIELDS, Device, resolve_model
+from lynx_sglang.bench_serve import build_parser, kv_token_flags, parse_arms, server_runs
 from lynx_sglang.bench_report import Result, expert_figures, percentile, ratios
 from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, fit_layers, parse_shape, weight_bytes
 
@@ -77,6 +79,29 @@ def test_one_server_per_arm_and_kernel_baseline_once():
     assert baseline.serve_flags("sglang") == ["--lynx-policy", "baseline", "--lynx-stats", "off"]
     assert pruned.serve_flags("sglang") == ["--lynx-policy", "budget", "--lynx-budget", "fraction=0.5",
                                             "--lynx-kernel", "sglang"]
+
+
+def test_a_named_shape_on_a_smaller_gpu_gets_the_layers_that_fit(tmp_path, capsys):
+    h100 = Device("NVIDIA H100 80GB HBM3", 80 * GIB)
+    model = resolve_model(None, "mixtral-8x7b", [], h100, tmp_path / "a")
+    config = json.loads((model.path / "config.json").read_text())
+    assert (model.name, model.num_layers, config["num_hidden_layers"]) == ("mixtral-8x7b", 24, 24)
+    assert model.serve_flags == ["--load-format", "dummy"] and not list(model.path.glob("*.safetensors"))
+    [line] = capsys.readouterr().out.splitlines()
+    assert "24 of 32 layers fit" in line and "NVIDIA H100" in line
+    # the user's layers stand; two tensor-parallel GPUs hold the whole model
+    assert resolve_model(None, "mixtral-8x7b,num_hidden_layers=30", [], h100, tmp_path / "b").num_layers == 30
+    assert resolve_model(None, "mixtral-8x7b", ["--tp", "2"], h100, tmp_path / "c").num_layers == 32
+    assert capsys.readouterr().out == ""
+
+
+def test_on_a_cpu_the_kv_cache_holds_the_highest_level():
+    defaults = build_parser().parse_args([])
+    assert kv_token_flags(defaults, [1, 16, 32, 64], on_gpu=False) == ["--max-total-tokens", str(64 * (128 + 256 + 4))]
+    assert kv_token_flags(defaults, [1, 16, 32, 64], on_gpu=True) == []  # SGLang sizes it from GPU memory
+    assert kv_token_flags(defaults, [4], on_gpu=False) == []  # within lynx-sglang serve's CPU default of 4096
+    given = build_parser().parse_args(["--", "--max-total-tokens", "2048"])
+    assert kv_token_flags(given, [64], on_gpu=False) == []
 
 
 def result(arm, concurrency, before=None, after=None, tpot=(10.0, 20.0)):

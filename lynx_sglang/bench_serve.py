@@ -1,203 +1,275 @@
-"""`lynx-sglang bench serve`: end-to-end decode speed of a served, memory-bound MoE, per policy.
+"""`lynx-sglang bench serve`: end-to-end decode speed of a served MoE, per policy and expert kernel.
 
-Builds (once, cached on disk) a Mixtral-shaped checkpoint with random bf16 weights whose experts are
-far larger than the CPU caches, serves it once per arm with `lynx-sglang serve`, and drives each
-server with streaming requests at several concurrency levels (each level keeps that many requests in
-flight, every request forced to the same output length). Prints decode tokens/s, median and p90
-time per output token, and the expert bytes read per decode token (from /lynx/stats), with the
-ratios of each arm to the first.
+Serves a model once per (arm, kernel) with `lynx-sglang serve` and drives each server with streaming
+requests at several concurrency levels (each level keeps that many requests in flight, every request
+forced to the same output length). Reports decode tokens/s, median and p90 time per output token, the
+distinct experts per layer and the expert bytes read per decode token (from /lynx/stats), with the
+ratios of each arm to `baseline` at the same concurrency.
 
-    lynx-sglang bench serve                      # baseline vs budget fraction=0.5 at 1, 4, 16
-    lynx-sglang bench serve --arms "baseline;lynx;budget:fraction=0.25" --concurrency 16
+The model: a named shape of a public model served with random weights made on the device
+(`--shape mixtral-8x7b[,KEY=VALUE...]`, SGLang's `--load-format dummy`: no checkpoint on disk), a
+Mixtral-shaped bf16 checkpoint built once and cached (the default; `--shape KEY=VALUE...` resizes it),
+or `--model-path DIR`.
+
+    lynx-sglang bench serve --shape mixtral-8x7b --arms "baseline;budget:fraction=0.5;lynx" --record r.json
+    lynx-sglang bench serve --concurrency 1,4 --requests 8 --output-tokens 32      # small, on a CPU
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import statistics
+import shlex
+import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from lynx_sglang.experiments.client import AdminClient
+from lynx_sglang.bench_models import BenchError, BenchModel, describe_device, resolve_model
+from lynx_sglang.bench_report import Record, Result, print_table, record_rows, result_json
+from lynx_sglang.config import KERNELS, ConfigError, build_config
+from lynx_sglang.experiments.client import AdminClient, ServerError
 from lynx_sglang.experiments.launch import ManagedServer
+from lynx_sglang.policy_setup import MoeShape, resolve_policy_or_error, validate_for_model
 
-DEFAULT_SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 2, "num_attention_heads": 16,
-                 "num_key_value_heads": 4, "num_local_experts": 8, "num_experts_per_tok": 2}  # fmt: skip
 DEFAULT_ARMS = "baseline;budget:fraction=0.5"
+DEFAULT_CONCURRENCY = "1,16,32,64"
+WARMUP_TOKENS = 4
+STARTUP_TIMEOUT_S = 1200  # a large model loads slowly on a CPU; on a GPU, Triton compiles and graph capture
+REQUEST_TIMEOUT_S = 1800
 
 
-@dataclass(frozen=True)
 class Arm:
-    """`policy[:budget]`, e.g. `baseline`, `lynx`, `budget:fraction=0.5`, `lynx:experts=4`."""
+    """`policy[:budget]` as written in --arms: `baseline`, `lynx`, `budget:fraction=0.5`, `lynx:experts=4`."""
 
-    policy: str
-    budget: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> "Arm":
-        policy, _, budget = text.strip().partition(":")
-        return cls(policy, budget or None)
-
-    @property
-    def label(self) -> str:
-        return self.policy + (f" {self.budget}" if self.budget else "")
-
-    def serve_flags(self) -> list[str]:
-        return ["--lynx-policy", self.policy] + (["--lynx-budget", self.budget] if self.budget else [])
-
-
-@dataclass
-class LevelResult:
-    arm: str
-    concurrency: int
-    requests: int
-    output_tokens: int
-    seconds: float
-    tpot_ms: list[float] = field(repr=False)
-    expert_bytes_per_token: float = 0.0
-    distinct_experts: float = 0.0
+    def __init__(self, spec: str):
+        self.spec = spec.strip()
+        policy, _, budget = self.spec.partition(":")
+        self.policy, self.budget = policy.strip(), budget.strip() or None
+        try:
+            resolve_policy_or_error(self.policy)
+            self.config = build_config({"policy": self.policy, "budget": self.budget}, environ={})
+        except ConfigError as exc:
+            raise BenchError(f"--arms: arm {self.spec!r}: {exc}") from None
 
     @property
-    def tokens_per_s(self) -> float:
-        return self.output_tokens / self.seconds
+    def is_baseline(self) -> bool:
+        return self.policy == "baseline"
 
-    def tpot_quantile(self, q: float) -> float:
-        values = sorted(self.tpot_ms)
-        return values[min(len(values) - 1, int(q * len(values)))]
-
-    def as_json(self) -> dict:
-        return {"arm": self.arm, "concurrency": self.concurrency, "requests": self.requests,
-                "decode_tokens_per_s": self.tokens_per_s, "tpot_median_ms": statistics.median(self.tpot_ms),
-                "tpot_p90_ms": self.tpot_quantile(0.9), "expert_bytes_per_decode_token": self.expert_bytes_per_token,
-                "distinct_experts_per_layer": self.distinct_experts}  # fmt: skip
+    def serve_flags(self, kernel: str) -> list[str]:
+        if self.is_baseline:
+            # SGLang's own routing and fused MoE with no bookkeeping: what the pruned arms are compared to.
+            return ["--lynx-policy", "baseline", "--lynx-stats", "off"]
+        return ["--lynx-policy", self.policy, *(["--lynx-budget", self.budget] if self.budget else []),
+                "--lynx-kernel", kernel]
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lynx-sglang"
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line naming the problem, not argparse's usage dump
+        raise BenchError(message)
 
 
-def bench_checkpoint(shape: dict) -> Path:
-    """The random bf16 checkpoint of this shape, built on first use (a minute or two, GBs on disk)."""
-    from lynx_sglang.tiny_checkpoints import build_tiny_checkpoint
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lynx-sglang bench serve", description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"';'-separated policy[:budget] (default: {DEFAULT_ARMS})")
+    parser.add_argument("--kernels", default="auto",
+                        help=f"run every non-baseline arm once per --lynx-kernel value listed, from "
+                             f"{', '.join(KERNELS)} (default: auto); baseline always runs SGLang's own fused MoE")
+    parser.add_argument("--concurrency", default=DEFAULT_CONCURRENCY, help=f"levels (default: {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--requests", type=int, default=0, help="requests per level (default: 4 x concurrency)")
+    parser.add_argument("--prompt-tokens", type=int, default=128, help="(default: 128)")
+    parser.add_argument("--output-tokens", type=int, default=256, help="(default: 256)")
+    parser.add_argument("--model-path", help="serve this checkpoint instead of a named or built one")
+    parser.add_argument("--shape", default="",
+                        help="NAME[,KEY=VALUE...] (mixtral-8x7b, qwen3-30b-a3b; random weights made by SGLang) or "
+                             "KEY=VALUE,... overrides of the default built checkpoint, e.g. hidden_size=1024")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", help="write the rows (fixed schema, see docs) to this file, after every level")
+    parser.add_argument("--json", help="also write the figures, ratios and before-figures to this file")
+    parser.add_argument("serve_args", nargs="*", help="extra flags for `lynx-sglang serve` (after --)")
+    return parser
 
-    name = "bench-mixtral-" + "-".join(f"{shape[k]}" for k in sorted(shape))
-    directory = cache_dir() / name
-    if (directory / "model.safetensors").exists() or list(directory.glob("model-*.safetensors")):
-        return directory
-    expert_gb = 3 * shape["hidden_size"] * shape["intermediate_size"] * 2 * shape["num_local_experts"] \
-        * shape["num_hidden_layers"] / 1e9
-    print(f"building the benchmark checkpoint ({expert_gb:.2f} GB of bf16 experts) in {directory}", flush=True)
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=name + "-", dir=cache_dir()))
-    build_tiny_checkpoint("mixtral", staging, seed=0, dtype="bfloat16", **shape)
-    staging.rename(directory)  # atomic: an interrupted build never looks finished
-    return directory
+
+def parse_list(flag: str, text: str, allowed=None) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise BenchError(f"{flag}: {text!r} lists nothing")
+    for item in items:
+        if allowed is not None and item not in allowed:
+            raise BenchError(f"{flag}: {item!r} is not one of {', '.join(allowed)}")
+    if len(set(items)) != len(items):
+        raise BenchError(f"{flag}: {text!r} lists a value twice")
+    return items
+
+
+def parse_levels(text: str) -> list[int]:
+    levels = []
+    for item in parse_list("--concurrency", text):
+        if not item.isdigit() or int(item) < 1:
+            raise BenchError(f"--concurrency: {item!r} is not a positive integer")
+        levels.append(int(item))
+    return levels
+
+
+def parse_arms(text: str) -> list[Arm]:
+    arms = [Arm(spec) for spec in text.split(";") if spec.strip()]
+    if not arms:
+        raise BenchError(f"--arms: {text!r} lists no arm")
+    specs = [arm.spec for arm in arms]
+    if len(set(specs)) != len(specs):
+        raise BenchError(f"--arms: {text!r} lists an arm twice")
+    return arms
+
+
+def check_counts(args) -> None:
+    for flag, value, least in (("--requests", args.requests, 0), ("--prompt-tokens", args.prompt_tokens, 1),
+                               ("--output-tokens", args.output_tokens, 2)):  # fmt: skip
+        if value < least:
+            why = " (TPOT needs two output tokens)" if flag == "--output-tokens" else ""
+            raise BenchError(f"{flag}: {value} is below {least}{why}")
+
+
+def server_runs(arms: list[Arm], kernels: list[str]) -> list[tuple[Arm, str]]:
+    """One server per (arm, kernel), in --arms order: baseline once (SGLang's own fused MoE), every
+    other arm once per kernel."""
+    return [(arm, kernel) for arm in arms for kernel in (["sglang"] if arm.is_baseline else kernels)]
 
 
 def stream_one(url: str, prompt: list[int], output_tokens: int) -> tuple[float, int]:
-    """Send one streaming request; return (time per output token in ms, tokens received)."""
+    """One streaming request: (TPOT in ms as sglang.bench_serving computes it, (latency - TTFT) /
+    (output tokens - 1), and the output tokens received)."""
     body = {"input_ids": prompt, "stream": True,
             "sampling_params": {"temperature": 0, "max_new_tokens": output_tokens, "ignore_eos": True}}
-    request = urllib.request.Request(url + "/generate", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
+    request = urllib.request.Request(url + "/generate", json.dumps(body).encode(), {"Content-Type": "application/json"})
     started = time.perf_counter()
-    first = None
-    tokens = 0
-    with urllib.request.urlopen(request, timeout=1800) as response:
-        for line in response:
-            if not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
-                continue
-            now = time.perf_counter()
-            first = first or now
-            tokens = len(json.loads(line[5:])["output_ids"]) if b"output_ids" in line else tokens + 1
-    ended = time.perf_counter()
-    return (ended - first) * 1000 / max(tokens - 1, 1), tokens
+    first, tokens = None, 0
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            for line in response:
+                if not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
+                    continue
+                first = first or time.perf_counter()
+                tokens = len(json.loads(line[5:])["output_ids"]) if b"output_ids" in line else tokens + 1
+    except urllib.error.HTTPError as exc:
+        raise ServerError(f"/generate: HTTP {exc.code} {exc.read()[:300].decode(errors='replace')}") from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        raise ServerError(f"/generate: {getattr(exc, 'reason', exc)}") from None
+    latency = time.perf_counter() - started
+    if tokens != output_tokens:
+        raise ServerError(f"a request got {tokens} output tokens, not the {output_tokens} asked for (ignore_eos)")
+    return ((latency - (first - started)) * 1000 / (tokens - 1) if tokens > 1 else 0.0), tokens
 
 
-def run_level(server: ManagedServer, arm: Arm, concurrency: int, requests: int, prompt_tokens: int, output_tokens: int,
-              vocab: int, seed: int) -> LevelResult:
-    rng = random.Random(seed)
-    prompts = [[rng.randrange(4, vocab) for _ in range(prompt_tokens)] for _ in range(requests)]
-    stream_one(server.url, prompts[0], 4)  # warm the path at this level's first shapes
-    admin = AdminClient(server.url, server.token)
-    admin.reset_stats()
+def run_level(server: ManagedServer, admin: AdminClient | None, concurrency: int, prompts: list[list[int]],
+              output_tokens: int) -> tuple[float, list[tuple[float, int]], dict | None]:
+    """(seconds, per-request (TPOT ms, tokens), /lynx/stats or None): `concurrency` workers over the
+    level's requests, so a new request starts when one ends. The first `concurrency` prompts warm up."""
+    warmup, prompts = prompts[:concurrency], prompts[concurrency:]
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        # The level's batch shapes, once, outside the timing (first-use compiles on a GPU), with
+        # prompts of their own so the measured ones find nothing in the prefix cache.
+        list(pool.map(lambda p: stream_one(server.url, p, WARMUP_TOKENS), warmup))
+    if admin is not None:
+        admin.reset_stats()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         results = list(pool.map(lambda p: stream_one(server.url, p, output_tokens), prompts))
     seconds = time.perf_counter() - started
-    stats = admin.stats()
-    return LevelResult(arm.label, concurrency, requests, sum(t for _, t in results), seconds,
-                       [tpot for tpot, _ in results], stats["expert_bytes_per_decode_token_after"],
-                       stats["distinct_experts_after"])
+    return seconds, results, admin.stats() if admin is not None else None
 
 
-def print_table(results: list[LevelResult], arms: list[Arm]) -> None:
-    print(f"\n{'arm':24s} {'conc':>4s} {'decode tok/s':>12s} {'TPOT med ms':>11s} {'TPOT p90 ms':>11s} "
-          f"{'experts/layer':>13s} {'expert MB/token':>15s}")
-    for r in results:
-        print(f"{r.arm:24s} {r.concurrency:4d} {r.tokens_per_s:12.1f} {statistics.median(r.tpot_ms):11.1f} "
-              f"{r.tpot_quantile(0.9):11.1f} {r.distinct_experts:13.2f} {r.expert_bytes_per_token / 1e6:15.1f}")
-    first = arms[0].label
-    print(f"\nratios to {first} (TPOT median, TPOT p90, decode tok/s, expert bytes per token):")
-    for r in results:
-        base = next((b for b in results if b.arm == first and b.concurrency == r.concurrency), None)
-        if r.arm == first or base is None:
-            continue
-        print(f"  {r.arm:22s} c={r.concurrency:<3d} TPOT {statistics.median(r.tpot_ms) / statistics.median(base.tpot_ms):.2f}"
-              f"  p90 {r.tpot_quantile(0.9) / base.tpot_quantile(0.9):.2f}  tok/s {r.tokens_per_s / base.tokens_per_s:.2f}"
-              f"  bytes {r.expert_bytes_per_token / max(base.expert_bytes_per_token, 1):.2f}")
+def kv_token_flags(args, levels: list[int], on_gpu: bool) -> list[str]:
+    """On a CPU `lynx-sglang serve` caps the KV cache at 4096 tokens; the highest level must fit in it,
+    or requests would queue and the level would not run at its concurrency."""
+    if on_gpu or any(a == "--max-total-tokens" or a.startswith("--max-total-tokens=") for a in args.serve_args):
+        return []
+    needed = max(levels) * (args.prompt_tokens + args.output_tokens + WARMUP_TOKENS)
+    return ["--max-total-tokens", str(needed)] if needed > 4096 else []
+
+
+def serve_one(model: BenchModel, arm: Arm, kernel: str, args, levels, extra: list[str], log: Path,
+              on_result) -> None:
+    label = arm.spec + ("" if arm.is_baseline else f" [{kernel}]")
+    server = ManagedServer(log, policy=None, model_path=str(model.path),
+                           serve_args=["--dtype", "bfloat16", *model.serve_flags, *arm.serve_flags(kernel), *extra,
+                                       *args.serve_args])  # fmt: skip
+    started = time.perf_counter()
+    try:
+        server.wait_healthy(timeout=STARTUP_TIMEOUT_S)
+        print(f"server {label}: started in {time.perf_counter() - started:.1f} s", flush=True)
+        admin = None if arm.is_baseline else AdminClient(server.url, server.token)
+        for concurrency in levels:
+            rng = random.Random(args.seed + concurrency)  # the same prompts for every arm at a level
+            count = args.requests or 4 * concurrency
+            prompts = [[rng.randrange(*model.prompt_ids) for _ in range(args.prompt_tokens)]
+                       for _ in range(concurrency + count)]
+            seconds, per_request, stats = run_level(server, admin, concurrency, prompts, args.output_tokens)
+            result = Result(arm.spec, "sglang" if arm.is_baseline else kernel, arm.is_baseline, concurrency,
+                            count, sum(t for _, t in per_request), seconds, [tpot for tpot, _ in per_request], stats)
+            experts = "" if stats is None else f", experts/layer {stats['distinct_experts_after']:.2f}"
+            print(f"  {label} c={concurrency}: {count} requests in {seconds:.1f} s, {result.tokens_per_s:.1f} tok/s, "
+                  f"TPOT median {result.tpot_median:.1f} ms, p90 {result.tpot_p90:.1f} ms{experts}", flush=True)
+            on_result(result)
+    except ServerError as exc:
+        elapsed = time.perf_counter() - started
+        raise ServerError(f"{label}: {exc} ({elapsed:.0f} s after the start; server log: {log})\n"
+                          f"{server.log_tail()}") from None
+    finally:
+        server.stop()
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lynx-sglang bench serve", description=__doc__.split("\n")[0])
-    parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"';'-separated policy[:budget] (default: {DEFAULT_ARMS})")
-    parser.add_argument("--concurrency", default="1,4,16", help="levels (default: 1,4,16)")
-    parser.add_argument("--requests", type=int, default=0, help="requests per level (default: 2 x concurrency, at least 4)")
-    parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--output-tokens", type=int, default=32)
-    parser.add_argument("--model-path", help="serve this checkpoint instead of the built one")
-    parser.add_argument("--shape", default="", help="checkpoint shape overrides, e.g. hidden_size=1024,num_hidden_layers=6")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument("serve_args", nargs="*", help="extra flags for `lynx-sglang serve` (after --)")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(argv)
+    except BenchError as exc:
+        print(f"lynx-sglang bench serve: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lynx-sglang bench serve: interrupted; the record holds every level that finished", file=sys.stderr)
+        return 130
 
-    arms = [Arm.parse(a) for a in args.arms.split(";") if a.strip()]
-    levels = [int(c) for c in args.concurrency.split(",")]
-    shape = {**DEFAULT_SHAPE, **{k: int(v) for k, v in (kv.split("=") for kv in args.shape.split(",") if kv)}}
-    model = Path(args.model_path) if args.model_path else bench_checkpoint(shape)
-    from lynx_sglang.policy_setup import MoeShape
 
-    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
-    print(f"model {model} ({MoeShape.from_checkpoint(model)}); arms: {', '.join(a.label for a in arms)}; "
-          f"concurrency {levels}; {args.prompt_tokens} prompt + {args.output_tokens} output tokens per request",
-          flush=True)
-    results: list[LevelResult] = []
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    arms, levels = parse_arms(args.arms), parse_levels(args.concurrency)
+    kernels = parse_list("--kernels", args.kernels, KERNELS)
+    check_counts(args)
+    device = describe_device()
+    record = Record(args.record, device.name, "lynx-sglang bench serve " + shlex.join(argv)) if args.record else None
+    if record is not None:
+        record.write([])  # an unwritable path fails now, not after the first level
     logs = Path(tempfile.mkdtemp(prefix="lynx-bench-serve-"))
+    model = resolve_model(args.model_path, args.shape, args.serve_args, device, logs)
     for arm in arms:
-        server = ManagedServer(logs / f"{arm.policy}.log", policy=None, model_path=str(model),
-                               serve_args=["--dtype", "bfloat16", *arm.serve_flags(), *args.serve_args])
         try:
-            server.wait_healthy(timeout=900)  # a large checkpoint loads slowly on CPU
-            for concurrency in levels:
-                requests = args.requests or max(4, 2 * concurrency)
-                result = run_level(server, arm, concurrency, requests, args.prompt_tokens, args.output_tokens, vocab,
-                                   args.seed + concurrency)
-                print(f"  {arm.label}: c={concurrency} {result.tokens_per_s:.1f} tok/s, "
-                      f"TPOT median {statistics.median(result.tpot_ms):.1f} ms", flush=True)
-                results.append(result)
-        finally:
-            server.stop()
-    print_table(results, arms)
+            validate_for_model(arm.config, MoeShape.from_checkpoint(model.path))
+        except ConfigError as exc:
+            raise BenchError(f"--arms: arm {arm.spec!r}: {exc}") from None
+    runs = server_runs(arms, kernels)
+    print(f"model {model.describe()}; device {device.name}; {len(runs)} servers; concurrency {levels}; "
+          f"{args.prompt_tokens} prompt + {args.output_tokens} output tokens per request; logs in {logs}", flush=True)
+    results: list[Result] = []
+
+    def on_result(result: Result) -> None:
+        results.append(result)
+        if record is not None:
+            record.write(record_rows(results, model))
+
+    failed = 0
+    extra = kv_token_flags(args, levels, device.gpu_bytes is not None)
+    for number, (arm, kernel) in enumerate(runs):
+        try:
+            serve_one(model, arm, kernel, args, levels, extra, logs / f"{number}-{arm.policy}-{kernel}.log", on_result)
+        except ServerError as exc:  # the other arms still run: a long GPU run keeps what it can measure
+            failed += 1
+            print(f"lynx-sglang bench serve: error: {exc}", file=sys.stderr, flush=True)
+    print_table(results)
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": str(model), "shape": shape, "arms": [a.label for a in arms],
-                                               "results": [r.as_json() for r in results]}, indent=2))
-    return 0
+        Path(args.json).write_text(json.dumps({"model": str(model.path), "shape": model.name, "device": device.name,
+                                               "results": result_json(results)}, indent=2))
+    return 1 if failed else 0

@@ -138,7 +138,9 @@ def cuda_available() -> bool:
         return False
 
 
-def check_checkpoint(path: Path) -> None:
+def check_checkpoint(path: Path, dummy_weights: bool = False) -> None:
+    """`dummy_weights` (SGLang's `--load-format dummy`): SGLang makes random weights from config.json
+    alone, so a folder without weight files is a valid model for it."""
     if not path.exists():
         raise LaunchError(f"model path {path} does not exist")
     if not path.is_dir():
@@ -155,8 +157,11 @@ def check_checkpoint(path: Path) -> None:
     if not isinstance(config, dict) or "model_type" not in config:
         raise LaunchError(f"{config_file} has no model_type; not a transformers model config")
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
-    if not weights:
-        raise LaunchError(f"model path {path} has no weight files (*.safetensors or *.bin)")
+    if not weights and not dummy_weights:
+        raise LaunchError(
+            f"model path {path} has no weight files (*.safetensors or *.bin); "
+            "pass --load-format dummy to serve it with random weights"
+        )
     for w in weights:
         if not os.access(w, os.R_OK):
             raise LaunchError(f"cannot read weight file {w}: permission denied")
@@ -180,7 +185,7 @@ def plan_launch(argv: list[str], *, on_cpu: bool | None = None, environ=os.envir
     `sgl_kernel_ok` (probed when None, on CUDA only) says whether SGLang's compiled kernels import."""
     namespace, args = parse_serve_args(list(argv))
     model_path = Path(namespace.model_path).expanduser() if namespace.model_path else EMBEDDED_MODEL_DIR
-    check_checkpoint(model_path)
+    check_checkpoint(model_path, dummy_weights=_flag_value(args, "--load-format") == "dummy")
     try:
         config = build_config(lynx_settings(namespace), environ)
         validate_for_model(config, MoeShape.from_checkpoint(model_path))

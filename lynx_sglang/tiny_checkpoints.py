@@ -5,10 +5,15 @@
 Each is 4 layers, hidden 128, 8 experts, top-2, float32, with the embedded model's character tokenizer,
 so it loads offline in both transformers and SGLang. Weights are random (seeded): use float32, since
 bf16 on random weights gives near-tie greedy flips between implementations.
+
+Named shapes of public models (`NAMED_SHAPES`) become config-only folders (`write_config_only`): SGLang's
+`--load-format dummy` makes their random weights on the device from config.json alone, so a 93 GB model
+is served without a checkpoint on disk.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -54,6 +59,116 @@ def _config(arch: str, vocab_size: int, special: dict, shape: dict):
             num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
         )
     raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+
+
+# The public config.json of mistralai/Mixtral-8x7B-v0.1 and Qwen/Qwen3-30B-A3B on the Hugging Face hub.
+NAMED_SHAPES: dict[str, dict] = {
+    "mixtral-8x7b": {
+        "model_type": "mixtral", "architectures": ["MixtralForCausalLM"],
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2,
+        "vocab_size": 32000, "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "rope_theta": 1e6,
+        "tie_word_embeddings": False, "dtype": "bfloat16",
+    },
+    "qwen3-30b-a3b": {
+        "model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"],
+        "hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768,
+        "num_hidden_layers": 48, "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+        "num_experts": 128, "num_experts_per_tok": 8, "norm_topk_prob": True, "decoder_sparse_step": 1,
+        "mlp_only_layers": [], "vocab_size": 151936, "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
+        "rope_theta": 1e6, "attention_bias": False, "tie_word_embeddings": False, "dtype": "bfloat16",
+    },
+}  # fmt: skip
+# Fields a `--shape` override may not change: they say what the model is, not how large.
+FIXED_FIELDS = ("model_type", "architectures", "mlp_only_layers", "dtype")
+
+
+class ShapeError(ValueError):
+    """A bad `--shape`; the message is one line naming the field, the value and what is allowed."""
+
+
+def parse_shape(text: str, default_fields: dict) -> tuple[str | None, dict]:
+    """`[NAME][,KEY=VALUE...]` -> (name or None for the default shape, overrides typed as the shape's
+    own fields). `default_fields` are the fields an unnamed shape may override."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    name = None
+    if items and "=" not in items[0]:
+        name = items.pop(0)
+        if name not in NAMED_SHAPES:
+            raise ShapeError(f"--shape: unknown shape {name!r}; known shapes: {', '.join(NAMED_SHAPES)} "
+                             "(or KEY=VALUE overrides of the default shape)")
+    fields = NAMED_SHAPES[name] if name else default_fields
+    overrides = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ShapeError(f"--shape: {item!r} is not KEY=VALUE (a shape's name may only come first)")
+        allowed = [k for k in fields if k not in FIXED_FIELDS]
+        if key not in allowed:
+            raise ShapeError(f"--shape: unknown field {key!r} for {name or 'the default shape'}; "
+                             f"known fields: {', '.join(allowed)}")
+        overrides[key] = _typed_value(key, value, fields[key])
+    return name, overrides
+
+
+def _typed_value(key: str, value: str, like):
+    if isinstance(like, bool):
+        if value.lower() not in ("true", "false"):
+            raise ShapeError(f"--shape: {key}={value!r} is not a boolean; allowed: true or false")
+        return value.lower() == "true"
+    try:
+        typed = type(like)(value)
+    except ValueError:
+        kind = "an integer" if isinstance(like, int) else "a number"
+        raise ShapeError(f"--shape: {key}={value!r} is not {kind}") from None
+    if not (typed > 0 and math.isfinite(typed)):
+        raise ShapeError(f"--shape: {key}={value!r} must be positive")
+    return typed
+
+
+def weight_bytes(fields: dict, bytes_per_param: int = 2) -> tuple[int, int]:
+    """(bytes outside the decoder layers, bytes of one decoder layer) of a Mixtral / Qwen-MoE shape:
+    embeddings, attention, router and routed (plus any shared) experts; norms are noise."""
+    hidden, heads, kv = fields["hidden_size"], fields["num_attention_heads"], fields["num_key_value_heads"]
+    head_dim = fields.get("head_dim") or hidden // heads
+    experts = fields.get("num_local_experts") or fields["num_experts"]
+    expert_inter = fields.get("moe_intermediate_size") or fields["intermediate_size"]
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv * head_dim
+    shared = 3 * hidden * fields.get("shared_expert_intermediate_size", 0)
+    layer = attention + hidden * experts + experts * 3 * hidden * expert_inter + shared
+    outside = fields["vocab_size"] * hidden * (1 if fields.get("tie_word_embeddings") else 2)
+    return outside * bytes_per_param, layer * bytes_per_param
+
+
+def fit_layers(fields: dict, device_bytes: float, weight_fraction: float = 0.85) -> int:
+    """The most decoder layers (at most the shape's own) whose weights take at most `weight_fraction`
+    of the device memory, the rest staying for the KV cache and activations."""
+    outside, per_layer = weight_bytes(fields)
+    fitting = math.floor((weight_fraction * device_bytes - outside) / per_layer)
+    if fitting < 1:
+        raise ShapeError(f"--shape: not even one layer of this shape fits in {weight_fraction:.0%} of "
+                         f"{device_bytes / 2**30:.1f} GiB ({per_layer / 1e9:.2f} GB per layer, "
+                         f"{outside / 1e9:.2f} GB of embeddings)")
+    return min(fields["num_hidden_layers"], fitting)
+
+
+def write_config_only(fields: dict, out_dir: str | Path) -> Path:
+    """config.json of this shape plus the embedded model's tokenizer: a model folder for
+    `--load-format dummy`. The tokenizer's special ids replace the model's own, so the folder is
+    consistent; its vocabulary (100 tokens) is smaller than the shape's, see `lynx-sglang bench serve`."""
+    import transformers as tf
+
+    from lynx_sglang.embedded.tokenizer import save_tokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = save_tokenizer(out)
+    values = {k: v for k, v in fields.items() if k not in ("model_type", "dtype")}
+    config = tf.AutoConfig.for_model(fields["model_type"], **values, bos_token_id=tokenizer.bos_token_id,
+                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config.dtype = fields.get("dtype", "bfloat16")
+    config.save_pretrained(out)
+    return out
 
 
 def build_tiny_checkpoint(arch: str, out_dir: str | Path, seed: int = 0, dtype: str = "float32", **shape) -> Path:

@@ -1,29 +1,82 @@
-"""`lynx-sglang bench serve` end to end at toy scale: two real servers, figures written and sane."""
+"""`lynx-sglang bench serve` end to end at toy scale: real servers, figures written and sane.
+
+A named shape shrunk by overrides is served with SGLang's dummy weights (no checkpoint on disk); a
+built tiny checkpoint is served through --model-path with a chosen expert kernel."""
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
+from lynx_sglang.bench_report import RECORD_FIELDS
 from lynx_sglang.tiny_checkpoints import build_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
+# Mixtral-8x7B at toy size; vocab_size above the embedded tokenizer's 100 tokens, so most sampled ids
+# are ones the tokenizer does not have (the detokenizer must live with them, as at full size).
+TOY_SHAPE = ("mixtral-8x7b,hidden_size=64,intermediate_size=128,num_hidden_layers=2,num_attention_heads=4,"
+             "num_key_value_heads=2,vocab_size=512")  # fmt: skip
+SMALL_LOAD = ["--concurrency", "4", "--requests", "8", "--prompt-tokens", "16", "--output-tokens", "6"]
 
-def test_bench_serve_measures_both_arms(tmp_path):
-    model = build_tiny_checkpoint("mixtral", tmp_path / "model", seed=3)
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "lynx_sglang.cli", "bench", "serve", "--model-path", str(model), "--arms",
-         "baseline;budget:experts=1", "--concurrency", "4", "--requests", "8", "--output-tokens", "6",
-         "--json", str(out), "--", "--dtype", "float32"],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+
+def bench(*args, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "lynx_sglang.cli", "bench", "serve", *args],
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "ratios to baseline" in proc.stdout
-    results = {r["arm"]: r for r in json.loads(out.read_text())["results"]}
-    baseline, pruned = results["baseline"], results["budget experts=1"]
-    assert baseline["decode_tokens_per_s"] > 0 and pruned["tpot_median_ms"] > 0
-    assert pruned["distinct_experts_per_layer"] == 1.0 < baseline["distinct_experts_per_layer"]
-    assert pruned["expert_bytes_per_decode_token"] < baseline["expert_bytes_per_decode_token"]
+    return proc
+
+
+def check_row_values(row):
+    assert set(row) == set(RECORD_FIELDS)
+    assert row["tpot_median_ms"] > 0 and row["tpot_p90_ms"] >= row["tpot_median_ms"]
+    assert row["decode_tokens_per_s"] > 0 and math.isfinite(row["decode_tokens_per_s"])
+
+
+def test_named_shape_with_dummy_weights_records_both_arms(tmp_path):
+    record, figures = tmp_path / "record.json", tmp_path / "bench.json"
+    proc = bench("--shape", TOY_SHAPE, "--arms", "baseline;budget:experts=1", *SMALL_LOAD,
+                 "--record", str(record), "--json", str(figures))  # fmt: skip
+    assert "started in" in proc.stdout and "c=4:" in proc.stdout  # progress: server starts and levels
+    assert "'before' figures" in proc.stdout and "ratios to baseline" in proc.stdout
+
+    written = json.loads(record.read_text())
+    assert set(written) == {"device", "commit", "command", "rows"}
+    assert written["device"].startswith("CPU: ") and written["device"].endswith(" cores")
+    assert written["command"].startswith("lynx-sglang bench serve --shape mixtral-8x7b,hidden_size=64")
+    assert written["commit"] is None or len(written["commit"]) == 40
+    rows = {row["arm"]: row for row in written["rows"]}
+    assert len(written["rows"]) == 2 and set(rows) == {"baseline", "budget:experts=1"}
+    baseline, pruned = rows["baseline"], rows["budget:experts=1"]
+    for row in rows.values():
+        check_row_values(row)
+        assert (row["shape"], row["num_layers"], row["concurrency"]) == ("mixtral-8x7b", 2, 4)
+    assert (baseline["kernel"], pruned["kernel"]) == ("sglang", "auto")
+    assert pruned["experts_per_layer"] <= 1 < baseline["experts_per_layer"] <= 8
+    assert 0 < pruned["expert_bytes_per_decode_token"] < baseline["expert_bytes_per_decode_token"]
+
+    # baseline ran without bookkeeping: its expert figures are the pruned server's before-figures
+    by_arm = {r["arm"]: r for r in json.loads(figures.read_text())["results"]}
+    before = by_arm["budget:experts=1"]
+    assert baseline["experts_per_layer"] == before["distinct_experts_per_layer_before"]
+    assert baseline["expert_bytes_per_decode_token"] == before["expert_bytes_per_decode_token_before"]
+    assert by_arm["baseline"]["expert_figures_from"] == "pruned arms' before-figures"
+    ratios = by_arm["budget:experts=1"]["ratios_to_baseline"]
+    assert ratios["tpot_median"] == pytest.approx(pruned["tpot_median_ms"] / baseline["tpot_median_ms"])
+    assert ratios["expert_bytes_per_decode_token"] < 1
+
+
+def test_model_path_with_a_chosen_kernel(tmp_path):
+    model = build_tiny_checkpoint("mixtral", tmp_path / "tiny-mixtral", seed=3)
+    record, figures = tmp_path / "record.json", tmp_path / "bench.json"
+    bench("--model-path", str(model), "--arms", "budget:fraction=0.5", "--kernels", "sglang", *SMALL_LOAD,
+          "--record", str(record), "--json", str(figures), "--", "--dtype", "float32")  # fmt: skip
+    [row] = json.loads(record.read_text())["rows"]
+    check_row_values(row)
+    assert (row["shape"], row["num_layers"]) == ("tiny-mixtral", 4)
+    assert (row["arm"], row["kernel"]) == ("budget:fraction=0.5", "sglang")
+    [result] = json.loads(figures.read_text())["results"]  # --json keeps its own format
+    assert result["ratios_to_baseline"] is None  # no baseline arm to compare with
+    assert row["experts_per_layer"] <= 4 and row["experts_per_layer"] < result["distinct_experts_per_layer_before"]

@@ -50,6 +50,17 @@ def test_checkpoint_without_weights(tmp_path):
     assert_rejected(proc, "no weight files")
 
 
+@pytest.mark.parametrize("load_format", [["--load-format", "dummy"], ["--load-format=dummy"]])
+def test_checkpoint_without_weights_is_served_with_dummy_weights(tmp_path, load_format):
+    config = {"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2, "num_hidden_layers": 2}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    plan = plan_launch(["--model-path", str(tmp_path), "--port", free_port(), *load_format], on_cpu=True)
+    assert plan.model_path == tmp_path and load_format[-1] in plan.sglang_args
+    with pytest.raises(LaunchError, match="no weight files"):  # any other load format needs the weights
+        plan_launch(["--model-path", str(tmp_path), "--port", free_port(), "--load-format", "safetensors"],
+                    on_cpu=True)
+
+
 def test_port_in_use():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

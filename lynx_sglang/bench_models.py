@@ -1,0 +1,151 @@
+"""The model and the device of `lynx-sglang bench serve`: a named shape (config-only folder, random
+weights made by SGLang), the default built checkpoint, or a given one; and what the device is."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lynx_sglang.embedded.tokenizer import SPECIAL_TOKENS, vocabulary
+from lynx_sglang.serve import _flag_value
+from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, fit_layers, parse_shape, write_config_only
+
+# The checkpoint built when no shape is named: experts far larger than a CPU's caches, 1.1 GB of bf16.
+DEFAULT_SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 2, "num_attention_heads": 16,
+                 "num_key_value_heads": 4, "num_local_experts": 8, "num_experts_per_tok": 2}  # fmt: skip
+# The default shape is a Mixtral: its overrides are typed and checked as Mixtral-8x7B's fields.
+DEFAULT_SHAPE_FIELDS = {**NAMED_SHAPES["mixtral-8x7b"], **DEFAULT_SHAPE}
+# Weights may take this much of the device memory; the rest is for the KV cache and activations.
+WEIGHT_FRACTION = 0.85
+# Our folders carry the embedded character tokenizer (100 tokens, fewer than a named shape's vocab_size):
+# prompts use its character ids, which are ids of both the tokenizer and the model.
+PROMPT_IDS = (len(SPECIAL_TOKENS), len(vocabulary()))
+
+_PROBE = """import json, torch
+ok = torch.cuda.is_available()
+print(json.dumps({"name": torch.cuda.get_device_name(0), "bytes": torch.cuda.get_device_properties(0).total_memory}
+                 if ok else None))"""
+
+
+class BenchError(ValueError):
+    """A bad setting of `lynx-sglang bench serve`; the message is the one line printed."""
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    gpu_bytes: int | None  # memory of one GPU; None on a CPU
+
+
+def describe_device() -> Device:
+    """The CUDA device, or the CPU with its core count. Asked in a child process: CUDA initialised
+    here would hold a context on the GPU for the whole benchmark, beside the servers."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300)
+        gpu = json.loads(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError, IndexError):
+        gpu = None
+    if gpu:
+        return Device(gpu["name"], int(gpu["bytes"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return Device(f"CPU: {cpu_model()}, {cores} cores", None)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+@dataclass
+class BenchModel:
+    path: Path
+    name: str  # the record's `shape`: the shape's name without overrides, `custom`, or the folder's name
+    num_layers: int
+    serve_flags: list[str] = field(default_factory=list)
+    prompt_ids: tuple[int, int] = PROMPT_IDS
+    note: str = ""
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.num_layers} layers{', ' + self.note if self.note else ''}) at {self.path}"
+
+
+def resolve_model(model_path: str | None, shape_text: str, serve_args: list[str], device: Device,
+                  workdir: Path) -> BenchModel:
+    if model_path:
+        if shape_text:
+            raise BenchError(f"--shape {shape_text!r} cannot be combined with --model-path "
+                             "(the checkpoint has its own shape)")
+        return given_model(Path(model_path).expanduser())
+    try:
+        name, overrides = parse_shape(shape_text, DEFAULT_SHAPE_FIELDS)
+    except ShapeError as exc:
+        raise BenchError(str(exc)) from None
+    if name is None:
+        shape = {**DEFAULT_SHAPE, **overrides}
+        return BenchModel(bench_checkpoint(shape), "custom", shape["num_hidden_layers"], note="built, bf16")
+    fields = {**NAMED_SHAPES[name], **overrides}
+    if device.gpu_bytes is not None and "num_hidden_layers" not in overrides:
+        fields["num_hidden_layers"] = fitted_layers(name, fields, device, serve_args)
+    path = write_config_only(fields, workdir / name)
+    return BenchModel(path, name, fields["num_hidden_layers"], ["--load-format", "dummy"],
+                      note="random weights made by SGLang (--load-format dummy)")
+
+
+def fitted_layers(name: str, fields: dict, device: Device, serve_args: list[str]) -> int:
+    """The shape's layers, fewer where its weights would not leave room for the KV cache (one line says so)."""
+    tp = _flag_value(serve_args, "--tp", "--tp-size", "--tensor-parallel-size")
+    devices = int(tp) if tp and tp.isdigit() and int(tp) > 0 else 1  # tensor parallelism splits the weights
+    try:
+        layers = fit_layers(fields, device.gpu_bytes * devices, WEIGHT_FRACTION)
+    except ShapeError as exc:
+        raise BenchError(str(exc)) from None
+    if layers < fields["num_hidden_layers"]:
+        print(f"{name}: {layers} of {fields['num_hidden_layers']} layers fit in {WEIGHT_FRACTION:.0%} of "
+              f"{devices} x {device.gpu_bytes / 2**30:.1f} GiB ({device.name}); serving {layers} layers "
+              f"(give num_hidden_layers in --shape to choose)", flush=True)
+    return layers
+
+
+def given_model(path: Path) -> BenchModel:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BenchError(f"--model-path {path}: cannot read its config.json ({exc})") from None
+    config = config.get("text_config", config)
+    vocab = int(config.get("vocab_size") or PROMPT_IDS[1])
+    return BenchModel(path, path.resolve().name, int(config.get("num_hidden_layers", 0)),
+                      prompt_ids=(min(PROMPT_IDS[0], vocab - 1), vocab))
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lynx-sglang"
+
+
+def bench_checkpoint(shape: dict) -> Path:
+    """The random bf16 checkpoint of this shape, built on first use (a minute or two, GBs on disk)."""
+    from lynx_sglang.tiny_checkpoints import build_tiny_checkpoint
+
+    name = "bench-mixtral-" + "-".join(f"{shape[k]}" for k in sorted(shape))
+    directory = cache_dir() / name
+    if (directory / "model.safetensors").exists() or list(directory.glob("model-*.safetensors")):
+        return directory
+    expert_gb = 3 * shape["hidden_size"] * shape["intermediate_size"] * 2 * shape["num_local_experts"] \
+        * shape["num_hidden_layers"] / 1e9
+    print(f"building the benchmark checkpoint ({expert_gb:.2f} GB of bf16 experts) in {directory}", flush=True)
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=name + "-", dir=cache_dir()))
+    build_tiny_checkpoint("mixtral", staging, seed=0, dtype="bfloat16", **shape)
+    staging.rename(directory)  # atomic: an interrupted build never looks finished
+    return directory

@@ -1,0 +1,131 @@
+"""`lynx-sglang bench serve`'s pure parts: --shape parsing, fitting a named shape's layers into a
+device's memory, the servers an --arms / --kernels pair starts, and baseline's expert figures
+borrowed from the pruned arms."""
+
+import json
+
+import pytest
+
+from lynx_sglang.bench_models import DEFAULT_SHAPE_FIELDS, Device, resolve_model
+from lynx_sglang.bench_serve import build_parser, kv_token_flags, parse_arms, server_runs
+from lynx_sglang.bench_report import Result, expert_figures, percentile, ratios
+from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, fit_layers, parse_shape, weight_bytes
+
+GIB = 2**30
+
+
+def test_named_shape_alone():
+    assert parse_shape("mixtral-8x7b", DEFAULT_SHAPE_FIELDS) == ("mixtral-8x7b", {})
+
+
+def test_named_shape_with_overrides_typed_as_its_fields():
+    name, overrides = parse_shape("qwen3-30b-a3b,num_hidden_layers=4,norm_topk_prob=false,rope_theta=1e4",
+                                  DEFAULT_SHAPE_FIELDS)  # fmt: skip
+    assert name == "qwen3-30b-a3b"
+    assert overrides == {"num_hidden_layers": 4, "norm_topk_prob": False, "rope_theta": 10000.0}
+    assert type(overrides["num_hidden_layers"]) is int
+
+
+def test_overrides_alone_resize_the_default_shape():
+    assert parse_shape("hidden_size=1024,num_hidden_layers=6", DEFAULT_SHAPE_FIELDS) == (
+        None, {"hidden_size": 1024, "num_hidden_layers": 6})
+    assert parse_shape("", DEFAULT_SHAPE_FIELDS) == (None, {})
+
+
+@pytest.mark.parametrize("text,needles", [
+    ("mixtral-8x22b", ["unknown shape 'mixtral-8x22b'", "mixtral-8x7b, qwen3-30b-a3b"]),
+    ("mixtral-8x7b,num_experts=4", ["unknown field 'num_experts'", "num_local_experts"]),
+    ("hidden_size=1024,mixtral-8x7b", ["'mixtral-8x7b' is not KEY=VALUE"]),
+    ("mixtral-8x7b,hidden_size=1.5", ["hidden_size='1.5' is not an integer"]),
+    ("mixtral-8x7b,num_hidden_layers=0", ["num_hidden_layers='0' must be positive"]),
+    ("qwen3-30b-a3b,norm_topk_prob=yes", ["norm_topk_prob='yes'", "true or false"]),
+    ("mixtral-8x7b,model_type=qwen3_moe", ["unknown field 'model_type'"]),
+])  # fmt: skip
+def test_bad_shapes_name_the_problem(text, needles):
+    with pytest.raises(ShapeError) as error:
+        parse_shape(text, DEFAULT_SHAPE_FIELDS)
+    assert str(error.value).startswith("--shape: ")
+    for needle in needles:
+        assert needle in str(error.value)
+
+
+def test_named_shapes_have_the_public_models_sizes():
+    for name, billions in (("mixtral-8x7b", 46.7), ("qwen3-30b-a3b", 30.5)):
+        fields = NAMED_SHAPES[name]
+        outside, per_layer = weight_bytes(fields)
+        params = (outside + per_layer * fields["num_hidden_layers"]) / 2 / 1e9
+        assert params == pytest.approx(billions, abs=0.1)
+
+
+def test_fit_layers_keeps_what_fits_and_cuts_what_does_not():
+    mixtral = NAMED_SHAPES["mixtral-8x7b"]
+    outside, per_layer = weight_bytes(mixtral)
+    assert fit_layers(mixtral, 140 * GIB) == 32  # H200: 93 GB of weights fit with room to spare
+    assert fit_layers(mixtral, 80 * GIB) == 24  # H100: 24 x 2.9 GB + embeddings <= 85 % of 80 GiB
+    assert fit_layers(mixtral, 80 * GIB, weight_fraction=0.5) == 14
+    device = (outside + 5 * per_layer) / 0.85
+    assert fit_layers(mixtral, device + 1) == 5 and fit_layers(mixtral, device - 1) == 4
+    assert fit_layers(NAMED_SHAPES["qwen3-30b-a3b"], 80 * GIB) == 48
+    with pytest.raises(ShapeError, match="not even one layer"):
+        fit_layers(mixtral, 2 * GIB)
+
+
+def test_one_server_per_arm_and_kernel_baseline_once():
+    runs = server_runs(parse_arms("baseline;budget:fraction=0.5;lynx"), ["lynx", "sglang"])
+    assert [(arm.spec, kernel) for arm, kernel in runs] == [
+        ("baseline", "sglang"), ("budget:fraction=0.5", "lynx"), ("budget:fraction=0.5", "sglang"),
+        ("lynx", "lynx"), ("lynx", "sglang")]
+    baseline, pruned = runs[0][0], runs[2][0]
+    assert baseline.serve_flags("sglang") == ["--lynx-policy", "baseline", "--lynx-stats", "off"]
+    assert pruned.serve_flags("sglang") == ["--lynx-policy", "budget", "--lynx-budget", "fraction=0.5",
+                                            "--lynx-kernel", "sglang"]
+
+
+def test_a_named_shape_on_a_smaller_gpu_gets_the_layers_that_fit(tmp_path, capsys):
+    h100 = Device("NVIDIA H100 80GB HBM3", 80 * GIB)
+    model = resolve_model(None, "mixtral-8x7b", [], h100, tmp_path / "a")
+    config = json.loads((model.path / "config.json").read_text())
+    assert (model.name, model.num_layers, config["num_hidden_layers"]) == ("mixtral-8x7b", 24, 24)
+    assert model.serve_flags == ["--load-format", "dummy"] and not list(model.path.glob("*.safetensors"))
+    [line] = capsys.readouterr().out.splitlines()
+    assert "24 of 32 layers fit" in line and "NVIDIA H100" in line
+    # the user's layers stand; two tensor-parallel GPUs hold the whole model
+    assert resolve_model(None, "mixtral-8x7b,num_hidden_layers=30", [], h100, tmp_path / "b").num_layers == 30
+    assert resolve_model(None, "mixtral-8x7b", ["--tp", "2"], h100, tmp_path / "c").num_layers == 32
+    assert capsys.readouterr().out == ""
+
+
+def test_on_a_cpu_the_kv_cache_holds_the_highest_level():
+    defaults = build_parser().parse_args([])
+    assert kv_token_flags(defaults, [1, 16, 32, 64], on_gpu=False) == ["--max-total-tokens", str(64 * (128 + 256 + 4))]
+    assert kv_token_flags(defaults, [1, 16, 32, 64], on_gpu=True) == []  # SGLang sizes it from GPU memory
+    assert kv_token_flags(defaults, [4], on_gpu=False) == []  # within lynx-sglang serve's CPU default of 4096
+    given = build_parser().parse_args(["--", "--max-total-tokens", "2048"])
+    assert kv_token_flags(given, [64], on_gpu=False) == []
+
+
+def result(arm, concurrency, before=None, after=None, tpot=(10.0, 20.0)):
+    stats = None if before is None else {
+        "distinct_experts_before": before[0], "expert_bytes_per_decode_token_before": before[1],
+        "distinct_experts_after": after[0], "expert_bytes_per_decode_token_after": after[1],
+    }  # fmt: skip
+    return Result(arm, "sglang" if arm == "baseline" else "lynx", arm == "baseline", concurrency, 4, 40, 2.0,
+                  list(tpot), stats)
+
+
+def test_baseline_borrows_the_pruned_arms_before_figures_at_its_concurrency():
+    results = [result("baseline", 1), result("baseline", 16, tpot=(20.0, 40.0)),
+               result("lynx", 16, before=(6.0, 600.0), after=(3.0, 300.0)),
+               result("budget:experts=2", 16, before=(8.0, 800.0), after=(2.0, 200.0))]  # fmt: skip
+    assert expert_figures(results[0], results) == (None, None)  # no pruned arm ran at concurrency 1
+    assert expert_figures(results[1], results) == (7.0, 700.0)
+    assert expert_figures(results[2], results) == (3.0, 300.0)
+    assert ratios(results[1], results) is None
+    assert ratios(results[2], results) == {"tpot_median": 0.5, "tpot_p90": pytest.approx(0.5),
+                                           "decode_tokens_per_s": 1.0, "expert_bytes_per_decode_token": 300 / 700}
+
+
+def test_percentile_interpolates_like_numpy():
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], 90) == pytest.approx(9.1)
+    assert percentile([7.0], 90) == 7.0

@@ -220,14 +220,14 @@ def check_live_switch(stage: Stage, shape_dir: str) -> None:
 
 
 def correctness(stage: Stage) -> None:
-    from lynx_sglang.bench_serve import shape_model_dir
+    from lynx_sglang.bench_models import describe_device, resolve_model
 
     checks = os.environ.get("CHECKS", "embedded,kernels,switch").split(",")
     if "embedded" in checks:
         check_embedded(stage)
-    layers = os.environ.get("LAYERS")
-    shape = "mixtral-8x7b" + (f",num_hidden_layers={layers}" if layers else "")
-    shape_dir = str(shape_model_dir(shape))
+    # The Mixtral shape with as many layers as the device holds (SHAPE may shrink it).
+    model = resolve_model(None, os.environ.get("SHAPE", "mixtral-8x7b"), [], describe_device(), stage.logs)
+    shape_dir = str(model.path)
     if "kernels" in checks:
         check_kernels(stage, shape_dir)
     if "switch" in checks:

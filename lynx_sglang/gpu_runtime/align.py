@@ -43,7 +43,8 @@ def _buckets(ids_ptr, pairs, numel, num_buckets, FIRST_BUCKET: tl.constexpr, TRA
     return tl.where(keep, bucket, TRASH).to(tl.int32)
 
 
-# Sizes that change with the batch are not specialised on, so a new batch size does not recompile.
+# Sizes that change with the batch are not specialised on: batch sizes share compiled variants (one
+# per counting-chunk size up to 1024 pairs).
 @triton.jit(do_not_specialize=["numel", "sorted_len", "expert_len"])
 def _align_kernel(
     ids_ptr, sorted_ptr, expert_ids_ptr, total_ptr, cumsum_ptr,
@@ -51,7 +52,7 @@ def _align_kernel(
     CHUNK: tl.constexpr, PLACE: tl.constexpr, NBK: tl.constexpr, FILL: tl.constexpr,
     PAD_SORTED: tl.constexpr, IGNORE_INVALID: tl.constexpr,
 ):
-    TRASH: tl.constexpr = NBK - 1
+    TRASH: tl.constexpr = NBK - 1  # NBK >= buckets + 1: a bin no real bucket uses
     FIRST_BUCKET: tl.constexpr = 1 if IGNORE_INVALID else 0
     lanes = tl.arange(0, CHUNK)
     fill = tl.arange(0, FILL)

@@ -62,7 +62,7 @@ if [ "$status" -ne 0 ]; then
     tail -n 60 "$out/servers.log"
   fi
   echo "== first missing name or import error"
-  grep -h -m 3 -E "NotImplementedError|ModuleNotFoundError|ImportError|AttributeError|No module named" \
+  grep -h -m 3 -E "MissingKernelError|NotImplementedError|ModuleNotFoundError|ImportError|AttributeError|No module named" \
     "$out/servers.log" "$out/$stage.txt" 2>/dev/null || echo "(none found)"
 fi
 exit "$status"

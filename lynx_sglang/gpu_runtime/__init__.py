@@ -7,7 +7,7 @@ its first `from sgl_kernel import ...`. This runtime lets unmodified SGLang serv
 - a stand-in `sgl_kernel` package (`standin/sgl_kernel/`), put first on the SGLang processes'
   PYTHONPATH. It implements the few kernels the serving path really calls (the MoE alignment in
   Triton, a handful of elementwise ops in torch) and turns every other name into a function that
-  raises `NotImplementedError("sgl_kernel.<name> ...")` when called, so a gap names itself;
+  raises `MissingKernelError("sgl_kernel.<name> ...")` when called, so a gap names itself;
 - SGLang settings that keep it on Triton and torch code (`SERVE_FLAGS`, `SERVE_ENV`);
 - REPLACE hooks for SGLang's JIT (nvcc-built) kernels on that path (`sglang_patches.py`), registered
   by the plugin in every SGLang process when `RUNTIME_ENV` is set.
@@ -64,6 +64,9 @@ SERVE_ENV = {
     # The Rust radix-tree core is a compiled extension per Python version; use SGLang's Python one.
     "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python",
     "TVM_FFI_DISABLE_TORCH_C_DLPACK": "1",
+    # A JIT kernel (nvcc at first use) the REPLACE hooks missed fails at once, naming its module, or
+    # SGLang takes its own fallback, instead of compiling for minutes.
+    "SGLANG_CRASH_ON_JIT_COMPILE": "1",
 }
 
 LOG_LINE = (

@@ -36,6 +36,24 @@ def no(*args, **kwargs) -> bool:
     return False
 
 
+def unquantized_moe_forward_native(self, layer, dispatch_output):
+    """SGLANG_FORCE_FUSED_OP_BACKEND=torch also sends the unquantized MoE to its forward_native, which
+    is SGLang's CPU expert loop: it reads token counts back to the host, which a CUDA graph cannot
+    capture. CUDA tensors take SGLang's Triton runner instead."""
+    if dispatch_output.hidden_states.is_cuda:
+        return self.forward_cuda(layer, dispatch_output)
+    return self.forward_cpu(layer, dispatch_output)
+
+
+def biased_grouped_topk_postprocess(topk_ids, expert_location_dispatch_info, num_token_non_padded):
+    """SGLang's function without its torch.compile wrapper (the only compile on the decode path)."""
+    from sglang.srt.layers.moe.topk import _mask_topk_ids_padded_region, topk_ids_logical_to_physical
+
+    topk_ids = topk_ids_logical_to_physical(topk_ids, expert_location_dispatch_info)
+    _mask_topk_ids_padded_region(topk_ids, num_token_non_padded)
+    return topk_ids
+
+
 _ACTIVATION = "sglang.kernels.ops.activation.activation"
 REPLACEMENTS = {
     f"{_ACTIVATION}.silu_and_mul": silu_and_mul,
@@ -43,6 +61,9 @@ REPLACEMENTS = {
     f"{_ACTIVATION}.gelu_tanh_and_mul": gelu_tanh_and_mul,
     # The KV-cache store falls back to torch indexing when the JIT kernel "cannot be used".
     "sglang.kernels.ops.kvcache.kvcache.can_use_store_cache": no,
-    # Qwen3-MoE's fused rotary + KV write is a JIT kernel; without it the torch rotary path runs.
+    # Qwen3-MoE: the q/k norms fall back to two RMSNorms, the fused rotary + KV write to torch.
+    "sglang.kernels.ops.layernorm.norm.can_use_fused_inplace_qknorm": no,
     "sglang.srt.models.utils.enable_fused_set_kv_buffer": no,
+    "sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.forward_native": unquantized_moe_forward_native,
+    "sglang.srt.layers.moe.topk._biased_grouped_topk_postprocess": biased_grouped_topk_postprocess,
 }

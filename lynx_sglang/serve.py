@@ -17,13 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lynx_sglang import gpu_runtime
 from lynx_sglang.config import CONFIG_ENV, KERNELS, TPOT_WITH_TP, ConfigError, LynxConfig, build_config
+from lynx_sglang.local_server import wait_healthy
 from lynx_sglang.policy_setup import MoeShape, validate_for_model
 
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / "checkpoint"
@@ -265,21 +264,6 @@ def check_parallelism(config: LynxConfig, args: list[str]) -> None:
             f"--enable-dp-attention is not supported with --lynx-policy {config.policy}: data-parallel "
             "attention ranks route different tokens, so they would take different decisions"
         )
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return True
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
-        time.sleep(0.5)
-    return False
 
 
 def _live_group_members(pgid: int) -> list[int]:

@@ -111,19 +111,37 @@ def parse_layers(spec, source: str = "layers") -> tuple[int, ...] | None:
     return tuple(sorted(layers))
 
 
-def parse_param_value(raw: str):
-    """A policy parameter given on the command line or in an env var: int, float, bool, none or text."""
-    lowered = raw.strip().lower()
+def parse_value(text: str):
+    """A parameter value written as text: true/false, none/null, an integer, a real number, a JSON list
+    or object, or else the text itself. A list or object that is not valid JSON is a ValueError."""
+    text = text.strip()
+    lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
     if lowered in ("none", "null"):
         return None
     for convert in (int, float):
         try:
-            return convert(raw)
+            return convert(text)
         except ValueError:
             pass
-    return raw
+    if text.startswith(("[", "{")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"value {text!r} is not valid JSON ({error.msg})") from None
+    return text
+
+
+def split_top_level(text: str) -> list[str]:
+    """Split at commas outside brackets: `a=1,b=[0,1]` -> [`a=1`, `b=[0,1]`]."""
+    parts, depth, start = [], 0, 0
+    for position, char in enumerate(text):
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            parts.append(text[start:position])
+            start = position + 1
+    return parts + [text[start:]]
 
 
 def parse_params(items, source: str) -> dict[str, Any]:
@@ -141,11 +159,15 @@ def parse_params(items, source: str) -> dict[str, Any]:
     if isinstance(items, str):
         items = [items]
     params = {}
-    for item in (part for text in items for part in str(text).replace(",", " ").split()):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{source}: {item!r} must look like key=value (e.g. alpha=1.0)")
-        params[key.strip()] = parse_param_value(value)
+    for text in items:
+        for item in (part for word in str(text).split() for part in split_top_level(word) if part):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"{source}: {item!r} must look like key=value (e.g. alpha=1.0)")
+            try:
+                params[key.strip()] = parse_value(value)
+            except ValueError as error:
+                raise ConfigError(f"{source}: {key.strip()}: {error}") from None
     return params
 
 

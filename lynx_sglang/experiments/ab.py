@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import fmt, plots
+from . import fmt, plots, report
 from .analysis import compare_arms, group_blocks, summarise_arm, within_points
 from .arms import Arm, ArmSpecError, arm_from_flags
 from .experiment import Experiment, add_common_arguments, check_common, parse_levels, prepare_items, run, say
@@ -170,32 +170,17 @@ def publish(experiment: Experiment, results: dict, console: Console) -> None:
 
 
 def report_markdown(results: dict, figures: list[str]) -> str:
-    config, versions = results["config"], results["versions"]
-    lines = [f"# A/B: A = {results['a']}, B = {results['b']}", ""]
-    if results["status"] != "complete":
-        lines += [f"**Partial results** ({results['status']}: {results['message']}); {results['blocks']} blocks measured.", ""]
+    config = results["config"]
+    lines = report.header(f"A/B: A = {results['a']}, B = {results['b']}", results)
     lines += [
-        f"`{config['command']}`", "",
-        f"{results['date']}, {versions['machine']}, model {model_text(versions['model'])}; task {config['task']} "
-        f"({config['n']} items, seed {config['seed']}, score {config['score']}), /v1/{config['endpoint']}, "
-        f"at most {config['max_tokens']} output tokens, greedy; {config['blocks']} interleaved blocks per level; "
-        f"{results['seconds']:.0f} s.", "",
+        f"{report.what_ran(results)}; {config['blocks']} interleaved blocks per level; {results['seconds']:.0f} s.", "",
         "## Summary", "", fmt.markdown_table(SUMMARY_HEADER, summary_rows(results)), "",
     ]
-    for c in results["comparisons"]:
-        lines += [f"- **c={c['concurrency']}**: " + "; ".join(verdicts(c))]
+    lines += [f"- **c={c['concurrency']}**: " + "; ".join(verdicts(c)) for c in results["comparisons"]]
     lines += ["", "## Per task", "", per_task_table(results), "", "## Latency", "", latency_table(results), "",
               "## Experts", "", experts_table(results), "", "## Plots", ""]
     lines += [f"![{name}]({name})" for name in figures]
-    lines += ["", "## Versions", "", "`" + ", ".join(f"{k} {v}" for k, v in versions["packages"].items()) +
-              f", python {versions['python']}`", ""]
-    return "\n".join(lines)
-
-
-def model_text(model: dict) -> str:
-    if "url" in model:
-        return f"served at {model['url']}"
-    return f"{model['name']} (weights sha256 {model['weights_sha256'][:12]})"
+    return "\n".join(lines + [""] + report.versions_section(results["versions"]))
 
 
 def per_task_table(results: dict) -> str:

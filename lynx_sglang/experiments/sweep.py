@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import fmt, plots, stats
+from . import fmt, plots, report, stats
 from .analysis import compare_arms, group_blocks, same_step_fraction, summarise_arm, within_points
 from .arms import Arm, ArmSpecError, parse_arms
 from .experiment import Experiment, add_common_arguments, check_common, parse_levels, prepare_items, run, say
@@ -174,28 +174,23 @@ def publish(experiment: Experiment, results: dict, console: Console) -> None:
     say(console, f"report: {out / 'report.md'}")
 
 
+# What the report's tables and marks mean, under the line that says what ran.
+REPORT_LEGEND = (
+    "(Newcombe's score interval, McNemar's exact test). \"bytes vs model\": expert bytes read per decode token "
+    "against the model's own routing of the same decode steps; \"bytes vs ref arm\": against the reference arm's "
+    "steps (moves with the decode batch sizes). `*` marks the frontier (no other arm reads a smaller fraction "
+    "and is at least as accurate); `goal` marks arms with at least 60 % fewer bytes than the model's routing and "
+    "the lower end of the difference's interval at or above -1 point."
+)
+
+
 def report_markdown(results: dict, figures: list[str]) -> str:
-    config, versions = results["config"], results["versions"]
-    model = versions["model"]
-    model_text = model.get("url") or f"{model['name']} (weights sha256 {model['weights_sha256'][:12]})"
-    lines = [f"# Sweep: accuracy against expert bytes per decode token", ""]
-    if results["status"] != "complete":
-        lines += [f"**Partial results** ({results['status']}: {results['message']}); {results['blocks']} blocks measured.", ""]
-    lines += [
-        f"`{config['command']}`", "",
-        f"{results['date']}, {versions['machine']}, model {model_text}; task {config['task']} ({config['n']} items, "
-        f"seed {config['seed']}, score {config['score']}), /v1/{config['endpoint']}, greedy, at most "
-        f"{config['max_tokens']} output tokens; {len(config['arms'])} arms interleaved in {config['blocks']} blocks per "
-        f"level; {results['seconds']:.0f} s. Differences are paired against `{results['reference']}` on the same items "
-        "(Newcombe's score interval, McNemar's exact test). \"bytes vs model\": expert bytes read per decode token "
-        "against the model's own routing of the same decode steps; \"bytes vs ref arm\": against the reference arm's "
-        "steps (moves with the decode batch sizes). `*` marks the frontier (no other arm reads a smaller fraction "
-        "and is at least as accurate); `goal` marks arms with at least 60 % fewer bytes than the model's routing and "
-        "the lower end of the difference's interval at or above -1 point.", "",
-    ]
+    config = results["config"]
+    lines = report.header("Sweep: accuracy against expert bytes per decode token", results)
+    lines += [f"{report.what_ran(results)}; {len(config['arms'])} arms interleaved in {config['blocks']} blocks per "
+              f"level; {results['seconds']:.0f} s. Differences are paired against `{results['reference']}` on the "
+              f"same items {REPORT_LEGEND}", ""]
     for frontier, figure in zip(results["frontiers"], figures):
         lines += [f"## Concurrency {frontier['concurrency']}", "", goal_line(results, frontier), "",
                   fmt.markdown_table(HEADER, table_rows(frontier, results["reference"])), "", f"![{figure}]({figure})", ""]
-    lines += ["## Versions", "", "`" + ", ".join(f"{k} {v}" for k, v in versions["packages"].items()) +
-              f", python {versions['python']}`", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + report.versions_section(results["versions"]))

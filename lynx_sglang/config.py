@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -225,6 +225,7 @@ class LynxConfig:
 
     @classmethod
     def from_env(cls, environ=os.environ) -> "LynxConfig":
+        """The config the launcher handed down in CONFIG_ENV (defaults when there is none)."""
         raw = environ.get(CONFIG_ENV)
         if not raw:
             return cls()
@@ -232,31 +233,34 @@ class LynxConfig:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{CONFIG_ENV} is not valid JSON ({exc.msg} at position {exc.pos})") from None
-        return cls.from_mapping(data, CONFIG_ENV)
-
-    @classmethod
-    def from_mapping(cls, data, source: str) -> "LynxConfig":
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+            raise ConfigError(f"{CONFIG_ENV}: expected a mapping of settings, got {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        values = dict(data)
-        if "params" in values:
-            values["params"] = parse_params(values["params"], f"{source}: params")
-        if "prune_mixed" in values:
-            values["prune_mixed"] = parse_bool(values["prune_mixed"], f"{source}: prune_mixed")
-        if "stats" in values:
-            values["stats"] = parse_bool(values["stats"], f"{source}: stats")
-        if "layers" in values:
-            values["layers"] = parse_layers(values["layers"], f"{source}: layers")
-        return cls(**values)
+            raise ConfigError(f"{CONFIG_ENV}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**{name: parse_setting(name, value, f"{CONFIG_ENV}: {name}") for name, value in data.items()})
+
+
+def parse_setting(name: str, value, label: str):
+    """A setting as a flag, variable or file gives it -> the value LynxConfig holds."""
+    if name == "params":
+        return parse_params(value, label)
+    if name in ("prune_mixed", "stats"):
+        return parse_bool(value, label)
+    if name == "layers":
+        return parse_layers(value, label)
+    if name == "budget":
+        budget = Budget.parse(value, label)
+        return None if budget is None else str(budget)
+    return value
 
 
 # ---- the three sources and their precedence ----------------------------------------------------
 
-# Environment variable -> config field. LYNX_PARAMS is "key=value,key=value".
+# What a user may set, from any source (runtime_dir is the launcher's own).
+SETTINGS = tuple(f.name for f in fields(LynxConfig) if f.name != "runtime_dir")
+# Environment variable -> setting. LYNX_PARAMS is "key=value,key=value".
 ENV_VARIABLES = {
     "LYNX_POLICY": "policy",
     "LYNX_PARAMS": "params",
@@ -268,7 +272,6 @@ ENV_VARIABLES = {
     "LYNX_STATS": "stats",
 }
 CONFIG_FILE_ENV = "LYNX_CONFIG"
-FILE_FIELDS = ("policy", "params", "budget", "layers", "prune_mixed", "kernel", "admin_token", "stats")
 
 
 def read_config_file(path: str) -> dict:
@@ -295,45 +298,28 @@ def read_config_file(path: str) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(FILE_FIELDS))
+    unknown = sorted(set(data) - set(SETTINGS))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(FILE_FIELDS)}")
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
     return data
 
 
-def settings_from_env(environ: Mapping[str, str]) -> dict:
-    return {name: environ[var] for var, name in ENV_VARIABLES.items() if environ.get(var) not in (None, "")}
-
-
 def build_config(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> LynxConfig:
-    """Merge the sources: flag > env > file (params merge key by key in the same order).
-
-    `flags` holds only the settings the user gave on the command line (field name -> raw value),
-    plus optionally `config_file`.
-    """
+    """Merge the sources: flag > env > file; params merge key by key in the same order. `flags` holds
+    the settings given on the command line (name -> raw value), and optionally `config_file`."""
     file_path = flags.get("config_file") or environ.get(CONFIG_FILE_ENV) or None
-    layers_in_order = [
+    sources_in_order = [
         ("config file " + str(file_path), read_config_file(file_path) if file_path else {}),
-        ("environment", settings_from_env(environ)),
+        ("environment", {name: environ[var] for var, name in ENV_VARIABLES.items() if environ.get(var)}),
         ("flag", {k: v for k, v in flags.items() if k != "config_file" and v is not None}),
     ]
     merged: dict[str, Any] = {}
     params: dict[str, Any] = {}
-    for source, settings in layers_in_order:
+    for source, settings in sources_in_order:
         for name, value in settings.items():
-            label = f"{source} {name}"
+            parsed = parse_setting(name, value, f"{source} {name}")
             if name == "params":
-                params.update(parse_params(value, label))
-            elif name in ("prune_mixed", "stats"):
-                merged[name] = parse_bool(value, label)
-            elif name == "layers":
-                merged[name] = parse_layers(value, label)
-            elif name == "budget":
-                merged[name] = None if Budget.parse(value, label) is None else str(Budget.parse(value, label))
+                params.update(parsed)
             else:
-                merged[name] = value
+                merged[name] = parsed
     return LynxConfig(**merged, params=params)
-
-
-def with_runtime_dir(config: LynxConfig, runtime_dir: str | None) -> LynxConfig:
-    return replace(config, runtime_dir=runtime_dir)

@@ -82,7 +82,10 @@ def parse_assignment(text: str) -> tuple[str, list]:
     name, sep, values = text.partition("=")
     if not sep or not name.strip():
         raise ArmSpecError(f"expected NAME=VALUES, got {text!r}")
-    return name.strip(), expand_values(values)
+    try:
+        return name.strip(), expand_values(values)
+    except ArmSpecError as error:
+        raise ArmSpecError(f"{error} in {text.strip()!r}") from None
 
 
 def parse_budget_values(text: str) -> list[str]:
@@ -131,7 +134,10 @@ def arm_from_flags(policy: str, params: list[str], budget: str | None) -> Arm:
         name, sep, value = assignment.partition("=")
         if not sep or not name:
             raise ArmSpecError(f"expected --a-param/--b-param NAME=VALUE, got {assignment!r}")
-        values[name.strip()] = parse_one_value(value)
+        try:
+            values[name.strip()] = parse_one_value(value)
+        except ArmSpecError as error:
+            raise ArmSpecError(f"{error} in --a-param/--b-param {assignment!r}") from None
     if budget is not None:
         parse_budget_values(budget)  # validates the kind; the server validates the value
     return Arm(policy, values, budget)

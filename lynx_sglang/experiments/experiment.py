@@ -13,6 +13,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -24,10 +25,17 @@ from .client import ENDPOINTS, AdminClient, ServerError
 from .launch import ManagedServer
 from .runner import Runner, plan_steps
 from .store import Block, MeasurementStore, ResumeError
-from .tasks import BUILTIN_TASK, Item, TaskError, load_items, make_scorer
+from .tasks import BUILTIN_TASK, Item, load_items, make_scorer
 
 EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "embedded" / "checkpoint"
 EXIT_INTERRUPTED = 130
+
+
+def command_parser(tool: str, doc: str) -> argparse.ArgumentParser:
+    """`lynx-sglang TOOL`'s parser: the module docstring's first line as description, the rest as epilog."""
+    first, _, rest = doc.partition("\n")
+    return argparse.ArgumentParser(prog=f"lynx-sglang {tool}", description=first,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=rest.lstrip("\n"))
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, default_n: int, default_levels: str, default_out: str) -> None:
@@ -66,6 +74,12 @@ class Experiment:
     @property
     def out(self) -> Path:
         return Path(self.args.out)
+
+    def results(self, run_info: dict, **figures) -> dict:
+        """results.json: what ran, how it went (`run_info`), and the tool's figures."""
+        config = {key: value for key, value in self.config().items() if key != "items"}
+        return {"tool": f"lynx-sglang {self.tool}", **run_info,
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": config, **figures}
 
     def config(self) -> dict:
         a = self.args

@@ -10,9 +10,7 @@ The reference arm (default baseline) is always measured; every other arm is comp
 
 from __future__ import annotations
 
-import argparse
 import sys
-from datetime import datetime, timezone
 
 from rich.console import Console
 from rich.markup import escape
@@ -20,8 +18,9 @@ from rich.table import Table
 
 from . import fmt, plots, report, stats
 from .analysis import compare_arms, group_blocks, same_step_fraction, summarise_arm, within_points
-from .arms import Arm, ArmSpecError, parse_arms
-from .experiment import Experiment, add_common_arguments, check_common, parse_levels, prepare_items, run, say
+from .arms import ArmSpecError, parse_arms
+from .experiment import (Experiment, add_common_arguments, check_common, command_parser, parse_levels, prepare_items,
+                         run, say)
 
 # Every shipped policy at several settings (docs/results/ is this sweep on the embedded model).
 DEFAULT_POLICIES = ";".join([
@@ -37,20 +36,18 @@ GOAL_POINTS = 0.01  # "... with accuracy within 1 point"
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="lynx-sglang sweep", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[2:]))
+    parser = command_parser("sweep", __doc__)
     parser.add_argument("--policies", default=DEFAULT_POLICIES, help="the arms (default: every shipped policy at several settings)")
     parser.add_argument("--reference", default="baseline", help="the arm every other is compared with (default baseline)")
     parser.add_argument("--resume", action="store_true", help="continue from --out's measurements.jsonl (same flags)")
     add_common_arguments(parser, default_n=1000, default_levels="8,32", default_out="sweep-results")
     args = parser.parse_args(argv)
     check_common(parser, args)
-    return parser, args
+    return args
 
 
 def main(argv=None) -> int:
-    parser, args = parse_args(argv)
+    args = parse_args(argv)
     try:
         reference = parse_arms(args.reference)
         if len(reference) != 1:
@@ -58,7 +55,7 @@ def main(argv=None) -> int:
         arms = reference + [arm for arm in parse_arms(args.policies) if arm != reference[0]]
         levels = parse_levels(args.concurrency)
         items = prepare_items(args)
-    except ValueError as error:
+    except ValueError as error:  # a bad arm, task file or --concurrency
         print(f"lynx-sglang sweep: error: {error}", file=sys.stderr)
         return 2
     return run(Experiment("sweep", args, arms, levels, items), analyse, publish, resume=args.resume)
@@ -86,9 +83,8 @@ def analyse(experiment: Experiment, blocks, run_info: dict) -> dict:
         comparisons += level_comparisons.values()
         if level_summaries:
             frontiers.append(frontier_points(level, level_summaries, level_comparisons, reference))
-    return {"tool": "lynx-sglang sweep", **run_info, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": {k: v for k, v in experiment.config().items() if k != "items"}, "reference": reference,
-            "summaries": summaries, "comparisons": comparisons, "frontiers": frontiers}
+    return experiment.results(run_info, reference=reference, summaries=summaries, comparisons=comparisons,
+                              frontiers=frontiers)
 
 
 def frontier_points(level: int, summaries: dict[str, dict], comparisons: dict[str, dict], reference: str) -> dict:

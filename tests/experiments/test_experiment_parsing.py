@@ -141,6 +141,7 @@ def test_labels_parse_back_to_the_same_arm():
 
 @pytest.mark.parametrize("spec, message", [
     ("", "no arms"), (":alpha=1", "missing policy"), ("lynx:alpha", "NAME=VALUES"), ("lynx:alpha=1:alpha=2", "twice"),
+    ("lynx:alpha=1,", "empty value in 'alpha=1,'"),
 ])
 def test_bad_specs_are_errors(spec, message):
     with pytest.raises(ArmSpecError, match=message):
@@ -153,7 +154,7 @@ def test_ab_flags_make_one_arm():
     assert arm.request_body() == {"policy": "lynx", "params": {"alpha": 1, "tie_break": "index"}, "budget": "experts=4"}
     with pytest.raises(ArmSpecError, match="NAME=VALUE"):
         arm_from_flags("lynx", ["alpha"], None)
-    with pytest.raises(ArmSpecError, match="empty value"):
+    with pytest.raises(ArmSpecError, match="empty value in --a-param/--b-param 'alpha='"):
         arm_from_flags("lynx", ["alpha="], None)
 
 

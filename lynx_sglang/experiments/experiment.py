@@ -127,7 +127,6 @@ Publish = Callable[[Experiment, dict, Console], None]
 def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: bool = False) -> int:
     """Measure, then analyse and publish whatever was measured, also after Ctrl-C or a dead server."""
     console = Console(stderr=True)
-    args = experiment.args
     store = MeasurementStore(experiment.out)
     try:
         done = store.start(experiment.config(), resume=resume)
@@ -142,26 +141,16 @@ def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: b
         return 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    status, message = "complete", None
-    try:
-        runner = Runner(url=url, admin=admin, items=experiment.items, scorer=make_scorer(args.score),
-                        endpoint=args.endpoint, max_tokens=args.max_tokens, store=store, server=server, console=console)
-        runner.run(plan_steps(experiment.arms, experiment.levels, len(experiment.items), args.blocks), done)
-    except KeyboardInterrupt:
-        status, message = "interrupted", "interrupted (Ctrl-C)"
-    except ServerError as error:
-        status, message = "server-error", server_message(error, server)
-    finally:
-        if server is not None:
-            server.stop()
-    blocks = store.load()[1]
+    status, message = measure(experiment, store, done, server, admin, url, console)
     if message:
-        say(console, f"error: {message}" if status == "server-error" else message, "red" if status == "server-error" else "yellow")
-    run_info = {"status": status, "message": message, "seconds": time.monotonic() - started, "blocks": len(blocks),
-                "versions": versions(experiment)}
+        say(console, f"error: {message}" if status == "server-error" else message,
+            "red" if status == "server-error" else "yellow")
+    blocks = store.load()[1]
     if not blocks:
         say(console, f"nothing was measured; {store.path} holds the configuration only")
         return EXIT_INTERRUPTED if status == "interrupted" else 1
+    run_info = {"status": status, "message": message, "seconds": time.monotonic() - started, "blocks": len(blocks),
+                "versions": versions(experiment)}
     results = analyse(experiment, blocks, run_info)
     write_json(experiment.out / "results.json", results)
     publish(experiment, results, console)
@@ -169,6 +158,25 @@ def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: b
         say(console, f"partial results ({len(blocks)} blocks) written to {experiment.out}; "
                      f"`--resume` continues from {store.path.name}")
     return {"complete": 0, "interrupted": EXIT_INTERRUPTED}.get(status, 1)
+
+
+def measure(experiment: Experiment, store: MeasurementStore, done: list[Block], server: ManagedServer | None,
+            admin: AdminClient, url: str, console: Console) -> tuple[str, str | None]:
+    """Every step not done yet, each block saved as it ends; (status, why it stopped early). A server
+    started here is stopped here."""
+    args = experiment.args
+    try:
+        runner = Runner(url=url, admin=admin, items=experiment.items, scorer=make_scorer(args.score),
+                        endpoint=args.endpoint, max_tokens=args.max_tokens, store=store, server=server, console=console)
+        runner.run(plan_steps(experiment.arms, experiment.levels, len(experiment.items), args.blocks), done)
+    except KeyboardInterrupt:
+        return "interrupted", "interrupted (Ctrl-C)"
+    except ServerError as error:
+        return "server-error", server_message(error, server)
+    finally:
+        if server is not None:
+            server.stop()
+    return "complete", None
 
 
 def connect(experiment: Experiment, console: Console) -> tuple[ManagedServer | None, AdminClient, str]:

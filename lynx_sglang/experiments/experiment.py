@@ -141,7 +141,7 @@ def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: b
         return 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    status, message = measure(experiment, store, done, server, admin, url, console)
+    status, message, skipped = measure(experiment, store, done, server, admin, url, console)
     if message:
         say(console, f"error: {message}" if status == "server-error" else message,
             "red" if status == "server-error" else "yellow")
@@ -150,7 +150,7 @@ def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: b
         say(console, f"nothing was measured; {store.path} holds the configuration only")
         return EXIT_INTERRUPTED if status == "interrupted" else 1
     run_info = {"status": status, "message": message, "seconds": time.monotonic() - started, "blocks": len(blocks),
-                "versions": versions(experiment)}
+                "skipped_arms": skipped, "versions": versions(experiment)}
     results = analyse(experiment, blocks, run_info)
     write_json(experiment.out / "results.json", results)
     publish(experiment, results, console)
@@ -161,22 +161,25 @@ def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: b
 
 
 def measure(experiment: Experiment, store: MeasurementStore, done: list[Block], server: ManagedServer | None,
-            admin: AdminClient, url: str, console: Console) -> tuple[str, str | None]:
-    """Every step not done yet, each block saved as it ends; (status, why it stopped early). A server
+            admin: AdminClient, url: str, console: Console) -> tuple[str, str | None, list[dict]]:
+    """Every step not done yet, each block saved as it ends; (status, why it stopped early, the arms the
+    server refused). A sweep skips a refused arm and goes on; for `ab` a refusal ends the run. A server
     started here is stopped here."""
     args = experiment.args
+    runner = Runner(url=url, admin=admin, items=experiment.items, scorer=make_scorer(args.score),
+                    endpoint=args.endpoint, max_tokens=args.max_tokens, store=store, server=server, console=console,
+                    skip_refused=experiment.tool == "sweep")
+    status, message = "complete", None
     try:
-        runner = Runner(url=url, admin=admin, items=experiment.items, scorer=make_scorer(args.score),
-                        endpoint=args.endpoint, max_tokens=args.max_tokens, store=store, server=server, console=console)
         runner.run(plan_steps(experiment.arms, experiment.levels, len(experiment.items), args.blocks), done)
     except KeyboardInterrupt:
-        return "interrupted", "interrupted (Ctrl-C)"
+        status, message = "interrupted", "interrupted (Ctrl-C)"
     except ServerError as error:
-        return "server-error", server_message(error, server)
+        status, message = "server-error", server_message(error, server)
     finally:
         if server is not None:
             server.stop()
-    return "complete", None
+    return status, message, [{"arm": label, "reason": reason} for label, reason in runner.refused.items()]
 
 
 def connect(experiment: Experiment, console: Console) -> tuple[ManagedServer | None, AdminClient, str]:

@@ -5,39 +5,38 @@
     lynx-sglang sweep --out sweep-lynx --resume        # continue an interrupted sweep (same flags)
 
 Arms: POLICY[+BUDGET][:PARAM=VALUES]..., separated by ';' (VALUES: a value, a comma list or LO..HI).
+Without --policies the arms are every shipped policy at settings derived from the served model's number
+of experts and top-k. An arm the server refuses is reported and skipped; the others still run.
 The reference arm (default baseline) is always measured; every other arm is compared with it.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lynx_sglang.policy_setup import MoeShape
+
 from . import fmt, plots, report, stats
 from .analysis import compare_arms, group_blocks, same_step_fraction, summarise_arm, within_points
 from .arms import ArmSpecError, parse_arms
-from .experiment import (Experiment, add_common_arguments, check_common, command_parser, parse_levels, prepare_items,
-                         run, say)
+from .client import AdminClient, ServerError
+from .experiment import (EMBEDDED_MODEL, Experiment, add_common_arguments, check_common, command_parser, parse_levels,
+                         prepare_items, run, say)
+from .model_arms import ServedShape, default_arms
 
-# Every shipped policy at several settings (docs/results/ is this sweep on the embedded model).
-DEFAULT_POLICIES = ";".join([
-    "lynx:alpha=0.5,1,2,3", "lynx-v1:threshold=0.3,0.5,0.7", "oea:k0=1", "budget:num_experts_kept=2..4",
-    "topn:num_experts_kept=2..4", "static-topk:top_k_used=1", "random:num_experts_kept=4",
-    "coverage:mass_fraction=0.6,0.8", "coverage:mass_fraction=0.6:max_dropped_mass=0.5", "lynx+experts=3",
-    "anchor:ratio=0.3,0.5,0.7", "anchor:ratio=0.3,0.5:fill_to_k=false",
-    # per-layer ratios calibrated on other items (docs/results/calibration): looser where a layer tolerates it
-    "anchor:ratio=[0.2,0.3,0.5,0.3],[0.2,0.3,1.0,0.3]:fill_to_k=false",
-])
 GOAL_BYTES_RATIO = 0.4  # "at least 60 % fewer expert bytes per decode token"
 GOAL_POINTS = 0.01  # "... with accuracy within 1 point"
 
 
 def parse_args(argv):
     parser = command_parser("sweep", __doc__)
-    parser.add_argument("--policies", default=DEFAULT_POLICIES, help="the arms (default: every shipped policy at several settings)")
+    parser.add_argument("--policies", help="the arms (default: every shipped policy at settings derived from the "
+                                           "model's experts and top-k)")
     parser.add_argument("--reference", default="baseline", help="the arm every other is compared with (default baseline)")
     parser.add_argument("--resume", action="store_true", help="continue from --out's measurements.jsonl (same flags)")
     add_common_arguments(parser, default_n=1000, default_levels="8,32", default_out="sweep-results")
@@ -52,13 +51,31 @@ def main(argv=None) -> int:
         reference = parse_arms(args.reference)
         if len(reference) != 1:
             raise ArmSpecError(f"--reference must be one arm, got {len(reference)}")
-        arms = reference + [arm for arm in parse_arms(args.policies) if arm != reference[0]]
         levels = parse_levels(args.concurrency)
         items = prepare_items(args)
-    except ValueError as error:  # a bad arm, task file or --concurrency
+        candidates = parse_arms(args.policies) if args.policies else model_default_arms(args)
+        arms = reference + [arm for arm in candidates if arm != reference[0]]
+    except (ValueError, ServerError) as error:  # a bad arm, task file or --concurrency; an unreachable --url
         print(f"lynx-sglang sweep: error: {error}", file=sys.stderr)
         return 2
     return run(Experiment("sweep", args, arms, levels, items), analyse, publish, resume=args.resume)
+
+
+def model_default_arms(args) -> list:
+    """The default arms for the model this sweep serves: read from the running server's /lynx/stats
+    (--url) or from the checkpoint's config.json."""
+    if args.url:
+        shape = ServedShape.from_stats(AdminClient(args.url, args.admin_token).stats())
+    else:
+        shape = ServedShape.from_checkpoint(MoeShape.from_checkpoint(Path(args.model_path) if args.model_path
+                                                                     else EMBEDDED_MODEL))
+    if shape is None:
+        raise ArmSpecError("the model has no routed experts the policies could prune; nothing to sweep")
+    arms, dropped = default_arms(shape)
+    print(f"default arms for {shape.describe()}: {len(arms)}", file=sys.stderr)
+    for arm, reason in dropped:
+        print(f"  not proposed: {arm.label} ({reason})", file=sys.stderr)
+    return arms
 
 
 # ---- figures ---------------------------------------------------------------------------------------
@@ -167,7 +184,14 @@ def publish(experiment: Experiment, results: dict, console: Console) -> None:
             table.add_row(*(escape(cell) for cell in row))
         terminal.print(table)
         terminal.print(escape(goal_line(results, frontier)), soft_wrap=True)
+    for line in skipped_lines(results):
+        say(console, line, "yellow")
     say(console, f"report: {out / 'report.md'}")
+
+
+def skipped_lines(results: dict) -> list[str]:
+    return [f"skipped {entry['arm']}: the server refused it ({entry['reason']})"
+            for entry in results.get("skipped_arms") or []]
 
 
 # What the report's tables and marks mean, under the line that says what ran.
@@ -189,4 +213,6 @@ def report_markdown(results: dict, figures: list[str]) -> str:
     for frontier, figure in zip(results["frontiers"], figures):
         lines += [f"## Concurrency {frontier['concurrency']}", "", goal_line(results, frontier), "",
                   fmt.markdown_table(HEADER, table_rows(frontier, results["reference"])), "", f"![{figure}]({figure})", ""]
+    if results.get("skipped_arms"):
+        lines += ["## Skipped arms", "", *(f"- {line}" for line in skipped_lines(results)), ""]
     return "\n".join(lines + report.versions_section(results["versions"]))

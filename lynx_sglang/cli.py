@@ -58,6 +58,12 @@ def _sweep(args: list[str]) -> int:
     return main(args)
 
 
+def _calibrate(args: list[str]) -> int:
+    from lynx_sglang.experiments.calibrate import main
+
+    return main(args)
+
+
 COMMANDS = {
     "serve": (_serve, "serve a MoE model through SGLang with batch-aware expert selection "
                       "(default: the embedded model on 127.0.0.1:30000)"),
@@ -67,6 +73,8 @@ COMMANDS = {
     "train-embedded": (_train_embedded, "retrain the embedded model"),
     "ab": (_ab, "two policies on the same requests: accuracy and speed with confidence intervals"),
     "sweep": (_sweep, "many policies on one server: the accuracy / expert-bytes frontier"),
+    "calibrate": (_calibrate, "the setting that reads the fewest expert bytes within an accuracy bound, per batch-size "
+                              "band, confirmed on held-out items: writes a lynx-config.yaml"),
 }  # fmt: skip
 
 

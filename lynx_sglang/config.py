@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -182,6 +182,42 @@ def parse_bool(value, source: str) -> bool:
     raise ConfigError(f"{source}: {value!r} must be true or false")
 
 
+SCHEDULE_EXAMPLE = "[{from_rows: 1, params: {ratio: 0.5}}, {from_rows: 12, params: {ratio: 0.3}}]"
+
+
+def parse_schedule(value, base_params: dict, base_budget: str | None, source: str = "schedule"):
+    """A setting that follows the decode batch size: a list of bands, each `from_rows` (the first real
+    row count it serves; the first band starts at 1, later ones increase) with `params` (over the base
+    params) and optionally `budget` (instead of the base budget). -> the bands with their effective
+    params and budget, or None for no schedule."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"{source}: must be a list of bands such as {SCHEDULE_EXAMPLE}")
+    bands, previous = [], 0
+    for index, band in enumerate(value):
+        label = f"{source}[{index}]"
+        if not isinstance(band, Mapping):
+            raise ConfigError(f"{label}: {band!r} must be a mapping with from_rows, params and optionally budget")
+        unknown = sorted(set(band) - {"from_rows", "params", "budget"})
+        if unknown:
+            raise ConfigError(f"{label}: unknown field(s) {', '.join(unknown)}; allowed: from_rows, params, budget")
+        start = band.get("from_rows")
+        if not isinstance(start, int) or isinstance(start, bool) or start < 1:
+            raise ConfigError(f"{label}.from_rows: {start!r} must be a row count (an integer >= 1)")
+        if index == 0 and start != 1:
+            raise ConfigError(f"{label}.from_rows: the first band must start at 1 so that every batch size has one")
+        if start <= previous:
+            raise ConfigError(f"{label}.from_rows: {start} must be above the previous band's {previous}")
+        budget = Budget.parse(band["budget"], f"{label}.budget") if "budget" in band else Budget.parse(base_budget)
+        if budget is not None and budget.kind == "tpot_ms":
+            raise ConfigError(f"{label}.budget: tpot_ms cannot vary by band (one controller sets the cap)")
+        bands.append({"from_rows": start, "params": {**base_params, **parse_params(band.get("params"), f"{label}.params")},
+                      "budget": None if budget is None else str(budget)})
+        previous = start
+    return tuple(bands)
+
+
 # ---- the settings object ------------------------------------------------------------------------
 
 
@@ -195,6 +231,8 @@ class LynxConfig:
     kernel: str = "auto"
     admin_token: str | None = None
     stats: bool = True
+    # Bands over the decode batch size, each with its own params/budget (parse_schedule); None = one setting.
+    schedule: tuple[dict, ...] | None = None
     # Where each SGLang process writes a record that it loaded the plugin (read by /lynx/info).
     runtime_dir: str | None = None
 
@@ -207,6 +245,14 @@ class LynxConfig:
             raise ConfigError("admin_token: must be a non-empty string")
         object.__setattr__(self, "budget", None if self.budget is None else str(Budget.parse(self.budget)))
         object.__setattr__(self, "layers", parse_layers(self.layers))
+        object.__setattr__(self, "schedule", parse_schedule(self.schedule, self.params, self.budget))
+
+    def bands(self) -> list[tuple[int, "LynxConfig"]]:
+        """(first row count, the setting) per band; one band from 1 row up without a schedule."""
+        if not self.schedule:
+            return [(1, self)]
+        return [(band["from_rows"], replace(self, params=dict(band["params"]), budget=band["budget"], schedule=None))
+                for band in self.schedule]
 
     @property
     def parsed_budget(self) -> Budget | None:
@@ -218,6 +264,7 @@ class LynxConfig:
         for private in ("admin_token", "runtime_dir"):
             view.pop(private)
         view["layers"] = None if self.layers is None else list(self.layers)
+        view["schedule"] = None if self.schedule is None else [dict(band) for band in self.schedule]
         return view
 
     def to_env(self) -> str:

@@ -3,6 +3,7 @@
     lynx-sglang ab                                     # baseline against the best setting found
     lynx-sglang ab --a baseline --b lynx --b-param alpha=1 --concurrency 8,32 --out ab-lynx
     lynx-sglang ab --url http://127.0.0.1:30000 --admin-token T --task gsm8k.jsonl --score number
+    lynx-sglang ab --b-config calibration/lynx-config.yaml --seed 1    # a calibrated config against baseline
 
 Writes report.md, results.json, measurements.jsonl and PNG plots under --out; see docs/ab-experiments.md.
 """
@@ -18,7 +19,7 @@ from rich.table import Table
 
 from . import fmt, plots, report
 from .analysis import compare_arms, group_blocks, summarise_arm, within_points
-from .arms import Arm, arm_from_flags
+from .arms import Arm, ArmSpecError, arm_from_config_file, arm_from_flags
 from .experiment import (Experiment, add_common_arguments, check_common, command_parser, parse_levels, prepare_items,
                          run, say)
 
@@ -36,6 +37,9 @@ def parse_args(argv):
         arms.add_argument(f"--{side}-param", action="append", default=[], metavar="K=V",
                           help=f"a parameter of arm {side.upper()}'s policy, repeatable")
         arms.add_argument(f"--{side}-budget", metavar="SPEC", help=f"expert budget of arm {side.upper()}: experts=N, fraction=F, mass=P or tpot_ms=T")
+        arms.add_argument(f"--{side}-config", metavar="FILE",
+                          help=f"arm {side.upper()} is this config file (YAML/JSON, as serve --lynx-config loads it, "
+                               "e.g. a calibrated lynx-config.yaml), instead of the policy flags")
     add_common_arguments(parser, default_n=2000, default_levels="1,8,32", default_out="ab-results")
     args = parser.parse_args(argv)
     check_common(parser, args)
@@ -43,8 +47,18 @@ def parse_args(argv):
 
 
 def build_arms(args) -> list[Arm]:
-    a = arm_from_flags(args.a, args.a_param, args.a_budget)
-    if args.b is None and not args.b_param and not args.b_budget:
+    for side in ("a", "b"):
+        flags = [getattr(args, f"{side}_param"), getattr(args, f"{side}_budget"),
+                 getattr(args, side) if side == "b" else args.a != "baseline"]
+        if getattr(args, f"{side}_config") and any(flags):
+            raise ArmSpecError(f"--{side}-config is the whole arm: give it without --{side}, --{side}-param or --{side}-budget")
+    if args.a_config:
+        a = arm_from_config_file(args.a_config)
+    else:
+        a = arm_from_flags(args.a, args.a_param, args.a_budget)
+    if args.b_config:
+        b = arm_from_config_file(args.b_config)
+    elif args.b is None and not args.b_param and not args.b_budget:
         b = DEFAULT_B
     else:
         b = arm_from_flags(args.b or DEFAULT_B.policy, args.b_param, args.b_budget)

@@ -19,8 +19,10 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from lynx_sglang.config import BUDGET_KINDS, parse_value, split_top_level
+from lynx_sglang.config import (BUDGET_KINDS, ConfigError, LynxConfig, parse_setting, parse_value, read_config_file,
+                                split_top_level)
 
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
@@ -35,15 +37,22 @@ class Arm:
     params: dict = field(default_factory=dict, hash=False)
     budget: str | None = None
     tag: str | None = None  # tells two arms of the same setting apart (an A/A run)
+    # A whole config file's settings (a calibrated lynx-config.yaml, say), applied as they are, and its name.
+    config: dict | None = field(default=None, hash=False)
+    config_name: str | None = None
 
     @property
     def label(self) -> str:
+        if self.config is not None:
+            return f"config:{self.config_name}" + (f" ({self.tag})" if self.tag else "")
         text = self.policy + (f"+{self.budget}" if self.budget else "")
         text += "".join(f":{key}={format_value(value)}" for key, value in self.params.items())
         return text + (f" ({self.tag})" if self.tag else "")
 
     def request_body(self) -> dict:
         """The POST /lynx/policy body that puts the server in this arm's setting."""
+        if self.config is not None:
+            return {"config": dict(self.config)}
         return {"policy": self.policy, "params": dict(self.params), "budget": self.budget}
 
     def as_json(self) -> dict:
@@ -141,3 +150,16 @@ def arm_from_flags(policy: str, params: list[str], budget: str | None) -> Arm:
     if budget is not None:
         parse_budget_values(budget)  # validates the kind; the server validates the value
     return Arm(policy, values, budget)
+
+
+def arm_from_config_file(path: str) -> Arm:
+    """An arm that applies a whole config file (YAML or JSON, the form `serve --lynx-config` loads),
+    checked here as the server would check it, before any server starts."""
+    try:
+        settings = read_config_file(path)
+        config = LynxConfig(**{key: parse_setting(key, value, f"config file {path}: {key}")
+                               for key, value in settings.items()})
+    except ConfigError as error:
+        text = str(error)
+        raise ArmSpecError(text if text.startswith("config file") else f"config file {path}: {text}") from None
+    return Arm(config.policy, dict(config.params), config.budget, config=settings, config_name=Path(path).stem)

@@ -10,11 +10,13 @@ and dropped if the model cannot take it, so the default sweep never proposes an 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from lynx_sglang.config import ConfigError, LynxConfig
 from lynx_sglang.policy_setup import MoeShape, validate_for_model
 
 from .arms import Arm, parse_arms
+from .client import AdminClient
 
 # Per-layer anchor ratios calibrated on the embedded model (docs/results/calibration): they belong to
 # its four MoE layers and are proposed only for a model of that shape.
@@ -106,3 +108,24 @@ def default_arms(shape: ServedShape) -> tuple[list[Arm], list[tuple[Arm, str]]]:
         else:
             dropped.append((arm, reason))
     return kept, dropped
+
+
+def calibration_candidates(shape: ServedShape) -> list[Arm]:
+    """`lynx-sglang calibrate`'s default candidates: the policies that did best in the sweeps, each at
+    settings from loose to tight, so every band finds one within the loss bound (fewer arms than the
+    sweep's, to keep a calibration within minutes)."""
+    floors = sorted({value for value in (1, shape.top_k // 2) if value >= 1})
+    spec = ";".join([
+        "anchor:ratio=0.2,0.3,0.4,0.5,0.7:fill_to_k=false", "lynx:alpha=0.5,1,2", f"oea:k0={_values(floors)}",
+        "coverage:mass_fraction=0.6,0.8", f"topn:num_experts_kept={_values(kept_counts(shape.num_experts, shape.top_k))}",
+    ])
+    return [arm for arm in parse_arms(spec) if refusal(arm, shape) is None]
+
+
+def served_shape(url: str | None, admin_token: str | None, model_path: str | None,
+                 embedded_model: Path) -> ServedShape | None:
+    """The shape of the model an experiment serves: the running server's /lynx/stats (with a URL) or
+    the checkpoint's config.json (the embedded model when no path is given)."""
+    if url:
+        return ServedShape.from_stats(AdminClient(url, admin_token).stats())
+    return ServedShape.from_checkpoint(MoeShape.from_checkpoint(Path(model_path) if model_path else embedded_model))

@@ -13,21 +13,18 @@ The reference arm (default baseline) is always measured; every other arm is comp
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lynx_sglang.policy_setup import MoeShape
-
 from . import fmt, plots, report, stats
 from .analysis import compare_arms, group_blocks, same_step_fraction, summarise_arm, within_points
-from .arms import ArmSpecError, parse_arms
-from .client import AdminClient, ServerError
+from .arms import ArmSpecError, arm_from_config_file, parse_arms
+from .client import ServerError
 from .experiment import (EMBEDDED_MODEL, Experiment, add_common_arguments, check_common, command_parser, parse_levels,
                          prepare_items, run, say)
-from .model_arms import ServedShape, default_arms
+from .model_arms import default_arms, served_shape
 
 GOAL_BYTES_RATIO = 0.4  # "at least 60 % fewer expert bytes per decode token"
 GOAL_POINTS = 0.01  # "... with accuracy within 1 point"
@@ -37,6 +34,9 @@ def parse_args(argv):
     parser = command_parser("sweep", __doc__)
     parser.add_argument("--policies", help="the arms (default: every shipped policy at settings derived from the "
                                            "model's experts and top-k)")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="a config file (YAML/JSON, as serve --lynx-config loads it) as one more arm, repeatable; "
+                             "with --config and no --policies only these arms run beside the reference")
     parser.add_argument("--reference", default="baseline", help="the arm every other is compared with (default baseline)")
     parser.add_argument("--resume", action="store_true", help="continue from --out's measurements.jsonl (same flags)")
     add_common_arguments(parser, default_n=1000, default_levels="8,32", default_out="sweep-results")
@@ -53,8 +53,16 @@ def main(argv=None) -> int:
             raise ArmSpecError(f"--reference must be one arm, got {len(reference)}")
         levels = parse_levels(args.concurrency)
         items = prepare_items(args)
-        candidates = parse_arms(args.policies) if args.policies else model_default_arms(args)
+        configs = [arm_from_config_file(path) for path in args.config]
+        if args.policies:
+            candidates = parse_arms(args.policies) + configs
+        else:
+            candidates = configs or model_default_arms(args)
         arms = reference + [arm for arm in candidates if arm != reference[0]]
+        labels = [arm.label for arm in arms]
+        if len(set(labels)) != len(labels):
+            raise ArmSpecError(f"two arms share a label ({', '.join(sorted({l for l in labels if labels.count(l) > 1}))}): "
+                               "give each --config file its own name")
     except (ValueError, ServerError) as error:  # a bad arm, task file or --concurrency; an unreachable --url
         print(f"lynx-sglang sweep: error: {error}", file=sys.stderr)
         return 2
@@ -64,11 +72,7 @@ def main(argv=None) -> int:
 def model_default_arms(args) -> list:
     """The default arms for the model this sweep serves: read from the running server's /lynx/stats
     (--url) or from the checkpoint's config.json."""
-    if args.url:
-        shape = ServedShape.from_stats(AdminClient(args.url, args.admin_token).stats())
-    else:
-        shape = ServedShape.from_checkpoint(MoeShape.from_checkpoint(Path(args.model_path) if args.model_path
-                                                                     else EMBEDDED_MODEL))
+    shape = served_shape(args.url, args.admin_token, args.model_path, EMBEDDED_MODEL)
     if shape is None:
         raise ArmSpecError("the model has no routed experts the policies could prune; nothing to sweep")
     arms, dropped = default_arms(shape)

@@ -166,3 +166,44 @@ def test_server_flags_are_refused_with_a_url(flags, capsys):
         parse_args(["--url", "http://127.0.0.1:30000", "--admin-token", "t", *flags])
     assert stopped.value.code == 2 and "with --url the running server is used" in capsys.readouterr().err
 
+
+
+def test_a_config_file_is_one_arm_applied_whole(tmp_path):
+    from lynx_sglang.experiments.arms import arm_from_config_file
+
+    path = tmp_path / "calibrated.yaml"
+    path.write_text("policy: anchor\nparams: {fill_to_k: false}\n"
+                    "schedule:\n  - {from_rows: 1, params: {ratio: 0.5}}\n  - {from_rows: 12, params: {ratio: 0.3}}\n")
+    arm = arm_from_config_file(str(path))
+    assert arm.label == "config:calibrated" and arm.policy == "anchor" and arm.params == {"fill_to_k": False}
+    assert arm.request_body() == {"config": {"policy": "anchor", "params": {"fill_to_k": False},
+                                             "schedule": [{"from_rows": 1, "params": {"ratio": 0.5}},
+                                                          {"from_rows": 12, "params": {"ratio": 0.3}}]}}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("policy: anchor\nschedule: [{from_rows: 3}]\n", "config file"),
+    ("policy: anchor\nsurprise: 1\n", "unknown setting(s) surprise"),
+    ("policy: [anchor\n", "not valid YAML"),
+])
+def test_a_bad_config_file_is_refused_before_any_server_starts(tmp_path, text, message):
+    from lynx_sglang.experiments.arms import arm_from_config_file
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ArmSpecError, match="config file") as caught:
+        arm_from_config_file(str(path))
+    assert message in str(caught.value)
+
+
+def test_ab_config_flags_replace_the_policy_flags(tmp_path):
+    from lynx_sglang.experiments.ab import build_arms, parse_args
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("policy: topn\nparams: {num_experts_kept: 3}\n")
+    a, b = build_arms(parse_args(["--b-config", str(path)]))
+    assert a.label == "baseline" and b.label == "config:mine" and b.params == {"num_experts_kept": 3}
+    with pytest.raises(ArmSpecError, match="--b-config is the whole arm"):
+        build_arms(parse_args(["--b-config", str(path), "--b-param", "alpha=1"]))
+    a, b = build_arms(parse_args(["--a-config", str(path), "--b-config", str(path)]))
+    assert (a.label, b.label) == ("config:mine (A)", "config:mine (B)")

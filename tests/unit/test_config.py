@@ -117,3 +117,38 @@ def test_list_params_parse_as_json_in_flags_and_environment():
     assert build_config({}, {"LYNX_PARAMS": "ratio=[0.2,0.3],fill_to_k=false"}).params == expected
     with pytest.raises(ConfigError, match=r"^flag params: ratio: value '\[0.2' is not valid JSON"):
         build_config({"params": ["ratio=[0.2"]}, {})
+
+
+def test_a_schedule_gives_each_band_its_params_over_the_base():
+    config = LynxConfig(policy="anchor", params={"fill_to_k": False}, budget="experts=6",
+                        schedule=[{"from_rows": 1, "params": {"ratio": 0.5}},
+                                  {"from_rows": 12, "params": {"ratio": 0.3}, "budget": "none"}])
+    (first, small), (start, large) = config.bands()
+    assert (first, start) == (1, 12)
+    assert small.params == {"fill_to_k": False, "ratio": 0.5} and small.budget == "experts=6"
+    assert large.params == {"fill_to_k": False, "ratio": 0.3} and large.budget is None
+    assert small.schedule is None and large.policy == "anchor"
+    assert LynxConfig.from_env({CONFIG_ENV: config.to_env()}) == config
+    assert config.public_view()["schedule"][1] == {"from_rows": 12, "params": {"fill_to_k": False, "ratio": 0.3},
+                                                   "budget": None}
+    assert LynxConfig(policy="anchor").bands() == [(1, LynxConfig(policy="anchor"))]
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ([], "must be a list of bands"),
+    ("ratio=0.3", "must be a list of bands"),
+    ([{"from_rows": 2, "params": {}}], "the first band must start at 1"),
+    ([{"from_rows": 1}, {"from_rows": 1}], "must be above the previous band's 1"),
+    ([{"from_rows": 1}, {"from_rows": 8}, {"from_rows": 4}], "schedule[2].from_rows: 4 must be above"),
+    ([{"from_rows": 1.5}], "must be a row count"),
+    ([{"from_rows": True}], "must be a row count"),
+    ([{"from_rows": 1, "ratio": 0.3}], "unknown field(s) ratio"),
+    ([{"from_rows": 1, "budget": "experts=0"}], "schedule[0].budget"),
+    ([{"from_rows": 1, "budget": "tpot_ms=20"}], "tpot_ms cannot vary by band"),
+    ([{"from_rows": 1, "params": "ratio"}], "schedule[0].params"),
+    (["band"], "must be a mapping"),
+])
+def test_a_bad_schedule_is_named(schedule, message):
+    with pytest.raises(ConfigError) as caught:
+        LynxConfig(policy="anchor", schedule=schedule)
+    assert message in str(caught.value)

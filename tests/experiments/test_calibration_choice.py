@@ -1,0 +1,65 @@
+"""How `calibrate` turns sweep figures into a config: bands from the levels, per band the cheapest arm
+within the bound, one policy for every band."""
+
+import yaml
+
+from lynx_sglang.config import LynxConfig
+from lynx_sglang.experiments.arms import parse_arms
+from lynx_sglang.experiments.calibration import Band, bands_for_levels, choose, config_for, config_yaml
+
+
+def test_bands_start_at_one_and_split_at_the_geometric_mean():
+    assert bands_for_levels([8, 32]) == [Band(1, 8), Band(16, 32)]
+    assert bands_for_levels([32, 1, 8]) == [Band(1, 1), Band(3, 8), Band(16, 32)]
+    assert bands_for_levels([16]) == [Band(1, 16)]
+    assert bands_for_levels([1, 2]) == [Band(1, 1), Band(2, 2)]
+
+
+def sweep_results(points_by_level: dict[int, list[tuple[str, float, float, float]]]) -> dict:
+    """points: (arm label, bytes fraction, accuracy diff, lower end of its interval), as fractions."""
+    labels = dict.fromkeys(label for points in points_by_level.values() for label, *_ in points)
+    arms = [{"label": "baseline", **parse_arms("baseline")[0].request_body()}]
+    arms += [{"label": label, **parse_arms(label)[0].request_body()} for label in labels]
+    frontiers = [{"concurrency": level, "points": [
+        {"arm": "baseline", "bytes_fraction": 1.0, "accuracy_diff": 0.0, "accuracy_diff_ci": [0.0, 0.0]}] + [
+        {"arm": label, "bytes_fraction": fraction, "accuracy_diff": diff, "accuracy_diff_ci": [low, diff + 0.01]}
+        for label, fraction, diff, low in points]} for level, points in points_by_level.items()]
+    return {"reference": "baseline", "config": {"arms": arms}, "frontiers": frontiers}
+
+
+MEASURED = sweep_results({
+    8: [("anchor:ratio=0.3", 0.35, -0.010, -0.018), ("anchor:ratio=0.5", 0.45, -0.002, -0.006),
+        ("topn:num_experts_kept=2", 0.30, -0.004, -0.006), ("topn:num_experts_kept=3", 0.50, 0.0, -0.003)],
+    32: [("anchor:ratio=0.3", 0.38, -0.001, -0.006), ("anchor:ratio=0.5", 0.50, 0.0, -0.004),
+         ("topn:num_experts_kept=2", 0.30, -0.05, -0.06), ("topn:num_experts_kept=3", 0.55, -0.001, -0.005)],
+})
+
+
+def test_each_band_takes_its_cheapest_arm_within_the_bound_and_one_policy_wins():
+    choice = choose(MEASURED, [8, 32], max_loss_points=1.0, margin_points=0.3)
+    # anchor: 0.45 (band 1) and 0.38 (band 2), mean 0.415; topn: 0.30 then 0.55, mean 0.425
+    assert choice["policy"] == "anchor"
+    assert [c.arm["label"] for c in choice["choices"]] == ["anchor:ratio=0.5", "anchor:ratio=0.3"]
+    assert abs(choice["candidates"]["topn"] - 0.425) < 1e-9 and abs(choice["floor_points"] + 0.7) < 1e-9
+    config = config_for(choice)
+    assert config == {"policy": "anchor", "schedule": [
+        {"from_rows": 1, "params": {"ratio": 0.5}, "budget": "none"},
+        {"from_rows": 16, "params": {"ratio": 0.3}, "budget": "none"}]}
+    text = config_yaml(config, ["made by a test"])
+    assert text.startswith("# made by a test\n")
+    loaded = LynxConfig(**yaml.safe_load(text))  # what serve --lynx-config reads
+    assert [(start, band.params) for start, band in loaded.bands()] == [(1, {"ratio": 0.5}), (16, {"ratio": 0.3})]
+
+
+def test_a_tighter_bound_drops_a_policy_with_no_arm_in_some_band():
+    choice = choose(MEASURED, [8, 32], max_loss_points=0.6, margin_points=0.0)
+    # the floor is -0.6 points: anchor has ratio=0.5 at 8 (-0.6) and 32 (-0.4); topn at 32 only =3 (-0.5)
+    assert choice["policy"] == "anchor" and choice["candidates"]["topn"] is not None
+    tight = choose(MEASURED, [8, 32], max_loss_points=0.35, margin_points=0.0)
+    assert tight["policy"] is None and config_for(tight) == {"policy": "baseline"}
+
+
+def test_the_same_arm_in_every_band_is_one_plain_setting():
+    same = sweep_results({8: [("lynx+experts=3:alpha=1", 0.4, 0.0, -0.002)], 32: [("lynx+experts=3:alpha=1", 0.3, 0.0, -0.002)]})
+    assert config_for(choose(same, [8, 32], 1.0, 0.3)) == {"policy": "lynx", "params": {"alpha": 1},
+                                                          "budget": "experts=3"}

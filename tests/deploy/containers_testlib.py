@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,11 @@ from deploy_testlib import COMPOSE_FILE, DEPLOY, ROOT, apt_install
 from live_server import free_port
 
 
-class ContainerFigures(UserWarning):
-    """Not a problem: the figures the container tests measure (image size, build times), shown in the
-    warnings summary of every run, pytest-xdist workers included."""
+def report_figure(text: str) -> None:
+    """Not a problem: a figure the container tests measure (image size, build times), shown in the
+    warnings summary of every run. A plain UserWarning: pytest-xdist's controller re-imports a
+    warning's class by its module, and it cannot import the test modules' helpers."""
+    warnings.warn(f"container figures: {text}", UserWarning, stacklevel=2)
 
 HERE = Path(__file__).resolve().parent / "containers"
 PODMAN_CONF = HERE / "containers.conf"

@@ -16,7 +16,6 @@ import subprocess
 import time
 import urllib.request
 import uuid
-import warnings
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,6 @@ from containers_testlib import (
     HERE,
     Compose,
     Container,
-    ContainerFigures,
     build,
     container_tools,
     debian_base,
@@ -33,6 +31,7 @@ from containers_testlib import (
     image_tag,
     podman,
     podman_env,
+    report_figure,
     torch_source,
 )
 from deploy_testlib import (
@@ -92,7 +91,7 @@ def server(cpu_image, env_file):
     container = Container(built.image, service["command"], env_file=env_file, port=PORT)
     try:
         seconds = container.wait_healthy()
-        warnings.warn(ContainerFigures(f"CPU image: healthy {seconds:.0f} s after `podman run`"))
+        report_figure(f"CPU image: healthy {seconds:.0f} s after `podman run`")
         yield container
     finally:
         container.remove()
@@ -107,9 +106,8 @@ def test_image_builds_here_and_its_size_and_build_time_are_reported(cpu_image):
         assert not folders or any(f"Processing {folder}/torch-" in steps[install] for folder in folders)
     size = built.size_bytes()
     assert 1e9 < size < 8e9, gb(size)  # the CPU path installs about 2.8 GB; a CUDA torch would add several
-    warnings.warn(ContainerFigures(
-        f"CPU image {gb(size)}, built in {built.seconds:.0f} s ({sum(built.cached())} of {len(steps)} steps "
-        f"from podman's layer cache) on {args['BASE_IMAGE']}"))  # fmt: skip
+    report_figure(f"CPU image {gb(size)}, built in {built.seconds:.0f} s ({sum(built.cached())} of {len(steps)} "
+                  f"steps from podman's layer cache) on {args['BASE_IMAGE']}")
 
 
 def test_runs_as_a_non_root_user_and_passes_the_compose_health_check(server):
@@ -196,7 +194,7 @@ def test_podman_stop_lets_a_stream_in_flight_finish_and_the_container_exits_0(se
     state = server.state()
     assert (state["Status"], state["ExitCode"]) == ("exited", 0), server.log_tail()
     assert seconds < 30, f"{seconds:.0f} s: podman's SIGKILL, not the server, ended it"
-    warnings.warn(ContainerFigures(f"CPU image: `podman stop` with a stream in flight took {seconds:.1f} s, exit 0"))
+    report_figure(f"CPU image: `podman stop` with a stream in flight took {seconds:.1f} s, exit 0")
 
 
 def test_a_change_to_project_code_only_rebuilds_without_reinstalling(cpu_image, tmp_path):
@@ -225,8 +223,8 @@ def test_a_change_to_project_code_only_rebuilds_without_reinstalling(cpu_image, 
         assert not cached[code]  # the change itself is in the new image
         shown = podman("run", "--rm", "--entrypoint", "tail", rebuilt.image, "-n", "1", f"/opt/lynx-sglang/{changed}")
         assert shown.stdout.strip() == marker
-        warnings.warn(ContainerFigures(f"CPU image rebuilt after a change to {changed} in {rebuilt.seconds:.0f} s "
-                                       f"({sum(cached)} of {len(steps)} steps from the layer cache)"))  # fmt: skip
+        report_figure(f"CPU image rebuilt after a change to {changed} in {rebuilt.seconds:.0f} s "
+                      f"({sum(cached)} of {len(steps)} steps from the layer cache)")
     finally:
         podman("rmi", tag, check=False)
 
@@ -273,7 +271,7 @@ def test_compose_starts_the_cpu_service_by_name_and_its_health_check_passes(stac
     status, answer = post(stack.urls["LYNX_PORT"] + "/v1/completions",
                           {"model": "default", "prompt": "123+45=", "max_tokens": 8, "temperature": 0})  # fmt: skip
     assert status == 200 and answer["choices"][0]["text"].strip() == "168", answer
-    warnings.warn(ContainerFigures(f"compose: lynx-sglang-cpu healthy {seconds:.0f} s after `up`"))
+    report_figure(f"compose: lynx-sglang-cpu healthy {seconds:.0f} s after `up`")
 
 
 def test_prometheus_scrapes_the_service_and_answers_the_dashboards_queries(stack):

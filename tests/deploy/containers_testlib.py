@@ -4,12 +4,14 @@ torch, image builds, containers, and docker-compose through podman's Docker-comp
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -86,6 +88,27 @@ def container_tools() -> None:
     info = podman("info", "--format", "{{.Host.OCIRuntime.Name}}", check=False)
     if info.returncode != 0:
         pytest.skip(f"podman cannot run here: {info.stderr.strip()[-500:]}")
+    remove_leftovers()
+
+
+# Every container a test starts names the test process that started it.
+OWNER = "lynx-sglang-test.owner-pid"
+
+
+def remove_leftovers() -> None:
+    """Containers of test processes that are gone (a run killed before its cleanup): a server left
+    running would take the cores the rest of the suite needs."""
+    listed = podman("ps", "-a", "--filter", f"label={OWNER}", "--format", "json").stdout
+    for container in json.loads(listed or "[]"):
+        try:
+            os.kill(int(container["Labels"][OWNER]), 0)
+        except ProcessLookupError:
+            podman("rm", "-f", "-v", container["Id"], check=False, timeout=90)
+
+
+def die_with_parent() -> None:
+    """In a child process before exec: SIGTERM when the test process dies, cleaned up or not."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def debian_mirror() -> str:
@@ -210,7 +233,7 @@ class Container:
         self.name = f"lynx-sglang-test-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        flags = ["--name", self.name, "-p", f"127.0.0.1:{self.port}:{port}", "-e", f"PORT={port}"]
+        flags = ["--name", self.name, "--label", f"{OWNER}={os.getpid()}", "-p", f"127.0.0.1:{self.port}:{port}", "-e", f"PORT={port}"]
         flags += ["--env-file", str(env_file)] if env_file else []
         podman("run", "-d", *flags, image, *args)
 
@@ -269,12 +292,14 @@ class Compose:
         self.socket = workdir / "podman.sock"
         self.override = workdir / "compose.override.yml"
         volumes = ("model-cache", "prometheus-data", "grafana-data")
-        override = {"services": {service: {"image": image} for service, image in images.items()},
+        labels = {OWNER: str(os.getpid())}
+        override = {"services": {service: {"image": image, "labels": labels} for service, image in images.items()},
                     "volumes": {volume: {"name": f"{self.project}-{volume}"} for volume in volumes}}  # fmt: skip
         self.override.write_text(json.dumps(override))  # JSON is YAML
         self.service_log = open(workdir / "podman-service.log", "wb")
         self.service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{self.socket}"],
-                                        env=podman_env(), stdout=self.service_log, stderr=subprocess.STDOUT)  # fmt: skip
+                                        env=podman_env(), stdout=self.service_log, stderr=subprocess.STDOUT,
+                                        preexec_fn=die_with_parent)  # fmt: skip
         env = {k: v for k, v in podman_env().items() if not k.startswith(("LYNX_", "PROMETHEUS_", "GRAFANA_", "COMPOSE_"))}
         self.env = dict(env, DOCKER_HOST=f"unix://{self.socket}", **variables)
         deadline = time.monotonic() + 30

@@ -19,9 +19,10 @@ serve: install
 test: install
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
-# Daily work: everything but the tests marked slow (servers, engines, long property searches).
+# Daily work: everything but the tests marked slow (servers, engines, long property searches) and the
+# container tests (they build deploy/'s images and run them with podman).
 test-fast: install
-	$(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow and not containers" $(PYTEST_ARGS)
 
 train-embedded: install
 	$(BIN)/python -m lynx_sglang.embedded.train --out lynx_sglang/embedded/checkpoint $(ARGS)

@@ -10,9 +10,13 @@ import re
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from live_server import post
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -28,31 +32,36 @@ APT_TIMEOUT_S = 300
 def debian_tool(command: str, package: str) -> str:
     """Path of `command`; installs Debian's `package` for it when missing (root only), else skips."""
     found = shutil.which(command)
-    if found:
-        return found
+    if not found:
+        apt_install([package], f"{command} is not installed", recommends=False)
+        found = shutil.which(command)
+    if not found:
+        pytest.skip(f"Debian's {package} installed no {command}")
+    return found
+
+
+def apt_install(packages: list[str], why: str, *, recommends: bool) -> None:
+    """`apt-get install` of Debian's `packages` (root only, `apt-get update` first if that fails), or skip
+    saying `why` they were wanted and what went wrong."""
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip(f"{command} is not installed, and installing Debian's {package} needs root and apt-get")
+        pytest.skip(f"{why}, and installing Debian's {' '.join(packages)} needs root and apt-get")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "--no-install-recommends", package]
+    install = ["apt-get", "install", "-y", *([] if recommends else ["--no-install-recommends"]), *packages]
 
     def apt(args):  # an unreachable mirror hangs rather than fails: bound it, and skip
         try:
             return subprocess.run(args, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            pytest.skip(f"{command} missing; `{' '.join(args[:2])}` ran past {APT_TIMEOUT_S} s")
+            pytest.skip(f"{why}; `{' '.join(args[:2])}` ran past {APT_TIMEOUT_S} s")
 
     # Test workers running in parallel (pytest -n) would otherwise fight over dpkg's lock.
     with open(Path(tempfile.gettempdir()) / "lynx-sglang-tests-apt.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not shutil.which(command) and apt(install).returncode != 0:
+        if apt(install).returncode != 0:
             apt(["apt-get", "update"])
             result = apt(install)
             if result.returncode != 0:
-                pytest.skip(f"{command} missing; `apt-get install {package}` failed: {result.stderr.strip()[-300:]}")
-    found = shutil.which(command)
-    if not found:
-        pytest.skip(f"Debian's {package} installed no {command}")
-    return found
+                pytest.skip(f"{why}; `apt-get install {' '.join(packages)}` failed: {result.stderr.strip()[-300:]}")
 
 
 # ---- PromQL ----------------------------------------------------------------------------------------
@@ -105,3 +114,21 @@ def env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines of an env file, as compose reads them (no quotes, no expansion)."""
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
     return {key.strip(): value for key, value in pairs}
+
+
+# ---- a running server and Prometheus over HTTP ---------------------------------------------------
+
+
+def complete_a_few(url, count=8):
+    """Concurrent requests, so decode batches hold several tokens for the policy to prune."""
+    body = {"model": "default", "prompt": "123+45=", "max_tokens": 8, "temperature": 0}
+    with ThreadPoolExecutor(count) as pool:
+        for status, answer in pool.map(lambda _: post(url + "/v1/completions", body), range(count)):
+            assert status == 200, answer
+
+
+def prometheus_query(url, query) -> list:
+    with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': query})}", timeout=10) as r:
+        answer = json.loads(r.read())
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]

@@ -1,5 +1,6 @@
-"""deploy/Dockerfile (CPU) and deploy/Dockerfile.gpu, read as Docker would (no engine here): the SGLang
-version they carry, the installer they run, the layer that keeps SGLang cached, the user they run as."""
+"""deploy/Dockerfile (CPU) and deploy/Dockerfile.gpu, read as Docker would: the SGLang version they carry,
+the installer they run, the layer that keeps SGLang cached, the user they run as. The container tests
+(test_containers_*.py) build and run them."""
 
 import json
 import re
@@ -41,7 +42,17 @@ def test_both_images_carry_the_sglang_version_the_project_pins():
     assert sglang_pin((ROOT / "scripts" / "install.sh").read_text()) == project  # the CPU image's SGLang
     gpu = instructions(DOCKERFILES["gpu"])
     assert ("ARG", f"SGLANG_VERSION={project}") in gpu
-    assert ("FROM", "lmsysorg/sglang:v${SGLANG_VERSION}") in gpu  # SGLang's official image of that release
+    # By default SGLang's official image of that release (tests/deploy/test_containers_gpu_steps.py
+    # builds on a stand-in instead).
+    assert ("ARG", "BASE_IMAGE=lmsysorg/sglang:v${SGLANG_VERSION}") in gpu
+    assert [args for op, args in gpu if op == "FROM"] == ["${BASE_IMAGE}"]
+
+
+def test_cpu_image_build_arguments_default_to_what_a_user_gets():
+    # The public Python image and no wheel source beyond the indexes; the container tests set both.
+    steps = instructions(DOCKERFILES["cpu"])
+    assert steps[:3] == [("ARG", "BASE_IMAGE=python:3.11-slim-bookworm"), ("FROM", "${BASE_IMAGE}"),
+                         ("ARG", "PIP_FIND_LINKS=")]  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", DOCKERFILES)

@@ -3,14 +3,11 @@ service's arguments, the example env file), exports every metric the Grafana das
 alert rules query, in valid Prometheus text format; a real Prometheus scraping it answers every
 dashboard query with data. One server for the module."""
 
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,27 +18,21 @@ from deploy_testlib import (
     ENV_EXAMPLE,
     PROMETHEUS_DIR,
     as_prometheus_query,
+    complete_a_few,
     dashboard_metric_names,
     dashboard_queries,
     debian_tool,
     env_file,
+    prometheus_query,
     promql_metric_names,
 )
-from live_server import RunningServer, free_port, post
+from live_server import RunningServer, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.slow
 
 # The controller's lynx_controller_* gauges exist only under a latency budget; the dashboard shows them.
 LATENCY_BUDGET = {"LYNX_BUDGET": "tpot_ms=1000"}
-
-
-def complete_a_few(url, count=8):
-    """Concurrent requests, so decode batches hold several tokens for the policy to prune."""
-    body = {"model": "default", "prompt": "123+45=", "max_tokens": 8, "temperature": 0}
-    with ThreadPoolExecutor(count) as pool:
-        for status, answer in pool.map(lambda _: post(url + "/v1/completions", body), range(count)):
-            assert status == 200, answer
 
 
 def scrape(url) -> str:
@@ -90,13 +81,6 @@ def test_every_metric_the_alerts_query_is_exported(exported):
     rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"][0]["rules"]
     wanted = set().union(*(promql_metric_names(rule["expr"]) for rule in rules)) - {"up"}  # `up` is Prometheus' own
     assert wanted and wanted <= exported, f"queried by an alert but not exported: {sorted(wanted - exported)}"
-
-
-def prometheus_query(url, query) -> list:
-    with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': query})}", timeout=10) as r:
-        answer = json.loads(r.read())
-    assert answer["status"] == "success", answer
-    return answer["data"]["result"]
 
 
 def test_prometheus_answers_every_dashboard_query_with_data(server, tmp_path):

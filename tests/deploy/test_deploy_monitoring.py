@@ -1,7 +1,8 @@
 """Prometheus and Grafana configuration under deploy/: promtool validates the config, the alert rules
 and every dashboard query; the pieces name each other consistently (scrape target, data source,
-dashboard folder)."""
+dashboard folder); Grafana's provisioning files hold only what Grafana's source reads."""
 
+import re
 import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
@@ -116,3 +117,47 @@ def test_grafana_reads_the_provisioned_prometheus_and_dashboard():
     for panel in panels:
         uids = {panel["datasource"]["uid"]} | {t["datasource"]["uid"] for t in panel["targets"]}
         assert uids == {source["uid"]}, panel["title"]
+
+
+# What Grafana 12's provisioning reads (apiVersion 1), from its source: the yaml tags of
+# upsertDataSourceFromConfigV1 in pkg/services/provisioning/datasources/types.go and of `configs` in
+# pkg/services/provisioning/dashboards/types.go. Grafana ignores any other key without a word, so a
+# misspelt one would silently do nothing. Grafana is not packaged by Debian and no registry is
+# reachable here: these files are checked against its source, not loaded by a running Grafana.
+GRAFANA_DATASOURCE_KEYS = {
+    "orgId": int, "orgName": str, "version": int, "name": str, "type": str, "access": str, "url": str, "user": str,
+    "database": str, "basicAuth": bool, "basicAuthUser": str, "withCredentials": bool, "isDefault": bool,
+    "correlations": list, "jsonData": dict, "secureJsonData": dict, "editable": bool, "uid": str,
+}  # fmt: skip
+GRAFANA_PROVIDER_KEYS = {
+    "name": str, "type": str, "orgId": int, "folder": str, "folderUid": str, "editable": bool, "options": dict,
+    "disableDeletion": bool, "updateIntervalSeconds": int, "allowUiUpdates": bool,
+}  # fmt: skip
+# Panels Grafana ships (public/app/plugins/panel/) that the dashboard uses; no plugin to install.
+GRAFANA_BUILTIN_PANELS = {"timeseries", "stat", "bargauge", "gauge", "table", "text", "barchart", "heatmap"}
+
+
+def check_keys(entry: dict, known: dict[str, type], where: str) -> None:
+    unknown = set(entry) - set(known)
+    assert not unknown, f"{where}: keys Grafana does not read: {sorted(unknown)}"
+    for key, value in entry.items():
+        assert isinstance(value, known[key]), f"{where}: {key} should be {known[key].__name__}, is {value!r}"
+
+
+def test_grafana_provisioning_files_hold_only_what_grafana_reads():
+    sources = yaml.safe_load((GRAFANA / "datasources" / "prometheus.yml").read_text())
+    assert sources["apiVersion"] == 1 and set(sources) == {"apiVersion", "datasources"}
+    for source in sources["datasources"]:
+        check_keys(source, GRAFANA_DATASOURCE_KEYS, f"data source {source.get('name')}")
+        assert source["type"] == "prometheus" and source["access"] in ("proxy", "direct")
+    providers = yaml.safe_load((GRAFANA / "dashboards" / "lynx-sglang.yml").read_text())
+    assert providers["apiVersion"] == 1 and set(providers) == {"apiVersion", "providers"}
+    for provider in providers["providers"]:
+        check_keys(provider, GRAFANA_PROVIDER_KEYS, f"dashboard provider {provider.get('name')}")
+        assert provider["type"] == "file" and set(provider["options"]) <= {"path", "foldersFromFilesStructure"}
+    # The file provider loads every *.json under options.path; a dashboard needs a title (Grafana
+    # refuses one without) and a uid of at most 40 characters from [a-zA-Z0-9-_].
+    board = dashboard()
+    assert DASHBOARD.suffix == ".json" and board["title"]
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,40}", board["uid"]), board["uid"]
+    assert {panel["type"] for panel in board["panels"]} <= GRAFANA_BUILTIN_PANELS

@@ -20,7 +20,7 @@ import torch
 from lynx_sglang.config import TPOT_WITH_TP, Budget, ConfigError, LynxConfig
 from lynx_sglang.policies import ExpertBudget, ids_to_mask
 from lynx_sglang.policies.base import real_rows
-from lynx_sglang.policy_setup import MoeShape, build_policy, validate_for_model
+from lynx_sglang.policy_setup import build_policy, validate_for_experts, validate_settings
 from lynx_sglang.scheduler.calibration import calibrate_ms_per_expert
 from lynx_sglang.scheduler.controller import TpotController
 from lynx_sglang.scheduler.decisions import DecisionDigest
@@ -147,9 +147,9 @@ class LynxRuntime:
     def apply_config(self, config: LynxConfig) -> None:
         """Validate `config` against the loaded model, build everything it needs, then swap it in.
         Raises ConfigError and changes nothing when any part is invalid."""
-        shapes = {(info.num_experts, info.top_k) for info in self.layers}
-        for num_experts, top_k in shapes:
-            validate_for_model(config, _shape(num_experts, top_k, self.model_name))
+        validate_settings(config)
+        for num_experts, top_k in {(info.num_experts, info.top_k) for info in self.layers}:
+            validate_for_experts(config, num_experts, top_k, True, self.model_name)
         policies = {
             key: build_policy(config, key[0], key[1], key[2], self.model_name) for key in self.policies
         }
@@ -484,10 +484,6 @@ def _layer_info(layer, model_top_k: int | None) -> MoeLayerInfo:
     per_rank += layer.w2_weight[0].numel() * layer.w2_weight.element_size()
     routed = layer.num_experts - layer.num_fused_shared_experts
     return MoeLayerInfo(layer.layer_id, routed, layer.top_k or model_top_k, per_rank * layer.moe_tp_size)
-
-
-def _shape(num_experts: int, top_k: int, model_name: str) -> MoeShape:
-    return MoeShape(num_experts, top_k, 0, True, model_name)
 
 
 class ActiveExpertCompute:

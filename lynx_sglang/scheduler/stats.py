@@ -24,7 +24,6 @@ def cpu_bookkeeping_available() -> bool:
 
 
 FIELDS = ("steps", "tokens", "distinct_before", "distinct_after", "rerouted", "mass_dropped", "fallbacks")
-_COL = {name: i for i, name in enumerate(FIELDS)}
 
 
 @dataclass(frozen=True)

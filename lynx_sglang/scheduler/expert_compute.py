@@ -1,8 +1,69 @@
-"""The expert compute of pruned steps: what SGLang's own compute needs from a pruned routing."""
+"""The expert compute of pruned steps: lynx's active-expert kernel where it applies, else SGLang's own."""
 
 from __future__ import annotations
 
 import torch
+
+from lynx_sglang.scheduler.introspection import active_kernel_unsupported
+from lynx_sglang.scheduler.log import NoteOnce
+from lynx_sglang.scheduler.settings import PolicySettings
+from lynx_sglang.scheduler.step import Step
+
+
+class ExpertCompute:
+    """Which compute runs a pruned step's MoE layer (decided once per layer, said once in the log
+    where lynx's kernel cannot compute a layer), and running it."""
+
+    def __init__(self, settings: PolicySettings, note: NoteOnce):
+        self.settings = settings
+        self.note = note
+        self._kernels: dict[int, ActiveExpertCompute | None] = {}  # by id of the MoE layer
+        self.compute_by_layer: dict[int, str] = {}  # what computed each layer's pruned decode steps
+
+    def uses_active_kernel(self) -> bool:
+        kernel, policy = self.settings.config.kernel, self.settings.config.policy
+        return kernel != "sglang" and not (kernel == "auto" and policy == "baseline")
+
+    def run(self, step: Step, layer, method, dispatch_output, active_mask, sglang_compute):
+        """The layer's output on a pruned step; `sglang_compute(dispatch_output)` runs SGLang's own."""
+        kernel = self._kernel_for(layer, method) if step.pure_decode and active_mask is not None else None
+        if kernel is not None:
+            return kernel(layer, dispatch_output, active_mask)
+        if self.settings.config.policy != "baseline" and not layer.w13_weight.is_cuda:
+            # SGLang's CPU loop needs distinct experts per row; its CUDA kernels take repeated ones.
+            dispatch_output = for_sglang_cpu_loop(dispatch_output, layer.w13_weight.shape[0])
+        return sglang_compute(dispatch_output)
+
+    def _kernel_for(self, layer, method) -> ActiveExpertCompute | None:
+        key = id(layer)
+        if key not in self._kernels:
+            reason = active_kernel_unsupported(layer, method)
+            if reason:
+                self.note(f"MoE layers with {reason} keep SGLang's expert compute (the policy still applies)")
+            compute = None if reason else ActiveExpertCompute(self.settings.config.kernel, layer.w13_weight.is_cuda)
+            self._kernels[key] = compute
+            self.compute_by_layer[layer.layer_id] = f"sglang ({reason})" if reason else compute.name
+        return self._kernels[key]
+
+
+class ActiveExpertCompute:
+    """Runs a decode step's experts through lynx_sglang.kernels over the policy's active set."""
+
+    def __init__(self, kernel: str, on_cuda: bool):
+        self.force_triton = kernel == "triton"
+        self.name = "lynx-triton" if on_cuda or self.force_triton else "lynx-cpu"
+
+    def __call__(self, layer, dispatch_output, active_mask):
+        from sglang.srt.layers.moe.token_dispatcher import StandardCombineInput
+
+        from lynx_sglang import kernels
+
+        hidden = dispatch_output.hidden_states
+        topk = dispatch_output.topk_output
+        compute = kernels.fused_moe_active_triton if self.force_triton else kernels.fused_moe_active
+        out = compute(hidden, layer.w13_weight, layer.w2_weight, topk.topk_ids, topk.topk_weights, active_mask,
+                      layer.moe_runner_config.activation)
+        return StandardCombineInput(hidden_states=out)
 
 
 def distinct_ids_per_row(topk_ids: torch.Tensor, topk_weights: torch.Tensor,

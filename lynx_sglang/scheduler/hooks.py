@@ -17,7 +17,6 @@ import logging
 
 from lynx_sglang.config import CONTROL_RPC_METHOD, ConfigError, LynxConfig
 from lynx_sglang.scheduler.decisions import decisions_by_rank
-from lynx_sglang.scheduler.expert_compute import for_sglang_cpu_loop
 from lynx_sglang.scheduler.runtime import LynxRuntime
 from lynx_sglang.scheduler.step import StepScope, current_step, step_for_batch
 
@@ -93,21 +92,14 @@ def around_moe_apply(original, method, layer=None, dispatch_output=None, *args, 
     step = current_step()
     if runtime is None or step is None or not step.prune:
         return original(method, layer, dispatch_output, *args, **kwargs)
-    if step.pure_decode:
-        mask = runtime.active_masks.pop(getattr(layer, "layer_id", None), None)
-        kernel = runtime.expert_kernel(layer, method) if mask is not None else None
-        if kernel is not None:
-            return kernel(layer, dispatch_output, mask)
-    if runtime.config.policy != "baseline" and not layer.w13_weight.is_cuda:
-        # SGLang's CPU loop needs distinct experts per row; its CUDA kernels take repeated ones.
-        dispatch_output = for_sglang_cpu_loop(dispatch_output, layer.w13_weight.shape[0])
-    return original(method, layer, dispatch_output, *args, **kwargs)
+    return runtime.compute_experts(step, layer, method, dispatch_output,
+                                   lambda dispatched: original(method, layer, dispatched, *args, **kwargs))
 
 
 def around_can_run_graph(original, graph_runner, forward_batch, *args, **kwargs):
     # Graphs captured with one policy must not replay another: after a switch, decode runs eagerly
     # (correct, slower) until the policy the graphs hold is switched back.
-    if runtime is not None and runtime.bound and runtime.policy_signature() != runtime.graph_signature:
+    if runtime is not None and runtime.bound and not runtime.graphs_hold_current_policy():
         return False
     return original(graph_runner, forward_batch, *args, **kwargs)
 

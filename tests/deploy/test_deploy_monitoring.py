@@ -63,7 +63,7 @@ def collector_sample_names() -> set[str]:
     from lynx_sglang.server.metrics import LynxCollector
 
     layer = MoeLayerInfo(layer_id=1, num_experts=8, top_k=2, expert_bytes=1024)
-    figures = RoutingStats([layer], torch.device("cpu")).snapshot()
+    figures = RoutingStats([layer], torch.device("cpu"), "torch").snapshot()
     collector = LynxCollector()
     collector.snapshot = {
         "policy": "lynx", "params": {}, "budget": "tpot_ms=50", "budget_experts": 4, "kernel": "auto",

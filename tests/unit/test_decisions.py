@@ -79,8 +79,7 @@ def test_the_digest_follows_the_order_of_steps_and_resets():
 def make_runtime(tp_size, kernel="auto"):
     topk = pytest.importorskip("sglang.srt.layers.moe.topk")
     runtime = LynxRuntime(LynxConfig(policy="budget", budget="experts=3", kernel=kernel))
-    runtime.tp_size = tp_size
-    runtime.bind_layers(layers(), "cpu", "tiny-mixtral")
+    runtime.bind_layers(layers(), "cpu", "tiny-mixtral", tp_size=tp_size)
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(16, E, generator=generator) * 2
     weights, ids = torch.softmax(logits, -1).topk(K, dim=-1)

@@ -4,8 +4,8 @@
 
 After `Policy.select`, the runtime (`Router._finish`) checks the decision (the layer keeps the
 model's routing for the step on non-finite logits in a real row, an id out of range or a non-finite
-weight), picks the final routing, builds the active-expert mask for the expert kernel and adds the
-layer's statistics. On CUDA that is one Triton launch (kernels/layer_triton.py); on a CPU one call into
+weight), picks the final routing and adds the layer's statistics (the expert kernel takes the experts
+present in the final ids: no mask is built). On CUDA that is one Triton launch (kernels/layer_triton.py); on a CPU one call into
 the C++ library of the routing op (kernels/layer_cpu.py), or torch ops where it cannot be built. Both
 CPU ways are timed here, without and with statistics: per layer call on one thread, median wall clock
 of `repeats` calls, microseconds. `select` is the policy's decision as the runtime calls it (the C++
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     print(f"# per layer call, microseconds; cpu, 1 thread; torch {torch.__version__}; median of {args.repeats}")
     if len(ways) == 1:
         print("# the C++ library could not be built here (see the log): torch ops only")
-    header = "".join(f" {f'{way}: checks+mask':>18} {f'{way}: +statistics':>18}" for way in
+    header = "".join(f" {f'{way}: checks':>18} {f'{way}: +statistics':>18}" for way in
                      (["C++", "torch"] if len(ways) == 2 else ["torch"]))  # fmt: skip
     print(f"{'policy':<10} {'E':>4} {'k':>2} {'T':>5} {'select':>9}{header}")
     for num_experts in experts:
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
             cells = [time_cpu(select, args.repeats)]
             for runtime in runtimes:
                 cells.append(time_cpu(lambda: runtime.router._finish(logits, ids, weights, decision.topk_ids,
-                                                                      decision.topk_weights, num_real, 0, True),
+                                                                      decision.topk_weights, num_real, 0, False),
                                       args.repeats))  # fmt: skip
             times = "".join(f" {cell:>18.1f}" for cell in cells[1:])
             print(f"{args.policy:<10} {num_experts:>4} {top_k:>2} {num_rows:>5} {cells[0]:>9.1f}{times}", flush=True)

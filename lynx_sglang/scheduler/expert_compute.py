@@ -24,11 +24,12 @@ class ExpertCompute:
         kernel, policy = self.settings.config.kernel, self.settings.config.policy
         return kernel != "sglang" and not (kernel == "auto" and policy == "baseline")
 
-    def run(self, step: Step, layer, method, dispatch_output, active_mask, sglang_compute):
-        """The layer's output on a pruned step; `sglang_compute(dispatch_output)` runs SGLang's own."""
-        kernel = self._kernel_for(layer, method) if step.pure_decode and active_mask is not None else None
+    def run(self, step: Step, layer, method, dispatch_output, sglang_compute, routed: bool):
+        """The layer's output on a pruned step; `sglang_compute(dispatch_output)` runs SGLang's own.
+        routed: whether the policy routed this layer (a layer it passes through keeps SGLang's compute)."""
+        kernel = self._kernel_for(layer, method) if step.pure_decode and routed and self.uses_active_kernel() else None
         if kernel is not None:
-            return kernel(layer, dispatch_output, active_mask)
+            return kernel(layer, dispatch_output)
         if self.settings.config.policy != "baseline" and not layer.w13_weight.is_cuda:
             # SGLang's CPU loop needs distinct experts per row; its CUDA kernels take repeated ones.
             dispatch_output = for_sglang_cpu_loop(dispatch_output, layer.w13_weight.shape[0])
@@ -47,13 +48,19 @@ class ExpertCompute:
 
 
 class ActiveExpertCompute:
-    """Runs a decode step's experts through lynx_sglang.kernels over the policy's active set."""
+    """Runs a decode step's experts through lynx_sglang.kernels: the experts present in the final ids.
+
+    No active mask: the final ids name exactly the experts to compute (padding rows hold -1, which
+    contributes nothing), so a mask built from them would add nothing but work. No
+    max_active_experts either, though an expert budget bounds the policy's set: a layer call that
+    falls back (non-finite logits, say) computes the model's own routing, up to min(T x k, E) experts,
+    and a bound below that would drop pairs of the other rows of that step without a trace."""
 
     def __init__(self, kernel: str, on_cuda: bool):
         self.force_triton = kernel == "triton"
         self.name = "lynx-triton" if on_cuda or self.force_triton else "lynx-cpu"
 
-    def __call__(self, layer, dispatch_output, active_mask):
+    def __call__(self, layer, dispatch_output):
         from sglang.srt.layers.moe.token_dispatcher import StandardCombineInput
 
         from lynx_sglang import kernels
@@ -61,7 +68,7 @@ class ActiveExpertCompute:
         hidden = dispatch_output.hidden_states
         topk = dispatch_output.topk_output
         compute = kernels.fused_moe_active_triton if self.force_triton else kernels.fused_moe_active
-        out = compute(hidden, layer.w13_weight, layer.w2_weight, topk.topk_ids, topk.topk_weights, active_mask,
+        out = compute(hidden, layer.w13_weight, layer.w2_weight, topk.topk_ids, topk.topk_weights, None,
                       layer.moe_runner_config.activation)
         return StandardCombineInput(hidden_states=out)
 

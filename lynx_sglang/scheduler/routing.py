@@ -23,15 +23,14 @@ from lynx_sglang.scheduler.step import Step
 
 class Router:
     def __init__(self, settings: PolicySettings, backend: str, stats: RoutingStats,
-                 decisions: DecisionDigest | None, note: NoteOnce, wants_mask):  # fmt: skip
+                 decisions: DecisionDigest | None, note: NoteOnce):  # fmt: skip
         self.settings = settings
         self.backend = backend
         self.bookkeeping = bookkeeping_for(backend)
         self.stats = stats
         self.decisions = decisions  # tensor parallel only: each rank's decisions, comparable
         self.note = note
-        self.wants_mask = wants_mask
-        self.active_masks: dict[int, torch.Tensor] = {}  # layer id -> experts the kernel computes
+        self.routed_layers: set[int] = set()  # the layers the policy routes (the others pass through)
         self.failures = 0
         self._failure_log = Throttle()
 
@@ -42,6 +41,7 @@ class Router:
         if reason is not None:
             self.note(f"MoE layers with {reason} pass through untouched (first: layer {layer_id})")
             return output
+        self.routed_layers.add(layer_id)
         ids, weights = output.topk_ids, output.topk_weights
         renormalize = renormalizes(topk_config)
         if step.mode == "mixed":  # the decode rows follow the prefill rows
@@ -54,7 +54,8 @@ class Router:
         return output._replace(topk_ids=new_ids, topk_weights=new_weights)
 
     def _route_rows(self, logits, ids, weights, num_real, layer_id, renormalize):
-        want_mask = self.wants_mask()
+        # The expert kernel takes the experts present in the final ids; only the digest reads a mask.
+        want_mask = self.decisions is not None
         try:
             new_ids, new_weights = self._propose(logits, ids, weights, num_real, layer_id, renormalize)
             new_ids, new_weights, active = self._finish(logits, ids, weights, new_ids, new_weights, num_real,
@@ -67,8 +68,6 @@ class Router:
             new_ids, new_weights, active = ids, weights, None
         if self.decisions is not None:
             self.decisions.record(layer_id, num_real, new_ids, active)
-        if active is not None:
-            self.active_masks[layer_id] = active
         return new_ids, new_weights
 
     def _propose(self, logits, ids, weights, num_real, layer_id, renormalize):

@@ -65,8 +65,7 @@ class LynxRuntime:
         self.stats = RoutingStats(layers if self.initial_config.stats else [], device, self.backend)
         self.decisions = DecisionDigest(layers, device) if tp_size > 1 else None
         self.expert_compute = ExpertCompute(self.settings, self.note)
-        self.router = Router(self.settings, self.backend, self.stats, self.decisions, self.note,
-                             self.expert_compute.uses_active_kernel)  # fmt: skip
+        self.router = Router(self.settings, self.backend, self.stats, self.decisions, self.note)
         self.graph_signature = self.settings.signature()
         self.bound = True
         info, config = layers[0], self.initial_config
@@ -84,7 +83,6 @@ class LynxRuntime:
             self.settings.observe_decode_interval(interval_ms)
 
     def end_step(self, step: Step) -> None:
-        self.router.active_masks.clear()
         if step.prune:
             self.stats.end_step()
             self.fallback_report.after_step(self.stats)
@@ -98,8 +96,8 @@ class LynxRuntime:
         return self.router.route(output, router_logits, topk_config, layer_id, num_real, dispatch_info, step)
 
     def compute_experts(self, step: Step, layer, method, dispatch_output, sglang_compute):
-        mask = self.router.active_masks.pop(getattr(layer, "layer_id", None), None)
-        return self.expert_compute.run(step, layer, method, dispatch_output, mask, sglang_compute)
+        routed = getattr(layer, "layer_id", None) in self.router.routed_layers
+        return self.expert_compute.run(step, layer, method, dispatch_output, sglang_compute, routed)
 
     # ---- control requests (between steps) -----------------------------------------------------
     def handle(self, request: dict) -> dict:

@@ -91,7 +91,7 @@ def test_the_backend_follows_the_device():
 
 # ---- the serving runtime with its bookkeeping fused (as on CUDA) against its torch ops --------------
 def runtime_routes(implementation: str, policy: str, calls, monkeypatch, **config):
-    """(final ids, final weights, active mask) per call and the stats snapshot, from a LynxRuntime
+    """(final ids, final weights) per call and the stats snapshot, from a LynxRuntime
     whose bookkeeping is the Triton launch, the C++ op or the torch ops."""
     from pathlib import Path
 
@@ -111,7 +111,7 @@ def runtime_routes(implementation: str, policy: str, calls, monkeypatch, **confi
         runtime.begin_step(decode)
         output = topk.StandardTopKOutput(weights, ids, logits)
         routed = runtime.route(output, logits, topk.TopKConfig(top_k=top_k), index % 2, num_real, None, decode)
-        results.append((routed.topk_ids, routed.topk_weights, runtime.router.active_masks.get(index % 2)))
+        results.append((routed.topk_ids, routed.topk_weights))
         runtime.end_step(decode)
     stats = runtime.handle({"op": "get_stats"})
     return results, stats, stats["policy_failures"]
@@ -137,12 +137,11 @@ def test_the_runtime_routes_alike_with_its_bookkeeping_fused(implementation, pol
     reference, reference_stats, reference_failures = runtime_routes("torch", policy, calls, monkeypatch, **config)
     fused, fused_stats, fused_failures = runtime_routes(implementation, policy, calls, monkeypatch, **config)
     assert fused_failures == reference_failures == 0
-    for (ids, weights, mask), (want_ids, want_weights, want_mask) in zip(fused, reference):
+    for (ids, weights), (want_ids, want_weights) in zip(fused, reference):
         assert ids.dtype == want_ids.dtype and torch.equal(ids, want_ids)
         assert weights.dtype == want_weights.dtype  # the NaN row's weights are NaN in both: the model's own
         # the policy decides on the runtime's backend too: its weights agree with the reference to rounding
         torch.testing.assert_close(weights, want_weights, rtol=1e-6, atol=1e-7, equal_nan=True)
-        assert (mask is None) == (want_mask is None) and (mask is None or torch.equal(mask, want_mask))
     masses = ("router_mass_dropped", "router_mass_dropped_per_token")
     for layer, want in zip(fused_stats["layers"], reference_stats["layers"]):
         assert {k: v for k, v in layer.items() if k not in masses} == {k: v for k, v in want.items() if k not in masses}
@@ -155,7 +154,7 @@ def test_the_runtime_routes_alike_with_its_bookkeeping_fused(implementation, pol
 
 @pytest.mark.parametrize("policy,config,decides", [
     ("lynx", {}, True),  # a decision to check
-    ("baseline", {"kernel": "triton"}, False),  # the model's routing: its mask for the expert kernel
+    ("baseline", {"kernel": "triton"}, False),  # the model's routing: its figures only
     ("oea", {"layers": "1"}, False),  # a layer outside the policy's: the model's routing, figures only
 ])  # fmt: skip
 def test_a_runtime_layer_call_is_the_policy_plus_one_launch(policy, config, decides):
@@ -224,7 +223,6 @@ def test_a_runtime_layer_call_on_a_cpu_is_one_call_and_no_torch_op_but_allocatio
         counter = count_launches(runtime.route, topk.StandardTopKOutput(weights, ids, logits), logits,
                                  topk.TopKConfig(top_k=4), 0, num_real, None, Step("decode", True))  # fmt: skip
         assert (counter.triton, counter.torch_ops) == (0, 0), (policy, counter.op_names)
-        assert runtime.router.active_masks[0].dtype == torch.bool and runtime.router.active_masks[0].any()
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

@@ -17,6 +17,7 @@ import logging
 
 from lynx_sglang.config import CONTROL_RPC_METHOD, ConfigError, LynxConfig
 from lynx_sglang.scheduler.decisions import decisions_by_rank
+from lynx_sglang.scheduler.introspection import routed_rows
 from lynx_sglang.scheduler.runtime import LynxRuntime
 from lynx_sglang.scheduler.step import StepScope, current_step, step_for_batch
 
@@ -56,10 +57,12 @@ def around_forward_raw(original, model_runner, forward_batch, *args, **kwargs):
         return original(model_runner, forward_batch, *args, **kwargs)
     step = step_for_batch(forward_batch, runtime.config.prune_mixed)
     runtime.begin_step(step)
+    output = None
     try:
-        return original(model_runner, forward_batch, *args, **kwargs)
+        output = original(model_runner, forward_batch, *args, **kwargs)
+        return output
     finally:
-        runtime.end_step(step)
+        runtime.end_step(step, routed_rows(model_runner, step, output))
 
 
 def after_load_model(result, model_runner, *args, **kwargs):
@@ -99,7 +102,7 @@ def around_moe_apply(original, method, layer=None, dispatch_output=None, *args, 
 def around_can_run_graph(original, graph_runner, forward_batch, *args, **kwargs):
     # Graphs captured with one policy must not replay another: after a switch, decode runs eagerly
     # (correct, slower) until the policy the graphs hold is switched back.
-    if runtime is not None and runtime.bound and not runtime.graphs_hold_current_policy():
+    if runtime is not None and runtime.bound and not runtime.graphs_hold_current_settings(forward_batch.batch_size):
         return False
     return original(graph_runner, forward_batch, *args, **kwargs)
 

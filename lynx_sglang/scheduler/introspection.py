@@ -134,3 +134,15 @@ def _runner_backend(method) -> str | None:
     runner = getattr(method, "runner", None)
     backend = getattr(runner, "runner_backend", None)
     return None if backend is None else str(getattr(backend, "value", backend)).lower()
+
+
+def routed_rows(model_runner, step, output) -> int | None:
+    """How many rows the routing saw in a forward that returned `output`: the rows of the CUDA graph
+    it replayed (padding included: the smallest captured batch size that holds the batch), else the
+    step's own; None when the forward failed."""
+    if output is None:
+        return None
+    if not getattr(output, "can_run_graph", False):
+        return step.decode_rows
+    sizes = getattr(model_runner.decode_cuda_graph_runner, "capture_bs", None) or ()
+    return min((size for size in sizes if size >= step.decode_rows), default=None)

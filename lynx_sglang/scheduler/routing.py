@@ -43,6 +43,9 @@ class Router:
             return output
         self.routed_layers.add(layer_id)
         ids, weights = output.topk_ids, output.topk_weights
+        rows = step.decode_rows if step.mode == "mixed" else ids.shape[0]  # a static shape
+        if rows == 1 and self.settings.lone_row_kept:  # nothing to decide: launch nothing (lone_row.py)
+            return output
         renormalize = renormalizes(topk_config)
         if step.mode == "mixed":  # the decode rows follow the prefill rows
             start = ids.shape[0] - step.decode_rows

@@ -67,6 +67,7 @@ class LynxRuntime:
         self.expert_compute = ExpertCompute(self.settings, self.note)
         self.router = Router(self.settings, self.backend, self.stats, self.decisions, self.note)
         self.graph_signature = self.settings.signature()
+        self.graph_lone_row_kept = self.settings.lone_row_kept
         self.bound = True
         info, config = layers[0], self.initial_config
         logger.info(
@@ -82,14 +83,23 @@ class LynxRuntime:
         if interval_ms is not None:
             self.settings.observe_decode_interval(interval_ms)
 
-    def end_step(self, step: Step) -> None:
-        if step.prune:
-            self.stats.end_step()
-            self.fallback_report.after_step(self.stats)
+    def end_step(self, step: Step, routed_rows: int | None) -> None:
+        """routed_rows: the rows the routing saw (introspection.routed_rows); None: the forward failed."""
+        if not step.prune:
+            return
+        if routed_rows == 1 and self.settings.lone_row_kept:  # the routing hook launched nothing
+            for record in (self.stats, self.decisions):
+                if record is not None:
+                    record.add_lone_row_step(self.router.routed_layers)
+        self.stats.end_step()
+        self.fallback_report.after_step(self.stats)
 
-    def graphs_hold_current_policy(self) -> bool:
-        """Graphs captured with one policy must not replay another."""
-        return self.settings.signature() == self.graph_signature
+    def graphs_hold_current_settings(self, batch_size: int) -> bool:
+        """Whether the captured graphs may replay a batch: not after a switch of policy (the graphs hold
+        the captured one), nor for one row when the lone-row rule changed (its graph routes or not)."""
+        if self.settings.signature() != self.graph_signature:
+            return False
+        return batch_size != 1 or self.settings.lone_row_kept == self.graph_lone_row_kept
 
     # ---- per MoE layer --------------------------------------------------------------------------
     def route(self, output, router_logits, topk_config, layer_id, num_real, dispatch_info, step: Step):

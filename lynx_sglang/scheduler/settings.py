@@ -13,6 +13,7 @@ from lynx_sglang.policies import ExpertBudget
 from lynx_sglang.policy_setup import build_policy, validate_for_experts, validate_settings
 from lynx_sglang.scheduler.calibration import calibrate_ms_per_expert
 from lynx_sglang.scheduler.controller import TpotController
+from lynx_sglang.scheduler.lone_row import budget_keeps_lone_row, policy_keeps_lone_row
 from lynx_sglang.scheduler.log import logger
 from lynx_sglang.scheduler.stats import MoeLayerInfo
 
@@ -28,6 +29,7 @@ class PolicySettings:
         self.budgets = {info.num_experts: ExpertBudget.unlimited(info.num_experts, device) for info in layers}
         self.policies: dict[tuple, object] = {}  # by (E, k, renormalize)
         self.controller: TpotController | None = None
+        self.lone_row_kept = False  # a decode call of one row keeps the model's routing (lone_row.py)
         self.apply(config)
 
     def policy_for(self, num_experts: int, top_k: int, renormalize: bool):
@@ -60,6 +62,11 @@ class PolicySettings:
         self.controller = controller
         for num_experts, expert_budget in self.budgets.items():
             self._fill_budget(num_experts, expert_budget)
+        self.lone_row_kept = all(
+            policy_keeps_lone_row(self.policy_for(num_experts, top_k, True))
+            and budget_keeps_lone_row(config.parsed_budget, self.budgets[num_experts], top_k)
+            for num_experts, top_k in {(info.num_experts, info.top_k) for info in self.layers}
+        )
         if policy_changed:
             logger.info("lynx-sglang: policy is now %s %s", config.policy, config.params or "")
 

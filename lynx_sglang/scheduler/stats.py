@@ -36,6 +36,8 @@ class RoutingStats:
         # Set by any layer that fell back during the current step; folded into the count at step end.
         self.step_fell_back = torch.zeros((), dtype=torch.float64, device=device)
         self.fallback_steps = torch.zeros((), dtype=torch.float64, device=device)
+        # Per layer, host-side: one-row steps that kept the model's routing with nothing launched.
+        self.lone_row_steps = [0] * len(layers)
 
     def record(self, layer_id: int, num_real, router_logits: torch.Tensor, original_ids: torch.Tensor,
                final_ids: torch.Tensor, fell_back: torch.Tensor | None = None) -> None:
@@ -53,6 +55,14 @@ class RoutingStats:
         row = self.row_of.get(layer_id)
         return None if row is None else (self.table[row], self.step_fell_back)
 
+    def add_lone_row_step(self, layer_ids) -> None:
+        """A step of one real row that kept the model's routing in `layer_ids`: k distinct experts
+        before and after, nothing rerouted or dropped (added to the figures when read)."""
+        for layer_id in layer_ids:
+            row = self.row_of.get(layer_id)
+            if row is not None:
+                self.lone_row_steps[row] += 1
+
     def end_step(self) -> None:
         self.fallback_steps.add_(self.step_fell_back)
         self.step_fell_back.zero_()
@@ -61,6 +71,7 @@ class RoutingStats:
         self.step_fell_back.fill_(1.0)
 
     def reset(self) -> None:
+        self.lone_row_steps = [0] * len(self.layers)
         self.table.zero_()
         self.fallback_steps.zero_()
         self.step_fell_back.zero_()
@@ -68,7 +79,8 @@ class RoutingStats:
     def snapshot(self) -> dict:
         """Per-layer figures and model-wide means, read back to the host (a sync: readers only)."""
         table = self.table.cpu().tolist()
-        layers = [_layer_figures(info, dict(zip(FIELDS, values))) for info, values in zip(self.layers, table)]
+        layers = [_layer_figures(info, _with_lone_rows(dict(zip(FIELDS, values)), lone, info.top_k))
+                  for info, values, lone in zip(self.layers, table, self.lone_row_steps)]  # fmt: skip
         counted = [layer for layer in layers if layer["steps"]]
 
         def mean(key):
@@ -87,6 +99,11 @@ class RoutingStats:
             "router_mass_dropped_per_token": mean("router_mass_dropped_per_token"),
             "layers": layers,
         }
+
+
+def _with_lone_rows(raw: dict, steps: int, top_k: int) -> dict:
+    added = {"steps": steps, "tokens": steps, "distinct_before": steps * top_k, "distinct_after": steps * top_k}
+    return {name: value + added.get(name, 0) for name, value in raw.items()}
 
 
 def _layer_figures(info: MoeLayerInfo, raw: dict) -> dict:

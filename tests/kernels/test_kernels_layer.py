@@ -112,7 +112,7 @@ def runtime_routes(implementation: str, policy: str, calls, monkeypatch, **confi
         output = topk.StandardTopKOutput(weights, ids, logits)
         routed = runtime.route(output, logits, topk.TopKConfig(top_k=top_k), index % 2, num_real, None, decode)
         results.append((routed.topk_ids, routed.topk_weights))
-        runtime.end_step(decode)
+        runtime.end_step(decode, logits.shape[0])
     stats = runtime.handle({"op": "get_stats"})
     return results, stats, stats["policy_failures"]
 

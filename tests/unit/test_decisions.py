@@ -94,11 +94,11 @@ def test_one_rank_keeps_no_digest():
 @pytest.mark.parametrize("backend", [None, "torch"])  # the mask from the C++ op where it builds / torch ops
 def test_the_runtime_digests_every_routed_layer_call_with_several_ranks(backend):
     runtime, logits, output, config = make_runtime(2, backend)
-    step = Step("decode", True)
+    step = Step("decode", True, 16)
     runtime.begin_step(step)
     for layer_id in (0, 1):
         routed = runtime.route(output, logits, config, layer_id, torch.tensor(12), None, step)
-    runtime.end_step(step)
+    runtime.end_step(step, 16)
     final = routed.topk_ids[:12].flatten().tolist()
     assert len(set(final)) <= 3
     reference = (reference_digest([final]) * BASE + reference_digest([final])) % PRIME

@@ -49,8 +49,7 @@ def policy_state(runtime: LynxRuntime) -> dict:
     state["controller"] = None if settings.controller is None else settings.controller.state()
     state["budget_experts"] = settings.current_cap()
     state["cuda_graphs_replay_pruning"] = settings.signature() == runtime.graph_signature
-    compute = runtime.expert_compute.compute_by_layer
-    state["expert_compute"] = {str(layer): name for layer, name in sorted(compute.items())}
+    state["expert_compute"] = {str(layer): name for layer, name in runtime.expert_compute.describe().items()}
     return state
 
 

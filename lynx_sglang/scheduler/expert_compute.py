@@ -2,59 +2,116 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from lynx_sglang.scheduler.introspection import active_kernel_unsupported
+from lynx_sglang.scheduler.compute_table import ComputeTable, LayerShape
+from lynx_sglang.scheduler.introspection import active_kernel_unsupported, layer_shape
 from lynx_sglang.scheduler.log import NoteOnce
 from lynx_sglang.scheduler.settings import PolicySettings
 from lynx_sglang.scheduler.step import Step
 
 
-class ExpertCompute:
-    """Which compute runs a pruned step's MoE layer (decided once per layer, said once in the log
-    where lynx's kernel cannot compute a layer), and running it."""
+class KernelChoice:
+    """`--lynx-kernel` as a choice per decode step: "lynx" or "sglang".
 
-    def __init__(self, settings: PolicySettings, note: NoteOnce):
+    auto: SGLang's for baseline (so baseline is plain SGLang); for the other policies the measured
+    table's kernel for the batch's rows where the device has a table with the layer's shape
+    (compute_table.py), else lynx's. lynx and triton: lynx's; sglang: SGLang's."""
+
+    def __init__(self, kernel: str, table: ComputeTable | None):
+        self.kernel = kernel
+        self.table = table
+
+    def for_step(self, policy: str, shape: LayerShape, rows: int) -> str:
+        """rows: the batch's rows, a static shape (a CUDA graph's batch size): the choice is graph safe."""
+        if self.kernel == "sglang" or (self.kernel == "auto" and policy == "baseline"):
+            return "sglang"
+        if self.kernel == "auto" and self.table is not None:
+            return self.table.kernel_for(shape, rows) or "lynx"
+        return "lynx"
+
+    def describe(self, policy: str, shape: LayerShape, lynx_name: str) -> str:
+        names = {"lynx": lynx_name, "sglang": "sglang"}
+        entries = self.table.bands.get(shape.key) if self.table is not None else None
+        if self.kernel != "auto" or policy == "baseline" or entries is None:
+            return names[self.for_step(policy, shape, 1)]
+        bands: list[tuple[int, str]] = []  # neighbours with the same kernel merged
+        for rows, kernel in entries:
+            if bands and bands[-1][1] == kernel:
+                bands[-1] = (rows, kernel)
+            else:
+                bands.append((rows, kernel))
+        if len(bands) == 1:
+            return names[bands[0][1]]
+        return ", ".join([f"{names[kernel]} up to {rows} rows" for rows, kernel in bands[:-1]]
+                         + [f"{names[bands[-1][1]]} above"])  # fmt: skip
+
+
+class LayerCompute(NamedTuple):
+    layer_id: int
+    shape: LayerShape
+    kernel: ActiveExpertCompute | None  # None: lynx's kernel cannot compute this layer
+    unsupported: str | None
+
+
+class ExpertCompute:
+    """Which compute runs a pruned step's MoE layer, and running it. Whether lynx's kernel can compute
+    a layer is decided at its first pure decode step (said once in the log where it cannot)."""
+
+    def __init__(self, settings: PolicySettings, note: NoteOnce, table: ComputeTable | None):
         self.settings = settings
         self.note = note
-        self._kernels: dict[int, ActiveExpertCompute | None] = {}  # by id of the MoE layer
-        self.compute_by_layer: dict[int, str] = {}  # what computed each layer's pruned decode steps
-
-    def uses_active_kernel(self) -> bool:
-        kernel, policy = self.settings.config.kernel, self.settings.config.policy
-        return kernel != "sglang" and not (kernel == "auto" and policy == "baseline")
+        self.choice = KernelChoice(settings.config.kernel, table)
+        self._layers: dict[int, LayerCompute] = {}  # by id of the MoE layer
 
     def run(self, step: Step, layer, method, dispatch_output, sglang_compute, routed: bool):
         """The layer's output on a pruned step; `sglang_compute(dispatch_output)` runs SGLang's own.
         routed: whether the policy routed this layer (a layer it passes through keeps SGLang's compute)."""
-        kernel = self._kernel_for(layer, method) if step.pure_decode and routed and self.uses_active_kernel() else None
-        if kernel is not None:
-            return kernel(layer, dispatch_output)
+        if step.pure_decode and routed:
+            compute = self._compute_for(layer, method, dispatch_output)
+            rows = dispatch_output.hidden_states.shape[0]
+            if compute.kernel is not None and self.choice.for_step(self.settings.config.policy, compute.shape,
+                                                                   rows) == "lynx":  # fmt: skip
+                return compute.kernel(layer, dispatch_output)
         if self.settings.config.policy != "baseline" and not layer.w13_weight.is_cuda:
             # SGLang's CPU loop needs distinct experts per row; its CUDA kernels take repeated ones.
             dispatch_output = for_sglang_cpu_loop(dispatch_output, layer.w13_weight.shape[0])
         return sglang_compute(dispatch_output)
 
-    def _kernel_for(self, layer, method) -> ActiveExpertCompute | None:
-        key = id(layer)
-        if key not in self._kernels:
+    def describe(self) -> dict[int, str]:
+        """What computes each MoE layer's pruned decode steps now (layers that have run one)."""
+        policy = self.settings.config.policy
+        return {c.layer_id: f"sglang ({c.unsupported})" if c.kernel is None else
+                self.choice.describe(policy, c.shape, c.kernel.name)
+                for c in sorted(self._layers.values(), key=lambda c: c.layer_id)}  # fmt: skip
+
+    def _compute_for(self, layer, method, dispatch_output) -> LayerCompute:
+        compute = self._layers.get(id(layer))
+        if compute is None:
             reason = active_kernel_unsupported(layer, method)
-            if reason:
+            if reason and self.choice.kernel != "sglang":
                 self.note(f"MoE layers with {reason} keep SGLang's expert compute (the policy still applies)")
-            compute = None if reason else ActiveExpertCompute(self.settings.config.kernel, layer.w13_weight.is_cuda)
-            self._kernels[key] = compute
-            self.compute_by_layer[layer.layer_id] = f"sglang ({reason})" if reason else compute.name
-        return self._kernels[key]
+            kernel = None if reason else ActiveExpertCompute(self.settings.config.kernel, layer.w13_weight.is_cuda)
+            top_k = dispatch_output.topk_output.topk_ids.shape[1]
+            compute = LayerCompute(layer.layer_id, layer_shape(layer, top_k), kernel, reason)
+            self._layers[id(layer)] = compute
+        return compute
 
 
 class ActiveExpertCompute:
     """Runs a decode step's experts through lynx_sglang.kernels: the experts present in the final ids.
 
     No active mask: the final ids name exactly the experts to compute (padding rows hold -1, which
-    contributes nothing), so a mask built from them would add nothing but work. No
-    max_active_experts either, though an expert budget bounds the policy's set: a layer call that
-    falls back (non-finite logits, say) computes the model's own routing, up to min(T x k, E) experts,
-    and a bound below that would drop pairs of the other rows of that step without a trace."""
+    contributes nothing), so a mask built from them would add nothing but work.
+
+    No max_active_experts: it is a static bound, captured into every CUDA graph, and a bound below
+    the experts a call really uses drops pairs without a trace. Nothing the server can do at run time
+    stays under one below min(T x k, E), the kernel's own bound: POST /lynx/policy switches policy and
+    budget without recapturing (to no budget, or to a policy without one), the tpot_ms controller
+    moves its cap between 1 and E, a mass budget bounds nothing, and a layer call that falls back (a
+    check failed, the policy raised) computes the model's own routing."""
 
     def __init__(self, kernel: str, on_cuda: bool):
         self.force_triton = kernel == "triton"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lynx_sglang.scheduler.compute_table import LayerShape
 from lynx_sglang.scheduler.stats import MoeLayerInfo
 
 
@@ -48,6 +49,12 @@ def layer_info(layer, model_top_k: int | None) -> MoeLayerInfo:
     per_rank += layer.w2_weight[0].numel() * layer.w2_weight.element_size()
     routed = layer.num_experts - layer.num_fused_shared_experts
     return MoeLayerInfo(layer.layer_id, routed, layer.top_k or model_top_k, per_rank * layer.moe_tp_size)
+
+
+def layer_shape(layer, top_k: int) -> LayerShape:
+    """The layer as one rank computes it: w13 is [E, 2 x I per rank, H]."""
+    experts, two_i, hidden = layer.w13_weight.shape
+    return LayerShape(experts, hidden, two_i // 2, top_k, str(layer.w13_weight.dtype).removeprefix("torch."))
 
 
 def unsupported_router_notes(model) -> list[str]:

@@ -20,6 +20,7 @@ from lynx_sglang.config import LynxConfig
 from lynx_sglang.scheduler import control
 from lynx_sglang.scheduler.accounting import SilentFallbackReport, StepCounts
 from lynx_sglang.scheduler.bookkeeping import choose_backend
+from lynx_sglang.scheduler.compute_table import table_for
 from lynx_sglang.scheduler.decisions import DecisionDigest
 from lynx_sglang.scheduler.expert_compute import ExpertCompute
 from lynx_sglang.scheduler.introspection import read_model
@@ -64,7 +65,8 @@ class LynxRuntime:
         # --lynx-stats off tracks no layer: the step counts and fallbacks remain
         self.stats = RoutingStats(layers if self.initial_config.stats else [], device, self.backend)
         self.decisions = DecisionDigest(layers, device) if tp_size > 1 else None
-        self.expert_compute = ExpertCompute(self.settings, self.note)
+        # a table that does not parse stops the server here, naming its file
+        self.expert_compute = ExpertCompute(self.settings, self.note, table_for(self.initial_config.kernel, device))
         self.router = Router(self.settings, self.backend, self.stats, self.decisions, self.note)
         self.graph_signature = self.settings.signature()
         self.graph_lone_row_kept = self.settings.lone_row_kept

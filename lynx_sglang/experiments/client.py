@@ -120,9 +120,9 @@ class AdminClient:
         """Put the server exactly in `arm`'s setting. The server merges parameters into those of an
         unchanged policy, so pass through `baseline` first: the arm's parameters then stand alone."""
         if arm.policy != "baseline":
-            self._call("POST", "/lynx/policy", {"policy": "baseline", "budget": None})
+            self.set_policy({"policy": "baseline", "budget": None})
         try:
-            state = self._call("POST", "/lynx/policy", arm.request_body())
+            state = self.set_policy(arm.request_body())
         except ServerError as error:
             raise ServerError(f"arm {arm.label}: {error}") from None
         if state.get("policy") != arm.policy or (state.get("params") or {}) != arm.params:

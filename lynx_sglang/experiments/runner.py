@@ -72,10 +72,9 @@ class Runner:
         self.server = server
         self.console = console or Console(stderr=True)
 
-    def run(self, steps: list[Step], done: list[Block]) -> list[Block]:
-        """Measure every step not in `done`; returns all blocks. A ServerError or KeyboardInterrupt
-        propagates after the finished blocks are on disk (each is appended as it ends)."""
-        blocks = list(done)
+    def run(self, steps: list[Step], done: list[Block]) -> None:
+        """Measure every step not in `done`, each block appended to the store as it ends, so a
+        ServerError or KeyboardInterrupt that propagates loses no finished block."""
         finished = {block.key for block in done}
         todo = [step for step in steps if step.key not in finished]
         warmed: set[int] = set()
@@ -88,10 +87,7 @@ class Runner:
                     self.warm_up(step)
                     warmed.add(step.concurrency)
                 progress.update(task, description=f"c={step.concurrency} block {step.block + 1} {step.arm.label}")
-                block = self.measure(step, lambda: progress.advance(task))
-                self.store.append(block)
-                blocks.append(block)
-        return blocks
+                self.store.append(self.measure(step, lambda: progress.advance(task)))
 
     def warm_up(self, step: Step) -> None:
         """A batch at this level's concurrency before measuring it (not recorded)."""

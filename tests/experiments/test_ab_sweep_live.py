@@ -13,7 +13,7 @@ import psutil
 import pytest
 from live_server import RunningServer
 
-from lynx_sglang.experiments.launch import free_port
+from lynx_sglang.local_server import free_port
 
 pytestmark = pytest.mark.slow
 

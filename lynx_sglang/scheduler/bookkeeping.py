@@ -11,8 +11,8 @@ the step (a fallback, counted). Both add the layer call's statistics to `table_r
 stats.FIELDS; None: none) and fold the fallback into `step_fell_back`; `mask` asks for the experts the
 final ids use in real rows. No host sync on any backend.
 
-The backend is chosen once, when the runtime binds to the model (`choose_backend`), and shared by the
-policy's decision, the statistics and this bookkeeping: one Triton launch per call on CUDA
+The backend is chosen once, when the runtime binds to the model (`choose_backend`), resolved there to
+its calls (`bookkeeping_for`) and shared by the policy's decision, the statistics and the router: one Triton launch per call on CUDA
 (kernels/layer_triton.py), one call into the C++ library of the routing op on a CPU where it builds
 (kernels/layer_cpu.py), else the torch ops below: dozens of small ops, each a kernel under a CUDA graph.
 """
@@ -45,21 +45,24 @@ def _cpu_layer_op_loads() -> bool:
 
 
 class Bookkeeping(NamedTuple):
-    finalize: Callable
+    """One backend's two calls, resolved once at bind and shared by the router and the statistics."""
+
+    name: str  # one of BACKENDS; the policy's decision runs on the same (`implementation=`)
     record: Callable
+    finalize: Callable
 
 
 def bookkeeping_for(backend: str) -> Bookkeeping:
     if backend == "triton":
         from lynx_sglang.kernels.layer_triton import finalize_triton, record_triton
 
-        return Bookkeeping(finalize_triton, record_triton)
+        return Bookkeeping(backend, record_triton, finalize_triton)
     if backend == "cpu":
         from lynx_sglang.kernels.layer_cpu import finalize_cpu, record_cpu
 
-        return Bookkeeping(finalize_cpu, record_cpu)
+        return Bookkeeping(backend, record_cpu, finalize_cpu)
     if backend == "torch":
-        return Bookkeeping(finalize_torch, record_torch)
+        return Bookkeeping(backend, record_torch, finalize_torch)
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 

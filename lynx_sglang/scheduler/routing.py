@@ -12,7 +12,7 @@ import inspect
 
 import torch
 
-from lynx_sglang.scheduler.bookkeeping import bookkeeping_for
+from lynx_sglang.scheduler.bookkeeping import Bookkeeping
 from lynx_sglang.scheduler.decisions import DecisionDigest
 from lynx_sglang.scheduler.introspection import passthrough_reason, renormalizes
 from lynx_sglang.scheduler.log import NoteOnce, Throttle, logger
@@ -22,11 +22,10 @@ from lynx_sglang.scheduler.step import Step
 
 
 class Router:
-    def __init__(self, settings: PolicySettings, backend: str, stats: RoutingStats,
+    def __init__(self, settings: PolicySettings, bookkeeping: Bookkeeping, stats: RoutingStats,
                  decisions: DecisionDigest | None, note: NoteOnce):  # fmt: skip
         self.settings = settings
-        self.backend = backend
-        self.bookkeeping = bookkeeping_for(backend)
+        self.bookkeeping = bookkeeping
         self.stats = stats
         self.decisions = decisions  # tensor parallel only: each rank's decisions, comparable
         self.note = note
@@ -93,7 +92,7 @@ class Router:
 
     def _implementation(self) -> str:
         # A compiled graph traces the reference: the fused ops are opaque to dynamo.
-        return "torch" if torch.compiler.is_compiling() else self.backend
+        return "torch" if torch.compiler.is_compiling() else self.bookkeeping.name
 
     def _finish(self, logits, ids, weights, new_ids, new_weights, num_real, layer_id, want_mask: bool):
         """(final ids, final weights, active mask or None), statistics recorded."""

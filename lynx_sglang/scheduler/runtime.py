@@ -19,7 +19,7 @@ import torch
 from lynx_sglang.config import LynxConfig
 from lynx_sglang.scheduler import control
 from lynx_sglang.scheduler.accounting import SilentFallbackReport, StepCounts
-from lynx_sglang.scheduler.bookkeeping import choose_backend
+from lynx_sglang.scheduler.bookkeeping import bookkeeping_for, choose_backend
 from lynx_sglang.scheduler.compute_table import table_for
 from lynx_sglang.scheduler.decisions import DecisionDigest
 from lynx_sglang.scheduler.expert_compute import ExpertCompute
@@ -58,16 +58,17 @@ class LynxRuntime:
     def bind_layers(self, layers: list[MoeLayerInfo], device, model_name: str, *, tp_size: int = 1,
                     calibration=None, backend: str | None = None) -> None:  # fmt: skip
         """Everything `bind` learns from the model; separate so that tests can bind plain tensors.
-        backend: where the per-layer work runs (None: `choose_backend`, the one place it is chosen)."""
+        backend: where the policy's decision and the per-layer work run (None: `choose_backend`, the one
+        place it is chosen); resolved here once and handed to the router and the statistics."""
         device = torch.device(device)
-        self.backend = backend or choose_backend(device)
+        self.bookkeeping = bookkeeping_for(backend or choose_backend(device))
         self.settings = PolicySettings(self.initial_config, layers, device, model_name, tp_size, calibration)
         # --lynx-stats off tracks no layer: the step counts and fallbacks remain
-        self.stats = RoutingStats(layers if self.initial_config.stats else [], device, self.backend)
+        self.stats = RoutingStats(layers if self.initial_config.stats else [], device, self.bookkeeping)
         self.decisions = DecisionDigest(layers, device) if tp_size > 1 else None
         # a table that does not parse stops the server here, naming its file
         self.expert_compute = ExpertCompute(self.settings, self.note, table_for(self.initial_config.kernel, device))
-        self.router = Router(self.settings, self.backend, self.stats, self.decisions, self.note)
+        self.router = Router(self.settings, self.bookkeeping, self.stats, self.decisions, self.note)
         self.graph_signature = self.settings.signature()
         self.graph_lone_row_kept = self.settings.lone_row_kept
         self.bound = True
@@ -76,7 +77,7 @@ class LynxRuntime:
             "lynx-sglang: policy %s%s on %d MoE layers (%d experts, top-%d, %.2f MB per expert); "
             "kernel %s; budget %s; bookkeeping %s",
             config.policy, f" {config.params}" if config.params else "", len(layers), info.num_experts,
-            info.top_k, info.expert_bytes / 1e6, config.kernel, config.budget or "none", self.backend,
+            info.top_k, info.expert_bytes / 1e6, config.kernel, config.budget or "none", self.bookkeeping.name,
         )  # fmt: skip
 
     # ---- per step (host side, around every forward) -------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lynx_sglang.scheduler.bookkeeping import bookkeeping_for
+from lynx_sglang.scheduler.bookkeeping import Bookkeeping
 
 FIELDS = ("steps", "tokens", "distinct_before", "distinct_after", "rerouted", "mass_dropped", "fallbacks")
 
@@ -26,11 +26,11 @@ class MoeLayerInfo:
 
 
 class RoutingStats:
-    """backend: where a layer call's figures are added (scheduler/bookkeeping.py: "triton", "cpu", "torch")."""
+    """bookkeeping: the backend that adds a layer call's figures (scheduler/bookkeeping.py)."""
 
-    def __init__(self, layers: list[MoeLayerInfo], device: torch.device, backend: str):
+    def __init__(self, layers: list[MoeLayerInfo], device: torch.device, bookkeeping: Bookkeeping):
         self.layers = layers
-        self._record = bookkeeping_for(backend).record
+        self._record = bookkeeping.record
         self.row_of = {info.layer_id: row for row, info in enumerate(layers)}
         self.table = torch.zeros(len(layers), len(FIELDS), dtype=torch.float64, device=device)
         # Set by any layer that fell back during the current step; folded into the count at step end.

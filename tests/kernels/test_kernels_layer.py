@@ -7,6 +7,7 @@ import torch
 
 from lynx_sglang.kernels.launches import count_launches
 from lynx_sglang.kernels.routing import fused_available
+from lynx_sglang.scheduler.bookkeeping import bookkeeping_for
 from lynx_sglang.scheduler.stats import FIELDS, MoeLayerInfo, RoutingStats
 
 pytestmark = pytest.mark.skipif(not fused_available("triton"), reason="needs Triton")
@@ -40,7 +41,7 @@ def layer_calls(num_rows, num_experts, top_k, seed, ids_dtype=torch.int32, logit
 
 def recorded(implementation, calls, fell_back_at=()):
     layers = [MoeLayerInfo(0, calls[0][1].shape[1], calls[0][2].shape[1], expert_bytes=1)]
-    stats = RoutingStats(layers, DEVICE, implementation)
+    stats = RoutingStats(layers, DEVICE, bookkeeping_for(implementation))
     for index, (num_real, logits, original, final) in enumerate(calls):
         # a flag tensor, or None where the call did not fall back
         fell_back = torch.tensor(index in fell_back_at, device=DEVICE)
@@ -72,11 +73,11 @@ def test_one_launch_adds_the_same_figures_as_the_torch_ops(implementation, num_r
 
 def test_the_fused_record_is_one_triton_launch_and_no_torch_op():
     num_real, logits, original, final = layer_calls(16, 64, 8, seed=0)  # num_real: a 0-dim device tensor
-    stats = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, "triton")
+    stats = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, bookkeeping_for("triton"))
     for fell_back in (torch.tensor(False, device=DEVICE), None):
         counter = count_launches(stats.record, 3, num_real, logits, original, final, fell_back)
         assert (counter.triton, counter.torch_ops, counter.host_syncs) == (1, 0, 0), counter.op_names
-    reference = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, "torch")
+    reference = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, bookkeeping_for("torch"))
     counter = count_launches(reference.record, 3, num_real, logits, original, final, torch.tensor(False, device=DEVICE))
     assert counter.torch_ops > 20  # what the launch replaces, each a kernel under a CUDA graph
 
@@ -218,7 +219,7 @@ def test_a_runtime_layer_call_on_a_cpu_is_one_call_and_no_torch_op_but_allocatio
     for policy, config in (("lynx", {}), ("baseline", {"kernel": "triton"})):
         runtime = LynxRuntime(LynxConfig(policy=policy, **config))
         runtime.bind_layers([MoeLayerInfo(0, 16, 4, expert_bytes=100)], DEVICE, "test")
-        assert runtime.backend == "cpu"  # the default on a CPU
+        assert runtime.bookkeeping.name == "cpu"  # the default on a CPU
         runtime.begin_step(Step("decode", True))
         counter = count_launches(runtime.route, topk.StandardTopKOutput(weights, ids, logits), logits,
                                  topk.TopKConfig(top_k=4), 0, num_real, None, Step("decode", True))  # fmt: skip

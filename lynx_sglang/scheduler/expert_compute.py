@@ -51,7 +51,7 @@ class KernelChoice:
 
 class LayerCompute(NamedTuple):
     layer_id: int
-    shape: LayerShape
+    shape: LayerShape | None  # None with kernel: read only from weights lynx's kernel can compute
     kernel: ActiveExpertCompute | None  # None: lynx's kernel cannot compute this layer
     unsupported: str | None
 
@@ -91,11 +91,14 @@ class ExpertCompute:
         compute = self._layers.get(id(layer))
         if compute is None:
             reason = active_kernel_unsupported(layer, method)
-            if reason and self.choice.kernel != "sglang":
-                self.note(f"MoE layers with {reason} keep SGLang's expert compute (the policy still applies)")
-            kernel = None if reason else ActiveExpertCompute(self.settings.config.kernel, layer.w13_weight.is_cuda)
-            top_k = dispatch_output.topk_output.topk_ids.shape[1]
-            compute = LayerCompute(layer.layer_id, layer_shape(layer, top_k), kernel, reason)
+            if reason:
+                if self.choice.kernel != "sglang":
+                    self.note(f"MoE layers with {reason} keep SGLang's expert compute (the policy still applies)")
+                compute = LayerCompute(layer.layer_id, None, None, reason)
+            else:
+                top_k = dispatch_output.topk_output.topk_ids.shape[1]
+                kernel = ActiveExpertCompute(self.settings.config.kernel, layer.w13_weight.is_cuda)
+                compute = LayerCompute(layer.layer_id, layer_shape(layer, top_k), kernel, None)
             self._layers[id(layer)] = compute
         return compute
 

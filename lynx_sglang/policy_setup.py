@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lynx_sglang.config import Budget, ConfigError, LynxConfig
+from lynx_sglang.config import ConfigError, LynxConfig
 from lynx_sglang.policies import PolicyConfigError, accepted_parameters, get_policy, resolve_policy_class
 
 
@@ -62,6 +62,18 @@ def build_policy(config: LynxConfig, num_experts: int, top_k: int, renormalize: 
 
 def validate_for_model(config: LynxConfig, shape: MoeShape | None) -> None:
     """Raise ConfigError (one line) for any setting the model cannot take."""
+    validate_settings(config)
+    if shape is None:
+        return
+    if config.layers is not None and shape.num_layers and max(config.layers) >= shape.num_layers:
+        raise ConfigError(
+            f"layers: {max(config.layers)} is not a layer of this model (layers 0..{shape.num_layers - 1})"
+        )
+    validate_for_experts(config, shape.num_experts, shape.top_k, shape.renormalize, shape.model_name)
+
+
+def validate_settings(config: LynxConfig) -> None:
+    """What can be checked without a model: the policy exists, and takes the budget."""
     resolve_policy_or_error(config.policy)
     budget = config.parsed_budget
     if budget is not None and config.policy == "baseline":
@@ -69,15 +81,15 @@ def validate_for_model(config: LynxConfig, shape: MoeShape | None) -> None:
             f"budget: {budget} has no effect with policy 'baseline' (it computes every chosen expert); "
             "use --lynx-policy budget (or any pruning policy) with a budget"
         )
-    if shape is None:
-        return
-    if config.layers is not None and shape.num_layers and max(config.layers) >= shape.num_layers:
-        raise ConfigError(
-            f"layers: {max(config.layers)} is not a layer of this model (layers 0..{shape.num_layers - 1})"
-        )
+
+
+def validate_for_experts(config: LynxConfig, num_experts: int, top_k: int, renormalize: bool,
+                         model_name: str) -> None:  # fmt: skip
+    """The budget's range and the policy's parameters against one MoE layer shape."""
+    budget = config.parsed_budget
     if budget is not None:
-        budget.check_range("budget", shape.num_experts)
-    build_policy(config, shape.num_experts, shape.top_k, shape.renormalize, shape.model_name)
+        budget.check_range("budget", num_experts)
+    build_policy(config, num_experts, top_k, renormalize, model_name)
 
 
 def resolve_policy_or_error(name: str):
@@ -85,7 +97,3 @@ def resolve_policy_or_error(name: str):
         return resolve_policy_class(name)
     except PolicyConfigError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def describe_budget(budget: Budget | None) -> str:
-    return "none" if budget is None else str(budget)

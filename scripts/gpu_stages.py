@@ -6,7 +6,8 @@ smoke        the embedded model served on CUDA (policy lynx, CUDA graphs on), on
              stats; then `bench serve` on two layers of the Mixtral-8x7B shape (bf16, dummy weights)
 mixtral      `bench serve` on mixtral-8x7b: baseline, budget fraction=0.5, lynx at concurrency 1-64
 qwen3        the same on qwen3-30b-a3b
-compute      the pruned arm with --lynx-kernel lynx and with --lynx-kernel sglang, both shapes
+compute      the pruned arm with --lynx-kernel lynx and with --lynx-kernel sglang, both shapes, a record
+             each (OUTDIR/compute-<shape>-serve.json, what scripts/expert-compute-table.py reads)
 correctness  the embedded model's greedy answers against this repository's CPU answers (200 problems);
              baseline through the lynx kernel against SGLang's on the dummy Mixtral shape (64 prompts x
              32 tokens); a live budget switch under CUDA graphs (experts per layer and TPOT before, after,
@@ -72,8 +73,9 @@ class Stage:
         self.keep_log(server, label)
 
 
-def bench(stage: Stage, shape: str, arms: str, extra: list[str] = (), concurrency: str = "1,16,32,64") -> None:
-    record = stage.out / f"{stage.name}-serve.json"
+def bench(stage: Stage, shape: str, arms: str, extra: list[str] = (), concurrency: str = "1,16,32,64",
+          record_name: str | None = None) -> None:  # fmt: skip
+    record = stage.out / (record_name or f"{stage.name}-serve.json")
     command = [sys.executable, "-m", "lynx_sglang.cli", "bench", "serve", "--shape", shape, "--arms", arms,
                "--concurrency", os.environ.get("CONCURRENCY", concurrency), "--record", str(record), *extra,
                "--", *GRAPH_SIZES]  # fmt: skip
@@ -114,7 +116,9 @@ def qwen3(stage: Stage) -> None:
 
 def compute(stage: Stage) -> None:
     for shape in os.environ.get("SHAPES", "mixtral-8x7b,num_hidden_layers=8;qwen3-30b-a3b,num_hidden_layers=12").split(";"):
-        bench(stage, shape, "budget:fraction=0.5", ["--kernels", "lynx,sglang"])
+        # a record per shape: scripts/expert-compute-table.py turns each into the device's table
+        bench(stage, shape, "budget:fraction=0.5", ["--kernels", "lynx,sglang"],
+              record_name=f"compute-{shape.partition(',')[0]}-serve.json")
 
 
 def embedded_answers(url: str) -> list[str]:

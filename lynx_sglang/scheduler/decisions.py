@@ -7,7 +7,9 @@ active set (the experts the real rows' final top-k use) and a count of layer cal
 few tensor ops per call (7 from the layer's active mask, 13 from its top-k ids) and never read on
 the step path (CUDA-graph safe). The digest follows the order of steps, so the same sets in another
 order do not match. Between steps a control request reads it on every rank and the ranks exchange
-what they read over SGLang's CPU process group, so rank 0's `/lynx/stats` shows every rank's.
+what they read over SGLang's CPU process group, so rank 0's `/lynx/stats` shows every rank's. A call
+of one row that keeps the model's routing launches nothing (lone_row.py): counted on the host, not
+digested.
 
 Arithmetic is modulo a prime below 2**31, so every intermediate (digest x BASE < 2**51, a sum of at
 most E values below 2**31) stays exact in int64.
@@ -33,6 +35,8 @@ class DecisionDigest:
         weights = [pow(EXPERT_BASE, expert + 1, PRIME) for expert in range(self.sink)] + [0]
         self.weights = torch.tensor(weights, dtype=torch.int64, device=device)
         self.table = torch.zeros(len(layers), 2, dtype=torch.int64, device=device)  # [digest, layer calls]
+        # Per layer, host-side: one-row calls that kept the model's routing (counted, not digested).
+        self.lone_row_calls = [0] * len(layers)
 
     def record(self, layer_id: int, num_real, final_ids: torch.Tensor, active: torch.Tensor | None = None) -> None:
         """Fold one layer call's final routing into the layer's digest. num_real: the first rows that
@@ -53,7 +57,14 @@ class DecisionDigest:
         entry[:1].mul_(BASE).add_(value).remainder_(PRIME)
         entry[1:].add_(1)
 
+    def add_lone_row_step(self, layer_ids) -> None:
+        for layer_id in layer_ids:
+            row = self.row_of.get(layer_id)
+            if row is not None:
+                self.lone_row_calls[row] += 1
+
     def reset(self) -> None:
+        self.lone_row_calls = [0] * len(self.lone_row_calls)
         self.table.zero_()
 
     def read(self, rank: int) -> dict:
@@ -63,7 +74,7 @@ class DecisionDigest:
         digest = 0
         for layer_digest, _ in table:
             digest = (digest * BASE + layer_digest) % PRIME
-        calls = [count for _, count in table]
+        calls = [count + lone for (_, count), lone in zip(table, self.lone_row_calls)]
         return {"rank": rank, "digest": f"{digest:08x}", "steps": max(calls, default=0), "layer_calls": sum(calls)}
 
 

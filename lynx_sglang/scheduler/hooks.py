@@ -17,6 +17,7 @@ import logging
 
 from lynx_sglang.config import CONTROL_RPC_METHOD, ConfigError, LynxConfig
 from lynx_sglang.scheduler.decisions import decisions_by_rank
+from lynx_sglang.scheduler.introspection import routed_rows
 from lynx_sglang.scheduler.runtime import LynxRuntime
 from lynx_sglang.scheduler.step import StepScope, current_step, step_for_batch
 
@@ -56,10 +57,12 @@ def around_forward_raw(original, model_runner, forward_batch, *args, **kwargs):
         return original(model_runner, forward_batch, *args, **kwargs)
     step = step_for_batch(forward_batch, runtime.config.prune_mixed)
     runtime.begin_step(step)
+    output = None
     try:
-        return original(model_runner, forward_batch, *args, **kwargs)
+        output = original(model_runner, forward_batch, *args, **kwargs)
+        return output
     finally:
-        runtime.end_step(step)
+        runtime.end_step(step, routed_rows(model_runner, step, output))
 
 
 def after_load_model(result, model_runner, *args, **kwargs):
@@ -90,18 +93,16 @@ def around_select_experts(original, hidden_states, router_logits, topk_config, *
 
 def around_moe_apply(original, method, layer=None, dispatch_output=None, *args, **kwargs):
     step = current_step()
-    if runtime is not None and step is not None and step.pure_decode:
-        mask = runtime.active_masks.pop(getattr(layer, "layer_id", None), None)
-        kernel = runtime.expert_kernel(layer, method) if mask is not None else None
-        if kernel is not None:
-            return kernel(layer, dispatch_output, mask)
-    return original(method, layer, dispatch_output, *args, **kwargs)
+    if runtime is None or step is None or not step.prune:
+        return original(method, layer, dispatch_output, *args, **kwargs)
+    return runtime.compute_experts(step, layer, method, dispatch_output,
+                                   lambda dispatched: original(method, layer, dispatched, *args, **kwargs))
 
 
 def around_can_run_graph(original, graph_runner, forward_batch, *args, **kwargs):
     # Graphs captured with one policy must not replay another: after a switch, decode runs eagerly
     # (correct, slower) until the policy the graphs hold is switched back.
-    if runtime is not None and runtime.bound and runtime.policy_signature() != runtime.graph_signature:
+    if runtime is not None and runtime.bound and not runtime.graphs_hold_current_settings(forward_batch.batch_size):
         return False
     return original(graph_runner, forward_batch, *args, **kwargs)
 

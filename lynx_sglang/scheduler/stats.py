@@ -12,19 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lynx_sglang.kernels.routing import fused_available
-from lynx_sglang.policies import ids_to_mask
-from lynx_sglang.policies.base import real_rows
-
-def cpu_bookkeeping_available() -> bool:
-    """Whether the C++ bookkeeping (kernels/layer_cpu.py) loads here: it shares the routing op's library."""
-    from lynx_sglang.kernels.layer_cpu import load_layer_op
-
-    return load_layer_op() is not None
-
+from lynx_sglang.scheduler.bookkeeping import Bookkeeping
 
 FIELDS = ("steps", "tokens", "distinct_before", "distinct_after", "rerouted", "mass_dropped", "fallbacks")
-_COL = {name: i for i, name in enumerate(FIELDS)}
 
 
 @dataclass(frozen=True)
@@ -36,25 +26,18 @@ class MoeLayerInfo:
 
 
 class RoutingStats:
-    """fused: add each layer call's figures with one Triton launch (kernels/layer_triton.py) instead
-    of dozens of torch ops; None = on CUDA when Triton is available (Triton has no CPU backend).
-    cpu_op: the same with one call into the C++ library of the routing op (kernels/layer_cpu.py);
-    None = on a CPU when it builds."""
+    """bookkeeping: the backend that adds a layer call's figures (scheduler/bookkeeping.py)."""
 
-    def __init__(self, layers: list[MoeLayerInfo], device: torch.device, fused: bool | None = None,
-                 cpu_op: bool | None = None):  # fmt: skip
+    def __init__(self, layers: list[MoeLayerInfo], device: torch.device, bookkeeping: Bookkeeping):
         self.layers = layers
-        if fused is None:
-            fused = torch.device(device).type == "cuda" and fused_available("triton")
-        if cpu_op is None:
-            cpu_op = torch.device(device).type == "cpu" and cpu_bookkeeping_available()
-        self.fused = fused
-        self.cpu_op = cpu_op
+        self._record = bookkeeping.record
         self.row_of = {info.layer_id: row for row, info in enumerate(layers)}
         self.table = torch.zeros(len(layers), len(FIELDS), dtype=torch.float64, device=device)
         # Set by any layer that fell back during the current step; folded into the count at step end.
         self.step_fell_back = torch.zeros((), dtype=torch.float64, device=device)
         self.fallback_steps = torch.zeros((), dtype=torch.float64, device=device)
+        # Per layer, host-side: one-row steps that kept the model's routing with nothing launched.
+        self.lone_row_steps = [0] * len(layers)
 
     def record(self, layer_id: int, num_real, router_logits: torch.Tensor, original_ids: torch.Tensor,
                final_ids: torch.Tensor, fell_back: torch.Tensor | None = None) -> None:
@@ -62,45 +45,23 @@ class RoutingStats:
         for all); fell_back: a 0-dim bool tensor (the layer kept the model's own routing, so it counts
         as a fallback and nothing else), or None (it did not fall back)."""
         row = self.row_of.get(layer_id)
-        if row is None:
-            return
-        if self.fused:
-            from lynx_sglang.kernels.layer_triton import record_triton
-
-            record_triton(self.table[row], self.step_fell_back, num_real, router_logits, original_ids, final_ids,
-                          fell_back)  # fmt: skip
-            return
-        if self.cpu_op:
-            from lynx_sglang.kernels.layer_cpu import record_cpu
-
-            record_cpu(self.table[row], self.step_fell_back, num_real, router_logits, original_ids, final_ids, fell_back)
-            return
-        num_experts = router_logits.shape[-1]
-        real = real_rows(router_logits.shape[0], num_real, router_logits.device)
-        if fell_back is None:
-            fell_back = torch.zeros((), dtype=torch.bool, device=router_logits.device)
-        before = ids_to_mask(original_ids, real, num_experts).sum()
-        after = ids_to_mask(final_ids, real, num_experts).sum()
-        # A token is rerouted when one of its original experts is gone from its final ones.
-        kept = (original_ids.unsqueeze(-1) == final_ids.unsqueeze(-2)).any(dim=-1)  # [T, k]
-        rerouted = (real & ~kept.all(dim=-1)).sum()
-        probs = torch.softmax(router_logits.float(), dim=-1).nan_to_num(0.0)
-        original_probs = probs.gather(1, original_ids.long().clamp(0, num_experts - 1))
-        dropped = (original_probs * ~kept * real.unsqueeze(1)).sum()
-        counted = (~fell_back).double()
-        values = torch.stack([
-            counted, real.sum().double() * counted, before.double() * counted,
-            after.double() * counted, rerouted.double() * counted, dropped.double() * counted,
-            fell_back.double(),
-        ])  # fmt: skip
-        self.table[row].add_(values)
-        self.step_fell_back.copy_(torch.maximum(self.step_fell_back, fell_back.double()))
+        if row is not None:
+            self._record(self.table[row], self.step_fell_back, num_real, router_logits, original_ids, final_ids,
+                         fell_back)  # fmt: skip
 
     def row(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(the layer's table row [7] float64, the step's fallback flag): where a fused launch adds a
         layer call's figures; None for a layer not tracked."""
         row = self.row_of.get(layer_id)
         return None if row is None else (self.table[row], self.step_fell_back)
+
+    def add_lone_row_step(self, layer_ids) -> None:
+        """A step of one real row that kept the model's routing in `layer_ids`: k distinct experts
+        before and after, nothing rerouted or dropped (added to the figures when read)."""
+        for layer_id in layer_ids:
+            row = self.row_of.get(layer_id)
+            if row is not None:
+                self.lone_row_steps[row] += 1
 
     def end_step(self) -> None:
         self.fallback_steps.add_(self.step_fell_back)
@@ -110,6 +71,7 @@ class RoutingStats:
         self.step_fell_back.fill_(1.0)
 
     def reset(self) -> None:
+        self.lone_row_steps = [0] * len(self.layers)
         self.table.zero_()
         self.fallback_steps.zero_()
         self.step_fell_back.zero_()
@@ -117,7 +79,8 @@ class RoutingStats:
     def snapshot(self) -> dict:
         """Per-layer figures and model-wide means, read back to the host (a sync: readers only)."""
         table = self.table.cpu().tolist()
-        layers = [_layer_figures(info, dict(zip(FIELDS, values))) for info, values in zip(self.layers, table)]
+        layers = [_layer_figures(info, _with_lone_rows(dict(zip(FIELDS, values)), lone, info.top_k))
+                  for info, values, lone in zip(self.layers, table, self.lone_row_steps)]  # fmt: skip
         counted = [layer for layer in layers if layer["steps"]]
 
         def mean(key):
@@ -136,6 +99,11 @@ class RoutingStats:
             "router_mass_dropped_per_token": mean("router_mass_dropped_per_token"),
             "layers": layers,
         }
+
+
+def _with_lone_rows(raw: dict, steps: int, top_k: int) -> dict:
+    added = {"steps": steps, "tokens": steps, "distinct_before": steps * top_k, "distinct_after": steps * top_k}
+    return {name: value + added.get(name, 0) for name, value in raw.items()}
 
 
 def _layer_figures(info: MoeLayerInfo, raw: dict) -> dict:

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 class Step:
     mode: str  # "decode", "mixed", "extend", "idle", "verify" or "other"
     prune: bool  # whether the routing hook applies the policy in this forward
-    decode_rows: int = 0  # mixed batches: the decode rows, which follow the prefill rows
+    # The rows the policy routes, as the host knows them: a decode batch's requests; a mixed batch's
+    # decode rows, which follow its prefill rows.
+    decode_rows: int = 0
 
     @property
     def pure_decode(self) -> bool:
@@ -51,7 +53,9 @@ def step_for_batch(forward_batch, prune_mixed: bool) -> Step:
     if mode == "mixed" and prune_mixed:
         decode_rows = getattr(forward_batch, "lynx_decode_rows", 0)
         return Step(mode, decode_rows > 0, decode_rows)
-    return Step(mode, mode == "decode")
+    if mode == "decode":
+        return Step(mode, True, forward_batch.batch_size)
+    return Step(mode, False)
 
 
 class StepScope:

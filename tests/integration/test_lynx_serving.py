@@ -186,3 +186,25 @@ def test_latency_budget_runs_and_reports_its_cap(server):
     controller = state["controller"]
     assert controller["measured_tpot_ms"] > 1.0
     assert controller["experts"] < 8 and state["budget_experts"] == controller["experts"]
+
+
+def test_a_budget_below_top_k_on_sglangs_cpu_expert_loop_serves(tmp_path):
+    """experts=1 on a top-2 model leaves each token its first choice twice (the second at weight 0);
+    SGLang's CPU loop counts an expert once per row, so the scheduler gives it distinct experts."""
+    from lynx_sglang.tiny_checkpoints import build_tiny_checkpoint
+
+    model_dir = build_tiny_checkpoint("mixtral", tmp_path / "mixtral", seed=2)
+    srv = RunningServer(["--model-path", str(model_dir), "--lynx-policy", "budget", "--lynx-budget", "experts=1",
+                         "--lynx-kernel", "sglang"], tmp_path / "server.log")
+    try:
+        srv.wait_healthy()
+        body = {"input_ids": [[5, 6, 7], [8, 9], [10, 11, 12, 13]],
+                "sampling_params": {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}}
+        status, results = post(srv.url + "/generate", body, timeout=300)
+        stats = get_json(srv.url + "/lynx/stats")
+    finally:
+        srv.stop()
+    assert status == 200, results
+    assert [len(r["output_ids"]) for r in results] == [8, 8, 8]
+    assert stats["pruned_steps"] > 0 and stats["fallback_steps"] == 0
+    assert stats["distinct_experts_after"] == 1 < stats["distinct_experts_before"]

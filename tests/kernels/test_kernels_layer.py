@@ -7,13 +7,13 @@ import torch
 
 from lynx_sglang.kernels.launches import count_launches
 from lynx_sglang.kernels.routing import fused_available
+from lynx_sglang.scheduler.bookkeeping import bookkeeping_for
 from lynx_sglang.scheduler.stats import FIELDS, MoeLayerInfo, RoutingStats
 
 pytestmark = pytest.mark.skipif(not fused_available("triton"), reason="needs Triton")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # "triton" and "torch" everywhere; "cpu" (the C++ op) where the tensors are on a CPU and it builds.
 IMPLEMENTATIONS = ["triton"] + (["cpu"] if DEVICE.type == "cpu" and fused_available("cpu") else [])
-FLAGS = {"triton": (True, False), "cpu": (False, True), "torch": (False, False)}  # (fused, cpu_op)
 
 
 def layer_calls(num_rows, num_experts, top_k, seed, ids_dtype=torch.int32, logits_dtype=torch.float32):
@@ -41,8 +41,7 @@ def layer_calls(num_rows, num_experts, top_k, seed, ids_dtype=torch.int32, logit
 
 def recorded(implementation, calls, fell_back_at=()):
     layers = [MoeLayerInfo(0, calls[0][1].shape[1], calls[0][2].shape[1], expert_bytes=1)]
-    fused, cpu_op = FLAGS[implementation]
-    stats = RoutingStats(layers, DEVICE, fused=fused, cpu_op=cpu_op)
+    stats = RoutingStats(layers, DEVICE, bookkeeping_for(implementation))
     for index, (num_real, logits, original, final) in enumerate(calls):
         # a flag tensor, or None where the call did not fall back
         fell_back = torch.tensor(index in fell_back_at, device=DEVICE)
@@ -74,26 +73,26 @@ def test_one_launch_adds_the_same_figures_as_the_torch_ops(implementation, num_r
 
 def test_the_fused_record_is_one_triton_launch_and_no_torch_op():
     num_real, logits, original, final = layer_calls(16, 64, 8, seed=0)  # num_real: a 0-dim device tensor
-    stats = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, fused=True, cpu_op=False)
+    stats = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, bookkeeping_for("triton"))
     for fell_back in (torch.tensor(False, device=DEVICE), None):
         counter = count_launches(stats.record, 3, num_real, logits, original, final, fell_back)
         assert (counter.triton, counter.torch_ops, counter.host_syncs) == (1, 0, 0), counter.op_names
-    reference = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, fused=False, cpu_op=False)
+    reference = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, bookkeeping_for("torch"))
     counter = count_launches(reference.record, 3, num_real, logits, original, final, torch.tensor(False, device=DEVICE))
     assert counter.torch_ops > 20  # what the launch replaces, each a kernel under a CUDA graph
 
 
-def test_auto_choice_follows_the_device():
-    layers = [MoeLayerInfo(0, 8, 2, expert_bytes=1)]
-    on_cpu = RoutingStats(layers, torch.device("cpu"))
-    assert on_cpu.fused is False and on_cpu.cpu_op is fused_available("cpu")  # Triton has no CPU backend
+def test_the_backend_follows_the_device():
+    from lynx_sglang.scheduler.bookkeeping import choose_backend
+
+    assert choose_backend("cpu") == ("cpu" if fused_available("cpu") else "torch")  # Triton has no CPU backend
     if torch.cuda.is_available():
-        assert RoutingStats(layers, torch.device("cuda")).fused is True
+        assert choose_backend("cuda") == "triton"
 
 
 # ---- the serving runtime with its bookkeeping fused (as on CUDA) against its torch ops --------------
 def runtime_routes(implementation: str, policy: str, calls, monkeypatch, **config):
-    """(final ids, final weights, active mask) per call and the stats snapshot, from a LynxRuntime
+    """(final ids, final weights) per call and the stats snapshot, from a LynxRuntime
     whose bookkeeping is the Triton launch, the C++ op or the torch ops."""
     from pathlib import Path
 
@@ -105,18 +104,18 @@ def runtime_routes(implementation: str, policy: str, calls, monkeypatch, **confi
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "support"))
     runtime = LynxRuntime(LynxConfig(policy=policy, **config))
     num_experts, top_k = calls[0][0].shape[1], calls[0][1].shape[1]
-    runtime.bind_layers([MoeLayerInfo(i, num_experts, top_k, expert_bytes=100) for i in range(2)], DEVICE, "test")
-    runtime.fused_bookkeeping = runtime.stats.fused = FLAGS[implementation][0]
-    runtime.cpu_bookkeeping = runtime.stats.cpu_op = FLAGS[implementation][1]
+    runtime.bind_layers([MoeLayerInfo(i, num_experts, top_k, expert_bytes=100) for i in range(2)], DEVICE, "test",
+                        backend=implementation)
     decode = Step("decode", True)
     results = []
     for index, (logits, ids, weights, num_real) in enumerate(calls):
         runtime.begin_step(decode)
         output = topk.StandardTopKOutput(weights, ids, logits)
         routed = runtime.route(output, logits, topk.TopKConfig(top_k=top_k), index % 2, num_real, None, decode)
-        results.append((routed.topk_ids, routed.topk_weights, runtime.active_masks.get(index % 2)))
-        runtime.end_step(decode)
-    return results, runtime.stats_snapshot(), runtime.failures
+        results.append((routed.topk_ids, routed.topk_weights))
+        runtime.end_step(decode, logits.shape[0])
+    stats = runtime.handle({"op": "get_stats"})
+    return results, stats, stats["policy_failures"]
 
 
 def model_routing(num_rows, num_experts, top_k, seed, nan_row=None):
@@ -139,11 +138,11 @@ def test_the_runtime_routes_alike_with_its_bookkeeping_fused(implementation, pol
     reference, reference_stats, reference_failures = runtime_routes("torch", policy, calls, monkeypatch, **config)
     fused, fused_stats, fused_failures = runtime_routes(implementation, policy, calls, monkeypatch, **config)
     assert fused_failures == reference_failures == 0
-    for (ids, weights, mask), (want_ids, want_weights, want_mask) in zip(fused, reference):
+    for (ids, weights), (want_ids, want_weights) in zip(fused, reference):
         assert ids.dtype == want_ids.dtype and torch.equal(ids, want_ids)
         assert weights.dtype == want_weights.dtype  # the NaN row's weights are NaN in both: the model's own
-        torch.testing.assert_close(weights, want_weights, rtol=0, atol=0, equal_nan=True)
-        assert (mask is None) == (want_mask is None) and (mask is None or torch.equal(mask, want_mask))
+        # the policy decides on the runtime's backend too: its weights agree with the reference to rounding
+        torch.testing.assert_close(weights, want_weights, rtol=1e-6, atol=1e-7, equal_nan=True)
     masses = ("router_mass_dropped", "router_mass_dropped_per_token")
     for layer, want in zip(fused_stats["layers"], reference_stats["layers"]):
         assert {k: v for k, v in layer.items() if k not in masses} == {k: v for k, v in want.items() if k not in masses}
@@ -156,13 +155,13 @@ def test_the_runtime_routes_alike_with_its_bookkeeping_fused(implementation, pol
 
 @pytest.mark.parametrize("policy,config,decides", [
     ("lynx", {}, True),  # a decision to check
-    ("baseline", {"kernel": "triton"}, False),  # the model's routing: its mask for the expert kernel
+    ("baseline", {"kernel": "triton"}, False),  # the model's routing: its figures only
     ("oea", {"layers": "1"}, False),  # a layer outside the policy's: the model's routing, figures only
 ])  # fmt: skip
 def test_a_runtime_layer_call_is_the_policy_plus_one_launch(policy, config, decides):
-    """Counted by instrumentation: after the policy's decision (the C++ op here; two Triton launches on
-    CUDA), the fused bookkeeping is one Triton launch and no torch op (it reads num_real itself); the
-    torch bookkeeping is dozens of ops, each a kernel under a decode step's CUDA graph."""
+    """Counted by instrumentation: on the Triton backend the policy's decision is two Triton launches and
+    the bookkeeping one, with no torch op (it reads num_real itself); on the torch backend both are
+    dozens of ops, each a kernel under a decode step's CUDA graph."""
     topk = pytest.importorskip("sglang.srt.layers.moe.topk")  # the runtime takes SGLang's types
     from lynx_sglang.config import LynxConfig
     from lynx_sglang.scheduler.runtime import LynxRuntime
@@ -172,18 +171,17 @@ def test_a_runtime_layer_call_is_the_policy_plus_one_launch(policy, config, deci
     counts = {}
     for fused in (True, False):
         runtime = LynxRuntime(LynxConfig(policy=policy, **config))
-        runtime.bind_layers([MoeLayerInfo(0, 16, 4, expert_bytes=100)], DEVICE, "test")
-        runtime.fused_bookkeeping = runtime.stats.fused = fused
-        runtime.cpu_bookkeeping = runtime.stats.cpu_op = False
+        runtime.bind_layers([MoeLayerInfo(0, 16, 4, expert_bytes=100)], DEVICE, "test",
+                            backend="triton" if fused else "torch")
         runtime.begin_step(Step("decode", True))
         counter = count_launches(runtime.route, topk.StandardTopKOutput(weights, ids, logits), logits,
                                  topk.TopKConfig(top_k=4), 0, num_real.to(DEVICE), None, Step("decode", True))  # fmt: skip
         counts[fused] = counter
-    policy_launches = 2 if DEVICE.type == "cuda" and decides else 0  # the C++ op makes no launch
+    policy_launches = 2 if decides else 0
     assert (counts[True].triton, counts[True].torch_ops) == (policy_launches + 1, 0), counts[True].op_names
-    if DEVICE.type == "cuda":  # (the CPU op reads num_real on the host: no sync on a CPU)
+    if DEVICE.type == "cuda":
         assert counts[True].host_syncs == 0
-    assert counts[False].triton == policy_launches
+    assert counts[False].triton == 0
     assert counts[False].torch_ops > (60 if decides else 20)
 
 
@@ -221,12 +219,11 @@ def test_a_runtime_layer_call_on_a_cpu_is_one_call_and_no_torch_op_but_allocatio
     for policy, config in (("lynx", {}), ("baseline", {"kernel": "triton"})):
         runtime = LynxRuntime(LynxConfig(policy=policy, **config))
         runtime.bind_layers([MoeLayerInfo(0, 16, 4, expert_bytes=100)], DEVICE, "test")
-        assert runtime.cpu_bookkeeping and not runtime.fused_bookkeeping  # the default on a CPU
+        assert runtime.bookkeeping.name == "cpu"  # the default on a CPU
         runtime.begin_step(Step("decode", True))
         counter = count_launches(runtime.route, topk.StandardTopKOutput(weights, ids, logits), logits,
                                  topk.TopKConfig(top_k=4), 0, num_real, None, Step("decode", True))  # fmt: skip
         assert (counter.triton, counter.torch_ops) == (0, 0), (policy, counter.op_names)
-        assert runtime.active_masks[0].dtype == torch.bool and runtime.active_masks[0].any()
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

@@ -76,11 +76,10 @@ def test_the_digest_follows_the_order_of_steps_and_resets():
     assert first.read(0) == {"rank": 0, "digest": "00000000", "steps": 0, "layer_calls": 0}
 
 
-def make_runtime(tp_size, kernel="auto"):
+def make_runtime(tp_size, backend=None):
     topk = pytest.importorskip("sglang.srt.layers.moe.topk")
-    runtime = LynxRuntime(LynxConfig(policy="budget", budget="experts=3", kernel=kernel))
-    runtime.tp_size = tp_size
-    runtime.bind_layers(layers(), "cpu", "tiny-mixtral")
+    runtime = LynxRuntime(LynxConfig(policy="budget", budget="experts=3"))
+    runtime.bind_layers(layers(), "cpu", "tiny-mixtral", tp_size=tp_size, backend=backend)
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(16, E, generator=generator) * 2
     weights, ids = torch.softmax(logits, -1).topk(K, dim=-1)
@@ -92,14 +91,14 @@ def test_one_rank_keeps_no_digest():
     assert runtime.decisions is None
 
 
-@pytest.mark.parametrize("kernel", ["auto", "sglang"])  # from the active mask / from the final ids
-def test_the_runtime_digests_every_routed_layer_call_with_several_ranks(kernel):
-    runtime, logits, output, config = make_runtime(2, kernel)
-    step = Step("decode", True)
+@pytest.mark.parametrize("backend", [None, "torch"])  # the mask from the C++ op where it builds / torch ops
+def test_the_runtime_digests_every_routed_layer_call_with_several_ranks(backend):
+    runtime, logits, output, config = make_runtime(2, backend)
+    step = Step("decode", True, 16)
     runtime.begin_step(step)
     for layer_id in (0, 1):
         routed = runtime.route(output, logits, config, layer_id, torch.tensor(12), None, step)
-    runtime.end_step(step)
+    runtime.end_step(step, 16)
     final = routed.topk_ids[:12].flatten().tolist()
     assert len(set(final)) <= 3
     reference = (reference_digest([final]) * BASE + reference_digest([final])) % PRIME

@@ -21,7 +21,6 @@ KNOWN_OFFENDERS = {
     "kernels/routing_triton.py",  # 1132 lines, with Triton kernels (limit 700)
     "kernels/routing_triton.py::_decide_active",  # 144 lines
     "kernels/layer_triton.py::_layer_kernel",  # 131 lines
-    "lynx_sglang/scheduler/runtime.py",  # 541 lines
 }
 
 # An absolute path that starts a word (not the tail of a URL or of a relative path) in one of the

@@ -19,7 +19,7 @@ from lynx_sglang.scheduler.step import Step
 topk = pytest.importorskip("sglang.srt.layers.moe.topk")
 
 E, K, T = 8, 2, 16
-DECODE = Step("decode", True)
+DECODE = Step("decode", True, T)
 
 
 def make_runtime(policy="lynx", **kwargs) -> LynxRuntime:
@@ -27,6 +27,10 @@ def make_runtime(policy="lynx", **kwargs) -> LynxRuntime:
     layers = [MoeLayerInfo(layer_id, E, K, expert_bytes=1000) for layer_id in range(2)]
     runtime.bind_layers(layers, "cpu", "tiny-mixtral")
     return runtime
+
+
+def snapshot(runtime) -> dict:
+    return runtime.handle({"op": "get_stats"})
 
 
 def routing(seed=0, rows=T):
@@ -47,9 +51,9 @@ def test_decode_step_is_pruned_and_counted():
     runtime.begin_step(DECODE)
     for layer in (0, 1):
         routed = route(runtime, logits, output, layer)
-    runtime.end_step(DECODE)
+    runtime.end_step(DECODE, T)
     assert routed.topk_ids.dtype == torch.int32 and routed.topk_ids.shape == (T, K)
-    stats = runtime.stats_snapshot()
+    stats = snapshot(runtime)
     assert (stats["decode_steps"], stats["pruned_steps"], stats["fallback_steps"]) == (1, 1, 0)
     assert stats["distinct_experts_after"] <= stats["distinct_experts_before"]
     layer = stats["layers"][0]
@@ -64,7 +68,7 @@ def test_baseline_is_the_identity_and_still_measured():
     logits, output = routing()
     routed = route(runtime, logits, output)
     assert routed.topk_ids is output.topk_ids and routed.topk_weights is output.topk_weights
-    stats = runtime.stats_snapshot()
+    stats = snapshot(runtime)
     assert stats["layers"][0]["distinct_experts_before"] == stats["layers"][0]["distinct_experts_after"] > 0
 
 
@@ -75,8 +79,8 @@ def test_layers_outside_the_policy_keep_the_models_routing_as_is():
     assert untouched.topk_ids is output.topk_ids and untouched.topk_weights is output.topk_weights
     pruned = route(runtime, logits, output, layer_id=1)
     assert len(set(pruned.topk_ids.flatten().tolist())) <= 2 < len(set(output.topk_ids.flatten().tolist()))
-    stats = runtime.stats_snapshot()
-    assert stats["fallback_steps"] == 0 and runtime.failures == 0
+    stats = snapshot(runtime)
+    assert stats["fallback_steps"] == 0 and stats["policy_failures"] == 0
 
 
 def test_padding_rows_are_not_counted_and_pass_through():
@@ -84,7 +88,7 @@ def test_padding_rows_are_not_counted_and_pass_through():
     logits, output = routing()
     routed = route(runtime, logits, output, num_real=torch.tensor(4))
     assert torch.equal(routed.topk_ids[4:], output.topk_ids[4:])
-    layer = runtime.stats_snapshot()["layers"][0]
+    layer = snapshot(runtime)["layers"][0]
     assert layer["decode_tokens"] == 4 and layer["distinct_experts_after"] <= 2
 
 
@@ -96,9 +100,9 @@ def test_a_failing_policy_falls_back_for_that_step_and_is_counted(policy, caplog
     for _ in range(3):
         runtime.begin_step(DECODE)
         routed = route(runtime, logits, output)
-        runtime.end_step(DECODE)
+        runtime.end_step(DECODE, T)
         assert torch.equal(routed.topk_ids, output.topk_ids)
-    stats = runtime.stats_snapshot()
+    stats = snapshot(runtime)
     assert stats["fallback_steps"] == 3 and stats["pruned_steps"] == 0
     assert stats["layers"][0]["fallbacks"] == 3
     # Logged at most once a minute: an exception or wrong shape when it happens, a bad value (seen
@@ -113,9 +117,9 @@ def test_nan_router_logits_keep_the_models_routing_for_that_layer():
     logits[3, 2] = float("nan")
     runtime.begin_step(DECODE)
     routed = route(runtime, logits, output)
-    runtime.end_step(DECODE)
+    runtime.end_step(DECODE, T)
     assert torch.equal(routed.topk_ids, output.topk_ids) and torch.equal(routed.topk_weights, output.topk_weights)
-    stats = runtime.stats_snapshot()
+    stats = snapshot(runtime)
     assert stats["fallback_steps"] == 1 and stats["layers"][0]["fallbacks"] == 1
     assert stats["layers"][0]["steps"] == 0  # a fallen-back layer adds no pruning figures
 
@@ -170,3 +174,63 @@ def test_two_processes_take_bit_identical_decisions():
         assert proc.returncode == 0, proc.stderr[-2000:]
         outputs.append(proc.stdout)
     assert outputs[0] == outputs[1] and len(outputs[0]) > 1000
+
+
+# ---- decode calls of one row (scheduler/lone_row.py) ------------------------------------------------
+LONE = Step("decode", True, 1)
+
+
+@pytest.mark.parametrize("policy,config", [("lynx", {}), ("budget", {"budget": "experts=2"}), ("oea", {}),
+                                           ("coverage", {"budget": "fraction=0.5"}), ("baseline", {})])
+def test_a_lone_row_launches_nothing_keeps_its_routing_and_still_counts(policy, config):
+    from lynx_sglang.kernels.launches import count_launches
+
+    runtime = LynxRuntime(LynxConfig(policy=policy, **config))
+    runtime.bind_layers([MoeLayerInfo(layer_id, E, K, expert_bytes=1000) for layer_id in range(2)], "cpu",
+                        "tiny-mixtral", tp_size=2, backend="torch")  # torch: a decision would be dozens of ops
+    for seed in range(3):
+        logits, output = routing(seed, rows=1)
+        runtime.begin_step(LONE)
+        for layer in (0, 1):
+            counter = count_launches(route, runtime, logits, output, layer, torch.tensor(1), step=LONE)
+            assert (counter.triton, counter.torch_ops, counter.host_syncs) == (0, 0, 0), counter.op_names
+            assert route(runtime, logits, output, layer, torch.tensor(1), step=LONE) is output
+        runtime.end_step(LONE, 1)
+    stats = snapshot(runtime)
+    assert (stats["decode_steps"], stats["pruned_steps"], stats["fallback_steps"]) == (3, 3, 0)
+    assert all((layer["steps"], layer["decode_tokens"]) == (3, 3) for layer in stats["layers"])
+    assert stats["distinct_experts_before"] == stats["distinct_experts_after"] == K
+    assert stats["tokens_rerouted_fraction"] == stats["router_mass_dropped_per_token"] == 0
+    assert stats["expert_bytes_per_decode_token_after"] == pytest.approx(2 * K * 1000)
+    assert runtime.decisions.read(0) == {"rank": 0, "digest": "00000000", "steps": 3, "layer_calls": 6}
+    runtime.handle({"op": "reset_stats"})
+    assert snapshot(runtime)["layers"][0]["steps"] == 0 and runtime.decisions.read(0)["steps"] == 0
+
+
+@pytest.mark.parametrize("policy,config", [
+    ("budget", {"budget": "experts=1"}),  # a cap below k
+    ("lynx", {"budget": "mass=0.5"}),  # may cut the row's weakest expert
+    ("static-topk", {}),  # fewer slots
+    ("random", {"params": {"num_experts_kept": 3}}),  # its own set
+    ("lynx", {"params": {"tie_break": "index"}}),  # ties in a bin by expert index
+])  # fmt: skip
+def test_a_lone_row_is_decided_where_it_may_move(policy, config):
+    runtime = make_runtime(policy, **config)
+    assert not runtime.settings.lone_row_kept
+    logits, output = routing(rows=1)
+    runtime.begin_step(LONE)
+    routed = route(runtime, logits, output, step=LONE)
+    runtime.end_step(LONE, 1)
+    assert routed is not output  # decided (and checked) on the device
+    layer = snapshot(runtime)["layers"][0]
+    assert (layer["steps"], layer["decode_tokens"]) == (1, 1)  # from the device, not added twice
+
+
+def test_a_switch_that_changes_the_lone_row_rule_keeps_one_row_off_the_captured_graphs():
+    runtime = make_runtime("budget", budget="experts=4", admin_token="t")
+    assert runtime.settings.lone_row_kept and runtime.graphs_hold_current_settings(1)
+    runtime.handle({"op": "set_policy", "budget": "experts=1"})  # same policy: the graphs stay
+    assert not runtime.settings.lone_row_kept
+    assert runtime.graphs_hold_current_settings(8) and not runtime.graphs_hold_current_settings(1)
+    runtime.handle({"op": "set_policy", "budget": "fraction=0.5"})
+    assert runtime.graphs_hold_current_settings(1)

@@ -1,0 +1,155 @@
+"""Everything the scheduler reads from SGLang's objects: the MoE layers of the loaded model, the
+routers the policies do not model, and the layers lynx's active-expert kernel cannot compute."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lynx_sglang.scheduler.compute_table import LayerShape
+from lynx_sglang.scheduler.stats import MoeLayerInfo
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What binding needs from a loaded model."""
+
+    layers: list[MoeLayerInfo]
+    device: torch.device
+    name: str
+    tp_size: int
+    calibration: tuple  # (w13, w2, activation) of one MoE layer, for the latency controller
+    router_notes: list[str]  # routers the policy will leave alone, said once at start
+
+
+def read_model(model_runner) -> LoadedModel | None:
+    """The model's MoE layers, or None when it has none."""
+    from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
+    from sglang.srt.runtime_context import get_parallel
+
+    moe_layers = [m for m in model_runner.model.modules() if isinstance(m, FusedMoE)]
+    if not moe_layers:
+        return None
+    hf_config = model_runner.model_config.hf_config
+    top_k = getattr(hf_config, "num_experts_per_tok", None)  # some MoE layers leave top_k to TopK
+    first = moe_layers[0]
+    return LoadedModel(
+        layers=[layer_info(m, top_k) for m in moe_layers],
+        device=first.w13_weight.device,
+        name=getattr(hf_config, "_name_or_path", "") or str(model_runner.model_config.model_path),
+        tp_size=get_parallel().tp_size,
+        calibration=(first.w13_weight, first.w2_weight, first.moe_runner_config.activation),
+        router_notes=unsupported_router_notes(model_runner.model),
+    )
+
+
+def layer_info(layer, model_top_k: int | None) -> MoeLayerInfo:
+    per_rank = layer.w13_weight[0].numel() * layer.w13_weight.element_size()
+    per_rank += layer.w2_weight[0].numel() * layer.w2_weight.element_size()
+    routed = layer.num_experts - layer.num_fused_shared_experts
+    return MoeLayerInfo(layer.layer_id, routed, layer.top_k or model_top_k, per_rank * layer.moe_tp_size)
+
+
+def layer_shape(layer, top_k: int) -> LayerShape:
+    """The layer as one rank computes it: w13 is [E, 2 x I per rank, H]."""
+    experts, two_i, hidden = layer.w13_weight.shape
+    return LayerShape(experts, hidden, two_i // 2, top_k, str(layer.w13_weight.dtype).removeprefix("torch."))
+
+
+def unsupported_router_notes(model) -> list[str]:
+    """The MoE layers the policy will leave alone, from their TopK modules. The routing hook re-checks
+    each call; layers whose top-k never reaches select_experts are only visible here."""
+    from sglang.srt.layers.moe.topk import TopK, TopKOutputFormat
+
+    notes = []
+    for module in model.modules():
+        if not isinstance(module, TopK):
+            continue
+        config = module.topk_config
+        if config.output_format not in (None, TopKOutputFormat.STANDARD):
+            reason = f"the {config.output_format.name} top-k format"
+        else:
+            reason = router_passthrough_reason(config)
+        if reason:
+            notes.append(f"MoE layers with {reason} pass through untouched (first: layer {module.layer_id})")
+    return notes
+
+
+def passthrough_reason(output, router_logits, topk_config, dispatch_info) -> str | None:
+    """Why a layer's routing is left alone (None: the policy applies). Static per layer."""
+    if type(output).__name__ != "StandardTopKOutput":
+        return f"the {type(output).__name__} top-k format"
+    reason = router_passthrough_reason(topk_config)
+    if reason:
+        return reason
+    if dispatch_info is not None:
+        return "expert-location dispatch (EPLB)"
+    if router_logits is None or router_logits.dim() != 2 or router_logits.shape[0] != output.topk_ids.shape[0]:
+        return "router logits that do not match the top-k rows"
+    return None
+
+
+def router_passthrough_reason(topk_config) -> str | None:
+    """Routers the policies do not model: they assume plain softmax top-k routing."""
+    if topk_config.use_grouped_topk:
+        return "a grouped router"
+    if topk_config.correction_bias is not None:
+        return "a biased router"
+    if topk_config.scoring_func != "softmax":
+        return f"{topk_config.scoring_func} scoring"
+    if topk_config.custom_routing_function is not None:
+        return "a custom routing function"
+    if topk_config.num_shared_topk_slots:
+        return "shared-expert top-k slots"
+    return None
+
+
+def renormalizes(topk_config) -> bool:
+    """Whether the layer's top-k weights sum to 1 (else the remap keeps each token's original mass)."""
+    factor = topk_config.routed_scaling_factor
+    scales = bool(topk_config.apply_routed_scaling_factor_on_output and factor not in (None, 1.0))
+    return topk_config.renormalize and not scales
+
+
+def active_kernel_unsupported(layer, method) -> str | None:
+    """Why lynx's kernel cannot compute this layer (None: it can). Only unquantized gated experts
+    with SiLU/GELU, no biases and no expert parallelism are supported."""
+    config = layer.moe_runner_config
+    weight = getattr(layer, "w13_weight", None)
+    checks = (
+        (weight is None or weight.dtype not in (torch.float32, torch.float16, torch.bfloat16),
+         "quantized or non-float expert weights"),
+        (getattr(layer, "moe_ep_size", 1) > 1, "expert parallelism"),
+        (config.activation not in ("silu", "gelu") or not config.is_gated, f"activation {config.activation}"),
+        (getattr(layer, "w13_weight_bias", None) is not None, "expert biases"),
+        (config.apply_router_weight_on_input, "router weights applied on the input"),
+        (config.gemm1_alpha is not None or config.gemm1_clamp_limit is not None, "clamped SwiGLU"),
+        (getattr(method, "w13_swiglu_interleaved", False), "interleaved gate/up weights"),
+        (config.no_combine, "no-combine output"),
+        (getattr(layer, "use_intel_amx_backend", False), "the Intel AMX backend"),
+        (getattr(method, "_aiter_runner", None) is not None, "the aiter MoE backend"),
+        (config.routed_scaling_factor not in (None, 1.0) and not getattr(
+            layer, "should_fuse_routed_scaling_factor_in_topk", False), "a routed scaling factor"),
+        (weight is not None and weight.is_cuda and _runner_backend(method) not in (None, "triton"),
+         f"the {_runner_backend(method)} MoE backend"),
+    )  # fmt: skip
+    return next((reason for failed, reason in checks if failed), None)
+
+
+def _runner_backend(method) -> str | None:
+    runner = getattr(method, "runner", None)
+    backend = getattr(runner, "runner_backend", None)
+    return None if backend is None else str(getattr(backend, "value", backend)).lower()
+
+
+def routed_rows(model_runner, step, output) -> int | None:
+    """How many rows the routing saw in a forward that returned `output`: the rows of the CUDA graph
+    it replayed (padding included: the smallest captured batch size that holds the batch), else the
+    step's own; None when the forward failed."""
+    if output is None:
+        return None
+    if not getattr(output, "can_run_graph", False):
+        return step.decode_rows
+    sizes = getattr(model_runner.decode_cuda_graph_runner, "capture_bs", None) or ()
+    return min((size for size in sizes if size >= step.decode_rows), default=None)

@@ -1,0 +1,125 @@
+"""The per-layer path of a pruned step: route -> propose (the policy) -> finish (checks, statistics).
+
+Everything here on a decode step is tensor code with static shapes: it is what a CUDA graph captures.
+Python branches depend only on the configuration and on shapes; data-dependent trouble is decided on
+the device (scheduler/bookkeeping.py), and a policy that raises costs its layer's pruning for the step.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+
+from lynx_sglang.scheduler.bookkeeping import Bookkeeping
+from lynx_sglang.scheduler.decisions import DecisionDigest
+from lynx_sglang.scheduler.introspection import passthrough_reason, renormalizes
+from lynx_sglang.scheduler.log import NoteOnce, Throttle, logger
+from lynx_sglang.scheduler.settings import PolicySettings
+from lynx_sglang.scheduler.stats import RoutingStats
+from lynx_sglang.scheduler.step import Step
+
+
+class Router:
+    def __init__(self, settings: PolicySettings, bookkeeping: Bookkeeping, stats: RoutingStats,
+                 decisions: DecisionDigest | None, note: NoteOnce):  # fmt: skip
+        self.settings = settings
+        self.bookkeeping = bookkeeping
+        self.stats = stats
+        self.decisions = decisions  # tensor parallel only: each rank's decisions, comparable
+        self.note = note
+        self.routed_layers: set[int] = set()  # the layers the policy routes (the others pass through)
+        self.failures = 0
+        self._failure_log = Throttle()
+
+    def route(self, output, router_logits, topk_config, layer_id, num_real, dispatch_info, step: Step):
+        """SGLang's top-k `output` of one MoE layer, routed by the policy. num_real: the first rows
+        that are real (SGLang's num_token_non_padded: a 0-dim tensor), or None when all are."""
+        reason = passthrough_reason(output, router_logits, topk_config, dispatch_info)
+        if reason is not None:
+            self.note(f"MoE layers with {reason} pass through untouched (first: layer {layer_id})")
+            return output
+        self.routed_layers.add(layer_id)
+        ids, weights = output.topk_ids, output.topk_weights
+        rows = step.decode_rows if step.mode == "mixed" else ids.shape[0]  # a static shape
+        if rows == 1 and self.settings.lone_row_kept:  # nothing to decide: launch nothing (lone_row.py)
+            return output
+        renormalize = renormalizes(topk_config)
+        if step.mode == "mixed":  # the decode rows follow the prefill rows
+            start = ids.shape[0] - step.decode_rows
+            new_ids, new_weights = self._route_rows(router_logits[start:], ids[start:], weights[start:], None,
+                                                    layer_id, renormalize)  # fmt: skip
+            return output._replace(topk_ids=torch.cat([ids[:start], new_ids]),
+                                   topk_weights=torch.cat([weights[:start], new_weights]))
+        new_ids, new_weights = self._route_rows(router_logits, ids, weights, num_real, layer_id, renormalize)
+        return output._replace(topk_ids=new_ids, topk_weights=new_weights)
+
+    def _route_rows(self, logits, ids, weights, num_real, layer_id, renormalize):
+        # The expert kernel takes the experts present in the final ids; only the digest reads a mask.
+        want_mask = self.decisions is not None
+        try:
+            new_ids, new_weights = self._propose(logits, ids, weights, num_real, layer_id, renormalize)
+            new_ids, new_weights, active = self._finish(logits, ids, weights, new_ids, new_weights, num_real,
+                                                        layer_id, want_mask)  # fmt: skip
+        except Exception as error:  # a policy bug must cost one step's pruning, never the server
+            self._log_failure(error, layer_id)
+            self.stats.mark_step_fallback()
+            fell_back = torch.ones((), dtype=torch.bool, device=logits.device)
+            self.stats.record(layer_id, num_real, logits, ids, ids, fell_back)
+            new_ids, new_weights, active = ids, weights, None
+        if self.decisions is not None:
+            self.decisions.record(layer_id, num_real, new_ids, active)
+        return new_ids, new_weights
+
+    def _propose(self, logits, ids, weights, num_real, layer_id, renormalize):
+        """The policy's routing for this layer call, unchecked; the model's own (the same tensors)
+        where there is nothing to decide."""
+        if self.settings.config.policy == "baseline":
+            return ids, weights
+        num_experts = logits.shape[1]
+        policy = self.settings.policy_for(num_experts, ids.shape[1], renormalize)
+        if not policy.applies_to_layer(layer_id):  # the model's routing as it is: nothing to check
+            return ids, weights
+        options = {"implementation": self._implementation()} if _takes_implementation(type(policy)) else {}
+        decision = policy.select(logits, ids, weights, num_real=num_real, layer_id=layer_id,
+                                 budget=self.settings.budget_for(num_experts), **options)  # fmt: skip
+        new_ids, new_weights = decision.topk_ids, decision.topk_weights
+        if new_ids.shape != ids.shape or new_weights.shape != weights.shape:
+            raise ValueError(f"policy returned shapes {tuple(new_ids.shape)}/{tuple(new_weights.shape)}, "
+                             f"expected {tuple(ids.shape)}")
+        return new_ids, new_weights
+
+    def _implementation(self) -> str:
+        # A compiled graph traces the reference: the fused ops are opaque to dynamo.
+        return "torch" if torch.compiler.is_compiling() else self.bookkeeping.name
+
+    def _finish(self, logits, ids, weights, new_ids, new_weights, num_real, layer_id, want_mask: bool):
+        """(final ids, final weights, active mask or None), statistics recorded."""
+        table_row, step_fell_back = self.stats.row(layer_id) or (None, None)
+        if new_ids is ids and new_weights is weights:  # the model's routing: nothing to check
+            if table_row is None and not want_mask:
+                return ids, weights, None
+            active = self.bookkeeping.record(table_row, step_fell_back, num_real, logits, ids, ids, mask=want_mask)
+            return ids, weights, active
+        final_ids, final_weights, _, active = self.bookkeeping.finalize(
+            logits, ids, weights, new_ids, new_weights, num_real, mask=want_mask, table_row=table_row,
+            step_fell_back=step_fell_back,
+        )  # fmt: skip
+        return final_ids, final_weights, active
+
+    def _log_failure(self, error: Exception, layer_id) -> None:
+        self.failures += 1
+        if self._failure_log.ready():
+            logger.warning(
+                "lynx-sglang: policy %r failed at layer %s (%s: %s); this step keeps the model's routing "
+                "(%d failures so far; logged at most once a minute)",
+                self.settings.config.policy, layer_id, type(error).__name__, error, self.failures,
+            )  # fmt: skip
+
+
+@functools.cache
+def _takes_implementation(policy_class) -> bool:
+    """Whether the policy's select takes `implementation=` (a third party's override may not)."""
+    parameters = inspect.signature(policy_class.select).parameters.values()
+    return any(p.name == "implementation" or p.kind is p.VAR_KEYWORD for p in parameters)

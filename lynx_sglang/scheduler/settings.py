@@ -1,0 +1,117 @@
+"""The live settings of the scheduler: a `LynxConfig` turned into the objects a decode step uses.
+
+Policies (one per MoE layer shape: experts, top-k, whether weights renormalise), expert budgets (one
+per expert count: device tensors the policy and any captured CUDA graph read, filled in place) and
+the latency controller. `apply` validates a new config against the model in full before anything
+changes, so a bad switch leaves the old settings in place.
+"""
+
+from __future__ import annotations
+
+from lynx_sglang.config import TPOT_WITH_TP, Budget, ConfigError, LynxConfig
+from lynx_sglang.policies import ExpertBudget
+from lynx_sglang.policy_setup import build_policy, validate_for_experts, validate_settings
+from lynx_sglang.scheduler.calibration import calibrate_ms_per_expert
+from lynx_sglang.scheduler.controller import TpotController
+from lynx_sglang.scheduler.lone_row import budget_keeps_lone_row, policy_keeps_lone_row
+from lynx_sglang.scheduler.log import logger
+from lynx_sglang.scheduler.stats import MoeLayerInfo
+
+
+class PolicySettings:
+    def __init__(self, config: LynxConfig, layers: list[MoeLayerInfo], device, model_name: str, tp_size: int,
+                 calibration=None):  # fmt: skip
+        self.config = config
+        self.layers = layers
+        self.model_name = model_name
+        self.tp_size = tp_size
+        self._calibration = calibration  # (w13, w2, activation) of one MoE layer, for the controller
+        self.budgets = {info.num_experts: ExpertBudget.unlimited(info.num_experts, device) for info in layers}
+        self.policies: dict[tuple, object] = {}  # by (E, k, renormalize)
+        self.controller: TpotController | None = None
+        self.lone_row_kept = False  # a decode call of one row keeps the model's routing (lone_row.py)
+        self.apply(config)
+
+    def policy_for(self, num_experts: int, top_k: int, renormalize: bool):
+        key = (num_experts, top_k, renormalize)
+        policy = self.policies.get(key)
+        if policy is None:
+            policy = build_policy(self.config, num_experts, top_k, renormalize, self.model_name)
+            self.policies[key] = policy
+        return policy
+
+    def budget_for(self, num_experts: int) -> ExpertBudget:
+        return self.budgets[num_experts]
+
+    def signature(self) -> tuple:
+        """What a captured CUDA graph holds of the settings (budget values live in device tensors)."""
+        return (self.config.policy, tuple(sorted(self.config.params.items())), self.config.layers)
+
+    # ---- at start and on every switch -----------------------------------------------------------
+    def apply(self, config: LynxConfig) -> None:
+        """Validate `config` against the loaded model, build everything it needs, then swap it in.
+        Raises ConfigError and changes nothing when any part is invalid."""
+        validate_settings(config)
+        for num_experts, top_k in {(info.num_experts, info.top_k) for info in self.layers}:
+            validate_for_experts(config, num_experts, top_k, True, self.model_name)
+        policies = {key: build_policy(config, *key, self.model_name) for key in self.policies}
+        controller = self._controller_for(config.parsed_budget)
+        policy_changed = (config.policy, config.params) != (self.config.policy, self.config.params)
+        self.config = config
+        self.policies = policies
+        self.controller = controller
+        for num_experts, expert_budget in self.budgets.items():
+            self._fill_budget(num_experts, expert_budget)
+        self.lone_row_kept = all(
+            policy_keeps_lone_row(self.policy_for(num_experts, top_k, True))
+            and budget_keeps_lone_row(config.parsed_budget, self.budgets[num_experts], top_k)
+            for num_experts, top_k in {(info.num_experts, info.top_k) for info in self.layers}
+        )
+        if policy_changed:
+            logger.info("lynx-sglang: policy is now %s %s", config.policy, config.params or "")
+
+    def _controller_for(self, budget: Budget | None) -> TpotController | None:
+        if budget is None or budget.kind != "tpot_ms":
+            return None
+        if self.tp_size > 1:
+            raise ConfigError(TPOT_WITH_TP)
+        if self.controller is not None and self.controller.target_ms == budget.value:
+            return self.controller
+        num_experts = max(info.num_experts for info in self.layers)
+        info = self.layers[0]
+        slope = calibrate_ms_per_expert(*self._calibration, info.num_experts, info.top_k, len(self.layers))
+        return TpotController(budget.value, num_experts, slope, min_experts=1)
+
+    def _fill_budget(self, num_experts: int, expert_budget: ExpertBudget) -> None:
+        """Write the configured cap into the device tensors the policy (and any captured graph) reads."""
+        budget = self.config.parsed_budget
+        expert_budget.set_unlimited()
+        if budget is None:
+            return
+        if budget.kind == "experts":
+            expert_budget.set_experts(min(int(budget.value), num_experts))
+        elif budget.kind == "fraction":
+            expert_budget.set_fraction(budget.value)
+        elif budget.kind == "mass":
+            expert_budget.set_mass(budget.value)
+        else:  # tpot_ms: the controller's current cap (all experts until it has one)
+            cap = self.controller.experts if self.controller is not None else num_experts
+            expert_budget.set_experts(min(cap, num_experts))
+
+    # ---- between steps ----------------------------------------------------------------------------
+    def observe_decode_interval(self, interval_ms: float) -> None:
+        """Feed the latency controller; a new cap reaches the budgets (and any captured graph) at once."""
+        if self.controller is None:
+            return
+        new_cap = self.controller.observe(interval_ms)
+        if new_cap is not None:
+            for num_experts, expert_budget in self.budgets.items():
+                expert_budget.set_experts(min(new_cap, num_experts))
+
+    def current_cap(self) -> int | None:
+        """The experts-per-layer cap in force (None: no cap). Reads a device scalar: control path only."""
+        if self.config.parsed_budget is None or not self.budgets:
+            return None
+        num_experts, budget = max(self.budgets.items())
+        cap = int(budget.max_experts.item())
+        return cap if cap < num_experts else None

@@ -73,7 +73,13 @@ def validate_for_model(config: LynxConfig, shape: MoeShape | None) -> None:
 
 
 def validate_settings(config: LynxConfig) -> None:
-    """What can be checked without a model: the policy exists, and takes the budget."""
+    """What can be checked without a model: the policy exists, and takes the budget (each band's)."""
+    if config.schedule:
+        if config.policy == "baseline":
+            raise ConfigError("schedule: has no effect with policy 'baseline'; name the policy whose settings vary")
+        for _, band in config.bands():
+            validate_settings(band)
+        return
     resolve_policy_or_error(config.policy)
     budget = config.parsed_budget
     if budget is not None and config.policy == "baseline":
@@ -85,7 +91,11 @@ def validate_settings(config: LynxConfig) -> None:
 
 def validate_for_experts(config: LynxConfig, num_experts: int, top_k: int, renormalize: bool,
                          model_name: str) -> None:  # fmt: skip
-    """The budget's range and the policy's parameters against one MoE layer shape."""
+    """The budget's range and the policy's parameters against one MoE layer shape (each band's)."""
+    if config.schedule:
+        for _, band in config.bands():
+            validate_for_experts(band, num_experts, top_k, renormalize, model_name)
+        return
     budget = config.parsed_budget
     if budget is not None:
         budget.check_range("budget", num_experts)

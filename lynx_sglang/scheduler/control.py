@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from lynx_sglang.config import Budget, ConfigError, LynxConfig
+from lynx_sglang.config import SETTINGS, Budget, ConfigError, LynxConfig, parse_setting
 
 if TYPE_CHECKING:
     from lynx_sglang.scheduler.runtime import LynxRuntime
@@ -27,9 +27,33 @@ def handle(runtime: LynxRuntime, request: dict) -> dict:
     raise ConfigError(f"unknown control operation {op!r}")
 
 
+# What a whole config (POST /lynx/policy {"config": ...}, a config file's content) may set while serving.
+LIVE_SETTINGS = ("policy", "params", "budget", "layers", "prune_mixed", "schedule")
+
+
+def applied_config(config: LynxConfig, settings) -> LynxConfig:
+    """A whole config, as a config file holds it: what it leaves out takes the default, so the server's
+    setting is exactly the file's. Settings fixed at start must be absent or equal to the running ones."""
+    if not isinstance(settings, dict):
+        raise ConfigError(f"config: {settings!r} must be an object of settings, as a config file holds them")
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise ConfigError(f"config: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
+    parsed = {name: parse_setting(name, value, f"config: {name}") for name, value in settings.items()}
+    for name in set(parsed) - set(LIVE_SETTINGS):
+        if parsed[name] != getattr(config, name):
+            raise ConfigError(f"config: {name} cannot change while serving; restart the server with it, "
+                              "or leave it out")
+    defaults = LynxConfig()
+    return replace(config, **{name: parsed.get(name, getattr(defaults, name)) for name in LIVE_SETTINGS})
+
+
 def switched_config(config: LynxConfig, request: dict) -> LynxConfig:
-    """The config a POST /lynx/policy asks for. A new policy starts from the given params; the
-    same policy merges them into its current ones. An absent budget keeps the current one."""
+    """The config a POST /lynx/policy asks for: a whole config (`config`), or a change. A new policy
+    starts from the given params; the same policy merges them into its current ones. An absent budget
+    keeps the current one. A change ends a schedule: the server then runs exactly what was posted."""
+    if "config" in request:
+        return applied_config(config, request["config"])
     policy = request.get("policy") or config.policy
     params = request.get("params") or {}
     if not isinstance(params, dict):
@@ -40,7 +64,8 @@ def switched_config(config: LynxConfig, request: dict) -> LynxConfig:
     if policy == "baseline" and "budget" not in request:
         budget = None  # baseline takes no budget; switching to it drops the old one
     parsed = Budget.parse(budget)
-    return replace(config, policy=policy, params=params, budget=None if parsed is None else str(parsed))
+    return replace(config, policy=policy, params=params, budget=None if parsed is None else str(parsed),
+                   schedule=None)
 
 
 def policy_state(runtime: LynxRuntime) -> dict:
@@ -70,13 +95,25 @@ def stats_snapshot(runtime: LynxRuntime) -> dict:
         "policy_failures": runtime.router.failures,
         "steps_by_policy": dict(counts.steps_by_policy),
         "steps_by_mode": dict(counts.steps_by_mode),
+        "steps_by_band": steps_by_band(settings),
         "stats_enabled": settings.config.stats,
         "controller": None if settings.controller is None else settings.controller.state(),
         **figures,
     }
 
 
+def steps_by_band(settings) -> list[dict] | None:
+    """With a schedule, the decode steps each band served (a host read: control path only)."""
+    if settings.band_steps is None:
+        return None
+    steps = settings.band_steps.cpu().tolist()
+    return [{"from_rows": band["from_rows"], "params": band["params"], "budget": band["budget"], "steps": int(count)}
+            for band, count in zip(settings.config.schedule, steps)]
+
+
 def reset_stats(runtime: LynxRuntime) -> None:
+    if runtime.settings.band_steps is not None:
+        runtime.settings.band_steps.zero_()
     runtime.counts.reset()
     runtime.fallback_report.reset()
     runtime.router.failures = 0

@@ -16,6 +16,7 @@ from lynx_sglang.scheduler.bookkeeping import Bookkeeping
 from lynx_sglang.scheduler.decisions import DecisionDigest
 from lynx_sglang.scheduler.introspection import passthrough_reason, renormalizes
 from lynx_sglang.scheduler.log import NoteOnce, Throttle, logger
+from lynx_sglang.scheduler.schedule import band_index, count_step, select_band
 from lynx_sglang.scheduler.settings import PolicySettings
 from lynx_sglang.scheduler.stats import RoutingStats
 from lynx_sglang.scheduler.step import Step
@@ -46,6 +47,9 @@ class Router:
         if rows == 1 and self.settings.lone_row_kept:  # nothing to decide: launch nothing (lone_row.py)
             return output
         renormalize = renormalizes(topk_config)
+        if self.settings.band_steps is not None and layer_id == self.settings.layers[0].layer_id:
+            real = None if step.mode == "mixed" else num_real  # num_real counts a mixed batch's prefill rows too
+            count_step(self.settings.band_steps, band_index(self.settings.band_starts, real, rows))
         if step.mode == "mixed":  # the decode rows follow the prefill rows
             start = ids.shape[0] - step.decode_rows
             new_ids, new_weights = self._route_rows(router_logits[start:], ids[start:], weights[start:], None,
@@ -74,16 +78,24 @@ class Router:
 
     def _propose(self, logits, ids, weights, num_real, layer_id, renormalize):
         """The policy's routing for this layer call, unchecked; the model's own (the same tensors)
-        where there is nothing to decide."""
+        where there is nothing to decide. With a schedule, the band of the call's real rows decides
+        which band's routing it is (schedule.py)."""
         if self.settings.config.policy == "baseline":
             return ids, weights
+        if self.settings.band_settings is None:
+            return self._propose_with(self.settings, logits, ids, weights, num_real, layer_id, renormalize)
+        proposals = [self._propose_with(band, logits, ids, weights, num_real, layer_id, renormalize)
+                     for band in self.settings.band_settings]
+        return select_band(band_index(self.settings.band_starts, num_real, ids.shape[0]), proposals)
+
+    def _propose_with(self, settings: PolicySettings, logits, ids, weights, num_real, layer_id, renormalize):
         num_experts = logits.shape[1]
-        policy = self.settings.policy_for(num_experts, ids.shape[1], renormalize)
+        policy = settings.policy_for(num_experts, ids.shape[1], renormalize)
         if not policy.applies_to_layer(layer_id):  # the model's routing as it is: nothing to check
             return ids, weights
         options = {"implementation": self._implementation()} if _takes_implementation(type(policy)) else {}
         decision = policy.select(logits, ids, weights, num_real=num_real, layer_id=layer_id,
-                                 budget=self.settings.budget_for(num_experts), **options)  # fmt: skip
+                                 budget=settings.budget_for(num_experts), **options)  # fmt: skip
         new_ids, new_weights = decision.topk_ids, decision.topk_weights
         if new_ids.shape != ids.shape or new_weights.shape != weights.shape:
             raise ValueError(f"policy returned shapes {tuple(new_ids.shape)}/{tuple(new_weights.shape)}, "

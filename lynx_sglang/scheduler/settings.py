@@ -8,6 +8,8 @@ changes, so a bad switch leaves the old settings in place.
 
 from __future__ import annotations
 
+import torch
+
 from lynx_sglang.config import TPOT_WITH_TP, Budget, ConfigError, LynxConfig
 from lynx_sglang.policies import ExpertBudget
 from lynx_sglang.policy_setup import build_policy, validate_for_experts, validate_settings
@@ -30,6 +32,12 @@ class PolicySettings:
         self.policies: dict[tuple, object] = {}  # by (E, k, renormalize)
         self.controller: TpotController | None = None
         self.lone_row_kept = False  # a decode call of one row keeps the model's routing (lone_row.py)
+        self._device = device
+        # A schedule (config.schedule): one child settings per band, and the bands' first row counts on
+        # the device, where each step looks its band up from its real row count (schedule.py).
+        self.band_settings: list[PolicySettings] | None = None
+        self.band_starts: torch.Tensor | None = None
+        self.band_steps: torch.Tensor | None = None
         self.apply(config)
 
     def policy_for(self, num_experts: int, top_k: int, renormalize: bool):
@@ -45,7 +53,8 @@ class PolicySettings:
 
     def signature(self) -> tuple:
         """What a captured CUDA graph holds of the settings (budget values live in device tensors)."""
-        return (self.config.policy, tuple(sorted(self.config.params.items())), self.config.layers)
+        bands = None if self.band_settings is None else tuple(band.signature() for band in self.band_settings)
+        return (self.config.policy, tuple(sorted(self.config.params.items())), self.config.layers, bands)
 
     # ---- at start and on every switch -----------------------------------------------------------
     def apply(self, config: LynxConfig) -> None:
@@ -67,8 +76,31 @@ class PolicySettings:
             and budget_keeps_lone_row(config.parsed_budget, self.budgets[num_experts], top_k)
             for num_experts, top_k in {(info.num_experts, info.top_k) for info in self.layers}
         )
+        self._apply_schedule(config)
         if policy_changed:
             logger.info("lynx-sglang: policy is now %s %s", config.policy, config.params or "")
+
+    def _apply_schedule(self, config: LynxConfig) -> None:
+        """One child settings per band (validated with the parent above, so building them cannot fail
+        half-way); the same number of bands refills the children in place, so the budget tensors a
+        captured graph reads stay the same objects."""
+        if not config.schedule:
+            self.band_settings = self.band_starts = self.band_steps = None
+            return
+        bands = config.bands()
+        if self.band_settings is not None and len(self.band_settings) == len(bands):
+            for child, (_, band) in zip(self.band_settings, bands):
+                child.apply(band)
+            self.band_starts.copy_(torch.tensor([start for start, _ in bands], dtype=torch.int64))
+        else:
+            self.band_settings = [PolicySettings(band, self.layers, self._device, self.model_name, self.tp_size,
+                                                 self._calibration) for _, band in bands]  # fmt: skip
+            self.band_starts = torch.tensor([start for start, _ in bands], dtype=torch.int64, device=self._device)
+            self.band_steps = torch.zeros(len(bands), dtype=torch.float64, device=self._device)  # steps per band
+        self.lone_row_kept = self.lone_row_kept and all(child.lone_row_kept for child in self.band_settings)
+        logger.info("lynx-sglang: %s varies by decode batch size: %s", config.policy,
+                    "; ".join(f"from {start} rows {band.params}{' ' + band.budget if band.budget else ''}"
+                              for start, band in bands))
 
     def _controller_for(self, budget: Budget | None) -> TpotController | None:
         if budget is None or budget.kind != "tpot_ms":

@@ -28,6 +28,7 @@ POLICY_FIELDS = {
     "policy": ((str,), "a string"),
     "params": ((dict,), "an object"),
     "budget": ((str, type(None)), "a string such as 'experts=4', or null"),
+    "config": ((dict,), "an object of settings, as a config file holds them"),
 }
 
 
@@ -51,7 +52,9 @@ def policy_request_problem(body) -> str | None:
     if unknown:
         return f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(POLICY_FIELDS)}"
     if not body:
-        return "nothing to change: give at least one of policy, params, budget"
+        return "nothing to change: give at least one of policy, params, budget, or a whole config"
+    if "config" in body and len(body) > 1:
+        return "a whole config stands alone: give config without policy, params or budget"
     for name, (types, expected) in POLICY_FIELDS.items():
         if name in body and not isinstance(body[name], types):
             return f"{name} must be {expected}, got {body[name]!r}"

@@ -147,12 +147,30 @@ def test_a_broken_policy_falls_back_and_the_server_keeps_serving(server, policy)
     (AUTH, {"polcy": "oea"}, 400, "unknown field"),
     (AUTH, [1, 2], 400, "JSON object"),
     (AUTH, b"{not json", 400, "not valid JSON"),
+    (AUTH, {"config": {"policy": "anchor"}, "policy": "oea"}, 400, "a whole config stands alone"),
+    (AUTH, {"config": {"policy": "anchor", "schedule": [{"from_rows": 3}]}}, 400, "must start at 1"),
+    (AUTH, {"config": {"policy": "anchor", "stats": False}}, 400, "stats cannot change while serving"),
 ])  # fmt: skip
 def test_bad_switches_are_refused_and_change_nothing(server, headers, body, status, needle):
     before = get_json(server.url + "/lynx/policy")
     got, reply = post(server.url + "/lynx/policy", body, headers=headers)
     assert got == status and needle in reply["error"], reply
     assert get_json(server.url + "/lynx/policy") == before
+
+
+def test_a_whole_config_with_a_schedule_serves_each_band(server):
+    schedule = [{"from_rows": 1, "params": {"ratio": 0.5}}, {"from_rows": 6, "params": {"ratio": 0.3}}]
+    state = switch(server, config={"policy": "anchor", "params": {"fill_to_k": False}, "schedule": schedule})
+    assert state["params"] == {"fill_to_k": False} and [band["from_rows"] for band in state["schedule"]] == [1, 6]
+    assert get_json(server.url + "/lynx/policy")["schedule"][1]["params"] == {"fill_to_k": False, "ratio": 0.3}
+    reset_stats(server)
+    problems = heldout_problems(40, seed=25)
+    completions = answers(server, problems[:4], concurrency=1) + answers(server, problems[4:], concurrency=32)
+    stats = get_json(server.url + "/lynx/stats")
+    switch(server, policy="lynx")
+    steps = [band["steps"] for band in stats["steps_by_band"]]
+    assert steps[0] > 0 and steps[1] > 0 and sum(steps) == stats["decode_steps"], stats["steps_by_band"]
+    assert stats["pruned_steps"] > 0 and score(problems, completions).accuracy >= 0.8
 
 
 def test_stats_reset_needs_the_token(server):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lynx_sglang.tiny_checkpoints.configs import (
+    ROUTED_SCALING_FACTOR,
     ARCHITECTURES,
     ROUTER_ARCHITECTURES,
     ROUTER_KINDS,
@@ -33,7 +34,7 @@ from lynx_sglang.tiny_checkpoints.shapes import (
 )
 
 __all__ = [
-    "ARCHITECTURES", "FIXED_FIELDS", "NAMED_SHAPES", "ROUTER_ARCHITECTURES", "ROUTER_KINDS",
+    "ARCHITECTURES", "FIXED_FIELDS", "NAMED_SHAPES", "ROUTED_SCALING_FACTOR", "ROUTER_ARCHITECTURES", "ROUTER_KINDS",
     "SOFTMAX_ARCHITECTURES", "RouterShape", "RouterShapeError", "ShapeError", "build_tiny_checkpoint",
     "fit_layers", "parse_shape", "router_shape", "weight_bytes", "write_config_only",
 ]  # fmt: skip

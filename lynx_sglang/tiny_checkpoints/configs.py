@@ -124,8 +124,10 @@ def _router_family_config(tf, arch: str, common: dict, router: RouterShape):
                 common["max_position_embeddings"], "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
                 "mscale_all_dim": 1.0}  # fmt: skip
         return tf.DeepseekV3Config(
-            **common, **grouped, kv_lora_rank=32, q_lora_rank=64, qk_rope_head_dim=16, qk_nope_head_dim=32,
+            **common, **grouped, kv_lora_rank=64, q_lora_rank=64, qk_rope_head_dim=16, qk_nope_head_dim=32,
             v_head_dim=32, rope_parameters=rope,
+            # Fields of DeepSeek-V3's public config.json that transformers ignores and SGLang reads.
+            moe_layer_freq=1, scoring_func="sigmoid", topk_method="noaux_tc",
         )
     if arch == "glm4_moe":
         return tf.Glm4MoeConfig(**common, **grouped, head_dim=32, use_qk_norm=True, attention_bias=True)
@@ -133,7 +135,10 @@ def _router_family_config(tf, arch: str, common: dict, router: RouterShape):
         return tf.Llama4TextConfig(
             **common, head_dim=32, intermediate_size=64, intermediate_size_mlp=256, num_local_experts=experts,
             num_experts_per_tok=k, interleave_moe_layer_step=1, no_rope_layers=[1, 1, 1, 0],
-            attention_chunk_size=common["max_position_embeddings"], use_qk_norm=True,
+            attention_chunk_size=common["max_position_embeddings"],
+            # As Llama-4-Maverick. With q/k norm SGLang casts q and k to bf16 off CUDA (llama4.py), which
+            # breaks a float32 model on CPU.
+            use_qk_norm=False,
         )
     if arch == "gpt_oss":
         return tf.GptOssConfig(

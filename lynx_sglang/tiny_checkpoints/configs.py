@@ -118,13 +118,15 @@ def _router_family_config(tf, arch: str, common: dict, router: RouterShape):
         first_k_dense_replace=1, intermediate_size=256, moe_intermediate_size=64,
     )
     if arch == "deepseek_v3":
-        # Multi-head latent attention, tiny. SGLang's CPU path builds DeepSeek's rotary embedding only
-        # from a YaRN rope_scaling; factor 1 makes YaRN the plain rotary embedding in both libraries.
+        # Multi-head latent attention with a cache row of 256 + 32 = 288, one of the two widths (with
+        # DeepSeek's 576) that SGLang's Triton MLA decode kernel takes. SGLang's CPU path builds
+        # DeepSeek's rotary embedding only from a YaRN rope_scaling; factor 1 makes YaRN the plain
+        # rotary embedding in both libraries.
         rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 1.0, "original_max_position_embeddings":
                 common["max_position_embeddings"], "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
                 "mscale_all_dim": 1.0}  # fmt: skip
         return tf.DeepseekV3Config(
-            **common, **grouped, kv_lora_rank=64, q_lora_rank=64, qk_rope_head_dim=16, qk_nope_head_dim=32,
+            **common, **grouped, kv_lora_rank=256, q_lora_rank=64, qk_rope_head_dim=32, qk_nope_head_dim=32,
             v_head_dim=32, rope_parameters=rope,
             # Fields of DeepSeek-V3's public config.json that transformers ignores and SGLang reads.
             moe_layer_freq=1, scoring_func="sigmoid", topk_method="noaux_tc",

@@ -65,6 +65,9 @@ def build_tiny_checkpoint(
 
     from lynx_sglang.embedded.tokenizer import save_tokenizer
 
+    # A mixtral `shape` may carry the router's size in the config's own field names (bench serve's shapes).
+    num_experts = _one_value("num_local_experts", num_experts, shape.pop("num_local_experts", None))
+    top_k = _one_value("num_experts_per_tok", top_k, shape.pop("num_experts_per_tok", None))
     router = router_shape(arch, num_experts, top_k)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,6 +82,12 @@ def build_tiny_checkpoint(
     _randomise_routers(model, arch, router.num_experts)
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def _one_value(field: str, given, from_shape):
+    if given is not None and from_shape is not None and given != from_shape:
+        raise ValueError(f"{field} given twice with different values: {given} and {from_shape}")
+    return given if given is not None else from_shape
 
 
 def _randomise_routers(model, arch: str, num_experts: int) -> None:

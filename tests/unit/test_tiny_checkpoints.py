@@ -163,3 +163,13 @@ def test_router_defaults_are_tiny_and_llama4_is_top_1():
     assert {arch: (router_shape(arch).num_experts, router_shape(arch).top_k) for arch in ROUTER_ARCHITECTURES} == {
         "deepseek_v3": (8, 2), "glm4_moe": (8, 2), "llama4": (8, 1), "gpt_oss": (8, 2),
     }  # fmt: skip
+
+
+def test_a_mixtral_shape_may_set_the_router_size_in_config_field_names(tmp_path):
+    """`lynx-sglang bench serve` passes its shapes with `num_local_experts` / `num_experts_per_tok`:
+    the router is randomised at that size, and a clash with `num_experts` is refused."""
+    model = load(build_tiny_checkpoint("mixtral", tmp_path, num_local_experts=4, num_experts_per_tok=3))
+    assert experts_and_top_k(model.config) == (4, 3)
+    assert model.model.layers[0].mlp.gate.weight.std() > 0.3
+    with pytest.raises(ValueError, match="num_local_experts given twice with different values: 8 and 4"):
+        build_tiny_checkpoint("mixtral", tmp_path / "clash", num_experts=8, num_local_experts=4)

@@ -70,3 +70,30 @@ def post(url: str, payload, timeout: float = 60, headers: dict | None = None):
 def get_json(url: str, timeout: float = 10):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
+
+
+def generate_greedy(server: RunningServer, prompt_ids: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Greedy continuations of token-id prompts from `/generate`, exactly `new_tokens` each."""
+    body = {"input_ids": prompt_ids, "sampling_params": {"temperature": 0, "max_new_tokens": new_tokens,
+                                                         "ignore_eos": True}}  # fmt: skip
+    status, results = post(server.url + "/generate", body, timeout=300)
+    assert status == 200, results
+    return [r["output_ids"] for r in results]
+
+
+def transformers_greedy(model_dir, prompt_ids: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """The same continuations from transformers in float32: no KV cache and no generate(), so the
+    reference is obviously correct."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    outputs = []
+    with torch.no_grad():
+        for ids in prompt_ids:
+            seq = torch.tensor([ids])
+            for _ in range(new_tokens):
+                next_id = model(seq).logits[0, -1].argmax()
+                seq = torch.cat([seq, next_id.view(1, 1)], dim=1)
+            outputs.append(seq[0, len(ids) :].tolist())
+    return outputs

@@ -1,0 +1,60 @@
+"""`lynx-sglang serve --lynx-policy baseline` answers token for token like transformers' greedy
+decoding (float32) on tiny checkpoints of the router families beyond plain softmax top-k that SGLang's
+CPU path serves: the biased grouped sigmoid routers of GLM-4.5 and DeepSeek-V3 (shared expert, routed
+scaling factor) and gpt-oss's biased-logit softmax router. DeepSeek-V3's latent attention and gpt-oss's
+attention sinks need SGLang's Triton attention backend, run here by Triton's interpreter. One server
+per architecture; on gpt-oss, whose plain softmax router `lynx` prunes today, the same server then
+shows pruning under `lynx`. Llama-4, not served on a CPU, is pinned at its router in
+tests/unit/test_router_models.py; docs/routers.md says why."""
+
+import pytest
+from live_server import RunningServer, generate_greedy, get_json, post, transformers_greedy
+
+from lynx_sglang.tiny_checkpoints import build_tiny_checkpoint
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["123+45=", "r4821=", "Hello, MoE!", "7*8="]
+NEW_TOKENS = 12
+# (experts, top-k, extra serve arguments, extra environment). GLM: 16 experts in four groups, two
+# groups kept, top-4, so that the group limit and the bias both change choices.
+SERVED_ON_CPU = {
+    "glm4_moe": (16, 4, [], {}),
+    "deepseek_v3": (16, 4, ["--attention-backend", "triton"], {"TRITON_INTERPRET": "1"}),
+    "gpt_oss": (8, 2, ["--attention-backend", "triton"], {"TRITON_INTERPRET": "1"}),
+}
+# Plain softmax top-k: `lynx` prunes the routing today. gpt-oss's experts have biases, which lynx's
+# kernel does not take, so SGLang's own expert compute runs the pruned routing.
+PRUNED_TODAY = {"gpt_oss": "sglang (expert biases)"}
+
+
+@pytest.mark.parametrize("arch", list(SERVED_ON_CPU))
+def test_baseline_serving_matches_transformers(arch, tmp_path):
+    from transformers import AutoTokenizer
+
+    experts, top_k, serve_args, env = SERVED_ON_CPU[arch]
+    model_dir = build_tiny_checkpoint(arch, tmp_path / arch, seed=1, num_experts=experts, top_k=top_k)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt_ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    expected = transformers_greedy(model_dir, prompt_ids, NEW_TOKENS)
+
+    srv = RunningServer(["--model-path", str(model_dir), "--lynx-policy", "baseline", "--lynx-admin-token", "t",
+                         *serve_args], tmp_path / "server.log", env=env)  # fmt: skip
+    try:
+        srv.wait_healthy()
+        batched = generate_greedy(srv, prompt_ids, NEW_TOKENS)  # one decode batch of four
+        alone = generate_greedy(srv, prompt_ids[:1], NEW_TOKENS)
+        if arch in PRUNED_TODAY:
+            status, _ = post(srv.url + "/lynx/policy", {"policy": "lynx"}, headers={"Authorization": "Bearer t"})
+            assert status == 200
+            generate_greedy(srv, prompt_ids, NEW_TOKENS)
+            stats, policy = get_json(srv.url + "/lynx/stats"), get_json(srv.url + "/lynx/policy")
+    finally:
+        srv.stop()
+    assert batched == expected, f"{arch}: SGLang {batched} != transformers {expected}"
+    assert alone == expected[:1]
+    assert len({tuple(ids) for ids in expected}) > 1, "the prompts lead to different continuations"
+    if arch in PRUNED_TODAY:
+        assert stats["pruned_steps"] > 0 and stats["fallback_steps"] == 0, stats
+        assert stats["distinct_experts_after"] < stats["distinct_experts_before"], stats
+        assert set(policy["expert_compute"].values()) == {PRUNED_TODAY[arch]}, policy

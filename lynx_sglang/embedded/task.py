@@ -102,8 +102,12 @@ def sample_problems(
     weights: Sequence[float] | None = None,
     distinct: bool = False,
     distribution: Distribution = "digits",
+    exclude: frozenset[str] = frozenset(),
+    up_to: bool = False,
 ) -> list[Problem]:
-    """Draw `count` problems from the training (heldout=False) or held-out partition."""
+    """Draw `count` problems from the training (heldout=False) or held-out partition, none of whose
+    prompts is in `exclude`. A distinct draw that exhausts the partition raises, or with `up_to`
+    returns the problems it found."""
     rng = random.Random(seed)
     problems: list[Problem] = []
     seen: set[str] = set()
@@ -111,9 +115,11 @@ def sample_problems(
     while len(problems) < count:
         kind = rng.choices(list(kinds), weights=weights)[0]
         p = make_problem(kind, rng, distribution)
-        if is_heldout(p.prompt) != heldout or (distinct and p.prompt in seen):
+        if is_heldout(p.prompt) != heldout or (distinct and p.prompt in seen) or p.prompt in exclude:
             fruitless += 1
             if fruitless > MAX_FRUITLESS_DRAWS:
+                if up_to:
+                    return problems
                 raise ValueError(
                     f"found only {len(problems)} of {count} distinct problems ({', '.join(kinds)}) in the "
                     f"{'held-out' if heldout else 'training'} partition"

@@ -27,7 +27,7 @@ from .client import ServerError
 from .experiment import EMBEDDED_MODEL, add_common_arguments, check_common, command_parser, parse_levels
 from .launch import ManagedServer
 from .model_arms import calibration_candidates, served_shape
-from .tasks import load_items, make_scorer
+from .tasks import BUILTIN_TASK, builtin_items_excluding, load_items, make_scorer
 
 # Why a margin: the confirmation draws new items, so its interval moves by about its own half-width
 # around the calibration's estimate. Choosing with the interval's lower end at -(max_loss - margin)
@@ -57,9 +57,18 @@ def parse_args(argv):
 
 
 def split_items(args) -> tuple[list, list]:
-    """Calibration and confirmation items, disjoint; a short task file is split in the same proportion."""
-    items = load_items(args.task, args.n + args.confirm_n, args.seed)
+    """Calibration and confirmation items, disjoint; a short task file is split in the same proportion.
+    The built-in task's held-out partition has about 2,350 distinct problems: the confirmation takes
+    its share first, the calibration what is left (fewer products when they run out; the report says)."""
     make_scorer(args.score)
+    if args.task == BUILTIN_TASK:
+        confirmation = load_items(args.task, args.confirm_n, args.seed)
+        calibration = builtin_items_excluding(args.n, args.seed + 1000, {item.prompt for item in confirmation})
+        if len(calibration) < args.n:
+            print(f"note: the built-in task has {len(calibration)} distinct held-out problems besides the "
+                  f"{len(confirmation)} of the confirmation; calibrating on those", file=sys.stderr)
+        return calibration, confirmation
+    items = load_items(args.task, args.n + args.confirm_n, args.seed)
     if len(items) < args.n + args.confirm_n:
         calibrate_count = max(1, len(items) * args.n // (args.n + args.confirm_n))
         if calibrate_count >= len(items):

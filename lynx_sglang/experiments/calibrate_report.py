@@ -85,7 +85,8 @@ def confirmation_section(results: dict, max_loss: float) -> list[str]:
     lines = ["## Confirmation on held-out items", ""]
     if not results["confirmation"]:
         return lines + ["No candidate stayed within the bound in every band: the config is baseline, nothing to "
-                        "confirm.", ""]
+                        "confirm. The interval narrows with the number of items: see the widths above, and give "
+                        "more calibration items (`--n`) or a looser `--max-loss`.", ""]
     rows = [[str(c["concurrency"]), str(c["items"]), fmt.pct(c["accuracy_baseline"]), fmt.pct(c["accuracy_calibrated"]),
              f"{fmt.points(c['accuracy_diff'])} {fmt.interval_points(c['accuracy_diff_ci'])}",
              fmt.fewer(c["bytes_fraction"]), fmt.ratio(c["tpot_median_ratio"]), "holds" if c["holds"] else "**fails**"]

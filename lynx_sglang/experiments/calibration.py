@@ -102,4 +102,4 @@ def config_for(choice: dict) -> dict:
 
 def config_yaml(config: dict, header: list[str]) -> str:
     lines = [f"# {line}" for line in header]
-    return "\n".join(lines) + "\n" + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    return "\n".join(lines) + "\n" + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)

@@ -31,6 +31,15 @@ class StepCounts:
         self._last_decode_start = now
         return interval
 
+    def not_routed(self, policy: str) -> None:
+        """The decode step `begin` counted had no MoE layer the policy routes (every router passed
+        through): it was not the policy's step, so it counts as passed through."""
+        self.decode_steps -= 1
+        self.passthrough_steps += 1
+        self.steps_by_policy[policy] -= 1
+        if not self.steps_by_policy[policy]:
+            del self.steps_by_policy[policy]
+
     def reset(self) -> None:
         self.decode_steps = self.passthrough_steps = 0
         self.steps_by_policy.clear()

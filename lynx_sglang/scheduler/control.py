@@ -82,6 +82,8 @@ def stats_snapshot(runtime: LynxRuntime) -> dict:
     settings, counts = runtime.settings, runtime.counts
     figures = runtime.stats.snapshot()
     fallback_steps = figures.pop("fallback_steps")
+    for layer in figures["layers"]:
+        layer.update(runtime.router.layer_routing(layer["layer"]))
     return {
         "policy": settings.config.policy,
         "params": settings.config.params,

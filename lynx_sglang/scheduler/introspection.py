@@ -20,7 +20,7 @@ class LoadedModel:
     name: str
     tp_size: int
     calibration: tuple  # (w13, w2, activation) of one MoE layer, for the latency controller
-    router_notes: list[str]  # routers the policy will leave alone, said once at start
+    passthrough: dict[int, str]  # layer id -> why the policy leaves its routing alone (its router)
 
 
 def read_model(model_runner) -> LoadedModel | None:
@@ -40,7 +40,7 @@ def read_model(model_runner) -> LoadedModel | None:
         name=getattr(hf_config, "_name_or_path", "") or str(model_runner.model_config.model_path),
         tp_size=get_parallel().tp_size,
         calibration=(first.w13_weight, first.w2_weight, first.moe_runner_config.activation),
-        router_notes=unsupported_router_notes(model_runner.model),
+        passthrough=passthrough_layers(model_runner.model),
     )
 
 
@@ -57,12 +57,12 @@ def layer_shape(layer, top_k: int) -> LayerShape:
     return LayerShape(experts, hidden, two_i // 2, top_k, str(layer.w13_weight.dtype).removeprefix("torch."))
 
 
-def unsupported_router_notes(model) -> list[str]:
-    """The MoE layers the policy will leave alone, from their TopK modules. The routing hook re-checks
-    each call; layers whose top-k never reaches select_experts are only visible here."""
+def passthrough_layers(model) -> dict[int, str]:
+    """The MoE layers the policy will leave alone and why, from their TopK modules. The routing hook
+    re-checks each call; layers whose top-k never reaches select_experts are only visible here."""
     from sglang.srt.layers.moe.topk import TopK, TopKOutputFormat
 
-    notes = []
+    reasons = {}
     for module in model.modules():
         if not isinstance(module, TopK):
             continue
@@ -71,9 +71,9 @@ def unsupported_router_notes(model) -> list[str]:
             reason = f"the {config.output_format.name} top-k format"
         else:
             reason = router_passthrough_reason(config)
-        if reason:
-            notes.append(f"MoE layers with {reason} pass through untouched (first: layer {module.layer_id})")
-    return notes
+        if reason and getattr(module, "layer_id", None) is not None:
+            reasons[module.layer_id] = reason
+    return reasons
 
 
 def passthrough_reason(output, router_logits, topk_config, dispatch_info) -> str | None:

@@ -31,6 +31,7 @@ class Router:
         self.decisions = decisions  # tensor parallel only: each rank's decisions, comparable
         self.note = note
         self.routed_layers: set[int] = set()  # the layers the policy routes (the others pass through)
+        self.passthrough: dict[int, str] = {}  # layer id -> why its routing is left alone
         self.failures = 0
         self._failure_log = Throttle()
 
@@ -39,7 +40,7 @@ class Router:
         that are real (SGLang's num_token_non_padded: a 0-dim tensor), or None when all are."""
         reason = passthrough_reason(output, router_logits, topk_config, dispatch_info)
         if reason is not None:
-            self.note(f"MoE layers with {reason} pass through untouched (first: layer {layer_id})")
+            self.pass_through(layer_id, reason)
             return output
         self.routed_layers.add(layer_id)
         ids, weights = output.topk_ids, output.topk_weights
@@ -58,6 +59,23 @@ class Router:
                                    topk_weights=torch.cat([weights[:start], new_weights]))
         new_ids, new_weights = self._route_rows(router_logits, ids, weights, num_real, layer_id, renormalize)
         return output._replace(topk_ids=new_ids, topk_weights=new_weights)
+
+    def pass_through(self, layer_id: int, reason: str) -> None:
+        """Record that a layer's routing is left alone, and say so once per reason."""
+        if layer_id not in self.passthrough:
+            self.passthrough[layer_id] = reason
+            self.note(f"MoE layers with {reason} pass through untouched (first: layer {layer_id})")
+
+    def layer_routing(self, layer_id: int) -> dict:
+        """How the policy treats a layer, for /lynx/stats: pruned (the policy decides its routing;
+        `baseline` decides the identity) or passed through, with the reason."""
+        reason = self.passthrough.get(layer_id)
+        if reason is None and self.settings.config.policy != "baseline":
+            num_experts = next(info.num_experts for info in self.settings.layers if info.layer_id == layer_id)
+            top_k = next(info.top_k for info in self.settings.layers if info.layer_id == layer_id)
+            if not self.settings.policy_for(num_experts, top_k, True).applies_to_layer(layer_id):
+                reason = "not in the policy's layers (--lynx-layers)"
+        return {"routing": "pruned"} if reason is None else {"routing": "passthrough", "passthrough_reason": reason}
 
     def _route_rows(self, logits, ids, weights, num_real, layer_id, renormalize):
         # The expert kernel takes the experts present in the final ids; only the digest reads a mask.

@@ -50,10 +50,10 @@ class LynxRuntime:
         if model is None:
             logger.info("lynx-sglang: the model has no MoE layers; nothing to prune")
             return
-        for message in model.router_notes:
-            self.note(message)
         self.bind_layers(model.layers, model.device, model.name, tp_size=model.tp_size,
                          calibration=model.calibration)  # fmt: skip
+        for layer_id, reason in sorted(model.passthrough.items()):
+            self.router.pass_through(layer_id, reason)
 
     def bind_layers(self, layers: list[MoeLayerInfo], device, model_name: str, *, tp_size: int = 1,
                     calibration=None, backend: str | None = None) -> None:  # fmt: skip
@@ -89,6 +89,9 @@ class LynxRuntime:
     def end_step(self, step: Step, routed_rows: int | None) -> None:
         """routed_rows: the rows the routing saw (introspection.routed_rows); None: the forward failed."""
         if not step.prune:
+            return
+        if not self.router.routed_layers:  # every MoE layer passed through: nothing was routed
+            self.counts.not_routed(self.settings.config.policy)
             return
         if routed_rows == 1 and self.settings.lone_row_kept:  # the routing hook launched nothing
             for record in (self.stats, self.decisions):

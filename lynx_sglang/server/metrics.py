@@ -17,9 +17,10 @@ logger = logging.getLogger("lynx_sglang")
 # Metric name -> help, or -> (key in the /lynx/stats JSON, help) where the key is not the name less
 # `lynx_`. Counters get the _total suffix from prometheus_client.
 STEP_COUNTERS = {
-    "lynx_decode_steps": "Decode steps the policy handled (pruned + fallback).",
-    "lynx_pruned_steps": "Decode steps routed by the policy in every MoE layer.",
-    "lynx_passthrough_steps": "Steps passed through untouched (prefill, mixed, idle, verify).",
+    "lynx_decode_steps": "Decode steps the policy handled in at least one MoE layer (pruned + fallback).",
+    "lynx_pruned_steps": "Decode steps routed by the policy in every MoE layer it routes.",
+    "lynx_passthrough_steps": "Steps passed through untouched (prefill, mixed, idle, verify; decode steps "
+                              "with every router passed through).",
     "lynx_fallback_steps": "Decode steps on which a layer fell back to the model's routing.",
     "lynx_policy_failures": "Policy calls that raised (each made its layer keep the model's routing).",
 }

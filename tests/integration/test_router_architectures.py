@@ -26,6 +26,9 @@ SERVED_ON_CPU = {
 # Plain softmax top-k: `lynx` prunes the routing today. gpt-oss's experts have biases, which lynx's
 # kernel does not take, so SGLang's own expert compute runs the pruned routing.
 PRUNED_TODAY = {"gpt_oss": "sglang (expert biases)"}
+# Routers the policies do not model yet: under `lynx` every layer passes through, and the stats say so
+# (no pruned step, each layer's reason).
+PASSED_THROUGH_TODAY = {"glm4_moe": "a grouped router"}
 
 
 @pytest.mark.parametrize("arch", list(SERVED_ON_CPU))
@@ -44,7 +47,7 @@ def test_baseline_serving_matches_transformers(arch, tmp_path):
         srv.wait_healthy()
         batched = generate_greedy(srv, prompt_ids, NEW_TOKENS)  # one decode batch of four
         alone = generate_greedy(srv, prompt_ids[:1], NEW_TOKENS)
-        if arch in PRUNED_TODAY:
+        if arch in PRUNED_TODAY or arch in PASSED_THROUGH_TODAY:
             status, _ = post(srv.url + "/lynx/policy", {"policy": "lynx"}, headers={"Authorization": "Bearer t"})
             assert status == 200
             generate_greedy(srv, prompt_ids, NEW_TOKENS)
@@ -54,7 +57,12 @@ def test_baseline_serving_matches_transformers(arch, tmp_path):
     assert batched == expected, f"{arch}: SGLang {batched} != transformers {expected}"
     assert alone == expected[:1]
     assert len({tuple(ids) for ids in expected}) > 1, "the prompts lead to different continuations"
+    if arch in PASSED_THROUGH_TODAY:
+        assert stats["decode_steps"] == stats["pruned_steps"] == 0 and stats["passthrough_steps"] > 0, stats
+        assert {(layer["routing"], layer["passthrough_reason"]) for layer in stats["layers"]} == {
+            ("passthrough", PASSED_THROUGH_TODAY[arch])}, stats["layers"]
     if arch in PRUNED_TODAY:
         assert stats["pruned_steps"] > 0 and stats["fallback_steps"] == 0, stats
+        assert {layer["routing"] for layer in stats["layers"]} == {"pruned"}, stats["layers"]
         assert stats["distinct_experts_after"] < stats["distinct_experts_before"], stats
         assert set(policy["expert_compute"].values()) == {PRUNED_TODAY[arch]}, policy

@@ -135,6 +135,36 @@ def test_routers_it_does_not_handle_pass_through(caplog):
     assert any("a grouped router pass through untouched" in r.getMessage() for r in caplog.records)
 
 
+def test_a_step_on_which_every_layer_passes_through_is_not_a_pruned_step():
+    runtime = make_runtime("lynx")
+    logits, output = routing()
+    grouped = topk.TopKConfig(top_k=K, use_grouped_topk=True, topk_group=1, num_expert_group=1)
+    for _ in range(3):
+        runtime.begin_step(DECODE)
+        for layer in (0, 1):
+            route(runtime, logits, output, layer, config=grouped)
+        runtime.end_step(DECODE, T)
+    stats = snapshot(runtime)
+    assert (stats["decode_steps"], stats["pruned_steps"], stats["passthrough_steps"]) == (0, 0, 3)
+    assert stats["steps_by_policy"] == {}
+    assert [layer["routing"] for layer in stats["layers"]] == ["passthrough", "passthrough"]
+    assert {layer["passthrough_reason"] for layer in stats["layers"]} == {"a grouped router"}
+
+
+def test_each_layer_says_whether_the_policy_routes_it():
+    runtime = make_runtime("budget", budget="experts=2", layers="1")
+    logits, output = routing()
+    runtime.begin_step(DECODE)
+    for layer in (0, 1):
+        route(runtime, logits, output, layer)
+    runtime.end_step(DECODE, T)
+    stats = snapshot(runtime)
+    assert stats["decode_steps"] == 1 and stats["pruned_steps"] == 1
+    first, second = stats["layers"]
+    assert first == {**first, "routing": "passthrough", "passthrough_reason": "not in the policy's layers (--lynx-layers)"}
+    assert second["routing"] == "pruned" and "passthrough_reason" not in second
+
+
 def test_switch_is_validated_before_anything_changes():
     runtime = make_runtime("lynx", admin_token="t")
     with pytest.raises(ConfigError, match="unknown parameter"):

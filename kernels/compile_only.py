@@ -45,9 +45,10 @@ def compile_only_for_hopper():
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
-    from . import routing_triton
+    from .routing import triton_plan
+    from .triton_shared import INTERPRETING
 
-    if routing_triton.INTERPRETING:
+    if INTERPRETING:
         raise RuntimeError("compile_only_for_hopper: unset TRITON_INTERPRET (the interpreter replaces the kernels)")
     original_run = JITFunction.run
 
@@ -60,11 +61,11 @@ def compile_only_for_hopper():
         real = None
     driver.set_active(_HopperDriver(real))
     JITFunction.run = run
-    routing_triton.ALLOW_CPU_TENSORS = True
+    triton_plan.ALLOW_CPU_TENSORS = True
     try:
         yield
     finally:
-        routing_triton.ALLOW_CPU_TENSORS = False
+        triton_plan.ALLOW_CPU_TENSORS = False
         JITFunction.run = original_run
         if real is None:
             driver._active = None

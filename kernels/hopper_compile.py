@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 # Hopper (H100/H200): 227 KiB of shared memory per thread block at most.
 HOPPER_MAX_SHARED_BYTES = 232_448
+HOPPER_DEVICE = "NVIDIA_H100_80GB_HBM3"  # whose launch configurations the routing cases compile
 BATCHES = (1, 8, 32, 64, 128)
 
 
@@ -125,10 +126,15 @@ ROUTING_SHAPES = [
 
 
 def routing_cases(dtype: str, quick: bool):
+    """Both launches of the fused routing, with the constexprs a call at each shape launches them with on
+    an H100 (its launch configurations)."""
     import torch
 
-    from . import routing_triton as rt
-    from .routing import BudgetRule, CoverageRule, GivenRule, LynxRule, OwnTopRule, TopNRule
+    from .routing import BudgetRule, CoverageRule, GivenRule, LynxRule, OwnTopRule, RoutingCall, TopNRule
+    from .routing.launch_config import launch_config
+    from .routing.triton_plan import launch_constants, mass_partial_dtype
+    from .routing.triton_remap import routing_decide_kernel
+    from .routing.triton_rows import routing_rows_kernel
 
     rules = {
         "lynx beta=2 mass": LynxRule(3.0, 2, True), "lynx beta=4 index": LynxRule(3.0, 4, False),
@@ -139,41 +145,29 @@ def routing_cases(dtype: str, quick: bool):
     }  # fmt: skip
     shapes = ROUTING_SHAPES[:3] if quick else ROUTING_SHAPES
     for name, rows, experts, top_k, slots, budget in shapes:
-        args = rt._rule_arguments(rules[name])
-        if name == "given keep":
-            args["KEEP_MODE"] = rt.KEEP_GIVEN
-        block_e, block_k = rt.block_sizes(experts, top_k)
-        config = rt.launch_config(rows, experts, top_k)
-        block_t, scan_t = config.block_t, config.scan_t
+        call = RoutingCall(
+            rules[name], torch.empty(rows, experts), torch.empty(rows, top_k, dtype=torch.int32),
+            torch.empty(rows, top_k), torch.tensor(rows), slots, not budget,
+            budget_max_experts=torch.tensor(1) if budget else None, budget_mass_fraction=torch.tensor(1.0) if budget else None,
+            given_keep=torch.empty(rows, dtype=torch.bool) if name == "given keep" else None,
+        )  # fmt: skip
+        config = launch_config(rows, experts, top_k, HOPPER_DEVICE)
+        constants = launch_constants(call, config)
         example = f"{name}, T={rows} E={experts} k={top_k}"
         per_row = {"own_ids_ptr": "*i32", "own_values_ptr": "*fp32", "own_weights_ptr": "*i64", "row_state_ptr": "*i32",
                    "bins_ptr": "*i8", "bin_masks_ptr": "*i64", "num_real_ptr": "*i64",
                    "part_tallies_ptr": "*i32",
-                   "part_mass_ptr": "*i32" if rt.mass_partial_dtype(rows) == torch.int32 else "*i64"}  # fmt: skip
-        tally = rt.tally_layout(rows, args["BETA"] + 1 if args["MODE"] == rt.MODE_LYNX else 0)
-        packing = dict(TALLY_BITS=tally.bits, TALLIES_PER_WORD=tally.per_word, TALLY_WORDS=tally.words)
+                   "part_mass_ptr": "*i32" if mass_partial_dtype(rows) == torch.int32 else "*i64"}  # fmt: skip
         yield Case(
-            f"{dtype} _routing_rows_kernel ({example})", rt._routing_rows_kernel, {"logits_ptr": f"*{dtype}", **per_row},
-            dict(MODE=args["MODE"], TOP_K=top_k, FLOOR_K=args["FLOOR_K"], BETA=args["BETA"], NUM_REAL_MODE=2,
-                 BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, PICKS=config.picks,
-                 WORDS=rt.bit_words(block_e), STORE_WEIGHTS=rt.reads_own_weights(args),
-                 TALLY_WORDS_P2=tally.words_pow2, **packing),
-            config.rows_warps, 1, {"alpha": "fp32"},
+            f"{dtype} routing_rows_kernel ({example})", routing_rows_kernel, {"logits_ptr": f"*{dtype}", **per_row},
+            constants.rows, config.rows_warps, 1, {"alpha": "fp32"},
         )  # fmt: skip
         yield Case(
-            f"{dtype} _routing_decide_kernel ({example})", rt._routing_decide_kernel,
+            f"{dtype} routing_decide_kernel ({example})", routing_decide_kernel,
             {"logits_ptr": f"*{dtype}", "topk_ids_ptr": "*i32", "topk_weights_ptr": "*fp32", **per_row,
              "budget_max_ptr": "*i64", "budget_fraction_ptr": "*fp32", "given_active_ptr": "*u8", "given_keep_ptr": "*u8",
              "scratch_ptr": "*i64", "out_ids_ptr": "*i32", "out_weights_ptr": "*fp32", "active_out_ptr": "*u8"},
-            dict(MODE=args["MODE"], TOP_K=top_k, SLOTS=slots, BETA=args["BETA"], TIE_BY_MASS=args["TIE_BY_MASS"],
-                 KEEP_MODE=args["KEEP_MODE"], ANY_DROP=args["ANY_DROP"], HAS_BUDGET=budget, RENORMALIZE=not budget,
-                 NUM_REAL_MODE=2, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, CHUNK=config.chunk,
-                 SCAN_T=scan_t, PARTS=config.parts,
-                 ONE_LOAD=-(-rows // block_t) <= config.parts, PICKS=config.picks, WORDS=rt.bit_words(block_e),
-                 BITS_T=rt.bits_rows(rows, config.decide_warps), SORT_TOP_UP=rt.top_up_sorts(rows, block_e, config),
-                 SORT_RULE=rt.rule_sorts(rules[name], rows, block_e, config),
-                 SORT_CAP=rt.cap_sorts(rows, block_e, config), LOG_E=block_e.bit_length() - 1, **packing),
-            config.decide_warps, 1,
+            constants.decide, config.decide_warps, 1,
         )  # fmt: skip
 
 
@@ -251,8 +245,8 @@ def compile_calls(specs, dtype: str) -> None:
     import torch
 
     from .compile_only import compile_only_for_hopper
-    from .routing_triton import route_triton
     from .layer_triton import finalize_triton, record_triton
+    from .routing.triton_plan import route_triton
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     with compile_only_for_hopper():

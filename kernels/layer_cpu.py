@@ -12,32 +12,32 @@ are exact; the dropped router mass is summed in float64 (torch sums fp32).
 from __future__ import annotations
 
 import ctypes
-import functools
+from pathlib import Path
 
 import torch
 
-from .routing_cpu import _rows_of as _rows
-from .routing_cpu import c_function
+from .cpu_library import c_struct, header, load_function
+from .routing.cpu import rows_of as _rows
+from .routing.rules import MAX_TOP_K
 
 STAT_FIELDS = 7
+SOURCE = Path(__file__).with_name("layer_cpu.cpp")
+
+LayerArgs = c_struct("LayerArgs", """
+    const float* logits;
+    const void* original_ids;  const float* original_weights;
+    const void* new_ids; const float* new_weights;
+    void* out_ids; float* out_weights; uint8_t* fell_back_out; uint8_t* mask_out;
+    double* table_row; double* step_fell_back;
+    int64_t logits_stride, original_ids_stride, original_weights_stride, new_ids_stride, new_weights_stride;
+    int64_t num_rows, num_experts, top_k, num_real;
+    int32_t ids_are_int64, check, given_fell;
+""")
 
 
-class LayerArgs(ctypes.Structure):
-    """Mirror of `struct LayerArgs` in routing_cpu.cpp (same order, same types)."""
-
-    _fields_ = [(name, ctypes.c_void_p) for name in (
-        "logits", "original_ids", "original_weights", "new_ids", "new_weights", "out_ids", "out_weights",
-        "fell_back_out", "mask_out", "table_row", "step_fell_back",
-    )] + [(name, ctypes.c_int64) for name in (
-        "logits_stride", "original_ids_stride", "original_weights_stride", "new_ids_stride", "new_weights_stride",
-        "num_rows", "num_experts", "top_k", "num_real",
-    )] + [(name, ctypes.c_int32) for name in ("ids_are_int64", "check", "given_fell")]  # fmt: skip
-
-
-@functools.cache
 def load_layer_op():
     """The C function, or None when the library cannot be built here (then the runtime uses torch ops)."""
-    return c_function("lynx_layer_cpu", LayerArgs)
+    return load_function(SOURCE, header({"LYNX_MAX_TOP_K": MAX_TOP_K}, LayerArgs), "lynx_layer_cpu", LayerArgs)
 
 
 def _call(logits, original_ids, original_weights, new_ids, new_weights, num_real, *, check: bool, given_fell: bool,

@@ -32,8 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .routing_triton import _column, _num_real_arguments, _real_rows, block_sizes, warps_for
-from .triton_moe import INTERPRETING
+from .triton_shared import INTERPRETING, block_sizes, column, is_real_row, num_real_arguments, warps_for
 
 STAT_FIELDS = 7
 STAT_FIELDS_C = tl.constexpr(STAT_FIELDS)
@@ -87,7 +86,7 @@ def _layer_kernel(
     for start in range(0, scan_rows, SCAN_T):
         rows = start + tl.arange(0, SCAN_T)
         row_ok = rows < num_rows
-        real = _real_rows(rows, num_rows, num_real_ptr, num_real, NUM_REAL_MODE)
+        real = is_real_row(rows, num_rows, num_real_ptr, num_real, NUM_REAL_MODE)
         in_slots = row_ok[:, None] & slot_ok
         new_ids = tl.load(new_ids_ptr + rows[:, None].to(tl.int64) * stride_new_ids + slot[None, :], mask=in_slots,
                           other=0)  # fmt: skip
@@ -120,7 +119,7 @@ def _layer_kernel(
     # This program's own rows: the final routing and the per-row statistics.
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
     row_ok = rows < num_rows
-    real = _real_rows(rows, num_rows, num_real_ptr, num_real, NUM_REAL_MODE)
+    real = is_real_row(rows, num_rows, num_real_ptr, num_real, NUM_REAL_MODE)
     in_slots = row_ok[:, None] & slot_ok
     original = tl.load(original_ids_ptr + rows[:, None].to(tl.int64) * stride_original_ids + slot[None, :],
                        mask=in_slots, other=0)  # fmt: skip
@@ -148,7 +147,7 @@ def _layer_kernel(
     if STATS:
         kept = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int1)
         for j in tl.static_range(TOP_K):
-            kept = kept | (original == _column(final, slot, j)[:, None])
+            kept = kept | (original == column(final, slot, j)[:, None])
         lost = ~kept & slot_ok & real[:, None]
         rerouted = tl.sum((tl.sum(lost.to(tl.int32), axis=1) > 0).to(tl.int32), axis=0)
         # Router probability of the experts a row lost: softmax(x).nan_to_num(0), so a row with NaN or
@@ -188,7 +187,7 @@ def _layer_kernel(
 def launch_sizes(num_rows: int, num_experts: int, top_k: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_T, SCAN_T, BLOCK_E, BLOCK_K, warps): shapes only. BLOCK_T rows per program (the grid is
     cdiv(T, BLOCK_T)); SCAN_T rows per step of the loop over every row; no more threads than the
-    BLOCK_T tile has elements (routing_triton.warps_for)."""
+    BLOCK_T tile has elements (triton_shared.warps_for)."""
     block_e, block_k = block_sizes(num_experts, top_k)
     block_t = max(1, min(16, 2048 // block_e, triton.next_power_of_2(num_rows)))
     scan_t = max(block_t, min(64, 8192 // block_e, triton.next_power_of_2(num_rows)))
@@ -212,7 +211,7 @@ def _launch(logits, original_ids, original_weights, new_ids, new_weights, num_re
         raise ValueError("table_row must be a contiguous float64 row of the statistics table")
     scratch = torch.empty(2, block_e, dtype=torch.int32, device=logits.device)
     placeholder = scratch
-    num_real_mode, num_real_ptr, num_real_value = _num_real_arguments(num_real, logits.device, placeholder)
+    num_real_mode, num_real_ptr, num_real_value = num_real_arguments(num_real, logits.device, placeholder)
     _layer_kernel[(triton.cdiv(num_rows, block_t),)](
         logits, original_ids, original_weights, new_ids, new_weights, num_real_ptr,
         placeholder if fell_back is None else fell_back.view(torch.uint8),

@@ -27,7 +27,10 @@ import subprocess
 import sys
 import tempfile
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "routing_triton.py")
+KERNELS = os.path.dirname(os.path.abspath(__file__))
+# The files whose functions instructions are counted for: the routing launches and what they share.
+SOURCES = [os.path.join(KERNELS, "routing", name) for name in sorted(os.listdir(os.path.join(KERNELS, "routing")))
+           if name.startswith("triton_")] + [os.path.join(KERNELS, "triton_shared.py")]
 _INSTRUCTION = re.compile(r"\s+/\*([0-9a-f]+)\*/\s+(.*?)\s*;")
 _LINE = re.compile(r'//## File "(.*?)", line (\d+)')
 _LABEL = re.compile(r"(\.L_x_\d+):")
@@ -38,7 +41,7 @@ def compiled_launches(call, config):
     from triton.runtime.jit import JITFunction
 
     from .compile_only import compile_only_for_hopper
-    from .routing_triton import plan_triton
+    from .routing.triton_plan import plan_triton
 
     cubins = {}
     with compile_only_for_hopper():
@@ -90,13 +93,13 @@ def analyse(cubin: bytes, workdir: str, name: str) -> Report:
     registers = int(re.search(r"REG:(\d+)", usage).group(1))
     stack = int(re.search(r"STACK:(\d+)", usage).group(1))
     listing = subprocess.run([_tool("nvdisasm"), "-g", "-c", path], capture_output=True, text=True, check=True).stdout
-    names = functions_by_line(SOURCE)
+    names = {os.path.basename(path): functions_by_line(path) for path in SOURCES}
     instructions, labels, pending, where = [], {}, None, None
     for text in listing.splitlines():
         line = _LINE.search(text)
         if line:  # Triton's library code (tl.sum, tl.cumsum: standard.py) counts for the caller seen last
-            if os.path.basename(line.group(1)) == os.path.basename(SOURCE):
-                where = names.get(int(line.group(2)))
+            if os.path.basename(line.group(1)) in names:
+                where = names[os.path.basename(line.group(1))].get(int(line.group(2)))
             continue
         label = _LABEL.match(text)
         if label:
@@ -137,8 +140,8 @@ def main(argv=None) -> int:
     import torch
     import triton
 
-    from .hopper_compile import CALL_RULES, routing_call
-    from .routing_triton import LaunchConfig, launch_config
+    from .hopper_compile import CALL_RULES, HOPPER_DEVICE, routing_call
+    from .routing.launch_config import LaunchConfig, launch_config
 
     if args.rule not in CALL_RULES:
         parser.error(f"unknown rule {args.rule!r}; one of: {', '.join(CALL_RULES)}")
@@ -152,10 +155,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as workdir:
         for tokens in [int(t) for t in args.tokens.split(",")]:
             call = routing_call(args.rule, args.experts, args.top_k, tokens, False, torch.bfloat16, seed=0)
-            config = launch_config(tokens, args.experts, args.top_k)._replace(**overrides)
+            config = launch_config(tokens, args.experts, args.top_k, HOPPER_DEVICE)._replace(**overrides)
             print(f"\n## {args.rule}, E={args.experts} k={args.top_k} T={tokens}: {config}")
             cubins = compiled_launches(call, config)
-            for launch, kernel in enumerate(("_routing_rows_kernel", "_routing_decide_kernel"), 1):
+            for launch, kernel in enumerate(("routing_rows_kernel", "routing_decide_kernel"), 1):
                 report = analyse(cubins[kernel], workdir, kernel)
                 print(f"launch {launch} ({kernel}): {report.instructions} instructions, {report.registers} registers, "
                       f"{report.stack} B stack")  # fmt: skip

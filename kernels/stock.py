@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .triton_moe import INTERPRETING
+from .triton_shared import INTERPRETING
 
 
 def moe_align_block_size_stock(

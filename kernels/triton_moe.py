@@ -30,7 +30,6 @@ stays native bf16.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -38,17 +37,7 @@ import triton
 import triton.language as tl
 
 from .align import ActiveAlignment, align_active_experts, max_blocks_bound
-
-
-def _interpreter_enabled() -> bool:
-    """Whether ``@triton.jit`` below produced interpreted functions (decided at decoration time)."""
-    knobs = getattr(triton, "knobs", None)
-    if knobs is not None and getattr(knobs.runtime, "interpret", False):
-        return True
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-INTERPRETING = _interpreter_enabled()
+from .triton_shared import INTERPRETING
 
 ACTIVATION_CODES = {"silu": 0, "gelu": 1}
 

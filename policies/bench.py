@@ -275,7 +275,7 @@ def per_launch_table(args, device, dtype, timer) -> None:
     """Launch 1 (rows: own top-k, bins, partial sums) and launch 2 (batch decision, remap) of each
     fused rule, timed apart: which one to make faster. Launch 2 is replayed on launch 1's output."""
     from ..kernels.routing import GivenRule, fused_supports
-    from ..kernels.routing_triton import plan_triton
+    from ..kernels.routing.triton_plan import plan_triton
 
     print("\n## fused path per launch: launch 1 (rows) / launch 2 (decision, remap), us per call")
     head = f"{'policy':<12} {'E':>4} {'k':>2} " + " ".join(f"{'T=' + str(t):>17}" for t in args.tokens)

@@ -1,5 +1,5 @@
 """Launch-configuration sweep of the fused routing on a GPU: which block sizes and warps make each
-launch fastest, per policy, E and T. What `routing_triton.launch_config` should pick comes from here.
+launch fastest, per policy, E and T. What `launch_config.launch_config` should pick comes from here.
 
     python -m lynx_sglang.policies.launch_sweep [--policies lynx] [--experts 64,128] [--tokens 1,8,32,128,256]
                                          [--repeats 10] [--workers N] [--log FILE]
@@ -24,7 +24,10 @@ import sys
 import torch
 
 from ..kernels.routing import GivenRule, fused_supports
-from ..kernels.routing_triton import LaunchConfig, block_sizes, launch_config, parts_per_load, plan_triton
+from ..kernels.configs import device_name
+from ..kernels.routing.launch_config import LaunchConfig, launch_config, parts_per_load
+from ..kernels.routing.triton_plan import plan_triton
+from ..kernels.triton_shared import block_sizes
 from .bench import make_batch, time_cuda_graph, top_k_for
 from .registry import get_policy
 
@@ -32,10 +35,10 @@ from .registry import get_policy
 def candidates(num_rows: int, num_experts: int, top_k: int) -> list[LaunchConfig]:
     """The default first, then alternatives for each launch, and lynx's earlier ways of picking with
     their own settings (rows per step, warps). Launch 1's warps never exceed its tile's elements over
-    32 (routing_triton.warps_for: more crashed Triton 3.6 at some shapes); launch 2's are bounded by
+    32 (triton_shared.warps_for: more crashed Triton 3.6 at some shapes); launch 2's are bounded by
     its largest tile, the ranking's chunk x E (a candidate that fails to compile is reported and
     skipped)."""
-    default = launch_config(num_rows, num_experts, top_k)
+    default = launch_config(num_rows, num_experts, top_k, device_name())
     block_e, _ = block_sizes(num_experts, top_k)
     rows_pow2 = 1 << max(num_rows - 1, 0).bit_length()
     found = [default]
@@ -174,7 +177,7 @@ def main(argv=None) -> int:
         if not times:
             print(f"{name:<8} {num_experts:>4} {num_rows:>4}  no candidate ran")
             continue
-        default = launch_config(num_rows, num_experts, call.topk_ids.shape[1])
+        default = launch_config(num_rows, num_experts, call.topk_ids.shape[1], device_name())
         pair = min(times, key=lambda c: sum(times[c]))
         rows = min(times, key=lambda c: times[c][0])
         decide = min(times, key=lambda c: times[c][1])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.routing import FP32_BIG as _FP32_BIG
+from ..kernels.routing.rules import FP32_BIG as _FP32_BIG
 from .keys import stable_topk_indices
 
 

@@ -5,15 +5,17 @@ batch's order ranked by O(E^2) counting rather than sorted)."""
 
 import torch
 
-from lynx_sglang.kernels.routing_triton import launch_config, plan_triton
+from lynx_sglang.kernels.configs import device_name
+from lynx_sglang.kernels.routing.launch_config import launch_config
+from lynx_sglang.kernels.routing.triton_plan import plan_triton
 from lynx_sglang.policies.bench import make_batch
 from lynx_sglang.policies.registry import get_policy
 
 policy = get_policy("lynx", num_experts=128, top_k=8)
-default = launch_config(256, 128, 8).picks
+default = launch_config(256, 128, 8, device_name()).picks
 for tokens, picks in ((1, default), (256, default), (256, 0)):
     logits, ids, weights = make_batch(tokens, 128, 8, "cuda", torch.bfloat16)
-    config = launch_config(tokens, 128, 8)._replace(picks=picks)
+    config = launch_config(tokens, 128, 8, device_name())._replace(picks=picks)
     plan = plan_triton(policy.fused_call(logits, ids, weights, torch.tensor(tokens, device="cuda")), config)
     for _ in range(3):
         plan.rows()

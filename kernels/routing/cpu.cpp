@@ -1,7 +1,12 @@
 // The fused routing decision on a CPU: the same rules as lynx_sglang.policies (the torch reference)
-// and kernels/routing_triton.py, in one pass over the rows, one over the experts, one remap pass.
-// Exact by construction: floats are only compared, or produced by single IEEE operations (built with
-// -ffp-contract=off); sums are integers. No torch headers: plain pointers, loaded with ctypes.
+// and the Triton launches (routing/triton_*.py), in one pass over the rows, one over the experts, one
+// remap pass. Exact by construction: floats are only compared, or produced by single IEEE operations
+// (built with -ffp-contract=off); sums are integers. No torch headers: plain pointers, loaded with ctypes.
+//
+// lynx_generated.h is written by routing/cpu.py from the Python definitions: struct RouteArgs, the rule
+// codes (LYNX_MODE_*, LYNX_KEEP_*), the fixed point (LYNX_MASS_BITS, LYNX_RATIO_BITS), LYNX_MAX_TOP_K.
+#include "lynx_generated.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -12,7 +17,7 @@
 
 // The row passes vectorise; on x86-64 they are also built for AVX2 and the CPU picks at load time
 // (about 20% faster than the SSE2 baseline at T 256, E 128). Exact either way: the same IEEE
-// operations, no fused multiply-add. routing_cpu.py builds without it where the compiler refuses.
+// operations, no fused multiply-add. kernels/cpu_library.py builds without it where the compiler refuses.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(LYNX_NO_TARGET_CLONES)
 #define LYNX_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -21,40 +26,24 @@
 
 namespace {
 
-enum Mode : int32_t { kLynx = 0, kOwnTop = 1, kBudget = 2, kTopN = 3, kCoverage = 4, kGiven = 5, kAnchor = 6 };
-enum KeepMode : int32_t { kKeepNone = 0, kKeepDroppedCap = 1, kKeepGiven = 2 };
-constexpr int kMassBits = 20;
-constexpr float kRatioScale = 1099511627776.0f;  // 2**40
-constexpr int kMaxTopK = 64;
-constexpr int kMaxExperts = 1024;
-
-}  // namespace
-
-extern "C" {
-
-// Field order and types mirror RouteArgs in routing_cpu.py.
-struct RouteArgs {
-  const float* logits;
-  const void* topk_ids;
-  const float* topk_weights;
-  const uint8_t* given_active;
-  const uint8_t* given_keep;
-  void* out_ids;
-  float* out_weights;
-  uint8_t* active_out;
-  int64_t logits_stride, ids_stride, weights_stride;
-  int64_t num_rows, num_experts, top_k, slots, num_real;
-  int64_t fraction_units, dropped_cap_units, budget_max_experts, rule_n;
-  float alpha, budget_mass_fraction, big;
-  int32_t ids_are_int64, renormalize, mode, beta, tie_by_mass, floor_k, keep_mode, any_drop, has_budget;
-  int32_t anchor_fill_to_k;  // false: with two voters or more, top up to one expert, not `slots`
-  float anchor_log_ratio;
-  int64_t anchor_min_share_units;
+enum Mode : int32_t {
+  kLynx = LYNX_MODE_LYNX,
+  kOwnTop = LYNX_MODE_OWN_TOP,
+  kBudget = LYNX_MODE_BUDGET,
+  kTopN = LYNX_MODE_TOPN,
+  kCoverage = LYNX_MODE_COVERAGE,
+  kGiven = LYNX_MODE_GIVEN,
+  kAnchor = LYNX_MODE_ANCHOR,
 };
-
-}  // extern "C"
-
-namespace {
+enum KeepMode : int32_t {
+  kKeepNone = LYNX_KEEP_NONE,
+  kKeepDroppedCap = LYNX_KEEP_DROPPED_CAP,
+  kKeepGiven = LYNX_KEEP_GIVEN,
+};
+constexpr int kMassBits = LYNX_MASS_BITS;
+constexpr float kRatioScale = static_cast<float>(1ULL << LYNX_RATIO_BITS);
+constexpr int kMaxTopK = LYNX_MAX_TOP_K;
+constexpr int kMaxExperts = 1024;  // the stack buffers' size
 
 struct Workspace {
   std::vector<int8_t> bins;            // [T, E] lynx bins
@@ -518,134 +507,5 @@ extern "C" int lynx_route_cpu(const RouteArgs* args) {
   decide(a, w);
   remap(a, w);
   for (int64_t e = 0; e < E; ++e) a.active_out[e] = w.active[e];
-  return 0;
-}
-
-// ---- the serving runtime's bookkeeping after a decision (as kernels/layer_triton.py on CUDA) -------------
-
-extern "C" {
-
-struct LayerArgs {
-  const float* logits;
-  const void* original_ids;  // int32 or int64, as new_ids and out_ids
-  const float* original_weights;
-  const void* new_ids;
-  const float* new_weights;
-  void* out_ids;               // null: not wanted (a routing already final)
-  float* out_weights;
-  uint8_t* fell_back_out;      // null: not wanted
-  uint8_t* mask_out;           // [E], null: not wanted
-  double* table_row;           // [7], null: no statistics
-  double* step_fell_back;      // 0-dim, with table_row
-  int64_t logits_stride, original_ids_stride, original_weights_stride, new_ids_stride, new_weights_stride;
-  int64_t num_rows, num_experts, top_k, num_real;
-  int32_t ids_are_int64;
-  int32_t check;       // 1: decide the fallback from the logits and the proposed routing
-  int32_t given_fell;  // without check: the layer fell back (1) or not (0)
-};
-
-}  // extern "C"
-
-namespace {
-
-inline int64_t layer_id_at(const LayerArgs& a, const void* ids, int64_t stride, int64_t t, int64_t j) {
-  if (a.ids_are_int64) return static_cast<const int64_t*>(ids)[t * stride + j];
-  return static_cast<const int32_t*>(ids)[t * stride + j];
-}
-
-// Router probability of expert e in row t, as torch.softmax(...).nan_to_num(0): 0 for a row with a
-// NaN, a +inf or only -inf.
-struct RowSoftmax {
-  double max = 0.0, total = 0.0;
-  bool zero = false;
-  RowSoftmax(const float* x, int64_t E) {
-    float top = -std::numeric_limits<float>::infinity();
-    for (int64_t e = 0; e < E; ++e) {
-      if (std::isnan(x[e])) zero = true;
-      top = std::max(top, x[e]);
-    }
-    zero = zero || !std::isfinite(top);
-    if (zero) return;
-    max = top;
-    for (int64_t e = 0; e < E; ++e) total += std::exp(static_cast<double>(x[e]) - max);
-  }
-  double at(const float* x, int64_t e) const { return zero ? 0.0 : std::exp(static_cast<double>(x[e]) - max) / total; }
-};
-
-}  // namespace
-
-// Checks, final routing, active mask and statistics of one layer call: the semantics of the runtime's
-// torch bookkeeping (LynxRuntime._finish, RoutingStats.record).
-extern "C" int lynx_layer_cpu(const LayerArgs* args) {
-  const LayerArgs& a = *args;
-  const int64_t T = a.num_rows, E = a.num_experts, K = a.top_k;
-  if (E < 1 || E > kMaxExperts || K < 1 || K > kMaxTopK) return 1;
-  const int64_t real = std::min(std::max<int64_t>(a.num_real, 0), T);
-  auto original = [&](int64_t t, int64_t j) { return layer_id_at(a, a.original_ids, a.original_ids_stride, t, j); };
-  auto proposed = [&](int64_t t, int64_t j) { return layer_id_at(a, a.new_ids, a.new_ids_stride, t, j); };
-  bool fell = a.given_fell != 0;
-  if (a.check) {
-    fell = false;
-    for (int64_t t = 0; t < real && !fell; ++t) {
-      const float* x = a.logits + t * a.logits_stride;
-      for (int64_t e = 0; e < E && !fell; ++e) fell = !std::isfinite(x[e]);
-      for (int64_t j = 0; j < K && !fell; ++j) {
-        const int64_t id = proposed(t, j);
-        fell = id < 0 || id >= E || !std::isfinite(a.new_weights[t * a.new_weights_stride + j]);
-      }
-    }
-  }
-  auto final_id = [&](int64_t t, int64_t j) { return a.check && fell ? original(t, j) : proposed(t, j); };
-  if (a.out_ids != nullptr) {
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t j = 0; j < K; ++j) {
-        const int64_t id = final_id(t, j);
-        if (a.ids_are_int64) static_cast<int64_t*>(a.out_ids)[t * K + j] = id;
-        else static_cast<int32_t*>(a.out_ids)[t * K + j] = static_cast<int32_t>(id);
-        a.out_weights[t * K + j] = fell ? a.original_weights[t * a.original_weights_stride + j]
-                                        : a.new_weights[t * a.new_weights_stride + j];
-      }
-    }
-  }
-  if (a.fell_back_out != nullptr) *a.fell_back_out = fell;
-  auto clamped = [&](int64_t id) { return std::min(std::max<int64_t>(id, 0), E - 1); };
-  uint8_t after[kMaxExperts] = {};
-  if (a.mask_out != nullptr || (a.table_row != nullptr && !fell)) {
-    for (int64_t t = 0; t < real; ++t)
-      for (int64_t j = 0; j < K; ++j) after[clamped(final_id(t, j))] = 1;
-  }
-  if (a.mask_out != nullptr) std::copy(after, after + E, a.mask_out);
-  if (a.table_row == nullptr) return 0;
-  if (!fell) {  // every figure but the fallbacks counts only for a layer call that kept its decision
-    uint8_t before[kMaxExperts] = {};
-    int64_t rerouted = 0;
-    double dropped = 0.0;
-    for (int64_t t = 0; t < real; ++t) {
-      const float* x = a.logits + t * a.logits_stride;
-      std::optional<RowSoftmax> probs;  // only for a row that lost an expert
-      bool lost = false;
-      for (int64_t j = 0; j < K; ++j) {
-        const int64_t id = original(t, j);
-        before[clamped(id)] = 1;
-        bool kept = false;
-        for (int64_t i = 0; i < K && !kept; ++i) kept = final_id(t, i) == id;
-        if (kept) continue;
-        lost = true;
-        if (!probs) probs.emplace(x, E);
-        dropped += probs->at(x, clamped(id));
-      }
-      rerouted += lost;
-    }
-    int64_t distinct_before = 0, distinct_after = 0;
-    for (int64_t e = 0; e < E; ++e) distinct_before += before[e], distinct_after += after[e];
-    a.table_row[0] += 1.0;
-    a.table_row[1] += static_cast<double>(real);
-    a.table_row[2] += static_cast<double>(distinct_before);
-    a.table_row[3] += static_cast<double>(distinct_after);
-    a.table_row[4] += static_cast<double>(rerouted);
-    a.table_row[5] += dropped;
-  }
-  a.table_row[6] += fell;
-  if (fell) *a.step_fell_back = 1.0;
   return 0;
 }

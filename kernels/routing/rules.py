@@ -1,16 +1,10 @@
-"""Fused routing decisions: the rules the fused implementations know, and one entry point.
+"""The rules the fused routing implementations know, one layer call's inputs and result, and the codes
+the kernels know the rules by.
 
 A batch-aware policy decides a decode batch's active experts and re-routes every token over them.
-`lynx_sglang.policies` defines the semantics in plain torch (the reference); this module runs the same
-decision in one piece: two Triton launches on CUDA (`routing_triton`), one C++ call on CPU
-(`routing_cpu`). Both reproduce the reference exactly because every comparison is made on integers or
-on floats produced by single IEEE operations (see docs/policies.md, "Routed mass").
-
-Stages, identical for every rule: clean the logits (NaN/inf), voters (real rows with finite logits),
-each voter's own top-k and its renormalised weights in fixed point, per-expert vote counts and routed
-mass, the rule's active set, the top-up to `slots` experts, kept rows, the expert budget cap, and the
-remap (each token re-takes its top-`slots` over the active set; unfillable slots repeat its first choice
-at weight 0; weights renormalised or rescaled to the original top-k mass).
+`lynx_sglang.policies` defines the semantics in plain torch (the reference); a rule here names the
+policy's decision so that a fused implementation (Triton, the C++ op) can run it in one piece.
+Rules and calls are NamedTuples: built per layer call, they must cost next to nothing.
 """
 
 from __future__ import annotations
@@ -24,8 +18,10 @@ import torch
 # 2**RATIO_BITS before truncation (docs/policies.md).
 MASS_BITS = 20
 RATIO_BITS = 40
-# The fused kernels are compiled and tested up to this many experts; beyond, policies run the reference.
+# The fused kernels are compiled and tested up to this many experts and slots; beyond, policies run the
+# reference.
 MAX_FUSED_EXPERTS = 256
+MAX_TOP_K = 64
 # Non-finite logits are replaced by +-FP32_BIG (a quarter of the fp32 range keeps x - max(x) finite).
 FP32_BIG = torch.finfo(torch.float32).max / 4
 
@@ -86,6 +82,20 @@ class GivenRule(NamedTuple):
 
 RoutingRule = LynxRule | OwnTopRule | BudgetRule | TopNRule | CoverageRule | AnchorRule | GivenRule
 
+# The one definition of the codes the kernels know the rules by: the Triton kernels take them as
+# constexprs, the C++ op as macros LYNX_MODE_<NAME> and LYNX_KEEP_<NAME> (kernels/cpu_library.py).
+MODES = {"LYNX": 0, "OWN_TOP": 1, "BUDGET": 2, "TOPN": 3, "COVERAGE": 4, "GIVEN": 5, "ANCHOR": 6}
+_MODE_OF_RULE = {LynxRule: "LYNX", OwnTopRule: "OWN_TOP", BudgetRule: "BUDGET", TopNRule: "TOPN",
+                 CoverageRule: "COVERAGE", GivenRule: "GIVEN", AnchorRule: "ANCHOR"}  # fmt: skip
+# Which rows keep the model's routing: none, voters over coverage's dropped-weight cap, or the rows a
+# policy's torch `decide` returned.
+KEEP_MODES = {"NONE": 0, "DROPPED_CAP": 1, "GIVEN": 2}
+
+
+def mode_of(rule: RoutingRule) -> int:
+    """The rule's mode code. By type: rules are tuples, and BudgetRule(8) == TopNRule(8)."""
+    return MODES[_MODE_OF_RULE[type(rule)]]
+
 
 class RoutingResult(NamedTuple):
     topk_ids: torch.Tensor
@@ -94,8 +104,7 @@ class RoutingResult(NamedTuple):
 
 
 class RoutingCall(NamedTuple):
-    """One layer call: the inputs every implementation takes (so the argument list exists once).
-    Rules and calls are NamedTuples: built per layer call, they must cost next to nothing."""
+    """One layer call: the inputs every implementation takes (so the argument list exists once)."""
 
     rule: RoutingRule
     logits: torch.Tensor  # [T, E] fp32 / bf16 / fp16
@@ -127,52 +136,3 @@ def max_lynx_rows(beta: int) -> int:
     while (rows + 1) ** (beta + 1) < 2**62:
         rows += 1
     return rows
-
-
-def fused_supports(call: RoutingCall) -> bool:
-    """Whether the fused implementations cover this call (static: rule and shapes only)."""
-    if isinstance(call.rule, LynxRule) and call.logits.shape[0] > max_lynx_rows(call.rule.beta):
-        return False  # beyond the int64 vote, the reference switches to float64 sums
-    # k <= E: launch 2 counts the voters as their votes over k (each votes for k distinct experts).
-    return (call.logits.shape[0] >= 1 and call.num_experts <= MAX_FUSED_EXPERTS
-            and call.top_k <= min(64, call.num_experts))
-
-
-def fused_available(implementation: str) -> bool:
-    """Whether "triton" (Triton imports, with CUDA or its interpreter) or "cpu" (the C++ op built and
-    loaded) can run here; checked once per process."""
-    if implementation == "triton":
-        return _triton_available()
-    return _cpu_op_available()
-
-
-@functools.cache
-def _triton_available() -> bool:
-    try:
-        from . import routing_triton  # noqa: F401
-    except Exception:  # noqa: BLE001 - no usable Triton: the torch reference runs instead
-        return False
-    return True
-
-
-@functools.cache
-def _cpu_op_available() -> bool:
-    from .routing_cpu import load_cpu_op
-
-    return load_cpu_op() is not None
-
-
-def fused_route(call: RoutingCall, implementation: str = "auto") -> RoutingResult:
-    """The decision on the device of the logits: "triton" (CUDA, or CPU tensors under
-    TRITON_INTERPRET=1), "cpu" (the C++ op), or "auto" (triton on CUDA, cpu otherwise)."""
-    if implementation == "auto":
-        implementation = "triton" if call.logits.is_cuda else "cpu"
-    if implementation == "triton":
-        from .routing_triton import route_triton
-
-        return route_triton(call)
-    if implementation == "cpu":
-        from .routing_cpu import route_cpu
-
-        return route_cpu(call)
-    raise ValueError(f"implementation must be 'auto', 'triton' or 'cpu', got {implementation!r}")

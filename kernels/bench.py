@@ -197,13 +197,13 @@ def build_implementations(device: torch.device, args) -> dict[str, tuple[str, Im
 
     impls: dict[str, tuple[str, Implementation]] = {}
     if device.type == "cuda" or args.triton_on_cpu:
-        from .stock import fused_moe_stock
-        from .triton_moe import fused_moe_active_triton
+        from .moe.stock import fused_moe_stock
 
-        impls["ours"] = ("lynx_sglang.kernels.fused_moe_active_triton (Triton)",
-                         lambda h, w13, w2, ids, tw, mask: fused_moe_active_triton(h, w13, w2, ids, tw, mask))
+        impls["ours"] = ("lynx_sglang.kernels.fused_moe_active, implementation='triton' (Triton)",
+                         lambda h, w13, w2, ids, tw, mask: fused_moe_active(h, w13, w2, ids, tw, mask,
+                                                                            implementation="triton"))
         if "stock" in args.compare:
-            impls["stock"] = ("lynx_sglang.kernels.stock.fused_moe_stock (re-implementation of SGLang's algorithm)",
+            impls["stock"] = ("lynx_sglang.kernels.moe.stock.fused_moe_stock (re-implementation of SGLang's algorithm)",
                               lambda h, w13, w2, ids, tw, mask: fused_moe_stock(h, w13, w2, ids, tw))
     else:
         impls["ours"] = ("lynx_sglang.kernels.fused_moe_active (CPU torch path)",

@@ -26,6 +26,7 @@ from typing import NamedTuple
 # Hopper (H100/H200): 227 KiB of shared memory per thread block at most.
 HOPPER_MAX_SHARED_BYTES = 232_448
 HOPPER_DEVICE = "NVIDIA_H100_80GB_HBM3"  # whose launch configurations the routing cases compile
+HOPPER_SMS = 132  # an H100 SXM's, for the MoE's tiles
 BATCHES = (1, 8, 32, 64, 128)
 
 
@@ -58,7 +59,7 @@ def compile_for_hopper(kernel, pointer_types: dict[str, str], constexprs: dict, 
 
 def kernel_cases(dtype: str, config, top_k: int, activation_code: int):
     """(kernel, pointer types, constexprs) for the three launches of one MoE call."""
-    from . import triton_moe as tm
+    from .moe import triton_kernels as tm
 
     t = f"*{dtype}"
     ids = {"sorted_pair_ids_ptr": "*i32", "block_expert_ptr": "*i32"}
@@ -96,15 +97,15 @@ class Case(NamedTuple):
 
 def moe_cases(dtype: str, batches, activations):
     from .bench import MODEL_SHAPES
-    from .triton_moe import ACTIVATION_CODES, choose_config
+    from .moe.config import choose_config
+    from .moe.triton_kernels import ACTIVATION_CODES
 
     element_sizes = {"bf16": 2, "fp16": 2, "fp32": 4}
     configs = {}
     for shape in MODEL_SHAPES:
         for batch in batches:
-            config = choose_config(
-                batch, shape.top_k, shape.experts, shape.hidden, shape.intermediate, element_size=element_sizes[dtype],
-            )  # fmt: skip
+            config = choose_config(batch, shape.top_k, shape.experts, shape.hidden, shape.intermediate,
+                                   num_sms=HOPPER_SMS, element_size=element_sizes[dtype])  # fmt: skip
             configs.setdefault((config, shape.top_k), f"{shape.name} B={batch}")
     # Distinct (config, top_k) pairs over the benchmark shapes: the compile depends on nothing else.
     for (config, top_k), example in configs.items():
@@ -334,7 +335,7 @@ def main(argv=None) -> int:
         print("hopper_compile: unset TRITON_INTERPRET (the interpreter replaces the kernels)", file=sys.stderr)
         return 2
 
-    from .triton_moe import ACTIVATION_CODES
+    from .moe.triton_kernels import ACTIVATION_CODES
 
     if args.calls:
         started = time.monotonic()

@@ -48,5 +48,5 @@ def test_triton_and_stock_in_the_interpreter(capsys):
     assert len(rows) == 2
     assert all(math.isfinite(row["x_stock"]) and row["x_stock"] > 0 for row in rows), "stock did not run"
     out = capsys.readouterr().out
-    assert "# stock = lynx_sglang.kernels.stock.fused_moe_stock" in out
-    assert "fused_moe_active_triton (Triton)" in out
+    assert "# stock = lynx_sglang.kernels.moe.stock.fused_moe_stock" in out
+    assert "fused_moe_active, implementation='triton' (Triton)" in out

@@ -47,10 +47,10 @@ def test_real_calls_compile_for_hopper():
 
 
 def test_fp32_tiles_are_shrunk_to_fit_shared_memory():
-    from lynx_sglang.kernels.triton_moe import SHARED_MEMORY_BUDGET, MoeKernelConfig, choose_config
+    from lynx_sglang.kernels.moe.config import SHARED_MEMORY_BUDGET, MoeKernelConfig, choose_config
 
     for element_size in (2, 4):
-        cfg = choose_config(128, 8, 128, 2048, 768, element_size=element_size)
+        cfg = choose_config(128, 8, 128, 2048, 768, num_sms=132, element_size=element_size)
         stages = MoeKernelConfig.num_stages - 1
         gate_up = stages * (cfg.block_m * cfg.gate_up_block_k + 2 * cfg.gate_up_block_k * cfg.gate_up_block_n)
         assert gate_up * element_size <= SHARED_MEMORY_BUDGET, cfg

@@ -1,6 +1,6 @@
 """A re-implementation of the STOCK fused-MoE algorithm (SGLang / vLLM), for comparison only.
 
-This package never imports SGLang; `lynx_sglang.kernel_bench` compares against SGLang's real fused MoE
+This package never imports SGLang; `lynx-sglang bench kernels` compares against SGLang's real fused MoE
 (``sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe.fused_experts``). The stock flow, as there
 (adapted from vLLM):
 
@@ -13,7 +13,7 @@ This package never imports SGLang; `lynx_sglang.kernel_bench` compares against S
 4. ``fused_moe_kernel`` with w2 and MUL_ROUTED_WEIGHT -> intermediate_cache3 [T, k, H].
 5. ``moe_sum`` over k -> out [T, H].
 
-Differences from ours (:mod:`.triton_moe`): alignment and grid over all E experts, not the active list;
+Differences from ours (:mod:`.triton_kernels`): alignment and grid over all E experts, not the active list;
 a separate activation pass over a [T*k, 2I] buffer; every id in topk_ids is computed (there is no
 active mask: a policy must remap ids first, which is what the benchmark does, so both compute the same
 experts). The only addition to the stock kernel is the interpreter-only ``UPCAST_DOT`` flag, so the
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .triton_shared import INTERPRETING
+from ..triton_shared import INTERPRETING
 
 
 def moe_align_block_size_stock(

@@ -17,7 +17,7 @@ Three launches, all over static grids:
 
 Decode tuning: a decode block has few rows, so the cost is streaming weights. Both GEMMs are split along
 N (intermediate columns, then hidden columns) so that (real blocks) x (N tiles) programs cover every SM;
-:func:`choose_config` picks BLOCK_N from the expected number of blocks. Programs of a block past the
+:func:`config.choose_config` picks BLOCK_N from the expected number of blocks. Programs of a block past the
 real count read one int32 (``block_expert == -1``) and return before touching any weight.
 
 Graph safety: no ``.item()``, no host sync, and every buffer is sized from shapes only; see
@@ -30,24 +30,33 @@ stays native bf16.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
-from .align import ActiveAlignment, align_active_experts, max_blocks_bound
-from .triton_shared import INTERPRETING
+from ..triton_shared import INTERPRETING
+from .align import ActiveAlignment, align_active_experts
+from .call import ACTIVATIONS, MoeCall
+from .config import MoeKernelConfig, choose_config, sm_count
 
-ACTIVATION_CODES = {"silu": 0, "gelu": 1}
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+_SILU = tl.constexpr(ACTIVATION_CODES["silu"])
 
 
 @triton.jit
 def _apply_activation(gate, ACTIVATION: tl.constexpr):
-    if ACTIVATION == 0:  # SiLU
+    if ACTIVATION == _SILU:
         return gate * tl.sigmoid(gate)
     else:  # exact GELU, the erf form
         return 0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476))
+
+
+@triton.jit
+def _block_pairs(sorted_pair_ids_ptr, block, num_pairs, BLOCK_M: tl.constexpr):
+    """The block's (token, slot) pairs as int64 row offsets (T*k*I can pass 2**31 at prefill sizes), and
+    which are real: padding rows carry the sentinel num_pairs."""
+    pair = tl.load(sorted_pair_ids_ptr + block * BLOCK_M + tl.arange(0, BLOCK_M))
+    return pair.to(tl.int64), pair < num_pairs
 
 
 @triton.jit
@@ -79,12 +88,8 @@ def _gate_up_activation_kernel(
     expert = tl.load(block_expert_ptr + block)
     if expert < 0:
         return  # beyond the real blocks of this batch: exit before loading any weight
-
-    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
-    pair = tl.load(sorted_pair_ids_ptr + offs_m)
-    row_ok = pair < num_pairs  # padding rows carry the sentinel num_pairs
-    pair = pair.to(tl.int64)  # row offsets in int64: T*k*I can pass 2**31 at prefill sizes
-    token = (pair // TOP_K).to(tl.int64)
+    pair, row_ok = _block_pairs(sorted_pair_ids_ptr, block, num_pairs, BLOCK_M)
+    token = pair // TOP_K
     offs_n = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = offs_n < intermediate_size
     offs_k = tl.arange(0, BLOCK_K)
@@ -145,11 +150,7 @@ def _down_weighted_kernel(
     expert = tl.load(block_expert_ptr + block)
     if expert < 0:
         return
-
-    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
-    pair = tl.load(sorted_pair_ids_ptr + offs_m)
-    row_ok = pair < num_pairs
-    pair = pair.to(tl.int64)
+    pair, row_ok = _block_pairs(sorted_pair_ids_ptr, block, num_pairs, BLOCK_M)
     offs_n = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = offs_n < hidden_size
     offs_k = tl.arange(0, BLOCK_K)
@@ -204,143 +205,34 @@ def _combine_topk_kernel(
     tl.store(out_ptr + token.to(tl.int64) * stride_out_t + offs_h, acc.to(out_ptr.dtype.element_ty), mask=h_ok)
 
 
-@dataclass(frozen=True)
-class MoeKernelConfig:
-    """Tile sizes of the three launches. Every value is >= 16 so the configs compile on Hopper."""
-
-    block_m: int = 16
-    gate_up_block_n: int = 64
-    gate_up_block_k: int = 64
-    down_block_n: int = 64
-    down_block_k: int = 64
-    combine_block_h: int = 256
-    num_warps: int = 4
-    num_stages: int = 3
-
-    def __post_init__(self) -> None:
-        for name in ("block_m", "gate_up_block_n", "gate_up_block_k", "down_block_n", "down_block_k"):
-            value = getattr(self, name)
-            if value < 16 or value & (value - 1):
-                raise ValueError(f"{name} must be a power of two >= 16 (tl.dot on Hopper), got {value}")
-
-
-# Shared memory the tile choice may use per program: below Hopper's 227 KiB per block, with room for
-# the compiler's own scratch.
-SHARED_MEMORY_BUDGET = 192 * 1024
-
-
-def _pow2_floor(value: int) -> int:
-    return 1 << (max(int(value), 1).bit_length() - 1)
-
-
-def choose_config(
-    num_tokens: int,
-    top_k: int,
-    num_experts: int,
-    hidden_size: int,
-    intermediate_size: int,
-    max_active_experts: int | None = None,
-    num_sms: int = 132,
-    element_size: int = 2,
-) -> MoeKernelConfig:
-    """Decode-oriented heuristic (shapes only, so it is the same at capture and replay).
-
-    BLOCK_M follows the expected pairs per non-empty expert; BLOCK_N is the largest power of two that
-    still gives ~2 programs per SM for the expected number of blocks, so every SM streams weights.
-    The GPU table that would tune these is pending (no GPU run has been made yet).
-    """
-    num_pairs = max(num_tokens * top_k, 1)
-    nonempty = min(num_pairs, num_experts, max_active_experts or num_experts)
-    pairs_per_expert = num_pairs / max(nonempty, 1)
-    block_m = 16 if pairs_per_expert <= 16 else (32 if pairs_per_expert <= 32 else 64)
-    expected_blocks = max(nonempty, (num_pairs + block_m - 1) // block_m)
-    wanted_programs = 2 * num_sms
-
-    def block_n_for(n: int) -> int:
-        tiles_wanted = max(1, -(-wanted_programs // expected_blocks))
-        return max(16, min(128, _pow2_floor(max(n // tiles_wanted, 16))))
-
-    gate_up_block_n = block_n_for(intermediate_size)
-    down_block_n = block_n_for(hidden_size)
-    gate_up_block_k = 128 if hidden_size >= 128 else 64 if hidden_size >= 64 else 32 if hidden_size >= 32 else 16
-    down_block_k = 128 if intermediate_size >= 128 else 64 if intermediate_size >= 64 else 32 if intermediate_size >= 32 else 16
-    num_stages = MoeKernelConfig.num_stages
-    # Software pipelining keeps (num_stages - 1) copies of each loop's tiles in shared memory; fp32 tiles
-    # of 128x128 overflow Hopper's 227 KiB (measured by `python -m lynx_sglang.kernels.hopper_compile`).
-    def pipelined_bytes(block_k: int, block_n: int, weight_tiles: int) -> int:
-        return (num_stages - 1) * (block_m * block_k + weight_tiles * block_k * block_n) * element_size
-
-    while gate_up_block_k > 16 and pipelined_bytes(gate_up_block_k, gate_up_block_n, 2) > SHARED_MEMORY_BUDGET:
-        gate_up_block_k //= 2
-    while down_block_k > 16 and pipelined_bytes(down_block_k, down_block_n, 1) > SHARED_MEMORY_BUDGET:
-        down_block_k //= 2
-    return MoeKernelConfig(
-        block_m=block_m,
-        gate_up_block_n=gate_up_block_n,
-        gate_up_block_k=gate_up_block_k,
-        down_block_n=down_block_n,
-        down_block_k=down_block_k,
-    )
-
-
-def fused_moe_active_triton(
-    hidden: torch.Tensor,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_weights: torch.Tensor,
-    active_mask: torch.Tensor | None = None,
-    activation: str = "silu",
-    *,
-    max_active_experts: int | None = None,
-    out: torch.Tensor | None = None,
-    config: MoeKernelConfig | None = None,
-    alignment: ActiveAlignment | None = None,
-) -> torch.Tensor:
-    """Active-expert fused MoE on Triton. Graph safe: see docs/kernels.md.
-
-    ``alignment`` may be passed to reuse one alignment across layers that share routing (rare) or in
-    benchmarks; it must have been built with the same block_m as ``config``.
-    """
-    if activation not in ACTIVATION_CODES:
-        raise ValueError(f"activation must be one of {tuple(ACTIVATION_CODES)}, got {activation!r}")
+def run_triton(call: MoeCall, *, config: MoeKernelConfig | None = None,
+               alignment: ActiveAlignment | None = None) -> torch.Tensor:
+    """The three launches. `config` defaults to `choose_config` of the shapes and the device's SMs;
+    `alignment` may be passed to reuse one alignment across layers that share routing (rare) or in
+    benchmarks, built with the same block_m as `config`. Graph safe: see docs/kernels.md."""
+    hidden, w13, w2 = call.hidden, call.w13, call.w2
     if not hidden.is_cuda and not INTERPRETING:
-        raise RuntimeError(
-            "fused_moe_active_triton got CPU tensors but Triton's interpreter is off: set TRITON_INTERPRET=1 "
-            "before importing lynx_sglang.kernels.triton_moe, or use the CPU path (fused_moe_active)."
-        )
-    num_tokens, hidden_size = hidden.shape
-    num_experts, two_i, w13_hidden = w13.shape
-    intermediate_size = two_i // 2
-    top_k = topk_ids.shape[1]
-    if w13_hidden != hidden_size or w2.shape != (num_experts, hidden_size, intermediate_size):
-        raise ValueError(f"shape mismatch: hidden {tuple(hidden.shape)}, w13 {tuple(w13.shape)}, w2 {tuple(w2.shape)}")
-    if topk_weights.shape != topk_ids.shape or topk_ids.shape[0] != num_tokens:
-        raise ValueError(f"topk_ids {tuple(topk_ids.shape)} and topk_weights {tuple(topk_weights.shape)} must be [T, k]")
+        raise RuntimeError("fused_moe_active got CPU tensors for Triton but its interpreter is off: set "
+                           "TRITON_INTERPRET=1 before the first import of the kernels, or use implementation='cpu'")
+    (num_tokens, hidden_size), top_k = hidden.shape, call.topk_ids.shape[1]
+    intermediate_size = call.intermediate_size
     if config is None:
-        config = choose_config(
-            num_tokens, top_k, num_experts, hidden_size, intermediate_size, max_active_experts,
-            element_size=hidden.element_size(),
-        )  # fmt: skip
+        config = choose_config(num_tokens, top_k, call.num_experts, hidden_size, intermediate_size,
+                               call.max_active_experts, num_sms=sm_count(hidden.device),
+                               element_size=hidden.element_size())  # fmt: skip
     if alignment is None:
-        alignment = align_active_experts(
-            topk_ids, num_experts, config.block_m, active_mask, max_active_experts
-        )
+        alignment = align_active_experts(call.topk_ids, call.num_experts, config.block_m, call.active_mask,
+                                         call.max_active_experts)  # fmt: skip
     elif alignment.block_m != config.block_m:
         raise ValueError(f"alignment.block_m {alignment.block_m} != config.block_m {config.block_m}")
-
-    num_pairs = num_tokens * top_k
-    if out is None:
-        out = torch.empty(num_tokens, hidden_size, dtype=hidden.dtype, device=hidden.device)
-    elif out.shape != (num_tokens, hidden_size) or out.stride(1) != 1:
-        raise ValueError(f"out must be [T, H] with unit stride along H, got {tuple(out.shape)} {out.stride()}")
+    out = call.output()
     if num_tokens == 0:
         return out
     # Workspaces sized from shapes only (graph safe). Rows of pairs that are not computed stay
     # uninitialised and are never read (the combine masks them).
+    num_pairs = num_tokens * top_k
     intermediate = torch.empty(num_pairs, intermediate_size, dtype=hidden.dtype, device=hidden.device)
     pair_out = torch.empty(num_pairs, hidden_size, dtype=hidden.dtype, device=hidden.device)
-    flat_weights = topk_weights.reshape(-1).contiguous()
     upcast = INTERPRETING and hidden.dtype == torch.bfloat16
     launch = {} if INTERPRETING else {"num_warps": config.num_warps, "num_stages": config.num_stages}
 
@@ -351,14 +243,14 @@ def fused_moe_active_triton(
         hidden.stride(0), hidden.stride(1),
         w13.stride(0), w13.stride(1), w13.stride(2),
         intermediate.stride(0), intermediate.stride(1),
-        TOP_K=top_k, ACTIVATION=ACTIVATION_CODES[activation],
+        TOP_K=top_k, ACTIVATION=ACTIVATION_CODES[call.activation],
         BLOCK_M=config.block_m, BLOCK_N=config.gate_up_block_n, BLOCK_K=config.gate_up_block_k,
         UPCAST_DOT=upcast, **launch,
     )  # fmt: skip
     grid = (alignment.max_blocks, triton.cdiv(hidden_size, config.down_block_n))
     _down_weighted_kernel[grid](
-        intermediate, w2, pair_out, flat_weights, alignment.sorted_pair_ids, alignment.block_expert,
-        num_pairs, hidden_size, intermediate_size,
+        intermediate, w2, pair_out, call.topk_weights.reshape(-1).contiguous(), alignment.sorted_pair_ids,
+        alignment.block_expert, num_pairs, hidden_size, intermediate_size,
         intermediate.stride(0), intermediate.stride(1),
         w2.stride(0), w2.stride(1), w2.stride(2),
         pair_out.stride(0), pair_out.stride(1),
@@ -372,12 +264,3 @@ def fused_moe_active_triton(
         TOP_K=top_k, BLOCK_H=config.combine_block_h,
     )  # fmt: skip
     return out
-
-
-__all__ = [
-    "MoeKernelConfig",
-    "choose_config",
-    "fused_moe_active_triton",
-    "max_blocks_bound",
-    "INTERPRETING",
-]

@@ -173,11 +173,11 @@ def routing_cases(dtype: str, quick: bool):
 
 
 def layer_cases(dtype: str, quick: bool):
-    """The serving runtime's per-layer bookkeeping launch (layer_triton.py) at the routing shapes, in its
+    """The serving runtime's per-layer bookkeeping launch (bookkeeping/triton_launch.py) at the routing shapes, in its
     three uses: checks, mask and statistics after a decision (num_real a device tensor); the statistics
     of a fallen-back call (a given flag, num_real an int); the model's own routing (mask and
     statistics, every row real)."""
-    from . import layer_triton as lt
+    from .bookkeeping import triton_launch as lt
 
     shapes = ROUTING_SHAPES[:3] if quick else ROUTING_SHAPES
     for ids in ("i32",) if quick else ("i32", "i64"):
@@ -245,8 +245,9 @@ def compile_calls(specs, dtype: str) -> None:
     """Child process: each call's launches compiled for sm_90 (compile_only); prints one line per call."""
     import torch
 
+    from .bookkeeping.layout import FIELDS
+    from .bookkeeping.triton_launch import finalize_triton, record_triton
     from .compile_only import compile_only_for_hopper
-    from .layer_triton import finalize_triton, record_triton
     from .routing.triton_plan import route_triton
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -257,7 +258,7 @@ def compile_calls(specs, dtype: str) -> None:
             result = route_triton(call)
             # The serving runtime's launch after it (checks, mask, statistics; statistics alone), same shape.
             num_real = call.num_real  # a 0-dim tensor, as SGLang passes it
-            table, step = torch.zeros(7, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+            table, step = torch.zeros(len(FIELDS), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
             finalize_triton(call.logits, call.topk_ids, call.topk_weights, result.topk_ids, result.topk_weights,
                             num_real, mask=True, table_row=table, step_fell_back=step)  # fmt: skip
             record_triton(table, step, num_real, call.logits, call.topk_ids, call.topk_ids, mask=True)

@@ -303,9 +303,10 @@ def per_launch_table(args, device, dtype, timer) -> None:
 
 
 def layer_launch_table(args, device, dtype, timer) -> None:
-    """The server's bookkeeping launch after a decision (kernels/layer_triton.py: fallback checks,
+    """The server's bookkeeping launch after a decision (kernels/bookkeeping/triton_launch.py: fallback checks,
     final routing, active mask, statistics), per E and T: what a pruned layer call adds to `select`."""
-    from ..kernels.layer_triton import finalize_triton
+    from ..kernels.bookkeeping.layout import FIELDS
+    from ..kernels.bookkeeping.triton_launch import finalize_triton
 
     print("\n## the server's bookkeeping launch per layer call (checks, mask, statistics), us per call")
     head = f"{'':<12} {'E':>4} {'k':>2} " + " ".join(f"{'T=' + str(t):>9}" for t in args.tokens)
@@ -316,7 +317,7 @@ def layer_launch_table(args, device, dtype, timer) -> None:
         for num_rows in args.tokens:
             logits, ids, weights = make_batch(num_rows, num_experts, top_k, device, dtype, ids=args.ids)
             num_real = torch.tensor(num_rows, device=device)  # as SGLang passes it
-            table = torch.zeros(7, dtype=torch.float64, device=device)
+            table = torch.zeros(len(FIELDS), dtype=torch.float64, device=device)
             step = torch.zeros((), dtype=torch.float64, device=device)
             proposed = ids.flip(1)  # the same experts in another order: every row counts as rerouted
             values.append(timer(lambda: finalize_triton(logits, ids, weights, proposed, weights, num_real, mask=True,

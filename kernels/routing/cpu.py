@@ -63,7 +63,8 @@ def load_route_op():
 def _static_fields(kind: type, rule, slots: int, renormalize: bool) -> RouteArgs:
     """The fields fixed per policy (a template copied per call: cheaper than building the struct).
     `kind` is part of the key: rules are tuples, and BudgetRule(8) == TopNRule(8)."""
-    args = RouteArgs(mode=mode_of(rule), slots=slots, renormalize=int(renormalize), big=FP32_BIG)
+    args = RouteArgs(mode=mode_of(rule), keep_mode=KEEP_MODES["NONE"], slots=slots, renormalize=int(renormalize),
+                     big=FP32_BIG)
     if isinstance(rule, LynxRule):
         args.alpha, args.beta, args.tie_by_mass = rule.alpha, rule.beta, int(rule.tie_by_mass)
     elif isinstance(rule, OwnTopRule):

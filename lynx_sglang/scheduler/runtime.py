@@ -19,7 +19,7 @@ import torch
 
 from lynx_sglang.config import TPOT_WITH_TP, Budget, ConfigError, LynxConfig
 from lynx_sglang.policies import ExpertBudget, ids_to_mask
-from lynx_sglang.policies.base import real_rows
+from lynx_sglang.kernels.routing.batch import real_rows
 from lynx_sglang.policy_setup import MoeShape, build_policy, validate_for_model
 from lynx_sglang.scheduler.calibration import calibrate_ms_per_expert
 from lynx_sglang.scheduler.controller import TpotController
@@ -302,9 +302,9 @@ class LynxRuntime:
         if new_ids is ids and new_weights is weights:  # the model's routing: nothing to check
             if self.fused_bookkeeping or self.cpu_bookkeeping:
                 if self.fused_bookkeeping:
-                    from lynx_sglang.kernels.layer_triton import record_triton as record
+                    from lynx_sglang.kernels.bookkeeping.triton_launch import record_triton as record
                 else:
-                    from lynx_sglang.kernels.layer_cpu import record_cpu as record
+                    from lynx_sglang.kernels.bookkeeping.cpu import record_cpu as record
 
                 active = None
                 if stats_row is not None or want_mask:  # the figures and the mask in one launch
@@ -316,9 +316,9 @@ class LynxRuntime:
             return ids, weights, ids_to_mask(ids, real, num_experts) if want_mask else None
         if self.fused_bookkeeping or self.cpu_bookkeeping:
             if self.fused_bookkeeping:
-                from lynx_sglang.kernels.layer_triton import finalize_triton as finalize
+                from lynx_sglang.kernels.bookkeeping.triton_launch import finalize_triton as finalize
             else:
-                from lynx_sglang.kernels.layer_cpu import finalize_cpu as finalize
+                from lynx_sglang.kernels.bookkeeping.cpu import finalize_cpu as finalize
 
             final_ids, final_weights, _, active = finalize(
                 logits, ids, weights, new_ids, new_weights, num_real, mask=want_mask, table_row=table_row,

@@ -12,18 +12,18 @@ from dataclasses import dataclass
 
 import torch
 
+from lynx_sglang.kernels.bookkeeping.layout import FIELDS
 from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.policies import ids_to_mask
-from lynx_sglang.policies.base import real_rows
+from lynx_sglang.kernels.routing.batch import real_rows
 
 def cpu_bookkeeping_available() -> bool:
     """Whether the C++ bookkeeping (kernels/layer_cpu.py) loads here: it shares the routing op's library."""
-    from lynx_sglang.kernels.layer_cpu import load_layer_op
+    from lynx_sglang.kernels.bookkeeping.cpu import load_layer_op
 
     return load_layer_op() is not None
 
 
-FIELDS = ("steps", "tokens", "distinct_before", "distinct_after", "rerouted", "mass_dropped", "fallbacks")
 _COL = {name: i for i, name in enumerate(FIELDS)}
 
 
@@ -65,13 +65,13 @@ class RoutingStats:
         if row is None:
             return
         if self.fused:
-            from lynx_sglang.kernels.layer_triton import record_triton
+            from lynx_sglang.kernels.bookkeeping.triton_launch import record_triton
 
             record_triton(self.table[row], self.step_fell_back, num_real, router_logits, original_ids, final_ids,
                           fell_back)  # fmt: skip
             return
         if self.cpu_op:
-            from lynx_sglang.kernels.layer_cpu import record_cpu
+            from lynx_sglang.kernels.bookkeeping.cpu import record_cpu
 
             record_cpu(self.table[row], self.step_fell_back, num_real, router_logits, original_ids, final_ids, fell_back)
             return

@@ -1,8 +1,8 @@
 // The serving runtime's bookkeeping after a decision, for one MoE layer call on a CPU (as the Triton
 // launch does on CUDA): checks, final routing, active mask and one row of statistics.
 //
-// lynx_generated.h is written by layer_cpu.py from the Python definitions: struct LayerArgs and
-// LYNX_MAX_TOP_K.
+// lynx_generated.h is written by bookkeeping/cpu.py from the Python definitions: struct LayerArgs, the
+// statistics table's columns (LYNX_STAT_*, from bookkeeping/layout.py) and LYNX_MAX_TOP_K.
 #include "lynx_generated.h"
 
 #include <algorithm>
@@ -42,8 +42,8 @@ struct RowSoftmax {
 
 }  // namespace
 
-// Checks, final routing, active mask and statistics of one layer call: the semantics of the runtime's
-// torch bookkeeping (LynxRuntime._finish, RoutingStats.record).
+// Checks, final routing, active mask and statistics of one layer call: the semantics of the torch
+// reference (bookkeeping/reference.py: finalize_torch, record_torch).
 extern "C" int lynx_layer_cpu(const LayerArgs* args) {
   const LayerArgs& a = *args;
   const int64_t T = a.num_rows, E = a.num_experts, K = a.top_k;
@@ -106,14 +106,14 @@ extern "C" int lynx_layer_cpu(const LayerArgs* args) {
     }
     int64_t distinct_before = 0, distinct_after = 0;
     for (int64_t e = 0; e < E; ++e) distinct_before += before[e], distinct_after += after[e];
-    a.table_row[0] += 1.0;
-    a.table_row[1] += static_cast<double>(real);
-    a.table_row[2] += static_cast<double>(distinct_before);
-    a.table_row[3] += static_cast<double>(distinct_after);
-    a.table_row[4] += static_cast<double>(rerouted);
-    a.table_row[5] += dropped;
+    a.table_row[LYNX_STAT_STEPS] += 1.0;
+    a.table_row[LYNX_STAT_TOKENS] += static_cast<double>(real);
+    a.table_row[LYNX_STAT_DISTINCT_BEFORE] += static_cast<double>(distinct_before);
+    a.table_row[LYNX_STAT_DISTINCT_AFTER] += static_cast<double>(distinct_after);
+    a.table_row[LYNX_STAT_REROUTED] += static_cast<double>(rerouted);
+    a.table_row[LYNX_STAT_MASS_DROPPED] += dropped;
   }
-  a.table_row[6] += fell;
+  a.table_row[LYNX_STAT_FALLBACKS] += fell;
   if (fell) *a.step_fell_back = 1.0;
   return 0;
 }

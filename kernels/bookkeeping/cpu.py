@@ -1,12 +1,8 @@
 """The serving runtime's bookkeeping after a policy's decision, for one MoE layer call on a CPU: one call
-into the C++ library of the routing op (`lynx_layer_cpu` in routing_cpu.cpp) instead of dozens of torch
-ops, which cost more than the decision itself on a CPU (`lynx-sglang bench bookkeeping`).
-
-The same work and signatures as kernels/layer_triton.py on CUDA: checks (the layer keeps the model's
-routing for the step when a real row has non-finite logits, or the decision an id outside [0, E) or a
-non-finite weight), the final routing, the active mask (ids clamped, as `ids_to_mask`) and one row of
-statistics (steps, tokens, distinct_before, distinct_after, rerouted, mass_dropped, fallbacks). Counts
-are exact; the dropped router mass is summed in float64 (torch sums fp32).
+into a small C++ library (cpu.cpp, built on first use by kernels/cpu_library.py) instead of dozens of
+torch ops, which cost more than the decision itself on a CPU (`lynx-sglang bench bookkeeping`). The
+work and signatures are the torch reference's (reference.py). Counts are exact; the dropped router mass
+is summed in float64 (torch sums fp32).
 """
 
 from __future__ import annotations
@@ -16,16 +12,20 @@ from pathlib import Path
 
 import torch
 
-from .cpu_library import c_struct, header, load_function
-from .routing.cpu import rows_of as _rows
-from .routing.rules import MAX_TOP_K
+from ..cpu_library import c_struct, header, load_function
+from ..routing.cpu import rows_of as _rows
+from ..routing.rules import MAX_TOP_K
+from . import layout
 
-STAT_FIELDS = 7
-SOURCE = Path(__file__).with_name("layer_cpu.cpp")
+SOURCE = Path(__file__).with_name("cpu.cpp")
 
+# Ids are int32 or int64 (ids_are_int64), as new_ids and out_ids. A null pointer: not wanted (out_ids,
+# out_weights: a routing already final; fell_back_out, mask_out; table_row and step_fell_back: no
+# statistics). check: decide the fallback from the logits and the proposed routing; without it,
+# given_fell says whether the layer fell back.
 LayerArgs = c_struct("LayerArgs", """
     const float* logits;
-    const void* original_ids;  const float* original_weights;
+    const void* original_ids; const float* original_weights;
     const void* new_ids; const float* new_weights;
     void* out_ids; float* out_weights; uint8_t* fell_back_out; uint8_t* mask_out;
     double* table_row; double* step_fell_back;
@@ -35,9 +35,15 @@ LayerArgs = c_struct("LayerArgs", """
 """)
 
 
+def generated_header() -> str:
+    """The header cpu.cpp includes: LayerArgs, the table's columns, LYNX_MAX_TOP_K."""
+    columns = {f"LYNX_STAT_{name.upper()}": index for index, name in enumerate(layout.FIELDS)}
+    return header({**columns, "LYNX_MAX_TOP_K": MAX_TOP_K}, LayerArgs)
+
+
 def load_layer_op():
     """The C function, or None when the library cannot be built here (then the runtime uses torch ops)."""
-    return load_function(SOURCE, header({"LYNX_MAX_TOP_K": MAX_TOP_K}, LayerArgs), "lynx_layer_cpu", LayerArgs)
+    return load_function(SOURCE, generated_header(), "lynx_layer_cpu", LayerArgs)
 
 
 def _call(logits, original_ids, original_weights, new_ids, new_weights, num_real, *, check: bool, given_fell: bool,
@@ -47,9 +53,8 @@ def _call(logits, original_ids, original_weights, new_ids, new_weights, num_real
     if function is None:
         raise RuntimeError("the CPU bookkeeping op could not be built (see the log)")
     num_rows, num_experts = logits.shape
-    if table_row is not None and (table_row.dtype != torch.float64 or table_row.numel() < STAT_FIELDS
-                                  or not table_row.is_contiguous() or step_fell_back is None):
-        raise ValueError("table_row must be a contiguous float64 row of the statistics table, with step_fell_back")
+    if table_row is not None:
+        layout.check_table_row(table_row, step_fell_back)
     args = LayerArgs(logits=logits.data_ptr(), original_ids=original_ids.data_ptr(),
                      original_weights=original_weights.data_ptr(), new_ids=new_ids.data_ptr(),
                      new_weights=new_weights.data_ptr(),
@@ -69,9 +74,7 @@ def _call(logits, original_ids, original_weights, new_ids, new_weights, num_real
 def record_cpu(table_row: torch.Tensor | None, step_fell_back: torch.Tensor | None, num_real,
                router_logits: torch.Tensor, original_ids: torch.Tensor, final_ids: torch.Tensor,
                fell_back: torch.Tensor | None = None, *, mask: bool = False) -> torch.Tensor | None:
-    """As layer_triton.record_triton: a layer call whose routing is final; its figures added to
-    `table_row` (None: none), `fell_back` (0-dim bool or None) folded into `step_fell_back`; the active
-    mask of `final_ids` [E] bool when `mask`."""
+    """reference.record_torch in one C++ call."""
     logits = _rows(router_logits, torch.float32)
     original_ids = _rows(original_ids, original_ids.dtype)
     final_ids = _rows(final_ids, original_ids.dtype)
@@ -85,10 +88,7 @@ def record_cpu(table_row: torch.Tensor | None, step_fell_back: torch.Tensor | No
 
 def finalize_cpu(router_logits, ids, weights, new_ids, new_weights, num_real, *, mask: bool, table_row=None,
                  step_fell_back=None):  # fmt: skip
-    """As layer_triton.finalize_triton: (ids [T, k] in ids' dtype, weights [T, k] in weights' dtype,
-    fell_back 0-dim bool, active mask [E] bool or None), statistics added when `table_row` is given.
-    The proposed routing is checked in the dtypes it is returned in (a weight finite in fp32 may not be
-    in fp16)."""
+    """reference.finalize_torch in one C++ call."""
     num_rows, top_k = ids.shape
     logits = _rows(router_logits, torch.float32)
     ids = _rows(ids, ids.dtype)

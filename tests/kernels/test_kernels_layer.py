@@ -7,9 +7,9 @@ import torch
 
 from lynx_sglang.kernels.bookkeeping import bookkeeping_for, finalize_torch, record_torch
 from lynx_sglang.kernels.bookkeeping.layout import FIELDS
-from lynx_sglang.kernels.launches import count_launches
 from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.scheduler.stats import MoeLayerInfo, RoutingStats
+from lynx_sglang.tools.launch_count import count_launches
 
 pytestmark = pytest.mark.skipif(not fused_available("triton"), reason="needs Triton")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -181,7 +181,7 @@ def test_two_launches_per_call_and_no_host_sync():
     """Counted by instrumentation (Triton's interpreter here): every fused rule is two Triton launches
     and no torch op; a policy deciding in torch adds its own ops, still without a host sync (anchor's
     hitting set included)."""
-    from lynx_sglang.kernels.launches import count_launches
+    from lynx_sglang.tools.launch_count import count_launches
 
     logits = make_logits(5, 8, seed=4)
     ids, weights = normal_routing(logits, 2, True)

@@ -9,9 +9,9 @@ from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.kernels.configs import device_name
 from lynx_sglang.kernels.routing.launch_config import default_launch_config, heuristic_launch_config, launch_config
 from lynx_sglang.kernels.routing.triton_plan import plan_triton
-from lynx_sglang.policies.bench import make_batch
+from lynx_sglang.tools.bench.batches import make_batch
 from lynx_sglang.policies.registry import get_policy
-from lynx_sglang.policies.launch_sweep import candidates
+from lynx_sglang.tools.launch_sweep import candidates
 
 pytestmark = pytest.mark.skipif(not fused_available("triton"), reason="needs Triton")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

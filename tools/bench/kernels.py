@@ -1,8 +1,8 @@
 """Benchmark of the active-expert fused MoE: time, active-weight bytes, GB/s, fraction of copy bandwidth.
 
-    python -m lynx_sglang.kernels.bench            # GPU: model shapes x batches x active fractions
-    python -m lynx_sglang.kernels.bench --quick    # GPU: fewer batches / fractions / iterations
-    python -m lynx_sglang.kernels.bench --cpu      # CPU: one memory-bound shape, torch path
+    python -m lynx_sglang.tools.bench.kernels            # GPU: model shapes x batches x active fractions
+    python -m lynx_sglang.tools.bench.kernels --quick    # GPU: fewer batches / fractions / iterations
+    python -m lynx_sglang.tools.bench.kernels --cpu      # CPU: one memory-bound shape, torch path
 
 For every (shape, batch B, active fraction f) the benchmark builds the routing a policy would hand over
 after its remap: round(f * E) active experts, and topk_ids drawn from consecutive random permutations
@@ -17,11 +17,11 @@ flatter the figures. The copy bandwidth is measured in the same run (``dst.copy_
 GB/s = 2 * bytes / time).
 
 Compared implementations, at the same active set (the same topk_ids), each named in the output:
-* ``stock``: :mod:`.stock`, a re-implementation of SGLang's Triton fused-MoE algorithm (align over all E
+* ``stock``: ``lynx_sglang.kernels.moe.stock``, a re-implementation of SGLang's Triton fused-MoE algorithm (align over all E
   experts, then the stock block kernel); GPU or ``--triton-on-cpu`` only;
 * ``grouped_mm``: ``torch._grouped_mm`` over tokens sorted by expert, where available;
-* whatever the caller adds: ``lynx_sglang.kernel_bench`` (``lynx-sglang bench kernels``) adds SGLang's
-  own fused MoE; this package never imports SGLang.
+* whatever the caller adds: ``sglang_moe.py`` (``lynx-sglang bench kernels``) adds SGLang's own fused
+  MoE; this module never imports SGLang.
 Ratios are "other time / our time": above 1 means ours is faster.
 """
 
@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from lynx_sglang.kernels import fused_moe_active
+
+from .timers import Timer, copy_bandwidth
 
 
 @dataclass(frozen=True)
@@ -100,104 +102,14 @@ def grouped_mm_moe(hidden, w13, w2, topk_ids, topk_weights):
     return out.to(hidden.dtype)
 
 
-class Timer:
-    """Median time per case, with the cases interleaved round by round.
-
-    A case is a list of closures, one per weight copy; round r calls closure r % copies of every case in
-    turn. Interleaving makes slow drifts of the machine (other jobs, clocks) hit all cases alike, so
-    ratios between cases (50 % vs 100 % active, ours vs stock) stay meaningful on a shared machine.
-    """
-
-    def __init__(self, device: torch.device, use_graphs: bool, warmup: int, iters: int):
-        self.device = device
-        self.use_graphs = use_graphs and device.type == "cuda"
-        self.warmup = warmup
-        self.iters = iters
-
-    def _prepare(self, closures):
-        """Warm up (JIT compile outside any capture) and, on a GPU, capture one graph per closure."""
-        if self.device.type != "cuda":
-            for i in range(self.warmup):
-                closures[i % len(closures)]()
-            return closures
-        runners = []
-        for fn in closures:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(max(self.warmup, 2)):
-                    fn()
-            torch.cuda.current_stream().wait_stream(side)
-            if self.use_graphs:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    fn()
-                runners.append(graph.replay)
-            else:
-                runners.append(fn)
-        return runners
-
-    def median_seconds(self, cases: dict[str, list[Callable[[], object]]]) -> dict[str, float]:
-        runners = {}
-        for name, closures in cases.items():
-            try:
-                runners[name] = self._prepare(closures)
-            except Exception as error:  # noqa: BLE001 - one failing implementation must not stop the table
-                print(f"# {name} failed: {type(error).__name__}: {str(error)[:200]}")
-        samples: dict[str, list] = {name: [] for name in runners}
-        for round_index in range(self.iters):
-            for name, fns in runners.items():
-                fn = fns[round_index % len(fns)]
-                if self.device.type == "cuda":
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    fn()
-                    end.record()
-                    samples[name].append((start, end))
-                else:
-                    start_time = time.perf_counter()
-                    fn()
-                    samples[name].append(time.perf_counter() - start_time)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            samples = {n: [s.elapsed_time(e) / 1e3 for s, e in pairs] for n, pairs in samples.items()}
-        result = {name: float("nan") for name in cases}
-        result.update({name: statistics.median(values) for name, values in samples.items()})
-        return result
-
-
-def copy_bandwidth(device: torch.device, nbytes: int, repeats: int = 5) -> float:
-    """Device-to-device (or RAM-to-RAM) copy bandwidth in GB/s: 2 * bytes / time (read + write)."""
-    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            dst.copy_(src)
-            end.record()
-            torch.cuda.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3)
-        else:
-            start_time = time.perf_counter()
-            dst.copy_(src)
-            samples.append(time.perf_counter() - start_time)
-    del src, dst
-    return 2 * nbytes / statistics.median(samples) / 1e9
-
-
 Implementation = Callable  # fn(hidden, w13, w2, topk_ids, topk_weights, active_mask) -> [T, H]
 
 
 def build_implementations(device: torch.device, args) -> dict[str, tuple[str, Implementation]]:
     """name -> (what runs, fn) for this device."""
-    from . import fused_moe_active
-
     impls: dict[str, tuple[str, Implementation]] = {}
     if device.type == "cuda" or args.triton_on_cpu:
-        from .moe.stock import fused_moe_stock
+        from lynx_sglang.kernels.moe.stock import fused_moe_stock
 
         impls["ours"] = ("lynx_sglang.kernels.fused_moe_active, implementation='triton' (Triton)",
                          lambda h, w13, w2, ids, tw, mask: fused_moe_active(h, w13, w2, ids, tw, mask,
@@ -289,7 +201,7 @@ def run(args, extra_implementations: Callable | None = None) -> list[dict]:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lynx_sglang.kernels.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lynx_sglang.tools.bench.kernels", description=__doc__.split("\n")[0])
     parser.add_argument("--cpu", action="store_true", help="CPU mode: one memory-bound shape (E 8, H 1024, I 3584) on the torch path")
     parser.add_argument("--quick", action="store_true", help="fewer batches, fractions and iterations")
     parser.add_argument("--tiny", action="store_true", help="a tiny shape (smoke tests)")

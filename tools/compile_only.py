@@ -45,8 +45,8 @@ def compile_only_for_hopper():
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
-    from .routing import triton_plan
-    from .triton_shared import INTERPRETING
+    from lynx_sglang.kernels.routing import triton_plan
+    from lynx_sglang.kernels.triton_shared import INTERPRETING
 
     if INTERPRETING:
         raise RuntimeError("compile_only_for_hopper: unset TRITON_INTERPRET (the interpreter replaces the kernels)")

@@ -29,12 +29,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lynx_sglang.bench_models import BenchError, BenchModel, describe_device, resolve_model
-from lynx_sglang.bench_report import Record, Result, print_table, record_rows, result_json
 from lynx_sglang.config import KERNELS, ConfigError, build_config
 from lynx_sglang.experiments.client import AdminClient, ServerError
 from lynx_sglang.experiments.launch import ManagedServer
 from lynx_sglang.policy_setup import MoeShape, resolve_policy_or_error, validate_for_model
+
+from .models import BenchError, BenchModel, describe_device, resolve_model
+from .report import Record, Result, print_table, record_rows, result_json
 
 DEFAULT_ARMS = "baseline;budget:fraction=0.5"
 DEFAULT_CONCURRENCY = "1,16,32,64"

@@ -1,8 +1,9 @@
 """Launch-configuration sweep of the fused routing on a GPU: which block sizes and warps make each
-launch fastest, per policy, E and T. What `launch_config.launch_config` should pick comes from here.
+launch fastest, per policy, E and T. The device's files under kernels/configs/
+(routing_launch,E=...,device_name=....json, read by kernels/routing/launch_config.py) come from here.
 
-    python -m lynx_sglang.policies.launch_sweep [--policies lynx] [--experts 64,128] [--tokens 1,8,32,128,256]
-                                         [--repeats 10] [--workers N] [--log FILE]
+    python -m lynx_sglang.tools.launch_sweep [--policies lynx] [--experts 64,128] [--tokens 1,8,32,128,256]
+                                             [--repeats 10] [--workers N] [--log FILE]
 
 Every candidate (`candidates`: rows per program, warps of each launch, the ranking chunk of launch 2,
 sorts or counting for its orders, lynx's way of picking and its rows per step) is first compiled in
@@ -23,13 +24,15 @@ import sys
 
 import torch
 
-from ..kernels.routing import GivenRule, fused_supports
-from ..kernels.configs import device_name
-from ..kernels.routing.launch_config import LaunchConfig, launch_config, parts_per_load
-from ..kernels.routing.triton_plan import plan_triton
-from ..kernels.triton_shared import block_sizes
-from .bench import make_batch, time_cuda_graph, top_k_for
-from .registry import get_policy
+from lynx_sglang.kernels.configs import device_name
+from lynx_sglang.kernels.routing import GivenRule, fused_supports
+from lynx_sglang.kernels.routing.launch_config import LaunchConfig, launch_config, parts_per_load
+from lynx_sglang.kernels.routing.triton_plan import plan_triton
+from lynx_sglang.kernels.triton_shared import block_sizes
+from lynx_sglang.policies.registry import get_policy
+
+from .bench.batches import make_batch, top_k_for
+from .bench.timers import time_cuda_graph
 
 
 def candidates(num_rows: int, num_experts: int, top_k: int) -> list[LaunchConfig]:
@@ -106,7 +109,7 @@ def compile_child(tasks: list) -> None:
 def compile_all(tasks: list, workers: int) -> tuple[set, list[str]]:
     """Compile every task in `workers` child processes; (the tasks that ran, failure lines)."""
     chunks = [tasks[i::workers] for i in range(workers) if tasks[i::workers]]
-    command = [sys.executable, "-m", "lynx_sglang.policies.launch_sweep", "--child"]
+    command = [sys.executable, "-m", "lynx_sglang.tools.launch_sweep", "--child"]
     children = [subprocess.Popen(command + [json.dumps(chunk)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                  text=True) for chunk in chunks]  # fmt: skip
     ran, failures = set(), []
@@ -134,7 +137,7 @@ def describe(config: LaunchConfig) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lynx_sglang.policies.launch_sweep", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lynx_sglang.tools.launch_sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policies", default="lynx")
     parser.add_argument("--experts", default="64,128")

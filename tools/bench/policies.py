@@ -1,8 +1,8 @@
 """Micro-benchmark: time per `select` call of every policy (one MoE layer of one decode batch).
 
-    python -m lynx_sglang.policies.bench [--device cpu|cuda] [--repeats N] [--policies a,b] [--tokens 1,8]
-                                         [--experts 8,64] [--ids router|biased] [--compile]
-                                         [--no-launch-counts] [--per-launch]
+    lynx-sglang bench policies [--device cpu|cuda] [--repeats N] [--policies a,b] [--tokens 1,8]
+                               [--experts 8,64] [--ids router|biased] [--compile]
+                               [--no-launch-counts] [--per-launch]
 
 CPU: wall clock per call for the torch reference ("eager") and the fast path (the C++ op): the
 median of `repeats` calls, taken in rounds over every cell of the table (at least 3, and more until
@@ -11,7 +11,7 @@ time, in slow spells from tens of milliseconds to over a second long: three roun
 row take about 30 ms and often fell inside one spell. CUDA: 20 calls captured
 back to back in one CUDA graph (as a decode step's graph holds every layer) and replayed, timed with
 CUDA events (median of 5 batches of `repeats` replays, divided by the calls), for the fused path
-(Triton) and the reference. Launches per call are counted by instrumentation (kernels/launches.py);
+(Triton) and the reference. Launches per call are counted by instrumentation (tools/launch_count.py);
 without CUDA, the fused path's are counted with the Triton kernels running in Triton's interpreter.
 `--per-launch` (CUDA) times the fused path's two launches apart instead, and the server's
 bookkeeping launch that follows them. `--ids biased` gives the policies the top-k ids of a router
@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from ..kernels.interpret import interpret_without_cuda
-from ..kernels.launches import count_launches
-from ..kernels.routing import fused_available
-from .registry import BUILTIN_POLICIES, get_policy
+from lynx_sglang.kernels.interpret import interpret_without_cuda
+from lynx_sglang.kernels.routing import fused_available
+from lynx_sglang.policies.registry import BUILTIN_POLICIES, get_policy
+
+from ..launch_count import count_launches
+from .batches import make_batch, top_k_for
+from .timers import CALLS_PER_GRAPH, time_cpu, time_cuda_graph
 
 DEFAULT_TOKENS = (1, 8, 32, 128, 256)
 DEFAULT_EXPERTS = (8, 64, 128)
@@ -44,76 +46,12 @@ TARGET_GPU_US = 15.0
 TARGET_SHAPES = "E <= 128, T <= 256"
 
 
-def top_k_for(num_experts: int) -> int:
-    """A realistic k per expert count: Mixtral 8/top-2; Qwen2-57B 64/top-8; Qwen3-30B 128/top-8."""
-    return 2 if num_experts <= 8 else 8
-
-
-def make_batch(num_rows, num_experts, top_k, device, dtype, seed=0, ids="router"):
-    generator = torch.Generator().manual_seed(seed)
-    # Skewed routing, as in real models: a shared per-expert bias on top of per-token noise.
-    logits = (torch.randn(num_rows, num_experts, generator=generator) * 2.0
-              + torch.randn(1, num_experts, generator=generator))
-    probs = torch.softmax(logits, dim=-1)
-    weights, top = probs.topk(top_k, dim=-1)
-    if ids == "biased":  # DeepSeek-V3-style selection: top-k of the scores plus a per-expert bias
-        top = (logits + 2.0 * torch.randn(1, num_experts, generator=generator)).topk(top_k, dim=-1).indices
-        weights = probs.gather(1, top)
-    ids = top
-    weights = weights / weights.sum(dim=-1, keepdim=True)
-    return (logits.to(device=device, dtype=dtype), ids.to(device=device, dtype=torch.int32),
-            weights.to(device=device))
-
-
 # Rounds per CPU cell, the lowest median reported (see the module's docstring): at least CPU_ROUNDS,
 # over the whole table, and more until they span CPU_TABLE_SECONDS. Slow spells on a shared machine
 # last from tens of milliseconds to over a second, while three rounds of a fast-path row take about 30 ms.
 CPU_ROUNDS = 3
 CPU_TABLE_SECONDS = 3.0
 clock = time.monotonic  # the rounds' clock (a test scripts it)
-
-
-def time_cpu(call, repeats: int) -> float:
-    for _ in range(3):
-        call()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e6
-
-
-# A decode step replays one graph holding every layer: a layer call's cost is its kernels, not the
-# replay's own launch (several us). So the graph holds this many calls back to back.
-CALLS_PER_GRAPH = 20
-
-
-def time_cuda_graph(call, repeats: int) -> float:
-    """Microseconds per call: CALLS_PER_GRAPH calls captured in one graph, `repeats` replays between
-    CUDA events, median of five such runs."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up (allocations, lazy init, Triton compiles) outside the capture
-        for _ in range(3):
-            call()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(CALLS_PER_GRAPH):
-            call()
-    graph.replay()
-    torch.cuda.synchronize()
-    per_call = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(repeats):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        per_call.append(start.elapsed_time(end) * 1e3 / (repeats * CALLS_PER_GRAPH))  # ms -> us
-    return statistics.median(per_call)
 
 
 class Table:
@@ -142,7 +80,7 @@ class Table:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lynx_sglang.policies.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="lynx-sglang bench policies", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=None,
@@ -274,8 +212,8 @@ def launch_counts(args, device, dtype, fused: str) -> None:
 def per_launch_table(args, device, dtype, timer) -> None:
     """Launch 1 (rows: own top-k, bins, partial sums) and launch 2 (batch decision, remap) of each
     fused rule, timed apart: which one to make faster. Launch 2 is replayed on launch 1's output."""
-    from ..kernels.routing import GivenRule, fused_supports
-    from ..kernels.routing.triton_plan import plan_triton
+    from lynx_sglang.kernels.routing import GivenRule, fused_supports
+    from lynx_sglang.kernels.routing.triton_plan import plan_triton
 
     print("\n## fused path per launch: launch 1 (rows) / launch 2 (decision, remap), us per call")
     head = f"{'policy':<12} {'E':>4} {'k':>2} " + " ".join(f"{'T=' + str(t):>17}" for t in args.tokens)
@@ -305,8 +243,8 @@ def per_launch_table(args, device, dtype, timer) -> None:
 def layer_launch_table(args, device, dtype, timer) -> None:
     """The server's bookkeeping launch after a decision (kernels/bookkeeping/triton_launch.py: fallback checks,
     final routing, active mask, statistics), per E and T: what a pruned layer call adds to `select`."""
-    from ..kernels.bookkeeping.layout import FIELDS
-    from ..kernels.bookkeeping.triton_launch import finalize_triton
+    from lynx_sglang.kernels.bookkeeping.layout import FIELDS
+    from lynx_sglang.kernels.bookkeeping.triton_launch import finalize_triton
 
     print("\n## the server's bookkeeping launch per layer call (checks, mask, statistics), us per call")
     head = f"{'':<12} {'E':>4} {'k':>2} " + " ".join(f"{'T=' + str(t):>9}" for t in args.tokens)
@@ -319,7 +257,7 @@ def layer_launch_table(args, device, dtype, timer) -> None:
             num_real = torch.tensor(num_rows, device=device)  # as SGLang passes it
             table = torch.zeros(len(FIELDS), dtype=torch.float64, device=device)
             step = torch.zeros((), dtype=torch.float64, device=device)
-            proposed = ids.flip(1)  # the same experts in another order: every row counts as rerouted
+            proposed = ids.flip(1)  # the same experts in another order: a proposal the checks accept
             values.append(timer(lambda: finalize_triton(logits, ids, weights, proposed, weights, num_real, mask=True,
                                                         table_row=table, step_fell_back=step), args.repeats))  # fmt: skip
         print(f"{'layer':<12} {num_experts:>4} {top_k:>2} " + " ".join(f"{v:>9.1f}" for v in values), flush=True)

@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lynx_sglang.bench_models import BenchError
+from .models import BenchError
 
 RECORD_FIELDS = ("shape", "num_layers", "arm", "kernel", "concurrency", "tpot_median_ms", "tpot_p90_ms",
                  "decode_tokens_per_s", "experts_per_layer", "expert_bytes_per_decode_token")  # fmt: skip

@@ -1,17 +1,18 @@
 """What the fused routing's launches compile to on an H100/H200 (sm_90), without a GPU.
 
-    python -m lynx_sglang.kernels.sass_report [--rule lynx] [--experts 128] [--top-k 8] [--tokens 1,256]
-                                              [--set picks=2 parts=1]
+    python -m lynx_sglang.tools.sass_report [--rule lynx] [--experts 128] [--top-k 8] [--tokens 1,256]
+                                            [--set picks=2 parts=1]
 
 Compiles both launches of one routing call as a real call would (`compile_only`), disassembles the
 cubins with the tools Triton ships (nvdisasm, cuobjdump) and prints, per launch: registers, stack
-(spills), SASS instructions, barriers and shared-memory traffic, and how many of them each function of `routing_triton` produced (from
-the cubin's line table), and each loop's body. Launch 2 runs one program per SM with 4 warps, so
+(spills), SASS instructions, barriers and shared-memory traffic, and how many of them each function of
+the routing's Triton modules (kernels/routing/triton_*.py) produced (from the cubin's line table), and
+each loop's body. Launch 2 runs one program per SM with 4 warps, so
 nearly every instruction's latency is exposed (Nsight Compute measured 13 cycles per issued
 instruction): fewer instructions on a program's path is what makes it faster. Triton's library code
 (tl.sum, tl.cumsum) counts for the function whose line came last before it. This is a static count:
 code in a branch not taken counts, a loop body counts once. Timings need a GPU
-(`lynx-sglang bench policies --per-launch`, `python -m lynx_sglang.policies.launch_sweep`).
+(`lynx-sglang bench policies --per-launch`, `python -m lynx_sglang.tools.launch_sweep`).
 
 Run it with the Triton the GPU machine has (3.6: `PYTHONPATH=<its wheel, unpacked>`) to see what that
 GPU runs; TRITON_INTERPRET must be unset.
@@ -27,7 +28,9 @@ import subprocess
 import sys
 import tempfile
 
-KERNELS = os.path.dirname(os.path.abspath(__file__))
+from lynx_sglang import kernels
+
+KERNELS = os.path.dirname(os.path.abspath(kernels.__file__))
 # The files whose functions instructions are counted for: the routing launches and what they share.
 SOURCES = [os.path.join(KERNELS, "routing", name) for name in sorted(os.listdir(os.path.join(KERNELS, "routing")))
            if name.startswith("triton_")] + [os.path.join(KERNELS, "triton_shared.py")]
@@ -41,7 +44,7 @@ def compiled_launches(call, config):
     from triton.runtime.jit import JITFunction
 
     from .compile_only import compile_only_for_hopper
-    from .routing.triton_plan import plan_triton
+    from lynx_sglang.kernels.routing.triton_plan import plan_triton
 
     cubins = {}
     with compile_only_for_hopper():
@@ -125,7 +128,7 @@ def analyse(cubin: bytes, workdir: str, name: str) -> Report:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lynx_sglang.kernels.sass_report", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lynx_sglang.tools.sass_report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rule", default="lynx", help="one of hopper_compile.CALL_RULES (default: lynx)")
     parser.add_argument("--experts", type=int, default=128)
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
     import triton
 
     from .hopper_compile import CALL_RULES, HOPPER_DEVICE, routing_call
-    from .routing.launch_config import LaunchConfig, launch_config
+    from lynx_sglang.kernels.routing.launch_config import LaunchConfig, launch_config
 
     if args.rule not in CALL_RULES:
         parser.error(f"unknown rule {args.rule!r}; one of: {', '.join(CALL_RULES)}")

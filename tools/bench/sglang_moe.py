@@ -1,4 +1,4 @@
-"""`lynx-sglang bench kernels`: the kernel benchmark of lynx_sglang.kernels, plus SGLang's own fused MoE.
+"""`lynx-sglang bench kernels`: the kernel benchmark (kernels.py), plus SGLang's own fused MoE.
 
 lynx_sglang.kernels knows nothing of SGLang; this module adds, at the same routing, what SGLang 0.5.23
 itself runs for an unquantised MoE layer:
@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
-from lynx_sglang.kernels import bench
+from . import kernels as kernel_bench
 
 
 def sglang_fused_experts(activation: str = "silu"):
@@ -64,7 +64,7 @@ def sglang_implementations(device: torch.device) -> dict:
 
 
 def main(argv=None) -> int:
-    return bench.main(argv, extra_implementations=sglang_implementations)
+    return kernel_bench.main(argv, extra_implementations=sglang_implementations)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Compile every Triton kernel of this package for an NVIDIA Hopper GPU (sm_90), without one.
+"""Compile every Triton kernel of lynx_sglang.kernels for an NVIDIA Hopper GPU (sm_90), without one.
 
-    python -m lynx_sglang.kernels.hopper_compile [--dtypes bf16 fp16 fp32] [--quick]
+    python -m lynx_sglang.tools.hopper_compile [--dtypes bf16 fp16 fp32] [--quick]
 
 Covers the active-expert MoE (three kernels), the fused routing decision (two kernels, every rule) and
 the serving runtime's per-layer bookkeeping (one kernel).
@@ -59,7 +59,7 @@ def compile_for_hopper(kernel, pointer_types: dict[str, str], constexprs: dict, 
 
 def kernel_cases(dtype: str, config, top_k: int, activation_code: int):
     """(kernel, pointer types, constexprs) for the three launches of one MoE call."""
-    from .moe import triton_kernels as tm
+    from lynx_sglang.kernels.moe import triton_kernels as tm
 
     t = f"*{dtype}"
     ids = {"sorted_pair_ids_ptr": "*i32", "block_expert_ptr": "*i32"}
@@ -96,9 +96,10 @@ class Case(NamedTuple):
 
 
 def moe_cases(dtype: str, batches, activations):
-    from .bench import MODEL_SHAPES
-    from .moe.config import choose_config
-    from .moe.triton_kernels import ACTIVATION_CODES
+    from lynx_sglang.kernels.moe.config import choose_config
+    from lynx_sglang.kernels.moe.triton_kernels import ACTIVATION_CODES
+
+    from .bench.kernels import MODEL_SHAPES
 
     element_sizes = {"bf16": 2, "fp16": 2, "fp32": 4}
     configs = {}
@@ -131,11 +132,11 @@ def routing_cases(dtype: str, quick: bool):
     an H100 (its launch configurations)."""
     import torch
 
-    from .routing import BudgetRule, CoverageRule, GivenRule, LynxRule, OwnTopRule, RoutingCall, TopNRule
-    from .routing.launch_config import launch_config
-    from .routing.triton_plan import launch_constants, mass_partial_dtype
-    from .routing.triton_remap import routing_decide_kernel
-    from .routing.triton_rows import routing_rows_kernel
+    from lynx_sglang.kernels.routing import BudgetRule, CoverageRule, GivenRule, LynxRule, OwnTopRule, RoutingCall, TopNRule
+    from lynx_sglang.kernels.routing.launch_config import launch_config
+    from lynx_sglang.kernels.routing.triton_plan import launch_constants, mass_partial_dtype
+    from lynx_sglang.kernels.routing.triton_remap import routing_decide_kernel
+    from lynx_sglang.kernels.routing.triton_rows import routing_rows_kernel
 
     rules = {
         "lynx beta=2 mass": LynxRule(3.0, 2, True), "lynx beta=4 index": LynxRule(3.0, 4, False),
@@ -177,7 +178,7 @@ def layer_cases(dtype: str, quick: bool):
     three uses: checks, mask and statistics after a decision (num_real a device tensor); the statistics
     of a fallen-back call (a given flag, num_real an int); the model's own routing (mask and
     statistics, every row real)."""
-    from .bookkeeping import triton_launch as lt
+    from lynx_sglang.kernels.bookkeeping import triton_launch as lt
 
     shapes = ROUTING_SHAPES[:3] if quick else ROUTING_SHAPES
     for ids in ("i32",) if quick else ("i32", "i64"):
@@ -219,7 +220,8 @@ def routing_call(name: str, experts: int, top_k: int, rows: int, with_budget: bo
     """A RoutingCall as a policy's select builds it, on CPU tensors."""
     import torch
 
-    from .routing import MASS_BITS, BudgetRule, CoverageRule, GivenRule, LynxRule, OwnTopRule, RoutingCall, TopNRule
+    from lynx_sglang.kernels.routing import BudgetRule, CoverageRule, GivenRule, LynxRule, OwnTopRule, RoutingCall, TopNRule
+    from lynx_sglang.kernels.routing.rules import MASS_BITS
 
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(rows, experts, generator=generator).to(dtype)
@@ -245,10 +247,11 @@ def compile_calls(specs, dtype: str) -> None:
     """Child process: each call's launches compiled for sm_90 (compile_only); prints one line per call."""
     import torch
 
-    from .bookkeeping.layout import FIELDS
-    from .bookkeeping.triton_launch import finalize_triton, record_triton
+    from lynx_sglang.kernels.bookkeeping.layout import FIELDS
+    from lynx_sglang.kernels.bookkeeping.triton_launch import finalize_triton, record_triton
+    from lynx_sglang.kernels.routing.triton_plan import route_triton
+
     from .compile_only import compile_only_for_hopper
-    from .routing.triton_plan import route_triton
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     with compile_only_for_hopper():
@@ -317,7 +320,7 @@ def run_call_grid(dtypes, quick: bool, workers: int) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lynx_sglang.kernels.hopper_compile", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lynx_sglang.tools.hopper_compile", description=__doc__.split("\n")[0])
     ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp16", "fp32"], choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--quick", action="store_true",
                     help="SiLU only, the smallest and largest batch, three routing specialisations")
@@ -336,7 +339,7 @@ def main(argv=None) -> int:
         print("hopper_compile: unset TRITON_INTERPRET (the interpreter replaces the kernels)", file=sys.stderr)
         return 2
 
-    from .moe.triton_kernels import ACTIVATION_CODES
+    from lynx_sglang.kernels.moe.triton_kernels import ACTIVATION_CODES
 
     if args.calls:
         started = time.monotonic()

@@ -21,7 +21,7 @@ SOURCE = Path(__file__).with_name("cpu.cpp")
 
 # Ids are int32 or int64 (ids_are_int64), as new_ids and out_ids. A null pointer: not wanted (out_ids,
 # out_weights: a routing already final; fell_back_out, mask_out; table_row and step_fell_back: no
-# statistics). check: decide the fallback from the logits and the proposed routing; without it,
+# statistics). check: decide the fallback from the proposed routing; without it,
 # given_fell says whether the layer fell back.
 LayerArgs = c_struct("LayerArgs", """
     const float* logits;

@@ -2,9 +2,10 @@
 definition the fused paths (triton_launch.py, cpu.py) reproduce, with the same signatures, and what runs
 where neither does.
 
-1. Checks (`finalize_torch`): the layer keeps the model's own routing for this step (a fallback) when a
-   real row has non-finite router logits, or the proposed routing has an id outside [0, E) or a
-   non-finite weight in a real row, checked in the dtypes it is returned in.
+1. Checks (`finalize_torch`): the layer keeps the model's own routing for this step (a fallback) when the
+   proposed routing has an id outside [0, E) or a non-finite weight in a real row, checked in the dtypes
+   it is returned in. Non-finite router logits are not a fallback: the policies route such a row
+   inside the active set without letting it vote (docs/policies.md), and that routing stands.
 2. Active mask: the experts the final ids use in real rows (ids clamped, as `ids_to_mask`).
 3. Statistics (alone too, for a routing already final: `record_torch`): the layer's row of the table
    (layout.FIELDS) gets steps, tokens (real rows), distinct experts before and after, rows rerouted (one
@@ -60,10 +61,9 @@ def finalize_torch(router_logits, ids, weights, new_ids, new_weights, num_real, 
     num_experts = router_logits.shape[1]
     real = real_rows(router_logits.shape[0], num_real, router_logits.device)
     new_ids, new_weights = new_ids.to(ids.dtype), new_weights.to(weights.dtype)
-    bad_logits = ~torch.isfinite(router_logits.float()).all(dim=-1)
     bad_ids = ((new_ids < 0) | (new_ids >= num_experts)).any(dim=-1)
     bad_weights = ~torch.isfinite(new_weights.float()).all(dim=-1)
-    fell_back = ((bad_logits | bad_ids | bad_weights) & real).any()
+    fell_back = ((bad_ids | bad_weights) & real).any()
     final_ids, final_weights = torch.where(fell_back, ids, new_ids), torch.where(fell_back, weights, new_weights)
     active = record_torch(table_row, step_fell_back, num_real, router_logits, ids, final_ids, fell_back, mask=mask)
     return final_ids, final_weights, fell_back, active

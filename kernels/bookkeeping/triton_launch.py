@@ -48,14 +48,14 @@ def _load_rows(ptr, rows, stride, mask, columns, other):
 
 
 @triton.jit
-def _scan_every_row(logits_ptr, original_ids_ptr, new_ids_ptr, new_weights_ptr, original_weights_ptr, num_real_ptr,
-                    scratch_ptr, stride_logits, stride_original_ids, stride_new_ids, stride_new_weights, num_real,
+def _scan_every_row(original_ids_ptr, new_ids_ptr, new_weights_ptr, original_weights_ptr, num_real_ptr,
+                    scratch_ptr, stride_original_ids, stride_new_ids, stride_new_weights, num_real,
                     num_rows, num_experts, pid, cols, slot, TOP_K: tl.constexpr, CHECK: tl.constexpr,
                     TRACKS_EXPERTS: tl.constexpr, NUM_REAL_MODE: tl.constexpr, SCAN_T: tl.constexpr,
                     BLOCK_E: tl.constexpr):  # fmt: skip
-    """Over every row, SCAN_T at a time: how many real rows are bad (CHECK: non-finite logits, or a
-    proposed id outside [0, E) or a non-finite weight, checked in the dtype it is returned in); and, in
-    the first program, the experts of the real rows' original ids (scratch row 0) and proposed ids
+    """Over every row, SCAN_T at a time: how many real rows are bad (CHECK: a proposed id outside [0, E)
+    or a non-finite weight, checked in the dtype it is returned in; the logits are not checked, see
+    reference.py); and, in the first program, the experts of the real rows' original ids (scratch row 0) and proposed ids
     (row 1), clamped as ids_to_mask (scattered: O(T k), not a compare against every expert). Every
     program checks (all take the same decision); only the first marks."""
     if TRACKS_EXPERTS:
@@ -74,14 +74,10 @@ def _scan_every_row(logits_ptr, original_ids_ptr, new_ids_ptr, new_weights_ptr, 
         in_slots = row_ok[:, None] & (slot[None, :] < TOP_K)
         new_ids = _load_rows(new_ids_ptr, rows, stride_new_ids, in_slots, slot, 0)
         if CHECK:
-            in_row = row_ok[:, None] & (cols < num_experts)[None, :]
-            x = _load_rows(logits_ptr, rows, stride_logits, in_row, cols, 0.0).to(tl.float32)
             weights = _load_rows(new_weights_ptr, rows, stride_new_weights, in_slots, slot, 0.0)
             weights = weights.to(original_weights_ptr.dtype.element_ty).to(tl.float32)
-            broken = ~_finite(x) & in_row
             wrong = ((new_ids < 0) | (new_ids >= num_experts) | ~_finite(weights)) & in_slots
-            row_bad = (tl.sum(broken.to(tl.int32), axis=1) + tl.sum(wrong.to(tl.int32), axis=1)) > 0
-            bad += (row_bad & real).to(tl.int32)
+            bad += ((tl.sum(wrong.to(tl.int32), axis=1) > 0) & real).to(tl.int32)
         if TRACKS_EXPERTS:
             original = _load_rows(original_ids_ptr, rows, stride_original_ids, in_slots, slot, 0)
             marked = _in_first(real[:, None] & (slot[None, :] < TOP_K), pid)
@@ -154,10 +150,10 @@ def _layer_kernel(
     cols = tl.arange(0, BLOCK_E)
     slot = tl.arange(0, BLOCK_K)
     col_ok = cols < num_experts
-    bad = _scan_every_row(logits_ptr, original_ids_ptr, new_ids_ptr, new_weights_ptr, original_weights_ptr,
-                          num_real_ptr, scratch_ptr, stride_logits, stride_original_ids, stride_new_ids,
-                          stride_new_weights, num_real, num_rows, num_experts, pid, cols, slot, TOP_K, CHECK,
-                          MASK | STATS, NUM_REAL_MODE, SCAN_T, BLOCK_E)  # fmt: skip
+    bad = _scan_every_row(original_ids_ptr, new_ids_ptr, new_weights_ptr, original_weights_ptr, num_real_ptr,
+                          scratch_ptr, stride_original_ids, stride_new_ids, stride_new_weights, num_real, num_rows,
+                          num_experts, pid, cols, slot, TOP_K, CHECK, MASK | STATS, NUM_REAL_MODE, SCAN_T,
+                          BLOCK_E)  # fmt: skip
     if CHECK:
         fell = bad > 0
         tl.store(fell_back_ptr, fell.to(tl.uint8), mask=first)

@@ -219,7 +219,7 @@ class LynxRuntime:
             self._report_silent_fallbacks()
 
     def _report_silent_fallbacks(self) -> None:
-        """Fallbacks decided by tensor ops (non-finite logits, out-of-range ids) are only counted on
+        """Fallbacks decided by tensor ops (out-of-range ids, non-finite weights) are only counted on
         the device; once a minute, one host read of the count tells the log whether there were any."""
         now = time.monotonic()
         if now - self._last_fallback_check < FAILURE_LOG_INTERVAL_S:
@@ -229,7 +229,7 @@ class LynxRuntime:
         if total > self._fallbacks_reported:
             logger.warning(
                 "lynx-sglang: %d decode step(s) fell back to the model's routing in some layer since the last report "
-                "(non-finite router logits or invalid policy output); see fallback_steps in /lynx/stats",
+                "(invalid policy output: an expert id out of range or a non-finite weight); see fallback_steps in /lynx/stats",
                 total - self._fallbacks_reported,
             )  # fmt: skip
         self._fallbacks_reported = total
@@ -292,9 +292,9 @@ class LynxRuntime:
 
     def _finish(self, logits, ids, weights, new_ids, new_weights, num_real, layer_id):
         """(final ids, final weights, active mask or None), statistics recorded. Data-dependent problems
-        are handled on the device (no host sync): any real row with non-finite router logits, or a
-        decision with ids out of range or non-finite weights, makes the whole layer keep the model's
-        own routing for this step (a fallback, counted)."""
+        are handled on the device (no host sync): a decision with ids out of range or non-finite
+        weights in a real row makes the whole layer keep the model's own routing for this step (a
+        fallback, counted); a row with non-finite logits is the policy's to route (docs/policies.md)."""
         num_experts = logits.shape[1]
         want_mask = self.uses_active_kernel()
         stats_row = self.stats.row(layer_id) if self.stats is not None else None
@@ -327,10 +327,9 @@ class LynxRuntime:
             return final_ids, final_weights, active
         real = real_rows(logits.shape[0], num_real, logits.device)
         new_ids, new_weights = new_ids.to(ids.dtype), new_weights.to(weights.dtype)
-        bad_logits = ~torch.isfinite(logits.float()).all(dim=-1)
         bad_ids = ((new_ids < 0) | (new_ids >= num_experts)).any(dim=-1)
         bad_weights = ~torch.isfinite(new_weights.float()).all(dim=-1)
-        fell_back = ((bad_logits | bad_ids | bad_weights) & real).any()
+        fell_back = ((bad_ids | bad_weights) & real).any()
         final_ids, final_weights = torch.where(fell_back, ids, new_ids), torch.where(fell_back, weights, new_weights)
         if stats_row is not None:
             self.stats.record(layer_id, num_real, logits, ids, final_ids, fell_back)

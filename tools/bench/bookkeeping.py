@@ -3,7 +3,7 @@
     lynx-sglang bench bookkeeping [--policy lynx] [--experts 64,128] [--tokens 1,8,32,128,256] [--repeats 50]
 
 After `Policy.select`, the runtime checks the decision (the layer keeps the model's routing for the step
-on non-finite logits in a real row, an id out of range or a non-finite weight), picks the final routing,
+on an id out of range or a non-finite weight in a real row), picks the final routing,
 builds the active-expert mask for the expert kernel and adds the layer's statistics:
 `lynx_sglang.kernels.bookkeeping`, one Triton launch on CUDA, on a CPU one call into its C++ library, or
 torch ops where that cannot be built. Both CPU ways are timed here, without and with statistics: per

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -111,19 +111,37 @@ def parse_layers(spec, source: str = "layers") -> tuple[int, ...] | None:
     return tuple(sorted(layers))
 
 
-def parse_param_value(raw: str):
-    """A policy parameter given on the command line or in an env var: int, float, bool, none or text."""
-    lowered = raw.strip().lower()
+def parse_value(text: str):
+    """A parameter value written as text: true/false, none/null, an integer, a real number, a JSON list
+    or object, or else the text itself. A list or object that is not valid JSON is a ValueError."""
+    text = text.strip()
+    lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
     if lowered in ("none", "null"):
         return None
     for convert in (int, float):
         try:
-            return convert(raw)
+            return convert(text)
         except ValueError:
             pass
-    return raw
+    if text.startswith(("[", "{")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"value {text!r} is not valid JSON ({error.msg})") from None
+    return text
+
+
+def split_top_level(text: str) -> list[str]:
+    """Split at commas outside brackets: `a=1,b=[0,1]` -> [`a=1`, `b=[0,1]`]."""
+    parts, depth, start = [], 0, 0
+    for position, char in enumerate(text):
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            parts.append(text[start:position])
+            start = position + 1
+    return parts + [text[start:]]
 
 
 def parse_params(items, source: str) -> dict[str, Any]:
@@ -141,11 +159,15 @@ def parse_params(items, source: str) -> dict[str, Any]:
     if isinstance(items, str):
         items = [items]
     params = {}
-    for item in (part for text in items for part in str(text).replace(",", " ").split()):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{source}: {item!r} must look like key=value (e.g. alpha=1.0)")
-        params[key.strip()] = parse_param_value(value)
+    for text in items:
+        for item in (part for word in str(text).split() for part in split_top_level(word) if part):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"{source}: {item!r} must look like key=value (e.g. alpha=1.0)")
+            try:
+                params[key.strip()] = parse_value(value)
+            except ValueError as error:
+                raise ConfigError(f"{source}: {key.strip()}: {error}") from None
     return params
 
 
@@ -203,6 +225,7 @@ class LynxConfig:
 
     @classmethod
     def from_env(cls, environ=os.environ) -> "LynxConfig":
+        """The config the launcher handed down in CONFIG_ENV (defaults when there is none)."""
         raw = environ.get(CONFIG_ENV)
         if not raw:
             return cls()
@@ -210,31 +233,34 @@ class LynxConfig:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{CONFIG_ENV} is not valid JSON ({exc.msg} at position {exc.pos})") from None
-        return cls.from_mapping(data, CONFIG_ENV)
-
-    @classmethod
-    def from_mapping(cls, data, source: str) -> "LynxConfig":
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+            raise ConfigError(f"{CONFIG_ENV}: expected a mapping of settings, got {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        values = dict(data)
-        if "params" in values:
-            values["params"] = parse_params(values["params"], f"{source}: params")
-        if "prune_mixed" in values:
-            values["prune_mixed"] = parse_bool(values["prune_mixed"], f"{source}: prune_mixed")
-        if "stats" in values:
-            values["stats"] = parse_bool(values["stats"], f"{source}: stats")
-        if "layers" in values:
-            values["layers"] = parse_layers(values["layers"], f"{source}: layers")
-        return cls(**values)
+            raise ConfigError(f"{CONFIG_ENV}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**{name: parse_setting(name, value, f"{CONFIG_ENV}: {name}") for name, value in data.items()})
+
+
+def parse_setting(name: str, value, label: str):
+    """A setting as a flag, variable or file gives it -> the value LynxConfig holds."""
+    if name == "params":
+        return parse_params(value, label)
+    if name in ("prune_mixed", "stats"):
+        return parse_bool(value, label)
+    if name == "layers":
+        return parse_layers(value, label)
+    if name == "budget":
+        budget = Budget.parse(value, label)
+        return None if budget is None else str(budget)
+    return value
 
 
 # ---- the three sources and their precedence ----------------------------------------------------
 
-# Environment variable -> config field. LYNX_PARAMS is "key=value,key=value".
+# What a user may set, from any source (runtime_dir is the launcher's own).
+SETTINGS = tuple(f.name for f in fields(LynxConfig) if f.name != "runtime_dir")
+# Environment variable -> setting. LYNX_PARAMS is "key=value,key=value".
 ENV_VARIABLES = {
     "LYNX_POLICY": "policy",
     "LYNX_PARAMS": "params",
@@ -246,7 +272,6 @@ ENV_VARIABLES = {
     "LYNX_STATS": "stats",
 }
 CONFIG_FILE_ENV = "LYNX_CONFIG"
-FILE_FIELDS = ("policy", "params", "budget", "layers", "prune_mixed", "kernel", "admin_token", "stats")
 
 
 def read_config_file(path: str) -> dict:
@@ -273,45 +298,28 @@ def read_config_file(path: str) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(FILE_FIELDS))
+    unknown = sorted(set(data) - set(SETTINGS))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(FILE_FIELDS)}")
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
     return data
 
 
-def settings_from_env(environ: Mapping[str, str]) -> dict:
-    return {name: environ[var] for var, name in ENV_VARIABLES.items() if environ.get(var) not in (None, "")}
-
-
 def build_config(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> LynxConfig:
-    """Merge the sources: flag > env > file (params merge key by key in the same order).
-
-    `flags` holds only the settings the user gave on the command line (field name -> raw value),
-    plus optionally `config_file`.
-    """
+    """Merge the sources: flag > env > file; params merge key by key in the same order. `flags` holds
+    the settings given on the command line (name -> raw value), and optionally `config_file`."""
     file_path = flags.get("config_file") or environ.get(CONFIG_FILE_ENV) or None
-    layers_in_order = [
+    sources_in_order = [
         ("config file " + str(file_path), read_config_file(file_path) if file_path else {}),
-        ("environment", settings_from_env(environ)),
+        ("environment", {name: environ[var] for var, name in ENV_VARIABLES.items() if environ.get(var)}),
         ("flag", {k: v for k, v in flags.items() if k != "config_file" and v is not None}),
     ]
     merged: dict[str, Any] = {}
     params: dict[str, Any] = {}
-    for source, settings in layers_in_order:
+    for source, settings in sources_in_order:
         for name, value in settings.items():
-            label = f"{source} {name}"
+            parsed = parse_setting(name, value, f"{source} {name}")
             if name == "params":
-                params.update(parse_params(value, label))
-            elif name in ("prune_mixed", "stats"):
-                merged[name] = parse_bool(value, label)
-            elif name == "layers":
-                merged[name] = parse_layers(value, label)
-            elif name == "budget":
-                merged[name] = None if Budget.parse(value, label) is None else str(Budget.parse(value, label))
+                params.update(parsed)
             else:
-                merged[name] = value
+                merged[name] = parsed
     return LynxConfig(**merged, params=params)
-
-
-def with_runtime_dir(config: LynxConfig, runtime_dir: str | None) -> LynxConfig:
-    return replace(config, runtime_dir=runtime_dir)

@@ -11,16 +11,15 @@ tests) can see the plugin is live inside the scheduler, where the model runs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from lynx_sglang import __version__
 from lynx_sglang.config import CONFIG_ENV, LynxConfig, build_config
+from lynx_sglang.process_records import write_process_record
 
 logger = logging.getLogger("lynx_sglang")
 
@@ -67,30 +66,6 @@ def _runtime_dir(config: LynxConfig, role: str) -> Path | None:
     return Path(directory) if directory else None
 
 
-def _write_process_record(directory: Path, role: str) -> None:
-    record = {
-        "pid": os.getpid(),
-        "role": role,
-        "loaded_at": time.time(),
-        "version": __version__,
-        "hooks": list(_registered_hooks),
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".plugin-{os.getpid()}.json.tmp"
-    tmp.write_text(json.dumps(record))
-    tmp.replace(directory / f"plugin-{os.getpid()}.json")  # atomic: readers never see half a file
-
-
-def read_process_records(directory: Path) -> list[dict]:
-    records = []
-    for path in sorted(directory.glob("plugin-*.json")):
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue  # a process that is writing right now; it will be there on the next read
-    return records
-
-
 def load_plugin() -> None:
     """Entry point called by SGLang's `load_plugins()` in each process."""
     role = process_role()
@@ -110,7 +85,7 @@ def load_plugin() -> None:
         launcher.register(_register, config, directory)
         request_guard.register_hooks(_register)
     if directory is not None:
-        _write_process_record(directory, role)
+        write_process_record(directory, role, list(_registered_hooks))
     logger.info("lynx-sglang %s plugin loaded in the %s process (pid %d)", __version__, role, os.getpid())
 
 

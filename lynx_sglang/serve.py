@@ -7,28 +7,26 @@ Validation happens before any child process starts, and each failure is one line
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lynx_sglang import gpu_runtime
 from lynx_sglang.config import CONFIG_ENV, KERNELS, TPOT_WITH_TP, ConfigError, LynxConfig, build_config
+from lynx_sglang.local_server import wait_healthy
 from lynx_sglang.policy_setup import MoeShape, validate_for_model
+from lynx_sglang.process_group import start_process_group, stop_process_group
 
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / "checkpoint"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 30000
+
 
 # On CPU, SGLang's defaults are GPU-shaped: its KV pool takes ~72 % of RAM (15 GB, a 55 s start), the
 # idle scheduler spins half a core, and OpenMP spinning on shared cores made steps 8-26x slower.
@@ -42,6 +40,10 @@ CPU_DEFAULT_FLAGS = {
     "--dtype": "float32",
 }
 CPU_DEFAULT_ENV = {"OMP_NUM_THREADS": "1", "SGLANG_USE_CPU_ENGINE": "1"}
+
+# SGLang's names for its tensor- and expert-parallel sizes.
+TP_FLAGS = ("--tp", "--tp-size", "--tensor-parallel-size")
+EP_FLAGS = ("--ep-size", "--expert-parallel-size", "--ep")
 
 
 class LaunchError(Exception):
@@ -125,8 +127,40 @@ class LaunchPlan:
         return [sys.executable, "-m", "sglang.launch_server", *self.sglang_args]
 
 
-def _has_flag(args: list[str], name: str) -> bool:
-    return any(a == name or a.startswith(name + "=") for a in args)
+def plan_launch(argv: list[str], *, on_cpu: bool | None = None, environ=os.environ,
+                sgl_kernel_ok: bool | None = None) -> LaunchPlan:
+    """Turn `lynx-sglang serve` arguments into a validated launch plan (starts nothing).
+    `sgl_kernel_ok` (probed when None, on CUDA only) says whether SGLang's compiled kernels import."""
+    namespace, args = parse_serve_args(list(argv))
+    model_path = Path(namespace.model_path).expanduser() if namespace.model_path else EMBEDDED_MODEL_DIR
+    check_checkpoint(model_path, dummy_weights=_flag_value(args, "--load-format") == "dummy")
+    try:
+        config = build_config(lynx_settings(namespace), environ)
+        validate_for_model(config, MoeShape.from_checkpoint(model_path))
+    except ConfigError as exc:
+        raise LaunchError(str(exc)) from None
+    check_parallelism(config, args)
+    port = parse_port(namespace.port)
+    check_port_free(namespace.host, port)
+
+    if on_cpu is None:
+        on_cpu = not cuda_available()
+    defaults, env = [], {}
+    if on_cpu:
+        defaults, env = cpu_defaults(config, args, environ)
+    elif not (gpu_runtime.sgl_kernel_importable() if sgl_kernel_ok is None else sgl_kernel_ok):
+        defaults = defaults_not_given(gpu_runtime.SERVE_FLAGS, args)
+        env = gpu_runtime.serve_environment(environ)
+    ours = ["--model-path", str(model_path), "--host", namespace.host, "--port", str(port)]
+    return LaunchPlan(model_path=model_path, host=namespace.host, port=port, sglang_args=ours + defaults + args,
+                      env=env, config=config)
+
+
+def parse_port(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise LaunchError(f"--port {text!r} is not an integer") from None
 
 
 def cuda_available() -> bool:
@@ -136,6 +170,37 @@ def cuda_available() -> bool:
         return torch.cuda.is_available()
     except ImportError:
         return False
+
+
+def cpu_defaults(config: LynxConfig, args: list[str], environ) -> tuple[list[str], dict[str, str]]:
+    """The SGLang flags and environment a CPU needs, where the user did not set them."""
+    from lynx_sglang import cpu_runtime
+    from lynx_sglang.cpu_runtime import threads
+
+    if not cpu_runtime.is_installed():
+        raise LaunchError(
+            "no GPU found and the CPU runtime glue is not enabled in this environment; "
+            "run `python -m lynx_sglang.cpu_runtime install` (or `make install`)"
+        )
+    env = {key: environ.get(key, value) for key, value in CPU_DEFAULT_ENV.items()}
+    try:  # one core set per tensor-parallel rank, or SGLang asserts one NUMA node per rank
+        env.update(threads.default_bind_env(_flag_value(args, *TP_FLAGS), environ.get(threads.BIND_ENV)))
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
+    if config.kernel == "triton":
+        # Triton kernels on CPU tensors run in its interpreter, which is chosen when a kernel is
+        # decorated: it must be on before any process imports them.
+        env["TRITON_INTERPRET"] = "1"
+    return defaults_not_given(CPU_DEFAULT_FLAGS, args), env
+
+
+def defaults_not_given(defaults: dict[str, str | None], args: list[str]) -> list[str]:
+    """The flags of `defaults` that `args` does not set (a None value: a flag that takes none)."""
+    added = []
+    for flag, value in defaults.items():
+        if not _has_flag(args, flag):
+            added += [flag] if value is None else [flag, value]
+    return added
 
 
 def check_checkpoint(path: Path, dummy_weights: bool = False) -> None:
@@ -179,60 +244,30 @@ def check_port_free(host: str, port: int) -> None:
             raise LaunchError(f"port {port} on {host} is not available ({exc.strerror})") from None
 
 
-def plan_launch(argv: list[str], *, on_cpu: bool | None = None, environ=os.environ,
-                sgl_kernel_ok: bool | None = None) -> LaunchPlan:
-    """Turn `lynx-sglang serve` arguments into a validated launch plan (starts nothing).
-    `sgl_kernel_ok` (probed when None, on CUDA only) says whether SGLang's compiled kernels import."""
-    namespace, args = parse_serve_args(list(argv))
-    model_path = Path(namespace.model_path).expanduser() if namespace.model_path else EMBEDDED_MODEL_DIR
-    check_checkpoint(model_path, dummy_weights=_flag_value(args, "--load-format") == "dummy")
-    try:
-        config = build_config(lynx_settings(namespace), environ)
-        validate_for_model(config, MoeShape.from_checkpoint(model_path))
-    except ConfigError as exc:
-        raise LaunchError(str(exc)) from None
-    check_parallelism(config, args)
-    try:
-        port = int(namespace.port)
-    except ValueError:
-        raise LaunchError(f"--port {namespace.port!r} is not an integer") from None
-    check_port_free(namespace.host, port)
+def check_parallelism(config: LynxConfig, args: list[str]) -> None:
+    """A pruning policy needs every rank to take the same decision: ranks that route different tokens
+    (expert parallelism, data-parallel attention) would not, nor would one latency controller per rank."""
+    if config.policy == "baseline":
+        return
+    ep_size = _flag_value(args, *EP_FLAGS)
+    if ep_size not in (None, "1"):
+        raise LaunchError(
+            f"expert parallelism (--ep-size {ep_size}) is not supported with --lynx-policy {config.policy}: "
+            "use tensor parallelism (--tp N), where every rank takes the same decision"
+        )
+    tp_size = _flag_value(args, *TP_FLAGS)
+    budget = config.parsed_budget
+    if budget is not None and budget.kind == "tpot_ms" and tp_size not in (None, "1"):
+        raise LaunchError(TPOT_WITH_TP)
+    if _has_flag(args, "--enable-dp-attention"):
+        raise LaunchError(
+            f"--enable-dp-attention is not supported with --lynx-policy {config.policy}: data-parallel "
+            "attention ranks route different tokens, so they would take different decisions"
+        )
 
-    if on_cpu is None:
-        on_cpu = not cuda_available()
-    env: dict[str, str] = {}
-    sglang_args = ["--model-path", str(model_path), "--host", namespace.host, "--port", str(port)]
-    if on_cpu:
-        from lynx_sglang import cpu_runtime
-        from lynx_sglang.cpu_runtime import threads
 
-        if not cpu_runtime.is_installed():
-            raise LaunchError(
-                "no GPU found and the CPU runtime glue is not enabled in this environment; "
-                "run `python -m lynx_sglang.cpu_runtime install` (or `make install`)"
-            )
-        for flag, value in CPU_DEFAULT_FLAGS.items():
-            if not _has_flag(args, flag):
-                sglang_args += [flag] if value is None else [flag, value]
-        for key, value in CPU_DEFAULT_ENV.items():
-            env[key] = environ.get(key, value)
-        tp_value = _flag_value(args, "--tp", "--tp-size", "--tensor-parallel-size")
-        try:  # one core set per tensor-parallel rank, or SGLang asserts one NUMA node per rank
-            env.update(threads.default_bind_env(tp_value, environ.get(threads.BIND_ENV)))
-        except ValueError as exc:
-            raise LaunchError(str(exc)) from None
-        if config.kernel == "triton":
-            # Triton kernels on CPU tensors run in its interpreter, which is chosen when a kernel
-            # is decorated: it must be on before any process imports them.
-            env["TRITON_INTERPRET"] = "1"
-    elif not (gpu_runtime.sgl_kernel_importable() if sgl_kernel_ok is None else sgl_kernel_ok):
-        for flag, value in gpu_runtime.SERVE_FLAGS.items():
-            if not _has_flag(args, flag):
-                sglang_args += [flag, value]
-        env.update(gpu_runtime.serve_environment(environ))
-    sglang_args += args
-    return LaunchPlan(model_path=model_path, host=namespace.host, port=port, sglang_args=sglang_args, env=env,
-                      config=config)
+def _has_flag(args: list[str], name: str) -> bool:
+    return any(a == name or a.startswith(name + "=") for a in args)
 
 
 def _flag_value(args: list[str], *names: str) -> str | None:
@@ -245,135 +280,6 @@ def _flag_value(args: list[str], *names: str) -> str | None:
     return value
 
 
-def check_parallelism(config: LynxConfig, args: list[str]) -> None:
-    """Expert parallelism splits experts over ranks that see different tokens; a batch-wide active
-    set is not defined there, so pruning policies refuse to start with it."""
-    if config.policy == "baseline":
-        return
-    ep_size = _flag_value(args, "--ep-size", "--expert-parallel-size", "--ep")
-    if ep_size not in (None, "1"):
-        raise LaunchError(
-            f"expert parallelism (--ep-size {ep_size}) is not supported with --lynx-policy {config.policy}: "
-            "use tensor parallelism (--tp N), where every rank takes the same decision"
-        )
-    tp_size = _flag_value(args, "--tp", "--tp-size", "--tensor-parallel-size")
-    budget = config.parsed_budget
-    if budget is not None and budget.kind == "tpot_ms" and tp_size not in (None, "1"):
-        raise LaunchError(TPOT_WITH_TP)
-    if _has_flag(args, "--enable-dp-attention"):
-        raise LaunchError(
-            f"--enable-dp-attention is not supported with --lynx-policy {config.policy}: data-parallel "
-            "attention ranks route different tokens, so they would take different decisions"
-        )
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return True
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
-        time.sleep(0.5)
-    return False
-
-
-def _live_group_members(pgid: int) -> list[int]:
-    """Processes of the group that are still running (zombies have exited; they only await a reap)."""
-    import psutil
-
-    live = []
-    for proc in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                live.append(proc.pid)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return live
-
-
-def become_subreaper() -> None:
-    """Adopt orphaned descendants (Linux), so SGLang processes whose parent exited first can be reaped
-    here instead of lingering as zombies under a pid 1 that does not reap (as in many containers)."""
-    try:
-        import ctypes
-
-        PR_SET_CHILD_SUBREAPER = 36
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: zombies are the init process's to reap
-
-
-def reap_children() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-# How long SGLang gets to stop by itself after the signal we pass on. SIGTERM means "drain": SGLang
-# finishes the requests in flight first (its watchdog looks every 5 s). The whole ladder stays under
-# the deployment's 30 s stop_grace_period.
-STOP_GRACE_S = {signal.SIGINT: 10.0, signal.SIGTERM: 20.0}
-
-
-def _wait_group_gone(process, pgid: int, seconds: float, *, until_leader_exits=False, hurry=lambda: False) -> bool:
-    """Wait until no process of the group runs (True), or `seconds` pass, or `hurry()` says so, or (if
-    asked) the group's leader has exited while others still run: those were orphaned, waiting is
-    pointless."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not hurry():
-        leader_exited = process.poll() is not None  # also reaps our direct child
-        reap_children()
-        if not _live_group_members(pgid):
-            reap_children()
-            return True
-        if until_leader_exits and leader_exited:
-            return False
-        time.sleep(0.05)
-    return False
-
-
-def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGINT, hurry=lambda: False) -> None:
-    """Stop SGLang the way SGLang stops itself, then make sure of it.
-
-    The signal goes to SGLang's launcher alone, as if it had been sent to `sglang.launch_server`:
-    SIGINT stops at once, SIGTERM drains requests in flight first; either way SGLang ends its own
-    scheduler and detokenizer. Whatever of the group still runs after the grace period (or once the
-    launcher is gone) gets SIGTERM, then SIGKILL. Signalling the whole group at once instead made the
-    launcher see its scheduler die, report a crash and sleep 5 s for crash diagnostics.
-    `hurry()` turning true (a second Ctrl-C) skips what is left of the grace period."""
-    pgid = process.pid  # start_new_session=True made the child the leader of its own group
-    if process.poll() is None:
-        try:
-            os.kill(pgid, sig)
-        except ProcessLookupError:
-            pass
-        if _wait_group_gone(process, pgid, STOP_GRACE_S.get(sig, 10.0), until_leader_exits=True, hurry=hurry):
-            return
-    for group_signal, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, group_signal)
-        except ProcessLookupError:
-            break
-        if _wait_group_gone(process, pgid, wait):
-            return
-    process.poll()
-    reap_children()
-
-
-def example_request(url: str) -> str:
-    body = json.dumps({"model": "default", "prompt": "123+45=", "max_tokens": 8, "temperature": 0})
-    return f"curl -s {url}/v1/completions -H 'Content-Type: application/json' -d '{body}'"
-
-
 def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         serve_parser().print_help()
@@ -383,11 +289,15 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
     except LaunchError as exc:
         print(f"lynx-sglang serve: error: {exc}", file=sys.stderr)
         return 2
-
+    announce_start(plan)
     runtime_dir = tempfile.mkdtemp(prefix="lynx-sglang-")
-    env = dict(os.environ, **plan.env)
-    env[CONFIG_ENV] = dataclasses.replace(plan.config, runtime_dir=runtime_dir).to_env()
+    try:
+        return run_sglang(plan, runtime_dir, startup_timeout)
+    finally:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
 
+
+def announce_start(plan: LaunchPlan) -> None:
     config = plan.config
     policy = config.policy + (f" {config.params}" if config.params else "")
     print(f"lynx-sglang: starting SGLang for {plan.model_path} on {plan.url} "
@@ -399,11 +309,14 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
 
         if note := shared_cores_note(plan.env["SGLANG_CPU_OMP_THREADS_BIND"]):
             print(f"lynx-sglang: {note}", file=sys.stderr, flush=True)
-    become_subreaper()
-    # Own process group: whatever SGLang spawns can be found and stopped, even orphaned.
-    process = subprocess.Popen(plan.command(), env=env, start_new_session=True)
 
-    received = []  # the signal that stops us is the one SGLang gets: SIGTERM drains, SIGINT does not
+
+def run_sglang(plan: LaunchPlan, runtime_dir: str, startup_timeout: float) -> int:
+    """Run SGLang until it exits or a signal stops us; SGLang gets that same signal (SIGTERM drains
+    the requests in flight, SIGINT does not)."""
+    config = replace(plan.config, runtime_dir=runtime_dir)
+    process = start_process_group(plan.command(), {**os.environ, **plan.env, CONFIG_ENV: config.to_env()})
+    received = []
 
     def on_signal(signum, _frame):
         received.append(signum)
@@ -411,14 +324,7 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if wait_healthy(plan.url, process, startup_timeout):
-            name = "the embedded model" if plan.model_path == EMBEDDED_MODEL_DIR else str(plan.model_path)
-            print(f"lynx-sglang: serving {name} at {plan.url}", flush=True)
-            print(f"lynx-sglang: try  {example_request(plan.url)}", flush=True)
-        elif process.poll() is None:
-            print(f"lynx-sglang: server not healthy after {startup_timeout:.0f} s; stopping", file=sys.stderr)
-            return 1
-        return process.wait() if process.poll() is None else process.returncode
+        return watch_sglang(plan, process, startup_timeout)
     except KeyboardInterrupt:
         drain = received and received[0] == signal.SIGTERM
         print(f"lynx-sglang: stopping SGLang{' once the requests in flight finish' if drain else ''}",
@@ -428,6 +334,22 @@ def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:
         for s in previous:  # a second signal while SGLang stops: stop it the hard way, now
             signal.signal(s, lambda signum, _frame: received.append(signum))
         stop_process_group(process, received[0] if received else signal.SIGINT, hurry=lambda: len(received) > 1)
-        shutil.rmtree(runtime_dir, ignore_errors=True)
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def watch_sglang(plan: LaunchPlan, process, startup_timeout: float) -> int:
+    """Say when SGLang is serving, then wait for it to exit; 1 if it is not healthy in time."""
+    if wait_healthy(plan.url, process, startup_timeout):
+        name = "the embedded model" if plan.model_path == EMBEDDED_MODEL_DIR else str(plan.model_path)
+        print(f"lynx-sglang: serving {name} at {plan.url}", flush=True)
+        print(f"lynx-sglang: try  {example_request(plan.url)}", flush=True)
+    elif process.poll() is None:
+        print(f"lynx-sglang: server not healthy after {startup_timeout:.0f} s; stopping", file=sys.stderr)
+        return 1
+    return process.wait()
+
+
+def example_request(url: str) -> str:
+    body = json.dumps({"model": "default", "prompt": "123+45=", "max_tokens": 8, "temperature": 0})
+    return f"curl -s {url}/v1/completions -H 'Content-Type: application/json' -d '{body}'"

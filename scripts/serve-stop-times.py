@@ -16,8 +16,8 @@ import sys
 import time
 import urllib.request
 
-from lynx_sglang.experiments.launch import free_port
-from lynx_sglang.serve import wait_healthy
+from lynx_sglang.local_server import free_port
+from lynx_sglang.local_server import wait_healthy
 
 CASES = [("idle", [signal.SIGINT]), ("idle", [signal.SIGTERM]), ("in flight", [signal.SIGINT]),
          ("in flight", [signal.SIGTERM]), ("in flight", [signal.SIGTERM, signal.SIGTERM])]  # fmt: skip

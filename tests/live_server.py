@@ -5,31 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from lynx_sglang.local_server import free_port, is_healthy, log_tail, stop_process, wait_healthy
+
 STARTUP_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def lynx_sglang_command() -> list[str]:
-    return [sys.executable, "-m", "lynx_sglang.cli"]
-
-
-def test_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("TRITON_INTERPRET", None)
-    return env
 
 
 class RunningServer:
@@ -42,44 +26,29 @@ class RunningServer:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         if command is None:
-            command = [*lynx_sglang_command(), "serve", "--port", "{port}", *args]
-        self.process = subprocess.Popen(
-            [part.replace("{port}", str(self.port)) for part in command],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**test_env(), **(env or {})},
-        )
+            command = [sys.executable, "-m", "lynx_sglang.cli", "serve", "--port", "{port}", *args]
+        test_env = dict(os.environ, OMP_NUM_THREADS="1")
+        test_env.pop("TRITON_INTERPRET", None)  # set for the kernel tests; a server would run Triton interpreted
+        self.process = subprocess.Popen([part.replace("{port}", str(self.port)) for part in command],
+                                        stdout=self._log, stderr=subprocess.STDOUT, env={**test_env, **(env or {})})
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def wait_healthy(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
-            if self.healthy():  # 503 at once while starting; once up, SGLang's /health takes a second
-                return
-            time.sleep(0.25)
+        if wait_healthy(self.url, self.process, STARTUP_TIMEOUT_S):
+            return
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
         raise RuntimeError(f"server not healthy after {STARTUP_TIMEOUT_S} s:\n{self.log_tail()}")
 
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
-                return r.status == 200
-        except (urllib.error.URLError, ConnectionError, OSError):
-            return False
+        return is_healthy(self.url)
 
     def stop(self, sig=signal.SIGINT, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        returncode = stop_process(self.process, sig, timeout)
         self._log.close()
-        return self.process.returncode
+        return returncode
 
 
 def post(url: str, payload, timeout: float = 60, headers: dict | None = None):

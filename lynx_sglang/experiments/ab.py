@@ -9,20 +9,18 @@ Writes report.md, results.json, measurements.jsonl and PNG plots under --out; se
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
-from datetime import datetime, timezone
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import fmt, plots
+from . import fmt, plots, report
 from .analysis import compare_arms, group_blocks, summarise_arm, within_points
-from .arms import Arm, ArmSpecError, arm_from_flags
-from .experiment import Experiment, add_common_arguments, check_common, parse_levels, prepare_items, run, say
-from .tasks import TaskError
+from .arms import Arm, arm_from_flags
+from .experiment import (Experiment, add_common_arguments, check_common, command_parser, parse_levels, prepare_items,
+                         run, say)
 
 # The best setting found for the embedded model by `lynx-sglang sweep` (docs/results/).
 DEFAULT_B = Arm("anchor", {"ratio": 0.3, "fill_to_k": False})
@@ -30,9 +28,7 @@ NON_INFERIORITY_POINTS = 0.01
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="lynx-sglang ab", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[2:]))
+    parser = command_parser("ab", __doc__)
     arms = parser.add_argument_group("arms")
     arms.add_argument("--a", default="baseline", help="policy of arm A (default baseline)")
     arms.add_argument("--b", default=None, help=f"policy of arm B (default {DEFAULT_B.label})")
@@ -43,7 +39,7 @@ def parse_args(argv):
     add_common_arguments(parser, default_n=2000, default_levels="1,8,32", default_out="ab-results")
     args = parser.parse_args(argv)
     check_common(parser, args)
-    return parser, args
+    return args
 
 
 def build_arms(args) -> list[Arm]:
@@ -58,12 +54,12 @@ def build_arms(args) -> list[Arm]:
 
 
 def main(argv=None) -> int:
-    parser, args = parse_args(argv)
+    args = parse_args(argv)
     try:
         arms = build_arms(args)
         levels = parse_levels(args.concurrency)
         items = prepare_items(args)
-    except (ArmSpecError, TaskError, ValueError) as error:
+    except ValueError as error:  # a bad arm, task file or --concurrency
         print(f"lynx-sglang ab: error: {error}", file=sys.stderr)
         return 2
     return run(Experiment("ab", args, arms, levels, items), analyse, publish)
@@ -85,33 +81,46 @@ def analyse(experiment: Experiment, blocks, run_info: dict) -> dict:
             comparisons.append(compare_arms(found[a], found[b], experiment.items, level_summaries[a], level_summaries[b],
                                             resamples=args.bootstrap, seed=args.seed))
     experiment.raw = data
-    return {"tool": "lynx-sglang ab", **run_info, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": {k: v for k, v in experiment.config().items() if k != "items"},
-            "a": a, "b": b, "summaries": summaries, "comparisons": comparisons}
+    return experiment.results(run_info, a=a, b=b, summaries=summaries, comparisons=comparisons)
 
+
+# ---- what the figures say ---------------------------------------------------------------------------
 
 def verdicts(comparison: dict) -> list[str]:
-    c = comparison
-    lines = []
-    accuracy = (f"accuracy {fmt.pct(c['accuracy_a'])} (A) vs {fmt.pct(c['accuracy_b'])} (B), difference "
-                f"{fmt.points(c['accuracy_diff'])} points {fmt.interval_points(c['accuracy_diff_ci'])}, McNemar p = {fmt.p_value(c['mcnemar_p'])}")
+    return [accuracy_verdict(comparison), bytes_verdict(comparison), speed_verdict(comparison)]
+
+
+def accuracy_verdict(c: dict) -> str:
+    text = (f"accuracy {fmt.pct(c['accuracy_a'])} (A) vs {fmt.pct(c['accuracy_b'])} (B), difference "
+            f"{fmt.points(c['accuracy_diff'])} points {fmt.interval_points(c['accuracy_diff_ci'])}, "
+            f"McNemar p = {fmt.p_value(c['mcnemar_p'])}")
     if c["mcnemar_p"] < 0.05:
-        accuracy += ": B is significantly " + ("less" if c["accuracy_diff"] < 0 else "more") + " accurate"
+        text += ": B is significantly " + ("less" if c["accuracy_diff"] < 0 else "more") + " accurate"
     else:
-        accuracy += ": no significant difference"
+        text += ": no significant difference"
     within = within_points(c, NON_INFERIORITY_POINTS)
-    accuracy += (f"; within {100 * NON_INFERIORITY_POINTS:.0f} point: {'yes' if within else 'no'}"
-                 f" (lower end {fmt.points(c['accuracy_diff_ci'][0])})")
-    lines.append(accuracy)
-    lines.append(f"expert bytes per decode token: B reads {fmt.fewer(c['expert_bytes_fraction_b'])} than the model's routing "
-                 f"on the same decode steps; {fmt.megabytes(c['expert_bytes_per_decode_token_b'])} (B) vs "
-                 f"{fmt.megabytes(c['expert_bytes_per_decode_token_a'])} (A), {fmt.fewer(c['expert_bytes_ratio'])}")
+    return text + (f"; within {100 * NON_INFERIORITY_POINTS:.0f} point: {'yes' if within else 'no'}"
+                   f" (lower end {fmt.points(c['accuracy_diff_ci'][0])})")
+
+
+def bytes_verdict(c: dict) -> str:
+    return (f"expert bytes per decode token: B reads {fmt.fewer(c['expert_bytes_fraction_b'])} than the model's "
+            f"routing on the same decode steps; {fmt.megabytes(c['expert_bytes_per_decode_token_b'])} (B) vs "
+            f"{fmt.megabytes(c['expert_bytes_per_decode_token_a'])} (A), {fmt.fewer(c['expert_bytes_ratio'])}")
+
+
+def speed_verdict(c: dict) -> str:
     low, high = c["tpot_median_ratio_ci"]
     speed = "faster" if high < 1 else "slower" if low > 1 else "no clear difference"
-    lines.append(f"median TPOT {fmt.ms(c['tpot_median_ms_b'])} ms (B) vs {fmt.ms(c['tpot_median_ms_a'])} ms (A), ratio "
-                 f"{fmt.ratio(c['tpot_median_ratio'])} {fmt.interval(c['tpot_median_ratio_ci'])}: {speed}; "
-                 f"throughput ratio {fmt.ratio(c['throughput_ratio'])} {fmt.interval(c['throughput_ratio_ci'])}")
-    return lines
+    return (f"median TPOT {fmt.ms(c['tpot_median_ms_b'])} ms (B) vs {fmt.ms(c['tpot_median_ms_a'])} ms (A), ratio "
+            f"{fmt.ratio(c['tpot_median_ratio'])} {fmt.interval(c['tpot_median_ratio_ci'])}: {speed}; "
+            f"throughput ratio {fmt.ratio(c['throughput_ratio'])} {fmt.interval(c['throughput_ratio_ci'])}")
+
+
+# ---- tables -----------------------------------------------------------------------------------------
+
+SUMMARY_HEADER = ["c", "acc A", "acc B", "B-A (pts)", "95 % CI", "McNemar p", "bytes/tok A", "bytes/tok B", "B vs A bytes",
+                  "TPOT A ms", "TPOT B ms", "throughput B/A"]
 
 
 def summary_rows(results: dict) -> list[list[str]]:
@@ -123,10 +132,6 @@ def summary_rows(results: dict) -> list[list[str]]:
                      fmt.fewer(c["expert_bytes_ratio"]), fmt.ms(c["tpot_median_ms_a"]), fmt.ms(c["tpot_median_ms_b"]),
                      fmt.ratio(c["throughput_ratio"])])
     return rows
-
-
-SUMMARY_HEADER = ["c", "acc A", "acc B", "B-A (pts)", "95 % CI", "McNemar p", "bytes/tok A", "bytes/tok B", "B vs A bytes",
-                  "TPOT A ms", "TPOT B ms", "throughput B/A"]
 
 
 TERMINAL_HEADER = ["c", "acc A %", "acc B %", "B-A pts [95 % CI]", "McNemar p", "expert MB/token A->B", "TPOT ms A->B",
@@ -170,32 +175,17 @@ def publish(experiment: Experiment, results: dict, console: Console) -> None:
 
 
 def report_markdown(results: dict, figures: list[str]) -> str:
-    config, versions = results["config"], results["versions"]
-    lines = [f"# A/B: A = {results['a']}, B = {results['b']}", ""]
-    if results["status"] != "complete":
-        lines += [f"**Partial results** ({results['status']}: {results['message']}); {results['blocks']} blocks measured.", ""]
+    config = results["config"]
+    lines = report.header(f"A/B: A = {results['a']}, B = {results['b']}", results)
     lines += [
-        f"`{config['command']}`", "",
-        f"{results['date']}, {versions['machine']}, model {model_text(versions['model'])}; task {config['task']} "
-        f"({config['n']} items, seed {config['seed']}, score {config['score']}), /v1/{config['endpoint']}, "
-        f"at most {config['max_tokens']} output tokens, greedy; {config['blocks']} interleaved blocks per level; "
-        f"{results['seconds']:.0f} s.", "",
+        f"{report.what_ran(results)}; {config['blocks']} interleaved blocks per level; {results['seconds']:.0f} s.", "",
         "## Summary", "", fmt.markdown_table(SUMMARY_HEADER, summary_rows(results)), "",
     ]
-    for c in results["comparisons"]:
-        lines += [f"- **c={c['concurrency']}**: " + "; ".join(verdicts(c))]
+    lines += [f"- **c={c['concurrency']}**: " + "; ".join(verdicts(c)) for c in results["comparisons"]]
     lines += ["", "## Per task", "", per_task_table(results), "", "## Latency", "", latency_table(results), "",
               "## Experts", "", experts_table(results), "", "## Plots", ""]
     lines += [f"![{name}]({name})" for name in figures]
-    lines += ["", "## Versions", "", "`" + ", ".join(f"{k} {v}" for k, v in versions["packages"].items()) +
-              f", python {versions['python']}`", ""]
-    return "\n".join(lines)
-
-
-def model_text(model: dict) -> str:
-    if "url" in model:
-        return f"served at {model['url']}"
-    return f"{model['name']} (weights sha256 {model['weights_sha256'][:12]})"
+    return "\n".join(lines + [""] + report.versions_section(results["versions"]))
 
 
 def per_task_table(results: dict) -> str:

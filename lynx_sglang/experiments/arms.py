@@ -20,7 +20,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
-BUDGET_KINDS = ("experts", "fraction", "mass", "tpot_ms")
+from lynx_sglang.config import BUDGET_KINDS, parse_value, split_top_level
+
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
 
@@ -49,7 +50,6 @@ class Arm:
         return {"label": self.label, **self.request_body()}
 
 
-
 def format_value(value) -> str:
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
@@ -58,56 +58,34 @@ def format_value(value) -> str:
     return str(value)
 
 
-def parse_value(text: str):
-    text = text.strip()
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    if text[:1] in "[{":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ArmSpecError(f"value {text!r} is not valid JSON ({error.msg})") from None
-    return text
+def parse_one_value(text: str):
+    if not text.strip():
+        raise ArmSpecError("empty value")
+    try:
+        return parse_value(text)
+    except ValueError as error:
+        raise ArmSpecError(str(error)) from None
 
 
 def expand_values(text: str) -> list:
     """`1` -> [1]; `0.5,1,2` -> [0.5, 1, 2]; `3..7` -> [3, 4, 5, 6, 7]; `[0,1],[2]` -> [[0, 1], [2]]."""
-    text = text.strip()
-    if not text:
-        raise ArmSpecError("empty value")
-    found = _RANGE.match(text)
+    found = _RANGE.match(text.strip())
     if found:
         low, high = int(found.group(1)), int(found.group(2))
         if high < low:
-            raise ArmSpecError(f"range {text!r} is empty (high below low)")
+            raise ArmSpecError(f"range {text.strip()!r} is empty (high below low)")
         return list(range(low, high + 1))
-    return [parse_value(part) for part in top_level_parts(text)]
-
-
-def top_level_parts(text: str) -> list[str]:
-    """Split at commas outside brackets: `[0,1],[2]` -> [`[0,1]`, `[2]`]."""
-    parts, depth, start = [], 0, 0
-    for position, char in enumerate(text):
-        depth += (char in "[{") - (char in "]}")
-        if char == "," and depth == 0:
-            parts.append(text[start:position])
-            start = position + 1
-    return parts + [text[start:]]
+    return [parse_one_value(part) for part in split_top_level(text)]
 
 
 def parse_assignment(text: str) -> tuple[str, list]:
     name, sep, values = text.partition("=")
     if not sep or not name.strip():
         raise ArmSpecError(f"expected NAME=VALUES, got {text!r}")
-    return name.strip(), expand_values(values)
+    try:
+        return name.strip(), expand_values(values)
+    except ArmSpecError as error:
+        raise ArmSpecError(f"{error} in {text.strip()!r}") from None
 
 
 def parse_budget_values(text: str) -> list[str]:
@@ -156,7 +134,10 @@ def arm_from_flags(policy: str, params: list[str], budget: str | None) -> Arm:
         name, sep, value = assignment.partition("=")
         if not sep or not name:
             raise ArmSpecError(f"expected --a-param/--b-param NAME=VALUE, got {assignment!r}")
-        values[name.strip()] = parse_value(value)
+        try:
+            values[name.strip()] = parse_one_value(value)
+        except ArmSpecError as error:
+            raise ArmSpecError(f"{error} in --a-param/--b-param {assignment!r}") from None
     if budget is not None:
         parse_budget_values(budget)  # validates the kind; the server validates the value
     return Arm(policy, values, budget)

@@ -17,6 +17,15 @@ REQUEST_TIMEOUT_S = 600.0
 class ServerError(RuntimeError):
     """The server is unreachable, refused us, or died; the message is one line for the user."""
 
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status when the server answered one
+
+
+class ArmRefused(ServerError):
+    """The server refused an arm's setting (HTTP 400 from POST /lynx/policy): the server is fine, the
+    setting does not fit the model; a sweep skips the arm and goes on."""
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -87,7 +96,7 @@ class AdminClient:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
-            raise ServerError(self._http_message(path, error)) from None
+            raise ServerError(self._http_message(path, error), error.code) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise ServerError(f"cannot reach {self.base_url} ({reason})") from None
@@ -120,11 +129,12 @@ class AdminClient:
         """Put the server exactly in `arm`'s setting. The server merges parameters into those of an
         unchanged policy, so pass through `baseline` first: the arm's parameters then stand alone."""
         if arm.policy != "baseline":
-            self._call("POST", "/lynx/policy", {"policy": "baseline", "budget": None})
+            self.set_policy({"policy": "baseline", "budget": None})
         try:
-            state = self._call("POST", "/lynx/policy", arm.request_body())
+            state = self.set_policy(arm.request_body())
         except ServerError as error:
-            raise ServerError(f"arm {arm.label}: {error}") from None
+            kind = ArmRefused if error.status == 400 else ServerError
+            raise kind(f"arm {arm.label}: {error}", error.status) from None
         if state.get("policy") != arm.policy or (state.get("params") or {}) != arm.params:
             raise ServerError(f"arm {arm.label}: the server reports {state.get('policy')} {state.get('params')} after the switch")
         return state

@@ -13,6 +13,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -24,10 +25,17 @@ from .client import ENDPOINTS, AdminClient, ServerError
 from .launch import ManagedServer
 from .runner import Runner, plan_steps
 from .store import Block, MeasurementStore, ResumeError
-from .tasks import BUILTIN_TASK, Item, TaskError, load_items, make_scorer
+from .tasks import BUILTIN_TASK, Item, load_items, make_scorer
 
 EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "embedded" / "checkpoint"
 EXIT_INTERRUPTED = 130
+
+
+def command_parser(tool: str, doc: str) -> argparse.ArgumentParser:
+    """`lynx-sglang TOOL`'s parser: the module docstring's first line as description, the rest as epilog."""
+    first, _, rest = doc.partition("\n")
+    return argparse.ArgumentParser(prog=f"lynx-sglang {tool}", description=first,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=rest.lstrip("\n"))
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, default_n: int, default_levels: str, default_out: str) -> None:
@@ -66,6 +74,12 @@ class Experiment:
     @property
     def out(self) -> Path:
         return Path(self.args.out)
+
+    def results(self, run_info: dict, **figures) -> dict:
+        """results.json: what ran, how it went (`run_info`), and the tool's figures."""
+        config = {key: value for key, value in self.config().items() if key != "items"}
+        return {"tool": f"lynx-sglang {self.tool}", **run_info,
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": config, **figures}
 
     def config(self) -> dict:
         a = self.args
@@ -113,7 +127,6 @@ Publish = Callable[[Experiment, dict, Console], None]
 def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: bool = False) -> int:
     """Measure, then analyse and publish whatever was measured, also after Ctrl-C or a dead server."""
     console = Console(stderr=True)
-    args = experiment.args
     store = MeasurementStore(experiment.out)
     try:
         done = store.start(experiment.config(), resume=resume)
@@ -128,10 +141,36 @@ def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: b
         return 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    status, message, skipped = measure(experiment, store, done, server, admin, url, console)
+    if message:
+        say(console, f"error: {message}" if status == "server-error" else message,
+            "red" if status == "server-error" else "yellow")
+    blocks = store.load()[1]
+    if not blocks:
+        say(console, f"nothing was measured; {store.path} holds the configuration only")
+        return EXIT_INTERRUPTED if status == "interrupted" else 1
+    run_info = {"status": status, "message": message, "seconds": time.monotonic() - started, "blocks": len(blocks),
+                "skipped_arms": skipped, "versions": versions(experiment)}
+    results = analyse(experiment, blocks, run_info)
+    write_json(experiment.out / "results.json", results)
+    publish(experiment, results, console)
+    if status != "complete":
+        say(console, f"partial results ({len(blocks)} blocks) written to {experiment.out}; "
+                     f"`--resume` continues from {store.path.name}")
+    return {"complete": 0, "interrupted": EXIT_INTERRUPTED}.get(status, 1)
+
+
+def measure(experiment: Experiment, store: MeasurementStore, done: list[Block], server: ManagedServer | None,
+            admin: AdminClient, url: str, console: Console) -> tuple[str, str | None, list[dict]]:
+    """Every step not done yet, each block saved as it ends; (status, why it stopped early, the arms the
+    server refused). A sweep skips a refused arm and goes on; for `ab` a refusal ends the run. A server
+    started here is stopped here."""
+    args = experiment.args
+    runner = Runner(url=url, admin=admin, items=experiment.items, scorer=make_scorer(args.score),
+                    endpoint=args.endpoint, max_tokens=args.max_tokens, store=store, server=server, console=console,
+                    skip_refused=experiment.tool == "sweep")
     status, message = "complete", None
     try:
-        runner = Runner(url=url, admin=admin, items=experiment.items, scorer=make_scorer(args.score),
-                        endpoint=args.endpoint, max_tokens=args.max_tokens, store=store, server=server, console=console)
         runner.run(plan_steps(experiment.arms, experiment.levels, len(experiment.items), args.blocks), done)
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted (Ctrl-C)"
@@ -140,21 +179,7 @@ def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: b
     finally:
         if server is not None:
             server.stop()
-    blocks = store.load()[1]
-    if message:
-        say(console, f"error: {message}" if status == "server-error" else message, "red" if status == "server-error" else "yellow")
-    run_info = {"status": status, "message": message, "seconds": time.monotonic() - started, "blocks": len(blocks),
-                "versions": versions(experiment)}
-    if not blocks:
-        say(console, f"nothing was measured; {store.path} holds the configuration only")
-        return EXIT_INTERRUPTED if status == "interrupted" else 1
-    results = analyse(experiment, blocks, run_info)
-    write_json(experiment.out / "results.json", results)
-    publish(experiment, results, console)
-    if status != "complete":
-        say(console, f"partial results ({len(blocks)} blocks) written to {experiment.out}; "
-                     f"`--resume` continues from {store.path.name}")
-    return {"complete": 0, "interrupted": EXIT_INTERRUPTED}.get(status, 1)
+    return status, message, [{"arm": label, "reason": reason} for label, reason in runner.refused.items()]
 
 
 def connect(experiment: Experiment, console: Console) -> tuple[ManagedServer | None, AdminClient, str]:

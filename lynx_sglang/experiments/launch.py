@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
+
+from lynx_sglang.local_server import free_port, log_tail, stop_process, wait_healthy
 
 from .client import ServerError
 
 DYING_SERVER_WAIT_S = 60
 STARTUP_TIMEOUT_S = 600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ManagedServer:
@@ -49,7 +41,7 @@ class ManagedServer:
                                         start_new_session=True)
 
     def log_tail(self, lines: int = 15) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -66,26 +58,13 @@ class ManagedServer:
         return True
 
     def wait_healthy(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise ServerError(f"the server exited with code {self.process.returncode} while starting "
-                                  f"(log: {self.log_path}):\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(1)
+        if wait_healthy(self.url, self.process, timeout):
+            return
+        if not self.alive():
+            raise ServerError(f"the server exited with code {self.process.returncode} while starting "
+                              f"(log: {self.log_path}):\n{self.log_tail()}")
         raise ServerError(f"the server was not healthy after {timeout:.0f} s (log: {self.log_path})")
 
     def stop(self, timeout: float = 60) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=timeout)
         self._log.close()

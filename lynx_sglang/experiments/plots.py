@@ -103,28 +103,57 @@ def latency_distributions(data: dict[tuple[int, str], ArmData], path: Path) -> s
 
 def frontier(points: list[dict], level: int, path: Path, *, reference: str, x_key: str = "bytes_fraction") -> str:
     """Accuracy against the expert bytes read per decode token (as a fraction of the model's own
-    routing of the same steps) at one level; the frontier joined by a line, dominated arms hollow and
-    grey, the reference's 1-point band shaded."""
-    points = [p for p in points if p[x_key] is not None]
-    fig, ax = plt.subplots(figsize=(8.5, 5.5))
-    front = sorted((p for p in points if p["on_frontier"]), key=lambda p: p[x_key])
+    routing of the same steps) at one level: the frontier joined by a line, dominated arms hollow and
+    grey, the reference's 1-point band shaded. Arms are numbered on the plot and named in a numbered
+    legend, and a second panel zooms on the arms within 2 points of the reference, where they crowd."""
+    points = sorted((p for p in points if p[x_key] is not None), key=lambda p: p[x_key])
+    ref = next((p for p in points if p["arm"] == reference), None)
+    near = [p for p in points if ref is not None and p is not ref and p["accuracy"] >= ref["accuracy"] - 0.02]
+    panels = 2 if ref is not None and 1 < len(near) < len(points) - 1 else 1
+    fig, axes = plt.subplots(1, panels + 1, figsize=(6.5 * panels + 3, 5.5), squeeze=False,
+                             gridspec_kw={"width_ratios": [3] * panels + [1.4]})
+    for ax in axes[0][:panels]:
+        _frontier_panel(ax, points, ref, x_key)
+    axes[0][0].set_title(f"concurrency {level} (filled: frontier; hollow: dominated)", fontsize=9)
+    if panels == 2:
+        zoom = axes[0][1]
+        xs = [p[x_key] for p in near]
+        lows = [100 * p["accuracy_ci"][0] for p in near] + [100 * ref["accuracy"] - 1]
+        highs = [100 * p["accuracy_ci"][1] for p in near]
+        pad_x = 0.05 * (max(xs) - min(xs) or 1)
+        zoom.set_xlim(min(xs) - pad_x, max(xs) + pad_x)
+        zoom.set_ylim(min(lows) - 0.2, max(highs) + 0.2)
+        zoom.set_title("zoom: the arms within 2 points of the reference", fontsize=9)
+    legend = axes[0][-1]
+    legend.axis("off")
+    legend.text(0, 1, "\n".join(legend_lines(points, reference)), va="top", family="monospace", fontsize=6.5,
+                transform=legend.transAxes)
+    return _save(fig, path)
+
+
+def legend_lines(points: list[dict], reference: str) -> list[str]:
+    """The numbered legend: the number drawn beside each arm (in the order of `points`) and its name."""
+    return [f"{number:>2}  {p['arm']}" + ("  (reference)" if p["arm"] == reference else "")
+            for number, p in enumerate(points, 1)]
+
+
+def _frontier_panel(ax, points: list[dict], ref: dict | None, x_key: str) -> None:
+    front = [p for p in points if p["on_frontier"]]
     if front:
         ax.plot([p[x_key] for p in front], [100 * p["accuracy"] for p in front], color="C0", alpha=0.6, zorder=1)
-    for p in points:
-        y, yerr = 100 * p["accuracy"], [[100 * (p["accuracy"] - p["accuracy_ci"][0])], [100 * (p["accuracy_ci"][1] - p["accuracy"])]]
-        color = "C3" if p["arm"] == reference else "C0" if p["on_frontier"] else "0.6"
+    for number, p in enumerate(points, 1):
+        y = 100 * p["accuracy"]
+        yerr = [[100 * (p["accuracy"] - p["accuracy_ci"][0])], [100 * (p["accuracy_ci"][1] - p["accuracy"])]]
+        color = "C3" if p is ref else "C0" if p["on_frontier"] else "0.6"
         style = dict(color=color) if p["on_frontier"] else dict(color=color, mfc="white")
         ax.errorbar(p[x_key], y, yerr=yerr, fmt="o", capsize=2, zorder=2, **style)
-        ax.annotate(p["arm"], (p[x_key], y), textcoords="offset points", xytext=(4, 3), fontsize=6,
-                    color="black" if p["on_frontier"] else "0.5")
-    ref = next((p for p in points if p["arm"] == reference), None)
+        ax.annotate(str(number), (p[x_key], y), textcoords="offset points", xytext=(3, 3), fontsize=7,
+                    color="black" if p["on_frontier"] else "0.5", clip_on=True)
     if ref is not None:
         ax.axhspan(100 * ref["accuracy"] - 1, 100 * ref["accuracy"], color="C2", alpha=0.12,
-                   label=f"within 1 point of {reference}")
+                   label=f"within 1 point of {ref['arm']}")
         ax.axvline(0.4, color="C2", linestyle=":", label="60 % fewer bytes")
         ax.legend(fontsize=7, loc="lower right")
-    ax.set_xlabel("expert bytes read per decode token, fraction of the model's routing on the same steps")
+    ax.set_xlabel("expert bytes per decode token, fraction of the model's routing", fontsize=8)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"Accuracy against expert bytes, concurrency {level} (filled: frontier; hollow: dominated)")
     ax.grid(alpha=0.3)
-    return _save(fig, path)

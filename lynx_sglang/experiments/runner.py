@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .arms import Arm
-from .client import AdminClient, Completion, ServerError, stream_completion
+from .client import AdminClient, ArmRefused, Completion, ServerError, stream_completion
 from .launch import ManagedServer
 from .store import Block, MeasurementStore, compact_stats
 from .tasks import Item, Scorer
@@ -61,7 +61,7 @@ def plan_steps(arms: list[Arm], levels: list[int], count: int, blocks: int) -> l
 class Runner:
     def __init__(self, *, url: str, admin: AdminClient, items: list[Item], scorer: Scorer, endpoint: str,
                  max_tokens: int, store: MeasurementStore, server: ManagedServer | None = None,
-                 console: Console | None = None):
+                 console: Console | None = None, skip_refused: bool = False):
         self.url = url
         self.admin = admin
         self.items = items
@@ -71,11 +71,14 @@ class Runner:
         self.store = store
         self.server = server
         self.console = console or Console(stderr=True)
+        # With skip_refused, an arm the server refuses (HTTP 400: the setting does not fit the model) is
+        # reported and skipped and the other arms still run; without it the refusal ends the run.
+        self.skip_refused = skip_refused
+        self.refused: dict[str, str] = {}  # arm label -> the server's reason
 
-    def run(self, steps: list[Step], done: list[Block]) -> list[Block]:
-        """Measure every step not in `done`; returns all blocks. A ServerError or KeyboardInterrupt
-        propagates after the finished blocks are on disk (each is appended as it ends)."""
-        blocks = list(done)
+    def run(self, steps: list[Step], done: list[Block]) -> None:
+        """Measure every step not in `done`, each block appended to the store as it ends, so a
+        ServerError or KeyboardInterrupt that propagates loses no finished block."""
         finished = {block.key for block in done}
         todo = [step for step in steps if step.key not in finished]
         warmed: set[int] = set()
@@ -84,14 +87,21 @@ class Runner:
         with Progress(*columns, console=self.console, transient=False) as progress:
             task = progress.add_task("requests", total=sum(step.count for step in todo))
             for step in todo:
-                if step.concurrency not in warmed:
-                    self.warm_up(step)
-                    warmed.add(step.concurrency)
-                progress.update(task, description=f"c={step.concurrency} block {step.block + 1} {step.arm.label}")
-                block = self.measure(step, lambda: progress.advance(task))
-                self.store.append(block)
-                blocks.append(block)
-        return blocks
+                if step.arm.label in self.refused:
+                    progress.advance(task, step.count)
+                    continue
+                try:
+                    if step.concurrency not in warmed:
+                        self.warm_up(step)
+                        warmed.add(step.concurrency)
+                    progress.update(task, description=f"c={step.concurrency} block {step.block + 1} {step.arm.label}")
+                    self.store.append(self.measure(step, lambda: progress.advance(task)))
+                except ArmRefused as error:
+                    if not self.skip_refused:
+                        raise
+                    self.refused[step.arm.label] = str(error)
+                    progress.advance(task, step.count)
+                    progress.console.print(f"skipped: {error}", style="yellow", markup=False, soft_wrap=True)
 
     def warm_up(self, step: Step) -> None:
         """A batch at this level's concurrency before measuring it (not recorded)."""

@@ -5,63 +5,77 @@
     lynx-sglang sweep --out sweep-lynx --resume        # continue an interrupted sweep (same flags)
 
 Arms: POLICY[+BUDGET][:PARAM=VALUES]..., separated by ';' (VALUES: a value, a comma list or LO..HI).
+Without --policies the arms are every shipped policy at settings derived from the served model's number
+of experts and top-k. An arm the server refuses is reported and skipped; the others still run.
 The reference arm (default baseline) is always measured; every other arm is compared with it.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from datetime import datetime, timezone
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import fmt, plots, stats
-from .analysis import compare_arms, group_blocks, same_step_fraction, summarise_arm, within_points
-from .arms import Arm, ArmSpecError, parse_arms
-from .experiment import Experiment, add_common_arguments, check_common, parse_levels, prepare_items, run, say
+from lynx_sglang.policy_setup import MoeShape
 
-# Every shipped policy at several settings (docs/results/ is this sweep on the embedded model).
-DEFAULT_POLICIES = ";".join([
-    "lynx:alpha=0.5,1,2,3", "lynx-v1:threshold=0.3,0.5,0.7", "oea:k0=1", "budget:num_experts_kept=2..4",
-    "topn:num_experts_kept=2..4", "static-topk:top_k_used=1", "random:num_experts_kept=4",
-    "coverage:mass_fraction=0.6,0.8", "coverage:mass_fraction=0.6:max_dropped_mass=0.5", "lynx+experts=3",
-    "anchor:ratio=0.3,0.5,0.7", "anchor:ratio=0.3,0.5:fill_to_k=false",
-    # per-layer ratios calibrated on other items (docs/results/calibration): looser where a layer tolerates it
-    "anchor:ratio=[0.2,0.3,0.5,0.3],[0.2,0.3,1.0,0.3]:fill_to_k=false",
-])
+from . import fmt, plots, report, stats
+from .analysis import compare_arms, group_blocks, same_step_fraction, summarise_arm, within_points
+from .arms import ArmSpecError, parse_arms
+from .client import AdminClient, ServerError
+from .experiment import (EMBEDDED_MODEL, Experiment, add_common_arguments, check_common, command_parser, parse_levels,
+                         prepare_items, run, say)
+from .model_arms import ServedShape, default_arms
+
 GOAL_BYTES_RATIO = 0.4  # "at least 60 % fewer expert bytes per decode token"
 GOAL_POINTS = 0.01  # "... with accuracy within 1 point"
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="lynx-sglang sweep", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[2:]))
-    parser.add_argument("--policies", default=DEFAULT_POLICIES, help="the arms (default: every shipped policy at several settings)")
+    parser = command_parser("sweep", __doc__)
+    parser.add_argument("--policies", help="the arms (default: every shipped policy at settings derived from the "
+                                           "model's experts and top-k)")
     parser.add_argument("--reference", default="baseline", help="the arm every other is compared with (default baseline)")
     parser.add_argument("--resume", action="store_true", help="continue from --out's measurements.jsonl (same flags)")
     add_common_arguments(parser, default_n=1000, default_levels="8,32", default_out="sweep-results")
     args = parser.parse_args(argv)
     check_common(parser, args)
-    return parser, args
+    return args
 
 
 def main(argv=None) -> int:
-    parser, args = parse_args(argv)
+    args = parse_args(argv)
     try:
         reference = parse_arms(args.reference)
         if len(reference) != 1:
             raise ArmSpecError(f"--reference must be one arm, got {len(reference)}")
-        arms = reference + [arm for arm in parse_arms(args.policies) if arm != reference[0]]
         levels = parse_levels(args.concurrency)
         items = prepare_items(args)
-    except ValueError as error:
+        candidates = parse_arms(args.policies) if args.policies else model_default_arms(args)
+        arms = reference + [arm for arm in candidates if arm != reference[0]]
+    except (ValueError, ServerError) as error:  # a bad arm, task file or --concurrency; an unreachable --url
         print(f"lynx-sglang sweep: error: {error}", file=sys.stderr)
         return 2
     return run(Experiment("sweep", args, arms, levels, items), analyse, publish, resume=args.resume)
+
+
+def model_default_arms(args) -> list:
+    """The default arms for the model this sweep serves: read from the running server's /lynx/stats
+    (--url) or from the checkpoint's config.json."""
+    if args.url:
+        shape = ServedShape.from_stats(AdminClient(args.url, args.admin_token).stats())
+    else:
+        shape = ServedShape.from_checkpoint(MoeShape.from_checkpoint(Path(args.model_path) if args.model_path
+                                                                     else EMBEDDED_MODEL))
+    if shape is None:
+        raise ArmSpecError("the model has no routed experts the policies could prune; nothing to sweep")
+    arms, dropped = default_arms(shape)
+    print(f"default arms for {shape.describe()}: {len(arms)}", file=sys.stderr)
+    for arm, reason in dropped:
+        print(f"  not proposed: {arm.label} ({reason})", file=sys.stderr)
+    return arms
 
 
 # ---- figures ---------------------------------------------------------------------------------------
@@ -86,9 +100,8 @@ def analyse(experiment: Experiment, blocks, run_info: dict) -> dict:
         comparisons += level_comparisons.values()
         if level_summaries:
             frontiers.append(frontier_points(level, level_summaries, level_comparisons, reference))
-    return {"tool": "lynx-sglang sweep", **run_info, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": {k: v for k, v in experiment.config().items() if k != "items"}, "reference": reference,
-            "summaries": summaries, "comparisons": comparisons, "frontiers": frontiers}
+    return experiment.results(run_info, reference=reference, summaries=summaries, comparisons=comparisons,
+                              frontiers=frontiers)
 
 
 def frontier_points(level: int, summaries: dict[str, dict], comparisons: dict[str, dict], reference: str) -> dict:
@@ -171,31 +184,35 @@ def publish(experiment: Experiment, results: dict, console: Console) -> None:
             table.add_row(*(escape(cell) for cell in row))
         terminal.print(table)
         terminal.print(escape(goal_line(results, frontier)), soft_wrap=True)
+    for line in skipped_lines(results):
+        say(console, line, "yellow")
     say(console, f"report: {out / 'report.md'}")
 
 
+def skipped_lines(results: dict) -> list[str]:
+    return [f"skipped {entry['arm']}: the server refused it ({entry['reason']})"
+            for entry in results.get("skipped_arms") or []]
+
+
+# What the report's tables and marks mean, under the line that says what ran.
+REPORT_LEGEND = (
+    "(Newcombe's score interval, McNemar's exact test). \"bytes vs model\": expert bytes read per decode token "
+    "against the model's own routing of the same decode steps; \"bytes vs ref arm\": against the reference arm's "
+    "steps (moves with the decode batch sizes). `*` marks the frontier (no other arm reads a smaller fraction "
+    "and is at least as accurate); `goal` marks arms with at least 60 % fewer bytes than the model's routing and "
+    "the lower end of the difference's interval at or above -1 point."
+)
+
+
 def report_markdown(results: dict, figures: list[str]) -> str:
-    config, versions = results["config"], results["versions"]
-    model = versions["model"]
-    model_text = model.get("url") or f"{model['name']} (weights sha256 {model['weights_sha256'][:12]})"
-    lines = [f"# Sweep: accuracy against expert bytes per decode token", ""]
-    if results["status"] != "complete":
-        lines += [f"**Partial results** ({results['status']}: {results['message']}); {results['blocks']} blocks measured.", ""]
-    lines += [
-        f"`{config['command']}`", "",
-        f"{results['date']}, {versions['machine']}, model {model_text}; task {config['task']} ({config['n']} items, "
-        f"seed {config['seed']}, score {config['score']}), /v1/{config['endpoint']}, greedy, at most "
-        f"{config['max_tokens']} output tokens; {len(config['arms'])} arms interleaved in {config['blocks']} blocks per "
-        f"level; {results['seconds']:.0f} s. Differences are paired against `{results['reference']}` on the same items "
-        "(Newcombe's score interval, McNemar's exact test). \"bytes vs model\": expert bytes read per decode token "
-        "against the model's own routing of the same decode steps; \"bytes vs ref arm\": against the reference arm's "
-        "steps (moves with the decode batch sizes). `*` marks the frontier (no other arm reads a smaller fraction "
-        "and is at least as accurate); `goal` marks arms with at least 60 % fewer bytes than the model's routing and "
-        "the lower end of the difference's interval at or above -1 point.", "",
-    ]
+    config = results["config"]
+    lines = report.header("Sweep: accuracy against expert bytes per decode token", results)
+    lines += [f"{report.what_ran(results)}; {len(config['arms'])} arms interleaved in {config['blocks']} blocks per "
+              f"level; {results['seconds']:.0f} s. Differences are paired against `{results['reference']}` on the "
+              f"same items {REPORT_LEGEND}", ""]
     for frontier, figure in zip(results["frontiers"], figures):
         lines += [f"## Concurrency {frontier['concurrency']}", "", goal_line(results, frontier), "",
                   fmt.markdown_table(HEADER, table_rows(frontier, results["reference"])), "", f"![{figure}]({figure})", ""]
-    lines += ["## Versions", "", "`" + ", ".join(f"{k} {v}" for k, v in versions["packages"].items()) +
-              f", python {versions['python']}`", ""]
-    return "\n".join(lines)
+    if results.get("skipped_arms"):
+        lines += ["## Skipped arms", "", *(f"- {line}" for line in skipped_lines(results)), ""]
+    return "\n".join(lines + report.versions_section(results["versions"]))

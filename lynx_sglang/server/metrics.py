@@ -14,7 +14,8 @@ from lynx_sglang.server.channel import SchedulerChannel, SchedulerError, Schedul
 
 logger = logging.getLogger("lynx_sglang")
 
-# name -> (type, help, key in the /lynx/stats JSON). Counters get the _total suffix from prometheus_client.
+# Metric name -> help, or -> (key in the /lynx/stats JSON, help) where the key is not the name less
+# `lynx_`. Counters get the _total suffix from prometheus_client.
 STEP_COUNTERS = {
     "lynx_decode_steps": "Decode steps the policy handled (pruned + fallback).",
     "lynx_pruned_steps": "Decode steps routed by the policy in every MoE layer.",

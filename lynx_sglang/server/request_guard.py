@@ -1,19 +1,14 @@
-"""Refuse, in the HTTP process, the single requests that would take SGLang's scheduler down.
+"""Refuse, in the HTTP process, the requests that would take SGLang's scheduler down, and answer the
+shapes SGLang's own code trips over with a 400 (docs/reliability.md).
 
-SGLang hands client-given token ids to the model's embedding unchecked: one id out of range raises
-in the scheduler (a device-side assert on a GPU) and the whole server exits. So do a few sampling
-and logprob values SGLang does not bound (`check_sampling_params`, `check_logprob_params`), and
-tens of thousands of sequences in one request stall the scheduler past its watchdog when the client
-gives up. Every request, from every entry point (`/generate`, `/v1/completions`, chat, score,
-batches), passes through `TokenizerManager._init_req_state` once and `_validate_one_request` per
-prompt in the HTTP process; a ValueError raised there is SGLang's own path to a 400 that names the
-problem.
-
-Three more hooks turn request shapes that SGLang's own code reads unchecked into a 400: an empty
-`input_embeds`, a `sampling_params` list that is not one object per prompt, a `stop_regex` that is
-not a regular expression, and any body its OpenAI request models' validators trip over (a JSON body
-that is not an object, `"response_format": 5`). Without them such a request is a 500 and, streamed,
-a 200 whose stream is cut off before its first event.
+SGLang hands client token ids to the model's embedding unchecked (one id out of range kills the
+scheduler), leaves a few sampling and logprob values unbounded, and lets tens of thousands of
+sequences in one request stall the scheduler past its watchdog. Every request, from every entry
+point, passes through `TokenizerManager._init_req_state` once and `_validate_one_request` per prompt:
+a ValueError raised there is SGLang's own path to a 400 that names the problem. Three more hooks turn
+what SGLang reads unchecked (an empty `input_embeds`, a `sampling_params` list that is not one object
+per prompt, a bad `stop_regex`, a body its OpenAI request models' validators trip over) into that
+400, where it was a 500 or, streamed, a 200 cut off before its first event.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from fastapi import Request
 
 from lynx_sglang import __version__
 from lynx_sglang.config import LynxConfig
+from lynx_sglang.process_records import read_process_records
 from lynx_sglang.server.channel import SchedulerChannel, SchedulerError, SchedulerUnavailable
 
 # Field of a POST /lynx/policy body -> (accepted JSON types, how to say it).
@@ -59,8 +60,6 @@ def policy_request_problem(body) -> str | None:
 
 def add_routes(app, config: LynxConfig, channel: SchedulerChannel | None, runtime_dir: Path | None) -> None:
     from fastapi.responses import JSONResponse
-
-    from lynx_sglang.plugin import read_process_records
 
     if any(getattr(route, "path", None) == "/lynx/info" for route in app.routes):
         return

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from live_server import RunningServer
 
-from lynx_sglang.experiments.launch import free_port
+from lynx_sglang.local_server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -129,6 +129,20 @@ def test_sweep_draws_the_frontier_and_resumes(server, tmp_path):
     assert (out / "measurements.jsonl").read_text().count('"kind":"block"') == blocks
     changed = lynx_sglang(*[a if a != "32" else "24" for a in args], "--resume")
     assert changed.returncode == 2 and "cannot resume: items" in changed.stderr
+
+
+def test_sweep_skips_an_arm_the_server_refuses_and_runs_the_rest(server, tmp_path):
+    out = tmp_path / "refused"
+    done = lynx_sglang("sweep", *against(server), "--policies", "budget:num_experts_kept=1;topn:num_experts_kept=2",
+                       "--n", "8", "--concurrency", "4", "--blocks", "1", "--bootstrap", "100", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    (skipped,) = results["skipped_arms"]
+    assert skipped["arm"] == "budget:num_experts_kept=1" and "allowed: 2..8" in skipped["reason"]
+    (frontier,) = results["frontiers"]
+    assert {p["arm"] for p in frontier["points"]} == {"baseline", "topn:num_experts_kept=2"}
+    assert "skipped budget:num_experts_kept=1" in done.stderr
+    assert "## Skipped arms" in (out / "report.md").read_text()
 
 
 def blocks_in(out: Path) -> int:

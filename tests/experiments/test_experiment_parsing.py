@@ -113,6 +113,10 @@ def test_value_lists_ranges_and_types():
     assert expand_values("[0,1],[2],{\"a\":[1,2]}") == [[0, 1], [2], {"a": [1, 2]}]
     with pytest.raises(ArmSpecError, match="empty"):
         expand_values("5..3")
+    with pytest.raises(ArmSpecError, match="empty value"):
+        expand_values("1,")
+    with pytest.raises(ArmSpecError, match=r"value '\[0,1' is not valid JSON"):
+        expand_values("[0,1")
 
 
 def test_a_spec_expands_to_every_combination_without_duplicates():
@@ -137,6 +141,7 @@ def test_labels_parse_back_to_the_same_arm():
 
 @pytest.mark.parametrize("spec, message", [
     ("", "no arms"), (":alpha=1", "missing policy"), ("lynx:alpha", "NAME=VALUES"), ("lynx:alpha=1:alpha=2", "twice"),
+    ("lynx:alpha=1,", "empty value in 'alpha=1,'"),
 ])
 def test_bad_specs_are_errors(spec, message):
     with pytest.raises(ArmSpecError, match=message):
@@ -147,8 +152,10 @@ def test_ab_flags_make_one_arm():
     arm = arm_from_flags("lynx", ["alpha=1", "tie_break=index"], "experts=4")
     assert arm == Arm("lynx", {"alpha": 1, "tie_break": "index"}, "experts=4")
     assert arm.request_body() == {"policy": "lynx", "params": {"alpha": 1, "tie_break": "index"}, "budget": "experts=4"}
-    with pytest.raises(ArmSpecError):
+    with pytest.raises(ArmSpecError, match="NAME=VALUE"):
         arm_from_flags("lynx", ["alpha"], None)
+    with pytest.raises(ArmSpecError, match="empty value in --a-param/--b-param 'alpha='"):
+        arm_from_flags("lynx", ["alpha="], None)
 
 
 @pytest.mark.parametrize("flags", [["--port", "31399"], ["--model-path", "some/checkpoint"]])

@@ -103,3 +103,21 @@ def test_no_arm_is_within_a_point_on_a_small_sample(tmp_path):
     assert not any(p["meets_goal"] for p in frontier["points"])
     assert "no arm is within 1 point of baseline" in sweep.goal_line(results, frontier)
     json.dumps(results, default=float)  # every figure serialises
+
+
+def test_the_frontier_plot_numbers_every_arm_and_zooms_where_they_crowd(tmp_path):
+    import matplotlib.image
+
+    from lynx_sglang.experiments import plots
+
+    def point(arm, fraction, accuracy, front=False):
+        return {"arm": arm, "bytes_fraction": fraction, "accuracy": accuracy,
+                "accuracy_ci": [accuracy - 0.01, accuracy + 0.01], "on_frontier": front}
+
+    crowded = [point("baseline", 1.0, 0.93, True), point("far", 0.3, 0.70, True)]
+    crowded += [point(f"near-{i}", 0.40 + i / 100, 0.93 - i / 1000, i == 0) for i in range(12)]
+    lines = plots.legend_lines(sorted(crowded, key=lambda p: p["bytes_fraction"]), "baseline")
+    assert lines[0] == " 1  far" and lines[-1] == "14  baseline  (reference)" and len(lines) == 14
+    zoomed = matplotlib.image.imread(tmp_path / plots.frontier(crowded, 32, tmp_path / "z.png", reference="baseline"))
+    plain = matplotlib.image.imread(tmp_path / plots.frontier(crowded[:3], 32, tmp_path / "p.png", reference="baseline"))
+    assert zoomed.shape[1] > plain.shape[1] * 1.3  # the zoom panel is there only when arms crowd near the reference

@@ -1,13 +1,17 @@
-"""How `ab`/`sweep` word an error from the server they started: a server that is dying (it drains
-requests and stops SGLang's processes for several seconds first) is reported as dead, whatever error
-reached the run first: an HTTP 5xx while it drains as much as a lost connection."""
+"""How `ab`/`sweep` word an error from the server they started: one that exits while starting or never
+answers is reported with its log; one that is dying (it drains requests and stops SGLang's processes
+for several seconds first) is reported as dead, whatever error reached the run first: an HTTP 5xx
+while it drains as much as a lost connection."""
 
 import subprocess
 import sys
 
+import pytest
+
 from lynx_sglang.experiments import launch
 from lynx_sglang.experiments.client import ServerError
 from lynx_sglang.experiments.experiment import server_message
+from lynx_sglang.local_server import free_port
 
 
 def server_exiting_after(seconds: float, tmp_path) -> launch.ManagedServer:
@@ -36,3 +40,27 @@ def test_a_server_that_stays_up_keeps_the_error_as_it_was(tmp_path, monkeypatch)
         server.process.kill()
         server.process.wait()
     assert server_message(error, None) == str(error)
+
+
+def test_a_server_that_exits_while_starting_is_reported_with_its_log(tmp_path):
+    server = launch.ManagedServer(tmp_path / "server.log", policy=None, model_path=str(tmp_path / "nope"))
+    try:
+        with pytest.raises(ServerError) as error:
+            server.wait_healthy(timeout=120)
+    finally:
+        server.stop()
+    message = str(error.value)
+    assert message.startswith("the server exited with code 2 while starting") and str(server.log_path) in message
+    assert "does not exist" in message  # the tail of the log says why
+
+
+def test_a_server_that_never_answers_is_reported_after_the_timeout(tmp_path):
+    server = server_exiting_after(30, tmp_path)
+    server.url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    try:
+        with pytest.raises(ServerError, match=r"the server was not healthy after 1 s \(log: "):
+            server.wait_healthy(timeout=1)
+        assert server.alive()
+    finally:
+        server.process.kill()
+        server.process.wait()

@@ -109,3 +109,11 @@ def test_params_in_every_spelling(raw):
     assert build_config({"params": raw}, {}).params == {"alpha": 0.5, "beta": 2}
     if isinstance(raw, str):
         assert build_config({}, {"LYNX_PARAMS": raw}).params == {"alpha": 0.5, "beta": 2}
+
+
+def test_list_params_parse_as_json_in_flags_and_environment():
+    expected = {"ratio": [0.2, 0.3], "fill_to_k": False}
+    assert build_config({"params": ["ratio=[0.2,0.3]", "fill_to_k=false"]}, {}).params == expected
+    assert build_config({}, {"LYNX_PARAMS": "ratio=[0.2,0.3],fill_to_k=false"}).params == expected
+    with pytest.raises(ConfigError, match=r"^flag params: ratio: value '\[0.2' is not valid JSON"):
+        build_config({"params": ["ratio=[0.2"]}, {})

@@ -20,9 +20,6 @@ FORBIDDEN = {
     "lynx_sglang": ("tools",),
 }
 LAZY_TOOL_IMPORTS = {"lynx_sglang.cli"}  # `lynx-sglang bench` imports its benchmark when it runs
-# Known, being removed on another branch (plugin -> server.launcher -> server.routes -> plugin): delete
-# this entry when that branch is merged; a cycle that no longer exists fails the test too.
-KNOWN_CYCLES = {frozenset({"lynx_sglang.plugin", "lynx_sglang.server.launcher", "lynx_sglang.server.routes"})}
 
 
 def modules() -> dict[str, Path]:
@@ -126,9 +123,8 @@ def test_no_modules_import_each_other_at_import_time():
 def test_no_modules_import_each_other_even_lazily():
     """An import inside a function breaks a cycle at import time, not in the design: two modules that
     need each other are one concept split in the wrong place."""
-    found = set(cycles(_edges(at_import_only=False)))
-    assert found - KNOWN_CYCLES == set(), f"import cycles: {[sorted(c) for c in found - KNOWN_CYCLES]}"
-    assert KNOWN_CYCLES - found == set(), f"gone, delete from KNOWN_CYCLES: {[sorted(c) for c in KNOWN_CYCLES - found]}"
+    found = cycles(_edges(at_import_only=False))
+    assert found == [], f"import cycles: {[sorted(c) for c in found]}"
 
 
 def test_packages_import_in_one_direction():

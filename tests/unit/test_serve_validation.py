@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lynx_sglang import gpu_runtime
+from lynx_sglang.local_server import free_port
 from lynx_sglang.serve import EMBEDDED_MODEL_DIR, LaunchError, plan_launch
 
 
@@ -54,10 +55,10 @@ def test_checkpoint_without_weights(tmp_path):
 def test_checkpoint_without_weights_is_served_with_dummy_weights(tmp_path, load_format):
     config = {"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2, "num_hidden_layers": 2}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    plan = plan_launch(["--model-path", str(tmp_path), "--port", free_port(), *load_format], on_cpu=True)
+    plan = plan_launch(["--model-path", str(tmp_path), "--port", str(free_port()), *load_format], on_cpu=True)
     assert plan.model_path == tmp_path and load_format[-1] in plan.sglang_args
     with pytest.raises(LaunchError, match="no weight files"):  # any other load format needs the weights
-        plan_launch(["--model-path", str(tmp_path), "--port", free_port(), "--load-format", "safetensors"],
+        plan_launch(["--model-path", str(tmp_path), "--port", str(free_port()), "--load-format", "safetensors"],
                     on_cpu=True)
 
 
@@ -75,14 +76,8 @@ def test_unknown_lynx_flag():
     assert_rejected(proc, "unknown flag --lynx-polcy")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def test_plan_passes_unknown_sglang_flags_through_and_adds_cpu_defaults():
-    plan = plan_launch(["--port", free_port(), "--mem-fraction-static", "0.5", "--max-total-tokens", "2048"], on_cpu=True)
+    plan = plan_launch(["--port", str(free_port()), "--mem-fraction-static", "0.5", "--max-total-tokens", "2048"], on_cpu=True)
     args = plan.sglang_args
     assert args[:2] == ["--model-path", str(EMBEDDED_MODEL_DIR)]
     assert args[args.index("--mem-fraction-static") + 1] == "0.5"
@@ -93,12 +88,12 @@ def test_plan_passes_unknown_sglang_flags_through_and_adds_cpu_defaults():
 
 
 def test_plan_on_gpu_adds_no_cpu_defaults():
-    plan = plan_launch(["--port", free_port()], on_cpu=False, sgl_kernel_ok=True)
+    plan = plan_launch(["--port", str(free_port())], on_cpu=False, sgl_kernel_ok=True)
     assert "--device" not in plan.sglang_args and plan.env == {}
 
 
 def test_plan_on_gpu_without_sgl_kernel_runs_the_gpu_runtime():
-    plan = plan_launch(["--port", free_port(), "--attention-backend", "flashinfer"], on_cpu=False,
+    plan = plan_launch(["--port", str(free_port()), "--attention-backend", "flashinfer"], on_cpu=False,
                        sgl_kernel_ok=False, environ={"PYTHONPATH": "elsewhere"})
     args = plan.sglang_args
     assert args[args.index("--moe-runner-backend") + 1] == "triton"
@@ -133,7 +128,7 @@ def test_bad_port_values(port):
     (["--lynx-policy", "lynx", "--lynx-budget", "tpot_ms=20", "--tp", "2"], ["tpot_ms", "tensor parallelism"]),
 ])  # fmt: skip
 def test_bad_lynx_settings_stop_the_launch(args, needles):
-    proc, _ = run_serve("--port", free_port(), *args)
+    proc, _ = run_serve("--port", str(free_port()), *args)
     assert_rejected(proc, *needles)
 
 
@@ -141,11 +136,11 @@ def test_bad_lynx_environment_is_rejected_like_a_flag(monkeypatch):
     monkeypatch.setenv("LYNX_POLICY", "lynx")
     monkeypatch.setenv("LYNX_BUDGET", "mass=2")
     with pytest.raises(LaunchError, match="mass=2.0 out of range"):
-        plan_launch(["--port", free_port()], on_cpu=True)
+        plan_launch(["--port", str(free_port())], on_cpu=True)
 
 
 def test_plan_carries_a_validated_config():
-    plan = plan_launch(["--port", free_port(), "--lynx-policy", "oea", "--lynx-param", "k0=1",
+    plan = plan_launch(["--port", str(free_port()), "--lynx-policy", "oea", "--lynx-param", "k0=1",
                         "--lynx-kernel", "triton"], on_cpu=True, environ={})
     assert plan.config.policy == "oea" and plan.config.params == {"k0": 1}
     assert plan.env["TRITON_INTERPRET"] == "1"  # Triton kernels on CPU tensors run interpreted
@@ -165,17 +160,17 @@ def test_serve_help_lists_lynx_flags_and_points_to_sglang():
 def test_plan_binds_one_core_set_per_tensor_parallel_rank_on_cpu(flag):
     from lynx_sglang.cpu_runtime.threads import threads_bind, usable_cores
 
-    plan = plan_launch(["--port", free_port(), "--lynx-policy", "lynx", flag, "2"], on_cpu=True, environ={})
+    plan = plan_launch(["--port", str(free_port()), "--lynx-policy", "lynx", flag, "2"], on_cpu=True, environ={})
     assert plan.env["SGLANG_CPU_OMP_THREADS_BIND"] == threads_bind(2, usable_cores())
     assert plan.env["OMP_NUM_THREADS"] == "1"
 
 
 def test_plan_keeps_one_rank_and_a_users_binding_as_they_are():
-    assert "SGLANG_CPU_OMP_THREADS_BIND" not in plan_launch(["--port", free_port()], on_cpu=True, environ={}).env
+    assert "SGLANG_CPU_OMP_THREADS_BIND" not in plan_launch(["--port", str(free_port())], on_cpu=True, environ={}).env
     users = {"SGLANG_CPU_OMP_THREADS_BIND": "1|0"}
-    plan = plan_launch(["--port", free_port(), "--tp", "2"], on_cpu=True, environ=users)
+    plan = plan_launch(["--port", str(free_port()), "--tp", "2"], on_cpu=True, environ=users)
     assert "SGLANG_CPU_OMP_THREADS_BIND" not in plan.env  # the user's variable reaches SGLang unchanged
-    assert "SGLANG_CPU_OMP_THREADS_BIND" not in plan_launch(["--port", free_port(), "--tp", "2"], on_cpu=False).env
+    assert "SGLANG_CPU_OMP_THREADS_BIND" not in plan_launch(["--port", str(free_port()), "--tp", "2"], on_cpu=False).env
 
 
 @pytest.mark.parametrize("args,environ,needle", [
@@ -184,5 +179,5 @@ def test_plan_keeps_one_rank_and_a_users_binding_as_they_are():
 ])  # fmt: skip
 def test_bad_tensor_parallel_values_stop_the_cpu_launch(args, environ, needle):
     with pytest.raises(LaunchError) as error:
-        plan_launch(["--port", free_port(), *args], on_cpu=True, environ=environ)
+        plan_launch(["--port", str(free_port()), *args], on_cpu=True, environ=environ)
     assert needle in str(error.value)

@@ -1,0 +1,108 @@
+"""The default arms of `lynx-sglang sweep`, derived from the served model's MoE shape.
+
+Every shipped policy at several settings, with the settings that count experts (kept experts, the
+budget, a token's own top-k', OEA's floor) placed between the model's top-k and half its experts, so a
+16-expert top-4 model gets `topn:num_experts_kept=4,6,8` where the embedded 8-expert top-2 model gets
+`2,3,4`. Each derived arm is checked with the server's own validation (policy_setup.validate_for_model)
+and dropped if the model cannot take it, so the default sweep never proposes an arm the server refuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lynx_sglang.config import ConfigError, LynxConfig
+from lynx_sglang.policy_setup import MoeShape, validate_for_model
+
+from .arms import Arm, parse_arms
+
+# Per-layer anchor ratios calibrated on the embedded model (docs/results/calibration): they belong to
+# its four MoE layers and are proposed only for a model of that shape.
+EMBEDDED_SHAPE = (8, 2, 4)  # experts, top-k, MoE layers
+EMBEDDED_ONLY = "anchor:ratio=[0.2,0.3,0.5,0.3],[0.2,0.3,1.0,0.3]:fill_to_k=false"
+
+
+@dataclass(frozen=True)
+class ServedShape:
+    """What the sweep needs to know of the model: its routed experts, top-k and MoE layer count."""
+
+    num_experts: int
+    top_k: int
+    moe_layers: int
+    renormalize: bool = True
+    model_name: str = ""
+
+    @classmethod
+    def from_stats(cls, stats: dict) -> "ServedShape | None":
+        """From GET /lynx/stats: the most common (experts, top-k) of the listed MoE layers."""
+        layers = stats.get("layers") or []
+        if not layers:
+            return None
+        shapes = [(layer["num_experts"], layer["top_k"]) for layer in layers]
+        num_experts, top_k = max(set(shapes), key=shapes.count)
+        return cls(int(num_experts), int(top_k), len(layers))
+
+    @classmethod
+    def from_checkpoint(cls, shape: MoeShape | None) -> "ServedShape | None":
+        if shape is None:
+            return None
+        return cls(shape.num_experts, shape.top_k, shape.num_layers, shape.renormalize, shape.model_name)
+
+    def describe(self) -> str:
+        return f"{self.num_experts} experts, top-{self.top_k}, {self.moe_layers} MoE layers"
+
+
+def kept_counts(num_experts: int, top_k: int) -> list[int]:
+    """Three expert counts from top-k (the least that keeps every token's top-k possible) to half the
+    experts, evenly spaced and distinct: 8 experts top-2 -> 2, 3, 4; 16 top-4 -> 4, 6, 8."""
+    high = max(top_k, num_experts // 2)
+    values = [round(top_k + (high - top_k) * step / 2) for step in range(3)]
+    return sorted(set(values))
+
+
+def _values(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def derived_spec(shape: ServedShape) -> str:
+    """The sweep's default arms for this model, in `--policies` text form (before validation)."""
+    num_experts, top_k = shape.num_experts, shape.top_k
+    kept = kept_counts(num_experts, top_k)
+    own_top = sorted({value for value in (1, top_k // 2) if 1 <= value < top_k})  # static-topk's k' < k
+    floors = sorted({value for value in (1, top_k // 2) if value >= 1})  # OEA's k0 in 1..k
+    groups = [
+        "lynx:alpha=0.5,1,2,3", "lynx-v1:threshold=0.3,0.5,0.7", f"oea:k0={_values(floors)}",
+        f"budget:num_experts_kept={_values(kept)}", f"topn:num_experts_kept={_values(kept)}",
+        f"static-topk:top_k_used={_values(own_top)}" if own_top else "",
+        f"random:num_experts_kept={max(top_k, num_experts // 2)}",
+        "coverage:mass_fraction=0.6,0.8", "coverage:mass_fraction=0.6:max_dropped_mass=0.5",
+        f"lynx+experts={kept[len(kept) // 2]}",
+        "anchor:ratio=0.3,0.5,0.7", "anchor:ratio=0.3,0.5:fill_to_k=false",
+    ]
+    if (num_experts, top_k, shape.moe_layers) == EMBEDDED_SHAPE:
+        groups.append(EMBEDDED_ONLY)
+    return ";".join(group for group in groups if group)
+
+
+def refusal(arm: Arm, shape: ServedShape) -> str | None:
+    """Why the server would refuse `arm` on this model (its own validation), or None."""
+    try:
+        config = LynxConfig(policy=arm.policy, params=dict(arm.params), budget=arm.budget)
+        checkpoint_shape = MoeShape(shape.num_experts, shape.top_k, shape.moe_layers, shape.renormalize,
+                                    shape.model_name)
+        validate_for_model(config, checkpoint_shape)
+    except (ConfigError, ValueError) as error:
+        return str(error)
+    return None
+
+
+def default_arms(shape: ServedShape) -> tuple[list[Arm], list[tuple[Arm, str]]]:
+    """(the arms the model takes, [(arm, why not)] for derived arms it would refuse)."""
+    kept, dropped = [], []
+    for arm in parse_arms(derived_spec(shape)):
+        reason = refusal(arm, shape)
+        if reason is None:
+            kept.append(arm)
+        else:
+            dropped.append((arm, reason))
+    return kept, dropped

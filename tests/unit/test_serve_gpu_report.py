@@ -1,0 +1,48 @@
+"""scripts/serve_gpu_report.py: the GPU run's records merged into the fixed schema, ratios and targets."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("serve_gpu_report", REPO / "scripts" / "serve_gpu_report.py")
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+
+
+def row(shape, arm, concurrency, tpot, kernel="auto"):
+    return {"shape": shape, "num_layers": 32, "arm": arm, "kernel": "sglang" if arm == "baseline" else kernel,
+            "concurrency": concurrency, "tpot_median_ms": tpot, "tpot_p90_ms": tpot * 1.1,
+            "decode_tokens_per_s": 1000 / tpot, "experts_per_layer": 8.0 if arm == "baseline" else 4.0,
+            "expert_bytes_per_decode_token": 8e6 if arm == "baseline" else 4e6}
+
+
+def record(rows, command="lynx-sglang bench serve --shape mixtral-8x7b"):
+    return {"device": "NVIDIA H200", "commit": "abc", "command": command, "rows": rows}
+
+
+def test_records_merge_into_the_fixed_schema_and_targets_are_judged(tmp_path, capsys):
+    mixtral = record([row("mixtral-8x7b", "baseline", 32, 20.0), row("mixtral-8x7b", "budget:fraction=0.5", 32, 12.0),
+                      row("mixtral-8x7b", "baseline", 1, 10.0), row("mixtral-8x7b", "lynx", 1, 10.5)])
+    qwen = record([row("qwen3-30b-a3b", "baseline", 32, 10.0), row("qwen3-30b-a3b", "budget:fraction=0.5", 32, 8.0)],
+                  "lynx-sglang bench serve --shape qwen3-30b-a3b")
+    paths = []
+    for name, content in (("m.json", mixtral), ("q.json", qwen)):
+        (tmp_path / name).write_text(json.dumps(content))
+        paths.append(str(tmp_path / name))
+    assert report.main([*paths, "--json", str(tmp_path / "serve-gpu.json")]) == 0
+    merged = json.loads((tmp_path / "serve-gpu.json").read_text())
+    assert set(merged) == {"device", "commit", "command", "rows"} and len(merged["rows"]) == 6
+    assert merged["command"].count("bench serve") == 2
+    out = capsys.readouterr().out
+    assert "c=32 budget:fraction=0.5 [auto]: TPOT ratio <= 0.65 | 0.600 | yes" in out
+    assert "qwen3-30b-a3b (32 layers) c=32 budget:fraction=0.5 [auto]: TPOT ratio <= 0.75 | 0.800 | no" in out
+    assert "c=1 lynx [auto]: within 3 % of baseline | 1.050 | no" in out
+    assert "| 0.500 |" in out  # bytes ratio of the pruned arm
+
+
+def test_records_of_different_devices_do_not_merge():
+    with pytest.raises(SystemExit, match="different devices"):
+        report.merge([record([]), {**record([]), "device": "NVIDIA H100 80GB HBM3"}])

@@ -132,7 +132,8 @@ def routing_cases(dtype: str, quick: bool):
     an H100 (its launch configurations)."""
     import torch
 
-    from lynx_sglang.kernels.routing import BudgetRule, CoverageRule, GivenRule, LynxRule, OwnTopRule, RoutingCall, TopNRule
+    from lynx_sglang.kernels.routing import (BudgetRule, CoverageRule, GivenRule, LynxRule, OwnTopRule, RoutingCall,
+                                             TopNRule)
     from lynx_sglang.kernels.routing.launch_config import launch_config
     from lynx_sglang.kernels.routing.triton_plan import launch_constants, mass_partial_dtype
     from lynx_sglang.kernels.routing.triton_remap import routing_decide_kernel
@@ -220,7 +221,8 @@ def routing_call(name: str, experts: int, top_k: int, rows: int, with_budget: bo
     """A RoutingCall as a policy's select builds it, on CPU tensors."""
     import torch
 
-    from lynx_sglang.kernels.routing import BudgetRule, CoverageRule, GivenRule, LynxRule, OwnTopRule, RoutingCall, TopNRule
+    from lynx_sglang.kernels.routing import (BudgetRule, CoverageRule, GivenRule, LynxRule, OwnTopRule, RoutingCall,
+                                             TopNRule)
     from lynx_sglang.kernels.routing.rules import MASS_BITS
 
     generator = torch.Generator().manual_seed(seed)

@@ -16,7 +16,8 @@ def test_cpu_tiny_benchmark_prints_table(capsys):
     # bytes are its three matrices (gate, up, down: 3 * H * I) in bf16.
     assert [row["experts"] for row in rows] == [8, 6, 4, 2]
     shape = bench.TINY_SHAPE
-    assert [row["active_mb"] for row in rows] == [e * 3 * shape.hidden * shape.intermediate * 2 / 1e6 for e in (8, 6, 4, 2)]
+    expert_bytes = 3 * shape.hidden * shape.intermediate * 2
+    assert [row["active_mb"] for row in rows] == [e * expert_bytes / 1e6 for e in (8, 6, 4, 2)]
     # Each time relative to full is its own time over the 100 % time of the same batch.
     for row in rows:
         assert row["rel_to_full"] == pytest.approx(row["ours_us"] / rows[0]["ours_us"])
@@ -26,7 +27,8 @@ def test_cpu_tiny_benchmark_prints_table(capsys):
     assert "# ours = lynx_sglang.kernels.fused_moe_active (CPU torch path)" in out
     header = next(line for line in out.splitlines() if line.startswith("shape |")).split(" | ")
     printed = [line.split(" | ") for line in out.splitlines() if line.startswith("tiny |")]
-    assert [cells[:4] for cells in printed] == [["tiny", "4", f"{p}%", str(e)] for p, e in ((100, 8), (75, 6), (50, 4), (25, 2))]
+    want = [["tiny", "4", f"{pct}%", str(experts)] for pct, experts in ((100, 8), (75, 6), (50, 4), (25, 2))]
+    assert [cells[:4] for cells in printed] == want
     assert all(len(cells) == len(header) for cells in printed) and header[-1] == "x_grouped_mm"
 
 

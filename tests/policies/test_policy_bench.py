@@ -62,7 +62,8 @@ def test_the_target_verdict_follows_the_worst_cell_inside_the_target_shapes():
     table.row("lynx", 128, [10.0, 150.0, 900.0])  # T 512 is outside the target's shapes
     table.row("lynx", 256, [900.0, 900.0, 900.0])  # so is E 256
     table.row("oea", 64, [900.0, 900.0, 900.0])  # and another policy
-    assert target_line("x", table, 150.0).endswith("lynx, worst cell at E <= 128, T <= 256: 150.0 us (target 150 us): met")
+    met = target_line("x", table, 150.0)
+    assert met.endswith("lynx, worst cell at E <= 128, T <= 256: 150.0 us (target 150 us): met")
     assert target_line("x", table, 149.9).endswith("150.0 us (target 150 us): MISSED")
     table.row("lynx", 8, [float("nan"), 1.0, 1.0])  # a failed cell
     assert "lynx FAILED in a cell" in target_line("x", table, 150.0)

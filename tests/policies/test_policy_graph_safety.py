@@ -148,7 +148,8 @@ def test_one_rule_for_non_finite_rows_in_every_implementation_and_the_servers_bo
             final_ids, final_weights, fell_back, _ = finalize(logits, ids, weights, want.topk_ids, want.topk_weights,
                                                               num_real, mask=True)  # fmt: skip
             assert not bool(fell_back), (label, name)
-            assert torch.equal(final_ids, want.topk_ids) and torch.equal(final_weights, want.topk_weights), (label, name)
+            assert torch.equal(final_ids, want.topk_ids), (label, name)
+            assert torch.equal(final_weights, want.topk_weights), (label, name)
 
 
 def test_nan_in_padding_rows_is_ignored():

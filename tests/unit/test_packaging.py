@@ -1,9 +1,10 @@
 """What pyproject installs is what the code imports and reads: every folder of Python files under the
 package roots is a listed package (one left out imports in an editable checkout and is missing from a
 wheel), and every other file in them is package data (the C++ sources built on first use, the launch
-configurations, the embedded checkpoint)."""
+configurations, the embedded checkpoint); and the modules and scripts the docs and scripts run exist."""
 
 import fnmatch
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -53,3 +54,20 @@ def test_every_other_file_is_package_data():
             missing.append(str(path.relative_to(ROOT)))
     assert not missing, f"not installed (add to pyproject's package-data): {missing}"
     assert any(path.name == "cpu.cpp" for path in installed_files())  # the walk sees the data files
+
+
+def named_in_docs_and_scripts(pattern: str) -> set[str]:
+    texts = [ROOT / "README.md", ROOT / "Makefile", *(ROOT / "docs").rglob("*.md"), *(ROOT / "scripts").glob("*")]
+    return {match for path in texts if path.is_file() for match in re.findall(pattern, path.read_text())}
+
+
+def test_every_module_and_script_the_docs_and_scripts_run_exists():
+    """`python -m lynx_sglang...` and `scripts/...` as the README, the docs and the scripts name them
+    (scripts/gpu-checks.sh once ran a scripts/lynx_launches.py that was no longer there)."""
+    modules = named_in_docs_and_scripts(r"-m (lynx_sglang(?:\.\w+)+)")
+    assert "lynx_sglang.tools.profile_launches" in modules  # what gpu-checks.sh's profile stage runs
+    missing = [m for m in sorted(modules) if not (folder_of(m).with_suffix(".py").is_file() or
+                                                  (folder_of(m) / "__init__.py").is_file())]  # fmt: skip
+    scripts = named_in_docs_and_scripts(r"\bscripts/[\w.-]+\.(?:py|sh)\b")
+    missing += [s for s in sorted(scripts) if not (ROOT / s).is_file()]
+    assert not missing, f"named but not there: {missing}"

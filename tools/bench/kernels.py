@@ -17,7 +17,8 @@ flatter the figures. The copy bandwidth is measured in the same run (``dst.copy_
 GB/s = 2 * bytes / time).
 
 Compared implementations, at the same active set (the same topk_ids), each named in the output:
-* ``stock``: ``lynx_sglang.kernels.moe.stock``, a re-implementation of SGLang's Triton fused-MoE algorithm (align over all E
+* ``stock``: ``lynx_sglang.kernels.moe.stock``, a re-implementation of SGLang's Triton fused-MoE algorithm
+  (align over all E
   experts, then the stock block kernel); GPU or ``--triton-on-cpu`` only;
 * ``grouped_mm``: ``torch._grouped_mm`` over tokens sorted by expert, where available;
 * whatever the caller adds: ``sglang_moe.py`` (``lynx-sglang bench kernels``) adds SGLang's own fused
@@ -201,7 +202,8 @@ def run(args, extra_implementations: Callable | None = None) -> list[dict]:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lynx_sglang.tools.bench.kernels", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lynx_sglang.tools.bench.kernels",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--cpu", action="store_true", help="CPU mode: one memory-bound shape (E 8, H 1024, I 3584) on the torch path")
     parser.add_argument("--quick", action="store_true", help="fewer batches, fractions and iterations")
     parser.add_argument("--tiny", action="store_true", help="a tiny shape (smoke tests)")

@@ -14,3 +14,13 @@ def interpret_without_cuda() -> bool:
         if not torch.cuda.is_available():
             os.environ["TRITON_INTERPRET"] = "1"
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def interpreter_on() -> bool:
+    """Whether `@triton.jit` decorating now produces interpreted functions."""
+    import triton
+
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None and getattr(knobs.runtime, "interpret", False):
+        return True
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"

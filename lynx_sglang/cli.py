@@ -36,13 +36,13 @@ def _bench(args: list[str]) -> int:
     parser.add_argument("what", choices=("policies", "kernels", "serve", "bookkeeping"), help="what to measure")
     namespace = parser.parse_args(args[:1])
     if namespace.what == "policies":
-        from lynx_sglang.policies.bench import main
+        from lynx_sglang.tools.bench.policies import main
     elif namespace.what == "kernels":
-        from lynx_sglang.kernel_bench import main
+        from lynx_sglang.tools.bench.sglang_moe import main
     elif namespace.what == "bookkeeping":
-        from lynx_sglang.bench_bookkeeping import main
+        from lynx_sglang.tools.bench.bookkeeping import main
     else:
-        from lynx_sglang.bench_serve import main
+        from lynx_sglang.tools.bench.serve import main
     return main(args[1:]) or 0
 
 

@@ -31,7 +31,8 @@ from .registry import (
     get_policy,
     resolve_policy_class,
 )
-from .remap import ids_to_mask, remap_topk, sanitize_logits
+from ..kernels.routing.batch import ids_to_mask
+from .remap import remap_topk, sanitize_logits
 
 __all__ = [
     "BUILTIN_POLICIES",

@@ -6,13 +6,13 @@ import math
 
 import torch
 
-from .base import Policy, RoutingContext, ensure_min_active, real_rows
+from ..kernels.routing import AnchorRule
+from ..kernels.routing.batch import ids_to_mask, real_rows
+from . import params
+from .base import Policy, RoutingContext, ensure_min_active
 from .budget import ExpertBudget, cap_active_experts
 from .keys import MASS_ONE
-from . import params
 from .params import PolicyConfigError
-from .remap import ids_to_mask
-from ..kernels.routing import AnchorRule
 
 
 class AnchorPolicy(Policy):

@@ -16,8 +16,9 @@ from . import params
 from .budget import ExpertBudget, cap_active_experts
 from .keys import own_weight_units, preference_order, rank_of, stable_topk_indices, unique_descending_keys
 from .params import PolicyConfigError
-from .remap import _remap_clean, ids_to_mask, sanitize_logits
+from .remap import _remap_clean, sanitize_logits
 from ..kernels.routing import GivenRule, RoutingCall, RoutingRule, fused_available, fused_route, fused_supports
+from ..kernels.routing.batch import ids_to_mask, real_rows
 
 
 class PolicyDecision(NamedTuple):
@@ -303,9 +304,3 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(E={self.num_experts}, k={self.top_k}, renormalize={self.renormalize})"
-
-
-def real_rows(num_rows: int, num_real, device) -> torch.Tensor:
-    """[T] bool: rows below num_real (a python int, a 0-dim tensor, or None = all)."""
-    row_index = torch.arange(num_rows, device=device)
-    return row_index >= 0 if num_real is None else row_index < num_real

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.routing import MASS_BITS, RATIO_BITS
+from ..kernels.routing.rules import MASS_BITS, RATIO_BITS
 
 # One token's routed weight is MASS_ONE units: the mass is a sum of integers, exact in any order.
 MASS_ONE = 1 << MASS_BITS

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 
 from ..kernels.routing import LynxRule
+from ..kernels.routing.batch import ids_to_mask
 from .base import Policy, PolicyConfigError, RoutingContext
 from .keys import rank_of
 from .params import check_choice
-from .remap import ids_to_mask
 
 # (alpha, beta) shipped by the authors, matched by model name (lower-case substring, first match).
 # Order matters: the more specific names come first.

@@ -10,10 +10,10 @@ import math
 import torch
 
 from ..kernels.routing import BudgetRule, CoverageRule, OwnTopRule, TopNRule
-from .base import Policy, PolicyConfigError, PolicyDecision, RoutingContext, ensure_min_active, real_rows
+from ..kernels.routing.batch import ids_to_mask, real_rows
+from .base import Policy, PolicyConfigError, PolicyDecision, RoutingContext, ensure_min_active
 from .keys import MASS_BITS, MASS_ONE, unique_descending_keys
 from .params import experts_kept
-from .remap import ids_to_mask
 
 
 class BaselinePolicy(Policy):

@@ -11,23 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.routing import FP32_BIG as _FP32_BIG
+from ..kernels.routing.rules import FP32_BIG as _FP32_BIG
 from .keys import stable_topk_indices
-
-
-def ids_to_mask(ids: torch.Tensor, row_mask: torch.Tensor | None, num_experts: int) -> torch.Tensor:
-    """Mask [E] bool of the experts that appear in `ids` [T, j], counting only rows where `row_mask`
-    [T] is True (all rows when None). Out-of-range ids are clamped so a garbage row cannot trigger a
-    device-side assert; callers only pass rows they trust."""
-    num_rows, slots = ids.shape
-    ids = ids.long().clamp(0, num_experts - 1)
-    if row_mask is None:
-        votes = torch.ones(num_rows, slots, dtype=torch.bool, device=ids.device)
-    else:
-        votes = row_mask.unsqueeze(1).expand(num_rows, slots)
-    per_row = torch.zeros(num_rows, num_experts, dtype=torch.bool, device=ids.device)
-    per_row.scatter_(1, ids, votes)
-    return per_row.any(dim=0)
 
 
 def sanitize_logits(router_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

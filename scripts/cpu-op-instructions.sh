@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Instructions per call of the C++ routing op (kernels/routing_cpu.cpp), counted by valgrind's
+# Instructions per call of the C++ routing op (kernels/routing/cpu.cpp), counted by valgrind's
 # callgrind: repeatable where wall-clock times on a shared CPU are not, so two versions of the op can
 # be compared by a few percent. Counts the op's own code and the libm calls it makes (exp).
 #
@@ -21,7 +21,7 @@ import sys
 import torch
 
 from lynx_sglang.policies import get_policy
-from lynx_sglang.policies.bench import make_batch
+from lynx_sglang.tools.bench.batches import make_batch
 
 name, experts, tokens, ids, calls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 policy = get_policy(name, num_experts=experts, top_k=8)

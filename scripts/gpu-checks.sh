@@ -5,7 +5,7 @@
 #   2. `bench policies`: each policy's select() under CUDA-graph replay, launches per call, and the
 #      fused path's two launches timed apart (`--per-launch`),
 #   3. `launches`: only the per-launch times (`bench policies --per-launch`) of the fused rules,
-#   4. `sweep`: lynx's launch configurations (block sizes, warps) timed per E and T (policies/launch_sweep.py),
+#   4. `sweep`: lynx's launch configurations (block sizes, warps) timed per E and T (tools/launch_sweep.py),
 #   5. `profile`: lynx's two launches at E 128 under Nsight Compute (ncu), where it is installed,
 #   6. `bench kernels --quick`: the active-expert MoE against the stock algorithm and grouped_mm,
 #   7. the long hypothesis agreement test of every policy on CUDA, with whatever time is left.
@@ -58,40 +58,41 @@ if wanted policies; then
 stage "bench policies: compile (parallel)"
 policies=$("$python" -c "from lynx_sglang.policies.registry import BUILTIN_POLICIES as p; print(' '.join(p))")
 for policy in $policies; do
-  timeout "$(budget 90)" "$python" -m lynx_sglang.policies.bench --policies "$policy" --repeats 1 --no-launch-counts >/dev/null 2>&1 &
+  timeout "$(budget 90)" "$python" -m lynx_sglang.tools.bench.policies --policies "$policy" --repeats 1 --no-launch-counts >/dev/null 2>&1 &
 done
 wait
 stage "bench policies" | tee "$out/policies.txt"
-timeout "$(budget 100)" "$python" -m lynx_sglang.policies.bench 2>&1 | tee -a "$out/policies.txt"
-timeout "$(budget 40)" "$python" -m lynx_sglang.policies.bench --ids biased --policies lynx,oea,budget,coverage \
+timeout "$(budget 100)" "$python" -m lynx_sglang.tools.bench.policies 2>&1 | tee -a "$out/policies.txt"
+timeout "$(budget 40)" "$python" -m lynx_sglang.tools.bench.policies --ids biased --policies lynx,oea,budget,coverage \
   --no-launch-counts 2>&1 | tee -a "$out/policies.txt"
-timeout "$(budget 40)" "$python" -m lynx_sglang.policies.bench --per-launch --policies lynx,oea,budget,coverage \
+timeout "$(budget 40)" "$python" -m lynx_sglang.tools.bench.policies --per-launch --policies lynx,oea,budget,coverage \
   2>&1 | tee -a "$out/policies.txt"
 fi
 
 if wanted launches; then
 stage "bench policies --per-launch: compile (parallel)"
 for policy in lynx oea budget coverage; do
-  timeout "$(budget 90)" "$python" -m lynx_sglang.policies.bench --per-launch --policies "$policy" --repeats 1 >/dev/null 2>&1 &
+  timeout "$(budget 90)" "$python" -m lynx_sglang.tools.bench.policies --per-launch --policies "$policy" --repeats 1 >/dev/null 2>&1 &
 done
 wait
 stage "bench policies --per-launch" | tee "$out/launches.txt"
-timeout "$(budget 60)" "$python" -m lynx_sglang.policies.bench --per-launch --policies lynx,oea,budget,coverage \
+timeout "$(budget 60)" "$python" -m lynx_sglang.tools.bench.policies --per-launch --policies lynx,oea,budget,coverage \
   2>&1 | tee -a "$out/launches.txt"
 fi
 
 if wanted sweep; then
 stage "sweep: lynx's launch configurations" | tee "$out/sweep.txt"
-timeout "$(budget 240)" "$python" -m lynx_sglang.policies.launch_sweep --policies lynx --experts "${SWEEP_EXPERTS:-64,128}" \
+timeout "$(budget 240)" "$python" -m lynx_sglang.tools.launch_sweep --policies lynx --experts "${SWEEP_EXPERTS:-64,128}" \
   --log "$out/sweep.jsonl" 2>&1 | tee -a "$out/sweep.txt"
 fi
 
 if wanted profile; then
 stage "profile: lynx's launches at E 128, T 1 and 256, under Nsight Compute" | tee "$out/profile.txt"
 if command -v ncu >/dev/null; then
-  # Every launch of scripts/lynx_launches.py (T 1, T 256, T 256 picking the other way; three pairs each).
-  timeout "$(budget 120)" ncu --clock-control none --kernel-name regex:_routing_ --section SpeedOfLight \
-    --section WarpStateStats --section Occupancy --section LaunchStats "$python" scripts/lynx_launches.py \
+  # Every launch of tools/profile_launches.py (T 1, T 256, T 256 picking the other way; three pairs each).
+  timeout "$(budget 120)" ncu --clock-control none --kernel-name "regex:routing_(rows|decide)_kernel" \
+    --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats \
+    "$python" -m lynx_sglang.tools.profile_launches \
     2>&1 | tee -a "$out/profile.txt"
 else
   echo "ncu is not on PATH here: no profile" | tee -a "$out/profile.txt"
@@ -100,14 +101,14 @@ fi
 
 if wanted kernels; then
 stage "bench kernels: compile (parallel)"
-shapes=$("$python" -c "from lynx_sglang.kernels.bench import MODEL_SHAPES as s; print(' '.join(x.name for x in s))")
+shapes=$("$python" -c "from lynx_sglang.tools.bench.kernels import MODEL_SHAPES as s; print(' '.join(x.name for x in s))")
 for shape in $shapes; do
-  timeout "$(budget 60)" "$python" -c "from lynx_sglang.kernel_bench import main; main()" --quick --shapes "$shape" \
+  timeout "$(budget 60)" "$python" -m lynx_sglang.tools.bench.sglang_moe --quick --shapes "$shape" \
     --iters 1 --warmup 1 --copies 1 --copy-mib 64 >/dev/null 2>&1 &
 done
 wait
 stage "bench kernels" | tee "$out/kernels.txt"
-timeout "$(budget 100)" "$python" -c "from lynx_sglang.kernel_bench import main; main()" --quick 2>&1 | tee -a "$out/kernels.txt"
+timeout "$(budget 100)" "$python" -m lynx_sglang.tools.bench.sglang_moe --quick 2>&1 | tee -a "$out/kernels.txt"
 fi
 
 if wanted thorough; then

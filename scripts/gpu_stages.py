@@ -191,7 +191,7 @@ def check_kernels(stage: Stage, shape_dir: str) -> None:
 
 
 def check_live_switch(stage: Stage, shape_dir: str) -> None:
-    from lynx_sglang.bench_serve import stream_one
+    from lynx_sglang.tools.bench.serve import stream_one
 
     server = stage.server("switch", "budget", shape_dir, ["--lynx-budget", "fraction=0.5", "--load-format", "dummy",
                                                           "--dtype", "bfloat16", *GRAPH_SIZES])  # fmt: skip
@@ -224,7 +224,7 @@ def check_live_switch(stage: Stage, shape_dir: str) -> None:
 
 
 def correctness(stage: Stage) -> None:
-    from lynx_sglang.bench_models import describe_device, resolve_model
+    from lynx_sglang.tools.bench.models import describe_device, resolve_model
 
     checks = os.environ.get("CHECKS", "embedded,kernels,switch").split(",")
     if "embedded" in checks:

@@ -47,7 +47,7 @@ class StepCounts:
 
 
 class SilentFallbackReport:
-    """Fallbacks decided by tensor ops (non-finite logits, out-of-range ids) are only counted on the
+    """Fallbacks decided by tensor ops (out-of-range ids, non-finite weights) are only counted on the
     device; once a minute, one host read of the count tells the log whether there were any."""
 
     def __init__(self):
@@ -61,7 +61,7 @@ class SilentFallbackReport:
         if total > self._reported:
             logger.warning(
                 "lynx-sglang: %d decode step(s) fell back to the model's routing in some layer since the last report "
-                "(non-finite router logits or invalid policy output); see fallback_steps in /lynx/stats",
+                "(invalid policy output: ids out of range or non-finite weights); see fallback_steps in /lynx/stats",
                 total - self._reported,
             )  # fmt: skip
         self._reported = total

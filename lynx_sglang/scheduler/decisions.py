@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from lynx_sglang.policies.base import real_rows
+from lynx_sglang.kernels.routing.batch import real_rows
 from lynx_sglang.scheduler.stats import MoeLayerInfo
 
 PRIME = 2_147_483_647  # 2**31 - 1

@@ -9,8 +9,9 @@ any policy of another package. The budget must leave k experts: none, experts=N 
 N >= k, mass=1; not a smaller cap, mass < 1 (it may cut the row's weakest expert) or tpot_ms (the
 controller's cap moves).
 
-Approximation: a lone row is not checked, so non-finite router logits there keep the model's routing
-without being counted in fallback_steps.
+One difference from the policies: a lone row with non-finite router logits keeps the model's routing
+here, where the policy (with no voter in the batch) would route it over a set no vote chose. With one
+row there is nothing to save, so the model's routing is the better answer.
 """
 
 from __future__ import annotations

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lynx_sglang.kernels.bookkeeping.layout import FIELDS
 from lynx_sglang.scheduler.bookkeeping import Bookkeeping
-
-FIELDS = ("steps", "tokens", "distinct_before", "distinct_after", "rerouted", "mass_dropped", "fallbacks")
 
 
 @dataclass(frozen=True)

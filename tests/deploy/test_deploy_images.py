@@ -84,7 +84,7 @@ def test_image_runs_lynx_sglang_serve_as_a_non_root_user(kind):
 
 
 def test_cpu_image_has_the_compiler_the_cpu_routing_op_needs():
-    # kernels/routing_cpu.py builds its library with `c++` on first use (Debian's g++ provides it);
+    # kernels/routing/cpu.py builds its library with `c++` on first use (Debian's g++ provides it);
     # SGLang's official image has build-essential.
     installs = [args for op, args in instructions(DOCKERFILES["cpu"]) if op == "RUN" and "apt-get install" in args]
     assert any(re.search(r"\bg\+\+(\s|$)", args) for args in installs), installs

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from lynx_sglang.bench_report import RECORD_FIELDS
+from lynx_sglang.tools.bench.report import RECORD_FIELDS
 from lynx_sglang.tiny_checkpoints import build_tiny_checkpoint
 
 pytestmark = pytest.mark.slow

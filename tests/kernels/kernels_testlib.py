@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lynx_sglang.kernels import fused_moe_active
+
 # Relative error bounds against the fp64 reference, per dtype: ||out - ref||_F / ||ref||_F and
 # max|out - ref| / max|ref|. fp32 is exact-ish on CPU and in the interpreter (tf32 on a GPU needs more);
 # fp16/bf16 allow for the rounding of the stored intermediate and per-slot outputs, and for the
@@ -85,6 +87,14 @@ def make_problem(
         topk_weights.to(device=device, dtype=dtype),
         None if active_mask is None else active_mask.to(device),
     )
+
+
+def reference(problem: MoeProblem, activation: str = "silu", topk_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The float64 reference of `problem` on the CPU (topk_weights: others than the problem's)."""
+    mask = None if problem.active_mask is None else problem.active_mask.cpu()
+    weights = problem.topk_weights if topk_weights is None else topk_weights
+    return fused_moe_active(problem.hidden.cpu(), problem.w13.cpu(), problem.w2.cpu(), problem.topk_ids.cpu(),
+                            weights.cpu(), mask, activation, implementation="reference")  # fmt: skip
 
 
 def relative_errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

@@ -5,22 +5,59 @@ import math
 import pytest
 import torch
 
-from lynx_sglang.kernels import bench
+from lynx_sglang.tools.bench import kernels as bench
 
 
 def test_cpu_tiny_benchmark_prints_table(capsys):
     rows = bench.run(bench.parse_args(["--tiny", "--copy-mib", "8", "--iters", "2", "--copies", "2", "--batches", "4"]))
-    assert [row["active_pct"] for row in rows] == [100, 75, 50, 25]
-    assert all(row["ours_us"] > 0 and row["active_mb"] > 0 for row in rows)
-    # Fewer active experts: the experts with tokens and their bytes fall with the fraction.
+    assert [(row["B"], row["active_pct"]) for row in rows] == [(4, 100), (4, 75), (4, 50), (4, 25)]
+    assert all(row["ours_us"] > 0 for row in rows)
+    # Fewer active experts: the experts with tokens and their bytes fall with the fraction; an expert's
+    # bytes are its three matrices (gate, up, down: 3 * H * I) in bf16.
     assert [row["experts"] for row in rows] == [8, 6, 4, 2]
-    assert rows[0]["active_mb"] == pytest.approx(4 * rows[-1]["active_mb"])
+    shape = bench.TINY_SHAPE
+    expert_bytes = 3 * shape.hidden * shape.intermediate * 2
+    assert [row["active_mb"] for row in rows] == [e * expert_bytes / 1e6 for e in (8, 6, 4, 2)]
     # Each time relative to full is its own time over the 100 % time of the same batch.
     for row in rows:
         assert row["rel_to_full"] == pytest.approx(row["ours_us"] / rows[0]["ours_us"])
+        assert row["gbs"] == pytest.approx(row["active_mb"] * 1e6 / (row["ours_us"] * 1e-6) / 1e9)
     out = capsys.readouterr().out
     assert "copy bandwidth" in out and "ours_us" in out
     assert "# ours = lynx_sglang.kernels.fused_moe_active (CPU torch path)" in out
+    header = next(line for line in out.splitlines() if line.startswith("shape |")).split(" | ")
+    printed = [line.split(" | ") for line in out.splitlines() if line.startswith("tiny |")]
+    want = [["tiny", "4", f"{pct}%", str(experts)] for pct, experts in ((100, 8), (75, 6), (50, 4), (25, 2))]
+    assert [cells[:4] for cells in printed] == want
+    assert all(len(cells) == len(header) for cells in printed) and header[-1] == "x_grouped_mm"
+
+
+def test_every_timed_implementation_computes_the_reference(monkeypatch):
+    """What the table times is the MoE of its routing: each case's output (ours, and each comparison)
+    agrees with the float64 reference run on the same inputs, for every fraction and weight copy."""
+    from lynx_sglang.kernels import fused_moe_active
+
+    outputs = {}
+
+    def run_once(timer, cases):
+        for name, closures in cases.items():
+            outputs[name] = [closure() for closure in closures]
+        return {name: 1e-6 for name in cases}
+
+    def reference(device):
+        return {"reference": ("float64", lambda *a: fused_moe_active(*a, implementation="reference"))}
+
+    monkeypatch.setattr(bench.Timer, "median_seconds", run_once)
+    bench.run(bench.parse_args(["--tiny", "--copy-mib", "1", "--iters", "1", "--copies", "2", "--batches", "3",
+                                "--fractions", "100", "25", "--dtype", "fp32"]), reference)  # fmt: skip
+    assert sorted(outputs) == [(f, name) for f in (25, 100) for name in ("grouped_mm", "ours", "reference")]
+    for fraction in (100, 25):
+        for copy in range(2):
+            want = outputs[fraction, "reference"][copy].float()
+            for name in ("ours", "grouped_mm"):
+                torch.testing.assert_close(outputs[fraction, name][copy], want, rtol=1e-4, atol=1e-5)
+        assert not torch.equal(outputs[100, "ours"][0], outputs[100, "ours"][1])  # each copy its own weights
+    assert not torch.equal(outputs[100, "ours"][0], outputs[25, "ours"][0])  # each fraction its own routing
 
 
 def test_routing_covers_the_active_set():
@@ -48,5 +85,5 @@ def test_triton_and_stock_in_the_interpreter(capsys):
     assert len(rows) == 2
     assert all(math.isfinite(row["x_stock"]) and row["x_stock"] > 0 for row in rows), "stock did not run"
     out = capsys.readouterr().out
-    assert "# stock = lynx_sglang.kernels.stock.fused_moe_stock" in out
-    assert "fused_moe_active_triton (Triton)" in out
+    assert "# stock = lynx_sglang.kernels.moe.stock.fused_moe_stock" in out
+    assert "fused_moe_active, implementation='triton' (Triton)" in out

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels_testlib import assert_close_to_reference, make_problem, poisoned_output
-from lynx_sglang.kernels import fused_moe_active, fused_moe_active_cpu, fused_moe_reference
+from kernels_testlib import assert_close_to_reference, make_problem, poisoned_output, reference
+from lynx_sglang.kernels import fused_moe_active
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -16,10 +16,7 @@ def _run_and_check(problem, dtype, activation="silu", **kwargs):
         problem.active_mask, activation, out=out, **kwargs,
     )  # fmt: skip
     assert got.data_ptr() == out.data_ptr()
-    ref = fused_moe_reference(
-        problem.hidden, problem.w13, problem.w2, problem.topk_ids, problem.topk_weights, problem.active_mask, activation
-    )
-    assert_close_to_reference(got, ref, dtype)
+    assert_close_to_reference(got, reference(problem, activation), dtype)
     return got
 
 
@@ -76,6 +73,6 @@ def test_inactive_choice_contributes_zero():
 def test_no_active_expert_writes_zeros():
     problem = make_problem(3, 32, 32, 4, 2, torch.float32, num_active=0)
     out = poisoned_output(3, 32, torch.float32)
-    fused_moe_active_cpu(problem.hidden, problem.w13, problem.w2, problem.topk_ids, problem.topk_weights,
-                         problem.active_mask, out=out)  # fmt: skip
+    fused_moe_active(problem.hidden, problem.w13, problem.w2, problem.topk_ids, problem.topk_weights,
+                     problem.active_mask, out=out, implementation="cpu")  # fmt: skip
     assert torch.equal(out, torch.zeros_like(out))

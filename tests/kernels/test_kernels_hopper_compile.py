@@ -16,15 +16,15 @@ def test_kernels_compile_for_hopper():
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # the interpreter would replace the kernels with Python
     proc = subprocess.run(
-        [sys.executable, "-m", "lynx_sglang.kernels.hopper_compile", "--quick", "--dtypes", "bf16", "fp32"],
+        [sys.executable, "-m", "lynx_sglang.tools.hopper_compile", "--quick", "--dtypes", "bf16", "fp32"],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " 0 failed" in proc.stdout
     assert "FAIL" not in proc.stdout
-    for kernel in ("_gate_up_activation_kernel", "_routing_rows_kernel", "_routing_decide_kernel"):
+    for kernel in ("_gate_up_activation_kernel", "routing_rows_kernel", "routing_decide_kernel"):
         assert f"ok   bf16 {kernel}" in proc.stdout and f"ok   fp32 {kernel}" in proc.stdout, kernel
-    for kernel in ("_routing_rows_kernel", "_routing_decide_kernel"):  # also at the largest shape (T 512, E 256)
+    for kernel in ("routing_rows_kernel", "routing_decide_kernel"):  # also at the largest shape (T 512, E 256)
         assert re.search(rf"ok   (bf16|fp32) {kernel} \(.*T=512 E=256", proc.stdout), kernel
 
 
@@ -36,7 +36,7 @@ def test_real_calls_compile_for_hopper():
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "lynx_sglang.kernels.hopper_compile", "--calls", "--quick", "--dtypes", "bf16",
+        [sys.executable, "-m", "lynx_sglang.tools.hopper_compile", "--calls", "--quick", "--dtypes", "bf16",
          "--workers", "2"],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
@@ -47,10 +47,10 @@ def test_real_calls_compile_for_hopper():
 
 
 def test_fp32_tiles_are_shrunk_to_fit_shared_memory():
-    from lynx_sglang.kernels.triton_moe import SHARED_MEMORY_BUDGET, MoeKernelConfig, choose_config
+    from lynx_sglang.kernels.moe.config import SHARED_MEMORY_BUDGET, MoeKernelConfig, choose_config
 
     for element_size in (2, 4):
-        cfg = choose_config(128, 8, 128, 2048, 768, element_size=element_size)
+        cfg = choose_config(128, 8, 128, 2048, 768, num_sms=132, element_size=element_size)
         stages = MoeKernelConfig.num_stages - 1
         gate_up = stages * (cfg.block_m * cfg.gate_up_block_k + 2 * cfg.gate_up_block_k * cfg.gate_up_block_n)
         assert gate_up * element_size <= SHARED_MEMORY_BUDGET, cfg
@@ -58,7 +58,7 @@ def test_fp32_tiles_are_shrunk_to_fit_shared_memory():
 
 def test_sass_report_counts_what_each_launch_compiles_to():
     """`sass_report` disassembles both launches (Triton's own nvdisasm) and attributes instructions to
-    the functions of routing_triton.py: lynx's launch 2 has the batch order (sorted with picks 2, ranked
+    the functions of kernels/routing/triton_*.py: lynx's launch 2 has the batch order (sorted with picks 2, ranked
     by counting with picks 0) and a loop over every row's bit masks (picks 2), which picks 0 replaces by
     a wider loop over every row's bins."""
     env = dict(os.environ)
@@ -66,18 +66,18 @@ def test_sass_report_counts_what_each_launch_compiles_to():
     outputs = {}
     for picks in (0, 2):
         proc = subprocess.run(
-            [sys.executable, "-m", "lynx_sglang.kernels.sass_report", "--experts", "64", "--top-k", "4", "--tokens",
+            [sys.executable, "-m", "lynx_sglang.tools.sass_report", "--experts", "64", "--top-k", "4", "--tokens",
              "40", "--set", f"picks={picks}", "--top", "30"],
             capture_output=True, text=True, env=env, timeout=300,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         outputs[picks] = proc.stdout
     for picks, out in outputs.items():
-        launch = re.search(r"launch 2 \(_routing_decide_kernel\): (\d+) instructions, (\d+) registers", out)
+        launch = re.search(r"launch 2 \(routing_decide_kernel\): (\d+) instructions, (\d+) registers", out)
         assert launch and int(launch.group(1)) > 500 and 16 <= int(launch.group(2)) <= 255, out
         waits = re.search(r"launch 2 .*\n  barriers (\d+), shared-memory stores (\d+), loads (\d+)", out)
         assert waits and 0 < int(waits.group(1)) < int(launch.group(1)), out  # launch 2 reduces across warps
-        order = "_sort_desc" if picks == 2 else "_rank_desc"
+        order = "sort_desc" if picks == 2 else "rank_desc"
         assert re.search(rf"by function: .*{order} \d+", out), out
     loop = lambda out, name: max(int(n) for n in re.findall(rf"{name} (\d+)", out.split("loop bodies:")[-1]))  # noqa: E731
-    assert loop(outputs[2], "_lynx_picks_by_bits") < loop(outputs[0], "_lynx_picks"), outputs
+    assert loop(outputs[2], "lynx_picks_by_bits") < loop(outputs[0], "lynx_picks_gathered"), outputs

@@ -1,14 +1,16 @@
 """The serving runtime's per-layer bookkeeping (checks, final routing, mask, statistics) in one Triton
-launch (kernels/layer_triton.py; under the interpreter without a GPU) and in one call into the C++
-library on a CPU (kernels/layer_cpu.py), against the runtime's torch ops."""
+launch (kernels/bookkeeping/triton_launch.py; under the interpreter without a GPU) and in one call into
+the C++ library on a CPU (kernels/bookkeeping/cpu.py), against the torch reference and the runtime."""
 
 import pytest
 import torch
 
-from lynx_sglang.kernels.launches import count_launches
+from lynx_sglang.kernels.bookkeeping import finalize_torch, record_torch
+from lynx_sglang.kernels.bookkeeping.layout import FIELDS
 from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.scheduler.bookkeeping import bookkeeping_for
-from lynx_sglang.scheduler.stats import FIELDS, MoeLayerInfo, RoutingStats
+from lynx_sglang.scheduler.stats import MoeLayerInfo, RoutingStats
+from lynx_sglang.tools.launch_count import count_launches
 
 pytestmark = pytest.mark.skipif(not fused_available("triton"), reason="needs Triton")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,6 +71,73 @@ def test_one_launch_adds_the_same_figures_as_the_torch_ops(implementation, num_r
     assert torch.equal(fused.fallback_steps, reference.fallback_steps) and fused.fallback_steps == 1
     if num_rows > 2:  # the cases above do lose experts: the mass is not trivially 0
         assert fused.table[0, mass] > 0
+
+
+def implementation_of(name):
+    """(record, finalize) of one implementation of the bookkeeping."""
+    if name == "triton":
+        from lynx_sglang.kernels.bookkeeping.triton_launch import finalize_triton, record_triton
+
+        return record_triton, finalize_triton
+    if name == "cpu":
+        from lynx_sglang.kernels.bookkeeping.cpu import finalize_cpu, record_cpu
+
+        return record_cpu, finalize_cpu
+    return record_torch, finalize_torch
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("num_rows,num_experts,top_k", [(1, 8, 2), (9, 16, 4), (40, 60, 4)])
+def test_each_implementation_finalizes_and_records_as_the_torch_reference(implementation, num_rows, num_experts, top_k):
+    """The same final routing, fallback flag, mask and table row as reference.finalize_torch, for calls
+    that keep their decision (real rows with NaN, +inf or only -inf logits among them: the policy routed
+    them, no fallback) and one that falls back (a NaN proposed weight in a real row), then record alone."""
+    record, finalize = implementation_of(implementation)
+    rows = {name: torch.zeros(len(FIELDS), dtype=torch.float64, device=DEVICE) for name in ("fused", "torch")}
+    steps = {name: torch.zeros((), dtype=torch.float64, device=DEVICE) for name in rows}
+    for seed in range(3):
+        num_real, logits, original, proposed = layer_calls(num_rows, num_experts, top_k, seed)
+        weights = torch.rand(original.shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+        proposed_weights = weights * 2
+        if seed == 1:
+            proposed_weights[0, 0] = float("nan")  # row 0 is always real: a proposal the layer cannot run
+        got = finalize(logits, original, weights, proposed, proposed_weights, num_real, mask=True,
+                       table_row=rows["fused"], step_fell_back=steps["fused"])  # fmt: skip
+        want = finalize_torch(logits, original, weights, proposed, proposed_weights, num_real, mask=True,
+                              table_row=rows["torch"], step_fell_back=steps["torch"])  # fmt: skip
+        assert bool(want[2]) is (seed == 1)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and bool(got[2]) == bool(want[2])
+        assert torch.equal(got[3], want[3])
+        mask = record(rows["fused"], steps["fused"], num_real, logits, original, proposed, None, mask=True)
+        assert torch.equal(mask, record_torch(rows["torch"], steps["torch"], num_real, logits, original, proposed,
+                                              None, mask=True))  # fmt: skip
+    torch.testing.assert_close(rows["fused"], rows["torch"], rtol=1e-5, atol=1e-6)
+    assert torch.equal(steps["fused"], steps["torch"])
+    assert rows["torch"][FIELDS.index("steps")] >= 3  # figures were added: the comparison is not vacuous
+    assert rows["torch"][FIELDS.index("fallbacks")] == 1 and steps["torch"] == 1
+
+
+def test_a_bad_statistics_row_is_refused_by_every_implementation():
+    num_real, logits, original, proposed = layer_calls(4, 8, 2, seed=0)
+    step = torch.zeros((), dtype=torch.float64, device=DEVICE)
+    for implementation in IMPLEMENTATIONS:
+        record, _ = implementation_of(implementation)
+        for row, step_flag in ((torch.zeros(len(FIELDS) - 1, dtype=torch.float64, device=DEVICE), step),
+                               (torch.zeros(len(FIELDS), device=DEVICE), step),
+                               (torch.zeros(len(FIELDS), dtype=torch.float64, device=DEVICE), None)):
+            with pytest.raises(ValueError, match=rf"table_row must be a contiguous float64 \[{len(FIELDS)}\] row"):
+                record(row, step_flag, num_real, logits, original, proposed)
+
+
+def test_the_bookkeeping_is_chosen_once_per_device():
+    from lynx_sglang.kernels.bookkeeping import bookkeeping_for as bookkeeping_on
+    from lynx_sglang.scheduler.bookkeeping import choose_backend
+
+    assert bookkeeping_on("cpu").name == ("cpu" if fused_available("cpu") else "torch") == choose_backend("cpu")
+    assert bookkeeping_on(torch.device("cpu")) is bookkeeping_on("cpu")  # chosen once
+    assert bookkeeping_on("meta").name == "torch"
+    if torch.cuda.is_available():
+        assert bookkeeping_on("cuda").name == "triton" == choose_backend("cuda")
 
 
 def test_the_fused_record_is_one_triton_launch_and_no_torch_op():
@@ -149,8 +218,9 @@ def test_the_runtime_routes_alike_with_its_bookkeeping_fused(implementation, pol
         for mass in masses:
             assert layer[mass] == pytest.approx(want[mass], rel=1e-5, abs=1e-7)
     assert fused_stats["fallback_steps"] == reference_stats["fallback_steps"]
-    # The NaN row's step falls back, but for baseline: the model's routing is not checked.
-    assert reference_stats["fallback_steps"] >= (policy != "baseline")
+    # Only a proposal the layer cannot run falls back (every step of OutOfRangePolicy); the NaN row of
+    # the last call is the policy's to route (or the model's, where it passes through), never a fallback.
+    assert reference_stats["fallback_steps"] == (len(calls) if policy.endswith("OutOfRangePolicy") else 0)
 
 
 @pytest.mark.parametrize("policy,config,decides", [
@@ -190,8 +260,8 @@ def test_a_runtime_layer_call_is_the_policy_plus_one_launch(policy, config, deci
 def test_weights_are_checked_in_the_dtype_they_are_returned_in(implementation):
     """fp16 routing weights: a proposed weight of 70000 (finite in fp32) is inf once cast, so the layer
     falls back, as the runtime's torch checks decide (cast first, then isfinite)."""
-    from lynx_sglang.kernels.layer_cpu import finalize_cpu
-    from lynx_sglang.kernels.layer_triton import finalize_triton
+    from lynx_sglang.kernels.bookkeeping.cpu import finalize_cpu
+    from lynx_sglang.kernels.bookkeeping.triton_launch import finalize_triton
 
     finalize_triton = finalize_triton if implementation == "triton" else finalize_cpu
     logits, ids, weights, _ = model_routing(8, 16, 4, seed=3)
@@ -229,9 +299,9 @@ def test_a_runtime_layer_call_on_a_cpu_is_one_call_and_no_torch_op_but_allocatio
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_the_fallback_checks_at_their_edges(implementation):
     """A proposed id of E or -1 in a real row, or a NaN weight there, makes the layer fall back; an id of
-    E - 1 does not, and nothing in a padding row counts."""
-    from lynx_sglang.kernels.layer_cpu import finalize_cpu
-    from lynx_sglang.kernels.layer_triton import finalize_triton
+    E - 1 does not, nothing in a padding row counts, and neither do non-finite logits."""
+    from lynx_sglang.kernels.bookkeeping.cpu import finalize_cpu
+    from lynx_sglang.kernels.bookkeeping.triton_launch import finalize_triton
 
     finalize = finalize_triton if implementation == "triton" else finalize_cpu
     logits, ids, weights, _ = model_routing(6, 16, 4, seed=4)
@@ -247,3 +317,9 @@ def test_the_fallback_checks_at_their_edges(implementation):
         final_ids, _, fell_back, _ = finalize(logits, ids, weights, proposed_ids, proposed_weights, num_real, mask=True)
         assert bool(fell_back) is falls_back, (row, slot, new_id, new_weight)
         assert torch.equal(final_ids, ids if falls_back else proposed_ids)
+    # Non-finite logits in real rows are no fallback (the policies route those rows): the proposal stands.
+    poisoned = logits.clone()
+    poisoned[0, 3], poisoned[1, 0], poisoned[2] = float("nan"), float("inf"), float("-inf")
+    for check in (finalize, finalize_torch):
+        final_ids, _, fell_back, _ = check(poisoned, ids, weights, ids.flip(1), weights, num_real, mask=True)
+        assert not bool(fell_back) and torch.equal(final_ids, ids.flip(1))

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from lynx_sglang.kernels import fused_moe_reference
+from lynx_sglang.kernels import fused_moe_active
 
 
 def test_reference_hand_computed_single_expert():
@@ -14,7 +14,7 @@ def test_reference_hand_computed_single_expert():
     ids = torch.tensor([[0, 1]])
     weights = torch.tensor([[0.25, 0.75]])
     mask = torch.tensor([True, False])  # expert 1 inactive: contributes 0
-    out = fused_moe_reference(hidden, w13, w2, ids, weights, mask)
+    out = fused_moe_active(hidden, w13, w2, ids, weights, mask, implementation="reference")
     expected = 0.25 * 4.0 * F.silu(torch.tensor(1.0, dtype=torch.float64)) * 6.0
     assert torch.allclose(out, expected.reshape(1, 1))
 
@@ -32,5 +32,5 @@ def test_reference_matches_dense_formula():
     per_expert = torch.einsum("ehi,tei->teh", w2, h)
     routing = torch.zeros(T, E, dtype=torch.float64).scatter(1, ids, weights)
     dense = torch.einsum("te,teh->th", routing, per_expert)
-    out = fused_moe_reference(hidden, w13, w2, ids, weights, activation="gelu")
+    out = fused_moe_active(hidden, w13, w2, ids, weights, activation="gelu", implementation="reference")
     assert torch.allclose(out, dense)

@@ -8,7 +8,8 @@ import stat
 
 import pytest
 
-from lynx_sglang.kernels import routing_cpu
+from lynx_sglang.kernels.cpu_library import build_library
+from lynx_sglang.kernels.routing.cpu import SOURCE, generated_header
 
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler here")
 
@@ -28,14 +29,14 @@ def compiler_refusing_target_clones(directory):
 
 def test_the_op_builds_into_the_cache_and_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("LYNX_SGLANG_CACHE", str(tmp_path))
-    library = routing_cpu.build_cpu_op()
+    library = build_library(SOURCE, generated_header())
     assert library.parent == tmp_path and library.exists()
-    assert routing_cpu.build_cpu_op() == library  # cached: built once per source, flags and compiler
+    assert build_library(SOURCE, generated_header()) == library  # cached: built once per source, header, flags, compiler
     assert ctypes.CDLL(str(library)).lynx_route_cpu
 
 
 def test_a_compiler_without_target_clones_gets_the_plain_build(tmp_path, monkeypatch):
     monkeypatch.setenv("LYNX_SGLANG_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", str(compiler_refusing_target_clones(tmp_path)))
-    library = routing_cpu.build_cpu_op()
+    library = build_library(SOURCE, generated_header())
     assert ctypes.CDLL(str(library)).lynx_route_cpu

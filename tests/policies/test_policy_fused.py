@@ -139,7 +139,7 @@ def test_fused_matches_reference_every_policy(implementation, config):
 @pytest.mark.parametrize("num_rows", [8, 31])
 def test_counts_that_reach_t_fit_their_packed_fields(implementation, num_rows):
     """Launch 1 packs per-expert counts several to a word, each field just wide enough for T
-    (routing_triton.tally_layout): rows that all route alike push the votes, the sure takes and one
+    (triton_plan.tally_layout): rows that all route alike push the votes, the sure takes and one
     lynx bin to T itself (T = 8 is a power of two: the widest count for its field); one row differs, so
     that the decision is not trivial."""
     logits = make_logits(1, 16, seed=4).repeat(num_rows, 1)
@@ -181,7 +181,7 @@ def test_two_launches_per_call_and_no_host_sync():
     """Counted by instrumentation (Triton's interpreter here): every fused rule is two Triton launches
     and no torch op; a policy deciding in torch adds its own ops, still without a host sync (anchor's
     hitting set included)."""
-    from lynx_sglang.kernels.launches import count_launches
+    from lynx_sglang.tools.launch_count import count_launches
 
     logits = make_logits(5, 8, seed=4)
     ids, weights = normal_routing(logits, 2, True)
@@ -243,7 +243,7 @@ def test_triton_at_the_largest_shape():
 
 def test_lynx_beyond_the_exact_int64_vote_uses_the_reference():
     """T**(beta+1) >= 2**62: the fused paths decline (static check) and select runs the torch code."""
-    from lynx_sglang.kernels.routing import max_lynx_rows
+    from lynx_sglang.kernels.routing.rules import max_lynx_rows
 
     assert max_lynx_rows(8) ** 9 < 2**62 <= (max_lynx_rows(8) + 1) ** 9
     logits = make_logits(max_lynx_rows(8) + 1, 16, seed=2)

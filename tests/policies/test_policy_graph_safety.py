@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
+from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.policies import Policy, get_policy, ids_to_mask
 from policies_testlib import make_logits, normal_routing, policies_under_test
 
@@ -111,6 +112,44 @@ def test_non_finite_row_does_not_vote_or_poison_others(poison, renormalize, dtyp
         original_mass = weights[bad_row].sum()
         target = 1.0 if renormalize or not torch.isfinite(original_mass) else float(original_mass)
         assert abs(float(bad_weights.sum()) - target) < 1e-5, label
+
+
+@pytest.mark.skipif(not fused_available("triton"), reason="needs Triton")
+def test_one_rule_for_non_finite_rows_in_every_implementation_and_the_servers_bookkeeping():
+    """The one rule (docs/policies.md): a batch with NaN, +inf and all -inf rows, and padding, decides
+    alike in the torch reference, the Triton launches and the C++ op; the bookkeeping after it (torch,
+    Triton, C++) keeps that decision: non-finite logits are no fallback."""
+    from lynx_sglang.kernels.bookkeeping import finalize_torch
+    from lynx_sglang.kernels.bookkeeping.cpu import finalize_cpu
+    from lynx_sglang.kernels.bookkeeping.triton_launch import finalize_triton
+
+    num_rows, num_experts, top_k, num_real = 12, 16, 4, torch.tensor(10)
+    logits = make_logits(num_rows, num_experts, seed=21, skew=1.0)
+    logits[2], logits[5, 3], logits[7] = float("nan"), float("inf"), float("-inf")
+    ids, weights = normal_routing(logits, top_k, True)  # NaN weights in the NaN row, as a model gives
+    implementations = ["triton"] + (["cpu"] if fused_available("cpu") else [])
+    finalizers = {"torch": finalize_torch, "triton": finalize_triton}
+    if fused_available("cpu"):
+        finalizers["cpu"] = finalize_cpu
+    for label, policy, kind in policies_under_test(num_experts, top_k, True):
+        want = policy.select(logits, ids, weights, num_real, implementation="torch")
+        if kind != "identity":
+            for row in (2, 5, 7):  # routed inside the active set, with finite weights
+                assert want.active_mask[want.topk_ids[row].long()].all(), label
+            assert torch.isfinite(want.topk_weights[:10]).all(), label
+        for implementation in implementations:
+            got = policy.select(logits, ids, weights, num_real, implementation=implementation)
+            assert torch.equal(got.topk_ids, want.topk_ids) and torch.equal(got.active_mask, want.active_mask), (
+                label, implementation)  # fmt: skip
+            torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0, equal_nan=True)
+        if kind == "identity":
+            continue  # the model's routing is not proposed: nothing to check
+        for name, finalize in finalizers.items():
+            final_ids, final_weights, fell_back, _ = finalize(logits, ids, weights, want.topk_ids, want.topk_weights,
+                                                              num_real, mask=True)  # fmt: skip
+            assert not bool(fell_back), (label, name)
+            assert torch.equal(final_ids, want.topk_ids), (label, name)
+            assert torch.equal(final_weights, want.topk_weights), (label, name)
 
 
 def test_nan_in_padding_rows_is_ignored():

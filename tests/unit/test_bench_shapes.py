@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from lynx_sglang.bench_models import DEFAULT_SHAPE_FIELDS, Device, resolve_model
-from lynx_sglang.bench_serve import build_parser, kv_token_flags, parse_arms, server_runs
-from lynx_sglang.bench_report import Result, expert_figures, percentile, ratios
+from lynx_sglang.tools.bench.models import DEFAULT_SHAPE_FIELDS, Device, resolve_model
+from lynx_sglang.tools.bench.serve import build_parser, kv_token_flags, parse_arms, server_runs
+from lynx_sglang.tools.bench.report import Result, expert_figures, percentile, ratios
 from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, fit_layers, parse_shape, weight_bytes
 
 GIB = 2**30

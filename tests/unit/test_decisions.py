@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from lynx_sglang.config import LynxConfig
 from lynx_sglang.policies import ids_to_mask
-from lynx_sglang.policies.base import real_rows
+from lynx_sglang.kernels.routing.batch import real_rows
 from lynx_sglang.scheduler.decisions import BASE, EXPERT_BASE, PRIME, DecisionDigest, decisions_by_rank
 from lynx_sglang.scheduler.runtime import LynxRuntime
 from lynx_sglang.scheduler.stats import MoeLayerInfo

@@ -1,5 +1,5 @@
 """LynxRuntime.route on SGLang's own top-k output and config types: policy applied on decode steps,
-fallbacks for failures and NaN logits (counted), pass-through for routers it does not handle, stats,
+fallbacks for failures (counted), rows with NaN logits routed by the policy, pass-through for routers it does not handle, stats,
 switches, and decisions that are identical in separate processes (tensor-parallel ranks)."""
 
 import logging
@@ -111,17 +111,27 @@ def test_a_failing_policy_falls_back_for_that_step_and_is_counted(policy, caplog
     assert sum(message in r.getMessage() for r in caplog.records) == 1
 
 
-def test_nan_router_logits_keep_the_models_routing_for_that_layer():
-    runtime = make_runtime("budget", budget="experts=1")
+def test_a_row_with_nan_router_logits_is_routed_by_the_policy_not_a_fallback():
+    """One rule for non-finite logits (docs/policies.md): the row does not vote and is routed inside the
+    active set; the layer keeps its decision, so every other row stays pruned."""
     logits, output = routing()
     logits[3, 2] = float("nan")
+    runtime = make_runtime("budget", budget="experts=1")
     runtime.begin_step(DECODE)
     routed = route(runtime, logits, output)
     runtime.end_step(DECODE, T)
-    assert torch.equal(routed.topk_ids, output.topk_ids) and torch.equal(routed.topk_weights, output.topk_weights)
+    kept = [row for row in range(T) if row != 3]  # the same batch without the NaN row decides alike
+    voters_only = make_runtime("budget", budget="experts=1")
+    voters_only.begin_step(DECODE)
+    without = route(voters_only, logits[kept], topk.StandardTopKOutput(output.topk_weights[kept],
+                                                                       output.topk_ids[kept], logits[kept]))
+    voters_only.end_step(DECODE, len(kept))
+    expert = without.topk_ids[0, 0]
+    assert (without.topk_ids == expert).all() and (routed.topk_ids == expert).all()  # the NaN row too
+    assert torch.isfinite(routed.topk_weights).all() and torch.equal(routed.topk_weights[kept], without.topk_weights)
     stats = snapshot(runtime)
-    assert stats["fallback_steps"] == 1 and stats["layers"][0]["fallbacks"] == 1
-    assert stats["layers"][0]["steps"] == 0  # a fallen-back layer adds no pruning figures
+    assert stats["fallback_steps"] == 0 and stats["pruned_steps"] == 1
+    assert stats["layers"][0]["fallbacks"] == 0 and stats["layers"][0]["steps"] == 1
 
 
 def test_routers_it_does_not_handle_pass_through(caplog):
@@ -213,7 +223,7 @@ LONE = Step("decode", True, 1)
 @pytest.mark.parametrize("policy,config", [("lynx", {}), ("budget", {"budget": "experts=2"}), ("oea", {}),
                                            ("coverage", {"budget": "fraction=0.5"}), ("baseline", {})])
 def test_a_lone_row_launches_nothing_keeps_its_routing_and_still_counts(policy, config):
-    from lynx_sglang.kernels.launches import count_launches
+    from lynx_sglang.tools.launch_count import count_launches
 
     runtime = LynxRuntime(LynxConfig(policy=policy, **config))
     runtime.bind_layers([MoeLayerInfo(layer_id, E, K, expert_bytes=1000) for layer_id in range(2)], "cpu",

@@ -1,0 +1,276 @@
+"""`lynx-sglang bench serve`: end-to-end decode speed of a served MoE, per policy and expert kernel.
+
+Serves a model once per (arm, kernel) with `lynx-sglang serve` and drives each server with streaming
+requests at several concurrency levels (each level keeps that many requests in flight, every request
+forced to the same output length). Reports decode tokens/s, median and p90 time per output token, the
+distinct experts per layer and the expert bytes read per decode token (from /lynx/stats), with the
+ratios of each arm to `baseline` at the same concurrency.
+
+The model: a named shape of a public model served with random weights made on the device
+(`--shape mixtral-8x7b[,KEY=VALUE...]`, SGLang's `--load-format dummy`: no checkpoint on disk), a
+Mixtral-shaped bf16 checkpoint built once and cached (the default; `--shape KEY=VALUE...` resizes it),
+or `--model-path DIR`.
+
+    lynx-sglang bench serve --shape mixtral-8x7b --arms "baseline;budget:fraction=0.5;lynx" --record r.json
+    lynx-sglang bench serve --concurrency 1,4 --requests 8 --output-tokens 32      # small, on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from lynx_sglang.config import KERNELS, ConfigError, build_config
+from lynx_sglang.experiments.client import AdminClient, ServerError
+from lynx_sglang.experiments.launch import ManagedServer
+from lynx_sglang.policy_setup import MoeShape, resolve_policy_or_error, validate_for_model
+
+from .models import BenchError, BenchModel, describe_device, resolve_model
+from .report import Record, Result, print_table, record_rows, result_json
+
+DEFAULT_ARMS = "baseline;budget:fraction=0.5"
+DEFAULT_CONCURRENCY = "1,16,32,64"
+WARMUP_TOKENS = 4
+STARTUP_TIMEOUT_S = 1200  # a large model loads slowly on a CPU; on a GPU, Triton compiles and graph capture
+REQUEST_TIMEOUT_S = 1800
+
+
+class Arm:
+    """`policy[:budget]` as written in --arms: `baseline`, `lynx`, `budget:fraction=0.5`, `lynx:experts=4`."""
+
+    def __init__(self, spec: str):
+        self.spec = spec.strip()
+        policy, _, budget = self.spec.partition(":")
+        self.policy, self.budget = policy.strip(), budget.strip() or None
+        try:
+            resolve_policy_or_error(self.policy)
+            self.config = build_config({"policy": self.policy, "budget": self.budget}, environ={})
+        except ConfigError as exc:
+            raise BenchError(f"--arms: arm {self.spec!r}: {exc}") from None
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.policy == "baseline"
+
+    def serve_flags(self, kernel: str) -> list[str]:
+        if self.is_baseline:
+            # SGLang's own routing and fused MoE with no bookkeeping: what the pruned arms are compared to.
+            return ["--lynx-policy", "baseline", "--lynx-stats", "off"]
+        return ["--lynx-policy", self.policy, *(["--lynx-budget", self.budget] if self.budget else []),
+                "--lynx-kernel", kernel]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line naming the problem, not argparse's usage dump
+        raise BenchError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lynx-sglang bench serve", description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"';'-separated policy[:budget] (default: {DEFAULT_ARMS})")
+    parser.add_argument("--kernels", default="auto",
+                        help=f"run every non-baseline arm once per --lynx-kernel value listed, from "
+                             f"{', '.join(KERNELS)} (default: auto); baseline always runs SGLang's own fused MoE")
+    parser.add_argument("--concurrency", default=DEFAULT_CONCURRENCY, help=f"levels (default: {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--requests", type=int, default=0, help="requests per level (default: 4 x concurrency)")
+    parser.add_argument("--prompt-tokens", type=int, default=128, help="(default: 128)")
+    parser.add_argument("--output-tokens", type=int, default=256, help="(default: 256)")
+    parser.add_argument("--model-path", help="serve this checkpoint instead of a named or built one")
+    parser.add_argument("--shape", default="",
+                        help="NAME[,KEY=VALUE...] (mixtral-8x7b, qwen3-30b-a3b; random weights made by SGLang) or "
+                             "KEY=VALUE,... overrides of the default built checkpoint, e.g. hidden_size=1024")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", help="write the rows (fixed schema, see docs) to this file, after every level")
+    parser.add_argument("--json", help="also write the figures, ratios and before-figures to this file")
+    parser.add_argument("serve_args", nargs="*", help="extra flags for `lynx-sglang serve` (after --)")
+    return parser
+
+
+def parse_list(flag: str, text: str, allowed=None) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise BenchError(f"{flag}: {text!r} lists nothing")
+    for item in items:
+        if allowed is not None and item not in allowed:
+            raise BenchError(f"{flag}: {item!r} is not one of {', '.join(allowed)}")
+    if len(set(items)) != len(items):
+        raise BenchError(f"{flag}: {text!r} lists a value twice")
+    return items
+
+
+def parse_levels(text: str) -> list[int]:
+    levels = []
+    for item in parse_list("--concurrency", text):
+        if not item.isdigit() or int(item) < 1:
+            raise BenchError(f"--concurrency: {item!r} is not a positive integer")
+        levels.append(int(item))
+    return levels
+
+
+def parse_arms(text: str) -> list[Arm]:
+    arms = [Arm(spec) for spec in text.split(";") if spec.strip()]
+    if not arms:
+        raise BenchError(f"--arms: {text!r} lists no arm")
+    specs = [arm.spec for arm in arms]
+    if len(set(specs)) != len(specs):
+        raise BenchError(f"--arms: {text!r} lists an arm twice")
+    return arms
+
+
+def check_counts(args) -> None:
+    for flag, value, least in (("--requests", args.requests, 0), ("--prompt-tokens", args.prompt_tokens, 1),
+                               ("--output-tokens", args.output_tokens, 2)):  # fmt: skip
+        if value < least:
+            why = " (TPOT needs two output tokens)" if flag == "--output-tokens" else ""
+            raise BenchError(f"{flag}: {value} is below {least}{why}")
+
+
+def server_runs(arms: list[Arm], kernels: list[str]) -> list[tuple[Arm, str]]:
+    """One server per (arm, kernel), in --arms order: baseline once (SGLang's own fused MoE), every
+    other arm once per kernel."""
+    return [(arm, kernel) for arm in arms for kernel in (["sglang"] if arm.is_baseline else kernels)]
+
+
+def stream_one(url: str, prompt: list[int], output_tokens: int) -> tuple[float, int]:
+    """One streaming request: (TPOT in ms as sglang.bench_serving computes it, (latency - TTFT) /
+    (output tokens - 1), and the output tokens received)."""
+    body = {"input_ids": prompt, "stream": True,
+            "sampling_params": {"temperature": 0, "max_new_tokens": output_tokens, "ignore_eos": True}}
+    request = urllib.request.Request(url + "/generate", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    started = time.perf_counter()
+    first, tokens = None, 0
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            for line in response:
+                if not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
+                    continue
+                first = first or time.perf_counter()
+                tokens = len(json.loads(line[5:])["output_ids"]) if b"output_ids" in line else tokens + 1
+    except urllib.error.HTTPError as exc:
+        raise ServerError(f"/generate: HTTP {exc.code} {exc.read()[:300].decode(errors='replace')}") from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        raise ServerError(f"/generate: {getattr(exc, 'reason', exc)}") from None
+    latency = time.perf_counter() - started
+    if tokens != output_tokens:
+        raise ServerError(f"a request got {tokens} output tokens, not the {output_tokens} asked for (ignore_eos)")
+    return ((latency - (first - started)) * 1000 / (tokens - 1) if tokens > 1 else 0.0), tokens
+
+
+def run_level(server: ManagedServer, admin: AdminClient | None, concurrency: int, prompts: list[list[int]],
+              output_tokens: int) -> tuple[float, list[tuple[float, int]], dict | None]:
+    """(seconds, per-request (TPOT ms, tokens), /lynx/stats or None): `concurrency` workers over the
+    level's requests, so a new request starts when one ends. The first `concurrency` prompts warm up."""
+    warmup, prompts = prompts[:concurrency], prompts[concurrency:]
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        # The level's batch shapes, once, outside the timing (first-use compiles on a GPU), with
+        # prompts of their own so the measured ones find nothing in the prefix cache.
+        list(pool.map(lambda p: stream_one(server.url, p, WARMUP_TOKENS), warmup))
+    if admin is not None:
+        admin.reset_stats()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(lambda p: stream_one(server.url, p, output_tokens), prompts))
+    seconds = time.perf_counter() - started
+    return seconds, results, admin.stats() if admin is not None else None
+
+
+def kv_token_flags(args, levels: list[int], on_gpu: bool) -> list[str]:
+    """On a CPU `lynx-sglang serve` caps the KV cache at 4096 tokens; the highest level must fit in it,
+    or requests would queue and the level would not run at its concurrency."""
+    if on_gpu or any(a == "--max-total-tokens" or a.startswith("--max-total-tokens=") for a in args.serve_args):
+        return []
+    needed = max(levels) * (args.prompt_tokens + args.output_tokens + WARMUP_TOKENS)
+    return ["--max-total-tokens", str(needed)] if needed > 4096 else []
+
+
+def serve_one(model: BenchModel, arm: Arm, kernel: str, args, levels, extra: list[str], log: Path,
+              on_result) -> None:
+    label = arm.spec + ("" if arm.is_baseline else f" [{kernel}]")
+    server = ManagedServer(log, policy=None, model_path=str(model.path),
+                           serve_args=["--dtype", "bfloat16", *model.serve_flags, *arm.serve_flags(kernel), *extra,
+                                       *args.serve_args])  # fmt: skip
+    started = time.perf_counter()
+    try:
+        server.wait_healthy(timeout=STARTUP_TIMEOUT_S)
+        print(f"server {label}: started in {time.perf_counter() - started:.1f} s", flush=True)
+        admin = None if arm.is_baseline else AdminClient(server.url, server.token)
+        for concurrency in levels:
+            rng = random.Random(args.seed + concurrency)  # the same prompts for every arm at a level
+            count = args.requests or 4 * concurrency
+            prompts = [[rng.randrange(*model.prompt_ids) for _ in range(args.prompt_tokens)]
+                       for _ in range(concurrency + count)]
+            seconds, per_request, stats = run_level(server, admin, concurrency, prompts, args.output_tokens)
+            result = Result(arm.spec, "sglang" if arm.is_baseline else kernel, arm.is_baseline, concurrency,
+                            count, sum(t for _, t in per_request), seconds, [tpot for tpot, _ in per_request], stats)
+            experts = "" if stats is None else f", experts/layer {stats['distinct_experts_after']:.2f}"
+            print(f"  {label} c={concurrency}: {count} requests in {seconds:.1f} s, {result.tokens_per_s:.1f} tok/s, "
+                  f"TPOT median {result.tpot_median:.1f} ms, p90 {result.tpot_p90:.1f} ms{experts}", flush=True)
+            on_result(result)
+    except ServerError as exc:
+        elapsed = time.perf_counter() - started
+        raise ServerError(f"{label}: {exc} ({elapsed:.0f} s after the start; server log: {log})\n"
+                          f"{server.log_tail()}") from None
+    finally:
+        server.stop()
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(argv)
+    except BenchError as exc:
+        print(f"lynx-sglang bench serve: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lynx-sglang bench serve: interrupted; the record holds every level that finished", file=sys.stderr)
+        return 130
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    arms, levels = parse_arms(args.arms), parse_levels(args.concurrency)
+    kernels = parse_list("--kernels", args.kernels, KERNELS)
+    check_counts(args)
+    device = describe_device()
+    record = Record(args.record, device.name, "lynx-sglang bench serve " + shlex.join(argv)) if args.record else None
+    if record is not None:
+        record.write([])  # an unwritable path fails now, not after the first level
+    logs = Path(tempfile.mkdtemp(prefix="lynx-bench-serve-"))
+    model = resolve_model(args.model_path, args.shape, args.serve_args, device, logs)
+    for arm in arms:
+        try:
+            validate_for_model(arm.config, MoeShape.from_checkpoint(model.path))
+        except ConfigError as exc:
+            raise BenchError(f"--arms: arm {arm.spec!r}: {exc}") from None
+    runs = server_runs(arms, kernels)
+    print(f"model {model.describe()}; device {device.name}; {len(runs)} servers; concurrency {levels}; "
+          f"{args.prompt_tokens} prompt + {args.output_tokens} output tokens per request; logs in {logs}", flush=True)
+    results: list[Result] = []
+
+    def on_result(result: Result) -> None:
+        results.append(result)
+        if record is not None:
+            record.write(record_rows(results, model))
+
+    failed = 0
+    extra = kv_token_flags(args, levels, device.gpu_bytes is not None)
+    for number, (arm, kernel) in enumerate(runs):
+        try:
+            serve_one(model, arm, kernel, args, levels, extra, logs / f"{number}-{arm.policy}-{kernel}.log", on_result)
+        except ServerError as exc:  # the other arms still run: a long GPU run keeps what it can measure
+            failed += 1
+            print(f"lynx-sglang bench serve: error: {exc}", file=sys.stderr, flush=True)
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": str(model.path), "shape": model.name, "device": device.name,
+                                               "results": result_json(results)}, indent=2))
+    return 1 if failed else 0

@@ -43,6 +43,7 @@ class AnchorPolicy(Policy):
     """
 
     name = "anchor"
+    keeps_lone_row = True
 
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, ratio=0.5, min_share=0.0,
                  layer_caps=None, fill_to_k=True):

@@ -134,6 +134,9 @@ class Policy:
     """
 
     name = "policy"
+    # Whether a batch of one row keeps the model's routing (a subclass whose rule cannot change a lone
+    # row says so; explicit budgets, fewer slots or a random set do not): `select` then keeps it exactly.
+    keeps_lone_row = False
     # How many slots of each token get an expert; static-topk lowers it (extra slots get weight 0).
     slots_used: int
 
@@ -195,10 +198,30 @@ class Policy:
         self._check_shapes(router_logits, topk_ids, topk_weights, budget)
         if not self.applies_to_layer(layer_id):
             return self.pass_through(topk_ids, topk_weights, real_rows(router_logits.shape[0], num_real, router_logits.device))
+        lone_row = router_logits.shape[0] == 1 and self.keeps_lone_row  # static: the shape and the class
+        if lone_row and budget is None and (num_real is None or (type(num_real) is int and num_real >= 1)):
+            # one real row and nothing to cap (known on the host): the model's routing, nothing launched
+            real = real_rows(1, num_real, router_logits.device)
+            return PolicyDecision(topk_ids, topk_weights, ids_to_mask(topk_ids, real, self.num_experts))
         chosen = self._implementation(router_logits, implementation)
         if chosen == "torch":
-            return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
-        return self._select_fused(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, chosen)
+            decision = self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
+        else:
+            decision = self._select_fused(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, chosen)
+        return self._lone_row_kept(decision, topk_ids, topk_weights, num_real, budget) if lone_row else decision
+
+    def _lone_row_kept(self, decision: PolicyDecision, topk_ids, topk_weights, num_real, budget) -> PolicyDecision:
+        """A batch of one row has nothing to share: it keeps the model's routing exactly, the model's
+        ids winning every tie at the top-k boundary that the policy's own ranking (lower index first)
+        would break another way, unless a budget cap leaves it fewer than k experts. Tensor ops only."""
+        real = real_rows(1, num_real, topk_ids.device)
+        keep = real[0]
+        if budget is not None:
+            keep = keep & (budget.max_experts >= self.top_k) & (budget.mass_fraction >= 1.0)
+        ids = torch.where(keep, topk_ids.to(decision.topk_ids.dtype), decision.topk_ids)
+        weights = torch.where(keep, topk_weights.to(decision.topk_weights.dtype), decision.topk_weights)
+        active = torch.where(keep, ids_to_mask(topk_ids, real, self.num_experts), decision.active_mask)
+        return PolicyDecision(ids, weights, active)
 
     def select_reference(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None,
                          budget=None) -> PolicyDecision:

@@ -83,6 +83,8 @@ class LynxPolicy(Policy):
                                       low_open=True)
         self.beta = self.check_int("beta", default_beta if beta is None else beta, 1, 8)
         self.tie_break = check_choice(self.name, "tie_break", tie_break, self.TIE_BREAKS)
+        # by expert index, a lone row's tied bins may go to another expert than its own top-k: by design
+        self.keeps_lone_row = self.tie_break == "mass"
 
     def bins(self, logits: torch.Tensor) -> torch.Tensor:
         """[T, E] int64 q in [-beta, 0]. Only alpha * (L - max L) is rounded (fp32, one product)."""
@@ -128,6 +130,7 @@ class LynxV1Policy(Policy):
     """
 
     name = "lynx-v1"
+    keeps_lone_row = True
 
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, threshold=0.5):
         super().__init__(num_experts, top_k, renormalize, layers)

@@ -20,6 +20,7 @@ class BaselinePolicy(Policy):
     """Identity: the model's routing, unchanged, whatever the logits hold (and whatever budget)."""
 
     name = "baseline"
+    keeps_lone_row = True
 
     def select(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None, budget=None, *,
                implementation="auto") -> PolicyDecision:
@@ -38,6 +39,7 @@ class OeaPolicy(Policy):
     the union, because a token's floor is its k0 best experts)."""
 
     name = "oea"
+    keeps_lone_row = True
 
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, k0=None):
         super().__init__(num_experts, top_k, renormalize, layers)
@@ -62,6 +64,7 @@ class BudgetPolicy(Policy):
                  fraction=None):
         super().__init__(num_experts, top_k, renormalize, layers)
         self.num_experts_kept = experts_kept(self.name, num_experts, top_k, num_experts_kept, fraction)
+        self.keeps_lone_row = self.num_experts_kept >= top_k  # a cap below k is an explicit budget
 
     def fused_rule(self) -> BudgetRule:
         return BudgetRule(self.num_experts_kept)
@@ -80,6 +83,7 @@ class TopNPolicy(Policy):
                  fraction=None):
         super().__init__(num_experts, top_k, renormalize, layers)
         self.num_experts_kept = experts_kept(self.name, num_experts, top_k, num_experts_kept, fraction)
+        self.keeps_lone_row = self.num_experts_kept >= top_k  # a cap below k is an explicit budget
 
     def fused_rule(self) -> TopNRule:
         return TopNRule(self.num_experts_kept)
@@ -170,6 +174,7 @@ class CoveragePolicy(Policy):
     """
 
     name = "coverage"
+    keeps_lone_row = True
 
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, mass_fraction=0.9,
                  max_dropped_mass=None):

@@ -9,9 +9,8 @@ any policy of another package. The budget must leave k experts: none, experts=N 
 N >= k, mass=1; not a smaller cap, mass < 1 (it may cut the row's weakest expert) or tpot_ms (the
 controller's cap moves).
 
-One difference from the policies: a lone row with non-finite router logits keeps the model's routing
-here, where the policy (with no voter in the batch) would route it over a set no vote chose. With one
-row there is nothing to save, so the model's routing is the better answer.
+This is the policies' own rule for a batch of one row (Policy.keeps_lone_row: the model's routing
+exactly, ties at the top-k boundary and non-finite logits included), taken here without a launch.
 """
 
 from __future__ import annotations

@@ -45,10 +45,12 @@ def test_bench_policies_reports_cpu_tables_and_interpreter_launch_counts(capsys)
     assert target.group(2) == ("met" if worst <= 150 else "MISSED")
     # Launches per call, at T 1 / T 4, as docs/policies.md says: a fused rule is two Triton launches and
     # no torch op; a policy deciding in torch adds its own ops to the shared stages' two launches; a
-    # pass-through launches nothing of Triton and the same torch ops as its reference.
+    # pass-through launches nothing of Triton and the same torch ops as its reference. At T 1 with the real
+    # row count a device tensor (as under CUDA graphs) a policy that keeps a lone row adds the torch ops
+    # that keep it (the server launches nothing for such a row: scheduler/lone_row.py).
     launches = {line.split()[0]: line.split()[3:] for line in out[out.index("## launches per layer call"):].splitlines()
                 if re.match(r"(lynx|random|baseline) ", line)}  # fmt: skip
-    assert launches["lynx"][:7] == ["2", "+", "0", "/", "2", "+", "0"]
+    assert launches["lynx"][4:7] == ["2", "+", "0"] and launches["lynx"][:2] == ["2", "+"] and int(launches["lynx"][2]) > 0
     random_ops = launches["random"][:7]
     assert random_ops[:2] == ["2", "+"] and random_ops[4:6] == ["2", "+"] and int(random_ops[2]) > 0
     baseline = launches["baseline"]

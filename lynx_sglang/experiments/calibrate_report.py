@@ -9,7 +9,7 @@ import sys
 import yaml
 
 from . import fmt, report
-from .experiment import write_json
+from .experiment import checkpoint_identity, write_json
 
 
 def band_range(bands, index: int) -> str:
@@ -60,7 +60,7 @@ def report_markdown(args, config: dict, choice: dict, sweep_results: dict, resul
     floor = choice["floor_points"]
     lines = ["# Calibration", "", f"`{results['command']}`", "",
              f"{sweep_results['date']}, {sweep_results['versions']['machine']}, model "
-             f"{report.model_text(sweep_results['versions']['model'])}; task {args.task}: "
+             f"{report.model_text(results['model'])}; task {args.task}: "
              f"{results['calibration_items']} calibration items, {results['confirmation_items']} held-out items for "
              f"the confirmation; {results['seconds'] / 60:.1f} minutes in all.", "",
              f"Rule: per band, the candidate with the fewest expert bytes (fraction of the model's own routing of "
@@ -99,6 +99,7 @@ def confirmation_section(results: dict, max_loss: float) -> list[str]:
 def publish(args, out, config: dict, choice: dict, sweep_results: dict, confirmation: dict | None, seconds: float):
     results = {
         "tool": "lynx-sglang calibrate", "command": shlex.join(["lynx-sglang", "calibrate", *sys.argv[2:]]),
+        "model": {"url": args.url} if args.url else checkpoint_identity(args.model_path),
         "seconds": seconds, "max_loss_points": args.max_loss, "margin_points": args.margin,
         "calibration_items": sweep_results["config"]["n"],
         "confirmation_items": confirmation["config"]["n"] if confirmation else 0,

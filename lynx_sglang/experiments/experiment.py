@@ -244,10 +244,15 @@ def model_identity(experiment: Experiment) -> dict:
     args = experiment.args
     if args.url:
         return {"url": args.url}
-    directory = Path(args.model_path) if args.model_path else EMBEDDED_MODEL
+    return checkpoint_identity(args.model_path)
+
+
+def checkpoint_identity(model_path: str | None) -> dict:
+    """The checkpoint's name ("embedded" without a path) and the sha256 of its safetensors files."""
+    directory = Path(model_path) if model_path else EMBEDDED_MODEL
     digest = hashlib.sha256()
     for weights in sorted(directory.glob("*.safetensors")):
         with open(weights, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
-    return {"name": "embedded" if not args.model_path else directory.name, "weights_sha256": digest.hexdigest()}
+    return {"name": "embedded" if not model_path else directory.name, "weights_sha256": digest.hexdigest()}

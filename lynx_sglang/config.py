@@ -343,11 +343,16 @@ def read_config_file(path: str) -> dict:
         raise ConfigError(f"config file {path}: unknown format; use .yaml, .yml or .json")
     if data is None:
         return {}
+    return check_settings(data, f"config file {path}")
+
+
+def check_settings(data, source: str) -> dict:
+    """A config file's content (or POST /lynx/policy's whole config): a mapping of known settings."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
     unknown = sorted(set(data) - set(SETTINGS))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
     return data
 
 

@@ -132,13 +132,15 @@ def sample_problems(
 
 
 def heldout_problems(
-    count: int = 2000, *, seed: int = 1234, distinct: bool = False, distribution: Distribution = "digits"
+    count: int = 2000, *, seed: int = 1234, distinct: bool = False, distribution: Distribution = "digits",
+    exclude: frozenset[str] = frozenset(), up_to: bool = False,
 ) -> list[Problem]:
     """A fixed evaluation set: equal shares of each task kind, drawn from the held-out partition.
 
     Without `distinct`, easy problems repeat (under "digits", `3*7=` is drawn about once in 324
     multiplications), which flatters the model; `lynx-sglang eval` therefore scores distinct problems.
     Multiplication has only ~625 held-out problems, so at most that many distinct ones exist.
+    `exclude` and `up_to` are sample_problems' (a kind that runs out then gives what it has).
     """
     per_kind, extra = divmod(count, len(TASK_KINDS))
     out: list[Problem] = []
@@ -146,7 +148,8 @@ def heldout_problems(
         n = per_kind + (1 if i < extra else 0)
         out.extend(
             sample_problems(
-                n, seed=seed + i, heldout=True, kinds=(kind,), distinct=distinct, distribution=distribution
+                n, seed=seed + i, heldout=True, kinds=(kind,), distinct=distinct, distribution=distribution,
+                exclude=exclude, up_to=up_to,
             )
         )
     random.Random(seed).shuffle(out)

@@ -8,7 +8,6 @@ request is sent, so a malformed line is reported with its line number, not after
 from __future__ import annotations
 
 import json
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,15 +49,7 @@ def builtin_items_excluding(count: int, seed: int, exclude: set[str]) -> list[It
     """Up to `count` distinct held-out problems of the built-in task, equal shares per kind, none of
     them in `exclude`; a kind whose partition runs out gives what is left of it (multiplication has
     about 590 distinct held-out problems)."""
-    from lynx_sglang.embedded.task import TASK_KINDS, sample_problems
-
-    per_kind, extra = divmod(count, len(TASK_KINDS))
-    problems = []
-    for index, kind in enumerate(TASK_KINDS):
-        wanted = per_kind + (1 if index < extra else 0)
-        problems += sample_problems(wanted, seed=seed + index, heldout=True, kinds=(kind,), distinct=True,
-                                    exclude=frozenset(exclude), up_to=True)
-    random.Random(seed).shuffle(problems)
+    problems = heldout_problems(count, seed=seed, distinct=True, exclude=frozenset(exclude), up_to=True)
     return [Item(p.prompt, p.answer, p.kind) for p in problems]
 
 

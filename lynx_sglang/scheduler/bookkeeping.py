@@ -12,7 +12,7 @@ import torch
 
 from lynx_sglang.kernels.bookkeeping import BACKENDS, Bookkeeping, bookkeeping_named
 
-__all__ = ["BACKENDS", "Bookkeeping", "bookkeeping_for", "choose_backend"]
+__all__ = ["BACKENDS", "Bookkeeping", "bookkeeping_named", "choose_backend"]
 
 
 def choose_backend(device) -> str:
@@ -29,7 +29,3 @@ def _cpu_layer_op_loads() -> bool:
 
     return load_layer_op() is not None
 
-
-def bookkeeping_for(backend: str) -> Bookkeeping:
-    """The calls of `backend` (one of BACKENDS)."""
-    return bookkeeping_named(backend)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from lynx_sglang.config import SETTINGS, Budget, ConfigError, LynxConfig, parse_setting
+from lynx_sglang.config import Budget, ConfigError, LynxConfig, check_settings, parse_setting
 
 if TYPE_CHECKING:
     from lynx_sglang.scheduler.runtime import LynxRuntime
@@ -36,9 +36,7 @@ def applied_config(config: LynxConfig, settings) -> LynxConfig:
     setting is exactly the file's. Settings fixed at start must be absent or equal to the running ones."""
     if not isinstance(settings, dict):
         raise ConfigError(f"config: {settings!r} must be an object of settings, as a config file holds them")
-    unknown = sorted(set(settings) - set(SETTINGS))
-    if unknown:
-        raise ConfigError(f"config: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
+    check_settings(settings, "config")
     parsed = {name: parse_setting(name, value, f"config: {name}") for name, value in settings.items()}
     for name in set(parsed) - set(LIVE_SETTINGS):
         if parsed[name] != getattr(config, name):

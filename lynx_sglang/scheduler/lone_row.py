@@ -1,41 +1,25 @@
 """Decode calls of one row: under most settings a lone row keeps the model's routing, so the routing
 hook launches nothing for it and its statistics are counted on the host (concurrency 1 costs nothing).
 
-With one voter, these policies' active set is the row's own top-k, and a row whose experts are all
-active keeps its routing bit for bit (policies/remap.py): baseline, lynx with tie_break "mass" (the
-batch order is then the row's own), lynx-v1, oea, budget, topn, coverage and anchor. Not: static-topk
-(fewer slots), random (its own set), lynx with tie_break "index" (ties in a bin go by expert index), nor
-any policy of another package. The budget must leave k experts: none, experts=N or fraction=F giving
-N >= k, mass=1; not a smaller cap, mass < 1 (it may cut the row's weakest expert) or tpot_ms (the
-controller's cap moves).
-
-This is the policies' own rule for a batch of one row (Policy.keeps_lone_row: the model's routing
-exactly, ties at the top-k boundary and non-finite logits included), taken here without a launch.
+Which policies keep a lone row is the policies' own fact (Policy.keeps_lone_row, which `select`
+enforces: the model's routing exactly, ties at the top-k boundary and non-finite logits included):
+baseline, lynx with tie_break "mass", lynx-v1, oea, coverage, anchor, and budget/topn keeping N >= k.
+Not static-topk (fewer slots), random (its own set) or lynx with tie_break "index"; a policy of another
+package says so with the same attribute. The budget must leave k experts: none, experts=N or
+fraction=F giving N >= k, mass=1; not a smaller cap, mass < 1 (it may cut the row's weakest expert) or
+tpot_ms (the controller's cap moves).
 """
 
 from __future__ import annotations
 
 from lynx_sglang.config import Budget
-from lynx_sglang.policies import (
-    BaselinePolicy,
-    BudgetPolicy,
-    CoveragePolicy,
-    ExpertBudget,
-    LynxPolicy,
-    LynxV1Policy,
-    OeaPolicy,
-    TopNPolicy,
-)
-from lynx_sglang.policies.anchor import AnchorPolicy
-
-_KEEP_A_LONE_ROW = (BaselinePolicy, LynxV1Policy, OeaPolicy, BudgetPolicy, TopNPolicy, CoveragePolicy, AnchorPolicy)
+from lynx_sglang.policies import ExpertBudget
 
 
 def policy_keeps_lone_row(policy) -> bool:
-    """Exact classes only: a subclass may decide otherwise."""
-    if type(policy) is LynxPolicy:
-        return policy.tie_break == "mass"
-    return type(policy) in _KEEP_A_LONE_ROW
+    """What `policy.select` does with one row and no cap: keep the model's routing (skipping it here
+    is then the same as calling it)."""
+    return bool(getattr(policy, "keeps_lone_row", False))
 
 
 def budget_keeps_lone_row(budget: Budget | None, expert_budget: ExpertBudget, top_k: int) -> bool:

@@ -71,9 +71,8 @@ class Router:
         `baseline` decides the identity) or passed through, with the reason."""
         reason = self.passthrough.get(layer_id)
         if reason is None and self.settings.config.policy != "baseline":
-            num_experts = next(info.num_experts for info in self.settings.layers if info.layer_id == layer_id)
-            top_k = next(info.top_k for info in self.settings.layers if info.layer_id == layer_id)
-            if not self.settings.policy_for(num_experts, top_k, True).applies_to_layer(layer_id):
+            info = next(info for info in self.settings.layers if info.layer_id == layer_id)
+            if not self.settings.policy_for(info.num_experts, info.top_k, True).applies_to_layer(layer_id):
                 reason = "not in the policy's layers (--lynx-layers)"
         return {"routing": "pruned"} if reason is None else {"routing": "passthrough", "passthrough_reason": reason}
 

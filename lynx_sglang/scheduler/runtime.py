@@ -19,7 +19,7 @@ import torch
 from lynx_sglang.config import LynxConfig
 from lynx_sglang.scheduler import control
 from lynx_sglang.scheduler.accounting import SilentFallbackReport, StepCounts
-from lynx_sglang.scheduler.bookkeeping import bookkeeping_for, choose_backend
+from lynx_sglang.scheduler.bookkeeping import bookkeeping_named, choose_backend
 from lynx_sglang.scheduler.compute_table import table_for
 from lynx_sglang.scheduler.decisions import DecisionDigest
 from lynx_sglang.scheduler.expert_compute import ExpertCompute
@@ -61,7 +61,7 @@ class LynxRuntime:
         backend: where the policy's decision and the per-layer work run (None: `choose_backend`, the one
         place it is chosen); resolved here once and handed to the router and the statistics."""
         device = torch.device(device)
-        self.bookkeeping = bookkeeping_for(backend or choose_backend(device))
+        self.bookkeeping = bookkeeping_named(backend or choose_backend(device))
         self.settings = PolicySettings(self.initial_config, layers, device, model_name, tp_size, calibration)
         # --lynx-stats off tracks no layer: the step counts and fallbacks remain
         self.stats = RoutingStats(layers if self.initial_config.stats else [], device, self.bookkeeping)

@@ -60,12 +60,12 @@ def collector_sample_names() -> set[str]:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from lynx_sglang.scheduler.bookkeeping import bookkeeping_for
+    from lynx_sglang.scheduler.bookkeeping import bookkeeping_named
     from lynx_sglang.scheduler.stats import MoeLayerInfo, RoutingStats
     from lynx_sglang.server.metrics import LynxCollector
 
     layer = MoeLayerInfo(layer_id=1, num_experts=8, top_k=2, expert_bytes=1024)
-    figures = RoutingStats([layer], torch.device("cpu"), bookkeeping_for("torch")).snapshot()
+    figures = RoutingStats([layer], torch.device("cpu"), bookkeeping_named("torch")).snapshot()
     collector = LynxCollector()
     collector.snapshot = {
         "policy": "lynx", "params": {}, "budget": "tpot_ms=50", "budget_experts": 4, "kernel": "auto",

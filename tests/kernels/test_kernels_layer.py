@@ -8,7 +8,7 @@ import torch
 from lynx_sglang.kernels.bookkeeping import finalize_torch, record_torch
 from lynx_sglang.kernels.bookkeeping.layout import FIELDS
 from lynx_sglang.kernels.routing import fused_available
-from lynx_sglang.scheduler.bookkeeping import bookkeeping_for
+from lynx_sglang.scheduler.bookkeeping import bookkeeping_named
 from lynx_sglang.scheduler.stats import MoeLayerInfo, RoutingStats
 from lynx_sglang.tools.launch_count import count_launches
 
@@ -43,7 +43,7 @@ def layer_calls(num_rows, num_experts, top_k, seed, ids_dtype=torch.int32, logit
 
 def recorded(implementation, calls, fell_back_at=()):
     layers = [MoeLayerInfo(0, calls[0][1].shape[1], calls[0][2].shape[1], expert_bytes=1)]
-    stats = RoutingStats(layers, DEVICE, bookkeeping_for(implementation))
+    stats = RoutingStats(layers, DEVICE, bookkeeping_named(implementation))
     for index, (num_real, logits, original, final) in enumerate(calls):
         # a flag tensor, or None where the call did not fall back
         fell_back = torch.tensor(index in fell_back_at, device=DEVICE)
@@ -142,11 +142,11 @@ def test_the_bookkeeping_is_chosen_once_per_device():
 
 def test_the_fused_record_is_one_triton_launch_and_no_torch_op():
     num_real, logits, original, final = layer_calls(16, 64, 8, seed=0)  # num_real: a 0-dim device tensor
-    stats = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, bookkeeping_for("triton"))
+    stats = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, bookkeeping_named("triton"))
     for fell_back in (torch.tensor(False, device=DEVICE), None):
         counter = count_launches(stats.record, 3, num_real, logits, original, final, fell_back)
         assert (counter.triton, counter.torch_ops, counter.host_syncs) == (1, 0, 0), counter.op_names
-    reference = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, bookkeeping_for("torch"))
+    reference = RoutingStats([MoeLayerInfo(3, 64, 8, expert_bytes=1)], DEVICE, bookkeeping_named("torch"))
     counter = count_launches(reference.record, 3, num_real, logits, original, final, torch.tensor(False, device=DEVICE))
     assert counter.torch_ops > 20  # what the launch replaces, each a kernel under a CUDA graph
 

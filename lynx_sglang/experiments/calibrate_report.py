@@ -92,7 +92,7 @@ def confirmation_section(results: dict, max_loss: float) -> list[str]:
              fmt.fewer(c["bytes_fraction"]), fmt.ratio(c["tpot_median_ratio"]), "holds" if c["holds"] else "**fails**"]
             for c in results["confirmation"]]
     return lines + [fmt.markdown_table(["concurrency", "items", "baseline", "calibrated", "diff pts [95 % CI]",
-                                        "expert bytes vs baseline", "TPOT ratio", f"-{max_loss:g} pt bound"], rows), "",
+                                        "expert bytes vs the model's routing", "TPOT ratio", f"-{max_loss:g} pt bound"], rows), "",
                     "![accuracy against bytes](confirm/accuracy_vs_expert_bytes.png)", ""]
 
 
@@ -112,6 +112,6 @@ def publish(args, out, config: dict, choice: dict, sweep_results: dict, confirma
         verdict = "holds" if record["holds"] else "FAILS"
         print(f"c={record['concurrency']}: accuracy {fmt.points(record['accuracy_diff'])} points "
               f"{fmt.interval_points(record['accuracy_diff_ci'])}, {fmt.fewer(record['bytes_fraction'])} expert bytes "
-              f"than baseline: the {args.max_loss:g}-point bound {verdict}")
+              f"than the model's routing on the same steps: the {args.max_loss:g}-point bound {verdict}")
     print(f"report: {out / 'report.md'}; config: {out / 'lynx-config.yaml'}")
 

@@ -33,6 +33,7 @@ from .registry import (
 )
 from ..kernels.routing.batch import ids_to_mask
 from .remap import remap_topk, sanitize_logits
+from .router import PLAIN_ROUTER, SCORING_FUNCTIONS, RouterModel
 
 __all__ = [
     "BUILTIN_POLICIES",
@@ -49,6 +50,9 @@ __all__ = [
     "Policy",
     "PolicyConfigError",
     "PolicyDecision",
+    "PLAIN_ROUTER",
+    "RouterModel",
+    "SCORING_FUNCTIONS",
     "RandomPolicy",
     "RoutingContext",
     "StaticTopKPolicy",

@@ -17,6 +17,7 @@ from .budget import ExpertBudget, cap_active_experts
 from .keys import own_weight_units, preference_order, rank_of, stable_topk_indices, unique_descending_keys
 from .params import PolicyConfigError
 from .remap import _remap_clean, sanitize_logits
+from .router import RouterModel, join_shared, split_shared
 from ..kernels.routing import GivenRule, RoutingCall, RoutingRule, fused_available, fused_route, fused_supports
 from ..kernels.routing.batch import ids_to_mask, real_rows
 
@@ -184,6 +185,7 @@ class Policy:
         budget: ExpertBudget | None = None,
         *,
         implementation: str = "auto",
+        router: RouterModel | None = None,
     ) -> PolicyDecision:
         """Decide the batch's routing for one layer.
 
@@ -194,7 +196,13 @@ class Policy:
         the active set after the policy's decision (its tensors live on the logits' device).
         implementation: "auto" (the fused path where there is one: Triton on CUDA, the C++ op on
         CPU), "torch" (the reference), "triton" or "cpu" (that fused path, for tests and benchmarks).
+        router: the layer's router when it is not plain softmax top-k (router.py): the policy then
+        decides on its log-choices and the remapped rows get its weights; fused shared-expert slots
+        (the last router.shared_slots columns of the ids and weights) are returned unchanged.
         """
+        if router is not None and not router.is_plain:
+            return self._select_modelled(router, router_logits, topk_ids, topk_weights, num_real, layer_id, budget,
+                                         implementation)  # fmt: skip
         self._check_shapes(router_logits, topk_ids, topk_weights, budget)
         if not self.applies_to_layer(layer_id):
             return self.pass_through(topk_ids, topk_weights, real_rows(router_logits.shape[0], num_real, router_logits.device))
@@ -209,6 +217,25 @@ class Policy:
         else:
             decision = self._select_fused(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, chosen)
         return self._lone_row_kept(decision, topk_ids, topk_weights, num_real, budget) if lone_row else decision
+
+    def _select_modelled(self, router: RouterModel, router_logits, topk_ids, topk_weights, num_real, layer_id,
+                         budget, implementation) -> PolicyDecision:
+        """`select` for a router that is not plain softmax: the plain select on its log-choices (in torch
+        or fused alike), then its weights for the rows that moved (router.py)."""
+        router.check(self.num_experts)
+        if topk_ids.dim() != 2 or topk_ids.shape[-1] != self.top_k + router.shared_slots:
+            raise ValueError(f"policy '{self.name}': topk_ids must have {self.top_k} routed + {router.shared_slots} "
+                             f"shared columns, got {list(topk_ids.shape)}")
+        ids, shared_ids = split_shared(topk_ids, router.shared_slots)
+        weights, shared_weights = split_shared(topk_weights, router.shared_slots)
+        # Policy.select, not self.select: an override (anchor's layer caps) has run already
+        decision = Policy.select(self, router.choice_logits(router_logits), ids, weights, num_real, layer_id, budget,
+                                 implementation=implementation)  # fmt: skip
+        new_weights = decision.topk_weights
+        if decision.topk_ids is not ids:  # the model's routing as it is needs no new weights
+            new_weights = router.weights(router_logits, ids, weights, decision.topk_ids, new_weights, self.renormalize)
+        return PolicyDecision(join_shared(decision.topk_ids, shared_ids), join_shared(new_weights, shared_weights),
+                              decision.active_mask)  # fmt: skip
 
     def _lone_row_kept(self, decision: PolicyDecision, topk_ids, topk_weights, num_real, budget) -> PolicyDecision:
         """A batch of one row has nothing to share: it keeps the model's routing exactly, the model's

@@ -14,6 +14,7 @@ from ..kernels.routing.batch import ids_to_mask, real_rows
 from .base import Policy, PolicyConfigError, PolicyDecision, RoutingContext, ensure_min_active
 from .keys import MASS_BITS, MASS_ONE, unique_descending_keys
 from .params import experts_kept
+from .router import split_shared
 
 
 class BaselinePolicy(Policy):
@@ -23,8 +24,12 @@ class BaselinePolicy(Policy):
     keeps_lone_row = True
 
     def select(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None, budget=None, *,
-               implementation="auto") -> PolicyDecision:
-        return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
+               implementation="auto", router=None) -> PolicyDecision:
+        if router is None or not router.shared_slots:
+            return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
+        routed = self.select_reference(router_logits, *(split_shared(t, router.shared_slots)[0]
+                                                        for t in (topk_ids, topk_weights)), num_real, layer_id, budget)
+        return PolicyDecision(topk_ids, topk_weights, routed.active_mask)  # shared experts are never the policy's
 
     def select_reference(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None,
                          budget=None) -> PolicyDecision:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lynx_sglang.policies.router import SCORING_FUNCTIONS, RouterModel
 from lynx_sglang.scheduler.compute_table import LayerShape
 from lynx_sglang.scheduler.stats import MoeLayerInfo
 
@@ -90,19 +91,29 @@ def passthrough_reason(output, router_logits, topk_config, dispatch_info) -> str
     return None
 
 
+def router_model(topk_config) -> tuple[RouterModel | None, str | None]:
+    """The layer's router as the policies model it (policies/router.py), or (None, why its routing is
+    left alone). Follows select_experts in SGLang's topk.py: a biased grouped router scores by sigmoid
+    whatever its scoring_func says."""
+    function = topk_config.custom_routing_function
+    if function is not None:
+        if getattr(function, "__qualname__", "") == "Llama4MoE.custom_routing_function":
+            return RouterModel("sigmoid"), None  # top-k of the logits, weighted by their sigmoid
+        return None, "a custom routing function"
+    if getattr(topk_config, "sqrtsoftplus_log1p", False):
+        return None, "sqrtsoftplus scoring that ranks NaN first"
+    bias = topk_config.correction_bias
+    scoring = "sigmoid" if topk_config.use_grouped_topk and bias is not None else topk_config.scoring_func
+    if scoring not in SCORING_FUNCTIONS:
+        return None, f"{scoring} scoring"
+    groups = (topk_config.num_expert_group, topk_config.topk_group) if topk_config.use_grouped_topk else (None, None)
+    shared = topk_config.num_shared_topk_slots or 0
+    return RouterModel(scoring, None if bias is None else bias.detach(), *groups, shared_slots=shared), None
+
+
 def router_passthrough_reason(topk_config) -> str | None:
-    """Routers the policies do not model: they assume plain softmax top-k routing."""
-    if topk_config.use_grouped_topk:
-        return "a grouped router"
-    if topk_config.correction_bias is not None:
-        return "a biased router"
-    if topk_config.scoring_func != "softmax":
-        return f"{topk_config.scoring_func} scoring"
-    if topk_config.custom_routing_function is not None:
-        return "a custom routing function"
-    if topk_config.num_shared_topk_slots:
-        return "shared-expert top-k slots"
-    return None
+    """Why the policies leave a router alone (None: they model it)."""
+    return router_model(topk_config)[1]
 
 
 def renormalizes(topk_config) -> bool:

@@ -7,6 +7,7 @@ the device (scheduler/bookkeeping.py), and a policy that raises costs its layer'
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 
@@ -14,7 +15,8 @@ import torch
 
 from lynx_sglang.scheduler.bookkeeping import Bookkeeping
 from lynx_sglang.scheduler.decisions import DecisionDigest
-from lynx_sglang.scheduler.introspection import passthrough_reason, renormalizes
+from lynx_sglang.policies.router import RouterModel, join_shared, split_shared
+from lynx_sglang.scheduler.introspection import passthrough_reason, renormalizes, router_model
 from lynx_sglang.scheduler.log import NoteOnce, Throttle, logger
 from lynx_sglang.scheduler.schedule import band_index, count_step, select_band
 from lynx_sglang.scheduler.settings import PolicySettings
@@ -32,6 +34,7 @@ class Router:
         self.note = note
         self.routed_layers: set[int] = set()  # the layers the policy routes (the others pass through)
         self.passthrough: dict[int, str] = {}  # layer id -> why its routing is left alone
+        self.routers: dict[int, RouterModel] = {}  # layer id -> its router as the policies model it
         self.failures = 0
         self._failure_log = Throttle()
 
@@ -43,10 +46,13 @@ class Router:
             self.pass_through(layer_id, reason)
             return output
         self.routed_layers.add(layer_id)
-        ids, weights = output.topk_ids, output.topk_weights
-        rows = step.decode_rows if step.mode == "mixed" else ids.shape[0]  # a static shape
+        rows = step.decode_rows if step.mode == "mixed" else output.topk_ids.shape[0]  # a static shape
         if rows == 1 and self.settings.lone_row_kept:  # nothing to decide: launch nothing (lone_row.py)
             return output
+        router, shared_slots = self.router_for(layer_id, topk_config)
+        # Fused shared-expert slots (the last columns) are never the policy's: routed columns only from here
+        ids, shared_ids = split_shared(output.topk_ids, shared_slots)
+        weights, shared_weights = split_shared(output.topk_weights, shared_slots)
         renormalize = renormalizes(topk_config)
         if self.settings.band_steps is not None and layer_id == self.settings.layers[0].layer_id:
             real = None if step.mode == "mixed" else num_real  # num_real counts a mixed batch's prefill rows too
@@ -54,17 +60,30 @@ class Router:
         if step.mode == "mixed":  # the decode rows follow the prefill rows
             start = ids.shape[0] - step.decode_rows
             new_ids, new_weights = self._route_rows(router_logits[start:], ids[start:], weights[start:], None,
-                                                    layer_id, renormalize)  # fmt: skip
-            return output._replace(topk_ids=torch.cat([ids[:start], new_ids]),
-                                   topk_weights=torch.cat([weights[:start], new_weights]))
-        new_ids, new_weights = self._route_rows(router_logits, ids, weights, num_real, layer_id, renormalize)
-        return output._replace(topk_ids=new_ids, topk_weights=new_weights)
+                                                    layer_id, renormalize, router)  # fmt: skip
+            new_ids, new_weights = torch.cat([ids[:start], new_ids]), torch.cat([weights[:start], new_weights])
+        else:
+            new_ids, new_weights = self._route_rows(router_logits, ids, weights, num_real, layer_id, renormalize, router)
+        return output._replace(topk_ids=join_shared(new_ids, shared_ids),
+                               topk_weights=join_shared(new_weights, shared_weights))
+
+    def router_for(self, layer_id: int, topk_config) -> tuple[RouterModel, int]:
+        """(the layer's router for its routed columns, its fused shared-expert slots); static per layer."""
+        if layer_id not in self.routers:
+            router, _ = router_model(topk_config)
+            if not router.is_plain and all(known.kind != router.kind for known in self.routers.values()):
+                self.note(f"MoE layers with a {router.kind} router: the policy decides on the scores it chooses by "
+                          f"(first: layer {layer_id})")
+            self.routers[layer_id] = router
+        router = self.routers[layer_id]
+        return dataclasses.replace(router, shared_slots=0), router.shared_slots
 
     def pass_through(self, layer_id: int, reason: str) -> None:
         """Record that a layer's routing is left alone, and say so once per reason."""
         if layer_id not in self.passthrough:
+            if reason not in self.passthrough.values():
+                self.note(f"MoE layers with {reason} pass through untouched (first: layer {layer_id})")
             self.passthrough[layer_id] = reason
-            self.note(f"MoE layers with {reason} pass through untouched (first: layer {layer_id})")
 
     def layer_routing(self, layer_id: int) -> dict:
         """How the policy treats a layer, for /lynx/stats: pruned (the policy decides its routing;
@@ -76,13 +95,13 @@ class Router:
                 reason = "not in the policy's layers (--lynx-layers)"
         return {"routing": "pruned"} if reason is None else {"routing": "passthrough", "passthrough_reason": reason}
 
-    def _route_rows(self, logits, ids, weights, num_real, layer_id, renormalize):
+    def _route_rows(self, logits, ids, weights, num_real, layer_id, renormalize, router: RouterModel):
         # The expert kernel takes the experts present in the final ids; only the digest reads a mask.
         want_mask = self.decisions is not None
         try:
-            new_ids, new_weights = self._propose(logits, ids, weights, num_real, layer_id, renormalize)
+            new_ids, new_weights = self._propose(logits, ids, weights, num_real, layer_id, renormalize, router)
             new_ids, new_weights, active = self._finish(logits, ids, weights, new_ids, new_weights, num_real,
-                                                        layer_id, want_mask)  # fmt: skip
+                                                        layer_id, want_mask, router)  # fmt: skip
         except Exception as error:  # a policy bug must cost one step's pruning, never the server
             self._log_failure(error, layer_id)
             self.stats.mark_step_fallback()
@@ -93,24 +112,28 @@ class Router:
             self.decisions.record(layer_id, num_real, new_ids, active)
         return new_ids, new_weights
 
-    def _propose(self, logits, ids, weights, num_real, layer_id, renormalize):
+    def _propose(self, logits, ids, weights, num_real, layer_id, renormalize, router):
         """The policy's routing for this layer call, unchecked; the model's own (the same tensors)
         where there is nothing to decide. With a schedule, the band of the call's real rows decides
         which band's routing it is (schedule.py)."""
         if self.settings.config.policy == "baseline":
             return ids, weights
         if self.settings.band_settings is None:
-            return self._propose_with(self.settings, logits, ids, weights, num_real, layer_id, renormalize)
-        proposals = [self._propose_with(band, logits, ids, weights, num_real, layer_id, renormalize)
+            return self._propose_with(self.settings, logits, ids, weights, num_real, layer_id, renormalize, router)
+        proposals = [self._propose_with(band, logits, ids, weights, num_real, layer_id, renormalize, router)
                      for band in self.settings.band_settings]
         return select_band(band_index(self.settings.band_starts, num_real, ids.shape[0]), proposals)
 
-    def _propose_with(self, settings: PolicySettings, logits, ids, weights, num_real, layer_id, renormalize):
+    def _propose_with(self, settings: PolicySettings, logits, ids, weights, num_real, layer_id, renormalize, router):
         num_experts = logits.shape[1]
         policy = settings.policy_for(num_experts, ids.shape[1], renormalize)
         if not policy.applies_to_layer(layer_id):  # the model's routing as it is: nothing to check
             return ids, weights
-        options = {"implementation": self._implementation()} if _takes_implementation(type(policy)) else {}
+        options = {"implementation": self._implementation()} if _takes(type(policy), "implementation") else {}
+        if not router.is_plain:
+            if not _takes(type(policy), "router"):
+                raise TypeError(f"policy {policy.name!r} does not take router= and the layer's router is {router.kind}")
+            options["router"] = router
         decision = policy.select(logits, ids, weights, num_real=num_real, layer_id=layer_id,
                                  budget=settings.budget_for(num_experts), **options)  # fmt: skip
         new_ids, new_weights = decision.topk_ids, decision.topk_weights
@@ -123,9 +146,12 @@ class Router:
         # A compiled graph traces the reference: the fused ops are opaque to dynamo.
         return "torch" if torch.compiler.is_compiling() else self.bookkeeping.name
 
-    def _finish(self, logits, ids, weights, new_ids, new_weights, num_real, layer_id, want_mask: bool):
-        """(final ids, final weights, active mask or None), statistics recorded."""
+    def _finish(self, logits, ids, weights, new_ids, new_weights, num_real, layer_id, want_mask: bool, router):
+        """(final ids, final weights, active mask or None), statistics recorded (their router mass is
+        the share of the scores the router chooses by)."""
         table_row, step_fell_back = self.stats.row(layer_id) or (None, None)
+        if table_row is not None and not router.is_plain:
+            logits = router.choice_logits(logits)
         if new_ids is ids and new_weights is weights:  # the model's routing: nothing to check
             if table_row is None and not want_mask:
                 return ids, weights, None
@@ -148,7 +174,7 @@ class Router:
 
 
 @functools.cache
-def _takes_implementation(policy_class) -> bool:
-    """Whether the policy's select takes `implementation=` (a third party's override may not)."""
+def _takes(policy_class, keyword: str) -> bool:
+    """Whether the policy's select takes `keyword=` (a third party's override may not)."""
     parameters = inspect.signature(policy_class.select).parameters.values()
-    return any(p.name == "implementation" or p.kind is p.VAR_KEYWORD for p in parameters)
+    return any(p.name == keyword or p.kind is p.VAR_KEYWORD for p in parameters)

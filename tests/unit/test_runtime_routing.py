@@ -134,31 +134,52 @@ def test_a_row_with_nan_router_logits_is_routed_by_the_policy_not_a_fallback():
     assert stats["layers"][0]["fallbacks"] == 0 and stats["layers"][0]["steps"] == 1
 
 
-def test_routers_it_does_not_handle_pass_through(caplog):
+def _custom_router(hidden_states, gating_output, topk, renormalize):
+    return torch.topk(gating_output, topk)  # a model's own routing function: not something policies model
+
+
+def test_routers_it_does_not_model_pass_through(caplog):
     caplog.set_level(logging.INFO, logger="lynx_sglang")
     runtime = make_runtime("budget", budget="experts=1")
     logits, output = routing()
-    grouped = topk.TopKConfig(top_k=K, use_grouped_topk=True, topk_group=1, num_expert_group=1)
+    custom = topk.TopKConfig(top_k=K, custom_routing_function=_custom_router)
+    for layer in (0, 1):
+        assert route(runtime, logits, output, layer, config=custom) is output
+    notes = [r.getMessage() for r in caplog.records if "a custom routing function pass through" in r.getMessage()]
+    assert len(notes) == 1, notes
+
+
+def test_sigmoid_and_grouped_routers_are_routed(caplog):
+    caplog.set_level(logging.INFO, logger="lynx_sglang")
+    runtime = make_runtime("budget", budget="experts=1")
+    logits, output = routing()
+    grouped = topk.TopKConfig(top_k=K, use_grouped_topk=True, topk_group=1, num_expert_group=2,
+                              correction_bias=torch.zeros(E))  # fmt: skip
     sigmoid = topk.TopKConfig(top_k=K, scoring_func="sigmoid")
-    for config in (grouped, sigmoid):
-        assert route(runtime, logits, output, config=config) is output
-    assert any("a grouped router pass through untouched" in r.getMessage() for r in caplog.records)
+    for layer, config in enumerate((grouped, sigmoid)):
+        runtime.begin_step(DECODE)
+        routed = route(runtime, logits, output, layer, config=config)
+        runtime.end_step(DECODE, T)
+        assert (routed.topk_ids == routed.topk_ids[0, 0]).all()  # one expert for the whole batch
+    assert [layer["routing"] for layer in snapshot(runtime)["layers"]] == ["pruned", "pruned"]
+    notes = " ".join(r.getMessage() for r in caplog.records)
+    assert "biased-grouped-sigmoid router" in notes and "a sigmoid router" in notes
 
 
 def test_a_step_on_which_every_layer_passes_through_is_not_a_pruned_step():
     runtime = make_runtime("lynx")
     logits, output = routing()
-    grouped = topk.TopKConfig(top_k=K, use_grouped_topk=True, topk_group=1, num_expert_group=1)
+    custom = topk.TopKConfig(top_k=K, custom_routing_function=_custom_router)
     for _ in range(3):
         runtime.begin_step(DECODE)
         for layer in (0, 1):
-            route(runtime, logits, output, layer, config=grouped)
+            route(runtime, logits, output, layer, config=custom)
         runtime.end_step(DECODE, T)
     stats = snapshot(runtime)
     assert (stats["decode_steps"], stats["pruned_steps"], stats["passthrough_steps"]) == (0, 0, 3)
     assert stats["steps_by_policy"] == {}
     assert [layer["routing"] for layer in stats["layers"]] == ["passthrough", "passthrough"]
-    assert {layer["passthrough_reason"] for layer in stats["layers"]} == {"a grouped router"}
+    assert {layer["passthrough_reason"] for layer in stats["layers"]} == {"a custom routing function"}
 
 
 def test_each_layer_says_whether_the_policy_routes_it():

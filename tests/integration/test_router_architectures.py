@@ -1,10 +1,10 @@
 """`lynx-sglang serve --lynx-policy baseline` answers token for token like transformers' greedy
 decoding (float32) on tiny checkpoints of the router families beyond plain softmax top-k that SGLang's
 CPU path serves: the biased grouped sigmoid routers of GLM-4.5 and DeepSeek-V3 (shared expert, routed
-scaling factor) and gpt-oss's biased-logit softmax router. DeepSeek-V3's latent attention and gpt-oss's
+scaling factor) and gpt-oss's biased-logit softmax router; the same server then prunes under `lynx` and
+`oea` with no fallback and no layer passed through. DeepSeek-V3's latent attention and gpt-oss's
 attention sinks need SGLang's Triton attention backend, run here by Triton's interpreter. One server
-per architecture; on gpt-oss, whose plain softmax router `lynx` prunes today, the same server then
-shows pruning under `lynx`. Llama-4, not served on a CPU, is pinned at its router in
+per architecture. Llama-4, not served on a CPU, is pinned at its router in
 tests/unit/test_router_models.py; docs/routers.md says why."""
 
 import pytest
@@ -23,16 +23,15 @@ SERVED_ON_CPU = {
     "deepseek_v3": (16, 4, ["--attention-backend", "triton"], {"TRITON_INTERPRET": "1"}),
     "gpt_oss": (8, 2, ["--attention-backend", "triton"], {"TRITON_INTERPRET": "1"}),
 }
-# Plain softmax top-k: `lynx` prunes the routing today. gpt-oss's experts have biases, which lynx's
-# kernel does not take, so SGLang's own expert compute runs the pruned routing.
-PRUNED_TODAY = {"gpt_oss": "sglang (expert biases)"}
-# Routers the policies do not model yet: under `lynx` every layer passes through, and the stats say so
-# (no pruned step, each layer's reason).
-PASSED_THROUGH_TODAY = {"glm4_moe": "a grouped router"}
+# What computes the pruned routing: lynx's active-expert kernel where it takes the layer, else SGLang's
+# own expert compute (gpt-oss's experts have biases; GLM-4.5 and DeepSeek-V3 scale the routed output).
+EXPERT_COMPUTE = {"gpt_oss": "sglang (expert biases)", "glm4_moe": "sglang (a routed scaling factor)",
+                  "deepseek_v3": "sglang (a routed scaling factor)"}
+PRUNING_POLICIES = ("lynx", "oea")
 
 
 @pytest.mark.parametrize("arch", list(SERVED_ON_CPU))
-def test_baseline_serving_matches_transformers(arch, tmp_path):
+def test_baseline_serving_matches_transformers_and_policies_prune(arch, tmp_path):
     from transformers import AutoTokenizer
 
     experts, top_k, serve_args, env = SERVED_ON_CPU[arch]
@@ -43,26 +42,24 @@ def test_baseline_serving_matches_transformers(arch, tmp_path):
 
     srv = RunningServer(["--model-path", str(model_dir), "--lynx-policy", "baseline", "--lynx-admin-token", "t",
                          *serve_args], tmp_path / "server.log", env=env)  # fmt: skip
+    pruned = {}
     try:
         srv.wait_healthy()
         batched = generate_greedy(srv, prompt_ids, NEW_TOKENS)  # one decode batch of four
         alone = generate_greedy(srv, prompt_ids[:1], NEW_TOKENS)
-        if arch in PRUNED_TODAY or arch in PASSED_THROUGH_TODAY:
-            status, _ = post(srv.url + "/lynx/policy", {"policy": "lynx"}, headers={"Authorization": "Bearer t"})
+        for policy in PRUNING_POLICIES:
+            status, _ = post(srv.url + "/lynx/policy", {"policy": policy}, headers={"Authorization": "Bearer t"})
             assert status == 200
             generate_greedy(srv, prompt_ids, NEW_TOKENS)
-            stats, policy = get_json(srv.url + "/lynx/stats"), get_json(srv.url + "/lynx/policy")
+            pruned[policy] = get_json(srv.url + "/lynx/stats"), get_json(srv.url + "/lynx/policy")
+            post(srv.url + "/lynx/stats/reset", {}, headers={"Authorization": "Bearer t"})
     finally:
         srv.stop()
     assert batched == expected, f"{arch}: SGLang {batched} != transformers {expected}"
     assert alone == expected[:1]
     assert len({tuple(ids) for ids in expected}) > 1, "the prompts lead to different continuations"
-    if arch in PASSED_THROUGH_TODAY:
-        assert stats["decode_steps"] == stats["pruned_steps"] == 0 and stats["passthrough_steps"] > 0, stats
-        assert {(layer["routing"], layer["passthrough_reason"]) for layer in stats["layers"]} == {
-            ("passthrough", PASSED_THROUGH_TODAY[arch])}, stats["layers"]
-    if arch in PRUNED_TODAY:
-        assert stats["pruned_steps"] > 0 and stats["fallback_steps"] == 0, stats
-        assert {layer["routing"] for layer in stats["layers"]} == {"pruned"}, stats["layers"]
-        assert stats["distinct_experts_after"] < stats["distinct_experts_before"], stats
-        assert set(policy["expert_compute"].values()) == {PRUNED_TODAY[arch]}, policy
+    for policy, (stats, served) in pruned.items():
+        assert stats["pruned_steps"] > 0 and stats["fallback_steps"] == 0, (policy, stats)
+        assert {layer["routing"] for layer in stats["layers"]} == {"pruned"}, (policy, stats["layers"])
+        assert stats["distinct_experts_after"] < stats["distinct_experts_before"], (policy, stats)
+        assert set(served["expert_compute"].values()) == {EXPERT_COMPUTE[arch]}, (policy, served)

@@ -144,6 +144,10 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
     """The call's launches with `config` (default: `default_launch_config` of the shapes and device)."""
     if call.logits.stride(1) != 1:
         call = call._replace(logits=call.logits.contiguous())
+    # The outputs are written with the inputs' row strides: a column slice (routed columns beside fused
+    # shared-expert slots) must be copied, else empty_like's dense outputs are overrun.
+    if not (call.topk_ids.is_contiguous() and call.topk_weights.is_contiguous()):
+        call = call._replace(topk_ids=call.topk_ids.contiguous(), topk_weights=call.topk_weights.contiguous())
     logits = call.logits
     if not logits.is_cuda and not INTERPRETING and not ALLOW_CPU_TENSORS:
         raise RuntimeError("route_triton got CPU tensors but Triton's interpreter is off (TRITON_INTERPRET=1)")

@@ -72,11 +72,11 @@ def routed(request, tmp_path_factory):
         logits, ids, weights = transformers_routing(arch, block, hidden)
         config = sglang_topk_config(arch, model.config, router)
         output = topk.select_experts(hidden, logits.float(), config)
-    return arch, model.config, (ids, weights), output
+    return arch, model.config, (ids, weights), output, config
 
 
 def test_select_experts_chooses_the_transformers_routers_experts(routed):
-    arch, config, (ids, weights), output = routed
+    arch, config, (ids, weights), output, _ = routed
     assert type(output).__name__ == "StandardTopKOutput"
     assert output.topk_ids.shape == (ROWS, config.num_experts_per_tok)
     got_ids, _ = by_expert(output.topk_ids, output.topk_weights)
@@ -87,7 +87,7 @@ def test_select_experts_chooses_the_transformers_routers_experts(routed):
 def test_select_experts_gives_the_transformers_routers_weights_before_the_routed_scaling(routed):
     """DeepSeek-V3 and GLM-4.5 weights leave select_experts renormalised but unscaled: off the fused
     CUDA path SGLang multiplies the routed experts' output by routed_scaling_factor afterwards."""
-    arch, config, (ids, weights), output = routed
+    arch, config, (ids, weights), output, _ = routed
     _, got = by_expert(output.topk_ids, output.topk_weights)
     _, want = by_expert(ids, weights)
     scale = ROUTED_SCALING_FACTOR if arch in ("deepseek_v3", "glm4_moe") else 1.0
@@ -122,3 +122,28 @@ def vars_of(config) -> dict:
     fields = ("top_k", "use_grouped_topk", "topk_group", "num_expert_group", "renormalize", "correction_bias",
               "routed_scaling_factor", "scoring_func", "custom_routing_function", "torch_native")  # fmt: skip
     return {name: getattr(config, name) for name in fields}
+
+
+def test_the_policies_prune_each_familys_routing_as_the_server_models_its_router(routed):
+    """What the server does with each family's layer, on SGLang's own select_experts output: the router
+    model it reads from the TopKConfig (Llama-4's routing function included), then `lynx` and `oea`
+    over an 8-row decode batch: fewer experts, valid ids, finite weights; a lone row is kept."""
+    from lynx_sglang.policies import get_policy
+    from lynx_sglang.scheduler.introspection import renormalizes, router_model
+
+    arch, config, _, output, topk_config = routed
+    router, reason = router_model(topk_config)
+    assert reason is None, reason
+    logits, ids, weights = output.router_logits[:8], output.topk_ids[:8], output.topk_weights[:8]
+    experts, union = logits.shape[1], int(torch.unique(ids).numel())
+    active = {}
+    for name in ("lynx", "oea"):
+        policy = get_policy(name, experts, config.num_experts_per_tok, renormalizes(topk_config))
+        decision = policy.select(logits, ids, weights, router=router)
+        active[name] = int(decision.active_mask.sum())
+        assert active[name] <= union, (arch, name)
+        assert ((decision.topk_ids >= 0) & (decision.topk_ids < experts)).all(), (arch, name)
+        assert torch.isfinite(decision.topk_weights).all(), (arch, name)
+        lone = policy.select(logits[:1], ids[:1], weights[:1], router=router)
+        assert torch.equal(lone.topk_ids, ids[:1]) and torch.equal(lone.topk_weights, weights[:1]), (arch, name)
+    assert min(active.values()) < union, (arch, active, union)

@@ -54,12 +54,13 @@ MODEL_CONFIG = dict(
 )
 
 
-def build_model(seed: int, *, layers: int, hidden: int, intermediate: int):
+def build_model(seed: int, *, layers: int, hidden: int, intermediate: int, experts: int = 8, top_k: int = 2):
     import torch
     from transformers import MixtralConfig, MixtralForCausalLM
 
     vocab = vocabulary()
-    shape = dict(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=intermediate)
+    shape = dict(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=intermediate,
+                 num_local_experts=experts, num_experts_per_tok=top_k)
     config = MixtralConfig(
         vocab_size=len(vocab),
         pad_token_id=vocab[PAD],
@@ -171,7 +172,8 @@ def train(args) -> dict:
     tokenizer = build_tokenizer()
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    model = build_model(args.seed, layers=args.layers, hidden=args.hidden, intermediate=args.intermediate)
+    model = build_model(args.seed, layers=args.layers, hidden=args.hidden, intermediate=args.intermediate,
+                        experts=args.experts, top_k=args.top_k)
     model.config._experts_implementation = args.experts_implementation
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
@@ -231,6 +233,8 @@ def parse_args(argv=None):
     ap.add_argument("--layers", type=int, default=MODEL_CONFIG["num_hidden_layers"])
     ap.add_argument("--hidden", type=int, default=MODEL_CONFIG["hidden_size"])
     ap.add_argument("--intermediate", type=int, default=MODEL_CONFIG["intermediate_size"])
+    ap.add_argument("--experts", type=int, default=MODEL_CONFIG["num_local_experts"])
+    ap.add_argument("--top-k", type=int, default=MODEL_CONFIG["num_experts_per_tok"])
     ap.add_argument("--eval-count", type=int, default=2000, help="distinct held-out problems scored at the end")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--eval-every", type=int, default=1000, help="probe held-out problems every N steps (0: never)")

@@ -1,26 +1,28 @@
-"""`lynx-sglang sweep` without --policies on a model of another shape than the embedded one (16 experts,
-top-4) and a JSONL task of its own: the arms follow the model and every one of them runs."""
+"""`lynx-sglang sweep` without --policies on a trained model of another shape than the embedded one
+(tests/data/trained-16x4: 16 experts, top-4) and a JSONL task of its own: the arms follow the model and
+the default sweep runs to the end."""
 
 import json
 import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 from live_server import RunningServer
 
-from lynx_sglang.tiny_checkpoints import build_tiny_checkpoint
+from lynx_sglang.embedded.task import heldout_problems
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "other-shape-token"
+MODEL = Path(__file__).resolve().parents[1] / "data" / "trained-16x4"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    model = build_tiny_checkpoint("mixtral", tmp_path_factory.mktemp("model16x4"), seed=3,
-                                  num_local_experts=16, num_experts_per_tok=4)
-    srv = RunningServer(["--model-path", str(model), "--lynx-policy", "baseline", "--lynx-admin-token", TOKEN],
+    srv = RunningServer(["--model-path", str(MODEL), "--lynx-policy", "baseline", "--lynx-admin-token", TOKEN],
                         tmp_path_factory.mktemp("server") / "server.log")
     try:
         srv.wait_healthy()
@@ -31,12 +33,12 @@ def server(tmp_path_factory):
 
 def test_default_sweep_fits_a_16_expert_top_4_model(server, tmp_path):
     task = tmp_path / "task.jsonl"
-    task.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
-                            for a in range(3) for b in range(3)))
+    task.write_text("".join(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n"
+                            for p in heldout_problems(16, seed=5, distinct=True)))
     out = tmp_path / "sweep"
     done = subprocess.run(
         [sys.executable, "-m", "lynx_sglang.cli", "sweep", "--url", server.url, "--admin-token", TOKEN,
-         "--task", str(task), "--n", "4", "--concurrency", "4", "--blocks", "1", "--max-tokens", "4",
+         "--task", str(task), "--n", "8", "--concurrency", "4", "--blocks", "1", "--max-tokens", "4",
          "--bootstrap", "100", "--out", str(out)],
         capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-# The public config.json of mistralai/Mixtral-8x7B-v0.1 and Qwen/Qwen3-30B-A3B on the Hugging Face hub.
+# The public config.json of mistralai/Mixtral-8x7B-v0.1, Qwen/Qwen3-30B-A3B and zai-org/GLM-4.5-Air (its
+# biased sigmoid router with a shared expert; the multi-token-prediction layer left out) on the Hugging Face hub.
 NAMED_SHAPES: dict[str, dict] = {
     "mixtral-8x7b": {
         "model_type": "mixtral", "architectures": ["MixtralForCausalLM"],
@@ -24,6 +25,16 @@ NAMED_SHAPES: dict[str, dict] = {
         "num_experts": 128, "num_experts_per_tok": 8, "norm_topk_prob": True, "decoder_sparse_step": 1,
         "mlp_only_layers": [], "vocab_size": 151936, "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
         "rope_theta": 1e6, "attention_bias": False, "tie_word_embeddings": False, "dtype": "bfloat16",
+    },
+    "glm-4.5-air": {
+        "model_type": "glm4_moe", "architectures": ["Glm4MoeForCausalLM"],
+        "hidden_size": 4096, "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 46,
+        "num_attention_heads": 96, "num_key_value_heads": 8, "head_dim": 128, "partial_rotary_factor": 0.5,
+        "n_routed_experts": 128, "n_shared_experts": 1, "num_experts_per_tok": 8, "n_group": 1, "topk_group": 1,
+        "first_k_dense_replace": 1, "routed_scaling_factor": 1.0, "norm_topk_prob": True, "use_qk_norm": False,
+        "attention_bias": True, "num_nextn_predict_layers": 0, "vocab_size": 151552,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 1e6, "tie_word_embeddings": False,
+        "dtype": "bfloat16",
     },
 }  # fmt: skip
 # Fields a `--shape` override may not change: they say what the model is, not how large.
@@ -74,14 +85,16 @@ def _typed_value(key: str, value: str, like):
 
 
 def weight_bytes(fields: dict, bytes_per_param: int = 2) -> tuple[int, int]:
-    """(bytes outside the decoder layers, bytes of one decoder layer) of a Mixtral / Qwen-MoE shape:
-    embeddings, attention, router and routed (plus any shared) experts; norms are noise."""
+    """(bytes outside the decoder layers, bytes of one MoE decoder layer) of a Mixtral / Qwen-MoE / GLM-4.5
+    shape: embeddings, attention, router and routed (plus any shared) experts; norms are noise, and a
+    dense first layer counts as a MoE one (an over-estimate: the fit errs on the safe side)."""
     hidden, heads, kv = fields["hidden_size"], fields["num_attention_heads"], fields["num_key_value_heads"]
     head_dim = fields.get("head_dim") or hidden // heads
-    experts = fields.get("num_local_experts") or fields["num_experts"]
+    experts = fields.get("num_local_experts") or fields.get("num_experts") or fields["n_routed_experts"]
     expert_inter = fields.get("moe_intermediate_size") or fields["intermediate_size"]
     attention = 2 * hidden * heads * head_dim + 2 * hidden * kv * head_dim
-    shared = 3 * hidden * fields.get("shared_expert_intermediate_size", 0)
+    shared_inter = fields.get("shared_expert_intermediate_size", 0) + fields.get("n_shared_experts", 0) * expert_inter
+    shared = 3 * hidden * shared_inter
     layer = attention + hidden * experts + experts * 3 * hidden * expert_inter + shared
     outside = fields["vocab_size"] * hidden * (1 if fields.get("tie_word_embeddings") else 2)
     return outside * bytes_per_param, layer * bytes_per_param

@@ -50,11 +50,26 @@ def test_bad_shapes_name_the_problem(text, needles):
 
 
 def test_named_shapes_have_the_public_models_sizes():
-    for name, billions in (("mixtral-8x7b", 46.7), ("qwen3-30b-a3b", 30.5)):
+    # GLM-4.5-Air: 106 B without its multi-token-prediction layer; its dense first layer counts as MoE here
+    for name, billions, tolerance in (("mixtral-8x7b", 46.7, 0.1), ("qwen3-30b-a3b", 30.5, 0.1),
+                                      ("glm-4.5-air", 106, 4)):
         fields = NAMED_SHAPES[name]
         outside, per_layer = weight_bytes(fields)
         params = (outside + per_layer * fields["num_hidden_layers"]) / 2 / 1e9
-        assert params == pytest.approx(billions, abs=0.1)
+        assert params == pytest.approx(billions, abs=tolerance)
+
+
+def test_the_glm_shape_builds_a_config_sglang_reads_as_a_biased_router(tmp_path):
+    from transformers import AutoConfig
+
+    from lynx_sglang.tiny_checkpoints import write_config_only
+
+    _, overrides = parse_shape("glm-4.5-air,num_hidden_layers=4", {})
+    folder = write_config_only({**NAMED_SHAPES["glm-4.5-air"], **overrides}, tmp_path / "glm")
+    config = AutoConfig.from_pretrained(folder)
+    assert (config.model_type, config.num_hidden_layers, config.n_routed_experts, config.n_shared_experts) == (
+        "glm4_moe", 4, 128, 1)
+    assert config.num_experts_per_tok == 8 and config.norm_topk_prob
 
 
 def test_fit_layers_keeps_what_fits_and_cuts_what_does_not():

@@ -18,7 +18,7 @@ from lynx_sglang.policies import PolicyConfigError, accepted_parameters, availab
 from lynx_sglang.policies import resolve_policy_class
 
 _NOT_A_VALUE = object()
-_HIDDEN = ("layers",)  # set by --lynx-layers, not by --lynx-param
+_HIDDEN = ("layers", "router_kind")  # set by --lynx-layers, and by the server from each layer's router
 
 
 def allowed_values(name: str, param: str, num_experts: int, top_k: int) -> str:
@@ -33,11 +33,12 @@ def allowed_values(name: str, param: str, num_experts: int, top_k: int) -> str:
     return "any value"
 
 
-def describe(name: str, num_experts: int, top_k: int, model_name: str | None) -> dict:
+def describe(name: str, num_experts: int, top_k: int, model_name: str | None, router_kind: str | None = None) -> dict:
     cls = resolve_policy_class(name)
     signature = inspect.signature(cls.__init__).parameters
     accepted = accepted_parameters(cls) or []
-    extra = {"model_name": model_name} if model_name and "model_name" in accepted else {}
+    extra = {key: value for key, value in (("model_name", model_name), ("router_kind", router_kind))
+             if value and key in accepted}
     instance = get_policy(name, num_experts, top_k, True, **extra)
     parameters = []
     for param in accepted:
@@ -66,12 +67,14 @@ def main(argv=None) -> int:
     shape = MoeShape.from_checkpoint(Path(args.model_path) if args.model_path else EMBEDDED_MODEL_DIR)
     if shape is None:
         parser.error(f"{args.model_path} has no routed experts")
-    catalog = [describe(name, shape.num_experts, shape.top_k, shape.model_name) for name in available_policies()]
+    catalog = [describe(name, shape.num_experts, shape.top_k, shape.model_name, shape.router_kind)
+               for name in available_policies()]
+    router = shape.router_kind or "softmax"
     if args.json:
         print(json.dumps({"model": shape.model_name, "num_experts": shape.num_experts, "top_k": shape.top_k,
-                          "policies": catalog}, default=str, indent=2))
+                          "router_kind": router, "policies": catalog}, default=str, indent=2))
         return 0
-    print(f"Policies (defaults for {shape.num_experts} experts, top-{shape.top_k}; "
+    print(f"Policies (defaults for {shape.num_experts} experts, top-{shape.top_k}, a {router} router; "
           "set with --lynx-policy NAME --lynx-param KEY=VALUE):\n")
     for entry in catalog:
         print(f"{entry['name']}: {entry['summary']}")

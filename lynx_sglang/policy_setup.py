@@ -20,6 +20,7 @@ class MoeShape:
     num_layers: int
     renormalize: bool
     model_name: str
+    router_kind: str | None = None  # policies/router.py's RouterModel.kind; None: plain softmax
 
     @classmethod
     def from_checkpoint(cls, model_dir: Path) -> "MoeShape | None":
@@ -36,24 +37,49 @@ class MoeShape:
         # Mixtral always renormalises; the others say so with norm_topk_prob.
         renormalize = config.get("model_type") == "mixtral" or bool(config.get("norm_topk_prob", False))
         name = config.get("_name_or_path") or Path(model_dir).resolve().name
-        return cls(int(num_experts), int(top_k), int(config.get("num_hidden_layers", 0)), renormalize, str(name))
+        return cls(int(num_experts), int(top_k), int(config.get("num_hidden_layers", 0)), renormalize, str(name),
+                   router_kind_of(config))
 
 
-def policy_params(config: LynxConfig, model_name: str) -> dict:
-    """The configured parameters, plus the model's name for policies that pick per-model defaults
-    (the lowest precedence: a user's model_name wins)."""
+# Architectures whose router SGLang builds as biased sigmoid (noaux_tc) whatever config.json says.
+_BIASED_SIGMOID_MODEL_TYPES = ("deepseek_v3", "glm4_moe", "kimi_k2", "glm4v_moe", "bailing_moe_v2")
+
+
+def router_kind_of(config: dict) -> str | None:
+    """The router kind a checkpoint's config.json describes (as RouterModel.kind), None for plain softmax.
+    What the server routes by is read from SGLang's TopK modules at load; this is for showing defaults."""
+    model_type = config.get("model_type", "")
+    groups, kept = config.get("n_group") or 1, config.get("topk_group") or 1
+    grouped = "grouped-" if groups > 1 and kept < groups else ""
+    if model_type in _BIASED_SIGMOID_MODEL_TYPES or config.get("topk_method") == "noaux_tc":
+        return f"biased-{grouped}sigmoid"
+    if model_type == "llama4_text" or model_type == "llama4":
+        return "sigmoid"
+    scoring = config.get("scoring_func", "softmax")
+    if config.get("topk_method") == "group_limited_greedy" or scoring != "softmax":
+        kind = f"{grouped}{scoring}"
+        return None if kind == "softmax" else kind
+    return None
+
+
+def policy_params(config: LynxConfig, model_name: str, router_kind: str | None = None) -> dict:
+    """The configured parameters, plus the model's name and the layer's router kind for policies that
+    pick per-model defaults (the lowest precedence: a user's value wins)."""
     params = dict(config.params)
     accepted = accepted_parameters(resolve_policy_class(config.policy))
-    if "model_name" not in params and (accepted is None or "model_name" in accepted):
-        params["model_name"] = model_name
+    for name, value in (("model_name", model_name), ("router_kind", router_kind)):
+        if name not in params and value is not None and (accepted is None or name in accepted):
+            params[name] = value
     if config.layers is not None:
         params["layers"] = list(config.layers)
     return params
 
 
-def build_policy(config: LynxConfig, num_experts: int, top_k: int, renormalize: bool, model_name: str):
+def build_policy(config: LynxConfig, num_experts: int, top_k: int, renormalize: bool, model_name: str,
+                 router_kind: str | None = None):
     try:
-        return get_policy(config.policy, num_experts, top_k, renormalize, **policy_params(config, model_name))
+        return get_policy(config.policy, num_experts, top_k, renormalize,
+                          **policy_params(config, model_name, router_kind))
     except PolicyConfigError as exc:
         raise ConfigError(str(exc)) from None
     except TypeError as exc:  # a third-party policy whose signature rejects what we pass

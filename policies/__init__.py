@@ -33,7 +33,7 @@ from .registry import (
 )
 from ..kernels.routing.batch import ids_to_mask
 from .remap import remap_topk, sanitize_logits
-from .router import PLAIN_ROUTER, SCORING_FUNCTIONS, RouterModel
+from .router import PLAIN_ROUTER, SCORING_FUNCTIONS, RouterModel, router_family
 
 __all__ = [
     "BUILTIN_POLICIES",
@@ -65,6 +65,7 @@ __all__ = [
     "lynx_defaults",
     "remap_topk",
     "resolve_policy_class",
+    "router_family",
     "sanitize_logits",
     "stable_topk_indices",
 ]

@@ -13,7 +13,8 @@ from ..kernels.routing import LynxRule
 from ..kernels.routing.batch import ids_to_mask
 from .base import Policy, PolicyConfigError, RoutingContext
 from .keys import rank_of
-from .params import check_choice
+from .params import check_choice, check_router_kind
+from .router import router_family
 
 # (alpha, beta) shipped by the authors, matched by model name (lower-case substring, first match).
 # Order matters: the more specific names come first.
@@ -37,14 +38,26 @@ _LYNX_DEFAULTS_BY_SHAPE: dict[tuple[int, int], tuple[float, int]] = {
     (128, 4): (3.0, 2),  # GPT-OSS-120B
 }
 
+# Routers that score each expert alone (sigmoid: DeepSeek-V3, GLM-4.5, Kimi-K2, Llama-4) give flatter
+# scores than a softmax: on the trained GLM-4.5-style model (docs/results/biased-router) the top 8 of 16
+# experts lie within about one e-fold of the top-1, so alpha 1 binned most of a token's top-4 together
+# and lost 2.7 points [-4.4, -1.2] at concurrency 32; alpha 2 (half-e-fold bins) kept accuracy (+0.1
+# [-0.5, +0.8]), alpha 1.5 fell to -0.5 [-1.5, +0.4].
+_LYNX_DEFAULTS_BY_ROUTER_FAMILY: dict[str, tuple[float, int]] = {"sigmoid": (2.0, 2)}
+
 # Unknown models: DeepSeek's setting, the middle of the shipped range (bins one e-fold of router
 # probability wide, two bins below the top).
 LYNX_FALLBACK = (1.0, 2)
 
 
-def lynx_defaults(num_experts: int, top_k: int, model_name: str | None = None) -> tuple[float, int]:
-    """The authors' (alpha, beta) for a model: by name if it is known, else by (E, k), else
-    LYNX_FALLBACK = (1.0, 2)."""
+def lynx_defaults(num_experts: int, top_k: int, model_name: str | None = None,
+                  router_kind: str | None = None) -> tuple[float, int]:
+    """(alpha, beta) for a model: for a sigmoid-family router (router.router_family) the measured
+    setting of that family; else the authors' by name if it is known, else by (E, k), else
+    LYNX_FALLBACK = (1.0, 2). (The authors' settings were tuned on softmax logits.)"""
+    family = router_family(router_kind)
+    if family in _LYNX_DEFAULTS_BY_ROUTER_FAMILY:
+        return _LYNX_DEFAULTS_BY_ROUTER_FAMILY[family]
     if model_name:
         lowered = model_name.lower()
         for fragment, pair in _LYNX_DEFAULTS_BY_NAME:
@@ -72,13 +85,14 @@ class LynxPolicy(Policy):
     TIE_BREAKS = ("mass", "index")
 
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, alpha=None, beta=None,
-                 model_name=None, tie_break="mass"):
+                 model_name=None, router_kind=None, tie_break="mass"):
         super().__init__(num_experts, top_k, renormalize, layers)
         if model_name is not None and not isinstance(model_name, str):
             raise PolicyConfigError(
                 f"policy '{self.name}': parameter 'model_name'={model_name!r} must be a string"
             )
-        default_alpha, default_beta = lynx_defaults(num_experts, top_k, model_name)
+        self.router_kind = check_router_kind(self.name, router_kind)
+        default_alpha, default_beta = lynx_defaults(num_experts, top_k, model_name, router_kind)
         self.alpha = self.check_float("alpha", default_alpha if alpha is None else alpha, 0.0, 100.0,
                                       low_open=True)
         self.beta = self.check_int("beta", default_beta if beta is None else beta, 1, 8)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from .router import router_family
+
 
 class PolicyConfigError(ValueError):
     """A policy name or parameter is invalid. Raised at construction, never per call."""
@@ -74,3 +76,13 @@ def experts_kept(policy: str, num_experts: int, top_k: int, num_experts_kept, fr
         return check_int(policy, "num_experts_kept", num_experts_kept, top_k, num_experts)
     fraction = check_float(policy, "fraction", 0.5 if fraction is None else fraction, 0.0, 1.0, low_open=True)
     return min(num_experts, max(top_k, math.ceil(fraction * num_experts)))
+
+
+def check_router_kind(policy: str, kind):
+    """A router kind (policies/router.py: set by the server from the layer's router, for per-family
+    defaults), or None for plain softmax."""
+    try:
+        router_family(kind)
+    except ValueError as error:
+        raise PolicyConfigError(f"policy '{policy}': parameter 'router_kind': {error}") from None
+    return kind

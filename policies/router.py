@@ -174,6 +174,18 @@ class RouterModel:
         return torch.where(unchanged, topk_weights.to(new_weights.dtype), remapped.to(new_weights.dtype))
 
 
+def router_family(kind: str | None) -> str:
+    """"softmax" (scores normalised over the experts) or "sigmoid" (each expert scored alone: sigmoid and
+    sqrt-softplus, biased or grouped) for a `RouterModel.kind`; None is plain softmax. Per-model defaults
+    of the policies depend on it: per-expert scores are flatter than a softmax's (docs/policies.md)."""
+    if kind is None:
+        return "softmax"
+    parts = kind.split("-") if isinstance(kind, str) else [None]
+    if parts[-1] not in SCORING_FUNCTIONS or any(part not in ("biased", "grouped") for part in parts[:-1]):
+        raise ValueError(f"unknown router kind {kind!r} (allowed: [biased-][grouped-]softmax, sigmoid or sqrtsoftplus)")
+    return "softmax" if parts[-1] == "softmax" else "sigmoid"
+
+
 def split_shared(tensor: torch.Tensor, shared_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(the routed columns, the fused shared-expert columns) of a [T, k + shared] top-k tensor; without
     shared slots the routed columns are `tensor` itself (callers tell an unchanged routing by identity)."""

@@ -126,7 +126,7 @@ class Router:
 
     def _propose_with(self, settings: PolicySettings, logits, ids, weights, num_real, layer_id, renormalize, router):
         num_experts = logits.shape[1]
-        policy = settings.policy_for(num_experts, ids.shape[1], renormalize)
+        policy = settings.policy_for(num_experts, ids.shape[1], renormalize, None if router.is_plain else router.kind)
         if not policy.applies_to_layer(layer_id):  # the model's routing as it is: nothing to check
             return ids, weights
         options = {"implementation": self._implementation()} if _takes(type(policy), "implementation") else {}

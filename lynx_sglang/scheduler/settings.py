@@ -29,7 +29,7 @@ class PolicySettings:
         self.tp_size = tp_size
         self._calibration = calibration  # (w13, w2, activation) of one MoE layer, for the controller
         self.budgets = {info.num_experts: ExpertBudget.unlimited(info.num_experts, device) for info in layers}
-        self.policies: dict[tuple, object] = {}  # by (E, k, renormalize)
+        self.policies: dict[tuple, object] = {}  # by (E, k, renormalize, router kind)
         self.controller: TpotController | None = None
         self.lone_row_kept = False  # a decode call of one row keeps the model's routing (lone_row.py)
         self._device = device
@@ -40,11 +40,12 @@ class PolicySettings:
         self.band_steps: torch.Tensor | None = None
         self.apply(config)
 
-    def policy_for(self, num_experts: int, top_k: int, renormalize: bool):
-        key = (num_experts, top_k, renormalize)
+    def policy_for(self, num_experts: int, top_k: int, renormalize: bool, router_kind: str | None = None):
+        """The policy for a layer of this shape and router kind (RouterModel.kind; None: plain softmax)."""
+        key = (num_experts, top_k, renormalize, router_kind)
         policy = self.policies.get(key)
         if policy is None:
-            policy = build_policy(self.config, num_experts, top_k, renormalize, self.model_name)
+            policy = build_policy(self.config, num_experts, top_k, renormalize, self.model_name, router_kind)
             self.policies[key] = policy
         return policy
 
@@ -63,7 +64,7 @@ class PolicySettings:
         validate_settings(config)
         for num_experts, top_k in {(info.num_experts, info.top_k) for info in self.layers}:
             validate_for_experts(config, num_experts, top_k, True, self.model_name)
-        policies = {key: build_policy(config, *key, self.model_name) for key in self.policies}
+        policies = {key: build_policy(config, *key[:3], self.model_name, key[3]) for key in self.policies}
         controller = self._controller_for(config.parsed_budget)
         policy_changed = (config.policy, config.params) != (self.config.policy, self.config.params)
         self.config = config

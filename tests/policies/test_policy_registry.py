@@ -152,3 +152,24 @@ def test_lynx_defaults_are_used_and_overridable():
     assert (policy.alpha, policy.beta) == (1.0, 2)
     policy = get_policy("lynx", num_experts=128, top_k=8, beta=3)
     assert (policy.alpha, policy.beta) == (3.0, 3)
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "biased-sigmoid", "biased-grouped-sigmoid", "biased-sqrtsoftplus"])
+def test_sigmoid_family_routers_get_their_own_lynx_default_whatever_the_name(kind):
+    """The authors' settings were tuned on softmax logits; a per-expert-scored router's are flatter."""
+    assert lynx_defaults(256, 8, "deepseek-ai/DeepSeek-V3", kind) == (2.0, 2)
+    policy = get_policy("lynx", 16, 4, router_kind=kind)
+    assert (policy.alpha, policy.beta) == (2.0, 2)
+    assert get_policy("lynx", 16, 4, router_kind=kind, alpha=1.0).alpha == 1.0  # a user's value wins
+
+
+@pytest.mark.parametrize("kind", [None, "softmax", "grouped-softmax"])
+def test_softmax_routers_keep_the_authors_lynx_defaults(kind):
+    assert lynx_defaults(160, 6, "deepseek-ai/DeepSeek-Coder-V2", kind) == (1.0, 2)
+    assert lynx_defaults(128, 8, None, kind) == (3.0, 2)
+
+
+@pytest.mark.parametrize("kind", ["relu", "biased", "grouped-biased-sigmoid-x", 3])
+def test_an_unknown_router_kind_is_refused_by_name(kind):
+    with pytest.raises(PolicyConfigError, match="parameter 'router_kind'"):
+        get_policy("lynx", 16, 4, router_kind=kind)

@@ -1,0 +1,52 @@
+"""Per-family defaults: the router kind is read from a checkpoint's config.json for `lynx-sglang
+policies`, and from each layer's TopK configuration by the server, which builds the layer's policy
+with it."""
+
+import json
+
+import pytest
+import torch
+
+from lynx_sglang.policy_catalog import main as policies_main
+from lynx_sglang.policy_setup import router_kind_of
+from lynx_sglang.tiny_checkpoints import build_tiny_checkpoint
+
+topk = pytest.importorskip("sglang.srt.layers.moe.topk")
+
+
+@pytest.mark.parametrize("config, kind", [
+    ({"model_type": "mixtral"}, None),
+    ({"model_type": "qwen3_moe"}, None),
+    ({"model_type": "deepseek_v3", "n_group": 8, "topk_group": 4}, "biased-grouped-sigmoid"),
+    ({"model_type": "glm4_moe", "n_group": 1, "topk_group": 1}, "biased-sigmoid"),
+    ({"model_type": "deepseek_v2", "topk_method": "group_limited_greedy", "n_group": 8, "topk_group": 3},
+     "grouped-softmax"),
+    ({"model_type": "deepseek_v2", "topk_method": "greedy"}, None),
+    ({"model_type": "llama4_text"}, "sigmoid"),
+])  # fmt: skip
+def test_router_kind_from_config_json(config, kind):
+    assert router_kind_of(config) == kind
+
+
+def test_the_policies_table_shows_a_glm_models_router_and_its_defaults(tmp_path, capsys):
+    model = build_tiny_checkpoint("glm4_moe", tmp_path / "glm", seed=0, num_experts=16, top_k=4)
+    assert policies_main(["--model-path", str(model), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table["router_kind"] == "biased-grouped-sigmoid"
+    lynx = next(entry for entry in table["policies"] if entry["name"] == "lynx")
+    assert {p["name"]: p["default"] for p in lynx["parameters"]}["alpha"] == "2.0 (for this model)"
+    assert "router_kind" not in {p["name"] for entry in table["policies"] for p in entry["parameters"]}
+
+
+def test_the_server_builds_each_layers_policy_with_its_router_kind():
+    from test_runtime_routing import DECODE, E, K, T, make_runtime, route, routing
+
+    runtime = make_runtime("lynx")
+    logits, output = routing()
+    sigmoid = topk.TopKConfig(top_k=K, scoring_func="sigmoid", correction_bias=torch.zeros(E))
+    runtime.begin_step(DECODE)
+    route(runtime, logits, output, 0)
+    route(runtime, logits, output, 1, config=sigmoid)
+    runtime.end_step(DECODE, T)
+    alphas = {key[3]: policy.alpha for key, policy in runtime.settings.policies.items()}
+    assert alphas == {None: 0.7, "biased-sigmoid": 2.0}  # 8 experts top-2 softmax: Mixtral's (0.7, 1)

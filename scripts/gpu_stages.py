@@ -6,7 +6,8 @@ smoke        the embedded model served on CUDA (policy lynx, CUDA graphs on), on
              stats; then `bench serve` on two layers of the Mixtral-8x7B shape (bf16, dummy weights)
 mixtral      `bench serve` on mixtral-8x7b: baseline, budget fraction=0.5, lynx at concurrency 1-64
 qwen3        the same on qwen3-30b-a3b
-glm          the same on glm-4.5-air reduced to 12 layers (a biased sigmoid router with a shared expert)
+routers      the same on glm-4.5-air reduced to 12 layers (a biased sigmoid router, a shared expert) and on
+             llama-4-scout reduced to 8 (sigmoid top-1, a shared expert; not served on SGLang's CPU path)
 compute      the pruned arm with --lynx-kernel lynx and with --lynx-kernel sglang, both shapes, a record
              each (OUTDIR/compute-<shape>-serve.json, what scripts/expert-compute-table.py reads)
 correctness  the embedded model's greedy answers against this repository's CPU answers (200 problems);
@@ -115,8 +116,9 @@ def qwen3(stage: Stage) -> None:
     bench(stage, os.environ.get("SHAPE", "qwen3-30b-a3b"), BENCH_ARMS)
 
 
-def glm(stage: Stage) -> None:
-    bench(stage, os.environ.get("SHAPE", "glm-4.5-air,num_hidden_layers=12"), BENCH_ARMS)
+def routers(stage: Stage) -> None:
+    for shape in os.environ.get("SHAPES", "glm-4.5-air,num_hidden_layers=12;llama-4-scout,num_hidden_layers=8").split(";"):
+        bench(stage, shape, BENCH_ARMS, record_name=f"routers-{shape.partition(',')[0]}-serve.json")
 
 
 def compute(stage: Stage) -> None:
@@ -243,7 +245,7 @@ def correctness(stage: Stage) -> None:
         check_live_switch(stage, shape_dir)
 
 
-STAGES = {"smoke": smoke, "mixtral": mixtral, "qwen3": qwen3, "glm": glm, "compute": compute, "correctness": correctness,
+STAGES = {"smoke": smoke, "mixtral": mixtral, "qwen3": qwen3, "routers": routers, "compute": compute, "correctness": correctness,
           "reference": reference}
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-# The public config.json of mistralai/Mixtral-8x7B-v0.1, Qwen/Qwen3-30B-A3B and zai-org/GLM-4.5-Air (its
-# biased sigmoid router with a shared expert; the multi-token-prediction layer left out) on the Hugging Face hub.
+# The public config.json of mistralai/Mixtral-8x7B-v0.1, Qwen/Qwen3-30B-A3B, zai-org/GLM-4.5-Air (its
+# biased sigmoid router with a shared expert; the multi-token-prediction layer left out) and the text model of
+# meta-llama/Llama-4-Scout-17B-16E (sigmoid top-1 with a shared expert; SGLang's CPU path cannot serve it) on
+# the Hugging Face hub.
 NAMED_SHAPES: dict[str, dict] = {
     "mixtral-8x7b": {
         "model_type": "mixtral", "architectures": ["MixtralForCausalLM"],
@@ -35,6 +37,14 @@ NAMED_SHAPES: dict[str, dict] = {
         "attention_bias": True, "num_nextn_predict_layers": 0, "vocab_size": 151552,
         "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 1e6, "tie_word_embeddings": False,
         "dtype": "bfloat16",
+    },
+    "llama-4-scout": {
+        "model_type": "llama4_text", "architectures": ["Llama4ForCausalLM"],
+        "hidden_size": 5120, "intermediate_size": 8192, "intermediate_size_mlp": 16384, "num_hidden_layers": 48,
+        "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128, "num_local_experts": 16,
+        "num_experts_per_tok": 1, "interleave_moe_layer_step": 1, "use_qk_norm": True, "attention_chunk_size": 8192,
+        "vocab_size": 202048, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 5e5,
+        "tie_word_embeddings": False, "dtype": "bfloat16",
     },
 }  # fmt: skip
 # Fields a `--shape` override may not change: they say what the model is, not how large.
@@ -94,6 +104,8 @@ def weight_bytes(fields: dict, bytes_per_param: int = 2) -> tuple[int, int]:
     expert_inter = fields.get("moe_intermediate_size") or fields["intermediate_size"]
     attention = 2 * hidden * heads * head_dim + 2 * hidden * kv * head_dim
     shared_inter = fields.get("shared_expert_intermediate_size", 0) + fields.get("n_shared_experts", 0) * expert_inter
+    if fields["model_type"] == "llama4_text":  # one shared expert of the routed experts' size
+        shared_inter = expert_inter
     shared = 3 * hidden * shared_inter
     layer = attention + hidden * experts + experts * 3 * hidden * expert_inter + shared
     outside = fields["vocab_size"] * hidden * (1 if fields.get("tie_word_embeddings") else 2)

@@ -52,11 +52,21 @@ def test_bad_shapes_name_the_problem(text, needles):
 def test_named_shapes_have_the_public_models_sizes():
     # GLM-4.5-Air: 106 B without its multi-token-prediction layer; its dense first layer counts as MoE here
     for name, billions, tolerance in (("mixtral-8x7b", 46.7, 0.1), ("qwen3-30b-a3b", 30.5, 0.1),
-                                      ("glm-4.5-air", 106, 4)):
+                                      ("glm-4.5-air", 106, 4), ("llama-4-scout", 108, 2)):
         fields = NAMED_SHAPES[name]
         outside, per_layer = weight_bytes(fields)
         params = (outside + per_layer * fields["num_hidden_layers"]) / 2 / 1e9
         assert params == pytest.approx(billions, abs=tolerance)
+
+
+def test_the_llama4_shape_builds_a_text_config(tmp_path):
+    from transformers import AutoConfig
+
+    from lynx_sglang.tiny_checkpoints import write_config_only
+
+    _, overrides = parse_shape("llama-4-scout,num_hidden_layers=4", {})
+    config = AutoConfig.from_pretrained(write_config_only({**NAMED_SHAPES["llama-4-scout"], **overrides}, tmp_path))
+    assert (config.model_type, config.num_local_experts, config.num_experts_per_tok) == ("llama4_text", 16, 1)
 
 
 def test_the_glm_shape_builds_a_config_sglang_reads_as_a_biased_router(tmp_path):

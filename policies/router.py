@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .keys import stable_topk_indices
 
 SCORING_FUNCTIONS = ("softmax", "sigmoid", "sqrtsoftplus")
 # log of the smallest normal fp32: where a choice score c <= 0 (a negative bias) sits in log space
@@ -100,49 +99,43 @@ class RouterModel:
         from .remap import sanitize_logits
 
         clean, row_is_finite = sanitize_logits(router_logits)
+        biased_scores = None
         if self.scoring == "softmax" and self.correction_bias is None:
             choice = clean  # log(softmax) differs by a per-row constant: the same gaps, bit for bit
         elif self.scoring == "sigmoid" and self.correction_bias is None:
             choice = torch.nn.functional.logsigmoid(clean)
         else:
-            scores = self.scores(clean)
+            biased_scores = self.scores(clean)
             if self.correction_bias is not None:
-                scores = scores + self.correction_bias.float().unsqueeze(0)
-            choice = torch.log(scores).nan_to_num(nan=_LOG_FLOOR, neginf=_LOG_FLOOR).clamp_min(_LOG_FLOOR)
+                biased_scores = biased_scores + self.correction_bias.float().unsqueeze(0)
+            choice = torch.log(biased_scores).nan_to_num(nan=_LOG_FLOOR, neginf=_LOG_FLOOR).clamp_min(_LOG_FLOOR)
         if self.grouped:
-            choice = self._below_other_groups(choice, clean)
+            inside = self.group_mask(choice, biased_scores if self.correction_bias is not None else None)
+            # out-of-group experts, in their order, start the margin below the row's lowest expert
+            low, high = torch.aminmax(choice, dim=-1, keepdim=True)
+            span = high - low
+            choice = torch.where(inside, choice, choice - (span + _OUT_OF_GROUP_MARGIN))
         return torch.where(row_is_finite.unsqueeze(1), choice, router_logits.float())
 
-    def group_mask(self, clean_logits: torch.Tensor) -> torch.Tensor:
-        """[T, E] bool: the experts in each token's chosen groups, as SGLang picks them (a group's score:
-        its best score, or with a bias the sum of its two best choices; equal groups: lower index)."""
-        num_rows, num_experts = clean_logits.shape
+    def group_mask(self, choice: torch.Tensor, biased_scores: torch.Tensor | None = None) -> torch.Tensor:
+        """[T, E] bool: the experts in each token's chosen groups, as SGLang picks them: a group's score
+        is its best score, or with a bias the sum of its two best biased scores (`biased_scores`, s + b);
+        `choice`, any order-keeping map of the scores, serves for the best one. Equal groups: torch.topk's
+        order, as SGLang's."""
+        num_rows, num_experts = choice.shape
         groups, per_group = self.num_expert_group, num_experts // self.num_expert_group
-        scores = self.scores(clean_logits)
-        if self.correction_bias is not None:
-            choice = (scores + self.correction_bias.float().unsqueeze(0)).view(num_rows, groups, per_group)
-            group_scores = choice.topk(min(2, per_group), dim=-1).values.sum(dim=-1)
+        if biased_scores is not None:
+            group_scores = biased_scores.view(num_rows, groups, per_group).topk(min(2, per_group), dim=-1).values.sum(dim=-1)
         else:
-            group_scores = scores.view(num_rows, groups, per_group).max(dim=-1).values
-        chosen = stable_topk_indices(group_scores, self.topk_group)
-        mask = torch.zeros(num_rows, groups, dtype=torch.bool, device=clean_logits.device).scatter_(1, chosen, True)
+            group_scores = choice.view(num_rows, groups, per_group).amax(dim=-1)
+        chosen = torch.topk(group_scores, self.topk_group, dim=-1, sorted=False).indices
+        mask = torch.zeros(num_rows, groups, dtype=torch.bool, device=choice.device).scatter_(1, chosen, True)
         return mask.unsqueeze(-1).expand(num_rows, groups, per_group).reshape(num_rows, num_experts)
-
-    def _below_other_groups(self, choice: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:
-        """Shift each row's out-of-group experts (keeping their order) to start `_OUT_OF_GROUP_MARGIN`
-        below its worst in-group expert."""
-        inside = self.group_mask(clean_logits)
-        worst_inside = choice.masked_fill(~inside, float("inf")).min(dim=-1, keepdim=True).values
-        best_outside = choice.masked_fill(inside, float("-inf")).max(dim=-1, keepdim=True).values
-        shift = (best_outside - worst_inside + _OUT_OF_GROUP_MARGIN).clamp_min(0.0)
-        # every group in (topk_group = groups) leaves best_outside at -inf: nothing to shift
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-        return torch.where(inside, choice, choice - shift)
 
     # ---- weighting -------------------------------------------------------------------------
     def weight_logits(self, router_logits: torch.Tensor) -> torch.Tensor:
-        """[T, E] fp32 log s (finite): a softmax over some of a row's entries is those experts' scores
-        renormalised, without underflowing to 0/0 when all of them are tiny."""
+        """log s (fp32, finite), elementwise: a softmax over some of a row's entries is those experts'
+        scores renormalised, without underflowing to 0/0 when all of them are tiny."""
         from .remap import sanitize_logits
 
         clean, _ = sanitize_logits(router_logits)
@@ -163,7 +156,8 @@ class RouterModel:
         ids = new_ids.long().clamp(0, router_logits.shape[1] - 1)
         filler = torch.zeros(num_rows, slots, dtype=torch.bool, device=ids.device)
         filler[:, 1:] = ids[:, 1:] == ids[:, :1]
-        picked = self.weight_logits(router_logits).gather(1, ids).masked_fill(filler, float("-inf"))
+        # weight_logits is elementwise: gather the k entries first
+        picked = self.weight_logits(router_logits.gather(1, ids)).masked_fill(filler, float("-inf"))
         if renormalize:
             target = torch.ones(num_rows, 1, dtype=torch.float32, device=ids.device)
         else:

@@ -34,7 +34,7 @@ class Router:
         self.note = note
         self.routed_layers: set[int] = set()  # the layers the policy routes (the others pass through)
         self.passthrough: dict[int, str] = {}  # layer id -> why its routing is left alone
-        self.routers: dict[int, RouterModel] = {}  # layer id -> its router as the policies model it
+        self.routers: dict[int, tuple[RouterModel, int]] = {}  # layer id -> (its routed router, shared slots)
         self.failures = 0
         self._failure_log = Throttle()
 
@@ -71,12 +71,11 @@ class Router:
         """(the layer's router for its routed columns, its fused shared-expert slots); static per layer."""
         if layer_id not in self.routers:
             router, _ = router_model(topk_config)
-            if not router.is_plain and all(known.kind != router.kind for known in self.routers.values()):
+            if not router.is_plain and all(known.kind != router.kind for known, _ in self.routers.values()):
                 self.note(f"MoE layers with a {router.kind} router: the policy decides on the scores it chooses by "
                           f"(first: layer {layer_id})")
-            self.routers[layer_id] = router
-        router = self.routers[layer_id]
-        return dataclasses.replace(router, shared_slots=0), router.shared_slots
+            self.routers[layer_id] = (dataclasses.replace(router, shared_slots=0), router.shared_slots)
+        return self.routers[layer_id]
 
     def pass_through(self, layer_id: int, reason: str) -> None:
         """Record that a layer's routing is left alone, and say so once per reason."""

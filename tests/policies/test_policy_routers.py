@@ -174,7 +174,8 @@ def test_groups_come_first_in_a_remap():
     router = router_of("biased-grouped-sigmoid", 16, seed=4)
     ids, weights = sglang_routing(router, logits, 4)
     decision = get_policy("budget", 16, 4, True, num_experts_kept=8).select(logits, ids, weights, router=router)
-    inside = router.group_mask(logits)
+    biased_scores = router.scores(logits) + router.correction_bias
+    inside = router.group_mask(biased_scores, biased_scores)
     for row in range(32):
         chosen = decision.topk_ids[row].long()
         available_inside = (decision.active_mask & inside[row]).sum()

@@ -10,9 +10,25 @@ def top_k_for(num_experts: int) -> int:
     return 2 if num_experts <= 8 else 8
 
 
-def make_batch(num_rows, num_experts, top_k, device, dtype, seed=0, ids="router"):
+ROUTER_KINDS = ("softmax", "sigmoid", "biased-sigmoid", "biased-grouped-sigmoid")
+
+
+def router_for(kind: str, num_experts: int, device, seed: int = 0):
+    """The RouterModel of a benchmark's router kind (None for plain softmax): a random correction bias,
+    and for the grouped kind DeepSeek-V3's limit scaled down (8 groups, 4 kept; 4 and 2 below 16 experts)."""
+    from lynx_sglang.policies import RouterModel
+
+    if kind == "softmax":
+        return None
+    bias = torch.randn(num_experts, generator=torch.Generator().manual_seed(seed + 1)) * 0.1 if "biased" in kind else None
+    groups = (8, 4) if num_experts >= 16 else (4, 2)
+    return RouterModel("sigmoid", None if bias is None else bias.to(device), *(groups if "grouped" in kind else (None, None)))
+
+
+def make_batch(num_rows, num_experts, top_k, device, dtype, seed=0, ids="router", router=None):
     """(logits [T, E] in dtype, the model's top-k ids [T, k] int32, their renormalised weights [T, k]):
-    ids "router", the softmax top-k; "biased", a router with a per-expert correction bias."""
+    ids "router", the softmax top-k; "biased", a router with a per-expert correction bias; with a
+    `router` (router_for), that router's own choice and weights."""
     generator = torch.Generator().manual_seed(seed)
     # Skewed routing, as in real models: a shared per-expert bias on top of per-token noise.
     logits = (torch.randn(num_rows, num_experts, generator=generator) * 2.0
@@ -22,6 +38,11 @@ def make_batch(num_rows, num_experts, top_k, device, dtype, seed=0, ids="router"
     if ids == "biased":  # DeepSeek-V3-style selection: top-k of the scores plus a per-expert bias
         top = (logits + 2.0 * torch.randn(1, num_experts, generator=generator)).topk(top_k, dim=-1).indices
         weights = probs.gather(1, top)
+    if router is not None:
+        from lynx_sglang.policies import stable_topk_indices
+
+        top = stable_topk_indices(router.choice_logits(logits.to(device)).cpu(), top_k)
+        weights = router.scores(logits).gather(1, top)
     ids = top
     weights = weights / weights.sum(dim=-1, keepdim=True)
     return (logits.to(device=device, dtype=dtype), ids.to(device=device, dtype=torch.int32),

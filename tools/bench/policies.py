@@ -1,7 +1,7 @@
 """Micro-benchmark: time per `select` call of every policy (one MoE layer of one decode batch).
 
     lynx-sglang bench policies [--device cpu|cuda] [--repeats N] [--policies a,b] [--tokens 1,8]
-                               [--experts 8,64] [--ids router|biased] [--compile]
+                               [--experts 8,64] [--ids router|biased] [--router KIND] [--compile]
                                [--no-launch-counts] [--per-launch]
 
 CPU: wall clock per call for the torch reference ("eager") and the fast path (the C++ op): the
@@ -16,7 +16,9 @@ without CUDA, the fused path's are counted with the Triton kernels running in Tr
 `--per-launch` (CUDA) times the fused path's two launches apart instead, and the server's
 bookkeeping launch that follows them. `--ids biased` gives the policies the top-k ids of a router
 with a per-expert correction bias instead of the softmax top-k, so the CPU op cannot take them as
-each row's own top-k and selects it from the logits (its slower case). Targets: lynx fast path at
+each row's own top-k and selects it from the logits (its slower case). `--router KIND` (sigmoid,
+biased-sigmoid, biased-grouped-sigmoid) times `select(..., router=...)` on that router's own routing:
+the router model's torch steps (log-choices, the model's weights) added to the policy's. Targets: lynx fast path at
 most 150 us per call on one CPU core, and at most 15 us per call under graph replay on an H100/H200,
 for T <= 256 and E <= 128.
 """
@@ -24,6 +26,7 @@ for T <= 256 and E <= 128.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -36,7 +39,7 @@ from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.policies.registry import BUILTIN_POLICIES, get_policy
 
 from ..launch_count import count_launches
-from .batches import make_batch, top_k_for
+from .batches import ROUTER_KINDS, make_batch, router_for, top_k_for
 from .timers import CALLS_PER_GRAPH, time_cpu, time_cuda_graph
 
 DEFAULT_TOKENS = (1, 8, 32, 128, 256)
@@ -91,6 +94,8 @@ def parse_args(argv=None):
     parser.add_argument("--experts", default=",".join(map(str, DEFAULT_EXPERTS)))
     parser.add_argument("--ids", choices=["router", "biased"], default="router",
                         help="the model's top-k ids: its softmax top-k (default), or a biased router's")
+    parser.add_argument("--router", choices=ROUTER_KINDS, default="softmax",
+                        help="the router kind (policies/router.py): plain softmax (default) or a sigmoid family one")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile(select, fullgraph=True) (inductor) of the torch reference")
     parser.add_argument("--no-launch-counts", action="store_true", help="skip counting launches per call")
@@ -109,14 +114,25 @@ def parse_args(argv=None):
     return args
 
 
-def policies_of(args):
-    """(name, E, policy) for every cell row; names a policy cannot take at that shape are reported."""
+def policies_of(args, device=None):
+    """(name, E, policy, its select with the --router model bound) for every cell row; names a policy
+    cannot take at that shape are reported."""
     for name in args.policies:
         for num_experts in args.experts:
             try:
-                yield name, num_experts, get_policy(name, num_experts=num_experts, top_k=top_k_for(num_experts))
+                policy = get_policy(name, num_experts=num_experts, top_k=top_k_for(num_experts))
             except ValueError as error:
                 print(f"{name:<12} {num_experts:>4}  skipped: {error}")
+                continue
+            router = router_for(args.router, num_experts, device or torch.device("cpu"))
+            yield name, num_experts, policy, (policy.select if router is None else
+                                              functools.partial(policy.select, router=router))
+
+
+def batch_of(args, num_rows, num_experts, device, dtype):
+    """The cell's (logits, ids, weights) under --ids and --router."""
+    router = router_for(args.router, num_experts, device)
+    return make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype, ids=args.ids, router=router)
 
 
 @dataclass
@@ -158,14 +174,13 @@ def run_table(table: Table, args, device, dtype, timer, implementation: str, com
     print(table.header(), flush=True)
     whole_table = device.type == "cpu" and not compiled
     rows = []
-    for name, num_experts, policy in policies_of(args):
-        select = policy.select
+    for name, num_experts, _, select in policies_of(args, device):
         if compiled:
             torch._dynamo.reset()
-            select = torch.compile(policy.select, fullgraph=True)
+            select = torch.compile(select, fullgraph=True)
         cells = []
         for num_rows in args.tokens:
-            logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype, ids=args.ids)
+            logits, ids, weights = batch_of(args, num_rows, num_experts, device, dtype)
             num_real = torch.tensor(num_rows, device=device)
             cells.append((num_rows, (logits, ids, weights, num_real)))
         rows.append(_Row(name, num_experts, select, cells))
@@ -190,15 +205,15 @@ def launch_counts(args, device, dtype, fused: str) -> None:
     print(f"\n## launches per layer call (counted: Triton launches + torch ops that launch a CUDA kernel; {where})")
     print(f"{'policy':<12} {'E':>4} {'k':>2} {'fused (triton + torch)':>24} {'torch reference':>16}")
     sizes = sorted({min(args.tokens), max(args.tokens)})
-    for name, num_experts, policy in policies_of(args):
+    for name, num_experts, _, select in policies_of(args, device):
         fused_counts, reference_counts = [], []
         for num_rows in sizes:
-            logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype, ids=args.ids)
+            logits, ids, weights = batch_of(args, num_rows, num_experts, device, dtype)
             num_real = torch.tensor(num_rows, device=device)
             try:
-                counter = count_launches(policy.select, logits, ids, weights, num_real, implementation=fused)
+                counter = count_launches(select, logits, ids, weights, num_real, implementation=fused)
                 fused_counts.append(f"{counter.triton} + {counter.torch_ops}")
-                reference = count_launches(policy.select, logits, ids, weights, num_real, implementation="torch")
+                reference = count_launches(select, logits, ids, weights, num_real, implementation="torch")
                 reference_counts.append(str(reference.torch_ops))
             except Exception as error:  # noqa: BLE001 - report it, go on with the other policies
                 fused_counts.append("failed")
@@ -218,10 +233,10 @@ def per_launch_table(args, device, dtype, timer) -> None:
     print("\n## fused path per launch: launch 1 (rows) / launch 2 (decision, remap), us per call")
     head = f"{'policy':<12} {'E':>4} {'k':>2} " + " ".join(f"{'T=' + str(t):>17}" for t in args.tokens)
     print(f"{head}\n{'-' * len(head)}")
-    for name, num_experts, policy in policies_of(args):
+    for name, num_experts, policy, _ in policies_of(args, device):
         cells, failures = [], []
         for num_rows in args.tokens:
-            logits, ids, weights = make_batch(num_rows, num_experts, top_k_for(num_experts), device, dtype, ids=args.ids)
+            logits, ids, weights = batch_of(args, num_rows, num_experts, device, dtype)
             call = policy.fused_call(logits, ids, weights, torch.tensor(num_rows, device=device))
             if isinstance(call.rule, GivenRule) or not fused_supports(call):
                 cells.append("-")  # decided in torch: its time is not the launches'
@@ -286,7 +301,8 @@ def main(argv=None) -> int:
                   f"over at least {CPU_TABLE_SECONDS:g} s of the table)")
     print(f"# policy select() time per layer call, microseconds; {where}; torch {torch.__version__}; {mode}; "
           f"{args.repeats} repeats; logits {str(dtype).replace('torch.', '')}; all rows real (num_real a 0-dim tensor); "
-          f"model ids: {'softmax top-k' if args.ids == 'router' else 'a biased router (not the logits top-k)'}")
+          f"model ids: {'softmax top-k' if args.ids == 'router' else 'a biased router (not the logits top-k)'}; "
+          f"router model: {args.router}")
     timer = time_cuda_graph if on_gpu else time_cpu
     fast = "triton" if on_gpu else "cpu"
     if args.per_launch:

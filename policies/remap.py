@@ -72,6 +72,15 @@ def remap_topk(
     )
 
 
+def target_weight_sum(topk_weights: torch.Tensor, renormalize: bool) -> torch.Tensor:
+    """[T, 1] fp32: what a remapped row's weights sum to: 1 when the model renormalises, else the row's
+    original top-k mass (a garbage weight row falls back to 1, never to NaN weights)."""
+    if renormalize:
+        return torch.ones(topk_weights.shape[0], 1, dtype=torch.float32, device=topk_weights.device)
+    mass = topk_weights.float().sum(dim=-1, keepdim=True)
+    return torch.where(torch.isfinite(mass), mass, 1.0).clamp_min(0.0)
+
+
 def _remap_clean(
     clean_logits: torch.Tensor,
     row_is_finite: torch.Tensor,
@@ -94,12 +103,7 @@ def _remap_clean(
     # an inactive expert; they repeat the token's first choice instead, with weight 0 (below).
     new_ids = torch.where(selected_logits == float("-inf"), new_ids[:, :1], new_ids)
 
-    if renormalize:
-        target_mass = torch.ones(num_rows, 1, dtype=torch.float32, device=clean_logits.device)
-    else:
-        target_mass = topk_weights.float().sum(dim=-1, keepdim=True)
-        # A garbage weight row must not turn into NaN weights: fall back to mass 1.
-        target_mass = torch.where(torch.isfinite(target_mass), target_mass, 1.0).clamp_min(0.0)
+    target_mass = target_weight_sum(topk_weights, renormalize)
     # nan_to_num: only reachable when the active set is empty (softmax of all -inf).
     new_weights = torch.nan_to_num(torch.softmax(selected_logits, dim=-1), nan=0.0) * target_mass
 

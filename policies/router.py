@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .remap import sanitize_logits, target_weight_sum
+
 
 SCORING_FUNCTIONS = ("softmax", "sigmoid", "sqrtsoftplus")
 # log of the smallest normal fp32: where a choice score c <= 0 (a negative bias) sits in log space
@@ -96,8 +98,6 @@ class RouterModel:
     def choice_logits(self, router_logits: torch.Tensor) -> torch.Tensor:
         """[T, E] fp32 log-choices (see the module docstring). Rows with a NaN or infinite logit are
         returned as they are, so the policy still sees them as non-finite and never lets them vote."""
-        from .remap import sanitize_logits
-
         clean, row_is_finite = sanitize_logits(router_logits)
         biased_scores = None
         if self.scoring == "softmax" and self.correction_bias is None:
@@ -136,8 +136,6 @@ class RouterModel:
     def weight_logits(self, router_logits: torch.Tensor) -> torch.Tensor:
         """log s (fp32, finite), elementwise: a softmax over some of a row's entries is those experts'
         scores renormalised, without underflowing to 0/0 when all of them are tiny."""
-        from .remap import sanitize_logits
-
         clean, _ = sanitize_logits(router_logits)
         if self.scoring == "softmax":
             return clean
@@ -158,12 +156,7 @@ class RouterModel:
         filler[:, 1:] = ids[:, 1:] == ids[:, :1]
         # weight_logits is elementwise: gather the k entries first
         picked = self.weight_logits(router_logits.gather(1, ids)).masked_fill(filler, float("-inf"))
-        if renormalize:
-            target = torch.ones(num_rows, 1, dtype=torch.float32, device=ids.device)
-        else:
-            target = topk_weights.float().sum(dim=-1, keepdim=True)
-            target = torch.where(torch.isfinite(target), target, 1.0).clamp_min(0.0)
-        remapped = torch.nan_to_num(torch.softmax(picked, dim=-1), nan=0.0) * target
+        remapped = torch.nan_to_num(torch.softmax(picked, dim=-1), nan=0.0) * target_weight_sum(topk_weights, renormalize)
         unchanged = (new_ids == topk_ids.to(new_ids.dtype)).all(dim=-1, keepdim=True)
         return torch.where(unchanged, topk_weights.to(new_weights.dtype), remapped.to(new_weights.dtype))
 

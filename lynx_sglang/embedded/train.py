@@ -54,21 +54,19 @@ MODEL_CONFIG = dict(
 )
 
 
+def vocabulary_fields() -> dict:
+    """The config fields every model of the embedded task takes from its tokenizer."""
+    vocab = vocabulary()
+    return {"vocab_size": len(vocab), "pad_token_id": vocab[PAD], "bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS]}
+
+
 def build_model(seed: int, *, layers: int, hidden: int, intermediate: int, experts: int = 8, top_k: int = 2):
     import torch
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    vocab = vocabulary()
     shape = dict(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=intermediate,
                  num_local_experts=experts, num_experts_per_tok=top_k)
-    config = MixtralConfig(
-        vocab_size=len(vocab),
-        pad_token_id=vocab[PAD],
-        bos_token_id=vocab[BOS],
-        eos_token_id=vocab[EOS],
-        torch_dtype="float32",
-        **{**MODEL_CONFIG, **shape},
-    )
+    config = MixtralConfig(**vocabulary_fields(), torch_dtype="float32", **{**MODEL_CONFIG, **shape})
     torch.manual_seed(seed)
     return MixtralForCausalLM(config)
 
@@ -212,29 +210,34 @@ def train(args) -> dict:
         "train_seconds": round(train_seconds, 1),
         "learning_curve": curve,
     }
-    for distribution in DISTRIBUTIONS:
-        result = heldout_score(model, tokenizer, args.eval_count, distribution)
-        print(f"held-out {distribution} (transformers, greedy, distinct): {result.summary()}", flush=True)
-        report[f"heldout_transformers_{distribution}"] = score_record(result)
+    score_heldout(model, tokenizer, args.eval_count, report)
     (out_dir / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def score_heldout(model, tokenizer, count: int, report: dict) -> None:
+    """The final scores on `count` distinct held-out problems of each distribution (transformers, greedy),
+    printed and put into `report`."""
+    for distribution in DISTRIBUTIONS:
+        result = heldout_score(model, tokenizer, count, distribution)
+        print(f"held-out {distribution} (transformers, greedy, distinct): {result.summary()}", flush=True)
+        report[f"heldout_transformers_{distribution}"] = score_record(result)
+
+
+def optimisation_arguments(ap, *, steps: int) -> None:
+    """The flags every trainer of the embedded task takes before its model's shape."""
     ap.add_argument("--out", required=True, help="directory for the checkpoint and tokenizer")
-    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--uniform-share", type=float, default=0.5, help="share of value-uniform training problems")
-    ap.add_argument("--layers", type=int, default=MODEL_CONFIG["num_hidden_layers"])
-    ap.add_argument("--hidden", type=int, default=MODEL_CONFIG["hidden_size"])
-    ap.add_argument("--intermediate", type=int, default=MODEL_CONFIG["intermediate_size"])
-    ap.add_argument("--experts", type=int, default=MODEL_CONFIG["num_local_experts"])
-    ap.add_argument("--top-k", type=int, default=MODEL_CONFIG["num_experts_per_tok"])
+
+
+def run_arguments(ap) -> None:
+    """The flags every trainer of the embedded task takes after its model's shape."""
     ap.add_argument("--eval-count", type=int, default=2000, help="distinct held-out problems scored at the end")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--eval-every", type=int, default=1000, help="probe held-out problems every N steps (0: never)")
@@ -243,18 +246,33 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     # transformers' batched_mm experts take ~44 s a step on CPU; grouped_mm and eager are fast.
     ap.add_argument("--experts-implementation", default="eager", choices=["eager", "grouped_mm"])
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    optimisation_arguments(ap, steps=8000)
+    ap.add_argument("--layers", type=int, default=MODEL_CONFIG["num_hidden_layers"])
+    ap.add_argument("--hidden", type=int, default=MODEL_CONFIG["hidden_size"])
+    ap.add_argument("--intermediate", type=int, default=MODEL_CONFIG["intermediate_size"])
+    ap.add_argument("--experts", type=int, default=MODEL_CONFIG["num_local_experts"])
+    ap.add_argument("--top-k", type=int, default=MODEL_CONFIG["num_experts_per_tok"])
+    run_arguments(ap)
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(train_function, args) -> int:
+    """Train with `args.threads` threads that sleep when idle."""
     # With --threads 2 on two shared cores, spinning OpenMP threads made steps 8x slower.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(args.threads)
-    train(args)
+    train_function(args)
     return 0
+
+
+def main(argv=None) -> int:
+    return run(train, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -18,22 +18,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
 
-from lynx_sglang.embedded.task import DISTRIBUTIONS, TASK_KINDS, training_stream
-from lynx_sglang.embedded.tokenizer import BOS, EOS, PAD, vocabulary
+from lynx_sglang.embedded.task import TASK_KINDS, training_stream
 from lynx_sglang.embedded.train import (
     TASK_WEIGHTS,
     encode_batch,
-    heldout_score,
     learning_rate,
     make_optimizer,
+    optimisation_arguments,
     probe,
+    run,
+    run_arguments,
     save_checkpoint,
-    score_record,
+    score_heldout,
+    vocabulary_fields,
 )
 
 MODEL_CONFIG = dict(
@@ -82,16 +83,8 @@ def build_model(seed: int, **shape):
     import torch
     from transformers import Glm4MoeConfig, Glm4MoeForCausalLM
 
-    vocab = vocabulary()
     overrides = {SHAPE_FIELDS[k]: v for k, v in shape.items() if v is not None}
-    config = Glm4MoeConfig(
-        vocab_size=len(vocab),
-        pad_token_id=vocab[PAD],
-        bos_token_id=vocab[BOS],
-        eos_token_id=vocab[EOS],
-        dtype="float32",
-        **{**MODEL_CONFIG, **overrides},
-    )
+    config = Glm4MoeConfig(**vocabulary_fields(), dtype="float32", **{**MODEL_CONFIG, **overrides})
     torch.manual_seed(seed)
     return Glm4MoeForCausalLM(config)
 
@@ -234,10 +227,7 @@ def train(args) -> dict:
         "balance_window_steps": args.steps - window_start,
         "layers": balance_record(model, load.window),
     }
-    for distribution in DISTRIBUTIONS:
-        result = heldout_score(model, tokenizer, args.eval_count, distribution)
-        print(f"held-out {distribution} (transformers, greedy, distinct): {result.summary()}", flush=True)
-        report[f"heldout_transformers_{distribution}"] = score_record(result)
+    score_heldout(model, tokenizer, args.eval_count, report)
     for layer in report["layers"]:
         print(f"layer {layer['layer']}: bias [{layer['bias_min']}, {layer['bias_max']}] std {layer['bias_std']}, "
               f"load max/mean {layer['load_max_over_mean']} min/mean {layer['load_min_over_mean']}", flush=True)
@@ -247,14 +237,7 @@ def train(args) -> dict:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="directory for the checkpoint and tokenizer")
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--uniform-share", type=float, default=0.5, help="share of value-uniform training problems")
+    optimisation_arguments(ap, steps=3000)
     ap.add_argument("--layers", type=int, default=MODEL_CONFIG["num_hidden_layers"])
     ap.add_argument("--hidden", type=int, default=MODEL_CONFIG["hidden_size"])
     ap.add_argument("--moe-intermediate", type=int, default=MODEL_CONFIG["moe_intermediate_size"])
@@ -263,23 +246,12 @@ def parse_args(argv=None):
     # DeepSeek-V3's rate; sigmoid scores lie in (0, 1), so a few hundred steps can move a choice.
     ap.add_argument("--bias-update-rate", type=float, default=1e-3, help="correction bias step per optimizer step")
     ap.add_argument("--balance-window", type=int, default=100, help="last N steps whose expert load is reported")
-    ap.add_argument("--eval-count", type=int, default=2000, help="distinct held-out problems scored at the end")
-    ap.add_argument("--log-every", type=int, default=100)
-    ap.add_argument("--eval-every", type=int, default=1000, help="probe held-out problems every N steps (0: never)")
-    ap.add_argument("--probe-count", type=int, default=400, help="distinct problems per distribution per probe")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--experts-implementation", default="eager", choices=["eager", "grouped_mm"])
+    run_arguments(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train.py: spinning threads on shared cores
-    import torch
-
-    torch.set_num_threads(args.threads)
-    train(args)
-    return 0
+    return run(train, parse_args(argv))
 
 
 if __name__ == "__main__":

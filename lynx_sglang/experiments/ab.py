@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -23,8 +24,9 @@ from .arms import Arm, ArmSpecError, arm_from_config_file, arm_from_flags
 from .experiment import (Experiment, add_common_arguments, check_common, command_parser, parse_levels, prepare_items,
                          run, say)
 
-# The best setting found for the embedded model by `lynx-sglang sweep` (docs/results/).
-DEFAULT_B = Arm("anchor", {"ratio": 0.3, "fill_to_k": False})
+# The embedded model's calibrated setting (`lynx-sglang calibrate`, confirmed on 2,000 held-out items at
+# concurrency 8 and 32: docs/results/calibrate-shipped), shipped beside its checkpoint.
+DEFAULT_B_CONFIG = Path(__file__).resolve().parents[1] / "embedded" / "checkpoint" / "lynx-config.yaml"
 NON_INFERIORITY_POINTS = 0.01
 
 
@@ -32,7 +34,8 @@ def parse_args(argv):
     parser = command_parser("ab", __doc__)
     arms = parser.add_argument_group("arms")
     arms.add_argument("--a", default="baseline", help="policy of arm A (default baseline)")
-    arms.add_argument("--b", default=None, help=f"policy of arm B (default {DEFAULT_B.label})")
+    arms.add_argument("--b", default=None, help="policy of arm B (default: the embedded model's calibrated config, "
+                                                "lynx_sglang/embedded/checkpoint/lynx-config.yaml)")
     for side in ("a", "b"):
         arms.add_argument(f"--{side}-param", action="append", default=[], metavar="K=V",
                           help=f"a parameter of arm {side.upper()}'s policy, repeatable")
@@ -59,9 +62,9 @@ def build_arms(args) -> list[Arm]:
     if args.b_config:
         b = arm_from_config_file(args.b_config)
     elif args.b is None and not args.b_param and not args.b_budget:
-        b = DEFAULT_B
+        b = replace(arm_from_config_file(str(DEFAULT_B_CONFIG)), config_name="calibrated")
     else:
-        b = arm_from_flags(args.b or DEFAULT_B.policy, args.b_param, args.b_budget)
+        b = arm_from_flags(args.b or arm_from_config_file(str(DEFAULT_B_CONFIG)).policy, args.b_param, args.b_budget)
     if a == b:  # an A/A run: the same setting twice, measured and reported as two arms
         a, b = replace(a, tag="A"), replace(b, tag="B")
     return [a, b]

@@ -207,3 +207,13 @@ def test_ab_config_flags_replace_the_policy_flags(tmp_path):
         build_arms(parse_args(["--b-config", str(path), "--b-param", "alpha=1"]))
     a, b = build_arms(parse_args(["--a-config", str(path), "--b-config", str(path)]))
     assert (a.label, b.label) == ("config:mine (A)", "config:mine (B)")
+
+
+def test_ab_defaults_to_the_embedded_models_calibrated_config():
+    from lynx_sglang.experiments.ab import build_arms, parse_args
+
+    a, b = build_arms(parse_args([]))
+    assert a.label == "baseline" and b.label == "config:calibrated"
+    assert (b.policy, b.params) == ("lynx", {"alpha": 0.5}) and b.request_body()["config"]["policy"] == "lynx"
+    _, b = build_arms(parse_args(["--b-param", "alpha=1"]))  # a parameter alone keeps the calibrated policy
+    assert (b.policy, b.params) == ("lynx", {"alpha": 1})

@@ -98,6 +98,7 @@ def stats_snapshot(runtime: LynxRuntime) -> dict:
         "steps_by_band": steps_by_band(settings),
         "stats_enabled": settings.config.stats,
         "controller": None if settings.controller is None else settings.controller.state(),
+        "expert_cache": runtime.caches.snapshot(),
         **figures,
     }
 
@@ -118,5 +119,6 @@ def reset_stats(runtime: LynxRuntime) -> None:
     runtime.fallback_report.reset()
     runtime.router.failures = 0
     runtime.stats.reset()
+    runtime.caches.reset()
     if runtime.decisions is not None:
         runtime.decisions.reset()

@@ -44,6 +44,7 @@ class ExpertCaches:
         self.note = note
         self.layers: dict[int, CachedLayer] = {}  # by id of the FusedMoE module
         self.table: torch.Tensor | None = None
+        self.compute_name: str | None = None  # lynx-triton or lynx-cpu, known once installed
 
     @property
     def enabled(self) -> bool:
@@ -74,11 +75,14 @@ class ExpertCaches:
             return
         self.table = torch.zeros(len(cached), len(FIELDS), dtype=torch.float64, device=cached[0].slot_w13.device)
         first = cached[0]
+        on_triton = self.implementation == "triton" or first.slot_w13.is_cuda
+        self.compute_name = "lynx-triton" if on_triton else "lynx-cpu"
         host_mb = sum(c.num_experts * c.expert_bytes for c in cached) / 1e6
         logger.info("lynx-sglang: expert cache: %d of %d experts resident per MoE layer on %d layers (policy %s); "
-                    "%.1f MB of experts in %shost memory, %.1f MB in device slots", first.num_slots,
+                    "%.1f MB of experts in %shost memory, %.1f MB in device slots; computed by %s", first.num_slots,
                     first.num_experts, len(cached), self.policy, host_mb,
-                    "pinned " if first.host_w13.is_pinned() else "", sum(c.num_slots * c.expert_bytes for c in cached) / 1e6)  # fmt: skip
+                    "pinned " if first.host_w13.is_pinned() else "", sum(c.num_slots * c.expert_bytes for c in cached) / 1e6,
+                    self.compute_name)  # fmt: skip
 
     def holds(self, layer) -> bool:
         return id(layer) in self.layers
@@ -125,6 +129,7 @@ class ExpertCaches:
         return {
             "spec": self.spec,
             "policy": self.policy,
+            "expert_compute": self.compute_name,
             "cached_layers": len(layers),
             "cache_hits": sum(layer["cache_hits"] for layer in layers),
             "cache_misses": sum(layer["cache_misses"] for layer in layers),

@@ -55,6 +55,23 @@ def uncached_outputs(tmp_path_factory):
         srv.stop()
 
 
+# First in the module: it starts its own servers before the module's cached server exists (one at a time).
+@pytest.mark.parametrize("args", [
+    ["--lynx-expert-cache", "50%", "--lynx-cache-policy", "activation"],
+    ["--lynx-expert-cache", "1", "--lynx-kernel", "triton"],  # the CUDA path (Triton copies and MoE), interpreted
+], ids=["half-activation", "one-slot-triton"])  # fmt: skip
+def test_other_cache_sizes_policies_and_kernels_answer_exactly_as_without_the_cache(uncached_outputs, args, tmp_path):
+    count = len(PROBLEMS) if "triton" not in args else 6  # Triton's interpreter is slow: a few problems
+    srv = started(args, tmp_path / "server.log")
+    try:
+        assert greedy(srv, PROBLEMS[:count]) == uncached_outputs[:count]
+        cache = get_json(srv.url + "/lynx/stats")["expert_cache"]
+        assert cache["cache_misses"] > 0 and cache["layers"][0]["slots"] == (4 if "50%" in args else 1)
+        assert cache["expert_compute"] == ("lynx-triton" if "triton" in args else "lynx-cpu")
+    finally:
+        srv.stop()
+
+
 def test_baseline_with_a_quarter_of_the_experts_resident_answers_exactly_as_without_the_cache(uncached_outputs, cached):
     assert greedy(cached, PROBLEMS) == uncached_outputs
     log = cached.log_path.read_text()

@@ -43,6 +43,9 @@ class ExpertCache:
         device = torch.device(device) if device is not None else w13.device
         self.host_w13 = host_store(w13, pin)
         self.host_w2 = host_store(w2, pin)
+        if device.type == "cuda" and not self.host_w13.is_pinned():
+            raise ValueError("ExpertCache: slots on a GPU read the host store through its device address, "
+                             "which only pinned (page-locked) memory has; pin must not be False")
         self.slot_w13 = self.host_w13[:num_slots].to(device, copy=True)
         self.slot_w2 = self.host_w2[:num_slots].to(device, copy=True)
         self._expert_to_slot = torch.full((num_experts + 1,), -1, dtype=torch.int32, device=device)

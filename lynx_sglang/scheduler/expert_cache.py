@@ -75,6 +75,8 @@ class ExpertCaches:
             return
         self.table = torch.zeros(len(cached), len(FIELDS), dtype=torch.float64, device=cached[0].slot_w13.device)
         first = cached[0]
+        if first.slot_w13.is_cuda:  # hand the freed expert memory back, so that SGLang's KV pool sizing sees it
+            torch.cuda.empty_cache()
         on_triton = self.implementation == "triton" or first.slot_w13.is_cuda
         self.compute_name = "lynx-triton" if on_triton else "lynx-cpu"
         host_mb = sum(c.num_experts * c.expert_bytes for c in cached) / 1e6

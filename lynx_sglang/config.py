@@ -267,6 +267,7 @@ class LynxConfig:
     # Resident expert slots per MoE layer ("N" or "N%"); None: every expert resident (no offload).
     expert_cache: str | None = None
     cache_policy: str = "lru"  # the expert cache's replacement policy
+    cache_prefetch: bool = False  # prefetch each cached layer's likely experts during the layer before
     # Where each SGLang process writes a record that it loaded the plugin (read by /lynx/info).
     runtime_dir: str | None = None
 
@@ -279,6 +280,9 @@ class LynxConfig:
         if self.expert_cache is not None and self.kernel == "sglang":
             raise ConfigError("expert_cache: the cache computes with lynx's active-expert kernel; "
                               "kernel 'sglang' cannot read experts through it (use auto, lynx or triton)")
+        if self.cache_prefetch and self.expert_cache is None:
+            raise ConfigError("cache_prefetch: prefetches into the expert cache; set expert_cache too "
+                              "(--lynx-expert-cache N)")
         if not isinstance(self.policy, str) or not self.policy:
             raise ConfigError(f"policy: {self.policy!r} must be a policy name")
         if self.admin_token is not None and (not isinstance(self.admin_token, str) or not self.admin_token):
@@ -333,7 +337,7 @@ def parse_setting(name: str, value, label: str):
     """A setting as a flag, variable or file gives it -> the value LynxConfig holds."""
     if name == "params":
         return parse_params(value, label)
-    if name in ("prune_mixed", "stats"):
+    if name in ("prune_mixed", "stats", "cache_prefetch"):
         return parse_bool(value, label)
     if name == "layers":
         return parse_layers(value, label)
@@ -363,6 +367,7 @@ ENV_VARIABLES = {
     "LYNX_STATS": "stats",
     "LYNX_EXPERT_CACHE": "expert_cache",
     "LYNX_CACHE_POLICY": "cache_policy",
+    "LYNX_CACHE_PREFETCH": "cache_prefetch",
 }
 CONFIG_FILE_ENV = "LYNX_CONFIG"
 

@@ -77,6 +77,8 @@ LYNX_FLAGS = (
      "memory (default: off, all resident; docs/offload.md)"),
     ("--lynx-cache-policy", "cache_policy", {"choices": CACHE_POLICIES},
      "the expert cache's replacement policy (default: lru)"),
+    ("--lynx-cache-prefetch", "cache_prefetch", {"action": "store_const", "const": True},
+     "prefetch each cached layer's likely experts during the layer before (default: off)"),
     ("--lynx-config", "config_file", {"metavar": "FILE"},
      "settings from a .yaml/.yml/.json file (flags > LYNX_* variables > file > policy defaults)"),
 )  # fmt: skip

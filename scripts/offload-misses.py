@@ -4,7 +4,7 @@
 
 Starts `lynx-sglang serve` (the embedded model) once per arm, one at a time: no cache (the reference
 outputs and time), then `--lynx-expert-cache SLOTS` with LRU, with the activation-aware replacement,
-and with LRU under the `lynx` policy. Each arm answers the same distinct held-out problems at
+with LRU and prefetch, and with LRU under the `lynx` policy. Each arm answers the same distinct held-out problems at
 concurrency 1 and 8 after a stats reset, and prints one JSON line: accuracy, whether the greedy
 answers equal the no-cache arm's, wall time, and from /lynx/stats the decode tokens, the misses per
 decode token (summed over MoE layers) and the bytes copied per decode token.
@@ -31,7 +31,7 @@ TOKEN = "offload-misses"
 def arms(slots: int) -> list[tuple[str, list[str]]]:
     cache = ["--lynx-expert-cache", str(slots)]
     return [("no cache", []), ("lru", cache), ("activation", cache + ["--lynx-cache-policy", "activation"]),
-            ("lru + lynx policy", cache + ["--lynx-policy", "lynx"])]  # fmt: skip
+            ("lru + prefetch", cache + ["--lynx-cache-prefetch"]), ("lru + lynx policy", cache + ["--lynx-policy", "lynx"])]  # fmt: skip
 
 
 def request(url: str, path: str, body: dict | None = None) -> dict:
@@ -66,6 +66,7 @@ def measure(name: str, serve_args: list[str], problems, port: int, log_dir: Path
                 "wall_s": round(wall, 2), "decode_tokens": tokens,
                 "misses_per_decode_token": round(sum(l["decode_misses"] for l in layers) / tokens, 4) if tokens else None,
                 "bytes_copied_per_decode_token": round(cache["cache_bytes_copied_per_decode_token"]) if cache else None,
+                "prefetch_accuracy": cache["prefetch_accuracy"] if cache else None,
             }), flush=True)  # fmt: skip
     finally:
         stop_process(process)

@@ -29,6 +29,8 @@ class CacheCall(NamedTuple):
     out: torch.Tensor  # [T, H] in hidden's dtype
     needed: torch.Tensor  # [] int64: distinct experts the call computed
     hits: torch.Tensor  # [] int64: of those, the ones resident when it began (the rest were copied)
+    prefetched: torch.Tensor  # [] int64: experts prefetched since the layer's last call
+    prefetch_used: torch.Tensor  # [] int64: of those, the ones this call needed
 
 
 def rounds_for(num_tokens: int, top_k: int, num_experts: int, num_slots: int) -> int:
@@ -52,6 +54,8 @@ def moe_through_cache(cache: ExpertCache, hidden: torch.Tensor, topk_ids: torch.
     pairs = pairs[:num_experts]
     needed = pairs > 0
     hits = (needed & cache.resident).sum()
+    prefetched, prefetch_used = cache.prefetched.sum(), (cache.prefetched & needed).sum()
+    cache.prefetched.fill_(False)
 
     rounds = rounds_for(topk_ids.shape[0], topk_ids.shape[1], num_experts, cache.num_slots)
     pending = needed
@@ -72,4 +76,4 @@ def moe_through_cache(cache: ExpertCache, hidden: torch.Tensor, topk_ids: torch.
         out = torch.zeros(hidden.shape[0], cache.slot_w2.shape[1], dtype=hidden.dtype, device=hidden.device)
     elif total is not None:
         out = total.to(out.dtype)
-    return CacheCall(out, needed.sum(), hits)
+    return CacheCall(out, needed.sum(), hits, prefetched, prefetch_used)

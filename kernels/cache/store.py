@@ -52,6 +52,9 @@ class ExpertCache:
         self._expert_to_slot[:num_slots] = torch.arange(num_slots, dtype=torch.int32, device=device)
         self.slot_to_expert = torch.arange(num_slots, dtype=torch.int32, device=device)
         self.policy: ReplacementPolicy = replacement_policy(policy, num_experts, device)
+        # Experts copied in by prefetch since the layer's last call ([E + 1]: the last entry takes the
+        # writes of plan entries without a copy).
+        self._prefetched = torch.zeros(num_experts + 1, dtype=torch.bool, device=device)
 
     @property
     def expert_to_slot(self) -> torch.Tensor:
@@ -74,6 +77,20 @@ class ExpertCache:
     def resident(self) -> torch.Tensor:
         """[E] bool on the device: which experts are in slots now (what a cache-aware policy reads)."""
         return self.expert_to_slot >= 0
+
+    @property
+    def prefetched(self) -> torch.Tensor:
+        """[E] bool: experts copied in by `prefetch` since the layer's last call (moe_through_cache clears it)."""
+        return self._prefetched[:-1]
+
+    def prefetch(self, likely: torch.Tensor, implementation: str = "auto") -> CopyPlan:
+        """`fetch` ahead of the layer's call, remembering which experts it copied. An expert prefetched
+        and then not used has an old keep score under LRU, so it is among the first to leave again."""
+        plan = self.fetch(likely, implementation)
+        source = plan.source_expert.long()
+        self._prefetched.scatter_(0, torch.where(source >= 0, source, self.num_experts), True)
+        self._prefetched[-1:].fill_(False)
+        return plan
 
     def fetch(self, wanted: torch.Tensor, implementation: str = "auto") -> CopyPlan:
         """Make up to N of the `wanted` experts ([E] bool) resident: the wanted ones already resident

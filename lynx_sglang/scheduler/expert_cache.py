@@ -7,9 +7,13 @@ any policy) computes through the cache: fetch the missing experts, then the acti
 through the expert->slot map; more experts than slots stream through in rounds. Layers the kernel
 cannot compute keep every expert resident (said once in the log).
 
-Statistics per layer, in a [layers, 4] float64 table on the device, added with tensor ops only (graph
-safe): hits and misses (distinct experts per layer call resident at its start, or copied), and for
-decode steps the misses and real rows, from which bytes copied per decode token follow.
+With `--lynx-cache-prefetch`, each cached layer's call first prefetches the next one's likely
+experts (cache_prefetch.py).
+
+Statistics per layer, in a [layers, 7] float64 table on the device, added with tensor ops only (graph
+safe): hits and misses (distinct experts per layer call resident at its start, or copied), experts
+prefetched for the call and how many it used, and for decode steps the misses, prefetched experts and
+real rows, from which bytes copied per decode token follow.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import torch
 
 from lynx_sglang.config import LynxConfig, expert_cache_slots
 from lynx_sglang.kernels.cache import ExpertCache, moe_through_cache
+from lynx_sglang.scheduler.cache_prefetch import CachePrefetch
 from lynx_sglang.scheduler.introspection import active_kernel_unsupported
 from lynx_sglang.scheduler.log import NoteOnce, logger
 from lynx_sglang.scheduler.step import Step
 
-FIELDS = ("hits", "misses", "decode_misses", "decode_tokens")
+FIELDS = ("hits", "misses", "prefetched", "prefetch_used", "decode_misses", "decode_prefetched", "decode_tokens")
 
 
 class CachedLayer:
@@ -40,6 +45,8 @@ class ExpertCaches:
     def __init__(self, config: LynxConfig, note: NoteOnce):
         self.spec = config.expert_cache
         self.policy = config.cache_policy
+        self.prefetch_on = config.cache_prefetch
+        self.prefetch: CachePrefetch | None = None
         self.implementation = "triton" if config.kernel == "triton" else "auto"
         self.note = note
         self.layers: dict[int, CachedLayer] = {}  # by id of the FusedMoE module
@@ -75,6 +82,8 @@ class ExpertCaches:
             return
         self.table = torch.zeros(len(cached), len(FIELDS), dtype=torch.float64, device=cached[0].slot_w13.device)
         first = cached[0]
+        if self.prefetch_on:
+            self.prefetch = CachePrefetch(cached, self.implementation)
         if first.slot_w13.is_cuda:  # hand the freed expert memory back, so that SGLang's KV pool sizing sees it
             torch.cuda.empty_cache()
         on_triton = self.implementation == "triton" or first.slot_w13.is_cuda
@@ -95,17 +104,18 @@ class ExpertCaches:
 
         cached = self.layers[id(layer)]
         topk = dispatch_output.topk_output
+        if self.prefetch is not None:
+            self.prefetch.before_call(cached.row, topk.topk_ids)
         result = moe_through_cache(cached.cache, dispatch_output.hidden_states, topk.topk_ids, topk.topk_weights,
                                    cached.activation, implementation=self.implementation)  # fmt: skip
         row = self.table[cached.row]
         hits = result.hits.to(torch.float64)
         misses = result.needed.to(torch.float64) - hits
-        row[0].add_(hits)
-        row[1].add_(misses)
+        prefetched = result.prefetched.to(torch.float64)
+        figures = [hits, misses, prefetched, result.prefetch_used.to(torch.float64)]
         if step is not None and step.mode == "decode":  # static per step: a captured graph adds the same way
-            real_rows = (topk.topk_ids >= 0).any(dim=1).sum().to(torch.float64)
-            row[2].add_(misses)
-            row[3].add_(real_rows)
+            figures += [misses, prefetched, (topk.topk_ids >= 0).any(dim=1).sum().to(torch.float64)]
+        row[: len(figures)].add_(torch.stack(figures))
         return StandardCombineInput(hidden_states=result.out)
 
     def reset(self) -> None:
@@ -119,14 +129,18 @@ class ExpertCaches:
         rows = self.table.cpu().tolist() if self.table is not None else []
         layers = []
         for cached in sorted(self.layers.values(), key=lambda c: c.layer_id):
-            hits, misses, decode_misses, decode_tokens = rows[cached.row]
-            expert_bytes = cached.cache.expert_bytes * cached.tp_size
+            raw = dict(zip(FIELDS, rows[cached.row]))
+            copies = raw["decode_misses"] + raw["decode_prefetched"]
+            tokens = raw["decode_tokens"]
             layers.append({
                 "layer": cached.layer_id, "slots": cached.cache.num_slots, "num_experts": cached.cache.num_experts,
-                "cache_hits": int(hits), "cache_misses": int(misses), "decode_misses": int(decode_misses),
-                "decode_tokens": int(decode_tokens),
-                "cache_bytes_copied_per_decode_token": decode_misses * expert_bytes / decode_tokens if decode_tokens else 0.0,
-                "prefetch_accuracy": None,  # no prefetch yet
+                "cache_hits": int(raw["hits"]), "cache_misses": int(raw["misses"]),
+                "prefetched": int(raw["prefetched"]), "prefetch_used": int(raw["prefetch_used"]),
+                "decode_misses": int(raw["decode_misses"]), "decode_prefetched": int(raw["decode_prefetched"]),
+                "decode_tokens": int(tokens),
+                "cache_bytes_copied_per_decode_token": copies * cached.cache.expert_bytes * cached.tp_size / tokens
+                if tokens else 0.0,
+                "prefetch_accuracy": self._accuracy(raw["prefetch_used"], raw["prefetched"]),
             })  # fmt: skip
         return {
             "spec": self.spec,
@@ -136,9 +150,15 @@ class ExpertCaches:
             "cache_hits": sum(layer["cache_hits"] for layer in layers),
             "cache_misses": sum(layer["cache_misses"] for layer in layers),
             "cache_bytes_copied_per_decode_token": sum(layer["cache_bytes_copied_per_decode_token"] for layer in layers),
-            "prefetch_accuracy": None,
+            "prefetch": self.prefetch_on,
+            "prefetch_accuracy": self._accuracy(sum(layer["prefetch_used"] for layer in layers),
+                                                sum(layer["prefetched"] for layer in layers)),  # fmt: skip
             "layers": layers,
         }
+
+    def _accuracy(self, used: float, prefetched: float) -> float | None:
+        """The share of prefetched experts the call used; None without prefetch, or before any."""
+        return used / prefetched if self.prefetch_on and prefetched else None
 
 
 def cache_unsupported(layer) -> str | None:

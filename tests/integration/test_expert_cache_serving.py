@@ -58,15 +58,21 @@ def uncached_outputs(tmp_path_factory):
 # First in the module: it starts its own servers before the module's cached server exists (one at a time).
 @pytest.mark.parametrize("args", [
     ["--lynx-expert-cache", "50%", "--lynx-cache-policy", "activation"],
+    ["--lynx-expert-cache", "25%", "--lynx-cache-prefetch"],
     ["--lynx-expert-cache", "1", "--lynx-kernel", "triton"],  # the CUDA path (Triton copies and MoE), interpreted
-], ids=["half-activation", "one-slot-triton"])  # fmt: skip
+], ids=["half-activation", "quarter-prefetch", "one-slot-triton"])  # fmt: skip
 def test_other_cache_sizes_policies_and_kernels_answer_exactly_as_without_the_cache(uncached_outputs, args, tmp_path):
     count = len(PROBLEMS) if "triton" not in args else 6  # Triton's interpreter is slow: a few problems
     srv = started(args, tmp_path / "server.log")
     try:
         assert greedy(srv, PROBLEMS[:count]) == uncached_outputs[:count]
         cache = get_json(srv.url + "/lynx/stats")["expert_cache"]
-        assert cache["cache_misses"] > 0 and cache["layers"][0]["slots"] == (4 if "50%" in args else 1)
+        assert cache["cache_misses"] > 0 and cache["layers"][0]["slots"] == {"50%": 4, "25%": 2, "1": 1}[args[1]]
+        if "--lynx-cache-prefetch" in args:  # layers 1-3 are prefetched for; routing repeats enough to guess some
+            assert 0 < cache["prefetch_accuracy"] <= 1 and cache["layers"][0]["prefetch_accuracy"] is None
+            assert all(layer["prefetched"] > 0 for layer in cache["layers"][1:])
+        else:
+            assert cache["prefetch_accuracy"] is None
         assert cache["expert_compute"] == ("lynx-triton" if "triton" in args else "lynx-cpu")
     finally:
         srv.stop()

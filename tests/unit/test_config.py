@@ -194,5 +194,10 @@ def test_cache_settings_from_every_source(tmp_path):
         build_config({}, {"LYNX_CACHE_POLICY": "fifo"})
     with pytest.raises(ConfigError, match="kernel 'sglang' cannot read experts through it"):
         build_config({"expert_cache": "2", "kernel": "sglang"}, {})
-    cached = LynxConfig(expert_cache="25%", cache_policy="activation")
+    assert build_config({"expert_cache": "2"}, {"LYNX_CACHE_PREFETCH": "1"}).cache_prefetch is True
+    with pytest.raises(ConfigError, match="cache_prefetch: prefetches into the expert cache; set expert_cache too"):
+        build_config({"cache_prefetch": True}, {})
+    with pytest.raises(ConfigError, match="cache_prefetch: 'maybe' must be true or false"):
+        build_config({"expert_cache": "2"}, {"LYNX_CACHE_PREFETCH": "maybe"})
+    cached = LynxConfig(expert_cache="25%", cache_policy="activation", cache_prefetch=True)
     assert LynxConfig.from_env({CONFIG_ENV: cached.to_env()}) == cached

@@ -39,9 +39,9 @@ def dispatched(rows: int, seed: int):
     return StandardDispatchOutput(hidden, None, StandardTopKOutput(weights, ids, None))
 
 
-def installed(spec="25%", policy="lru", layers=None):
+def installed(spec="25%", policy="lru", layers=None, prefetch=False):
     note = NoteOnce()
-    caches = ExpertCaches(LynxConfig(expert_cache=spec, cache_policy=policy), note)
+    caches = ExpertCaches(LynxConfig(expert_cache=spec, cache_policy=policy, cache_prefetch=prefetch), note)
     layers = layers or [MoeLayer(0, 1), MoeLayer(1, 2)]
     dense = [(layer.w13_weight.data.clone(), layer.w2_weight.data.clone()) for layer in layers]
     caches.install(layers)
@@ -95,3 +95,42 @@ def test_cache_off_installs_nothing():
     caches.install([layer])
     assert not caches.enabled and not caches.holds(layer) and caches.snapshot() is None
     assert layer.w13_weight.shape[0] == E
+
+
+def routed(output, ids):
+    topk = output.topk_output
+    return output._replace(topk_output=topk._replace(topk_ids=torch.tensor(ids, dtype=torch.int32)))
+
+
+def test_prefetch_learns_which_experts_follow_and_changes_no_output():
+    """Layer 0's experts {0, 1} are always followed by layer 1's {6, 7}, {2, 3} by {4, 5}: once seen,
+    layer 1's experts are prefetched during layer 0 and every one is used."""
+    caches, layers, dense, _ = installed("2", prefetch=True)
+    step = Step("decode", True, 1)
+    for repeat in range(4):
+        for first, second in (([[0, 1]], [[6, 7]]), ([[2, 3]], [[4, 5]])):
+            for layer, ids, (w13, w2) in zip(layers, (first, second), dense):
+                output = routed(dispatched(1, seed=repeat), ids)
+                topk = output.topk_output
+                got = caches.compute(step, layer, output).hidden_states
+                want = fused_moe_active(output.hidden_states, w13, w2, topk.topk_ids, topk.topk_weights,
+                                        implementation="cpu")  # fmt: skip
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        if repeat == 0:
+            caches.reset()  # the first round learns (nothing to predict yet); count from here
+    figures = caches.snapshot()
+    second = figures["layers"][1]
+    assert figures["prefetch"] is True and second["prefetched"] == 12 and second["prefetch_used"] == 12
+    assert second["prefetch_accuracy"] == 1.0 and figures["prefetch_accuracy"] == 1.0
+    assert second["cache_misses"] == 0 and second["cache_hits"] == 12  # every expert was there in time
+    assert figures["layers"][0]["prefetched"] == 0 and figures["layers"][0]["prefetch_accuracy"] is None
+    expert_bytes = (2 * I * H + H * I) * 4
+    assert second["cache_bytes_copied_per_decode_token"] == pytest.approx(12 * expert_bytes / 6)
+
+
+def test_prefetch_off_reports_no_accuracy():
+    caches, layers, _, _ = installed("2")
+    caches.compute(Step("decode", True, 1), layers[0], dispatched(1, seed=0))
+    figures = caches.snapshot()
+    assert figures["prefetch"] is False and figures["prefetch_accuracy"] is None
+    assert figures["layers"][0]["prefetch_accuracy"] is None and caches.prefetch is None

@@ -131,6 +131,7 @@ def test_bad_port_values(port):
     (["--lynx-expert-cache", "half"], ["expert_cache: 'half' is not a slot count"]),
     (["--lynx-expert-cache", "2", "--lynx-kernel", "sglang"], ["kernel 'sglang' cannot read experts"]),
     (["--lynx-cache-policy", "fifo"], ["--lynx-cache-policy", "invalid choice"]),
+    (["--lynx-cache-prefetch"], ["cache_prefetch", "set expert_cache too"]),
 ])  # fmt: skip
 def test_bad_lynx_settings_stop_the_launch(args, needles):
     proc, _ = run_serve("--port", str(free_port()), *args)
@@ -157,7 +158,7 @@ def test_serve_help_lists_lynx_flags_and_points_to_sglang():
     assert proc.returncode == 0
     for flag in ("--lynx-policy", "--lynx-param", "--lynx-budget", "--lynx-layers", "--lynx-prune-mixed",
                  "--lynx-kernel", "--lynx-admin-token", "--lynx-config", "default: baseline", "--lynx-expert-cache",
-                 "--lynx-cache-policy", "expert offload"):
+                 "--lynx-cache-policy", "expert offload", "--lynx-cache-prefetch"):
         assert flag in proc.stdout
     assert "sglang.launch_server --help" in proc.stdout.replace("\n", " ").replace("  ", " ")
 

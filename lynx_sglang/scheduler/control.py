@@ -73,6 +73,7 @@ def policy_state(runtime: LynxRuntime) -> dict:
     state["budget_experts"] = settings.current_cap()
     state["cuda_graphs_replay_pruning"] = settings.signature() == runtime.graph_signature
     state["expert_compute"] = {str(layer): name for layer, name in runtime.expert_compute.describe().items()}
+    state["expert_compute"].update(runtime.caches.describe())
     return state
 
 

@@ -118,6 +118,10 @@ class ExpertCaches:
         row[: len(figures)].add_(torch.stack(figures))
         return StandardCombineInput(hidden_states=result.out)
 
+    def describe(self) -> dict[str, str]:
+        """What computes each cached layer (every forward), as GET /lynx/policy shows it."""
+        return {str(c.layer_id): f"{self.compute_name} through the expert cache" for c in self.layers.values()}
+
     def reset(self) -> None:
         if self.table is not None:
             self.table.zero_()

@@ -116,4 +116,6 @@ def test_the_cache_setting_is_fixed_while_serving(cached):
     status, reply = post(cached.url + "/lynx/policy", {"config": {"expert_cache": "50%"}},
                          headers={"Authorization": "Bearer t0ken"})  # fmt: skip
     assert status == 400 and "expert_cache cannot change while serving" in reply["error"], reply
-    assert get_json(cached.url + "/lynx/policy")["expert_cache"] == "25%"
+    policy = get_json(cached.url + "/lynx/policy")
+    assert policy["expert_cache"] == "25%" and policy["cache_policy"] == "lru" and policy["cache_prefetch"] is False
+    assert policy["expert_compute"] == {str(layer): "lynx-cpu through the expert cache" for layer in range(4)}

@@ -69,6 +69,7 @@ def test_every_step_mode_computes_exactly_the_dense_layer_and_only_decode_counts
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     figures = caches.snapshot()
     assert figures["expert_compute"] == "lynx-cpu" and figures["cached_layers"] == 2
+    assert caches.describe() == {"0": "lynx-cpu through the expert cache", "1": "lynx-cpu through the expert cache"}
     first = figures["layers"][0]
     assert first["decode_tokens"] == 5 and first["layer"] == 0 and first["slots"] == 2
     assert first["cache_hits"] + first["cache_misses"] > 0

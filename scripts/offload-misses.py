@@ -30,8 +30,11 @@ TOKEN = "offload-misses"
 
 def arms(slots: int) -> list[tuple[str, list[str]]]:
     cache = ["--lynx-expert-cache", str(slots)]
-    return [("no cache", []), ("lru", cache), ("activation", cache + ["--lynx-cache-policy", "activation"]),
-            ("lru + prefetch", cache + ["--lynx-cache-prefetch"]), ("lru + lynx policy", cache + ["--lynx-policy", "lynx"])]  # fmt: skip
+    baseline = ["--lynx-policy", "baseline"]
+    return [("no cache", baseline), ("lru", baseline + cache),
+            ("activation", baseline + cache + ["--lynx-cache-policy", "activation"]),
+            ("lru + prefetch", baseline + cache + ["--lynx-cache-prefetch"]),
+            ("lru + lynx policy", cache + ["--lynx-policy", "lynx"])]
 
 
 def request(url: str, path: str, body: dict | None = None) -> dict:

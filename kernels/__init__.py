@@ -3,6 +3,7 @@
     moe/          the active-expert MoE: fused_moe_active (Triton on CUDA, torch on CPU, a reference)
     routing/      the policies' decisions run fused: rules, two Triton launches, one C++ call
     bookkeeping/  the serving runtime's per-layer checks, final routing, mask and statistics
+    cache/        the expert cache of expert offload: host store, device slots, copy plan, copies
     configs/      launch configurations measured per device, as data
 
     from lynx_sglang.kernels import fused_moe_active

@@ -24,6 +24,7 @@ KERNELS = ("auto", "sglang", "lynx", "triton")
 TPOT_WITH_TP = ("budget: tpot_ms is not supported with tensor parallelism (each rank would run its own "
                 "controller); use experts=N or fraction=F")
 BUDGET_KINDS = ("experts", "fraction", "mass", "tpot_ms")
+CACHE_POLICIES = ("lru", "activation")  # kernels/cache/replacement.py's (config imports no kernels)
 
 
 class ConfigError(ValueError):
@@ -218,6 +219,36 @@ def parse_schedule(value, base_params: dict, base_budget: str | None, source: st
     return tuple(bands)
 
 
+def parse_expert_cache(value, source: str = "expert_cache") -> str | None:
+    """`N` (resident expert slots per MoE layer, an integer >= 1) or `N%` (that share of each layer's
+    experts, rounded up; 0 < N <= 100) -> its normalised text; None, '', 'off' or 'none' -> None."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "off")):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"{source}: {value!r} must be a slot count such as 2 or a share such as 25%")
+    text = str(value).strip()
+    number, percent = (text[:-1].strip(), True) if text.endswith("%") else (text, False)
+    try:
+        amount = float(number) if percent else int(number)
+    except ValueError:
+        raise ConfigError(f"{source}: {value!r} is not a slot count such as 2 nor a share such as 25%") from None
+    if percent and not (math.isfinite(amount) and 0 < amount <= 100):
+        raise ConfigError(f"{source}: {value!r} out of range: a share must be in (0, 100]%")
+    if not percent and amount < 1:
+        raise ConfigError(f"{source}: {value!r} out of range: at least 1 resident expert per layer")
+    return f"{amount:g}%" if percent else str(amount)
+
+
+def expert_cache_slots(spec: str, num_experts: int, source: str = "expert_cache") -> int:
+    """The slots per layer that `spec` (parse_expert_cache's text) gives a layer of num_experts."""
+    if spec.endswith("%"):
+        return max(1, math.ceil(num_experts * float(spec[:-1]) / 100 - 1e-9))
+    slots = int(spec)
+    if slots > num_experts:
+        raise ConfigError(f"{source}: {spec} slots out of range: this model has {num_experts} experts per layer")
+    return slots
+
+
 # ---- the settings object ------------------------------------------------------------------------
 
 
@@ -233,12 +264,25 @@ class LynxConfig:
     stats: bool = True
     # Bands over the decode batch size, each with its own params/budget (parse_schedule); None = one setting.
     schedule: tuple[dict, ...] | None = None
+    # Resident expert slots per MoE layer ("N" or "N%"); None: every expert resident (no offload).
+    expert_cache: str | None = None
+    cache_policy: str = "lru"  # the expert cache's replacement policy
+    cache_prefetch: bool = False  # prefetch each cached layer's likely experts during the layer before
     # Where each SGLang process writes a record that it loaded the plugin (read by /lynx/info).
     runtime_dir: str | None = None
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
             raise ConfigError(f"kernel: {self.kernel!r} is not one of {', '.join(KERNELS)}")
+        if self.cache_policy not in CACHE_POLICIES:
+            raise ConfigError(f"cache_policy: {self.cache_policy!r} is not one of {', '.join(CACHE_POLICIES)}")
+        object.__setattr__(self, "expert_cache", parse_expert_cache(self.expert_cache))
+        if self.expert_cache is not None and self.kernel == "sglang":
+            raise ConfigError("expert_cache: the cache computes with lynx's active-expert kernel; "
+                              "kernel 'sglang' cannot read experts through it (use auto, lynx or triton)")
+        if self.cache_prefetch and self.expert_cache is None:
+            raise ConfigError("cache_prefetch: prefetches into the expert cache; set expert_cache too "
+                              "(--lynx-expert-cache N)")
         if not isinstance(self.policy, str) or not self.policy:
             raise ConfigError(f"policy: {self.policy!r} must be a policy name")
         if self.admin_token is not None and (not isinstance(self.admin_token, str) or not self.admin_token):
@@ -293,13 +337,17 @@ def parse_setting(name: str, value, label: str):
     """A setting as a flag, variable or file gives it -> the value LynxConfig holds."""
     if name == "params":
         return parse_params(value, label)
-    if name in ("prune_mixed", "stats"):
+    if name in ("prune_mixed", "stats", "cache_prefetch"):
         return parse_bool(value, label)
     if name == "layers":
         return parse_layers(value, label)
     if name == "budget":
         budget = Budget.parse(value, label)
         return None if budget is None else str(budget)
+    if name == "expert_cache":
+        return parse_expert_cache(value, label)
+    if name == "cache_policy" and value not in CACHE_POLICIES:
+        raise ConfigError(f"{label}: {value!r} is not one of {', '.join(CACHE_POLICIES)}")
     return value
 
 
@@ -317,6 +365,9 @@ ENV_VARIABLES = {
     "LYNX_KERNEL": "kernel",
     "LYNX_ADMIN_TOKEN": "admin_token",
     "LYNX_STATS": "stats",
+    "LYNX_EXPERT_CACHE": "expert_cache",
+    "LYNX_CACHE_POLICY": "cache_policy",
+    "LYNX_CACHE_PREFETCH": "cache_prefetch",
 }
 CONFIG_FILE_ENV = "LYNX_CONFIG"
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lynx_sglang.config import ConfigError, LynxConfig
+from lynx_sglang.config import ConfigError, LynxConfig, expert_cache_slots
 from lynx_sglang.policies import PolicyConfigError, accepted_parameters, get_policy, resolve_policy_class
 
 
@@ -96,6 +96,8 @@ def validate_for_model(config: LynxConfig, shape: MoeShape | None) -> None:
             f"layers: {max(config.layers)} is not a layer of this model (layers 0..{shape.num_layers - 1})"
         )
     validate_for_experts(config, shape.num_experts, shape.top_k, shape.renormalize, shape.model_name)
+    if config.expert_cache is not None:
+        expert_cache_slots(config.expert_cache, shape.num_experts)
 
 
 def validate_settings(config: LynxConfig) -> None:

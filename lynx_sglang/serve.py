@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lynx_sglang import gpu_runtime
-from lynx_sglang.config import CONFIG_ENV, KERNELS, TPOT_WITH_TP, ConfigError, LynxConfig, build_config
+from lynx_sglang.config import CACHE_POLICIES, CONFIG_ENV, KERNELS, TPOT_WITH_TP, ConfigError, LynxConfig, build_config
 from lynx_sglang.local_server import wait_healthy
 from lynx_sglang.policy_setup import MoeShape, validate_for_model
 from lynx_sglang.process_group import start_process_group, stop_process_group
@@ -72,6 +72,13 @@ LYNX_FLAGS = (
     ("--lynx-admin-token", "admin_token", {"metavar": "TOKEN"},
      "token for POST /lynx/policy and /lynx/stats/reset (default: none = those endpoints disabled)"),
     ("--lynx-stats", "stats", {"choices": ("on", "off")}, "routing statistics (default: on)"),
+    ("--lynx-expert-cache", "expert_cache", {"metavar": "N|N%"},
+     "expert offload: N resident experts per MoE layer (N%%: that share, rounded up), the rest in host "
+     "memory (default: off, all resident; docs/offload.md)"),
+    ("--lynx-cache-policy", "cache_policy", {"choices": CACHE_POLICIES},
+     "the expert cache's replacement policy (default: lru)"),
+    ("--lynx-cache-prefetch", "cache_prefetch", {"action": "store_const", "const": True},
+     "prefetch each cached layer's likely experts during the layer before (default: off)"),
     ("--lynx-config", "config_file", {"metavar": "FILE"},
      "settings from a .yaml/.yml/.json file (flags > LYNX_* variables > file > policy defaults)"),
 )  # fmt: skip

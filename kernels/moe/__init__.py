@@ -24,8 +24,12 @@ def fused_moe_active(*args, implementation: str = "auto", config: MoeKernelConfi
     """The MoE output [T, H] of `MoeCall(*args, **kwargs)` over the active experts only: `out`, or a new
     tensor in hidden's dtype (the reference: float64). implementation: "auto" (triton on CUDA, cpu
     otherwise), "triton" (also CPU tensors under TRITON_INTERPRET=1), "cpu" or "reference". config and
-    alignment: the Triton launches' tiles and pair grouping (triton_kernels.run_triton)."""
+    alignment: the Triton launches' tiles and pair grouping (triton_kernels.run_triton). With
+    expert_slots (weights held in an expert cache's slots) every implementation runs on slot ids."""
     call = MoeCall(*args, **kwargs)
+    if alignment is not None and call.expert_slots is not None:
+        raise ValueError("fused_moe_active: an alignment groups expert ids, not slots; pass it without expert_slots")
+    call = call.through_slots()
     if implementation == "auto":
         implementation = "triton" if call.hidden.is_cuda else "cpu"
     if implementation == "triton":

@@ -73,6 +73,7 @@ def policy_state(runtime: LynxRuntime) -> dict:
     state["budget_experts"] = settings.current_cap()
     state["cuda_graphs_replay_pruning"] = settings.signature() == runtime.graph_signature
     state["expert_compute"] = {str(layer): name for layer, name in runtime.expert_compute.describe().items()}
+    state["expert_compute"].update(runtime.caches.describe())
     return state
 
 
@@ -98,6 +99,7 @@ def stats_snapshot(runtime: LynxRuntime) -> dict:
         "steps_by_band": steps_by_band(settings),
         "stats_enabled": settings.config.stats,
         "controller": None if settings.controller is None else settings.controller.state(),
+        "expert_cache": runtime.caches.snapshot(),
         **figures,
     }
 
@@ -118,5 +120,6 @@ def reset_stats(runtime: LynxRuntime) -> None:
     runtime.fallback_report.reset()
     runtime.router.failures = 0
     runtime.stats.reset()
+    runtime.caches.reset()
     if runtime.decisions is not None:
         runtime.decisions.reset()

@@ -5,7 +5,7 @@
     ModelRunner.load_model                AFTER   bind the runtime to the loaded MoE layers
     ForwardBatch.init_new                 AFTER   remember how many rows of a mixed batch are decode
     select_experts                        AROUND  apply the policy to the top-k of pruned steps
-    UnquantizedFusedMoEMethod.apply       AROUND  compute only the active experts (lynx kernels)
+    UnquantizedFusedMoEMethod.apply       AROUND  compute only the active experts (lynx kernels); the expert cache
     DecodeCudaGraphRunner.can_run_graph   AROUND  replay graphs only if they hold the current policy
     Scheduler.handle_rpc_request          AROUND  answer lynx control requests between steps
 """
@@ -93,6 +93,8 @@ def around_select_experts(original, hidden_states, router_logits, topk_config, *
 
 def around_moe_apply(original, method, layer=None, dispatch_output=None, *args, **kwargs):
     step = current_step()
+    if runtime is not None and runtime.caches.holds(layer):  # offloaded experts: every forward, any mode
+        return runtime.compute_experts(step, layer, method, dispatch_output, None)
     if runtime is None or step is None or not step.prune:
         return original(method, layer, dispatch_output, *args, **kwargs)
     return runtime.compute_experts(step, layer, method, dispatch_output,

@@ -22,6 +22,7 @@ class LoadedModel:
     tp_size: int
     calibration: tuple  # (w13, w2, activation) of one MoE layer, for the latency controller
     passthrough: dict[int, str]  # layer id -> why the policy leaves its routing alone (its router)
+    moe_modules: tuple = ()  # the FusedMoE modules themselves (the expert cache moves their weights)
 
 
 def read_model(model_runner) -> LoadedModel | None:
@@ -42,6 +43,7 @@ def read_model(model_runner) -> LoadedModel | None:
         tp_size=get_parallel().tp_size,
         calibration=(first.w13_weight, first.w2_weight, first.moe_runner_config.activation),
         passthrough=passthrough_layers(model_runner.model),
+        moe_modules=tuple(moe_layers),
     )
 
 

@@ -8,6 +8,7 @@ for every MoE layer's expert compute, and `handle` for control requests between 
     routing.py         per MoE layer: the policy's decision, checks and statistics (tensor code)
     bookkeeping.py     that per-layer work on the backend chosen at bind (Triton, C++ op, torch)
     expert_compute.py  lynx's active-expert kernel or SGLang's compute
+    expert_cache.py    --lynx-expert-cache: experts in host memory, N per layer in device slots
     stats.py, decisions.py, accounting.py   device-side figures, tensor-parallel digests, step counts
     control.py         the control requests
 """
@@ -22,6 +23,7 @@ from lynx_sglang.scheduler.accounting import SilentFallbackReport, StepCounts
 from lynx_sglang.scheduler.bookkeeping import bookkeeping_named, choose_backend
 from lynx_sglang.scheduler.compute_table import table_for
 from lynx_sglang.scheduler.decisions import DecisionDigest
+from lynx_sglang.scheduler.expert_cache import ExpertCaches
 from lynx_sglang.scheduler.expert_compute import ExpertCompute
 from lynx_sglang.scheduler.introspection import read_model
 from lynx_sglang.scheduler.log import NoteOnce, logger
@@ -38,6 +40,7 @@ class LynxRuntime:
         self.note = NoteOnce()
         self.counts = StepCounts()
         self.fallback_report = SilentFallbackReport()
+        self.caches = ExpertCaches(config, self.note)
 
     @property
     def config(self) -> LynxConfig:
@@ -54,6 +57,7 @@ class LynxRuntime:
                          calibration=model.calibration)  # fmt: skip
         for layer_id, reason in sorted(model.passthrough.items()):
             self.router.pass_through(layer_id, reason)
+        self.caches.install(list(model.moe_modules))
 
     def bind_layers(self, layers: list[MoeLayerInfo], device, model_name: str, *, tp_size: int = 1,
                     calibration=None, backend: str | None = None) -> None:  # fmt: skip
@@ -114,6 +118,8 @@ class LynxRuntime:
         return self.router.route(output, router_logits, topk_config, layer_id, num_real, dispatch_info, step)
 
     def compute_experts(self, step: Step, layer, method, dispatch_output, sglang_compute):
+        if self.caches.holds(layer):  # every forward of a cached layer reads its experts through the cache
+            return self.caches.compute(step, layer, dispatch_output)
         routed = getattr(layer, "layer_id", None) in self.router.routed_layers
         return self.expert_compute.run(step, layer, method, dispatch_output, sglang_compute, routed)
 

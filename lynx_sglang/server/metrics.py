@@ -83,12 +83,42 @@ class LynxCollector:
             for layer in stats["layers"]:
                 family.add_metric([str(layer["layer"])], layer[key])
             yield family
+        yield from cache_families(stats.get("expert_cache"))
         controller = stats.get("controller")
         if controller:
             yield GaugeMetricFamily("lynx_controller_target_tpot_ms", "Latency budget: target time per output "
                                     "token.", value=controller["target_tpot_ms"])
             yield GaugeMetricFamily("lynx_controller_measured_tpot_ms", "Latency budget: measured decode step "
                                     "interval (median of the last window).", value=controller["measured_tpot_ms"] or 0)
+
+
+CACHE_COUNTERS = {
+    "lynx_cache_hits": ("cache_hits", "Distinct experts per MoE layer call already resident in the expert cache."),
+    "lynx_cache_misses": ("cache_misses", "Distinct experts per MoE layer call copied from host memory."),
+}
+CACHE_BYTES = ("cache_bytes_copied_per_decode_token", "Expert bytes copied from host memory per decode token.")
+
+
+def cache_families(cache: dict | None):
+    """`lynx_cache_*` from the expert cache's figures (nothing when the cache is off)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    if not cache:
+        return
+    for name, (key, help_text) in CACHE_COUNTERS.items():
+        yield CounterMetricFamily(name, help_text, value=cache[key])
+    yield GaugeMetricFamily("lynx_" + CACHE_BYTES[0], CACHE_BYTES[1] + " Summed over MoE layers.", value=cache[CACHE_BYTES[0]])
+    if cache["prefetch_accuracy"] is not None:
+        yield GaugeMetricFamily("lynx_cache_prefetch_accuracy", "Share of prefetched experts that were used.",
+                                value=cache["prefetch_accuracy"])  # fmt: skip
+    per_layer = [(CounterMetricFamily, "lynx_cache_layer_" + name.removeprefix("lynx_cache_"), key, help_text)
+                 for name, (key, help_text) in CACHE_COUNTERS.items()]  # fmt: skip
+    per_layer.append((GaugeMetricFamily, "lynx_cache_layer_bytes_copied_per_decode_token", *CACHE_BYTES))
+    for family_type, name, key, help_text in per_layer:
+        family = family_type(name, help_text, labels=["layer"])
+        for layer in cache["layers"]:
+            family.add_metric([str(layer["layer"])], layer[key])
+        yield family
 
 
 def _params_text(params: dict) -> str:

@@ -152,3 +152,52 @@ def test_a_bad_schedule_is_named(schedule, message):
     with pytest.raises(ConfigError) as caught:
         LynxConfig(policy="anchor", schedule=schedule)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("2", "2"), (2, "2"), ("25%", "25%"), (" 12.5 % ", "12.5%"), ("100%", "100%"), ("off", None), (None, None),
+])  # fmt: skip
+def test_expert_cache_sizes_parse(raw, expected):
+    assert build_config({"expert_cache": raw}, {}).expert_cache == expected
+
+
+@pytest.mark.parametrize("raw,message", [
+    ("0", "'0' out of range: at least 1 resident expert"), ("-2", "out of range"),
+    ("0%", "out of range: a share must be in \\(0, 100\\]%"), ("101%", "out of range"), ("nan%", "out of range"),
+    ("two", "'two' is not a slot count such as 2 nor a share such as 25%"), ("2.5", "is not a slot count"),
+    ("%", "is not a slot count"), (True, "must be a slot count"),
+])  # fmt: skip
+def test_bad_expert_cache_sizes_are_named(raw, message):
+    with pytest.raises(ConfigError, match=f"expert_cache: .*{message}"):
+        build_config({"expert_cache": raw}, {})
+
+
+def test_expert_cache_slots_per_layer_round_shares_up():
+    from lynx_sglang.config import expert_cache_slots
+
+    assert [expert_cache_slots("25%", e) for e in (8, 64, 6, 1)] == [2, 16, 2, 1]
+    assert expert_cache_slots("1%", 8) == 1 and expert_cache_slots("100%", 8) == 8
+    assert expert_cache_slots("3", 8) == 3
+    with pytest.raises(ConfigError, match="expert_cache: 9 slots out of range: this model has 8 experts"):
+        expert_cache_slots("9", 8)
+
+
+def test_cache_settings_from_every_source(tmp_path):
+    config_file = tmp_path / "lynx.yaml"
+    config_file.write_text("expert_cache: 50%\ncache_policy: activation\n")
+    config = build_config({"config_file": str(config_file)}, {})
+    assert (config.expert_cache, config.cache_policy) == ("50%", "activation")
+    config = build_config({"config_file": str(config_file)}, {"LYNX_EXPERT_CACHE": "3", "LYNX_CACHE_POLICY": "lru"})
+    assert (config.expert_cache, config.cache_policy) == ("3", "lru")
+    assert build_config({}, {}).expert_cache is None and build_config({}, {}).cache_policy == "lru"
+    with pytest.raises(ConfigError, match="environment cache_policy: 'fifo' is not one of lru, activation"):
+        build_config({}, {"LYNX_CACHE_POLICY": "fifo"})
+    with pytest.raises(ConfigError, match="kernel 'sglang' cannot read experts through it"):
+        build_config({"expert_cache": "2", "kernel": "sglang"}, {})
+    assert build_config({"expert_cache": "2"}, {"LYNX_CACHE_PREFETCH": "1"}).cache_prefetch is True
+    with pytest.raises(ConfigError, match="cache_prefetch: prefetches into the expert cache; set expert_cache too"):
+        build_config({"cache_prefetch": True}, {})
+    with pytest.raises(ConfigError, match="cache_prefetch: 'maybe' must be true or false"):
+        build_config({"expert_cache": "2"}, {"LYNX_CACHE_PREFETCH": "maybe"})
+    cached = LynxConfig(expert_cache="25%", cache_policy="activation", cache_prefetch=True)
+    assert LynxConfig.from_env({CONFIG_ENV: cached.to_env()}) == cached

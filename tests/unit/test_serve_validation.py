@@ -126,6 +126,12 @@ def test_bad_port_values(port):
     (["--lynx-policy", "lynx", "--ep-size", "2"], ["expert parallelism", "--ep-size 2"]),
     (["--lynx-policy", "lynx", "--enable-dp-attention"], ["--enable-dp-attention"]),
     (["--lynx-policy", "lynx", "--lynx-budget", "tpot_ms=20", "--tp", "2"], ["tpot_ms", "tensor parallelism"]),
+    (["--lynx-expert-cache", "9"], ["expert_cache: 9 slots out of range", "8 experts per layer"]),
+    (["--lynx-expert-cache", "0"], ["expert_cache: '0' out of range"]),
+    (["--lynx-expert-cache", "half"], ["expert_cache: 'half' is not a slot count"]),
+    (["--lynx-expert-cache", "2", "--lynx-kernel", "sglang"], ["kernel 'sglang' cannot read experts"]),
+    (["--lynx-cache-policy", "fifo"], ["--lynx-cache-policy", "invalid choice"]),
+    (["--lynx-cache-prefetch"], ["cache_prefetch", "set expert_cache too"]),
 ])  # fmt: skip
 def test_bad_lynx_settings_stop_the_launch(args, needles):
     proc, _ = run_serve("--port", str(free_port()), *args)
@@ -151,7 +157,8 @@ def test_serve_help_lists_lynx_flags_and_points_to_sglang():
                           text=True, timeout=60)
     assert proc.returncode == 0
     for flag in ("--lynx-policy", "--lynx-param", "--lynx-budget", "--lynx-layers", "--lynx-prune-mixed",
-                 "--lynx-kernel", "--lynx-admin-token", "--lynx-config", "default: baseline"):
+                 "--lynx-kernel", "--lynx-admin-token", "--lynx-config", "default: baseline", "--lynx-expert-cache",
+                 "--lynx-cache-policy", "expert offload", "--lynx-cache-prefetch"):
         assert flag in proc.stdout
     assert "sglang.launch_server --help" in proc.stdout.replace("\n", " ").replace("  ", " ")
 

@@ -1,0 +1,137 @@
+"""The scheduler's expert caches (scheduler/expert_cache.py) on modules with real weights and SGLang's
+own runner config and dispatch types: install, compute per step mode, statistics."""
+
+import pytest
+import torch
+
+from lynx_sglang.config import LynxConfig
+from lynx_sglang.kernels import fused_moe_active
+from lynx_sglang.scheduler.expert_cache import ExpertCaches
+from lynx_sglang.scheduler.log import NoteOnce
+from lynx_sglang.scheduler.step import Step
+
+E, K, H, I = 8, 2, 16, 24
+
+
+class MoeLayer(torch.nn.Module):
+    """The FusedMoE attributes the cache reads: layer id, expert weights, the runner config."""
+
+    def __init__(self, layer_id: int, seed: int, bias: bool = False):
+        super().__init__()
+        from sglang.srt.layers.moe.moe_runner import MoeRunnerConfig
+
+        gen = torch.Generator().manual_seed(seed)
+        self.layer_id = layer_id
+        self.w13_weight = torch.nn.Parameter(torch.randn(E, 2 * I, H, generator=gen) * 0.2, requires_grad=False)
+        self.w2_weight = torch.nn.Parameter(torch.randn(E, H, I, generator=gen) * 0.2, requires_grad=False)
+        self.w13_weight_bias = torch.nn.Parameter(torch.zeros(E, 2 * I)) if bias else None
+        self.moe_runner_config = MoeRunnerConfig(activation="silu")
+
+
+def dispatched(rows: int, seed: int):
+    from sglang.srt.layers.moe.token_dispatcher.standard import StandardDispatchOutput
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randperm(E, generator=gen)[:K] for _ in range(rows)]).to(torch.int32)
+    weights = torch.softmax(torch.randn(rows, K, generator=gen), -1)
+    hidden = torch.randn(rows, H, generator=gen)
+    return StandardDispatchOutput(hidden, None, StandardTopKOutput(weights, ids, None))
+
+
+def installed(spec="25%", policy="lru", layers=None, prefetch=False):
+    note = NoteOnce()
+    caches = ExpertCaches(LynxConfig(expert_cache=spec, cache_policy=policy, cache_prefetch=prefetch), note)
+    layers = layers or [MoeLayer(0, 1), MoeLayer(1, 2)]
+    dense = [(layer.w13_weight.data.clone(), layer.w2_weight.data.clone()) for layer in layers]
+    caches.install(layers)
+    return caches, layers, dense, note
+
+
+def test_install_leaves_n_experts_per_layer_on_the_device_and_all_on_the_host():
+    caches, layers, dense, _ = installed("25%")
+    for layer, (w13, w2) in zip(layers, dense):
+        assert caches.holds(layer)
+        assert layer.w13_weight.shape == (2, 2 * I, H) and layer.w2_weight.shape == (2, H, I)
+        cache = caches.layers[id(layer)].cache
+        assert torch.equal(cache.host_w13, w13) and torch.equal(cache.host_w2, w2)
+        assert layer.w13_weight.data_ptr() == cache.slot_w13.data_ptr()  # the parameter is the slots
+
+
+def test_every_step_mode_computes_exactly_the_dense_layer_and_only_decode_counts_tokens():
+    caches, layers, dense, _ = installed("25%")
+    layer, (w13, w2) = layers[0], dense[0]
+    for mode, rows in (("extend", 9), ("decode", 1), ("decode", 4), ("mixed", 5)):
+        output = dispatched(rows, seed=rows)
+        topk = output.topk_output
+        got = caches.compute(Step(mode, mode == "decode", rows), layer, output).hidden_states
+        want = fused_moe_active(output.hidden_states, w13, w2, topk.topk_ids, topk.topk_weights, implementation="cpu")
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    figures = caches.snapshot()
+    assert figures["expert_compute"] == "lynx-cpu" and figures["cached_layers"] == 2
+    assert caches.describe() == {"0": "lynx-cpu through the expert cache", "1": "lynx-cpu through the expert cache"}
+    first = figures["layers"][0]
+    assert first["decode_tokens"] == 5 and first["layer"] == 0 and first["slots"] == 2
+    assert first["cache_hits"] + first["cache_misses"] > 0
+    assert figures["layers"][1]["cache_hits"] + figures["layers"][1]["cache_misses"] == 0  # layer 1 never ran
+    expert_bytes = (2 * I * H + H * I) * 4
+    assert first["cache_bytes_copied_per_decode_token"] == pytest.approx(first["decode_misses"] * expert_bytes / 5)
+    caches.reset()
+    assert caches.snapshot()["cache_misses"] == 0
+
+
+def test_a_layer_the_kernel_cannot_compute_keeps_every_expert_and_says_so_once(caplog):
+    layers = [MoeLayer(0, 1, bias=True), MoeLayer(1, 2, bias=True), MoeLayer(2, 3)]
+    with caplog.at_level("INFO", logger="lynx_sglang"):
+        caches, layers, _, _ = installed("2", layers=layers)
+    assert not caches.holds(layers[0]) and layers[0].w13_weight.shape[0] == E
+    assert caches.holds(layers[2])
+    notes = [r.getMessage() for r in caplog.records if "keep every expert resident" in r.getMessage()]
+    assert len(notes) == 1 and "expert biases" in notes[0] and "(layers 0, 1)" in notes[0]
+
+
+def test_cache_off_installs_nothing():
+    caches = ExpertCaches(LynxConfig(), NoteOnce())
+    layer = MoeLayer(0, 1)
+    caches.install([layer])
+    assert not caches.enabled and not caches.holds(layer) and caches.snapshot() is None
+    assert layer.w13_weight.shape[0] == E
+
+
+def routed(output, ids):
+    topk = output.topk_output
+    return output._replace(topk_output=topk._replace(topk_ids=torch.tensor(ids, dtype=torch.int32)))
+
+
+def test_prefetch_learns_which_experts_follow_and_changes_no_output():
+    """Layer 0's experts {0, 1} are always followed by layer 1's {6, 7}, {2, 3} by {4, 5}: once seen,
+    layer 1's experts are prefetched during layer 0 and every one is used."""
+    caches, layers, dense, _ = installed("2", prefetch=True)
+    step = Step("decode", True, 1)
+    for repeat in range(4):
+        for first, second in (([[0, 1]], [[6, 7]]), ([[2, 3]], [[4, 5]])):
+            for layer, ids, (w13, w2) in zip(layers, (first, second), dense):
+                output = routed(dispatched(1, seed=repeat), ids)
+                topk = output.topk_output
+                got = caches.compute(step, layer, output).hidden_states
+                want = fused_moe_active(output.hidden_states, w13, w2, topk.topk_ids, topk.topk_weights,
+                                        implementation="cpu")  # fmt: skip
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        if repeat == 0:
+            caches.reset()  # the first round learns (nothing to predict yet); count from here
+    figures = caches.snapshot()
+    second = figures["layers"][1]
+    assert figures["prefetch"] is True and second["prefetched"] == 12 and second["prefetch_used"] == 12
+    assert second["prefetch_accuracy"] == 1.0 and figures["prefetch_accuracy"] == 1.0
+    assert second["cache_misses"] == 0 and second["cache_hits"] == 12  # every expert was there in time
+    assert figures["layers"][0]["prefetched"] == 0 and figures["layers"][0]["prefetch_accuracy"] is None
+    expert_bytes = (2 * I * H + H * I) * 4
+    assert second["cache_bytes_copied_per_decode_token"] == pytest.approx(12 * expert_bytes / 6)
+
+
+def test_prefetch_off_reports_no_accuracy():
+    caches, layers, _, _ = installed("2")
+    caches.compute(Step("decode", True, 1), layers[0], dispatched(1, seed=0))
+    figures = caches.snapshot()
+    assert figures["prefetch"] is False and figures["prefetch_accuracy"] is None
+    assert figures["layers"][0]["prefetch_accuracy"] is None and caches.prefetch is None

@@ -45,6 +45,17 @@ class RunningServer:
     def healthy(self) -> bool:
         return is_healthy(self.url)
 
+    @classmethod
+    def healthy_one(cls, args: list[str], log_path: Path, **kwargs) -> "RunningServer":
+        """A server started and healthy, or stopped again and the error raised (a fixture's start)."""
+        server = cls(args, log_path, **kwargs)
+        try:
+            server.wait_healthy()
+        except Exception:
+            server.stop()
+            raise
+        return server
+
     def stop(self, sig=signal.SIGINT, timeout: float = 60) -> int:
         returncode = stop_process(self.process, sig, timeout)
         self._log.close()

@@ -14,13 +14,7 @@ PROBLEMS = [p.prompt for p in heldout_problems(200, seed=41)]
 
 
 def started(args, log_path) -> RunningServer:
-    srv = RunningServer(["--lynx-policy", "baseline", *args], log_path)  # said, not left to a default
-    try:
-        srv.wait_healthy()
-    except Exception:
-        srv.stop()
-        raise
-    return srv
+    return RunningServer.healthy_one(["--lynx-policy", "baseline", *args], log_path)  # said, not left to a default
 
 
 def greedy(server, prompts, concurrency=16):

@@ -21,13 +21,7 @@ def plain_sglang_command() -> list[str]:
 
 
 def started(tmp_path, name, args=(), **kwargs) -> RunningServer:
-    srv = RunningServer(list(args), tmp_path / f"{name}.log", **kwargs)
-    try:
-        srv.wait_healthy()
-    except Exception:
-        srv.stop()
-        raise
-    return srv
+    return RunningServer.healthy_one(list(args), tmp_path / f"{name}.log", **kwargs)
 
 
 def greedy(server, prompts, max_tokens=8, concurrency=32, ignore_eos=False):

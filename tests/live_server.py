@@ -14,6 +14,7 @@ from pathlib import Path
 from lynx_sglang.local_server import free_port, is_healthy, log_tail, stop_process, wait_healthy
 
 STARTUP_TIMEOUT_S = 240
+PORT_ATTEMPTS = 3
 
 
 class RunningServer:
@@ -21,23 +22,35 @@ class RunningServer:
     (with `{port}` in it); `env` adds to the test environment."""
 
     def __init__(self, args: list[str], log_path: Path, *, command: list[str] | None = None, env=None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self._log = open(log_path, "wb")
         if command is None:
             command = [sys.executable, "-m", "lynx_sglang.cli", "serve", "--port", "{port}", *args]
         test_env = dict(os.environ, OMP_NUM_THREADS="1")
         test_env.pop("TRITON_INTERPRET", None)  # set for the kernel tests; a server would run Triton interpreted
-        self.process = subprocess.Popen([part.replace("{port}", str(self.port)) for part in command],
-                                        stdout=self._log, stderr=subprocess.STDOUT, env={**test_env, **(env or {})})
+        self._command, self._env = command, {**test_env, **(env or {})}
+        self._launch()
+
+    def _launch(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen([part.replace("{port}", str(self.port)) for part in self._command],
+                                        stdout=self._log, stderr=subprocess.STDOUT, env=self._env)
 
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_path, lines)
 
     def wait_healthy(self) -> None:
-        if wait_healthy(self.url, self.process, STARTUP_TIMEOUT_S):
-            return
+        for attempt in range(PORT_ATTEMPTS):
+            if wait_healthy(self.url, self.process, STARTUP_TIMEOUT_S):
+                return
+            # Another test's server (pytest-xdist runs two) may take the free port between the probe and
+            # our launch: serve then stops at once saying so, and a new port is all it takes.
+            taken = self.process.poll() is not None and "(Address already in use)" in self.log_tail()
+            if not taken or attempt == PORT_ATTEMPTS - 1:
+                break
+            self._log.close()
+            self._launch()
         if self.process.poll() is not None:
             raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
         raise RuntimeError(f"server not healthy after {STARTUP_TIMEOUT_S} s:\n{self.log_tail()}")

@@ -33,7 +33,7 @@ from .registry import (
 )
 from ..kernels.routing.batch import ids_to_mask
 from .remap import remap_topk, sanitize_logits
-from .router import PLAIN_ROUTER, SCORING_FUNCTIONS, RouterModel, router_family
+from .router import SCORING_FUNCTIONS, RouterModel, router_family
 
 __all__ = [
     "BUILTIN_POLICIES",
@@ -50,7 +50,6 @@ __all__ = [
     "Policy",
     "PolicyConfigError",
     "PolicyDecision",
-    "PLAIN_ROUTER",
     "RouterModel",
     "SCORING_FUNCTIONS",
     "RandomPolicy",

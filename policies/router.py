@@ -184,5 +184,3 @@ def join_shared(routed: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
     """The inverse of split_shared (no copy when there are no shared slots)."""
     return routed if shared.shape[1] == 0 else torch.cat([routed, shared.to(routed.dtype)], dim=1)
 
-
-PLAIN_ROUTER = RouterModel()

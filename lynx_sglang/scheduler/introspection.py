@@ -79,13 +79,13 @@ def passthrough_layers(model) -> dict[int, str]:
     return reasons
 
 
-def passthrough_reason(output, router_logits, topk_config, dispatch_info) -> str | None:
-    """Why a layer's routing is left alone (None: the policy applies). Static per layer."""
+def passthrough_reason(output, router_logits, router_reason: str | None, dispatch_info) -> str | None:
+    """Why a layer's routing is left alone (None: the policy applies), given why its router is
+    (`router_model`'s reason, read once per layer). Static per layer."""
     if type(output).__name__ != "StandardTopKOutput":
         return f"the {type(output).__name__} top-k format"
-    reason = router_passthrough_reason(topk_config)
-    if reason:
-        return reason
+    if router_reason:
+        return router_reason
     if dispatch_info is not None:
         return "expert-location dispatch (EPLB)"
     if router_logits is None or router_logits.dim() != 2 or router_logits.shape[0] != output.topk_ids.shape[0]:

@@ -34,14 +34,15 @@ class Router:
         self.note = note
         self.routed_layers: set[int] = set()  # the layers the policy routes (the others pass through)
         self.passthrough: dict[int, str] = {}  # layer id -> why its routing is left alone
-        self.routers: dict[int, tuple[RouterModel, int]] = {}  # layer id -> (its routed router, shared slots)
+        self.routers: dict[int, tuple] = {}  # layer id -> router_for's answer
         self.failures = 0
         self._failure_log = Throttle()
 
     def route(self, output, router_logits, topk_config, layer_id, num_real, dispatch_info, step: Step):
         """SGLang's top-k `output` of one MoE layer, routed by the policy. num_real: the first rows
         that are real (SGLang's num_token_non_padded: a 0-dim tensor), or None when all are."""
-        reason = passthrough_reason(output, router_logits, topk_config, dispatch_info)
+        router, shared_slots, router_reason = self.router_for(layer_id, topk_config)
+        reason = passthrough_reason(output, router_logits, router_reason, dispatch_info)
         if reason is not None:
             self.pass_through(layer_id, reason)
             return output
@@ -49,7 +50,6 @@ class Router:
         rows = step.decode_rows if step.mode == "mixed" else output.topk_ids.shape[0]  # a static shape
         if rows == 1 and self.settings.lone_row_kept:  # nothing to decide: launch nothing (lone_row.py)
             return output
-        router, shared_slots = self.router_for(layer_id, topk_config)
         # Fused shared-expert slots (the last columns) are never the policy's: routed columns only from here
         ids, shared_ids = split_shared(output.topk_ids, shared_slots)
         weights, shared_weights = split_shared(output.topk_weights, shared_slots)
@@ -67,14 +67,19 @@ class Router:
         return output._replace(topk_ids=join_shared(new_ids, shared_ids),
                                topk_weights=join_shared(new_weights, shared_weights))
 
-    def router_for(self, layer_id: int, topk_config) -> tuple[RouterModel, int]:
-        """(the layer's router for its routed columns, its fused shared-expert slots); static per layer."""
+    def router_for(self, layer_id: int, topk_config) -> tuple[RouterModel | None, int, str | None]:
+        """(the layer's router for its routed columns, its fused shared-expert slots, why it is not
+        modelled: then the router is None), read from its TopKConfig once: static per layer."""
         if layer_id not in self.routers:
-            router, _ = router_model(topk_config)
-            if not router.is_plain and all(known.kind != router.kind for known, _ in self.routers.values()):
+            router, reason = router_model(topk_config)
+            if router is None:
+                self.routers[layer_id] = (None, 0, reason)
+                return self.routers[layer_id]
+            known_kinds = {known.kind for known, _, _ in self.routers.values() if known is not None}
+            if not router.is_plain and router.kind not in known_kinds:
                 self.note(f"MoE layers with a {router.kind} router: the policy decides on the scores it chooses by "
                           f"(first: layer {layer_id})")
-            self.routers[layer_id] = (dataclasses.replace(router, shared_slots=0), router.shared_slots)
+            self.routers[layer_id] = (dataclasses.replace(router, shared_slots=0), router.shared_slots, None)
         return self.routers[layer_id]
 
     def pass_through(self, layer_id: int, reason: str) -> None:

@@ -18,7 +18,7 @@ from lynx_sglang.embedded.task import heldout_problems
 
 pytestmark = pytest.mark.slow
 
-CANDIDATES = "topn:num_experts_kept=6,10;anchor:ratio=0.5"
+CANDIDATES = "topn:num_experts_kept=10,12;anchor:ratio=0.8"
 MODEL = Path(__file__).resolve().parents[1] / "data" / "trained-16x4"
 
 

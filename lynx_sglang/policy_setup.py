@@ -109,6 +109,9 @@ def validate_settings(config: LynxConfig) -> None:
             validate_settings(band)
         return
     resolve_policy_or_error(config.policy)
+    if config.params.get("prefer_resident") is True and config.expert_cache is None:
+        raise ConfigError("prefer_resident: prefers the experts the expert cache holds on the device; start the "
+                          "server with --lynx-expert-cache N (without a cache every expert is resident)")
     budget = config.parsed_budget
     if budget is not None and config.policy == "baseline":
         raise ConfigError(

@@ -40,15 +40,20 @@ class AnchorPolicy(Policy):
     Whenever the set would not be smaller than the experts the voters' own routing uses, the batch
     keeps its own routing: a lone voter is never changed, nor (with fill_to_k and no cap below k) a
     batch whose voters use no more than k experts in all.
+
+    `prefer_resident` (with an expert cache): the greedy takes an acceptable expert the cache holds
+    before any other, the resident experts join the set (Policy.select), and "not smaller" counts the
+    experts the step must copy, so a lone voter may take a resident expert it accepts.
     """
 
     name = "anchor"
     keeps_lone_row = True
 
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, ratio=0.5, min_share=0.0,
-                 layer_caps=None, fill_to_k=True):
+                 layer_caps=None, fill_to_k=True, prefer_resident=False):
         super().__init__(num_experts, top_k, renormalize, layers)
         self.fill_to_k = params.check_bool(self.name, "fill_to_k", fill_to_k)
+        self.prefer_resident = params.check_bool(self.name, "prefer_resident", prefer_resident)
         # Each setting is one value or a list with one per layer (the last repeating for deeper layers).
         self.ratio = self.per_layer("ratio", ratio, lambda v: self.check_float("ratio", v, 0.0, 1.0, low_open=True))
         self.min_share = self.per_layer("min_share", min_share, lambda v: self.check_float("min_share", v, 0.0, 1.0))
@@ -94,10 +99,13 @@ class AnchorPolicy(Policy):
             return ExpertBudget(self.num_experts, layer_max, torch.tensor(1.0, dtype=torch.float32, device=device))
         return ExpertBudget(self.num_experts, torch.minimum(budget.max_experts, layer_max), budget.mass_fraction)
 
-    def _select_fused(self, router_logits, topk_ids, topk_weights, num_real, layer_id, budget, implementation):
-        if not self.fill_to_k and implementation != "cpu":  # the Triton stages always fill the set up to k
-            return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
-        return super()._select_fused(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, implementation)
+    def _select_fused(self, router_logits, topk_ids, topk_weights, num_real, layer_id, budget, implementation,
+                      resident=None):
+        # The Triton stages (and the C++ op's given rule) always fill the set up to k
+        if not self.fill_to_k and (implementation != "cpu" or resident is not None):
+            return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, resident)
+        return super()._select_fused(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, implementation,
+                                     resident)  # fmt: skip
 
     def adjust_fused_call(self, call, implementation, layer_id):
         """On CPU the C++ op makes the whole decision (AnchorRule); without fill_to_k it tops the set
@@ -114,7 +122,7 @@ class AnchorPolicy(Policy):
     def _active_set(self, ctx: RoutingContext, topk_ids: torch.Tensor, budget: ExpertBudget | None):
         if self.fill_to_k:
             return super()._active_set(ctx, topk_ids, budget)
-        needed = self.decide(ctx)
+        needed, _ = self._decision(ctx)
         # A batch computes only what its voters need; a lone voter (or none) still gets k experts.
         active = torch.where(ctx.num_voters() >= 2, ensure_min_active(needed, ctx, 1),
                              ensure_min_active(needed, ctx, self.slots_used))
@@ -136,7 +144,10 @@ class AnchorPolicy(Policy):
         for _ in range(min(self.num_experts, logits.shape[0])):  # a hitting set never needs more picks
             waiting = (needs & ~served).unsqueeze(1) & acceptable
             votes = waiting.sum(dim=0)
-            best = torch.argmax(votes * scale + mass)
+            key = votes * scale + mass  # < (T + 1) * scale
+            if ctx.resident is not None:  # an acceptable expert the cache holds first: it costs no copy
+                key = key + ((votes > 0) & ctx.resident) * ((logits.shape[0] + 1) * scale)
+            best = torch.argmax(key)
             # Not one_hot: it checks its input's range with a host sync (twice per pick on a GPU).
             pick = (experts == best) & (votes.max() > 0)
             active = active | pick
@@ -147,6 +158,8 @@ class AnchorPolicy(Policy):
         """The voters' own experts when the batch would compute as many experts as its own routing
         needs anyway (then nobody is moved for nothing); else the hitting set."""
         own = ids_to_mask(ctx.own_topk_ids(), ctx.voters, self.num_experts)
+        if ctx.resident is not None:  # with a cache, what a set costs is the experts it must copy
+            return torch.where((hitting & ~ctx.resident).sum() >= (own & ~ctx.resident).sum(), own, hitting)
         filled = hitting.sum().clamp(min=self.slots_used)
         computed = filled if self.fill_to_k else torch.where(ctx.num_voters() >= 2, hitting.sum().clamp(min=1), filled)
         return torch.where(computed >= own.sum(), own, hitting)

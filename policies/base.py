@@ -43,13 +43,17 @@ class RoutingContext:
             all-finite logits. Padding and NaN/inf rows never vote.
         num_experts, top_k: E and k.
         layer_id: the python int given to select (or None); static per layer.
+        resident: [E] bool, the experts an expert cache holds on the device now, for a policy with
+            prefer_resident (else None): among the experts a token accepts, those cost no copy.
     A token's "own" top-k comes from its logits with the documented tie rule (lower expert index
     first), which for softmax routing is the model's own choice.
     """
 
     def __init__(self, logits: torch.Tensor, voters: torch.Tensor, num_experts: int, top_k: int,
-                 layer_id: int | None = None, row_is_finite: torch.Tensor | None = None):
+                 layer_id: int | None = None, row_is_finite: torch.Tensor | None = None,
+                 resident: torch.Tensor | None = None):
         self.logits = logits
+        self.resident = resident
         self.layer_id = layer_id
         self.voters = voters
         self.row_is_finite = row_is_finite
@@ -140,6 +144,10 @@ class Policy:
     keeps_lone_row = False
     # How many slots of each token get an expert; static-topk lowers it (extra slots get weight 0).
     slots_used: int
+    # Whether `select` reads the resident mask of an expert cache (the opt-in `prefer_resident` of lynx,
+    # oea and anchor): the policy then prefers resident experts within its own rule, and a lone row may
+    # change on purpose (to save a copy).
+    prefer_resident = False
 
     def __init__(self, num_experts: int, top_k: int, renormalize: bool = True,
                  layers: Iterable[int] | None = None):
@@ -186,6 +194,7 @@ class Policy:
         *,
         implementation: str = "auto",
         router: RouterModel | None = None,
+        resident: torch.Tensor | None = None,
     ) -> PolicyDecision:
         """Decide the batch's routing for one layer.
 
@@ -199,27 +208,34 @@ class Policy:
         router: the layer's router when it is not plain softmax top-k (router.py): the policy then
         decides on its log-choices and the remapped rows get its weights; fused shared-expert slots
         (the last router.shared_slots columns of the ids and weights) are returned unchanged.
+        resident: [E] bool on the logits' device, the experts an expert cache holds now; read only by a
+        policy with prefer_resident (ignored otherwise): resident experts then join the active set, as
+        they cost no copy, and the policy prefers them within its own rule.
         """
+        resident = resident if self.prefer_resident else None
         if router is not None and not router.is_plain:
             return self._select_modelled(router, router_logits, topk_ids, topk_weights, num_real, layer_id, budget,
-                                         implementation)  # fmt: skip
+                                         implementation, resident)  # fmt: skip
         self._check_shapes(router_logits, topk_ids, topk_weights, budget)
         if not self.applies_to_layer(layer_id):
             return self.pass_through(topk_ids, topk_weights, real_rows(router_logits.shape[0], num_real, router_logits.device))
-        lone_row = router_logits.shape[0] == 1 and self.keeps_lone_row  # static: the shape and the class
+        # static: the shape, the class and whether a cache is read (a lone row may then change on purpose)
+        lone_row = router_logits.shape[0] == 1 and self.keeps_lone_row and resident is None
         if lone_row and budget is None and (num_real is None or (type(num_real) is int and num_real >= 1)):
             # one real row and nothing to cap (known on the host): the model's routing, nothing launched
             real = real_rows(1, num_real, router_logits.device)
             return PolicyDecision(topk_ids, topk_weights, ids_to_mask(topk_ids, real, self.num_experts))
         chosen = self._implementation(router_logits, implementation)
         if chosen == "torch":
-            decision = self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
+            decision = self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget,
+                                             resident)  # fmt: skip
         else:
-            decision = self._select_fused(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, chosen)
+            decision = self._select_fused(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, chosen,
+                                          resident)  # fmt: skip
         return self._lone_row_kept(decision, topk_ids, topk_weights, num_real, budget) if lone_row else decision
 
     def _select_modelled(self, router: RouterModel, router_logits, topk_ids, topk_weights, num_real, layer_id,
-                         budget, implementation) -> PolicyDecision:
+                         budget, implementation, resident=None) -> PolicyDecision:
         """`select` for a router that is not plain softmax: the plain select on its log-choices (in torch
         or fused alike), then its weights for the rows that moved (router.py)."""
         router.check(self.num_experts)
@@ -230,7 +246,7 @@ class Policy:
         weights, shared_weights = split_shared(topk_weights, router.shared_slots)
         # Policy.select, not self.select: an override (anchor's layer caps) has run already
         decision = Policy.select(self, router.choice_logits(router_logits), ids, weights, num_real, layer_id, budget,
-                                 implementation=implementation)  # fmt: skip
+                                 implementation=implementation, resident=resident)  # fmt: skip
         new_weights = decision.topk_weights
         if decision.topk_ids is not ids:  # the model's routing as it is needs no new weights
             new_weights = router.weights(router_logits, ids, weights, decision.topk_ids, new_weights, self.renormalize)
@@ -251,10 +267,10 @@ class Policy:
         return PolicyDecision(ids, weights, active)
 
     def select_reference(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None,
-                         budget=None) -> PolicyDecision:
+                         budget=None, resident=None) -> PolicyDecision:
         """`select` in plain torch: the definition every fused path reproduces exactly."""
         row_is_real = real_rows(router_logits.shape[0], num_real, router_logits.device)
-        ctx = self._context(router_logits, row_is_real, layer_id)
+        ctx = self._context(router_logits, row_is_real, layer_id, resident)
         active, keep_rows = self._active_set(ctx, topk_ids, budget)
         # Padding rows pass through unchanged (SGLang marks them with id -1, which we keep).
         keep_original = ~row_is_real if keep_rows is None else (~row_is_real | keep_rows)
@@ -299,30 +315,38 @@ class Policy:
         return self.adjust_fused_call(call, implementation, layer_id)
 
     def _select_fused(self, router_logits, topk_ids, topk_weights, num_real, layer_id, budget,
-                      implementation: str) -> PolicyDecision:
+                      implementation: str, resident=None) -> PolicyDecision:
         call = self.fused_call(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, implementation)
         if not fused_supports(call) or (budget is not None and budget.max_experts.device != router_logits.device):
-            return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
+            return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget, resident)
+        if resident is not None:  # the fused rules know nothing of a cache: decide in torch, fuse the rest
+            call = call._replace(rule=GivenRule())
         if isinstance(call.rule, GivenRule):  # decide in torch; the shared stages still run fused
             row_is_real = real_rows(router_logits.shape[0], num_real, router_logits.device)
-            decided = self.decide(self._context(router_logits, row_is_real, layer_id))
-            active, keep_rows = decided if isinstance(decided, tuple) else (decided, None)
+            active, keep_rows = self._decision(self._context(router_logits, row_is_real, layer_id, resident))
             call = call._replace(given_active=active, given_keep=keep_rows)
         return PolicyDecision(*fused_route(call, implementation))
 
-    def _context(self, router_logits, row_is_real, layer_id) -> RoutingContext:
+    def _context(self, router_logits, row_is_real, layer_id, resident=None) -> RoutingContext:
         clean_logits, row_is_finite = sanitize_logits(router_logits)
         return RoutingContext(clean_logits, row_is_real & row_is_finite, self.num_experts, self.top_k, layer_id,
-                              row_is_finite=row_is_finite)
+                              row_is_finite=row_is_finite, resident=resident)
+
+    def _decision(self, ctx: RoutingContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`decide` as (active, keep_rows or None). With a resident mask the resident experts join the
+        active set: they cost no copy, and a token takes one only where it rates it above the batch's
+        other experts, so its routing only comes closer to its own."""
+        decided = self.decide(ctx)
+        active, keep_rows = decided if isinstance(decided, tuple) else (decided, None)
+        if ctx.resident is not None:
+            active = active | ctx.resident
+        return active, keep_rows
 
     def _active_set(self, ctx: RoutingContext, topk_ids: torch.Tensor, budget: ExpertBudget | None):
         """decide -> top-up to slots_used -> add the kept rows' experts -> budget cap."""
-        decided = self.decide(ctx)
-        if isinstance(decided, tuple):
-            active, keep_rows = decided
+        active, keep_rows = self._decision(ctx)
+        if keep_rows is not None:
             keep_rows = keep_rows & ctx.voters  # only trusted rows may insist on their own experts
-        else:
-            active, keep_rows = decided, None
         active = ensure_min_active(active, ctx, self.slots_used)
         if keep_rows is not None:
             active = active | ids_to_mask(topk_ids, keep_rows, self.num_experts)

@@ -13,7 +13,7 @@ from ..kernels.routing import LynxRule
 from ..kernels.routing.batch import ids_to_mask
 from .base import Policy, PolicyConfigError, RoutingContext
 from .keys import rank_of
-from .params import check_choice, check_router_kind
+from .params import check_bool, check_choice, check_router_kind
 from .router import router_family
 
 # (alpha, beta) shipped by the authors, matched by model name (lower-case substring, first match).
@@ -79,13 +79,16 @@ class LynxPolicy(Policy):
     broken by one order shared by the batch: `tie_break="mass"` (default) the batch's routed mass,
     then vote count, then lower index (at B = 1 that is the token's own order, so a lone token is
     never moved); `"index"` the lower expert index (the authors' plugin).
+
+    `prefer_resident` (with an expert cache): within a token's bin, the experts the cache holds come
+    first, then the batch's order: a token trades an expert only for one it rates in the same bin.
     """
 
     name = "lynx"
     TIE_BREAKS = ("mass", "index")
 
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, alpha=None, beta=None,
-                 model_name=None, router_kind=None, tie_break="mass"):
+                 model_name=None, router_kind=None, tie_break="mass", prefer_resident=False):
         super().__init__(num_experts, top_k, renormalize, layers)
         if model_name is not None and not isinstance(model_name, str):
             raise PolicyConfigError(
@@ -97,6 +100,7 @@ class LynxPolicy(Policy):
                                       low_open=True)
         self.beta = self.check_int("beta", default_beta if beta is None else beta, 1, 8)
         self.tie_break = check_choice(self.name, "tie_break", tie_break, self.TIE_BREAKS)
+        self.prefer_resident = check_bool(self.name, "prefer_resident", prefer_resident)
         # by expert index, a lone row's tied bins may go to another expert than its own top-k: by design
         self.keeps_lone_row = self.tie_break == "mass"
 
@@ -128,8 +132,14 @@ class LynxPolicy(Policy):
     def decide(self, ctx: RoutingContext) -> torch.Tensor:
         bins = self.bins(ctx.logits)
         rank = rank_of(self.expert_order(self.batch_votes(bins, ctx), ctx))
-        # Unique per token: bin first, then the batch's order (rank 0 = best).
-        key = bins * self.num_experts + (self.num_experts - 1 - rank)
+        # Unique per token: bin first, then the batch's order (rank 0 = best); with a cache, resident
+        # experts before the others within a bin.
+        order = self.num_experts - 1 - rank
+        width = self.num_experts
+        if ctx.resident is not None:
+            order = order + ctx.resident.long() * self.num_experts
+            width = 2 * self.num_experts
+        key = bins * width + order
         picks = torch.topk(key, self.top_k, dim=-1).indices
         return ids_to_mask(picks, ctx.voters, self.num_experts)
 

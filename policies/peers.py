@@ -13,7 +13,7 @@ from ..kernels.routing import BudgetRule, CoverageRule, OwnTopRule, TopNRule
 from ..kernels.routing.batch import ids_to_mask, real_rows
 from .base import Policy, PolicyConfigError, PolicyDecision, RoutingContext, ensure_min_active
 from .keys import MASS_BITS, MASS_ONE, unique_descending_keys
-from .params import experts_kept
+from .params import check_bool, experts_kept
 from .router import split_shared
 
 
@@ -24,7 +24,7 @@ class BaselinePolicy(Policy):
     keeps_lone_row = True
 
     def select(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None, budget=None, *,
-               implementation="auto", router=None) -> PolicyDecision:
+               implementation="auto", router=None, resident=None) -> PolicyDecision:
         if router is None or not router.shared_slots:
             return self.select_reference(router_logits, topk_ids, topk_weights, num_real, layer_id, budget)
         routed = self.select_reference(router_logits, *(split_shared(t, router.shared_slots)[0]
@@ -32,7 +32,7 @@ class BaselinePolicy(Policy):
         return PolicyDecision(topk_ids, topk_weights, routed.active_mask)  # shared experts are never the policy's
 
     def select_reference(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None,
-                         budget=None) -> PolicyDecision:
+                         budget=None, resident=None) -> PolicyDecision:
         self._check_shapes(router_logits, topk_ids, topk_weights, budget)
         return self.pass_through(topk_ids, topk_weights, real_rows(router_logits.shape[0], num_real, router_logits.device))
 
@@ -41,14 +41,19 @@ class OeaPolicy(Policy):
     """Opportunistic Expert Activation: each token keeps its own top-k0 (a batch-independent
     floor); the active set is the union of the voters' floors, and each token fills its remaining
     k - k0 slots from that union in its own router order (which is exactly the remap's top-k over
-    the union, because a token's floor is its k0 best experts)."""
+    the union, because a token's floor is its k0 best experts).
+
+    `prefer_resident` (with an expert cache): the experts the cache holds join the union (Policy.select),
+    so the remaining slots also take them where the token rates them higher: the floors are all the
+    step must copy."""
 
     name = "oea"
     keeps_lone_row = True
 
-    def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, k0=None):
+    def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, k0=None, prefer_resident=False):
         super().__init__(num_experts, top_k, renormalize, layers)
         self.k0 = self.check_int("k0", max(1, top_k // 2) if k0 is None else k0, 1, top_k)
+        self.prefer_resident = check_bool(self.name, "prefer_resident", prefer_resident)
 
     def fused_rule(self) -> OwnTopRule:
         return OwnTopRule(self.k0)

@@ -4,7 +4,8 @@
 
 Starts `lynx-sglang serve` (the embedded model) once per arm, one at a time: no cache (the reference
 outputs and time), then `--lynx-expert-cache SLOTS` with LRU, with the activation-aware replacement,
-with LRU and prefetch, and with LRU under the `lynx` policy. Each arm answers the same distinct held-out problems at
+with LRU and prefetch, with LRU under the `lynx` policy, and with each replacement policy under the
+cache-aware `lynx` (`prefer_resident=true`; `--lynx-param` arms: the calibrated alpha 0.5). Each arm answers the same distinct held-out problems at
 concurrency 1 and 8 after a stats reset, and prints one JSON line: accuracy, whether the greedy
 answers equal the no-cache arm's, wall time, and from /lynx/stats the decode tokens, the misses per
 decode token (summed over MoE layers) and the bytes copied per decode token.
@@ -31,10 +32,13 @@ TOKEN = "offload-misses"
 def arms(slots: int) -> list[tuple[str, list[str]]]:
     cache = ["--lynx-expert-cache", str(slots)]
     baseline = ["--lynx-policy", "baseline"]
+    aware = ["--lynx-policy", "lynx", "--lynx-param", "alpha=0.5", "--lynx-param", "prefer_resident=true"]
     return [("no cache", baseline), ("lru", baseline + cache),
             ("activation", baseline + cache + ["--lynx-cache-policy", "activation"]),
             ("lru + prefetch", baseline + cache + ["--lynx-cache-prefetch"]),
-            ("lru + lynx policy", cache + ["--lynx-policy", "lynx"])]
+            ("lru + lynx policy", cache + ["--lynx-policy", "lynx"]),
+            ("lru + cache-aware lynx", cache + aware),
+            ("activation + cache-aware lynx", cache + ["--lynx-cache-policy", "activation"] + aware)]
 
 
 def request(url: str, path: str, body: dict | None = None) -> dict:
@@ -81,11 +85,14 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--port", type=int, default=31500)
+    parser.add_argument("--arms", default=None, help="comma list of arm names to run (default: all)")
     args = parser.parse_args()
     problems = heldout_problems(args.problems, seed=77, distinct=True)
     reference: dict = {}
     with tempfile.TemporaryDirectory(prefix="offload-misses-") as log_dir:
         for name, serve_args in arms(args.slots):
+            if args.arms and name not in args.arms.split(",") and name != "no cache":  # the reference always runs
+                continue
             measure(name, serve_args, problems, args.port, Path(log_dir), reference)
 
 

@@ -21,9 +21,12 @@ from .replacement import ReplacementPolicy, replacement_policy
 
 
 def host_store(weights: torch.Tensor, pin: bool | None = None) -> torch.Tensor:
-    """A contiguous CPU copy of `weights`, pinned (page-locked) when CUDA is available (None) or asked:
-    GPU kernels read pinned memory through its device address, and only pinned memory."""
+    """`weights` as a contiguous CPU tensor, pinned (page-locked) when CUDA is available (None) or asked:
+    GPU kernels read pinned memory through its device address, and only pinned memory. Weights that are
+    already so (made in host memory at load) are taken as they are, not copied."""
     pin = torch.cuda.is_available() if pin is None else pin
+    if weights.device.type == "cpu" and weights.is_contiguous() and (weights.is_pinned() or not pin):
+        return weights.detach()
     host = torch.empty(weights.shape, dtype=weights.dtype, device="cpu", pin_memory=pin)
     host.copy_(weights.detach())
     return host

@@ -104,7 +104,14 @@ def analyse(experiment: Experiment, blocks, run_info: dict) -> dict:
 # ---- what the figures say ---------------------------------------------------------------------------
 
 def verdicts(comparison: dict) -> list[str]:
-    return [accuracy_verdict(comparison), bytes_verdict(comparison), speed_verdict(comparison)]
+    lines = [accuracy_verdict(comparison), bytes_verdict(comparison), speed_verdict(comparison)]
+    return lines + ([cache_verdict(comparison)] if comparison.get("cache_misses_per_decode_token_a") is not None else [])
+
+
+def cache_verdict(c: dict) -> str:
+    a, b = c["cache_misses_per_decode_token_a"], c["cache_misses_per_decode_token_b"]
+    change = f" ({100 * (b / a - 1):+.0f} %)" if a else ""
+    return f"expert-cache misses per decode token (all cached layers): {a:.3f} (A) vs {b:.3f} (B){change}"
 
 
 def accuracy_verdict(c: dict) -> str:

@@ -69,7 +69,19 @@ def merge_server_stats(snapshots: list[dict]) -> dict:
             merged["router_mass_dropped"] += layer["router_mass_dropped"]
             merged["fallbacks"] += layer["fallbacks"]
     per_layer = [layer_figures(layers[key]) for key in sorted(layers)]
-    return {**totals, **model_figures(per_layer, list(layers.values())), "layers": per_layer}
+    return {**totals, **model_figures(per_layer, list(layers.values())), "layers": per_layer,
+            "cache_misses_per_decode_token": cache_misses_per_decode_token(snapshots)}
+
+
+def cache_misses_per_decode_token(snapshots: list[dict]) -> float | None:
+    """Experts the expert cache copied in on demand per decode token, summed over the cached layers
+    (None: no cache, or no decode step)."""
+    misses = tokens = 0
+    for snapshot in snapshots:
+        layers = (snapshot.get("expert_cache") or {}).get("layers") or []
+        misses += sum(layer["decode_misses"] for layer in layers)
+        tokens += layers[0]["decode_tokens"] if layers else 0
+    return misses / tokens if tokens else None
 
 
 def layer_figures(merged: dict) -> dict:
@@ -167,6 +179,8 @@ def compare_arms(a: ArmData, b: ArmData, items: list[Item], summary_a: dict, sum
         "expert_bytes_fraction_b": same_step_fraction(summary_b["server"]),
         "distinct_experts_a": summary_a["server"]["distinct_experts_after"],
         "distinct_experts_b": summary_b["server"]["distinct_experts_after"],
+        "cache_misses_per_decode_token_a": summary_a["server"]["cache_misses_per_decode_token"],
+        "cache_misses_per_decode_token_b": summary_b["server"]["cache_misses_per_decode_token"],
         "tpot_median_ms_a": summary_a["tpot_ms"]["median"], "tpot_median_ms_b": summary_b["tpot_ms"]["median"],
         "throughput_ratio": throughput[0], "throughput_ratio_ci": list(throughput[1:]),
     }

@@ -60,7 +60,14 @@ def compact_stats(stats: dict) -> dict:
         **{k: stats.get(k) for k in ("policy", "params", "budget", "decode_steps", "pruned_steps", "fallback_steps",
                                      "passthrough_steps", "policy_failures")},
         "layers": [{k: layer.get(k) for k in layer_keys} for layer in stats.get("layers", [])],
+        **({"expert_cache": compact_cache_stats(stats["expert_cache"])} if stats.get("expert_cache") else {}),
     }
+
+
+def compact_cache_stats(cache: dict) -> dict:
+    """The expert cache's counts that add up across blocks (a server started with --lynx-expert-cache)."""
+    keys = ("layer", "cache_hits", "cache_misses", "decode_misses", "decode_prefetched", "decode_tokens")
+    return {"policy": cache.get("policy"), "layers": [{k: layer.get(k) for k in keys} for layer in cache["layers"]]}
 
 
 class MeasurementStore:

@@ -29,12 +29,17 @@ class CachePrefetch:
         self._previous: tuple[int, torch.Tensor] | None = None  # (row, usage) of the last call
         self._in_flight: set[int] = set()  # rows whose prefetch the step's stream has not waited for
 
-    def before_call(self, row: int, topk_ids: torch.Tensor) -> None:
-        """Layer `row` is about to compute the routing `topk_ids` [T, k]. Branches depend on rows and
-        shapes only: graph safe."""
+    def join(self, row: int) -> None:
+        """Make the step's stream wait for layer `row`'s prefetch, if one is in flight (a stream wait:
+        graph safe). Before the layer reads its maps: its routing (a cache-aware policy) or its call."""
         if row in self._in_flight:
             torch.cuda.current_stream().wait_stream(self.side)
             self._in_flight.discard(row)
+
+    def before_call(self, row: int, topk_ids: torch.Tensor) -> None:
+        """Layer `row` is about to compute the routing `topk_ids` [T, k]. Branches depend on rows and
+        shapes only: graph safe."""
+        self.join(row)
         usage = expert_usage(topk_ids, self.caches[row].num_experts)
         previous = self._previous
         if previous is not None and previous[0] == row - 1 and previous[1].shape[0] == usage.shape[0]:

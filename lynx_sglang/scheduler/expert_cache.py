@@ -1,8 +1,10 @@
 """`--lynx-expert-cache`: each MoE layer's experts in host memory, N of them resident on the device.
 
-At bind, every MoE layer lynx's kernel can compute gets an `ExpertCache` (kernels/cache/): its
-weights move to the host store and the layer's `w13_weight` / `w2_weight` become the N slots, so the
-device keeps N experts per layer. From then on every forward of the layer (prefill, decode, mixed,
+At load, each unquantized MoE layer's expert weights are made in host memory (`create_on_host`,
+pinned where CUDA is available), so the device never holds every expert: a model larger than the
+device can start, `--load-format dummy` included. At bind, every MoE layer lynx's kernel can compute
+gets an `ExpertCache` (kernels/cache/) whose host store is those weights (no copy), and the layer's
+`w13_weight` / `w2_weight` become the N slots on the device. From then on every forward of the layer (prefill, decode, mixed,
 any policy) computes through the cache: fetch the missing experts, then the active-expert kernel
 through the expert->slot map; more experts than slots stream through in rounds. Layers the kernel
 cannot compute keep every expert resident (said once in the log).
@@ -50,6 +52,7 @@ class ExpertCaches:
         self.implementation = "triton" if config.kernel == "triton" else "auto"
         self.note = note
         self.layers: dict[int, CachedLayer] = {}  # by id of the FusedMoE module
+        self.by_layer_id: dict[int, CachedLayer] = {}
         self.table: torch.Tensor | None = None
         self.compute_name: str | None = None  # lynx-triton or lynx-cpu, known once installed
 
@@ -57,23 +60,45 @@ class ExpertCaches:
     def enabled(self) -> bool:
         return self.spec is not None
 
-    def install(self, moe_layers: list) -> None:
-        """Move each computable layer's experts to a host store, keeping N in device slots."""
+    def create_on_host(self, create, method, layer, *args, **kwargs):
+        """UnquantizedFusedMoEMethod.create_weights with the cache on: the layer's parameters are made in
+        host memory, pinned where CUDA is available (a layer the cache cannot hold moves to the device
+        at bind). Layers with biases or expert parallelism, which it never holds, are made as usual."""
+        if not self.enabled or kwargs.get("with_bias") or getattr(layer, "moe_ep_size", 1) > 1:
+            return create(method, layer, *args, **kwargs)
+        before = {name for name, _ in layer.named_parameters(recurse=False)}
+        with torch.device("cpu"):
+            result = create(method, layer, *args, **kwargs)
+        for name, param in layer.named_parameters(recurse=False):
+            if name not in before and torch.cuda.is_available():
+                param.data = param.data.pin_memory()
+        layer.lynx_experts_on_host = True
+        return result
+
+    def install(self, moe_layers: list, device=None) -> None:
+        """Give each computable layer an expert cache, its N slots on `device` (default: where its
+        weights are); a layer made on the host that the cache cannot hold moves to the device."""
         if not self.enabled:
             return
-        cached, resident = [], {}
+        cached, resident, placed = [], {}, 0
         for layer in moe_layers:
-            reason = cache_unsupported(layer)
+            on_host = getattr(layer, "lynx_experts_on_host", False)
+            target = torch.device(device) if device is not None else layer.w13_weight.device
+            reason = cache_unsupported(layer, target.type == "cuda")
             if reason:
                 resident.setdefault(reason, []).append(str(layer.layer_id))
+                if on_host:
+                    for param in layer.parameters(recurse=False):
+                        param.data = param.data.to(target)
                 continue
+            placed += on_host
             num_slots = expert_cache_slots(self.spec, layer.w13_weight.shape[0])
             with torch.no_grad():
-                cache = ExpertCache(layer.w13_weight.data, layer.w2_weight.data, num_slots, self.policy)
+                cache = ExpertCache(layer.w13_weight.data, layer.w2_weight.data, num_slots, self.policy, device=target)
                 # The layer's parameters become the slots: the device now holds N experts of the layer.
                 layer.w13_weight.data = cache.slot_w13
                 layer.w2_weight.data = cache.slot_w2
-            self.layers[id(layer)] = CachedLayer(layer, cache, len(cached))
+            self.layers[id(layer)] = self.by_layer_id[layer.layer_id] = CachedLayer(layer, cache, len(cached))
             cached.append(cache)
         for reason, layer_ids in resident.items():
             self.note(f"MoE layers with {reason} keep every expert resident, the expert cache needs lynx's kernel "
@@ -90,13 +115,24 @@ class ExpertCaches:
         self.compute_name = "lynx-triton" if on_triton else "lynx-cpu"
         host_mb = sum(c.num_experts * c.expert_bytes for c in cached) / 1e6
         logger.info("lynx-sglang: expert cache: %d of %d experts resident per MoE layer on %d layers (policy %s); "
-                    "%.1f MB of experts in %shost memory, %.1f MB in device slots; computed by %s", first.num_slots,
-                    first.num_experts, len(cached), self.policy, host_mb,
-                    "pinned " if first.host_w13.is_pinned() else "", sum(c.num_slots * c.expert_bytes for c in cached) / 1e6,
-                    self.compute_name)  # fmt: skip
+                    "%.1f MB of experts in %shost memory (%d layers made there at load), %.1f MB in device slots; "
+                    "computed by %s", first.num_slots, first.num_experts, len(cached), self.policy, host_mb,
+                    "pinned " if first.host_w13.is_pinned() else "", placed,
+                    sum(c.num_slots * c.expert_bytes for c in cached) / 1e6, self.compute_name)  # fmt: skip
 
     def holds(self, layer) -> bool:
         return id(layer) in self.layers
+
+    def resident_for(self, layer_id: int) -> torch.Tensor | None:
+        """[E] bool on the device: the experts layer `layer_id` holds now, for a policy with
+        prefer_resident (None: the layer is not cached). Called by the routing, before the layer's call:
+        the layer's prefetch is joined first, so the mask includes what it brought in."""
+        cached = self.by_layer_id.get(layer_id)
+        if cached is None:
+            return None
+        if self.prefetch is not None:
+            self.prefetch.join(cached.row)
+        return cached.cache.resident
 
     def compute(self, step: Step | None, layer, dispatch_output):
         """The layer's output through its cache, as SGLang's combine input."""
@@ -165,9 +201,9 @@ class ExpertCaches:
         return used / prefetched if self.prefetch_on and prefetched else None
 
 
-def cache_unsupported(layer) -> str | None:
+def cache_unsupported(layer, on_cuda: bool | None = None) -> str | None:
     """Why a layer keeps every expert resident (None: the cache can hold it)."""
-    reason = active_kernel_unsupported(layer, getattr(layer, "quant_method", None))
+    reason = active_kernel_unsupported(layer, getattr(layer, "quant_method", None), on_cuda)
     if reason:
         return reason
     if getattr(layer, "num_fused_shared_experts", 0):

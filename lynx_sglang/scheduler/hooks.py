@@ -5,6 +5,7 @@
     ModelRunner.load_model                AFTER   bind the runtime to the loaded MoE layers
     ForwardBatch.init_new                 AFTER   remember how many rows of a mixed batch are decode
     select_experts                        AROUND  apply the policy to the top-k of pruned steps
+    UnquantizedFusedMoEMethod.create_weights  AROUND  with the expert cache: experts made in host memory
     UnquantizedFusedMoEMethod.apply       AROUND  compute only the active experts (lynx kernels); the expert cache
     DecodeCudaGraphRunner.can_run_graph   AROUND  replay graphs only if they hold the current policy
     Scheduler.handle_rpc_request          AROUND  answer lynx control requests between steps
@@ -37,6 +38,8 @@ def register(register_hook, config: LynxConfig) -> None:
     register_hook("sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new", after_forward_batch_init,
                   "AFTER")
     register_hook("sglang.srt.layers.moe.topk.select_experts", around_select_experts, "AROUND")
+    register_hook("sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.create_weights",
+                  around_create_moe_weights, "AROUND")
     register_hook("sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.apply", around_moe_apply,
                   "AROUND")
     register_hook("sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.can_run_graph",
@@ -89,6 +92,12 @@ def around_select_experts(original, hidden_states, router_logits, topk_config, *
         output, router_logits, topk_config, kwargs.get("layer_id"), kwargs.get("num_token_non_padded"),
         kwargs.get("expert_location_dispatch_info"), step,
     )  # fmt: skip
+
+
+def around_create_moe_weights(original, method, layer, *args, **kwargs):
+    if runtime is None:
+        return original(method, layer, *args, **kwargs)
+    return runtime.caches.create_on_host(original, method, layer, *args, **kwargs)
 
 
 def around_moe_apply(original, method, layer=None, dispatch_output=None, *args, **kwargs):

@@ -38,13 +38,20 @@ def read_model(model_runner) -> LoadedModel | None:
     first = moe_layers[0]
     return LoadedModel(
         layers=[layer_info(m, top_k) for m in moe_layers],
-        device=first.w13_weight.device,
+        device=model_device(model_runner.model, first.w13_weight.device),
         name=getattr(hf_config, "_name_or_path", "") or str(model_runner.model_config.model_path),
         tp_size=get_parallel().tp_size,
         calibration=(first.w13_weight, first.w2_weight, first.moe_runner_config.activation),
         passthrough=passthrough_layers(model_runner.model),
         moe_modules=tuple(moe_layers),
     )
+
+
+def model_device(model, default: torch.device) -> torch.device:
+    """Where the model computes: the device of its first parameter that is not an expert weight (with
+    the expert cache, experts are made in host memory at load)."""
+    experts = ("w13_weight", "w2_weight", "w13_weight_bias", "w2_weight_bias")
+    return next((p.device for name, p in model.named_parameters() if not name.endswith(experts)), default)
 
 
 def layer_info(layer, model_top_k: int | None) -> MoeLayerInfo:
@@ -125,11 +132,13 @@ def renormalizes(topk_config) -> bool:
     return topk_config.renormalize and not scales
 
 
-def active_kernel_unsupported(layer, method) -> str | None:
+def active_kernel_unsupported(layer, method, on_cuda: bool | None = None) -> str | None:
     """Why lynx's kernel cannot compute this layer (None: it can). Only unquantized gated experts
-    with SiLU/GELU, no biases and no expert parallelism are supported."""
+    with SiLU/GELU, no biases and no expert parallelism are supported. on_cuda: whether the layer
+    computes on CUDA (None: where its weights are; experts in host memory compute on the device)."""
     config = layer.moe_runner_config
     weight = getattr(layer, "w13_weight", None)
+    on_cuda = (weight is not None and weight.is_cuda) if on_cuda is None else on_cuda
     checks = (
         (weight is None or weight.dtype not in (torch.float32, torch.float16, torch.bfloat16),
          "quantized or non-float expert weights"),
@@ -144,7 +153,7 @@ def active_kernel_unsupported(layer, method) -> str | None:
         (getattr(method, "_aiter_runner", None) is not None, "the aiter MoE backend"),
         (config.routed_scaling_factor not in (None, 1.0) and not getattr(
             layer, "should_fuse_routed_scaling_factor_in_topk", False), "a routed scaling factor"),
-        (weight is not None and weight.is_cuda and _runner_backend(method) not in (None, "triton"),
+        (on_cuda and _runner_backend(method) not in (None, "triton"),
          f"the {_runner_backend(method)} MoE backend"),
     )  # fmt: skip
     return next((reason for failed, reason in checks if failed), None)

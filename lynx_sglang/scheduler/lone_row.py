@@ -7,7 +7,7 @@ baseline, lynx with tie_break "mass", lynx-v1, oea, coverage, anchor, and budget
 Not static-topk (fewer slots), random (its own set) or lynx with tie_break "index"; a policy of another
 package says so with the same attribute. The budget must leave k experts: none, experts=N or
 fraction=F giving N >= k, mass=1; not a smaller cap, mass < 1 (it may cut the row's weakest expert) or
-tpot_ms (the controller's cap moves).
+tpot_ms (the controller's cap moves). Nor a policy with prefer_resident under --lynx-expert-cache.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from lynx_sglang.config import Budget
 from lynx_sglang.policies import ExpertBudget
 
 
-def policy_keeps_lone_row(policy) -> bool:
+def policy_keeps_lone_row(policy, cache_on: bool = False) -> bool:
     """What `policy.select` does with one row and no cap: keep the model's routing (skipping it here
-    is then the same as calling it)."""
+    is then the same as calling it). Not with prefer_resident and an expert cache: a lone row may then
+    take a resident expert it accepts, to save a copy."""
+    if cache_on and getattr(policy, "prefer_resident", False):
+        return False
     return bool(getattr(policy, "keeps_lone_row", False))
 
 

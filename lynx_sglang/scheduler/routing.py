@@ -26,8 +26,10 @@ from lynx_sglang.scheduler.step import Step
 
 class Router:
     def __init__(self, settings: PolicySettings, bookkeeping: Bookkeeping, stats: RoutingStats,
-                 decisions: DecisionDigest | None, note: NoteOnce):  # fmt: skip
+                 decisions: DecisionDigest | None, note: NoteOnce, resident_of=None):  # fmt: skip
         self.settings = settings
+        # layer id -> [E] bool of the experts its cache holds now, or None (expert_cache.py)
+        self.resident_of = resident_of or (lambda layer_id: None)
         self.bookkeeping = bookkeeping
         self.stats = stats
         self.decisions = decisions  # tensor parallel only: each rank's decisions, comparable
@@ -138,6 +140,8 @@ class Router:
             if not _takes(type(policy), "router"):
                 raise TypeError(f"policy {policy.name!r} does not take router= and the layer's router is {router.kind}")
             options["router"] = router
+        if getattr(policy, "prefer_resident", False) and _takes(type(policy), "resident"):
+            options["resident"] = self.resident_of(layer_id)  # None for a layer without a cache
         decision = policy.select(logits, ids, weights, num_real=num_real, layer_id=layer_id,
                                  budget=settings.budget_for(num_experts), **options)  # fmt: skip
         new_ids, new_weights = decision.topk_ids, decision.topk_weights

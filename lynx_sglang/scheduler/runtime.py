@@ -57,7 +57,7 @@ class LynxRuntime:
                          calibration=model.calibration)  # fmt: skip
         for layer_id, reason in sorted(model.passthrough.items()):
             self.router.pass_through(layer_id, reason)
-        self.caches.install(list(model.moe_modules))
+        self.caches.install(list(model.moe_modules), model.device)
 
     def bind_layers(self, layers: list[MoeLayerInfo], device, model_name: str, *, tp_size: int = 1,
                     calibration=None, backend: str | None = None) -> None:  # fmt: skip
@@ -72,7 +72,8 @@ class LynxRuntime:
         self.decisions = DecisionDigest(layers, device) if tp_size > 1 else None
         # a table that does not parse stops the server here, naming its file
         self.expert_compute = ExpertCompute(self.settings, self.note, table_for(self.initial_config.kernel, device))
-        self.router = Router(self.settings, self.bookkeeping, self.stats, self.decisions, self.note)
+        self.router = Router(self.settings, self.bookkeeping, self.stats, self.decisions, self.note,
+                             self.caches.resident_for)  # fmt: skip
         self.graph_signature = self.settings.signature()
         self.graph_lone_row_kept = self.settings.lone_row_kept
         self.bound = True

@@ -73,7 +73,7 @@ class PolicySettings:
         for num_experts, expert_budget in self.budgets.items():
             self._fill_budget(num_experts, expert_budget)
         self.lone_row_kept = all(
-            policy_keeps_lone_row(self.policy_for(num_experts, top_k, True))
+            policy_keeps_lone_row(self.policy_for(num_experts, top_k, True), config.expert_cache is not None)
             and budget_keeps_lone_row(config.parsed_budget, self.budgets[num_experts], top_k)
             for num_experts, top_k in {(info.num_experts, info.top_k) for info in self.layers}
         )

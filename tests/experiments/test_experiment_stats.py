@@ -102,6 +102,20 @@ def test_server_stats_merge_weights_means_by_steps_and_bytes_by_tokens():
     assert merged["decode_batch"] == pytest.approx(2000 / 80)  # decode tokens per step, every layer counted alike
     assert merged["expert_bytes_per_decode_token_before"] == pytest.approx(
         sum(l["expert_bytes_per_decode_token_before"] for l in merged["layers"]))
+    assert merged["cache_misses_per_decode_token"] is None  # no expert cache on that server
+
+
+def test_expert_cache_misses_add_up_over_blocks_and_layers():
+    from lynx_sglang.experiments.store import compact_stats
+
+    def served(misses, tokens):
+        cache = {"policy": "lru", "cache_hits": 0, "layers": [
+            {"layer": i, "cache_hits": 5, "cache_misses": m + 1, "decode_misses": m, "decode_prefetched": 0,
+             "decode_tokens": tokens, "slots": 2} for i, m in enumerate(misses)]}
+        return compact_stats({"decode_steps": 1, "layers": [layer(0, 1, tokens, 2.0, 2.0)], "expert_cache": cache})
+
+    merged = merge_server_stats([served([3, 5], 10), served([1, 1], 30)])
+    assert merged["cache_misses_per_decode_token"] == pytest.approx((3 + 5 + 1 + 1) / 40)
 
 
 def test_blocks_cover_the_items_and_arms_alternate():

@@ -6,7 +6,7 @@ import urllib.request
 import pytest
 from live_server import RunningServer, get_json, post
 
-from lynx_sglang.embedded.task import heldout_problems
+from lynx_sglang.embedded.task import heldout_problems, score
 
 pytestmark = pytest.mark.slow
 
@@ -72,10 +72,22 @@ def test_other_cache_sizes_policies_and_kernels_answer_exactly_as_without_the_ca
         srv.stop()
 
 
+def test_random_weights_are_made_on_the_host_too(tmp_path):
+    """--load-format dummy (random weights, no checkpoint read): the experts are made in host memory
+    and filled there, so a model larger than the device can start; the server answers."""
+    srv = started(["--lynx-expert-cache", "2", "--load-format", "dummy"], tmp_path / "server.log")
+    try:
+        assert len(greedy(srv, PROBLEMS[:2], concurrency=2)) == 2
+        assert "host memory (4 layers made there at load)" in srv.log_path.read_text()
+    finally:
+        srv.stop()
+
+
 def test_baseline_with_a_quarter_of_the_experts_resident_answers_exactly_as_without_the_cache(uncached_outputs, cached):
     assert greedy(cached, PROBLEMS) == uncached_outputs
     log = cached.log_path.read_text()
     assert "expert cache: 2 of 8 experts resident per MoE layer on 4 layers (policy lru)" in log
+    assert "host memory (4 layers made there at load)" in log  # the loader made the experts on the host
 
 
 def test_stats_count_hits_and_misses_per_layer(cached):
@@ -113,3 +125,30 @@ def test_the_cache_setting_is_fixed_while_serving(cached):
     policy = get_json(cached.url + "/lynx/policy")
     assert policy["expert_cache"] == "25%" and policy["cache_policy"] == "lru" and policy["cache_prefetch"] is False
     assert policy["expert_compute"] == {str(layer): "lynx-cpu through the expert cache" for layer in range(4)}
+
+
+def misses_and_accuracy(server, policy_request, problems, concurrency):
+    """(expert-cache misses per decode token over the MoE layers, accuracy) after switching the policy."""
+    auth = {"Authorization": "Bearer t0ken"}
+    status, reply = post(server.url + "/lynx/policy", policy_request, headers=auth)
+    assert status == 200, reply
+    post(server.url + "/lynx/stats/reset", {}, headers=auth)
+    answers = greedy(server, [p.prompt for p in problems], concurrency=concurrency)
+    layers = get_json(server.url + "/lynx/stats")["expert_cache"]["layers"]
+    return sum(layer["decode_misses"] for layer in layers) / layers[0]["decode_tokens"], score(problems, answers).accuracy
+
+
+# Last in the module: it switches the cached server's policy (and back).
+def test_a_cache_aware_policy_copies_fewer_experts_even_for_a_lone_row(cached):
+    """prefer_resident is the one setting under which a lone row's routing may change: with lynx, a token
+    trades its second expert for a resident one it rates in the same bin."""
+    problems = heldout_problems(40, seed=43)
+    try:
+        plain = misses_and_accuracy(cached, {"policy": "baseline"}, problems, 1)
+        aware = misses_and_accuracy(cached, {"policy": "lynx", "params": {"prefer_resident": True}}, problems, 1)
+        state = get_json(cached.url + "/lynx/policy")
+    finally:
+        post(cached.url + "/lynx/policy", {"policy": "baseline"}, headers={"Authorization": "Bearer t0ken"})
+    assert state["params"] == {"prefer_resident": True}
+    assert aware[0] < 0.75 * plain[0], (aware, plain)
+    assert aware[1] >= plain[1] - 0.1, (aware, plain)

@@ -46,7 +46,11 @@ def test_a_new_cache_holds_the_first_experts_and_the_rest_on_the_host():
     cache = ExpertCache(w13, w2, 3)
     assert cache.expert_to_slot.tolist() == [0, 1, 2, -1, -1, -1, -1, -1]
     assert cache.slot_w13.shape == (3, 2 * I, H) and cache.host_w13.shape == (E, 2 * I, H)
-    assert torch.equal(cache.host_w13, w13) and cache.host_w13.data_ptr() != w13.data_ptr()
+    # weights already in (CPU) host memory are the host store, not copied; the slots are copies
+    assert cache.host_w13.data_ptr() == w13.data_ptr() and cache.slot_w13.data_ptr() != w13.data_ptr()
+    assert torch.equal(cache.slot_w13, w13[:3])
+    strided = ExpertCache(w13.transpose(1, 2).contiguous().transpose(1, 2), w2, 3)  # not contiguous: copied
+    assert strided.host_w13.is_contiguous() and torch.equal(strided.host_w13, w13)
     assert cache.expert_bytes == (2 * I * H + H * I) * 4
     assert cache.resident.tolist() == [True] * 3 + [False] * 5
     check_consistent(cache)

@@ -214,3 +214,21 @@ def test_inductor_compiled_select_matches_eager(name):
     want = policy.select(logits, ids, weights, torch.tensor(30), implementation="torch")
     assert torch.equal(got.topk_ids, want.topk_ids) and torch.equal(got.active_mask, want.active_mask)
     torch.testing.assert_close(got.topk_weights, want.topk_weights)
+
+
+@pytest.mark.parametrize("name,params", [("lynx", {}), ("oea", {}), ("anchor", {}), ("anchor", {"fill_to_k": False})])
+def test_cache_aware_policies_compile_fullgraph_with_a_resident_mask(name, params):
+    logits, ids, weights = compile_inputs()
+    policy = get_policy(name, 16, 4, prefer_resident=True, **params)
+    resident = torch.zeros(16, dtype=torch.bool)
+    resident[[1, 5, 6, 11]] = True
+    torch._dynamo.reset()
+    graphs = []
+    compiled = torch.compile(policy.select, fullgraph=True, backend=recording_backend(graphs))
+    got = compiled(logits, ids, weights, torch.tensor(5), layer_id=0, resident=resident)
+    want = policy.select(logits, ids, weights, torch.tensor(5), layer_id=0, implementation="torch", resident=resident)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b), name
+    assert graphs
+    for graph_module in graphs:
+        assert_static(graph_module, name)

@@ -201,3 +201,12 @@ def test_cache_settings_from_every_source(tmp_path):
         build_config({"expert_cache": "2"}, {"LYNX_CACHE_PREFETCH": "maybe"})
     cached = LynxConfig(expert_cache="25%", cache_policy="activation", cache_prefetch=True)
     assert LynxConfig.from_env({CONFIG_ENV: cached.to_env()}) == cached
+
+
+def test_prefer_resident_needs_the_expert_cache():
+    from lynx_sglang.policy_setup import validate_settings
+
+    with pytest.raises(ConfigError, match="prefer_resident.*--lynx-expert-cache"):
+        validate_settings(LynxConfig(policy="lynx", params={"prefer_resident": True}))
+    validate_settings(LynxConfig(policy="lynx", params={"prefer_resident": True}, expert_cache="2"))
+    validate_settings(LynxConfig(policy="lynx", params={"prefer_resident": False}))

@@ -135,3 +135,34 @@ def test_prefetch_off_reports_no_accuracy():
     figures = caches.snapshot()
     assert figures["prefetch"] is False and figures["prefetch_accuracy"] is None
     assert figures["layers"][0]["prefetch_accuracy"] is None and caches.prefetch is None
+
+
+def test_the_resident_mask_a_cache_aware_policy_reads_follows_the_cache():
+    caches, layers, _, _ = installed("2")
+    assert caches.resident_for(7) is None  # not a cached layer
+    assert caches.resident_for(0).tolist() == [True, True] + [False] * (E - 2)  # the slots start with 0..N-1
+    output = dispatched(1, 5)
+    caches.compute(Step("decode", True, 1), layers[0], output)  # its two experts now fill the two slots
+    assert torch.nonzero(caches.resident_for(0)).flatten().tolist() == sorted(output.topk_output.topk_ids[0].tolist())
+
+
+def test_experts_made_in_host_memory_at_load_become_the_host_store_without_a_copy():
+    """The create_weights hook (scheduler/hooks.py) makes a layer's parameters under the host device; at
+    bind the cache takes them as its host store, so no second copy of every expert exists."""
+    caches = ExpertCaches(LynxConfig(expert_cache="2"), NoteOnce())
+
+    def create_weights(method, layer, **kwargs):  # what UnquantizedFusedMoEMethod.create_weights registers
+        layer.register_parameter("w13_weight", torch.nn.Parameter(torch.randn(E, 2 * I, H), requires_grad=False))
+        layer.register_parameter("w2_weight", torch.nn.Parameter(torch.randn(E, H, I), requires_grad=False))
+
+    layer = MoeLayer(0, 1)
+    del layer.w13_weight, layer.w2_weight
+    caches.create_on_host(create_weights, None, layer, with_bias=False)
+    assert layer.lynx_experts_on_host and layer.w13_weight.device.type == "cpu"
+    host_pointer = layer.w13_weight.data_ptr()
+    caches.install([layer], "cpu")
+    cache = caches.layers[id(layer)].cache
+    assert cache.host_w13.data_ptr() == host_pointer and layer.w13_weight.shape[0] == 2
+    biased = MoeLayer(1, 2)
+    caches.create_on_host(lambda method, layer, **kwargs: None, None, biased, with_bias=True)
+    assert not getattr(biased, "lynx_experts_on_host", False)  # the cache never holds a layer with biases

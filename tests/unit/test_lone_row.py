@@ -73,3 +73,10 @@ def test_budgets_keep_a_lone_row_only_when_they_leave_it_k_experts():
     assert keeps(None) and keeps("experts=2") and keeps("fraction=0.25") and keeps("mass=1")
     assert not keeps("experts=1") and not keeps("fraction=0.1") and not keeps("mass=0.99")
     assert not keeps("tpot_ms=50")
+
+
+def test_a_cache_aware_policy_keeps_a_lone_row_only_without_the_cache():
+    for name in ("lynx", "oea", "anchor"):
+        policy = get_policy(name, 8, 2, prefer_resident=True)
+        assert policy_keeps_lone_row(policy) and not policy_keeps_lone_row(policy, cache_on=True)
+        assert policy_keeps_lone_row(get_policy(name, 8, 2), cache_on=True)

@@ -3,7 +3,7 @@
 # repository, into a temporary folder beside the machine's own torch and Triton, then runs one stage of scripts/gpu_stages.py
 # within a time limit and writes its results to OUTDIR.
 #
-#   bash scripts/gpu-serve.sh OUTDIR [STAGE]     STAGE: smoke (default), mixtral, qwen3, routers, compute, correctness
+#   bash scripts/gpu-serve.sh OUTDIR [STAGE]     STAGE: smoke (default), mixtral, qwen3, routers, compute, correctness, offload
 #   KIT=.gpu-kit        where the kit lies (default .gpu-kit)
 #   STAGE_SECONDS=540   the stage's time limit; what it finished by then stays in OUTDIR
 #   PYTHON=python3      the machine's Python with its torch and Triton

@@ -14,6 +14,10 @@ correctness  the embedded model's greedy answers against this repository's CPU a
              baseline through the lynx kernel against SGLang's on the dummy Mixtral shape (64 prompts x
              32 tokens); a live budget switch under CUDA graphs (experts per layer and TPOT before, after,
              and after a policy switch that leaves the graphs)
+offload      expert offload on mixtral-8x7b reduced to 8 layers, 2 of 8 experts resident per layer:
+             TPOT and bytes copied per decode token at batch 1 and 8 with every expert resident, LRU,
+             activation-aware and LRU under the cache-aware lynx; the host-to-device bandwidth (copy
+             engine and the cache's Triton copy kernel) as the bound (OUTDIR/offload.json)
 reference    (on a CPU) writes scripts/data/embedded-greedy-cpu.json, the answers `correctness` compares to
 
 Each stage writes OUTDIR/<stage>.json (and the bench stages OUTDIR/<stage>-serve.json in the schema of
@@ -245,8 +249,103 @@ def correctness(stage: Stage) -> None:
         check_live_switch(stage, shape_dir)
 
 
+OFFLOAD_CACHE = ["--lynx-expert-cache", "2"]
+OFFLOAD_ARMS = [("all resident", "baseline", []), ("lru", "baseline", OFFLOAD_CACHE),
+                ("activation", "baseline", OFFLOAD_CACHE + ["--lynx-cache-policy", "activation"]),
+                ("lru, cache-aware lynx", "lynx", OFFLOAD_CACHE + ["--lynx-param", "prefer_resident=true"])]
+
+
+def copy_bandwidth() -> dict:
+    """Host-to-device GB/s from pinned memory: the copy engine (tensor.copy_) and the expert cache's Triton
+    copy kernel, which reads pinned memory through its device address (what a decode step's misses use)."""
+    import torch
+
+    from lynx_sglang.kernels.cache import ExpertCache
+
+    if not torch.cuda.is_available():  # a rehearsal on a CPU: nothing to measure
+        return {"copy_engine_gb_s": None, "cache_copy_kernel_gb_s": None}
+
+    def timed(run, nbytes, repeats=5) -> float:
+        run()
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        torch.cuda.synchronize()
+        return round(repeats * nbytes / (time.perf_counter() - started) / 1e9, 2)
+
+    host = torch.empty(1 << 30, dtype=torch.uint8, pin_memory=True)
+    device = torch.empty_like(host, device="cuda")
+    engine = timed(lambda: device.copy_(host, non_blocking=True), host.numel())
+    del host, device
+    # 8 experts of a quarter of Mixtral's width (50 MB each), 4 slots: each fetch replaces all four
+    w13 = torch.randn(8, 2 * 3584, 4096, dtype=torch.bfloat16)
+    cache = ExpertCache(w13, torch.randn(8, 4096, 3584, dtype=torch.bfloat16), 4, device="cuda")
+    halves = [torch.arange(8, device="cuda") >= 4, torch.arange(8, device="cuda") < 4]
+    state = {"turn": 0}
+
+    def fetch() -> None:
+        state["turn"] ^= 1
+        cache.fetch(halves[state["turn"]], "triton")
+
+    kernel = timed(fetch, 4 * cache.expert_bytes, repeats=6)
+    return {"copy_engine_gb_s": engine, "cache_copy_kernel_gb_s": kernel}
+
+
+def offload_level(server: ManagedServer, batch: int, prompt_rng: random.Random) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lynx_sglang.tools.bench.serve import stream_one
+
+    admin = AdminClient(server.url, server.token)
+    admin.reset_stats()
+    prompts = [[prompt_rng.randrange(10, 90) for _ in range(128)] for _ in range(2 * batch)]
+    with ThreadPoolExecutor(max_workers=batch) as pool:
+        tpots = sorted(t for t, _ in pool.map(lambda p: stream_one(server.url, p, 16), prompts))
+    cache = admin.stats().get("expert_cache") or {}
+    layers = cache.get("layers") or []
+    tokens = layers[0]["decode_tokens"] if layers else 0
+    return {"batch": batch, "tpot_median_ms": tpots[len(tpots) // 2], "decode_tokens": tokens,
+            "misses_per_decode_token": sum(layer["decode_misses"] for layer in layers) / tokens if tokens else 0.0,
+            "bytes_copied_per_decode_token": cache.get("cache_bytes_copied_per_decode_token", 0.0)}
+
+
+def offload(stage: Stage) -> None:
+    from lynx_sglang.tools.bench.models import describe_device, resolve_model
+
+    import torch
+
+    stage.results.update(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (a rehearsal)",
+                         commit=os.environ.get("LYNX_COMMIT", ""))
+    stage.results["bandwidth"] = copy_bandwidth()
+    print(f"[offload] host-to-device: {stage.results['bandwidth']}", flush=True)
+    shape = os.environ.get("SHAPE", "mixtral-8x7b,num_hidden_layers=8")
+    model = resolve_model(None, shape, [], describe_device(), stage.logs)
+    stage.results.update(shape=shape, rows=[])
+    for label, policy, arm_args in OFFLOAD_ARMS:
+        args = ["--load-format", "dummy", "--dtype", "bfloat16", "--cuda-graph-bs-decode", "1", "8", *arm_args]
+        graphs = True
+        try:
+            server = stage.server(label, policy, str(model.path), args)
+        except Exception as error:  # noqa: BLE001 - say it, then try without CUDA graphs
+            print(f"[offload] {label}: no healthy server with CUDA graphs ({error}); again with --disable-cuda-graph")
+            graphs = False
+            server = stage.server(f"{label} (eager)", policy, str(model.path), args + ["--disable-cuda-graph"])
+        try:
+            for batch in (1, 8):
+                row = {"arm": label, "cuda_graphs": graphs, **offload_level(server, batch, random.Random(batch))}
+                rate = stage.results["bandwidth"]["copy_engine_gb_s"]
+                # per step: the batch's copies at the copy engine's rate
+                row["copy_bound_ms"] = round(row["bytes_copied_per_decode_token"] * batch / (rate * 1e6), 3) if rate else None
+                stage.results["rows"].append(row)
+                print(f"[offload] {row}", flush=True)
+                stage.save()
+        finally:
+            stage.stop(server, label)
+
+
 STAGES = {"smoke": smoke, "mixtral": mixtral, "qwen3": qwen3, "routers": routers, "compute": compute, "correctness": correctness,
-          "reference": reference}
+          "offload": offload, "reference": reference}
 
 
 def main(argv: list[str]) -> int:

@@ -38,7 +38,8 @@ def arms(slots: int) -> list[tuple[str, list[str]]]:
             ("lru + prefetch", baseline + cache + ["--lynx-cache-prefetch"]),
             ("lru + lynx policy", cache + ["--lynx-policy", "lynx"]),
             ("lru + cache-aware lynx", cache + aware),
-            ("activation + cache-aware lynx", cache + ["--lynx-cache-policy", "activation"] + aware)]
+            ("activation + cache-aware lynx", cache + ["--lynx-cache-policy", "activation"] + aware),
+            ("lru + prefetch + cache-aware lynx", cache + ["--lynx-cache-prefetch"] + aware)]
 
 
 def request(url: str, path: str, body: dict | None = None) -> dict:

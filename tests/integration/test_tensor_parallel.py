@@ -1,7 +1,8 @@
 """`lynx-sglang serve --tp 2 --lynx-policy lynx` on the embedded model, on this CPU with the default
 core binding: every rank takes the same decision at every pruned step (their decision digests in
-`/lynx/stats` agree), and the greedy answers match one rank's on 100 problems. Two servers, one
-after the other (the two-rank one first)."""
+`/lynx/stats` agree), and the greedy answers match one rank's on 100 problems; with the expert cache
+and the cache-aware lynx, each rank caches its own shards and the ranks still decide alike. Three
+servers, one after the other."""
 
 import json
 import re
@@ -42,7 +43,9 @@ def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tensor-parallel")
     # An empty binding counts as unset: the launcher's default applies whatever the caller's environment holds.
     tp2 = serve_and_solve(["--tp", "2"], folder / "tp2.log", env={"SGLANG_CPU_OMP_THREADS_BIND": ""})
-    return {"tp2": tp2, "tp1": serve_and_solve([], folder / "tp1.log")}
+    cached = serve_and_solve(["--tp", "2", "--lynx-expert-cache", "25%", "--lynx-param", "prefer_resident=true"],
+                             folder / "tp2-cache.log", env={"SGLANG_CPU_OMP_THREADS_BIND": ""})  # fmt: skip
+    return {"tp2": tp2, "tp2-cache": cached, "tp1": serve_and_solve([], folder / "tp1.log")}
 
 
 def test_each_rank_runs_on_its_own_default_core_set(runs):
@@ -85,3 +88,16 @@ def test_greedy_answers_agree_with_one_rank(runs):
     print(f"tp 2 vs tp 1, lynx, {len(PROBLEMS)} problems at concurrency {CONCURRENCY}: {agreeing} answers agree; "
           f"accuracy {accuracy}")
     assert agreeing >= MIN_AGREEING, (agreeing, accuracy)
+
+
+def test_with_the_expert_cache_each_rank_caches_its_shards_and_the_ranks_decide_alike(runs):
+    """The resident masks a cache-aware policy reads are each rank's own, and equal: the same routing
+    fetches the same experts on every rank (a rank holds its half of each expert's intermediate rows)."""
+    run = runs["tp2-cache"]
+    stats = run["stats"]
+    assert stats["pruned_steps"] > 0 and stats["fallback_steps"] == 0 and stats["ranks_agree"] is True
+    assert stats["expert_cache"]["cache_misses"] > 0
+    # 4 layers x 8 experts x 393 KB (fp32), half of it per rank: 6.3 MB in host memory on each
+    assert run["log"].count("6.3 MB of experts in host memory") == 2, run["log"][-3000:]
+    solved = score(PROBLEMS, run["completions"]).accuracy
+    assert solved >= score(PROBLEMS, runs["tp2"]["completions"]).accuracy - 0.05

@@ -4,10 +4,10 @@ At load, each unquantized MoE layer's expert weights are made in host memory (`c
 pinned where CUDA is available), so the device never holds every expert: a model larger than the
 device can start, `--load-format dummy` included. At bind, every MoE layer lynx's kernel can compute
 gets an `ExpertCache` (kernels/cache/) whose host store is those weights (no copy), and the layer's
-`w13_weight` / `w2_weight` become the N slots on the device. From then on every forward of the layer (prefill, decode, mixed,
-any policy) computes through the cache: fetch the missing experts, then the active-expert kernel
-through the expert->slot map; more experts than slots stream through in rounds. Layers the kernel
-cannot compute keep every expert resident (said once in the log).
+`w13_weight` / `w2_weight` become the N slots on the device. From then on every forward of the
+layer (prefill, decode, mixed, any policy) computes through the cache: fetch the missing experts,
+then the active-expert kernel through the expert->slot map; more experts than slots stream through in
+rounds. Layers the kernel cannot compute keep every expert resident (said once in the log).
 
 With `--lynx-cache-prefetch`, each cached layer's call first prefetches the next one's likely
 experts (cache_prefetch.py).
@@ -25,7 +25,7 @@ import torch
 from lynx_sglang.config import LynxConfig, expert_cache_slots
 from lynx_sglang.kernels.cache import ExpertCache, moe_through_cache
 from lynx_sglang.scheduler.cache_prefetch import CachePrefetch
-from lynx_sglang.scheduler.introspection import active_kernel_unsupported
+from lynx_sglang.scheduler.introspection import active_kernel_unsupported, moe_output_scale
 from lynx_sglang.scheduler.log import NoteOnce, logger
 from lynx_sglang.scheduler.step import Step
 
@@ -37,6 +37,7 @@ class CachedLayer:
         self.layer_id = layer.layer_id
         self.cache = cache
         self.row = row
+        self.scale = moe_output_scale(layer, cache.slot_w13.is_cuda)  # as SGLang's compute scales its output
         self.activation = layer.moe_runner_config.activation
         self.tp_size = getattr(layer, "moe_tp_size", 1)  # bytes are reported for the whole expert
 
@@ -152,7 +153,7 @@ class ExpertCaches:
         if step is not None and step.mode == "decode":  # static per step: a captured graph adds the same way
             figures += [misses, prefetched, (topk.topk_ids >= 0).any(dim=1).sum().to(torch.float64)]
         row[: len(figures)].add_(torch.stack(figures))
-        return StandardCombineInput(hidden_states=result.out)
+        return StandardCombineInput(hidden_states=result.out if cached.scale == 1.0 else result.out.mul_(cached.scale))
 
     def describe(self) -> dict[str, str]:
         """What computes each cached layer (every forward), as GET /lynx/policy shows it."""
@@ -207,5 +208,5 @@ def cache_unsupported(layer, on_cuda: bool | None = None) -> str | None:
     if reason:
         return reason
     if getattr(layer, "num_fused_shared_experts", 0):
-        return "fused shared experts (always resident)"
+        return "fused shared experts (serve with --disable-shared-experts-fusion to cache the routed ones)"
     return None

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from lynx_sglang.scheduler.compute_table import ComputeTable, LayerShape
-from lynx_sglang.scheduler.introspection import active_kernel_unsupported, layer_shape
+from lynx_sglang.scheduler.introspection import active_kernel_unsupported, layer_shape, moe_output_scale
 from lynx_sglang.scheduler.log import NoteOnce
 from lynx_sglang.scheduler.settings import PolicySettings
 from lynx_sglang.scheduler.step import Step
@@ -130,7 +130,8 @@ class ActiveExpertCompute:
         compute = kernels.fused_moe_active_triton if self.force_triton else kernels.fused_moe_active
         out = compute(hidden, layer.w13_weight, layer.w2_weight, topk.topk_ids, topk.topk_weights, None,
                       layer.moe_runner_config.activation)
-        return StandardCombineInput(hidden_states=out)
+        scale = moe_output_scale(layer, hidden.is_cuda)
+        return StandardCombineInput(hidden_states=out if scale == 1.0 else out.mul_(scale))
 
 
 def distinct_ids_per_row(topk_ids: torch.Tensor, topk_weights: torch.Tensor,

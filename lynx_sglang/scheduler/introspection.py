@@ -151,12 +151,21 @@ def active_kernel_unsupported(layer, method, on_cuda: bool | None = None) -> str
         (config.no_combine, "no-combine output"),
         (getattr(layer, "use_intel_amx_backend", False), "the Intel AMX backend"),
         (getattr(method, "_aiter_runner", None) is not None, "the aiter MoE backend"),
-        (config.routed_scaling_factor not in (None, 1.0) and not getattr(
-            layer, "should_fuse_routed_scaling_factor_in_topk", False), "a routed scaling factor"),
         (on_cuda and _runner_backend(method) not in (None, "triton"),
          f"the {_runner_backend(method)} MoE backend"),
     )  # fmt: skip
     return next((reason for failed, reason in checks if failed), None)
+
+
+def moe_output_scale(layer, on_cuda: bool) -> float:
+    """What SGLang's own expert compute multiplies a layer's output by, so lynx's kernel does too: the
+    routed scaling factor on CUDA, where SGLang's Triton runner scales its sum (DeepSeek-V3, GLM-4.5); 1
+    on a CPU, where those models scale the layer's output themselves, and where the factor is fused
+    into the top-k weights."""
+    factor = layer.moe_runner_config.routed_scaling_factor
+    if not on_cuda or factor in (None, 1.0) or getattr(layer, "should_fuse_routed_scaling_factor_in_topk", False):
+        return 1.0
+    return float(factor)
 
 
 def _runner_backend(method) -> str | None:

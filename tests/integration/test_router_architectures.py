@@ -23,10 +23,10 @@ SERVED_ON_CPU = {
     "deepseek_v3": (16, 4, ["--attention-backend", "triton"], {"TRITON_INTERPRET": "1"}),
     "gpt_oss": (8, 2, ["--attention-backend", "triton"], {"TRITON_INTERPRET": "1"}),
 }
-# What computes the pruned routing: lynx's active-expert kernel where it takes the layer, else SGLang's
-# own expert compute (gpt-oss's experts have biases; GLM-4.5 and DeepSeek-V3 scale the routed output).
-EXPERT_COMPUTE = {"gpt_oss": "sglang (expert biases)", "glm4_moe": "sglang (a routed scaling factor)",
-                  "deepseek_v3": "sglang (a routed scaling factor)"}
+# What computes the pruned routing: lynx's active-expert kernel where it takes the layer (scaling its
+# output as SGLang's compute does: on a CPU GLM-4.5 and DeepSeek-V3 scale it themselves), else SGLang's
+# own expert compute (gpt-oss's experts have biases).
+EXPERT_COMPUTE = {"gpt_oss": "sglang (expert biases)", "glm4_moe": "lynx-cpu", "deepseek_v3": "lynx-cpu"}
 PRUNING_POLICIES = ("lynx", "oea")
 
 
@@ -63,3 +63,33 @@ def test_baseline_serving_matches_transformers_and_policies_prune(arch, tmp_path
         assert {layer["routing"] for layer in stats["layers"]} == {"pruned"}, (policy, stats["layers"])
         assert stats["distinct_experts_after"] < stats["distinct_experts_before"], (policy, stats)
         assert set(served["expert_compute"].values()) == {EXPERT_COMPUTE[arch]}, (policy, served)
+
+
+def test_glm_with_the_expert_cache_answers_as_transformers_and_the_cache_aware_lynx_prunes(tmp_path):
+    """Every forward of a GLM-4.5 layer through the cache (lynx's kernel, a quarter of the 16 experts
+    resident, the shared expert beside): baseline gives transformers' greedy tokens; then the cache-aware
+    lynx prunes and copies fewer experts per decode token."""
+    from transformers import AutoTokenizer
+
+    model_dir = build_tiny_checkpoint("glm4_moe", tmp_path / "glm", seed=1, num_experts=16, top_k=4)
+    prompt_ids = [AutoTokenizer.from_pretrained(model_dir)(p)["input_ids"] for p in PROMPTS]
+    expected = transformers_greedy(model_dir, prompt_ids, NEW_TOKENS)
+    srv = RunningServer(["--model-path", str(model_dir), "--lynx-policy", "baseline", "--lynx-admin-token", "t",
+                         "--lynx-expert-cache", "25%"], tmp_path / "server.log")  # fmt: skip
+    auth = {"Authorization": "Bearer t"}
+    try:
+        srv.wait_healthy()
+        post(srv.url + "/lynx/stats/reset", {}, headers=auth)
+        assert generate_greedy(srv, prompt_ids, NEW_TOKENS) == expected
+        plain = get_json(srv.url + "/lynx/stats")["expert_cache"]
+        assert post(srv.url + "/lynx/policy", {"policy": "lynx", "params": {"prefer_resident": True}}, headers=auth)[0] == 200
+        post(srv.url + "/lynx/stats/reset", {}, headers=auth)
+        generate_greedy(srv, prompt_ids, NEW_TOKENS)
+        stats = get_json(srv.url + "/lynx/stats")
+    finally:
+        srv.stop()
+    assert plain["cached_layers"] > 0 and plain["layers"][0]["slots"] == 4
+    assert stats["pruned_steps"] > 0 and stats["fallback_steps"] == 0
+    misses = [sum(layer["decode_misses"] for layer in cache["layers"]) / cache["layers"][0]["decode_tokens"]
+              for cache in (plain, stats["expert_cache"])]
+    assert misses[1] < misses[0], misses

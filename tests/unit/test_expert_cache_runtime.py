@@ -166,3 +166,29 @@ def test_experts_made_in_host_memory_at_load_become_the_host_store_without_a_cop
     biased = MoeLayer(1, 2)
     caches.create_on_host(lambda method, layer, **kwargs: None, None, biased, with_bias=True)
     assert not getattr(biased, "lynx_experts_on_host", False)  # the cache never holds a layer with biases
+
+
+def test_the_routed_scaling_factor_is_applied_where_sglangs_own_compute_applies_it():
+    """On CUDA SGLang's Triton runner multiplies a layer's expert sum by the routed scaling factor
+    (DeepSeek-V3, GLM-4.5); on a CPU the model multiplies after the layer; fused into the top-k weights,
+    neither. lynx's kernel, with or without the cache, follows the same rule."""
+    from sglang.srt.layers.moe.moe_runner import MoeRunnerConfig
+
+    from lynx_sglang.scheduler.introspection import moe_output_scale
+
+    layer = MoeLayer(0, 1)
+    layer.moe_runner_config = MoeRunnerConfig(activation="silu", routed_scaling_factor=2.5)
+    assert moe_output_scale(layer, on_cuda=True) == 2.5 and moe_output_scale(layer, on_cuda=False) == 1.0
+    layer.should_fuse_routed_scaling_factor_in_topk = True
+    assert moe_output_scale(layer, on_cuda=True) == 1.0
+    layer.moe_runner_config = MoeRunnerConfig(activation="silu")
+    assert moe_output_scale(MoeLayer(1, 2), on_cuda=True) == 1.0
+
+    caches, layers, dense, _ = installed("2")
+    output = dispatched(3, 4)
+    cached = caches.layers[id(layers[0])]
+    assert cached.scale == 1.0  # a CPU layer: the model scales
+    plain = caches.compute(Step("decode", True, 3), layers[0], output).hidden_states.clone()
+    cached.scale = 2.5  # as a CUDA layer with GLM-4.5's factor would have it
+    scaled = caches.compute(Step("decode", True, 3), layers[0], output).hidden_states
+    torch.testing.assert_close(scaled, 2.5 * plain)

@@ -2,7 +2,8 @@
 
 At load, each unquantized MoE layer's expert weights are made in host memory (`create_on_host`,
 pinned where CUDA is available), so the device never holds every expert: a model larger than the
-device can start, `--load-format dummy` included. At bind, every MoE layer lynx's kernel can compute
+device can start, `--load-format dummy` included (on CUDA its random values are made on the
+device and copied over: `fill_dummy_weights`). At bind, every MoE layer lynx's kernel can compute
 gets an `ExpertCache` (kernels/cache/) whose host store is those weights (no copy), and the layer's
 `w13_weight` / `w2_weight` become the N slots on the device. From then on every forward of the
 layer (prefill, decode, mixed, any policy) computes through the cache: fetch the missing experts,
@@ -75,6 +76,14 @@ class ExpertCaches:
                 param.data = param.data.pin_memory()
         layer.lynx_experts_on_host = True
         return result
+
+    def fill_dummy_weights(self, fill, model, *args, **kwargs) -> None:
+        """SGLang's `initialize_dummy_weights` (`--load-format dummy`) with experts made on the host of a CUDA
+        machine: their random values are made on the device (fill_host_experts_on), since a CPU
+        generator fills serially: minutes for a large model's experts."""
+        if not self.enabled or not torch.cuda.is_available():
+            return fill(model, *args, **kwargs)
+        return fill_host_experts_on(torch.device("cuda", torch.cuda.current_device()), fill, model, *args, **kwargs)
 
     def install(self, moe_layers: list, device=None) -> None:
         """Give each computable layer an expert cache, its N slots on `device` (default: where its
@@ -210,3 +219,30 @@ def cache_unsupported(layer, on_cuda: bool | None = None) -> str | None:
     if getattr(layer, "num_fused_shared_experts", 0):
         return "fused shared experts (serve with --disable-shared-experts-fusion to cache the routed ones)"
     return None
+
+
+class _TensorsAsModel:
+    """A set of named tensors that SGLang's dummy fill takes for a model (it reads only state_dict())."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.tensors
+
+
+def fill_host_experts_on(device: torch.device, fill, model, *args, **kwargs) -> None:
+    """Run SGLang's dummy fill over `model`, making the values of the experts made in host memory on
+    `device`, one tensor at a time, then copying them to the host. The fill seeds each tensor alike,
+    so a host tensor gets the values the same tensor gets on the device without the cache."""
+    on_host: dict[str, torch.Tensor] = {}
+    for prefix, module in model.named_modules():
+        if getattr(module, "lynx_experts_on_host", False):
+            for name, param in module.named_parameters(recurse=False):
+                on_host[f"{prefix}.{name}" if prefix else name] = param.data
+    fill(_TensorsAsModel({name: t for name, t in model.state_dict().items() if name not in on_host}), *args, **kwargs)
+    for name, host in on_host.items():
+        scratch = torch.empty_like(host, device=device)
+        fill(_TensorsAsModel({name: scratch}), *args, **kwargs)
+        host.copy_(scratch)
+        del scratch

@@ -6,6 +6,7 @@
     ForwardBatch.init_new                 AFTER   remember how many rows of a mixed batch are decode
     select_experts                        AROUND  apply the policy to the top-k of pruned steps
     UnquantizedFusedMoEMethod.create_weights  AROUND  with the expert cache: experts made in host memory
+    loader.initialize_dummy_weights       AROUND  with the expert cache: their random values made on the device
     UnquantizedFusedMoEMethod.apply       AROUND  compute only the active experts (lynx kernels); the expert cache
     DecodeCudaGraphRunner.can_run_graph   AROUND  replay graphs only if they hold the current policy
     Scheduler.handle_rpc_request          AROUND  answer lynx control requests between steps
@@ -40,6 +41,7 @@ def register(register_hook, config: LynxConfig) -> None:
     register_hook("sglang.srt.layers.moe.topk.select_experts", around_select_experts, "AROUND")
     register_hook("sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.create_weights",
                   around_create_moe_weights, "AROUND")
+    register_hook("sglang.srt.model_loader.loader.initialize_dummy_weights", around_dummy_weights, "AROUND")
     register_hook("sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.apply", around_moe_apply,
                   "AROUND")
     register_hook("sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.can_run_graph",
@@ -98,6 +100,12 @@ def around_create_moe_weights(original, method, layer, *args, **kwargs):
     if runtime is None:
         return original(method, layer, *args, **kwargs)
     return runtime.caches.create_on_host(original, method, layer, *args, **kwargs)
+
+
+def around_dummy_weights(original, model, *args, **kwargs):
+    if runtime is None:
+        return original(model, *args, **kwargs)
+    return runtime.caches.fill_dummy_weights(original, model, *args, **kwargs)
 
 
 def around_moe_apply(original, method, layer=None, dispatch_output=None, *args, **kwargs):

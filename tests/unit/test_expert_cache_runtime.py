@@ -192,3 +192,36 @@ def test_the_routed_scaling_factor_is_applied_where_sglangs_own_compute_applies_
     cached.scale = 2.5  # as a CUDA layer with GLM-4.5's factor would have it
     scaled = caches.compute(Step("decode", True, 3), layers[0], output).hidden_states
     torch.testing.assert_close(scaled, 2.5 * plain)
+
+
+def test_dummy_weights_of_host_experts_are_made_on_the_device_with_sglangs_values():
+    """`--load-format dummy` with the cache: SGLang's own fill runs once over the other tensors and
+    once per host expert tensor on a scratch tensor of the device (here a CPU "device"), whose values
+    are copied to the host; each tensor gets the values SGLang's fill gives it without the cache."""
+    import copy
+
+    from sglang.srt.model_loader.weight_utils import initialize_dummy_weights
+
+    from lynx_sglang.scheduler.expert_cache import fill_host_experts_on
+
+    model = torch.nn.Module()
+    model.attention = torch.nn.Linear(H, H)
+    model.experts = MoeLayer(0, 1)
+    model.experts.lynx_experts_on_host = True
+    expected = copy.deepcopy(model)
+    initialize_dummy_weights(expected)
+    calls = []
+
+    def counted_fill(tensors, *args, **kwargs):
+        calls.append(sorted(tensors.state_dict()))
+        return initialize_dummy_weights(tensors, *args, **kwargs)
+
+    fill_host_experts_on(torch.device("cpu"), counted_fill, model)
+    assert calls == [["attention.bias", "attention.weight"], ["experts.w13_weight"], ["experts.w2_weight"]]
+    for name, tensor in expected.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    assert model.experts.w13_weight.abs().max() <= 1e-3  # SGLang's dummy range, not the layer's init
+
+    plain = ExpertCaches(LynxConfig(), NoteOnce())  # no cache: SGLang's fill, untouched
+    plain.fill_dummy_weights(counted_fill, model)
+    assert len(calls[-1]) == 4

@@ -245,4 +245,4 @@ def fill_host_experts_on(device: torch.device, fill, model, *args, **kwargs) -> 
         scratch = torch.empty_like(host, device=device)
         fill(_TensorsAsModel({name: scratch}), *args, **kwargs)
         host.copy_(scratch)
-        del scratch
+        del scratch  # before the next is made: one scratch tensor on the device at a time

@@ -33,6 +33,7 @@ from lynx_sglang.config import KERNELS, ConfigError, build_config
 from lynx_sglang.experiments.client import AdminClient, ServerError
 from lynx_sglang.experiments.launch import ManagedServer
 from lynx_sglang.policy_setup import MoeShape, resolve_policy_or_error, validate_for_model
+from lynx_sglang.tiny_checkpoints.shapes import NAMED_SHAPES
 
 from .models import BenchError, BenchModel, describe_device, resolve_model
 from .report import Record, Result, print_table, record_rows, result_json
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-tokens", type=int, default=256, help="(default: 256)")
     parser.add_argument("--model-path", help="serve this checkpoint instead of a named or built one")
     parser.add_argument("--shape", default="",
-                        help="NAME[,KEY=VALUE...] (mixtral-8x7b, qwen3-30b-a3b; random weights made by SGLang) or "
+                        help=f"NAME[,KEY=VALUE...] ({', '.join(NAMED_SHAPES)}; random weights made by SGLang) or "
                              "KEY=VALUE,... overrides of the default built checkpoint, e.g. hidden_size=1024")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", help="write the rows (fixed schema, see docs) to this file, after every level")

@@ -20,6 +20,9 @@ offload      expert offload on mixtral-8x7b reduced to 8 layers, 2 of 8 experts 
              engine and the cache's Triton copy kernel) as the bound (OUTDIR/offload.json)
 reference    (on a CPU) writes scripts/data/embedded-greedy-cpu.json, the answers `correctness` compares to
 
+Environment: SHAPE, ARMS and CONCURRENCY narrow mixtral and qwen3 (e.g. the arms a time limit cut off);
+SHAPES the shapes of routers and compute; SMOKE_SHAPE the smoke stage's bench shape.
+
 Each stage writes OUTDIR/<stage>.json (and the bench stages OUTDIR/<stage>-serve.json in the schema of
 docs/benchmarks/serve-gpu.json), and appends the tail of every server log to OUTDIR/servers.log.
 """
@@ -113,11 +116,11 @@ def smoke(stage: Stage) -> None:
 
 
 def mixtral(stage: Stage) -> None:
-    bench(stage, os.environ.get("SHAPE", "mixtral-8x7b"), BENCH_ARMS)
+    bench(stage, os.environ.get("SHAPE", "mixtral-8x7b"), os.environ.get("ARMS", BENCH_ARMS))
 
 
 def qwen3(stage: Stage) -> None:
-    bench(stage, os.environ.get("SHAPE", "qwen3-30b-a3b"), BENCH_ARMS)
+    bench(stage, os.environ.get("SHAPE", "qwen3-30b-a3b"), os.environ.get("ARMS", BENCH_ARMS))
 
 
 def routers(stage: Stage) -> None:

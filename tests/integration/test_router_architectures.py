@@ -19,12 +19,15 @@ NEW_TOKENS = 12
 # The pruning rounds check only /lynx/stats: three decode steps of the batch of four are enough, and
 # every token costs seconds where Triton's interpreter runs the attention.
 POLICY_TOKENS = 4
+# One KV split instead of SGLang's 8: the interpreter runs every program of a launch one after the
+# other, and the splits of a 30-token context only multiply them.
+INTERPRETED_ATTENTION = ["--attention-backend", "triton", "--triton-attention-num-kv-splits", "1"]
 # (experts, top-k, extra serve arguments, extra environment). GLM: 16 experts in four groups, two
 # groups kept, top-4, so that the group limit and the bias both change choices.
 SERVED_ON_CPU = {
     "glm4_moe": (16, 4, [], {}),
-    "deepseek_v3": (16, 4, ["--attention-backend", "triton"], {"TRITON_INTERPRET": "1"}),
-    "gpt_oss": (8, 2, ["--attention-backend", "triton"], {"TRITON_INTERPRET": "1"}),
+    "deepseek_v3": (16, 4, INTERPRETED_ATTENTION, {"TRITON_INTERPRET": "1"}),
+    "gpt_oss": (8, 2, INTERPRETED_ATTENTION, {"TRITON_INTERPRET": "1"}),
 }
 # What computes the pruned routing: lynx's active-expert kernel where it takes the layer (scaling its
 # output as SGLang's compute does: on a CPU GLM-4.5 and DeepSeek-V3 scale it themselves), else SGLang's

@@ -10,10 +10,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .interpret import interpreter_on
+from .interpret import interpreter_on, patch_language_once_per_launch
 
 # Decided when the kernels below this import are decorated, as Triton decides it.
 INTERPRETING = interpreter_on()
+if INTERPRETING:
+    patch_language_once_per_launch()
 
 
 def next_pow2(value: int) -> int:

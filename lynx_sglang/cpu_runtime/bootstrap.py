@@ -50,6 +50,10 @@ class _CpuRuntimeFinder(importlib.abc.MetaPathFinder):
             self._prepared.add("sglang")
             os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
             patch_torch_cpu()
+            if os.environ.get("TRITON_INTERPRET") == "1":  # SGLang's own Triton kernels, interpreted, too
+                from lynx_sglang.kernels.interpret import patch_language_once_per_launch
+
+                patch_language_once_per_launch()
             return None
         if fullname == "sgl_kernel":
             if importlib.machinery.PathFinder.find_spec(fullname, path) is not None:

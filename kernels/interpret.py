@@ -53,9 +53,12 @@ def patch_language_once_per_launch() -> bool:
     if getattr(patch_lang, "once_per_launch", False):
         return True
     swapped: list[frozenset[int]] = []  # the language modules the launch in progress swapped (one launch at a time)
+    seen: dict = {}  # per function: a module's globals are scanned once, not at every call
 
     def language_modules(fn) -> frozenset[int]:
-        return frozenset(id(value) for value in fn.__globals__.values() if value is tl or value is tl.core)
+        if fn not in seen:
+            seen[fn] = frozenset(id(value) for value in fn.__globals__.values() if value is tl or value is tl.core)
+        return seen[fn]
 
     def patch_lang_once(fn):
         modules = language_modules(fn)

@@ -52,7 +52,7 @@ def patch_language_once_per_launch() -> bool:
         return False
     if getattr(patch_lang, "once_per_launch", False):
         return True
-    swapped: list[frozenset[int]] = []  # the language modules the launch in progress swapped (one launch at a time)
+    launch_modules: frozenset[int] | None = None  # the modules the launch in progress swapped (one at a time)
     seen: dict = {}  # per function: a module's globals are scanned once, not at every call
 
     def language_modules(fn) -> frozenset[int]:
@@ -61,18 +61,20 @@ def patch_language_once_per_launch() -> bool:
         return seen[fn]
 
     def patch_lang_once(fn):
+        nonlocal launch_modules
         modules = language_modules(fn)
-        if swapped and modules and modules <= swapped[0]:
+        if launch_modules is not None and modules and modules <= launch_modules:
             return _NothingToRestore()  # a helper called by the running kernel: already swapped
         scope = patch_lang(fn)
-        if swapped:  # a helper seeing a module the kernel does not: Triton never restores that swap
-            swapped[0] = swapped[0] | modules
+        if launch_modules is not None:  # a helper seeing a module the kernel does not: Triton never restores that swap
+            launch_modules |= modules
             return scope
-        swapped.append(modules)
+        launch_modules = modules
         restore = scope.restore
 
         def restore_and_end_launch() -> None:
-            swapped.clear()
+            nonlocal launch_modules
+            launch_modules = None
             restore()
 
         scope.restore = restore_and_end_launch

@@ -84,9 +84,19 @@ def load_plugin() -> None:
 
         launcher.register(_register, config, directory)
         request_guard.register_hooks(_register)
+        _register_cpu_launcher_hooks()
     if directory is not None:
         write_process_record(directory, role, list(_registered_hooks))
     logger.info("lynx-sglang %s plugin loaded in the %s process (pid %d)", __version__, role, os.getpid())
+
+
+def _register_cpu_launcher_hooks() -> None:
+    from lynx_sglang import cpu_runtime
+
+    if cpu_runtime.glue_is_active():
+        from lynx_sglang.cpu_runtime import forkserver
+
+        _register(forkserver.TARGET, forkserver.start_children_from_a_preloaded_forkserver, "AFTER")
 
 
 def _runtime_replacements() -> dict:

@@ -33,6 +33,18 @@ def streamed_completion(url, on_first_chunk):
     return chunks
 
 
+def assert_forked_from_the_launchers_forkserver(processes):
+    """On a CPU install the scheduler and detokenizer are forks of one forkserver the launcher started
+    (lynx_sglang/cpu_runtime/forkserver.py), not spawned interpreters."""
+    (launcher,) = [p for p in processes if "sglang.launch_server" in p.cmdline()]
+    workers = [p for p in processes if p.name().startswith("sglang::")]
+    assert {p.name() for p in workers} == {"sglang::scheduler", "sglang::detokenizer"}, workers
+    parents = {p.ppid() for p in workers}
+    assert len(parents) == 1, parents
+    server = psutil.Process(parents.pop())
+    assert "multiprocessing.forkserver" in " ".join(server.cmdline()) and server.ppid() == launcher.pid
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_every_sglang_process(sig, tmp_path):
     srv = RunningServer([], tmp_path / "server.log")
@@ -42,6 +54,7 @@ def test_signal_stops_every_sglang_process(sig, tmp_path):
         children = psutil.Process(srv.process.pid).children(recursive=True)
         titles = " ".join(c.name() + " " + " ".join(c.cmdline()) for c in children)
         assert "sglang" in titles and len(children) >= 3, titles  # launcher, scheduler, detokenizer
+        assert_forked_from_the_launchers_forkserver(children)
         if sig == signal.SIGTERM:  # a request in flight when SIGTERM comes still gets all of its answer
             chunks = streamed_completion(srv.url, lambda: srv.process.send_signal(signal.SIGTERM))
             srv.process.wait(timeout=60)  # stops by itself: a second signal would mean "hurry"

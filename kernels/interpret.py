@@ -83,3 +83,59 @@ def patch_language_once_per_launch() -> bool:
     patch_lang_once.once_per_launch = True
     interpreter._patch_lang = patch_lang_once
     return True
+
+
+# Combine functions of tl.reduce that one numpy ufunc computes: combine function -> ufunc.
+_NUMPY_REDUCTIONS: dict = {}
+
+
+def reduces_like(ufunc):
+    """Mark a `@triton.jit` combine function (put above the decorator) as the elementwise `ufunc`,
+    e.g. `np.bitwise_or` for `a | b`. Compiled kernels do not change; the interpreter (with
+    `reduce_marked_combines_with_numpy`) reduces with `ufunc.reduce` instead of calling the function
+    once per element in Python, which was a third of an interpreted Lynx routing launch."""
+
+    def mark(combine_fn):
+        _NUMPY_REDUCTIONS[combine_fn] = ufunc
+        return combine_fn
+
+    return mark
+
+
+def reduce_marked_combines_with_numpy() -> bool:
+    """Let the interpreter's tl.reduce use the ufunc of a combine function marked by `reduces_like`;
+    every other reduction takes Triton's own path. Returns whether the interpreter was changed
+    (idempotent)."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return False
+    reduce_ops = getattr(interpreter, "ReduceOps", None)
+    if reduce_ops is None:
+        return False
+    original = reduce_ops.apply_impl
+    if getattr(original, "numpy_for_marked", False):
+        return True
+    _mark_tritons_own_combines()
+
+    def apply_impl(self, inputs):
+        ufunc = _NUMPY_REDUCTIONS.get(self.combine_fn)
+        if ufunc is None or len(inputs) != 1:
+            return original(self, inputs)
+        reduced = ufunc.reduce(inputs[0].handle.data, axis=self.axis, keepdims=self.keep_dims)
+        return self.to_tensor(reduced, inputs[0].dtype)
+
+    apply_impl.numpy_for_marked = True
+    reduce_ops.apply_impl = apply_impl
+    return True
+
+
+def _mark_tritons_own_combines() -> None:
+    """Triton's xor_sum and reduce_or; tl.sort calls xor_sum at every compare-and-swap stage, which made
+    the sort of 64 experts the slowest part of an interpreted routing launch."""
+    import numpy as np
+    from triton.language import standard
+
+    for name, ufunc in (("_xor_combine", np.bitwise_xor), ("_or_combine", np.bitwise_or)):
+        if hasattr(standard, name):
+            reduces_like(ufunc)(getattr(standard, name))

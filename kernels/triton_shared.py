@@ -10,12 +10,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .interpret import interpreter_on, patch_language_once_per_launch
+from .interpret import interpreter_on, patch_language_once_per_launch, reduce_marked_combines_with_numpy
 
 # Decided when the kernels below this import are decorated, as Triton decides it.
 INTERPRETING = interpreter_on()
 if INTERPRETING:
     patch_language_once_per_launch()
+    reduce_marked_combines_with_numpy()
 
 
 def next_pow2(value: int) -> int:

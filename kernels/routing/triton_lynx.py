@@ -7,10 +7,12 @@ expert order. 0 and 1 remain for the launch sweep to compare."""
 
 from __future__ import annotations
 
+import numpy as np
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from ..interpret import reduces_like
 from .triton_common import HARDWARE_POPCOUNT, ROW_ORDER, ROW_PICKED, row_need, row_threshold, row_voter
 from .triton_order import share
 
@@ -28,6 +30,7 @@ def _popcount(x, HARDWARE: tl.constexpr):
         return ((u * 0x0101010101010101) >> 56).to(tl.int32)
 
 
+@reduces_like(np.bitwise_or)
 @triton.jit
 def _bit_or(a, b):
     return a | b

@@ -51,9 +51,10 @@ class _CpuRuntimeFinder(importlib.abc.MetaPathFinder):
             os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
             patch_torch_cpu()
             if os.environ.get("TRITON_INTERPRET") == "1":  # SGLang's own Triton kernels, interpreted, too
-                from lynx_sglang.kernels.interpret import patch_language_once_per_launch
+                from lynx_sglang.kernels import interpret
 
-                patch_language_once_per_launch()
+                interpret.patch_language_once_per_launch()
+                interpret.reduce_marked_combines_with_numpy()
             return None
         if fullname == "sgl_kernel":
             if importlib.machinery.PathFinder.find_spec(fullname, path) is not None:

@@ -14,11 +14,12 @@ Never used with CUDA (forking after CUDA initialised is unsafe, and this glue is
 from __future__ import annotations
 
 import multiprocessing
-import sys
 
 # An AFTER hook: SGLang's `_set_envs_and_config` sets the start method to "spawn", then starts the children.
 TARGET = "sglang.srt.entrypoints.engine._set_envs_and_config"
 
+# Not the launcher's main module: each child runs it as `__mp_main__`, as under spawn, and a copy
+# already imported would make runpy warn of "unpredictable behaviour"; its imports are these modules'.
 PROCESS_MODULES = [
     "sglang.srt.managers.scheduler",
     "sglang.srt.managers.detokenizer_manager",
@@ -26,13 +27,6 @@ PROCESS_MODULES = [
 ]
 
 
-def preload_modules() -> list[str]:
-    """What the forkserver imports: SGLang's process modules, and the launcher's main module, which
-    each child runs as `__mp_main__` (as under spawn)."""
-    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return ([main_spec.name] if main_spec is not None else []) + PROCESS_MODULES
-
-
 def start_children_from_a_preloaded_forkserver(_result, *_args, **_kwargs) -> None:
     multiprocessing.set_start_method("forkserver", force=True)
-    multiprocessing.set_forkserver_preload(preload_modules())
+    multiprocessing.set_forkserver_preload(PROCESS_MODULES)

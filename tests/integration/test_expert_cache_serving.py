@@ -53,7 +53,8 @@ def uncached_outputs(tmp_path_factory):
 @pytest.mark.parametrize("args", [
     ["--lynx-expert-cache", "50%", "--lynx-cache-policy", "activation"],
     ["--lynx-expert-cache", "25%", "--lynx-cache-prefetch"],
-    ["--lynx-expert-cache", "1", "--lynx-kernel", "triton"],  # the CUDA path (Triton copies and MoE), interpreted
+    # The CUDA path (Triton copies and MoE), interpreted: no warm-up request, which would cost as much as the test's.
+    ["--lynx-expert-cache", "1", "--lynx-kernel", "triton", "--skip-server-warmup"],
 ], ids=["half-activation", "quarter-prefetch", "one-slot-triton"])  # fmt: skip
 def test_other_cache_sizes_policies_and_kernels_answer_exactly_as_without_the_cache(uncached_outputs, args, tmp_path):
     count = len(PROBLEMS) if "triton" not in args else 6  # Triton's interpreter is slow: a few problems

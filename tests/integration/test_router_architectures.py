@@ -21,7 +21,9 @@ NEW_TOKENS = 12
 POLICY_TOKENS = 4
 # One KV split instead of SGLang's 8: the interpreter runs every program of a launch one after the
 # other, and the splits of a 30-token context only multiply them.
-INTERPRETED_ATTENTION = ["--attention-backend", "triton", "--triton-attention-num-kv-splits", "1"]
+# No warm-up request: interpreted, it costs as much as the test's own, which run the same path.
+INTERPRETED_ATTENTION = ["--attention-backend", "triton", "--triton-attention-num-kv-splits", "1",
+                         "--skip-server-warmup"]
 # (experts, top-k, extra serve arguments, extra environment). GLM: 16 experts in four groups, two
 # groups kept, top-4, so that the group limit and the bias both change choices.
 SERVED_ON_CPU = {

@@ -46,7 +46,7 @@ def test_sigquit_to_the_forkserver_reaches_its_starter_and_children_keep_the_def
 
 
 def test_the_forkserver_preloads_sglangs_process_modules_and_the_relay():
-    modules = forkserver.preload_modules()
+    modules = forkserver.PROCESS_MODULES
     assert "sglang.srt.managers.scheduler" in modules and "sglang.srt.managers.detokenizer_manager" in modules
     assert "lynx_sglang.cpu_runtime.forkserver_relay" in modules
     assert forkserver.TARGET.rsplit(".", 1)[0] == "sglang.srt.entrypoints.engine"

@@ -26,6 +26,16 @@ def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _interpreter_attribute(name: str):
+    """`name` of Triton's interpreter module, or None where Triton or that name is missing (the
+    patches below then leave the interpreter as it is)."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return None
+    return getattr(interpreter, name, None)
+
+
 class _NothingToRestore:
     def restore(self) -> None:
         pass
@@ -42,14 +52,12 @@ def patch_language_once_per_launch() -> bool:
     the swap when the modules it sees are already swapped by the launch in progress; anything else
     (a launch, a helper seeing another module) still takes Triton's own path. Returns whether the
     interpreter was found and changed (idempotent)."""
-    try:
-        import triton.language as tl
-        from triton.runtime import interpreter
-    except ImportError:
-        return False
-    patch_lang = getattr(interpreter, "_patch_lang", None)
+    patch_lang = _interpreter_attribute("_patch_lang")
     if patch_lang is None:
         return False
+    import triton.language as tl
+    from triton.runtime import interpreter
+
     if getattr(patch_lang, "once_per_launch", False):
         return True
     launch_modules: frozenset[int] | None = None  # the modules the launch in progress swapped (one at a time)
@@ -106,11 +114,7 @@ def reduce_marked_combines_with_numpy() -> bool:
     """Let the interpreter's tl.reduce use the ufunc of a combine function marked by `reduces_like`;
     every other reduction takes Triton's own path. Returns whether the interpreter was changed
     (idempotent)."""
-    try:
-        from triton.runtime import interpreter
-    except ImportError:
-        return False
-    reduce_ops = getattr(interpreter, "ReduceOps", None)
+    reduce_ops = _interpreter_attribute("ReduceOps")
     if reduce_ops is None:
         return False
     original = reduce_ops.apply_impl

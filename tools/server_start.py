@@ -8,18 +8,18 @@ Starts the server on a free port, measures, sends one completion, and stops it.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import psutil
 
-from lynx_sglang.local_server import free_port, is_healthy
+from lynx_sglang.evaluate import complete
+from lynx_sglang.local_server import free_port, stop_process, wait_healthy
+
+STARTUP_TIMEOUT_S = 600
 
 
 def tree_cpu_seconds(pid: int) -> tuple[int, float]:
@@ -43,23 +43,17 @@ def main(argv: list[str]) -> int:
     server = subprocess.Popen([sys.executable, "-m", "lynx_sglang.cli", "serve", "--port", str(port), *argv],
                               stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
-        while not is_healthy(url):
-            if server.poll() is not None:
-                print(f"the server exited with {server.returncode}; its log: {log.name}", file=sys.stderr)
-                return 1
-            time.sleep(0.25)
+        if not wait_healthy(url, server, STARTUP_TIMEOUT_S):
+            print(f"the server did not become healthy; its log: {log.name}", file=sys.stderr)
+            return 1
         seconds = time.monotonic() - started
         processes, cpu = tree_cpu_seconds(server.pid)
-        body = json.dumps({"model": "default", "prompt": "123+45=", "max_tokens": 8, "temperature": 0}).encode()
-        request = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=120) as reply:
-            text = json.loads(reply.read())["choices"][0]["text"]
+        text = complete(url, "123+45=")
         print(f"healthy after {seconds:.1f} s; {processes} processes had used {cpu:.1f} CPU-seconds; "
               f"'123+45=' -> {text!r}")
         return 0
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(120)
+        stop_process(server)
 
 
 if __name__ == "__main__":

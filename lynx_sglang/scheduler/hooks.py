@@ -10,6 +10,7 @@
     UnquantizedFusedMoEMethod.apply       AROUND  compute only the active experts (lynx kernels); the expert cache
     DecodeCudaGraphRunner.can_run_graph   AROUND  replay graphs only if they hold the current policy
     Scheduler.handle_rpc_request          AROUND  answer lynx control requests between steps
+    Scheduler.on_idle                     AFTER   an idle scheduler: no step interval spans the gap
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def register(register_hook, config: LynxConfig) -> None:
                   around_can_run_graph, "AROUND")
     register_hook("sglang.srt.managers.scheduler.Scheduler.handle_rpc_request", around_handle_rpc_request,
                   "AROUND")
+    register_hook("sglang.srt.managers.scheduler.Scheduler.on_idle", after_scheduler_idle, "AFTER")
 
 
 def around_forward_context(original, ctx, *args, forward_batch=None, **kwargs):
@@ -73,6 +75,12 @@ def around_forward_raw(original, model_runner, forward_batch, *args, **kwargs):
 def after_load_model(result, model_runner, *args, **kwargs):
     if runtime is not None:
         runtime.bind(model_runner)
+    return result
+
+
+def after_scheduler_idle(result, *args, **kwargs):
+    if runtime is not None:
+        runtime.timer.idle()
     return result
 
 

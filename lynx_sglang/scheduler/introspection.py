@@ -23,6 +23,8 @@ class LoadedModel:
     calibration: tuple  # (w13, w2, activation) of one MoE layer, for the latency controller
     passthrough: dict[int, str]  # layer id -> why the policy leaves its routing alone (its router)
     moe_modules: tuple = ()  # the FusedMoE modules themselves (the expert cache moves their weights)
+    # SGLang's overlap schedule on an asynchronous device: a step starts before the last one's result is read
+    overlapped_steps: bool = False
 
 
 def read_model(model_runner) -> LoadedModel | None:
@@ -36,14 +38,16 @@ def read_model(model_runner) -> LoadedModel | None:
     hf_config = model_runner.model_config.hf_config
     top_k = getattr(hf_config, "num_experts_per_tok", None)  # some MoE layers leave top_k to TopK
     first = moe_layers[0]
+    device = model_device(model_runner.model, first.w13_weight.device)
     return LoadedModel(
         layers=[layer_info(m, top_k) for m in moe_layers],
-        device=model_device(model_runner.model, first.w13_weight.device),
+        device=device,
         name=getattr(hf_config, "_name_or_path", "") or str(model_runner.model_config.model_path),
         tp_size=get_parallel().tp_size,
         calibration=(first.w13_weight, first.w2_weight, first.moe_runner_config.activation),
         passthrough=passthrough_layers(model_runner.model),
         moe_modules=tuple(moe_layers),
+        overlapped_steps=device.type != "cpu" and not model_runner.server_args.disable_overlap_schedule,
     )
 
 

@@ -19,7 +19,7 @@ import torch
 
 from lynx_sglang.config import LynxConfig
 from lynx_sglang.scheduler import control
-from lynx_sglang.scheduler.accounting import SilentFallbackReport, StepCounts
+from lynx_sglang.scheduler.accounting import DecodeStepTimer, SilentFallbackReport, StepCounts
 from lynx_sglang.scheduler.bookkeeping import bookkeeping_named, choose_backend
 from lynx_sglang.scheduler.compute_table import table_for
 from lynx_sglang.scheduler.decisions import DecisionDigest
@@ -39,6 +39,7 @@ class LynxRuntime:
         self.bound = False
         self.note = NoteOnce()
         self.counts = StepCounts()
+        self.timer = DecodeStepTimer(lag=0)
         self.fallback_report = SilentFallbackReport()
         self.caches = ExpertCaches(config, self.note)
 
@@ -55,6 +56,7 @@ class LynxRuntime:
             return
         self.bind_layers(model.layers, model.device, model.name, tp_size=model.tp_size,
                          calibration=model.calibration)  # fmt: skip
+        self.timer = DecodeStepTimer(lag=1 if model.overlapped_steps else 0)
         for layer_id, reason in sorted(model.passthrough.items()):
             self.router.pass_through(layer_id, reason)
         self.caches.install(list(model.moe_modules), model.device)
@@ -87,7 +89,8 @@ class LynxRuntime:
 
     # ---- per step (host side, around every forward) -------------------------------------------
     def begin_step(self, step: Step) -> None:
-        interval_ms = self.counts.begin(step, self.settings.config.policy)
+        self.counts.begin(step, self.settings.config.policy)
+        interval_ms = self.timer.begin(step.prune)
         if interval_ms is not None:
             self.settings.observe_decode_interval(interval_ms)
 

@@ -89,7 +89,7 @@ class LynxCollector:
             yield GaugeMetricFamily("lynx_controller_target_tpot_ms", "Latency budget: target time per output "
                                     "token.", value=controller["target_tpot_ms"])
             yield GaugeMetricFamily("lynx_controller_measured_tpot_ms", "Latency budget: measured decode step "
-                                    "interval (median of the last window).", value=controller["measured_tpot_ms"] or 0)
+                                    "duration (median of the last window).", value=controller["measured_tpot_ms"] or 0)
 
 
 CACHE_COUNTERS = {

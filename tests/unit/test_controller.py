@@ -1,9 +1,11 @@
-"""The latency-budget controller against a simulated decode step: t(cap) = a + b * min(cap, natural)."""
+"""The latency-budget controller against a simulated decode step: t(cap) = a + b * min(cap, natural);
+the host-side timer that feeds it step durations."""
 
 import random
 
 import pytest
 
+from lynx_sglang.scheduler.accounting import DecodeStepTimer
 from lynx_sglang.scheduler.controller import TpotController
 
 
@@ -66,3 +68,53 @@ def test_rejects_nonsense():
         TpotController(0.0, 8, 1.0)
     with pytest.raises(ValueError):
         TpotController(10.0, 8, 0.0)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def run_steps(timer, clock, steps):
+    """steps: (pruned, seconds until the next forward starts); the samples the timer returns."""
+    samples = []
+    for pruned, seconds in steps:
+        samples.append(timer.begin(pruned))
+        clock.now += seconds
+    return samples
+
+
+def test_without_overlap_a_decode_followed_by_a_prefill_is_still_measured():
+    clock = FakeClock()
+    timer = DecodeStepTimer(lag=0, clock=clock)
+    # prefill, decode, prefill, decode, ...: a prefill between every two decodes (steady short requests)
+    samples = run_steps(timer, clock, [(False, 0.5), (True, 0.02), (False, 0.5), (True, 0.03), (False, 0.5)])
+    assert samples == [None, None, pytest.approx(20.0), None, pytest.approx(30.0)]
+
+
+def test_with_overlap_an_interval_measures_the_step_before_and_needs_two_decodes():
+    clock = FakeClock()
+    timer = DecodeStepTimer(lag=1, clock=clock)
+    # Launch times under SGLang's overlap schedule: the interval after a step's start is the step before.
+    steps = [(False, 0.01), (True, 0.5), (True, 0.02), (True, 0.02), (False, 0.02), (True, 0.5), (True, 0.03)]
+    samples = run_steps(timer, clock, steps)
+    # the 0.5 s after the first decode is the prefill before it: not a sample; nor the one after a prefill
+    assert samples == [None, None, None, pytest.approx(20.0), pytest.approx(20.0), None, None]
+
+
+def test_an_idle_scheduler_breaks_the_interval():
+    clock = FakeClock()
+    timer = DecodeStepTimer(lag=0, clock=clock)
+    timer.begin(True)
+    clock.now += 5.0  # the batch finished; the server waited for a request
+    timer.idle()
+    assert timer.begin(False) is None
+    clock.now += 0.1
+    assert timer.begin(True) is None
+    clock.now += 0.02
+    assert timer.begin(True) == pytest.approx(20.0)
+    with pytest.raises(ValueError):
+        DecodeStepTimer(lag=2)

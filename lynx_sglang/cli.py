@@ -69,7 +69,8 @@ COMMANDS = {
                       "(default: the embedded model on 127.0.0.1:30000)"),
     "eval": (_eval, "exact-match accuracy of a running server on held-out problems of the embedded task"),
     "policies": (_policies, "list the expert-selection policies with their parameters, defaults and ranges"),
-    "bench": (_bench, "benchmarks: `bench policies`, `bench kernels`, `bench serve` (end to end on CPU), `bench bookkeeping`"),
+    "bench": (_bench, "benchmarks: `bench policies`, `bench kernels`, `bench serve` (a real server, CPU or GPU), "
+                      "`bench bookkeeping`"),
     "train-embedded": (_train_embedded, "retrain the embedded model"),
     "ab": (_ab, "two policies on the same requests: accuracy and speed with confidence intervals"),
     "sweep": (_sweep, "many policies on one server: the accuracy / expert-bytes frontier"),

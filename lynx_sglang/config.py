@@ -407,14 +407,16 @@ def check_settings(data, source: str) -> dict:
     return data
 
 
-def build_config(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> LynxConfig:
+def build_config(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ,
+                 flag_source: str = "flag") -> LynxConfig:
     """Merge the sources: flag > env > file; params merge key by key in the same order. `flags` holds
-    the settings given on the command line (name -> raw value), and optionally `config_file`."""
+    the settings given on the command line (name -> raw value), and optionally `config_file`;
+    `flag_source` names them in errors (the offline engine's are keywords)."""
     file_path = flags.get("config_file") or environ.get(CONFIG_FILE_ENV) or None
     sources_in_order = [
         ("config file " + str(file_path), read_config_file(file_path) if file_path else {}),
         ("environment", {name: environ[var] for var, name in ENV_VARIABLES.items() if environ.get(var)}),
-        ("flag", {k: v for k, v in flags.items() if k != "config_file" and v is not None}),
+        (flag_source, {k: v for k, v in flags.items() if k != "config_file" and v is not None}),
     ]
     merged: dict[str, Any] = {}
     params: dict[str, Any] = {}

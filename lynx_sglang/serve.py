@@ -140,27 +140,39 @@ def plan_launch(argv: list[str], *, on_cpu: bool | None = None, environ=os.envir
     `sgl_kernel_ok` (probed when None, on CUDA only) says whether SGLang's compiled kernels import."""
     namespace, args = parse_serve_args(list(argv))
     model_path = Path(namespace.model_path).expanduser() if namespace.model_path else EMBEDDED_MODEL_DIR
+    config = checked_config(lynx_settings(namespace), model_path, args, environ)
+    port = parse_port(namespace.port)
+    check_port_free(namespace.host, port)
+    defaults, env = machine_defaults(config, args, on_cpu=on_cpu, environ=environ, sgl_kernel_ok=sgl_kernel_ok)
+    ours = ["--model-path", str(model_path), "--host", namespace.host, "--port", str(port)]
+    return LaunchPlan(model_path=model_path, host=namespace.host, port=port, sglang_args=ours + defaults + args,
+                      env=env, config=config)
+
+
+def checked_config(settings: dict, model_path: Path, args: list[str], environ, source: str = "flag") -> LynxConfig:
+    """The lynx settings merged with the environment and config file, checked against the checkpoint
+    and against SGLang's flags `args` (shared by `serve` and the offline engine)."""
     check_checkpoint(model_path, dummy_weights=_flag_value(args, "--load-format") == "dummy")
     try:
-        config = build_config(lynx_settings(namespace), environ)
+        config = build_config(settings, environ, flag_source=source)
         validate_for_model(config, MoeShape.from_checkpoint(model_path))
     except ConfigError as exc:
         raise LaunchError(str(exc)) from None
     check_parallelism(config, args)
-    port = parse_port(namespace.port)
-    check_port_free(namespace.host, port)
+    return config
 
+
+def machine_defaults(config: LynxConfig, args: list[str], *, on_cpu: bool | None = None, environ=os.environ,
+                     sgl_kernel_ok: bool | None = None) -> tuple[list[str], dict[str, str]]:
+    """The SGLang flags (those `args` does not set) and environment this machine needs: a CPU's, the
+    GPU runtime's where sgl_kernel does not import on CUDA, or none."""
     if on_cpu is None:
         on_cpu = not cuda_available()
-    defaults, env = [], {}
     if on_cpu:
-        defaults, env = cpu_defaults(config, args, environ)
-    elif not (gpu_runtime.sgl_kernel_importable() if sgl_kernel_ok is None else sgl_kernel_ok):
-        defaults = defaults_not_given(gpu_runtime.SERVE_FLAGS, args)
-        env = gpu_runtime.serve_environment(environ)
-    ours = ["--model-path", str(model_path), "--host", namespace.host, "--port", str(port)]
-    return LaunchPlan(model_path=model_path, host=namespace.host, port=port, sglang_args=ours + defaults + args,
-                      env=env, config=config)
+        return cpu_defaults(config, args, environ)
+    if not (gpu_runtime.sgl_kernel_importable() if sgl_kernel_ok is None else sgl_kernel_ok):
+        return defaults_not_given(gpu_runtime.SERVE_FLAGS, args), gpu_runtime.serve_environment(environ)
+    return [], {}
 
 
 def parse_port(text: str) -> int:

@@ -19,6 +19,14 @@ import time
 
 from lynx_sglang.config import CONTROL_RPC_METHOD
 
+# Field of a set_policy request (POST /lynx/policy's body) -> (accepted JSON types, how to say it).
+POLICY_FIELDS = {
+    "policy": ((str,), "a string"),
+    "params": ((dict,), "an object"),
+    "budget": ((str, type(None)), "a string such as 'experts=4', or null"),
+    "config": ((dict,), "an object of settings, as a config file holds them"),
+}
+
 
 class SchedulerError(Exception):
     """The scheduler refused the request (its message says why)."""
@@ -29,13 +37,16 @@ class SchedulerUnavailable(Exception):
 
 
 class SchedulerChannel:
-    def __init__(self, rpc_ipc_name: str, timeout_s: float = 60.0):
-        import zmq
+    def __init__(self, rpc_ipc_name: str | None = None, timeout_s: float = 60.0, *, socket=None):
+        """Binds `rpc_ipc_name` (in an HTTP launcher, where nothing else does), or talks over `socket`,
+        the DEALER socket an `sglang.Engine` bound there for its `collective_rpc`."""
+        if socket is None:
+            import zmq
 
-        self._zmq = zmq
-        self._context = zmq.Context(1)
-        self._socket = self._context.socket(zmq.DEALER)
-        self._socket.bind(rpc_ipc_name)
+            self._context = zmq.Context(1)
+            socket = self._context.socket(zmq.DEALER)
+            socket.bind(rpc_ipc_name)
+        self._socket = socket
         self._lock = threading.Lock()
         self._nonces = itertools.count(1)
         self.timeout_s = timeout_s
@@ -75,3 +86,21 @@ def _parse_reply(output) -> dict | None:
     except (TypeError, ValueError):
         return None
     return reply if isinstance(reply, dict) else None
+
+
+def policy_request_problem(body) -> str | None:
+    """What is wrong with a set_policy request's shape (None: nothing; values are the scheduler's to
+    judge)."""
+    if not isinstance(body, dict):
+        return "the body must be a JSON object such as {\"policy\": \"lynx\", \"params\": {\"alpha\": 1.0}}"
+    unknown = sorted(set(body) - set(POLICY_FIELDS))
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(POLICY_FIELDS)}"
+    if not body:
+        return "nothing to change: give at least one of policy, params, budget, or a whole config"
+    if "config" in body and len(body) > 1:
+        return "a whole config stands alone: give config without policy, params or budget"
+    for name, (types, expected) in POLICY_FIELDS.items():
+        if name in body and not isinstance(body[name], types):
+            return f"{name} must be {expected}, got {body[name]!r}"
+    return None

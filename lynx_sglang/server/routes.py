@@ -21,15 +21,7 @@ from fastapi import Request
 from lynx_sglang import __version__
 from lynx_sglang.config import LynxConfig
 from lynx_sglang.process_records import read_process_records
-from lynx_sglang.server.channel import SchedulerChannel, SchedulerError, SchedulerUnavailable
-
-# Field of a POST /lynx/policy body -> (accepted JSON types, how to say it).
-POLICY_FIELDS = {
-    "policy": ((str,), "a string"),
-    "params": ((dict,), "an object"),
-    "budget": ((str, type(None)), "a string such as 'experts=4', or null"),
-    "config": ((dict,), "an object of settings, as a config file holds them"),
-}
+from lynx_sglang.server.channel import SchedulerChannel, SchedulerError, SchedulerUnavailable, policy_request_problem
 
 
 def admin_refusal(config: LynxConfig, authorization: str | None) -> str | None:
@@ -40,24 +32,6 @@ def admin_refusal(config: LynxConfig, authorization: str | None) -> str | None:
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.admin_token.encode()):
         return "missing or wrong admin token (send Authorization: Bearer <token>)"
-    return None
-
-
-def policy_request_problem(body) -> str | None:
-    """What is wrong with a POST /lynx/policy body's shape (None: nothing; values are the
-    scheduler's to judge)."""
-    if not isinstance(body, dict):
-        return "the body must be a JSON object such as {\"policy\": \"lynx\", \"params\": {\"alpha\": 1.0}}"
-    unknown = sorted(set(body) - set(POLICY_FIELDS))
-    if unknown:
-        return f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(POLICY_FIELDS)}"
-    if not body:
-        return "nothing to change: give at least one of policy, params, budget, or a whole config"
-    if "config" in body and len(body) > 1:
-        return "a whole config stands alone: give config without policy, params or budget"
-    for name, (types, expected) in POLICY_FIELDS.items():
-        if name in body and not isinstance(body[name], types):
-            return f"{name} must be {expected}, got {body[name]!r}"
     return None
 
 

@@ -1,0 +1,48 @@
+"""One offline session with `lynx_sglang.engine.Engine` on the embedded model, in its own process (SGLang's
+engine spawns its scheduler, which imports the main module again: pytest's would not do). Writes what
+it saw as JSON to the path given.
+
+    python tests/support/engine_session.py OUT.json
+"""
+
+import json
+import sys
+
+from lynx_sglang.embedded.task import heldout_problems, score
+from lynx_sglang.evaluate import MAX_ANSWER_TOKENS
+from lynx_sglang.server.channel import SchedulerError
+
+GREEDY = {"temperature": 0, "max_new_tokens": MAX_ANSWER_TOKENS}
+
+
+def solve(engine, problems) -> float:
+    outputs = engine.generate([p.prompt for p in problems], GREEDY)
+    return score(problems, [o["text"] for o in outputs]).accuracy
+
+
+def main(out_path: str) -> None:
+    from lynx_sglang.engine import Engine
+
+    seen = {}
+    engine = Engine(lynx_policy="lynx", log_level="warning")
+    try:
+        seen["policy"] = engine.lynx.policy()
+        seen["accuracy_lynx"] = solve(engine, heldout_problems(96, seed=61, distinct=True))
+        seen["stats_lynx"] = engine.lynx.stats()
+        try:
+            engine.lynx.set_policy(policy="no-such-policy")
+        except SchedulerError as error:
+            seen["refused"] = str(error)
+        seen["after_refusal"] = engine.lynx.policy()
+        seen["switched"] = engine.lynx.set_policy(policy="budget", params={"num_experts_kept": 2})
+        engine.lynx.reset_stats()
+        seen["accuracy_budget"] = solve(engine, heldout_problems(64, seed=62, distinct=True))
+        seen["stats_budget"] = engine.lynx.stats()
+    finally:
+        engine.shutdown()
+    with open(out_path, "w") as f:
+        json.dump(seen, f, indent=2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

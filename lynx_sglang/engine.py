@@ -67,6 +67,9 @@ def engine_arguments(kwargs: dict, *, environ=os.environ, on_cpu: bool | None = 
 
 def split_keywords(kwargs: dict) -> tuple[dict, dict]:
     """-> (SGLang's keywords, the lynx settings as `build_config` takes them)."""
+    if "server_args" in kwargs:
+        raise ConfigError("give SGLang's settings as keywords (Engine(model_path=..., tp_size=...)), not server_args=: "
+                          "the lynx checks and this machine's defaults read them")
     sglang_kwargs, settings = {}, {}
     for key, value in kwargs.items():
         if not key.startswith("lynx_"):

@@ -42,6 +42,7 @@ def test_a_gpu_with_sglangs_kernels_gets_no_defaults():
     ({"lynx_policy": "lynx", "lynx_budget": "tpot_ms=30", "tp_size": 2}, "tensor parallelism"),
     ({"lynx_policy": "lynx", "ep_size": 2}, "expert parallelism"),
     ({"model_path": "/nonexistent/model"}, "/nonexistent/model"),
+    ({"server_args": object()}, "not server_args="),
 ])  # fmt: skip
 def test_bad_keywords_name_the_problem_before_anything_starts(kwargs, needle):
     with pytest.raises(ConfigError, match=None) as error:

@@ -39,6 +39,7 @@ def read_model(model_runner) -> LoadedModel | None:
     top_k = getattr(hf_config, "num_experts_per_tok", None)  # some MoE layers leave top_k to TopK
     first = moe_layers[0]
     device = model_device(model_runner.model, first.w13_weight.device)
+    overlap_schedule = not model_runner.server_args.disable_overlap_schedule  # read on every device
     return LoadedModel(
         layers=[layer_info(m, top_k) for m in moe_layers],
         device=device,
@@ -47,7 +48,7 @@ def read_model(model_runner) -> LoadedModel | None:
         calibration=(first.w13_weight, first.w2_weight, first.moe_runner_config.activation),
         passthrough=passthrough_layers(model_runner.model),
         moe_modules=tuple(moe_layers),
-        overlapped_steps=device.type != "cpu" and not model_runner.server_args.disable_overlap_schedule,
+        overlapped_steps=overlap_schedule and device.type != "cpu",
     )
 
 

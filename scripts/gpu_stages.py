@@ -49,6 +49,9 @@ REFERENCE = REPO / "scripts" / "data" / "embedded-greedy-cpu.json"
 REFERENCE_PROBLEMS, REFERENCE_SEED = 200, 1234
 GRAPH_SIZES = ["--cuda-graph-bs-decode", "1", "16", "32", "64"]
 BENCH_ARMS = "baseline;budget:fraction=0.5;lynx"
+# The targets' levels first: each arm runs its levels in this order and the record is rewritten after
+# each, so a run the device's time cuts short keeps the levels the targets are judged at.
+BENCH_LEVELS = "32,16,1,64"
 
 
 class Stage:
@@ -82,7 +85,7 @@ class Stage:
         self.keep_log(server, label)
 
 
-def bench(stage: Stage, shape: str, arms: str, extra: list[str] = (), concurrency: str = "1,16,32,64",
+def bench(stage: Stage, shape: str, arms: str, extra: list[str] = (), concurrency: str = BENCH_LEVELS,
           record_name: str | None = None) -> None:  # fmt: skip
     record = stage.out / (record_name or f"{stage.name}-serve.json")
     command = [sys.executable, "-m", "lynx_sglang.cli", "bench", "serve", "--shape", shape, "--arms", arms,

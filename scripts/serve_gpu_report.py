@@ -27,9 +27,11 @@ def merge(records: list[dict]) -> dict:
     commits = {r["commit"] for r in records}
     if len(devices) > 1 or len(commits) > 1:
         raise SystemExit(f"records of different devices or commits: {sorted(devices)} {sorted(commits)}")
+    rows = [row for r in records for row in r["rows"]]
+    # by shape and concurrency (the stages run the targets' levels first); arms stay in the order run
+    rows.sort(key=lambda row: (row["shape"], row["num_layers"], row["concurrency"]))
     return {"device": devices.pop(), "commit": commits.pop(),
-            "command": " ; ".join(r["command"] for r in records),
-            "rows": [row for r in records for row in r["rows"]]}
+            "command": " ; ".join(r["command"] for r in records), "rows": rows}
 
 
 def baseline_of(row: dict, rows: list[dict]) -> dict | None:

@@ -46,3 +46,11 @@ def test_records_merge_into_the_fixed_schema_and_targets_are_judged(tmp_path, ca
 def test_records_of_different_devices_do_not_merge():
     with pytest.raises(SystemExit, match="different devices"):
         report.merge([record([]), {**record([]), "device": "NVIDIA H100 80GB HBM3"}])
+
+
+def test_rows_come_out_by_shape_and_concurrency_with_arms_in_the_order_run():
+    run_order = [row("mixtral-8x7b", arm, c, 10.0) for arm in ("baseline", "budget:fraction=0.5", "lynx")
+                 for c in (32, 16, 1, 64)]  # fmt: skip
+    merged = report.merge([record(run_order)])
+    assert [(r["concurrency"], r["arm"]) for r in merged["rows"][:4]] == [
+        (1, "baseline"), (1, "budget:fraction=0.5"), (1, "lynx"), (16, "baseline")]

@@ -7,7 +7,13 @@ import torch
 
 from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.kernels.configs import device_name
-from lynx_sglang.kernels.routing.launch_config import default_launch_config, heuristic_launch_config, launch_config
+from lynx_sglang.kernels.routing.launch_config import (
+    bits_rows,
+    default_launch_config,
+    heuristic_launch_config,
+    launch_config,
+)
+from lynx_sglang.kernels.triton_shared import INTERPRETING
 from lynx_sglang.kernels.routing.triton_plan import plan_triton
 from lynx_sglang.tools.bench.batches import make_batch
 from lynx_sglang.policies.registry import get_policy
@@ -24,6 +30,20 @@ def run(call, config):
     return plan.result
 
 
+def distinct_programs(configs, num_rows):
+    """The configs that run differently here: Triton's interpreter has no warps, so configs that differ
+    only in them (and in the rows' bit width they bound, where that is the same) are one run."""
+    if not INTERPRETING:
+        return configs
+    seen, distinct = set(), []
+    for config in configs:
+        key = (config._replace(rows_warps=0, decide_warps=0), bits_rows(num_rows, config.decide_warps))
+        if key not in seen:
+            seen.add(key)
+            distinct.append(config)
+    return distinct
+
+
 @pytest.mark.parametrize("policy,num_rows,num_experts,top_k", [("lynx", 20, 16, 4), ("coverage", 9, 32, 2)])
 def test_every_candidate_routes_as_the_default(policy, num_rows, num_experts, top_k):
     logits, ids, weights = make_batch(num_rows, num_experts, top_k, DEVICE, torch.float32, seed=3)
@@ -35,7 +55,7 @@ def test_every_candidate_routes_as_the_default(policy, num_rows, num_experts, to
     assert len({c.block_t for c in configs}) > 1 and len({c.decide_warps for c in configs}) > 1
     want = run(call, configs[0])
     assert want.active_mask.sum() < num_experts  # the rule does prune here: the comparison is not vacuous
-    for config in configs[1:]:
+    for config in distinct_programs(configs[1:], num_rows):
         got = run(call, config)
         assert torch.equal(got.topk_ids, want.topk_ids), config
         torch.testing.assert_close(got.topk_weights, want.topk_weights, rtol=1e-6, atol=0, msg=str(config))

@@ -4,9 +4,11 @@ BIN := $(VENV)/bin
 # One OpenMP thread per process: spinning threads on two shared cores made steps 8-26x slower.
 export OMP_NUM_THREADS ?= 1
 # Test modules run on two workers (one module stays on one worker, so each starts its server once):
-# most of the suite is SGLang servers starting and answering, which two cores overlap well.
+# most of the suite is SGLang servers starting and answering, which two cores overlap well. Files go
+# out in collection order (tests/conftest.py puts the long ones first), not xdist's default of the
+# most tests first, which left one-test modules of a minute or two for the end.
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadfile
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install serve test test-fast train-embedded eval
 

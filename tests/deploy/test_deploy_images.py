@@ -12,7 +12,7 @@ from deploy_testlib import DEPLOY, ROOT
 
 DOCKERFILES = {"cpu": DEPLOY / "Dockerfile", "gpu": DEPLOY / "Dockerfile.gpu"}
 # What scripts/install.sh reads (plus the folder lister): the only sources allowed before the install.
-INSTALL_INPUTS = {"Makefile", "pyproject.toml", "requirements/", "scripts/", "deploy/package_dirs.py",
+INSTALL_INPUTS = {"Makefile", "pyproject.toml", "requirements/", "scripts/install.sh", "deploy/package_dirs.py",
                   "deploy/gpu-build/", "lynx_sglang/__init__.py",
                   # `python -m lynx_sglang.cpu_runtime install`: the rest of the glue is code, copied later
                   "lynx_sglang/cpu_runtime/__init__.py", "lynx_sglang/cpu_runtime/__main__.py"}

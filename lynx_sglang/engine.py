@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from lynx_sglang.config import CONFIG_ENV, SETTINGS, ConfigError
+from lynx_sglang.serve import EMBEDDED_MODEL_DIR, LaunchError, checked_config, machine_defaults
 from lynx_sglang.server.channel import SchedulerChannel, policy_request_problem
 
 # lynx_<setting> keywords; an offline engine has no HTTP admin routes, so no admin token.
@@ -44,8 +45,6 @@ def engine_arguments(kwargs: dict, *, environ=os.environ, on_cpu: bool | None = 
                      sgl_kernel_ok: bool | None = None):  # fmt: skip
     """Engine keywords -> (SGLang's keywords with this machine's defaults, the environment to set, the
     checked LynxConfig). Starts nothing."""
-    from lynx_sglang.serve import EMBEDDED_MODEL_DIR, LaunchError, checked_config, machine_defaults
-
     sglang_kwargs, settings = split_keywords(kwargs)
     model_path = Path(sglang_kwargs.get("model_path") or EMBEDDED_MODEL_DIR).expanduser()
     sglang_kwargs["model_path"] = str(model_path)

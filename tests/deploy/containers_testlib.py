@@ -71,11 +71,26 @@ def podman(*args, timeout: float = 120, check: bool = True, **kwargs) -> subproc
 
 
 @contextmanager
-def machine_lock(name: str):
-    """One test process at a time, across pytest workers and checkouts of this machine."""
+def machine_lock(name: str, *, shared: bool = False):
+    """One test process at a time, across pytest workers and checkouts of this machine; or, `shared`,
+    any number of them while none holds it alone."""
     with open(Path(tempfile.gettempdir()) / f"lynx-sglang-tests-{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
+
+
+# podman 4.3's build looks for a cached step by listing every image, then reading each one's top layer:
+# an image removed in between (another worker's `podman rmi`) fails the build with "layer not known"
+# (buildah #5674, fixed in buildah 1.43). So builds share the image store and removals take it alone;
+# a build that still meets the race (a process outside these locks) is run once more.
+IMAGE_STORE = "image-store"
+CACHE_RACE = "checking if cached image exists from a previous build"
+
+
+def remove_image(reference: str) -> None:
+    """`podman rmi`, once no build runs; an image in use by a running test elsewhere stays."""
+    with machine_lock(IMAGE_STORE):
+        podman("rmi", reference, check=False)
 
 
 def container_tools() -> None:
@@ -210,14 +225,18 @@ def build(tag: str, dockerfile: Path, context: Path, *, args: dict[str, str], mo
         command += [a for key, value in args.items() for a in ("--build-arg", f"{key}={value}")]
         command += [a for mount in [*(f"{m}:{m}:ro" for m in mounts), *pip_trust_mounts()] for a in ("--volume", mount)]
         start = time.monotonic()
-        result = subprocess.run([*command, str(context)], env=podman_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, timeout=BUILD_TIMEOUT_S)  # fmt: skip
+        for attempt in range(2):
+            with machine_lock(IMAGE_STORE, shared=True):
+                result = subprocess.run([*command, str(context)], env=podman_env(), stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, timeout=BUILD_TIMEOUT_S)  # fmt: skip
+            if result.returncode == 0 or CACHE_RACE not in result.stdout:
+                break
         seconds = time.monotonic() - start
         log = result.stdout
         assert result.returncode == 0, f"building {dockerfile.name} failed:\n" + "\n".join(log.splitlines()[-60:])
         image = iidfile.read_text().strip().removeprefix("sha256:")
     if previous and previous.removeprefix("sha256:") != image:
-        podman("rmi", previous, check=False)  # in use by a running test elsewhere: stays until the next build
+        remove_image(previous)
     return Build(image, seconds, log)
 
 

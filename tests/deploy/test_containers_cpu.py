@@ -31,6 +31,7 @@ from containers_testlib import (
     image_tag,
     podman,
     podman_env,
+    remove_image,
     report_figure,
     torch_source,
 )
@@ -226,7 +227,7 @@ def test_a_change_to_project_code_only_rebuilds_without_reinstalling(cpu_image, 
         report_figure(f"CPU image rebuilt after a change to {changed} in {rebuilt.seconds:.0f} s "
                       f"({sum(cached)} of {len(steps)} steps from the layer cache)")
     finally:
-        podman("rmi", tag, check=False)
+        remove_image(tag)
 
 
 # ---- the compose file, through docker-compose and podman's Docker-compatible API -----------------

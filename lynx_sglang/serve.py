@@ -33,7 +33,9 @@ DEFAULT_PORT = 30000
 CPU_DEFAULT_FLAGS = {
     "--device": "cpu",
     "--attention-backend": "torch_native",
-    "--disable-cuda-graph": None,
+    # SGLang's spelling of --disable-cuda-graph, which it now warns is deprecated.
+    "--cuda-graph-backend-decode": "disabled",
+    "--cuda-graph-backend-prefill": "disabled",
     "--max-total-tokens": "4096",
     "--sleep-on-idle": None,
     # The embedded model is float32; SGLang's "auto" would downcast it to float16.

@@ -19,7 +19,7 @@ def test_lynx_keywords_reach_the_scheduler_and_a_cpu_gets_serves_defaults():
     assert handed_down["budget"] == "fraction=0.5"
     assert config.policy == "lynx"
     # serve's CPU defaults, typed as ServerArgs holds them; the caller's own keywords untouched
-    assert kwargs["device"] == "cpu" and kwargs["disable_cuda_graph"] is True and kwargs["max_total_tokens"] == 4096
+    assert kwargs["device"] == "cpu" and kwargs["cuda_graph_backend_decode"] == "disabled" and kwargs["max_total_tokens"] == 4096
     assert kwargs["mem_fraction_static"] == 0.5 and kwargs["model_path"].endswith("checkpoint")
     assert environment["OMP_NUM_THREADS"] == "1"
 

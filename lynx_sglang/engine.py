@@ -24,6 +24,7 @@ from pathlib import Path
 from lynx_sglang.config import CONFIG_ENV, SETTINGS, ConfigError
 from lynx_sglang.serve import EMBEDDED_MODEL_DIR, LaunchError, checked_config, machine_defaults
 from lynx_sglang.server.channel import SchedulerChannel, policy_request_problem
+from lynx_sglang.sglang_settings import KeywordSettings
 
 # lynx_<setting> keywords; an offline engine has no HTTP admin routes, so no admin token.
 ENGINE_SETTINGS = tuple(name for name in SETTINGS if name != "admin_token")
@@ -48,10 +49,10 @@ def engine_arguments(kwargs: dict, *, environ=os.environ, on_cpu: bool | None = 
     sglang_kwargs, settings = split_keywords(kwargs)
     model_path = Path(sglang_kwargs.get("model_path") or EMBEDDED_MODEL_DIR).expanduser()
     sglang_kwargs["model_path"] = str(model_path)
-    args = keywords_as_flags(sglang_kwargs)
+    given = KeywordSettings(sglang_kwargs)
     try:
-        config = checked_config(settings, model_path, args, environ, source="keyword")
-        defaults, environment = machine_defaults(config, args, on_cpu=on_cpu, environ=environ,
+        config = checked_config(settings, model_path, given, environ, source="keyword")
+        defaults, environment = machine_defaults(config, given, on_cpu=on_cpu, environ=environ,
                                                  sgl_kernel_ok=sgl_kernel_ok)  # fmt: skip
     except LaunchError as exc:
         raise ConfigError(str(exc)) from None
@@ -60,7 +61,7 @@ def engine_arguments(kwargs: dict, *, environ=os.environ, on_cpu: bool | None = 
             "SGLang's compiled kernels (sgl_kernel) do not import here, and the offline engine runs SGLang "
             "in this process, which needs them; `lynx-sglang serve` runs SGLang without them (docs/gpu.md)"
         )
-    sglang_kwargs.update({k: v for k, v in typed_flags(defaults).items() if k not in sglang_kwargs})
+    sglang_kwargs.update(defaults)  # only those the caller did not give
     return sglang_kwargs, {**environment, CONFIG_ENV: config.to_env()}, config
 
 
@@ -81,33 +82,6 @@ def split_keywords(kwargs: dict) -> tuple[dict, dict]:
             known = ", ".join(f"lynx_{name}" for name in (*ENGINE_SETTINGS, "config"))
             raise ConfigError(f"unknown keyword {key}; known lynx keywords: {known}")
     return sglang_kwargs, {name: value for name, value in settings.items() if value is not None}
-
-
-def keywords_as_flags(sglang_kwargs: dict) -> list[str]:
-    """SGLang's keywords as the command-line flags `serve`'s checks read (--tp-size 2, --load-format dummy)."""
-    args = []
-    for key, value in sglang_kwargs.items():
-        if value is None or value is False:
-            continue
-        args.append("--" + key.replace("_", "-"))
-        if value is not True:
-            args.append(str(value))
-    return args
-
-
-def typed_flags(flags: list[str]) -> dict:
-    """SGLang command-line flags -> ServerArgs keywords with their types, read by SGLang's own parser."""
-    if not flags:
-        return {}
-    import argparse
-
-    from sglang.srt.server_args import ServerArgs
-
-    parser = argparse.ArgumentParser()
-    ServerArgs.add_cli_args(parser)
-    namespace = parser.parse_args(["--model-path", "unused", *flags])
-    dests = [parser._option_string_actions[flag].dest for flag in flags if flag in parser._option_string_actions]
-    return {dest: getattr(namespace, dest) for dest in dests}
 
 
 class LynxControl:

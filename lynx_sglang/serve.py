@@ -22,6 +22,7 @@ from lynx_sglang.config import CACHE_POLICIES, CONFIG_ENV, KERNELS, TPOT_WITH_TP
 from lynx_sglang.local_server import wait_healthy
 from lynx_sglang.policy_setup import MoeShape, validate_for_model
 from lynx_sglang.process_group import start_process_group, stop_process_group
+from lynx_sglang.sglang_settings import FlagSettings, GivenSettings, as_flags, defaults_not_given
 
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / "checkpoint"
 DEFAULT_HOST = "127.0.0.1"
@@ -30,22 +31,19 @@ DEFAULT_PORT = 30000
 
 # On CPU, SGLang's defaults are GPU-shaped: its KV pool takes ~72 % of RAM (15 GB, a 55 s start), the
 # idle scheduler spins half a core, and OpenMP spinning on shared cores made steps 8-26x slower.
-CPU_DEFAULT_FLAGS = {
-    "--device": "cpu",
-    "--attention-backend": "torch_native",
+# Settings under SGLang's keyword (ServerArgs field) names; `--<name>` on the command line.
+CPU_DEFAULTS = {
+    "device": "cpu",
+    "attention_backend": "torch_native",
     # SGLang's spelling of --disable-cuda-graph, which it now warns is deprecated.
-    "--cuda-graph-backend-decode": "disabled",
-    "--cuda-graph-backend-prefill": "disabled",
-    "--max-total-tokens": "4096",
-    "--sleep-on-idle": None,
+    "cuda_graph_backend_decode": "disabled",
+    "cuda_graph_backend_prefill": "disabled",
+    "max_total_tokens": 4096,
+    "sleep_on_idle": True,
     # The embedded model is float32; SGLang's "auto" would downcast it to float16.
-    "--dtype": "float32",
+    "dtype": "float32",
 }
 CPU_DEFAULT_ENV = {"OMP_NUM_THREADS": "1", "SGLANG_USE_CPU_ENGINE": "1"}
-
-# SGLang's names for its tensor- and expert-parallel sizes.
-TP_FLAGS = ("--tp", "--tp-size", "--tensor-parallel-size")
-EP_FLAGS = ("--ep-size", "--expert-parallel-size", "--ep")
 
 
 class LaunchError(Exception):
@@ -142,39 +140,40 @@ def plan_launch(argv: list[str], *, on_cpu: bool | None = None, environ=os.envir
     `sgl_kernel_ok` (probed when None, on CUDA only) says whether SGLang's compiled kernels import."""
     namespace, args = parse_serve_args(list(argv))
     model_path = Path(namespace.model_path).expanduser() if namespace.model_path else EMBEDDED_MODEL_DIR
-    config = checked_config(lynx_settings(namespace), model_path, args, environ)
+    given = FlagSettings(args)
+    config = checked_config(lynx_settings(namespace), model_path, given, environ)
     port = parse_port(namespace.port)
     check_port_free(namespace.host, port)
-    defaults, env = machine_defaults(config, args, on_cpu=on_cpu, environ=environ, sgl_kernel_ok=sgl_kernel_ok)
+    defaults, env = machine_defaults(config, given, on_cpu=on_cpu, environ=environ, sgl_kernel_ok=sgl_kernel_ok)
     ours = ["--model-path", str(model_path), "--host", namespace.host, "--port", str(port)]
-    return LaunchPlan(model_path=model_path, host=namespace.host, port=port, sglang_args=ours + defaults + args,
-                      env=env, config=config)
+    return LaunchPlan(model_path=model_path, host=namespace.host, port=port,
+                      sglang_args=ours + as_flags(defaults) + args, env=env, config=config)  # fmt: skip
 
 
-def checked_config(settings: dict, model_path: Path, args: list[str], environ, source: str = "flag") -> LynxConfig:
+def checked_config(settings: dict, model_path: Path, given: GivenSettings, environ, source: str = "flag") -> LynxConfig:
     """The lynx settings merged with the environment and config file, checked against the checkpoint
-    and against SGLang's flags `args` (shared by `serve` and the offline engine)."""
-    check_checkpoint(model_path, dummy_weights=_flag_value(args, "--load-format") == "dummy")
+    and against the SGLang settings `given` (FlagSettings for `serve`, KeywordSettings for the engine)."""
+    check_checkpoint(model_path, dummy_weights=given.value("load_format") == "dummy")
     try:
         config = build_config(settings, environ, flag_source=source)
         validate_for_model(config, MoeShape.from_checkpoint(model_path))
     except ConfigError as exc:
         raise LaunchError(str(exc)) from None
-    check_parallelism(config, args)
+    check_parallelism(config, given)
     return config
 
 
-def machine_defaults(config: LynxConfig, args: list[str], *, on_cpu: bool | None = None, environ=os.environ,
-                     sgl_kernel_ok: bool | None = None) -> tuple[list[str], dict[str, str]]:
-    """The SGLang flags (those `args` does not set) and environment this machine needs: a CPU's, the
-    GPU runtime's where sgl_kernel does not import on CUDA, or none."""
+def machine_defaults(config: LynxConfig, given: GivenSettings, *, on_cpu: bool | None = None, environ=os.environ,
+                     sgl_kernel_ok: bool | None = None) -> tuple[dict, dict[str, str]]:
+    """The SGLang settings (those not `given`) and environment this machine needs: a CPU's, the GPU
+    runtime's where sgl_kernel does not import on CUDA, or none."""
     if on_cpu is None:
         on_cpu = not cuda_available()
     if on_cpu:
-        return cpu_defaults(config, args, environ)
+        return cpu_defaults(config, given, environ)
     if not (gpu_runtime.sgl_kernel_importable() if sgl_kernel_ok is None else sgl_kernel_ok):
-        return defaults_not_given(gpu_runtime.SERVE_FLAGS, args), gpu_runtime.serve_environment(environ)
-    return [], {}
+        return defaults_not_given(gpu_runtime.SERVE_SETTINGS, given), gpu_runtime.serve_environment(environ)
+    return {}, {}
 
 
 def parse_port(text: str) -> int:
@@ -193,8 +192,8 @@ def cuda_available() -> bool:
         return False
 
 
-def cpu_defaults(config: LynxConfig, args: list[str], environ) -> tuple[list[str], dict[str, str]]:
-    """The SGLang flags and environment a CPU needs, where the user did not set them."""
+def cpu_defaults(config: LynxConfig, given: GivenSettings, environ) -> tuple[dict, dict[str, str]]:
+    """The SGLang settings and environment a CPU needs, where the user did not set them."""
     from lynx_sglang import cpu_runtime
     from lynx_sglang.cpu_runtime import threads
 
@@ -205,23 +204,14 @@ def cpu_defaults(config: LynxConfig, args: list[str], environ) -> tuple[list[str
         )
     env = {key: environ.get(key, value) for key, value in CPU_DEFAULT_ENV.items()}
     try:  # one core set per tensor-parallel rank, or SGLang asserts one NUMA node per rank
-        env.update(threads.default_bind_env(_flag_value(args, *TP_FLAGS), environ.get(threads.BIND_ENV)))
+        env.update(threads.default_bind_env(given.value("tp_size"), environ.get(threads.BIND_ENV)))
     except ValueError as exc:
         raise LaunchError(str(exc)) from None
     if config.kernel == "triton":
         # Triton kernels on CPU tensors run in its interpreter, which is chosen when a kernel is
         # decorated: it must be on before any process imports them.
         env["TRITON_INTERPRET"] = "1"
-    return defaults_not_given(CPU_DEFAULT_FLAGS, args), env
-
-
-def defaults_not_given(defaults: dict[str, str | None], args: list[str]) -> list[str]:
-    """The flags of `defaults` that `args` does not set (a None value: a flag that takes none)."""
-    added = []
-    for flag, value in defaults.items():
-        if not _has_flag(args, flag):
-            added += [flag] if value is None else [flag, value]
-    return added
+    return defaults_not_given(CPU_DEFAULTS, given), env
 
 
 def check_checkpoint(path: Path, dummy_weights: bool = False) -> None:
@@ -265,40 +255,28 @@ def check_port_free(host: str, port: int) -> None:
             raise LaunchError(f"port {port} on {host} is not available ({exc.strerror})") from None
 
 
-def check_parallelism(config: LynxConfig, args: list[str]) -> None:
+def check_parallelism(config: LynxConfig, given: GivenSettings) -> None:
     """A pruning policy needs every rank to take the same decision: ranks that route different tokens
     (expert parallelism, data-parallel attention) would not, nor would one latency controller per rank."""
     if config.policy == "baseline":
         return
-    ep_size = _flag_value(args, *EP_FLAGS)
+    ep_size = given.value("ep_size")
     if ep_size not in (None, "1"):
         raise LaunchError(
             f"expert parallelism (--ep-size {ep_size}) is not supported with --lynx-policy {config.policy}: "
             "use tensor parallelism (--tp N), where every rank takes the same decision"
         )
-    tp_size = _flag_value(args, *TP_FLAGS)
+    tp_size = given.value("tp_size")
     budget = config.parsed_budget
     if budget is not None and budget.kind == "tpot_ms" and tp_size not in (None, "1"):
         raise LaunchError(TPOT_WITH_TP)
-    if _has_flag(args, "--enable-dp-attention"):
+    attn_dp_size = given.value("attn_dp_size")
+    if given.enabled("enable_dp_attention") or attn_dp_size not in (None, "1"):
+        spelled = "--enable-dp-attention" if attn_dp_size in (None, "1") else f"--attn-dp-size {attn_dp_size}"
         raise LaunchError(
-            f"--enable-dp-attention is not supported with --lynx-policy {config.policy}: data-parallel "
+            f"{spelled} is not supported with --lynx-policy {config.policy}: data-parallel "
             "attention ranks route different tokens, so they would take different decisions"
         )
-
-
-def _has_flag(args: list[str], name: str) -> bool:
-    return any(a == name or a.startswith(name + "=") for a in args)
-
-
-def _flag_value(args: list[str], *names: str) -> str | None:
-    """The value of SGLang's flag under any of its names (`--x V` or `--x=V`; last one wins)."""
-    value = None
-    for i, arg in enumerate(args):
-        name, eq, inline = arg.partition("=")
-        if name in names:
-            value = inline if eq else (args[i + 1] if i + 1 < len(args) else None)
-    return value
 
 
 def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:

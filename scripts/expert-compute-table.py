@@ -21,9 +21,8 @@ from pathlib import Path
 
 from lynx_sglang.kernels.configs import CONFIG_DIR, config_path
 from lynx_sglang.scheduler.compute_table import KERNEL_KIND, ComputeTable, LayerShape
+from lynx_sglang.sglang_settings import FlagSettings
 from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, parse_shape
-
-TP_FLAGS = ("--tp", "--tp-size", "--tensor-parallel-size")
 
 
 class RecordError(ValueError):
@@ -70,8 +69,8 @@ def device_file_name(device) -> str:
 
 def layer_shape(command) -> LayerShape:
     """The MoE layer shape one rank computed in the recorded run."""
-    words = shlex.split(command) if isinstance(command, str) else []
-    shape_text = _flag_value(words, ("--shape",))
+    flags = FlagSettings(shlex.split(command) if isinstance(command, str) else [])
+    shape_text = flags.value("shape")
     if shape_text is None:
         raise RecordError(f"command {command!r} has no --shape: only named shapes "
                           f"({', '.join(NAMED_SHAPES)}) have known layer dimensions")
@@ -82,7 +81,7 @@ def layer_shape(command) -> LayerShape:
     if name is None:
         raise RecordError(f"--shape {shape_text!r} names no shape ({', '.join(NAMED_SHAPES)})")
     fields = {**NAMED_SHAPES[name], **overrides}
-    tp_text = _flag_value(words, TP_FLAGS) or "1"
+    tp_text = flags.value("tp_size") or "1"
     if not tp_text.isdigit() or int(tp_text) < 1:
         raise RecordError(f"--tp {tp_text!r} in the command is not a positive integer")
     tp = int(tp_text)
@@ -92,14 +91,6 @@ def layer_shape(command) -> LayerShape:
     experts = fields.get("num_local_experts") or fields["num_experts"]
     return LayerShape(experts, fields["hidden_size"], intermediate // tp, fields["num_experts_per_tok"],
                       fields.get("dtype", "bfloat16"))  # fmt: skip
-
-
-def _flag_value(words: list[str], flags: tuple[str, ...]) -> str | None:
-    for index, word in enumerate(words):
-        name, equals, value = word.partition("=")
-        if name in flags:
-            return value if equals else (words[index + 1] if index + 1 < len(words) else None)
-    return None
 
 
 def faster_kernels(rows) -> list[tuple[int, str]]:

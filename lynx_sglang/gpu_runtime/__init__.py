@@ -8,7 +8,7 @@ its first `from sgl_kernel import ...`. This runtime lets unmodified SGLang serv
   PYTHONPATH. It implements the few kernels the serving path really calls (the MoE alignment in
   Triton, a handful of elementwise ops in torch) and turns every other name into a function that
   raises `MissingKernelError("sgl_kernel.<name> ...")` when called, so a gap names itself;
-- SGLang settings that keep it on Triton and torch code (`SERVE_FLAGS`, `SERVE_ENV`);
+- SGLang settings that keep it on Triton and torch code (`SERVE_SETTINGS`, `SERVE_ENV`);
 - REPLACE hooks for SGLang's JIT (nvcc-built) kernels on that path (`sglang_patches.py`), registered
   by the plugin in every SGLang process when `RUNTIME_ENV` is set.
 
@@ -49,11 +49,12 @@ def serve_environment(environ: dict | os._Environ = os.environ) -> dict[str, str
 
 
 # SGLang flags: each backend below runs Triton or torch code on CUDA.
-SERVE_FLAGS = {
-    "--attention-backend": "triton",  # Hopper's default (fa3) lives in sgl_kernel
-    "--moe-runner-backend": "triton",
-    "--sampling-backend": "pytorch",  # flashinfer is not installed there
-    "--cuda-graph-backend-prefill": "disabled",  # breakable prefill graphs call sgl_kernel.weak_ref_tensor
+# By SGLang's keyword names (`--<name>` on the command line).
+SERVE_SETTINGS = {
+    "attention_backend": "triton",  # Hopper's default (fa3) lives in sgl_kernel
+    "moe_runner_backend": "triton",
+    "sampling_backend": "pytorch",  # flashinfer is not installed there
+    "cuda_graph_backend_prefill": "disabled",  # breakable prefill graphs call sgl_kernel.weak_ref_tensor
 }
 
 SERVE_ENV = {

@@ -9,13 +9,14 @@ import pytest
 from live_server import RunningServer, get_json, post
 
 from lynx_sglang.embedded.task import heldout_problems
-from lynx_sglang.serve import CPU_DEFAULT_FLAGS, EMBEDDED_MODEL_DIR, defaults_not_given
+from lynx_sglang.serve import CPU_DEFAULTS, EMBEDDED_MODEL_DIR
+from lynx_sglang.sglang_settings import as_flags
 
 pytestmark = pytest.mark.slow
 
 
 def plain_sglang_command() -> list[str]:
-    flags = defaults_not_given(CPU_DEFAULT_FLAGS, [])
+    flags = as_flags(CPU_DEFAULTS)
     return [sys.executable, "-m", "sglang.launch_server", "--model-path", str(EMBEDDED_MODEL_DIR),
             "--host", "127.0.0.1", "--port", "{port}", *flags]
 

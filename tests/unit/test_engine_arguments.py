@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lynx_sglang.config import CONFIG_ENV, ConfigError
-from lynx_sglang.engine import engine_arguments, keywords_as_flags
+from lynx_sglang.engine import engine_arguments
 
 
 def test_lynx_keywords_reach_the_scheduler_and_a_cpu_gets_serves_defaults():
@@ -19,7 +19,8 @@ def test_lynx_keywords_reach_the_scheduler_and_a_cpu_gets_serves_defaults():
     assert handed_down["budget"] == "fraction=0.5"
     assert config.policy == "lynx"
     # serve's CPU defaults, typed as ServerArgs holds them; the caller's own keywords untouched
-    assert kwargs["device"] == "cpu" and kwargs["cuda_graph_backend_decode"] == "disabled" and kwargs["max_total_tokens"] == 4096
+    assert kwargs["device"] == "cpu" and kwargs["cuda_graph_backend_decode"] == "disabled"
+    assert kwargs["max_total_tokens"] == 4096 and kwargs["sleep_on_idle"] is True
     assert kwargs["mem_fraction_static"] == 0.5 and kwargs["model_path"].endswith("checkpoint")
     assert environment["OMP_NUM_THREADS"] == "1"
 
@@ -27,6 +28,12 @@ def test_lynx_keywords_reach_the_scheduler_and_a_cpu_gets_serves_defaults():
 def test_a_caller_setting_wins_over_a_default():
     kwargs, _, _ = engine_arguments({"max_total_tokens": 2048, "attention_backend": "triton"}, environ={}, on_cpu=True)
     assert kwargs["max_total_tokens"] == 2048 and kwargs["attention_backend"] == "triton"
+
+
+def test_a_keyword_given_as_false_or_one_is_taken_as_given():
+    kwargs, _, _ = engine_arguments({"lynx_policy": "lynx", "sleep_on_idle": False, "enable_dp_attention": False,
+                                     "attn_dp_size": 1, "tp_size": 1}, environ={}, on_cpu=True)  # fmt: skip
+    assert kwargs["sleep_on_idle"] is False and kwargs["device"] == "cpu"
 
 
 def test_a_gpu_with_sglangs_kernels_gets_no_defaults():
@@ -41,6 +48,8 @@ def test_a_gpu_with_sglangs_kernels_gets_no_defaults():
     ({"lynx_policy": "lynx", "lynx_budget": "fraction=2"}, "keyword budget: fraction=2.0 out of range"),
     ({"lynx_policy": "lynx", "lynx_budget": "tpot_ms=30", "tp_size": 2}, "tensor parallelism"),
     ({"lynx_policy": "lynx", "ep_size": 2}, "expert parallelism"),
+    ({"lynx_policy": "lynx", "attn_dp_size": 2}, "--attn-dp-size 2"),
+    ({"lynx_policy": "lynx", "enable_dp_attention": True}, "--enable-dp-attention"),
     ({"model_path": "/nonexistent/model"}, "/nonexistent/model"),
     ({"server_args": object()}, "not server_args="),
 ])  # fmt: skip
@@ -53,9 +62,3 @@ def test_bad_keywords_name_the_problem_before_anything_starts(kwargs, needle):
 def test_without_sglangs_kernels_on_a_gpu_the_engine_says_to_serve_instead():
     with pytest.raises(ConfigError, match="sgl_kernel"):
         engine_arguments({}, environ={}, on_cpu=False, sgl_kernel_ok=False)
-
-
-def test_keywords_read_as_flags_by_serves_checks():
-    assert keywords_as_flags({"tp_size": 2, "enable_dp_attention": True, "skip_server_warmup": False,
-                              "load_format": "dummy", "revision": None}) == [
-        "--tp-size", "2", "--enable-dp-attention", "--load-format", "dummy"]  # fmt: skip

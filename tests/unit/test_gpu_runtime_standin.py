@@ -16,6 +16,7 @@ import pytest
 from lynx_sglang import gpu_runtime
 from lynx_sglang.gpu_runtime import sglang_patches
 from lynx_sglang.gpu_runtime.standin_names import ABSENT, IMPLEMENTED, STUBS
+from lynx_sglang.sglang_settings import as_flags
 
 SGLANG = Path(importlib.util.find_spec("sglang").origin).parent
 # Trees SGLang never imports when serving a language model (the GPU kit leaves them out too).
@@ -127,8 +128,7 @@ def test_runtime_settings_are_sglang_flags_and_the_log_line_names_them():
 
     parser = argparse.ArgumentParser()  # the parser `python -m sglang.launch_server` builds
     ServerArgs.add_cli_args(parser)
-    flags = [part for item in gpu_runtime.SERVE_FLAGS.items() for part in item]
-    parsed = vars(parser.parse_args(["--model-path", "any", *flags]))
-    for flag, value in gpu_runtime.SERVE_FLAGS.items():
-        assert parsed[flag.removeprefix("--").replace("-", "_")] == value, flag
+    parsed = vars(parser.parse_args(["--model-path", "any", *as_flags(gpu_runtime.SERVE_SETTINGS)]))
+    for name, value in gpu_runtime.SERVE_SETTINGS.items():
+        assert parsed[name] == value, name
     assert "Triton" in gpu_runtime.LOG_LINE and "torch" in gpu_runtime.LOG_LINE

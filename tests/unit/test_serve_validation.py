@@ -148,6 +148,22 @@ def test_bad_lynx_settings_stop_the_launch(args, needles):
     assert_rejected(proc, *needles)
 
 
+@pytest.mark.parametrize("args,refused", [
+    (["--attn-dp-size", "2"], "--attn-dp-size 2"),
+    (["--attention-data-parallel-size=4"], "--attn-dp-size 4"),
+    (["--attn-dp-size", "1"], None),
+])  # fmt: skip
+def test_data_parallel_attention_in_sglangs_current_spelling_is_refused_with_a_policy(args, refused):
+    launch = ["--port", str(free_port()), *args]
+    plan_launch(launch, on_cpu=True, environ={})  # baseline decides nothing: allowed
+    if refused is None:
+        plan_launch([*launch, "--lynx-policy", "lynx"], on_cpu=True, environ={})
+        return
+    with pytest.raises(LaunchError, match="data-parallel attention") as error:
+        plan_launch([*launch, "--lynx-policy", "lynx"], on_cpu=True, environ={})
+    assert refused in str(error.value)
+
+
 def test_bad_lynx_environment_is_rejected_like_a_flag(monkeypatch):
     monkeypatch.setenv("LYNX_POLICY", "lynx")
     monkeypatch.setenv("LYNX_BUDGET", "mass=2")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lynx_sglang.embedded.tokenizer import SPECIAL_TOKENS, vocabulary
-from lynx_sglang.serve import _flag_value
+from lynx_sglang.sglang_settings import FlagSettings
 from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, fit_layers, parse_shape, write_config_only
 
 # The checkpoint built when no shape is named: experts far larger than a CPU's caches, 1.1 GB of bf16.
@@ -104,7 +104,7 @@ def resolve_model(model_path: str | None, shape_text: str, serve_args: list[str]
 
 def fitted_layers(name: str, fields: dict, device: Device, serve_args: list[str]) -> int:
     """The shape's layers, fewer where its weights would not leave room for the KV cache (one line says so)."""
-    tp = _flag_value(serve_args, "--tp", "--tp-size", "--tensor-parallel-size")
+    tp = FlagSettings(serve_args).value("tp_size")
     devices = int(tp) if tp and tp.isdigit() and int(tp) > 0 else 1  # tensor parallelism splits the weights
     try:
         layers = fit_layers(fields, device.gpu_bytes * devices, WEIGHT_FRACTION)

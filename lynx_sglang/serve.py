@@ -22,7 +22,7 @@ from lynx_sglang.config import CACHE_POLICIES, CONFIG_ENV, KERNELS, TPOT_WITH_TP
 from lynx_sglang.local_server import wait_healthy
 from lynx_sglang.policy_setup import MoeShape, validate_for_model
 from lynx_sglang.process_group import start_process_group, stop_process_group
-from lynx_sglang.sglang_settings import FlagSettings, GivenSettings, as_flags, defaults_not_given
+from lynx_sglang.sglang_settings import NO_CUDA_GRAPHS, FlagSettings, GivenSettings, as_flags, defaults_not_given
 
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / "checkpoint"
 DEFAULT_HOST = "127.0.0.1"
@@ -35,9 +35,7 @@ DEFAULT_PORT = 30000
 CPU_DEFAULTS = {
     "device": "cpu",
     "attention_backend": "torch_native",
-    # SGLang's spelling of --disable-cuda-graph, which it now warns is deprecated.
-    "cuda_graph_backend_decode": "disabled",
-    "cuda_graph_backend_prefill": "disabled",
+    **NO_CUDA_GRAPHS,
     "max_total_tokens": 4096,
     "sleep_on_idle": True,
     # The embedded model is float32; SGLang's "auto" would downcast it to float16.

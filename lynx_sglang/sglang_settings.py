@@ -12,6 +12,8 @@ TP_FLAGS = ("--tp", "--tp-size", "--tensor-parallel-size")
 EP_FLAGS = ("--ep-size", "--expert-parallel-size", "--ep")
 SETTING_FLAGS = {"tp_size": TP_FLAGS, "ep_size": EP_FLAGS,
                  "attn_dp_size": ("--attn-dp-size", "--attention-data-parallel-size")}  # fmt: skip
+# SGLang's spelling of --disable-cuda-graph, which it now warns is deprecated.
+NO_CUDA_GRAPHS = {"cuda_graph_backend_decode": "disabled", "cuda_graph_backend_prefill": "disabled"}
 
 
 @dataclass(frozen=True)
@@ -21,10 +23,10 @@ class FlagSettings:
     args: list[str]
 
     def given(self, name: str) -> bool:
-        return any(_has_flag(self.args, flag) for flag in SETTING_FLAGS.get(name, (_flag(name),)))
+        return any(_has_flag(self.args, flag) for flag in _spellings(name))
 
     def value(self, name: str) -> str | None:
-        return _flag_value(self.args, *SETTING_FLAGS.get(name, (_flag(name),)))
+        return _flag_value(self.args, *_spellings(name))
 
     def enabled(self, name: str) -> bool:  # a flag that takes no value
         return self.given(name)
@@ -64,6 +66,10 @@ def defaults_not_given(defaults: dict, given: GivenSettings) -> dict:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _spellings(name: str) -> tuple[str, ...]:
+    return SETTING_FLAGS.get(name, (_flag(name),))
 
 
 def _has_flag(args: list[str], name: str) -> bool:

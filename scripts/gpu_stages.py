@@ -43,12 +43,12 @@ from lynx_sglang.embedded.task import heldout_problems
 from lynx_sglang.evaluate import complete, post_json
 from lynx_sglang.experiments.client import AdminClient
 from lynx_sglang.experiments.launch import ManagedServer
+from lynx_sglang.sglang_settings import NO_CUDA_GRAPHS, as_flags
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "scripts" / "data" / "embedded-greedy-cpu.json"
 REFERENCE_PROBLEMS, REFERENCE_SEED = 200, 1234
 GRAPH_SIZES = ["--cuda-graph-bs-decode", "1", "16", "32", "64"]
-NO_GRAPHS = ["--cuda-graph-backend-decode", "disabled", "--cuda-graph-backend-prefill", "disabled"]
 BENCH_ARMS = "baseline;budget:fraction=0.5;lynx"
 # The targets' levels first: each arm runs its levels in this order and the record is rewritten after
 # each, so a run the device's time cuts short keeps the levels the targets are judged at.
@@ -338,7 +338,7 @@ def offload(stage: Stage) -> None:
         except Exception as error:  # noqa: BLE001 - say it, then try without CUDA graphs
             print(f"[offload] {label}: no healthy server with CUDA graphs ({error}); again without them")
             graphs = False
-            server = stage.server(f"{label} (eager)", policy, str(model.path), args + NO_GRAPHS)
+            server = stage.server(f"{label} (eager)", policy, str(model.path), args + as_flags(NO_CUDA_GRAPHS))
         try:
             for batch in (1, 8):
                 row = {"arm": label, "cuda_graphs": graphs, **offload_level(server, batch, random.Random(batch))}

@@ -225,7 +225,7 @@ def build(tag: str, dockerfile: Path, context: Path, *, args: dict[str, str], mo
         command += [a for key, value in args.items() for a in ("--build-arg", f"{key}={value}")]
         command += [a for mount in [*(f"{m}:{m}:ro" for m in mounts), *pip_trust_mounts()] for a in ("--volume", mount)]
         start = time.monotonic()
-        for attempt in range(2):
+        for _attempt in range(2):
             with machine_lock(IMAGE_STORE, shared=True):
                 result = subprocess.run([*command, str(context)], env=podman_env(), stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, timeout=BUILD_TIMEOUT_S)  # fmt: skip

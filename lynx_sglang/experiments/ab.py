@@ -21,7 +21,7 @@ from rich.table import Table
 from . import fmt, plots, report
 from .analysis import compare_arms, group_blocks, summarise_arm, within_points
 from .arms import Arm, ArmSpecError, arm_from_config_file, arm_from_flags
-from .experiment import (Experiment, add_common_arguments, check_common, command_parser, parse_levels, prepare_items,
+from .experiment import (Experiment, add_common_arguments, command_parser, parse_command, parse_levels, prepare_items,
                          run, say)
 
 # The embedded model's calibrated setting (`lynx-sglang calibrate`, confirmed on 2,000 held-out items at
@@ -44,8 +44,7 @@ def parse_args(argv):
                           help=f"arm {side.upper()} is this config file (YAML/JSON, as serve --lynx-config loads it, "
                                "e.g. a calibrated lynx-config.yaml), instead of the policy flags")
     add_common_arguments(parser, default_n=2000, default_levels="1,8,32", default_out="ab-results")
-    args = parser.parse_args(argv)
-    check_common(parser, args)
+    args = parse_command(parser, argv)
     return args
 
 

@@ -24,7 +24,7 @@ from .arms import ArmSpecError, parse_arms
 from .calibrate_report import publish
 from .calibration import choose, config_for, config_yaml
 from .client import ServerError
-from .experiment import EMBEDDED_MODEL, add_common_arguments, check_common, command_parser, parse_levels
+from .experiment import EMBEDDED_MODEL, add_common_arguments, command_parser, parse_command, parse_levels
 from .launch import ManagedServer
 from .model_arms import calibration_candidates, served_shape
 from .tasks import BUILTIN_TASK, builtin_items_excluding, load_items, make_scorer
@@ -45,8 +45,7 @@ def parse_args(argv):
                                              "the model's experts and top-k)")
     parser.add_argument("--confirm-n", type=int, default=2000, help="held-out items for the confirmation (default 2000)")
     add_common_arguments(parser, default_n=1000, default_levels="8,32", default_out="calibration")
-    args = parser.parse_args(argv)
-    check_common(parser, args)
+    args = parse_command(parser, argv)
     if not 0 < args.max_loss <= 100:
         parser.error("--max-loss must be in (0, 100] points")
     if not 0 <= args.margin < args.max_loss:

@@ -3,9 +3,6 @@ confirmation on held-out items."""
 
 from __future__ import annotations
 
-import shlex
-import sys
-
 import yaml
 
 from . import fmt, report
@@ -98,7 +95,7 @@ def confirmation_section(results: dict, max_loss: float) -> list[str]:
 
 def publish(args, out, config: dict, choice: dict, sweep_results: dict, confirmation: dict | None, seconds: float):
     results = {
-        "tool": "lynx-sglang calibrate", "command": shlex.join(["lynx-sglang", "calibrate", *sys.argv[2:]]),
+        "tool": "lynx-sglang calibrate", "command": getattr(args, "command", "lynx-sglang calibrate"),
         "model": {"url": args.url} if args.url else checkpoint_identity(args.model_path),
         "seconds": seconds, "max_loss_points": args.max_loss, "margin_points": args.margin,
         "calibration_items": sweep_results["config"]["n"],

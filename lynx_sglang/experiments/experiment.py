@@ -34,8 +34,44 @@ EXIT_INTERRUPTED = 130
 def command_parser(tool: str, doc: str) -> argparse.ArgumentParser:
     """`lynx-sglang TOOL`'s parser: the module docstring's first line as description, the rest as epilog."""
     first, _, rest = doc.partition("\n")
-    return argparse.ArgumentParser(prog=f"lynx-sglang {tool}", description=first,
+    # No abbreviated flags: a report could not tell that `--admin-tok T` holds a token to hide.
+    return argparse.ArgumentParser(prog=f"lynx-sglang {tool}", description=first, allow_abbrev=False,
                                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=rest.lstrip("\n"))
+
+
+def parse_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse and check the flags every experiment shares; `args.command` is the command line as the
+    reports show it: these flags, not the process's (calibrate runs sweep and ab in its own process)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    check_common(parser, args)
+    args.command = shlex.join([*parser.prog.split(), *without_secrets(argv)])
+    return args
+
+
+SECRET_FLAGS = ("--admin-token", "--lynx-admin-token")
+SERVE_ARG = "--serve-arg"
+HIDDEN = "***"
+
+
+def without_secrets(argv: list[str]) -> list[str]:
+    """`argv` with the value of every admin token hidden, also inside --serve-arg: reports are shared."""
+    shown, hide_next = [], False
+    for arg in argv:
+        if arg == SERVE_ARG:  # its value follows as the next item; a pending token value stays pending
+            shown.append(arg)
+            continue
+        head = SERVE_ARG + "=" if arg.startswith(SERVE_ARG + "=") else ""
+        flag, equals, _ = arg[len(head):].partition("=")
+        if hide_next:
+            shown.append(head + HIDDEN)
+            hide_next = False
+        elif flag in SECRET_FLAGS:
+            shown.append(f"{head}{flag}={HIDDEN}" if equals else arg)
+            hide_next = not equals
+        else:
+            shown.append(arg)
+    return shown
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, default_n: int, default_levels: str, default_out: str) -> None:
@@ -81,6 +117,11 @@ class Experiment:
         return {"tool": f"lynx-sglang {self.tool}", **run_info,
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": config, **figures}
 
+    def command(self) -> str:
+        """As parse_command recorded it; for flags parsed elsewhere, the process's own command line."""
+        recorded = getattr(self.args, "command", None)
+        return recorded or shlex.join(["lynx-sglang", self.tool, *without_secrets(sys.argv[2:])])
+
     def config(self) -> dict:
         a = self.args
         return {
@@ -88,7 +129,7 @@ class Experiment:
             "items": [[i.prompt, i.answer, i.task] for i in self.items], "task": a.task, "n": a.n, "seed": a.seed,
             "score": a.score, "endpoint": a.endpoint, "max_tokens": a.max_tokens, "blocks": a.blocks,
             "model": None if a.url else (a.model_path or "embedded"), "url_mode": bool(a.url),
-            "serve_args": a.serve_arg, "command": shlex.join(["lynx-sglang", self.tool, *sys.argv[2:]]),
+            "serve_args": without_secrets(a.serve_arg), "command": self.command(),
         }
 
 

@@ -22,7 +22,7 @@ from . import fmt, plots, report, stats
 from .analysis import compare_arms, group_blocks, same_step_fraction, summarise_arm, within_points
 from .arms import ArmSpecError, arm_from_config_file, parse_arms
 from .client import ServerError
-from .experiment import (EMBEDDED_MODEL, Experiment, add_common_arguments, check_common, command_parser, parse_levels,
+from .experiment import (EMBEDDED_MODEL, Experiment, add_common_arguments, command_parser, parse_command, parse_levels,
                          prepare_items, run, say)
 from .model_arms import default_arms, served_shape
 
@@ -40,8 +40,7 @@ def parse_args(argv):
     parser.add_argument("--reference", default="baseline", help="the arm every other is compared with (default baseline)")
     parser.add_argument("--resume", action="store_true", help="continue from --out's measurements.jsonl (same flags)")
     add_common_arguments(parser, default_n=1000, default_levels="8,32", default_out="sweep-results")
-    args = parser.parse_args(argv)
-    check_common(parser, args)
+    args = parse_command(parser, argv)
     return args
 
 

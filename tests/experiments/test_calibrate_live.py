@@ -53,6 +53,11 @@ def test_calibrate_writes_a_config_that_serves_and_ab_takes(tmp_path):
     assert max(record["accuracy_baseline"] for record in results["confirmation"]) > 0.3  # a model that answers
     report = (out / "report.md").read_text()
     assert "## Bands" in report and "**chosen**" in report and "## Confirmation on held-out items" in report
+    # Each report names the command that made it, runnable as written but for the hidden admin token.
+    assert results["command"].startswith("lynx-sglang calibrate --model-path ")
+    sweep_command = json.loads((out / "sweep" / "results.json").read_text())["config"]["command"]
+    assert sweep_command.startswith("lynx-sglang sweep --url http://127.0.0.1:") and "--policies" in sweep_command
+    assert "--admin-token '***'" in sweep_command and "--candidates" not in sweep_command
     calibration = {line for line in (out / "calibration-items.jsonl").read_text().splitlines()}
     assert not calibration & set((out / "confirmation-items.jsonl").read_text().splitlines())
 

@@ -168,6 +168,40 @@ def test_server_flags_are_refused_with_a_url(flags, capsys):
 
 
 
+@pytest.mark.parametrize("argv, shown", [
+    (["--url", "http://h:1", "--admin-token", "s3cret"], ["--url", "http://h:1", "--admin-token", "***"]),
+    (["--admin-token=s3cret"], ["--admin-token=***"]),
+    (["--serve-arg=--lynx-admin-token=s3cret", "--n", "5"], ["--serve-arg=--lynx-admin-token=***", "--n", "5"]),
+    (["--serve-arg=--lynx-admin-token", "--serve-arg=s3cret"], ["--serve-arg=--lynx-admin-token", "--serve-arg=***"]),
+    (["--serve-arg", "--lynx-admin-token", "--serve-arg", "s3cret"],
+     ["--serve-arg", "--lynx-admin-token", "--serve-arg", "***"]),
+    (["--serve-arg=--tp=2", "--b", "lynx"], ["--serve-arg=--tp=2", "--b", "lynx"]),
+])  # fmt: skip
+def test_reports_show_the_command_without_admin_tokens(argv, shown):
+    from lynx_sglang.experiments.experiment import without_secrets
+
+    assert without_secrets(argv) == shown
+
+
+def test_the_recorded_command_is_the_parsed_flags_not_the_process_arguments(monkeypatch):
+    """calibrate runs sweep and ab in its own process: their reports must name their own flags."""
+    from lynx_sglang.experiments import ab, sweep
+
+    monkeypatch.setattr("sys.argv", ["lynx-sglang", "calibrate", "--candidates", "lynx:alpha=1"])
+    args = sweep.parse_args(["--url", "http://127.0.0.1:30000", "--admin-token", "tok", "--policies", "lynx:alpha=1"])
+    assert args.command == "lynx-sglang sweep --url http://127.0.0.1:30000 --admin-token '***' --policies lynx:alpha=1"
+    monkeypatch.setattr("sys.argv", ["lynx-sglang-ab", "--b", "lynx", "--n", "7"])
+    assert ab.parse_args(None).command == "lynx-sglang ab --b lynx --n 7"  # argv=None reads the process's flags
+
+
+def test_experiment_flags_cannot_be_abbreviated(capsys):
+    from lynx_sglang.experiments.ab import parse_args
+
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--url", "http://127.0.0.1:30000", "--admin-tok", "t"])
+    assert stopped.value.code == 2 and "unrecognized arguments: --admin-tok" in capsys.readouterr().err
+
+
 def test_a_config_file_is_one_arm_applied_whole(tmp_path):
     from lynx_sglang.experiments.arms import arm_from_config_file
 

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from . import fmt, plots, report
 from .analysis import compare_arms, group_blocks, summarise_arm, within_points
-from .arms import Arm, ArmSpecError, arm_from_config_file, arm_from_flags
+from .arms import Arm, ArmSpecError, arm_from_config_file, arm_from_flags, check_policy_names
 from .experiment import (Experiment, add_common_arguments, command_parser, parse_command, parse_levels, prepare_items,
                          run, say)
 
@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         arms = build_arms(args)
+        check_policy_names(arms, running_server=bool(args.url))
         levels = parse_levels(args.concurrency)
         items = prepare_items(args)
     except ValueError as error:  # a bad arm, task file or --concurrency

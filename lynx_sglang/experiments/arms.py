@@ -163,3 +163,18 @@ def arm_from_config_file(path: str) -> Arm:
         text = str(error)
         raise ArmSpecError(text if text.startswith("config file") else f"config file {path}: {text}") from None
     return Arm(config.policy, dict(config.params), config.budget, config=settings, config_name=Path(path).stem)
+
+
+def check_policy_names(arms: list[Arm], *, running_server: bool) -> None:
+    """Refuse a policy name that the server this command starts would refuse, before starting it (a
+    large model takes minutes to load). A running server (--url) may have other policies installed:
+    it decides for itself."""
+    if running_server:
+        return
+    from lynx_sglang.policies import available_policies
+
+    known = available_policies()
+    for arm in arms:
+        if arm.policy not in known and ":" not in arm.policy:
+            raise ArmSpecError(f"arm {arm.label}: unknown policy '{arm.policy}'; available: {', '.join(known)} "
+                               "(or a 'package.module:ClassName' path)")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from . import ab, sweep
-from .arms import ArmSpecError, parse_arms
+from .arms import ArmSpecError, check_policy_names, parse_arms
 from .calibrate_report import publish
 from .calibration import choose, config_for, config_yaml
 from .client import ServerError
@@ -96,6 +96,7 @@ def main(argv=None) -> int:
         levels = parse_levels(args.concurrency)
         calibration_items, confirmation_items = split_items(args)
         candidates = parse_arms(args.candidates) if args.candidates else None
+        check_policy_names(candidates or [], running_server=bool(args.url))
     except ValueError as error:
         print(f"lynx-sglang calibrate: error: {error}", file=sys.stderr)
         return 2

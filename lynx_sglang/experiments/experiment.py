@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .arms import Arm
-from .client import ENDPOINTS, AdminClient, ServerError
+from .client import ENDPOINTS, AdminClient, ArmRefused, ServerError
 from .launch import ManagedServer
 from .runner import Runner, plan_steps
 from .store import Block, MeasurementStore, ResumeError
@@ -183,10 +183,12 @@ def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: b
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     status, message, skipped = measure(experiment, store, done, server, admin, url, console)
+    failed = status in ("server-error", "refused")
     if message:
-        say(console, f"error: {message}" if status == "server-error" else message,
-            "red" if status == "server-error" else "yellow")
+        say(console, f"error: {message}" if failed else message, "red" if failed else "yellow")
     blocks = store.load()[1]
+    if not blocks and status == "refused":  # a setting the model does not take: a bad input
+        return 2
     if not blocks:
         say(console, f"nothing was measured; {store.path} holds the configuration only")
         return EXIT_INTERRUPTED if status == "interrupted" else 1
@@ -215,6 +217,8 @@ def measure(experiment: Experiment, store: MeasurementStore, done: list[Block], 
         runner.run(plan_steps(experiment.arms, experiment.levels, len(experiment.items), args.blocks), done)
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted (Ctrl-C)"
+    except ArmRefused as error:  # ab only (a sweep skips the arm): the server is fine, the setting is not
+        status, message = "refused", str(error)
     except ServerError as error:
         status, message = "server-error", server_message(error, server)
     finally:

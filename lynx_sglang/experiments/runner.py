@@ -81,6 +81,7 @@ class Runner:
         ServerError or KeyboardInterrupt that propagates loses no finished block."""
         finished = {block.key for block in done}
         todo = [step for step in steps if step.key not in finished]
+        self.check_arms(todo)
         warmed: set[int] = set()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn())
@@ -96,12 +97,26 @@ class Runner:
                         warmed.add(step.concurrency)
                     progress.update(task, description=f"c={step.concurrency} block {step.block + 1} {step.arm.label}")
                     self.store.append(self.measure(step, lambda: progress.advance(task)))
-                except ArmRefused as error:
+                except ArmRefused as error:  # accepted by check_arms, refused now (the server changed)
                     if not self.skip_refused:
                         raise
                     self.refused[step.arm.label] = str(error)
                     progress.advance(task, step.count)
                     progress.console.print(f"skipped: {error}", style="yellow", markup=False, soft_wrap=True)
+
+    def check_arms(self, steps: list[Step]) -> None:
+        """Put the server in each arm's setting once before measuring anything, so that a setting it
+        refuses (an unknown policy, a parameter out of range for this model) ends the run, or is
+        skipped, in seconds rather than after the blocks of the arms before it."""
+        arms = {step.arm.label: step.arm for step in steps}
+        for label, arm in arms.items():
+            try:
+                self.admin.switch(arm)
+            except ArmRefused as error:
+                if not self.skip_refused:
+                    raise
+                self.refused[label] = str(error)
+                self.console.print(f"skipped: {error}", style="yellow", markup=False, soft_wrap=True)
 
     def warm_up(self, step: Step) -> None:
         """A batch at this level's concurrency before measuring it (not recorded)."""

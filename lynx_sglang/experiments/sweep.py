@@ -20,7 +20,7 @@ from rich.table import Table
 
 from . import fmt, plots, report, stats
 from .analysis import compare_arms, group_blocks, same_step_fraction, summarise_arm, within_points
-from .arms import ArmSpecError, arm_from_config_file, parse_arms
+from .arms import ArmSpecError, arm_from_config_file, check_policy_names, parse_arms
 from .client import ServerError
 from .experiment import (EMBEDDED_MODEL, Experiment, add_common_arguments, command_parser, parse_command, parse_levels,
                          prepare_items, run, say)
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
         else:
             candidates = configs or model_default_arms(args)
         arms = reference + [arm for arm in candidates if arm != reference[0]]
+        check_policy_names(arms, running_server=bool(args.url))
         labels = [arm.label for arm in arms]
         if len(set(labels)) != len(labels):
             raise ArmSpecError(f"two arms share a label ({', '.join(sorted({l for l in labels if labels.count(l) > 1}))}): "

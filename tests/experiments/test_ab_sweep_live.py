@@ -214,6 +214,12 @@ def test_one_line_errors_before_any_request(server, tmp_path):
     assert wrong.returncode == 2 and "refused the admin token" in wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) == 1
 
+    # A setting the server refuses for this model ends `ab` before any block, as a bad input.
+    refused = lynx_sglang("ab", *against(server), "--b", "budget", "--b-param", "num_experts_kept=1", "--n", "8",
+                          "--concurrency", "4", "--blocks", "1", "--out", str(tmp_path / "r"))
+    assert refused.returncode == 2 and "arm budget:num_experts_kept=1" in refused.stderr, refused.stderr
+    assert "allowed: 2..8" in refused.stderr and '"kind":"block"' not in (tmp_path / "r" / "measurements.jsonl").read_text()
+
     unreachable = lynx_sglang("ab", "--url", "http://127.0.0.1:9", "--admin-token", "t", "--n", "8", "--out",
                               str(tmp_path / "z"))
     assert unreachable.returncode == 2 and "cannot reach http://127.0.0.1:9" in unreachable.stderr

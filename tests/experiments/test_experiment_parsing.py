@@ -251,3 +251,23 @@ def test_ab_defaults_to_the_embedded_models_calibrated_config():
     assert (b.policy, b.params) == ("lynx", {"alpha": 0.5}) and b.request_body()["config"]["policy"] == "lynx"
     _, b = build_arms(parse_args(["--b-param", "alpha=1"]))  # a parameter alone keeps the calibrated policy
     assert (b.policy, b.params) == ("lynx", {"alpha": 1})
+
+
+@pytest.mark.parametrize("tool, argv", [("ab", ["--b", "nope"]), ("sweep", ["--policies", "lynx;nope:x=1"]),
+                                        ("calibrate", ["--candidates", "nope"])])
+def test_an_unknown_policy_is_refused_before_a_server_starts(tool, argv, tmp_path, capsys):
+    from lynx_sglang import cli
+
+    assert cli.main([tool, *argv, "--out", str(tmp_path / "out")]) == 2
+    assert "unknown policy 'nope'; available: anchor, baseline" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_running_server_decides_on_policy_names_it_may_have_installed():
+    from lynx_sglang.experiments.arms import check_policy_names
+
+    arms = parse_arms("lynx;my_plugin_policy")
+    check_policy_names(arms, running_server=True)
+    with pytest.raises(ArmSpecError, match="arm my_plugin_policy: unknown policy"):
+        check_policy_names(arms, running_server=False)
+    check_policy_names([Arm("mypackage.rules:MyPolicy", {}, None)], running_server=False)  # imported by the server

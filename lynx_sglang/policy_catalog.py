@@ -61,10 +61,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
 
+    from lynx_sglang.config import ConfigError
     from lynx_sglang.policy_setup import MoeShape
     from lynx_sglang.serve import EMBEDDED_MODEL_DIR
 
-    shape = MoeShape.from_checkpoint(Path(args.model_path) if args.model_path else EMBEDDED_MODEL_DIR)
+    try:
+        shape = MoeShape.from_checkpoint(Path(args.model_path) if args.model_path else EMBEDDED_MODEL_DIR)
+    except ConfigError as error:
+        parser.error(str(error))
     if shape is None:
         parser.error(f"{args.model_path} has no routed experts")
     catalog = [describe(name, shape.num_experts, shape.top_k, shape.model_name, shape.router_kind)

@@ -25,7 +25,7 @@ class MoeShape:
     @classmethod
     def from_checkpoint(cls, model_dir: Path) -> "MoeShape | None":
         """None when the model has no routed experts (nothing to prune)."""
-        config = json.loads((Path(model_dir) / "config.json").read_text())
+        config = read_model_config(Path(model_dir))
         config = config.get("text_config", config)  # multimodal wrappers nest the language model
         num_experts = next(
             (config[key] for key in ("num_local_experts", "num_experts", "n_routed_experts") if config.get(key)),
@@ -39,6 +39,26 @@ class MoeShape:
         name = config.get("_name_or_path") or Path(model_dir).resolve().name
         return cls(int(num_experts), int(top_k), int(config.get("num_hidden_layers", 0)), renormalize, str(name),
                    router_kind_of(config))
+
+
+def read_model_config(model_dir: Path) -> dict:
+    """A checkpoint folder's config.json, or a ConfigError that says what is wrong with the folder."""
+    config_file = model_dir / "config.json"
+    if not model_dir.exists():
+        raise ConfigError(f"model path {model_dir} does not exist")
+    if not model_dir.is_dir():
+        raise ConfigError(f"model path {model_dir} is not a directory (expected a Hugging Face checkpoint folder)")
+    try:
+        config = json.loads(config_file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"model path {model_dir} has no config.json; not a Hugging Face checkpoint") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {config_file}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{config_file} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{config_file} is not a JSON object; not a transformers model config")
+    return config
 
 
 # Architectures whose router SGLang builds as biased sigmoid (noaux_tc) whatever config.json says.

@@ -20,7 +20,7 @@ from pathlib import Path
 from lynx_sglang import gpu_runtime
 from lynx_sglang.config import CACHE_POLICIES, CONFIG_ENV, KERNELS, TPOT_WITH_TP, ConfigError, LynxConfig, build_config
 from lynx_sglang.local_server import wait_healthy
-from lynx_sglang.policy_setup import MoeShape, validate_for_model
+from lynx_sglang.policy_setup import MoeShape, read_model_config, validate_for_model
 from lynx_sglang.process_group import start_process_group, stop_process_group
 from lynx_sglang.sglang_settings import NO_CUDA_GRAPHS, FlagSettings, GivenSettings, as_flags, defaults_not_given
 
@@ -215,21 +215,12 @@ def cpu_defaults(config: LynxConfig, given: GivenSettings, environ) -> tuple[dic
 def check_checkpoint(path: Path, dummy_weights: bool = False) -> None:
     """`dummy_weights` (SGLang's `--load-format dummy`): SGLang makes random weights from config.json
     alone, so a folder without weight files is a valid model for it."""
-    if not path.exists():
-        raise LaunchError(f"model path {path} does not exist")
-    if not path.is_dir():
-        raise LaunchError(f"model path {path} is not a directory (expected a Hugging Face checkpoint folder)")
-    config_file = path / "config.json"
     try:
-        config = json.loads(config_file.read_text())
-    except FileNotFoundError:
-        raise LaunchError(f"model path {path} has no config.json; not a Hugging Face checkpoint") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LaunchError(f"cannot read {config_file}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise LaunchError(f"{config_file} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise LaunchError(f"{config_file} has no model_type; not a transformers model config")
+        config = read_model_config(path)
+    except ConfigError as exc:
+        raise LaunchError(str(exc)) from None
+    if "model_type" not in config:
+        raise LaunchError(f"{path / 'config.json'} has no model_type; not a transformers model config")
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
     if not weights and not dummy_weights:
         raise LaunchError(

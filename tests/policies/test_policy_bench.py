@@ -218,3 +218,16 @@ def test_cpu_rounds_go_over_the_table_until_they_span_its_seconds(capsys, monkey
     # rounds start at 0, 0.5, 1.0, 1.5, 2.0, 2.5 s; none at 3 s
     assert bench.CPU_TABLE_SECONDS == 3.0 and [n for n, _ in calls] == ["lynx", "oea"] * 6
     assert rows == {"lynx": ["60.0"], "oea": ["30.0"]}
+
+
+@pytest.mark.parametrize("flags, message", [(["--experts", "0"], "argument --experts: '0' is not a positive integer"),
+                                            (["--tokens", "1,x"], "argument --tokens: 'x' is not an integer"),
+                                            (["--repeats", "-2"], "argument --repeats: '-2' is not a positive")])
+def test_bench_flags_take_positive_integers_only(flags, message, capsys):
+    from lynx_sglang.tools.bench.bookkeeping import main
+    from lynx_sglang.tools.bench.policies import parse_args
+
+    for parse in (lambda: parse_args(["--device", "cpu", *flags]), lambda: main(flags)):
+        with pytest.raises(SystemExit) as stopped:
+            parse()
+        assert stopped.value.code == 2 and message in capsys.readouterr().err

@@ -50,3 +50,21 @@ def test_the_server_builds_each_layers_policy_with_its_router_kind():
     runtime.end_step(DECODE, T)
     alphas = {key[3]: policy.alpha for key, policy in runtime.settings.policies.items()}
     assert alphas == {None: 0.7, "biased-sigmoid": 2.0}  # 8 experts top-2 softmax: Mixtral's (0.7, 1)
+
+
+@pytest.mark.parametrize("folder, message", [
+    ("missing", "does not exist"), ("empty", "has no config.json; not a Hugging Face checkpoint"),
+    ("broken", "config.json is not valid JSON"), ("list", "config.json is not a JSON object"),
+])  # fmt: skip
+def test_a_folder_that_is_no_checkpoint_gets_one_line_not_a_traceback(tmp_path, capsys, folder, message):
+    for name, text in (("empty", None), ("broken", "{nope"), ("list", "[1, 2]")):
+        (tmp_path / name).mkdir()
+        if text is not None:
+            (tmp_path / name / "config.json").write_text(text)
+    with pytest.raises(SystemExit) as stopped:
+        policies_main(["--model-path", str(tmp_path / folder)])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    from lynx_sglang.experiments.sweep import main as sweep_main
+
+    assert sweep_main(["--model-path", str(tmp_path / folder), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -22,6 +22,7 @@ from lynx_sglang.kernels.bookkeeping.layout import FIELDS
 from lynx_sglang.policies import ExpertBudget, get_policy
 
 from .batches import make_batch, top_k_for
+from .flags import positive_int, positive_ints
 from .timers import time_cpu
 
 
@@ -38,17 +39,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lynx-sglang bench bookkeeping", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default="lynx")
-    parser.add_argument("--experts", default="64,128", help="comma-separated expert counts")
-    parser.add_argument("--tokens", default="1,8,32,128,256", help="comma-separated decode batch sizes")
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--experts", type=positive_ints, default=[64, 128], help="comma-separated expert counts")
+    parser.add_argument("--tokens", type=positive_ints, default=[1, 8, 32, 128, 256],
+                        help="comma-separated decode batch sizes")
+    parser.add_argument("--repeats", type=positive_int, default=50)
     args = parser.parse_args(argv)
-    try:
-        experts = [int(e) for e in args.experts.split(",")]
-        tokens = [int(t) for t in args.tokens.split(",")]
-    except ValueError:
-        parser.error("--experts and --tokens take comma-separated integers")
-    if args.repeats < 1 or min(experts + tokens) < 1:
-        parser.error("--repeats, --experts and --tokens must be positive")
+    experts, tokens = args.experts, args.tokens
     try:
         policies = {e: get_policy(args.policy, num_experts=e, top_k=top_k_for(e)) for e in experts}
     except ValueError as error:

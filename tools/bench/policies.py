@@ -40,6 +40,7 @@ from lynx_sglang.policies.registry import BUILTIN_POLICIES, get_policy
 
 from ..launch_count import count_launches
 from .batches import ROUTER_KINDS, make_batch, router_for, top_k_for
+from .flags import positive_int, positive_ints
 from .timers import CALLS_PER_GRAPH, time_cpu, time_cuda_graph
 
 DEFAULT_TOKENS = (1, 8, 32, 128, 256)
@@ -86,12 +87,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="lynx-sglang bench policies", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=None,
+    parser.add_argument("--repeats", type=positive_int, default=None,
                         help="timed calls per cell (default 50 on CPU; on CUDA 10 graph replays of 20 calls, five times)")
     parser.add_argument("--policies", default=",".join(BUILTIN_POLICIES),
                         help="comma-separated policy names (default: all built-ins)")
-    parser.add_argument("--tokens", default=",".join(map(str, DEFAULT_TOKENS)))
-    parser.add_argument("--experts", default=",".join(map(str, DEFAULT_EXPERTS)))
+    parser.add_argument("--tokens", type=positive_ints, default=list(DEFAULT_TOKENS), help="comma-separated decode batch sizes")
+    parser.add_argument("--experts", type=positive_ints, default=list(DEFAULT_EXPERTS), help="comma-separated expert counts")
     parser.add_argument("--ids", choices=["router", "biased"], default="router",
                         help="the model's top-k ids: its softmax top-k (default), or a biased router's")
     parser.add_argument("--router", choices=ROUTER_KINDS, default="softmax",
@@ -108,8 +109,6 @@ def parse_args(argv=None):
     if args.per_launch and args.device != "cuda":
         parser.error("--per-launch times the Triton launches on a GPU: it needs a CUDA device")
     args.repeats = args.repeats or (10 if args.device == "cuda" else 50)
-    args.tokens = [int(x) for x in args.tokens.split(",")]
-    args.experts = [int(x) for x in args.experts.split(",")]
     args.policies = [name.strip() for name in args.policies.split(",") if name.strip()]
     return args
 

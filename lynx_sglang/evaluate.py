@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lynx_sglang.embedded.task import DISTRIBUTIONS, Problem, Score, heldout_problems, score
+from lynx_sglang.local_server import server_url
 
 MAX_ANSWER_TOKENS = 8  # the longest answer is 6 characters, plus EOS
 
@@ -73,7 +74,7 @@ def parse_args(argv=None):
     import argparse
 
     ap = argparse.ArgumentParser(prog="lynx-sglang eval", description=__doc__.split("\n")[0])
-    ap.add_argument("--url", default="http://127.0.0.1:30000", help="base URL of a running server")
+    ap.add_argument("--url", type=server_url, default="http://127.0.0.1:30000", help="base URL of a running server")
     ap.add_argument("--count", type=int, default=2000, help="held-out problems to score (equal shares per kind)")
     ap.add_argument("--seed", type=int, default=1234, help="which held-out sample")
     ap.add_argument(

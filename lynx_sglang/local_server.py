@@ -4,17 +4,27 @@ and the tests watch `lynx-sglang serve`; it imports nothing heavy, so those clie
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 # SGLang answers /health with 503 at once while it starts; once up, it runs a one-token generation first.
 HEALTH_PROBE_TIMEOUT_S = 5.0
 HEALTH_POLL_INTERVAL_S = 0.5
+
+
+def server_url(text: str) -> str:
+    """An argparse type for a server's base URL: http(s)://HOST[:PORT], without the trailing slash."""
+    parsed = urllib.parse.urlsplit(text.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a server URL like http://127.0.0.1:30000")
+    return text.strip().rstrip("/")
 
 
 def free_port() -> int:

@@ -20,6 +20,8 @@ from typing import Callable
 from rich.console import Console
 from rich.markup import escape
 
+from lynx_sglang.local_server import server_url
+
 from .arms import Arm
 from .client import ENDPOINTS, AdminClient, ArmRefused, ServerError
 from .launch import ManagedServer
@@ -77,7 +79,7 @@ def without_secrets(argv: list[str]) -> list[str]:
 def add_common_arguments(parser: argparse.ArgumentParser, *, default_n: int, default_levels: str, default_out: str) -> None:
     server = parser.add_argument_group("server (default: start one on the embedded model)")
     server.add_argument("--model-path", help="checkpoint to serve (default: the embedded model)")
-    server.add_argument("--url", help="use this running lynx-sglang server instead of starting one")
+    server.add_argument("--url", type=server_url, help="use this running lynx-sglang server instead of starting one")
     server.add_argument("--admin-token", help="the running server's --lynx-admin-token (with --url)")
     server.add_argument("--port", type=int, help="port of the server the command starts (default: a free one)")
     server.add_argument("--serve-arg", action="append", default=[], metavar="FLAG",

@@ -271,3 +271,15 @@ def test_a_running_server_decides_on_policy_names_it_may_have_installed():
     with pytest.raises(ArmSpecError, match="arm my_plugin_policy: unknown policy"):
         check_policy_names(arms, running_server=False)
     check_policy_names([Arm("mypackage.rules:MyPolicy", {}, None)], running_server=False)  # imported by the server
+
+
+@pytest.mark.parametrize("url", ["notaurl", "127.0.0.1:30000", "ftp://127.0.0.1", "http://"])
+def test_a_url_that_names_no_http_server_is_one_line(url, capsys):
+    from lynx_sglang.evaluate import main as eval_main
+    from lynx_sglang.experiments.sweep import parse_args
+
+    for parse in (lambda: parse_args(["--url", url, "--admin-token", "t"]), lambda: eval_main(["--url", url])):
+        with pytest.raises(SystemExit) as stopped:
+            parse()
+        assert stopped.value.code == 2 and "is not a server URL like http://127.0.0.1:30000" in capsys.readouterr().err
+    assert parse_args(["--url", "https://lynx.example:8443/", "--admin-token", "t"]).url == "https://lynx.example:8443"

@@ -111,13 +111,16 @@ def validate_for_model(config: LynxConfig, shape: MoeShape | None) -> None:
     validate_settings(config)
     if shape is None:
         return
-    if config.layers is not None and shape.num_layers and max(config.layers) >= shape.num_layers:
-        raise ConfigError(
-            f"layers: {max(config.layers)} is not a layer of this model (layers 0..{shape.num_layers - 1})"
-        )
+    check_layer_ids(config.layers, shape.num_layers)
     validate_for_experts(config, shape.num_experts, shape.top_k, shape.renormalize, shape.model_name)
     if config.expert_cache is not None:
         expert_cache_slots(config.expert_cache, shape.num_experts)
+
+
+def check_layer_ids(layers: tuple[int, ...] | None, num_layers: int | None) -> None:
+    """`layers` names the model's layers (0..num_layers - 1; None: unknown, nothing to check)."""
+    if layers is not None and num_layers and max(layers) >= num_layers:
+        raise ConfigError(f"layers: {max(layers)} is not a layer of this model (layers 0..{num_layers - 1})")
 
 
 def validate_settings(config: LynxConfig) -> None:

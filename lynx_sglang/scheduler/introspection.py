@@ -25,6 +25,7 @@ class LoadedModel:
     moe_modules: tuple = ()  # the FusedMoE modules themselves (the expert cache moves their weights)
     # SGLang's overlap schedule on an asynchronous device: a step starts before the last one's result is read
     overlapped_steps: bool = False
+    num_layers: int | None = None  # the decoder's layers, MoE or not (config.json's num_hidden_layers)
 
 
 def read_model(model_runner) -> LoadedModel | None:
@@ -49,6 +50,7 @@ def read_model(model_runner) -> LoadedModel | None:
         passthrough=passthrough_layers(model_runner.model),
         moe_modules=tuple(moe_layers),
         overlapped_steps=overlap_schedule and device.type != "cpu",
+        num_layers=getattr(getattr(model_runner.model_config, "hf_text_config", hf_config), "num_hidden_layers", None),
     )
 
 

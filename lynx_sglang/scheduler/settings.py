@@ -12,7 +12,7 @@ import torch
 
 from lynx_sglang.config import TPOT_WITH_TP, Budget, ConfigError, LynxConfig
 from lynx_sglang.policies import ExpertBudget
-from lynx_sglang.policy_setup import build_policy, validate_for_experts, validate_settings
+from lynx_sglang.policy_setup import build_policy, check_layer_ids, validate_for_experts, validate_settings
 from lynx_sglang.scheduler.calibration import calibrate_ms_per_expert
 from lynx_sglang.scheduler.controller import TpotController
 from lynx_sglang.scheduler.lone_row import budget_keeps_lone_row, policy_keeps_lone_row
@@ -22,9 +22,10 @@ from lynx_sglang.scheduler.stats import MoeLayerInfo
 
 class PolicySettings:
     def __init__(self, config: LynxConfig, layers: list[MoeLayerInfo], device, model_name: str, tp_size: int,
-                 calibration=None):  # fmt: skip
+                 calibration=None, num_layers: int | None = None):  # fmt: skip
         self.config = config
         self.layers = layers
+        self.num_layers = num_layers  # the decoder's layers, MoE or not, that `layers` may name (None: unknown)
         self.model_name = model_name
         self.tp_size = tp_size
         self._calibration = calibration  # (w13, w2, activation) of one MoE layer, for the controller
@@ -62,6 +63,7 @@ class PolicySettings:
         """Validate `config` against the loaded model, build everything it needs, then swap it in.
         Raises ConfigError and changes nothing when any part is invalid."""
         validate_settings(config)
+        check_layer_ids(config.layers, self.num_layers)
         for num_experts, top_k in {(info.num_experts, info.top_k) for info in self.layers}:
             validate_for_experts(config, num_experts, top_k, True, self.model_name)
         policies = {key: build_policy(config, *key[:3], self.model_name, key[3]) for key in self.policies}
@@ -95,7 +97,7 @@ class PolicySettings:
             self.band_starts.copy_(torch.tensor([start for start, _ in bands], dtype=torch.int64))
         else:
             self.band_settings = [PolicySettings(band, self.layers, self._device, self.model_name, self.tp_size,
-                                                 self._calibration) for _, band in bands]  # fmt: skip
+                                                 self._calibration, self.num_layers) for _, band in bands]  # fmt: skip
             self.band_starts = torch.tensor([start for start, _ in bands], dtype=torch.int64, device=self._device)
             self.band_steps = torch.zeros(len(bands), dtype=torch.float64, device=self._device)  # steps per band
         self.lone_row_kept = self.lone_row_kept and all(child.lone_row_kept for child in self.band_settings)

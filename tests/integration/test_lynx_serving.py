@@ -150,6 +150,7 @@ def test_a_broken_policy_falls_back_and_the_server_keeps_serving(server, policy)
     (AUTH, {"config": {"policy": "anchor"}, "policy": "oea"}, 400, "a whole config stands alone"),
     (AUTH, {"config": {"policy": "anchor", "schedule": [{"from_rows": 3}]}}, 400, "must start at 1"),
     (AUTH, {"config": {"policy": "anchor", "stats": False}}, 400, "stats cannot change while serving"),
+    (AUTH, {"config": {"policy": "lynx", "layers": "2-9"}}, 400, "layers: 9 is not a layer of this model (layers 0..3)"),
 ])  # fmt: skip
 def test_bad_switches_are_refused_and_change_nothing(server, headers, body, status, needle):
     before = get_json(server.url + "/lynx/policy")

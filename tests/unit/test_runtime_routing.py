@@ -209,6 +209,19 @@ def test_switch_is_validated_before_anything_changes():
     assert state["budget"] is None  # baseline takes no budget
 
 
+def test_a_switched_config_names_only_the_models_layers():
+    """As at launch: the model's layers, MoE or not (a dense last layer may be named; 4 here, 2 MoE)."""
+    runtime = LynxRuntime(LynxConfig(policy="lynx"))
+    runtime.bind_layers([MoeLayerInfo(layer_id, E, K, expert_bytes=1000) for layer_id in (1, 2)], "cpu", "tiny",
+                        num_layers=4)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"layers: 4 is not a layer of this model \(layers 0..3\)"):
+        runtime.handle({"op": "set_policy", "config": {"policy": "lynx", "layers": "0-4"}})
+    assert runtime.config.layers is None
+    assert runtime.handle({"op": "set_policy", "config": {"policy": "lynx", "layers": "2-3"}})["layers"] == [2, 3]
+    unknown = make_runtime("lynx")  # bound without the model's layer count: the launch checked config.json
+    assert unknown.handle({"op": "set_policy", "config": {"policy": "lynx", "layers": [0, 7]}})["layers"] == [0, 7]
+
+
 DETERMINISM_SCRIPT = """
 import sys, torch
 from lynx_sglang.policies import ExpertBudget, get_policy

@@ -23,10 +23,7 @@ from lynx_sglang.kernels.configs import CONFIG_DIR, config_path
 from lynx_sglang.scheduler.compute_table import KERNEL_KIND, ComputeTable, LayerShape
 from lynx_sglang.sglang_settings import FlagSettings
 from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, parse_shape
-
-
-class RecordError(ValueError):
-    """A record the table cannot be made from; the message says what is wrong in it."""
+from lynx_sglang.tools.records import RecordError, read_record
 
 
 def main(argv=None) -> int:
@@ -36,7 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=CONFIG_DIR, help="folder of the table files")
     args = parser.parse_args(argv)
     try:
-        record = read_record(args.record)
+        record = read_record(args.record, ("device", "command", "rows"), "a bench serve record")
         device = device_file_name(record["device"])
         shape = layer_shape(record["command"])
         bands = faster_kernels(record["rows"])
@@ -46,19 +43,6 @@ def main(argv=None) -> int:
         return 2
     print(f"{path}: {shape.key}: " + ", ".join(f"{rows} rows -> {kernel}" for rows, kernel in bands))
     return 0
-
-
-def read_record(path: Path) -> dict:
-    try:
-        record = json.loads(path.read_text())
-    except OSError as error:
-        raise RecordError(f"{path}: cannot read it ({error.strerror or error})") from None
-    except json.JSONDecodeError as error:
-        raise RecordError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
-    missing = [key for key in ("device", "command", "rows") if key not in record] if isinstance(record, dict) else []
-    if not isinstance(record, dict) or missing:
-        raise RecordError(f"{path}: not a bench serve record (missing {', '.join(missing) or 'everything'})")
-    return record
 
 
 def device_file_name(device) -> str:

@@ -8,9 +8,10 @@ bound the host-to-device bandwidth sets.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from lynx_sglang.tools.records import RecordError, read_record
 
 HEADER = ["arm", "batch", "CUDA graphs", "TPOT median ms", "vs all resident", "misses / decode token",
           "MB copied / decode token", "copy bound ms / step"]
@@ -46,7 +47,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("result", type=Path)
     args = parser.parse_args(argv)
-    print(markdown(json.loads(args.result.read_text())))
+    try:
+        result = read_record(args.result, ("rows",), "an offload stage's result")
+    except RecordError as error:
+        print(f"offload_gpu_report.py: {error}", file=sys.stderr)
+        return 2
+    print(markdown(result))
     return 0
 
 

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from lynx_sglang.tools.records import RecordError, read_record
+
 # (shape, concurrency, arm): the largest TPOT ratio to baseline the target allows.
 TARGETS = {
     ("mixtral-8x7b", 32, "budget:fraction=0.5"): 0.65,
@@ -90,7 +92,12 @@ def main(argv=None) -> int:
     parser.add_argument("records", nargs="+", type=Path)
     parser.add_argument("--json", type=Path, help="write the merged record here")
     args = parser.parse_args(argv)
-    merged = merge([json.loads(path.read_text()) for path in args.records])
+    try:
+        merged = merge([read_record(path, ("device", "commit", "command", "rows"), "a bench serve record")
+                        for path in args.records])
+    except RecordError as error:
+        print(f"serve_gpu_report.py: {error}", file=sys.stderr)
+        return 2
     if args.json:
         args.json.write_text(json.dumps(merged, indent=1) + "\n")
     print(f"device: {merged['device']}; commit: {merged['commit']}\n")

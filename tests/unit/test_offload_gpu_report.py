@@ -35,3 +35,10 @@ def test_the_offload_stage_is_one_of_the_kits_stages():
     assert labels[0] == "all resident" and {"lru", "activation"} <= set(labels)
     assert all("--lynx-expert-cache" in args for label, _, args in stages.OFFLOAD_ARMS[1:])
     assert "offload" in (REPO / "scripts" / "gpu-serve.sh").read_text()
+
+
+def test_a_file_that_is_no_result_is_one_line(tmp_path, capsys):
+    path = tmp_path / "offload.json"
+    path.write_text('{"device": "NVIDIA H200"}')
+    assert load("offload_gpu_report").main([str(path)]) == 2
+    assert f"offload_gpu_report.py: {path}: not an offload stage's result (missing rows)" in capsys.readouterr().err

@@ -54,3 +54,13 @@ def test_rows_come_out_by_shape_and_concurrency_with_arms_in_the_order_run():
     merged = report.merge([record(run_order)])
     assert [(r["concurrency"], r["arm"]) for r in merged["rows"][:4]] == [
         (1, "baseline"), (1, "budget:fraction=0.5"), (1, "lynx"), (16, "baseline")]
+
+
+@pytest.mark.parametrize("text, message", [(None, "cannot read it"), ("{bad", "not valid JSON"),
+                                           ('{"device": "NVIDIA H200"}', "not a bench serve record (missing commit")])
+def test_a_file_that_is_no_record_is_one_line(tmp_path, capsys, text, message):
+    path = tmp_path / "mixtral-serve.json"
+    if text is not None:
+        path.write_text(text)
+    assert report.main([str(path)]) == 2
+    assert f"serve_gpu_report.py: {path}: {message}" in capsys.readouterr().err

@@ -248,16 +248,50 @@ def run_arguments(ap) -> None:
     ap.add_argument("--experts-implementation", default="eager", choices=["eager", "grouped_mm"])
 
 
+def shape_arguments(ap, *, intermediate_flag: str, intermediate: int, layers: int, hidden: int, experts: int,
+                    top_k: int) -> None:  # fmt: skip
+    """The model's shape, between the optimisation and the run flags."""
+    ap.add_argument("--layers", type=int, default=layers)
+    ap.add_argument("--hidden", type=int, default=hidden)
+    ap.add_argument(intermediate_flag, type=int, default=intermediate)
+    ap.add_argument("--experts", type=int, default=experts)
+    ap.add_argument("--top-k", type=int, default=top_k)
+
+
+AT_LEAST_ONE = ("steps", "batch_size", "layers", "hidden", "intermediate", "moe_intermediate", "eval_count",
+                "log_every", "probe_count", "threads", "balance_window")
+NOT_NEGATIVE = ("warmup", "weight_decay", "eval_every", "bias_update_rate")
+
+
+def checked_args(ap: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """The trainer's flags, refused before any training when one cannot make a model worth writing."""
+    args = ap.parse_args(argv)
+    given = vars(args)
+    for name in AT_LEAST_ONE:
+        if name in given and given[name] < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {given[name]}")
+    for name in NOT_NEGATIVE:
+        if name in given and given[name] < 0:
+            ap.error(f"--{name.replace('_', '-')} must not be negative, got {given[name]}")
+    if not args.lr > 0:
+        ap.error(f"--lr must be positive, got {args.lr}")
+    if not 0 <= args.uniform_share <= 1:
+        ap.error(f"--uniform-share must be in [0, 1], got {args.uniform_share}")
+    if args.experts < 2 or not 1 <= args.top_k <= args.experts:
+        ap.error(f"--experts {args.experts} --top-k {args.top_k}: a mixture needs 2 or more experts and "
+                 "1 <= top-k <= experts")
+    return args
+
+
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="lynx-sglang train-embedded", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     optimisation_arguments(ap, steps=8000)
-    ap.add_argument("--layers", type=int, default=MODEL_CONFIG["num_hidden_layers"])
-    ap.add_argument("--hidden", type=int, default=MODEL_CONFIG["hidden_size"])
-    ap.add_argument("--intermediate", type=int, default=MODEL_CONFIG["intermediate_size"])
-    ap.add_argument("--experts", type=int, default=MODEL_CONFIG["num_local_experts"])
-    ap.add_argument("--top-k", type=int, default=MODEL_CONFIG["num_experts_per_tok"])
+    shape_arguments(ap, intermediate_flag="--intermediate", intermediate=MODEL_CONFIG["intermediate_size"],
+                    layers=MODEL_CONFIG["num_hidden_layers"], hidden=MODEL_CONFIG["hidden_size"],
+                    experts=MODEL_CONFIG["num_local_experts"], top_k=MODEL_CONFIG["num_experts_per_tok"])
     run_arguments(ap)
-    return ap.parse_args(argv)
+    return checked_args(ap, argv)
 
 
 def run(train_function, args) -> int:

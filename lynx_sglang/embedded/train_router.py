@@ -25,6 +25,7 @@ import time
 from lynx_sglang.embedded.task import TASK_KINDS, training_stream
 from lynx_sglang.embedded.train import (
     TASK_WEIGHTS,
+    checked_args,
     encode_batch,
     learning_rate,
     make_optimizer,
@@ -34,6 +35,7 @@ from lynx_sglang.embedded.train import (
     run_arguments,
     save_checkpoint,
     score_heldout,
+    shape_arguments,
     vocabulary_fields,
 )
 
@@ -238,16 +240,14 @@ def train(args) -> dict:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     optimisation_arguments(ap, steps=3000)
-    ap.add_argument("--layers", type=int, default=MODEL_CONFIG["num_hidden_layers"])
-    ap.add_argument("--hidden", type=int, default=MODEL_CONFIG["hidden_size"])
-    ap.add_argument("--moe-intermediate", type=int, default=MODEL_CONFIG["moe_intermediate_size"])
-    ap.add_argument("--experts", type=int, default=MODEL_CONFIG["n_routed_experts"])
-    ap.add_argument("--top-k", type=int, default=MODEL_CONFIG["num_experts_per_tok"])
+    shape_arguments(ap, intermediate_flag="--moe-intermediate", intermediate=MODEL_CONFIG["moe_intermediate_size"],
+                    layers=MODEL_CONFIG["num_hidden_layers"], hidden=MODEL_CONFIG["hidden_size"],
+                    experts=MODEL_CONFIG["n_routed_experts"], top_k=MODEL_CONFIG["num_experts_per_tok"])
     # DeepSeek-V3's rate; sigmoid scores lie in (0, 1), so a few hundred steps can move a choice.
     ap.add_argument("--bias-update-rate", type=float, default=1e-3, help="correction bias step per optimizer step")
     ap.add_argument("--balance-window", type=int, default=100, help="last N steps whose expert load is reported")
     run_arguments(ap)
-    return ap.parse_args(argv)
+    return checked_args(ap, argv)
 
 
 def main(argv=None) -> int:

@@ -75,3 +75,19 @@ def test_one_step_saves_the_bias_it_learnt_and_a_glm_config(tmp_path):
         assert record["bias_max"] == bias.max().item()
     assert set(report) >= {"train_seconds", "parameters", "heldout_transformers_digits", "heldout_transformers_uniform"}
     assert (tmp_path / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "-5"], "--steps must be at least 1, got -5"), (["--layers", "0"], "--layers must be at least 1"),
+    (["--lr", "0"], "--lr must be positive"), (["--uniform-share", "2"], "--uniform-share must be in [0, 1]"),
+    (["--warmup", "-1"], "--warmup must not be negative"),
+    (["--experts", "4", "--top-k", "5"], "a mixture needs 2 or more experts and 1 <= top-k <= experts"),
+])  # fmt: skip
+def test_both_trainers_refuse_flags_that_cannot_make_a_model_before_training(tmp_path, capsys, flags, message):
+    from lynx_sglang.embedded.train import main as train_embedded
+
+    for trainer in (train_embedded, main):
+        with pytest.raises(SystemExit) as stopped:
+            trainer(["--out", str(tmp_path / "out"), *flags])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     try:
         levels = parse_levels(args.concurrency)
         calibration_items, confirmation_items = split_items(args)
-        candidates = parse_arms(args.candidates) if args.candidates else None
+        candidates = parse_arms(args.candidates) if args.candidates is not None else None
         check_policy_names(candidates or [], running_server=bool(args.url))
     except ValueError as error:
         print(f"lynx-sglang calibrate: error: {error}", file=sys.stderr)

@@ -213,13 +213,14 @@ def measure(experiment: Experiment, store: MeasurementStore, done: list[Block], 
     args = experiment.args
     runner = Runner(url=url, admin=admin, items=experiment.items, scorer=make_scorer(args.score),
                     endpoint=args.endpoint, max_tokens=args.max_tokens, store=store, server=server, console=console,
-                    skip_refused=experiment.tool == "sweep")
+                    skip_refused=experiment.tool == "sweep",
+                    reference=experiment.arms[0].label if experiment.tool == "sweep" else None)
     status, message = "complete", None
     try:
         runner.run(plan_steps(experiment.arms, experiment.levels, len(experiment.items), args.blocks), done)
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted (Ctrl-C)"
-    except ArmRefused as error:  # ab only (a sweep skips the arm): the server is fine, the setting is not
+    except ArmRefused as error:  # ab's arms, a sweep's reference or all of its others: a setting, not the server
         status, message = "refused", str(error)
     except ServerError as error:
         status, message = "server-error", server_message(error, server)

@@ -61,7 +61,7 @@ def plan_steps(arms: list[Arm], levels: list[int], count: int, blocks: int) -> l
 class Runner:
     def __init__(self, *, url: str, admin: AdminClient, items: list[Item], scorer: Scorer, endpoint: str,
                  max_tokens: int, store: MeasurementStore, server: ManagedServer | None = None,
-                 console: Console | None = None, skip_refused: bool = False):
+                 console: Console | None = None, skip_refused: bool = False, reference: str | None = None):
         self.url = url
         self.admin = admin
         self.items = items
@@ -74,6 +74,7 @@ class Runner:
         # With skip_refused, an arm the server refuses (HTTP 400: the setting does not fit the model) is
         # reported and skipped and the other arms still run; without it the refusal ends the run.
         self.skip_refused = skip_refused
+        self.reference = reference  # with skip_refused: the arm every other is compared with, never skipped
         self.refused: dict[str, str] = {}  # arm label -> the server's reason
 
     def run(self, steps: list[Step], done: list[Block]) -> None:
@@ -115,8 +116,12 @@ class Runner:
             except ArmRefused as error:
                 if not self.skip_refused:
                     raise
+                if label == self.reference:
+                    raise ArmRefused(f"the reference {error}") from None
                 self.refused[label] = str(error)
                 self.console.print(f"skipped: {error}", style="yellow", markup=False, soft_wrap=True)
+        if self.skip_refused and self.refused and set(arms) - set(self.refused) <= {self.reference}:
+            raise ArmRefused(f"the server refused every arm to compare with {self.reference}; see above")
 
     def warm_up(self, step: Step) -> None:
         """A batch at this level's concurrency before measuring it (not recorded)."""

@@ -53,7 +53,7 @@ def main(argv=None) -> int:
         levels = parse_levels(args.concurrency)
         items = prepare_items(args)
         configs = [arm_from_config_file(path) for path in args.config]
-        if args.policies:
+        if args.policies is not None:  # given empty, it lists no arm: an error
             candidates = parse_arms(args.policies) + configs
         else:
             candidates = configs or model_default_arms(args)

@@ -144,6 +144,15 @@ def test_sweep_skips_an_arm_the_server_refuses_and_runs_the_rest(server, tmp_pat
     assert "skipped budget:num_experts_kept=1" in done.stderr
     assert "## Skipped arms" in (out / "report.md").read_text()
 
+    # Nothing left to compare, or no reference to compare with: the sweep ends before measuring (exit 2).
+    for flags, needle in ((["--policies", "budget:num_experts_kept=1"], "refused every arm to compare with baseline"),
+                          (["--reference", "budget:num_experts_kept=1", "--policies", "topn:num_experts_kept=2"],
+                           "the reference arm budget:num_experts_kept=1")):
+        ended = lynx_sglang("sweep", *against(server), *flags, "--n", "8", "--concurrency", "4", "--blocks", "1",
+                            "--out", str(tmp_path / "none"))
+        assert ended.returncode == 2 and needle in ended.stderr, ended.stderr
+        assert '"kind":"block"' not in (tmp_path / "none" / "measurements.jsonl").read_text()
+
 
 def blocks_in(out: Path) -> int:
     path = out / "measurements.jsonl"

@@ -283,3 +283,12 @@ def test_a_url_that_names_no_http_server_is_one_line(url, capsys):
             parse()
         assert stopped.value.code == 2 and "is not a server URL like http://127.0.0.1:30000" in capsys.readouterr().err
     assert parse_args(["--url", "https://lynx.example:8443/", "--admin-token", "t"]).url == "https://lynx.example:8443"
+
+
+def test_an_empty_arm_list_is_an_error_not_the_default_arms(tmp_path, capsys):
+    from lynx_sglang import cli
+
+    assert cli.main(["sweep", "--policies", "", "--out", str(tmp_path / "out")]) == 2
+    assert "no arms in ''" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert cli.main(["calibrate", "--candidates", " ", "--out", str(tmp_path / "out")]) == 2
+    assert "no arms in ' '" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from .calibrate_report import publish
 from .calibration import choose, config_for, config_yaml
 from .client import ServerError
 from .experiment import EMBEDDED_MODEL, add_common_arguments, command_parser, parse_command, parse_levels
-from .launch import ManagedServer
+from .launch import ManagedServer, terminate_as_interrupt
 from .model_arms import calibration_candidates, served_shape
 from .tasks import BUILTIN_TASK, builtin_items_excluding, load_items, make_scorer
 
@@ -103,29 +103,30 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     server = None
-    try:
-        if args.url:
-            url, token = args.url.rstrip("/"), args.admin_token
-        else:
-            server = ManagedServer(out / "server.log", policy="baseline", model_path=args.model_path,
-                                   serve_args=args.serve_arg, port=args.port)
-            print(f"starting lynx-sglang serve on port {server.port} (log: {server.log_path})", file=sys.stderr)
-            server.wait_healthy()
-            url, token = server.url, server.token
-        if candidates is None:
-            shape = served_shape(url, token, None, EMBEDDED_MODEL)
-            if shape is None:
-                raise ArmSpecError("the model has no routed experts the policies could prune; nothing to calibrate")
-            candidates = calibration_candidates(shape)
-        return calibrate(args, out, levels, url, token, candidates, calibration_items, confirmation_items, started)
-    except (ServerError, ArmSpecError, OSError) as error:
-        print(f"lynx-sglang calibrate: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if server is not None:
-            server.stop()
+    with terminate_as_interrupt():  # SIGTERM too stops the server started here
+        try:
+            if args.url:
+                url, token = args.url.rstrip("/"), args.admin_token
+            else:
+                server = ManagedServer(out / "server.log", policy="baseline", model_path=args.model_path,
+                                       serve_args=args.serve_arg, port=args.port)
+                print(f"starting lynx-sglang serve on port {server.port} (log: {server.log_path})", file=sys.stderr)
+                server.wait_healthy()
+                url, token = server.url, server.token
+            if candidates is None:
+                shape = served_shape(url, token, None, EMBEDDED_MODEL)
+                if shape is None:
+                    raise ArmSpecError("the model has no routed experts the policies could prune; nothing to calibrate")
+                candidates = calibration_candidates(shape)
+            return calibrate(args, out, levels, url, token, candidates, calibration_items, confirmation_items, started)
+        except (ServerError, ArmSpecError, OSError) as error:
+            print(f"lynx-sglang calibrate: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            if server is not None:
+                server.stop()
 
 
 def calibrate(args, out: Path, levels, url, token, candidates, calibration_items, confirmation_items, started) -> int:

@@ -24,7 +24,7 @@ from lynx_sglang.local_server import server_url
 
 from .arms import Arm
 from .client import ENDPOINTS, AdminClient, ArmRefused, ServerError
-from .launch import ManagedServer
+from .launch import ManagedServer, terminate_as_interrupt
 from .runner import Runner, plan_steps
 from .store import Block, MeasurementStore, ResumeError
 from .tasks import BUILTIN_TASK, Item, load_items, make_scorer
@@ -168,7 +168,12 @@ Publish = Callable[[Experiment, dict, Console], None]
 
 
 def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: bool = False) -> int:
-    """Measure, then analyse and publish whatever was measured, also after Ctrl-C or a dead server."""
+    """Measure, then analyse and publish whatever was measured, also after Ctrl-C, SIGTERM or a dead server."""
+    with terminate_as_interrupt():
+        return measure_and_publish(experiment, analyse, publish, resume)
+
+
+def measure_and_publish(experiment: Experiment, analyse: Analyse, publish: Publish, resume: bool) -> int:
     console = Console(stderr=True)
     store = MeasurementStore(experiment.out)
     try:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from lynx_sglang.local_server import free_port, log_tail, stop_process, wait_healthy
@@ -14,6 +17,25 @@ from .client import ServerError
 
 DYING_SERVER_WAIT_S = 60
 STARTUP_TIMEOUT_S = 600
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (`kill`, `timeout`, a stopped job) ends the command as Ctrl-C does, so what was measured
+    is written and the server it started is stopped: Python's default would exit at once and leave the
+    server running, holding its memory (on a GPU, the device's)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ManagedServer:

@@ -190,6 +190,25 @@ def test_ctrl_c_writes_what_was_measured(server, tmp_path):
     assert "partial results" in stderr
 
 
+def test_sigterm_writes_what_was_measured_and_stops_the_server_it_started(tmp_path):
+    """`kill` or `timeout` ends `ab` as Ctrl-C does; by Python's default the server it started outlived it."""
+    out = tmp_path / "terminated"
+    process = start_ab("--n", "400", "--concurrency", "1", "--blocks", "20", "--bootstrap", "200", "--out", str(out))
+    try:
+        wait_for_blocks(process, out, 1)
+        started = psutil.Process(process.pid).children(recursive=True)
+        assert any("serve" in child.cmdline() for child in started)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert json.loads((out / "results.json").read_text())["status"] == "interrupted"
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, [child.cmdline()[:4] for child in alive]
+
+
 def test_a_server_that_dies_mid_run_is_reported_and_partial_results_kept(tmp_path):
     """`ab` with no --url starts its own server; stopping that server mid-run must not lose the blocks."""
     out = tmp_path / "died"

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from lynx_sglang.config import KERNELS, ConfigError, build_config
 from lynx_sglang.experiments.client import AdminClient, ServerError
-from lynx_sglang.experiments.launch import ManagedServer
+from lynx_sglang.experiments.launch import ManagedServer, terminate_as_interrupt
 from lynx_sglang.policy_setup import MoeShape, resolve_policy_or_error, validate_for_model
 from lynx_sglang.tiny_checkpoints.shapes import NAMED_SHAPES
 
@@ -227,7 +227,8 @@ def serve_one(model: BenchModel, arm: Arm, kernel: str, args, levels, extra: lis
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return run(argv)
+        with terminate_as_interrupt():  # SIGTERM too stops the server of the arm running
+            return run(argv)
     except BenchError as exc:
         print(f"lynx-sglang bench serve: error: {exc}", file=sys.stderr)
         return 2

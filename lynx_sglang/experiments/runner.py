@@ -99,11 +99,8 @@ class Runner:
                     progress.update(task, description=f"c={step.concurrency} block {step.block + 1} {step.arm.label}")
                     self.store.append(self.measure(step, lambda: progress.advance(task)))
                 except ArmRefused as error:  # accepted by check_arms, refused now (the server changed)
-                    if not self.skip_refused:
-                        raise
-                    self.refused[step.arm.label] = str(error)
+                    self.skip(step.arm.label, error)
                     progress.advance(task, step.count)
-                    progress.console.print(f"skipped: {error}", style="yellow", markup=False, soft_wrap=True)
 
     def check_arms(self, steps: list[Step]) -> None:
         """Put the server in each arm's setting once before measuring anything, so that a setting it
@@ -114,14 +111,18 @@ class Runner:
             try:
                 self.admin.switch(arm)
             except ArmRefused as error:
-                if not self.skip_refused:
-                    raise
-                if label == self.reference:
+                if self.skip_refused and label == self.reference:
                     raise ArmRefused(f"the reference {error}") from None
-                self.refused[label] = str(error)
-                self.console.print(f"skipped: {error}", style="yellow", markup=False, soft_wrap=True)
+                self.skip(label, error)
         if self.skip_refused and self.refused and set(arms) - set(self.refused) <= {self.reference}:
             raise ArmRefused(f"the server refused every arm to compare with {self.reference}; see above")
+
+    def skip(self, label: str, error: ArmRefused) -> None:
+        """An arm the server refused: skipped and said (skip_refused), else the end of the run."""
+        if not self.skip_refused:
+            raise error
+        self.refused[label] = str(error)
+        self.console.print(f"skipped: {error}", style="yellow", markup=False, soft_wrap=True)
 
     def warm_up(self, step: Step) -> None:
         """A batch at this level's concurrency before measuring it (not recorded)."""

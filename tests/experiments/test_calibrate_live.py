@@ -84,10 +84,14 @@ def test_calibrate_writes_a_config_that_serves_and_ab_takes(tmp_path):
     assert [arm["label"] for arm in again["config"]["arms"]] == ["baseline", "config:lynx-config"]
     # Other items, the same config, the same figures: at each level the two 95 % intervals of the accuracy
     # difference overlap (a point estimate inside the other's interval would fail by chance about one
-    # time in six), and the expert bytes saved agree within 10 points
+    # time in six), and the expert bytes agree within 20 points. Those depend on how many rows share a
+    # decode step, so on the machine's load: on the 2-core CPU they differed by at most 0.03 alone, 0.07
+    # beside two busy loops or the container tests, and once 0.13 (0.59 against 0.46 at concurrency 8)
+    # in a full suite. A config not applied would read the model's bytes (1.0; 0.45 to 0.77 measured).
     confirmed = {record["concurrency"]: record for record in results["confirmation"]}
     for comparison in again["comparisons"]:
         record = confirmed[comparison["concurrency"]]
         (low, high), (again_low, again_high) = record["accuracy_diff_ci"], comparison["accuracy_diff_ci"]
         assert again_low <= high and low <= again_high, (comparison, record)
-        assert abs(comparison["expert_bytes_fraction_b"] - record["bytes_fraction"]) <= 0.1, (comparison, record)
+        fractions = comparison["expert_bytes_fraction_b"], record["bytes_fraction"]
+        assert abs(fractions[0] - fractions[1]) <= 0.2 and fractions[0] < 0.9, (comparison["concurrency"], fractions)

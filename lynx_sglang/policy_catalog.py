@@ -39,7 +39,10 @@ def describe(name: str, num_experts: int, top_k: int, model_name: str | None, ro
     accepted = accepted_parameters(cls) or []
     extra = {key: value for key, value in (("model_name", model_name), ("router_kind", router_kind))
              if value and key in accepted}
-    instance = get_policy(name, num_experts, top_k, True, **extra)
+    try:
+        instance, unavailable = get_policy(name, num_experts, top_k, True, **extra), None
+    except PolicyConfigError as error:  # e.g. static-topk on a top-1 model: listed, marked as not for it
+        instance, unavailable = None, str(error)
     parameters = []
     for param in accepted:
         if param in _HIDDEN:
@@ -47,11 +50,11 @@ def describe(name: str, num_experts: int, top_k: int, model_name: str | None, ro
         default = signature[param].default
         if default is None and getattr(instance, param, None) is not None:
             default = f"{getattr(instance, param)} (for this model)"
-        parameters.append({"name": param, "default": default,
-                           "allowed": allowed_values(name, param, num_experts, top_k)})
+        allowed = "-" if unavailable else allowed_values(name, param, num_experts, top_k)
+        parameters.append({"name": param, "default": default, "allowed": allowed})
     first_paragraph = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
     summary = first_paragraph.split(". ")[0].rstrip(".") + "."
-    return {"name": name, "summary": summary, "parameters": parameters}
+    return {"name": name, "summary": summary, "unavailable": unavailable, "parameters": parameters}
 
 
 def main(argv=None) -> int:
@@ -82,6 +85,8 @@ def main(argv=None) -> int:
           "set with --lynx-policy NAME --lynx-param KEY=VALUE):\n")
     for entry in catalog:
         print(f"{entry['name']}: {entry['summary']}")
+        if entry["unavailable"]:
+            print(f"    not for this model: {entry['unavailable']}")
         for p in entry["parameters"]:
             print(f"    {p['name']:18s} default {p['default']!s:22s} allowed {p['allowed']}")
         print()

@@ -38,6 +38,22 @@ def test_the_policies_table_shows_a_glm_models_router_and_its_defaults(tmp_path,
     assert "router_kind" not in {p["name"] for entry in table["policies"] for p in entry["parameters"]}
 
 
+@pytest.mark.parametrize("arch", ["llama4", "mixtral"])
+def test_the_policies_table_of_a_top1_model_marks_what_it_cannot_take(tmp_path, capsys, arch):
+    """Llama-4 routes each token to one expert: static-topk (k' < k) has nothing to drop. The table
+    lists it as not for this model instead of ending in a traceback, and shows every other policy."""
+    model = build_tiny_checkpoint(arch, tmp_path / arch, seed=0, num_experts=12, top_k=1)
+    assert policies_main(["--model-path", str(model), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    unavailable = {entry["name"]: entry["unavailable"] for entry in table["policies"] if entry["unavailable"]}
+    assert table["top_k"] == 1 and list(unavailable) == ["static-topk"], unavailable
+    assert "top_k >= 2" in unavailable["static-topk"]
+    budget = next(entry for entry in table["policies"] if entry["name"] == "budget")
+    assert {p["name"]: p["allowed"] for p in budget["parameters"]}["num_experts_kept"] == "1..12"
+    assert policies_main(["--model-path", str(model)]) == 0
+    assert "not for this model: policy 'static-topk': needs a model with top_k >= 2" in capsys.readouterr().out
+
+
 def test_the_server_builds_each_layers_policy_with_its_router_kind():
     from test_runtime_routing import DECODE, E, K, T, make_runtime, route, routing
 

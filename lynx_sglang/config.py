@@ -408,21 +408,25 @@ def check_settings(data, source: str) -> dict:
 
 
 def build_config(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ,
-                 flag_source: str = "flag") -> LynxConfig:
+                 flag_names: Mapping[str, str] | None = None) -> LynxConfig:
     """Merge the sources: flag > env > file; params merge key by key in the same order. `flags` holds
     the settings given on the command line (name -> raw value), and optionally `config_file`;
-    `flag_source` names them in errors (the offline engine's are keywords)."""
+    `flag_names` spells each the way its user gave it (`--lynx-budget`, the engine's `lynx_budget`), so
+    an error names what to change."""
     file_path = flags.get("config_file") or environ.get(CONFIG_FILE_ENV) or None
+    file_label = f"config file {file_path}"
+    variable_of = {name: var for var, name in ENV_VARIABLES.items()}
     sources_in_order = [
-        ("config file " + str(file_path), read_config_file(file_path) if file_path else {}),
-        ("environment", {name: environ[var] for var, name in ENV_VARIABLES.items() if environ.get(var)}),
-        (flag_source, {k: v for k, v in flags.items() if k != "config_file" and v is not None}),
+        (lambda name: f"{file_label} {name}", read_config_file(file_path) if file_path else {}),
+        (variable_of.get, {name: environ[var] for var, name in ENV_VARIABLES.items() if environ.get(var)}),
+        (lambda name: (flag_names or {}).get(name, f"flag {name}"),
+         {k: v for k, v in flags.items() if k != "config_file" and v is not None}),
     ]
     merged: dict[str, Any] = {}
     params: dict[str, Any] = {}
-    for source, settings in sources_in_order:
+    for label_of, settings in sources_in_order:
         for name, value in settings.items():
-            parsed = parse_setting(name, value, f"{source} {name}")
+            parsed = parse_setting(name, value, label_of(name))
             if name == "params":
                 params.update(parsed)
             else:

@@ -51,7 +51,7 @@ def engine_arguments(kwargs: dict, *, environ=os.environ, on_cpu: bool | None = 
     sglang_kwargs["model_path"] = str(model_path)
     given = KeywordSettings(sglang_kwargs)
     try:
-        config = checked_config(settings, model_path, given, environ, source="keyword")
+        config = checked_config(settings, model_path, given, environ, {name: f"lynx_{name}" for name in settings})
         defaults, environment = machine_defaults(config, given, on_cpu=on_cpu, environ=environ,
                                                  sgl_kernel_ok=sgl_kernel_ok)  # fmt: skip
     except LaunchError as exc:

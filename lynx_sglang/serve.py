@@ -80,6 +80,7 @@ LYNX_FLAGS = (
     ("--lynx-config", "config_file", {"metavar": "FILE"},
      "settings from a .yaml/.yml/.json file (flags > LYNX_* variables > file > policy defaults)"),
 )  # fmt: skip
+FLAG_NAMES = {dest: flag for flag, dest, *_ in LYNX_FLAGS}  # how an error names a setting
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -148,12 +149,13 @@ def plan_launch(argv: list[str], *, on_cpu: bool | None = None, environ=os.envir
                       sglang_args=ours + as_flags(defaults) + args, env=env, config=config)  # fmt: skip
 
 
-def checked_config(settings: dict, model_path: Path, given: GivenSettings, environ, source: str = "flag") -> LynxConfig:
+def checked_config(settings: dict, model_path: Path, given: GivenSettings, environ,
+                   names: dict[str, str] = FLAG_NAMES) -> LynxConfig:
     """The lynx settings merged with the environment and config file, checked against the checkpoint
     and against the SGLang settings `given` (FlagSettings for `serve`, KeywordSettings for the engine)."""
     check_checkpoint(model_path, dummy_weights=given.value("load_format") == "dummy")
     try:
-        config = build_config(settings, environ, flag_source=source)
+        config = build_config(settings, environ, flag_names=names)
         validate_for_model(config, MoeShape.from_checkpoint(model_path))
     except ConfigError as exc:
         raise LaunchError(str(exc)) from None

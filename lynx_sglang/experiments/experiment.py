@@ -179,13 +179,13 @@ def measure_and_publish(experiment: Experiment, analyse: Analyse, publish: Publi
     try:
         done = store.start(experiment.config(), resume=resume)
     except ResumeError as error:
-        say(console, f"error: {error}", "red")
+        say(console, f"lynx-sglang {experiment.tool}: error: {error}", "red")
         return 2
     started = time.monotonic()
     try:
         server, admin, url = connect(experiment, console)
     except ServerError as error:  # unreachable URL, refused token, a server that would not start
-        say(console, f"error: {error}", "red")
+        say(console, f"lynx-sglang {experiment.tool}: error: {error}", "red")
         return 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

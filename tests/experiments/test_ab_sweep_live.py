@@ -250,5 +250,5 @@ def test_one_line_errors_before_any_request(server, tmp_path):
 
     unreachable = lynx_sglang("ab", "--url", "http://127.0.0.1:9", "--admin-token", "t", "--n", "8", "--out",
                               str(tmp_path / "z"))
-    assert unreachable.returncode == 2 and "cannot reach http://127.0.0.1:9" in unreachable.stderr
-    assert len(unreachable.stderr.strip().splitlines()) == 1
+    assert unreachable.returncode == 2 and len(unreachable.stderr.strip().splitlines()) == 1
+    assert unreachable.stderr.startswith("lynx-sglang ab: error: cannot reach http://127.0.0.1:9"), unreachable.stderr

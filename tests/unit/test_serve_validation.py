@@ -137,8 +137,8 @@ def test_bad_port_values(port):
     (["--lynx-policy", "lynx", "--enable-dp-attention"], ["--enable-dp-attention"]),
     (["--lynx-policy", "lynx", "--lynx-budget", "tpot_ms=20", "--tp", "2"], ["tpot_ms", "tensor parallelism"]),
     (["--lynx-expert-cache", "9"], ["expert_cache: 9 slots out of range", "8 experts per layer"]),
-    (["--lynx-expert-cache", "0"], ["expert_cache: '0' out of range"]),
-    (["--lynx-expert-cache", "half"], ["expert_cache: 'half' is not a slot count"]),
+    (["--lynx-expert-cache", "0"], ["--lynx-expert-cache: '0' out of range"]),
+    (["--lynx-expert-cache", "half"], ["--lynx-expert-cache: 'half' is not a slot count"]),
     (["--lynx-expert-cache", "2", "--lynx-kernel", "sglang"], ["kernel 'sglang' cannot read experts"]),
     (["--lynx-cache-policy", "fifo"], ["--lynx-cache-policy", "invalid choice"]),
     (["--lynx-cache-prefetch"], ["cache_prefetch", "set expert_cache too"]),
@@ -169,6 +169,19 @@ def test_bad_lynx_environment_is_rejected_like_a_flag(monkeypatch):
     monkeypatch.setenv("LYNX_BUDGET", "mass=2")
     with pytest.raises(LaunchError, match="mass=2.0 out of range"):
         plan_launch(["--port", str(free_port())], on_cpu=True)
+
+
+@pytest.mark.parametrize("flags, environ, message", [
+    (["--lynx-budget", "experts=x"], {}, "--lynx-budget: 'experts=x': 'x' is not a number"),
+    (["--lynx-expert-cache", "0"], {}, "--lynx-expert-cache: '0' out of range"),
+    (["--lynx-param", "alpha"], {}, "--lynx-param: 'alpha' must look like key=value"),
+    ([], {"LYNX_LAYERS": "one"}, "LYNX_LAYERS: 'one': 'one' is not a layer id"),
+    (["--lynx-stats", "on"], {"LYNX_PRUNE_MIXED": "maybe"}, "LYNX_PRUNE_MIXED: 'maybe' must be true or false"),
+])  # fmt: skip
+def test_an_error_names_the_flag_or_variable_the_user_set(flags, environ, message):
+    with pytest.raises(LaunchError) as error:
+        plan_launch(["--port", str(free_port()), *flags], on_cpu=True, environ=environ)
+    assert str(error.value).startswith(message), str(error.value)
 
 
 def test_plan_carries_a_validated_config():

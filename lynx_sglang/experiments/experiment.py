@@ -177,7 +177,7 @@ def measure_and_publish(experiment: Experiment, analyse: Analyse, publish: Publi
     console = Console(stderr=True)
     store = MeasurementStore(experiment.out)
     try:
-        done = store.start(experiment.config(), resume=resume)
+        header, done = store.plan(experiment.config(), resume=resume)
     except ResumeError as error:
         say(console, f"lynx-sglang {experiment.tool}: error: {error}", "red")
         return 2
@@ -189,6 +189,7 @@ def measure_and_publish(experiment: Experiment, analyse: Analyse, publish: Publi
         return 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    store.begin(header, done)
     status, message, skipped = measure(experiment, store, done, server, admin, url, console)
     failed = status in ("server-error", "refused")
     if message:

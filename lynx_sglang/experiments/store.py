@@ -74,16 +74,20 @@ class MeasurementStore:
     def __init__(self, out_dir: Path):
         self.path = out_dir / MEASUREMENTS
 
-    def start(self, config: dict, *, resume: bool) -> list[Block]:
-        """A fresh file with `config` as its first line, or (resume) the blocks already in it."""
+    def plan(self, config: dict, *, resume: bool) -> tuple[dict, list[Block]]:
+        """(the file's first line, the blocks kept): (resume) the saved ones, else `config` and none. Reads
+        only, so a run refused after this (a server out of reach) leaves an earlier run's file as it was."""
         if resume and self.path.exists():
             saved, blocks = self.load()
             check_same_settings(saved, config)
-            self._rewrite(saved, blocks)  # drops a line a crash cut short, so appends stay parseable
-            return blocks
+            return saved, blocks
+        return {"kind": "config", **config}, []
+
+    def begin(self, header: dict, blocks: list[Block]) -> None:
+        """Write the planned start (for a resumed run this drops a line a crash cut short, so appends
+        stay parseable)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"kind": "config", **config}) + "\n")
-        return []
+        self._rewrite(header, blocks)
 
     def load(self) -> tuple[dict, list[Block]]:
         lines = self.path.read_text().splitlines()

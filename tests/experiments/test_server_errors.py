@@ -64,3 +64,19 @@ def test_a_server_that_never_answers_is_reported_after_the_timeout(tmp_path):
     finally:
         server.process.kill()
         server.process.wait()
+
+
+@pytest.mark.parametrize("tool", ["ab", "sweep"])
+def test_a_server_out_of_reach_leaves_an_earlier_runs_measurements_as_they_were(tmp_path, tool):
+    """A rerun into the same --out that cannot reach its server is a bad input: it ends in one line and
+    exit 2 before it writes anything, so the earlier run's measurements survive it."""
+    out = tmp_path / "results"
+    out.mkdir()
+    earlier = '{"kind": "config", "items": 8}\n{"kind": "block", "concurrency": 4}\n'
+    (out / "measurements.jsonl").write_text(earlier)
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    done = subprocess.run([sys.executable, "-m", "lynx_sglang.cli", tool, "--url", url, "--admin-token", "t",
+                           "--n", "8", "--out", str(out)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.startswith(f"lynx-sglang {tool}: error: cannot reach {url}"), done.stderr
+    assert (out / "measurements.jsonl").read_text() == earlier and sorted(p.name for p in out.iterdir()) == [
+        "measurements.jsonl"]

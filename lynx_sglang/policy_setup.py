@@ -21,6 +21,7 @@ class MoeShape:
     renormalize: bool
     model_name: str
     router_kind: str | None = None  # policies/router.py's RouterModel.kind; None: plain softmax
+    moe_layers: tuple[int, ...] | None = None  # the decoder layers with routed experts (None: not known)
 
     @classmethod
     def from_checkpoint(cls, model_dir: Path) -> "MoeShape | None":
@@ -37,8 +38,9 @@ class MoeShape:
         # Mixtral always renormalises; the others say so with norm_topk_prob.
         renormalize = config.get("model_type") == "mixtral" or bool(config.get("norm_topk_prob", False))
         name = config.get("_name_or_path") or Path(model_dir).resolve().name
-        return cls(int(num_experts), int(top_k), int(config.get("num_hidden_layers", 0)), renormalize, str(name),
-                   router_kind_of(config))
+        num_layers = int(config.get("num_hidden_layers", 0))
+        return cls(int(num_experts), int(top_k), num_layers, renormalize, str(name), router_kind_of(config),
+                   moe_layer_ids(config, num_layers))
 
 
 def read_model_config(model_dir: Path) -> dict:
@@ -82,6 +84,24 @@ def router_kind_of(config: dict) -> str | None:
     return None
 
 
+def moe_layer_ids(config: dict, num_layers: int) -> tuple[int, ...] | None:
+    """The layers SGLang (0.5.23) builds with routed experts, by its rule for the family; None for a
+    family whose rule is not written here (nothing is checked against it)."""
+    model_type = config.get("model_type", "")
+    if model_type in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss"):
+        return tuple(range(num_layers))  # SGLang builds every layer sparse (Qwen's mlp_only_layers unread)
+    first_dense = int(config.get("first_k_dense_replace") or 0)
+    if model_type == "glm4_moe":
+        return tuple(range(first_dense, num_layers))
+    if model_type in ("deepseek_v2", "deepseek_v3", "kimi_k2"):
+        every = int(config.get("moe_layer_freq") or 1)
+        return tuple(layer for layer in range(first_dense, num_layers) if layer % every == 0)
+    if model_type in ("llama4_text", "llama4"):
+        step = int(config.get("interleave_moe_layer_step") or 0)
+        return tuple(range(num_layers)) if step == 0 else tuple(range(step - 1, num_layers, step))
+    return None
+
+
 def policy_params(config: LynxConfig, model_name: str, router_kind: str | None = None) -> dict:
     """The configured parameters, plus the model's name and the layer's router kind for policies that
     pick per-model defaults (the lowest precedence: a user's value wins)."""
@@ -111,16 +131,34 @@ def validate_for_model(config: LynxConfig, shape: MoeShape | None) -> None:
     validate_settings(config)
     if shape is None:
         return
-    check_layer_ids(config.layers, shape.num_layers)
+    check_layer_ids(config.layers, shape.num_layers, shape.moe_layers)
     validate_for_experts(config, shape.num_experts, shape.top_k, shape.renormalize, shape.model_name)
     if config.expert_cache is not None:
         expert_cache_slots(config.expert_cache, shape.num_experts)
 
 
-def check_layer_ids(layers: tuple[int, ...] | None, num_layers: int | None) -> None:
-    """`layers` names the model's layers (0..num_layers - 1; None: unknown, nothing to check)."""
-    if layers is not None and num_layers and max(layers) >= num_layers:
+def check_layer_ids(layers: tuple[int, ...] | None, num_layers: int | None,
+                    moe_layers: tuple[int, ...] | None = None) -> None:
+    """`layers` names the model's layers (0..num_layers - 1; None: unknown, nothing to check), and at
+    least one with routed experts: a list of dense layers only would prune nothing, silently."""
+    if layers is None:
+        return
+    if num_layers and max(layers) >= num_layers:
         raise ConfigError(f"layers: {max(layers)} is not a layer of this model (layers 0..{num_layers - 1})")
+    if moe_layers and not set(layers) & set(moe_layers):
+        raise ConfigError(f"layers: {layer_list(layers)} holds no MoE layer of this model (its MoE layers: "
+                          f"{layer_list(moe_layers)}): a dense layer has no routed experts to prune")
+
+
+def layer_list(layers) -> str:
+    """Layer ids as ranges: (0, 1, 2, 5) -> '0-2,5'."""
+    runs: list[list[int]] = []
+    for layer in sorted(set(layers)):
+        if runs and layer == runs[-1][1] + 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def validate_settings(config: LynxConfig) -> None:

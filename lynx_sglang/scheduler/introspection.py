@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from lynx_sglang.policies.router import SCORING_FUNCTIONS, RouterModel
+from lynx_sglang.policy_setup import moe_layer_ids
 from lynx_sglang.scheduler.compute_table import LayerShape
 from lynx_sglang.scheduler.stats import MoeLayerInfo
 
@@ -26,6 +27,7 @@ class LoadedModel:
     # SGLang's overlap schedule on an asynchronous device: a step starts before the last one's result is read
     overlapped_steps: bool = False
     num_layers: int | None = None  # the decoder's layers, MoE or not (config.json's num_hidden_layers)
+    moe_layers: tuple[int, ...] | None = None  # those with routed experts, by the family's rule (None: unknown)
 
 
 def read_model(model_runner) -> LoadedModel | None:
@@ -37,6 +39,8 @@ def read_model(model_runner) -> LoadedModel | None:
     if not moe_layers:
         return None
     hf_config = model_runner.model_config.hf_config
+    text_config = getattr(model_runner.model_config, "hf_text_config", hf_config)
+    num_layers = getattr(text_config, "num_hidden_layers", None)
     top_k = getattr(hf_config, "num_experts_per_tok", None)  # some MoE layers leave top_k to TopK
     first = moe_layers[0]
     device = model_device(model_runner.model, first.w13_weight.device)
@@ -50,7 +54,9 @@ def read_model(model_runner) -> LoadedModel | None:
         passthrough=passthrough_layers(model_runner.model),
         moe_modules=tuple(moe_layers),
         overlapped_steps=overlap_schedule and device.type != "cpu",
-        num_layers=getattr(getattr(model_runner.model_config, "hf_text_config", hf_config), "num_hidden_layers", None),
+        num_layers=num_layers,
+        # From config.json as at launch, not from the layers loaded here (a pipeline stage holds only some)
+        moe_layers=moe_layer_ids(text_config.to_dict(), num_layers) if num_layers else None,
     )
 
 

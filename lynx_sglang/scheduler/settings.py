@@ -22,10 +22,12 @@ from lynx_sglang.scheduler.stats import MoeLayerInfo
 
 class PolicySettings:
     def __init__(self, config: LynxConfig, layers: list[MoeLayerInfo], device, model_name: str, tp_size: int,
-                 calibration=None, num_layers: int | None = None):  # fmt: skip
+                 calibration=None, num_layers: int | None = None,
+                 moe_layers: tuple[int, ...] | None = None):  # fmt: skip
         self.config = config
         self.layers = layers
         self.num_layers = num_layers  # the decoder's layers, MoE or not, that `layers` may name (None: unknown)
+        self.moe_layers = moe_layers  # those with routed experts, one of which `layers` must name (None: unknown)
         self.model_name = model_name
         self.tp_size = tp_size
         self._calibration = calibration  # (w13, w2, activation) of one MoE layer, for the controller
@@ -63,7 +65,7 @@ class PolicySettings:
         """Validate `config` against the loaded model, build everything it needs, then swap it in.
         Raises ConfigError and changes nothing when any part is invalid."""
         validate_settings(config)
-        check_layer_ids(config.layers, self.num_layers)
+        check_layer_ids(config.layers, self.num_layers, self.moe_layers)
         for num_experts, top_k in {(info.num_experts, info.top_k) for info in self.layers}:
             validate_for_experts(config, num_experts, top_k, True, self.model_name)
         policies = {key: build_policy(config, *key[:3], self.model_name, key[3]) for key in self.policies}

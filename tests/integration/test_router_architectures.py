@@ -61,11 +61,19 @@ def test_baseline_serving_matches_transformers_and_policies_prune(arch, tmp_path
             generate_greedy(srv, prompt_ids, POLICY_TOKENS)
             pruned[policy] = get_json(srv.url + "/lynx/stats"), get_json(srv.url + "/lynx/policy")
             post(srv.url + "/lynx/stats/reset", {}, headers={"Authorization": "Bearer t"})
+        # GLM-4.5's and DeepSeek-V3's first layer is dense: a layer list of it alone would prune nothing
+        first_only = post(srv.url + "/lynx/policy", {"config": {"policy": "lynx", "layers": "0"}},
+                          headers={"Authorization": "Bearer t"})  # fmt: skip
     finally:
         srv.stop()
     assert batched == expected, f"{arch}: SGLang {batched} != transformers {expected}"
     assert alone == expected[:1]
     assert len({tuple(ids) for ids in expected}) > 1, "the prompts lead to different continuations"
+    if arch == "gpt_oss":
+        assert first_only[0] == 200, first_only
+    else:
+        assert first_only == (400, {"error": "layers: 0 holds no MoE layer of this model (its MoE layers: 1-3): "
+                                             "a dense layer has no routed experts to prune"}), first_only
     for policy, (stats, served) in pruned.items():
         assert stats["pruned_steps"] > 0 and stats["fallback_steps"] == 0, (policy, stats)
         assert {layer["routing"] for layer in stats["layers"]} == {"pruned"}, (policy, stats["layers"])

@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
+from lynx_sglang import cli
+from lynx_sglang.config import ConfigError, LynxConfig
 from lynx_sglang.policy_catalog import main as policies_main
-from lynx_sglang.policy_setup import router_kind_of
+from lynx_sglang.policy_setup import MoeShape, moe_layer_ids, router_kind_of, validate_for_model
 from lynx_sglang.tiny_checkpoints import build_tiny_checkpoint
 
 topk = pytest.importorskip("sglang.srt.layers.moe.topk")
@@ -84,3 +86,31 @@ def test_a_folder_that_is_no_checkpoint_gets_one_line_not_a_traceback(tmp_path, 
 
     assert sweep_main(["--model-path", str(tmp_path / folder), "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config, moe_layers", [
+    ({"model_type": "mixtral"}, (0, 1, 2, 3, 4, 5)),
+    ({"model_type": "qwen3_moe", "mlp_only_layers": [1]}, (0, 1, 2, 3, 4, 5)),  # SGLang reads no mlp_only_layers
+    ({"model_type": "deepseek_v3", "first_k_dense_replace": 3}, (3, 4, 5)),
+    ({"model_type": "deepseek_v2", "first_k_dense_replace": 1, "moe_layer_freq": 2}, (2, 4)),
+    ({"model_type": "glm4_moe", "first_k_dense_replace": 1}, (1, 2, 3, 4, 5)),
+    ({"model_type": "llama4_text", "interleave_moe_layer_step": 2}, (1, 3, 5)),
+    ({"model_type": "llama4_text", "interleave_moe_layer_step": 1}, (0, 1, 2, 3, 4, 5)),
+    ({"model_type": "some_new_moe"}, None),  # no rule written here: nothing is checked
+])  # fmt: skip
+def test_moe_layers_follow_sglangs_rule_per_family(config, moe_layers):
+    assert moe_layer_ids(config, 6) == moe_layers
+
+
+def test_a_layer_list_of_dense_layers_only_is_refused_before_the_server_starts(tmp_path, capsys):
+    """GLM-4.5's (and DeepSeek-V3's) first layers are dense: `--lynx-layers 0` would prune nothing."""
+    model = build_tiny_checkpoint("glm4_moe", tmp_path / "glm", seed=0, num_experts=8, top_k=2)
+    shape = MoeShape.from_checkpoint(model)
+    assert shape.moe_layers == (1, 2, 3)
+    with pytest.raises(ConfigError, match=r"^layers: 0 holds no MoE layer of this model \(its MoE layers: 1-3\)"):
+        validate_for_model(LynxConfig(policy="lynx", layers=(0,)), shape)
+    validate_for_model(LynxConfig(policy="lynx", layers=(0, 1)), shape)  # a range over dense ones too is fine
+    capsys.readouterr()
+    assert cli.main(["serve", "--model-path", str(model), "--lynx-policy", "lynx", "--lynx-layers", "0"]) == 2
+    assert capsys.readouterr().err == ("lynx-sglang serve: error: layers: 0 holds no MoE layer of this model (its MoE "
+                                       "layers: 1-3): a dense layer has no routed experts to prune\n")

@@ -222,6 +222,18 @@ def test_a_switched_config_names_only_the_models_layers():
     assert unknown.handle({"op": "set_policy", "config": {"policy": "lynx", "layers": [0, 7]}})["layers"] == [0, 7]
 
 
+def test_a_switched_config_names_at_least_one_moe_layer():
+    """DeepSeek-V3's first layers are dense: a list of them alone would prune nothing, silently."""
+    runtime = LynxRuntime(LynxConfig(policy="lynx"))
+    runtime.bind_layers([MoeLayerInfo(layer_id, E, K, expert_bytes=1000) for layer_id in (1, 2)], "cpu", "tiny",
+                        num_layers=4, moe_layers=(1, 2))  # fmt: skip
+    for layers in ("0", "3", [0, 3]):
+        with pytest.raises(ConfigError, match=r"holds no MoE layer of this model \(its MoE layers: 1-2\)"):
+            runtime.handle({"op": "set_policy", "config": {"policy": "lynx", "layers": layers}})
+    assert runtime.config.layers is None
+    assert runtime.handle({"op": "set_policy", "config": {"policy": "lynx", "layers": "0-1"}})["layers"] == [0, 1]
+
+
 DETERMINISM_SCRIPT = """
 import sys, torch
 from lynx_sglang.policies import ExpertBudget, get_policy

@@ -131,10 +131,18 @@ def validate_for_model(config: LynxConfig, shape: MoeShape | None) -> None:
     validate_settings(config)
     if shape is None:
         return
-    check_layer_ids(config.layers, shape.num_layers, shape.moe_layers)
     validate_for_experts(config, shape.num_experts, shape.top_k, shape.renormalize, shape.model_name)
+    check_policy_layers(config, shape.num_layers, shape.moe_layers)
     if config.expert_cache is not None:
         expert_cache_slots(config.expert_cache, shape.num_experts)
+
+
+def check_policy_layers(config: LynxConfig, num_layers: int | None, moe_layers: tuple[int, ...] | None) -> None:
+    """The layers the policy applies to (`layers`, else its `layers` parameter, as policy_params hands
+    them over; each band's), once the policy has checked them as layer ids."""
+    for _, band in config.bands():
+        layers = band.layers if band.layers is not None else band.params.get("layers")
+        check_layer_ids(None if layers is None else tuple(layers), num_layers, moe_layers)
 
 
 def check_layer_ids(layers: tuple[int, ...] | None, num_layers: int | None,

@@ -55,6 +55,9 @@ def check_layers(policy: str, layers) -> frozenset[int] | None:
     """None (every layer) or a set of layer ids >= 0."""
     if layers is None:
         return None
+    if isinstance(layers, str):  # "1-3" would read as the characters '1', '-', '3'
+        raise PolicyConfigError(f"policy '{policy}': parameter 'layers'={layers!r} must be a list of layer ids "
+                                "such as [1,2,3] (the --lynx-layers setting takes ranges like 1-3)")
     try:
         layer_set = frozenset(layers)
     except TypeError:

@@ -12,7 +12,7 @@ import torch
 
 from lynx_sglang.config import TPOT_WITH_TP, Budget, ConfigError, LynxConfig
 from lynx_sglang.policies import ExpertBudget
-from lynx_sglang.policy_setup import build_policy, check_layer_ids, validate_for_experts, validate_settings
+from lynx_sglang.policy_setup import build_policy, check_policy_layers, validate_for_experts, validate_settings
 from lynx_sglang.scheduler.calibration import calibrate_ms_per_expert
 from lynx_sglang.scheduler.controller import TpotController
 from lynx_sglang.scheduler.lone_row import budget_keeps_lone_row, policy_keeps_lone_row
@@ -65,9 +65,9 @@ class PolicySettings:
         """Validate `config` against the loaded model, build everything it needs, then swap it in.
         Raises ConfigError and changes nothing when any part is invalid."""
         validate_settings(config)
-        check_layer_ids(config.layers, self.num_layers, self.moe_layers)
         for num_experts, top_k in {(info.num_experts, info.top_k) for info in self.layers}:
             validate_for_experts(config, num_experts, top_k, True, self.model_name)
+        check_policy_layers(config, self.num_layers, self.moe_layers)
         policies = {key: build_policy(config, *key[:3], self.model_name, key[3]) for key in self.policies}
         controller = self._controller_for(config.parsed_budget)
         policy_changed = (config.policy, config.params) != (self.config.policy, self.config.params)

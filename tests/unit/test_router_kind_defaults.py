@@ -110,6 +110,13 @@ def test_a_layer_list_of_dense_layers_only_is_refused_before_the_server_starts(t
     with pytest.raises(ConfigError, match=r"^layers: 0 holds no MoE layer of this model \(its MoE layers: 1-3\)"):
         validate_for_model(LynxConfig(policy="lynx", layers=(0,)), shape)
     validate_for_model(LynxConfig(policy="lynx", layers=(0, 1)), shape)  # a range over dense ones too is fine
+    # The policy's own `layers` parameter (a sweep's `lynx:layers=[0]`) is held to the same rules
+    with pytest.raises(ConfigError, match=r"^layers: 0 holds no MoE layer"):
+        validate_for_model(LynxConfig(policy="lynx", params={"layers": [0]}), shape)
+    with pytest.raises(ConfigError, match=r"^layers: 7 is not a layer of this model \(layers 0..3\)"):
+        validate_for_model(LynxConfig(policy="lynx", params={"layers": [1, 7]}), shape)
+    with pytest.raises(ConfigError, match=r"parameter 'layers'='1-2' must be a list of layer ids such as \[1,2,3\]"):
+        validate_for_model(LynxConfig(policy="lynx", params={"layers": "1-2"}), shape)
     capsys.readouterr()
     assert cli.main(["serve", "--model-path", str(model), "--lynx-policy", "lynx", "--lynx-layers", "0"]) == 2
     assert capsys.readouterr().err == ("lynx-sglang serve: error: layers: 0 holds no MoE layer of this model (its MoE "

@@ -230,7 +230,9 @@ def test_a_switched_config_names_at_least_one_moe_layer():
     for layers in ("0", "3", [0, 3]):
         with pytest.raises(ConfigError, match=r"holds no MoE layer of this model \(its MoE layers: 1-2\)"):
             runtime.handle({"op": "set_policy", "config": {"policy": "lynx", "layers": layers}})
-    assert runtime.config.layers is None
+    with pytest.raises(ConfigError, match=r"holds no MoE layer of this model"):  # as the policy's parameter
+        runtime.handle({"op": "set_policy", "policy": "lynx", "params": {"layers": [3]}})
+    assert runtime.config.layers is None and "layers" not in runtime.config.params
     assert runtime.handle({"op": "set_policy", "config": {"policy": "lynx", "layers": "0-1"}})["layers"] == [0, 1]
 
 

@@ -90,8 +90,9 @@ def refusal(arm: Arm, shape: ServedShape) -> str | None:
     """Why the server would refuse `arm` on this model (its own validation), or None."""
     try:
         config = LynxConfig(policy=arm.policy, params=dict(arm.params), budget=arm.budget)
-        checkpoint_shape = MoeShape(shape.num_experts, shape.top_k, shape.moe_layers, shape.renormalize,
-                                    shape.model_name)
+        # num_layers 0: the decoder's layer count is not known here (moe_layers counts MoE layers only),
+        # so layer ids are left to the server's own check
+        checkpoint_shape = MoeShape(shape.num_experts, shape.top_k, 0, shape.renormalize, shape.model_name)
         validate_for_model(config, checkpoint_shape)
     except (ConfigError, ValueError) as error:
         return str(error)

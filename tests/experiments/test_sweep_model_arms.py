@@ -59,6 +59,9 @@ def test_the_refusal_is_the_servers_own_message():
     assert refusal(arm, ServedShape(8, 2, 4)) is None
     (budgeted,) = parse_arms("lynx+experts=17")
     assert "1..16" in refusal(budgeted, ServedShape(16, 4, 2))
+    # Three MoE layers of a four-layer GLM-4.5 (its layer 0 dense): layer 3 is one of them
+    (last_layer,) = parse_arms("lynx:layers=[3]")
+    assert refusal(last_layer, ServedShape(16, 4, 3)) is None
 
 
 def test_the_served_shape_is_read_from_the_stats():

@@ -33,6 +33,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_was_taken(log_path: Path) -> bool:
+    """Whether a server that exited while starting lost its port to another process after free_port()
+    found it free. The bind error comes in two spellings ("Address already in use"; uvicorn's "...
+    address already in use", after which a page of other tracebacks follows), so the whole log is read."""
+    try:
+        return "address already in use" in log_path.read_text(errors="replace").lower()
+    except OSError:
+        return False
+
+
 def is_healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/health", timeout=HEALTH_PROBE_TIMEOUT_S) as response:

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lynx_sglang.local_server import free_port, is_healthy, log_tail, stop_process, wait_healthy
+from lynx_sglang.local_server import free_port, is_healthy, log_tail, port_was_taken, stop_process, wait_healthy
 
 STARTUP_TIMEOUT_S = 240
 PORT_ATTEMPTS = 3
@@ -40,18 +40,13 @@ class RunningServer:
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_path, lines)
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
     def wait_healthy(self) -> None:
         for attempt in range(PORT_ATTEMPTS):
             if wait_healthy(self.url, self.process, STARTUP_TIMEOUT_S):
                 return
             # Another test's server (pytest-xdist runs two) may take the free port between the probe and
-            # our launch: serve then stops saying so, and a new port is all it takes. The message comes in
-            # two spellings ("Address already in use"; uvicorn's "... address already in use"), and after
-            # uvicorn's a page of other tracebacks follows: the whole log is read, not its tail.
-            taken = self.process.poll() is not None and "address already in use" in self.log_text().lower()
+            # our launch: serve then stops saying so, and a new port is all it takes.
+            taken = self.process.poll() is not None and port_was_taken(self.log_path)
             if not taken or attempt == PORT_ATTEMPTS - 1:
                 break
             self._log.close()

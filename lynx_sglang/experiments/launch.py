@@ -11,12 +11,13 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from lynx_sglang.local_server import free_port, log_tail, stop_process, wait_healthy
+from lynx_sglang.local_server import free_port, log_tail, port_was_taken, stop_process, wait_healthy
 
 from .client import ServerError
 
 DYING_SERVER_WAIT_S = 60
 STARTUP_TIMEOUT_S = 600
+PORT_ATTEMPTS = 3  # starts of a server whose port, chosen here, another process took first
 
 
 @contextmanager
@@ -44,19 +45,23 @@ class ManagedServer:
 
     def __init__(self, log_path: Path, *, policy: str | None, model_path: str | None = None,
                  serve_args: list[str] = (), port: int | None = None):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.token = secrets.token_hex(16)
         self.log_path = log_path
-        command = [sys.executable, "-m", "lynx_sglang.cli", "serve", "--port", str(self.port),
-                   "--lynx-admin-token", self.token]
+        self._port_chosen_here = port is None  # then a port taken by another process is chosen again
+        self._arguments = ["--lynx-admin-token", self.token]
         if policy:
-            command += ["--lynx-policy", policy]
+            self._arguments += ["--lynx-policy", policy]
         if model_path:
-            command += ["--model-path", model_path]
-        command += list(serve_args)
+            self._arguments += ["--model-path", model_path]
+        self._arguments += list(serve_args)
+        self._launch(port or free_port())
+
+    def _launch(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "lynx_sglang.cli", "serve", "--port", str(port), *self._arguments]
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        self._log = open(log_path, "wb")
+        self._log = open(self.log_path, "wb")
         # A session of its own: Ctrl-C in the terminal reaches only the experiment, which stops the server
         # after saving what was measured.
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
@@ -80,8 +85,16 @@ class ManagedServer:
         return True
 
     def wait_healthy(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
-        if wait_healthy(self.url, self.process, timeout):
-            return
+        for attempt in range(PORT_ATTEMPTS):
+            if wait_healthy(self.url, self.process, timeout):
+                return
+            # Another process (another server starting on this machine) may bind the free port between
+            # free_port() and the server's own bind; a port this command chose, it chooses again.
+            last = attempt == PORT_ATTEMPTS - 1
+            if last or self.alive() or not self._port_chosen_here or not port_was_taken(self.log_path):
+                break
+            self._log.close()
+            self._launch(free_port())
         if not self.alive():
             raise ServerError(f"the server exited with code {self.process.returncode} while starting "
                               f"(log: {self.log_path}):\n{self.log_tail()}")

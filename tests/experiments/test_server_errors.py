@@ -3,6 +3,7 @@ answers is reported with its log; one that is dying (it drains requests and stop
 for several seconds first) is reported as dead, whatever error reached the run first: an HTTP 5xx
 while it drains as much as a lost connection."""
 
+import socket
 import subprocess
 import sys
 
@@ -80,3 +81,28 @@ def test_a_server_out_of_reach_leaves_an_earlier_runs_measurements_as_they_were(
     assert done.returncode == 2 and done.stderr.startswith(f"lynx-sglang {tool}: error: cannot reach {url}"), done.stderr
     assert (out / "measurements.jsonl").read_text() == earlier and sorted(p.name for p in out.iterdir()) == [
         "measurements.jsonl"]
+
+
+def test_a_port_another_process_took_is_chosen_again_then_given_up(tmp_path, monkeypatch):
+    """ManagedServer chose the port, so a port another process bound first is chosen again (up to
+    PORT_ATTEMPTS starts); here every port it is given is held, and serve refuses each at once."""
+    monkeypatch.setattr(launch, "PORT_ATTEMPTS", 2)  # each start of serve costs seconds of imports
+    held = [socket.socket() for _ in range(2)]
+    for sock in held:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+    ports = iter(sock.getsockname()[1] for sock in held)
+    monkeypatch.setattr(launch, "free_port", lambda: next(ports))
+    try:
+        server = launch.ManagedServer(tmp_path / "server.log", policy="baseline")
+        with pytest.raises(ServerError, match="exited with code 2 while starting") as error:
+            server.wait_healthy(timeout=120)
+        assert server.port == held[-1].getsockname()[1] and "(Address already in use)" in str(error.value)
+        # A port the user named is the user's: not replaced
+        named = launch.ManagedServer(tmp_path / "named.log", policy="baseline", port=held[0].getsockname()[1])
+        with pytest.raises(ServerError):
+            named.wait_healthy(timeout=120)
+        assert named.port == held[0].getsockname()[1]
+    finally:
+        for sock in held:
+            sock.close()

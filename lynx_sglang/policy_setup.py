@@ -142,7 +142,8 @@ def check_policy_layers(config: LynxConfig, num_layers: int | None, moe_layers: 
     them over; each band's), once the policy has checked them as layer ids."""
     for _, band in config.bands():
         layers = band.layers if band.layers is not None else band.params.get("layers")
-        check_layer_ids(None if layers is None else tuple(layers), num_layers, moe_layers)
+        if isinstance(layers, (list, tuple)) and all(type(layer) is int for layer in layers):
+            check_layer_ids(tuple(layers), num_layers, moe_layers)  # other values: the policy's own error
 
 
 def check_layer_ids(layers: tuple[int, ...] | None, num_layers: int | None,
@@ -151,6 +152,8 @@ def check_layer_ids(layers: tuple[int, ...] | None, num_layers: int | None,
     least one with routed experts: a list of dense layers only would prune nothing, silently."""
     if layers is None:
         return
+    if not layers:
+        raise ConfigError("layers: an empty list names no layer, so nothing would be pruned; leave it out for all")
     if num_layers and max(layers) >= num_layers:
         raise ConfigError(f"layers: {max(layers)} is not a layer of this model (layers 0..{num_layers - 1})")
     if moe_layers and not set(layers) & set(moe_layers):

@@ -115,6 +115,8 @@ def test_a_layer_list_of_dense_layers_only_is_refused_before_the_server_starts(t
         validate_for_model(LynxConfig(policy="lynx", params={"layers": [0]}), shape)
     with pytest.raises(ConfigError, match=r"^layers: 7 is not a layer of this model \(layers 0..3\)"):
         validate_for_model(LynxConfig(policy="lynx", params={"layers": [1, 7]}), shape)
+    with pytest.raises(ConfigError, match=r"^layers: an empty list names no layer"):
+        validate_for_model(LynxConfig(policy="lynx", params={"layers": []}), shape)
     with pytest.raises(ConfigError, match=r"parameter 'layers'='1-2' must be a list of layer ids such as \[1,2,3\]"):
         validate_for_model(LynxConfig(policy="lynx", params={"layers": "1-2"}), shape)
     capsys.readouterr()

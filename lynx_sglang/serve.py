@@ -248,7 +248,7 @@ def check_port_free(host: str, port: int) -> None:
 
 def check_parallelism(config: LynxConfig, given: GivenSettings) -> None:
     """A pruning policy needs every rank to take the same decision: ranks that route different tokens
-    (expert parallelism, data-parallel attention) would not, nor would one latency controller per rank."""
+    (expert parallelism, data-parallel attention or MoE) would not, nor would one latency controller per rank."""
     if config.policy == "baseline":
         return
     ep_size = given.value("ep_size")
@@ -261,6 +261,12 @@ def check_parallelism(config: LynxConfig, given: GivenSettings) -> None:
     budget = config.parsed_budget
     if budget is not None and budget.kind == "tpot_ms" and tp_size not in (None, "1"):
         raise LaunchError(TPOT_WITH_TP)
+    moe_dp_size = given.value("moe_dp_size")
+    if moe_dp_size not in (None, "1"):
+        raise LaunchError(
+            f"--moe-dp-size {moe_dp_size} is not supported with --lynx-policy {config.policy}: the MoE "
+            "data-parallel groups route different tokens, so they would take different decisions"
+        )
     attn_dp_size = given.value("attn_dp_size")
     if given.enabled("enable_dp_attention") or attn_dp_size not in (None, "1"):
         spelled = "--enable-dp-attention" if attn_dp_size in (None, "1") else f"--attn-dp-size {attn_dp_size}"

@@ -50,6 +50,7 @@ def test_a_gpu_with_sglangs_kernels_gets_no_defaults():
     ({"lynx_policy": "lynx", "ep_size": 2}, "expert parallelism"),
     ({"lynx_policy": "lynx", "attn_dp_size": 2}, "--attn-dp-size 2"),
     ({"lynx_policy": "lynx", "enable_dp_attention": True}, "--enable-dp-attention"),
+    ({"lynx_policy": "lynx", "tp_size": 2, "moe_dp_size": 2}, "--moe-dp-size 2"),
     ({"model_path": "/nonexistent/model"}, "/nonexistent/model"),
     ({"server_args": object()}, "not server_args="),
 ])  # fmt: skip

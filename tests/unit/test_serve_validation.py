@@ -135,6 +135,8 @@ def test_bad_port_values(port):
     (["--lynx-budget", "experts=4"], ["has no effect with policy 'baseline'"]),
     (["--lynx-policy", "lynx", "--ep-size", "2"], ["expert parallelism", "--ep-size 2"]),
     (["--lynx-policy", "lynx", "--enable-dp-attention"], ["--enable-dp-attention"]),
+    (["--lynx-policy", "lynx", "--tp", "2", "--moe-dp-size", "2"], ["--moe-dp-size 2", "different decisions"]),
+    (["--lynx-policy", "lynx", "--tp", "2", "--moe-data-parallel-size=2"], ["--moe-dp-size 2"]),
     (["--lynx-policy", "lynx", "--lynx-budget", "tpot_ms=20", "--tp", "2"], ["tpot_ms", "tensor parallelism"]),
     (["--lynx-expert-cache", "9"], ["expert_cache: 9 slots out of range", "8 experts per layer"]),
     (["--lynx-expert-cache", "0"], ["--lynx-expert-cache: '0' out of range"]),

@@ -136,12 +136,16 @@ class Experiment:
 
 
 def parse_levels(text: str) -> list[int]:
-    try:
-        levels = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--concurrency must be a comma list of integers, got {text!r}") from None
-    if not levels or min(levels) < 1:
-        raise ValueError(f"--concurrency levels must be at least 1, got {text!r}")
+    """`--concurrency`'s comma list -> its levels: positive integers, in the order given, none twice."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ValueError(f"--concurrency: {text!r} lists no level")
+    for part in parts:
+        if not part.isdigit() or int(part) < 1:
+            raise ValueError(f"--concurrency: {part!r} is not a positive integer")
+    levels = [int(part) for part in parts]
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"--concurrency: {text!r} lists a level twice")
     return levels
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from lynx_sglang.experiments.arms import Arm, ArmSpecError, arm_from_flags, expand_values, parse_arms
+from lynx_sglang.experiments.experiment import parse_levels
 from lynx_sglang.experiments.tasks import (
     TaskError,
     builtin_items,
@@ -292,3 +293,21 @@ def test_an_empty_arm_list_is_an_error_not_the_default_arms(tmp_path, capsys):
     assert "no arms in ''" in capsys.readouterr().err and not (tmp_path / "out").exists()
     assert cli.main(["calibrate", "--candidates", " ", "--out", str(tmp_path / "out")]) == 2
     assert "no arms in ' '" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, levels_or_error", [
+    ("8,32", [8, 32]),
+    (" 32 , 1,", [32, 1]),
+    ("", "lists no level"),
+    ("8,x", "'x' is not a positive integer"),
+    ("0,8", "'0' is not a positive integer"),
+    ("-4", "'-4' is not a positive integer"),
+    ("8,8", "lists a level twice"),
+])  # fmt: skip
+def test_concurrency_levels_are_positive_and_distinct(text, levels_or_error):
+    if isinstance(levels_or_error, list):
+        assert parse_levels(text) == levels_or_error
+        return
+    with pytest.raises(ValueError, match="--concurrency: ") as error:
+        parse_levels(text)
+    assert levels_or_error in str(error.value)

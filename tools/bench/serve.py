@@ -31,6 +31,7 @@ from pathlib import Path
 
 from lynx_sglang.config import KERNELS, ConfigError, build_config
 from lynx_sglang.experiments.client import AdminClient, ServerError
+from lynx_sglang.experiments.experiment import parse_levels
 from lynx_sglang.experiments.launch import ManagedServer, terminate_as_interrupt
 from lynx_sglang.policy_setup import MoeShape, resolve_policy_or_error, validate_for_model
 from lynx_sglang.tiny_checkpoints.shapes import NAMED_SHAPES
@@ -106,15 +107,6 @@ def parse_list(flag: str, text: str, allowed=None) -> list[str]:
     if len(set(items)) != len(items):
         raise BenchError(f"{flag}: {text!r} lists a value twice")
     return items
-
-
-def parse_levels(text: str) -> list[int]:
-    levels = []
-    for item in parse_list("--concurrency", text):
-        if not item.isdigit() or int(item) < 1:
-            raise BenchError(f"--concurrency: {item!r} is not a positive integer")
-        levels.append(int(item))
-    return levels
 
 
 def parse_arms(text: str) -> list[Arm]:
@@ -239,7 +231,11 @@ def main(argv=None) -> int:
 
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    arms, levels = parse_arms(args.arms), parse_levels(args.concurrency)
+    arms = parse_arms(args.arms)
+    try:
+        levels = parse_levels(args.concurrency)
+    except ValueError as error:
+        raise BenchError(str(error)) from None
     kernels = parse_list("--kernels", args.kernels, KERNELS)
     check_counts(args)
     device = describe_device()

@@ -251,29 +251,29 @@ def check_parallelism(config: LynxConfig, given: GivenSettings) -> None:
     (expert parallelism, data-parallel attention or MoE) would not, nor would one latency controller per rank."""
     if config.policy == "baseline":
         return
-    ep_size = given.value("ep_size")
-    if ep_size not in (None, "1"):
-        raise LaunchError(
-            f"expert parallelism (--ep-size {ep_size}) is not supported with --lynx-policy {config.policy}: "
-            "use tensor parallelism (--tp N), where every rank takes the same decision"
-        )
-    tp_size = given.value("tp_size")
+    if refused := token_splitting_settings(given):
+        spelled, reason = refused[0]
+        raise LaunchError(f"{spelled} is not supported with --lynx-policy {config.policy}: {reason}")
     budget = config.parsed_budget
-    if budget is not None and budget.kind == "tpot_ms" and tp_size not in (None, "1"):
+    if budget is not None and budget.kind == "tpot_ms" and given.value("tp_size") not in (None, "1"):
         raise LaunchError(TPOT_WITH_TP)
-    moe_dp_size = given.value("moe_dp_size")
+
+
+def token_splitting_settings(given: GivenSettings) -> list[tuple[str, str]]:
+    """(the setting as the user spelled it, why a batch-wide decision does not hold) for each parallel
+    setting given whose ranks route different tokens."""
+    ep_size, moe_dp_size, attn_dp_size = (given.value(name) for name in ("ep_size", "moe_dp_size", "attn_dp_size"))
+    found = []
+    if ep_size not in (None, "1"):
+        found.append((f"expert parallelism (--ep-size {ep_size})",
+                      "use tensor parallelism (--tp N), where every rank takes the same decision"))
     if moe_dp_size not in (None, "1"):
-        raise LaunchError(
-            f"--moe-dp-size {moe_dp_size} is not supported with --lynx-policy {config.policy}: the MoE "
-            "data-parallel groups route different tokens, so they would take different decisions"
-        )
-    attn_dp_size = given.value("attn_dp_size")
+        found.append((f"--moe-dp-size {moe_dp_size}",
+                      "the MoE data-parallel groups route different tokens, so they would take different decisions"))
     if given.enabled("enable_dp_attention") or attn_dp_size not in (None, "1"):
-        spelled = "--enable-dp-attention" if attn_dp_size in (None, "1") else f"--attn-dp-size {attn_dp_size}"
-        raise LaunchError(
-            f"{spelled} is not supported with --lynx-policy {config.policy}: data-parallel "
-            "attention ranks route different tokens, so they would take different decisions"
-        )
+        found.append(("--enable-dp-attention" if attn_dp_size in (None, "1") else f"--attn-dp-size {attn_dp_size}",
+                      "data-parallel attention ranks route different tokens, so they would take different decisions"))
+    return found
 
 
 def serve(argv: list[str], *, startup_timeout: float = 600.0) -> int:

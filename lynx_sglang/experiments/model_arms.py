@@ -48,7 +48,8 @@ class ServedShape:
     def from_checkpoint(cls, shape: MoeShape | None) -> "ServedShape | None":
         if shape is None:
             return None
-        return cls(shape.num_experts, shape.top_k, shape.num_layers, shape.renormalize, shape.model_name)
+        moe_layers = shape.num_layers if shape.moe_layers is None else len(shape.moe_layers)
+        return cls(shape.num_experts, shape.top_k, moe_layers, shape.renormalize, shape.model_name)
 
     def describe(self) -> str:
         return f"{self.num_experts} experts, top-{self.top_k}, {self.moe_layers} MoE layers"

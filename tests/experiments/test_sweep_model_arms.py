@@ -5,6 +5,7 @@ import pytest
 
 from lynx_sglang.experiments.arms import parse_arms
 from lynx_sglang.experiments.model_arms import ServedShape, default_arms, derived_spec, kept_counts, refusal
+from lynx_sglang.policy_setup import MoeShape
 
 # The sweep published in docs/results/ on the embedded model (8 experts, top-2, 4 MoE layers).
 EMBEDDED_SWEEP = ";".join([
@@ -68,3 +69,10 @@ def test_the_served_shape_is_read_from_the_stats():
     layers = [{"num_experts": 16, "top_k": 4}] * 3 + [{"num_experts": 8, "top_k": 2}]
     assert ServedShape.from_stats({"layers": layers}) == ServedShape(16, 4, 4)
     assert ServedShape.from_stats({"layers": []}) is None
+
+
+def test_the_served_shape_of_a_checkpoint_counts_its_moe_layers_only():
+    glm = MoeShape(16, 4, num_layers=4, renormalize=True, model_name="glm", moe_layers=(1, 2, 3))
+    assert ServedShape.from_checkpoint(glm).describe() == "16 experts, top-4, 3 MoE layers"
+    unknown_family = MoeShape(16, 4, num_layers=4, renormalize=True, model_name="x")
+    assert ServedShape.from_checkpoint(unknown_family).moe_layers == 4

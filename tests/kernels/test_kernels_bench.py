@@ -8,6 +8,15 @@ import torch
 from lynx_sglang.tools.bench import kernels as bench
 
 
+def test_cpu_mode_runs_the_embedded_shape_and_refuses_a_shape_it_lacks(capsys):
+    rows = bench.run(bench.parse_args(["--cpu", "--shapes", "embedded", "--dtype", "fp32", "--copy-mib", "8",
+                                       "--iters", "1", "--copies", "1", "--batches", "2", "--fractions", "100"]))
+    assert [(row["shape"], row["experts"]) for row in rows] == [("embedded", 4)]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--cpu", "--shapes", "mixtral-8x7b"])
+    assert "--shapes: mixtral-8x7b not among cpu-memory-bound, embedded" in capsys.readouterr().err
+
+
 def test_cpu_tiny_benchmark_prints_table(capsys):
     rows = bench.run(bench.parse_args(["--tiny", "--copy-mib", "8", "--iters", "2", "--copies", "2", "--batches", "4"]))
     assert [(row["B"], row["active_pct"]) for row in rows] == [(4, 100), (4, 75), (4, 50), (4, 25)]

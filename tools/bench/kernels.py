@@ -58,6 +58,8 @@ MODEL_SHAPES = [
     MoeShape("olmoe-1b-7b", 2048, 1024, 64, 8),
 ]
 CPU_SHAPE = MoeShape("cpu-memory-bound", 1024, 3584, 8, 2)
+# The embedded model's experts: so small that the torch calls per expert, not the bytes, are the cost.
+CPU_SHAPES = [CPU_SHAPE, MoeShape("embedded", 128, 256, 8, 2)]
 TINY_SHAPE = MoeShape("tiny", 32, 32, 8, 2)  # smoke tests only
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -133,7 +135,7 @@ def run(args, extra_implementations: Callable | None = None) -> list[dict]:
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
     if args.cpu:
-        shapes = [CPU_SHAPE]
+        shapes = [s for s in CPU_SHAPES if s.name in (args.shapes or [CPU_SHAPE.name])]
     elif args.tiny:
         shapes = [TINY_SHAPE]
     else:
@@ -209,7 +211,8 @@ def parse_args(argv=None):
     parser.add_argument("--tiny", action="store_true", help="a tiny shape (smoke tests)")
     parser.add_argument("--device", default=None, help="default: cuda if available (cpu with --cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    parser.add_argument("--shapes", nargs="*", default=None, help=f"subset of {[s.name for s in MODEL_SHAPES]}")
+    parser.add_argument("--shapes", nargs="*", default=None,
+                        help=f"subset of {[s.name for s in MODEL_SHAPES]} (with --cpu: of {[s.name for s in CPU_SHAPES]})")
     parser.add_argument("--batches", type=int, nargs="*", default=None)
     parser.add_argument("--fractions", type=int, nargs="*", default=None, help="active percentages")
     parser.add_argument("--iters", type=int, default=None)
@@ -220,6 +223,9 @@ def parse_args(argv=None):
     parser.add_argument("--no-graphs", action="store_true", help="time eager launches instead of graph replays")
     parser.add_argument("--triton-on-cpu", action="store_true", help="run the Triton impls on CPU (needs TRITON_INTERPRET=1; tests)")
     args = parser.parse_args(argv)
+    known = [s.name for s in (CPU_SHAPES if args.cpu else MODEL_SHAPES)]
+    if unknown := [name for name in args.shapes or [] if name not in known]:
+        parser.error(f"--shapes: {', '.join(unknown)} not among {', '.join(known)}")
     if args.device is None:
         args.device = "cpu" if (args.cpu or args.tiny or not torch.cuda.is_available()) else "cuda"
     on_gpu = args.device.startswith("cuda")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lynx_sglang.config import ConfigError, LynxConfig, expert_cache_slots
+from lynx_sglang.model_source import is_hub_id, local_config_dir
 from lynx_sglang.policies import PolicyConfigError, accepted_parameters, get_policy, resolve_policy_class
 
 
@@ -24,9 +25,9 @@ class MoeShape:
     moe_layers: tuple[int, ...] | None = None  # the decoder layers with routed experts (None: not known)
 
     @classmethod
-    def from_checkpoint(cls, model_dir: Path) -> "MoeShape | None":
-        """None when the model has no routed experts (nothing to prune)."""
-        config = read_model_config(Path(model_dir))
+    def from_checkpoint(cls, model_dir: Path, revision: str | None = None) -> "MoeShape | None":
+        """None when the model has no routed experts (nothing to prune). model_dir: a folder or a Hub id."""
+        config = read_model_config(Path(model_dir), revision)
         config = config.get("text_config", config)  # multimodal wrappers nest the language model
         num_experts = next(
             (config[key] for key in ("num_local_experts", "num_experts", "n_routed_experts") if config.get(key)),
@@ -37,14 +38,17 @@ class MoeShape:
             return None
         # Mixtral always renormalises; the others say so with norm_topk_prob.
         renormalize = config.get("model_type") == "mixtral" or bool(config.get("norm_topk_prob", False))
-        name = config.get("_name_or_path") or Path(model_dir).resolve().name
+        # As SGLang's config names it: a Hub id, or the folder.
+        name = config.get("_name_or_path") or (str(model_dir) if is_hub_id(model_dir) else Path(model_dir).resolve().name)
         num_layers = int(config.get("num_hidden_layers", 0))
         return cls(int(num_experts), int(top_k), num_layers, renormalize, str(name), router_kind_of(config),
                    moe_layer_ids(config, num_layers))
 
 
-def read_model_config(model_dir: Path) -> dict:
-    """A checkpoint folder's config.json, or a ConfigError that says what is wrong with the folder."""
+def read_model_config(model_dir: Path, revision: str | None = None) -> dict:
+    """A checkpoint folder's config.json (a Hub id's: model_source.py), or a ConfigError that says what
+    is wrong with the folder."""
+    model_dir = local_config_dir(model_dir, revision)
     config_file = model_dir / "config.json"
     if not model_dir.exists():
         raise ConfigError(f"model path {model_dir} does not exist")

@@ -20,6 +20,7 @@ from pathlib import Path
 from lynx_sglang import gpu_runtime
 from lynx_sglang.config import CACHE_POLICIES, CONFIG_ENV, KERNELS, TPOT_WITH_TP, ConfigError, LynxConfig, build_config
 from lynx_sglang.local_server import wait_healthy
+from lynx_sglang.model_source import local_config_dir
 from lynx_sglang.policy_setup import MoeShape, read_model_config, validate_for_model
 from lynx_sglang.process_group import start_process_group, stop_process_group
 from lynx_sglang.sglang_settings import NO_CUDA_GRAPHS, FlagSettings, GivenSettings, as_flags, defaults_not_given
@@ -153,10 +154,16 @@ def checked_config(settings: dict, model_path: Path, given: GivenSettings, envir
                    names: dict[str, str] = FLAG_NAMES) -> LynxConfig:
     """The lynx settings merged with the environment and config file, checked against the checkpoint
     and against the SGLang settings `given` (FlagSettings for `serve`, KeywordSettings for the engine)."""
-    check_checkpoint(model_path, dummy_weights=given.value("load_format") == "dummy")
+    revision = given.value("revision")
+    try:
+        config_dir = local_config_dir(model_path, revision)
+    except ConfigError as exc:
+        raise LaunchError(str(exc)) from None
+    from_hub = config_dir != model_path
+    check_checkpoint(config_dir, weights_needed=given.value("load_format") != "dummy" and not from_hub)
     try:
         config = build_config(settings, environ, flag_names=names)
-        validate_for_model(config, MoeShape.from_checkpoint(model_path))
+        validate_for_model(config, MoeShape.from_checkpoint(model_path, revision))
     except ConfigError as exc:
         raise LaunchError(str(exc)) from None
     check_parallelism(config, given)
@@ -214,9 +221,9 @@ def cpu_defaults(config: LynxConfig, given: GivenSettings, environ) -> tuple[dic
     return defaults_not_given(CPU_DEFAULTS, given), env
 
 
-def check_checkpoint(path: Path, dummy_weights: bool = False) -> None:
-    """`dummy_weights` (SGLang's `--load-format dummy`): SGLang makes random weights from config.json
-    alone, so a folder without weight files is a valid model for it."""
+def check_checkpoint(path: Path, weights_needed: bool = True) -> None:
+    """Not `weights_needed`: SGLang makes random weights from config.json alone (`--load-format dummy`),
+    or downloads a Hub model's weights itself."""
     try:
         config = read_model_config(path)
     except ConfigError as exc:
@@ -224,7 +231,7 @@ def check_checkpoint(path: Path, dummy_weights: bool = False) -> None:
     if "model_type" not in config:
         raise LaunchError(f"{path / 'config.json'} has no model_type; not a transformers model config")
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
-    if not weights and not dummy_weights:
+    if not weights and weights_needed:
         raise LaunchError(
             f"model path {path} has no weight files (*.safetensors or *.bin); "
             "pass --load-format dummy to serve it with random weights"

@@ -12,7 +12,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lynx_sglang.config import ConfigError
 from lynx_sglang.embedded.tokenizer import SPECIAL_TOKENS, vocabulary
+from lynx_sglang.model_source import is_hub_id
+from lynx_sglang.policy_setup import read_model_config
 from lynx_sglang.sglang_settings import FlagSettings
 from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, fit_layers, parse_shape, write_config_only
 
@@ -118,13 +121,15 @@ def fitted_layers(name: str, fields: dict, device: Device, serve_args: list[str]
 
 
 def given_model(path: Path) -> BenchModel:
+    """A checkpoint folder or a Hugging Face Hub id (its config.json read from the cache or the Hub)."""
     try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BenchError(f"--model-path {path}: cannot read its config.json ({exc})") from None
+        config = read_model_config(path)
+    except ConfigError as exc:
+        raise BenchError(f"--model-path: {exc}") from None
     config = config.get("text_config", config)
     vocab = int(config.get("vocab_size") or PROMPT_IDS[1])
-    return BenchModel(path, path.resolve().name, int(config.get("num_hidden_layers", 0)),
+    name = str(path) if is_hub_id(path) else path.resolve().name
+    return BenchModel(path, name, int(config.get("num_hidden_layers", 0)),
                       prompt_ids=(min(PROMPT_IDS[0], vocab - 1), vocab))
 
 

@@ -5,6 +5,7 @@ downloads the weights itself, as it always does."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -27,6 +28,10 @@ def local_config_dir(model_path: Path, revision: str | None = None) -> Path:
     is there or HF_HUB_OFFLINE=1 is set). Other paths come back unchanged for the caller's checks."""
     if not is_hub_id(model_path):
         return model_path
+    if os.environ.get("SGLANG_USE_MODELSCOPE", "").lower() in ("true", "1", "yes", "y"):  # as SGLang reads it
+        raise ConfigError(f"model path {model_path} is not a local folder, and with SGLANG_USE_MODELSCOPE set it "
+                          "would come from ModelScope, which lynx-sglang does not read: download it first "
+                          f"(modelscope download --model {model_path} --local_dir DIR) and pass the folder")
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 

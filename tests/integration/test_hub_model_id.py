@@ -42,6 +42,11 @@ def test_the_checks_read_a_hub_models_config_from_the_cache(hub_env):
     assert refused.returncode == 2 and f"1..{NUM_EXPERTS}" in refused.stderr, refused.stderr
 
 
+def test_a_modelscope_id_asks_for_a_local_copy(hub_env):
+    refused = lynx_sglang("serve", "--model-path", "Qwen/Qwen3-30B-A3B", env={**hub_env, "SGLANG_USE_MODELSCOPE": "true"})
+    assert refused.returncode == 2 and "modelscope download --model Qwen/Qwen3-30B-A3B" in refused.stderr, refused.stderr
+
+
 def test_bench_serve_takes_a_hub_model_by_its_id(hub_env):
     code = ("from pathlib import Path; from lynx_sglang.tools.bench.models import given_model; "
             f"model = given_model(Path({REPO_ID!r})); print(model.name, model.num_layers)")

@@ -43,8 +43,10 @@ def test_the_checks_read_a_hub_models_config_from_the_cache(hub_env):
 
 
 def test_a_modelscope_id_asks_for_a_local_copy(hub_env):
-    refused = lynx_sglang("serve", "--model-path", "Qwen/Qwen3-30B-A3B", env={**hub_env, "SGLANG_USE_MODELSCOPE": "true"})
-    assert refused.returncode == 2 and "modelscope download --model Qwen/Qwen3-30B-A3B" in refused.stderr, refused.stderr
+    env = {**hub_env, "SGLANG_USE_MODELSCOPE": "true"}
+    refused = lynx_sglang("serve", "--model-path", "Qwen/Qwen3-30B-A3B", env=env)
+    assert refused.returncode == 2, refused.stderr
+    assert "modelscope download --model Qwen/Qwen3-30B-A3B" in refused.stderr, refused.stderr
 
 
 def test_bench_serve_takes_a_hub_model_by_its_id(hub_env):

@@ -18,22 +18,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lynx_sglang.embedded.task import DISTRIBUTIONS, Problem, Score, heldout_problems, score
+from lynx_sglang.experiments.client import api_headers
 from lynx_sglang.local_server import server_url
 
 MAX_ANSWER_TOKENS = 8  # the longest answer is 6 characters, plus EOS
 
 
-def post_json(url: str, payload: dict, timeout: float = 120.0) -> dict:
+def post_json(url: str, payload: dict, timeout: float = 120.0, api_key: str | None = None) -> dict:
     data = json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, headers=api_headers(api_key))
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
-def complete(base_url: str, prompt: str, endpoint: str = "completions") -> str:
+def complete(base_url: str, prompt: str, endpoint: str = "completions", api_key: str | None = None) -> str:
     if endpoint == "completions":
         body = {"model": "default", "prompt": prompt, "max_tokens": MAX_ANSWER_TOKENS, "temperature": 0}
-        return post_json(f"{base_url}/v1/completions", body)["choices"][0]["text"]
+        return post_json(f"{base_url}/v1/completions", body, api_key=api_key)["choices"][0]["text"]
     if endpoint == "chat":
         body = {
             "model": "default",
@@ -41,7 +42,7 @@ def complete(base_url: str, prompt: str, endpoint: str = "completions") -> str:
             "max_tokens": MAX_ANSWER_TOKENS,
             "temperature": 0,
         }
-        return post_json(f"{base_url}/v1/chat/completions", body)["choices"][0]["message"]["content"]
+        return post_json(f"{base_url}/v1/chat/completions", body, api_key=api_key)["choices"][0]["message"]["content"]
     raise ValueError(f"unknown endpoint {endpoint!r}; expected 'completions' or 'chat'")
 
 
@@ -62,11 +63,12 @@ class EvalResult:
 
 
 def evaluate(
-    base_url: str, problems: list[Problem], *, endpoint: str = "completions", concurrency: int = 32
+    base_url: str, problems: list[Problem], *, endpoint: str = "completions", concurrency: int = 32,
+    api_key: str | None = None,
 ) -> EvalResult:
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        completions = list(pool.map(lambda p: complete(base_url, p.prompt, endpoint), problems))
+        completions = list(pool.map(lambda p: complete(base_url, p.prompt, endpoint, api_key), problems))
     return EvalResult(score(problems, completions), time.monotonic() - started, endpoint)
 
 
@@ -75,6 +77,7 @@ def parse_args(argv=None):
 
     ap = argparse.ArgumentParser(prog="lynx-sglang eval", description=__doc__.split("\n")[0])
     ap.add_argument("--url", type=server_url, default="http://127.0.0.1:30000", help="base URL of a running server")
+    ap.add_argument("--api-key", help="the server's SGLang --api-key, if it has one")
     ap.add_argument("--count", type=int, default=2000, help="held-out problems to score (equal shares per kind)")
     ap.add_argument("--seed", type=int, default=1234, help="which held-out sample")
     ap.add_argument(
@@ -116,7 +119,12 @@ def main(argv=None) -> int:
     except ValueError as exc:  # more distinct problems asked for than the held-out partition holds
         ap.error(str(exc))
     try:
-        result = evaluate(args.url, problems, endpoint=args.endpoint, concurrency=args.concurrency)
+        result = evaluate(args.url, problems, endpoint=args.endpoint, concurrency=args.concurrency,
+                          api_key=args.api_key)
+    except urllib.error.HTTPError as exc:
+        hint = "; pass the server's --api-key as --api-key" if exc.code == 401 else ""
+        print(f"lynx-sglang eval: error: {args.url} answered HTTP {exc.code} ({exc.reason}){hint}", file=sys.stderr)
+        return 2
     except (urllib.error.URLError, ConnectionError) as exc:
         print(f"lynx-sglang eval: error: cannot reach {args.url} ({exc})", file=sys.stderr)
         return 2

@@ -84,7 +84,8 @@ def write_items(path: Path, items) -> str:
 
 
 def shared_flags(args, url: str, token: str, task: str, count: int) -> list[str]:
-    return ["--url", url, "--admin-token", token, "--task", task, "--n", str(count), "--concurrency", args.concurrency,
+    api_key = ["--api-key", args.api_key] if args.api_key else []
+    return ["--url", url, "--admin-token", token, *api_key, "--task", task, "--n", str(count), "--concurrency", args.concurrency,
             "--max-tokens", str(args.max_tokens), "--seed", str(args.seed), "--score", args.score,
             "--endpoint", args.endpoint, "--blocks", str(args.blocks), "--bootstrap", str(args.bootstrap)]
 
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
                 server.wait_healthy()
                 url, token = server.url, server.token
             if candidates is None:
-                shape = served_shape(url, token, None, EMBEDDED_MODEL)
+                shape = served_shape(url, token, None, EMBEDDED_MODEL, args.api_key)
                 if shape is None:
                     raise ArmSpecError("the model has no routed experts the policies could prune; nothing to calibrate")
                 candidates = calibration_candidates(shape)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from .arms import Arm
 
+ADMIN_TOKEN_HEADER = "X-Lynx-Admin-Token"  # as lynx_sglang/server/routes.py reads it
+
 ENDPOINTS = ("completions", "chat")
 REQUEST_TIMEOUT_S = 600.0
 
@@ -53,11 +55,17 @@ def chunk_text(chunk: dict, endpoint: str) -> str:
     return choices[0].get("text") or ""
 
 
-def stream_completion(base_url: str, prompt: str, *, endpoint: str = "completions", max_tokens: int = 16) -> Completion:
+def api_headers(api_key: str | None) -> dict[str, str]:
+    """JSON, and SGLang's --api-key where the server has one (its middleware reads Authorization)."""
+    return {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+
+
+def stream_completion(base_url: str, prompt: str, *, endpoint: str = "completions", max_tokens: int = 16,
+                      api_key: str | None = None) -> Completion:
     """Send one greedy streaming request; time the first token, each later token and the whole."""
     path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
     data = json.dumps(request_body(prompt, endpoint, max_tokens)).encode()
-    request = urllib.request.Request(base_url + path, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(base_url + path, data=data, headers=api_headers(api_key))
     started = time.perf_counter()
     arrivals: list[float] = []  # one chunk per decoded token, EOS included (its chunk has no text)
     pieces: list[str] = []
@@ -80,16 +88,18 @@ def stream_completion(base_url: str, prompt: str, *, endpoint: str = "completion
 
 
 class AdminClient:
-    """The /lynx/* calls an experiment needs, with errors turned into one-line ServerErrors."""
+    """The /lynx/* calls an experiment needs, with errors turned into one-line ServerErrors. token: the
+    server's --lynx-admin-token; api_key: SGLang's --api-key, when the server has one."""
 
-    def __init__(self, base_url: str, token: str | None):
+    def __init__(self, base_url: str, token: str | None, api_key: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.api_key = api_key
 
     def _call(self, method: str, path: str, body: dict | None = None, timeout: float = 60) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        headers = api_headers(self.api_key)
+        if self.token:  # in its own header: Authorization may carry the API key
+            headers[ADMIN_TOKEN_HEADER] = self.token
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
         try:
@@ -106,6 +116,9 @@ class AdminClient:
             detail = json.loads(error.read()).get("error", "")
         except (json.JSONDecodeError, AttributeError, OSError):
             detail = ""
+        if error.code == 401:
+            return (f"{self.base_url} wants SGLang's API key ({detail or 'HTTP 401'}); pass the server's --api-key "
+                    "as --api-key")
         if error.code == 403:
             return f"{self.base_url} refused the admin token ({detail or 'HTTP 403'}); pass the server's --lynx-admin-token as --admin-token"
         if error.code == 404:

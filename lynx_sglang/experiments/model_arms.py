@@ -125,9 +125,9 @@ def calibration_candidates(shape: ServedShape) -> list[Arm]:
 
 
 def served_shape(url: str | None, admin_token: str | None, model_path: str | None,
-                 embedded_model: Path) -> ServedShape | None:
+                 embedded_model: Path, api_key: str | None = None) -> ServedShape | None:
     """The shape of the model an experiment serves: the running server's /lynx/stats (with a URL) or
     the checkpoint's config.json (the embedded model when no path is given)."""
     if url:
-        return ServedShape.from_stats(AdminClient(url, admin_token).stats())
+        return ServedShape.from_stats(AdminClient(url, admin_token, api_key).stats())
     return ServedShape.from_checkpoint(MoeShape.from_checkpoint(Path(model_path) if model_path else embedded_model))

@@ -160,7 +160,8 @@ class Runner:
         return results
 
     def send_one(self, prompt: str) -> Completion:
-        return stream_completion(self.url, prompt, endpoint=self.endpoint, max_tokens=self.max_tokens)
+        return stream_completion(self.url, prompt, endpoint=self.endpoint, max_tokens=self.max_tokens,
+                                 api_key=self.admin.api_key)
 
     def result_or_error(self, future, what: str) -> Completion:
         try:

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 def model_default_arms(args) -> list:
     """The default arms for the model this sweep serves: read from the running server's /lynx/stats
     (--url) or from the checkpoint's config.json."""
-    shape = served_shape(args.url, args.admin_token, args.model_path, EMBEDDED_MODEL)
+    shape = served_shape(args.url, args.admin_token, args.model_path, EMBEDDED_MODEL, args.api_key)
     if shape is None:
         raise ArmSpecError("the model has no routed experts the policies could prune; nothing to sweep")
     arms, dropped = default_arms(shape)

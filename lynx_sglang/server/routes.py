@@ -7,8 +7,11 @@
     POST /lynx/stats/reset   clear the statistics                             (admin token)
 
 Reads and writes go to the scheduler over `SchedulerChannel`; the scheduler applies a switch between
-two steps. Admin routes need `Authorization: Bearer <token>`; with no token configured they are
-disabled (403, saying how to enable them).
+two steps. Admin routes need the admin token, as `Authorization: Bearer <token>` or, where SGLang's
+`--api-key` takes that header, as `X-Lynx-Admin-Token: <token>`; with no token configured they are
+disabled (403, saying how to enable them). SGLang's own key check runs first: the admin routes are
+marked as its admin endpoints (`--admin-api-key` where set, else `--api-key`), the others as its
+normal ones.
 """
 
 from __future__ import annotations
@@ -24,15 +27,27 @@ from lynx_sglang.process_records import read_process_records
 from lynx_sglang.server.channel import SchedulerChannel, SchedulerError, SchedulerUnavailable, policy_request_problem
 
 
-def admin_refusal(config: LynxConfig, authorization: str | None) -> str | None:
-    """Why a request may not use an admin route (None: it may)."""
+ADMIN_TOKEN_HEADER = "X-Lynx-Admin-Token"
+
+
+def admin_refusal(config: LynxConfig, headers) -> str | None:
+    """Why a request may not use an admin route (None: it may). headers: the request's, by name."""
     if not config.admin_token:
         return ("admin endpoints are disabled: start the server with --lynx-admin-token TOKEN "
                 "(or LYNX_ADMIN_TOKEN) to enable them")
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.admin_token.encode()):
-        return "missing or wrong admin token (send Authorization: Bearer <token>)"
+    scheme, _, bearer = (headers.get("authorization") or "").partition(" ")
+    sent = [headers.get(ADMIN_TOKEN_HEADER), bearer.strip() if scheme.lower() == "bearer" else None]
+    if not any(token is not None and hmac.compare_digest(token.encode(), config.admin_token.encode()) for token in sent):
+        return (f"missing or wrong admin token (send Authorization: Bearer <token>, or {ADMIN_TOKEN_HEADER}: "
+                "<token> when SGLang's --api-key takes the Authorization header)")
     return None
+
+
+def sglang_admin_endpoint(endpoint):
+    """Marks a route as SGLang marks its admin endpoints, for its API-key middleware."""
+    from sglang.srt.utils.auth import AuthLevel, auth_level
+
+    return auth_level(AuthLevel.ADMIN_OPTIONAL)(endpoint)
 
 
 def add_routes(app, config: LynxConfig, channel: SchedulerChannel | None, runtime_dir: Path | None) -> None:
@@ -65,7 +80,7 @@ def add_routes(app, config: LynxConfig, channel: SchedulerChannel | None, runtim
         return await ask_scheduler("get_policy", 409)
 
     async def post_policy(request: Request):
-        refusal = admin_refusal(config, request.headers.get("authorization"))
+        refusal = admin_refusal(config, request.headers)
         if refusal:
             return error(403, refusal)
         try:
@@ -81,13 +96,13 @@ def add_routes(app, config: LynxConfig, channel: SchedulerChannel | None, runtim
         return await ask_scheduler("get_stats", 409)
 
     async def reset_stats(request: Request):
-        refusal = admin_refusal(config, request.headers.get("authorization"))
+        refusal = admin_refusal(config, request.headers)
         if refusal:
             return error(403, refusal)
         return await ask_scheduler("reset_stats", 409)
 
     app.add_api_route("/lynx/info", lynx_info, methods=["GET"])
     app.add_api_route("/lynx/policy", get_policy, methods=["GET"])
-    app.add_api_route("/lynx/policy", post_policy, methods=["POST"])
+    app.add_api_route("/lynx/policy", sglang_admin_endpoint(post_policy), methods=["POST"])
     app.add_api_route("/lynx/stats", get_stats, methods=["GET"])
-    app.add_api_route("/lynx/stats/reset", reset_stats, methods=["POST"])
+    app.add_api_route("/lynx/stats/reset", sglang_admin_endpoint(reset_stats), methods=["POST"])

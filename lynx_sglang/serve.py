@@ -101,9 +101,26 @@ def serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def expand_sglang_config(argv: list[str]) -> list[str]:
+    """SGLang's own `--config FILE.yaml` merged into the flags by SGLang's code (the file's first, the
+    command line's after them, so they win), so that the model, port and parallel settings are read
+    and checked wherever they were given; `--lynx-*` keys in the file become flags too."""
+    if "--config" not in argv:  # SGLang merges only this spelling
+        return argv
+    from sglang.srt.server_args import ServerArgs
+    from sglang.srt.utils.server_args_config_parser import ConfigArgumentMerger
+
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    try:
+        return ConfigArgumentMerger(parser).merge_config_with_args(argv)
+    except Exception as exc:  # noqa: BLE001 - a bad file (YAML, type, option) is one line, as SGLang's own
+        raise LaunchError(f"--config: {exc}") from None
+
+
 def parse_serve_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Our flags -> namespace; everything else (SGLang's) -> list, in order."""
-    namespace, sglang_args = serve_parser().parse_known_args(argv)
+    namespace, sglang_args = serve_parser().parse_known_args(expand_sglang_config(argv))
     unknown = [arg.partition("=")[0] for arg in sglang_args if arg.startswith("--lynx-")]
     if unknown:
         known = ", ".join(flag for flag, *_ in LYNX_FLAGS)

@@ -97,6 +97,23 @@ def test_plan_passes_unknown_sglang_flags_through_and_adds_cpu_defaults():
     assert plan.env["OMP_NUM_THREADS"] == "1"
 
 
+def test_sglangs_own_config_file_is_read_for_the_model_port_and_checks(tmp_path):
+    port = free_port()
+    config = tmp_path / "sglang.yaml"
+    config.write_text(f"model-path: {EMBEDDED_MODEL_DIR}\nport: {port}\nenable-metrics: true\n"
+                      "lynx-policy: budget\nlynx-budget: experts=4\n")
+    plan = plan_launch(["--config", str(config), "--lynx-budget", "experts=3"], on_cpu=True, environ={})
+    assert (plan.model_path, plan.port) == (EMBEDDED_MODEL_DIR, port)
+    assert "--config" not in plan.sglang_args and "--enable-metrics" in plan.sglang_args
+    assert plan.config.policy == "budget" and plan.config.budget == "experts=3"  # the command line wins
+    config.write_text(f"port: {port}\nep-size: 2\n")
+    with pytest.raises(LaunchError, match="expert parallelism"):
+        plan_launch(["--config", str(config), "--lynx-policy", "lynx"], on_cpu=True, environ={})
+    config.write_text("port: [1, 2\n")
+    with pytest.raises(LaunchError, match="^--config: "):
+        plan_launch(["--config", str(config)], on_cpu=True, environ={})
+
+
 def test_plan_on_gpu_adds_no_cpu_defaults():
     plan = plan_launch(["--port", str(free_port())], on_cpu=False, sgl_kernel_ok=True)
     assert "--device" not in plan.sglang_args and plan.env == {}

@@ -92,7 +92,7 @@ def serve_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     parser.add_argument("--model-path", "--model", dest="model_path", metavar="DIR",
-                        help="Hugging Face checkpoint folder (default: the embedded model)")
+                        help="Hugging Face checkpoint folder or Hub id (default: the embedded model)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"(default: {DEFAULT_HOST})")
     parser.add_argument("--port", default=str(DEFAULT_PORT), help=f"(default: {DEFAULT_PORT})")
     group = parser.add_argument_group("lynx-sglang settings (also LYNX_* environment variables)")

@@ -78,7 +78,7 @@ def without_secrets(argv: list[str]) -> list[str]:
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, default_n: int, default_levels: str, default_out: str) -> None:
     server = parser.add_argument_group("server (default: start one on the embedded model)")
-    server.add_argument("--model-path", help="checkpoint to serve (default: the embedded model)")
+    server.add_argument("--model-path", help="checkpoint folder or Hugging Face Hub id to serve (default: the embedded model)")
     server.add_argument("--url", type=server_url, help="use this running lynx-sglang server instead of starting one")
     server.add_argument("--admin-token", help="the running server's --lynx-admin-token (with --url)")
     server.add_argument("--api-key", help="the running server's SGLang --api-key, if it has one (with --url)")

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 CONFIG_ENV = "LYNX_SGLANG_CONFIG"
 # The method name of lynx control requests on SGLang's scheduler RPC channel.
 CONTROL_RPC_METHOD = "lynx_control"
+# The admin routes' token header, for clients whose Authorization header carries SGLang's --api-key.
+ADMIN_TOKEN_HEADER = "X-Lynx-Admin-Token"
 
 KERNELS = ("auto", "sglang", "lynx", "triton")
 # Each rank would time its own steps and could set its own cap, but ranks must take the same decision.

@@ -8,9 +8,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from .arms import Arm
+from lynx_sglang.config import ADMIN_TOKEN_HEADER
 
-ADMIN_TOKEN_HEADER = "X-Lynx-Admin-Token"  # as lynx_sglang/server/routes.py reads it
+from .arms import Arm
 
 ENDPOINTS = ("completions", "chat")
 REQUEST_TIMEOUT_S = 600.0

@@ -22,12 +22,9 @@ from pathlib import Path
 from fastapi import Request
 
 from lynx_sglang import __version__
-from lynx_sglang.config import LynxConfig
+from lynx_sglang.config import ADMIN_TOKEN_HEADER, LynxConfig
 from lynx_sglang.process_records import read_process_records
 from lynx_sglang.server.channel import SchedulerChannel, SchedulerError, SchedulerUnavailable, policy_request_problem
-
-
-ADMIN_TOKEN_HEADER = "X-Lynx-Admin-Token"
 
 
 def admin_refusal(config: LynxConfig, headers) -> str | None:

@@ -227,8 +227,9 @@ def cpu_defaults(config: LynxConfig, given: GivenSettings, environ) -> tuple[dic
             "run `python -m lynx_sglang.cpu_runtime install` (or `make install`)"
         )
     env = {key: environ.get(key, value) for key, value in CPU_DEFAULT_ENV.items()}
-    try:  # one core set per tensor-parallel rank, or SGLang asserts one NUMA node per rank
-        env.update(threads.default_bind_env(given.value("tp_size"), environ.get(threads.BIND_ENV)))
+    try:  # one core set per rank, or SGLang asserts one NUMA node per rank
+        sizes = {name: given.value(name) for name, *_ in threads.RANK_SETTINGS}
+        env.update(threads.default_bind_env(sizes, environ.get(threads.BIND_ENV)))
     except ValueError as exc:
         raise LaunchError(str(exc)) from None
     if config.kernel == "triton":
@@ -324,6 +325,9 @@ def announce_start(plan: LaunchPlan) -> None:
           f"(policy {policy}, budget {config.budget or 'none'}, kernel {config.kernel})", flush=True)
     if gpu_runtime.RUNTIME_ENV in plan.env:
         print(f"lynx-sglang: {gpu_runtime.LOG_LINE}", flush=True)
+    if (replicas := FlagSettings(plan.sglang_args).value("dp_size")) not in (None, "1"):
+        print(f"lynx-sglang: --dp-size {replicas}: every replica runs the policy it starts with; /lynx/policy and "
+              "/lynx/stats cannot reach the replicas and answer 501", file=sys.stderr, flush=True)
     if "SGLANG_CPU_OMP_THREADS_BIND" in plan.env:  # only the CPU defaults set it
         from lynx_sglang.cpu_runtime.threads import shared_cores_note
 

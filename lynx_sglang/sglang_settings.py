@@ -12,7 +12,9 @@ TP_FLAGS = ("--tp", "--tp-size", "--tensor-parallel-size")
 EP_FLAGS = ("--ep-size", "--expert-parallel-size", "--ep")
 SETTING_FLAGS = {"tp_size": TP_FLAGS, "ep_size": EP_FLAGS,
                  "attn_dp_size": ("--attn-dp-size", "--attention-data-parallel-size"),
-                 "moe_dp_size": ("--moe-dp-size", "--moe-data-parallel-size")}  # fmt: skip
+                 "moe_dp_size": ("--moe-dp-size", "--moe-data-parallel-size"),
+                 "dp_size": ("--dp-size", "--data-parallel-size"),
+                 "pp_size": ("--pp-size", "--pipeline-parallel-size")}  # fmt: skip
 # SGLang's spelling of --disable-cuda-graph, which it now warns is deprecated.
 NO_CUDA_GRAPHS = {"cuda_graph_backend_decode": "disabled", "cuda_graph_backend_prefill": "disabled"}
 

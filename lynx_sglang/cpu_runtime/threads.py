@@ -1,12 +1,12 @@
-"""One core set per tensor-parallel rank for SGLang's CPU engine (`SGLANG_CPU_OMP_THREADS_BIND`).
+"""One core set per rank for SGLang's CPU engine (`SGLANG_CPU_OMP_THREADS_BIND`): dp x tp x pp ranks.
 
 Left unset, SGLang gives each rank a whole NUMA node and asserts that there are at least as many
-nodes as ranks (`numa_utils.init_threads_binding`): on a one-node machine `--tp 2` stops there. Set,
-it must hold one `|`-separated core set per rank; rank r takes entry r. SGLang applies a set only
-through the AMX build of sgl-kernel (`init_cpu_threads_env`: one OpenMP thread pinned to each core of
-the set, which then overrides OMP_NUM_THREADS); without it (the plain-torch stand-in of this CPU
-path) the value is checked against the rank count and logged, and every process keeps the
-OMP_NUM_THREADS it was started with.
+nodes as ranks (`numa_utils.init_threads_binding`): on a one-node machine `--tp 2` or `--dp-size 2`
+stops there. Set, it must hold one `|`-separated core set per rank; rank r takes entry r. SGLang
+applies a set only through the AMX build of sgl-kernel (`init_cpu_threads_env`: one OpenMP thread
+pinned to each core of the set, which then overrides OMP_NUM_THREADS); without it (the plain-torch
+stand-in of this CPU path) the value is checked against the rank count and logged, and every
+process keeps the OMP_NUM_THREADS it was started with.
 """
 
 from __future__ import annotations
@@ -72,28 +72,43 @@ def threads_bind(tp_size: int, cores: list[int]) -> str:
     return "|".join(groups)
 
 
-def default_bind_env(tp_value: str | None, given: str | None, cores: list[int] | None = None) -> dict[str, str]:
-    """What `lynx-sglang serve` adds to SGLang's environment for `--tp <tp_value>`: {} with one rank or
-    when the user set the variable (checked: one core set per rank), else one core set per rank.
-    Raises ValueError with the one line to show for a bad --tp or a too-short user value."""
-    if tp_value is None:
-        return {}
-    try:
-        tp_size = int(tp_value)
-    except ValueError:
-        tp_size = 0
-    if tp_size < 1:
-        raise ValueError(f"--tp {tp_value!r} is not a positive integer (the number of tensor-parallel ranks)")
+# SGLang's CPU ranks are dp x tp x pp, one core set each: (setting, flag, what its value counts).
+RANK_SETTINGS = (("tp_size", "--tp", "tensor-parallel ranks"), ("dp_size", "--dp-size", "data-parallel replicas"),
+                 ("pp_size", "--pp-size", "pipeline stages"))  # fmt: skip
+
+
+def rank_count(sizes: dict[str, str | None]) -> int:
+    """The ranks SGLang's CPU engine starts, from the RANK_SETTINGS values given (None: not given)."""
+    ranks = 1
+    for name, flag, counts in RANK_SETTINGS:
+        value = sizes.get(name)
+        if value is None:
+            continue
+        size = int(value) if value.strip().isdigit() else 0
+        if size < 1:
+            raise ValueError(f"{flag} {value!r} is not a positive integer (the number of {counts})")
+        ranks *= size
+    return ranks
+
+
+def default_bind_env(sizes: dict[str, str | None], given: str | None, cores: list[int] | None = None) -> dict[str, str]:
+    """What `lynx-sglang serve` adds to SGLang's environment for the parallel `sizes` given (by
+    RANK_SETTINGS name): {} with one rank or when the user set the variable (checked: one core set per
+    rank), else one core set per rank. Raises ValueError with the one line to show for a bad size or a
+    too-short user value."""
+    ranks = rank_count(sizes)
     if given:
-        if len(given.split("|")) < tp_size:
+        if len(given.split("|")) < ranks:
+            spelled = " ".join(f"{flag} {sizes[name]}" for name, flag, _ in RANK_SETTINGS if sizes.get(name))
             raise ValueError(
-                f"{BIND_ENV}={given!r} holds {len(given.split('|'))} core set(s), but --tp {tp_size} needs one per "
-                f"rank, separated by '|' (e.g. {threads_bind(tp_size, usable_cores())!r}); or unset it for that default"
+                f"{BIND_ENV}={given!r} holds {len(given.split('|'))} core set(s), but {spelled} needs one per "
+                f"rank ({ranks}), separated by '|' (e.g. {threads_bind(ranks, usable_cores())!r}); or unset it "
+                "for that default"
             )
         return {}
-    if tp_size == 1:
+    if ranks == 1:
         return {}
-    return {BIND_ENV: threads_bind(tp_size, usable_cores() if cores is None else cores)}
+    return {BIND_ENV: threads_bind(ranks, usable_cores() if cores is None else cores)}
 
 
 def shared_cores_note(bind: str) -> str | None:
@@ -101,5 +116,5 @@ def shared_cores_note(bind: str) -> str | None:
     groups = bind.split("|")
     if len(set(groups)) == len(groups):
         return None
-    return (f"{len(groups)} tensor-parallel ranks on {len(set(groups))} core(s): ranks share cores "
+    return (f"{len(groups)} ranks on {len(set(groups))} core(s): ranks share cores "
             f"({BIND_ENV}={bind}); set it to choose others")

@@ -6,6 +6,13 @@ from pathlib import Path
 
 from lynx_sglang.config import LynxConfig
 
+DATA_PARALLEL_REASON = (
+    "not available with --dp-size {replicas}: each data-parallel replica's scheduler takes control requests "
+    "on a channel of its own that SGLang keeps inside its data-parallel controller, so no policy switch or "
+    "statistics can reach them (every replica serves the policy it was started with); for those, run one "
+    "lynx-sglang serve per replica behind a router"
+)
+
 
 def register(register_hook, config: LynxConfig, runtime_dir: Path | None) -> None:
     state = {}
@@ -18,6 +25,10 @@ def register(register_hook, config: LynxConfig, runtime_dir: Path | None) -> Non
         from lynx_sglang.server.channel import SchedulerChannel
         from lynx_sglang.server.routes import add_routes
 
+        replicas = getattr(server_args, "dp_size", 1) or 1
+        if replicas > 1:  # each replica's scheduler reads its own RPC socket, made and kept inside SGLang
+            add_routes(app, config, None, runtime_dir, unavailable=DATA_PARALLEL_REASON.format(replicas=replicas))
+            return
         state["channel"] = SchedulerChannel(port_args.rpc_ipc_name)
         add_routes(app, config, state["channel"], runtime_dir)
 

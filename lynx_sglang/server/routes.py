@@ -47,7 +47,9 @@ def sglang_admin_endpoint(endpoint):
     return auth_level(AuthLevel.ADMIN_OPTIONAL)(endpoint)
 
 
-def add_routes(app, config: LynxConfig, channel: SchedulerChannel | None, runtime_dir: Path | None) -> None:
+def add_routes(app, config: LynxConfig, channel: SchedulerChannel | None, runtime_dir: Path | None,
+               unavailable: str | None = None) -> None:
+    """unavailable: why this server has no channel to its scheduler (the routes that need it say so)."""
     from fastapi.responses import JSONResponse
 
     if any(getattr(route, "path", None) == "/lynx/info" for route in app.routes):
@@ -58,7 +60,7 @@ def add_routes(app, config: LynxConfig, channel: SchedulerChannel | None, runtim
 
     async def ask_scheduler(op: str, refusal_status: int, **fields):
         if channel is None:
-            return error(503, "the scheduler channel is not available in this process")
+            return error(501 if unavailable else 503, unavailable or "the scheduler channel is not available in this process")
         try:
             return JSONResponse(await channel.request_async(op, **fields))
         except SchedulerError as exc:

@@ -63,26 +63,30 @@ def test_this_process_has_usable_cores():
     assert cores and set(cores) <= set(__import__("os").sched_getaffinity(0))
 
 
-@pytest.mark.parametrize("tp_value,given,expected", [
-    (None, None, {}),  # no --tp: SGLang's own default (one rank)
-    ("1", None, {}),
-    ("2", None, {BIND_ENV: "0|1"}),
-    ("4", None, {BIND_ENV: "0|1|0|1"}),
-    ("2", "1|0", {}),  # the user's value wins
-    ("2", "0-1|0-1|0-1", {}),
+@pytest.mark.parametrize("sizes,given,expected", [
+    ({}, None, {}),  # no parallel flag: SGLang's own default (one rank)
+    ({"tp_size": "1"}, None, {}),
+    ({"tp_size": "2"}, None, {BIND_ENV: "0|1"}),
+    ({"tp_size": "4"}, None, {BIND_ENV: "0|1|0|1"}),
+    ({"dp_size": "2"}, None, {BIND_ENV: "0|1"}),  # a data-parallel replica is a rank too
+    ({"dp_size": "2", "tp_size": "2", "pp_size": "1"}, None, {BIND_ENV: "0|1|0|1"}),
+    ({"tp_size": "2"}, "1|0", {}),  # the user's value wins
+    ({"tp_size": "2"}, "0-1|0-1|0-1", {}),
 ])  # fmt: skip
-def test_default_only_where_the_user_set_none(tp_value, given, expected):
-    assert default_bind_env(tp_value, given, cores=[0, 1]) == expected
+def test_default_only_where_the_user_set_none(sizes, given, expected):
+    assert default_bind_env(sizes, given, cores=[0, 1]) == expected
 
 
-@pytest.mark.parametrize("tp_value,given,needles", [
-    ("two", None, ["--tp 'two'", "positive integer"]),
-    ("0", None, ["--tp '0'", "positive integer"]),
-    ("2", "0", [f"{BIND_ENV}='0'", "1 core set", "--tp 2 needs one per rank"]),
+@pytest.mark.parametrize("sizes,given,needles", [
+    ({"tp_size": "two"}, None, ["--tp 'two'", "positive integer"]),
+    ({"tp_size": "0"}, None, ["--tp '0'", "positive integer"]),
+    ({"dp_size": "-1"}, None, ["--dp-size '-1'", "data-parallel replicas"]),
+    ({"tp_size": "2"}, "0", [f"{BIND_ENV}='0'", "1 core set", "--tp 2 needs one per rank (2)"]),
+    ({"tp_size": "2", "dp_size": "2"}, "0|1", ["--tp 2 --dp-size 2 needs one per rank (4)"]),
 ])  # fmt: skip
-def test_bad_values_name_the_field_and_what_is_allowed(tp_value, given, needles):
+def test_bad_values_name_the_field_and_what_is_allowed(sizes, given, needles):
     with pytest.raises(ValueError) as error:
-        default_bind_env(tp_value, given, cores=[0, 1])
+        default_bind_env(sizes, given, cores=[0, 1])
     message = str(error.value)
     assert "\n" not in message and all(n in message for n in needles), message
 
@@ -90,4 +94,4 @@ def test_bad_values_name_the_field_and_what_is_allowed(tp_value, given, needles)
 def test_shared_cores_are_noted():
     assert shared_cores_note("0|1") is None and shared_cores_note("0-3|4-7") is None
     note = shared_cores_note("0|1|0|1")
-    assert "4 tensor-parallel ranks on 2 core(s)" in note and "0|1|0|1" in note
+    assert "4 ranks on 2 core(s)" in note and "0|1|0|1" in note

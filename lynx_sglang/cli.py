@@ -79,12 +79,28 @@ COMMANDS = {
 }  # fmt: skip
 
 
+def versions() -> str:
+    """lynx-sglang's version and those of what it runs on, from the installed packages' metadata (fast)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from lynx_sglang import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"lynx-sglang {__version__} (sglang {installed('sglang')}, torch {installed('torch')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lynx-sglang", allow_abbrev=False,
         description="Batch-aware expert selection for Mixture-of-Experts serving with SGLang.",
         epilog="Run `lynx-sglang <command> --help` for a command's own flags.",
     )  # fmt: skip
+    parser.add_argument("--version", action="version", version=versions())
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, (_, help_text) in COMMANDS.items():
         commands.add_parser(name, help=help_text, add_help=False)

@@ -71,3 +71,16 @@ def test_every_module_and_script_the_docs_and_scripts_run_exists():
     scripts = named_in_docs_and_scripts(r"\bscripts/[\w.-]+\.(?:py|sh)\b")
     missing += [s for s in sorted(scripts) if not (ROOT / s).is_file()]
     assert not missing, f"named but not there: {missing}"
+
+
+def test_version_names_lynx_sglang_and_what_it_runs_on(capsys):
+    from importlib.metadata import version
+
+    from lynx_sglang import __version__, cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == (
+        f"lynx-sglang {__version__} (sglang {version('sglang')}, torch {version('torch')})"
+    )

@@ -325,9 +325,13 @@ def announce_start(plan: LaunchPlan) -> None:
           f"(policy {policy}, budget {config.budget or 'none'}, kernel {config.kernel})", flush=True)
     if gpu_runtime.RUNTIME_ENV in plan.env:
         print(f"lynx-sglang: {gpu_runtime.LOG_LINE}", flush=True)
-    if (replicas := FlagSettings(plan.sglang_args).value("dp_size")) not in (None, "1"):
+    given = FlagSettings(plan.sglang_args)
+    if (replicas := given.value("dp_size")) not in (None, "1"):
         print(f"lynx-sglang: --dp-size {replicas}: every replica runs the policy it starts with; /lynx/policy and "
               "/lynx/stats cannot reach the replicas and answer 501", file=sys.stderr, flush=True)
+    if (stages := given.value("pp_size")) not in (None, "1"):
+        print(f"lynx-sglang: --pp-size {stages}: a switch reaches every pipeline stage, but /lynx/stats shows the "
+              "first stage's MoE layers only", file=sys.stderr, flush=True)
     if "SGLANG_CPU_OMP_THREADS_BIND" in plan.env:  # only the CPU defaults set it
         from lynx_sglang.cpu_runtime.threads import shared_cores_note
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from lynx_sglang.config import CONFIG_ENV, SETTINGS, ConfigError
 from lynx_sglang.serve import EMBEDDED_MODEL_DIR, LaunchError, checked_config, machine_defaults
-from lynx_sglang.server.channel import SchedulerChannel, policy_request_problem
+from lynx_sglang.server.channel import (SchedulerChannel, SchedulerUnavailable, control_unavailable,
+                                        policy_request_problem)
 from lynx_sglang.sglang_settings import KeywordSettings
 
 # lynx_<setting> keywords; an offline engine has no HTTP admin routes, so no admin token.
@@ -89,9 +90,15 @@ class LynxControl:
 
     def __init__(self, engine, timeout_s: float = 60.0):
         self._channel = SchedulerChannel(socket=engine.send_to_rpc, timeout_s=timeout_s)
+        self._unavailable = control_unavailable(engine.server_args)
+
+    def _request(self, op: str, **fields) -> dict:
+        if self._unavailable:
+            raise SchedulerUnavailable(self._unavailable)
+        return self._channel.request(op, **fields)
 
     def policy(self) -> dict:
-        return self._channel.request("get_policy")
+        return self._request("get_policy")
 
     def set_policy(self, **change) -> dict:
         """policy=, params=, budget= (or config=, a whole config), as POST /lynx/policy's body; a
@@ -99,10 +106,10 @@ class LynxControl:
         problem = policy_request_problem(change)
         if problem:
             raise ConfigError(problem)
-        return self._channel.request("set_policy", **change)
+        return self._request("set_policy", **change)
 
     def stats(self) -> dict:
-        return self._channel.request("get_stats")
+        return self._request("get_stats")
 
     def reset_stats(self) -> dict:
-        return self._channel.request("reset_stats")
+        return self._request("reset_stats")

@@ -28,6 +28,19 @@ POLICY_FIELDS = {
 }
 
 
+def control_unavailable(server_args) -> str | None:
+    """Why no control request can reach this server's schedulers (None: they can)."""
+    replicas = getattr(server_args, "dp_size", 1) or 1
+    if replicas <= 1:
+        return None
+    # Each replica's scheduler reads an RPC socket of its own, made and kept inside SGLang's
+    # data-parallel controller; the one the launcher (or an engine) holds reaches none of them.
+    return (f"not available with --dp-size {replicas}: each data-parallel replica's scheduler takes control "
+            "requests on a channel of its own that SGLang keeps inside its data-parallel controller, so no policy "
+            "switch or statistics can reach them (every replica serves the policy it was started with); to switch "
+            "and read each, run one server or engine per replica")
+
+
 class SchedulerError(Exception):
     """The scheduler refused the request (its message says why)."""
 

@@ -6,13 +6,6 @@ from pathlib import Path
 
 from lynx_sglang.config import LynxConfig
 
-DATA_PARALLEL_REASON = (
-    "not available with --dp-size {replicas}: each data-parallel replica's scheduler takes control requests "
-    "on a channel of its own that SGLang keeps inside its data-parallel controller, so no policy switch or "
-    "statistics can reach them (every replica serves the policy it was started with); for those, run one "
-    "lynx-sglang serve per replica behind a router"
-)
-
 
 def register(register_hook, config: LynxConfig, runtime_dir: Path | None) -> None:
     state = {}
@@ -22,12 +15,11 @@ def register(register_hook, config: LynxConfig, runtime_dir: Path | None) -> Non
         # the channel to the scheduler go in first.
         from sglang.srt.entrypoints.http_server import app
 
-        from lynx_sglang.server.channel import SchedulerChannel
+        from lynx_sglang.server.channel import SchedulerChannel, control_unavailable
         from lynx_sglang.server.routes import add_routes
 
-        replicas = getattr(server_args, "dp_size", 1) or 1
-        if replicas > 1:  # each replica's scheduler reads its own RPC socket, made and kept inside SGLang
-            add_routes(app, config, None, runtime_dir, unavailable=DATA_PARALLEL_REASON.format(replicas=replicas))
+        if unavailable := control_unavailable(server_args):
+            add_routes(app, config, None, runtime_dir, unavailable=unavailable)
             return
         state["channel"] = SchedulerChannel(port_args.rpc_ipc_name)
         add_routes(app, config, state["channel"], runtime_dir)

@@ -4,6 +4,8 @@ hands the rest over, so `lynx-sglang serve --tp 2` reaches SGLang untouched."""
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 
@@ -111,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     namespace = build_parser().parse_args(argv[:1])
     handler, _ = COMMANDS[namespace.command]
-    return handler(argv[1:]) or 0
+    try:
+        return handler(argv[1:]) or 0
+    except BrokenPipeError:  # `lynx-sglang policies | head`: the reader left; end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush, too
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -84,3 +84,13 @@ def test_version_names_lynx_sglang_and_what_it_runs_on(capsys):
     assert capsys.readouterr().out.strip() == (
         f"lynx-sglang {__version__} (sglang {version('sglang')}, torch {version('torch')})"
     )
+
+
+def test_a_reader_that_leaves_early_ends_the_listing_quietly():
+    import sys
+
+    listing = subprocess.Popen([sys.executable, "-m", "lynx_sglang.cli", "policies"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, bufsize=0)  # fmt: skip
+    listing.stdout.close()  # before its first line, as `| head -0` would: every write meets a closed pipe
+    _, errors = listing.communicate(timeout=120)
+    assert listing.returncode == 141 and b"Traceback" not in errors, errors.decode()

@@ -29,7 +29,7 @@ def local_config_dir(model_path: Path, revision: str | None = None) -> Path:
     if not is_hub_id(model_path):
         return model_path
     if os.environ.get("SGLANG_USE_MODELSCOPE", "").lower() in ("true", "1", "yes", "y"):  # as SGLang reads it
-        raise ConfigError(f"model path {model_path} is not a local folder, and with SGLANG_USE_MODELSCOPE set it "
+        raise ConfigError(f"model path {model_path} does not exist here, and with SGLANG_USE_MODELSCOPE set it "
                           "would come from ModelScope, which lynx-sglang does not read: download it first "
                           f"(modelscope download --model {model_path} --local_dir DIR) and pass the folder")
     from huggingface_hub import constants, hf_hub_download
@@ -53,7 +53,7 @@ def local_config_dir(model_path: Path, revision: str | None = None) -> Path:
 def _hub_problem(repo_id: str, revision: str | None, exc: Exception) -> str:
     from huggingface_hub import errors
 
-    where = f"model path {repo_id} is not a local folder, and as a Hugging Face Hub id"
+    where = f"model path {repo_id} does not exist here, and as a Hugging Face Hub id"
     if isinstance(exc, errors.GatedRepoError):
         return f"{where} it is gated: accept its terms on huggingface.co, then log in (hf auth login) or set HF_TOKEN"
     if isinstance(exc, errors.RepositoryNotFoundError):

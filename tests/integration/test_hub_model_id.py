@@ -59,7 +59,7 @@ def test_bench_serve_takes_a_hub_model_by_its_id(hub_env):
 
 @pytest.mark.parametrize("model_path, needle", [
     ("lynx-test/not-cached", "not in the Hugging Face cache and the Hub could not be reached"),
-    (f"{REPO_ID}-typo", "is not a local folder, and as a Hugging Face Hub id"),
+    (f"{REPO_ID}-typo", "does not exist here, and as a Hugging Face Hub id"),
     ("/no/such/folder", "model path /no/such/folder does not exist"),
 ])  # fmt: skip
 def test_a_model_path_that_is_neither_here_nor_cached_says_which(hub_env, model_path, needle):

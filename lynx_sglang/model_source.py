@@ -32,7 +32,7 @@ def local_config_dir(model_path: Path, revision: str | None = None) -> Path:
         raise ConfigError(f"model path {model_path} does not exist here, and with SGLANG_USE_MODELSCOPE set it "
                           "would come from ModelScope, which lynx-sglang does not read: download it first "
                           f"(modelscope download --model {model_path} --local_dir DIR) and pass the folder")
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     repo_id = str(model_path)
@@ -45,12 +45,16 @@ def local_config_dir(model_path: Path, revision: str | None = None) -> Path:
         raise ConfigError(_hub_problem(repo_id, revision, exc)) from None
     print(f"lynx-sglang: fetching config.json of {repo_id} from the Hugging Face Hub", file=sys.stderr, flush=True)
     try:
+        # One try first: without a network (or for a mistyped folder) this fails at once, where the
+        # download would retry for about 20 s.
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json", revision=revision), timeout=10)
         return Path(hf_hub_download(repo_id, "config.json", revision=revision)).parent
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(_hub_problem(repo_id, revision, exc)) from None
 
 
 def _hub_problem(repo_id: str, revision: str | None, exc: Exception) -> str:
+    import httpx
     from huggingface_hub import errors
 
     where = f"model path {repo_id} does not exist here, and as a Hugging Face Hub id"
@@ -65,4 +69,7 @@ def _hub_problem(repo_id: str, revision: str | None, exc: Exception) -> str:
                 "(no network, or HF_HUB_OFFLINE=1): download it first, or pass a checkpoint folder")
     if isinstance(exc, errors.EntryNotFoundError):
         return f"{where} it has no config.json; not a transformers model"
+    if isinstance(exc, (OSError, httpx.TransportError)):
+        return (f"{where} its config.json is not in the Hugging Face cache and the Hub could not be reached "
+                f"({exc}): download it first, or pass a checkpoint folder")
     return f"{where} its config.json could not be fetched: {type(exc).__name__}: {exc}"

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from live_server import RunningServer, generate_greedy, get_json
@@ -40,6 +41,16 @@ def test_the_checks_read_a_hub_models_config_from_the_cache(hub_env):
     refused = lynx_sglang("serve", "--model-path", REPO_ID, "--lynx-policy", "budget", "--lynx-budget", "experts=13",
                           env=hub_env)  # fmt: skip
     assert refused.returncode == 2 and f"1..{NUM_EXPERTS}" in refused.stderr, refused.stderr
+
+
+def test_an_id_the_hub_cannot_answer_fails_at_once_online_too(hub_env):
+    started = time.monotonic()
+    online = {"HF_HUB_CACHE": hub_env["HF_HUB_CACHE"]}
+    refused = lynx_sglang("serve", "--model-path", "lynx-test/not-cached", env=online)
+    # Without a network (this suite's machines) the Hub cannot be reached; with one, it has no such repository.
+    assert refused.returncode == 2, refused.stderr
+    assert "the Hub could not be reached" in refused.stderr or "names no repository" in refused.stderr, refused.stderr
+    assert time.monotonic() - started < 15  # huggingface_hub's own retries took about 23 s
 
 
 def test_a_modelscope_id_asks_for_a_local_copy(hub_env):

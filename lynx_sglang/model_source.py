@@ -22,6 +22,11 @@ def is_hub_id(model_path: Path | str) -> bool:
     return not Path(text).expanduser().exists() and _HUB_ID.fullmatch(text) is not None and ".." not in text
 
 
+def model_name(model_path: Path | str) -> str:
+    """The model's name as SGLang's config names it: a Hub id as given, else the folder's name."""
+    return str(model_path) if is_hub_id(model_path) else Path(model_path).expanduser().resolve().name
+
+
 def local_config_dir(model_path: Path, revision: str | None = None) -> Path:
     """A local folder that holds the model's config.json: `model_path` itself, or for a Hub id the
     Hugging Face cache's snapshot folder where config.json was fetched (from the cache alone when it

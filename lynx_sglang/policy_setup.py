@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lynx_sglang.config import ConfigError, LynxConfig, expert_cache_slots
-from lynx_sglang.model_source import is_hub_id, local_config_dir
+from lynx_sglang.model_source import local_config_dir, model_name
 from lynx_sglang.policies import PolicyConfigError, accepted_parameters, get_policy, resolve_policy_class
 
 
@@ -38,8 +38,7 @@ class MoeShape:
             return None
         # Mixtral always renormalises; the others say so with norm_topk_prob.
         renormalize = config.get("model_type") == "mixtral" or bool(config.get("norm_topk_prob", False))
-        # As SGLang's config names it: a Hub id, or the folder.
-        name = config.get("_name_or_path") or (str(model_dir) if is_hub_id(model_dir) else Path(model_dir).resolve().name)
+        name = config.get("_name_or_path") or model_name(model_dir)
         num_layers = int(config.get("num_hidden_layers", 0))
         return cls(int(num_experts), int(top_k), num_layers, renormalize, str(name), router_kind_of(config),
                    moe_layer_ids(config, num_layers))

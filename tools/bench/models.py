@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lynx_sglang.config import ConfigError
 from lynx_sglang.embedded.tokenizer import SPECIAL_TOKENS, vocabulary
-from lynx_sglang.model_source import is_hub_id
+from lynx_sglang.model_source import model_name
 from lynx_sglang.policy_setup import read_model_config
 from lynx_sglang.sglang_settings import FlagSettings
 from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, fit_layers, parse_shape, write_config_only
@@ -128,8 +128,7 @@ def given_model(path: Path) -> BenchModel:
         raise BenchError(f"--model-path: {exc}") from None
     config = config.get("text_config", config)
     vocab = int(config.get("vocab_size") or PROMPT_IDS[1])
-    name = str(path) if is_hub_id(path) else path.resolve().name
-    return BenchModel(path, name, int(config.get("num_hidden_layers", 0)),
+    return BenchModel(path, model_name(path), int(config.get("num_hidden_layers", 0)),
                       prompt_ids=(min(PROMPT_IDS[0], vocab - 1), vocab))
 
 

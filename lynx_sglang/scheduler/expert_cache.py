@@ -190,25 +190,29 @@ class ExpertCaches:
                 "decode_tokens": int(tokens),
                 "cache_bytes_copied_per_decode_token": copies * cached.cache.expert_bytes * cached.tp_size / tokens
                 if tokens else 0.0,
-                "prefetch_accuracy": self._accuracy(raw["prefetch_used"], raw["prefetched"]),
+                "prefetch_accuracy": prefetch_accuracy(self.prefetch_on, raw["prefetch_used"], raw["prefetched"]),
             })  # fmt: skip
-        return {
-            "spec": self.spec,
-            "policy": self.policy,
-            "expert_compute": self.compute_name,
-            "cached_layers": len(layers),
-            "cache_hits": sum(layer["cache_hits"] for layer in layers),
-            "cache_misses": sum(layer["cache_misses"] for layer in layers),
-            "cache_bytes_copied_per_decode_token": sum(layer["cache_bytes_copied_per_decode_token"] for layer in layers),
-            "prefetch": self.prefetch_on,
-            "prefetch_accuracy": self._accuracy(sum(layer["prefetch_used"] for layer in layers),
-                                                sum(layer["prefetched"] for layer in layers)),  # fmt: skip
-            "layers": layers,
-        }
+        return {"spec": self.spec, "policy": self.policy, "expert_compute": self.compute_name,
+                **cache_totals(layers, self.prefetch_on)}  # fmt: skip
 
-    def _accuracy(self, used: float, prefetched: float) -> float | None:
-        """The share of prefetched experts the call used; None without prefetch, or before any."""
-        return used / prefetched if self.prefetch_on and prefetched else None
+
+def cache_totals(layers: list[dict], prefetch_on: bool) -> dict:
+    """The model-wide cache figures of per-layer ones."""
+    return {
+        "cached_layers": len(layers),
+        "cache_hits": sum(layer["cache_hits"] for layer in layers),
+        "cache_misses": sum(layer["cache_misses"] for layer in layers),
+        "cache_bytes_copied_per_decode_token": sum(layer["cache_bytes_copied_per_decode_token"] for layer in layers),
+        "prefetch": prefetch_on,
+        "prefetch_accuracy": prefetch_accuracy(prefetch_on, sum(layer["prefetch_used"] for layer in layers),
+                                               sum(layer["prefetched"] for layer in layers)),  # fmt: skip
+        "layers": layers,
+    }
+
+
+def prefetch_accuracy(prefetch_on: bool, used: float, prefetched: float) -> float | None:
+    """The share of prefetched experts the calls used; None without prefetch, or before any."""
+    return used / prefetched if prefetch_on and prefetched else None
 
 
 def cache_unsupported(layer, on_cuda: bool | None = None) -> str | None:

@@ -80,24 +80,28 @@ class RoutingStats:
         table = self.table.cpu().tolist()
         layers = [_layer_figures(info, _with_lone_rows(dict(zip(FIELDS, values)), lone, info.top_k))
                   for info, values, lone in zip(self.layers, table, self.lone_row_steps)]  # fmt: skip
-        counted = [layer for layer in layers if layer["steps"]]
+        return {"fallback_steps": int(self.fallback_steps.item()), **model_wide_figures(layers)}
 
-        def mean(key):
-            return sum(layer[key] for layer in counted) / len(counted) if counted else 0.0
 
-        def total(key):
-            return sum(layer[key] for layer in counted)
+def model_wide_figures(layers: list[dict]) -> dict:
+    """The model-wide figures of per-layer ones: means over the layers that ran a step, bytes summed."""
+    counted = [layer for layer in layers if layer["steps"]]
 
-        return {
-            "fallback_steps": int(self.fallback_steps.item()),
-            "distinct_experts_before": mean("distinct_experts_before"),
-            "distinct_experts_after": mean("distinct_experts_after"),
-            "expert_bytes_per_decode_token_before": total("expert_bytes_per_decode_token_before"),
-            "expert_bytes_per_decode_token_after": total("expert_bytes_per_decode_token_after"),
-            "tokens_rerouted_fraction": mean("tokens_rerouted_fraction"),
-            "router_mass_dropped_per_token": mean("router_mass_dropped_per_token"),
-            "layers": layers,
-        }
+    def mean(key):
+        return sum(layer[key] for layer in counted) / len(counted) if counted else 0.0
+
+    def total(key):
+        return sum(layer[key] for layer in counted)
+
+    return {
+        "distinct_experts_before": mean("distinct_experts_before"),
+        "distinct_experts_after": mean("distinct_experts_after"),
+        "expert_bytes_per_decode_token_before": total("expert_bytes_per_decode_token_before"),
+        "expert_bytes_per_decode_token_after": total("expert_bytes_per_decode_token_after"),
+        "tokens_rerouted_fraction": mean("tokens_rerouted_fraction"),
+        "router_mass_dropped_per_token": mean("router_mass_dropped_per_token"),
+        "layers": layers,
+    }
 
 
 def _with_lone_rows(raw: dict, steps: int, top_k: int) -> dict:

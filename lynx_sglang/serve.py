@@ -326,9 +326,9 @@ def announce_start(plan: LaunchPlan) -> None:
     if gpu_runtime.RUNTIME_ENV in plan.env:
         print(f"lynx-sglang: {gpu_runtime.LOG_LINE}", flush=True)
     given = FlagSettings(plan.sglang_args)
-    if (replicas := given.value("dp_size")) not in (None, "1"):
-        print(f"lynx-sglang: --dp-size {replicas}: every replica runs the policy it starts with; /lynx/policy and "
-              "/lynx/stats cannot reach the replicas and answer 501", file=sys.stderr, flush=True)
+    if (replicas := given.value("dp_size")) not in (None, "1") and not given.enabled("enable_dp_attention"):
+        print(f"lynx-sglang: --dp-size {replicas}: a switch reaches every replica, each at its next step; /lynx/stats "
+              "adds up the replicas' figures and lists each under \"replicas\"", file=sys.stderr, flush=True)
     if (stages := given.value("pp_size")) not in (None, "1"):
         print(f"lynx-sglang: --pp-size {stages}: a switch reaches every pipeline stage, but /lynx/stats shows the "
               "first stage's MoE layers only", file=sys.stderr, flush=True)

@@ -149,14 +149,47 @@ def around_handle_rpc_request(original, scheduler, recv_req, *args, **kwargs):
             result.update(decisions_by_rank(runtime.decisions, _cpu_group(scheduler)))
         reply = {"ok": True, "nonce": request.get("nonce"), "result": result}
     except (ConfigError, ValueError, TypeError) as error:
-        reply = {"ok": False, "nonce": _nonce(recv_req), "error": str(error)}
+        reply = {"ok": False, "nonce": _request_field(recv_req, "nonce"), "error": str(error)}
     _barrier(scheduler)
-    return RpcReqOutput(success=reply["ok"], message=json.dumps(reply))
+    reply_to = _request_field(recv_req, "reply_to")
+    if not isinstance(reply_to, str):
+        return RpcReqOutput(success=reply["ok"], message=json.dumps(reply))
+    # A data-parallel replica: the request came through SGLang's data-parallel controller, and the
+    # replica's RPC socket leads nowhere the launcher can read, so the answer goes where it says.
+    if _answers_for_replica(scheduler):
+        send_reply(reply_to, {**reply, "replica": _replica()})
+    return None
 
 
-def _nonce(recv_req):
+_reply_sockets: dict = {}
+
+
+def send_reply(address: str, reply: dict) -> None:
+    import zmq
+
+    socket = _reply_sockets.get(address)
+    if socket is None:
+        socket = _reply_sockets[address] = zmq.Context.instance().socket(zmq.PUSH)
+        socket.setsockopt(zmq.LINGER, 1000)
+        socket.connect(address)
+    socket.send_string(json.dumps(reply))
+
+
+def _answers_for_replica(scheduler) -> bool:
+    # The rank SGLang gives the RPC socket (its first) is the one that answers RPCs for its ranks.
+    return getattr(getattr(scheduler, "ipc_channels", None), "recv_from_rpc", None) is not None
+
+
+def _replica() -> int:
+    from sglang.srt.runtime_context import get_parallel
+
+    return get_parallel().dp_rank or 0
+
+
+def _request_field(recv_req, name: str):
+    """A field of a control request that may not have parsed (None where it did not)."""
     try:
-        return json.loads((recv_req.parameters or {}).get("request", "{}")).get("nonce")
+        return json.loads((recv_req.parameters or {}).get("request", "{}")).get(name)
     except (ValueError, AttributeError):
         return None
 

@@ -28,17 +28,18 @@ POLICY_FIELDS = {
 }
 
 
+def data_parallel_replicas(server_args) -> int:
+    return getattr(server_args, "dp_size", 1) or 1
+
+
 def control_unavailable(server_args) -> str | None:
     """Why no control request can reach this server's schedulers (None: they can)."""
-    replicas = getattr(server_args, "dp_size", 1) or 1
-    if replicas <= 1:
+    if data_parallel_replicas(server_args) <= 1 or not getattr(server_args, "enable_dp_attention", False):
         return None
-    # Each replica's scheduler reads an RPC socket of its own, made and kept inside SGLang's
-    # data-parallel controller; the one the launcher (or an engine) holds reaches none of them.
-    return (f"not available with --dp-size {replicas}: each data-parallel replica's scheduler takes control "
-            "requests on a channel of its own that SGLang keeps inside its data-parallel controller, so no policy "
-            "switch or statistics can reach them (every replica serves the policy it was started with); to switch "
-            "and read each, run one server or engine per replica")
+    # Data-parallel attention ranks share one tensor-parallel group: SGLang hands a control message to
+    # its first rank only, so no answer per attention rank would come back.
+    return ("not available with --enable-dp-attention: the data-parallel attention ranks share one scheduler "
+            "group that SGLang hands control messages to as one, so no switch or statistics reach each of them")
 
 
 class SchedulerError(Exception):

@@ -2,7 +2,7 @@
 engine spawns its scheduler, which imports the main module again: pytest's would not do). Writes what
 it saw as JSON to the path given.
 
-    python tests/support/engine_session.py OUT.json
+    python tests/support/engine_session.py OUT.json [DP_SIZE]
 """
 
 import json
@@ -20,11 +20,11 @@ def solve(engine, problems) -> float:
     return score(problems, [o["text"] for o in outputs]).accuracy
 
 
-def main(out_path: str) -> None:
+def main(out_path: str, dp_size: int = 1) -> None:
     from lynx_sglang.engine import Engine
 
     seen = {}
-    engine = Engine(lynx_policy="lynx", log_level="warning")
+    engine = Engine(lynx_policy="lynx", log_level="warning", dp_size=dp_size)
     try:
         seen["policy"] = engine.lynx.policy()
         seen["accuracy_lynx"] = solve(engine, heldout_problems(96, seed=61, distinct=True))
@@ -45,4 +45,4 @@ def main(out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *map(int, sys.argv[2:3]))

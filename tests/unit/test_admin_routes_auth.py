@@ -48,14 +48,15 @@ def test_reads_need_sglangs_normal_key_only():
     assert client(admin_api_key="a").get("/lynx/policy").status_code == PASSED_CHECKS
 
 
-def test_control_is_unavailable_with_data_parallel_replicas_only():
+def test_control_is_unavailable_with_data_parallel_attention_only():
     from types import SimpleNamespace
 
     from lynx_sglang.server.channel import control_unavailable
 
     assert control_unavailable(SimpleNamespace(dp_size=1)) is None
     assert control_unavailable(SimpleNamespace()) is None  # an SGLang without the field: one replica
-    assert "--dp-size 3" in control_unavailable(SimpleNamespace(dp_size=3))
+    assert control_unavailable(SimpleNamespace(dp_size=3, enable_dp_attention=False)) is None  # replicas
+    assert "--enable-dp-attention" in control_unavailable(SimpleNamespace(dp_size=3, enable_dp_attention=True))
     routes = TestClient(FastAPI())
     add_routes(routes.app, LynxConfig(admin_token="t"), None, None, unavailable="not with replicas")
     reply = routes.get("/lynx/stats")

@@ -1,0 +1,116 @@
+"""Data-parallel replicas' answers merged into one server's: the merged statistics are those one
+table holding both replicas' layer calls would give, and a refusal is never merged away."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lynx_sglang.scheduler.expert_cache import cache_totals, prefetch_accuracy
+from lynx_sglang.scheduler.stats import MoeLayerInfo, RoutingStats
+from lynx_sglang.server.channel import SchedulerError
+from lynx_sglang.server.replicas import merge_policy_states, merge_replies, merge_stats
+
+LAYERS = [MoeLayerInfo(0, 16, 4, 1000), MoeLayerInfo(3, 16, 4, 1000)]
+
+
+def routing_stats(rows, lone_row_steps, fallback_steps=0):
+    """A replica's statistics table as its layer calls left it: rows of (steps, tokens, distinct_before,
+    distinct_after, rerouted, mass_dropped, fallbacks)."""
+    stats = RoutingStats(LAYERS, torch.device("cpu"), SimpleNamespace(record=None))
+    stats.table.copy_(torch.tensor(rows, dtype=torch.float64))
+    stats.lone_row_steps = list(lone_row_steps)
+    stats.fallback_steps.fill_(fallback_steps)
+    return stats
+
+
+def snapshot(stats, decode_steps, by_mode, cache=None, digest=None):
+    figures = stats.snapshot()
+    fallback_steps = figures.pop("fallback_steps")
+    entry = {"policy": "lynx", "params": {}, "budget": None, "budget_experts": None, "kernel": "auto",
+             "decode_steps": decode_steps, "pruned_steps": decode_steps - fallback_steps, "passthrough_steps": 1,
+             "fallback_steps": fallback_steps, "policy_failures": 0, "steps_by_policy": {"lynx": decode_steps},
+             "steps_by_mode": by_mode, "steps_by_band": None, "stats_enabled": True, "controller": None,
+             "expert_cache": cache, **figures}  # fmt: skip
+    if digest is not None:
+        entry.update(decisions_by_rank=[{"rank": 0, "digest": digest, "steps": decode_steps}], ranks_agree=True)
+    return entry
+
+
+A_ROWS = [[10, 40, 31, 18, 12, 1.5, 0], [10, 40, 29, 20, 9, 1.0, 1]]
+B_ROWS = [[3, 5, 9, 8, 1, 0.25, 0], [3, 5, 8, 8, 0, 0.0, 0]]
+
+
+def test_merged_statistics_are_those_of_one_table_holding_both_replicas():
+    a = snapshot(routing_stats(A_ROWS, [2, 2], fallback_steps=1), 12, {"decode": 12, "extend": 4})
+    b = snapshot(routing_stats(B_ROWS, [0, 0]), 3, {"decode": 3, "mixed": 1})
+    both = routing_stats([[x + y for x, y in zip(ra, rb)] for ra, rb in zip(A_ROWS, B_ROWS)], [2, 2]).snapshot()
+
+    merged = merge_stats([a, b])
+
+    assert len(merged["layers"]) == 2
+    for got, want in zip(merged["layers"], both["layers"]):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value), key
+    for key in ("distinct_experts_before", "distinct_experts_after", "expert_bytes_per_decode_token_after",
+                "tokens_rerouted_fraction", "router_mass_dropped_per_token"):
+        assert merged[key] == pytest.approx(both[key]), key
+    assert (merged["decode_steps"], merged["passthrough_steps"], merged["fallback_steps"]) == (15, 2, 1)
+    assert merged["steps_by_mode"] == {"decode": 15, "extend": 4, "mixed": 1}
+    assert merged["steps_by_policy"] == {"lynx": 15}
+    assert [(r["replica"], r["decode_steps"]) for r in merged["replicas"]] == [(0, 12), (1, 3)]
+    assert merged["replicas"][1]["distinct_experts_after"] == pytest.approx(b["distinct_experts_after"])
+
+
+def test_a_replica_without_steps_does_not_dilute_the_means():
+    a = snapshot(routing_stats(A_ROWS, [0, 0]), 10, {"decode": 10})
+    idle = snapshot(routing_stats([[0] * 7, [0] * 7], [0, 0]), 0, {})
+    merged = merge_stats([a, idle])
+    assert merged["distinct_experts_after"] == pytest.approx(a["distinct_experts_after"])
+    assert merged["layers"][0]["tokens_rerouted_fraction"] == pytest.approx(12 / 40)
+
+
+def cache_layer(layer, hits, misses, prefetched, used, tokens, bytes_per_token):
+    return {"layer": layer, "slots": 4, "num_experts": 16, "cache_hits": hits, "cache_misses": misses,
+            "prefetched": prefetched, "prefetch_used": used, "decode_misses": misses, "decode_prefetched": prefetched,
+            "decode_tokens": tokens, "cache_bytes_copied_per_decode_token": bytes_per_token,
+            "prefetch_accuracy": prefetch_accuracy(True, used, prefetched)}  # fmt: skip
+
+
+def test_expert_cache_figures_add_up_across_replicas():
+    def cache(layers):
+        return {"spec": "slots=4", "policy": "lru", "expert_compute": "lynx-cpu", **cache_totals(layers, True)}
+
+    a = cache([cache_layer(0, 30, 10, 8, 6, 40, 500.0)])
+    b = cache([cache_layer(0, 5, 5, 2, 0, 10, 1000.0)])
+    stats = routing_stats(A_ROWS, [0, 0])
+    merged = merge_stats([snapshot(stats, 10, {}, cache=a), snapshot(stats, 10, {}, cache=b)])["expert_cache"]
+    assert (merged["cache_hits"], merged["cache_misses"], merged["spec"]) == (35, 15, "slots=4")
+    assert merged["cache_bytes_copied_per_decode_token"] == pytest.approx((500.0 * 40 + 1000.0 * 10) / 50)
+    assert merged["prefetch_accuracy"] == pytest.approx(6 / 10)
+    assert merged["layers"][0]["prefetch_accuracy"] == pytest.approx(6 / 10)
+
+
+def test_tensor_parallel_digests_are_listed_by_replica():
+    stats = routing_stats(A_ROWS, [0, 0])
+    merged = merge_stats([snapshot(stats, 10, {}, digest="aa"), snapshot(stats, 7, {}, digest="bb")])
+    assert [(d["replica"], d["digest"]) for d in merged["decisions_by_rank"]] == [(0, "aa"), (1, "bb")]
+    assert merged["ranks_agree"] is True
+
+
+def test_policy_states_say_whether_the_replicas_agree():
+    state = {"policy": "budget", "params": {}, "budget": "experts=4", "kernel": "auto", "budget_experts": 4}
+    same = merge_policy_states([state, dict(state)])
+    assert (same["replicas"], same["replicas_agree"], same["budget"]) == (2, True, "experts=4")
+    differ = merge_policy_states([state, {**state, "budget": "experts=2"}])
+    assert differ["replicas_agree"] is False
+
+
+def test_a_refusal_is_the_answer_and_a_split_one_names_the_replicas():
+    refused = {"ok": False, "error": "unknown policy 'nope'"}
+    with pytest.raises(SchedulerError, match=r"^unknown policy 'nope'$"):
+        merge_replies("set_policy", [{**refused, "replica": 0}, {**refused, "replica": 1}])
+    took = {"ok": True, "replica": 0, "result": {"policy": "lynx"}}
+    with pytest.raises(SchedulerError, match=r"replica 1: unknown policy 'nope' \(replica\(s\) 0 took the request\)"):
+        merge_replies("set_policy", [took, {**refused, "replica": 1}])

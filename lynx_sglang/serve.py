@@ -329,9 +329,6 @@ def announce_start(plan: LaunchPlan) -> None:
     if (replicas := given.value("dp_size")) not in (None, "1") and not given.enabled("enable_dp_attention"):
         print(f"lynx-sglang: --dp-size {replicas}: a switch reaches every replica, each at its next step; /lynx/stats "
               "adds up the replicas' figures and lists each under \"replicas\"", file=sys.stderr, flush=True)
-    if (stages := given.value("pp_size")) not in (None, "1"):
-        print(f"lynx-sglang: --pp-size {stages}: a switch reaches every pipeline stage, but /lynx/stats shows the "
-              "first stage's MoE layers only", file=sys.stderr, flush=True)
     if "SGLANG_CPU_OMP_THREADS_BIND" in plan.env:  # only the CPU defaults set it
         from lynx_sglang.cpu_runtime.threads import shared_cores_note
 

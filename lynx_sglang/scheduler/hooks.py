@@ -154,10 +154,11 @@ def around_handle_rpc_request(original, scheduler, recv_req, *args, **kwargs):
     reply_to = _request_field(recv_req, "reply_to")
     if not isinstance(reply_to, str):
         return RpcReqOutput(success=reply["ok"], message=json.dumps(reply))
-    # A data-parallel replica: the request came through SGLang's data-parallel controller, and the
-    # replica's RPC socket leads nowhere the launcher can read, so the answer goes where it says.
-    if _answers_for_replica(scheduler):
-        send_reply(reply_to, {**reply, "replica": _replica()})
+    # Several schedulers answer (data-parallel replicas, pipeline stages; server/fan_out.py): the
+    # first rank of each stage of each replica answers where the request says.
+    parallel = _parallel()
+    if parallel.tp_rank == 0:
+        send_reply(reply_to, {**reply, "replica": parallel.dp_rank or 0, "stage": parallel.pp_rank})
     return None
 
 
@@ -175,15 +176,10 @@ def send_reply(address: str, reply: dict) -> None:
     socket.send_string(json.dumps(reply))
 
 
-def _answers_for_replica(scheduler) -> bool:
-    # The rank SGLang gives the RPC socket (its first) is the one that answers RPCs for its ranks.
-    return getattr(getattr(scheduler, "ipc_channels", None), "recv_from_rpc", None) is not None
-
-
-def _replica() -> int:
+def _parallel():
     from sglang.srt.runtime_context import get_parallel
 
-    return get_parallel().dp_rank or 0
+    return get_parallel()
 
 
 def _request_field(recv_req, name: str):

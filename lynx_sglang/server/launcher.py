@@ -16,13 +16,13 @@ def register(register_hook, config: LynxConfig, runtime_dir: Path | None) -> Non
         from sglang.srt.entrypoints.http_server import app
 
         from lynx_sglang.server.channel import SchedulerChannel, control_unavailable
-        from lynx_sglang.server.replicas import replica_channel
+        from lynx_sglang.server.fan_out import fan_out_channel
         from lynx_sglang.server.routes import add_routes
 
         if unavailable := control_unavailable(server_args):
             add_routes(app, config, None, runtime_dir, unavailable=unavailable)
             return
-        state["channel"] = replica_channel(server_args, tokenizer_manager) or SchedulerChannel(port_args.rpc_ipc_name)
+        state["channel"] = fan_out_channel(server_args, tokenizer_manager) or SchedulerChannel(port_args.rpc_ipc_name)
         add_routes(app, config, state["channel"], runtime_dir)
 
     def after_prometheus_middleware(result, app, *args, **kwargs):

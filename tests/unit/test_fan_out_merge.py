@@ -1,5 +1,6 @@
-"""Data-parallel replicas' answers merged into one server's: the merged statistics are those one
-table holding both replicas' layer calls would give, and a refusal is never merged away."""
+"""The answers of several schedulers merged into one server's: data-parallel replicas' statistics are
+those one table holding both replicas' layer calls would give, pipeline stages' those one table of
+all layers would give, and a refusal is never merged away."""
 
 from types import SimpleNamespace
 
@@ -9,7 +10,7 @@ import torch
 from lynx_sglang.scheduler.expert_cache import cache_totals, prefetch_accuracy
 from lynx_sglang.scheduler.stats import MoeLayerInfo, RoutingStats
 from lynx_sglang.server.channel import SchedulerError
-from lynx_sglang.server.replicas import merge_policy_states, merge_replies, merge_stats
+from lynx_sglang.server.fan_out import join_stage_states, join_stage_stats, merge_policy_states, merge_replies, merge_stats
 
 LAYERS = [MoeLayerInfo(0, 16, 4, 1000), MoeLayerInfo(3, 16, 4, 1000)]
 
@@ -107,10 +108,57 @@ def test_policy_states_say_whether_the_replicas_agree():
     assert differ["replicas_agree"] is False
 
 
-def test_a_refusal_is_the_answer_and_a_split_one_names_the_replicas():
+def test_a_refusal_is_the_answer_and_a_split_one_names_the_schedulers():
     refused = {"ok": False, "error": "unknown policy 'nope'"}
     with pytest.raises(SchedulerError, match=r"^unknown policy 'nope'$"):
-        merge_replies("set_policy", [{**refused, "replica": 0}, {**refused, "replica": 1}])
-    took = {"ok": True, "replica": 0, "result": {"policy": "lynx"}}
-    with pytest.raises(SchedulerError, match=r"replica 1: unknown policy 'nope' \(replica\(s\) 0 took the request\)"):
-        merge_replies("set_policy", [took, {**refused, "replica": 1}])
+        merge_replies("set_policy", [[{**refused, "replica": 0}], [{**refused, "replica": 1}]])
+    took = {"ok": True, "replica": 0, "stage": 0, "result": {"policy": "lynx"}}
+    with pytest.raises(SchedulerError, match=r"^replica 1: unknown policy 'nope' \(replica 0 took the request\)$"):
+        merge_replies("set_policy", [[took], [{**refused, "replica": 1, "stage": 0}]])
+    with pytest.raises(SchedulerError, match=r"^stage 1: unknown policy 'nope' \(stage 0 took the request\)$"):
+        merge_replies("set_policy", [[took, {**refused, "replica": 0, "stage": 1}]])
+
+
+FIRST_STAGE = [MoeLayerInfo(0, 16, 4, 1000), MoeLayerInfo(1, 16, 4, 1000)]
+SECOND_STAGE = [MoeLayerInfo(2, 16, 4, 1000), MoeLayerInfo(3, 16, 4, 1000)]
+
+
+def stage_stats(layers, rows, fallback_steps=0):
+    stats = RoutingStats(layers, torch.device("cpu"), SimpleNamespace(record=None))
+    stats.table.copy_(torch.tensor(rows, dtype=torch.float64))
+    stats.fallback_steps.fill_(fallback_steps)
+    return stats
+
+
+def test_pipeline_stages_join_their_layers_as_one_table_of_all_layers_would():
+    first = stage_stats(FIRST_STAGE, A_ROWS, fallback_steps=1)
+    second = stage_stats(SECOND_STAGE, B_ROWS, fallback_steps=2)
+    whole = stage_stats(FIRST_STAGE + SECOND_STAGE, A_ROWS + B_ROWS).snapshot()
+
+    joined = join_stage_stats([snapshot(first, 12, {"decode": 12}), snapshot(second, 12, {"decode": 12})])
+
+    assert [layer["layer"] for layer in joined["layers"]] == [0, 1, 2, 3]
+    for key in ("distinct_experts_before", "distinct_experts_after", "expert_bytes_per_decode_token_before",
+                "tokens_rerouted_fraction", "router_mass_dropped_per_token"):
+        assert joined[key] == pytest.approx(whole[key]), key
+    assert (joined["decode_steps"], joined["fallback_steps"], joined["pruned_steps"]) == (12, 2, 10)
+    assert joined["steps_by_mode"] == {"decode": 12}  # the same steps, not twice as many
+    assert [(s["stage"], s["layers"], s["fallback_steps"]) for s in joined["pipeline_stages"]] == [
+        (0, [0, 1], 1), (1, [2, 3], 2)]
+
+
+def test_replicas_of_pipelines_list_their_stages():
+    stages = [join_stage_stats([snapshot(stage_stats(FIRST_STAGE, A_ROWS), n, {}),
+                                snapshot(stage_stats(SECOND_STAGE, B_ROWS), n, {})]) for n in (12, 3)]  # fmt: skip
+    merged = merge_stats(stages)
+    assert merged["decode_steps"] == 15 and "pipeline_stages" not in merged
+    assert [[s["decode_steps"] for s in r["pipeline_stages"]] for r in merged["replicas"]] == [[12, 12], [3, 3]]
+    assert [layer["layer"] for layer in merged["layers"]] == [0, 1, 2, 3]
+
+
+def test_stage_states_name_every_stage_s_layers():
+    state = {"policy": "lynx", "cuda_graphs_replay_pruning": True}
+    joined = join_stage_states([{**state, "expert_compute": {"0": "lynx-cpu", "1": "lynx-cpu"}},
+                                {**state, "expert_compute": {"2": "lynx-cpu", "3": "sglang"}}])  # fmt: skip
+    assert joined["expert_compute"] == {"0": "lynx-cpu", "1": "lynx-cpu", "2": "lynx-cpu", "3": "sglang"}
+    assert (joined["pipeline_stages"], joined["cuda_graphs_replay_pruning"]) == (2, True)

@@ -85,6 +85,7 @@ def write_items(path: Path, items) -> str:
 
 def shared_flags(args, url: str, token: str, task: str, count: int) -> list[str]:
     api_key = ["--api-key", args.api_key] if args.api_key else []
+    api_key += ["--admin-api-key", args.admin_api_key] if args.admin_api_key else []
     return ["--url", url, "--admin-token", token, *api_key, "--task", task, "--n", str(count), "--concurrency", args.concurrency,
             "--max-tokens", str(args.max_tokens), "--seed", str(args.seed), "--score", args.score,
             "--endpoint", args.endpoint, "--blocks", str(args.blocks), "--bootstrap", str(args.bootstrap)]

@@ -89,15 +89,18 @@ def stream_completion(base_url: str, prompt: str, *, endpoint: str = "completion
 
 class AdminClient:
     """The /lynx/* calls an experiment needs, with errors turned into one-line ServerErrors. token: the
-    server's --lynx-admin-token; api_key: SGLang's --api-key, when the server has one."""
+    server's --lynx-admin-token; api_key and admin_api_key: SGLang's --api-key and --admin-api-key,
+    when the server has them (SGLang takes the admin key alone on its admin routes, the POSTs here)."""
 
-    def __init__(self, base_url: str, token: str | None, api_key: str | None = None):
+    def __init__(self, base_url: str, token: str | None, api_key: str | None = None,
+                 admin_api_key: str | None = None):  # fmt: skip
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.api_key = api_key
+        self.admin_api_key = admin_api_key
 
     def _call(self, method: str, path: str, body: dict | None = None, timeout: float = 60) -> dict:
-        headers = api_headers(self.api_key)
+        headers = api_headers(self.admin_api_key if method == "POST" and self.admin_api_key else self.api_key)
         if self.token:  # in its own header: Authorization may carry the API key
             headers[ADMIN_TOKEN_HEADER] = self.token
         data = None if body is None else json.dumps(body).encode()
@@ -106,16 +109,19 @@ class AdminClient:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
-            raise ServerError(self._http_message(path, error), error.code) from None
+            raise ServerError(self._http_message(method, path, error), error.code) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise ServerError(f"cannot reach {self.base_url} ({reason})") from None
 
-    def _http_message(self, path: str, error: urllib.error.HTTPError) -> str:
+    def _http_message(self, method: str, path: str, error: urllib.error.HTTPError) -> str:
         try:
             detail = json.loads(error.read()).get("error", "")
         except (json.JSONDecodeError, AttributeError, OSError):
             detail = ""
+        if error.code == 401 and method == "POST":
+            return (f"{self.base_url}{path} wants SGLang's admin key ({detail or 'HTTP 401'}); pass the server's "
+                    "--admin-api-key as --admin-api-key, or its --api-key as --api-key where it has no admin key")
         if error.code == 401:
             return (f"{self.base_url} wants SGLang's API key ({detail or 'HTTP 401'}); pass the server's --api-key "
                     "as --api-key")

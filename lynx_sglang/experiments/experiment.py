@@ -51,7 +51,7 @@ def parse_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> ar
     return args
 
 
-SECRET_FLAGS = ("--admin-token", "--lynx-admin-token", "--api-key")
+SECRET_FLAGS = ("--admin-token", "--lynx-admin-token", "--api-key", "--admin-api-key")
 SERVE_ARG = "--serve-arg"
 HIDDEN = "***"
 
@@ -82,6 +82,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_n: int, def
     server.add_argument("--url", type=server_url, help="use this running lynx-sglang server instead of starting one")
     server.add_argument("--admin-token", help="the running server's --lynx-admin-token (with --url)")
     server.add_argument("--api-key", help="the running server's SGLang --api-key, if it has one (with --url)")
+    server.add_argument("--admin-api-key", help="the running server's SGLang --admin-api-key, if it has one (with --url): "
+                        "its admin routes, the policy switches and statistics resets, take that key instead")
     server.add_argument("--port", type=int, help="port of the server the command starts (default: a free one)")
     server.add_argument("--serve-arg", action="append", default=[], metavar="FLAG",
                         help="extra flag for the started server, repeatable (e.g. --serve-arg=--max-running-requests=64)")
@@ -153,8 +155,10 @@ def parse_levels(text: str) -> list[int]:
 def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.url and not args.admin_token:
         parser.error("--url needs --admin-token (the server's --lynx-admin-token): arms are switched through /lynx/policy")
-    if args.api_key and not args.url:
-        parser.error("--api-key is the running server's (with --url); the server the command starts has none")
+    for flag in ("api_key", "admin_api_key"):
+        if getattr(args, flag) and not args.url:
+            parser.error(f"--{flag.replace('_', '-')} is the running server's (with --url); the server the command "
+                         "starts has none")
     if args.url and (args.model_path or args.port):
         parser.error("--model-path and --port are for the server the command starts; with --url the running server is used")
     for name in ("n", "max_tokens", "blocks", "bootstrap"):
@@ -246,7 +250,7 @@ def measure(experiment: Experiment, store: MeasurementStore, done: list[Block], 
 def connect(experiment: Experiment, console: Console) -> tuple[ManagedServer | None, AdminClient, str]:
     args = experiment.args
     if args.url:
-        admin = AdminClient(args.url, args.admin_token, args.api_key)
+        admin = AdminClient(args.url, args.admin_token, args.api_key, args.admin_api_key)
         admin.check_admin()
         return None, admin, args.url.rstrip("/")
     experiment.out.mkdir(parents=True, exist_ok=True)

@@ -85,9 +85,30 @@ def load_plugin() -> None:
         launcher.register(_register, config, directory)
         request_guard.register_hooks(_register)
         _register_cpu_launcher_hooks()
+        # Read by SGLang when it starts HTTP workers (--tokenizer-worker-num > 1); a user's own stays.
+        os.environ.setdefault(launcher.APP_PATH_ENV, launcher.WORKER_APP)
     if directory is not None:
         write_process_record(directory, role, list(_registered_hooks))
     logger.info("lynx-sglang %s plugin loaded in the %s process (pid %d)", __version__, role, os.getpid())
+
+
+def load_in_http_worker(app) -> None:
+    """The plugin in one of SGLang's HTTP worker processes (server/worker_app.py), where SGLang loads
+    none: the launcher's routes, metrics and request checks, on this worker's `app`."""
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from lynx_sglang.server import launcher, request_guard
+
+    config = plugin_config()
+    for target, replacement in _runtime_replacements().items():
+        _register(target, replacement, "REPLACE")
+    directory = Path(config.runtime_dir) if config.runtime_dir else None
+    launcher.register_worker(_register, config, directory, app)
+    request_guard.register_hooks(_register)
+    HookRegistry.apply_hooks()
+    if directory is not None:
+        write_process_record(directory, "http_worker", list(_registered_hooks))
+    logger.info("lynx-sglang %s plugin loaded in an HTTP worker process (pid %d)", __version__, os.getpid())
 
 
 def _register_cpu_launcher_hooks() -> None:

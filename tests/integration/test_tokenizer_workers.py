@@ -1,0 +1,57 @@
+"""`lynx-sglang serve --tokenizer-worker-num 2`: SGLang then serves HTTP from two worker processes that
+import the app afresh and load no plugin, so the /lynx routes answered 404 and the request checks and
+lynx metrics were missing. Each worker now has them, with its own line to the scheduler."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from live_server import RunningServer, get_json, post
+
+from lynx_sglang.embedded.task import heldout_problems, normalise_completion
+from lynx_sglang.evaluate import complete
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "workers-admin-token"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = RunningServer(["--tokenizer-worker-num", "2", "--lynx-policy", "lynx", "--lynx-admin-token", TOKEN,
+                         "--enable-metrics"], tmp_path_factory.mktemp("workers") / "server.log")  # fmt: skip
+    srv.wait_healthy()
+    yield srv
+    srv.stop()
+
+
+def test_both_workers_carry_the_plugin(server):
+    roles = [record["role"] for record in get_json(server.url + "/lynx/info")["processes"]]
+    assert roles.count("http_worker") == 2 and "scheduler" in roles, roles
+
+
+def test_every_answer_comes_from_the_one_scheduler_and_a_switch_reaches_it(server):
+    problems = heldout_problems(24, seed=49, distinct=True)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda p: complete(server.url, p.prompt), problems))
+    assert sum(normalise_completion(a) == p.answer for a, p in zip(answers, problems)) >= 18
+    with ThreadPoolExecutor(max_workers=8) as pool:  # connections spread over both workers
+        steps = set(pool.map(lambda _: get_json(server.url + "/lynx/stats")["decode_steps"], range(16)))
+    assert len(steps) == 1 and steps.pop() > 0, steps
+    status, state = post(server.url + "/lynx/policy", {"policy": "budget", "budget": "experts=1"},
+                         headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and state["budget_experts"] == 1, state
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        policies = set(pool.map(lambda _: get_json(server.url + "/lynx/policy")["policy"], range(16)))
+    assert policies == {"budget"}
+    post(server.url + "/lynx/policy", {"policy": "lynx"}, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def test_the_request_checks_and_metrics_run_in_the_workers(server):
+    import urllib.request
+
+    status, reply = post(server.url + "/generate", {"input_ids": [10**8], "sampling_params": {"max_new_tokens": 2}})
+    assert status == 400 and "outside the model's vocabulary" in reply["error"]["message"], reply
+    with urllib.request.urlopen(server.url + "/metrics", timeout=30) as response:
+        text = response.read().decode()
+    assert "lynx_decode_steps_total" in text and "lynx_policy_info" in text
+    assert server.healthy()

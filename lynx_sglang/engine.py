@@ -23,9 +23,8 @@ from pathlib import Path
 
 from lynx_sglang.config import CONFIG_ENV, SETTINGS, ConfigError
 from lynx_sglang.serve import EMBEDDED_MODEL_DIR, LaunchError, checked_config, machine_defaults
-from lynx_sglang.server.channel import (SchedulerChannel, SchedulerUnavailable, control_unavailable,
-                                        policy_request_problem)
-from lynx_sglang.server.fan_out import fan_out_channel
+from lynx_sglang.server.channel import (SchedulerUnavailable, control_unavailable, policy_request_problem,
+                                        scheduler_channel)
 from lynx_sglang.sglang_settings import KeywordSettings
 
 # lynx_<setting> keywords; an offline engine has no HTTP admin routes, so no admin token.
@@ -90,8 +89,7 @@ class LynxControl:
     """The `/lynx/*` requests of an HTTP server, as calls on an engine (they run between two steps)."""
 
     def __init__(self, engine, timeout_s: float = 60.0):
-        self._channel = (fan_out_channel(engine.server_args, engine.tokenizer_manager, timeout_s)
-                         or SchedulerChannel(socket=engine.send_to_rpc, timeout_s=timeout_s))
+        self._channel = scheduler_channel(engine.server_args, engine.tokenizer_manager, timeout_s)
         self._unavailable = control_unavailable(engine.server_args)
 
     def _request(self, op: str, **fields) -> dict:

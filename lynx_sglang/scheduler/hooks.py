@@ -152,10 +152,11 @@ def around_handle_rpc_request(original, scheduler, recv_req, *args, **kwargs):
         reply = {"ok": False, "nonce": _request_field(recv_req, "nonce"), "error": str(error)}
     _barrier(scheduler)
     reply_to = _request_field(recv_req, "reply_to")
-    if not isinstance(reply_to, str):
+    if not isinstance(reply_to, str):  # sent as SGLang's own RPCs are (Engine.collective_rpc)
         return RpcReqOutput(success=reply["ok"], message=json.dumps(reply))
-    # Several schedulers answer (data-parallel replicas, pipeline stages; server/fan_out.py): the
-    # first rank of each stage of each replica answers where the request says.
+    # The first rank of each pipeline stage of each data-parallel replica answers where the request
+    # says (server/channel.py): SGLang's RPC socket reaches the launcher from the first stage of a
+    # single replica only.
     parallel = _parallel()
     if parallel.tp_rank == 0:
         send_reply(reply_to, {**reply, "replica": parallel.dp_rank or 0, "stage": parallel.pp_rank})

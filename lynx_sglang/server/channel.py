@@ -1,12 +1,13 @@
-"""The launcher's line to the scheduler: lynx control requests over SGLang's own RPC channel.
+"""The line from the tokenizer to the schedulers: lynx control requests, and their answers.
 
-SGLang's scheduler reads `RpcReqInput` messages from `port_args.rpc_ipc_name` in its event loop,
-between batches, and on tensor-parallel setups hands each one to every rank at the same point of the
-loop; rank 0 answers with an `RpcReqOutput`. `sglang.Engine` binds that socket for its
-`collective_rpc`; an HTTP server leaves it free, so the launcher binds it here. The scheduler-side
-handler is `lynx_sglang.scheduler.hooks.around_handle_rpc_request`. A request is a JSON object with an
-`op`; each carries a nonce so that a late answer to a timed-out request is never taken for the answer
-to the next one.
+A request is an `RpcReqInput` with method `lynx_control` and a JSON object with an `op`, put on the
+tokenizer's own socket to the scheduler. SGLang's scheduler dispatches it between batches, as an RPC,
+and hands it to every tensor-parallel rank at the same point of its loop; pipeline stages take it from
+the stage before, and SGLang's data-parallel controller (`--dp-size`) and router
+(`--tokenizer-worker-num`) pass on every message they do not handle themselves. The request names a
+socket of ours in `reply_to`, and the first rank of every stage of every replica answers there
+(`lynx_sglang.scheduler.hooks.around_handle_rpc_request`); `merge.py` makes one answer of theirs. Each
+carries a nonce, so that a late answer to a timed-out request is never taken for the answer to the next.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import tempfile
 import threading
 import time
 
 from lynx_sglang.config import CONTROL_RPC_METHOD
+from lynx_sglang.server.merge import join_stage_states, join_stage_stats, merge_policy_states, merge_stats
 
 # Field of a set_policy request (POST /lynx/policy's body) -> (accepted JSON types, how to say it).
 POLICY_FIELDS = {
@@ -30,6 +33,10 @@ POLICY_FIELDS = {
 
 def data_parallel_replicas(server_args) -> int:
     return getattr(server_args, "dp_size", 1) or 1
+
+
+def pipeline_stages(server_args) -> int:
+    return getattr(server_args, "pp_size", 1) or 1
 
 
 def control_unavailable(server_args) -> str | None:
@@ -51,55 +58,94 @@ class SchedulerUnavailable(Exception):
 
 
 class SchedulerChannel:
-    def __init__(self, rpc_ipc_name: str | None = None, timeout_s: float = 60.0, *, socket=None):
-        """Binds `rpc_ipc_name` (in an HTTP launcher, where nothing else does), or talks over `socket`,
-        the DEALER socket an `sglang.Engine` bound there for its `collective_rpc`."""
-        if socket is None:
-            import zmq
+    """The line to every scheduler that answers: `replicas` x `stages` of them. send: puts a message on
+    the tokenizer's socket to the scheduler (or SGLang's data-parallel controller or router); call it
+    only on the thread that owns that socket (an HTTP server's event loop, an engine's caller)."""
 
-            self._context = zmq.Context(1)
-            socket = self._context.socket(zmq.DEALER)
-            socket.bind(rpc_ipc_name)
-        self._socket = socket
-        self._lock = threading.Lock()
-        self._nonces = itertools.count(1)
+    def __init__(self, send, replicas: int, stages: int, timeout_s: float = 60.0):
+        import zmq
+
+        self._send = send
+        self.replicas, self.stages = replicas, stages
         self.timeout_s = timeout_s
+        self._context = zmq.Context(1)
+        self._socket = self._context.socket(zmq.PULL)
+        self.address = f"ipc://{tempfile.NamedTemporaryFile(prefix='lynx-replies-', delete=False).name}"
+        self._socket.bind(self.address)
+        self._nonces = itertools.count(1)
+        self._lock = threading.Lock()  # one request at a time from threads (an engine)
+        self._async_lock: asyncio.Lock | None = None  # and from the server's event loop
 
     def request(self, op: str, **fields) -> dict:
-        """Send one request and wait for its answer (blocking; see `request_async`)."""
-        from sglang.srt.managers.io_struct import RpcReqInput, sock_recv, sock_send
-
         with self._lock:
-            nonce = next(self._nonces)
-            payload = json.dumps({"op": op, "nonce": nonce, **fields})
-            sock_send(self._socket, RpcReqInput(method=CONTROL_RPC_METHOD, parameters={"request": payload}))
-            deadline = time.monotonic() + self.timeout_s
-            while True:
-                remaining_ms = int((deadline - time.monotonic()) * 1000)
-                if remaining_ms <= 0 or not self._socket.poll(remaining_ms):
-                    raise SchedulerUnavailable(f"the scheduler did not answer within {self.timeout_s:.0f} s")
-                output = sock_recv(self._socket)
-                reply = _parse_reply(output)
-                if reply is None:  # SGLang's own handler answered: our hook is not in the scheduler
-                    raise SchedulerUnavailable(
-                        f"the scheduler has no lynx-sglang control handler ({getattr(output, 'message', output)})"
-                    )
-                if reply.get("nonce") not in (nonce, None):
-                    continue  # the late answer of an earlier, timed-out request
-                if not reply.get("ok"):
-                    raise SchedulerError(reply.get("error", "request refused"))
-                return reply["result"]
+            nonce = self._post(op, fields)
+            return merge_replies(op, self._collect(nonce))
 
     async def request_async(self, op: str, **fields) -> dict:
-        return await asyncio.to_thread(self.request, op, **fields)
+        if self._async_lock is None:
+            self._async_lock = asyncio.Lock()
+        async with self._async_lock:
+            nonce = self._post(op, fields)  # here, on the event loop's thread, which owns the socket
+            replies = await asyncio.to_thread(self._collect, nonce)
+        return merge_replies(op, replies)
+
+    def _post(self, op: str, fields: dict) -> int:
+        from sglang.srt.managers.io_struct import RpcReqInput
+
+        nonce = next(self._nonces)
+        payload = json.dumps({"op": op, "nonce": nonce, "reply_to": self.address, **fields})
+        self._send(RpcReqInput(method=CONTROL_RPC_METHOD, parameters={"request": payload}))
+        return nonce
+
+    def _collect(self, nonce: int) -> list[list[dict]]:
+        """Every scheduler's answer to request `nonce`: by replica, then by stage."""
+        replies: dict[tuple[int, int], dict] = {}
+        expected = [(replica, stage) for replica in range(self.replicas) for stage in range(self.stages)]
+        deadline = time.monotonic() + self.timeout_s
+        while len(replies) < len(expected):
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 or not self._socket.poll(remaining_ms):
+                missing = ", ".join(part_name(*part, self.replicas, self.stages) for part in expected if part not in replies)
+                raise SchedulerUnavailable(f"no answer within {self.timeout_s:.0f} s from {missing}")
+            reply = json.loads(self._socket.recv_string())
+            if reply.get("nonce") == nonce:  # else the late answer of an earlier, timed-out request
+                replies[(int(reply.get("replica", 0)), int(reply.get("stage", 0)))] = reply
+        return [[replies[(replica, stage)] for stage in range(self.stages)] for replica in range(self.replicas)]
 
 
-def _parse_reply(output) -> dict | None:
-    try:
-        reply = json.loads(getattr(output, "message", ""))
-    except (TypeError, ValueError):
-        return None
-    return reply if isinstance(reply, dict) else None
+def part_name(replica: int, stage: int, replicas: int, stages: int) -> str:
+    """How a scheduler that answers is called: "replica 1", "stage 1", "replica 1 stage 0"."""
+    names = ([f"replica {replica}"] if replicas > 1 else []) + ([f"stage {stage}"] if stages > 1 else [])
+    return " ".join(names) or "the scheduler"
+
+
+def scheduler_channel(server_args, tokenizer_manager, timeout_s: float = 60.0) -> SchedulerChannel:
+    """The line from a server's (or HTTP worker's, or engine's) tokenizer to its schedulers."""
+    from sglang.srt.managers.io_struct import sock_send
+
+    return SchedulerChannel(lambda message: sock_send(tokenizer_manager.send_to_scheduler, message),
+                            data_parallel_replicas(server_args), pipeline_stages(server_args), timeout_s)
+
+
+def merge_replies(op: str, replies: list[list[dict]]) -> dict:
+    """One answer from every scheduler's (`{"ok", "replica", "stage", "result" | "error"}`, by
+    replica, then by stage)."""
+    every = [reply for stages in replies for reply in stages]
+    refused = [reply for reply in every if not reply.get("ok")]
+    if refused:
+        counts = len(replies), len(replies[0])
+        error = refused[0].get("error", "request refused")
+        took = [part_name(r.get("replica", 0), r.get("stage", 0), *counts) for r in every if r.get("ok")]
+        if took:  # they all check alike, so this takes a scheduler that broke down
+            name = part_name(refused[0].get("replica", 0), refused[0].get("stage", 0), *counts)
+            error = f"{name}: {error} ({', '.join(took)} took the request)"
+        raise SchedulerError(error)
+    results = [[reply["result"] for reply in stages] for stages in replies]
+    if op in ("get_stats", "reset_stats"):
+        joined = [join_stage_stats(stages) if len(stages) > 1 else stages[0] for stages in results]
+        return merge_stats(joined) if len(joined) > 1 else joined[0]
+    joined = [join_stage_states(stages) if len(stages) > 1 else stages[0] for stages in results]
+    return merge_policy_states(joined) if len(joined) > 1 else joined[0]
 
 
 def policy_request_problem(body) -> str | None:

@@ -23,8 +23,7 @@ def register(register_hook, config: LynxConfig, runtime_dir: Path | None) -> Non
         # the channel to the scheduler go in first.
         from sglang.srt.entrypoints.http_server import app
 
-        from lynx_sglang.server.channel import SchedulerChannel, control_unavailable
-        from lynx_sglang.server.fan_out import fan_out_channel
+        from lynx_sglang.server.channel import control_unavailable, scheduler_channel
         from lynx_sglang.server.routes import add_routes
 
         if (getattr(server_args, "tokenizer_worker_num", 1) or 1) > 1:
@@ -32,7 +31,7 @@ def register(register_hook, config: LynxConfig, runtime_dir: Path | None) -> Non
         if unavailable := control_unavailable(server_args):
             add_routes(app, config, None, runtime_dir, unavailable=unavailable)
             return
-        state["channel"] = fan_out_channel(server_args, tokenizer_manager) or SchedulerChannel(port_args.rpc_ipc_name)
+        state["channel"] = scheduler_channel(server_args, tokenizer_manager)
         add_routes(app, config, state["channel"], runtime_dir)
 
     def after_prometheus_middleware(result, app, *args, **kwargs):
@@ -65,7 +64,7 @@ def register_worker(register_hook, config: LynxConfig, runtime_dir: Path | None,
 class WorkerChannel:
     """An HTTP worker's line to the schedulers, made at its first request: the worker's tokenizer exists
     only once SGLang's lifespan has run. Its requests ride the worker's socket to SGLang's router, which
-    forwards them to the scheduler; the answers come back on a socket of ours (fan_out.py)."""
+    forwards them to the scheduler; the answers come back on a socket of ours (channel.py)."""
 
     def __init__(self):
         self._channel = None
@@ -73,15 +72,11 @@ class WorkerChannel:
     async def request_async(self, op: str, **fields) -> dict:
         if self._channel is None:
             from sglang.srt.entrypoints.http_server import get_global_state
-            from sglang.srt.managers.io_struct import sock_send
 
-            from lynx_sglang.server.channel import SchedulerUnavailable, control_unavailable, data_parallel_replicas
-            from lynx_sglang.server.fan_out import FanOutChannel, pipeline_stages
+            from lynx_sglang.server.channel import SchedulerUnavailable, control_unavailable, scheduler_channel
 
             tokenizer = get_global_state().tokenizer_manager
             if unavailable := control_unavailable(tokenizer.server_args):
                 raise SchedulerUnavailable(unavailable)
-            self._channel = FanOutChannel(lambda message: sock_send(tokenizer.send_to_scheduler, message),
-                                          data_parallel_replicas(tokenizer.server_args),
-                                          pipeline_stages(tokenizer.server_args))  # fmt: skip
+            self._channel = scheduler_channel(tokenizer.server_args, tokenizer)
         return await self._channel.request_async(op, **fields)

@@ -2,6 +2,7 @@
 import the app afresh and load no plugin, so the /lynx routes answered 404 and the request checks and
 lynx metrics were missing. Each worker now has them, with its own line to the scheduler."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -25,7 +26,12 @@ def server(tmp_path_factory):
 
 
 def test_both_workers_carry_the_plugin(server):
-    roles = [record["role"] for record in get_json(server.url + "/lynx/info")["processes"]]
+    deadline = time.monotonic() + 60  # the server is healthy once one worker answers; the other may still load
+    while True:
+        roles = [record["role"] for record in get_json(server.url + "/lynx/info")["processes"]]
+        if roles.count("http_worker") == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert roles.count("http_worker") == 2 and "scheduler" in roles, roles
 
 

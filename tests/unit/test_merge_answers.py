@@ -9,8 +9,8 @@ import torch
 
 from lynx_sglang.scheduler.expert_cache import cache_totals, prefetch_accuracy
 from lynx_sglang.scheduler.stats import MoeLayerInfo, RoutingStats
-from lynx_sglang.server.channel import SchedulerError
-from lynx_sglang.server.fan_out import join_stage_states, join_stage_stats, merge_policy_states, merge_replies, merge_stats
+from lynx_sglang.server.channel import SchedulerError, merge_replies
+from lynx_sglang.server.merge import join_stage_states, join_stage_stats, merge_policy_states, merge_stats
 
 LAYERS = [MoeLayerInfo(0, 16, 4, 1000), MoeLayerInfo(3, 16, 4, 1000)]
 

@@ -105,8 +105,10 @@ class SchedulerChannel:
         while len(replies) < len(expected):
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0 or not self._socket.poll(remaining_ms):
-                missing = ", ".join(part_name(*part, self.replicas, self.stages) for part in expected if part not in replies)
-                raise SchedulerUnavailable(f"no answer within {self.timeout_s:.0f} s from {missing}")
+                missing = [part_name(*part, self.replicas, self.stages) for part in expected if part not in replies]
+                raise SchedulerUnavailable(f"no answer within {self.timeout_s:.0f} s from {', '.join(missing)} "
+                                           "(busy, or without the lynx-sglang plugin: GET /lynx/info lists the "
+                                           "processes that loaded it)")
             reply = json.loads(self._socket.recv_string())
             if reply.get("nonce") == nonce:  # else the late answer of an earlier, timed-out request
                 replies[(int(reply.get("replica", 0)), int(reply.get("stage", 0)))] = reply

@@ -121,3 +121,23 @@ def transformers_greedy(model_dir, prompt_ids: list[list[int]], new_tokens: int)
                 seq = torch.cat([seq, next_id.view(1, 1)], dim=1)
             outputs.append(seq[0, len(ids) :].tolist())
     return outputs
+
+
+def admin_post(server: RunningServer, path: str, body, token: str):
+    """POST to an admin route with the bearer token; the reply, asserted to be a 200."""
+    status, reply = post(server.url + path, body, headers={"Authorization": f"Bearer {token}"})
+    assert status == 200, reply
+    return reply
+
+
+def solve_heldout(server: RunningServer, count: int, seed: int, concurrency: int = 8) -> int:
+    """How many of `count` held-out problems of the embedded task the server solves, sent at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lynx_sglang.embedded.task import heldout_problems, normalise_completion
+    from lynx_sglang.evaluate import complete
+
+    problems = heldout_problems(count, seed=seed, distinct=True)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        answers = list(pool.map(lambda p: complete(server.url, p.prompt), problems))
+    return sum(normalise_completion(a) == p.answer for a, p in zip(answers, problems))

@@ -13,8 +13,11 @@ carries a nonce, so that a late answer to a timed-out request is never taken for
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import itertools
 import json
+import os
 import tempfile
 import threading
 import time
@@ -70,11 +73,20 @@ class SchedulerChannel:
         self.timeout_s = timeout_s
         self._context = zmq.Context(1)
         self._socket = self._context.socket(zmq.PULL)
-        self.address = f"ipc://{tempfile.NamedTemporaryFile(prefix='lynx-replies-', delete=False).name}"
+        self._path = tempfile.NamedTemporaryFile(prefix="lynx-replies-", delete=False).name
+        self.address = f"ipc://{self._path}"
         self._socket.bind(self.address)
+        atexit.register(self.close)
         self._nonces = itertools.count(1)
         self._lock = threading.Lock()  # one request at a time from threads (an engine)
         self._async_lock: asyncio.Lock | None = None  # and from the server's event loop
+
+    def close(self) -> None:
+        """Closes the socket and removes its file (at exit; again is harmless)."""
+        self._socket.close(linger=0)
+        self._context.term()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path)
 
     def request(self, op: str, **fields) -> dict:
         with self._lock:

@@ -34,15 +34,8 @@ def register(register_hook, config: LynxConfig, runtime_dir: Path | None) -> Non
         state["channel"] = scheduler_channel(server_args, tokenizer_manager)
         add_routes(app, config, state["channel"], runtime_dir)
 
-    def after_prometheus_middleware(result, app, *args, **kwargs):
-        from lynx_sglang.server.metrics import install_metrics_route
-
-        if "channel" in state:
-            install_metrics_route(app, state["channel"])
-        return result
-
     register_hook("sglang.srt.entrypoints.http_server._setup_and_run_http_server", before_http_server, "BEFORE")
-    register_hook(PROMETHEUS_TARGET, after_prometheus_middleware, "AFTER")
+    register_metrics_route(register_hook, lambda: state.get("channel"))
 
 
 def register_worker(register_hook, config: LynxConfig, runtime_dir: Path | None, app) -> None:
@@ -51,11 +44,18 @@ def register_worker(register_hook, config: LynxConfig, runtime_dir: Path | None,
 
     channel = WorkerChannel()
     add_routes(app, config, channel, runtime_dir)
+    register_metrics_route(register_hook, lambda: channel)
+
+
+def register_metrics_route(register_hook, channel_now) -> None:
+    """`lynx_*` metrics on SGLang's /metrics, once SGLang has mounted its Prometheus middleware (only
+    with --enable-metrics). `channel_now()` gives the line to the schedulers then, None if there is none."""
 
     def after_prometheus_middleware(result, app, *args, **kwargs):
         from lynx_sglang.server.metrics import install_metrics_route
 
-        install_metrics_route(app, channel)
+        if (channel := channel_now()) is not None:
+            install_metrics_route(app, channel)
         return result
 
     register_hook(PROMETHEUS_TARGET, after_prometheus_middleware, "AFTER")

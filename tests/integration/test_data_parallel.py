@@ -4,14 +4,11 @@ both, and /lynx/stats and /metrics add up both replicas' figures."""
 
 import re
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from live_server import RunningServer, get_json, post
+from live_server import RunningServer, admin_post, get_json, post, solve_heldout
 
 from lynx_sglang.cpu_runtime.threads import threads_bind, usable_cores
-from lynx_sglang.embedded.task import heldout_problems, normalise_completion
-from lynx_sglang.evaluate import complete
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +25,7 @@ def server(tmp_path_factory):
 
 
 def test_both_replicas_serve_on_their_own_core_sets(server):
-    problems = heldout_problems(32, seed=43, distinct=True)
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        answers = list(pool.map(lambda p: complete(server.url, p.prompt), problems))
-    solved = sum(normalise_completion(a) == p.answer for a, p in zip(answers, problems))
+    solved = solve_heldout(server, 32, seed=43, concurrency=16)
     assert solved >= 24, f"{solved}/32"  # the embedded model solves about 95 %
     log = server.log_path.read_text()
     bound = dict(re.findall(r"init_threads_binding: numa_index=(\d), world_size=2, local_omp_cpuid=(\S+)", log))
@@ -41,15 +35,11 @@ def test_both_replicas_serve_on_their_own_core_sets(server):
 
 
 def admin(server, path, body):
-    status, reply = post(server.url + path, body, headers={"Authorization": f"Bearer {TOKEN}"})
-    assert status == 200, reply
-    return reply
+    return admin_post(server, path, body, TOKEN)
 
 
 def solve(server, seed):
-    problems = heldout_problems(32, seed=seed, distinct=True)
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda p: complete(server.url, p.prompt), problems))
+    solve_heldout(server, 32, seed, concurrency=16)
 
 
 def test_stats_add_up_both_replicas(server):

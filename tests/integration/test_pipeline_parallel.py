@@ -1,13 +1,8 @@
 """`lynx-sglang serve --pp-size 2 --lynx-policy lynx` on this CPU: each stage prunes its own layers, a
 switch reaches both stages, and /lynx/stats joins the stages' layers (it held the first stage's only)."""
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
-from live_server import RunningServer, get_json, post
-
-from lynx_sglang.embedded.task import heldout_problems, normalise_completion
-from lynx_sglang.evaluate import complete
+from live_server import RunningServer, admin_post, get_json, post, solve_heldout
 
 pytestmark = pytest.mark.slow
 
@@ -24,21 +19,12 @@ def server(tmp_path_factory):
 
 
 def admin(server, path, body):
-    status, reply = post(server.url + path, body, headers={"Authorization": f"Bearer {TOKEN}"})
-    assert status == 200, reply
-    return reply
-
-
-def solved(server, seed, count=24):
-    problems = heldout_problems(count, seed=seed, distinct=True)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(lambda p: complete(server.url, p.prompt), problems))
-    return sum(normalise_completion(a) == p.answer for a, p in zip(answers, problems))
+    return admin_post(server, path, body, TOKEN)
 
 
 def test_stats_hold_every_stage_s_layers(server):
     admin(server, "/lynx/stats/reset", {})
-    assert solved(server, seed=47) >= 18  # the embedded model solves about 95 %
+    assert solve_heldout(server, 24, seed=47) >= 18  # the embedded model solves about 95 %
     stats = get_json(server.url + "/lynx/stats")
     assert [layer["layer"] for layer in stats["layers"]] == [0, 1, 2, 3]
     stages = stats["pipeline_stages"]
@@ -56,7 +42,7 @@ def test_a_switch_reaches_both_stages_and_a_refused_one_neither(server):
                          headers={"Authorization": f"Bearer {TOKEN}"})
     assert status == 400 and "experts=99 out of range" in reply["error"], reply
     admin(server, "/lynx/stats/reset", {})
-    solved(server, seed=48, count=12)
+    solve_heldout(server, 12, seed=48)
     stats = get_json(server.url + "/lynx/stats")
     assert (stats["policy"], stats["budget"]) == ("budget", "experts=1")
     assert [(layer["layer"], layer["distinct_experts_after"]) for layer in stats["layers"]] == [

@@ -6,10 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from live_server import RunningServer, get_json, post
-
-from lynx_sglang.embedded.task import heldout_problems, normalise_completion
-from lynx_sglang.evaluate import complete
+from live_server import RunningServer, get_json, post, solve_heldout
 
 pytestmark = pytest.mark.slow
 
@@ -41,10 +38,7 @@ def test_both_workers_carry_the_plugin(server):
 
 
 def test_every_answer_comes_from_the_one_scheduler_and_a_switch_reaches_it(server):
-    problems = heldout_problems(24, seed=49, distinct=True)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(lambda p: complete(server.url, p.prompt), problems))
-    assert sum(normalise_completion(a) == p.answer for a, p in zip(answers, problems)) >= 18
+    assert solve_heldout(server, 24, seed=49) >= 18
     # One connection each, spread over both workers: every answer comes from the one scheduler, so
     # read one after another they never go back (a worker's own warm-up request may still add steps).
     steps = [get_json(server.url + "/lynx/stats")["decode_steps"] for _ in range(16)]

@@ -18,19 +18,25 @@ class KernelChoice:
 
     auto: SGLang's for baseline (so baseline is plain SGLang); for the other policies the measured
     table's kernel for the batch's rows where the device has a table with the layer's shape
-    (compute_table.py), else lynx's. lynx and triton: lynx's; sglang: SGLang's."""
+    (compute_table.py), else lynx's, except on a lone row the policy leaves alone (lone_row.py): that
+    step is the model's own, and SGLang's compute, as baseline's, keeps concurrency 1 at baseline's speed
+    (at one row SGLang's algorithm took 28-31 % less time than lynx's kernel at the 64- and 128-expert
+    shapes on an H100, docs/benchmarks/kernels-gpu.md). lynx and triton: lynx's; sglang: SGLang's."""
 
     def __init__(self, kernel: str, table: ComputeTable | None):
         self.kernel = kernel
         self.table = table
 
-    def for_step(self, policy: str, shape: LayerShape, rows: int) -> str:
-        """rows: the batch's rows, a static shape (a CUDA graph's batch size): the choice is graph safe."""
+    def for_step(self, policy: str, shape: LayerShape, rows: int, lone_row_kept: bool = False) -> str:
+        """rows: the batch's rows, a static shape (a CUDA graph's batch size); lone_row_kept: one row
+        whose routing the policy leaves alone, from a setting the graphs are captured with
+        (runtime.graphs_hold_current_settings). The choice is graph safe."""
         if self.kernel == "sglang" or (self.kernel == "auto" and policy == "baseline"):
             return "sglang"
-        if self.kernel == "auto" and self.table is not None:
-            return self.table.kernel_for(shape, rows) or "lynx"
-        return "lynx"
+        if self.kernel != "auto":
+            return "lynx"
+        measured = self.table.kernel_for(shape, rows) if self.table is not None else None
+        return measured or ("sglang" if lone_row_kept else "lynx")
 
     def describe(self, policy: str, shape: LayerShape, lynx_name: str) -> str:
         names = {"lynx": lynx_name, "sglang": "sglang"}
@@ -72,9 +78,12 @@ class ExpertCompute:
         if step.pure_decode and routed:
             compute = self._compute_for(layer, method, dispatch_output)
             rows = dispatch_output.hidden_states.shape[0]
+            lone_row_kept = rows == 1 and self.settings.lone_row_kept
             if compute.kernel is not None and self.choice.for_step(self.settings.config.policy, compute.shape,
-                                                                   rows) == "lynx":  # fmt: skip
+                                                                   rows, lone_row_kept) == "lynx":  # fmt: skip
                 return compute.kernel(layer, dispatch_output)
+            if lone_row_kept:
+                return sglang_compute(dispatch_output)  # the model's own routing: nothing to make distinct
         if self.settings.config.policy != "baseline" and not layer.w13_weight.is_cuda:
             # SGLang's CPU loop needs distinct experts per row; its CUDA kernels take repeated ones.
             dispatch_output = for_sglang_cpu_loop(dispatch_output, layer.w13_weight.shape[0])

@@ -91,6 +91,28 @@ def test_one_expert_changes_decode_tokens_but_never_the_first(server):
     assert pruned != normal
 
 
+def test_a_lone_row_is_computed_exactly_as_baseline_computes_it(server):
+    # One request at a time: lynx keeps a lone row's routing, so `auto` gives it SGLang's expert
+    # compute, as baseline's: the same sums, bit for bit (lynx's CPU loop adds the pairs differently).
+    body = {"text": "123+45=", "return_logprob": True,
+            "sampling_params": {"temperature": 0, "max_new_tokens": 6, "ignore_eos": True}}
+
+    def decode_logprobs():
+        post(server.url + "/flush_cache", {})  # the same prefill each time, not a cached prefix
+        status, reply = post(server.url + "/generate", body)
+        assert status == 200, reply
+        return reply["meta_info"]["output_token_logprobs"]
+
+    reset_stats(server)
+    pruning = decode_logprobs()
+    stats = get_json(server.url + "/lynx/stats")
+    assert (stats["policy"], stats["pruned_steps"], stats["distinct_experts_after"]) == ("lynx", 5, 2.0)
+    switch(server, policy="baseline")
+    plain = decode_logprobs()
+    switch(server, policy="lynx")
+    assert pruning == plain
+
+
 def test_switching_twice_under_load_loses_nothing(server):
     problems = heldout_problems(256, seed=23)
     switch(server, policy="lynx")

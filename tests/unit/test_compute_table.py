@@ -147,3 +147,18 @@ def test_without_a_table_auto_is_lynx_for_pruning_policies_and_sglang_for_baseli
     assert [choice.for_step(policy, MIXTRAL_TP2, 8) for policy in ("lynx", "budget", "baseline")] == [
         "lynx", "lynx", "sglang"]
     assert choice.describe("lynx", MIXTRAL_TP2, "lynx-cpu") == "lynx-cpu"
+
+
+def test_auto_leaves_a_lone_row_the_policy_keeps_to_sglang_unless_the_table_says_otherwise():
+    # One row whose routing the policy keeps is the model's own step: baseline's compute, not lynx's
+    # (slower at one row on the many-expert shapes). A measured table still decides where it has rows.
+    untabled = KernelChoice("auto", None)
+    assert untabled.for_step("lynx", MIXTRAL_TP2, 1, lone_row_kept=True) == "sglang"
+    assert untabled.for_step("lynx", MIXTRAL_TP2, 1, lone_row_kept=False) == "lynx"  # e.g. random, tpot_ms
+    assert untabled.for_step("lynx", MIXTRAL_TP2, 8, lone_row_kept=False) == "lynx"
+    assert KernelChoice("lynx", None).for_step("lynx", MIXTRAL_TP2, 1, lone_row_kept=True) == "lynx"  # asked for
+    assert KernelChoice("triton", None).for_step("budget", MIXTRAL_TP2, 1, lone_row_kept=True) == "lynx"
+    lynx_at_one_row = KernelChoice("auto", ComputeTable({MIXTRAL_TP2.key: [(1, "lynx"), (64, "lynx")]}))
+    assert lynx_at_one_row.for_step("lynx", MIXTRAL_TP2, 1, lone_row_kept=True) == "lynx"
+    other_shape = LayerShape(128, 2048, 768, 8, "bfloat16")
+    assert lynx_at_one_row.for_step("lynx", other_shape, 1, lone_row_kept=True) == "sglang"  # not measured

@@ -26,6 +26,8 @@ KERNELS = ("auto", "sglang", "lynx", "triton")
 TPOT_WITH_TP = ("budget: tpot_ms is not supported with tensor parallelism (each rank would run its own "
                 "controller); use experts=N or fraction=F")
 BUDGET_KINDS = ("experts", "fraction", "mass", "tpot_ms")
+# A target TPOT above 10 minutes is surely a typo (seconds for milliseconds, or a stray digit).
+MAX_TPOT_MS = 600_000
 CACHE_POLICIES = ("lru", "activation")  # kernels/cache/replacement.py's (config imports no kernels)
 
 
@@ -45,8 +47,7 @@ class Budget:
     value: float
 
     def __str__(self) -> str:
-        value = int(self.value) if self.kind == "experts" else self.value
-        return f"{self.kind}={value}"
+        return f"{self.kind}={number_text(self.value) if self.kind == 'experts' else self.value}"
 
     @classmethod
     def parse(cls, text, source: str = "budget") -> "Budget | None":
@@ -63,24 +64,36 @@ class Budget:
         except ValueError:
             raise ConfigError(f"{source}: {text!r}: {raw!r} is not a number") from None
         budget = cls(kind, value)
-        budget.check_range(source)
+        # The error shows the value as the user wrote it: float() would turn 700000 into 700000.0.
+        budget.check_range(source, shown=f"{kind}={raw.strip()}")
         return budget
 
-    def check_range(self, source: str = "budget", num_experts: int | None = None) -> None:
+    def check_range(self, source: str = "budget", num_experts: int | None = None, shown: str | None = None) -> None:
+        """Raise ConfigError when the value is out of range; num_experts (the model's experts per layer)
+        bounds experts=N once a model is known. `shown`: the budget as given, for the message."""
+        shown = shown or str(self)
         v = self.value
+        if self.kind == "experts" and math.isfinite(v) and v != int(v):
+            raise ConfigError(f"{source}: {shown}: experts must be a whole number of experts (an integer >= 1)")
         problem = None
         if not math.isfinite(v):
-            problem = "must be finite"
-        elif self.kind == "experts":
-            high = num_experts if num_experts else None
-            if v != int(v) or v < 1 or (high is not None and v > high):
-                problem = f"must be an integer in 1..{high if high else 'E'}"
+            problem = f"{self.kind} must be finite"
+        elif self.kind == "experts" and num_experts and not 1 <= v <= num_experts:
+            problem = f"experts must be an integer in 1..{num_experts}"
+        elif self.kind == "experts" and v < 1:
+            # Before a model is loaded the expert count is unknown: only the lower end can be checked.
+            problem = "experts must be an integer >= 1"
         elif self.kind in ("fraction", "mass") and not 0 < v <= 1:
-            problem = "must be in (0, 1]"
-        elif self.kind == "tpot_ms" and not 0 < v <= 600_000:
-            problem = "must be a positive number of milliseconds"
+            problem = f"{self.kind} must be in (0, 1]"
+        elif self.kind == "tpot_ms" and not 0 < v <= MAX_TPOT_MS:
+            problem = f"a latency budget must be more than 0 and at most {MAX_TPOT_MS} ms"
         if problem:
-            raise ConfigError(f"{source}: {self} out of range: {self.kind} {problem}")
+            raise ConfigError(f"{source}: {shown} out of range: {problem}")
+
+
+def number_text(value: float) -> str:
+    """A whole number without the '.0' float() gives it; any other value (2.5, inf, nan) as it is."""
+    return str(int(value)) if math.isfinite(value) and value == int(value) else str(value)
 
 
 def parse_layers(spec, source: str = "layers") -> tuple[int, ...] | None:

@@ -91,6 +91,14 @@ def shared_flags(args, url: str, token: str, task: str, count: int) -> list[str]
             "--endpoint", args.endpoint, "--blocks", str(args.blocks), "--bootstrap", str(args.bootstrap)]
 
 
+def loss_bound(max_loss: float, margin: float) -> sweep.LossBound:
+    """The bound `choose` applies, -(max_loss - margin) points, for the sweep's summary lines: they
+    would otherwise name the sweep's own 1 point, which calibrate does not apply."""
+    allowed = f"max loss {max_loss:g} point{'' if max_loss == 1 else 's'}"
+    return sweep.LossBound(max_loss - margin, f"{allowed} less the {margin:g}-point margin" if margin else
+                           f"{allowed}, no margin")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -138,7 +146,7 @@ def calibrate(args, out: Path, levels, url, token, candidates, calibration_items
     print(f"calibrating {len(candidates)} candidates on {len(calibration_items)} items at concurrency "
           f"{args.concurrency}", file=sys.stderr)
     status = sweep.main([*shared_flags(args, url, token, calibration_task, len(calibration_items)),
-                         "--policies", spec, "--out", str(out / "sweep")])
+                         "--policies", spec, "--out", str(out / "sweep")], bound=loss_bound(args.max_loss, args.margin))
     if status != 0:
         print(f"lynx-sglang calibrate: the calibration sweep stopped (exit {status}); see {out / 'sweep'}",
               file=sys.stderr)

@@ -1,11 +1,16 @@
 """How `calibrate` turns sweep figures into a config: bands from the levels, per band the cheapest arm
 within the bound, one policy for every band."""
 
+import argparse
+
+import pytest
 import yaml
 
 from lynx_sglang.config import LynxConfig
+from lynx_sglang.experiments import calibrate, sweep
 from lynx_sglang.experiments.arms import parse_arms
 from lynx_sglang.experiments.calibration import Band, bands_for_levels, choose, config_for, config_yaml
+from lynx_sglang.experiments.tasks import Item
 
 
 def test_bands_start_at_one_and_split_at_the_geometric_mean():
@@ -22,7 +27,8 @@ def sweep_results(points_by_level: dict[int, list[tuple[str, float, float, float
     arms += [{"label": label, **parse_arms(label)[0].request_body()} for label in labels]
     frontiers = [{"concurrency": level, "points": [
         {"arm": "baseline", "bytes_fraction": 1.0, "accuracy_diff": 0.0, "accuracy_diff_ci": [0.0, 0.0]}] + [
-        {"arm": label, "bytes_fraction": fraction, "accuracy_diff": diff, "accuracy_diff_ci": [low, diff + 0.01]}
+        {"arm": label, "bytes_fraction": fraction, "bytes_vs_reference": fraction, "accuracy_diff": diff,
+         "accuracy_diff_ci": [low, diff + 0.01]}
         for label, fraction, diff, low in points]} for level, points in points_by_level.items()]
     return {"reference": "baseline", "config": {"arms": arms}, "frontiers": frontiers}
 
@@ -63,3 +69,36 @@ def test_the_same_arm_in_every_band_is_one_plain_setting():
     same = sweep_results({8: [("lynx+experts=3:alpha=1", 0.4, 0.0, -0.002)], 32: [("lynx+experts=3:alpha=1", 0.3, 0.0, -0.002)]})
     assert config_for(choose(same, [8, 32], 1.0, 0.3)) == {"policy": "lynx", "params": {"alpha": 1},
                                                           "budget": "experts=3"}
+
+
+def test_the_sweeps_summary_line_names_the_bound_calibrate_applies():
+    """Under calibrate the line applies -(max loss - margin) points and says so, not the sweep's 1 point."""
+    results = sweep_results({6: [("topn:num_experts_kept=2", 0.3, -0.002, -0.008)]})  # lower end -0.8 points
+    (frontier,) = results["frontiers"]
+    assert sweep.goal_line(results, frontier, calibrate.loss_bound(1.0, 0.3)) == (
+        "c=6: no arm is within 0.7 points of baseline (max loss 1 point less the 0.3-point margin; "
+        "lower end of the 95 % interval)")
+    assert choose(results, [6], 1.0, 0.3)["policy"] is None  # the rule the line names
+    assert sweep.goal_line(results, frontier).startswith("c=6: fewest expert bytes within 1 point of baseline: topn")
+    line = sweep.goal_line(results, frontier, calibrate.loss_bound(1.0, 0.0))
+    assert line.startswith("c=6: fewest expert bytes within 1 point of baseline (max loss 1 point, no margin): "
+                           "topn:num_experts_kept=2, 70.0 % fewer") and "60 % goal" not in line
+    assert choose(results, [6], 1.0, 0.0)["policy"] == "topn"
+    assert calibrate.loss_bound(2.0, 0.5).within() == "within 1.5 points"
+
+
+def test_calibrate_hands_its_bound_to_the_sweep(tmp_path, monkeypatch):
+    seen = {}
+
+    def sweep_main(argv, bound=None):
+        seen["bound"] = bound
+        return 3  # stop calibrate right after its sweep
+
+    monkeypatch.setattr(sweep, "main", sweep_main)
+    args = argparse.Namespace(max_loss=1.0, margin=0.3, concurrency="6", api_key=None, admin_api_key=None,
+                              max_tokens=16, seed=0, score="exact", endpoint="completions", blocks=2, bootstrap=200)
+    items = [Item(f"{i}+1=", str(i + 1), "add") for i in range(4)]
+    candidates = parse_arms("topn:num_experts_kept=2")
+    assert calibrate.calibrate(args, tmp_path, [6], "http://x", "t", candidates, items, items, 0.0) == 3
+    assert seen["bound"].points == pytest.approx(0.7)
+    assert seen["bound"].why == "max loss 1 point less the 0.3-point margin"

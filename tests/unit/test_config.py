@@ -43,7 +43,7 @@ def test_budgets_parse(text, expected):
 
 
 @pytest.mark.parametrize("text,message", [
-    ("experts=0", "out of range"), ("experts=2.5", "out of range"), ("fraction=1.5", "out of range"),
+    ("experts=0", "out of range"), ("experts=2.5", "whole number"), ("fraction=1.5", "out of range"),
     ("mass=0", "out of range"), ("tpot_ms=-3", "out of range"), ("speed=3", "not a budget"),
     ("experts=many", "not a number"), ("fraction=nan", "out of range"),
 ])  # fmt: skip
@@ -51,6 +51,35 @@ def test_bad_budgets_name_the_value(text, message):
     with pytest.raises(ConfigError, match=message) as error:
         Budget.parse(text)
     assert text.split("=")[0] in str(error.value)
+
+
+@pytest.mark.parametrize("text,message", [
+    # The value as given, never rounded into range; before a model is known, no expert count.
+    ("experts=2.5", "budget: experts=2.5: experts must be a whole number of experts (an integer >= 1)"),
+    ("experts=0", "budget: experts=0 out of range: experts must be an integer >= 1"),
+    ("experts=-1", "budget: experts=-1 out of range: experts must be an integer >= 1"),
+    ("experts=inf", "budget: experts=inf out of range: experts must be finite"),
+    ("experts=nan", "budget: experts=nan out of range: experts must be finite"),
+    ("tpot_ms=700000", "budget: tpot_ms=700000 out of range: a latency budget must be more than 0 and at most 600000 ms"),
+    ("tpot_ms=0", "budget: tpot_ms=0 out of range: a latency budget must be more than 0 and at most 600000 ms"),
+    ("mass=2", "budget: mass=2 out of range: mass must be in (0, 1]"),
+])  # fmt: skip
+def test_budget_errors_say_exactly_what_is_wrong(text, message):
+    with pytest.raises(ConfigError) as error:
+        Budget.parse(text)
+    assert str(error.value) == message
+
+
+def test_the_model_bounds_experts_with_its_own_count():
+    assert Budget.parse("tpot_ms=600000") == Budget("tpot_ms", 600_000)
+    assert str(Budget.parse("experts=4.0")) == "experts=4"
+    Budget.parse("experts=64").check_range("budget", 64)
+    for bad in ("experts=65", "experts=0"):
+        with pytest.raises(ConfigError) as error:
+            Budget("experts", float(bad.split("=")[1])).check_range("budget", 64)
+        assert str(error.value) == f"budget: {bad} out of range: experts must be an integer in 1..64"
+    with pytest.raises(ConfigError, match=r"^budget: experts=2.5: experts must be a whole number"):
+        Budget("experts", 2.5).check_range("budget", 64)
 
 
 def test_layer_lists():

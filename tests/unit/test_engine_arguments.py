@@ -45,7 +45,7 @@ def test_a_gpu_with_sglangs_kernels_gets_no_defaults():
     ({"lynx_polcy": "lynx"}, "unknown keyword lynx_polcy"),
     ({"lynx_admin_token": "x"}, "unknown keyword lynx_admin_token"),
     ({"lynx_policy": "no-such-policy"}, "no-such-policy"),
-    ({"lynx_policy": "lynx", "lynx_budget": "fraction=2"}, "lynx_budget: fraction=2.0 out of range"),
+    ({"lynx_policy": "lynx", "lynx_budget": "fraction=2"}, "lynx_budget: fraction=2 out of range"),
     ({"lynx_policy": "lynx", "lynx_budget": "tpot_ms=30", "tp_size": 2}, "tensor parallelism"),
     ({"lynx_policy": "lynx", "ep_size": 2}, "expert parallelism"),
     ({"lynx_policy": "lynx", "attn_dp_size": 2}, "--attn-dp-size 2"),

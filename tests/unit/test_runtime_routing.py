@@ -200,8 +200,12 @@ def test_switch_is_validated_before_anything_changes():
     runtime = make_runtime("lynx", admin_token="t")
     with pytest.raises(ConfigError, match="unknown parameter"):
         runtime.handle({"op": "set_policy", "policy": "oea", "params": {"alpha": 1}})
-    with pytest.raises(ConfigError, match="out of range"):
-        runtime.handle({"op": "set_policy", "budget": "experts=9"})
+    for budget, message in [("experts=9", "budget: experts=9 out of range: experts must be an integer in 1..8"),
+                            ("experts=0", "budget: experts=0 out of range: experts must be an integer >= 1"),
+                            ("experts=2.5", "budget: experts=2.5: experts must be a whole number of experts")]:
+        with pytest.raises(ConfigError) as error:
+            runtime.handle({"op": "set_policy", "budget": budget})
+        assert str(error.value).startswith(message), str(error.value)
     assert runtime.config.policy == "lynx" and runtime.config.budget is None
     state = runtime.handle({"op": "set_policy", "policy": "budget", "budget": "fraction=0.25"})
     assert state["policy"] == "budget" and state["budget_experts"] == 2

@@ -145,6 +145,9 @@ def test_bad_port_values(port):
     (["--lynx-policy", "lynx", "--lynx-param", "gamma=1"], ["unknown parameter 'gamma'"]),
     (["--lynx-policy", "lynx", "--lynx-param", "alpha"], ["key=value"]),
     (["--lynx-policy", "budget", "--lynx-budget", "experts=99"], ["experts=99", "1..8"]),
+    (["--lynx-policy", "budget", "--lynx-budget", "experts=2.5"], ["experts=2.5: experts must be a whole number"]),
+    (["--lynx-policy", "budget", "--lynx-budget", "experts=0"], ["experts=0 out of range", "an integer >= 1"]),
+    (["--lynx-policy", "budget", "--lynx-budget", "tpot_ms=700000"], ["tpot_ms=700000 out of range", "at most 600000 ms"]),
     (["--lynx-policy", "budget", "--lynx-budget", "fast"], ["not a budget"]),
     (["--lynx-policy", "lynx", "--lynx-layers", "2-9"], ["layers", "not a layer of this model"]),
     (["--lynx-policy", "lynx", "--lynx-layers", "x"], ["layers", "'x'"]),
@@ -186,7 +189,7 @@ def test_data_parallel_attention_in_sglangs_current_spelling_is_refused_with_a_p
 def test_bad_lynx_environment_is_rejected_like_a_flag(monkeypatch):
     monkeypatch.setenv("LYNX_POLICY", "lynx")
     monkeypatch.setenv("LYNX_BUDGET", "mass=2")
-    with pytest.raises(LaunchError, match="mass=2.0 out of range"):
+    with pytest.raises(LaunchError, match="mass=2 out of range: mass must be in"):
         plan_launch(["--port", str(free_port())], on_cpu=True)
 
 

@@ -14,7 +14,7 @@ import torch
 
 from . import params
 from .budget import ExpertBudget, cap_active_experts
-from .keys import own_weight_units, preference_order, rank_of, stable_topk_indices, unique_descending_keys
+from .keys import own_topk_indices, own_weight_units, preference_order, rank_of, unique_descending_keys
 from .params import PolicyConfigError
 from .remap import _remap_clean, sanitize_logits
 from .router import RouterModel, join_shared, split_shared
@@ -45,14 +45,17 @@ class RoutingContext:
         layer_id: the python int given to select (or None); static per layer.
         resident: [E] bool, the experts an expert cache holds on the device now, for a policy with
             prefer_resident (else None): among the experts a token accepts, those cost no copy.
-    A token's "own" top-k comes from its logits with the documented tie rule (lower expert index
-    first), which for softmax routing is the model's own choice.
+        model_ids: [T, k] the model's own routing, or None.
+    A token's "own" top-k is the top-k of its logits, which for softmax routing is the model's own
+    choice: the model's ids where they are a top-k of the logits (a tie at the boundary goes the
+    model's way), else the tie rule of keys.own_topk_indices (lower expert index first).
     """
 
     def __init__(self, logits: torch.Tensor, voters: torch.Tensor, num_experts: int, top_k: int,
                  layer_id: int | None = None, row_is_finite: torch.Tensor | None = None,
-                 resident: torch.Tensor | None = None):
+                 resident: torch.Tensor | None = None, model_ids: torch.Tensor | None = None):
         self.logits = logits
+        self.model_ids = model_ids
         self.resident = resident
         self.layer_id = layer_id
         self.voters = voters
@@ -73,7 +76,7 @@ class RoutingContext:
     def own_topk_ids(self, j: int | None = None) -> torch.Tensor:
         """[T, j] each token's own j best experts (default k), best first."""
         j = self.top_k if j is None else j
-        return self._cached("own", lambda: stable_topk_indices(self.logits, self.top_k))[:, :j]
+        return self._cached("own", lambda: own_topk_indices(self.logits, self.top_k, self.model_ids))[:, :j]
 
     def num_voters(self) -> torch.Tensor:
         """0-dim int64 tensor: how many rows vote (the batch size B of the formulas)."""
@@ -270,13 +273,13 @@ class Policy:
                          budget=None, resident=None) -> PolicyDecision:
         """`select` in plain torch: the definition every fused path reproduces exactly."""
         row_is_real = real_rows(router_logits.shape[0], num_real, router_logits.device)
-        ctx = self._context(router_logits, row_is_real, layer_id, resident)
+        ctx = self._context(router_logits, row_is_real, layer_id, resident, topk_ids)
         active, keep_rows = self._active_set(ctx, topk_ids, budget)
         # Padding rows pass through unchanged (SGLang marks them with id -1, which we keep).
         keep_original = ~row_is_real if keep_rows is None else (~row_is_real | keep_rows)
         ids, weights = _remap_clean(
             ctx.logits, ctx.row_is_finite, topk_ids, topk_weights, active, keep_original,
-            self.renormalize, self.slots_used,
+            self.renormalize, self.slots_used, ctx.own_topk_ids(),
         )
         return PolicyDecision(ids, weights, active)
 
@@ -323,14 +326,14 @@ class Policy:
             call = call._replace(rule=GivenRule())
         if isinstance(call.rule, GivenRule):  # decide in torch; the shared stages still run fused
             row_is_real = real_rows(router_logits.shape[0], num_real, router_logits.device)
-            active, keep_rows = self._decision(self._context(router_logits, row_is_real, layer_id, resident))
+            active, keep_rows = self._decision(self._context(router_logits, row_is_real, layer_id, resident, topk_ids))
             call = call._replace(given_active=active, given_keep=keep_rows)
         return PolicyDecision(*fused_route(call, implementation))
 
-    def _context(self, router_logits, row_is_real, layer_id, resident=None) -> RoutingContext:
+    def _context(self, router_logits, row_is_real, layer_id, resident=None, topk_ids=None) -> RoutingContext:
         clean_logits, row_is_finite = sanitize_logits(router_logits)
         return RoutingContext(clean_logits, row_is_real & row_is_finite, self.num_experts, self.top_k, layer_id,
-                              row_is_finite=row_is_finite, resident=resident)
+                              row_is_finite=row_is_finite, resident=resident, model_ids=topk_ids)
 
     def _decision(self, ctx: RoutingContext) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`decide` as (active, keep_rows or None). With a resident mask the resident experts join the

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.routing.rules import FP32_BIG as _FP32_BIG
-from .keys import stable_topk_indices
+from .keys import float32_order_key, own_topk_indices, unique_descending_keys
 
 
 def sanitize_logits(router_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +56,9 @@ def remap_topk(
     Returns (ids [T, k] in topk_ids' dtype, weights [T, k] in topk_weights' dtype).
 
     Rules:
-      * new ids = top-`slots_used` of the logits with inactive experts at -inf (ties: lower index).
+      * new ids = top-`slots_used` of the logits with inactive experts at -inf; equal logits: the
+        token's own top-k first (keys.own_topk_indices: the model's ids where they are a top-k), then
+        lower index. So an own expert that stays active stays, whichever way the model broke a tie.
       * new weights = the softmax probabilities of the ORIGINAL full distribution at the new ids,
         scaled to the target sum. Scaling to a fixed sum makes the full softmax's normaliser cancel,
         so this equals softmax(selected logits) * target, which we compute: it is the same number
@@ -68,7 +70,7 @@ def remap_topk(
     clean, row_is_finite = sanitize_logits(router_logits)
     return _remap_clean(
         clean, row_is_finite, topk_ids, topk_weights, active_mask, keep_original_rows,
-        renormalize, slots_used,
+        renormalize, slots_used, own_topk_indices(clean, topk_ids.shape[1], topk_ids),
     )
 
 
@@ -90,14 +92,18 @@ def _remap_clean(
     keep_original_rows: torch.Tensor | None,
     renormalize: bool,
     slots_used: int | None,
+    own_ids: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`remap_topk` on logits already passed through `sanitize_logits` (Policy.select shares them)."""
+    """`remap_topk` on logits already passed through `sanitize_logits` (Policy.select shares them and
+    the rows' own top-k, own_ids [T, k])."""
     num_rows, num_experts = clean_logits.shape
     top_k = topk_ids.shape[1]
     slots = top_k if slots_used is None else slots_used
 
     masked = clean_logits.masked_fill(~active_mask.unsqueeze(0), float("-inf"))
-    new_ids = stable_topk_indices(masked, slots)  # [T, slots] int64
+    own = torch.zeros_like(masked, dtype=torch.bool).scatter(1, own_ids, True)
+    keys = unique_descending_keys(float32_order_key(masked) * 2 + own.long(), num_experts)
+    new_ids = torch.topk(keys, slots, dim=-1, sorted=True).indices  # [T, slots] int64
     selected_logits = masked.gather(1, new_ids)
     # Fewer active experts than slots (an expert budget below k): the slots left over would name
     # an inactive expert; they repeat the token's first choice instead, with weight 0 (below).

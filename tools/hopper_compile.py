@@ -162,7 +162,8 @@ def routing_cases(dtype: str, quick: bool):
                    "part_tallies_ptr": "*i32",
                    "part_mass_ptr": "*i32" if mass_partial_dtype(rows) == torch.int32 else "*i64"}  # fmt: skip
         yield Case(
-            f"{dtype} routing_rows_kernel ({example})", routing_rows_kernel, {"logits_ptr": f"*{dtype}", **per_row},
+            f"{dtype} routing_rows_kernel ({example})", routing_rows_kernel,
+            {"logits_ptr": f"*{dtype}", "topk_ids_ptr": "*i32", **per_row},
             constants.rows, config.rows_warps, 1, {"alpha": "fp32"},
         )  # fmt: skip
         yield Case(

@@ -141,9 +141,10 @@ inline void own_top(const float* row, int64_t E, int64_t K, float* values, int32
 
 // The model's own top-k ids (`topk_ids`) are usually the row's top-k already: a router that takes
 // the top k of its softmax picks the same set. Checking that costs one vectorisable pass over the
-// row instead of a selection: the set is the top-k (ties: lower index) iff exactly K experts are
-// its worst member or better, and every given id is one of them. Returns false when it is not (a
-// grouped or biased router, ties split differently, repeated or invalid ids): own_top decides then.
+// row instead of a selection: K distinct given ids are a top-k iff no expert scores above the worst
+// of them but given ones. That set is the row's own then, however the model split a tie at the
+// boundary (keys.own_topk_indices). Returns false when it is not (a grouped or biased router, repeated
+// or invalid ids): own_top decides then, ties by lower index.
 inline bool own_top_from_ids(const RouteArgs& a, int64_t t, const float* row, float* values, int32_t* ids) {
   const int64_t E = a.num_experts, K = a.top_k;
   for (int64_t j = 0; j < K; ++j) {
@@ -152,15 +153,12 @@ inline bool own_top_from_ids(const RouteArgs& a, int64_t t, const float* row, fl
     ids[j] = static_cast<int32_t>(id);
     values[j] = row[id];
   }
-  int64_t worst = 0;
-  for (int64_t j = 1; j < K; ++j)
-    if (better(values[worst], ids[worst], values[j], ids[j])) worst = j;
-  const float worst_value = values[worst];
-  const int32_t worst_id = ids[worst];
-  int32_t reaching = 0;  // experts at least as good as the worst given one (two loops: both vectorise)
-  for (int32_t e = 0; e < static_cast<int32_t>(E); ++e) reaching += row[e] > worst_value;
-  for (int32_t e = 0; e <= worst_id; ++e) reaching += row[e] == worst_value;
-  if (reaching != K) return false;
+  float worst_value = values[0];
+  for (int64_t j = 1; j < K; ++j) worst_value = std::min(worst_value, values[j]);
+  int32_t above = 0, given_above = 0;  // experts scoring above the worst given one: all given?
+  for (int32_t e = 0; e < static_cast<int32_t>(E); ++e) above += row[e] > worst_value;
+  for (int64_t j = 0; j < K; ++j) given_above += values[j] > worst_value;
+  if (above != given_above) return false;
   for (int64_t j = 0; j < K; ++j)
     for (int64_t i = 0; i < j; ++i)
       if (ids[i] == ids[j]) return false;  // K distinct ids, all reaching: exactly that set
@@ -191,10 +189,6 @@ inline const float* clean_row(const RouteArgs& a, int64_t t, float* buffer, bool
 LYNX_VECTOR_CLONES void scan_rows(const RouteArgs& a, Workspace& w) {
   const int64_t T = a.num_rows, E = a.num_experts, K = a.top_k;
   float buffer[kMaxExperts];
-  // A router whose ids are not its logits' top-k (a biased one) fails the check on every row: after
-  // kGiveUpAfter failures in a row this call stops checking (own_top alone gives the same answer).
-  constexpr int kGiveUpAfter = 4;
-  int failed_checks = 0;
   for (int64_t t = 0; t < T; ++t) {
     bool finite;
     const float* row = clean_row(a, t, buffer, finite);
@@ -203,9 +197,8 @@ LYNX_VECTOR_CLONES void scan_rows(const RouteArgs& a, Workspace& w) {
     w.finite[t] = finite;
     float values[kMaxTopK];  // local: the selection then stays in registers (no aliasing with row)
     int32_t ids[kMaxTopK];
-    const bool from_ids = failed_checks < kGiveUpAfter && own_top_from_ids(a, t, row, values, ids);
-    failed_checks = from_ids ? 0 : failed_checks + 1;
-    if (!from_ids) own_top(row, E, K, values, ids);
+    // Every row is checked: where a tie at the boundary went the model's way, own_top would differ.
+    if (!own_top_from_ids(a, t, row, values, ids)) own_top(row, E, K, values, ids);
     std::copy(values, values + K, &w.own_values[t * K]);
     std::copy(ids, ids + K, &w.own_ids[t * K]);
     // Renormalised top-k weights: fp32 exp (correctly rounded via double), exact 2**40 scaling.

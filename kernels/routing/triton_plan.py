@@ -162,9 +162,9 @@ def plan_triton(call: RoutingCall, config: LaunchConfig | None = None) -> Triton
 
     def launch_rows():
         routing_rows_kernel[(programs,)](
-            logits, num_real_ptr, buffers.own_ids, buffers.own_values, buffers.own_weights, buffers.row_state,
-            buffers.bins, buffers.bin_masks, buffers.part_tallies, buffers.part_mass,
-            logits.stride(0), num_real_value, num_rows, num_experts, args["alpha"],
+            logits, call.topk_ids, num_real_ptr, buffers.own_ids, buffers.own_values, buffers.own_weights,
+            buffers.row_state, buffers.bins, buffers.bin_masks, buffers.part_tallies, buffers.part_mass,
+            logits.stride(0), call.topk_ids.stride(0), num_real_value, num_rows, num_experts, args["alpha"],
             **constants.rows, **warps_option(config.rows_warps),
         )  # fmt: skip
 

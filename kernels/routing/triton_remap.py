@@ -67,12 +67,14 @@ def remap_rows(
     if extra_rounds > 0:
         x, _ = clean_logits(logits_ptr, stride_logits, rows, cols, row_ok, col_ok)
         active = tl.load(active_ptr + cols, mask=col_ok, other=0) != 0
-        # Outside the row's own top-k = after its last own expert in the order launch 1 took them
-        # (key descending, then lower column): one comparison, not one per own expert.
+        # Outside the row's own top-k = below its last (lowest) own expert's key, or equal to it and not
+        # own: the model may have taken a higher column than a tied one (keys.own_topk_indices).
         keys = order_key(x)
         last_key = order_key(column(own_values, slot, TOP_K - 1))
-        last_id = column(own_ids, slot, TOP_K - 1)
-        outside = (keys < last_key[:, None]) | ((keys == last_key[:, None]) & (cols[None, :] > last_id[:, None]))
+        own = cols[None, :] < 0
+        for j in tl.static_range(TOP_K):
+            own = own | (cols[None, :] == column(own_ids, slot, j)[:, None])
+        outside = (keys < last_key[:, None]) | ((keys == last_key[:, None]) & ~own)
         keys = tl.where(active[None, :] & col_ok[None, :] & outside, keys, TAKEN)
         for extra in range(0, extra_rounds):
             best = tl.max(keys, axis=1)

@@ -48,6 +48,24 @@ def _top_columns(keys, cols, slot, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
 
 
 @triton.jit
+def _model_top_k_only(keys, ids_ptr, stride_ids, rows, cols, row_ok, col_ok, num_experts, TOP_K: tl.constexpr):
+    """`keys` with every other column TAKEN in the rows whose model ids are a top-k of the row (K
+    distinct experts, none other keyed above their lowest): their own top-k is then the model's, however
+    it split a tie at the boundary (keys.own_topk_indices). Other rows keep their keys."""
+    chosen = tl.zeros(keys.shape, dtype=tl.int32)
+    in_range = row_ok
+    for j in tl.static_range(TOP_K):
+        ids = tl.load(ids_ptr + rows.to(tl.int64) * stride_ids + j, mask=row_ok, other=-1).to(tl.int32)
+        in_range = in_range & (ids >= 0) & (ids < num_experts)
+        chosen = tl.where(cols[None, :] == ids[:, None], 1, chosen)
+    chosen = (chosen != 0) & col_ok[None, :]
+    lowest_chosen = tl.min(tl.where(chosen, keys, 2147483647), axis=1)
+    best_other = tl.max(tl.where(chosen, TAKEN, keys), axis=1)
+    is_top_k = in_range & (tl.sum(chosen.to(tl.int32), axis=1) == TOP_K) & (best_other <= lowest_chosen)
+    return tl.where(is_top_k[:, None] & ~chosen, TAKEN, keys)
+
+
+@triton.jit
 def _own_weight_units(own_values, slot, TOP_K: tl.constexpr):
     """Top-k weights renormalised in fixed point (keys.own_weight_units): exp in float64 rounded to
     fp32, exact scaling by 2**40, truncation, integer division."""
@@ -132,10 +150,10 @@ def _store_tallies(part_tallies_ptr, pid, counts, sure, bins, voter, cols, col_o
 
 @triton.jit
 def routing_rows_kernel(
-    logits_ptr, num_real_ptr,
+    logits_ptr, topk_ids_ptr, num_real_ptr,
     own_ids_ptr, own_values_ptr, own_weights_ptr, row_state_ptr, bins_ptr, bin_masks_ptr,
     part_tallies_ptr, part_mass_ptr,
-    stride_logits, num_real, num_rows, num_experts, alpha,
+    stride_logits, stride_ids, num_real, num_rows, num_experts, alpha,
     MODE: tl.constexpr, TOP_K: tl.constexpr, FLOOR_K: tl.constexpr, BETA: tl.constexpr,
     NUM_REAL_MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
     PICKS: tl.constexpr, WORDS: tl.constexpr, STORE_WEIGHTS: tl.constexpr,
@@ -151,6 +169,7 @@ def routing_rows_kernel(
     voter = is_real_row(rows, num_rows, num_real_ptr, num_real, NUM_REAL_MODE) & finite
 
     keys = tl.where(col_ok[None, :], order_key(x), TAKEN)
+    keys = _model_top_k_only(keys, topk_ids_ptr, stride_ids, rows, cols, row_ok, col_ok, num_experts, TOP_K)
     own_ids, own_values = _top_columns(keys, cols, slot, BLOCK_T, BLOCK_K, TOP_K, BLOCK_E)
     own_weights = _own_weight_units(own_values, slot, TOP_K) * voter[:, None]
     row_slot = rows[:, None] * BLOCK_K + slot[None, :]

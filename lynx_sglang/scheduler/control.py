@@ -17,7 +17,15 @@ def handle(runtime: LynxRuntime, request: dict) -> dict:
     if op == "get_policy":
         return policy_state(runtime)
     if op == "set_policy":
-        runtime.settings.apply(switched_config(runtime.settings.config, request))
+        current = runtime.settings.config
+        try:
+            runtime.settings.apply(switched_config(current, request))
+        except (ConfigError, ValueError) as error:
+            kept = inherited_params(current, request)
+            if not kept:
+                raise
+            raise ConfigError(f"{error} (the running policy's other parameters stay on a switch within it: "
+                              f"{kept}; give one as null to drop it)") from None
         return policy_state(runtime)
     if op == "get_stats":
         return stats_snapshot(runtime)
@@ -64,6 +72,15 @@ def switched_config(config: LynxConfig, request: dict) -> LynxConfig:
     parsed = Budget.parse(budget)
     return replace(config, policy=policy, params=params, budget=None if parsed is None else str(parsed),
                    schedule=None)
+
+
+def inherited_params(config: LynxConfig, request: dict) -> str:
+    """The running policy's parameters a change of its params keeps (as `name=value, ...`; "" if none)."""
+    if "config" in request or (request.get("policy") or config.policy) != config.policy:
+        return ""
+    given = request.get("params") if isinstance(request.get("params"), dict) else {}
+    kept = {name: value for name, value in config.params.items() if name not in given and value is not None}
+    return ", ".join(f"{name}={value}" for name, value in kept.items())
 
 
 def policy_state(runtime: LynxRuntime) -> dict:

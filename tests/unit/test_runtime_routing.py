@@ -213,6 +213,20 @@ def test_switch_is_validated_before_anything_changes():
     assert state["budget"] is None  # baseline takes no budget
 
 
+def test_a_switch_within_the_policy_that_clashes_with_a_kept_parameter_says_how_to_drop_it():
+    runtime = make_runtime("budget")
+    runtime.handle({"op": "set_policy", "params": {"fraction": 0.5}})
+    with pytest.raises(ConfigError) as error:
+        runtime.handle({"op": "set_policy", "params": {"num_experts_kept": 4}})
+    assert "give either 'num_experts_kept' or 'fraction', not both" in str(error.value)
+    assert "stay on a switch within it: fraction=0.5; give one as null to drop it" in str(error.value)
+    assert runtime.handle({"op": "set_policy", "params": {"num_experts_kept": 4, "fraction": None}})["params"] == {
+        "fraction": None, "num_experts_kept": 4}
+    with pytest.raises(ConfigError) as error:  # a new policy starts afresh: nothing kept to name
+        runtime.handle({"op": "set_policy", "policy": "oea", "params": {"alpha": 1}})
+    assert "stay on a switch" not in str(error.value)
+
+
 def test_a_switched_config_names_only_the_models_layers():
     """As at launch: the model's layers, MoE or not (a dense last layer may be named; 4 here, 2 MoE)."""
     runtime = LynxRuntime(LynxConfig(policy="lynx"))

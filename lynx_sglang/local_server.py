@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import random
 import signal
 import socket
 import subprocess
@@ -28,14 +29,35 @@ def server_url(text: str) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free now, below the range the OS hands out to sockets bound to port 0 and to outgoing
+    connections: SGLang's scheduler binds several such ports as it starts (torch.distributed's gloo
+    listeners on a CPU), and one took a port chosen from that range between the check and the server's
+    own bind (uvicorn then stopped with "address already in use" and the server hung)."""
+    low = ephemeral_port_range()[0]
+    candidates = range(max(1024, low - 20_000), low)
+    for port in random.sample(candidates, min(len(candidates), 64)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # nothing free below the range: any free port
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return low, high
+
+
 def port_was_taken(log_path: Path) -> bool:
-    """Whether a server that exited while starting lost its port to another process after free_port()
-    found it free. The bind error comes in two spellings ("Address already in use"; uvicorn's "...
+    """Whether a server starting lost its port to another process after free_port() found it free
+    (it may have exited, or hang). The bind error comes in two spellings ("Address already in use"; uvicorn's "...
     address already in use", after which a page of other tracebacks follows), so the whole log is read."""
     try:
         return "address already in use" in log_path.read_text(errors="replace").lower()
@@ -51,11 +73,12 @@ def is_healthy(url: str) -> bool:
         return False
 
 
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> bool:
-    """True once the server at `url` is healthy; False as soon as `process` exits, or after `timeout` s."""
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float, log_path: Path | None = None) -> bool:
+    """True once the server at `url` is healthy; False as soon as `process` exits or its log at
+    `log_path` says it lost its port (SGLang then hangs, it does not exit), or after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process.poll() is not None or (log_path is not None and port_was_taken(log_path)):
             return False
         if is_healthy(url):
             return True

@@ -42,14 +42,13 @@ class RunningServer:
 
     def wait_healthy(self) -> None:
         for attempt in range(PORT_ATTEMPTS):
-            if wait_healthy(self.url, self.process, STARTUP_TIMEOUT_S):
+            if wait_healthy(self.url, self.process, STARTUP_TIMEOUT_S, self.log_path):
                 return
             # Another test's server (pytest-xdist runs two) may take the free port between the probe and
-            # our launch: serve then stops saying so, and a new port is all it takes.
-            taken = self.process.poll() is not None and port_was_taken(self.log_path)
-            if not taken or attempt == PORT_ATTEMPTS - 1:
+            # our launch: serve then stops (or hangs) saying so, and a new port is all it takes.
+            if not port_was_taken(self.log_path) or attempt == PORT_ATTEMPTS - 1:
                 break
-            self._log.close()
+            self.stop()
             self._launch()
         if self.process.poll() is not None:
             raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import psutil
 
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> int:
     server = subprocess.Popen([sys.executable, "-m", "lynx_sglang.cli", "serve", "--port", str(port), *argv],
                               stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
-        if not wait_healthy(url, server, STARTUP_TIMEOUT_S):
+        if not wait_healthy(url, server, STARTUP_TIMEOUT_S, Path(log.name)):
             print(f"the server did not become healthy; its log: {log.name}", file=sys.stderr)
             return 1
         seconds = time.monotonic() - started

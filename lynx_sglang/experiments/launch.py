@@ -86,14 +86,14 @@ class ManagedServer:
 
     def wait_healthy(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
         for attempt in range(PORT_ATTEMPTS):
-            if wait_healthy(self.url, self.process, timeout):
+            if wait_healthy(self.url, self.process, timeout, self.log_path):
                 return
             # Another process (another server starting on this machine) may bind the free port between
             # free_port() and the server's own bind; a port this command chose, it chooses again.
             last = attempt == PORT_ATTEMPTS - 1
-            if last or self.alive() or not self._port_chosen_here or not port_was_taken(self.log_path):
+            if last or not port_was_taken(self.log_path) or not self._port_chosen_here:
                 break
-            self._log.close()
+            self.stop()  # it may hang after the failed bind
             self._launch(free_port())
         if not self.alive():
             raise ServerError(f"the server exited with code {self.process.returncode} while starting "

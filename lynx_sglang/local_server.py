@@ -65,6 +65,16 @@ def port_was_taken(log_path: Path) -> bool:
         return False
 
 
+def port_listener(port: int) -> int | None:
+    """The pid of a process listening on TCP `port` here (None: none, or one this user cannot see)."""
+    import psutil
+
+    for connection in psutil.net_connections("tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
+            return connection.pid
+    return None
+
+
 def is_healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/health", timeout=HEALTH_PROBE_TIMEOUT_S) as response:

@@ -14,12 +14,13 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lynx_sglang import gpu_runtime
 from lynx_sglang.config import CACHE_POLICIES, CONFIG_ENV, KERNELS, TPOT_WITH_TP, ConfigError, LynxConfig, build_config
-from lynx_sglang.local_server import wait_healthy
+from lynx_sglang.local_server import ephemeral_port_range, port_listener, wait_healthy
 from lynx_sglang.model_source import local_config_dir
 from lynx_sglang.policy_setup import MoeShape, read_model_config, validate_for_model
 from lynx_sglang.process_group import start_process_group, stop_process_group
@@ -28,6 +29,7 @@ from lynx_sglang.sglang_settings import NO_CUDA_GRAPHS, FlagSettings, GivenSetti
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / "checkpoint"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 30000
+PORT_CHECK_INTERVAL_S = 2.0  # while SGLang starts: how often to look who holds its port
 
 
 # On CPU, SGLang's defaults are GPU-shaped: its KV pool takes ~72 % of RAM (15 GB, a 55 s start), the
@@ -364,15 +366,50 @@ def run_sglang(plan: LaunchPlan, runtime_dir: str, startup_timeout: float) -> in
 
 
 def watch_sglang(plan: LaunchPlan, process, startup_timeout: float) -> int:
-    """Say when SGLang is serving, then wait for it to exit; 1 if it is not healthy in time."""
-    if wait_healthy(plan.url, process, startup_timeout):
-        name = "the embedded model" if plan.model_path == EMBEDDED_MODEL_DIR else str(plan.model_path)
-        print(f"lynx-sglang: serving {name} at {plan.url}", flush=True)
-        print(f"lynx-sglang: try  {example_request(plan.url)}", flush=True)
-    elif process.poll() is None:
-        print(f"lynx-sglang: server not healthy after {startup_timeout:.0f} s; stopping", file=sys.stderr)
-        return 1
+    """Say when SGLang is serving, then wait for it to exit; 1 if it is not healthy in time, or if
+    another process took its port while it started (SGLang then hangs after uvicorn's bind error)."""
+    deadline = time.monotonic() + startup_timeout
+    while not wait_healthy(plan.url, process, min(PORT_CHECK_INTERVAL_S, max(deadline - time.monotonic(), 0))):
+        if process.poll() is not None:
+            return process.wait()
+        holder = port_thief(plan.port, process.pid)
+        if holder is not None:
+            print(f"lynx-sglang: port {plan.port} was taken by {process_name(holder)} (pid {holder}) while SGLang "
+                  f"started; stopping. Choose another --port, below {ephemeral_port_range()[0]} (ports at or "
+                  "above it are the ones the system hands out, to SGLang's own processes too)", file=sys.stderr)
+            return 1
+        if time.monotonic() >= deadline:
+            print(f"lynx-sglang: server not healthy after {startup_timeout:.0f} s; stopping", file=sys.stderr)
+            return 1
+    name = "the embedded model" if plan.model_path == EMBEDDED_MODEL_DIR else str(plan.model_path)
+    print(f"lynx-sglang: serving {name} at {plan.url}", flush=True)
+    print(f"lynx-sglang: try  {example_request(plan.url)}", flush=True)
     return process.wait()
+
+
+def port_thief(port: int, sglang_pid: int) -> int | None:
+    """A process listening on SGLang's port that is not SGLang's HTTP server: another program, or one of
+    SGLang's own that serves no HTTP (its scheduler's gloo listeners take ports the system hands out).
+    SGLang's HTTP server is its first process, or with --tokenizer-worker-num its worker processes."""
+    import psutil
+
+    holder = port_listener(port)
+    if holder is None or holder == sglang_pid:
+        return None
+    try:
+        family = {child.pid for child in psutil.Process(sglang_pid).children(recursive=True)}
+    except psutil.Error:
+        return None
+    return holder if holder not in family or process_name(holder).startswith("sglang::") else None
+
+
+def process_name(pid: int) -> str:
+    import psutil
+
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return "another process"
 
 
 def example_request(url: str) -> str:

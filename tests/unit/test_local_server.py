@@ -1,5 +1,6 @@
 """local_server: the free port a client starts a server on, and noticing a server that lost it."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -34,3 +35,47 @@ def test_a_server_whose_log_says_it_lost_its_port_is_given_up_at_once(tmp_path):
     finally:
         hanging.kill()
         hanging.wait()
+
+
+HEALTHY_FOR_A_WHILE = """
+import http.server, sys, threading
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Health)
+threading.Timer(3, server.shutdown).start()
+server.serve_forever()
+"""
+
+
+def test_serve_stops_when_another_process_holds_its_port_while_sglang_starts(tmp_path, capsys):
+    from lynx_sglang.serve import LaunchPlan, watch_sglang
+
+    thief = socket.socket()
+    thief.bind(("127.0.0.1", 0))
+    thief.listen()
+    port = thief.getsockname()[1]
+    starting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # SGLang, never healthy
+    try:
+        started = time.monotonic()
+        assert watch_sglang(LaunchPlan(tmp_path, "127.0.0.1", port, []), starting, startup_timeout=60) == 1
+        assert time.monotonic() - started < 15
+        message = capsys.readouterr().err
+        assert f"port {port} was taken by" in message and f"(pid {os.getpid()})" in message, message
+    finally:
+        thief.close()
+        starting.kill()
+        starting.wait()
+
+
+def test_serve_reports_sglang_serving_when_its_own_process_holds_the_port(tmp_path, capsys):
+    from lynx_sglang.serve import LaunchPlan, watch_sglang
+
+    port = free_port()
+    script = tmp_path / "health.py"
+    script.write_text(HEALTHY_FOR_A_WHILE)
+    sglang = subprocess.Popen([sys.executable, str(script), str(port)])
+    assert watch_sglang(LaunchPlan(tmp_path, "127.0.0.1", port, []), sglang, startup_timeout=60) == 0
+    assert f"serving {tmp_path} at http://127.0.0.1:{port}" in capsys.readouterr().out

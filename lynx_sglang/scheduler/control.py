@@ -76,8 +76,8 @@ def switched_config(config: LynxConfig, request: dict) -> LynxConfig:
 
 def inherited_params(config: LynxConfig, request: dict) -> str:
     """The running policy's parameters a change of its params keeps (as `name=value, ...`; "" if none)."""
-    if "config" in request or (request.get("policy") or config.policy) != config.policy:
-        return ""
+    if "params" not in request or (request.get("policy") or config.policy) != config.policy:
+        return ""  # no params given (a budget change, a whole config), or a new policy: nothing kept to clash
     given = request.get("params") if isinstance(request.get("params"), dict) else {}
     kept = {name: value for name, value in config.params.items() if name not in given and value is not None}
     return ", ".join(f"{name}={value}" for name, value in kept.items())

@@ -222,6 +222,9 @@ def test_a_switch_within_the_policy_that_clashes_with_a_kept_parameter_says_how_
     assert "stay on a switch within it: fraction=0.5; give one as null to drop it" in str(error.value)
     assert runtime.handle({"op": "set_policy", "params": {"num_experts_kept": 4, "fraction": None}})["params"] == {
         "fraction": None, "num_experts_kept": 4}
+    with pytest.raises(ConfigError) as error:  # a budget change leaves the params alone: nothing to name
+        runtime.handle({"op": "set_policy", "budget": "experts=0"})
+    assert "stay on a switch" not in str(error.value)
     with pytest.raises(ConfigError) as error:  # a new policy starts afresh: nothing kept to name
         runtime.handle({"op": "set_policy", "policy": "oea", "params": {"alpha": 1}})
     assert "stay on a switch" not in str(error.value)

@@ -15,6 +15,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+# Re-exported: the value parsers and their error are the settings' vocabulary (setting_values.py).
+from lynx_sglang.setting_values import ConfigError, parse_bool, parse_layers, parse_params, parse_value, split_top_level
+
+__all__ = ["ConfigError", "parse_bool", "parse_layers", "parse_params", "parse_value", "split_top_level"]
+
 CONFIG_ENV = "LYNX_SGLANG_CONFIG"
 # The method name of lynx control requests on SGLang's scheduler RPC channel.
 CONTROL_RPC_METHOD = "lynx_control"
@@ -29,10 +34,6 @@ BUDGET_KINDS = ("experts", "fraction", "mass", "tpot_ms")
 # A target TPOT above 10 minutes is surely a typo (seconds for milliseconds, or a stray digit).
 MAX_TPOT_MS = 600_000
 CACHE_POLICIES = ("lru", "activation")  # kernels/cache/replacement.py's (config imports no kernels)
-
-
-class ConfigError(ValueError):
-    """A bad setting. The message names the field, the value and what is allowed."""
 
 
 # ---- value parsers (shared by flags, environment, files and the runtime POST) ------------------
@@ -94,108 +95,6 @@ class Budget:
 def number_text(value: float) -> str:
     """A whole number without the '.0' float() gives it; any other value (2.5, inf, nan) as it is."""
     return str(int(value)) if math.isfinite(value) and value == int(value) else str(value)
-
-
-def parse_layers(spec, source: str = "layers") -> tuple[int, ...] | None:
-    """'1-3,5' (or a list of ints) -> (1, 2, 3, 5); None/'' /'all' -> None (every layer)."""
-    if spec is None:
-        return None
-    if isinstance(spec, (list, tuple)):
-        items = list(spec)
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in items):
-            raise ConfigError(f"{source}: {spec!r} must be layer ids (integers >= 0)")
-        layers = set(items)
-    elif isinstance(spec, str):
-        text = spec.replace(" ", "")
-        if text.lower() in ("", "all"):
-            return None
-        layers = set()
-        for part in text.split(","):
-            low, dash, high = part.partition("-")
-            try:
-                lo = int(low)
-                hi = int(high) if dash else lo
-            except ValueError:
-                raise ConfigError(f"{source}: {spec!r}: {part!r} is not a layer id or range like 1-3") from None
-            if hi < lo:
-                raise ConfigError(f"{source}: {spec!r}: range {part!r} is empty")
-            layers.update(range(lo, hi + 1))
-    else:
-        raise ConfigError(f"{source}: {spec!r} must be a string such as '1-3,5' or a list of layer ids")
-    if not layers or min(layers) < 0:
-        raise ConfigError(f"{source}: {spec!r}: layer ids are integers >= 0")
-    return tuple(sorted(layers))
-
-
-def parse_value(text: str):
-    """A parameter value written as text: true/false, none/null, an integer, a real number, a JSON list
-    or object, or else the text itself. A list or object that is not valid JSON is a ValueError."""
-    text = text.strip()
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    if text.startswith(("[", "{")):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"value {text!r} is not valid JSON ({error.msg})") from None
-    return text
-
-
-def split_top_level(text: str) -> list[str]:
-    """Split at commas outside brackets: `a=1,b=[0,1]` -> [`a=1`, `b=[0,1]`]."""
-    parts, depth, start = [], 0, 0
-    for position, char in enumerate(text):
-        depth += (char in "[{") - (char in "]}")
-        if char == "," and depth == 0:
-            parts.append(text[start:position])
-            start = position + 1
-    return parts + [text[start:]]
-
-
-def parse_params(items, source: str) -> dict[str, Any]:
-    """'alpha=1.0,beta=2', ['alpha=1.0', 'beta=2'], '{"alpha": 1.0}' or a mapping -> {'alpha': 1.0, 'beta': 2}."""
-    if items is None:
-        return {}
-    if isinstance(items, Mapping):
-        return dict(items)
-    if isinstance(items, str) and items.strip().startswith("{"):
-        try:
-            parsed = json.loads(items)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source}: {items!r} is not a valid JSON object ({exc.msg})") from None
-        return parse_params(parsed, source)
-    if isinstance(items, str):
-        items = [items]
-    params = {}
-    for text in items:
-        for item in (part for word in str(text).split() for part in split_top_level(word) if part):
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"{source}: {item!r} must look like key=value (e.g. alpha=1.0)")
-            try:
-                params[key.strip()] = parse_value(value)
-            except ValueError as error:
-                raise ConfigError(f"{source}: {key.strip()}: {error}") from None
-    return params
-
-
-def parse_bool(value, source: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    lowered = str(value).strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{source}: {value!r} must be true or false")
 
 
 SCHEDULE_EXAMPLE = "[{from_rows: 1, params: {ratio: 0.5}}, {from_rows: 12, params: {ratio: 0.3}}]"
@@ -361,6 +260,8 @@ def parse_setting(name: str, value, label: str):
         return None if budget is None else str(budget)
     if name == "expert_cache":
         return parse_expert_cache(value, label)
+    if name == "kernel" and value not in KERNELS:
+        raise ConfigError(f"{label}: {value!r} is not one of {', '.join(KERNELS)}")
     if name == "cache_policy" and value not in CACHE_POLICIES:
         raise ConfigError(f"{label}: {value!r} is not one of {', '.join(CACHE_POLICIES)}")
     return value
@@ -397,9 +298,11 @@ def read_config_file(path: str) -> dict:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_unique_key_loader())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            problem, mark = getattr(exc, "problem", None) or str(exc).splitlines()[0], getattr(exc, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"config file {path}: not valid YAML ({problem}{where})") from None
     elif file.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -412,11 +315,28 @@ def read_config_file(path: str) -> dict:
     return check_settings(data, f"config file {path}")
 
 
+def _unique_key_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader that refuses a key given twice (PyYAML keeps the last one silently)."""
+
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(key, deep=True) for key, _ in node.value]
+            for index, key in enumerate(keys):
+                if key in keys[:index]:
+                    raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice",
+                                                            node.value[index][0].start_mark)
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
 def check_settings(data, source: str) -> dict:
     """A config file's content (or POST /lynx/policy's whole config): a mapping of known settings."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(SETTINGS))
+    unknown = sorted(map(str, set(data) - set(SETTINGS)))  # a file's keys may be numbers too
     if unknown:
         raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
     return data
@@ -439,11 +359,34 @@ def build_config(flags: Mapping[str, Any], environ: Mapping[str, str] = os.envir
     ]
     merged: dict[str, Any] = {}
     params: dict[str, Any] = {}
-    for label_of, settings in sources_in_order:
+    above_file: dict[str, Any] = {}  # params and budget a variable or flag gives: they outrank a file's bands too
+    for rank, (label_of, settings) in enumerate(sources_in_order):
         for name, value in settings.items():
             parsed = parse_setting(name, value, label_of(name))
             if name == "params":
                 params.update(parsed)
             else:
                 merged[name] = parsed
+            if rank > 0 and name == "params":
+                above_file["params"] = {**above_file.get("params", {}), **parsed}
+            elif rank > 0 and name == "budget":
+                above_file["budget"] = parsed
+    if merged.get("schedule") and above_file:
+        merged["schedule"] = bands_overridden(merged["schedule"], above_file)
     return LynxConfig(**merged, params=params)
+
+
+def bands_overridden(schedule, above_file: dict) -> list:
+    """A file's schedule with the params (key by key) and budget a variable or flag gives in every band."""
+    if not isinstance(schedule, (list, tuple)):
+        return schedule  # parse_schedule says what is wrong with it
+    bands = []
+    for index, band in enumerate(schedule):
+        if isinstance(band, Mapping):
+            band = dict(band)
+            if "params" in above_file:
+                band["params"] = {**parse_params(band.get("params"), f"schedule[{index}].params"), **above_file["params"]}
+            if "budget" in above_file:
+                band["budget"] = above_file["budget"]
+        bands.append(band)
+    return bands

@@ -40,6 +40,13 @@ def Engine(**kwargs):  # noqa: N802 - named as sglang.Engine, which it returns
 
     engine = SGLangEngine(**sglang_kwargs)
     engine.lynx = LynxControl(engine)
+    shutdown = engine.shutdown
+
+    def shutdown_and_close(*args, **kwargs):
+        engine.lynx.close()  # its calls then fail at once, not after the scheduler's 60 s timeout
+        return shutdown(*args, **kwargs)
+
+    engine.shutdown = shutdown_and_close
     return engine
 
 
@@ -91,6 +98,11 @@ class LynxControl:
     def __init__(self, engine, timeout_s: float = 60.0):
         self._channel = scheduler_channel(engine.server_args, engine.tokenizer_manager, timeout_s)
         self._unavailable = control_unavailable(engine.server_args)
+
+    def close(self) -> None:
+        """At the engine's shutdown: no scheduler answers any more."""
+        self._unavailable = "the engine is shut down; engine.lynx answers only while it runs"
+        self._channel.close()
 
     def _request(self, op: str, **fields) -> dict:
         if self._unavailable:

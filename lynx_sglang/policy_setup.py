@@ -199,13 +199,21 @@ def validate_for_experts(config: LynxConfig, num_experts: int, top_k: int, renor
                          model_name: str) -> None:  # fmt: skip
     """The budget's range and the policy's parameters against one MoE layer shape (each band's)."""
     if config.schedule:
-        for _, band in config.bands():
-            validate_for_experts(band, num_experts, top_k, renormalize, model_name)
+        for index, (_, band) in enumerate(config.bands()):
+            try:
+                validate_for_experts(band, num_experts, top_k, renormalize, model_name)
+            except ConfigError as error:  # say which band: each holds its own params and budget
+                raise ConfigError(f"schedule[{index}] (from {band_rows(config, index)}): {error}") from None
         return
     budget = config.parsed_budget
     if budget is not None:
         budget.check_range("budget", num_experts)
     build_policy(config, num_experts, top_k, renormalize, model_name)
+
+
+def band_rows(config: LynxConfig, index: int) -> str:
+    start = config.schedule[index]["from_rows"]
+    return f"{start} row{'s' if start > 1 else ''} up"
 
 
 def resolve_policy_or_error(name: str):

@@ -40,3 +40,9 @@ def test_a_live_switch_reaches_the_next_steps(seen):
     stats = seen["stats_budget"]
     assert stats["steps_by_policy"].keys() == {"budget"} and stats["pruned_steps"] > 0
     assert stats["distinct_experts_after"] <= 2 < stats["distinct_experts_before"]
+
+
+def test_after_shutdown_a_control_call_fails_at_once_saying_so(seen):
+    after = seen["after_shutdown"]
+    assert after["error"] == "the engine is shut down; engine.lynx answers only while it runs"
+    assert after["seconds"] < 5  # not the scheduler's 60 s answer timeout

@@ -7,10 +7,11 @@ it saw as JSON to the path given.
 
 import json
 import sys
+import time
 
 from lynx_sglang.embedded.task import heldout_problems, score
 from lynx_sglang.evaluate import MAX_ANSWER_TOKENS
-from lynx_sglang.server.channel import SchedulerError
+from lynx_sglang.server.channel import SchedulerError, SchedulerUnavailable
 
 GREEDY = {"temperature": 0, "max_new_tokens": MAX_ANSWER_TOKENS}
 
@@ -40,6 +41,11 @@ def main(out_path: str, dp_size: int = 1) -> None:
         seen["stats_budget"] = engine.lynx.stats()
     finally:
         engine.shutdown()
+    started = time.monotonic()
+    try:
+        engine.lynx.stats()
+    except SchedulerUnavailable as error:
+        seen["after_shutdown"] = {"error": str(error), "seconds": time.monotonic() - started}
     with open(out_path, "w") as f:
         json.dump(seen, f, indent=2)
 

@@ -30,6 +30,9 @@ EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded" / "checkpoint"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 30000
 PORT_CHECK_INTERVAL_S = 2.0  # while SGLang starts: how often to look who holds its port
+# SGLang's processes that serve no HTTP (process titles as the system may cut them, to 15 characters);
+# its HTTP workers (`sglang::tokenizer_worker:N`, --tokenizer-worker-num) listen on the port themselves.
+SGLANG_NON_HTTP_PROCESSES = ("sglang::schedul", "sglang::detoken", "sglang::data_pa")
 
 
 # On CPU, SGLang's defaults are GPU-shaped: its KV pool takes ~72 % of RAM (15 GB, a 55 s start), the
@@ -390,7 +393,7 @@ def watch_sglang(plan: LaunchPlan, process, startup_timeout: float) -> int:
 def port_thief(port: int, sglang_pid: int) -> int | None:
     """A process listening on SGLang's port that is not SGLang's HTTP server: another program, or one of
     SGLang's own that serves no HTTP (its scheduler's gloo listeners take ports the system hands out).
-    SGLang's HTTP server is its first process, or with --tokenizer-worker-num its worker processes."""
+    SGLang's HTTP server is its first process, or with --tokenizer-worker-num its HTTP worker processes."""
     import psutil
 
     holder = port_listener(port)
@@ -400,7 +403,7 @@ def port_thief(port: int, sglang_pid: int) -> int | None:
         family = {child.pid for child in psutil.Process(sglang_pid).children(recursive=True)}
     except psutil.Error:
         return None
-    return holder if holder not in family or process_name(holder).startswith("sglang::") else None
+    return holder if holder not in family or process_name(holder).startswith(SGLANG_NON_HTTP_PROCESSES) else None
 
 
 def process_name(pid: int) -> str:

@@ -47,9 +47,8 @@ def own_topk_indices(scores: torch.Tensor, k: int, model_ids: torch.Tensor | Non
     where the model's ids [T, k] are a top-k of the row too (k distinct experts, no other scoring above
     their lowest), that set: a tie at the top-k boundary goes to the expert the model took, so a policy
     that keeps every token's own experts keeps the model's routing. Static shapes, no host sync."""
-    lower_index = stable_topk_indices(scores, k)
     if model_ids is None:
-        return lower_index
+        return stable_topk_indices(scores, k)
     num_experts = scores.shape[-1]
     ids = model_ids.long()
     in_range = ((ids >= 0) & (ids < num_experts)).all(dim=-1)
@@ -57,8 +56,8 @@ def own_topk_indices(scores: torch.Tensor, k: int, model_ids: torch.Tensor | Non
     lowest_chosen = scores.masked_fill(~chosen, float("inf")).amin(dim=-1)
     best_other = scores.masked_fill(chosen, float("-inf")).amax(dim=-1)
     is_top_k = in_range & (chosen.sum(dim=-1) == k) & (best_other <= lowest_chosen)
-    from_model = stable_topk_indices(scores.masked_fill(~chosen, float("-inf")), k)
-    return torch.where(is_top_k.unsqueeze(1), from_model, lower_index)
+    # One selection: where the model's ids are a top-k, only they compete (as the fused launches do it)
+    return stable_topk_indices(scores.masked_fill(is_top_k.unsqueeze(1) & ~chosen, float("-inf")), k)
 
 
 def own_weight_units(logits: torch.Tensor, own_ids: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import yaml
 
+from .analysis import within_points
+
 
 @dataclass(frozen=True)
 class Band:
@@ -48,7 +50,7 @@ def eligible_points(frontier: dict, reference: str, floor: float) -> list[dict]:
     """The sweep's arms at one level whose accuracy difference's lower end is at or above `floor`
     (a fraction, e.g. -0.007 for -0.7 points), with their bytes measured."""
     return [p for p in frontier["points"] if p["arm"] != reference and p["bytes_fraction"] is not None
-            and p["accuracy_diff_ci"][0] >= floor - 1e-12]
+            and within_points(p, -floor)]
 
 
 def choose(sweep_results: dict, levels: list[int], max_loss_points: float, margin_points: float) -> dict:

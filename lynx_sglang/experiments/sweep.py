@@ -45,7 +45,7 @@ class LossBound:
         return f"within {self.points:g} point{'' if self.points == 1 else 's'}"
 
     def admits(self, point: dict) -> bool:
-        return point["accuracy_diff_ci"][0] >= -self.points / 100 - 1e-12
+        return within_points(point, self.points / 100)
 
 
 def parse_args(argv):

@@ -55,14 +55,35 @@ def ephemeral_port_range() -> tuple[int, int]:
     return low, high
 
 
+_PORT_TAKEN = "address already in use"
+
+
 def port_was_taken(log_path: Path) -> bool:
     """Whether a server starting lost its port to another process after free_port() found it free
     (it may have exited, or hang). The bind error comes in two spellings ("Address already in use"; uvicorn's "...
     address already in use", after which a page of other tracebacks follows), so the whole log is read."""
-    try:
-        return "address already in use" in log_path.read_text(errors="replace").lower()
-    except OSError:
-        return False
+    return _PortLossWatch(log_path)()
+
+
+class _PortLossWatch:
+    """port_was_taken for a log read while it grows: each call reads only what was written since the last."""
+
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+        self.offset = 0
+        self.carry = ""  # the last characters read, in case the message straddles two reads
+
+    def __call__(self) -> bool:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.offset)
+                new = log.read()
+        except OSError:
+            return False
+        self.offset += len(new)
+        text = self.carry + new.decode(errors="replace").lower()
+        self.carry = text[-len(_PORT_TAKEN):]
+        return _PORT_TAKEN in text
 
 
 def port_listener(port: int) -> int | None:
@@ -87,8 +108,9 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float, log_path: 
     """True once the server at `url` is healthy; False as soon as `process` exits or its log at
     `log_path` says it lost its port (SGLang then hangs, it does not exit), or after `timeout` s."""
     deadline = time.monotonic() + timeout
+    lost_port = _PortLossWatch(log_path) if log_path is not None else (lambda: False)
     while time.monotonic() < deadline:
-        if process.poll() is not None or (log_path is not None and port_was_taken(log_path)):
+        if process.poll() is not None or lost_port():
             return False
         if is_healthy(url):
             return True

@@ -78,7 +78,7 @@ class ExpertCompute:
         if step.pure_decode and routed:
             compute = self._compute_for(layer, method, dispatch_output)
             rows = dispatch_output.hidden_states.shape[0]
-            lone_row_kept = rows == 1 and self.settings.lone_row_kept
+            lone_row_kept = self.settings.keeps_routing(rows)
             if compute.kernel is not None and self.choice.for_step(self.settings.config.policy, compute.shape,
                                                                    rows, lone_row_kept) == "lynx":  # fmt: skip
                 return compute.kernel(layer, dispatch_output)

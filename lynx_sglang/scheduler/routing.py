@@ -50,7 +50,7 @@ class Router:
             return output
         self.routed_layers.add(layer_id)
         rows = step.decode_rows if step.mode == "mixed" else output.topk_ids.shape[0]  # a static shape
-        if rows == 1 and self.settings.lone_row_kept:  # nothing to decide: launch nothing (lone_row.py)
+        if self.settings.keeps_routing(rows):  # nothing to decide: launch nothing
             return output
         # Fused shared-expert slots (the last columns) are never the policy's: routed columns only from here
         ids, shared_ids = split_shared(output.topk_ids, shared_slots)

@@ -104,7 +104,7 @@ class LynxRuntime:
         if not self.router.routed_layers:  # every MoE layer passed through: nothing was routed
             self.counts.not_routed(self.settings.config.policy)
             return
-        if routed_rows == 1 and self.settings.lone_row_kept:  # the routing hook launched nothing
+        if self.settings.keeps_routing(routed_rows):  # the routing hook launched nothing (None: failed)
             for record in (self.stats, self.decisions):
                 if record is not None:
                     record.add_lone_row_step(self.router.routed_layers)

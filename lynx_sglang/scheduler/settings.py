@@ -60,6 +60,11 @@ class PolicySettings:
         bands = None if self.band_settings is None else tuple(band.signature() for band in self.band_settings)
         return (self.config.policy, tuple(sorted(self.config.params.items())), self.config.layers, bands)
 
+    def keeps_routing(self, rows: int) -> bool:
+        """Whether a decode call of `rows` rows (a static shape) keeps the model's routing untouched:
+        one row under a setting that cannot change it launches nothing (lone_row.py)."""
+        return rows == 1 and self.lone_row_kept
+
     # ---- at start and on every switch -----------------------------------------------------------
     def apply(self, config: LynxConfig) -> None:
         """Validate `config` against the loaded model, build everything it needs, then swap it in.

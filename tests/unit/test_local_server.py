@@ -37,6 +37,22 @@ def test_a_server_whose_log_says_it_lost_its_port_is_given_up_at_once(tmp_path):
         hanging.wait()
 
 
+def test_the_lost_port_message_is_found_when_it_reaches_the_log_in_two_writes(tmp_path):
+    # The wait reads only what the log gained since its last poll; a message split across two polls
+    # must still count.
+    log = tmp_path / "server.log"
+    log.write_text("INFO:     Started server process\n" + "x" * 5000 + "\nERROR: [Errno 98] address alre")
+    writer = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep(2); "
+                               f"open({str(log)!r}, 'a').write('ady in use\\n'); time.sleep(60)"])  # fmt: skip
+    try:
+        started = time.monotonic()
+        assert not wait_healthy(f"http://127.0.0.1:{free_port()}", writer, timeout=30, log_path=log)
+        assert 1.5 < time.monotonic() - started < 10 and writer.poll() is None
+    finally:
+        writer.kill()
+        writer.wait()
+
+
 HEALTHY_FOR_A_WHILE = """
 import http.server, sys, threading
 class Health(http.server.BaseHTTPRequestHandler):

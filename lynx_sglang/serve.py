@@ -48,6 +48,9 @@ CPU_DEFAULTS = {
     "dtype": "float32",
 }
 CPU_DEFAULT_ENV = {"OMP_NUM_THREADS": "1", "SGLANG_USE_CPU_ENGINE": "1"}
+# SGLang replays a mixed batch on the prefill CUDA graphs, captured as extend forwards the policy does
+# not route: with --lynx-prune-mixed, prefill runs eagerly unless the user chose a prefill graph backend.
+PRUNE_MIXED_ON_CUDA = {"cuda_graph_backend_prefill": "disabled"}
 
 
 class LaunchError(Exception):
@@ -202,7 +205,7 @@ def machine_defaults(config: LynxConfig, given: GivenSettings, *, on_cpu: bool |
         return cpu_defaults(config, given, environ)
     if not (gpu_runtime.sgl_kernel_importable() if sgl_kernel_ok is None else sgl_kernel_ok):
         return defaults_not_given(gpu_runtime.SERVE_SETTINGS, given), gpu_runtime.serve_environment(environ)
-    return {}, {}
+    return defaults_not_given(PRUNE_MIXED_ON_CUDA if config.prune_mixed else {}, given), {}
 
 
 def parse_port(text: str) -> int:

@@ -56,7 +56,10 @@ def around_forward_context(original, ctx, *args, forward_batch=None, **kwargs):
     manager = original(ctx, *args, forward_batch=forward_batch, **kwargs)
     if forward_batch is None or runtime is None or not runtime.bound:
         return manager
-    return StepScope(manager, step_for_batch(forward_batch, runtime.config.prune_mixed))
+    step, outer = step_for_batch(forward_batch, runtime.config.prune_mixed), current_step()
+    if outer is not None and outer.mode == "mixed" and step.mode == "extend":
+        step = outer  # SGLang's eager runner runs a mixed batch as an extend one (a copy): the same forward
+    return StepScope(manager, step)
 
 
 def around_forward_raw(original, model_runner, forward_batch, *args, **kwargs):

@@ -119,6 +119,15 @@ def test_plan_on_gpu_adds_no_cpu_defaults():
     assert "--device" not in plan.sglang_args and plan.env == {}
 
 
+def test_prune_mixed_on_gpu_runs_prefill_eagerly_unless_the_user_chose_a_prefill_graph_backend():
+    # SGLang replays mixed batches on its prefill graphs, captured as extend forwards: unpruned.
+    args = plan_launch(["--port", str(free_port()), "--lynx-prune-mixed"], on_cpu=False, sgl_kernel_ok=True).sglang_args
+    assert args[args.index("--cuda-graph-backend-prefill") + 1] == "disabled"
+    args = plan_launch(["--port", str(free_port()), "--lynx-prune-mixed", "--cuda-graph-backend-prefill", "breakable"],
+                       on_cpu=False, sgl_kernel_ok=True).sglang_args  # fmt: skip
+    assert args.count("--cuda-graph-backend-prefill") == 1 and "breakable" in args
+
+
 def test_plan_on_gpu_without_sgl_kernel_runs_the_gpu_runtime():
     plan = plan_launch(["--port", str(free_port()), "--attention-backend", "flashinfer"], on_cpu=False,
                        sgl_kernel_ok=False, environ={"PYTHONPATH": "elsewhere"})

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 # Re-exported: the value parsers and their error are the settings' vocabulary (setting_values.py).
-from lynx_sglang.setting_values import ConfigError, parse_bool, parse_layers, parse_params, parse_value, split_top_level
+from lynx_sglang.setting_values import ConfigError, parse_bool, parse_layers, parse_params, parse_value, split_top_level, strict_json
 
 __all__ = ["ConfigError", "parse_bool", "parse_layers", "parse_params", "parse_value", "split_top_level"]
 
@@ -305,9 +305,11 @@ def read_config_file(path: str) -> dict:
             raise ConfigError(f"config file {path}: not valid YAML ({problem}{where})") from None
     elif file.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = strict_json(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"config file {path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        except ValueError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
     else:
         raise ConfigError(f"config file {path}: unknown format; use .yaml, .yml or .json")
     if data is None:

@@ -61,7 +61,7 @@ def engine_arguments(kwargs: dict, *, environ=os.environ, on_cpu: bool | None = 
     try:
         config = checked_config(settings, model_path, given, environ, {name: f"lynx_{name}" for name in settings})
         defaults, environment = machine_defaults(config, given, on_cpu=on_cpu, environ=environ,
-                                                 sgl_kernel_ok=sgl_kernel_ok)  # fmt: skip
+                                                 sgl_kernel_ok=sgl_kernel_ok, model_path=model_path)  # fmt: skip
     except LaunchError as exc:
         raise ConfigError(str(exc)) from None
     if "PYTHONPATH" in environment:  # the GPU runtime: a stand-in sgl_kernel first on the path

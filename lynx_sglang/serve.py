@@ -169,7 +169,8 @@ def plan_launch(argv: list[str], *, on_cpu: bool | None = None, environ=os.envir
     config = checked_config(lynx_settings(namespace), model_path, given, environ)
     port = parse_port(namespace.port)
     check_port_free(namespace.host, port)
-    defaults, env = machine_defaults(config, given, on_cpu=on_cpu, environ=environ, sgl_kernel_ok=sgl_kernel_ok)
+    defaults, env = machine_defaults(config, given, on_cpu=on_cpu, environ=environ, sgl_kernel_ok=sgl_kernel_ok,
+                                     model_path=model_path)
     ours = ["--model-path", str(model_path), "--host", namespace.host, "--port", str(port)]
     return LaunchPlan(model_path=model_path, host=namespace.host, port=port,
                       sglang_args=ours + as_flags(defaults) + args, env=env, config=config)  # fmt: skip
@@ -196,12 +197,14 @@ def checked_config(settings: dict, model_path: Path, given: GivenSettings, envir
 
 
 def machine_defaults(config: LynxConfig, given: GivenSettings, *, on_cpu: bool | None = None, environ=os.environ,
-                     sgl_kernel_ok: bool | None = None) -> tuple[dict, dict[str, str]]:
+                     sgl_kernel_ok: bool | None = None, model_path: Path | None = None) -> tuple[dict, dict[str, str]]:
     """The SGLang settings (those not `given`) and environment this machine needs: a CPU's, the GPU
     runtime's where sgl_kernel does not import on CUDA, or none."""
     if on_cpu is None:
         on_cpu = not cuda_available()
     if on_cpu:
+        if model_path is not None:
+            check_runs_on_cpu(model_path, given.value("revision"))
         return cpu_defaults(config, given, environ)
     if not (gpu_runtime.sgl_kernel_importable() if sgl_kernel_ok is None else sgl_kernel_ok):
         return defaults_not_given(gpu_runtime.SERVE_SETTINGS, given), gpu_runtime.serve_environment(environ)
@@ -222,6 +225,25 @@ def cuda_available() -> bool:
         return torch.cuda.is_available()
     except ImportError:
         return False
+
+
+# Architectures whose first forward fails on SGLang's CPU path (docs/routers.md says where).
+CPU_UNSUPPORTED = {
+    ("Llama4ForCausalLM", "Llama4ForConditionalGeneration"): "Llama-4's experts take the router weight on "
+    "their input, which SGLang's CPU expert compute does not implement",
+}
+
+
+def check_runs_on_cpu(model_path: Path, revision: str | None) -> None:
+    """Refuse before starting a model SGLang would start on CPU and then fail at its first forward."""
+    try:
+        architectures = set(read_model_config(model_path, revision).get("architectures") or ())
+    except ConfigError:
+        return  # check_checkpoint has said what is wrong with the folder, or SGLang will
+    for names, why in CPU_UNSUPPORTED.items():
+        if architectures & set(names):
+            raise LaunchError(f"{model_path} ({', '.join(sorted(architectures))}) cannot be served on a CPU: "
+                              f"{why} (docs/routers.md); serve it on a GPU")
 
 
 def cpu_defaults(config: LynxConfig, given: GivenSettings, environ) -> tuple[dict, dict[str, str]]:
@@ -276,7 +298,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise LaunchError(f"port {port} on {host} is not available ({exc.strerror})") from None
+            holder = port_listener(port)
+            held = f"; {process_name(holder)} (pid {holder}) listens on it" if holder is not None else ""
+            raise LaunchError(f"port {port} on {host} is not available ({exc.strerror}{held}); "
+                              "choose another --port") from None
 
 
 def check_parallelism(config: LynxConfig, given: GivenSettings) -> None:

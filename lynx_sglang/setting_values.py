@@ -116,3 +116,21 @@ def parse_bool(value, source: str) -> bool:
     if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ConfigError(f"{source}: {value!r} must be true or false")
+
+
+def strict_json(text):
+    """json.loads for settings: a key given twice, or NaN/Infinity (not JSON, though Python's parser
+    takes them), raises ValueError naming it, where json.loads would keep the last key silently."""
+
+    def unique(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"{key!r} is given twice")
+            seen.add(key)
+        return dict(pairs)
+
+    def no_constant(name):
+        raise ValueError(f"{name} is not a JSON number; give a finite number")
+
+    return json.loads(text, object_pairs_hook=unique, parse_constant=no_constant)

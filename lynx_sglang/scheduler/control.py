@@ -66,6 +66,7 @@ def switched_config(config: LynxConfig, request: dict) -> LynxConfig:
         raise ConfigError(f"params: {params!r} must be an object of parameter values")
     if policy == config.policy:
         params = {**config.params, **params}
+    params = {name: value for name, value in params.items() if value is not None}  # null: back to the default
     budget = request["budget"] if "budget" in request else config.budget
     if policy == "baseline" and "budget" not in request:
         budget = None  # baseline takes no budget; switching to it drops the old one

@@ -17,6 +17,7 @@ normal ones.
 from __future__ import annotations
 
 import hmac
+import json
 from pathlib import Path
 
 from fastapi import Request
@@ -24,6 +25,7 @@ from fastapi import Request
 from lynx_sglang import __version__
 from lynx_sglang.config import ADMIN_TOKEN_HEADER, LynxConfig
 from lynx_sglang.process_records import read_process_records
+from lynx_sglang.setting_values import strict_json
 from lynx_sglang.server.channel import SchedulerChannel, SchedulerError, SchedulerUnavailable, policy_request_problem
 
 
@@ -83,9 +85,11 @@ def add_routes(app, config: LynxConfig, channel: SchedulerChannel | None, runtim
         if refusal:
             return error(403, refusal)
         try:
-            body = await request.json()
-        except ValueError:
-            return error(400, "the body is not valid JSON")
+            body = strict_json(await request.body())
+        except json.JSONDecodeError as exc:
+            return error(400, f"the body is not valid JSON ({exc.msg} at position {exc.pos})")
+        except ValueError as exc:  # a key given twice, NaN or Infinity
+            return error(400, f"the body is not valid: {exc}")
         problem = policy_request_problem(body)
         if problem:
             return error(400, problem)

@@ -169,6 +169,8 @@ def test_a_broken_policy_falls_back_and_the_server_keeps_serving(server, policy)
     (AUTH, {"polcy": "oea"}, 400, "unknown field"),
     (AUTH, [1, 2], 400, "JSON object"),
     (AUTH, b"{not json", 400, "not valid JSON"),
+    (AUTH, b'{"policy": "oea", "policy": "anchor"}', 400, "'policy' is given twice"),
+    (AUTH, b'{"policy": "lynx", "params": {"alpha": NaN}}', 400, "NaN is not a JSON number"),
     (AUTH, {"config": {"policy": "anchor"}, "policy": "oea"}, 400, "a whole config stands alone"),
     (AUTH, {"config": {"policy": "anchor", "schedule": [{"from_rows": 3}]}}, 400, "must start at 1"),
     (AUTH, {"config": {"policy": "anchor", "stats": False}}, 400, "stats cannot change while serving"),

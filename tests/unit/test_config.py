@@ -120,6 +120,19 @@ def test_json_config_file_and_its_errors(tmp_path):
         build_config({"config_file": str(tmp_path / "missing.yaml")}, {})
 
 
+@pytest.mark.parametrize("text, message", [
+    ('{"policy": "lynx", "policy": "oea"}', r"config file .*twice.json: 'policy' is given twice"),
+    ('{"policy": "lynx", "params": {"alpha": 1, "alpha": 2}}', r"'alpha' is given twice"),
+    ('{"policy": "lynx", "params": {"alpha": Infinity}}', r"Infinity is not a JSON number"),
+])  # fmt: skip
+def test_a_json_config_file_with_a_key_twice_or_a_non_number_is_refused(tmp_path, text, message):
+    # json.loads keeps the last of two keys silently (the YAML loader refuses them) and takes NaN.
+    path = tmp_path / "twice.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        build_config({"config_file": str(path)}, {})
+
+
 def test_bad_kernel_and_boolean_values():
     with pytest.raises(ConfigError, match="kernel"):
         build_config({"kernel": "cuda"}, {})

@@ -220,8 +220,9 @@ def test_a_switch_within_the_policy_that_clashes_with_a_kept_parameter_says_how_
         runtime.handle({"op": "set_policy", "params": {"num_experts_kept": 4}})
     assert "give either 'num_experts_kept' or 'fraction', not both" in str(error.value)
     assert "stay on a switch within it: fraction=0.5; give one as null to drop it" in str(error.value)
+    # null drops the parameter (back to its default): it is not shown as running with the value null
     assert runtime.handle({"op": "set_policy", "params": {"num_experts_kept": 4, "fraction": None}})["params"] == {
-        "fraction": None, "num_experts_kept": 4}
+        "num_experts_kept": 4}
     with pytest.raises(ConfigError) as error:  # a budget change leaves the params alone: nothing to name
         runtime.handle({"op": "set_policy", "budget": "experts=0"})
     assert "stay on a switch" not in str(error.value)

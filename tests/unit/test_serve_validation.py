@@ -61,6 +61,17 @@ def test_checkpoint_without_weights(tmp_path):
     assert_rejected(proc, "no weight files")
 
 
+def test_llama4_is_refused_on_a_cpu_before_sglang_starts_and_planned_on_a_gpu(tmp_path):
+    # SGLang starts it on CPU, then its first forward raises NotImplementedError (docs/routers.md).
+    config = {"model_type": "llama4_text", "architectures": ["Llama4ForCausalLM"], "num_local_experts": 8,
+              "num_experts_per_tok": 1, "num_hidden_layers": 2}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    argv = ["--model-path", str(tmp_path), "--port", str(free_port()), "--load-format", "dummy"]
+    with pytest.raises(LaunchError, match=r"\(Llama4ForCausalLM\) cannot be served on a CPU: Llama-4's experts"):
+        plan_launch(argv, on_cpu=True)
+    assert plan_launch(argv, on_cpu=False, sgl_kernel_ok=True).model_path == tmp_path
+
+
 @pytest.mark.parametrize("load_format", [["--load-format", "dummy"], ["--load-format=dummy"]])
 def test_checkpoint_without_weights_is_served_with_dummy_weights(tmp_path, load_format):
     config = {"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2, "num_hidden_layers": 2}
@@ -78,7 +89,7 @@ def test_port_in_use():
         s.listen()
         port = s.getsockname()[1]
         proc = run_serve("--port", str(port))
-    assert_rejected(proc, f"port {port}", "not available")
+    assert_rejected(proc, f"port {port}", "not available", f"(pid {os.getpid()}) listens on it", "choose another --port")
 
 
 def test_unknown_lynx_flag():

@@ -143,10 +143,18 @@ def validate_for_model(config: LynxConfig, shape: MoeShape | None) -> None:
 def check_policy_layers(config: LynxConfig, num_layers: int | None, moe_layers: tuple[int, ...] | None) -> None:
     """The layers the policy applies to (`layers`, else its `layers` parameter, as policy_params hands
     them over; each band's), once the policy has checked them as layer ids."""
-    for _, band in config.bands():
+    per_layer = getattr(resolve_policy_or_error(config.policy), "per_layer_parameters", ())
+    for index, (_, band) in enumerate(config.bands()):
         layers = band.layers if band.layers is not None else band.params.get("layers")
         if isinstance(layers, (list, tuple)) and all(type(layer) is int for layer in layers):
             check_layer_ids(tuple(layers), num_layers, moe_layers)  # other values: the policy's own error
+        for name in per_layer:
+            values = band.params.get(name)
+            if num_layers and isinstance(values, (list, tuple)) and len(values) > num_layers:
+                where = f"schedule[{index}] (from {band_rows(config, index)}): " if config.schedule else ""
+                raise ConfigError(f"{where}policy '{config.policy}': parameter '{name}' has {len(values)} values, one "
+                                  f"per layer by layer id, but this model has {num_layers} layers (0..{num_layers - 1}"
+                                  f"{', its MoE layers ' + layer_list(moe_layers) if moe_layers else ''})")
 
 
 def check_layer_ids(layers: tuple[int, ...] | None, num_layers: int | None,

@@ -48,6 +48,9 @@ class AnchorPolicy(Policy):
 
     name = "anchor"
     keeps_lone_row = True
+    # Parameters that take a list with one value per decoder layer, indexed by layer id (the server
+    # checks a list's length against the model's layers).
+    per_layer_parameters = ("ratio", "min_share", "layer_caps")
 
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, ratio=0.5, min_share=0.0,
                  layer_caps=None, fill_to_k=True, prefer_resident=False):

@@ -123,3 +123,16 @@ def test_a_layer_list_of_dense_layers_only_is_refused_before_the_server_starts(t
     assert cli.main(["serve", "--model-path", str(model), "--lynx-policy", "lynx", "--lynx-layers", "0"]) == 2
     assert capsys.readouterr().err == ("lynx-sglang serve: error: layers: 0 holds no MoE layer of this model (its MoE "
                                        "layers: 1-3): a dense layer has no routed experts to prune\n")
+
+
+def test_a_per_layer_list_longer_than_the_model_is_refused():
+    """anchor's per-layer lists are indexed by layer id: a fifth value on a 4-layer model is one the
+    user meant for a layer that does not exist (a shorter list repeats its last value, as documented)."""
+    shape = MoeShape(8, 2, 4, True, "tiny", moe_layers=(1, 2, 3))
+    with pytest.raises(ConfigError, match=r"^policy 'anchor': parameter 'layer_caps' has 5 values, one per layer by "
+                                          r"layer id, but this model has 4 layers \(0..3, its MoE layers 1-3\)"):
+        validate_for_model(LynxConfig(policy="anchor", params={"layer_caps": [1, 2, 3, 4, 5]}), shape)
+    schedule = [{"from_rows": 1}, {"from_rows": 8, "params": {"ratio": [0.5] * 6}}]
+    with pytest.raises(ConfigError, match=r"^schedule\[1\] \(from 8 rows up\): policy 'anchor': parameter 'ratio'"):
+        validate_for_model(LynxConfig(policy="anchor", schedule=schedule), shape)
+    validate_for_model(LynxConfig(policy="anchor", params={"layer_caps": [0, 2, 3, 4], "ratio": [0.5, 0.3]}), shape)

@@ -128,9 +128,10 @@ def sequence_count(request) -> int:
 
 def check_sequence_count(request) -> None:
     sequences = sequence_count(request)
-    if sequences < 1:
-        # A list of prompts with n below 1 expands to nothing, which SGLang answers with a 500.
-        n = getattr(request, "parallel_sample_num", None)
+    n = getattr(request, "parallel_sample_num", None)
+    # A list of prompts with n below 1 expands to nothing, which SGLang answers with a 500; one prompt
+    # runs once, then the OpenAI endpoints fail grouping its n = 0 choices ("range() arg 3 must not be zero").
+    if sequences < 1 or (isinstance(n, int) and not isinstance(n, bool) and n < 1):
         raise ValueError(f"this request asks for no sequences (n = {n!r}); n must be at least 1")
     if sequences > MAX_SEQUENCES_PER_REQUEST:
         raise ValueError(

@@ -338,11 +338,13 @@ CRASHED_THE_SCHEDULER = [
      "this request asks for 100000 sequences (prompts x n); at most 4096"),
 ]  # fmt: skip
 
-# Requests the fuzzing found answered with a 500 (the server stayed up), or, streamed, with a 200
+# Requests the fuzzing found answered with a 500 (the server stayed up) or an unclear 400, or, streamed, with a 200
 # whose stream was cut off before its first event; now a 400 (streamed: a 200 whose one event is
 # the 400 error).
 ANSWERED_WITH_A_500 = [
     ("/generate", {"text": ["123+45="], "sampling_params": {"max_new_tokens": 8, "n": 0}},
+     "this request asks for no sequences (n = 0); n must be at least 1"),
+    ("/v1/completions", {"model": "default", "prompt": "123+45=", "max_tokens": 2, "n": 0},
      "this request asks for no sequences (n = 0); n must be at least 1"),
     ("/generate", {"input_embeds": []}, "input_embeds must be a non-empty list of embedding vectors"),
     ("/generate", {"text": "r4821=", "sampling_params": [], "stream": True},

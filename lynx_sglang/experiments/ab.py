@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from rich.console import Console
@@ -19,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import fmt, plots, report
-from .analysis import compare_arms, group_blocks, summarise_arm, within_points
+from .analysis import LossBound, compare_arms, group_blocks, summarise_arm
 from .arms import Arm, ArmSpecError, arm_from_config_file, arm_from_flags, check_policy_names
 from .experiment import (Experiment, add_common_arguments, command_parser, parse_command, parse_levels, prepare_items,
                          run, say)
@@ -27,7 +28,6 @@ from .experiment import (Experiment, add_common_arguments, command_parser, parse
 # The embedded model's calibrated setting (`lynx-sglang calibrate`, confirmed on 2,000 held-out items at
 # concurrency 8 and 32: docs/results/calibrate-shipped), shipped beside its checkpoint.
 DEFAULT_B_CONFIG = Path(__file__).resolve().parents[1] / "embedded" / "checkpoint" / "lynx-config.yaml"
-NON_INFERIORITY_POINTS = 0.01
 
 
 def parse_args(argv):
@@ -69,7 +69,9 @@ def build_arms(args) -> list[Arm]:
     return [a, b]
 
 
-def main(argv=None) -> int:
+def main(argv=None, bound: LossBound | None = None, restore: bool = True) -> int:
+    """`bound`: the one the verdicts apply (default 1 point); calibrate passes its max loss. `restore`:
+    put a --url server back in its setting at the end (calibrate restores it once, after its runs)."""
     args = parse_args(argv)
     try:
         arms = build_arms(args)
@@ -79,7 +81,8 @@ def main(argv=None) -> int:
     except ValueError as error:  # a bad arm, task file or --concurrency
         print(f"lynx-sglang ab: error: {error}", file=sys.stderr)
         return 2
-    return run(Experiment("ab", args, arms, levels, items), analyse, publish)
+    return run(Experiment("ab", args, arms, levels, items, restore=restore), analyse,
+               partial(publish, bound=bound or LossBound()))
 
 
 # ---- figures ---------------------------------------------------------------------------------------
@@ -103,18 +106,18 @@ def analyse(experiment: Experiment, blocks, run_info: dict) -> dict:
 
 # ---- what the figures say ---------------------------------------------------------------------------
 
-def verdicts(comparison: dict) -> list[str]:
-    lines = [accuracy_verdict(comparison), bytes_verdict(comparison), speed_verdict(comparison)]
+def verdicts(comparison: dict, bound: LossBound = LossBound()) -> list[str]:
+    lines = [accuracy_verdict(comparison, bound), bytes_verdict(comparison), speed_verdict(comparison)]
     return lines + ([cache_verdict(comparison)] if comparison.get("cache_misses_per_decode_token_a") is not None else [])
 
 
 def cache_verdict(c: dict) -> str:
     a, b = c["cache_misses_per_decode_token_a"], c["cache_misses_per_decode_token_b"]
-    change = f" ({100 * (b / a - 1):+.0f} %)" if a else ""
+    change = f" ({fmt.percent_change(b / a)})" if a else ""
     return f"expert-cache misses per decode token (all cached layers): {a:.3f} (A) vs {b:.3f} (B){change}"
 
 
-def accuracy_verdict(c: dict) -> str:
+def accuracy_verdict(c: dict, bound: LossBound = LossBound()) -> str:
     text = (f"accuracy {fmt.pct(c['accuracy_a'])} (A) vs {fmt.pct(c['accuracy_b'])} (B), difference "
             f"{fmt.points(c['accuracy_diff'])} points {fmt.interval_points(c['accuracy_diff_ci'])}, "
             f"McNemar p = {fmt.p_value(c['mcnemar_p'])}")
@@ -122,9 +125,9 @@ def accuracy_verdict(c: dict) -> str:
         text += ": B is significantly " + ("less" if c["accuracy_diff"] < 0 else "more") + " accurate"
     else:
         text += ": no significant difference"
-    within = within_points(c, NON_INFERIORITY_POINTS)
-    return text + (f"; within {100 * NON_INFERIORITY_POINTS:.0f} point: {'yes' if within else 'no'}"
-                   f" (lower end {fmt.points(c['accuracy_diff_ci'][0])})")
+    why = f" ({bound.why})" if bound.why else ""
+    return text + (f"; {bound.within()}{why}: {'yes' if bound.admits(c) else 'no'}"
+                   f" (lower end {fmt.points_against(c['accuracy_diff_ci'][0], bound.points)})")
 
 
 def bytes_verdict(c: dict) -> str:
@@ -166,7 +169,7 @@ def terminal_rows(results: dict) -> list[list[str]]:
     rows = []
     for c in results["comparisons"]:
         bytes_a, bytes_b = c["expert_bytes_per_decode_token_a"], c["expert_bytes_per_decode_token_b"]
-        change = "" if fmt.missing(c["expert_bytes_ratio"]) else f" ({100 * (c['expert_bytes_ratio'] - 1):+.0f} %)"
+        change = "" if fmt.missing(c["expert_bytes_ratio"]) else f" ({fmt.percent_change(c['expert_bytes_ratio'])})"
         rows.append([str(c["concurrency"]), f"{100 * c['accuracy_a']:.1f}", f"{100 * c['accuracy_b']:.1f}",
                      f"{fmt.points(c['accuracy_diff'])} {fmt.interval_points(c['accuracy_diff_ci'])}",
                      fmt.p_value(c["mcnemar_p"]),
@@ -175,7 +178,7 @@ def terminal_rows(results: dict) -> list[list[str]]:
     return rows
 
 
-def print_summary(results: dict, console: Console) -> None:
+def print_summary(results: dict, console: Console, bound: LossBound = LossBound()) -> None:
     table = Table(title=f"A = {results['a']}   B = {results['b']}", title_justify="left")
     for name in TERMINAL_HEADER:
         table.add_column(name, justify="right")
@@ -184,28 +187,28 @@ def print_summary(results: dict, console: Console) -> None:
     out = Console(width=max(Console().width, 120))
     out.print(table)
     for c in results["comparisons"]:
-        for line in verdicts(c):
+        for line in verdicts(c, bound):
             out.print(escape(f"c={c['concurrency']}: {line}"), soft_wrap=True)
 
 
-def publish(experiment: Experiment, results: dict, console: Console) -> None:
+def publish(experiment: Experiment, results: dict, console: Console, bound: LossBound = LossBound()) -> None:
     out = experiment.out
     figures = [plots.accuracy_vs_bytes(results["summaries"], out / "accuracy_vs_expert_bytes.png"),
                plots.experts_per_layer(results["summaries"], out / "experts_per_layer.png"),
                plots.latency_distributions(experiment.raw, out / "latency.png")]
-    (out / "report.md").write_text(report_markdown(results, figures))
-    print_summary(results, console)
+    (out / "report.md").write_text(report_markdown(results, figures, bound))
+    print_summary(results, console, bound)
     say(console, f"report: {out / 'report.md'}")
 
 
-def report_markdown(results: dict, figures: list[str]) -> str:
+def report_markdown(results: dict, figures: list[str], bound: LossBound = LossBound()) -> str:
     config = results["config"]
     lines = report.header(f"A/B: A = {results['a']}, B = {results['b']}", results)
     lines += [
         f"{report.what_ran(results)}; {config['blocks']} interleaved blocks per level; {results['seconds']:.0f} s.", "",
         "## Summary", "", fmt.markdown_table(SUMMARY_HEADER, summary_rows(results)), "",
     ]
-    lines += [f"- **c={c['concurrency']}**: " + "; ".join(verdicts(c)) for c in results["comparisons"]]
+    lines += [f"- **c={c['concurrency']}**: " + "; ".join(verdicts(c, bound)) for c in results["comparisons"]]
     lines += ["", "## Per task", "", per_task_table(results), "", "## Latency", "", latency_table(results), "",
               "## Experts", "", experts_table(results), "", "## Plots", ""]
     lines += [f"![{name}]({name})" for name in figures]

@@ -227,3 +227,20 @@ def within_points(comparison: dict, points: float = 0.01) -> bool:
     """The lower end of the paired difference's interval is at or above -points."""
     low = comparison["accuracy_diff_ci"][0]
     return low is not None and np.isfinite(low) and low >= -points - 1e-12
+
+
+@dataclass(frozen=True)
+class LossBound:
+    """The accuracy bound a verdict names and applies: the lower end of the difference's 95 %
+    interval at or above -points. calibrate runs the sweep with its own (max loss less its margin)
+    and confirms with its max loss; `why` says how that bound came about, so that a line never names
+    a bound it did not apply."""
+
+    points: float = 1.0
+    why: str = ""
+
+    def within(self) -> str:
+        return f"within {self.points:g} point{'' if self.points == 1 else 's'}"
+
+    def admits(self, point: dict) -> bool:
+        return within_points(point, self.points / 100)

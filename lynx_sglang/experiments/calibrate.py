@@ -21,10 +21,13 @@ from pathlib import Path
 
 from . import ab, sweep
 from .arms import ArmSpecError, check_policy_names, parse_arms
-from .calibrate_report import publish
+from rich.console import Console
+
+from .analysis import LossBound
+from .calibrate_report import baseline_warning, publish
 from .calibration import choose, config_for, config_yaml
-from .client import ServerError
-from .experiment import EMBEDDED_MODEL, add_common_arguments, command_parser, parse_command, parse_levels
+from .client import AdminClient, ServerError, describe_scope, served_scope, setting_of
+from .experiment import EMBEDDED_MODEL, add_common_arguments, command_parser, parse_command, parse_levels, restore_setting
 from .launch import ManagedServer, terminate_as_interrupt
 from .model_arms import calibration_candidates, served_shape
 from .tasks import BUILTIN_TASK, builtin_items_excluding, load_items, make_scorer
@@ -91,11 +94,11 @@ def shared_flags(args, url: str, token: str, task: str, count: int) -> list[str]
             "--endpoint", args.endpoint, "--blocks", str(args.blocks), "--bootstrap", str(args.bootstrap)]
 
 
-def loss_bound(max_loss: float, margin: float) -> sweep.LossBound:
+def loss_bound(max_loss: float, margin: float) -> LossBound:
     """The bound `choose` applies, -(max_loss - margin) points, for the sweep's summary lines: they
     would otherwise name the sweep's own 1 point, which calibrate does not apply."""
     allowed = f"max loss {max_loss:g} point{'' if max_loss == 1 else 's'}"
-    return sweep.LossBound(max_loss - margin, f"{allowed} less the {margin:g}-point margin" if margin else
+    return LossBound(max_loss - margin, f"{allowed} less the {margin:g}-point margin" if margin else
                            f"{allowed}, no margin")
 
 
@@ -112,7 +115,7 @@ def main(argv=None) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    server = None
+    server = admin = original = None
     with terminate_as_interrupt():  # SIGTERM too stops the server started here
         try:
             if args.url:
@@ -123,12 +126,13 @@ def main(argv=None) -> int:
                 print(f"starting lynx-sglang serve on port {server.port} (log: {server.log_path})", file=sys.stderr)
                 server.wait_healthy()
                 url, token = server.url, server.token
+            admin = AdminClient(url, token, args.api_key, args.admin_api_key)
+            state = admin.policy()
+            original = setting_of(state) if args.url else None  # a server started here is stopped at the end
             if candidates is None:
-                shape = served_shape(url, token, None, EMBEDDED_MODEL, args.api_key)
-                if shape is None:
-                    raise ArmSpecError("the model has no routed experts the policies could prune; nothing to calibrate")
-                candidates = calibration_candidates(shape)
-            return calibrate(args, out, levels, url, token, candidates, calibration_items, confirmation_items, started)
+                candidates = default_candidates(url, token, args.api_key)
+            return calibrate(args, out, levels, url, token, candidates, calibration_items, confirmation_items, started,
+                             scope=served_scope(state))
         except (ServerError, ArmSpecError, OSError) as error:
             print(f"lynx-sglang calibrate: error: {error}", file=sys.stderr)
             return 2
@@ -137,23 +141,49 @@ def main(argv=None) -> int:
         finally:
             if server is not None:
                 server.stop()
+            elif original is not None:
+                restore_setting(admin, original, Console(stderr=True))
 
 
-def calibrate(args, out: Path, levels, url, token, candidates, calibration_items, confirmation_items, started) -> int:
+def default_candidates(url: str, token: str, api_key: str | None) -> list:
+    shape = served_shape(url, token, None, EMBEDDED_MODEL, api_key)
+    if shape is None:
+        raise ArmSpecError("the model has no routed experts the policies could prune; nothing to calibrate")
+    candidates, dropped = calibration_candidates(shape)
+    for arm, reason in dropped:
+        print(f"  not a candidate: {arm.label} ({reason})", file=sys.stderr)
+    if not candidates:
+        raise ArmSpecError(f"no default candidate can prune this model ({shape.describe()}); give --candidates")
+    return candidates
+
+
+def calibrate(args, out: Path, levels, url, token, candidates, calibration_items, confirmation_items, started,
+              scope: dict | None = None) -> int:
+    """`scope`: the server's layers and prune_mixed (client.served_scope); the arms, switched by
+    policy, ran with them, so the written config carries them: what it holds is what was measured."""
+    scope = scope or {}
     spec = ";".join(arm.label for arm in candidates)  # a label parses back to its arm
     calibration_task = write_items(out / "calibration-items.jsonl", calibration_items)
     confirmation_task = write_items(out / "confirmation-items.jsonl", confirmation_items)
     print(f"calibrating {len(candidates)} candidates on {len(calibration_items)} items at concurrency "
           f"{args.concurrency}", file=sys.stderr)
     status = sweep.main([*shared_flags(args, url, token, calibration_task, len(calibration_items)),
-                         "--policies", spec, "--out", str(out / "sweep")], bound=loss_bound(args.max_loss, args.margin))
+                         "--policies", spec, "--out", str(out / "sweep")], bound=loss_bound(args.max_loss, args.margin),
+                        restore=False)
     if status != 0:
         print(f"lynx-sglang calibrate: the calibration sweep stopped (exit {status}); see {out / 'sweep'}",
               file=sys.stderr)
         return status
     sweep_results = json.loads((out / "sweep" / "results.json").read_text())
+    warning = baseline_warning(sweep_results)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     choice = choose(sweep_results, levels, args.max_loss, args.margin)
     config = config_for(choice)
+    if config["policy"] != "baseline" and scope:
+        config.update(scope)
+        print(f"the server has {describe_scope(scope)}: the candidates ran with it, so the config carries it",
+              file=sys.stderr)
     config_path = out / "lynx-config.yaml"
     config_path.write_text(config_yaml(config, [
         f"lynx-sglang calibrate: {args.task}, {len(calibration_items)} calibration items, concurrency {args.concurrency},",
@@ -164,11 +194,12 @@ def calibrate(args, out: Path, levels, url, token, candidates, calibration_items
     if config["policy"] != "baseline":
         print(f"confirming on {len(confirmation_items)} held-out items", file=sys.stderr)
         status = ab.main([*shared_flags(args, url, token, confirmation_task, len(confirmation_items)),
-                          "--a", "baseline", "--b-config", str(config_path), "--out", str(out / "confirm")])
+                          "--a", "baseline", "--b-config", str(config_path), "--out", str(out / "confirm")],
+                         bound=LossBound(args.max_loss, "the calibration's max loss"), restore=False)
         if status != 0:
             print(f"lynx-sglang calibrate: the confirmation stopped (exit {status}); see {out / 'confirm'}",
                   file=sys.stderr)
             return status
         confirmation = json.loads((out / "confirm" / "results.json").read_text())
-    publish(args, out, config, choice, sweep_results, confirmation, time.monotonic() - started)
+    publish(args, out, config, choice, sweep_results, confirmation, time.monotonic() - started, warning)
     return 0

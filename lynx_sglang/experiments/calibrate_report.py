@@ -9,6 +9,24 @@ from . import fmt, report
 from .experiment import checkpoint_identity, write_json
 
 
+# Below this accuracy the baseline answers (almost) nothing: no setting can lose accuracy it does not
+# have, so every candidate is "within the bound" and the choice says nothing about accuracy.
+LOW_BASELINE_ACCURACY = 0.05
+
+
+def baseline_warning(sweep_results: dict) -> str | None:
+    """A warning when the reference arm's accuracy is below LOW_BASELINE_ACCURACY at some level."""
+    reference = sweep_results["reference"]
+    low = [(f["concurrency"], p["accuracy"]) for f in sweep_results["frontiers"] for p in f["points"]
+           if p["arm"] == reference and p.get("accuracy") is not None and p["accuracy"] < LOW_BASELINE_ACCURACY]
+    if not low:
+        return None
+    levels = ", ".join(f"{fmt.pct(accuracy)} at concurrency {level}" for level, accuracy in low)
+    return (f"the model's own routing ({reference}) answers {levels} of the calibration items correctly, below "
+            f"{fmt.pct(LOW_BASELINE_ACCURACY, 0)}: no setting can lose accuracy the model does not have, so this "
+            "calibration says nothing about accuracy (check --task, --score and --max-tokens against the model)")
+
+
 def band_range(bands, index: int) -> str:
     start = bands[index].from_rows
     return f"{start}+ rows" if index == len(bands) - 1 else f"{start}-{bands[index + 1].from_rows - 1} rows"
@@ -55,16 +73,19 @@ def candidate_rows(sweep_results: dict, level: int, floor_points: float, chosen_
 
 def report_markdown(args, config: dict, choice: dict, sweep_results: dict, results: dict) -> str:
     floor = choice["floor_points"]
-    lines = ["# Calibration", "", f"`{results['command']}`", "",
-             f"{sweep_results['date']}, {sweep_results['versions']['machine']}, model "
-             f"{report.model_text(results['model'])}; task {args.task}: "
-             f"{results['calibration_items']} calibration items, {results['confirmation_items']} held-out items for "
-             f"the confirmation; {results['seconds'] / 60:.1f} minutes in all.", "",
-             f"Rule: per band, the candidate with the fewest expert bytes (fraction of the model's own routing of "
-             f"the same steps) whose accuracy difference against baseline has the lower end of its 95 % interval "
-             f"at or above {floor:+.2f} points (max loss {args.max_loss:g}, margin {args.margin:g}); one policy "
-             "for every band, the one reading the fewest bytes on average.", "",
-             "## The config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
+    lines = ["# Calibration", "", f"`{results['command']}`", ""]
+    if results.get("warning"):
+        lines += [f"**Warning**: {results['warning']}.", ""]
+    lines += [
+        f"{sweep_results['date']}, {sweep_results['versions']['machine']}, model "
+        f"{report.model_text(results['model'])}; task {args.task}: "
+        f"{results['calibration_items']} calibration items, {results['confirmation_items']} held-out items for "
+        f"the confirmation; {results['seconds'] / 60:.1f} minutes in all.", "",
+        f"Rule: per band, the candidate with the fewest expert bytes (fraction of the model's own routing of "
+        f"the same steps) whose accuracy difference against baseline has the lower end of its 95 % interval "
+        f"at or above {floor:+.2f} points (max loss {args.max_loss:g}, margin {args.margin:g}); one policy "
+        "for every band, the one reading the fewest bytes on average.", "",
+        "## The config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     lines += ["## Bands", ""]
     for record, band in zip(results["bands"], choice["bands"]):
         lines += [f"### {record['rows']} (measured at concurrency {band.level})", "",
@@ -93,7 +114,8 @@ def confirmation_section(results: dict, max_loss: float) -> list[str]:
                     "![accuracy against bytes](confirm/accuracy_vs_expert_bytes.png)", ""]
 
 
-def publish(args, out, config: dict, choice: dict, sweep_results: dict, confirmation: dict | None, seconds: float):
+def publish(args, out, config: dict, choice: dict, sweep_results: dict, confirmation: dict | None, seconds: float,
+            warning: str | None = None):
     results = {
         "tool": "lynx-sglang calibrate", "command": getattr(args, "command", "lynx-sglang calibrate"),
         "model": {"url": args.url} if args.url else checkpoint_identity(args.model_path),
@@ -101,7 +123,7 @@ def publish(args, out, config: dict, choice: dict, sweep_results: dict, confirma
         "calibration_items": sweep_results["config"]["n"],
         "confirmation_items": confirmation["config"]["n"] if confirmation else 0,
         "config": config, "policy_scores": choice["candidates"], "bands": band_records(choice),
-        "confirmation": confirmation_records(confirmation, args.max_loss),
+        "confirmation": confirmation_records(confirmation, args.max_loss), "warning": warning,
     }
     write_json(out / "results.json", results)
     (out / "report.md").write_text(report_markdown(args, config, choice, sweep_results, results))
@@ -110,5 +132,7 @@ def publish(args, out, config: dict, choice: dict, sweep_results: dict, confirma
         print(f"c={record['concurrency']}: accuracy {fmt.points(record['accuracy_diff'])} points "
               f"{fmt.interval_points(record['accuracy_diff_ci'])}, {fmt.fewer(record['bytes_fraction'])} expert bytes "
               f"than the model's routing on the same steps: the {args.max_loss:g}-point bound {verdict}")
+    if warning:
+        print(f"warning: {warning}")
     print(f"report: {out / 'report.md'}; config: {out / 'lynx-config.yaml'}")
 

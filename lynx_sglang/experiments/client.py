@@ -158,8 +158,56 @@ class AdminClient:
             raise ServerError(f"arm {arm.label}: the server reports {state.get('policy')} {state.get('params')} after the switch")
         return state
 
+    def restore(self, setting: dict) -> dict:
+        """Put the server back in `setting` (setting_of a GET /lynx/policy), applied as a whole config."""
+        return self.set_policy({"config": setting})
+
     def check_admin(self) -> dict:
         """Reachable, a lynx-sglang server, and the token accepted (a harmless reset proves it)."""
         state = self.policy()
         self.reset_stats()
         return state
+
+
+# What a whole config (POST /lynx/policy {"config": ...}) sets while serving; the rest is fixed at start.
+LIVE_SETTINGS = ("policy", "params", "budget", "layers", "prune_mixed", "schedule")
+
+
+def setting_of(state: dict) -> dict:
+    """The server's live setting in a GET /lynx/policy answer, as the whole config that restores it."""
+    return {name: state[name] for name in LIVE_SETTINGS if state.get(name) is not None}
+
+
+def served_scope(state: dict) -> dict:
+    """The server's `layers` and `prune_mixed` where they are not the defaults (all layers, pure decode
+    steps only). A switch of policy, params and budget keeps them, so every arm given as a policy (not
+    a config file) runs with them: a config written from such arms must carry them."""
+    scope = {}
+    if state.get("layers") is not None:
+        scope["layers"] = list(state["layers"])
+    if state.get("prune_mixed"):
+        scope["prune_mixed"] = True
+    return scope
+
+
+def describe_scope(scope: dict) -> str:
+    """served_scope's settings as the serve flags that set them; "" for the defaults."""
+    parts = []
+    if "layers" in scope:
+        parts.append(f"layers {','.join(str(layer) for layer in scope['layers'])} only (--lynx-layers)")
+    if scope.get("prune_mixed"):
+        parts.append("mixed batches pruned too (--lynx-prune-mixed)")
+    return " and ".join(parts)
+
+
+def describe_setting(setting: dict) -> str:
+    """A setting_of as one short phrase: `lynx {'alpha': 1} budget experts=3`, `anchor, a schedule`."""
+    text = setting.get("policy", "baseline")
+    if setting.get("params"):
+        text += f" {setting['params']}"
+    if setting.get("budget"):
+        text += f" budget {setting['budget']}"
+    if setting.get("schedule"):
+        text += f", a schedule of {len(setting['schedule'])} bands"
+    scope = describe_scope(served_scope(setting))
+    return text + (f", {scope}" if scope else "")

@@ -23,8 +23,9 @@ from rich.markup import escape
 from lynx_sglang.local_server import server_url
 
 from .arms import Arm
-from .client import ENDPOINTS, AdminClient, ArmRefused, ServerError
-from .launch import ManagedServer, terminate_as_interrupt
+from .client import (ENDPOINTS, AdminClient, ArmRefused, ServerError, describe_scope, describe_setting, served_scope,
+                     setting_of)
+from .launch import ManagedServer, interruption, served_address, terminate_as_interrupt
 from .runner import Runner, plan_steps
 from .store import Block, MeasurementStore, ResumeError
 from .tasks import BUILTIN_TASK, Item, load_items, make_scorer
@@ -111,6 +112,8 @@ class Experiment:
     levels: list[int]
     items: list[Item]
     raw: dict = field(default_factory=dict)  # (level, arm) -> ArmData, kept for the plots
+    restore: bool = True  # put a --url server back in the setting it had before the run
+    original: dict | None = None  # that setting (client.setting_of), read when the run connects
 
     @property
     def out(self) -> Path:
@@ -161,6 +164,13 @@ def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                          "starts has none")
     if args.url and (args.model_path or args.port):
         parser.error("--model-path and --port are for the server the command starts; with --url the running server is used")
+    try:
+        _, serve_port = served_address(args.serve_arg)
+    except ValueError as error:
+        parser.error(f"--serve-arg: {error}")
+    if serve_port is not None:
+        parser.error(f"--serve-arg --port {serve_port}: give the started server's port as {parser.prog}'s own "
+                     f"--port {serve_port}")
     for name in ("n", "max_tokens", "blocks", "bootstrap"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -200,6 +210,7 @@ def measure_and_publish(experiment: Experiment, analyse: Analyse, publish: Publi
         return 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    say_scope(experiment, console)
     store.begin(header, done)
     status, message, skipped = measure(experiment, store, done, server, admin, url, console)
     failed = status in ("server-error", "refused")
@@ -212,7 +223,8 @@ def measure_and_publish(experiment: Experiment, analyse: Analyse, publish: Publi
         say(console, f"nothing was measured; {store.path} holds the configuration only")
         return EXIT_INTERRUPTED if status == "interrupted" else 1
     run_info = {"status": status, "message": message, "seconds": time.monotonic() - started, "blocks": len(blocks),
-                "skipped_arms": skipped, "versions": versions(experiment)}
+                "skipped_arms": skipped, "versions": versions(experiment),
+                "server_scope": served_scope(experiment.original or {})}
     results = analyse(experiment, blocks, run_info)
     write_json(experiment.out / "results.json", results)
     publish(experiment, results, console)
@@ -235,8 +247,8 @@ def measure(experiment: Experiment, store: MeasurementStore, done: list[Block], 
     status, message = "complete", None
     try:
         runner.run(plan_steps(experiment.arms, experiment.levels, len(experiment.items), args.blocks), done)
-    except KeyboardInterrupt:
-        status, message = "interrupted", "interrupted (Ctrl-C)"
+    except KeyboardInterrupt as interrupt:
+        status, message = "interrupted", f"interrupted ({interruption(interrupt)})"
     except ArmRefused as error:  # ab's arms, a sweep's reference or all of its others: a setting, not the server
         status, message = "refused", str(error)
     except ServerError as error:
@@ -244,6 +256,8 @@ def measure(experiment: Experiment, store: MeasurementStore, done: list[Block], 
     finally:
         if server is not None:
             server.stop()
+        elif experiment.restore:
+            restore_setting(admin, experiment.original, console)
     return status, message, [{"arm": label, "reason": reason} for label, reason in runner.refused.items()]
 
 
@@ -251,7 +265,7 @@ def connect(experiment: Experiment, console: Console) -> tuple[ManagedServer | N
     args = experiment.args
     if args.url:
         admin = AdminClient(args.url, args.admin_token, args.api_key, args.admin_api_key)
-        admin.check_admin()
+        experiment.original = setting_of(admin.check_admin())
         return None, admin, args.url.rstrip("/")
     experiment.out.mkdir(parents=True, exist_ok=True)
     server = ManagedServer(experiment.out / "server.log", policy=experiment.arms[0].policy,
@@ -260,11 +274,31 @@ def connect(experiment: Experiment, console: Console) -> tuple[ManagedServer | N
     try:
         server.wait_healthy()
         admin = AdminClient(server.url, server.token)
-        admin.check_admin()
+        experiment.original = setting_of(admin.check_admin())
     except BaseException:
         server.stop()
         raise
     return server, admin, server.url
+
+
+def say_scope(experiment: Experiment, console: Console) -> None:
+    scope = describe_scope(served_scope(experiment.original or {}))
+    if scope:
+        say(console, f"note: the server has {scope}; every arm given as a policy runs with it", "yellow")
+
+
+def restore_setting(admin: AdminClient, setting: dict | None, console: Console) -> None:
+    """Put a server the run switched between arms back in `setting`, its own before the run, and say
+    so (its statistics stay reset: the run reset them before every block)."""
+    if setting is None:
+        return
+    try:
+        admin.restore(setting)
+    except ServerError as error:
+        say(console, f"could not restore the server's setting from before the run ({describe_setting(setting)}): "
+                     f"{error}", "red")
+        return
+    say(console, f"restored the server's setting from before the run: {describe_setting(setting)}")
 
 
 def say(console: Console, text: str, style: str | None = None) -> None:

@@ -18,6 +18,27 @@ def points(value, digits: int = 1) -> str:
     return "-" if missing(value) else f"{100 * value:+.{digits}f}"
 
 
+def points_against(value, bound_points: float, digits: int = 1) -> str:
+    """`points(value)` with as many more digits as it takes for the shown number to sit on the same
+    side of -bound_points as the value: -1.006 against 1 point is -1.01, not -1.0 (which reads as
+    within); -0.989 is -0.99."""
+    if missing(value):
+        return "-"
+    limit = -bound_points / 100
+    for shown_digits in range(digits, 7):
+        text = points(value, shown_digits)
+        shown = float(text) / 100
+        if abs(value - limit) <= 1e-12 or ((shown > limit) == (value > limit) and abs(shown - limit) > 1e-12):
+            return text
+    return points(value, 6)
+
+
+def percent_change(ratio_value) -> str:
+    """1.25 -> '+25 %'; a change that rounds to 0 is '0 %', with no sign."""
+    text = f"{100 * (ratio_value - 1):+.0f}"
+    return f"{'0' if text in ('+0', '-0') else text} %"
+
+
 def interval_points(ci, digits: int = 1) -> str:
     if not ci or any(missing(v) for v in ci):
         return "-"

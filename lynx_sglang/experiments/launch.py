@@ -20,6 +20,15 @@ STARTUP_TIMEOUT_S = 600
 PORT_ATTEMPTS = 3  # starts of a server whose port, chosen here, another process took first
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the interruption Ctrl-C is; its message names the signal."""
+
+
+def interruption(error: KeyboardInterrupt) -> str:
+    """What interrupted a run, as the results name it: the signal, or Ctrl-C (Python's own KeyboardInterrupt)."""
+    return str(error) if isinstance(error, Terminated) else "Ctrl-C"
+
+
 @contextmanager
 def terminate_as_interrupt():
     """SIGTERM (`kill`, `timeout`, a stopped job) ends the command as Ctrl-C does, so what was measured
@@ -30,13 +39,39 @@ def terminate_as_interrupt():
         return
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated(signal.Signals(signum).name)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def served_address(serve_args) -> tuple[str | None, int | None]:
+    """The --host and --port among a started server's extra flags (the last of each, as serve reads
+    them; None where absent). The server listens there, so the client must poll there."""
+    found: dict[str, str] = {}
+    items = list(serve_args)
+    for index, arg in enumerate(items):
+        flag, equals, value = arg.partition("=")
+        if flag in ("--host", "--port"):
+            if not equals:
+                if index + 1 >= len(items):
+                    raise ValueError(f"{flag} among the server flags has no value")
+                value = items[index + 1]
+            found[flag] = value
+    port = found.get("--port")
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"--port {port!r} among the server flags is not a port number (1-65535)")
+    return found.get("--host"), None if port is None else int(port)
+
+
+def client_host(host: str | None) -> str:
+    """Where to reach a server listening on `host`: a wildcard address is reached on the loopback."""
+    if host in (None, "", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 class ManagedServer:
@@ -47,6 +82,13 @@ class ManagedServer:
                  serve_args: list[str] = (), port: int | None = None):
         self.token = secrets.token_hex(16)
         self.log_path = log_path
+        # A --port among serve_args is the user's and wins over ours on serve's command line: use it
+        host, given_port = served_address(serve_args)
+        if given_port is not None and port is not None and given_port != port:
+            raise ValueError(f"two ports for the server: {port} and --port {given_port} among its flags")
+        port = port or given_port
+        self._host = client_host(host)
+        self._port_in_flags = given_port is not None
         self._port_chosen_here = port is None  # then a port taken by another process is chosen again
         self._arguments = ["--lynx-admin-token", self.token]
         if policy:
@@ -58,8 +100,9 @@ class ManagedServer:
 
     def _launch(self, port: int) -> None:
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "lynx_sglang.cli", "serve", "--port", str(port), *self._arguments]
+        self.url = f"http://{self._host}:{port}"
+        ours = [] if self._port_in_flags else ["--port", str(port)]
+        command = [sys.executable, "-m", "lynx_sglang.cli", "serve", *ours, *self._arguments]
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         self._log = open(self.log_path, "wb")
         # A session of its own: Ctrl-C in the terminal reaches only the experiment, which stops the server

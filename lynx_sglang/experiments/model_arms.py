@@ -4,7 +4,8 @@ Every shipped policy at several settings, with the settings that count experts (
 budget, a token's own top-k', OEA's floor) placed between the model's top-k and half its experts, so a
 16-expert top-4 model gets `topn:num_experts_kept=4,6,8` where the embedded 8-expert top-2 model gets
 `2,3,4`. Each derived arm is checked with the server's own validation (policy_setup.validate_for_model)
-and dropped if the model cannot take it, so the default sweep never proposes an arm the server refuses.
+and dropped if the model cannot take it, so the default sweep never proposes an arm the server refuses;
+an arm that provably cannot change the model's routing (cannot_prune) is dropped too.
 """
 
 from __future__ import annotations
@@ -100,28 +101,50 @@ def refusal(arm: Arm, shape: ServedShape) -> str | None:
     return None
 
 
-def default_arms(shape: ServedShape) -> tuple[list[Arm], list[tuple[Arm, str]]]:
-    """(the arms the model takes, [(arm, why not)] for derived arms it would refuse)."""
+def cannot_prune(arm: Arm, shape: ServedShape) -> str | None:
+    """Why `arm` can never change this model's routing, whatever the batch (time spent measuring it
+    is lost), or None where it may. Only what follows from E and k alone: OEA's floor k0 at k keeps
+    every token's own top-k; lynx-v1 on a top-1 model finds every voter confident (confidence 1 above
+    a threshold below 1) and keeps each one's own expert; a count of kept experts at E keeps them all."""
+    params = arm.params
+    if arm.policy == "oea" and isinstance(params.get("k0"), int) and params["k0"] >= shape.top_k:
+        return f"k0={params['k0']} keeps every token's own top-{shape.top_k}"
+    if arm.policy == "lynx-v1" and shape.top_k == 1 and params.get("threshold", 0.5) < 1:
+        return "on a top-1 model every token is confident and votes for its own expert"
+    kept = params.get("num_experts_kept")
+    if arm.policy in ("topn", "budget", "random") and isinstance(kept, int) and kept >= shape.num_experts:
+        return f"num_experts_kept={kept} keeps all {shape.num_experts} experts"
+    return None
+
+
+def usable_arms(spec: str, shape: ServedShape) -> tuple[list[Arm], list[tuple[Arm, str]]]:
+    """(the arms of `spec` the model takes and that can prune, [(arm, why not)] for the others)."""
     kept, dropped = [], []
-    for arm in parse_arms(derived_spec(shape)):
+    for arm in parse_arms(spec):
         reason = refusal(arm, shape)
-        if reason is None:
+        useless = None if reason else cannot_prune(arm, shape)
+        if reason is None and useless is None:
             kept.append(arm)
         else:
-            dropped.append((arm, reason))
+            dropped.append((arm, reason or f"cannot change this model's routing: {useless}"))
     return kept, dropped
 
 
-def calibration_candidates(shape: ServedShape) -> list[Arm]:
+def default_arms(shape: ServedShape) -> tuple[list[Arm], list[tuple[Arm, str]]]:
+    """(the arms the model takes, [(arm, why not)] for derived arms it would refuse or that cannot prune)."""
+    return usable_arms(derived_spec(shape), shape)
+
+
+def calibration_candidates(shape: ServedShape) -> tuple[list[Arm], list[tuple[Arm, str]]]:
     """`lynx-sglang calibrate`'s default candidates: the policies that did best in the sweeps, each at
     settings from loose to tight, so every band finds one within the loss bound (fewer arms than the
-    sweep's, to keep a calibration within minutes)."""
+    sweep's, to keep a calibration within minutes); and [(arm, why not)] as default_arms gives them."""
     floors = sorted({value for value in (1, shape.top_k // 2) if value >= 1})
     spec = ";".join([
         "anchor:ratio=0.2,0.3,0.4,0.5,0.7:fill_to_k=false", "lynx:alpha=0.5,1,2", f"oea:k0={_values(floors)}",
         "coverage:mass_fraction=0.6,0.8", f"topn:num_experts_kept={_values(kept_counts(shape.num_experts, shape.top_k))}",
     ])
-    return [arm for arm in parse_arms(spec) if refusal(arm, shape) is None]
+    return usable_arms(spec, shape)
 
 
 def served_shape(url: str | None, admin_token: str | None, model_path: str | None,

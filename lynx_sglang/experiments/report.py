@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .client import describe_scope
+
 
 def header(title: str, results: dict) -> list[str]:
     """The title, a warning when the run did not complete, and the command."""
@@ -17,7 +19,13 @@ def what_ran(results: dict) -> str:
     config, versions = results["config"], results["versions"]
     return (f"{results['date']}, {versions['machine']}, model {model_text(versions['model'])}; task {config['task']} "
             f"({config['n']} items, seed {config['seed']}, score {config['score']}), /v1/{config['endpoint']}, "
-            f"greedy, at most {config['max_tokens']} output tokens")
+            f"greedy, at most {config['max_tokens']} output tokens{scope_note(results.get('server_scope'))}")
+
+
+def scope_note(scope: dict | None) -> str:
+    """Where the server limits pruning (--lynx-layers, --lynx-prune-mixed): arms switched by policy keep it."""
+    text = describe_scope(scope or {})
+    return f" (the server's {text}: every arm given as a policy ran with it)" if text else ""
 
 
 def model_text(model: dict) -> str:

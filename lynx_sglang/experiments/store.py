@@ -113,8 +113,26 @@ class MeasurementStore:
             os.fsync(f.fileno())
 
 
+# The flags the item list follows: a change of items is told by them, not by the lists (kilobytes).
+ITEM_FLAGS = ("task", "n", "seed")
+
+
 def check_same_settings(saved: dict, config: dict) -> None:
     for key in MEASURED_SETTINGS:
-        if saved.get(key) != config.get(key):
-            raise ResumeError(f"cannot resume: {key} was {saved.get(key)!r} in the saved run, now {config.get(key)!r}; "
+        if saved.get(key) == config.get(key):
+            continue
+        if key == "items":
+            raise ResumeError(f"cannot resume: the items differ from the saved run's ({items_change(saved, config)}); "
                               "use the same flags, or another --out")
+        raise ResumeError(f"cannot resume: {key} was {saved.get(key)!r} in the saved run, now {config.get(key)!r}; "
+                          "use the same flags, or another --out")
+
+
+def items_change(saved: dict, config: dict) -> str:
+    """Which of --n, --seed and --task changed the items, with the values; else the task's content."""
+    changed = [f"{key} was {saved.get(key)!r}, now {config.get(key)!r}" for key in ITEM_FLAGS
+               if key in saved and saved.get(key) != config.get(key)]
+    if changed:
+        return "--n, --seed or --task changed: " + "; ".join(changed)
+    return f"same --n, --seed and --task, but the task's items changed ({len(saved['items'])} saved, " \
+           f"{len(config['items'])} now)"

@@ -13,7 +13,6 @@ The reference arm (default baseline) is always measured; every other arm is comp
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from functools import partial
 
 from rich.console import Console
@@ -21,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import fmt, plots, report, stats
-from .analysis import compare_arms, group_blocks, same_step_fraction, summarise_arm, within_points
+from .analysis import LossBound, compare_arms, group_blocks, same_step_fraction, summarise_arm, within_points
 from .arms import ArmSpecError, arm_from_config_file, check_policy_names, parse_arms
 from .client import ServerError
 from .experiment import (EMBEDDED_MODEL, Experiment, add_common_arguments, command_parser, parse_command, parse_levels,
@@ -29,23 +28,7 @@ from .experiment import (EMBEDDED_MODEL, Experiment, add_common_arguments, comma
 from .model_arms import default_arms, served_shape
 
 GOAL_BYTES_RATIO = 0.4  # "at least 60 % fewer expert bytes per decode token"
-GOAL_POINTS = 0.01  # "... with accuracy within 1 point"
-
-
-@dataclass(frozen=True)
-class LossBound:
-    """The accuracy bound the goal line names and applies: the lower end of the difference's 95 %
-    interval at or above -points. calibrate runs the sweep with its own (max loss less its margin);
-    `why` says how that bound came about, so that the line never names a bound it did not apply."""
-
-    points: float = 100 * GOAL_POINTS
-    why: str = ""
-
-    def within(self) -> str:
-        return f"within {self.points:g} point{'' if self.points == 1 else 's'}"
-
-    def admits(self, point: dict) -> bool:
-        return within_points(point, self.points / 100)
+GOAL_POINTS = 0.01  # "... with accuracy within 1 point" (LossBound's default)
 
 
 def parse_args(argv):
@@ -62,8 +45,9 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None, bound: LossBound | None = None) -> int:
-    """`bound`: the one the goal lines apply (default: the 60 % goal's 1 point); calibrate passes its own."""
+def main(argv=None, bound: LossBound | None = None, restore: bool = True) -> int:
+    """`bound`: the one the goal lines apply (default: the 60 % goal's 1 point); calibrate passes its own.
+    `restore`: put a --url server back in its setting at the end (calibrate restores it once, itself)."""
     args = parse_args(argv)
     try:
         reference = parse_arms(args.reference)
@@ -85,7 +69,7 @@ def main(argv=None, bound: LossBound | None = None) -> int:
     except (ValueError, ServerError) as error:  # a bad arm, task file or --concurrency; an unreachable --url
         print(f"lynx-sglang sweep: error: {error}", file=sys.stderr)
         return 2
-    return run(Experiment("sweep", args, arms, levels, items), analyse, partial(publish, bound=bound or LossBound()),
+    return run(Experiment("sweep", args, arms, levels, items, restore=restore), analyse, partial(publish, bound=bound or LossBound()),
                resume=args.resume)
 
 

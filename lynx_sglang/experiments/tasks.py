@@ -8,6 +8,7 @@ request is sent, so a malformed line is reported with its line number, not after
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,8 @@ def parse_jsonl_line(line: str, line_number: int, path: Path | str = "<input>") 
         raise TaskError(f"{where}: \"prompt\" must be a non-empty string")
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise TaskError(f"{where}: \"answer\" must be a string or a number")
+    if isinstance(answer, float) and not math.isfinite(answer):  # json reads NaN, Infinity and 1e400
+        raise TaskError(f"{where}: \"answer\" must be a finite number")
     if not isinstance(task, str) or not task:
         raise TaskError(f"{where}: \"task\" must be a non-empty string")
     return Item(prompt, str(answer), task)

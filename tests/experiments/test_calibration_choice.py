@@ -90,7 +90,7 @@ def test_the_sweeps_summary_line_names_the_bound_calibrate_applies():
 def test_calibrate_hands_its_bound_to_the_sweep(tmp_path, monkeypatch):
     seen = {}
 
-    def sweep_main(argv, bound=None):
+    def sweep_main(argv, bound=None, restore=True):
         seen["bound"] = bound
         return 3  # stop calibrate right after its sweep
 

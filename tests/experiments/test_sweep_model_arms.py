@@ -34,7 +34,8 @@ def test_the_embedded_model_keeps_the_published_sweep():
 def test_every_derived_arm_fits_the_model(shape):
     num_experts, top_k, layers = shape
     arms, dropped = default_arms(ServedShape(num_experts, top_k, layers))
-    assert not dropped, dropped
+    # None refused; only arms that cannot prune this model are left out (test_experiment_inputs.py)
+    assert all(reason.startswith("cannot change this model's routing") for _, reason in dropped), dropped
     for arm in arms:
         for name in ("num_experts_kept", "top_k_used", "k0"):
             if name in arm.params:

@@ -32,7 +32,7 @@ from pathlib import Path
 from lynx_sglang.config import KERNELS, ConfigError, build_config
 from lynx_sglang.experiments.client import AdminClient, ServerError
 from lynx_sglang.experiments.experiment import parse_levels
-from lynx_sglang.experiments.launch import ManagedServer, terminate_as_interrupt
+from lynx_sglang.experiments.launch import ManagedServer, served_address, terminate_as_interrupt
 from lynx_sglang.policy_setup import MoeShape, resolve_policy_or_error, validate_for_model
 from lynx_sglang.tiny_checkpoints.shapes import NAMED_SHAPES
 
@@ -238,6 +238,10 @@ def run(argv: list[str]) -> int:
         raise BenchError(str(error)) from None
     kernels = parse_list("--kernels", args.kernels, KERNELS)
     check_counts(args)
+    try:  # a --port or --host after `--` is where every arm's server listens, one after the other
+        served_address(args.serve_args)
+    except ValueError as error:
+        raise BenchError(str(error)) from None
     device = describe_device()
     record = Record(args.record, device.name, "lynx-sglang bench serve " + shlex.join(argv)) if args.record else None
     if record is not None:

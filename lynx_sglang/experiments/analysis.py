@@ -25,6 +25,7 @@ class ArmData:
     tokens: dict[int, int] = field(default_factory=dict)
     block_tokens: dict[int, int] = field(default_factory=dict)
     block_seconds: dict[int, float] = field(default_factory=dict)
+    item_block: dict[int, int] = field(default_factory=dict)  # the block each item ran in
     server_stats: list[dict] = field(default_factory=list)
 
     def add(self, block: Block) -> None:
@@ -34,6 +35,7 @@ class ArmData:
             self.tpot_ms[index] = block.tpot_ms[offset]
             self.e2e_ms[index] = block.e2e_ms[offset]
             self.tokens[index] = block.tokens[offset]
+            self.item_block[index] = block.block
         self.block_tokens[block.block] = sum(block.tokens)
         self.block_seconds[block.block] = block.wall_s
         self.server_stats.append(block.stats)
@@ -187,7 +189,7 @@ def compare_arms(a: ArmData, b: ArmData, items: list[Item], summary_a: dict, sum
     for metric in ratios:
         estimate, low, high = stats.paired_ratio_of_medians(
             [getattr(a, metric)[i] for i in common], [getattr(b, metric)[i] for i in common],
-            resamples=resamples, seed=seed)
+            blocks=[a.item_block.get(i) for i in common], resamples=resamples, seed=seed)
         result[f"{metric.removesuffix('_ms')}_median_ratio"] = estimate
         result[f"{metric.removesuffix('_ms')}_median_ratio_ci"] = [low, high]
     return result

@@ -72,6 +72,26 @@ def test_ratio_of_medians_is_paired_and_scale_free():
     assert estimate == pytest.approx(0.5) and low == pytest.approx(0.5) and high == pytest.approx(0.5)
 
 
+def test_ratio_of_medians_resamples_whole_blocks_where_the_machine_moved_them():
+    # Identical arms on a shared machine: each block's load moved B against A by a few per cent, the
+    # same for all its items (the arms ran a block side by side). Resampling items as independent
+    # called that a significant difference; resampling blocks does not.
+    rng = np.random.default_rng(3)
+    blocks = np.repeat(np.arange(4), 100)
+    a = rng.gamma(50.0, 0.4, 400)
+    b = a * np.array([1.12, 1.02, 0.97, 1.06])[blocks] * rng.normal(1.0, 0.01, 400)
+    _, item_low, item_high = stats.paired_ratio_of_medians(a, b, resamples=1000)
+    estimate, low, high = stats.paired_ratio_of_medians(a, b, blocks=blocks, resamples=1000)
+    assert item_low > 1.0  # the item bootstrap's verdict: B slower
+    assert low < 1.0 < high and low <= estimate <= high
+    # A difference every block shows stays significant; fewer than three blocks resample items
+    _, low, high = stats.paired_ratio_of_medians(a, a * 1.2 * np.array([1.02, 0.99, 1.01, 1.0])[blocks], blocks=blocks,
+                                                 resamples=1000)  # fmt: skip
+    assert 1.15 < low < high < 1.25
+    two = stats.paired_ratio_of_medians(a[:200], b[:200], blocks=blocks[:200], resamples=1000)
+    assert two == stats.paired_ratio_of_medians(a[:200], b[:200], resamples=1000)
+
+
 def test_throughput_ratio_from_blocks():
     estimate, low, high = stats.paired_ratio_of_sums([100, 100, 100, 100], [1, 1, 1, 1], [150, 160, 140, 150], [1, 1, 1, 1],
                                                      resamples=500)

@@ -24,9 +24,31 @@ GROUP_SIGNALS = ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
 
 def start_process_group(command: list[str], env: dict[str, str]) -> subprocess.Popen:
     """Start `command` as the leader of a new process group, so whatever it spawns can be found and
-    stopped, even orphaned."""
+    stopped, even orphaned; it gets SIGTERM if this process dies first (its own session is out of
+    reach of a signal to ours, and SIGKILL leaves us no time to stop it)."""
     become_subreaper()
-    return subprocess.Popen(command, env=env, start_new_session=True)
+    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=parent_death_signal(signal.SIGTERM))
+
+
+def parent_death_signal(sig: int):
+    """A preexec_fn that makes the child receive `sig` when this process exits, however it exits
+    (Linux's PR_SET_PDEATHSIG), or None where that does not exist. Linux sends it when the thread that
+    started the child ends: start children from the main thread."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    PR_SET_PDEATHSIG = 1
+
+    def set_in_child():  # between fork and exec: no imports, no allocation-heavy work
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), sig)
+
+    return set_in_child
 
 
 def become_subreaper() -> None:

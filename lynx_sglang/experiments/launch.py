@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lynx_sglang.local_server import free_port, log_tail, port_was_taken, stop_process, wait_healthy
+from lynx_sglang.process_group import parent_death_signal
 
 from .client import ServerError
 
@@ -108,7 +109,7 @@ class ManagedServer:
         # A session of its own: Ctrl-C in the terminal reaches only the experiment, which stops the server
         # after saving what was measured.
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=parent_death_signal(signal.SIGTERM))
 
     def log_tail(self, lines: int = 15) -> str:
         return log_tail(self.log_path, lines)

@@ -197,6 +197,9 @@ class LynxConfig:
         if self.cache_prefetch and self.expert_cache is None:
             raise ConfigError("cache_prefetch: prefetches into the expert cache; set expert_cache too "
                               "(--lynx-expert-cache N)")
+        if self.cache_policy != "lru" and self.expert_cache is None:
+            raise ConfigError(f"cache_policy: {self.cache_policy!r} chooses what the expert cache keeps; set "
+                              "expert_cache too (--lynx-expert-cache N)")
         if not isinstance(self.policy, str) or not self.policy:
             raise ConfigError(f"policy: {self.policy!r} must be a policy name")
         if self.admin_token is not None and (not isinstance(self.admin_token, str) or not self.admin_token):

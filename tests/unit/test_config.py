@@ -239,6 +239,9 @@ def test_cache_settings_from_every_source(tmp_path):
     assert build_config({"expert_cache": "2"}, {"LYNX_CACHE_PREFETCH": "1"}).cache_prefetch is True
     with pytest.raises(ConfigError, match="cache_prefetch: prefetches into the expert cache; set expert_cache too"):
         build_config({"cache_prefetch": True}, {})
+    with pytest.raises(ConfigError, match="cache_policy: 'activation' chooses what the expert cache keeps; set "
+                                          "expert_cache too"):  # as prefetch is: a setting that would do nothing
+        build_config({}, {"LYNX_CACHE_POLICY": "activation"})
     with pytest.raises(ConfigError, match="LYNX_CACHE_PREFETCH: 'maybe' must be true or false"):
         build_config({"expert_cache": "2"}, {"LYNX_CACHE_PREFETCH": "maybe"})
     cached = LynxConfig(expert_cache="25%", cache_policy="activation", cache_prefetch=True)

@@ -34,8 +34,13 @@ def _policies(args: list[str]) -> int:
 
 
 def _bench(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lynx-sglang bench", allow_abbrev=False)
-    parser.add_argument("what", choices=("policies", "kernels", "serve", "bookkeeping"), help="what to measure")
+    from lynx_sglang.tools.bench import SUBCOMMANDS
+
+    parser = argparse.ArgumentParser(prog="lynx-sglang bench", allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(f"  {name:<12} {what}" for name, what in SUBCOMMANDS.items()))
+    parser.add_argument("what", choices=tuple(SUBCOMMANDS), help="what to measure (below); `lynx-sglang bench WHAT "
+                        "--help` for its own flags")
     namespace = parser.parse_args(args[:1])
     if namespace.what == "policies":
         from lynx_sglang.tools.bench.policies import main

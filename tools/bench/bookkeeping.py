@@ -22,7 +22,7 @@ from lynx_sglang.kernels.bookkeeping.layout import FIELDS
 from lynx_sglang.policies import ExpertBudget, get_policy
 
 from .batches import make_batch, top_k_for
-from .flags import positive_int, positive_ints
+from .flags import Parser, positive_int, positive_ints
 from .timers import time_cpu
 
 
@@ -36,8 +36,8 @@ def bookkeeping_cells(finalize, decision, logits, ids, weights, num_real, repeat
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lynx-sglang bench bookkeeping", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="lynx-sglang bench bookkeeping", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default="lynx")
     parser.add_argument("--experts", type=positive_ints, default=[64, 128], help="comma-separated expert counts")
     parser.add_argument("--tokens", type=positive_ints, default=[1, 8, 32, 128, 256],
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     try:
         policies = {e: get_policy(args.policy, num_experts=e, top_k=top_k_for(e)) for e in experts}
     except ValueError as error:
-        parser.error(str(error))
+        parser.error(f"--policy: {error}")
     torch.set_num_threads(1)
     fastest = bookkeeping_for("cpu")
     ways = {"C++": fastest.finalize} if fastest.name == "cpu" else {}

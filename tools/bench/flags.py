@@ -1,8 +1,16 @@
-"""Flag types the benchmarks share: argparse reports a bad value as `argument --tokens: ...`."""
+"""Flag types and the parser the benchmarks share: argparse reports a bad value as `argument --tokens: ...`."""
 
 from __future__ import annotations
 
 import argparse
+
+
+class Parser(argparse.ArgumentParser):
+    """A bad flag is one line, `PROG: error: ...`, and exit 2: argparse's usage dump above it would bury
+    the one line that says what is wrong (`--help` still shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def positive_int(text: str) -> int:
@@ -12,6 +20,27 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def percentage(text: str) -> int:
+    """An active percentage: 1 to 100 (0 % would time an empty MoE; over 100 % names experts it lacks)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage of the experts from 1 to 100")
     return value
 
 

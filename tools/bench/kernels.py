@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 
 from lynx_sglang.kernels import fused_moe_active
 
+from .flags import Parser, non_negative_int, percentage, positive_int
 from .timers import Timer, copy_bandwidth
 
 
@@ -63,6 +65,8 @@ CPU_SHAPES = [CPU_SHAPE, MoeShape("embedded", 128, 256, 8, 2)]
 TINY_SHAPE = MoeShape("tiny", 32, 32, 8, 2)  # smoke tests only
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+COMPARISONS = ("stock", "grouped_mm")
+PROG = "lynx-sglang bench kernels"  # `python -m` of this module names itself instead (no SGLang comparison then)
 
 
 def make_routing(num_tokens: int, shape: MoeShape, num_active: int, device, seed: int = 0):
@@ -123,7 +127,11 @@ def build_implementations(device: torch.device, args) -> dict[str, tuple[str, Im
     else:
         impls["ours"] = ("lynx_sglang.kernels.fused_moe_active (CPU torch path)",
                          lambda h, w13, w2, ids, tw, mask: fused_moe_active(h, w13, w2, ids, tw, mask))
-    if "grouped_mm" in args.compare and hasattr(torch, "_grouped_mm"):
+        if "stock" in args.compare:
+            print("# stock: not run: it is Triton, for a GPU (or --triton-on-cpu under TRITON_INTERPRET=1)")
+    if "grouped_mm" in args.compare and not hasattr(torch, "_grouped_mm"):
+        print(f"# grouped_mm: not run: torch {torch.__version__} has no torch._grouped_mm")
+    elif "grouped_mm" in args.compare:
         impls["grouped_mm"] = ("torch._grouped_mm over tokens sorted by expert",
                                lambda h, w13, w2, ids, tw, mask: grouped_mm_moe(h, w13, w2, ids, tw))
     return impls
@@ -203,31 +211,31 @@ def run(args, extra_implementations: Callable | None = None) -> list[dict]:
     return rows
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lynx_sglang.tools.bench.kernels",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--cpu", action="store_true", help="CPU mode: one memory-bound shape (E 8, H 1024, I 3584) on the torch path")
+def parse_args(argv=None, prog: str = PROG):
+    parser = Parser(prog=prog, description=__doc__.split("\n")[0])
+    modes = parser.add_mutually_exclusive_group()  # each picks the shapes: together one would be ignored
+    modes.add_argument("--cpu", action="store_true", help="CPU mode: one memory-bound shape (E 8, H 1024, I 3584) on the torch path")
+    modes.add_argument("--tiny", action="store_true",
+                       help="only a tiny shape (H 32, I 32, E 8), on the CPU unless --device says otherwise (smoke tests)")
     parser.add_argument("--quick", action="store_true", help="fewer batches, fractions and iterations")
-    parser.add_argument("--tiny", action="store_true", help="a tiny shape (smoke tests)")
-    parser.add_argument("--device", default=None, help="default: cuda if available (cpu with --cpu)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available; cpu with --cpu or --tiny)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    parser.add_argument("--shapes", nargs="*", default=None,
+    parser.add_argument("--shapes", nargs="+", default=None,
                         help=f"subset of {[s.name for s in MODEL_SHAPES]} (with --cpu: of {[s.name for s in CPU_SHAPES]})")
-    parser.add_argument("--batches", type=int, nargs="*", default=None)
-    parser.add_argument("--fractions", type=int, nargs="*", default=None, help="active percentages")
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--copies", type=int, default=None, help="weight copies rotated (beat the caches)")
-    parser.add_argument("--copy-mib", type=int, default=1024, help="size of the bandwidth copy")
-    parser.add_argument("--compare", nargs="*", default=["stock", "grouped_mm"], help="stock, grouped_mm")
+    parser.add_argument("--batches", type=positive_int, nargs="+", default=None, help="decode batch sizes")
+    parser.add_argument("--fractions", type=percentage, nargs="+", default=None, help="active percentages, 1 to 100")
+    parser.add_argument("--iters", type=positive_int, default=None, help="timed calls per case")
+    parser.add_argument("--warmup", type=non_negative_int, default=None)
+    parser.add_argument("--copies", type=positive_int, default=None, help="weight copies rotated (beat the caches)")
+    parser.add_argument("--copy-mib", type=positive_int, default=1024, help="size of the bandwidth copy")
+    parser.add_argument("--compare", nargs="*", choices=COMPARISONS, default=list(COMPARISONS),
+                        help="stock, grouped_mm (none: give --compare alone)")
     parser.add_argument("--no-graphs", action="store_true", help="time eager launches instead of graph replays")
-    parser.add_argument("--triton-on-cpu", action="store_true", help="run the Triton impls on CPU (needs TRITON_INTERPRET=1; tests)")
+    parser.add_argument("--triton-on-cpu", action="store_true",
+                        help="run the Triton impls on CPU (in Triton's interpreter: needs TRITON_INTERPRET=1 set "
+                             "before the command starts; tests)")
     args = parser.parse_args(argv)
-    known = [s.name for s in (CPU_SHAPES if args.cpu else MODEL_SHAPES)]
-    if unknown := [name for name in args.shapes or [] if name not in known]:
-        parser.error(f"--shapes: {', '.join(unknown)} not among {', '.join(known)}")
-    if args.device is None:
-        args.device = "cpu" if (args.cpu or args.tiny or not torch.cuda.is_available()) else "cuda"
+    check_args(parser, args)
     on_gpu = args.device.startswith("cuda")
     if args.batches is None:
         args.batches = [4, 16] if args.cpu else ([1, 64] if args.quick else [1, 8, 32, 64, 128])
@@ -244,14 +252,36 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None, extra_implementations: Callable | None = None) -> int:
-    args = parse_args(argv)
-    if not args.device.startswith("cuda") and not args.cpu and not args.tiny:
-        print("no CUDA device: the model shapes need a GPU; use --cpu for the CPU shape", file=sys.stderr)
-        return 2
-    run(args, extra_implementations)
+def check_args(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse, before any work, what would end in a traceback or a table of nan: one line each."""
+    if args.tiny and args.shapes:
+        parser.error("--shapes: --tiny runs the tiny shape only")
+    known = [s.name for s in (CPU_SHAPES if args.cpu else MODEL_SHAPES)]
+    if unknown := [name for name in args.shapes or [] if name not in known]:
+        parser.error(f"--shapes: {', '.join(unknown)} not among {', '.join(known)}")
+    if args.device is None:
+        args.device = "cpu" if (args.cpu or args.tiny or not torch.cuda.is_available()) else "cuda"
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        parser.error(f"--device: {args.device!r} is not cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is available")
+    if device.type == "cpu" and not (args.cpu or args.tiny):
+        why = "--device cpu" if torch.cuda.is_available() else "no CUDA device is available"
+        parser.error(f"the model shapes need a GPU ({why}): use --cpu for the CPU shapes, or --tiny")
+    if args.triton_on_cpu and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        # Triton reads the variable when the kernels are first imported, before these flags are parsed.
+        parser.error("--triton-on-cpu runs the Triton kernels in Triton's interpreter, which must be on from the "
+                     f"start: run it as `TRITON_INTERPRET=1 {parser.prog} ... --triton-on-cpu`")
+
+
+def main(argv=None, extra_implementations: Callable | None = None, prog: str = PROG) -> int:
+    run(parse_args(argv, prog), extra_implementations)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m lynx_sglang.tools.bench.kernels"))

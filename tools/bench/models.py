@@ -11,6 +11,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from lynx_sglang.config import ConfigError
 from lynx_sglang.embedded.tokenizer import SPECIAL_TOKENS, vocabulary
@@ -84,23 +85,30 @@ class BenchModel:
 
 
 def resolve_model(model_path: str | None, shape_text: str, serve_args: list[str], device: Device,
-                  workdir: Path) -> BenchModel:
+                  workdir: Path, check: Callable[[Path], None] | None = None) -> BenchModel:
+    """`check(folder with the model's config.json)` runs before anything is built: a setting the model
+    cannot take is refused before the default checkpoint's minutes and GBs."""
+    check = check or (lambda model_dir: None)
     if model_path:
         if shape_text:
             raise BenchError(f"--shape {shape_text!r} cannot be combined with --model-path "
                              "(the checkpoint has its own shape)")
-        return given_model(Path(model_path).expanduser())
+        model = given_model(Path(model_path).expanduser())
+        check(model.path)
+        return model
     try:
         name, overrides = parse_shape(shape_text, DEFAULT_SHAPE_FIELDS)
     except ShapeError as exc:
         raise BenchError(str(exc)) from None
     if name is None:
         shape = {**DEFAULT_SHAPE, **overrides}
+        check(write_config_only({**DEFAULT_SHAPE_FIELDS, **overrides}, workdir / "custom"))
         return BenchModel(bench_checkpoint(shape), "custom", shape["num_hidden_layers"], note="built, bf16")
     fields = {**NAMED_SHAPES[name], **overrides}
     if device.gpu_bytes is not None and "num_hidden_layers" not in overrides:
         fields["num_hidden_layers"] = fitted_layers(name, fields, device, serve_args)
     path = write_config_only(fields, workdir / name)
+    check(path)
     return BenchModel(path, name, fields["num_hidden_layers"], ["--load-format", "dummy"],
                       note="random weights made by SGLang (--load-format dummy)")
 

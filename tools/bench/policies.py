@@ -36,11 +36,11 @@ import torch
 
 from lynx_sglang.kernels.interpret import interpret_without_cuda
 from lynx_sglang.kernels.routing import fused_available
-from lynx_sglang.policies.registry import BUILTIN_POLICIES, get_policy
+from lynx_sglang.policies.registry import BUILTIN_POLICIES, get_policy, resolve_policy_class
 
 from ..launch_count import count_launches
 from .batches import ROUTER_KINDS, make_batch, router_for, top_k_for
-from .flags import positive_int, positive_ints
+from .flags import Parser, positive_int, positive_ints
 from .timers import CALLS_PER_GRAPH, time_cpu, time_cuda_graph
 
 DEFAULT_TOKENS = (1, 8, 32, 128, 256)
@@ -84,8 +84,8 @@ class Table:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="lynx-sglang bench policies", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="lynx-sglang bench policies", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=positive_int, default=None,
                         help="timed calls per cell (default 50 on CPU; on CUDA 10 graph replays of 20 calls, five times)")
@@ -109,8 +109,24 @@ def parse_args(argv=None):
     if args.per_launch and args.device != "cuda":
         parser.error("--per-launch times the Triton launches on a GPU: it needs a CUDA device")
     args.repeats = args.repeats or (10 if args.device == "cuda" else 50)
-    args.policies = [name.strip() for name in args.policies.split(",") if name.strip()]
+    args.policies = policy_names(parser, args.policies)
     return args
+
+
+def policy_names(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """--policies as names the registry resolves, each once: an empty table or a row per unknown name
+    would pass for a measurement."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        parser.error(f"--policies: {text!r} lists no policy")
+    if len(set(names)) != len(names):
+        parser.error(f"--policies: {text!r} lists a policy twice")
+    for name in names:
+        try:
+            resolve_policy_class(name)
+        except ValueError as error:
+            parser.error(f"--policies: {error}")
+    return names
 
 
 def policies_of(args, device=None):
@@ -308,8 +324,10 @@ def main(argv=None) -> int:
         per_launch_table(args, device, dtype, timer)
         layer_launch_table(args, device, dtype, timer)
         return 0
+    counting = not args.no_launch_counts and fused_available("triton")
     if not on_gpu:
-        print("# CUDA: no CUDA device here, so no graph-replay times; launch counts below use Triton's interpreter")
+        print("# CUDA: no CUDA device here, so no graph-replay times"
+              + ("; launch counts below use Triton's interpreter" if counting else ""))
     eager = Table("torch reference" + (" (CUDA graph replay)" if on_gpu else " (CPU eager)"), args.tokens)
     run_table(eager, args, device, dtype, timer, "torch")
     fused = Table("fused path" + (": Triton, CUDA graph replay" if on_gpu else ": CPU fast path (C++ op)"), args.tokens)
@@ -322,7 +340,7 @@ def main(argv=None) -> int:
     if args.compile:
         run_table(Table("torch.compile (inductor) of the torch reference", args.tokens), args, device, dtype, timer,
                   "torch", compiled=True)  # fmt: skip
-    if not args.no_launch_counts and fused_available("triton"):
+    if counting:
         launch_counts(args, device, dtype, "triton")
     return 0
 

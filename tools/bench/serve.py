@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shlex
 import sys
@@ -29,7 +30,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lynx_sglang.config import KERNELS, ConfigError, build_config
+from lynx_sglang.config import CONFIG_FILE_ENV, ENV_VARIABLES, KERNELS, ConfigError, build_config
 from lynx_sglang.experiments.client import AdminClient, ServerError
 from lynx_sglang.experiments.experiment import parse_levels
 from lynx_sglang.experiments.launch import ManagedServer, served_address, terminate_as_interrupt
@@ -44,6 +45,12 @@ DEFAULT_CONCURRENCY = "1,16,32,64"
 WARMUP_TOKENS = 4
 STARTUP_TIMEOUT_S = 1200  # a large model loads slowly on a CPU; on a GPU, Triton compiles and graph capture
 REQUEST_TIMEOUT_S = 1800
+# What an arm sets on its server (Arm.serve_flags, --kernels). Given to every server too, after `--` or
+# in the environment the servers inherit, they would override the arm's own while the table and the
+# record kept the arm's label.
+ARM_SETTINGS = ("policy", "params", "budget", "kernel", "stats")
+ARM_FLAGS = ("--lynx-policy", "--lynx-param", "--lynx-budget", "--lynx-kernel", "--lynx-stats", "--lynx-config")
+ARM_VARIABLES = (*(var for var, name in ENV_VARIABLES.items() if name in ARM_SETTINGS), CONFIG_FILE_ENV)
 
 
 class Arm:
@@ -58,6 +65,13 @@ class Arm:
             self.config = build_config({"policy": self.policy, "budget": self.budget}, environ={})
         except ConfigError as exc:
             raise BenchError(f"--arms: arm {self.spec!r}: {exc}") from None
+        if self.is_baseline and self.config.budget is not None:  # its server gets no --lynx-budget
+            raise BenchError(f"--arms: arm {self.spec!r}: baseline takes no budget (it is the model's own routing)")
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        """What the arm runs, however written: `lynx`, `lynx:` and `lynx:none` are one arm."""
+        return self.config.policy, self.config.budget
 
     @property
     def is_baseline(self) -> bool:
@@ -113,18 +127,64 @@ def parse_arms(text: str) -> list[Arm]:
     arms = [Arm(spec) for spec in text.split(";") if spec.strip()]
     if not arms:
         raise BenchError(f"--arms: {text!r} lists no arm")
-    specs = [arm.spec for arm in arms]
-    if len(set(specs)) != len(specs):
-        raise BenchError(f"--arms: {text!r} lists an arm twice")
+    for index, arm in enumerate(arms):
+        if twin := next((other for other in arms[:index] if other.key == arm.key), None):
+            raise BenchError(f"--arms: {text!r} lists an arm twice: {twin.spec!r} and {arm.spec!r} run the same")
     return arms
 
 
-def check_counts(args) -> None:
+def check_arm_settings(serve_args: list[str], environ=os.environ) -> None:
+    """Refuse the settings an arm sets when they would reach every server: after `--`, in SGLang's
+    `--config FILE` there (`lynx-sglang serve` turns its lynx-* keys into flags), or in LYNX_* variables."""
+    how = ("would override every arm's own policy, budget, kernel and statistics: give those with --arms "
+           "(policy[:budget]) and --kernels")
+    for arg in serve_args:
+        if (flag := arg.partition("=")[0]) in ARM_FLAGS:
+            raise BenchError(f"{flag} after -- {how}")
+    for key in sglang_config_keys(serve_args):
+        if (flag := "--" + key.replace("_", "-")) in ARM_FLAGS:
+            raise BenchError(f"--config: key {key!r} ({flag}) {how}")
+    if given := [var for var in ARM_VARIABLES if environ.get(var)]:
+        raise BenchError(f"{', '.join(given)} set in the environment (unset {'them' if len(given) > 1 else 'it'}): "
+                         f"every arm's server inherits the environment, and {'they' if len(given) > 1 else 'it'} {how}")
+
+
+def sglang_config_keys(serve_args: list[str]) -> list[str]:
+    """The keys of SGLang's `--config FILE` among the extra flags; none when it cannot be read (the
+    server then says why)."""
+    import yaml
+
+    if "--config" not in serve_args or serve_args.index("--config") + 1 >= len(serve_args):
+        return []
+    try:
+        loaded = yaml.safe_load(Path(serve_args[serve_args.index("--config") + 1]).expanduser().read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    return [str(key) for key in loaded] if isinstance(loaded, dict) else []
+
+
+def check_counts(args, levels: list[int]) -> None:
     for flag, value, least in (("--requests", args.requests, 0), ("--prompt-tokens", args.prompt_tokens, 1),
                                ("--output-tokens", args.output_tokens, 2)):  # fmt: skip
         if value < least:
             why = " (TPOT needs two output tokens)" if flag == "--output-tokens" else ""
             raise BenchError(f"{flag}: {value} is below {least}{why}")
+    if args.requests and args.requests < max(levels):  # the row would say a concurrency it never reached
+        raise BenchError(f"--requests {args.requests} is below --concurrency {max(levels)}: a level keeps that "
+                         f"many requests in flight, so it needs at least as many (default: 4 x concurrency)")
+
+
+def check_arms_for_model(arms: list[Arm], model_dir: Path) -> None:
+    """Each arm against the model's config.json: resolve_model calls it before it builds a checkpoint."""
+    try:
+        shape = MoeShape.from_checkpoint(model_dir)
+    except ConfigError as exc:
+        raise BenchError(f"--model-path: {exc}") from None
+    for arm in arms:
+        try:
+            validate_for_model(arm.config, shape)
+        except ConfigError as exc:
+            raise BenchError(f"--arms: arm {arm.spec!r}: {exc}") from None
 
 
 def server_runs(arms: list[Arm], kernels: list[str]) -> list[tuple[Arm, str]]:
@@ -237,7 +297,8 @@ def run(argv: list[str]) -> int:
     except ValueError as error:
         raise BenchError(str(error)) from None
     kernels = parse_list("--kernels", args.kernels, KERNELS)
-    check_counts(args)
+    check_counts(args, levels)
+    check_arm_settings(args.serve_args)
     try:  # a --port or --host after `--` is where every arm's server listens, one after the other
         served_address(args.serve_args)
     except ValueError as error:
@@ -247,12 +308,8 @@ def run(argv: list[str]) -> int:
     if record is not None:
         record.write([])  # an unwritable path fails now, not after the first level
     logs = Path(tempfile.mkdtemp(prefix="lynx-bench-serve-"))
-    model = resolve_model(args.model_path, args.shape, args.serve_args, device, logs)
-    for arm in arms:
-        try:
-            validate_for_model(arm.config, MoeShape.from_checkpoint(model.path))
-        except ConfigError as exc:
-            raise BenchError(f"--arms: arm {arm.spec!r}: {exc}") from None
+    model = resolve_model(args.model_path, args.shape, args.serve_args, device, logs,
+                          check=lambda model_dir: check_arms_for_model(arms, model_dir))
     runs = server_runs(arms, kernels)
     print(f"model {model.describe()}; device {device.name}; {len(runs)} servers; concurrency {levels}; "
           f"{args.prompt_tokens} prompt + {args.output_tokens} output tokens per request; logs in {logs}", flush=True)

@@ -72,10 +72,10 @@ def test_ratio_of_medians_is_paired_and_scale_free():
     assert estimate == pytest.approx(0.5) and low == pytest.approx(0.5) and high == pytest.approx(0.5)
 
 
-def test_ratio_of_medians_resamples_whole_blocks_where_the_machine_moved_them():
+def test_ratio_of_medians_takes_its_interval_over_blocks_where_the_machine_moved_them():
     # Identical arms on a shared machine: each block's load moved B against A by a few per cent, the
     # same for all its items (the arms ran a block side by side). Resampling items as independent
-    # called that a significant difference; resampling blocks does not.
+    # called that a significant difference; an interval over the blocks does not.
     rng = np.random.default_rng(3)
     blocks = np.repeat(np.arange(4), 100)
     a = rng.gamma(50.0, 0.4, 400)

@@ -62,8 +62,10 @@ def build_arms(args) -> list[Arm]:
         b = arm_from_config_file(args.b_config)
     elif args.b is None and not args.b_param and not args.b_budget:
         b = replace(arm_from_config_file(str(DEFAULT_B_CONFIG)), config_name="calibrated")
-    else:
-        b = arm_from_flags(args.b or arm_from_config_file(str(DEFAULT_B_CONFIG)).policy, args.b_param, args.b_budget)
+    else:  # --b-param or --b-budget alone apply to the calibrated setting: its policy and parameters stay
+        calibrated = arm_from_config_file(str(DEFAULT_B_CONFIG))
+        b = arm_from_flags(args.b or calibrated.policy, args.b_param, args.b_budget,
+                           base_params={} if args.b else calibrated.params)  # fmt: skip
     if a == b:  # an A/A run: the same setting twice, measured and reported as two arms
         a, b = replace(a, tag="A"), replace(b, tag="B")
     return [a, b]

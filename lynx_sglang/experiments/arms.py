@@ -136,9 +136,10 @@ def parse_arm_group(text: str) -> list[Arm]:
     return arms
 
 
-def arm_from_flags(policy: str, params: list[str], budget: str | None) -> Arm:
-    """One arm from `ab`'s --a/--a-param/--a-budget flags (each parameter a single value)."""
-    values = {}
+def arm_from_flags(policy: str, params: list[str], budget: str | None, base_params: dict | None = None) -> Arm:
+    """One arm from `ab`'s --a/--a-param/--a-budget flags (each parameter a single value), its
+    parameters over `base_params`."""
+    values = dict(base_params or {})
     for assignment in params:
         name, sep, value = assignment.partition("=")
         if not sep or not name:

@@ -252,6 +252,12 @@ def test_ab_defaults_to_the_embedded_models_calibrated_config():
     assert (b.policy, b.params) == ("lynx", {"alpha": 0.5}) and b.request_body()["config"]["policy"] == "lynx"
     _, b = build_arms(parse_args(["--b-param", "alpha=1"]))  # a parameter alone keeps the calibrated policy
     assert (b.policy, b.params) == ("lynx", {"alpha": 1})
+    # a budget alone is added to the calibrated setting: its parameters stay (they were dropped, under a
+    # label that did not say so)
+    _, b = build_arms(parse_args(["--b-budget", "experts=3"]))
+    assert (b.policy, b.params, b.budget) == ("lynx", {"alpha": 0.5}, "experts=3")
+    _, b = build_arms(parse_args(["--b", "lynx", "--b-budget", "experts=3"]))  # a policy named starts afresh
+    assert (b.policy, b.params) == ("lynx", {})
 
 
 @pytest.mark.parametrize("tool, argv", [("ab", ["--b", "nope"]), ("sweep", ["--policies", "lynx;nope:x=1"]),

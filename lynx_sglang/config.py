@@ -274,6 +274,9 @@ def parse_setting(name: str, value, label: str):
 
 # What a user may set, from any source (runtime_dir is the launcher's own).
 SETTINGS = tuple(f.name for f in fields(LynxConfig) if f.name != "runtime_dir")
+# What a whole config (POST /lynx/policy {"config": ...}, a config file's content) may set while serving;
+# the others are fixed at start.
+LIVE_SETTINGS = ("policy", "params", "budget", "layers", "prune_mixed", "schedule")
 # Environment variable -> setting. LYNX_PARAMS is "key=value,key=value".
 ENV_VARIABLES = {
     "LYNX_POLICY": "policy",

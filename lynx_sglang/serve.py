@@ -203,8 +203,10 @@ def machine_defaults(config: LynxConfig, given: GivenSettings, *, on_cpu: bool |
     if on_cpu is None:
         on_cpu = not cuda_available()
     if on_cpu:
-        if model_path is not None:
-            check_runs_on_cpu(model_path, given.value("revision"))
+        from lynx_sglang.cpu_runtime.model_support import why_not_on_cpu
+
+        if model_path is not None and (why := why_not_on_cpu(model_path, given.value("revision"))):
+            raise LaunchError(why)
         return cpu_defaults(config, given, environ)
     if not (gpu_runtime.sgl_kernel_importable() if sgl_kernel_ok is None else sgl_kernel_ok):
         return defaults_not_given(gpu_runtime.SERVE_SETTINGS, given), gpu_runtime.serve_environment(environ)
@@ -225,25 +227,6 @@ def cuda_available() -> bool:
         return torch.cuda.is_available()
     except ImportError:
         return False
-
-
-# Architectures whose first forward fails on SGLang's CPU path (docs/routers.md says where).
-CPU_UNSUPPORTED = {
-    ("Llama4ForCausalLM", "Llama4ForConditionalGeneration"): "Llama-4's experts take the router weight on "
-    "their input, which SGLang's CPU expert compute does not implement",
-}
-
-
-def check_runs_on_cpu(model_path: Path, revision: str | None) -> None:
-    """Refuse before starting a model SGLang would start on CPU and then fail at its first forward."""
-    try:
-        architectures = set(read_model_config(model_path, revision).get("architectures") or ())
-    except ConfigError:
-        return  # check_checkpoint has said what is wrong with the folder, or SGLang will
-    for names, why in CPU_UNSUPPORTED.items():
-        if architectures & set(names):
-            raise LaunchError(f"{model_path} ({', '.join(sorted(architectures))}) cannot be served on a CPU: "
-                              f"{why} (docs/routers.md); serve it on a GPU")
 
 
 def cpu_defaults(config: LynxConfig, given: GivenSettings, environ) -> tuple[dict, dict[str, str]]:
@@ -299,7 +282,7 @@ def check_port_free(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as exc:
             holder = port_listener(port)
-            held = f"; {process_name(holder)} (pid {holder}) listens on it" if holder is not None else ""
+            held = f"; {process_named(holder)} listens on it" if holder is not None else ""
             raise LaunchError(f"port {port} on {host} is not available ({exc.strerror}{held}); "
                               "choose another --port") from None
 
@@ -405,7 +388,7 @@ def watch_sglang(plan: LaunchPlan, process, startup_timeout: float) -> int:
             return process.wait()
         holder = port_thief(plan.port, process.pid)
         if holder is not None:
-            print(f"lynx-sglang: port {plan.port} was taken by {process_name(holder)} (pid {holder}) while SGLang "
+            print(f"lynx-sglang: port {plan.port} was taken by {process_named(holder)} while SGLang "
                   f"started; stopping. Choose another --port, below {ephemeral_port_range()[0]} (ports at or "
                   "above it are the ones the system hands out, to SGLang's own processes too)", file=sys.stderr)
             return 1
@@ -441,6 +424,11 @@ def process_name(pid: int) -> str:
         return psutil.Process(pid).name()
     except psutil.Error:
         return "another process"
+
+
+def process_named(pid: int) -> str:
+    """`name (pid N)`, as the port messages name a process."""
+    return f"{process_name(pid)} (pid {pid})"
 
 
 def example_request(url: str) -> str:

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from lynx_sglang.config import ADMIN_TOKEN_HEADER
+from lynx_sglang.config import ADMIN_TOKEN_HEADER, LIVE_SETTINGS
 
 from .arms import Arm
 
@@ -167,10 +167,6 @@ class AdminClient:
         state = self.policy()
         self.reset_stats()
         return state
-
-
-# What a whole config (POST /lynx/policy {"config": ...}) sets while serving; the rest is fixed at start.
-LIVE_SETTINGS = ("policy", "params", "budget", "layers", "prune_mixed", "schedule")
 
 
 def setting_of(state: dict) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lynx_sglang.local_server import free_port, log_tail, port_was_taken, stop_process, wait_healthy
 from lynx_sglang.process_group import parent_death_signal
+from lynx_sglang.sglang_settings import FlagSettings
 
 from .client import ServerError
 
@@ -52,20 +53,13 @@ def terminate_as_interrupt():
 def served_address(serve_args) -> tuple[str | None, int | None]:
     """The --host and --port among a started server's extra flags (the last of each, as serve reads
     them; None where absent). The server listens there, so the client must poll there."""
-    found: dict[str, str] = {}
-    items = list(serve_args)
-    for index, arg in enumerate(items):
-        flag, equals, value = arg.partition("=")
-        if flag in ("--host", "--port"):
-            if not equals:
-                if index + 1 >= len(items):
-                    raise ValueError(f"{flag} among the server flags has no value")
-                value = items[index + 1]
-            found[flag] = value
-    port = found.get("--port")
+    flags = FlagSettings(list(serve_args))
+    if flags.given("port") and flags.value("port") is None:
+        raise ValueError("--port among the server flags has no value")
+    port = flags.value("port")
     if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
         raise ValueError(f"--port {port!r} among the server flags is not a port number (1-65535)")
-    return found.get("--host"), None if port is None else int(port)
+    return flags.value("host"), None if port is None else int(port)
 
 
 def client_host(host: str | None) -> str:

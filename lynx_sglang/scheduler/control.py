@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from lynx_sglang.config import Budget, ConfigError, LynxConfig, check_settings, parse_setting
+from lynx_sglang.config import LIVE_SETTINGS, Budget, ConfigError, LynxConfig, check_settings, parse_setting
 
 if TYPE_CHECKING:
     from lynx_sglang.scheduler.runtime import LynxRuntime
@@ -33,10 +33,6 @@ def handle(runtime: LynxRuntime, request: dict) -> dict:
         reset_stats(runtime)
         return stats_snapshot(runtime)
     raise ConfigError(f"unknown control operation {op!r}")
-
-
-# What a whole config (POST /lynx/policy {"config": ...}, a config file's content) may set while serving.
-LIVE_SETTINGS = ("policy", "params", "budget", "layers", "prune_mixed", "schedule")
 
 
 def applied_config(config: LynxConfig, settings) -> LynxConfig:

@@ -85,7 +85,7 @@ def policy_state(runtime: LynxRuntime) -> dict:
     state = settings.config.public_view()
     state["controller"] = None if settings.controller is None else settings.controller.state()
     state["budget_experts"] = settings.current_cap()
-    state["cuda_graphs_replay_pruning"] = settings.signature() == runtime.graph_signature
+    state["cuda_graphs_replay_pruning"] = runtime.decode_graphs_prune()
     state["expert_compute"] = {str(layer): name for layer, name in runtime.expert_compute.describe().items()}
     state["expert_compute"].update(runtime.caches.describe())
     return state

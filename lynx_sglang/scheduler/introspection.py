@@ -187,6 +187,14 @@ def _runner_backend(method) -> str | None:
     return None if backend is None else str(getattr(backend, "value", backend)).lower()
 
 
+def replays_decode_graphs(model_runner) -> bool:
+    """Whether decode steps replay captured graphs (not on a CPU, nor with --disable-cuda-graph)."""
+    runner = getattr(model_runner, "decode_cuda_graph_runner", None)
+    if runner is None or runner is getattr(model_runner, "eager_runner", None):
+        return False
+    return bool(getattr(runner, "capture_bs", None))
+
+
 def routed_rows(model_runner, step, output) -> int | None:
     """How many rows the routing saw in a forward that returned `output`: the rows of the CUDA graph
     it replayed (padding included: the smallest captured batch size that holds the batch), else the

@@ -25,7 +25,7 @@ from lynx_sglang.scheduler.compute_table import table_for
 from lynx_sglang.scheduler.decisions import DecisionDigest
 from lynx_sglang.scheduler.expert_cache import ExpertCaches
 from lynx_sglang.scheduler.expert_compute import ExpertCompute
-from lynx_sglang.scheduler.introspection import read_model
+from lynx_sglang.scheduler.introspection import read_model, replays_decode_graphs
 from lynx_sglang.scheduler.log import NoteOnce, logger
 from lynx_sglang.scheduler.routing import Router
 from lynx_sglang.scheduler.settings import PolicySettings
@@ -42,6 +42,7 @@ class LynxRuntime:
         self.timer = DecodeStepTimer(lag=0)
         self.fallback_report = SilentFallbackReport()
         self.caches = ExpertCaches(config, self.note)
+        self.model_runner = None  # set at bind; its decode graphs are captured after the model loads
 
     @property
     def config(self) -> LynxConfig:
@@ -51,6 +52,7 @@ class LynxRuntime:
         if self.bound or getattr(model_runner, "is_draft_worker", False):
             return
         model = read_model(model_runner)
+        self.model_runner = model_runner
         if model is None:
             logger.info("lynx-sglang: the model has no MoE layers; nothing to prune")
             return
@@ -112,6 +114,12 @@ class LynxRuntime:
                 self.settings.band_steps[0] += 1  # one row is always the first band's
         self.stats.end_step()
         self.fallback_report.after_step(self.stats)
+
+    def decode_graphs_prune(self) -> bool | None:
+        """Whether decode's captured graphs route with the current settings; None without such graphs."""
+        if not replays_decode_graphs(self.model_runner):
+            return None
+        return self.settings.signature() == self.graph_signature
 
     def graphs_hold_current_settings(self, batch_size: int) -> bool:
         """Whether the captured graphs may replay a batch: not after a switch of policy (the graphs hold

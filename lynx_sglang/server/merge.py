@@ -24,7 +24,8 @@ def join_stage_states(states: list[dict]) -> dict:
     expert_compute: dict = {}
     for state in states:
         expert_compute.update(state.get("expert_compute") or {})
-    replay = all(state.get("cuda_graphs_replay_pruning") for state in states)
+    replays = [state.get("cuda_graphs_replay_pruning") for state in states]
+    replay = None if all(value is None for value in replays) else all(replays)  # None: no stage has graphs
     return {**states[0], "expert_compute": expert_compute, "cuda_graphs_replay_pruning": replay,
             "pipeline_stages": len(states)}  # fmt: skip
 

@@ -56,6 +56,7 @@ def test_policy_endpoint_shows_the_configured_policy(server):
     state = get_json(server.url + "/lynx/policy")
     assert state["policy"] == "lynx" and state["kernel"] == "auto" and state["budget"] is None
     assert set(state["expert_compute"].values()) <= {"lynx-cpu"}  # filled once a decode step ran
+    assert state["cuda_graphs_replay_pruning"] is None  # a CPU decodes without captured graphs
 
 
 def test_lynx_prunes_at_concurrency_32_within_3_points_of_baseline(server):

@@ -162,3 +162,10 @@ def test_stage_states_name_every_stage_s_layers():
                                 {**state, "expert_compute": {"2": "lynx-cpu", "3": "sglang"}}])  # fmt: skip
     assert joined["expert_compute"] == {"0": "lynx-cpu", "1": "lynx-cpu", "2": "lynx-cpu", "3": "sglang"}
     assert (joined["pipeline_stages"], joined["cuda_graphs_replay_pruning"]) == (2, True)
+
+
+def test_stages_without_captured_graphs_say_none():
+    joined = join_stage_states([{"policy": "lynx", "cuda_graphs_replay_pruning": None}] * 2)
+    assert joined["cuda_graphs_replay_pruning"] is None
+    mixed = join_stage_states([{"cuda_graphs_replay_pruning": True}, {"cuda_graphs_replay_pruning": False}])
+    assert mixed["cuda_graphs_replay_pruning"] is False

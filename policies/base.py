@@ -18,7 +18,8 @@ from .keys import own_topk_indices, own_weight_units, preference_order, rank_of,
 from .params import PolicyConfigError
 from .remap import _remap_clean, sanitize_logits
 from .router import RouterModel, join_shared, split_shared
-from ..kernels.routing import GivenRule, RoutingCall, RoutingRule, fused_available, fused_route, fused_supports
+from ..kernels.backend import fused_backend
+from ..kernels.routing import GivenRule, RoutingCall, RoutingRule, fused_route, fused_supports
 from ..kernels.routing.batch import ids_to_mask, real_rows
 
 
@@ -295,15 +296,11 @@ class Policy:
         return call
 
     def _implementation(self, router_logits: torch.Tensor, requested: str) -> str:
-        if requested != "auto":
-            if requested not in ("torch", "triton", "cpu"):
-                raise ValueError(f"implementation must be 'auto', 'torch', 'triton' or 'cpu', got {requested!r}")
-            return requested
+        if requested not in ("auto", "torch", "triton", "cpu"):
+            raise ValueError(f"implementation must be 'auto', 'torch', 'triton' or 'cpu', got {requested!r}")
         if torch.compiler.is_compiling():
             return "torch"  # a compiled graph traces the reference (the fused ops are opaque to dynamo)
-        if router_logits.is_cuda:
-            return "triton" if fused_available("triton") else "torch"
-        return "cpu" if fused_available("cpu") else "torch"
+        return fused_backend(router_logits.device) if requested == "auto" else requested
 
     def fused_call(self, router_logits, topk_ids, topk_weights, num_real=None, layer_id=None, budget=None,
                    implementation: str = "triton") -> RoutingCall:

@@ -2,7 +2,7 @@
 model's routing on bad input), the final routing, the active mask and a row of statistics
 (layout.FIELDS). Three implementations with one signature each, `record` and `finalize`: the torch
 reference (reference.py, which says what each figure means), one Triton launch (triton_launch.py)
-and one C++ call (cpu.py, cpu.cpp). Choose one per device, once: `bookkeeping_for(device)`."""
+and one C++ call (cpu.py, cpu.cpp). `bookkeeping_for(device)`: the one kernels/backend.py chooses."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class Bookkeeping(NamedTuple):
 BACKENDS = ("triton", "cpu", "torch")
 
 
+@functools.cache
 def bookkeeping_named(backend: str) -> Bookkeeping:
     """The calls of one backend by name (a caller that forces one: tests, benchmarks, the runtime)."""
     if backend == "triton":
@@ -39,25 +40,10 @@ def bookkeeping_named(backend: str) -> Bookkeeping:
 
 
 def bookkeeping_for(device: torch.device | str) -> Bookkeeping:
-    """One Triton launch on CUDA where Triton imports, one C++ call on a CPU where it builds, else torch
-    (decided once per device)."""
-    return _bookkeeping_for(torch.device(device))
+    """The backend kernels/backend.py chooses for `device` (one rule for decisions and bookkeeping)."""
+    from ..backend import fused_backend
 
-
-@functools.cache
-def _bookkeeping_for(device: torch.device) -> Bookkeeping:
-    if device.type == "cuda":
-        try:
-            from .triton_launch import finalize_triton, record_triton
-        except Exception:  # noqa: BLE001 - no usable Triton: torch ops instead
-            return Bookkeeping("torch", record_torch, finalize_torch)
-        return Bookkeeping("triton", record_triton, finalize_triton)
-    if device.type == "cpu":
-        from .cpu import finalize_cpu, load_layer_op, record_cpu
-
-        if load_layer_op() is not None:
-            return Bookkeeping("cpu", record_cpu, finalize_cpu)
-    return Bookkeeping("torch", record_torch, finalize_torch)
+    return bookkeeping_named(fused_backend(device))
 
 
 __all__ = ["BACKENDS", "Bookkeeping", "bookkeeping_for", "bookkeeping_named", "finalize_torch", "record_torch"]

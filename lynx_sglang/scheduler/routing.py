@@ -2,7 +2,7 @@
 
 Everything here on a decode step is tensor code with static shapes: it is what a CUDA graph captures.
 Python branches depend only on the configuration and on shapes; data-dependent trouble is decided on
-the device (scheduler/bookkeeping.py), and a policy that raises costs its layer's pruning for the step.
+the device (kernels/bookkeeping/, chosen by kernels/backend.py), and a policy that raises costs its layer's pruning for the step.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import inspect
 
 import torch
 
-from lynx_sglang.scheduler.bookkeeping import Bookkeeping
+from lynx_sglang.kernels.bookkeeping import Bookkeeping
 from lynx_sglang.scheduler.decisions import DecisionDigest
 from lynx_sglang.policies.router import RouterModel, join_shared, split_shared
 from lynx_sglang.scheduler.introspection import passthrough_reason, renormalizes, router_model
@@ -135,7 +135,7 @@ class Router:
         policy = settings.policy_for(num_experts, ids.shape[1], renormalize, None if router.is_plain else router.kind)
         if not policy.applies_to_layer(layer_id):  # the model's routing as it is: nothing to check
             return ids, weights
-        options = {"implementation": self._implementation()} if _takes(type(policy), "implementation") else {}
+        options = {"implementation": self.bookkeeping.name} if _takes(type(policy), "implementation") else {}
         if not router.is_plain:
             if not _takes(type(policy), "router"):
                 raise TypeError(f"policy {policy.name!r} does not take router= and the layer's router is {router.kind}")
@@ -149,10 +149,6 @@ class Router:
             raise ValueError(f"policy returned shapes {tuple(new_ids.shape)}/{tuple(new_weights.shape)}, "
                              f"expected {tuple(ids.shape)}")
         return new_ids, new_weights
-
-    def _implementation(self) -> str:
-        # A compiled graph traces the reference: the fused ops are opaque to dynamo.
-        return "torch" if torch.compiler.is_compiling() else self.bookkeeping.name
 
     def _finish(self, logits, ids, weights, new_ids, new_weights, num_real, layer_id, want_mask: bool, router):
         """(final ids, final weights, active mask or None), statistics recorded (their router mass is

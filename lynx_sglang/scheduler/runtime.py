@@ -6,7 +6,6 @@ for every MoE layer's expert compute, and `handle` for control requests between 
 
     settings.py        the config as policies, budgets and the latency controller; the live switch
     routing.py         per MoE layer: the policy's decision, checks and statistics (tensor code)
-    bookkeeping.py     that per-layer work on the backend chosen at bind (Triton, C++ op, torch)
     expert_compute.py  lynx's active-expert kernel or SGLang's compute
     expert_cache.py    --lynx-expert-cache: experts in host memory, N per layer in device slots
     stats.py, decisions.py, accounting.py   device-side figures, tensor-parallel digests, step counts
@@ -20,7 +19,8 @@ import torch
 from lynx_sglang.config import LynxConfig
 from lynx_sglang.scheduler import control
 from lynx_sglang.scheduler.accounting import DecodeStepTimer, SilentFallbackReport, StepCounts
-from lynx_sglang.scheduler.bookkeeping import bookkeeping_named, choose_backend
+from lynx_sglang.kernels.backend import fused_backend
+from lynx_sglang.kernels.bookkeeping import bookkeeping_named
 from lynx_sglang.scheduler.compute_table import table_for
 from lynx_sglang.scheduler.decisions import DecisionDigest
 from lynx_sglang.scheduler.expert_cache import ExpertCaches
@@ -68,10 +68,10 @@ class LynxRuntime:
                     calibration=None, backend: str | None = None, num_layers: int | None = None,
                     moe_layers: tuple[int, ...] | None = None) -> None:  # fmt: skip
         """Everything `bind` learns from the model; separate so that tests can bind plain tensors.
-        backend: where the policy's decision and the per-layer work run (None: `choose_backend`, the one
+        backend: where the policy's decision and the per-layer work run (None: `fused_backend`, the one
         place it is chosen); resolved here once and handed to the router and the statistics."""
         device = torch.device(device)
-        self.bookkeeping = bookkeeping_named(backend or choose_backend(device))
+        self.bookkeeping = bookkeeping_named(backend or fused_backend(device))
         self.settings = PolicySettings(self.initial_config, layers, device, model_name, tp_size, calibration,
                                        num_layers, moe_layers)
         # --lynx-stats off tracks no layer: the step counts and fallbacks remain

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from lynx_sglang.kernels.bookkeeping.layout import FIELDS
-from lynx_sglang.scheduler.bookkeeping import Bookkeeping
+from lynx_sglang.kernels.bookkeeping import Bookkeeping
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class MoeLayerInfo:
 
 
 class RoutingStats:
-    """bookkeeping: the backend that adds a layer call's figures (scheduler/bookkeeping.py)."""
+    """bookkeeping: the backend that adds a layer call's figures (kernels/bookkeeping/, chosen by kernels/backend.py)."""
 
     def __init__(self, layers: list[MoeLayerInfo], device: torch.device, bookkeeping: Bookkeeping):
         self.layers = layers

@@ -60,7 +60,7 @@ def collector_sample_names() -> set[str]:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from lynx_sglang.scheduler.bookkeeping import bookkeeping_named
+    from lynx_sglang.kernels.bookkeeping import bookkeeping_named
     from lynx_sglang.scheduler.stats import MoeLayerInfo, RoutingStats
     from lynx_sglang.server.metrics import LynxCollector
 

@@ -8,7 +8,7 @@ import torch
 from lynx_sglang.kernels.bookkeeping import finalize_torch, record_torch
 from lynx_sglang.kernels.bookkeeping.layout import FIELDS
 from lynx_sglang.kernels.routing import fused_available
-from lynx_sglang.scheduler.bookkeeping import bookkeeping_named
+from lynx_sglang.kernels.bookkeeping import bookkeeping_named
 from lynx_sglang.scheduler.stats import MoeLayerInfo, RoutingStats
 from lynx_sglang.tools.launch_count import count_launches
 
@@ -130,14 +130,14 @@ def test_a_bad_statistics_row_is_refused_by_every_implementation():
 
 
 def test_the_bookkeeping_is_chosen_once_per_device():
+    from lynx_sglang.kernels.backend import fused_backend
     from lynx_sglang.kernels.bookkeeping import bookkeeping_for as bookkeeping_on
-    from lynx_sglang.scheduler.bookkeeping import choose_backend
 
-    assert bookkeeping_on("cpu").name == ("cpu" if fused_available("cpu") else "torch") == choose_backend("cpu")
+    assert bookkeeping_on("cpu").name == ("cpu" if fused_available("cpu") else "torch") == fused_backend("cpu")
     assert bookkeeping_on(torch.device("cpu")) is bookkeeping_on("cpu")  # chosen once
     assert bookkeeping_on("meta").name == "torch"
     if torch.cuda.is_available():
-        assert bookkeeping_on("cuda").name == "triton" == choose_backend("cuda")
+        assert bookkeeping_on("cuda").name == "triton" == fused_backend("cuda")
 
 
 def test_the_fused_record_is_one_triton_launch_and_no_torch_op():
@@ -151,12 +151,17 @@ def test_the_fused_record_is_one_triton_launch_and_no_torch_op():
     assert counter.torch_ops > 20  # what the launch replaces, each a kernel under a CUDA graph
 
 
-def test_the_backend_follows_the_device():
-    from lynx_sglang.scheduler.bookkeeping import choose_backend
+def test_the_policies_auto_implementation_is_the_runtime_s_backend():
+    from lynx_sglang.kernels.backend import fused_backend
+    from lynx_sglang.policies import get_policy
 
-    assert choose_backend("cpu") == ("cpu" if fused_available("cpu") else "torch")  # Triton has no CPU backend
+    assert fused_backend("cpu") == ("cpu" if fused_available("cpu") else "torch")  # Triton has no CPU backend
+    policy, logits = get_policy("lynx", 8, 2), torch.zeros(4, 8)
+    assert policy._implementation(logits, "auto") == fused_backend("cpu")
+    with pytest.raises(ValueError, match="implementation must be"):
+        policy._implementation(logits, "cuda")
     if torch.cuda.is_available():
-        assert choose_backend("cuda") == "triton"
+        assert fused_backend("cuda") == "triton"
 
 
 # ---- the serving runtime with its bookkeeping fused (as on CUDA) against its torch ops --------------

@@ -9,17 +9,16 @@
     loader.initialize_dummy_weights       AROUND  with the expert cache: their random values made on the device
     UnquantizedFusedMoEMethod.apply       AROUND  compute only the active experts (lynx kernels); the expert cache
     DecodeCudaGraphRunner.can_run_graph   AROUND  replay graphs only if they hold the current policy
-    Scheduler.handle_rpc_request          AROUND  answer lynx control requests between steps
+    Scheduler.handle_rpc_request          AROUND  answer lynx control requests between steps (control_reply.py)
     Scheduler.on_idle                     AFTER   an idle scheduler: no step interval spans the gap
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
-from lynx_sglang.config import CONTROL_RPC_METHOD, ConfigError, LynxConfig
-from lynx_sglang.scheduler.decisions import decisions_by_rank
+from lynx_sglang.config import CONTROL_RPC_METHOD, LynxConfig
+from lynx_sglang.scheduler.control_reply import answer_control_request
 from lynx_sglang.scheduler.introspection import routed_rows
 from lynx_sglang.scheduler.runtime import LynxRuntime
 from lynx_sglang.scheduler.step import StepScope, current_step, step_for_batch
@@ -140,70 +139,4 @@ def around_can_run_graph(original, graph_runner, forward_batch, *args, **kwargs)
 def around_handle_rpc_request(original, scheduler, recv_req, *args, **kwargs):
     if getattr(recv_req, "method", None) != CONTROL_RPC_METHOD:
         return original(scheduler, recv_req, *args, **kwargs)
-    from sglang.srt.managers.io_struct import RpcReqOutput
-
-    try:
-        request = json.loads((recv_req.parameters or {}).get("request", "{}"))
-        if runtime is None or not runtime.bound:
-            raise ConfigError("the model has no MoE layers lynx-sglang can prune")
-        result = runtime.handle(request)
-        if runtime.decisions is not None and request.get("op") in ("get_stats", "reset_stats"):
-            # Every rank handles this request here, so every rank joins the exchange.
-            result.update(decisions_by_rank(runtime.decisions, _cpu_group(scheduler)))
-        reply = {"ok": True, "nonce": request.get("nonce"), "result": result}
-    except (ConfigError, ValueError, TypeError) as error:
-        reply = {"ok": False, "nonce": _request_field(recv_req, "nonce"), "error": str(error)}
-    _barrier(scheduler)
-    reply_to = _request_field(recv_req, "reply_to")
-    if not isinstance(reply_to, str):  # sent as SGLang's own RPCs are (Engine.collective_rpc)
-        return RpcReqOutput(success=reply["ok"], message=json.dumps(reply))
-    # The first rank of each pipeline stage of each data-parallel replica answers where the request
-    # says (server/channel.py): SGLang's RPC socket reaches the launcher from the first stage of a
-    # single replica only.
-    parallel = _parallel()
-    if parallel.tp_rank == 0:
-        send_reply(reply_to, {**reply, "replica": parallel.dp_rank or 0, "stage": parallel.pp_rank})
-    return None
-
-
-_reply_sockets: dict = {}
-
-
-def send_reply(address: str, reply: dict) -> None:
-    import zmq
-
-    socket = _reply_sockets.get(address)
-    if socket is None:
-        socket = _reply_sockets[address] = zmq.Context.instance().socket(zmq.PUSH)
-        socket.setsockopt(zmq.LINGER, 1000)
-        socket.connect(address)
-    socket.send_string(json.dumps(reply))
-
-
-def _parallel():
-    from sglang.srt.runtime_context import get_parallel
-
-    return get_parallel()
-
-
-def _request_field(recv_req, name: str):
-    """A field of a control request that may not have parsed (None where it did not)."""
-    try:
-        return json.loads((recv_req.parameters or {}).get("request", "{}")).get(name)
-    except (ValueError, AttributeError):
-        return None
-
-
-def _cpu_group(scheduler):
-    return getattr(getattr(scheduler, "tp_group", None), "cpu_group", None)
-
-
-def _barrier(scheduler) -> None:
-    # SGLang's own RPC handler ends with this barrier so that every tensor-parallel rank has applied
-    # the request before rank 0 answers.
-    group = _cpu_group(scheduler)
-    if group is None:
-        return
-    from torch.distributed import barrier
-
-    barrier(group=group)
+    return answer_control_request(runtime, scheduler, recv_req)

@@ -2,7 +2,8 @@
 
 Everything here on a decode step is tensor code with static shapes: it is what a CUDA graph captures.
 Python branches depend only on the configuration and on shapes; data-dependent trouble is decided on
-the device (kernels/bookkeeping/, chosen by kernels/backend.py), and a policy that raises costs its layer's pruning for the step.
+the device (kernels/bookkeeping/, on the backend kernels/backend.py chooses), and a policy that raises
+costs its layer's pruning for the step.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ class MoeLayerInfo:
 
 
 class RoutingStats:
-    """bookkeeping: the backend that adds a layer call's figures (kernels/bookkeeping/, chosen by kernels/backend.py)."""
+    """bookkeeping: the backend that adds a layer call's figures (kernels/bookkeeping/)."""
 
     def __init__(self, layers: list[MoeLayerInfo], device: torch.device, bookkeeping: Bookkeeping):
         self.layers = layers

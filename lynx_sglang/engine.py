@@ -22,7 +22,8 @@ import os
 from pathlib import Path
 
 from lynx_sglang.config import CONFIG_ENV, SETTINGS, ConfigError
-from lynx_sglang.serve import EMBEDDED_MODEL_DIR, LaunchError, checked_config, machine_defaults
+from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
+from lynx_sglang.launch_checks import LaunchError, checked_config, machine_defaults
 from lynx_sglang.server.channel import (SchedulerUnavailable, control_unavailable, policy_request_problem,
                                         scheduler_channel)
 from lynx_sglang.sglang_settings import KeywordSettings

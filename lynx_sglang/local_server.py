@@ -1,6 +1,6 @@
-"""A server process on this machine, seen from outside: a free port to start it on, its `GET /health`,
-the tail of its log, and stopping it. `lynx-sglang serve` watches SGLang with it, and the experiments
-and the tests watch `lynx-sglang serve`; it imports nothing heavy, so those clients stay light."""
+"""A server process on this machine, seen from outside: a free port to start it on, who holds a port,
+its `GET /health`, the tail of its log, and stopping it. `lynx-sglang serve` watches SGLang with it, and
+the experiments and the tests watch `lynx-sglang serve`; it imports nothing heavy, so those clients stay light."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from pathlib import Path
 # SGLang answers /health with 503 at once while it starts; once up, it runs a one-token generation first.
 HEALTH_PROBE_TIMEOUT_S = 5.0
 HEALTH_POLL_INTERVAL_S = 0.5
+# SGLang's processes that serve no HTTP (process titles as the system may cut them, to 15 characters);
+# its HTTP workers (`sglang::tokenizer_worker:N`, --tokenizer-worker-num) listen on the port themselves.
+SGLANG_NON_HTTP_PROCESSES = ("sglang::schedul", "sglang::detoken", "sglang::data_pa")
 
 
 def server_url(text: str) -> str:
@@ -94,6 +97,57 @@ def port_listener(port: int) -> int | None:
         if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
             return connection.pid
     return None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A LaunchError (one line, naming the process that listens there if any) unless `port` on `host`
+    can be bound now."""
+    # Imported here: launch_checks reads checkpoints and builds policies (torch), and this module's
+    # clients (the experiments, the tests) must stay light.
+    from lynx_sglang.launch_checks import LaunchError
+
+    if not 0 < port < 65536:
+        raise LaunchError(f"--port {port} is out of range (1..65535)")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Like uvicorn: connections of a recent server in TIME_WAIT do not block the port; a listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            holder = port_listener(port)
+            held = f"; {process_named(holder)} listens on it" if holder is not None else ""
+            raise LaunchError(f"port {port} on {host} is not available ({exc.strerror}{held}); "
+                              "choose another --port") from None
+
+
+def port_thief(port: int, sglang_pid: int) -> int | None:
+    """A process listening on SGLang's port that is not SGLang's HTTP server: another program, or one of
+    SGLang's own that serves no HTTP (its scheduler's gloo listeners take ports the system hands out).
+    SGLang's HTTP server is its first process, or with --tokenizer-worker-num its HTTP worker processes."""
+    import psutil
+
+    holder = port_listener(port)
+    if holder is None or holder == sglang_pid:
+        return None
+    try:
+        family = {child.pid for child in psutil.Process(sglang_pid).children(recursive=True)}
+    except psutil.Error:
+        return None
+    return holder if holder not in family or process_name(holder).startswith(SGLANG_NON_HTTP_PROCESSES) else None
+
+
+def process_name(pid: int) -> str:
+    import psutil
+
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return "another process"
+
+
+def process_named(pid: int) -> str:
+    """`name (pid N)`, as the port messages name a process."""
+    return f"{process_name(pid)} (pid {pid})"
 
 
 def is_healthy(url: str) -> bool:

@@ -65,8 +65,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from lynx_sglang.config import ConfigError
-    from lynx_sglang.policy_setup import MoeShape
-    from lynx_sglang.serve import EMBEDDED_MODEL_DIR
+    from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
+    from lynx_sglang.model_config import MoeShape
 
     try:
         shape = MoeShape.from_checkpoint(Path(args.model_path) if args.model_path else EMBEDDED_MODEL_DIR)

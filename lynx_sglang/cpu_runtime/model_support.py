@@ -15,7 +15,7 @@ CPU_UNSUPPORTED = {
 def why_not_on_cpu(model_path: Path, revision: str | None) -> str | None:
     """Why the model cannot be served on a CPU, as one line; None when nothing is known against it."""
     from lynx_sglang.config import ConfigError
-    from lynx_sglang.policy_setup import read_model_config
+    from lynx_sglang.model_config import read_model_config
 
     try:
         architectures = set(read_model_config(model_path, revision).get("architectures") or ())

@@ -18,9 +18,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
 from lynx_sglang.embedded.task import DISTRIBUTIONS, heldout_problems
 
-CHECKPOINT = Path(__file__).resolve().parent / "checkpoint"
 MAX_NEW_TOKENS = 8  # as `lynx-sglang eval` asks the server
 
 
@@ -147,7 +147,7 @@ def table(result: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-path", type=Path, default=CHECKPOINT)
+    ap.add_argument("--model-path", type=Path, default=EMBEDDED_MODEL_DIR)
     ap.add_argument("--batches", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--distribution", choices=DISTRIBUTIONS, default="digits")

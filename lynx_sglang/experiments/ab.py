@@ -13,11 +13,12 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
 
 from . import fmt, plots, report
 from .analysis import LossBound, compare_arms, group_blocks, summarise_arm
@@ -27,7 +28,7 @@ from .experiment import (Experiment, add_common_arguments, command_parser, parse
 
 # The embedded model's calibrated setting (`lynx-sglang calibrate`, confirmed on 2,000 held-out items at
 # concurrency 8 and 32: docs/results/calibrate-shipped), shipped beside its checkpoint.
-DEFAULT_B_CONFIG = Path(__file__).resolve().parents[1] / "embedded" / "checkpoint" / "lynx-config.yaml"
+DEFAULT_B_CONFIG = EMBEDDED_MODEL_DIR / "lynx-config.yaml"
 
 
 def parse_args(argv):

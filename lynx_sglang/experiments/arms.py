@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lynx_sglang.config import (BUDGET_KINDS, ConfigError, LynxConfig, parse_setting, parse_value, read_config_file,
-                                split_top_level)
+from lynx_sglang.config import ConfigError, LynxConfig, parse_setting, parse_value, read_config_file, split_top_level
+from lynx_sglang.setting_values import BUDGET_KINDS
 
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 

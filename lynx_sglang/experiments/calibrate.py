@@ -23,11 +23,13 @@ from . import ab, sweep
 from .arms import ArmSpecError, check_policy_names, parse_arms
 from rich.console import Console
 
+from lynx_sglang.embedded import EMBEDDED_MODEL_DIR as EMBEDDED_MODEL
+
 from .analysis import LossBound
 from .calibrate_report import baseline_warning, publish
 from .calibration import choose, config_for, config_yaml
 from .client import AdminClient, ServerError, describe_scope, served_scope, setting_of
-from .experiment import EMBEDDED_MODEL, add_common_arguments, command_parser, parse_command, parse_levels, restore_setting
+from .experiment import add_common_arguments, command_parser, parse_command, parse_levels, restore_setting
 from .launch import ManagedServer, terminate_as_interrupt
 from .model_arms import calibration_candidates, served_shape
 from .tasks import BUILTIN_TASK, builtin_items_excluding, load_items, make_scorer

@@ -20,6 +20,7 @@ from typing import Callable
 from rich.console import Console
 from rich.markup import escape
 
+from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
 from lynx_sglang.local_server import server_url
 
 from .arms import Arm
@@ -30,7 +31,6 @@ from .runner import Runner, plan_steps
 from .store import Block, MeasurementStore, ResumeError
 from .tasks import BUILTIN_TASK, Item, load_items, make_scorer
 
-EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "embedded" / "checkpoint"
 EXIT_INTERRUPTED = 130
 
 
@@ -348,7 +348,7 @@ def model_identity(experiment: Experiment) -> dict:
 
 def checkpoint_identity(model_path: str | None) -> dict:
     """The checkpoint's name ("embedded" without a path) and the sha256 of its safetensors files."""
-    directory = Path(model_path) if model_path else EMBEDDED_MODEL
+    directory = Path(model_path) if model_path else EMBEDDED_MODEL_DIR
     digest = hashlib.sha256()
     for weights in sorted(directory.glob("*.safetensors")):
         with open(weights, "rb") as f:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lynx_sglang.config import ConfigError, LynxConfig
-from lynx_sglang.policy_setup import MoeShape, validate_for_model
+from lynx_sglang.model_config import MoeShape
+from lynx_sglang.policy_setup import validate_for_model
 
 from .arms import Arm, parse_arms
 from .client import AdminClient

@@ -19,12 +19,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lynx_sglang.embedded import EMBEDDED_MODEL_DIR as EMBEDDED_MODEL
+
 from . import fmt, plots, report, stats
 from .analysis import LossBound, compare_arms, group_blocks, same_step_fraction, summarise_arm, within_points
 from .arms import ArmSpecError, arm_from_config_file, check_policy_names, parse_arms
 from .client import ServerError
-from .experiment import (EMBEDDED_MODEL, Experiment, add_common_arguments, command_parser, parse_command, parse_levels,
-                         prepare_items, run, say)
+from .experiment import (Experiment, add_common_arguments, command_parser, parse_command, parse_levels, prepare_items,
+                         run, say)
 from .model_arms import default_arms, served_shape
 
 GOAL_BYTES_RATIO = 0.4  # "at least 60 % fewer expert bytes per decode token"

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from lynx_sglang.config import LIVE_SETTINGS, Budget, ConfigError, LynxConfig, check_settings, parse_setting
+from lynx_sglang.config import LIVE_SETTINGS, ConfigError, LynxConfig, check_settings, parse_setting
+from lynx_sglang.setting_values import Budget
 
 if TYPE_CHECKING:
     from lynx_sglang.scheduler.runtime import LynxRuntime

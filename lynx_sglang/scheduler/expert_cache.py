@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import torch
 
-from lynx_sglang.config import LynxConfig, expert_cache_slots
+from lynx_sglang.config import LynxConfig
 from lynx_sglang.kernels.cache import ExpertCache, moe_through_cache
 from lynx_sglang.scheduler.cache_prefetch import CachePrefetch
 from lynx_sglang.scheduler.introspection import active_kernel_unsupported, moe_output_scale
 from lynx_sglang.scheduler.log import NoteOnce, logger
 from lynx_sglang.scheduler.step import Step
+from lynx_sglang.setting_values import expert_cache_slots
 
 FIELDS = ("hits", "misses", "prefetched", "prefetch_used", "decode_misses", "decode_prefetched", "decode_tokens")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from lynx_sglang.policies.router import SCORING_FUNCTIONS, RouterModel
-from lynx_sglang.policy_setup import moe_layer_ids
+from lynx_sglang.model_config import moe_layer_ids
 from lynx_sglang.scheduler.compute_table import LayerShape
 from lynx_sglang.scheduler.stats import MoeLayerInfo
 

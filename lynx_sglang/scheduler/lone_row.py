@@ -12,8 +12,8 @@ tpot_ms (the controller's cap moves). Nor a policy with prefer_resident under --
 
 from __future__ import annotations
 
-from lynx_sglang.config import Budget
 from lynx_sglang.policies import ExpertBudget
+from lynx_sglang.setting_values import Budget
 
 
 def policy_keeps_lone_row(policy, cache_on: bool = False) -> bool:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from lynx_sglang.config import TPOT_WITH_TP, Budget, ConfigError, LynxConfig
+from lynx_sglang.config import TPOT_WITH_TP, ConfigError, LynxConfig
 from lynx_sglang.policies import ExpertBudget
 from lynx_sglang.policy_setup import build_policy, check_policy_layers, validate_for_experts, validate_settings
 from lynx_sglang.scheduler.calibration import calibrate_ms_per_expert
 from lynx_sglang.scheduler.controller import TpotController
+from lynx_sglang.setting_values import Budget
 from lynx_sglang.scheduler.lone_row import budget_keeps_lone_row, policy_keeps_lone_row
 from lynx_sglang.scheduler.log import logger
 from lynx_sglang.scheduler.stats import MoeLayerInfo

@@ -5,7 +5,7 @@ import pytest
 
 from lynx_sglang.experiments.arms import parse_arms
 from lynx_sglang.experiments.model_arms import ServedShape, default_arms, derived_spec, kept_counts, refusal
-from lynx_sglang.policy_setup import MoeShape
+from lynx_sglang.model_config import MoeShape
 
 # The sweep published in docs/results/ on the embedded model (8 experts, top-2, 4 MoE layers).
 EMBEDDED_SWEEP = ";".join([

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from live_server import RunningServer, post
 
-from lynx_sglang.serve import EMBEDDED_MODEL_DIR
+from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
 
 pytestmark = pytest.mark.slow
 

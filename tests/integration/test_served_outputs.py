@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from live_server import RunningServer, get_json, post
 
+from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
 from lynx_sglang.embedded.task import heldout_problems
-from lynx_sglang.serve import CPU_DEFAULTS, EMBEDDED_MODEL_DIR
+from lynx_sglang.launch_checks import CPU_DEFAULTS
 from lynx_sglang.sglang_settings import as_flags
 
 pytestmark = pytest.mark.slow

@@ -2,8 +2,10 @@ import json
 
 import pytest
 
-from lynx_sglang.config import CONFIG_ENV, Budget, ConfigError, LynxConfig, build_config, parse_layers
-from lynx_sglang.serve import LaunchError, lynx_settings, parse_serve_args
+from lynx_sglang.config import CONFIG_ENV, ConfigError, LynxConfig, build_config, parse_layers
+from lynx_sglang.launch_checks import LaunchError
+from lynx_sglang.serve import lynx_settings, parse_serve_args
+from lynx_sglang.setting_values import Budget
 
 
 def test_non_lynx_flags_pass_through_in_order():
@@ -215,7 +217,7 @@ def test_bad_expert_cache_sizes_are_named(raw, message):
 
 
 def test_expert_cache_slots_per_layer_round_shares_up():
-    from lynx_sglang.config import expert_cache_slots
+    from lynx_sglang.setting_values import expert_cache_slots
 
     assert [expert_cache_slots("25%", e) for e in (8, 64, 6, 1)] == [2, 16, 2, 1]
     assert expert_cache_slots("1%", 8) == 1 and expert_cache_slots("100%", 8) == 8

@@ -2,7 +2,8 @@
 
 import pytest
 
-from lynx_sglang.embedded.routing import CHECKPOINT, first_eos, measure, table, union_size
+from lynx_sglang.embedded import EMBEDDED_MODEL_DIR as CHECKPOINT
+from lynx_sglang.embedded.routing import first_eos, measure, table, union_size
 
 
 def test_union_size_counts_distinct_experts():

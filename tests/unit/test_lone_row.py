@@ -4,9 +4,9 @@ of one real row keeps the model's routing bit for bit, so the routing hook may s
 import pytest
 import torch
 
-from lynx_sglang.config import Budget
 from lynx_sglang.policies import ExpertBudget, get_policy
 from lynx_sglang.scheduler.lone_row import budget_keeps_lone_row, policy_keeps_lone_row
+from lynx_sglang.setting_values import Budget
 
 KEEPING = [("baseline", {}), ("lynx", {}), ("lynx-v1", {}), ("oea", {}), ("budget", {}), ("topn", {}),
            ("coverage", {}), ("coverage", {"max_dropped_mass": 0.2}), ("anchor", {}),

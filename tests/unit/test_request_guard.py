@@ -233,7 +233,7 @@ def sampling_params_normalised(**fields):
     from sglang.srt.sampling.sampling_params import SamplingParams
     from transformers import AutoTokenizer
 
-    from lynx_sglang.serve import EMBEDDED_MODEL_DIR
+    from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
 
     params = SamplingParams(**fields)
     refuse_malformed_sampling_params(SamplingParams.normalize, params, AutoTokenizer.from_pretrained(EMBEDDED_MODEL_DIR))

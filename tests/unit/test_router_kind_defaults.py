@@ -9,8 +9,9 @@ import torch
 
 from lynx_sglang import cli
 from lynx_sglang.config import ConfigError, LynxConfig
+from lynx_sglang.model_config import MoeShape, moe_layer_ids, router_kind_of
 from lynx_sglang.policy_catalog import main as policies_main
-from lynx_sglang.policy_setup import MoeShape, moe_layer_ids, router_kind_of, validate_for_model
+from lynx_sglang.policy_setup import validate_for_model
 from lynx_sglang.tiny_checkpoints import build_tiny_checkpoint
 
 topk = pytest.importorskip("sglang.srt.layers.moe.topk")

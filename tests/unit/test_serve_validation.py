@@ -14,8 +14,10 @@ import pytest
 
 from lynx_sglang import cli, gpu_runtime
 from lynx_sglang import serve as serve_module
+from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
+from lynx_sglang.launch_checks import LaunchError
 from lynx_sglang.local_server import free_port
-from lynx_sglang.serve import EMBEDDED_MODEL_DIR, LaunchError, plan_launch
+from lynx_sglang.serve import plan_launch
 
 
 def run_serve(*args):

@@ -15,8 +15,8 @@ from typing import Callable
 
 from lynx_sglang.config import ConfigError
 from lynx_sglang.embedded.tokenizer import SPECIAL_TOKENS, vocabulary
+from lynx_sglang.model_config import read_model_config
 from lynx_sglang.model_source import model_name
-from lynx_sglang.policy_setup import read_model_config
 from lynx_sglang.sglang_settings import FlagSettings
 from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, fit_layers, parse_shape, write_config_only
 

@@ -73,3 +73,29 @@ def test_documented_flags_are_accepted():
 def test_the_check_sees_a_wrong_flag():
     assert sglang_takes("--tp") and not sglang_takes("--disable") and "--lynx-policy" in help_flags("serve") and "--b-config" in help_flags("ab")
     assert "--candidates" not in help_flags("sweep") and not sglang_takes("--no-such-flag")
+
+
+def hook_targets() -> list[str]:
+    """Every SGLang function the scheduler and launcher plugins hook, as they register them."""
+    from lynx_sglang.config import LynxConfig
+    from lynx_sglang.scheduler import hooks
+    from lynx_sglang.server import launcher
+
+    targets = []
+    record = lambda target, function, kind: targets.append(target)  # noqa: E731
+    saved = hooks.runtime
+    try:
+        hooks.register(record, LynxConfig())
+        launcher.register(record, LynxConfig(), None)
+    finally:
+        hooks.runtime = saved
+    return targets
+
+
+def test_every_hook_target_is_in_contributing_s_list_of_sglang_internals():
+    # The list is what an SGLang bump re-checks; a hook left out of it is the quiet risk.
+    listed = (ROOT / "CONTRIBUTING.md").read_text().split("## SGLang internals we rely on")[1]
+    targets = hook_targets()
+    assert len(targets) >= 12
+    missing = [t for t in targets if ".".join(t.split(".")[-2:]) not in listed]
+    assert not missing, f"hooked but not listed in CONTRIBUTING.md: {missing}"

@@ -23,7 +23,7 @@ from . import ab, sweep
 from .arms import ArmSpecError, check_policy_names, parse_arms
 from rich.console import Console
 
-from lynx_sglang.embedded import EMBEDDED_MODEL_DIR as EMBEDDED_MODEL
+from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
 
 from .analysis import LossBound
 from .calibrate_report import baseline_warning, publish
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
 
 
 def default_candidates(url: str, token: str, api_key: str | None) -> list:
-    shape = served_shape(url, token, None, EMBEDDED_MODEL, api_key)
+    shape = served_shape(url, token, None, EMBEDDED_MODEL_DIR, api_key)
     if shape is None:
         raise ArmSpecError("the model has no routed experts the policies could prune; nothing to calibrate")
     candidates, dropped = calibration_candidates(shape)

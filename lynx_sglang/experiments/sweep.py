@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lynx_sglang.embedded import EMBEDDED_MODEL_DIR as EMBEDDED_MODEL
+from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
 
 from . import fmt, plots, report, stats
 from .analysis import LossBound, compare_arms, group_blocks, same_step_fraction, summarise_arm, within_points
@@ -78,7 +78,7 @@ def main(argv=None, bound: LossBound | None = None, restore: bool = True) -> int
 def model_default_arms(args) -> list:
     """The default arms for the model this sweep serves: read from the running server's /lynx/stats
     (--url) or from the checkpoint's config.json."""
-    shape = served_shape(args.url, args.admin_token, args.model_path, EMBEDDED_MODEL, args.api_key)
+    shape = served_shape(args.url, args.admin_token, args.model_path, EMBEDDED_MODEL_DIR, args.api_key)
     if shape is None:
         raise ArmSpecError("the model has no routed experts the policies could prune; nothing to sweep")
     arms, dropped = default_arms(shape)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lynx_sglang.embedded import EMBEDDED_MODEL_DIR as CHECKPOINT
+from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
 from lynx_sglang.embedded.routing import first_eos, measure, table, union_size
 
 
@@ -20,7 +20,7 @@ def test_first_eos_is_the_first_end_or_the_token_budget():
 
 @pytest.fixture(scope="module")
 def routing():
-    return measure(CHECKPOINT, batches=4, batch_size=32, distribution="digits", seed=4321)
+    return measure(EMBEDDED_MODEL_DIR, batches=4, batch_size=32, distribution="digits", seed=4321)
 
 
 def test_every_layer_reports_decode_batches_of_32(routing):

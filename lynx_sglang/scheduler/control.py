@@ -111,7 +111,7 @@ def stats_snapshot(runtime: LynxRuntime) -> dict:
         "policy_failures": runtime.router.failures,
         "steps_by_policy": dict(counts.steps_by_policy),
         "steps_by_mode": dict(counts.steps_by_mode),
-        "steps_by_band": steps_by_band(settings),
+        "steps_by_band": settings.schedule and settings.schedule.steps_by_band(settings.config.schedule),
         "stats_enabled": settings.config.stats,
         "controller": None if settings.controller is None else settings.controller.state(),
         "expert_cache": runtime.caches.snapshot(),
@@ -119,18 +119,9 @@ def stats_snapshot(runtime: LynxRuntime) -> dict:
     }
 
 
-def steps_by_band(settings) -> list[dict] | None:
-    """With a schedule, the decode steps each band served (a host read: control path only)."""
-    if settings.band_steps is None:
-        return None
-    steps = settings.band_steps.cpu().tolist()
-    return [{"from_rows": band["from_rows"], "params": band["params"], "budget": band["budget"], "steps": int(count)}
-            for band, count in zip(settings.config.schedule, steps)]
-
-
 def reset_stats(runtime: LynxRuntime) -> None:
-    if runtime.settings.band_steps is not None:
-        runtime.settings.band_steps.zero_()
+    if runtime.settings.schedule is not None:
+        runtime.settings.schedule.reset()
     runtime.counts.reset()
     runtime.fallback_report.reset()
     runtime.router.failures = 0

@@ -19,7 +19,7 @@ from lynx_sglang.scheduler.decisions import DecisionDigest
 from lynx_sglang.policies.router import RouterModel, join_shared, split_shared
 from lynx_sglang.scheduler.introspection import passthrough_reason, renormalizes, router_model
 from lynx_sglang.scheduler.log import NoteOnce, Throttle, logger
-from lynx_sglang.scheduler.schedule import band_index, count_step, select_band
+from lynx_sglang.scheduler.schedule import select_band
 from lynx_sglang.scheduler.settings import PolicySettings
 from lynx_sglang.scheduler.stats import RoutingStats
 from lynx_sglang.scheduler.step import Step
@@ -57,9 +57,10 @@ class Router:
         ids, shared_ids = split_shared(output.topk_ids, shared_slots)
         weights, shared_weights = split_shared(output.topk_weights, shared_slots)
         renormalize = renormalizes(topk_config)
-        if self.settings.band_steps is not None and layer_id == self.settings.layers[0].layer_id:
+        schedule = self.settings.schedule
+        if schedule is not None and layer_id == self.settings.layers[0].layer_id:
             real = None if step.mode == "mixed" else num_real  # num_real counts a mixed batch's prefill rows too
-            count_step(self.settings.band_steps, band_index(self.settings.band_starts, real, rows))
+            schedule.count(schedule.band_of(real, rows))
         if step.mode == "mixed":  # the decode rows follow the prefill rows
             start = ids.shape[0] - step.decode_rows
             new_ids, new_weights = self._route_rows(router_logits[start:], ids[start:], weights[start:], None,
@@ -125,11 +126,12 @@ class Router:
         which band's routing it is (schedule.py)."""
         if self.settings.config.policy == "baseline":
             return ids, weights
-        if self.settings.band_settings is None:
+        schedule = self.settings.schedule
+        if schedule is None:
             return self._propose_with(self.settings, logits, ids, weights, num_real, layer_id, renormalize, router)
         proposals = [self._propose_with(band, logits, ids, weights, num_real, layer_id, renormalize, router)
-                     for band in self.settings.band_settings]
-        return select_band(band_index(self.settings.band_starts, num_real, ids.shape[0]), proposals)
+                     for band in schedule.children]
+        return select_band(schedule.band_of(num_real, ids.shape[0]), proposals)
 
     def _propose_with(self, settings: PolicySettings, logits, ids, weights, num_real, layer_id, renormalize, router):
         num_experts = logits.shape[1]

@@ -110,8 +110,8 @@ class LynxRuntime:
             for record in (self.stats, self.decisions):
                 if record is not None:
                     record.add_lone_row_step(self.router.routed_layers)
-            if self.settings.band_steps is not None and self.router.routed_layers:
-                self.settings.band_steps[0] += 1  # one row is always the first band's
+            if self.settings.schedule is not None:
+                self.settings.schedule.count_lone_row()
         self.stats.end_step()
         self.fallback_report.after_step(self.stats)
 

@@ -34,3 +34,49 @@ def select_band(band: torch.Tensor, proposals: list[tuple[torch.Tensor, torch.Te
 def count_step(band_steps: torch.Tensor, band: torch.Tensor) -> None:
     """One step more in band `band` (in place, on the device: no host read)."""
     band_steps.index_add_(0, band.view(1), torch.ones(1, dtype=band_steps.dtype, device=band_steps.device))
+
+
+class BandSchedule:
+    """A schedule's bands in the running server: one child settings per band (`children`, built by the
+    parent PolicySettings), their first row counts on the device, and the decode steps each served."""
+
+    def __init__(self, children: list, starts: list[int], device):
+        self.children = children
+        self.starts = torch.tensor(starts, dtype=torch.int64, device=device)
+        self.steps = torch.zeros(len(starts), dtype=torch.float64, device=device)
+
+    def refill(self, bands: list[tuple[int, object]]) -> bool:
+        """Apply a new schedule of as many bands in place (the tensors a captured graph reads stay the
+        same objects); False where the count differs and a new schedule must be built."""
+        if len(bands) != len(self.children):
+            return False
+        for child, (_, band) in zip(self.children, bands):
+            child.apply(band)
+        self.starts.copy_(torch.tensor([start for start, _ in bands], dtype=torch.int64))
+        return True
+
+    @property
+    def lone_row_kept(self) -> bool:
+        return all(child.lone_row_kept for child in self.children)
+
+    def signature(self) -> tuple:
+        return tuple(child.signature() for child in self.children)
+
+    # ---- per layer call (tensor code, graph-safe) -------------------------------------------------
+    def band_of(self, num_real, rows: int) -> torch.Tensor:
+        return band_index(self.starts, num_real, rows)
+
+    def count(self, band: torch.Tensor) -> None:
+        count_step(self.steps, band)
+
+    def count_lone_row(self) -> None:
+        self.steps[0] += 1  # one row is always the first band's
+
+    # ---- control path (host reads) -----------------------------------------------------------------
+    def steps_by_band(self, schedule: list[dict]) -> list[dict]:
+        steps = self.steps.cpu().tolist()
+        return [{"from_rows": band["from_rows"], "params": band["params"], "budget": band["budget"],
+                 "steps": int(count)} for band, count in zip(schedule, steps)]  # fmt: skip
+
+    def reset(self) -> None:
+        self.steps.zero_()

@@ -8,17 +8,16 @@ changes, so a bad switch leaves the old settings in place.
 
 from __future__ import annotations
 
-import torch
-
 from lynx_sglang.config import TPOT_WITH_TP, ConfigError, LynxConfig
 from lynx_sglang.policies import ExpertBudget
 from lynx_sglang.policy_setup import build_policy, check_policy_layers, validate_for_experts, validate_settings
 from lynx_sglang.scheduler.calibration import calibrate_ms_per_expert
 from lynx_sglang.scheduler.controller import TpotController
-from lynx_sglang.setting_values import Budget
-from lynx_sglang.scheduler.lone_row import budget_keeps_lone_row, policy_keeps_lone_row
 from lynx_sglang.scheduler.log import logger
+from lynx_sglang.scheduler.lone_row import budget_keeps_lone_row, policy_keeps_lone_row
+from lynx_sglang.scheduler.schedule import BandSchedule
 from lynx_sglang.scheduler.stats import MoeLayerInfo
+from lynx_sglang.setting_values import Budget
 
 
 class PolicySettings:
@@ -37,11 +36,7 @@ class PolicySettings:
         self.controller: TpotController | None = None
         self.lone_row_kept = False  # a decode call of one row keeps the model's routing (lone_row.py)
         self._device = device
-        # A schedule (config.schedule): one child settings per band, and the bands' first row counts on
-        # the device, where each step looks its band up from its real row count (schedule.py).
-        self.band_settings: list[PolicySettings] | None = None
-        self.band_starts: torch.Tensor | None = None
-        self.band_steps: torch.Tensor | None = None
+        self.schedule: BandSchedule | None = None  # config.schedule's bands (schedule.py)
         self.apply(config)
 
     def policy_for(self, num_experts: int, top_k: int, renormalize: bool, router_kind: str | None = None):
@@ -58,7 +53,7 @@ class PolicySettings:
 
     def signature(self) -> tuple:
         """What a captured CUDA graph holds of the settings (budget values live in device tensors)."""
-        bands = None if self.band_settings is None else tuple(band.signature() for band in self.band_settings)
+        bands = None if self.schedule is None else self.schedule.signature()
         return (self.config.policy, tuple(sorted(self.config.params.items())), self.config.layers, bands)
 
     def keeps_routing(self, rows: int) -> bool:
@@ -93,22 +88,16 @@ class PolicySettings:
 
     def _apply_schedule(self, config: LynxConfig) -> None:
         """One child settings per band (validated with the parent above, so building them cannot fail
-        half-way); the same number of bands refills the children in place, so the budget tensors a
-        captured graph reads stay the same objects."""
+        half-way); the same number of bands refills the schedule in place."""
         if not config.schedule:
-            self.band_settings = self.band_starts = self.band_steps = None
+            self.schedule = None
             return
         bands = config.bands()
-        if self.band_settings is not None and len(self.band_settings) == len(bands):
-            for child, (_, band) in zip(self.band_settings, bands):
-                child.apply(band)
-            self.band_starts.copy_(torch.tensor([start for start, _ in bands], dtype=torch.int64))
-        else:
-            self.band_settings = [PolicySettings(band, self.layers, self._device, self.model_name, self.tp_size,
-                                                 self._calibration, self.num_layers) for _, band in bands]  # fmt: skip
-            self.band_starts = torch.tensor([start for start, _ in bands], dtype=torch.int64, device=self._device)
-            self.band_steps = torch.zeros(len(bands), dtype=torch.float64, device=self._device)  # steps per band
-        self.lone_row_kept = self.lone_row_kept and all(child.lone_row_kept for child in self.band_settings)
+        if self.schedule is None or not self.schedule.refill(bands):
+            children = [PolicySettings(band, self.layers, self._device, self.model_name, self.tp_size,
+                                       self._calibration, self.num_layers, self.moe_layers) for _, band in bands]
+            self.schedule = BandSchedule(children, [start for start, _ in bands], self._device)
+        self.lone_row_kept = self.lone_row_kept and self.schedule.lone_row_kept
         logger.info("lynx-sglang: %s varies by decode batch size: %s", config.policy,
                     "; ".join(f"from {start} rows {band.params}{' ' + band.budget if band.budget else ''}"
                               for start, band in bands))

@@ -74,13 +74,13 @@ def test_a_whole_config_replaces_the_setting_and_a_change_ends_the_schedule():
     assert [band["from_rows"] for band in state["schedule"]] == [1, 4]
     assert runtime.handle({"op": "get_policy"})["schedule"] == state["schedule"]
     signature = runtime.settings.signature()
-    budgets = [band.budget_for(E) for band in runtime.settings.band_settings]
+    budgets = [band.budget_for(E) for band in runtime.settings.schedule.children]
     # the same bands again: refilled in place (the tensors a captured graph reads stay the same)
     runtime.handle({"op": "set_policy", "config": {"policy": "topn", "schedule": SCHEDULE}})
-    assert [band.budget_for(E) for band in runtime.settings.band_settings] == budgets
+    assert [band.budget_for(E) for band in runtime.settings.schedule.children] == budgets
     assert runtime.settings.signature() == signature
     state = runtime.handle({"op": "set_policy", "params": {"num_experts_kept": 3}})
-    assert state["schedule"] is None and runtime.settings.band_settings is None
+    assert state["schedule"] is None and runtime.settings.schedule is None
     assert runtime.handle({"op": "get_stats"})["steps_by_band"] is None
 
 
@@ -97,4 +97,4 @@ def test_a_bad_whole_config_is_refused_and_changes_nothing(config, message):
     with pytest.raises(ConfigError) as caught:
         runtime.handle({"op": "set_policy", "config": config})
     assert message in str(caught.value)
-    assert runtime.settings.config.policy == "lynx" and runtime.settings.band_settings is None
+    assert runtime.settings.config.policy == "lynx" and runtime.settings.schedule is None

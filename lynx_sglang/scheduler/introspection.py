@@ -21,7 +21,7 @@ class LoadedModel:
     device: torch.device
     name: str
     tp_size: int
-    calibration: tuple  # (w13, w2, activation) of one MoE layer, for the latency controller
+    timing_layer: tuple  # (w13, w2, activation) of one MoE layer, for the latency controller
     passthrough: dict[int, str]  # layer id -> why the policy leaves its routing alone (its router)
     moe_modules: tuple = ()  # the FusedMoE modules themselves (the expert cache moves their weights)
     # SGLang's overlap schedule on an asynchronous device: a step starts before the last one's result is read
@@ -50,7 +50,7 @@ def read_model(model_runner) -> LoadedModel | None:
         device=device,
         name=getattr(hf_config, "_name_or_path", "") or str(model_runner.model_config.model_path),
         tp_size=get_parallel().tp_size,
-        calibration=(first.w13_weight, first.w2_weight, first.moe_runner_config.activation),
+        timing_layer=(first.w13_weight, first.w2_weight, first.moe_runner_config.activation),
         passthrough=passthrough_layers(model_runner.model),
         moe_modules=tuple(moe_layers),
         overlapped_steps=overlap_schedule and device.type != "cpu",

@@ -57,7 +57,7 @@ class LynxRuntime:
             logger.info("lynx-sglang: the model has no MoE layers; nothing to prune")
             return
         self.bind_layers(model.layers, model.device, model.name, tp_size=model.tp_size,
-                         calibration=model.calibration, num_layers=model.num_layers,
+                         timing_layer=model.timing_layer, num_layers=model.num_layers,
                          moe_layers=model.moe_layers)  # fmt: skip
         self.timer = DecodeStepTimer(lag=1 if model.overlapped_steps else 0)
         for layer_id, reason in sorted(model.passthrough.items()):
@@ -65,14 +65,14 @@ class LynxRuntime:
         self.caches.install(list(model.moe_modules), model.device)
 
     def bind_layers(self, layers: list[MoeLayerInfo], device, model_name: str, *, tp_size: int = 1,
-                    calibration=None, backend: str | None = None, num_layers: int | None = None,
+                    timing_layer=None, backend: str | None = None, num_layers: int | None = None,
                     moe_layers: tuple[int, ...] | None = None) -> None:  # fmt: skip
         """Everything `bind` learns from the model; separate so that tests can bind plain tensors.
         backend: where the policy's decision and the per-layer work run (None: `fused_backend`, the one
         place it is chosen); resolved here once and handed to the router and the statistics."""
         device = torch.device(device)
         self.bookkeeping = bookkeeping_named(backend or fused_backend(device))
-        self.settings = PolicySettings(self.initial_config, layers, device, model_name, tp_size, calibration,
+        self.settings = PolicySettings(self.initial_config, layers, device, model_name, tp_size, timing_layer,
                                        num_layers, moe_layers)
         # --lynx-stats off tracks no layer: the step counts and fallbacks remain
         self.stats = RoutingStats(layers if self.initial_config.stats else [], device, self.bookkeeping)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from lynx_sglang.config import TPOT_WITH_TP, ConfigError, LynxConfig
 from lynx_sglang.policies import ExpertBudget
 from lynx_sglang.policy_setup import build_policy, check_policy_layers, validate_for_experts, validate_settings
-from lynx_sglang.scheduler.calibration import calibrate_ms_per_expert
+from lynx_sglang.scheduler.expert_cost import measure_ms_per_expert
 from lynx_sglang.scheduler.controller import TpotController
 from lynx_sglang.scheduler.log import logger
 from lynx_sglang.scheduler.lone_row import budget_keeps_lone_row, policy_keeps_lone_row
@@ -22,7 +22,7 @@ from lynx_sglang.setting_values import Budget
 
 class PolicySettings:
     def __init__(self, config: LynxConfig, layers: list[MoeLayerInfo], device, model_name: str, tp_size: int,
-                 calibration=None, num_layers: int | None = None,
+                 timing_layer=None, num_layers: int | None = None,
                  moe_layers: tuple[int, ...] | None = None):  # fmt: skip
         self.config = config
         self.layers = layers
@@ -30,7 +30,7 @@ class PolicySettings:
         self.moe_layers = moe_layers  # those with routed experts, one of which `layers` must name (None: unknown)
         self.model_name = model_name
         self.tp_size = tp_size
-        self._calibration = calibration  # (w13, w2, activation) of one MoE layer, for the controller
+        self._timing_layer = timing_layer  # (w13, w2, activation) of one MoE layer, for the controller
         self.budgets = {info.num_experts: ExpertBudget.unlimited(info.num_experts, device) for info in layers}
         self.policies: dict[tuple, object] = {}  # by (E, k, renormalize, router kind)
         self.controller: TpotController | None = None
@@ -95,7 +95,7 @@ class PolicySettings:
         bands = config.bands()
         if self.schedule is None or not self.schedule.refill(bands):
             children = [PolicySettings(band, self.layers, self._device, self.model_name, self.tp_size,
-                                       self._calibration, self.num_layers, self.moe_layers) for _, band in bands]
+                                       self._timing_layer, self.num_layers, self.moe_layers) for _, band in bands]
             self.schedule = BandSchedule(children, [start for start, _ in bands], self._device)
         self.lone_row_kept = self.lone_row_kept and self.schedule.lone_row_kept
         logger.info("lynx-sglang: %s varies by decode batch size: %s", config.policy,
@@ -111,7 +111,7 @@ class PolicySettings:
             return self.controller
         num_experts = max(info.num_experts for info in self.layers)
         info = self.layers[0]
-        slope = calibrate_ms_per_expert(*self._calibration, info.num_experts, info.top_k, len(self.layers))
+        slope = measure_ms_per_expert(*self._timing_layer, info.num_experts, info.top_k, len(self.layers))
         return TpotController(budget.value, num_experts, slope, min_experts=1)
 
     def _fill_budget(self, num_experts: int, expert_budget: ExpertBudget) -> None:

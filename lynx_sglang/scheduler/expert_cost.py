@@ -1,4 +1,4 @@
-"""The latency controller's cost model, calibrated at start: the slope b of "step time = a + b x
+"""The latency controller's cost model, measured at start: the slope b of "step time = a + b x
 experts computed per MoE layer" (scheduler/controller.py), measured on the model's own expert weights."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 logger = logging.getLogger("lynx_sglang")
 
 
-def calibrate_ms_per_expert(w13: torch.Tensor, w2: torch.Tensor, activation: str, num_experts: int, top_k: int,
+def measure_ms_per_expert(w13: torch.Tensor, w2: torch.Tensor, activation: str, num_experts: int, top_k: int,
                             num_layers: int) -> float:  # fmt: skip
     """Time the expert compute of one layer with k and with E experts active, and scale the
     per-expert slope to all MoE layers: the controller's b."""

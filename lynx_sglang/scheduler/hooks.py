@@ -9,6 +9,7 @@
     loader.initialize_dummy_weights       AROUND  with the expert cache: their random values made on the device
     UnquantizedFusedMoEMethod.apply       AROUND  compute only the active experts (lynx kernels); the expert cache
     DecodeCudaGraphRunner.can_run_graph   AROUND  replay graphs only if they hold the current policy
+    DecodeCudaGraphRunner.load_batch      AFTER   the replayed graph's real rows (its padding does not vote)
     Scheduler.handle_rpc_request          AROUND  answer lynx control requests between steps (control_reply.py)
     Scheduler.on_idle                     AFTER   an idle scheduler: no step interval spans the gap
 """
@@ -19,7 +20,7 @@ import logging
 
 from lynx_sglang.config import CONTROL_RPC_METHOD, LynxConfig
 from lynx_sglang.scheduler.control_reply import answer_control_request
-from lynx_sglang.scheduler.introspection import routed_rows
+from lynx_sglang.scheduler.introspection import capturing_graph, routed_rows
 from lynx_sglang.scheduler.runtime import LynxRuntime
 from lynx_sglang.scheduler.step import StepScope, current_step, step_for_batch
 
@@ -44,8 +45,9 @@ def register(register_hook, config: LynxConfig) -> None:
     register_hook("sglang.srt.model_loader.loader.initialize_dummy_weights", around_dummy_weights, "AROUND")
     register_hook("sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.apply", around_moe_apply,
                   "AROUND")
-    register_hook("sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.can_run_graph",
-                  around_can_run_graph, "AROUND")
+    graph_runner = "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner"
+    register_hook(f"{graph_runner}.can_run_graph", around_can_run_graph, "AROUND")
+    register_hook(f"{graph_runner}.load_batch", after_graph_load_batch, "AFTER")
     register_hook("sglang.srt.managers.scheduler.Scheduler.handle_rpc_request", around_handle_rpc_request,
                   "AROUND")
     register_hook("sglang.srt.managers.scheduler.Scheduler.on_idle", after_scheduler_idle, "AFTER")
@@ -102,8 +104,17 @@ def around_select_experts(original, hidden_states, router_logits, topk_config, *
         return output
     return runtime.route(
         output, router_logits, topk_config, kwargs.get("layer_id"), kwargs.get("num_token_non_padded"),
-        kwargs.get("expert_location_dispatch_info"), step,
+        kwargs.get("expert_location_dispatch_info"), step, capturing_graph(),
     )  # fmt: skip
+
+
+def after_graph_load_batch(result, graph_runner, *args, **kwargs):
+    # A decode graph is about to replay: its real rows go where the captured routing reads them.
+    rows = getattr(graph_runner, "raw_num_token", None)
+    if runtime is not None and runtime.bound and rows is not None:
+        if not getattr(graph_runner.model_runner, "is_draft_worker", False):
+            runtime.load_graph_rows(rows)
+    return result
 
 
 def around_create_moe_weights(original, method, layer, *args, **kwargs):

@@ -3,6 +3,8 @@ routers the policies do not model, and the layers lynx's active-expert kernel ca
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
@@ -185,6 +187,18 @@ def _runner_backend(method) -> str | None:
     runner = getattr(method, "runner", None)
     backend = getattr(runner, "runner_backend", None)
     return None if backend is None else str(getattr(backend, "value", backend)).lower()
+
+
+def capturing_graph() -> bool:
+    """Whether the forward running now is being captured into a CUDA graph."""
+    return _capture_mode()()
+
+
+@functools.cache
+def _capture_mode():
+    from sglang.srt.model_executor.runner_utils.capture_mode import get_is_capture_mode
+
+    return get_is_capture_mode
 
 
 def replays_decode_graphs(model_runner) -> bool:

@@ -15,8 +15,9 @@ import inspect
 import torch
 
 from lynx_sglang.kernels.bookkeeping import Bookkeeping
-from lynx_sglang.scheduler.decisions import DecisionDigest
+from lynx_sglang.kernels.routing.batch import real_rows
 from lynx_sglang.policies.router import RouterModel, join_shared, split_shared
+from lynx_sglang.scheduler.decisions import DecisionDigest
 from lynx_sglang.scheduler.introspection import passthrough_reason, renormalizes, router_model
 from lynx_sglang.scheduler.log import NoteOnce, Throttle, logger
 from lynx_sglang.scheduler.schedule import select_band
@@ -41,9 +42,12 @@ class Router:
         self.failures = 0
         self._failure_log = Throttle()
 
-    def route(self, output, router_logits, topk_config, layer_id, num_real, dispatch_info, step: Step):
+    def route(self, output, router_logits, topk_config, layer_id, num_real, dispatch_info, step: Step,
+              mask_padding: bool = False):
         """SGLang's top-k `output` of one MoE layer, routed by the policy. num_real: the first rows
-        that are real (SGLang's num_token_non_padded: a 0-dim tensor), or None when all are."""
+        that are real (a 0-dim tensor: SGLang's num_token_non_padded, or the runtime's graph_rows), or
+        None when all are. mask_padding: the rows after num_real get id -1 (no expert), as SGLang gives
+        them under expert parallelism; else they would keep the stale routing of a graph's padding."""
         router, shared_slots, router_reason = self.router_for(layer_id, topk_config)
         reason = passthrough_reason(output, router_logits, router_reason, dispatch_info)
         if reason is not None:
@@ -53,6 +57,9 @@ class Router:
         rows = step.decode_rows if step.mode == "mixed" else output.topk_ids.shape[0]  # a static shape
         if self.settings.keeps_routing(rows):  # nothing to decide: launch nothing
             return output
+        if mask_padding:
+            padding = ~real_rows(output.topk_ids.shape[0], num_real, output.topk_ids.device)
+            output = output._replace(topk_ids=output.topk_ids.masked_fill(padding.unsqueeze(1), -1))
         # Fused shared-expert slots (the last columns) are never the policy's: routed columns only from here
         ids, shared_ids = split_shared(output.topk_ids, shared_slots)
         weights, shared_weights = split_shared(output.topk_weights, shared_slots)

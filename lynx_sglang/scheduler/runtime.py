@@ -81,6 +81,10 @@ class LynxRuntime:
         self.expert_compute = ExpertCompute(self.settings, self.note, table_for(self.initial_config.kernel, device))
         self.router = Router(self.settings, self.bookkeeping, self.stats, self.decisions, self.note,
                              self.caches.resident_for)  # fmt: skip
+        # The real rows of the decode graph replayed next (its batch before padding): SGLang hands
+        # select_experts that count only under expert parallelism, and a graph's padding rows hold stale
+        # tokens that would vote and be computed. Written before every replay, read inside the graphs.
+        self.graph_rows = torch.zeros((), dtype=torch.int64, device=device)
         self.graph_signature = self.settings.signature()
         self.graph_lone_row_kept = self.settings.lone_row_kept
         self.bound = True
@@ -128,9 +132,20 @@ class LynxRuntime:
             return False
         return batch_size != 1 or self.settings.lone_row_kept == self.graph_lone_row_kept
 
+    def load_graph_rows(self, rows: int) -> None:
+        """Before a decode graph replays: its real rows, where the captured routing reads them (no host sync)."""
+        self.graph_rows.fill_(rows)
+
     # ---- per MoE layer --------------------------------------------------------------------------
-    def route(self, output, router_logits, topk_config, layer_id, num_real, dispatch_info, step: Step):
-        return self.router.route(output, router_logits, topk_config, layer_id, num_real, dispatch_info, step)
+    def route(self, output, router_logits, topk_config, layer_id, num_real, dispatch_info, step: Step,
+              capturing: bool = False):
+        """capturing: the forward is being captured into a decode graph; without SGLang's count of real
+        rows (num_real None), the graph's padding rows are then dropped by `graph_rows`."""
+        mask_padding = capturing and num_real is None and step.mode == "decode"
+        if mask_padding:
+            num_real = self.graph_rows
+        return self.router.route(output, router_logits, topk_config, layer_id, num_real, dispatch_info, step,
+                                 mask_padding)
 
     def compute_experts(self, step: Step, layer, method, dispatch_output, sglang_compute):
         if self.caches.holds(layer):  # every forward of a cached layer reads its experts through the cache

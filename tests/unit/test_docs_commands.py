@@ -99,3 +99,21 @@ def test_every_hook_target_is_in_contributing_s_list_of_sglang_internals():
     assert len(targets) >= 12
     missing = [t for t in targets if ".".join(t.split(".")[-2:]) not in listed]
     assert not missing, f"hooked but not listed in CONTRIBUTING.md: {missing}"
+
+
+def test_every_hook_target_exists_in_the_installed_sglang():
+    import importlib
+
+    def resolves(target: str) -> bool:
+        parts = target.split(".")
+        for split in range(len(parts) - 1, 0, -1):  # the longest importable module, then attributes
+            try:
+                found = importlib.import_module(".".join(parts[:split]))
+            except ImportError:
+                continue
+            for name in parts[split:]:
+                found = getattr(found, name, None)
+            return found is not None
+        return False
+
+    assert [t for t in hook_targets() if not resolves(t)] == []

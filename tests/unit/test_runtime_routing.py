@@ -92,6 +92,21 @@ def test_padding_rows_are_not_counted_and_pass_through():
     assert layer["decode_tokens"] == 4 and layer["distinct_experts_after"] <= 2
 
 
+def test_a_captured_decode_graph_reads_its_real_rows_and_gives_padding_no_expert():
+    # On one GPU SGLang passes no real-row count; the runtime's own scalar, written before each replay,
+    # is what the captured routing reads (the same tensor object, a new value).
+    runtime = make_runtime("budget", budget="experts=2")
+    logits, output = routing()
+    for real in (5, 9):
+        runtime.load_graph_rows(real)
+        routed = runtime.route(output, logits, topk.TopKConfig(top_k=K), 0, None, None, DECODE, capturing=True)
+        assert (routed.topk_ids[real:] == -1).all() and (routed.topk_ids[:real] >= 0).all()
+        assert len(routed.topk_ids[:real].unique()) <= 2
+    assert [layer["decode_tokens"] for layer in snapshot(runtime)["layers"]][0] == 5 + 9
+    eager = route(runtime, logits, output)  # not captured: every row is real
+    assert (eager.topk_ids >= 0).all()
+
+
 @pytest.mark.parametrize("policy", ["RaisingPolicy", "WrongShapePolicy", "OutOfRangePolicy"])
 def test_a_failing_policy_falls_back_for_that_step_and_is_counted(policy, caplog, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "support"))

@@ -28,6 +28,7 @@ from lynx_sglang.tiny_checkpoints.shapes import (
     NAMED_SHAPES,
     ShapeError,
     fit_layers,
+    kv_bytes_per_token,
     parse_shape,
     weight_bytes,
     write_config_only,
@@ -36,7 +37,7 @@ from lynx_sglang.tiny_checkpoints.shapes import (
 __all__ = [
     "ARCHITECTURES", "FIXED_FIELDS", "NAMED_SHAPES", "ROUTED_SCALING_FACTOR", "ROUTER_ARCHITECTURES", "ROUTER_KINDS",
     "SOFTMAX_ARCHITECTURES", "RouterShape", "RouterShapeError", "ShapeError", "build_tiny_checkpoint",
-    "fit_layers", "parse_shape", "router_shape", "weight_bytes", "write_config_only",
+    "fit_layers", "kv_bytes_per_token", "parse_shape", "router_shape", "weight_bytes", "write_config_only",
 ]  # fmt: skip
 
 # Router weight scales. Random init is small; larger router weights make routing decisive, as in a

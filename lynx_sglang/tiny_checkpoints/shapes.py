@@ -112,15 +112,23 @@ def weight_bytes(fields: dict, bytes_per_param: int = 2) -> tuple[int, int]:
     return outside * bytes_per_param, layer * bytes_per_param
 
 
-def fit_layers(fields: dict, device_bytes: float, weight_fraction: float = 0.85) -> int:
-    """The most decoder layers (at most the shape's own) whose weights take at most `weight_fraction`
-    of the device memory, the rest staying for the KV cache and activations."""
+def kv_bytes_per_token(fields: dict, bytes_per_value: int = 2) -> int:
+    """KV cache bytes of one token in one decoder layer (keys and values of every KV head)."""
+    head_dim = fields.get("head_dim") or fields["hidden_size"] // fields["num_attention_heads"]
+    return 2 * fields["num_key_value_heads"] * head_dim * bytes_per_value
+
+
+def fit_layers(fields: dict, device_bytes: float, static_fraction: float = 0.85, kv_tokens: int = 0) -> int:
+    """The most decoder layers (at most the shape's own) whose weights and a KV cache of `kv_tokens`
+    tokens take at most `static_fraction` of the device memory (SGLang's --mem-fraction-static: the
+    rest is for activations and CUDA graphs)."""
     outside, per_layer = weight_bytes(fields)
-    fitting = math.floor((weight_fraction * device_bytes - outside) / per_layer)
+    per_layer_with_kv = per_layer + kv_tokens * kv_bytes_per_token(fields)
+    fitting = math.floor((static_fraction * device_bytes - outside) / per_layer_with_kv)
     if fitting < 1:
-        raise ShapeError(f"--shape: not even one layer of this shape fits in {weight_fraction:.0%} of "
+        raise ShapeError(f"--shape: not even one layer of this shape fits in {static_fraction:.0%} of "
                          f"{device_bytes / 2**30:.1f} GiB ({per_layer / 1e9:.2f} GB per layer, "
-                         f"{outside / 1e9:.2f} GB of embeddings)")
+                         f"{outside / 1e9:.2f} GB of embeddings, a KV cache of {kv_tokens} tokens)")
     return min(fields["num_hidden_layers"], fitting)
 
 

@@ -5,6 +5,7 @@ built tiny checkpoint is served through --model-path with a chosen expert kernel
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -71,8 +72,9 @@ def test_named_shape_with_dummy_weights_records_both_arms(tmp_path):
 def test_model_path_with_a_chosen_kernel(tmp_path):
     model = build_tiny_checkpoint("mixtral", tmp_path / "tiny-mixtral", seed=3)
     record, figures = tmp_path / "record.json", tmp_path / "bench.json"
-    bench("--model-path", str(model), "--arms", "budget:fraction=0.5", "--kernels", "sglang", *SMALL_LOAD,
-          "--record", str(record), "--json", str(figures), "--", "--dtype", "float32")  # fmt: skip
+    proc = bench("--model-path", str(model), "--arms", "budget:fraction=0.5", "--kernels", "sglang", *SMALL_LOAD,
+                 "--record", str(record), "--json", str(figures), "--", "--dtype", "float32")  # fmt: skip
+    assert "KV cache holds" not in proc.stdout
     [row] = json.loads(record.read_text())["rows"]
     check_row_values(row)
     assert (row["shape"], row["num_layers"]) == ("tiny-mixtral", 4)
@@ -80,3 +82,11 @@ def test_model_path_with_a_chosen_kernel(tmp_path):
     [result] = json.loads(figures.read_text())["results"]  # --json keeps its own format
     assert result["ratios_to_baseline"] is None  # no baseline arm to compare with
     assert row["experts_per_layer"] <= 4 and row["experts_per_layer"] < result["distinct_experts_per_layer_before"]
+
+
+def test_a_kv_cache_below_the_highest_level_is_named(tmp_path):
+    # SGLang's own figure, read after the start: 4 x (16 + 6) tokens do not fit in 64, requests wait
+    model = build_tiny_checkpoint("mixtral", tmp_path / "tiny-mixtral", seed=3)
+    proc = bench("--model-path", str(model), "--arms", "baseline", *SMALL_LOAD, "--", "--dtype", "float32",
+                 "--max-total-tokens", "64")  # fmt: skip
+    assert re.search(r"warning: its KV cache holds \d+ tokens but concurrency 4 needs 88", proc.stdout), proc.stdout

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from lynx_sglang.tools.bench.models import DEFAULT_SHAPE_FIELDS, Device, resolve_model
+from lynx_sglang.tools.bench.models import DEFAULT_SHAPE_FIELDS, BenchError, Device, resolve_model
 from lynx_sglang.tools.bench.serve import build_parser, kv_token_flags, parse_arms, server_runs
 from lynx_sglang.tools.bench.report import Result, expert_figures, percentile, ratios
-from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, fit_layers, parse_shape, weight_bytes
+from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, fit_layers, kv_bytes_per_token, parse_shape
+from lynx_sglang.tiny_checkpoints import weight_bytes
 
 GIB = 2**30
 
@@ -87,7 +88,10 @@ def test_fit_layers_keeps_what_fits_and_cuts_what_does_not():
     outside, per_layer = weight_bytes(mixtral)
     assert fit_layers(mixtral, 140 * GIB) == 32  # H200: 93 GB of weights fit with room to spare
     assert fit_layers(mixtral, 80 * GIB) == 24  # H100: 24 x 2.9 GB + embeddings <= 85 % of 80 GiB
-    assert fit_layers(mixtral, 80 * GIB, weight_fraction=0.5) == 14
+    assert fit_layers(mixtral, 80 * GIB, static_fraction=0.5) == 14
+    # c=64 x 388 tokens, x1.25: 4 KiB per token and layer; a layer less keeps it beside the weights
+    assert fit_layers(mixtral, 78 * GIB, 0.85, kv_tokens=31040) == 23 < fit_layers(mixtral, 78 * GIB, 0.85) == 24
+    assert kv_bytes_per_token(mixtral) == 2 * 8 * 128 * 2
     device = (outside + 5 * per_layer) / 0.85
     assert fit_layers(mixtral, device + 1) == 5 and fit_layers(mixtral, device - 1) == 4
     assert fit_layers(NAMED_SHAPES["qwen3-30b-a3b"], 80 * GIB) == 48
@@ -108,12 +112,19 @@ def test_one_server_per_arm_and_kernel_baseline_once():
 
 def test_a_named_shape_on_a_smaller_gpu_gets_the_layers_that_fit(tmp_path, capsys):
     h100 = Device("NVIDIA H100 80GB HBM3", 80 * GIB)
-    model = resolve_model(None, "mixtral-8x7b", [], h100, tmp_path / "a")
+    model = resolve_model(None, "mixtral-8x7b", [], h100, tmp_path / "a", kv_tokens=64 * (128 + 256 + 4))
     config = json.loads((model.path / "config.json").read_text())
-    assert (model.name, model.num_layers, config["num_hidden_layers"]) == ("mixtral-8x7b", 24, 24)
-    assert model.serve_flags == ["--load-format", "dummy"] and not list(model.path.glob("*.safetensors"))
+    assert (model.name, model.num_layers, config["num_hidden_layers"]) == ("mixtral-8x7b", 23, 23)
+    assert model.serve_flags == ["--load-format", "dummy", "--mem-fraction-static", "0.85"]
+    assert not list(model.path.glob("*.safetensors"))
     [line] = capsys.readouterr().out.splitlines()
-    assert "24 of 32 layers fit" in line and "NVIDIA H100" in line
+    assert "23 of 32 layers fit with a KV cache of 24832 tokens" in line and "NVIDIA H100" in line
+    # a fraction given after `--` is SGLang's and the fit's
+    given = resolve_model(None, "mixtral-8x7b", ["--mem-fraction-static", "0.6"], h100, tmp_path / "d")
+    assert given.num_layers == 17 and "--mem-fraction-static" not in given.serve_flags
+    with pytest.raises(BenchError, match="must be between 0 and 1"):
+        resolve_model(None, "mixtral-8x7b", ["--mem-fraction-static", "1.5"], h100, tmp_path / "e")
+    capsys.readouterr()
     # the user's layers stand; two tensor-parallel GPUs hold the whole model
     assert resolve_model(None, "mixtral-8x7b,num_hidden_layers=30", [], h100, tmp_path / "b").num_layers == 30
     assert resolve_model(None, "mixtral-8x7b", ["--tp", "2"], h100, tmp_path / "c").num_layers == 32

@@ -4,6 +4,7 @@ weights made by SGLang), the default built checkpoint, or a given one; and what 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -25,8 +26,14 @@ DEFAULT_SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_lay
                  "num_key_value_heads": 4, "num_local_experts": 8, "num_experts_per_tok": 2}  # fmt: skip
 # The default shape is a Mixtral: its overrides are typed and checked as Mixtral-8x7B's fields.
 DEFAULT_SHAPE_FIELDS = {**NAMED_SHAPES["mixtral-8x7b"], **DEFAULT_SHAPE}
-# Weights may take this much of the device memory; the rest is for the KV cache and activations.
-WEIGHT_FRACTION = 0.85
+# A named shape on a GPU: SGLang's --mem-fraction-static (weights and KV cache; the rest holds activations
+# and CUDA graphs) unless given after `--`, and the layers fitted to it with a KV cache that holds the
+# highest level's requests KV_MARGIN times over, beside what the device holds before the weights load
+# (CUDA context, library workspaces). SGLang's own default fraction would leave an 80 GB card ~1 GB of
+# KV cache beside 24 Mixtral layers: c=64 needs 2.4 GB, and queued requests would measure a smaller batch.
+MEM_FRACTION_STATIC = 0.85
+KV_MARGIN = 1.25
+DEVICE_RESERVED_BYTES = 2 * 2**30
 # Our folders carry the embedded character tokenizer (100 tokens, fewer than a named shape's vocab_size):
 # prompts use its character ids, which are ids of both the tokenizer and the model.
 PROMPT_IDS = (len(SPECIAL_TOKENS), len(vocabulary()))
@@ -85,9 +92,10 @@ class BenchModel:
 
 
 def resolve_model(model_path: str | None, shape_text: str, serve_args: list[str], device: Device,
-                  workdir: Path, check: Callable[[Path], None] | None = None) -> BenchModel:
+                  workdir: Path, check: Callable[[Path], None] | None = None, kv_tokens: int = 0) -> BenchModel:
     """`check(folder with the model's config.json)` runs before anything is built: a setting the model
-    cannot take is refused before the default checkpoint's minutes and GBs."""
+    cannot take is refused before the default checkpoint's minutes and GBs. kv_tokens: the tokens the
+    highest level keeps in the KV cache at once (prompts, outputs)."""
     check = check or (lambda model_dir: None)
     if model_path:
         if shape_text:
@@ -105,25 +113,46 @@ def resolve_model(model_path: str | None, shape_text: str, serve_args: list[str]
         check(write_config_only({**DEFAULT_SHAPE_FIELDS, **overrides}, workdir / "custom"))
         return BenchModel(bench_checkpoint(shape), "custom", shape["num_hidden_layers"], note="built, bf16")
     fields = {**NAMED_SHAPES[name], **overrides}
-    if device.gpu_bytes is not None and "num_hidden_layers" not in overrides:
-        fields["num_hidden_layers"] = fitted_layers(name, fields, device, serve_args)
+    serve_flags = ["--load-format", "dummy"]
+    if device.gpu_bytes is not None:
+        given = FlagSettings(serve_args).value("mem_fraction_static")
+        fraction = static_fraction(given)
+        serve_flags += [] if given is not None else ["--mem-fraction-static", str(fraction)]
+        if "num_hidden_layers" not in overrides:
+            fields["num_hidden_layers"] = fitted_layers(name, fields, device, serve_args, fraction, kv_tokens)
     path = write_config_only(fields, workdir / name)
     check(path)
-    return BenchModel(path, name, fields["num_hidden_layers"], ["--load-format", "dummy"],
+    return BenchModel(path, name, fields["num_hidden_layers"], serve_flags,
                       note="random weights made by SGLang (--load-format dummy)")
 
 
-def fitted_layers(name: str, fields: dict, device: Device, serve_args: list[str]) -> int:
-    """The shape's layers, fewer where its weights would not leave room for the KV cache (one line says so)."""
+def static_fraction(given: str | None) -> float:
+    if given is None:
+        return MEM_FRACTION_STATIC
+    try:
+        fraction = float(given)
+    except ValueError:
+        raise BenchError(f"--mem-fraction-static {given!r} is not a number") from None
+    if not 0 < fraction < 1:
+        raise BenchError(f"--mem-fraction-static {given} must be between 0 and 1")
+    return fraction
+
+
+def fitted_layers(name: str, fields: dict, device: Device, serve_args: list[str], fraction: float,
+                  kv_tokens: int) -> int:
+    """The shape's layers, fewer where its weights would not leave room for the KV cache the levels
+    need (one line says so)."""
     tp = FlagSettings(serve_args).value("tp_size")
     devices = int(tp) if tp and tp.isdigit() and int(tp) > 0 else 1  # tensor parallelism splits the weights
+    usable = (device.gpu_bytes - DEVICE_RESERVED_BYTES) * devices
     try:
-        layers = fit_layers(fields, device.gpu_bytes * devices, WEIGHT_FRACTION)
+        layers = fit_layers(fields, usable, fraction, math.ceil(kv_tokens * KV_MARGIN))
     except ShapeError as exc:
         raise BenchError(str(exc)) from None
     if layers < fields["num_hidden_layers"]:
-        print(f"{name}: {layers} of {fields['num_hidden_layers']} layers fit in {WEIGHT_FRACTION:.0%} of "
-              f"{devices} x {device.gpu_bytes / 2**30:.1f} GiB ({device.name}); serving {layers} layers "
+        print(f"{name}: {layers} of {fields['num_hidden_layers']} layers fit with a KV cache of "
+              f"{kv_tokens} tokens in {fraction:.0%} (--mem-fraction-static) of {devices} x "
+              f"{device.gpu_bytes / 2**30:.1f} GiB ({device.name}); serving {layers} layers "
               f"(give num_hidden_layers in --shape to choose)", flush=True)
     return layers
 

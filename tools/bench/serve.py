@@ -256,6 +256,7 @@ def serve_one(model: BenchModel, arm: Arm, kernel: str, args, levels, extra: lis
     try:
         server.wait_healthy(timeout=STARTUP_TIMEOUT_S)
         print(f"server {label}: started in {time.perf_counter() - started:.1f} s", flush=True)
+        warn_if_kv_cache_short(server.url, label, max(levels), max(levels) * (args.prompt_tokens + args.output_tokens))
         admin = None if arm.is_baseline else AdminClient(server.url, server.token)
         for concurrency in levels:
             rng = random.Random(args.seed + concurrency)  # the same prompts for every arm at a level
@@ -275,6 +276,20 @@ def serve_one(model: BenchModel, arm: Arm, kernel: str, args, levels, extra: lis
                           f"{server.log_tail()}") from None
     finally:
         server.stop()
+
+
+def warn_if_kv_cache_short(url: str, label: str, concurrency: int, needed: int) -> None:
+    """A KV cache smaller than the highest level's requests makes them wait (or be retracted): that level
+    would measure a smaller batch than its concurrency. Said once per server, from SGLang's own figure."""
+    try:
+        with urllib.request.urlopen(url + "/server_info", timeout=30) as response:
+            tokens = json.loads(response.read()).get("max_total_num_tokens")
+    except (OSError, ValueError):
+        return
+    if isinstance(tokens, int) and tokens < needed:
+        print(f"server {label}: warning: its KV cache holds {tokens} tokens but concurrency {concurrency} needs "
+              f"{needed}; requests will wait and that level measures a smaller batch (fewer layers in --shape, "
+              f"a higher --mem-fraction-static after --, or lower --concurrency)", flush=True)
 
 
 def main(argv=None) -> int:
@@ -310,7 +325,8 @@ def run(argv: list[str]) -> int:
         record.write([])  # an unwritable path fails now, not after the first level
     logs = Path(tempfile.mkdtemp(prefix="lynx-bench-serve-"))
     model = resolve_model(args.model_path, args.shape, args.serve_args, device, logs,
-                          check=lambda model_dir: check_arms_for_model(arms, model_dir))
+                          check=lambda model_dir: check_arms_for_model(arms, model_dir),
+                          kv_tokens=max(levels) * (args.prompt_tokens + args.output_tokens + WARMUP_TOKENS))
     runs = server_runs(arms, kernels)
     print(f"model {model.describe()}; device {device.name}; {len(runs)} servers; concurrency {levels}; "
           f"{args.prompt_tokens} prompt + {args.output_tokens} output tokens per request; logs in {logs}", flush=True)

@@ -26,8 +26,19 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 PYTHONPATH="$site${PYTHONPATH:+:$PYT
 install() {
   local started=$SECONDS
   # --target, not a venv: a venv made from the machine's python3 (itself a venv) would not see its torch.
-  "$python" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --no-compile --no-build-isolation --upgrade \
-    --target "$site" "$kit"/wheels/*.whl . || return 1
+  local pip=("$python" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --no-compile
+             --no-build-isolation --upgrade --target "$site")
+  # A second call on the same warm machine keeps the kit's wheels (same kit.json and wheel files): only
+  # this repository is installed again.
+  local stamp
+  stamp=$(cat "$kit/kit.json" <(ls -l "$kit"/wheels) | md5sum | cut -d' ' -f1)
+  if [ "$(cat "$site/.kit-stamp" 2>/dev/null)" = "$stamp" ]; then
+    echo "the kit's wheels are installed in $site already"
+  else
+    "${pip[@]}" "$kit"/wheels/*.whl || return 1
+    echo "$stamp" > "$site/.kit-stamp"
+  fi
+  "${pip[@]}" . || return 1
   if ! "$python" -c "import IPython.display" 2>/dev/null; then
     cp -r "$kit/stubs/IPython" "$site/"
   fi

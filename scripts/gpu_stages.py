@@ -105,7 +105,7 @@ def bench(stage: Stage, shape: str, arms: str, extra: list[str] = (), concurrenc
 
 
 def smoke(stage: Stage) -> None:
-    server = stage.server("embedded", "lynx", None, [])
+    server = stage.server("embedded", "lynx", None, GRAPH_SIZES)  # SGLang's default: 36 sizes to capture
     try:
         answer = complete(server.url, "123+45=")
         stats = AdminClient(server.url, server.token).stats()

@@ -33,6 +33,21 @@ def allowed_values(name: str, param: str, num_experts: int, top_k: int) -> str:
     return "any value"
 
 
+def params_in_effect(policy) -> dict:
+    """A built policy's parameters as it decides: those given, and each default as resolved for the
+    model's shape and router (lynx's alpha and beta, budget's kept count). A parameter the policy keeps
+    under another attribute name is left out."""
+    values = {}
+    for param in accepted_parameters(type(policy)) or []:
+        value = getattr(policy, param, _NOT_A_VALUE)
+        if param in _HIDDEN or value is _NOT_A_VALUE:
+            continue
+        if hasattr(value, "tolist"):  # a tensor (a host read: the control path only)
+            value = value.tolist()
+        values[param] = list(value) if isinstance(value, tuple) else value
+    return values
+
+
 def describe(name: str, num_experts: int, top_k: int, model_name: str | None, router_kind: str | None = None) -> dict:
     cls = resolve_policy_class(name)
     signature = inspect.signature(cls.__init__).parameters

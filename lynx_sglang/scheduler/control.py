@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from lynx_sglang.config import LIVE_SETTINGS, ConfigError, LynxConfig, check_settings, parse_setting
+from lynx_sglang.policy_catalog import params_in_effect
 from lynx_sglang.setting_values import Budget
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ def policy_state(runtime: LynxRuntime) -> dict:
     state = settings.config.public_view()
     state["controller"] = None if settings.controller is None else settings.controller.state()
     state["budget_experts"] = settings.current_cap()
+    state["params_in_effect"] = params_in_effect(settings.any_policy())
     state["cuda_graphs_replay_pruning"] = runtime.decode_graphs_prune()
     state["expert_compute"] = {str(layer): name for layer, name in runtime.expert_compute.describe().items()}
     state["expert_compute"].update(runtime.caches.describe())

@@ -57,6 +57,9 @@ def test_policy_endpoint_shows_the_configured_policy(server):
     assert state["policy"] == "lynx" and state["kernel"] == "auto" and state["budget"] is None
     assert set(state["expert_compute"].values()) <= {"lynx-cpu"}  # filled once a decode step ran
     assert state["cuda_graphs_replay_pruning"] is None  # a CPU decodes without captured graphs
+    # params as given ({}), and as the policy decides on this model (8 experts, top-2: lynx_defaults)
+    assert state["params"] == {} and state["params_in_effect"]["beta"] == 1
+    assert state["params_in_effect"]["alpha"] == pytest.approx(0.7)
 
 
 def test_lynx_prunes_at_concurrency_32_within_3_points_of_baseline(server):

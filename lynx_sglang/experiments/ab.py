@@ -23,8 +23,8 @@ from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
 from . import fmt, plots, report
 from .analysis import LossBound, compare_arms, group_blocks, summarise_arm
 from .arms import Arm, ArmSpecError, arm_from_config_file, arm_from_flags, check_policy_names
-from .experiment import (Experiment, add_common_arguments, command_parser, parse_command, parse_levels, prepare_items,
-                         run, say)
+from .cli_args import add_common_arguments, command_parser, parse_command, parse_levels, prepare_items
+from .experiment import Experiment, run, say
 
 # The embedded model's calibrated setting (`lynx-sglang calibrate`, confirmed on 2,000 held-out items at
 # concurrency 8 and 32: docs/results/calibrate-shipped), shipped beside its checkpoint.

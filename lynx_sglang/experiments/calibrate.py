@@ -29,7 +29,8 @@ from .analysis import LossBound
 from .calibrate_report import baseline_warning, publish
 from .calibration import choose, config_for, config_yaml
 from .client import AdminClient, ServerError, describe_scope, served_scope, setting_of
-from .experiment import add_common_arguments, command_parser, parse_command, parse_levels, restore_setting
+from .cli_args import add_common_arguments, command_parser, parse_command, parse_levels
+from .experiment import restore_setting
 from .launch import ManagedServer, terminate_as_interrupt
 from .model_arms import calibration_candidates, served_shape
 from .tasks import BUILTIN_TASK, builtin_items_excluding, load_items, make_scorer

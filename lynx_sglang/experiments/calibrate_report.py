@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 
 from . import fmt, report
-from .experiment import checkpoint_identity, write_json
+from .provenance import checkpoint_identity, write_json
 
 
 # Below this accuracy the baseline answers (almost) nothing: no setting can lose accuracy it does not

@@ -25,8 +25,8 @@ from . import fmt, plots, report, stats
 from .analysis import LossBound, compare_arms, group_blocks, same_step_fraction, summarise_arm, within_points
 from .arms import ArmSpecError, arm_from_config_file, check_policy_names, parse_arms
 from .client import ServerError
-from .experiment import (Experiment, add_common_arguments, command_parser, parse_command, parse_levels, prepare_items,
-                         run, say)
+from .cli_args import add_common_arguments, command_parser, parse_command, parse_levels, prepare_items
+from .experiment import Experiment, run, say
 from .model_arms import default_arms, served_shape
 
 GOAL_BYTES_RATIO = 0.4  # "at least 60 % fewer expert bytes per decode token"

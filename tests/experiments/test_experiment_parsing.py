@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lynx_sglang.experiments.arms import Arm, ArmSpecError, arm_from_flags, expand_values, parse_arms
-from lynx_sglang.experiments.experiment import parse_levels
+from lynx_sglang.experiments.cli_args import parse_levels
 from lynx_sglang.experiments.tasks import (
     TaskError,
     builtin_items,
@@ -179,7 +179,7 @@ def test_server_flags_are_refused_with_a_url(flags, capsys):
     (["--serve-arg=--tp=2", "--b", "lynx"], ["--serve-arg=--tp=2", "--b", "lynx"]),
 ])  # fmt: skip
 def test_reports_show_the_command_without_admin_tokens(argv, shown):
-    from lynx_sglang.experiments.experiment import without_secrets
+    from lynx_sglang.experiments.cli_args import without_secrets
 
     assert without_secrets(argv) == shown
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from lynx_sglang.config import CONFIG_FILE_ENV, ENV_VARIABLES, KERNELS, ConfigError, build_config
 from lynx_sglang.experiments.client import AdminClient, ServerError
-from lynx_sglang.experiments.experiment import parse_levels
+from lynx_sglang.experiments.cli_args import parse_levels
 from lynx_sglang.experiments.launch import ManagedServer, served_address, terminate_as_interrupt
 from lynx_sglang.model_config import MoeShape
 from lynx_sglang.policy_setup import resolve_policy_or_error, validate_for_model

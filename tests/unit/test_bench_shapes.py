@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lynx_sglang.tools.bench.models import DEFAULT_SHAPE_FIELDS, BenchError, Device, resolve_model
+from lynx_sglang.tools.bench.models import DEFAULT_SHAPE_FIELDS, BenchError, Device, memory_flags, resolve_model
 from lynx_sglang.tools.bench.serve import build_parser, kv_token_flags, parse_arms, server_runs
 from lynx_sglang.tools.bench.report import Result, expert_figures, percentile, ratios
 from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, fit_layers, kv_bytes_per_token, parse_shape
@@ -115,13 +115,14 @@ def test_a_named_shape_on_a_smaller_gpu_gets_the_layers_that_fit(tmp_path, capsy
     model = resolve_model(None, "mixtral-8x7b", [], h100, tmp_path / "a", kv_tokens=64 * (128 + 256 + 4))
     config = json.loads((model.path / "config.json").read_text())
     assert (model.name, model.num_layers, config["num_hidden_layers"]) == ("mixtral-8x7b", 23, 23)
-    assert model.serve_flags == ["--load-format", "dummy", "--mem-fraction-static", "0.85"]
-    assert not list(model.path.glob("*.safetensors"))
+    assert model.serve_flags == ["--load-format", "dummy"] and not list(model.path.glob("*.safetensors"))
+    assert memory_flags(model, h100, []) == ["--mem-fraction-static", "0.85"]  # what the layers were fitted to
     [line] = capsys.readouterr().out.splitlines()
     assert "23 of 32 layers fit with a KV cache of 24832 tokens" in line and "NVIDIA H100" in line
     # a fraction given after `--` is SGLang's and the fit's
     given = resolve_model(None, "mixtral-8x7b", ["--mem-fraction-static", "0.6"], h100, tmp_path / "d")
-    assert given.num_layers == 17 and "--mem-fraction-static" not in given.serve_flags
+    assert given.num_layers == 17 and memory_flags(given, h100, ["--mem-fraction-static", "0.6"]) == []
+    assert memory_flags(given, Device("CPU", None), []) == []
     with pytest.raises(BenchError, match="must be between 0 and 1"):
         resolve_model(None, "mixtral-8x7b", ["--mem-fraction-static", "1.5"], h100, tmp_path / "e")
     capsys.readouterr()

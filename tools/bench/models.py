@@ -113,17 +113,22 @@ def resolve_model(model_path: str | None, shape_text: str, serve_args: list[str]
         check(write_config_only({**DEFAULT_SHAPE_FIELDS, **overrides}, workdir / "custom"))
         return BenchModel(bench_checkpoint(shape), "custom", shape["num_hidden_layers"], note="built, bf16")
     fields = {**NAMED_SHAPES[name], **overrides}
-    serve_flags = ["--load-format", "dummy"]
-    if device.gpu_bytes is not None:
-        given = FlagSettings(serve_args).value("mem_fraction_static")
-        fraction = static_fraction(given)
-        serve_flags += [] if given is not None else ["--mem-fraction-static", str(fraction)]
-        if "num_hidden_layers" not in overrides:
-            fields["num_hidden_layers"] = fitted_layers(name, fields, device, serve_args, fraction, kv_tokens)
+    if device.gpu_bytes is not None and "num_hidden_layers" not in overrides:
+        fraction = static_fraction(FlagSettings(serve_args).value("mem_fraction_static"))
+        fields["num_hidden_layers"] = fitted_layers(name, fields, device, serve_args, fraction, kv_tokens)
     path = write_config_only(fields, workdir / name)
     check(path)
-    return BenchModel(path, name, fields["num_hidden_layers"], serve_flags,
+    return BenchModel(path, name, fields["num_hidden_layers"], ["--load-format", "dummy"],
                       note="random weights made by SGLang (--load-format dummy)")
+
+
+def memory_flags(model: BenchModel, device: Device, serve_args: list[str]) -> list[str]:
+    """SGLang's --mem-fraction-static for a named shape on a GPU, the one its layers were fitted to
+    (none where given after `--`, or for a checkpoint: SGLang sizes its KV cache as it does)."""
+    given = FlagSettings(serve_args).given("mem_fraction_static")
+    if device.gpu_bytes is None or model.name not in NAMED_SHAPES or given:
+        return []
+    return ["--mem-fraction-static", str(MEM_FRACTION_STATIC)]
 
 
 def static_fraction(given: str | None) -> float:

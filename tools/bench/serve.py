@@ -38,7 +38,7 @@ from lynx_sglang.model_config import MoeShape
 from lynx_sglang.policy_setup import resolve_policy_or_error, validate_for_model
 from lynx_sglang.tiny_checkpoints.shapes import NAMED_SHAPES
 
-from .models import BenchError, BenchModel, describe_device, resolve_model
+from .models import BenchError, BenchModel, describe_device, memory_flags, resolve_model
 from .report import Record, Result, print_table, record_rows, result_json
 
 DEFAULT_ARMS = "baseline;budget:fraction=0.5"
@@ -338,7 +338,7 @@ def run(argv: list[str]) -> int:
             record.write(record_rows(results, model))
 
     failed = 0
-    extra = kv_token_flags(args, levels, device.gpu_bytes is not None)
+    extra = kv_token_flags(args, levels, device.gpu_bytes is not None) + memory_flags(model, device, args.serve_args)
     for number, (arm, kernel) in enumerate(runs):
         try:
             serve_one(model, arm, kernel, args, levels, extra, logs / f"{number}-{arm.policy}-{kernel}.log", on_result)

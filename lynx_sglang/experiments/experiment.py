@@ -21,7 +21,7 @@ from .cli_args import without_secrets
 from .client import AdminClient, ArmRefused, ServerError, describe_scope, describe_setting, served_scope, setting_of
 from .launch import ManagedServer, interruption, terminate_as_interrupt
 from .provenance import versions, write_json
-from .runner import Runner, plan_steps
+from .runner import Runner, plan_blocks
 from .store import Block, MeasurementStore, ResumeError
 from .tasks import Item, make_scorer
 
@@ -127,7 +127,7 @@ def measure(experiment: Experiment, store: MeasurementStore, done: list[Block], 
                     reference=experiment.arms[0].label if experiment.tool == "sweep" else None)
     status, message = "complete", None
     try:
-        runner.run(plan_steps(experiment.arms, experiment.levels, len(experiment.items), args.blocks), done)
+        runner.run(plan_blocks(experiment.arms, experiment.levels, len(experiment.items), args.blocks), done)
     except KeyboardInterrupt as interrupt:
         status, message = "interrupted", f"interrupted ({interruption(interrupt)})"
     except ArmRefused as error:  # ab's arms, a sweep's reference or all of its others: a setting, not the server

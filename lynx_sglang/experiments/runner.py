@@ -24,7 +24,9 @@ from .tasks import Item, Scorer
 
 
 @dataclass(frozen=True)
-class Step:
+class PlannedBlock:
+    """One arm's slice of the items at one concurrency level, in the order the run measures them."""
+
     concurrency: int
     block: int
     first_item: int
@@ -48,13 +50,13 @@ def block_slices(count: int, blocks: int) -> list[tuple[int, int]]:
     return slices
 
 
-def plan_steps(arms: list[Arm], levels: list[int], count: int, blocks: int) -> list[Step]:
+def plan_blocks(arms: list[Arm], levels: list[int], count: int, blocks: int) -> list[PlannedBlock]:
     steps = []
     for concurrency in levels:
         for index, (first, size) in enumerate(block_slices(count, blocks)):
             shift = index % len(arms)
             for arm in arms[shift:] + arms[:shift]:
-                steps.append(Step(concurrency, index, first, size, arm))
+                steps.append(PlannedBlock(concurrency, index, first, size, arm))
     return steps
 
 
@@ -77,7 +79,7 @@ class Runner:
         self.reference = reference  # with skip_refused: the arm every other is compared with, never skipped
         self.refused: dict[str, str] = {}  # arm label -> the server's reason
 
-    def run(self, steps: list[Step], done: list[Block]) -> None:
+    def run(self, steps: list[PlannedBlock], done: list[Block]) -> None:
         """Measure every step not in `done`, each block appended to the store as it ends, so a
         ServerError or KeyboardInterrupt that propagates loses no finished block."""
         finished = {block.key for block in done}
@@ -102,7 +104,7 @@ class Runner:
                     self.skip(step.arm.label, error)
                     progress.advance(task, step.count)
 
-    def check_arms(self, steps: list[Step]) -> None:
+    def check_arms(self, steps: list[PlannedBlock]) -> None:
         """Put the server in each arm's setting once before measuring anything, so that a setting it
         refuses (an unknown policy, a parameter out of range for this model) ends the run, or is
         skipped, in seconds rather than after the blocks of the arms before it."""
@@ -124,12 +126,12 @@ class Runner:
         self.refused[label] = str(error)
         self.console.print(f"skipped: {error}", style="yellow", markup=False, soft_wrap=True)
 
-    def warm_up(self, step: Step) -> None:
+    def warm_up(self, step: PlannedBlock) -> None:
         """A batch at this level's concurrency before measuring it (not recorded)."""
         self.admin.switch(step.arm)
         self.send_all(self.items[: step.concurrency], step.concurrency, f"warm-up at c={step.concurrency}")
 
-    def measure(self, step: Step, on_done) -> Block:
+    def measure(self, step: PlannedBlock, on_done) -> Block:
         self.admin.switch(step.arm)
         self.admin.reset_stats()
         items = self.items[step.first_item: step.first_item + step.count]

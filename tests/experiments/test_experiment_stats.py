@@ -7,7 +7,7 @@ import pytest
 
 from lynx_sglang.experiments import stats
 from lynx_sglang.experiments.analysis import merge_server_stats
-from lynx_sglang.experiments.runner import block_slices, plan_steps
+from lynx_sglang.experiments.runner import block_slices, plan_blocks
 from lynx_sglang.experiments.arms import Arm
 
 
@@ -142,7 +142,7 @@ def test_blocks_cover_the_items_and_arms_alternate():
     assert block_slices(10, 4) == [(0, 3), (3, 3), (6, 2), (8, 2)]
     assert block_slices(3, 8) == [(0, 1), (1, 1), (2, 1)]
     a, b = Arm("baseline"), Arm("lynx")
-    steps = plan_steps([a, b], [8, 32], 10, 2)
+    steps = plan_blocks([a, b], [8, 32], 10, 2)
     assert [(s.concurrency, s.block, s.arm.policy) for s in steps] == [
         (8, 0, "baseline"), (8, 0, "lynx"), (8, 1, "lynx"), (8, 1, "baseline"),
         (32, 0, "baseline"), (32, 0, "lynx"), (32, 1, "lynx"), (32, 1, "baseline")]

@@ -98,7 +98,7 @@ def faster_kernels(rows) -> list[tuple[int, str]]:
 def write_table(folder: Path, device: str, shape: LayerShape, bands: list[tuple[int, str]]) -> Path:
     path = folder / config_path(KERNEL_KIND, device).name
     table = ComputeTable.parse(json.loads(path.read_text()), str(path)) if path.exists() else ComputeTable({})
-    table.bands[shape.key] = bands
+    table.by_shape[shape.key] = bands
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(table.to_json(), indent=2) + "\n")
     return path

@@ -40,8 +40,8 @@ class LayerShape:
 class ComputeTable:
     """shape key -> [(rows, kernel)] by rows."""
 
-    def __init__(self, bands: dict[str, list[tuple[int, str]]]):
-        self.bands = {key: sorted(entries) for key, entries in bands.items()}
+    def __init__(self, by_shape: dict[str, list[tuple[int, str]]]):
+        self.by_shape = {key: sorted(entries) for key, entries in by_shape.items()}
 
     @classmethod
     def for_device(cls, device: str | None) -> "ComputeTable | None":
@@ -54,20 +54,20 @@ class ComputeTable:
         """Raises ValueError naming `source`, the entry and what is allowed."""
         if not isinstance(data, dict):
             raise ValueError(f"{source}: must be an object of layer shapes, got {type(data).__name__}")
-        bands = {}
+        by_shape = {}
         for key, entries in data.items():
             parse_shape_key(key, source)
             if not isinstance(entries, dict) or not entries:
                 raise ValueError(f"{source}: {key}: must be a non-empty object of batch sizes -> kernel")
-            bands[key] = [_band(key, rows, kernel, source) for rows, kernel in entries.items()]
-        return cls(bands)
+            by_shape[key] = [_entry(key, rows, kernel, source) for rows, kernel in entries.items()]
+        return cls(by_shape)
 
     def to_json(self) -> dict:
-        return {key: {str(rows): kernel for rows, kernel in entries} for key, entries in sorted(self.bands.items())}
+        return {key: {str(rows): kernel for rows, kernel in entries} for key, entries in sorted(self.by_shape.items())}
 
     def kernel_for(self, shape: LayerShape, rows: int) -> str | None:
         """"lynx" or "sglang" for a batch of `rows` rows; None for a shape not measured."""
-        entries = self.bands.get(shape.key)
+        entries = self.by_shape.get(shape.key)
         if entries is None:
             return None
         return next((kernel for size, kernel in entries if size >= rows), entries[-1][1])
@@ -94,7 +94,7 @@ def parse_shape_key(key: str, source: str) -> LayerShape:
     return shape
 
 
-def _band(key: str, rows, kernel, source: str) -> tuple[int, str]:
+def _entry(key: str, rows, kernel, source: str) -> tuple[int, str]:
     if not (isinstance(rows, str) and rows.isdigit() and int(rows) >= 1):
         raise ValueError(f"{source}: {key}: {rows!r} is not a batch size (an integer >= 1)")
     if kernel not in KERNELS:

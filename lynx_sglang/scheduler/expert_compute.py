@@ -40,7 +40,7 @@ class KernelChoice:
 
     def describe(self, policy: str, shape: LayerShape, lynx_name: str) -> str:
         names = {"lynx": lynx_name, "sglang": "sglang"}
-        entries = self.table.bands.get(shape.key) if self.table is not None else None
+        entries = self.table.by_shape.get(shape.key) if self.table is not None else None
         if self.kernel != "auto" or policy == "baseline" or entries is None:
             return names[self.for_step(policy, shape, 1)]
         bands: list[tuple[int, str]] = []  # neighbours with the same kernel merged

@@ -64,11 +64,17 @@ def machine_defaults(config: LynxConfig, given: GivenSettings, *, on_cpu: bool |
     if on_cpu is None:
         on_cpu = not cuda_available()
     if on_cpu:
-        from lynx_sglang.cpu_runtime.model_support import why_not_on_cpu
+        from lynx_sglang.cpu_runtime.model_support import CpuModelError, cpu_model_settings
 
-        if model_path is not None and (why := why_not_on_cpu(model_path, given.value("revision"))):
-            raise LaunchError(why)
-        return cpu_defaults(config, given, environ)
+        model_settings, model_env = {}, {}
+        if model_path is not None:
+            try:
+                model_settings, model_env = cpu_model_settings(model_path, given.value("revision"), given)
+            except CpuModelError as exc:
+                raise LaunchError(str(exc)) from None
+        settings, env = cpu_defaults(config, given, environ)
+        model_env = {key: environ.get(key, value) for key, value in model_env.items()}
+        return {**settings, **model_settings}, {**env, **model_env}
     if not (gpu_runtime.sgl_kernel_importable() if sgl_kernel_ok is None else sgl_kernel_ok):
         return defaults_not_given(gpu_runtime.SERVE_SETTINGS, given), gpu_runtime.serve_environment(environ)
     return defaults_not_given(PRUNE_MIXED_ON_CUDA if config.prune_mixed else {}, given), {}

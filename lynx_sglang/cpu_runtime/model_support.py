@@ -1,5 +1,11 @@
-"""Models SGLang starts on a CPU and then cannot run: refused before they start (docs/routers.md says
-where each stops)."""
+"""Models whose first forward fails on SGLang's CPU defaults (docs/routers.md says where each stops):
+refused before they start, or given the attention they need.
+
+DeepSeek's MLA and gpt-oss's attention (sinks, a sliding window) do not run on `torch_native`, the
+CPU default: DeepSeek fails on its first prefill (or answers wrongly where the latent and head widths
+coincide), and SGLang refuses gpt-oss at start. Both serve with SGLang's Triton attention, whose
+kernels run in Triton's interpreter on a CPU: slow, for tests on tiny checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +16,50 @@ CPU_UNSUPPORTED = {
     ("Llama4ForCausalLM", "Llama4ForConditionalGeneration"): "Llama-4's experts take the router weight on "
     "their input, which SGLang's CPU expert compute does not implement",
 }
+# Architectures served with the Triton attention backend under Triton's interpreter, and why.
+TRITON_ATTENTION = {
+    ("DeepseekV3ForCausalLM", "DeepseekV2ForCausalLM"): "DeepSeek's MLA prefill fails on torch_native",
+    ("GptOssForCausalLM",): "gpt-oss's attention sinks need it",
+}
+# One KV split, not SGLang's 8: the interpreter runs every program of a launch one after the other.
+TRITON_ATTENTION_SETTINGS = {"attention_backend": "triton", "triton_attention_num_kv_splits": 1}
+# The latent cache rows SGLang's Triton MLA decode kernel takes (kv_lora_rank + qk_rope_head_dim).
+MLA_ROWS = (576, 288)
 
 
-def why_not_on_cpu(model_path: Path, revision: str | None) -> str | None:
-    """Why the model cannot be served on a CPU, as one line; None when nothing is known against it."""
+class CpuModelError(ValueError):
+    """A model this CPU cannot serve as set; the message is the one line printed."""
+
+
+def cpu_model_settings(model_path: Path, revision: str | None, given) -> tuple[dict, dict[str, str]]:
+    """The SGLang settings (those not `given`) and environment the model needs on a CPU; raises
+    CpuModelError where it cannot be served there, or not with the attention backend given."""
     from lynx_sglang.config import ConfigError
     from lynx_sglang.model_config import read_model_config
 
     try:
-        architectures = set(read_model_config(model_path, revision).get("architectures") or ())
+        config = read_model_config(model_path, revision)
     except ConfigError:
-        return None  # the checkpoint checks say what is wrong with the folder, or SGLang will
+        return {}, {}  # the checkpoint checks say what is wrong with the folder, or SGLang will
+    architectures = set(config.get("architectures") or ())
+    named = f"{model_path} ({', '.join(sorted(architectures))})"
     for names, why in CPU_UNSUPPORTED.items():
         if architectures & set(names):
-            return (f"{model_path} ({', '.join(sorted(architectures))}) cannot be served on a CPU: {why} "
-                    "(docs/routers.md); serve it on a GPU")
-    return None
+            raise CpuModelError(f"{named} cannot be served on a CPU: {why} (docs/routers.md); serve it on a GPU")
+    for names, why in TRITON_ATTENTION.items():
+        if architectures & set(names):
+            backend = given.value("attention_backend")
+            if backend not in (None, "triton"):
+                raise CpuModelError(f"{named} on a CPU needs --attention-backend triton ({why}), not {backend}")
+            check_mla_row(config, named)
+            settings = {name: value for name, value in TRITON_ATTENTION_SETTINGS.items() if not given.given(name)}
+            return settings, {"TRITON_INTERPRET": "1"}
+    return {}, {}
+
+
+def check_mla_row(config: dict, named: str) -> None:
+    rank, rope = config.get("kv_lora_rank"), config.get("qk_rope_head_dim")
+    if isinstance(rank, int) and isinstance(rope, int) and rank + rope not in MLA_ROWS:
+        raise CpuModelError(f"{named}: its latent cache row is {rank + rope} wide (kv_lora_rank {rank} + "
+                            f"qk_rope_head_dim {rope}); SGLang's Triton MLA decode kernel takes "
+                            f"{' or '.join(map(str, MLA_ROWS))}, so it cannot be served on a CPU")

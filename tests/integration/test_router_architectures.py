@@ -19,17 +19,15 @@ NEW_TOKENS = 12
 # The pruning rounds check only /lynx/stats: three decode steps of the batch of four are enough, and
 # every token costs seconds where Triton's interpreter runs the attention.
 POLICY_TOKENS = 4
-# One KV split instead of SGLang's 8: the interpreter runs every program of a launch one after the
-# other, and the splits of a 30-token context only multiply them.
-# No warm-up request: interpreted, it costs as much as the test's own, which run the same path.
-INTERPRETED_ATTENTION = ["--attention-backend", "triton", "--triton-attention-num-kv-splits", "1",
-                         "--skip-server-warmup"]
+# DeepSeek-V3 and gpt-oss get SGLang's Triton attention, interpreted, from `lynx-sglang serve` itself
+# (cpu_runtime/model_support.py). No warm-up request: interpreted, it costs as much as the test's own.
+INTERPRETED_ATTENTION = ["--skip-server-warmup"]
 # (experts, top-k, extra serve arguments, extra environment). GLM: 16 experts in four groups, two
 # groups kept, top-4, so that the group limit and the bias both change choices.
 SERVED_ON_CPU = {
     "glm4_moe": (16, 4, [], {}),
-    "deepseek_v3": (16, 4, INTERPRETED_ATTENTION, {"TRITON_INTERPRET": "1"}),
-    "gpt_oss": (8, 2, INTERPRETED_ATTENTION, {"TRITON_INTERPRET": "1"}),
+    "deepseek_v3": (16, 4, INTERPRETED_ATTENTION, {}),
+    "gpt_oss": (8, 2, INTERPRETED_ATTENTION, {}),
 }
 # What computes the pruned routing: lynx's active-expert kernel where it takes the layer (scaling its
 # output as SGLang's compute does: on a CPU GLM-4.5 and DeepSeek-V3 scale it themselves), else SGLang's

@@ -74,6 +74,29 @@ def test_llama4_is_refused_on_a_cpu_before_sglang_starts_and_planned_on_a_gpu(tm
     assert plan_launch(argv, on_cpu=False, sgl_kernel_ok=True).model_path == tmp_path
 
 
+def test_deepseek_and_gpt_oss_get_triton_attention_interpreted_on_a_cpu(tmp_path):
+    # torch_native, the CPU default, fails on DeepSeek's first prefill and is refused by SGLang for
+    # gpt-oss; Triton's attention serves both, interpreted (docs/routers.md).
+    def folder(name, **config):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"model_type": name, "num_hidden_layers": 2, **config}))
+        return ["--model-path", str(tmp_path / name), "--port", str(free_port()), "--load-format", "dummy"]
+
+    deepseek = folder("deepseek_v3", architectures=["DeepseekV3ForCausalLM"], kv_lora_rank=256, qk_rope_head_dim=32)
+    gpt_oss = folder("gpt_oss", architectures=["GptOssForCausalLM"])
+    for argv in (deepseek, gpt_oss):
+        plan = plan_launch(argv, on_cpu=True)
+        args = plan.sglang_args
+        assert args[args.index("--attention-backend") + 1] == "triton" and "torch_native" not in args
+        assert "--triton-attention-num-kv-splits" in args and plan.env["TRITON_INTERPRET"] == "1"
+        assert "TRITON_INTERPRET" not in plan_launch(argv, on_cpu=False, sgl_kernel_ok=True).env
+    with pytest.raises(LaunchError, match=r"needs --attention-backend triton \(DeepSeek's MLA prefill fails"):
+        plan_launch([*deepseek, "--attention-backend", "torch_native"], on_cpu=True)
+    wide = folder("deepseek_v2", architectures=["DeepseekV2ForCausalLM"], kv_lora_rank=128, qk_rope_head_dim=64)
+    with pytest.raises(LaunchError, match=r"latent cache row is 192 wide .* takes 576 or 288"):
+        plan_launch(wide, on_cpu=True)
+
+
 @pytest.mark.parametrize("load_format", [["--load-format", "dummy"], ["--load-format=dummy"]])
 def test_checkpoint_without_weights_is_served_with_dummy_weights(tmp_path, load_format):
     config = {"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2, "num_hidden_layers": 2}

@@ -16,16 +16,17 @@ from .keys import rank_of
 from .params import check_bool, check_choice, check_router_kind
 from .router import router_family
 
-# (alpha, beta) shipped by the authors, matched by model name (lower-case substring, first match).
-# Order matters: the more specific names come first.
-_LYNX_DEFAULTS_BY_NAME: tuple[tuple[str, tuple[float, int]], ...] = (
-    ("mixtral-8x22b", (1.0, 1)),
-    ("mixtral", (0.7, 1)),
-    ("qwen2-57b", (3.0, 4)),
-    ("qwen3-235b-a22b-thinking", (1.0, 2)),
-    ("qwen3", (3.0, 2)),
-    ("deepseek", (1.0, 2)),
-    ("gpt-oss", (3.0, 2)),
+# (alpha, beta) shipped by the authors, matched by model name (lower-case substring, first match) and
+# only on the shapes (num_experts, top_k) that name was tuned on: a folder named `tiny-mixtral` with 6
+# experts top-1 is not Mixtral. Order matters: the more specific names come first.
+_LYNX_DEFAULTS_BY_NAME: tuple[tuple[str, tuple[tuple[int, int], ...], tuple[float, int]], ...] = (
+    ("mixtral-8x22b", ((8, 2),), (1.0, 1)),
+    ("mixtral", ((8, 2),), (0.7, 1)),
+    ("qwen2-57b", ((64, 8),), (3.0, 4)),
+    ("qwen3-235b-a22b-thinking", ((128, 8),), (1.0, 2)),
+    ("qwen3", ((128, 8),), (3.0, 2)),
+    ("deepseek", ((160, 6), (64, 6)), (1.0, 2)),
+    ("gpt-oss", ((128, 4), (32, 4)), (3.0, 2)),
 )
 
 # The same defaults keyed by (num_experts, top_k) when no name is given or it is unknown.
@@ -53,15 +54,15 @@ LYNX_FALLBACK = (1.0, 2)
 def lynx_defaults(num_experts: int, top_k: int, model_name: str | None = None,
                   router_kind: str | None = None) -> tuple[float, int]:
     """(alpha, beta) for a model: for a sigmoid-family router (router.router_family) the measured
-    setting of that family; else the authors' by name if it is known, else by (E, k), else
+    setting of that family; else the authors' by name if it is known with this (E, k), else by (E, k), else
     LYNX_FALLBACK = (1.0, 2). (The authors' settings were tuned on softmax logits.)"""
     family = router_family(router_kind)
     if family in _LYNX_DEFAULTS_BY_ROUTER_FAMILY:
         return _LYNX_DEFAULTS_BY_ROUTER_FAMILY[family]
     if model_name:
         lowered = model_name.lower()
-        for fragment, pair in _LYNX_DEFAULTS_BY_NAME:
-            if fragment in lowered:
+        for fragment, shapes, pair in _LYNX_DEFAULTS_BY_NAME:
+            if fragment in lowered and (num_experts, top_k) in shapes:
                 return pair
     return _LYNX_DEFAULTS_BY_SHAPE.get((num_experts, top_k), LYNX_FALLBACK)
 

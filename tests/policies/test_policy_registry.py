@@ -139,6 +139,11 @@ def test_entry_point_policies(monkeypatch):
         (128, 4, "openai/gpt-oss-120b", (3.0, 2)),
         (60, 4, None, LYNX_FALLBACK),
         (60, 4, "some/unknown-model", LYNX_FALLBACK),
+        # a name on another shape is not that model: a 6-expert top-1 `tiny-mixtral`, a 16-expert Qwen3
+        (6, 1, "tiny-mixtral", LYNX_FALLBACK),
+        (16, 4, "qwen3-tiny", LYNX_FALLBACK),
+        (8, 2, "qwen3-tiny", (0.7, 1)),
+        (32, 4, "openai/gpt-oss-20b", (3.0, 2)),
     ],
 )
 def test_lynx_default_table(num_experts, top_k, model_name, expected):

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -54,8 +55,15 @@ class RunningServer:
             raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
         raise RuntimeError(f"server not healthy after {STARTUP_TIMEOUT_S} s:\n{self.log_tail()}")
 
-    def healthy(self) -> bool:
-        return is_healthy(self.url)
+    def healthy(self, within: float = 30.0) -> bool:
+        """Healthy now or within `within` seconds: SGLang's /health runs a one-token generation, which
+        a loaded machine (two test workers, a container build) may take past one probe's timeout."""
+        deadline = time.monotonic() + within
+        while not is_healthy(self.url):
+            if time.monotonic() >= deadline or self.process.poll() is not None:
+                return False
+            time.sleep(1.0)
+        return True
 
     @classmethod
     def healthy_one(cls, args: list[str], log_path: Path, **kwargs) -> "RunningServer":

@@ -54,7 +54,7 @@ class FuzzTarget:
     def ensure_running(self):
         if self.server is not None and self.answered_after_last_batch and self.server.process.poll() is None:
             return
-        if self.server is not None and self.server.healthy():
+        if self.server is not None and self.server.healthy(within=0):
             return
         if self.server is not None:
             # A crashed SGLang spends a minute on crash diagnostics before it exits: stop it now.

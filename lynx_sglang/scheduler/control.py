@@ -87,7 +87,7 @@ def policy_state(runtime: LynxRuntime) -> dict:
     state = settings.config.public_view()
     state["controller"] = None if settings.controller is None else settings.controller.state()
     state["budget_experts"] = settings.current_cap()
-    state["params_in_effect"] = params_in_effect(settings.any_policy())
+    state["params_in_effect"] = params_in_effect(runtime.policy_in_effect())
     state["cuda_graphs_replay_pruning"] = runtime.decode_graphs_prune()
     state["expert_compute"] = {str(layer): name for layer, name in runtime.expert_compute.describe().items()}
     state["expert_compute"].update(runtime.caches.describe())

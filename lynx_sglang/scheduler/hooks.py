@@ -9,6 +9,7 @@
     loader.initialize_dummy_weights       AROUND  with the expert cache: their random values made on the device
     UnquantizedFusedMoEMethod.apply       AROUND  compute only the active experts (lynx kernels); the expert cache
     DecodeCudaGraphRunner.can_run_graph   AROUND  replay graphs only if they hold the current policy
+    DecodeCudaGraphRunner.capture         AROUND  the target model's decode graphs are being captured
     DecodeCudaGraphRunner.load_batch      AFTER   the replayed graph's real rows (its padding does not vote)
     Scheduler.handle_rpc_request          AROUND  answer lynx control requests between steps (control_reply.py)
     Scheduler.on_idle                     AFTER   an idle scheduler: no step interval spans the gap
@@ -20,7 +21,7 @@ import logging
 
 from lynx_sglang.config import CONTROL_RPC_METHOD, LynxConfig
 from lynx_sglang.scheduler.control_reply import answer_control_request
-from lynx_sglang.scheduler.introspection import capturing_graph, routed_rows
+from lynx_sglang.scheduler.introspection import routed_rows
 from lynx_sglang.scheduler.runtime import LynxRuntime
 from lynx_sglang.scheduler.step import StepScope, current_step, step_for_batch
 
@@ -47,6 +48,7 @@ def register(register_hook, config: LynxConfig) -> None:
                   "AROUND")
     graph_runner = "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner"
     register_hook(f"{graph_runner}.can_run_graph", around_can_run_graph, "AROUND")
+    register_hook(f"{graph_runner}.capture", around_decode_graph_capture, "AROUND")
     register_hook(f"{graph_runner}.load_batch", after_graph_load_batch, "AFTER")
     register_hook("sglang.srt.managers.scheduler.Scheduler.handle_rpc_request", around_handle_rpc_request,
                   "AROUND")
@@ -104,8 +106,21 @@ def around_select_experts(original, hidden_states, router_logits, topk_config, *
         return output
     return runtime.route(
         output, router_logits, topk_config, kwargs.get("layer_id"), kwargs.get("num_token_non_padded"),
-        kwargs.get("expert_location_dispatch_info"), step, capturing_graph(),
+        kwargs.get("expert_location_dispatch_info"), step,
     )  # fmt: skip
+
+
+def around_decode_graph_capture(original, graph_runner, *args, **kwargs):
+    # The target model's decode graphs only: a draft model's (EAGLE's runner subclasses this one) never
+    # loads a batch through load_batch, so graph_rows would be another batch's count.
+    target = runtime is not None and runtime.bound and not getattr(graph_runner.model_runner, "is_draft_worker", False)
+    if target:
+        runtime.capturing_decode_graphs = True
+    try:
+        return original(graph_runner, *args, **kwargs)
+    finally:
+        if target:
+            runtime.capturing_decode_graphs = False
 
 
 def after_graph_load_batch(result, graph_runner, *args, **kwargs):

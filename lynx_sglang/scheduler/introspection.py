@@ -3,14 +3,12 @@ routers the policies do not model, and the layers lynx's active-expert kernel ca
 
 from __future__ import annotations
 
-import functools
-
 from dataclasses import dataclass
 
 import torch
 
-from lynx_sglang.policies.router import SCORING_FUNCTIONS, RouterModel
 from lynx_sglang.model_config import moe_layer_ids
+from lynx_sglang.policies.router import SCORING_FUNCTIONS, RouterModel
 from lynx_sglang.scheduler.compute_table import LayerShape
 from lynx_sglang.scheduler.stats import MoeLayerInfo
 
@@ -30,6 +28,10 @@ class LoadedModel:
     overlapped_steps: bool = False
     num_layers: int | None = None  # the decoder's layers, MoE or not (config.json's num_hidden_layers)
     moe_layers: tuple[int, ...] | None = None  # those with routed experts, by the family's rule (None: unknown)
+    router_kind: str | None = None  # the first modelled router's kind (RouterModel.kind; None: plain softmax)
+    # A MoE layer's rows are this rank's own batch (no attention-DP gather, no attention-CP split), so a
+    # captured graph's padding rows are its last ones
+    local_moe_input: bool = True
 
 
 def read_model(model_runner) -> LoadedModel | None:
@@ -54,6 +56,8 @@ def read_model(model_runner) -> LoadedModel | None:
         tp_size=get_parallel().tp_size,
         timing_layer=(first.w13_weight, first.w2_weight, first.moe_runner_config.activation),
         passthrough=passthrough_layers(model_runner.model),
+        router_kind=first_router_kind(model_runner.model),
+        local_moe_input=get_parallel().attn_dp_size == 1 and getattr(get_parallel(), "attn_cp_size", 1) == 1,
         moe_modules=tuple(moe_layers),
         overlapped_steps=overlap_schedule and device.type != "cpu",
         num_layers=num_layers,
@@ -80,6 +84,18 @@ def layer_shape(layer, top_k: int) -> LayerShape:
     """The layer as one rank computes it: w13 is [E, 2 x I per rank, H]."""
     experts, two_i, hidden = layer.w13_weight.shape
     return LayerShape(experts, hidden, two_i // 2, top_k, str(layer.w13_weight.dtype).removeprefix("torch."))
+
+
+def first_router_kind(model) -> str | None:
+    """The kind of the first router the policies model (None: plain softmax, or none modelled)."""
+    from sglang.srt.layers.moe.topk import TopK
+
+    for module in model.modules():
+        if isinstance(module, TopK):
+            router, _ = router_model(module.topk_config)
+            if router is not None:
+                return None if router.is_plain else router.kind
+    return None
 
 
 def passthrough_layers(model) -> dict[int, str]:
@@ -187,18 +203,6 @@ def _runner_backend(method) -> str | None:
     runner = getattr(method, "runner", None)
     backend = getattr(runner, "runner_backend", None)
     return None if backend is None else str(getattr(backend, "value", backend)).lower()
-
-
-def capturing_graph() -> bool:
-    """Whether the forward running now is being captured into a CUDA graph."""
-    return _capture_mode()()
-
-
-@functools.cache
-def _capture_mode():
-    from sglang.srt.model_executor.runner_utils.capture_mode import get_is_capture_mode
-
-    return get_is_capture_mode
 
 
 def replays_decode_graphs(model_runner) -> bool:

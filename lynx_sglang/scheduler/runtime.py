@@ -43,6 +43,11 @@ class LynxRuntime:
         self.fallback_report = SilentFallbackReport()
         self.caches = ExpertCaches(config, self.note)
         self.model_runner = None  # set at bind; its decode graphs are captured after the model loads
+        self.router_kind: str | None = None  # the first modelled router's (what GET /lynx/policy shows)
+        # SGLang capturing this model's decode graphs (not a draft model's): their padding rows are the
+        # graph's last, past graph_rows, where the MoE input is the rank's own batch
+        self.capturing_decode_graphs = False
+        self.local_moe_input = True
 
     @property
     def config(self) -> LynxConfig:
@@ -60,6 +65,7 @@ class LynxRuntime:
                          timing_layer=model.timing_layer, num_layers=model.num_layers,
                          moe_layers=model.moe_layers)  # fmt: skip
         self.timer = DecodeStepTimer(lag=1 if model.overlapped_steps else 0)
+        self.router_kind, self.local_moe_input = model.router_kind, model.local_moe_input
         for layer_id, reason in sorted(model.passthrough.items()):
             self.router.pass_through(layer_id, reason)
         self.caches.install(list(model.moe_modules), model.device)
@@ -137,15 +143,20 @@ class LynxRuntime:
         self.graph_rows.fill_(rows)
 
     # ---- per MoE layer --------------------------------------------------------------------------
-    def route(self, output, router_logits, topk_config, layer_id, num_real, dispatch_info, step: Step,
-              capturing: bool = False):
-        """capturing: the forward is being captured into a decode graph; without SGLang's count of real
-        rows (num_real None), the graph's padding rows are then dropped by `graph_rows`."""
-        mask_padding = capturing and num_real is None and step.mode == "decode"
+    def route(self, output, router_logits, topk_config, layer_id, num_real, dispatch_info, step: Step):
+        # Without SGLang's count of real rows (it gives one under expert parallelism), a decode graph's
+        # padding rows are dropped by the count written before each replay.
+        mask_padding = (self.capturing_decode_graphs and self.local_moe_input and num_real is None
+                        and step.mode == "decode")
         if mask_padding:
             num_real = self.graph_rows
         return self.router.route(output, router_logits, topk_config, layer_id, num_real, dispatch_info, step,
                                  mask_padding)
+
+    def policy_in_effect(self):
+        """The running policy as the first MoE layer's routing builds it (its shape and router kind)."""
+        info = self.settings.layers[0]
+        return self.settings.policy_for(info.num_experts, info.top_k, True, self.router_kind)
 
     def compute_experts(self, step: Step, layer, method, dispatch_output, sglang_compute):
         if self.caches.holds(layer):  # every forward of a cached layer reads its experts through the cache

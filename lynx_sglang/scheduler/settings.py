@@ -48,14 +48,6 @@ class PolicySettings:
             self.policies[key] = policy
         return policy
 
-    def any_policy(self):
-        """A policy of the running setting for display: the first the decode steps built (for a layer's
-        shape and router), else one for the first layer's shape and a plain softmax router."""
-        if self.policies:
-            return next(iter(self.policies.values()))
-        info = self.layers[0]
-        return self.policy_for(info.num_experts, info.top_k, True)
-
     def budget_for(self, num_experts: int) -> ExpertBudget:
         return self.budgets[num_experts]
 

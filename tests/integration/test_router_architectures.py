@@ -77,6 +77,10 @@ def test_baseline_serving_matches_transformers_and_policies_prune(arch, tmp_path
         assert {layer["routing"] for layer in stats["layers"]} == {"pruned"}, (policy, stats["layers"])
         assert stats["distinct_experts_after"] < stats["distinct_experts_before"], (policy, stats)
         assert set(served["expert_compute"].values()) == {EXPERT_COMPUTE[arch]}, (policy, served)
+    # lynx's defaults as it decides on this router: the sigmoid family's alpha for GLM-4.5 and DeepSeek-V3;
+    # gpt-oss's plain softmax top-2 of 8 gets the (8, 2) shape's
+    alpha = pruned["lynx"][1]["params_in_effect"]["alpha"]
+    assert alpha == {"glm4_moe": 2.0, "deepseek_v3": 2.0, "gpt_oss": 0.7}[arch], alpha
 
 
 def test_glm_with_the_expert_cache_answers_as_transformers_and_the_cache_aware_lynx_prunes(tmp_path):

@@ -97,14 +97,17 @@ def test_a_captured_decode_graph_reads_its_real_rows_and_gives_padding_no_expert
     # is what the captured routing reads (the same tensor object, a new value).
     runtime = make_runtime("budget", budget="experts=2")
     logits, output = routing()
+    runtime.capturing_decode_graphs = True  # what the capture hook sets while SGLang captures
     for real in (5, 9):
         runtime.load_graph_rows(real)
-        routed = runtime.route(output, logits, topk.TopKConfig(top_k=K), 0, None, None, DECODE, capturing=True)
+        routed = route(runtime, logits, output)
         assert (routed.topk_ids[real:] == -1).all() and (routed.topk_ids[:real] >= 0).all()
         assert len(routed.topk_ids[:real].unique()) <= 2
     assert [layer["decode_tokens"] for layer in snapshot(runtime)["layers"]][0] == 5 + 9
-    eager = route(runtime, logits, output)  # not captured: every row is real
-    assert (eager.topk_ids >= 0).all()
+    runtime.local_moe_input = False  # attention-DP: the rows are every rank's slots, not one padded batch
+    assert (route(runtime, logits, output).topk_ids >= 0).all()
+    runtime.capturing_decode_graphs, runtime.local_moe_input = False, True
+    assert (route(runtime, logits, output).topk_ids >= 0).all()  # eager: every row is real
 
 
 @pytest.mark.parametrize("policy", ["RaisingPolicy", "WrongShapePolicy", "OutOfRangePolicy"])

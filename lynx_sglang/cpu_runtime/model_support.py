@@ -1,9 +1,9 @@
 """Models whose first forward fails on SGLang's CPU defaults (docs/routers.md says where each stops):
 refused before they start, or given the attention they need.
 
-DeepSeek's MLA and gpt-oss's attention (sinks, a sliding window) do not run on `torch_native`, the
-CPU default: DeepSeek fails on its first prefill (or answers wrongly where the latent and head widths
-coincide), and SGLang refuses gpt-oss at start. Both serve with SGLang's Triton attention, whose
+Multi-head latent attention (DeepSeek's MLA) and gpt-oss's attention (sinks, a sliding window) do not
+run on `torch_native`, the CPU default: MLA fails on its first prefill (or answers wrongly where the
+latent and head widths coincide), and SGLang refuses gpt-oss at start. Both serve with SGLang's Triton attention, whose
 kernels run in Triton's interpreter on a CPU: slow, for tests on tiny checkpoints.
 """
 
@@ -16,13 +16,14 @@ CPU_UNSUPPORTED = {
     ("Llama4ForCausalLM", "Llama4ForConditionalGeneration"): "Llama-4's experts take the router weight on "
     "their input, which SGLang's CPU expert compute does not implement",
 }
-# Architectures served with the Triton attention backend under Triton's interpreter, and why.
-TRITON_ATTENTION = {
-    ("DeepseekV3ForCausalLM", "DeepseekV2ForCausalLM"): "DeepSeek's MLA prefill fails on torch_native",
-    ("GptOssForCausalLM",): "gpt-oss's attention sinks need it",
-}
+# Served with the Triton attention backend under Triton's interpreter: models with multi-head latent
+# attention (config.json has kv_lora_rank: DeepSeek-V2/V3, Kimi-K2, GLM-4.7-Flash, ...), whose prefill
+# fails on torch_native, and these architectures.
+TRITON_ATTENTION = {("GptOssForCausalLM",): "gpt-oss's attention sinks need it"}
+MLA_REASON = "multi-head latent attention (MLA) fails on torch_native at the first prefill"
 # One KV split, not SGLang's 8: the interpreter runs every program of a launch one after the other.
 TRITON_ATTENTION_SETTINGS = {"attention_backend": "triton", "triton_attention_num_kv_splits": 1}
+ATTENTION_FLAGS = ("attention_backend", "decode_attention_backend", "prefill_attention_backend")
 # The latent cache rows SGLang's Triton MLA decode kernel takes (kv_lora_rank + qk_rope_head_dim).
 MLA_ROWS = (576, 288)
 
@@ -46,15 +47,25 @@ def cpu_model_settings(model_path: Path, revision: str | None, given) -> tuple[d
     for names, why in CPU_UNSUPPORTED.items():
         if architectures & set(names):
             raise CpuModelError(f"{named} cannot be served on a CPU: {why} (docs/routers.md); serve it on a GPU")
-    for names, why in TRITON_ATTENTION.items():
-        if architectures & set(names):
-            backend = given.value("attention_backend")
-            if backend not in (None, "triton"):
-                raise CpuModelError(f"{named} on a CPU needs --attention-backend triton ({why}), not {backend}")
-            check_mla_row(config, named)
-            settings = {name: value for name, value in TRITON_ATTENTION_SETTINGS.items() if not given.given(name)}
-            return settings, {"TRITON_INTERPRET": "1"}
-    return {}, {}
+    text_config = config.get("text_config") or config
+    why = triton_attention_reason(text_config, architectures)
+    if why is None:
+        return {}, {}
+    for flag in ATTENTION_FLAGS:
+        backend = given.value(flag)
+        if backend not in (None, "triton"):
+            raise CpuModelError(f"{named} on a CPU needs the triton attention backend ({why}), "
+                                f"not --{flag.replace('_', '-')} {backend}")
+    check_mla_row(text_config, named)
+    settings = {name: value for name, value in TRITON_ATTENTION_SETTINGS.items() if not given.given(name)}
+    return settings, {"TRITON_INTERPRET": "1"}
+
+
+def triton_attention_reason(text_config: dict, architectures: set[str]) -> str | None:
+    """Why the model needs SGLang's Triton attention on a CPU; None where torch_native serves it."""
+    if isinstance(text_config.get("kv_lora_rank"), int):
+        return MLA_REASON
+    return next((why for names, why in TRITON_ATTENTION.items() if architectures & set(names)), None)
 
 
 def check_mla_row(config: dict, named: str) -> None:

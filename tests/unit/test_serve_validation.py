@@ -90,8 +90,13 @@ def test_deepseek_and_gpt_oss_get_triton_attention_interpreted_on_a_cpu(tmp_path
         assert args[args.index("--attention-backend") + 1] == "triton" and "torch_native" not in args
         assert "--triton-attention-num-kv-splits" in args and plan.env["TRITON_INTERPRET"] == "1"
         assert "TRITON_INTERPRET" not in plan_launch(argv, on_cpu=False, sgl_kernel_ok=True).env
-    with pytest.raises(LaunchError, match=r"needs --attention-backend triton \(DeepSeek's MLA prefill fails"):
-        plan_launch([*deepseek, "--attention-backend", "torch_native"], on_cpu=True)
+    for flag in ("--attention-backend", "--decode-attention-backend"):
+        with pytest.raises(LaunchError, match=rf"needs the triton attention backend \(multi-head latent attention "
+                                              rf"\(MLA\) fails on torch_native .*\), not {flag} torch_native"):
+            plan_launch([*deepseek, flag, "torch_native"], on_cpu=True)
+    # any model with latent attention, whatever its class (GLM-4.7-Flash's here)
+    lite = folder("glm4_moe_lite", architectures=["Glm4MoeLiteForCausalLM"], kv_lora_rank=512, qk_rope_head_dim=64)
+    assert plan_launch(lite, on_cpu=True).env["TRITON_INTERPRET"] == "1"
     wide = folder("deepseek_v2", architectures=["DeepseekV2ForCausalLM"], kv_lora_rank=128, qk_rope_head_dim=64)
     with pytest.raises(LaunchError, match=r"latent cache row is 192 wide .* takes 576 or 288"):
         plan_launch(wide, on_cpu=True)

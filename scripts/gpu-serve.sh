@@ -51,13 +51,17 @@ install() {
   "$python" -c "import torch, triton, sglang, transformers; print('python', __import__('sys').version.split()[0], '| torch', torch.__version__, '| triton', triton.__version__, '| sglang', sglang.__version__, '| transformers', transformers.__version__, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 }
 
-# Servers run in sessions of their own and outlive a killed stage: none may hold the GPU when one starts.
-pkill -f "sglang.launch_server" 2>/dev/null && sleep 5
-
 install > "$out/install.txt" 2>&1
 status=$?
 cat "$out/install.txt"
 if [ $status -ne 0 ]; then echo "install failed"; exit 1; fi
+
+# Servers run in sessions of their own and outlive a killed stage: none may hold the GPU when one
+# starts. Only on the GPU machine, which runs nothing else: a rehearsal would stop every SGLang server
+# of the machine it runs on (a test suite's among them).
+if "$python" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  pkill -f "sglang.launch_server" 2>/dev/null && sleep 5
+fi
 
 export LYNX_COMMIT=${LYNX_COMMIT:-$("$python" -c "import json; print(json.load(open('$kit/kit.json')).get('commit') or '')")}
 # Run from the installed copy, not the working tree, whose lynx_sglang/ would shadow it.

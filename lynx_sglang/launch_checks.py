@@ -73,7 +73,7 @@ def machine_defaults(config: LynxConfig, given: GivenSettings, *, on_cpu: bool |
             except CpuModelError as exc:
                 raise LaunchError(str(exc)) from None
         settings, env = cpu_defaults(config, given, environ)
-        model_env = {key: environ.get(key, value) for key, value in model_env.items()}
+        model_env = environment_not_set(model_env, environ)
         return {**settings, **model_settings}, {**env, **model_env}
     if not (gpu_runtime.sgl_kernel_importable() if sgl_kernel_ok is None else sgl_kernel_ok):
         return defaults_not_given(gpu_runtime.SERVE_SETTINGS, given), gpu_runtime.serve_environment(environ)
@@ -89,6 +89,11 @@ def cuda_available() -> bool:
         return False
 
 
+def environment_not_set(defaults: dict[str, str], environ) -> dict[str, str]:
+    """The default environment, each variable the user set keeping their value."""
+    return {key: environ.get(key, value) for key, value in defaults.items()}
+
+
 def cpu_defaults(config: LynxConfig, given: GivenSettings, environ) -> tuple[dict, dict[str, str]]:
     """The SGLang settings and environment a CPU needs, where the user did not set them."""
     from lynx_sglang import cpu_runtime
@@ -99,7 +104,7 @@ def cpu_defaults(config: LynxConfig, given: GivenSettings, environ) -> tuple[dic
             "no GPU found and the CPU runtime glue is not enabled in this environment; "
             "run `python -m lynx_sglang.cpu_runtime install` (or `make install`)"
         )
-    env = {key: environ.get(key, value) for key, value in CPU_DEFAULT_ENV.items()}
+    env = environment_not_set(CPU_DEFAULT_ENV, environ)
     try:  # one core set per rank, or SGLang asserts one NUMA node per rank
         sizes = {name: given.value(name) for name, *_ in threads.RANK_SETTINGS}
         env.update(threads.default_bind_env(sizes, environ.get(threads.BIND_ENV)))

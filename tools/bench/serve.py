@@ -237,12 +237,17 @@ def run_level(server: ManagedServer, admin: AdminClient | None, concurrency: int
     return seconds, results, admin.stats() if admin is not None else None
 
 
+def kv_tokens_held(args, levels: list[int]) -> int:
+    """The KV cache tokens the highest level holds at once (every request's prompt, output and warm-up)."""
+    return max(levels) * (args.prompt_tokens + args.output_tokens + WARMUP_TOKENS)
+
+
 def kv_token_flags(args, levels: list[int], on_gpu: bool) -> list[str]:
     """On a CPU `lynx-sglang serve` caps the KV cache at 4096 tokens; the highest level must fit in it,
     or requests would queue and the level would not run at its concurrency."""
     if on_gpu or any(a == "--max-total-tokens" or a.startswith("--max-total-tokens=") for a in args.serve_args):
         return []
-    needed = max(levels) * (args.prompt_tokens + args.output_tokens + WARMUP_TOKENS)
+    needed = kv_tokens_held(args, levels)
     return ["--max-total-tokens", str(needed)] if needed > 4096 else []
 
 
@@ -326,7 +331,7 @@ def run(argv: list[str]) -> int:
     logs = Path(tempfile.mkdtemp(prefix="lynx-bench-serve-"))
     model = resolve_model(args.model_path, args.shape, args.serve_args, device, logs,
                           check=lambda model_dir: check_arms_for_model(arms, model_dir),
-                          kv_tokens=max(levels) * (args.prompt_tokens + args.output_tokens + WARMUP_TOKENS))
+                          kv_tokens=kv_tokens_held(args, levels))
     runs = server_runs(arms, kernels)
     print(f"model {model.describe()}; device {device.name}; {len(runs)} servers; concurrency {levels}; "
           f"{args.prompt_tokens} prompt + {args.output_tokens} output tokens per request; logs in {logs}", flush=True)

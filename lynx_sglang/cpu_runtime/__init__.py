@@ -4,8 +4,9 @@ SGLang 0.5.23 needs four things on a machine without a GPU, none of which edits 
 1. `SGLANG_USE_CPU_ENGINE=1`, or its rotary-embedding module imports vllm.
 2. A `sgl_kernel` module: several SGLang modules import `<name>_cpu` functions from it at import
    time, and no CPU build of sgl-kernel exists. `sgl_kernel_standin` provides them in plain torch.
-3. The `torchvision::nms`/`qnms` op schemas, defined before torchvision first loads: the PyPI
-   torchvision wheel is a CUDA build whose fake-op registration fails against CPU torch.
+3. The `torchvision::nms`/`qnms` op schemas, defined before torchvision first loads where its compiled
+   ops do not load against this torch (PyPI's torchvision beside the CPU torch): its fake-op
+   registration fails without them. A torchvision built for this torch defines them itself.
 4. No-op `torch.cpu.is_current_stream_capturing` / `torch.cpu.empty_cache`, which SGLang's expert
    distribution recorder calls.
 

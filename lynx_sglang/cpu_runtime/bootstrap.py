@@ -14,6 +14,24 @@ import sys
 _torch_library_handles: list = []  # torch.library.Library objects must stay alive
 
 
+def torchvision_extension_loads(package_dir: str) -> bool:
+    """Whether torchvision's compiled ops (`_C*.so` in its folder) load against this torch. A build
+    made for this torch registers `torchvision::nms` itself: defining the schema before it would make
+    its registration abort the process (a C++ error at load time, nothing Python can catch)."""
+    import glob
+
+    import torch
+
+    libraries = glob.glob(os.path.join(package_dir, "_C*.so"))
+    if not libraries:
+        return False
+    try:
+        torch.ops.load_library(libraries[0])
+    except OSError:  # undefined symbols: a wheel built for another torch (PyPI's beside a CPU torch)
+        return False
+    return True
+
+
 def define_torchvision_op_schemas() -> None:
     import torch
 
@@ -44,7 +62,9 @@ class _CpuRuntimeFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname == "torchvision" and "torchvision" not in self._prepared:
             self._prepared.add("torchvision")
-            define_torchvision_op_schemas()
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+            if spec is None or not spec.origin or not torchvision_extension_loads(os.path.dirname(spec.origin)):
+                define_torchvision_op_schemas()
             return None  # let the normal finders import the real torchvision
         if fullname == "sglang" and "sglang" not in self._prepared:
             self._prepared.add("sglang")

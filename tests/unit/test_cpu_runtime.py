@@ -58,3 +58,22 @@ def test_copy_all_layer_kv_cache_moves_slots_in_every_layer():
     for t, b in zip(layers, before):
         assert torch.equal(t[0], b[2]) and torch.equal(t[5], b[3])
         assert torch.equal(t[1:5], b[1:5])
+
+
+def test_torchvision_schemas_are_left_to_a_torchvision_that_loads(tmp_path):
+    """Defining torchvision::nms before a torchvision built for this torch aborted the process at
+    its import (duplicate registration): the glue defines it only where torchvision's ops fail to load."""
+    import shutil
+    import subprocess
+
+    from lynx_sglang.cpu_runtime.bootstrap import torchvision_extension_loads
+
+    assert not torchvision_extension_loads(str(tmp_path))  # no compiled ops at all
+    (tmp_path / "_C.so").write_bytes(b"not a shared library")
+    assert not torchvision_extension_loads(str(tmp_path))
+    if shutil.which("gcc") is None:
+        pytest.skip("no C compiler to build a library that loads")
+    source = tmp_path / "ops.c"
+    source.write_text("int torchvision_ops_loaded = 1;\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "_C.so"), str(source)], check=True)
+    assert torchvision_extension_loads(str(tmp_path))

@@ -87,6 +87,10 @@ def load_plugin() -> None:
         _register_cpu_launcher_hooks()
         # Read by SGLang when it starts HTTP workers (--tokenizer-worker-num > 1); a user's own stays.
         os.environ.setdefault(launcher.APP_PATH_ENV, launcher.WORKER_APP)
+    elif role == "launcher":  # an offline engine (sglang.Engine): its requests are checked as the server's
+        from lynx_sglang.server import request_guard
+
+        request_guard.register_hooks(_register, http=False)
     if directory is not None:
         write_process_record(directory, role, list(_registered_hooks))
     logger.info("lynx-sglang %s plugin loaded in the %s process (pid %d)", __version__, role, os.getpid())

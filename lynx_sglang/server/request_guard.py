@@ -250,9 +250,12 @@ def refuse_bodies_the_request_model_trips_over(validate, field, value, *args, lo
         return None, [{"type": "value_error", "loc": tuple(loc), "msg": message, "input": value}]
 
 
-def register_hooks(register_hook) -> None:
+def register_hooks(register_hook, http: bool = True) -> None:
+    """http=False in an offline engine's process: the checks of SGLang's own request path only, not
+    the one on FastAPI's body validation, which would reach a caller's own FastAPI app there."""
     register_hook(VALIDATE_TARGET, reject_what_the_scheduler_cannot_run, "BEFORE")
     register_hook(FAN_OUT_TARGET, reject_too_many_sequences, "BEFORE")
     register_hook(NORMALIZE_TARGET, refuse_malformed_generate_requests, "AROUND")
     register_hook(SAMPLING_NORMALIZE_TARGET, refuse_malformed_sampling_params, "AROUND")
-    register_hook(BODY_VALIDATION_TARGET, refuse_bodies_the_request_model_trips_over, "AROUND")
+    if http:
+        register_hook(BODY_VALIDATION_TARGET, refuse_bodies_the_request_model_trips_over, "AROUND")

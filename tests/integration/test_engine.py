@@ -46,3 +46,14 @@ def test_after_shutdown_a_control_call_fails_at_once_saying_so(seen):
     after = seen["after_shutdown"]
     assert after["error"] == "the engine is shut down; engine.lynx answers only while it runs"
     assert after["seconds"] < 5  # not the scheduler's 60 s answer timeout
+
+
+def test_a_bad_request_is_refused_naming_the_problem_and_the_engine_serves_on(seen):
+    """The server's request checks hold in the offline engine too: an id outside the vocabulary
+    stopped its scheduler (IndexError in the embedding) before they did."""
+    refused = seen["bad_requests"]
+    assert refused["outside_vocabulary"] == (
+        "token id 100000 at position 1 is outside the model's vocabulary; valid token ids are 0 to 99"
+    )
+    assert refused["not_integers"] == "token ids must be integers; got '7' at position 1"
+    assert seen["answer_after_bad_requests"].strip() == "46"

@@ -21,6 +21,18 @@ def solve(engine, problems) -> float:
     return score(problems, [o["text"] for o in outputs]).accuracy
 
 
+def bad_requests(engine) -> dict:
+    """What a caller gets for ids the model cannot embed (without the checks, the scheduler died)."""
+    refused = {}
+    for name, ids in (("outside_vocabulary", [5, 100000]), ("not_integers", [5, "7"])):
+        try:
+            engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 2})
+            refused[name] = None
+        except ValueError as error:
+            refused[name] = str(error)
+    return refused
+
+
 def main(out_path: str, dp_size: int = 1) -> None:
     from lynx_sglang.engine import Engine
 
@@ -39,6 +51,8 @@ def main(out_path: str, dp_size: int = 1) -> None:
         engine.lynx.reset_stats()
         seen["accuracy_budget"] = solve(engine, heldout_problems(64, seed=62, distinct=True))
         seen["stats_budget"] = engine.lynx.stats()
+        seen["bad_requests"] = bad_requests(engine)
+        seen["answer_after_bad_requests"] = engine.generate("12+34=", GREEDY)["text"]
     finally:
         engine.shutdown()
     started = time.monotonic()

@@ -76,15 +76,15 @@ def parse_args(argv=None):
     import argparse
 
     ap = argparse.ArgumentParser(prog="lynx-sglang eval", description=__doc__.split("\n")[0])
-    ap.add_argument("--url", type=server_url, default="http://127.0.0.1:30000", help="base URL of a running server")
+    ap.add_argument("--url", type=server_url, default="http://127.0.0.1:30000", help="base URL of a running server (default: %(default)s)")
     ap.add_argument("--api-key", help="the server's SGLang --api-key, if it has one")
-    ap.add_argument("--count", type=int, default=2000, help="held-out problems to score (equal shares per kind)")
-    ap.add_argument("--seed", type=int, default=1234, help="which held-out sample")
+    ap.add_argument("--count", type=int, default=2000, help="held-out problems to score, equal shares per kind (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=1234, help="which held-out sample (default: %(default)s)")
     ap.add_argument(
         "--distribution",
         choices=DISTRIBUTIONS,
         default="digits",
-        help="operands drawn digit count first (digits) or uniformly over their range (uniform)",
+        help="operands drawn digit count first (digits) or uniformly over their range (uniform) (default: %(default)s)",
     )
     ap.add_argument(
         "--distinct",
@@ -92,8 +92,9 @@ def parse_args(argv=None):
         default=True,
         help="no repeated problems (default); --no-distinct lets easy problems repeat as in training",
     )
-    ap.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--endpoint", choices=["completions", "chat"], default="completions",
+                    help="the OpenAI endpoint asked (default: %(default)s)")
+    ap.add_argument("--concurrency", type=int, default=32, help="requests in flight (default: %(default)s)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
     if args.count < 1:

@@ -237,10 +237,12 @@ def watch_sglang(plan: LaunchPlan, process, startup_timeout: float) -> int:
             return 1
     name = "the embedded model" if plan.model_path == EMBEDDED_MODEL_DIR else str(plan.model_path)
     print(f"lynx-sglang: serving {name} at {plan.url}", flush=True)
-    print(f"lynx-sglang: try  {example_request(plan.url)}", flush=True)
+    with_key = FlagSettings(plan.sglang_args).given("api_key")
+    print(f"lynx-sglang: try  {example_request(plan.url, with_key)}", flush=True)
     return process.wait()
 
 
-def example_request(url: str) -> str:
+def example_request(url: str, with_api_key: bool = False) -> str:
     body = json.dumps({"model": "default", "prompt": "123+45=", "max_tokens": 8, "temperature": 0})
-    return f"curl -s {url}/v1/completions -H 'Content-Type: application/json' -d '{body}'"
+    key = " -H 'Authorization: Bearer <your --api-key>'" if with_api_key else ""  # never the key itself in a log
+    return f"curl -s {url}/v1/completions -H 'Content-Type: application/json'{key} -d '{body}'"

@@ -91,7 +91,7 @@ def model_wide_figures(layers: list[dict]) -> dict:
         return sum(layer[key] for layer in counted) / len(counted) if counted else 0.0
 
     def total(key):
-        return sum(layer[key] for layer in counted)
+        return float(sum(layer[key] for layer in counted))
 
     return {
         "distinct_experts_before": mean("distinct_experts_before"),

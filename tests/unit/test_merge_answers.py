@@ -169,3 +169,11 @@ def test_stages_without_captured_graphs_say_none():
     assert joined["cuda_graphs_replay_pruning"] is None
     mixed = join_stage_states([{"cuda_graphs_replay_pruning": True}, {"cuda_graphs_replay_pruning": False}])
     assert mixed["cuda_graphs_replay_pruning"] is False
+
+
+def test_figures_before_any_step_have_the_types_they_have_after_one():
+    """A fresh or reset table answered integer 0 for the byte totals, a float everywhere else."""
+    from lynx_sglang.scheduler.stats import model_wide_figures
+
+    figures = model_wide_figures([])
+    assert all(isinstance(value, float) for key, value in figures.items() if key != "layers")

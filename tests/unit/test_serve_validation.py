@@ -299,3 +299,11 @@ def test_bad_tensor_parallel_values_stop_the_cpu_launch(args, environ, needle):
     with pytest.raises(LaunchError) as error:
         plan_launch(["--port", str(free_port()), *args], on_cpu=True, environ=environ)
     assert needle in str(error.value)
+
+
+def test_the_startup_hint_carries_the_api_key_header_only_where_one_is_needed():
+    from lynx_sglang.serve import example_request
+
+    assert "Authorization" not in example_request("http://127.0.0.1:30000")
+    with_key = example_request("http://127.0.0.1:30000", with_api_key=True)
+    assert "-H 'Authorization: Bearer <your --api-key>'" in with_key  # a placeholder: never the key in a log

@@ -27,7 +27,9 @@ class PolicyDecision(NamedTuple):
     """What a policy returns for one layer of one batch.
 
     topk_ids [T, k] and topk_weights [T, k]: the routing to use (same dtypes as the inputs).
-    active_mask [E] bool: every expert any real row's non-zero-weight slot uses.
+    active_mask [E] bool: every expert any real row's non-zero-weight slot uses (ids outside [0, E)
+        mark none). With no real rows (num_real 0) it still names k experts: the top-up to k runs
+        on static shapes, and no row uses them.
     """
 
     topk_ids: torch.Tensor

@@ -63,6 +63,9 @@ def main(argv=None, bound: LossBound | None = None, restore: bool = True) -> int
         else:
             candidates = configs or model_default_arms(args)
         arms = reference + [arm for arm in candidates if arm != reference[0]]
+        if len(arms) == 1:
+            raise ArmSpecError(f"nothing to compare with the reference {arms[0].label}: every candidate is it "
+                               "(name others with --policies or --config)")
         check_policy_names(arms, running_server=bool(args.url))
         labels = [arm.label for arm in arms]
         if len(set(labels)) != len(labels):

@@ -87,7 +87,13 @@ def policy_state(runtime: LynxRuntime) -> dict:
     state = settings.config.public_view()
     state["controller"] = None if settings.controller is None else settings.controller.state()
     state["budget_experts"] = settings.current_cap()
-    state["params_in_effect"] = params_in_effect(runtime.policy_in_effect())
+    policies = [params_in_effect(policy) for policy in runtime.policies_in_effect()]
+    if state["schedule"] is None:
+        state["params_in_effect"] = policies[0]
+    else:  # each band decides the steps of its batch sizes
+        state["params_in_effect"] = None
+        for band, params in zip(state["schedule"], policies):
+            band["params_in_effect"] = params
     state["cuda_graphs_replay_pruning"] = runtime.decode_graphs_prune()
     state["expert_compute"] = {str(layer): name for layer, name in runtime.expert_compute.describe().items()}
     state["expert_compute"].update(runtime.caches.describe())

@@ -203,7 +203,7 @@ def cache_totals(layers: list[dict], prefetch_on: bool) -> dict:
         "cached_layers": len(layers),
         "cache_hits": sum(layer["cache_hits"] for layer in layers),
         "cache_misses": sum(layer["cache_misses"] for layer in layers),
-        "cache_bytes_copied_per_decode_token": sum(layer["cache_bytes_copied_per_decode_token"] for layer in layers),
+        "cache_bytes_copied_per_decode_token": float(sum(layer["cache_bytes_copied_per_decode_token"] for layer in layers)),
         "prefetch": prefetch_on,
         "prefetch_accuracy": prefetch_accuracy(prefetch_on, sum(layer["prefetch_used"] for layer in layers),
                                                sum(layer["prefetched"] for layer in layers)),  # fmt: skip

@@ -153,10 +153,12 @@ class LynxRuntime:
         return self.router.route(output, router_logits, topk_config, layer_id, num_real, dispatch_info, step,
                                  mask_padding)
 
-    def policy_in_effect(self):
-        """The running policy as the first MoE layer's routing builds it (its shape and router kind)."""
+    def policies_in_effect(self) -> list:
+        """The running policy as the first MoE layer's routing builds it (its shape and router kind):
+        one, or under a schedule one per band (the top-level setting then decides no step)."""
         info = self.settings.layers[0]
-        return self.settings.policy_for(info.num_experts, info.top_k, True, self.router_kind)
+        settings = [self.settings] if self.settings.schedule is None else self.settings.schedule.children
+        return [each.policy_for(info.num_experts, info.top_k, True, self.router_kind) for each in settings]
 
     def compute_experts(self, step: Step, layer, method, dispatch_output, sglang_compute):
         if self.caches.holds(layer):  # every forward of a cached layer reads its experts through the cache

@@ -270,6 +270,19 @@ def test_an_unknown_policy_is_refused_before_a_server_starts(tool, argv, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("tool, argv, message", [
+    ("sweep", ["--policies", "baseline"], "nothing to compare with the reference baseline"),
+    ("sweep", ["--reference", "lynx:alpha=1", "--policies", "lynx:alpha=1"], "nothing to compare with the reference"),
+    ("calibrate", ["--candidates", "baseline"], "--candidates holds only baseline"),
+])
+def test_a_run_with_nothing_to_compare_is_refused_before_a_server_starts(tool, argv, message, tmp_path, capsys):
+    from lynx_sglang import cli
+
+    assert cli.main([tool, *argv, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_running_server_decides_on_policy_names_it_may_have_installed():
     from lynx_sglang.experiments.arms import check_policy_names
 

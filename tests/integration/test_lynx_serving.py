@@ -191,7 +191,12 @@ def test_a_whole_config_with_a_schedule_serves_each_band(server):
     schedule = [{"from_rows": 1, "params": {"ratio": 0.5}}, {"from_rows": 6, "params": {"ratio": 0.3}}]
     state = switch(server, config={"policy": "anchor", "params": {"fill_to_k": False}, "schedule": schedule})
     assert state["params"] == {"fill_to_k": False} and [band["from_rows"] for band in state["schedule"]] == [1, 6]
-    assert get_json(server.url + "/lynx/policy")["schedule"][1]["params"] == {"fill_to_k": False, "ratio": 0.3}
+    shown = get_json(server.url + "/lynx/policy")
+    assert shown["schedule"][1]["params"] == {"fill_to_k": False, "ratio": 0.3}
+    # each band's parameters as it decides; the top-level setting decides no step under a schedule
+    assert shown["params_in_effect"] is None
+    assert [band["params_in_effect"]["ratio"] for band in shown["schedule"]] == [[0.5], [0.3]]  # per layer
+    assert all(band["params_in_effect"]["fill_to_k"] is False for band in shown["schedule"])
     reset_stats(server)
     problems = heldout_problems(40, seed=25)
     completions = answers(server, problems[:4], concurrency=1) + answers(server, problems[4:], concurrency=32)

@@ -19,5 +19,5 @@ fi
   aiohttp httpx requests psutil pyyaml safetensors tokenizers huggingface-hub hf-xet uvloop prometheus-client \
   msgpack tqdm regex sentencepiece tiktoken einops pillow packaging filelock fsspec jinja2 networkx sympy \
   setuptools rich typer click anyio scipy pandas nvidia-ml-py cuda-bindings wheel xxhash pybind11 ninja cmake \
-  pytest pytest-xdist pytest-timeout hypothesis
+  matplotlib pytest pytest-xdist pytest-timeout hypothesis
 "$dir/bin/python" -c "import torch, triton; print('gpu-replica:', torch.__version__, 'triton', triton.__version__)"

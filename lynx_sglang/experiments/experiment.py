@@ -21,7 +21,7 @@ from .cli_args import without_secrets
 from .client import AdminClient, ArmRefused, ServerError, describe_scope, describe_setting, served_scope, setting_of
 from .launch import ManagedServer, interruption, terminate_as_interrupt
 from .provenance import versions, write_json
-from .runner import Runner, plan_blocks
+from .runner import Runner, block_slices, plan_blocks
 from .store import Block, MeasurementStore, ResumeError
 from .tasks import Item, make_scorer
 
@@ -83,6 +83,7 @@ def measure_and_publish(experiment: Experiment, analyse: Analyse, publish: Publi
     except ResumeError as error:
         say(console, f"lynx-sglang {experiment.tool}: error: {error}", "red")
         return 2
+    say_thin_blocks(experiment, console)
     started = time.monotonic()
     try:
         server, admin, url = connect(experiment, console)
@@ -180,6 +181,15 @@ def restore_setting(admin: AdminClient, setting: dict | None, console: Console) 
                      f"{error}", "red")
         return
     say(console, f"restored the server's setting from before the run: {describe_setting(setting)}")
+
+
+def say_thin_blocks(experiment: Experiment, console: Console) -> None:
+    """A block is sent at once: one smaller than a level cannot make that level's batches."""
+    smallest = min(size for _, size in block_slices(len(experiment.items), experiment.args.blocks))
+    thin = [level for level in experiment.levels if level > smallest]
+    if thin:
+        say(console, f"note: a block holds {smallest} items, fewer than concurrency {', '.join(map(str, thin))}: "
+                     f"those levels measure batches of at most {smallest} rows (raise --n or lower --blocks)", "yellow")
 
 
 def say(console: Console, text: str, style: str | None = None) -> None:

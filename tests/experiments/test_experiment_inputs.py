@@ -126,3 +126,20 @@ def test_the_arms_that_cannot_prune_a_top_1_model():
     assert model_arms.cannot_prune(strict, top1) is None
     (oea,) = parse_arms("oea:k0=1")
     assert model_arms.cannot_prune(oea, ServedShape(8, 2, 4)) is None
+
+
+def test_a_level_above_the_block_size_is_named_before_measuring():
+    """--n 4 --blocks 2 --concurrency 4 measured batches of 2 under a table saying concurrency 4."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from lynx_sglang.experiments.experiment import say_thin_blocks
+
+    console = Console(record=True, width=200)
+    experiment = SimpleNamespace(items=list(range(4)), args=SimpleNamespace(blocks=2), levels=[1, 2, 4])
+    say_thin_blocks(experiment, console)
+    assert "a block holds 2 items, fewer than concurrency 4: those levels measure batches of at most 2" in console.export_text()
+    console = Console(record=True, width=200)
+    say_thin_blocks(SimpleNamespace(items=list(range(8)), args=SimpleNamespace(blocks=2), levels=[1, 4]), console)
+    assert console.export_text() == ""

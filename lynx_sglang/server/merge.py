@@ -74,10 +74,11 @@ def merge_stats(snapshots: list[dict]) -> dict:
 def join_stage_stats(stages: list[dict]) -> dict:
     """The statistics of a pipeline's stages (by stage) as one scheduler's. The stages run the same
     steps on different layers: the layer lists join, the model-wide figures are taken over all of
-    them, the step counts are the first stage's but for `fallback_steps` (the most of any stage,
-    exact where one stage fell back) and `policy_failures` (summed); each stage's own counts and
-    layers under "pipeline_stages"."""
-    first = stages[0]
+    them, the step counts are those of the stage that routed the most steps (one whose layers the
+    policy leaves alone counts every step as passed through) but for `fallback_steps` (the most of
+    any stage, exact where one stage fell back) and `policy_failures` (summed); each stage's own
+    counts and layers under "pipeline_stages"."""
+    first = max(stages, key=lambda s: s["decode_steps"])  # the first of equals: stage 0 where all route
     joined = {**first, "fallback_steps": max(s["fallback_steps"] for s in stages),
               "policy_failures": sum(s["policy_failures"] for s in stages)}  # fmt: skip
     joined["pruned_steps"] = joined["decode_steps"] - joined["fallback_steps"]

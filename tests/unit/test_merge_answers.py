@@ -147,6 +147,16 @@ def test_pipeline_stages_join_their_layers_as_one_table_of_all_layers_would():
         (0, [0, 1], 1), (1, [2, 3], 2)]
 
 
+def test_a_stage_the_policy_leaves_alone_does_not_hide_the_other_stage_s_steps():
+    """--lynx-layers naming only the second stage's layers: stage 0 counts every step passed through."""
+    idle = snapshot(stage_stats(FIRST_STAGE, [[0] * 7, [0] * 7]), 0, {})
+    idle["passthrough_steps"] = 13
+    routed = snapshot(stage_stats(SECOND_STAGE, B_ROWS), 12, {"decode": 12})
+    joined = join_stage_stats([idle, routed])
+    assert (joined["decode_steps"], joined["pruned_steps"], joined["passthrough_steps"]) == (12, 12, 1)
+    assert joined["steps_by_mode"] == {"decode": 12}
+
+
 def test_replicas_of_pipelines_list_their_stages():
     stages = [join_stage_stats([snapshot(stage_stats(FIRST_STAGE, A_ROWS), n, {}),
                                 snapshot(stage_stats(SECOND_STAGE, B_ROWS), n, {})]) for n in (12, 3)]  # fmt: skip

@@ -115,6 +115,8 @@ class ExpertCaches:
             self.note(f"MoE layers with {reason} keep every expert resident, the expert cache needs lynx's kernel "
                       f"(layers {', '.join(layer_ids)})")
         if not cached:
+            self.note("--lynx-expert-cache: no MoE layer of this model can be cached; every expert stays resident "
+                      "and nothing is offloaded (/lynx/stats: cached_layers 0)")
             return
         self.table = torch.zeros(len(cached), len(FIELDS), dtype=torch.float64, device=cached[0].slot_w13.device)
         first = cached[0]

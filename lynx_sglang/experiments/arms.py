@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lynx_sglang.config import ConfigError, LynxConfig, parse_setting, parse_value, read_config_file, split_top_level
-from lynx_sglang.setting_values import BUDGET_KINDS
+from lynx_sglang.setting_values import BUDGET_KINDS, Budget
 
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
@@ -102,7 +102,13 @@ def parse_budget_values(text: str) -> list[str]:
     kind, values = parse_assignment(text)
     if kind not in BUDGET_KINDS:
         raise ArmSpecError(f"unknown budget {kind!r} in {text!r}; expected one of {', '.join(BUDGET_KINDS)}")
-    return [f"{kind}={format_value(value)}" for value in values]
+    budgets = [f"{kind}={format_value(value)}" for value in values]
+    for budget in budgets:  # a value no model takes fails here, before a server starts
+        try:
+            Budget.parse(budget).check_range()
+        except ConfigError as error:
+            raise ArmSpecError(f"{error} (in {text.strip()!r})") from None
+    return budgets
 
 
 def parse_arms(spec: str) -> list[Arm]:
@@ -149,7 +155,7 @@ def arm_from_flags(policy: str, params: list[str], budget: str | None, base_para
         except ArmSpecError as error:
             raise ArmSpecError(f"{error} in --a-param/--b-param {assignment!r}") from None
     if budget is not None:
-        parse_budget_values(budget)  # validates the kind; the server validates the value
+        parse_budget_values(budget)  # its kind and range; the server checks it against the model
     return Arm(policy, values, budget)
 
 

@@ -330,3 +330,12 @@ def test_concurrency_levels_are_positive_and_distinct(text, levels_or_error):
     with pytest.raises(ValueError, match="--concurrency: ") as error:
         parse_levels(text)
     assert levels_or_error in str(error.value)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("lynx+experts=abc", "'abc' is not a number"), ("lynx+experts=0", "experts=0 out of range"),
+    ("lynx+fraction=1.5", "fraction=1.5 out of range"),
+])
+def test_a_budget_value_no_model_takes_is_refused_while_parsing(spec, message):
+    with pytest.raises(ArmSpecError, match=message):
+        parse_arms(spec)

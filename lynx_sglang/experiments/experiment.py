@@ -83,7 +83,6 @@ def measure_and_publish(experiment: Experiment, analyse: Analyse, publish: Publi
     except ResumeError as error:
         say(console, f"lynx-sglang {experiment.tool}: error: {error}", "red")
         return 2
-    say_thin_blocks(experiment, console)
     started = time.monotonic()
     try:
         server, admin, url = connect(experiment, console)
@@ -93,6 +92,7 @@ def measure_and_publish(experiment: Experiment, analyse: Analyse, publish: Publi
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     say_scope(experiment, console)
+    say_thin_blocks(experiment, console)
     store.begin(header, done)
     status, message, skipped = measure(experiment, store, done, server, admin, url, console)
     failed = status in ("server-error", "refused")

@@ -17,8 +17,7 @@ def ids_to_mask(ids: torch.Tensor, row_mask: torch.Tensor | None, num_experts: i
     [T] is True (all rows when None). An id outside [0, E) (-1: padding, or an expert of another
     rank) marks nothing: it lands in a spare column, so no device-side assert and no expert 0."""
     num_rows, slots = ids.shape
-    ids = ids.long()
-    ids = torch.where((ids >= 0) & (ids < num_experts), ids, num_experts)
+    ids = ids.long().clamp(-1, num_experts).remainder(num_experts + 1)  # -1 and >= E: the spare column E
     if row_mask is None:
         votes = torch.ones(num_rows, slots, dtype=torch.bool, device=ids.device)
     else:

@@ -74,6 +74,28 @@ def test_serve_arms_that_differ_stand_and_baseline_takes_no_budget():
         parse_arms("baseline:experts=2")
 
 
+def test_serve_takes_a_policy_class_by_path_with_or_without_a_budget():
+    """The path's own colon was read as the budget's: the arm named a module 'lynx_sglang.policies.lynx'."""
+    path = "lynx_sglang.policies.lynx:LynxPolicy"
+    assert [arm.key for arm in parse_arms(f"{path};{path}:experts=3")] == [(path, None), (path, "experts=3")]
+    with pytest.raises(BenchError, match="budget: 'abc' is not a budget"):
+        parse_arms("lynx:abc")
+
+
+def test_serve_checks_its_output_paths_without_touching_an_earlier_record(monkeypatch, tmp_path, capsys,
+                                                                           no_arm_variables):
+    monkeypatch.setattr(serve, "describe_device", lambda: Device("CPU: test", None))
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text('{"rows": [1]}')
+    assert serve.main(["--arms", "lynx:experts=9", "--concurrency", "1", "--record", str(earlier)]) == 2
+    assert "experts=9 out of range" in one_error_line(capsys, "serve")
+    assert earlier.read_text() == '{"rows": [1]}'  # a refused run emptied it
+    assert serve.main(["--arms", "lynx", "--concurrency", "1", "--json", str(tmp_path / "no" / "x.json"),
+                       "--record", str(tmp_path / "new.json")]) == 2
+    assert f"--json {tmp_path / 'no' / 'x.json'}: cannot write it" in one_error_line(capsys, "serve")
+    assert not (tmp_path / "new.json").exists()  # checked, not left behind empty
+
+
 def test_serve_refuses_fewer_requests_than_the_concurrency(capsys, no_arm_variables):
     assert serve.main(["--concurrency", "1,4", "--requests", "2"]) == 2
     assert "--requests 2 is below --concurrency 4" in one_error_line(capsys, "serve")

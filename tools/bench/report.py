@@ -139,6 +139,20 @@ class Record:
             raise BenchError(f"--record {self.path}: cannot write it ({exc.strerror or exc})") from None
 
 
+def check_writable(path: str, flag: str) -> None:
+    """Before a long run: that `path` can be written, without touching a file already there (a run
+    refused later must not leave an earlier run's record emptied, nor a new empty file)."""
+    target = Path(path)
+    existed = target.exists()
+    try:
+        with open(target, "a"):
+            pass
+    except OSError as exc:
+        raise BenchError(f"{flag} {path}: cannot write it ({exc.strerror or exc})") from None
+    if not existed:
+        target.unlink()
+
+
 def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
     return "n/a" if value is None else format(value / scale, spec)
 

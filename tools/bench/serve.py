@@ -22,6 +22,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -35,11 +36,12 @@ from lynx_sglang.experiments.client import AdminClient, ServerError
 from lynx_sglang.experiments.cli_args import parse_levels
 from lynx_sglang.experiments.launch import ManagedServer, served_address, terminate_as_interrupt
 from lynx_sglang.model_config import MoeShape
+from lynx_sglang.policies import available_policies
 from lynx_sglang.policy_setup import resolve_policy_or_error, validate_for_model
 from lynx_sglang.tiny_checkpoints.shapes import NAMED_SHAPES
 
 from .models import BenchError, BenchModel, describe_device, memory_flags, resolve_model
-from .report import Record, Result, print_table, record_rows, result_json
+from .report import Record, Result, check_writable, print_table, record_rows, result_json
 
 DEFAULT_ARMS = "baseline;budget:fraction=0.5"
 DEFAULT_CONCURRENCY = "1,16,32,64"
@@ -55,15 +57,21 @@ ARM_VARIABLES = (*(var for var, name in ENV_VARIABLES.items() if name in ARM_SET
 
 
 class Arm:
-    """`policy[:budget]` as written in --arms: `baseline`, `lynx`, `budget:fraction=0.5`, `lynx:experts=4`."""
+    """`policy[:budget]` as written in --arms: `baseline`, `lynx`, `budget:fraction=0.5`, `lynx:experts=4`;
+    a policy class by path too, `mypackage.rules:MyPolicy[:experts=4]`."""
 
     def __init__(self, spec: str):
         self.spec = spec.strip()
         policy, _, budget = self.spec.partition(":")
+        if policy.strip() not in available_policies():  # a class path: its own colon comes first
+            policy, colon, budget = self.spec.rpartition(":")
+            if not colon or not ("=" in budget or budget.strip() in ("", "none")):
+                policy, budget = self.spec, ""
         self.policy, self.budget = policy.strip(), budget.strip() or None
         try:
             resolve_policy_or_error(self.policy)
-            self.config = build_config({"policy": self.policy, "budget": self.budget}, environ={})
+            self.config = build_config({"policy": self.policy, "budget": self.budget}, environ={},
+                                       flag_names={"policy": "policy", "budget": "budget"})
         except ConfigError as exc:
             raise BenchError(f"--arms: arm {self.spec!r}: {exc}") from None
         if self.is_baseline and self.config.budget is not None:  # its server gets no --lynx-budget
@@ -325,13 +333,20 @@ def run(argv: list[str]) -> int:
     except ValueError as error:
         raise BenchError(str(error)) from None
     device = describe_device()
+    for path, flag in ((args.record, "--record"), (args.json, "--json")):
+        if path:
+            check_writable(path, flag)  # an unwritable path fails now, not after the run
+    logs = Path(tempfile.mkdtemp(prefix="lynx-bench-serve-"))
+    try:
+        model = resolve_model(args.model_path, args.shape, args.serve_args, device, logs,
+                              check=lambda model_dir: check_arms_for_model(arms, model_dir),
+                              kv_tokens=kv_tokens_held(args, levels))
+    except BenchError:
+        shutil.rmtree(logs, ignore_errors=True)  # nothing ran: no folder of empty logs left behind
+        raise
     record = Record(args.record, device.name, "lynx-sglang bench serve " + shlex.join(argv)) if args.record else None
     if record is not None:
-        record.write([])  # an unwritable path fails now, not after the first level
-    logs = Path(tempfile.mkdtemp(prefix="lynx-bench-serve-"))
-    model = resolve_model(args.model_path, args.shape, args.serve_args, device, logs,
-                          check=lambda model_dir: check_arms_for_model(arms, model_dir),
-                          kv_tokens=kv_tokens_held(args, levels))
+        record.write([])
     runs = server_runs(arms, kernels)
     print(f"model {model.describe()}; device {device.name}; {len(runs)} servers; concurrency {levels}; "
           f"{args.prompt_tokens} prompt + {args.output_tokens} output tokens per request; logs in {logs}", flush=True)

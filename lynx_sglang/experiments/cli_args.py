@@ -90,7 +90,7 @@ def parse_levels(text: str) -> list[int]:
     if not parts:
         raise ValueError(f"--concurrency: {text!r} lists no level")
     for part in parts:
-        if not part.isdigit() or int(part) < 1:
+        if not (part.isascii() and part.isdigit()) or int(part) < 1:  # '²' is a digit to isdigit, not to int
             raise ValueError(f"--concurrency: {part!r} is not a positive integer")
     levels = [int(part) for part in parts]
     if len(set(levels)) != len(levels):

@@ -76,7 +76,25 @@ def parse_shape(text: str, default_fields: dict) -> tuple[str | None, dict]:
             raise ShapeError(f"--shape: unknown field {key!r} for {name or 'the default shape'}; "
                              f"known fields: {', '.join(allowed)}")
         overrides[key] = _typed_value(key, value, fields[key])
+    check_consistent({**fields, **overrides}, name)
     return name, overrides
+
+
+def check_consistent(fields: dict, name: str | None) -> None:
+    """What no model of the architecture could be: refused here, not by a server minutes later."""
+    shape = name or "the default shape"
+    experts = fields.get("num_local_experts") or fields.get("num_experts") or fields.get("n_routed_experts")
+    top_k = fields.get("num_experts_per_tok")
+    if experts and top_k and top_k > experts:
+        raise ShapeError(f"--shape: num_experts_per_tok={top_k} is more than the {experts} experts of {shape}")
+    heads, kv_heads = fields.get("num_attention_heads"), fields.get("num_key_value_heads")
+    if heads and kv_heads and heads % kv_heads:
+        raise ShapeError(f"--shape: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+    groups, top_groups = fields.get("n_group"), fields.get("topk_group")
+    if experts and groups and experts % groups:
+        raise ShapeError(f"--shape: {experts} experts do not split into n_group={groups} equal groups")
+    if groups and top_groups and top_groups > groups:
+        raise ShapeError(f"--shape: topk_group={top_groups} is more than n_group={groups}")
 
 
 def _typed_value(key: str, value: str, like):

@@ -166,3 +166,16 @@ def test_percentile_interpolates_like_numpy():
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], 90) == pytest.approx(9.1)
     assert percentile([7.0], 90) == 7.0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("num_experts_per_tok=9", "num_experts_per_tok=9 is more than the 8 experts of the default shape"),
+    ("num_key_value_heads=3", "num_attention_heads=16 is not a multiple of num_key_value_heads=3"),
+    ("glm-4.5-air,n_group=3", "128 experts do not split into n_group=3 equal groups"),
+])
+def test_a_shape_no_model_could_have_is_refused_while_parsing(text, message):
+    """They passed every check and failed later: a top-k above the experts as an arm's error."""
+    with pytest.raises(ShapeError, match=message):
+        parse_shape(text, DEFAULT_SHAPE_FIELDS)
+    for name in NAMED_SHAPES:  # every named shape is one
+        parse_shape(name, DEFAULT_SHAPE_FIELDS)

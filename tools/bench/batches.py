@@ -6,8 +6,9 @@ import torch
 
 
 def top_k_for(num_experts: int) -> int:
-    """A realistic k per expert count: Mixtral 8/top-2; Qwen2-57B 64/top-8; Qwen3-30B 128/top-8."""
-    return 2 if num_experts <= 8 else 8
+    """A realistic k per expert count: Mixtral 8/top-2; Qwen2-57B 64/top-8; Qwen3-30B 128/top-8 (never
+    more than the experts)."""
+    return min(2 if num_experts <= 8 else 8, num_experts)
 
 
 ROUTER_KINDS = ("softmax", "sigmoid", "biased-sigmoid", "biased-grouped-sigmoid")

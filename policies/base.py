@@ -27,9 +27,9 @@ class PolicyDecision(NamedTuple):
     """What a policy returns for one layer of one batch.
 
     topk_ids [T, k] and topk_weights [T, k]: the routing to use (same dtypes as the inputs).
-    active_mask [E] bool: every expert any real row's non-zero-weight slot uses (ids outside [0, E)
-        mark none). With no real rows (num_real 0) it still names k experts: the top-up to k runs
-        on static shapes, and no row uses them.
+    active_mask [E] bool: every expert any real row's non-zero-weight slot uses (a real row's ids are
+        the model's, in [0, E); -1 marks padding rows only, past num_real). With no real rows the
+        top-up, which runs on static shapes, may still name experts that no row uses.
     """
 
     topk_ids: torch.Tensor

@@ -14,14 +14,14 @@ def real_rows(num_rows: int, num_real, device) -> torch.Tensor:
 
 def ids_to_mask(ids: torch.Tensor, row_mask: torch.Tensor | None, num_experts: int) -> torch.Tensor:
     """Mask [E] bool of the experts that appear in `ids` [T, j], counting only rows where `row_mask`
-    [T] is True (all rows when None). An id outside [0, E) (-1: padding, or an expert of another
-    rank) marks nothing: it lands in a spare column, so no device-side assert and no expert 0."""
+    [T] is True (all rows when None). Out-of-range ids are clamped so a garbage row cannot trigger a
+    device-side assert; callers only pass rows they trust."""
     num_rows, slots = ids.shape
-    ids = ids.long().clamp(-1, num_experts).remainder(num_experts + 1)  # -1 and >= E: the spare column E
+    ids = ids.long().clamp(0, num_experts - 1)
     if row_mask is None:
         votes = torch.ones(num_rows, slots, dtype=torch.bool, device=ids.device)
     else:
         votes = row_mask.unsqueeze(1).expand(num_rows, slots)
-    per_row = torch.zeros(num_rows, num_experts + 1, dtype=torch.bool, device=ids.device)
+    per_row = torch.zeros(num_rows, num_experts, dtype=torch.bool, device=ids.device)
     per_row.scatter_(1, ids, votes)
-    return per_row[:, :num_experts].any(dim=0)
+    return per_row.any(dim=0)

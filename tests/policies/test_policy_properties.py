@@ -184,12 +184,3 @@ def test_lynx_float64_path_for_huge_keys_still_keeps_the_guarantees():
     check_decision("lynx beta=8", "free", policy, decision, logits, ids, weights, 150, True)
     assert int(decision.active_mask.sum()) < int(ids_to_mask(ids[:150], None, 64).sum())
 
-
-def test_an_id_outside_the_experts_marks_no_expert_active():
-    """-1 (padding) was clamped to expert 0: a lone row holding one marked expert 0 active."""
-    ids = torch.tensor([[-1, 5, 10], [12, 5, 3]])
-    assert ids_to_mask(ids, None, 12).nonzero().flatten().tolist() == [3, 5, 10]
-    assert ids_to_mask(ids, torch.tensor([True, False]), 12).nonzero().flatten().tolist() == [5, 10]
-    logits = torch.randn(1, 12)
-    decision = get_policy("lynx", num_experts=12, top_k=3).select(logits, ids[:1].int(), torch.full((1, 3), 1 / 3))
-    assert decision.active_mask.nonzero().flatten().tolist() == [5, 10]

@@ -88,12 +88,10 @@ def policy_state(runtime: LynxRuntime) -> dict:
     state["controller"] = None if settings.controller is None else settings.controller.state()
     state["budget_experts"] = settings.current_cap()
     policies = [params_in_effect(policy) for policy in runtime.policies_in_effect()]
-    if state["schedule"] is None:
-        state["params_in_effect"] = policies[0]
-    else:  # each band decides the steps of its batch sizes
-        state["params_in_effect"] = None
-        for band, params in zip(state["schedule"], policies):
-            band["params_in_effect"] = params
+    # Under a schedule each band decides the steps of its batch sizes; the bands stay as given, so
+    # that the state posted back as a config is one the server takes.
+    state["params_in_effect"] = policies[0] if state["schedule"] is None else None
+    state["params_in_effect_by_band"] = None if state["schedule"] is None else policies
     state["cuda_graphs_replay_pruning"] = runtime.decode_graphs_prune()
     state["expert_compute"] = {str(layer): name for layer, name in runtime.expert_compute.describe().items()}
     state["expert_compute"].update(runtime.caches.describe())

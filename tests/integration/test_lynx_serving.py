@@ -14,6 +14,7 @@ from live_server import RunningServer, get_json, post
 
 from lynx_sglang.embedded.task import heldout_problems, score
 from lynx_sglang.evaluate import complete
+from lynx_sglang.experiments.client import setting_of
 
 pytestmark = pytest.mark.slow
 
@@ -195,8 +196,10 @@ def test_a_whole_config_with_a_schedule_serves_each_band(server):
     assert shown["schedule"][1]["params"] == {"fill_to_k": False, "ratio": 0.3}
     # each band's parameters as it decides; the top-level setting decides no step under a schedule
     assert shown["params_in_effect"] is None
-    assert [band["params_in_effect"]["ratio"] for band in shown["schedule"]] == [[0.5], [0.3]]  # per layer
-    assert all(band["params_in_effect"]["fill_to_k"] is False for band in shown["schedule"])
+    assert [band["ratio"] for band in shown["params_in_effect_by_band"]] == [[0.5], [0.3]]  # per layer
+    assert all(band["fill_to_k"] is False for band in shown["params_in_effect_by_band"])
+    # what ab/sweep/calibrate restore a --url server with: the state as GET gives it, posted back
+    assert switch(server, config=setting_of(shown))["schedule"] == shown["schedule"]
     reset_stats(server)
     problems = heldout_problems(40, seed=25)
     completions = answers(server, problems[:4], concurrency=1) + answers(server, problems[4:], concurrency=32)

@@ -9,9 +9,10 @@ set -euo pipefail
 dir=${1:?usage: scripts/gpu-replica.sh DIR}
 py=${PYTHON312:-python3.12}
 if ! "$py" -c "" 2>/dev/null && command -v pyenv > /dev/null; then  # pyenv: installed but not enabled
-  py=$(ls -d "$(pyenv root)"/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
+  py=$(ls -d "$(pyenv root)"/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1 || true)
 fi
-"${py:-python3.12}" -c "" 2>/dev/null || { echo "no Python 3.12 found: set PYTHON312 to one"; exit 2; }
+py=${py:-python3.12}
+"$py" -c "" 2>/dev/null || { echo "no Python 3.12 found: set PYTHON312 to one"; exit 2; }
 "$py" -m venv "$dir"
 # numpy 2.3: Triton 3.6's interpreter (TRITON_INTERPRET=1, the kernel tests on a CPU) fails on numpy 2.4
 # and newer ("only 0-dimensional arrays can be converted to Python scalars"); compiled kernels do not care.

@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         calibration_items, confirmation_items = split_items(args)
         candidates = parse_arms(args.candidates) if args.candidates is not None else None
         check_policy_names(candidates or [], running_server=bool(args.url))
-        if candidates is not None and all(arm.policy == "baseline" for arm in candidates):
+        if candidates is not None and all(arm == parse_arms("baseline")[0] for arm in candidates):
             raise ArmSpecError("--candidates holds only baseline, the reference: name a policy to calibrate")
     except ValueError as error:
         print(f"lynx-sglang calibrate: error: {error}", file=sys.stderr)

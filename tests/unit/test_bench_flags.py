@@ -94,6 +94,11 @@ def test_serve_checks_its_output_paths_without_touching_an_earlier_record(monkey
                        "--record", str(tmp_path / "new.json")]) == 2
     assert f"--json {tmp_path / 'no' / 'x.json'}: cannot write it" in one_error_line(capsys, "serve")
     assert not (tmp_path / "new.json").exists()  # checked, not left behind empty
+    dangling = tmp_path / "link.json"
+    dangling.symlink_to(tmp_path / "target.json")
+    serve.check_writable(str(dangling), "--record")
+    assert dangling.is_symlink() and not (tmp_path / "target.json").exists()  # neither followed nor removed
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["earlier.json", "link.json"]  # no probe left
 
 
 def test_serve_refuses_fewer_requests_than_the_concurrency(capsys, no_arm_variables):

@@ -173,7 +173,7 @@ def run(args, extra_implementations: Callable | None = None) -> list[dict]:
             w13 = torch.randn(shape.experts, 2 * shape.intermediate, shape.hidden, device=device, dtype=dtype)
             w2 = torch.randn(shape.experts, shape.hidden, shape.intermediate, device=device, dtype=dtype)
             weights.append((w13.mul_(shape.hidden**-0.5), w2.mul_(shape.intermediate**-0.5)))
-        for batch in sorted(set(args.batches)):
+        for batch in dict.fromkeys(args.batches):  # in the order given, each once
             hidden = torch.randn(batch, shape.hidden, device=device, dtype=dtype)
             fractions = sorted(set(args.fractions), reverse=True)
             cases, computed_experts = {}, {}

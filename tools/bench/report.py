@@ -131,26 +131,32 @@ class Record:
         self.header = {"device": device, "commit": git_commit(), "command": command}
 
     def write(self, rows: list[dict]) -> None:
-        staging = self.path.with_name(self.path.name + ".tmp")
-        try:
-            staging.write_text(json.dumps({**self.header, "rows": rows}, indent=2) + "\n")
-            os.replace(staging, self.path)
-        except OSError as exc:
-            raise BenchError(f"--record {self.path}: cannot write it ({exc.strerror or exc})") from None
+        write_replacing(self.path, json.dumps({**self.header, "rows": rows}, indent=2) + "\n", "--record")
+
+
+def write_replacing(path: Path, text: str, flag: str = "--json") -> None:
+    """Through a temporary file beside it: a reader never sees half a file."""
+    staging = path.with_name(path.name + ".tmp")
+    try:
+        staging.write_text(text)
+        os.replace(staging, path)
+    except OSError as exc:
+        raise BenchError(f"{flag} {path}: cannot write it ({exc.strerror or exc})") from None
 
 
 def check_writable(path: str, flag: str) -> None:
-    """Before a long run: that `path` can be written, without touching a file already there (a run
-    refused later must not leave an earlier run's record emptied, nor a new empty file)."""
+    """Before a long run: that `path` can be written as Record.write writes it (a new file beside it,
+    then renamed over it), without touching the path itself: a run refused later must leave an earlier
+    run's file as it was."""
     target = Path(path)
-    existed = target.exists()
+    if target.is_dir():
+        raise BenchError(f"{flag} {path}: is a folder, not a file")
+    probe = target.with_name(f".{target.name}.{os.getpid()}.probe")
     try:
-        with open(target, "a"):
-            pass
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.unlink(probe)
     except OSError as exc:
         raise BenchError(f"{flag} {path}: cannot write it ({exc.strerror or exc})") from None
-    if not existed:
-        target.unlink()
 
 
 def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:

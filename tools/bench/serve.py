@@ -41,7 +41,7 @@ from lynx_sglang.policy_setup import resolve_policy_or_error, validate_for_model
 from lynx_sglang.tiny_checkpoints.shapes import NAMED_SHAPES
 
 from .models import BenchError, BenchModel, describe_device, memory_flags, resolve_model
-from .report import Record, Result, check_writable, print_table, record_rows, result_json
+from .report import Record, Result, check_writable, print_table, record_rows, result_json, write_replacing
 
 DEFAULT_ARMS = "baseline;budget:fraction=0.5"
 DEFAULT_CONCURRENCY = "1,16,32,64"
@@ -65,7 +65,7 @@ class Arm:
         policy, _, budget = self.spec.partition(":")
         if policy.strip() not in available_policies():  # a class path: its own colon comes first
             policy, colon, budget = self.spec.rpartition(":")
-            if not colon or not ("=" in budget or budget.strip() in ("", "none")):
+            if not colon or not ("=" in budget or budget.strip().lower() in ("", "none", "off")):
                 policy, budget = self.spec, ""
         self.policy, self.budget = policy.strip(), budget.strip() or None
         try:
@@ -367,6 +367,6 @@ def run(argv: list[str]) -> int:
             print(f"lynx-sglang bench serve: error: {exc}", file=sys.stderr, flush=True)
     print_table(results)
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": str(model.path), "shape": model.name, "device": device.name,
-                                               "results": result_json(results)}, indent=2))
+        write_replacing(Path(args.json), json.dumps({"model": str(model.path), "shape": model.name,
+                                                     "device": device.name, "results": result_json(results)}, indent=2))
     return 1 if failed else 0

@@ -27,7 +27,10 @@ def answer_control_request(runtime, scheduler, recv_req):
         if request is None:
             raise ValueError("the control request is not a JSON object")
         if runtime is None or not runtime.bound:
-            raise ConfigError("the model has no MoE layers lynx-sglang can prune")
+            # Nothing here to change or count; another pipeline stage may hold MoE layers (the launcher
+            # joins the stages that do, and says so where none does).
+            reply = {"ok": True, "nonce": request.get("nonce"), "result": None, "no_moe_layers": True}
+            return _send(scheduler, request, reply)
         result = runtime.handle(request)
         if runtime.decisions is not None and request.get("op") in ("get_stats", "reset_stats"):
             # Every rank handles this request here, so every rank joins the exchange.
@@ -35,6 +38,10 @@ def answer_control_request(runtime, scheduler, recv_req):
         reply = {"ok": True, "nonce": request.get("nonce"), "result": result}
     except (ConfigError, ValueError, TypeError) as error:
         reply = {"ok": False, "nonce": (request or {}).get("nonce"), "error": str(error)}
+    return _send(scheduler, request, reply)
+
+
+def _send(scheduler, request: dict | None, reply: dict):
     _barrier(scheduler)
     reply_to = (request or {}).get("reply_to")
     if not isinstance(reply_to, str):

@@ -141,6 +141,9 @@ def scheduler_channel(server_args, tokenizer_manager, timeout_s: float = 60.0) -
                             data_parallel_replicas(server_args), pipeline_stages(server_args), timeout_s)
 
 
+NO_MOE_LAYERS = "the model has no MoE layers lynx-sglang can prune"
+
+
 def merge_replies(op: str, replies: list[list[dict]]) -> dict:
     """One answer from every scheduler's (`{"ok", "replica", "stage", "result" | "error"}`, by
     replica, then by stage)."""
@@ -154,11 +157,20 @@ def merge_replies(op: str, replies: list[list[dict]]) -> dict:
             name = part_name(refused[0].get("replica", 0), refused[0].get("stage", 0), *counts)
             error = f"{name}: {error} ({', '.join(took)} took the request)"
         raise SchedulerError(error)
-    results = [[reply["result"] for reply in stages] for stages in replies]
+    # A pipeline stage without MoE layers (a dense first layer alone, say) has nothing to show.
+    layered = [[reply for reply in stages if not reply.get("no_moe_layers")] for stages in replies]
+    if not all(layered):
+        raise SchedulerError(NO_MOE_LAYERS)
+    results = [[reply["result"] for reply in stages] for stages in layered]
+    stage_ids = [reply.get("stage", number) for number, reply in enumerate(layered[0])]
+    if len(replies[0]) == 1:
+        joined = [stages[0] for stages in results]
+    elif op in ("get_stats", "reset_stats"):
+        joined = [join_stage_stats(stages, stage_ids) for stages in results]
+    else:
+        joined = [join_stage_states(stages, len(replies[0])) for stages in results]
     if op in ("get_stats", "reset_stats"):
-        joined = [join_stage_stats(stages) if len(stages) > 1 else stages[0] for stages in results]
         return merge_stats(joined) if len(joined) > 1 else joined[0]
-    joined = [join_stage_states(stages) if len(stages) > 1 else stages[0] for stages in results]
     return merge_policy_states(joined) if len(joined) > 1 else joined[0]
 
 

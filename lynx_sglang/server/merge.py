@@ -19,15 +19,16 @@ def merge_policy_states(states: list[dict]) -> dict:
     return {**first, "replicas": len(states), "replicas_agree": agree}
 
 
-def join_stage_states(states: list[dict]) -> dict:
-    """The first stage's state, with every stage's layers in `expert_compute`."""
+def join_stage_states(states: list[dict], num_stages: int | None = None) -> dict:
+    """The first stage's state, with every stage's layers in `expert_compute`. `states`: the stages with
+    MoE layers, of `num_stages` (default: as many)."""
     expert_compute: dict = {}
     for state in states:
         expert_compute.update(state.get("expert_compute") or {})
     replays = [state.get("cuda_graphs_replay_pruning") for state in states]
     replay = None if all(value is None for value in replays) else all(replays)  # None: no stage has graphs
     return {**states[0], "expert_compute": expert_compute, "cuda_graphs_replay_pruning": replay,
-            "pipeline_stages": len(states)}  # fmt: skip
+            "pipeline_stages": num_stages or len(states)}  # fmt: skip
 
 
 # Per-layer figures: None = a count, summed; else the count that weights a mean.
@@ -71,13 +72,15 @@ def merge_stats(snapshots: list[dict]) -> dict:
     return merged
 
 
-def join_stage_stats(stages: list[dict]) -> dict:
+def join_stage_stats(stages: list[dict], stage_ids: list[int] | None = None) -> dict:
     """The statistics of a pipeline's stages (by stage) as one scheduler's. The stages run the same
     steps on different layers: the layer lists join, the model-wide figures are taken over all of
-    them, the step counts are those of the stage that routed the most steps (one whose layers the
-    policy leaves alone counts every step as passed through) but for `fallback_steps` (the most of
+    them, the step counts are those of the stage that routed the most steps (one whose routers all
+    pass through, custom routing functions say, counts every step as passed through) but for `fallback_steps` (the most of
     any stage, exact where one stage fell back) and `policy_failures` (summed); each stage's own
-    counts and layers under "pipeline_stages"."""
+    counts and layers under "pipeline_stages" (`stage_ids`: the stages' numbers, where a stage without
+    MoE layers is left out)."""
+    stage_ids = list(range(len(stages))) if stage_ids is None else stage_ids
     first = max(stages, key=lambda s: s["decode_steps"])  # the first of equals: stage 0 where all route
     joined = {**first, "fallback_steps": max(s["fallback_steps"] for s in stages),
               "policy_failures": sum(s["policy_failures"] for s in stages)}  # fmt: skip
@@ -88,11 +91,11 @@ def join_stage_stats(stages: list[dict]) -> dict:
         layers = _joined_layers([cache["layers"] for cache in caches])
         joined["expert_cache"] = {**caches[0], **cache_totals(layers, caches[0]["prefetch"])}
     if "decisions_by_rank" in first:  # tensor-parallel ranks within each stage
-        joined["decisions_by_rank"] = [{"stage": stage, **entry} for stage, s in enumerate(stages)
+        joined["decisions_by_rank"] = [{"stage": stage, **entry} for stage, s in zip(stage_ids, stages)
                                        for entry in s["decisions_by_rank"]]  # fmt: skip
         joined["ranks_agree"] = all(s["ranks_agree"] for s in stages)
     joined["pipeline_stages"] = [{"stage": stage, "layers": [layer["layer"] for layer in s["layers"]],
-                                  **{key: s[key] for key in STEP_COUNTS}} for stage, s in enumerate(stages)]  # fmt: skip
+                                  **{key: s[key] for key in STEP_COUNTS}} for stage, s in zip(stage_ids, stages)]  # fmt: skip
     return joined
 
 

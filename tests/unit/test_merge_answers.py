@@ -157,6 +157,21 @@ def test_a_stage_the_policy_leaves_alone_does_not_hide_the_other_stage_s_steps()
     assert joined["steps_by_mode"] == {"decode": 12}
 
 
+def test_a_stage_without_moe_layers_is_left_out_not_a_refusal():
+    """A dense first layer alone on stage 0: its 'no MoE layers' refused every control request (409/400)
+    after the other stages had applied a switch."""
+    empty = {"ok": True, "replica": 0, "stage": 0, "result": None, "no_moe_layers": True}
+    routed = snapshot(stage_stats(SECOND_STAGE, B_ROWS), 12, {"decode": 12})
+    stats = merge_replies("get_stats", [[empty, {"ok": True, "replica": 0, "stage": 1, "result": routed}]])
+    assert [(s["stage"], s["layers"]) for s in stats["pipeline_stages"]] == [(1, [2, 3])]
+    assert stats["decode_steps"] == 12 and [layer["layer"] for layer in stats["layers"]] == [2, 3]
+    state = {"policy": "lynx", "expert_compute": {"2": "lynx-cpu"}, "cuda_graphs_replay_pruning": None}
+    joined = merge_replies("set_policy", [[empty, {"ok": True, "replica": 0, "stage": 1, "result": state}]])
+    assert (joined["policy"], joined["pipeline_stages"], joined["expert_compute"]) == ("lynx", 2, {"2": "lynx-cpu"})
+    with pytest.raises(SchedulerError, match="^the model has no MoE layers lynx-sglang can prune$"):
+        merge_replies("get_policy", [[empty]])  # a dense model: nothing anywhere
+
+
 def test_replicas_of_pipelines_list_their_stages():
     stages = [join_stage_stats([snapshot(stage_stats(FIRST_STAGE, A_ROWS), n, {}),
                                 snapshot(stage_stats(SECOND_STAGE, B_ROWS), n, {})]) for n in (12, 3)]  # fmt: skip

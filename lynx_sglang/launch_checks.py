@@ -50,11 +50,21 @@ def checked_config(settings: dict, model_path: Path, given: GivenSettings, envir
     check_checkpoint(config_dir, weights_needed=given.value("load_format") != "dummy" and not from_hub)
     try:
         config = build_config(settings, environ, flag_names=names)
-        validate_for_model(config, MoeShape.from_checkpoint(model_path, revision))
+        shape = MoeShape.from_checkpoint(model_path, revision)
+        validate_for_model(config, shape)
     except ConfigError as exc:
         raise LaunchError(str(exc)) from None
     check_parallelism(config, given)
+    check_pipeline(shape, given)
     return config
+
+
+def check_pipeline(shape: MoeShape | None, given: GivenSettings) -> None:
+    """SGLang stops with a bare assertion in its layer builder where a stage would hold no layer."""
+    stages = given.value("pp_size")
+    if shape is not None and shape.num_layers and stages and stages.isdigit() and int(stages) > shape.num_layers:
+        raise LaunchError(f"--pp-size {stages} is more than the model's {shape.num_layers} layers: "
+                          "each pipeline stage needs at least one")
 
 
 def machine_defaults(config: LynxConfig, given: GivenSettings, *, on_cpu: bool | None = None, environ=os.environ,

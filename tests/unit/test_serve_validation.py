@@ -307,3 +307,10 @@ def test_the_startup_hint_carries_the_api_key_header_only_where_one_is_needed():
     assert "Authorization" not in example_request("http://127.0.0.1:30000")
     with_key = example_request("http://127.0.0.1:30000", with_api_key=True)
     assert "-H 'Authorization: Bearer <your --api-key>'" in with_key  # a placeholder: never the key in a log
+
+
+def test_more_pipeline_stages_than_layers_is_one_line():
+    """SGLang stopped at a bare assertion in its layer builder (exit 247) after the launch."""
+    with pytest.raises(LaunchError, match=r"^--pp-size 5 is more than the model's 4 layers: each pipeline stage"):
+        plan_launch(["--port", str(free_port()), "--pp-size", "5", "--lynx-policy", "lynx"], on_cpu=True)
+    plan_launch(["--port", str(free_port()), "--pp-size", "4"], on_cpu=True)  # one layer a stage

@@ -52,8 +52,12 @@ def _register(target: str, hook, hook_type_name: str) -> None:
 
 
 def _started_as_http_server() -> bool:
+    """`python -m sglang.launch_server` (what `lynx-sglang serve` runs), or SGLang's `sglang serve`
+    console script, whose `__main__` has no module spec."""
     main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return main_spec is not None and main_spec.name.startswith("sglang")
+    if main_spec is not None:
+        return main_spec.name.startswith("sglang")
+    return os.path.basename(sys.argv[0]) == "sglang" and sys.argv[1:2] == ["serve"]
 
 
 def _runtime_dir(config: LynxConfig, role: str) -> Path | None:

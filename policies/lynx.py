@@ -54,8 +54,8 @@ LYNX_FALLBACK = (1.0, 2)
 def lynx_defaults(num_experts: int, top_k: int, model_name: str | None = None,
                   router_kind: str | None = None) -> tuple[float, int]:
     """(alpha, beta) for a model: for a sigmoid-family router (router.router_family) the measured
-    setting of that family; else the authors' by name if it is known with this (E, k), else by (E, k), else
-    LYNX_FALLBACK = (1.0, 2). (The authors' settings were tuned on softmax logits.)"""
+    setting of that family; else the authors' by name if it is known with this (E, k), else by
+    (E, k), else LYNX_FALLBACK = (1.0, 2). (The authors' settings were tuned on softmax logits.)"""
     family = router_family(router_kind)
     if family in _LYNX_DEFAULTS_BY_ROUTER_FAMILY:
         return _LYNX_DEFAULTS_BY_ROUTER_FAMILY[family]

@@ -113,7 +113,8 @@ def main(argv=None) -> int:
         calibration_items, confirmation_items = split_items(args)
         candidates = parse_arms(args.candidates) if args.candidates is not None else None
         check_policy_names(candidates or [], running_server=bool(args.url))
-        if candidates is not None and all(arm == parse_arms("baseline")[0] for arm in candidates):
+        reference = parse_arms("baseline")[0]  # what the calibration sweep compares with
+        if candidates is not None and all(arm == reference for arm in candidates):
             raise ArmSpecError("--candidates holds only baseline, the reference: name a policy to calibrate")
     except ValueError as error:
         print(f"lynx-sglang calibrate: error: {error}", file=sys.stderr)

@@ -76,10 +76,10 @@ def join_stage_stats(stages: list[dict], stage_ids: list[int] | None = None) -> 
     """The statistics of a pipeline's stages (by stage) as one scheduler's. The stages run the same
     steps on different layers: the layer lists join, the model-wide figures are taken over all of
     them, the step counts are those of the stage that routed the most steps (one whose routers all
-    pass through, custom routing functions say, counts every step as passed through) but for `fallback_steps` (the most of
-    any stage, exact where one stage fell back) and `policy_failures` (summed); each stage's own
-    counts and layers under "pipeline_stages" (`stage_ids`: the stages' numbers, where a stage without
-    MoE layers is left out)."""
+    pass through, custom routing functions say, counts every step as passed through) but for
+    `fallback_steps` (the most of any stage, exact where one stage fell back) and `policy_failures`
+    (summed); each stage's own counts and layers under "pipeline_stages" (`stage_ids`: the stages'
+    numbers, where a stage without MoE layers is left out)."""
     stage_ids = list(range(len(stages))) if stage_ids is None else stage_ids
     first = max(stages, key=lambda s: s["decode_steps"])  # the first of equals: stage 0 where all route
     joined = {**first, "fallback_steps": max(s["fallback_steps"] for s in stages),

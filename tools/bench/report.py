@@ -134,7 +134,7 @@ class Record:
         write_replacing(self.path, json.dumps({**self.header, "rows": rows}, indent=2) + "\n", "--record")
 
 
-def write_replacing(path: Path, text: str, flag: str = "--json") -> None:
+def write_replacing(path: Path, text: str, flag: str) -> None:
     """Through a temporary file beside it: a reader never sees half a file."""
     staging = path.with_name(path.name + ".tmp")
     try:

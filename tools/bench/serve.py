@@ -368,5 +368,5 @@ def run(argv: list[str]) -> int:
     print_table(results)
     if args.json:
         write_replacing(Path(args.json), json.dumps({"model": str(model.path), "shape": model.name,
-                                                     "device": device.name, "results": result_json(results)}, indent=2))
+                                                     "device": device.name, "results": result_json(results)}, indent=2), "--json")
     return 1 if failed else 0

@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (no network): installs the kit that scripts/gpu-kit.sh prepared, and this
-# repository, into a temporary folder beside the machine's own torch and Triton, then runs one stage of scripts/gpu_stages.py
-# within a time limit and writes its results to OUTDIR.
+# repository, into a temporary folder beside the machine's own torch and Triton, then runs stages of
+# scripts/gpu_stages.py in order within one time limit and writes their results to OUTDIR.
 #
-#   bash scripts/gpu-serve.sh OUTDIR [STAGE]     STAGE: smoke (default), mixtral, qwen3, routers, compute, correctness, offload
+#   bash scripts/gpu-serve.sh OUTDIR [STAGE[,STAGE...]]
+#   STAGE: smoke (default), mixtral, qwen3, routers, compute, correctness, offload, reference
 #   KIT=.gpu-kit        where the kit lies (default .gpu-kit)
-#   STAGE_SECONDS=540   the stage's time limit; what it finished by then stays in OUTDIR
+#   STAGE_SECONDS=540   the time limit of the stages given, together; what they finished by then stays in OUTDIR
 #   PYTHON=python3      the machine's Python with its torch and Triton
 #   SITE=/tmp/lynx-gpu-site  where the kit and this repository are installed (put first on PYTHONPATH)
 #
 # Files in OUTDIR: install.txt, <stage>.txt (everything printed), <stage>.json, <stage>-serve.json for
-# bench stages, servers.log (the tail of each server's log). On a failure the end of the server logs and
-# the first missing name are printed.
+# bench stages, servers.log (the tail of each server's log). A stage that fails ends the run: the end of
+# the server logs and the first missing name are printed.
 set -uo pipefail
 out=${1:?usage: scripts/gpu-serve.sh OUTDIR [STAGE]}
-stage=${2:-smoke}
+stages=${2:-smoke}
+# The names of scripts/gpu_stages.py's STAGES (a unit test keeps them equal): a misspelt stage is refused
+# before the install, not after it.
+known_stages="smoke mixtral qwen3 routers compute correctness offload reference"
+[ -n "${stages//,/}" ] || { echo "no stage given; stages: ${known_stages// /, }"; exit 2; }
+for stage in ${stages//,/ }; do
+  case " $known_stages " in
+    *" $stage "*) ;;
+    *) echo "unknown stage '$stage'; stages: ${known_stages// /, } (several: STAGE,STAGE)"; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 kit=${KIT:-.gpu-kit}
 python=${PYTHON:-python3}
@@ -68,16 +79,27 @@ export LYNX_COMMIT=${LYNX_COMMIT:-$("$python" -c "import json; print(json.load(o
 repo=$PWD
 out=$(realpath "$out")
 cd /tmp
-timeout -s INT "${STAGE_SECONDS:-540}" "$python" "$repo/scripts/gpu_stages.py" "$stage" "$out" 2>&1 | tee "$out/$stage.txt"
-status=${PIPESTATUS[0]}
-if [ "$status" -ne 0 ]; then
-  echo "== stage $stage ended with status $status$([ "$status" -eq 124 ] && echo ' (time limit)')"
-  if [ -f "$out/servers.log" ]; then
-    echo "== the end of the server logs"
-    tail -n 60 "$out/servers.log"
+deadline=$((SECONDS + ${STAGE_SECONDS:-540}))
+status=0
+for stage in ${stages//,/ }; do
+  left=$((deadline - SECONDS))
+  if [ "$left" -lt 30 ]; then
+    echo "== no time left for stage $stage ($left s of STAGE_SECONDS)"
+    status=124
+    break
   fi
-  echo "== first missing name or import error"
-  grep -h -m 3 -E "MissingKernelError|NotImplementedError|ModuleNotFoundError|ImportError|AttributeError|No module named" \
-    "$out/servers.log" "$out/$stage.txt" 2>/dev/null || echo "(none found)"
-fi
+  timeout -s INT "$left" "$python" "$repo/scripts/gpu_stages.py" "$stage" "$out" 2>&1 | tee "$out/$stage.txt"
+  status=${PIPESTATUS[0]}
+  if [ "$status" -ne 0 ]; then
+    echo "== stage $stage ended with status $status$([ "$status" -eq 124 ] && echo ' (time limit)')"
+    if [ -f "$out/servers.log" ]; then
+      echo "== the end of the server logs"
+      tail -n 60 "$out/servers.log"
+    fi
+    echo "== first missing name or import error"
+    grep -h -m 3 -E "MissingKernelError|NotImplementedError|ModuleNotFoundError|ImportError|AttributeError|No module named" \
+      "$out/servers.log" "$out/$stage.txt" 2>/dev/null || echo "(none found)"
+    break
+  fi
+done
 exit "$status"

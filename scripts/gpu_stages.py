@@ -21,7 +21,8 @@ offload      expert offload on mixtral-8x7b reduced to 8 layers, 2 of 8 experts 
 reference    (on a CPU) writes scripts/data/embedded-greedy-cpu.json, the answers `correctness` compares to
 
 Environment: SHAPE, ARMS and CONCURRENCY narrow mixtral and qwen3 (e.g. the arms a time limit cut off);
-SHAPES the shapes of routers and compute; SMOKE_SHAPE the smoke stage's bench shape.
+SHAPES the shapes of routers and compute; SMOKE_SHAPE the smoke stage's bench shape; SMOKE_BENCH=0 leaves
+that bench out (when the same call runs a bench stage after it).
 
 Each stage writes OUTDIR/<stage>.json (and the bench stages OUTDIR/<stage>-serve.json in the schema of
 docs/benchmarks/serve-gpu.json), and appends the tail of every server log to OUTDIR/servers.log.
@@ -115,6 +116,8 @@ def smoke(stage: Stage) -> None:
     finally:
         stage.stop(server, "embedded")
     stage.save()
+    if os.environ.get("SMOKE_BENCH", "1") == "0":  # a later stage of the same call benches anyway
+        return
     bench(stage, os.environ.get("SMOKE_SHAPE", "mixtral-8x7b,num_hidden_layers=2"), "baseline;budget:fraction=0.5",
           ["--output-tokens", "32", "--requests", "16"], concurrency="1,16")
 

@@ -74,6 +74,14 @@ def test_serve_arms_that_differ_stand_and_baseline_takes_no_budget():
         parse_arms("baseline:experts=2")
 
 
+def test_serve_points_sweeps_arm_form_to_its_own():
+    with pytest.raises(BenchError, match=r"budget after a colon, lynx:fraction=0.5; POLICY\+BUDGET is sweep's form"):
+        parse_arms("baseline;lynx+fraction=0.5")
+    with pytest.raises(BenchError) as refused:
+        parse_arms("nosuch+fraction=0.5")
+    assert "sweep" not in str(refused.value)
+
+
 def test_serve_takes_a_policy_class_by_path_with_or_without_a_budget():
     """The path's own colon was read as the budget's: the arm named a module 'lynx_sglang.policies.lynx'."""
     path = "lynx_sglang.policies.lynx:LynxPolicy"

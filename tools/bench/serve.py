@@ -73,7 +73,10 @@ class Arm:
             self.config = build_config({"policy": self.policy, "budget": self.budget}, environ={},
                                        flag_names={"policy": "policy", "budget": "budget"})
         except ConfigError as exc:
-            raise BenchError(f"--arms: arm {self.spec!r}: {exc}") from None
+            head, plus, budget = self.spec.partition("+")
+            hint = (f" (bench serve writes an arm's budget after a colon, {head.strip()}:{budget.strip()}; "
+                    "POLICY+BUDGET is sweep's form)") if plus and head.strip() in available_policies() else ""
+            raise BenchError(f"--arms: arm {self.spec!r}: {exc}{hint}") from None
         if self.is_baseline and self.config.budget is not None:  # its server gets no --lynx-budget
             raise BenchError(f"--arms: arm {self.spec!r}: baseline takes no budget (it is the model's own routing)")
 

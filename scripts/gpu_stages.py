@@ -4,7 +4,8 @@
 
 smoke        the embedded model served on CUDA (policy lynx, CUDA graphs on), one completion and the
              stats; then `bench serve` on two layers of the Mixtral-8x7B shape (bf16, dummy weights)
-mixtral      `bench serve` on mixtral-8x7b: baseline, budget fraction=0.5, lynx at concurrency 1-64
+mixtral      `bench serve` on mixtral-8x7b: baseline, budget fraction=0.5, lynx at concurrency 1-64, and
+             where each server's step time goes at concurrency 32 (`--profile 32`)
 qwen3        the same on qwen3-30b-a3b
 routers      the same on glm-4.5-air reduced to 12 layers (a biased sigmoid router, a shared expert) and on
              llama-4-scout reduced to 8 (sigmoid top-1, a shared expert; not served on SGLang's CPU path)
@@ -21,6 +22,7 @@ offload      expert offload on mixtral-8x7b reduced to 8 layers, 2 of 8 experts 
 reference    (on a CPU) writes scripts/data/embedded-greedy-cpu.json, the answers `correctness` compares to
 
 Environment: SHAPE, ARMS and CONCURRENCY narrow mixtral and qwen3 (e.g. the arms a time limit cut off);
+PROFILE the level they profile (bench serve --profile; default 32, 0: none);
 SHAPES the shapes of routers and compute; SMOKE_SHAPE the smoke stage's bench shape; SMOKE_BENCH=0 leaves
 that bench out (when the same call runs a bench stage after it).
 
@@ -54,6 +56,7 @@ BENCH_ARMS = "baseline;budget:fraction=0.5;lynx"
 # The targets' levels first: each arm runs its levels in this order and the record is rewritten after
 # each, so a run the device's time cuts short keeps the levels the targets are judged at.
 BENCH_LEVELS = "32,16,1,64"
+PROFILE_LEVEL = "32"
 
 
 class Stage:
@@ -123,11 +126,18 @@ def smoke(stage: Stage) -> None:
 
 
 def mixtral(stage: Stage) -> None:
-    bench(stage, os.environ.get("SHAPE", "mixtral-8x7b"), os.environ.get("ARMS", BENCH_ARMS))
+    bench(stage, os.environ.get("SHAPE", "mixtral-8x7b"), os.environ.get("ARMS", BENCH_ARMS), profile_flags())
 
 
 def qwen3(stage: Stage) -> None:
-    bench(stage, os.environ.get("SHAPE", "qwen3-30b-a3b"), os.environ.get("ARMS", BENCH_ARMS))
+    bench(stage, os.environ.get("SHAPE", "qwen3-30b-a3b"), os.environ.get("ARMS", BENCH_ARMS), profile_flags())
+
+
+def profile_flags() -> list[str]:
+    """Where the step time goes at the targets' level (a few seconds per server), if that level runs."""
+    level = os.environ.get("PROFILE", PROFILE_LEVEL)
+    levels = os.environ.get("CONCURRENCY", BENCH_LEVELS).split(",")
+    return ["--profile", level] if level != "0" and level in levels else []
 
 
 def routers(stage: Stage) -> None:

@@ -1,6 +1,7 @@
 """Merge `bench serve --record` files of a GPU run into docs/benchmarks/serve-gpu.json and print the
-markdown tables of docs/benchmarks/serve-gpu.md: every arm against baseline at each concurrency, and
-the targets of the GPU end-to-end measurement.
+markdown tables of docs/benchmarks/serve-gpu.md: every arm against baseline at each concurrency, the
+targets of the GPU end-to-end measurement, and where a decode step's time goes where a record holds
+profiles (`bench serve --profile C`; they stay out of the JSON, whose schema is fixed).
 
     python scripts/serve_gpu_report.py OUT/mixtral-serve.json OUT/qwen3-serve.json [...] \\
         --json docs/benchmarks/serve-gpu.json > table.md
@@ -87,14 +88,32 @@ def targets(rows: list[dict]) -> list[str]:
     return lines
 
 
+def profile_table(records: list[dict]) -> list[str]:
+    """ms per decode step by category, one row per profiled server (the shares of the trace's span at
+    the level's median TPOT)."""
+    profiles = [(r["rows"][0]["shape"] if r["rows"] else "?", p) for r in records for p in r.get("profiles", [])]
+    if not profiles:
+        return []
+    categories = list(next((p["ms_per_step"] for _, p in profiles if p.get("ms_per_step")), {}))
+    lines = ["| shape | arm | kernel | c | " + " | ".join(categories) + " |",
+             "|---|---|---|---|" + "---|" * len(categories)]
+    for shape, p in profiles:
+        cells = [f"{p['ms_per_step'].get(c, 0.0):.2f}" for c in categories] if p.get("ms_per_step") else \
+            [f"failed: {p.get('error', 'no figures')}"] + [""] * (len(categories) - 1)
+        lines.append(f"| {shape} | {p['arm']} | {p['kernel']} | {p.get('concurrency', '')} | " + " | ".join(cells) + " |")
+    return ["ms per decode step by category (bench serve --profile; shares of the profiled span at the "
+            "level's median TPOT):", "", *lines]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("records", nargs="+", type=Path)
     parser.add_argument("--json", type=Path, help="write the merged record here")
     args = parser.parse_args(argv)
     try:
-        merged = merge([read_record(path, ("device", "commit", "command", "rows"), "a bench serve record")
-                        for path in args.records])
+        records = [read_record(path, ("device", "commit", "command", "rows"), "a bench serve record")
+                   for path in args.records]
+        merged = merge(records)
     except RecordError as error:
         print(f"serve_gpu_report.py: {error}", file=sys.stderr)
         return 2
@@ -103,6 +122,8 @@ def main(argv=None) -> int:
     print(f"device: {merged['device']}; commit: {merged['commit']}\n")
     print("\n".join(table(merged["rows"])))
     print("\n" + "\n".join(targets(merged["rows"])))
+    if profiles := profile_table(records):
+        print("\n" + "\n".join(profiles))
     return 0
 
 

@@ -219,3 +219,8 @@ def test_bench_help_says_what_each_benchmark_measures(capsys):
     assert done.value.code == 0
     shown = capsys.readouterr().out
     assert all(f"{name:<12} {what}" in shown for name, what in SUBCOMMANDS.items()), shown
+
+
+def test_serve_profiles_only_a_level_it_runs(capsys, no_arm_variables):
+    assert serve.main(["--concurrency", "1,4", "--profile", "2"]) == 2
+    assert "--profile 2: not one of the --concurrency levels [1, 4]" in one_error_line(capsys, "serve")

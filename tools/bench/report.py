@@ -130,8 +130,9 @@ class Record:
         self.path = Path(path)
         self.header = {"device": device, "commit": git_commit(), "command": command}
 
-    def write(self, rows: list[dict]) -> None:
-        write_replacing(self.path, json.dumps({**self.header, "rows": rows}, indent=2) + "\n", "--record")
+    def write(self, rows: list[dict], profiles: list[dict] | None = None) -> None:
+        extra = {} if profiles is None else {"profiles": profiles}  # bench serve --profile
+        write_replacing(self.path, json.dumps({**self.header, "rows": rows, **extra}, indent=2) + "\n", "--record")
 
 
 def write_replacing(path: Path, text: str, flag: str) -> None:

@@ -41,6 +41,7 @@ from lynx_sglang.policy_setup import resolve_policy_or_error, validate_for_model
 from lynx_sglang.tiny_checkpoints.shapes import NAMED_SHAPES
 
 from .models import BenchError, BenchModel, describe_device, memory_flags, resolve_model
+from .profile import profile_level, shares_line
 from .report import Record, Result, check_writable, print_table, record_rows, result_json, write_replacing
 
 DEFAULT_ARMS = "baseline;budget:fraction=0.5"
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"NAME[,KEY=VALUE...] ({', '.join(NAMED_SHAPES)}; random weights made by SGLang) or "
                              "KEY=VALUE,... overrides of the default built checkpoint, e.g. hidden_size=1024")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", type=int, default=0, metavar="C",
+                        help="after the level at concurrency C, record decode steps of each server with SGLang's "
+                             "profiler and split their time by category (in the record's `profiles`)")
     parser.add_argument("--record", help="write the rows (fixed schema, see docs) to this file, after every level")
     parser.add_argument("--json", help="also write the figures, ratios and before-figures to this file")
     parser.add_argument("serve_args", nargs="*", help="extra flags for `lynx-sglang serve` (after --)")
@@ -263,7 +267,7 @@ def kv_token_flags(args, levels: list[int], on_gpu: bool) -> list[str]:
 
 
 def serve_one(model: BenchModel, arm: Arm, kernel: str, args, levels, extra: list[str], log: Path,
-              on_result) -> None:
+              on_result, profile=None) -> None:
     label = arm.spec + ("" if arm.is_baseline else f" [{kernel}]")
     server = ManagedServer(log, policy=None, model_path=str(model.path),
                            serve_args=["--dtype", "bfloat16", *model.serve_flags, *arm.serve_flags(kernel), *extra,
@@ -286,6 +290,9 @@ def serve_one(model: BenchModel, arm: Arm, kernel: str, args, levels, extra: lis
             print(f"  {label} c={concurrency}: {count} requests in {seconds:.1f} s, {result.tokens_per_s:.1f} tok/s, "
                   f"TPOT median {result.tpot_median:.1f} ms, p90 {result.tpot_p90:.1f} ms{experts}", flush=True)
             on_result(result)
+            if profile is not None and concurrency == args.profile:  # fresh prompts: nothing in the prefix cache
+                prompts = [[rng.randrange(*model.prompt_ids) for _ in range(args.prompt_tokens)] for _ in range(concurrency)]
+                profile(server, arm, kernel, concurrency, prompts, result.tpot_median)
     except ServerError as exc:
         elapsed = time.perf_counter() - started
         raise ServerError(f"{label}: {exc} ({elapsed:.0f} s after the start; server log: {log})\n"
@@ -330,6 +337,8 @@ def run(argv: list[str]) -> int:
         raise BenchError(str(error)) from None
     kernels = parse_list("--kernels", args.kernels, KERNELS)
     check_counts(args, levels)
+    if args.profile and args.profile not in levels:
+        raise BenchError(f"--profile {args.profile}: not one of the --concurrency levels {levels}")
     check_arm_settings(args.serve_args)
     try:  # a --port or --host after `--` is where every arm's server listens, one after the other
         served_address(args.serve_args)
@@ -354,17 +363,32 @@ def run(argv: list[str]) -> int:
     print(f"model {model.describe()}; device {device.name}; {len(runs)} servers; concurrency {levels}; "
           f"{args.prompt_tokens} prompt + {args.output_tokens} output tokens per request; logs in {logs}", flush=True)
     results: list[Result] = []
+    profiles: list[dict] = []
 
     def on_result(result: Result) -> None:
         results.append(result)
         if record is not None:
-            record.write(record_rows(results, model))
+            record.write(record_rows(results, model), profiles if args.profile else None)
+
+    def profile(server: ManagedServer, arm: Arm, kernel: str, concurrency: int, prompts, tpot_median_ms) -> None:
+        entry = {"arm": arm.spec, "kernel": "sglang" if arm.is_baseline else kernel}
+        try:  # a profile that fails costs its entry, never the benchmark
+            entry.update(profile_level(server.url, prompts, args.output_tokens, logs / "profiles",
+                                       device.gpu_bytes is not None, tpot_median_ms))  # fmt: skip
+            print(f"  {arm.spec} profile c={concurrency}: {shares_line(entry['shares'])}", flush=True)
+        except (ServerError, OSError, TimeoutError, ValueError) as exc:
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            print(f"  {arm.spec} profile c={concurrency}: failed ({entry['error']})", flush=True)
+        profiles.append(entry)
+        if record is not None:
+            record.write(record_rows(results, model), profiles)
 
     failed = 0
     extra = kv_token_flags(args, levels, device.gpu_bytes is not None) + memory_flags(model, device, args.serve_args)
     for number, (arm, kernel) in enumerate(runs):
         try:
-            serve_one(model, arm, kernel, args, levels, extra, logs / f"{number}-{arm.policy}-{kernel}.log", on_result)
+            serve_one(model, arm, kernel, args, levels, extra, logs / f"{number}-{arm.policy}-{kernel}.log", on_result,
+                      profile if args.profile else None)
         except ServerError as exc:  # the other arms still run: a long GPU run keeps what it can measure
             failed += 1
             print(f"lynx-sglang bench serve: error: {exc}", file=sys.stderr, flush=True)

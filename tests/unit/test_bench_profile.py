@@ -1,0 +1,53 @@
+"""`bench serve --profile`: the split of a profiler trace by category (the trace itself comes from
+SGLang's profiler in tests/integration/test_bench_serve.py)."""
+
+import pytest
+
+from lynx_sglang.tools.bench.profile import category_of, own_times, shares_line, summarize_trace
+
+
+@pytest.mark.parametrize("name, category", [
+    ("fused_moe_kernel", "expert_gemm"), ("_gate_up_activation_kernel", "expert_gemm"),
+    ("_moe_sum_reduce_kernel", "expert_gemm"), ("_align_kernel", "moe_align"),
+    ("routing_decide_kernel", "lynx_routing"), ("routing_rows_kernel", "lynx_routing"),
+    ("_layer_kernel", "lynx_bookkeeping"), ("_router_triton_kernel", "model_routing"),
+    ("void at::native::(anonymous namespace)::softmax_warp_forward<float>", "model_routing"),
+    ("_fwd_grouped_kernel_stage1", "attention"), ("_fwd_kernel_stage2", "attention"),
+    ("nvjet_tst_128x64_64x4_1x2_h_bz_coopA_NNT", "dense_gemm"), ("sm90_xmma_gemm_bf16bf16", "dense_gemm"),
+    ("aten::mm", "dense_gemm"), ("void at::native::vectorized_elementwise_kernel<4>", "other"),
+])  # fmt: skip
+def test_kernel_and_operator_names_fall_in_their_category(name, category):
+    assert category_of(name) == category
+
+
+def kernel(name, ts, dur):
+    return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur, "pid": 0, "tid": 7}
+
+
+def test_gpu_kernels_split_the_span_with_the_idle_time_between_them():
+    trace = {"traceEvents": [kernel("fused_moe_kernel", 0, 60), kernel("_fwd_kernel_stage1", 70, 20),
+                             kernel("nvjet_tst", 90, 10), {"ph": "i", "name": "marker", "ts": 5}]}  # fmt: skip
+    summary = summarize_trace(trace, tpot_median_ms=10.0)
+    assert summary["source"] == "kernels" and summary["span_ms"] == 0.1
+    assert summary["shares"]["expert_gemm"] == 0.6 and summary["shares"]["attention"] == 0.2
+    assert summary["shares"]["dense_gemm"] == 0.1 and summary["shares"]["idle"] == 0.1
+    assert summary["ms_per_step"]["expert_gemm"] == 6.0 and sum(summary["ms_per_step"].values()) == pytest.approx(10.0)
+    assert summary["top"][0] == {"name": "fused_moe_kernel", "category": "expert_gemm", "share": 0.6}
+    assert shares_line(summary["shares"]).startswith("expert_gemm 60% · attention 20%")
+
+
+def test_nested_cpu_operators_count_their_own_time_only():
+    def op(name, ts, dur, tid=1):
+        return {"ph": "X", "cat": "cpu_op", "name": name, "ts": ts, "dur": dur, "pid": 0, "tid": tid}
+
+    events = [op("aten::linear", 0, 100), op("aten::mm", 10, 70), op("aten::add", 85, 10), op("aten::mm", 0, 50, tid=2)]
+    assert sorted(own_times(events)) == [("aten::add", 10.0), ("aten::linear", 20.0), ("aten::mm", 50.0), ("aten::mm", 70.0)]
+    summary = summarize_trace({"traceEvents": events}, tpot_median_ms=None)
+    # operators on two threads: shares of their total time, no idle
+    assert summary["source"] == "cpu operators" and summary["ms_per_step"] is None
+    assert summary["shares"]["dense_gemm"] == pytest.approx(140 / 150, abs=1e-4) and summary["shares"]["idle"] == 0.0
+
+
+def test_a_trace_without_kernels_or_operators_is_refused():
+    with pytest.raises(ValueError, match="no kernels and no CPU operators"):
+        summarize_trace({"traceEvents": [{"ph": "M", "name": "process_name"}]}, 1.0)

@@ -145,6 +145,14 @@ def check_checkpoint(path: Path, weights_needed: bool = True) -> None:
     for w in weights:
         if not os.access(w, os.R_OK):
             raise LaunchError(f"cannot read weight file {w}: permission denied")
+    if weights and weights_needed and "Llama4ForCausalLM" in (config.get("architectures") or ()):
+        # Llama4ForCausalLM loads through LlamaForCausalLM.load_weights, which has no mapping for the
+        # fused `feed_forward.experts.*` tensors: it skips them and the experts keep uninitialised memory.
+        raise LaunchError(
+            f"{path} is a text-only Llama4ForCausalLM checkpoint: SGLang loads none of its expert weights "
+            "(its answers would be garbage or NaN); serve the published Llama4ForConditionalGeneration "
+            "checkpoint, or this one with --load-format dummy"
+        )
 
 
 def check_parallelism(config: LynxConfig, given: GivenSettings) -> None:

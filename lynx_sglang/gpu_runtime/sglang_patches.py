@@ -45,8 +45,17 @@ def unquantized_moe_forward_native(self, layer, dispatch_output):
     return self.forward_cpu(layer, dispatch_output)
 
 
+def no_dual_gemm(self, gate_up_proj, hidden_size):
+    """Llama's MLP (Llama-4's shared expert and dense layers) asks on CUDA whether SGLang's small-batch
+    dual GEMM applies, importing its CuTe DSL kernel, hence `cutlass`, which the GPU runtime lacks, to
+    find out. That kernel needs SM100; on the H100/H200 SGLang's own answer is no dual GEMM."""
+    return None
+
+
 def biased_grouped_topk_postprocess(topk_ids, expert_location_dispatch_info, num_token_non_padded):
-    """SGLang's function without its torch.compile wrapper (the only compile on the decode path)."""
+    """SGLang's function without its torch.compile wrapper, on every grouped top-k layer's decode path
+    (DeepSeek-V3, GLM-4.5). Llama-4 keeps two compiled functions (its routing function and the NoPE
+    layers' attention scale): inductor compiles them with Triton before the graphs are captured."""
     from sglang.srt.layers.moe.topk import _mask_topk_ids_padded_region, topk_ids_logical_to_physical
 
     topk_ids = topk_ids_logical_to_physical(topk_ids, expert_location_dispatch_info)
@@ -66,4 +75,5 @@ REPLACEMENTS = {
     "sglang.srt.models.utils.enable_fused_set_kv_buffer": no,
     "sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.forward_native": unquantized_moe_forward_native,
     "sglang.srt.layers.moe.topk._biased_grouped_topk_postprocess": biased_grouped_topk_postprocess,
+    "sglang.srt.layers.dual_gemm.DualGemm._select_mode": no_dual_gemm,
 }

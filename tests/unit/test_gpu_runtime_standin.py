@@ -5,8 +5,10 @@ runtime registers still exists (SGLang's HookRegistry only logs a target it cann
 import argparse
 import ast
 import importlib
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,8 +110,7 @@ def test_on_pythonpath_the_standin_is_sgl_kernel_and_its_stubs_name_themselves()
     assert {result[m] for m in ABSENT} == {"absent"}
 
 
-@pytest.mark.parametrize("target", sorted(sglang_patches.REPLACEMENTS))
-def test_every_replace_target_exists_in_the_installed_sglang(target):
+def replaced(target: str):
     parts = target.split(".")
     for split in range(len(parts) - 1, 0, -1):  # the longest importable module prefix, then attributes
         try:
@@ -119,8 +120,29 @@ def test_every_replace_target_exists_in_the_installed_sglang(target):
         for attribute in parts[split:]:
             assert hasattr(owner, attribute), f"{target}: no {attribute} in {owner}"
             owner = getattr(owner, attribute)
-        return
+        return owner
     pytest.fail(f"{target}: no importable module")
+
+
+@pytest.mark.parametrize("target", sorted(sglang_patches.REPLACEMENTS))
+def test_every_replace_target_exists_and_its_replacement_takes_its_arguments(target):
+    """SGLang calls the replacement as it calls the original: every argument the original takes,
+    positionally where it may be positional, must bind (a mismatch would show only on a GPU)."""
+    original = inspect.signature(replaced(target))
+    positional = [p for p in original.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+    by_name = {p.name: None for p in original.parameters.values() if p.kind is p.KEYWORD_ONLY}
+    inspect.signature(sglang_patches.REPLACEMENTS[target]).bind(*[None] * len(positional), **by_name)
+
+
+def test_llama_mlp_would_import_cutlass_on_cuda_without_the_dual_gemm_hook():
+    """Why DualGemm._select_mode is replaced: on CUDA it imports the CuTe DSL kernel to ask whether
+    the dual GEMM applies (SM100 only), and that module needs `cutlass`, which the GPU runtime lacks."""
+    source = inspect.getsource(replaced("sglang.srt.layers.dual_gemm.DualGemm._select_mode"))
+    assert "from sglang.kernels.ops.gemm.cutedsl_dual_gemm import" in source
+    kernel_source = (SGLANG / "kernels" / "ops" / "gemm" / "cutedsl_dual_gemm.py").read_text()
+    assert re.search(r"^import cutlass$", kernel_source, re.M)
+    assert sglang_patches.no_dual_gemm(None, None, 4096) is None
 
 
 def test_runtime_settings_are_sglang_flags_and_the_log_line_names_them():

@@ -72,6 +72,11 @@ def test_llama4_is_refused_on_a_cpu_before_sglang_starts_and_planned_on_a_gpu(tm
     with pytest.raises(LaunchError, match=r"\(Llama4ForCausalLM\) cannot be served on a CPU: Llama-4's experts"):
         plan_launch(argv, on_cpu=True)
     assert plan_launch(argv, on_cpu=False, sgl_kernel_ok=True).model_path == tmp_path
+    # with its weight files, on a GPU too: SGLang's Llama4ForCausalLM loader skips the fused experts
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(LaunchError, match=r"text-only Llama4ForCausalLM checkpoint: SGLang loads none of its expert"):
+        plan_launch(argv[:-2], on_cpu=False, sgl_kernel_ok=True)
+    assert plan_launch(argv, on_cpu=False, sgl_kernel_ok=True).model_path == tmp_path
 
 
 def test_deepseek_and_gpt_oss_get_triton_attention_interpreted_on_a_cpu(tmp_path):

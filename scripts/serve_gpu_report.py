@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from lynx_sglang.tools.bench.profile import CATEGORIES, IDLE, OTHER
 from lynx_sglang.tools.records import RecordError, read_record
 
 # (shape, concurrency, arm): the largest TPOT ratio to baseline the target allows.
@@ -89,20 +90,23 @@ def targets(rows: list[dict]) -> list[str]:
 
 
 def profile_table(records: list[dict]) -> list[str]:
-    """ms per decode step by category, one row per profiled server (the shares of the trace's span at
-    the level's median TPOT)."""
+    """ms per decode step by category, one row per profiled server."""
     profiles = [(r["rows"][0]["shape"] if r["rows"] else "?", p) for r in records for p in r.get("profiles", [])]
     if not profiles:
         return []
-    categories = list(next((p["ms_per_step"] for _, p in profiles if p.get("ms_per_step")), {}))
-    lines = ["| shape | arm | kernel | c | " + " | ".join(categories) + " |",
-             "|---|---|---|---|" + "---|" * len(categories)]
+    categories = [name for name, _ in CATEGORIES] + [OTHER, IDLE]
+    lines = ["| shape | layers | arm | kernel | c | steps (batch) | ms per step | " + " | ".join(categories) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(categories)]
     for shape, p in profiles:
-        cells = [f"{p['ms_per_step'].get(c, 0.0):.2f}" for c in categories] if p.get("ms_per_step") else \
-            [f"failed: {p.get('error', 'no figures')}"] + [""] * (len(categories) - 1)
-        lines.append(f"| {shape} | {p['arm']} | {p['kernel']} | {p.get('concurrency', '')} | " + " | ".join(cells) + " |")
-    return ["ms per decode step by category (bench serve --profile; shares of the profiled span at the "
-            "level's median TPOT):", "", *lines]
+        head = f"| {shape} | {p.get('num_layers', '')} | {p['arm']} | {p['kernel']} | {p.get('concurrency', '')} |"
+        if "ms_per_step" in p:
+            cells = [f"{p['steps_recorded']} ({', '.join(map(str, p['batch_sizes']))})", f"{p['step_ms']:.2f}",
+                     *(f"{p['ms_per_step'].get(c, 0.0):.2f}" for c in categories)]  # fmt: skip
+        else:
+            cells = [f"failed: {p.get('error', 'no figures')}", *[""] * (len(categories) + 1)]
+        lines.append(head + " " + " | ".join(cells) + " |")
+    return ["Where a decode step's time goes (bench serve --profile): ms per step by category, from SGLang's "
+            "profiler (idle: no kernel running on a GPU; on a CPU, time in no operator):", "", *lines]
 
 
 def main(argv=None) -> int:

@@ -8,6 +8,7 @@ import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,17 +73,20 @@ def test_named_shape_with_dummy_weights_records_both_arms(tmp_path):
 def test_model_path_with_a_chosen_kernel_and_a_profile(tmp_path):
     model = build_tiny_checkpoint("mixtral", tmp_path / "tiny-mixtral", seed=3)
     record, figures = tmp_path / "record.json", tmp_path / "bench.json"
-    proc = bench("--model-path", str(model), "--arms", "budget:fraction=0.5", "--kernels", "sglang", *SMALL_LOAD,
+    load = ["--concurrency", "4", "--requests", "8", "--prompt-tokens", "16", "--output-tokens", "24"]
+    proc = bench("--model-path", str(model), "--arms", "budget:fraction=0.5", "--kernels", "sglang", *load,
                  "--profile", "4", "--record", str(record), "--json", str(figures), "--", "--dtype", "float32")  # fmt: skip
     assert "KV cache holds" not in proc.stdout
-    # SGLang's profiler ran while 4 requests decoded; the requests (6 tokens) ended before its 16
-    # steps, so the profile was stopped and written all the same
+    # SGLang's profiler recorded decode steps while 4 requests decoded; its trace stays with the logs
     [profile] = json.loads(record.read_text())["profiles"]
-    assert (profile["arm"], profile["kernel"], profile["concurrency"]) == ("budget:fraction=0.5", "sglang", 4)
-    assert profile["source"] == "cpu operators" and profile["span_ms"] > 0
+    assert (profile["arm"], profile["kernel"], profile["concurrency"], profile["num_layers"]) == (
+        "budget:fraction=0.5", "sglang", 4, 4)
+    assert profile["source"] == "cpu operators" and profile["batch_sizes"] == [4] and profile["steps_recorded"] >= 8
     assert sum(profile["shares"].values()) == pytest.approx(1.0, abs=1e-3) and profile["shares"]["dense_gemm"] > 0
-    assert sum(profile["ms_per_step"].values()) == pytest.approx(row_tpot(record), rel=1e-2)
-    assert "budget:fraction=0.5 profile c=4: " in proc.stdout and profile["top"][0]["share"] > 0
+    assert sum(profile["ms_per_step"].values()) == pytest.approx(profile["step_ms"], rel=1e-2)
+    assert 0 < profile["step_ms"] < 10 * profile["tpot_median_ms"]
+    assert Path(profile["trace"]).is_file() and profile["trace"] in proc.stdout
+    assert "budget:fraction=0.5 [sglang] profile c=4: " in proc.stdout and profile["top"][0]["share"] > 0
     [row] = json.loads(record.read_text())["rows"]
     check_row_values(row)
     assert (row["shape"], row["num_layers"]) == ("tiny-mixtral", 4)
@@ -90,10 +94,6 @@ def test_model_path_with_a_chosen_kernel_and_a_profile(tmp_path):
     [result] = json.loads(figures.read_text())["results"]  # --json keeps its own format
     assert result["ratios_to_baseline"] is None  # no baseline arm to compare with
     assert row["experts_per_layer"] <= 4 and row["experts_per_layer"] < result["distinct_experts_per_layer_before"]
-
-
-def row_tpot(record):
-    return json.loads(record.read_text())["rows"][0]["tpot_median_ms"]
 
 
 def test_a_kv_cache_below_the_highest_level_is_named(tmp_path):

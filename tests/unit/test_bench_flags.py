@@ -221,6 +221,8 @@ def test_bench_help_says_what_each_benchmark_measures(capsys):
     assert all(f"{name:<12} {what}" in shown for name, what in SUBCOMMANDS.items()), shown
 
 
-def test_serve_profiles_only_a_level_it_runs(capsys, no_arm_variables):
+def test_serve_profiles_only_a_level_it_runs_with_requests_long_enough(capsys, no_arm_variables):
     assert serve.main(["--concurrency", "1,4", "--profile", "2"]) == 2
     assert "--profile 2: not one of the --concurrency levels [1, 4]" in one_error_line(capsys, "serve")
+    assert serve.main(["--concurrency", "1,4", "--profile", "4", "--output-tokens", "8"]) == 2
+    assert "--profile needs --output-tokens 24 or more (16 decode steps" in one_error_line(capsys, "serve")

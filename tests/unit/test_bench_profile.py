@@ -24,30 +24,41 @@ def kernel(name, ts, dur):
     return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur, "pid": 0, "tid": 7}
 
 
-def test_gpu_kernels_split_the_span_with_the_idle_time_between_them():
-    trace = {"traceEvents": [kernel("fused_moe_kernel", 0, 60), kernel("_fwd_kernel_stage1", 70, 20),
-                             kernel("nvjet_tst", 90, 10), {"ph": "i", "name": "marker", "ts": 5}]}  # fmt: skip
-    summary = summarize_trace(trace, tpot_median_ms=10.0)
-    assert summary["source"] == "kernels" and summary["span_ms"] == 0.1
+def step(ts, dur, batch=32, mode="DECODE"):
+    return {"ph": "X", "cat": "user_annotation", "name": f"step[{mode} bs={batch}]", "ts": ts, "dur": dur, "tid": 1}
+
+
+def test_gpu_kernels_split_the_span_of_the_recorded_decode_steps_with_the_idle_time_between_them():
+    trace = {"traceEvents": [step(0, 5), step(50, 5), kernel("fused_moe_kernel", 0, 60),
+                             kernel("_fwd_kernel_stage1", 70, 20), kernel("nvjet_tst", 90, 10),
+                             {"ph": "i", "name": "marker", "ts": 5}]}  # fmt: skip
+    summary = summarize_trace(trace)
+    assert summary["source"] == "kernels" and (summary["steps_recorded"], summary["batch_sizes"]) == (2, [32])
+    assert summary["step_ms"] == 0.05  # 100 us of kernels' span over 2 steps
     assert summary["shares"]["expert_gemm"] == 0.6 and summary["shares"]["attention"] == 0.2
     assert summary["shares"]["dense_gemm"] == 0.1 and summary["shares"]["idle"] == 0.1
-    assert summary["ms_per_step"]["expert_gemm"] == 6.0 and sum(summary["ms_per_step"].values()) == pytest.approx(10.0)
+    assert summary["ms_per_step"]["expert_gemm"] == 0.03
+    assert sum(summary["ms_per_step"].values()) == pytest.approx(summary["step_ms"])
     assert summary["top"][0] == {"name": "fused_moe_kernel", "category": "expert_gemm", "share": 0.6}
     assert shares_line(summary["shares"]).startswith("expert_gemm 60% · attention 20%")
 
 
-def test_nested_cpu_operators_count_their_own_time_only():
+def test_cpu_operators_count_their_own_time_inside_the_decode_steps_and_the_rest_is_idle():
     def op(name, ts, dur, tid=1):
         return {"ph": "X", "cat": "cpu_op", "name": name, "ts": ts, "dur": dur, "pid": 0, "tid": tid}
 
-    events = [op("aten::linear", 0, 100), op("aten::mm", 10, 70), op("aten::add", 85, 10), op("aten::mm", 0, 50, tid=2)]
-    assert sorted(own_times(events)) == [("aten::add", 10.0), ("aten::linear", 20.0), ("aten::mm", 50.0), ("aten::mm", 70.0)]
-    summary = summarize_trace({"traceEvents": events}, tpot_median_ms=None)
-    # operators on two threads: shares of their total time, no idle
-    assert summary["source"] == "cpu operators" and summary["ms_per_step"] is None
-    assert summary["shares"]["dense_gemm"] == pytest.approx(140 / 150, abs=1e-4) and summary["shares"]["idle"] == 0.0
+    nested = [op("aten::linear", 0, 100), op("aten::mm", 10, 70), op("aten::add", 85, 10), op("aten::mm", 0, 50, tid=2)]
+    assert sorted(own_times(nested)) == [("aten::add", 10.0), ("aten::linear", 20.0), ("aten::mm", 50.0), ("aten::mm", 70.0)]
+    # a 200 us decode step holds the linear (100 us of operators); a prefill and an operator outside count for nothing
+    events = [step(0, 200, batch=4), step(300, 100, mode="EXTEND"), op("aten::linear", 0, 100), op("aten::mm", 10, 70),
+              op("aten::add", 85, 10), op("aten::mm", 300, 50)]  # fmt: skip
+    summary = summarize_trace({"traceEvents": events})
+    assert summary["source"] == "cpu operators" and (summary["steps_recorded"], summary["batch_sizes"]) == (1, [4])
+    assert summary["step_ms"] == 0.2
+    assert summary["shares"]["dense_gemm"] == 0.45 and summary["shares"]["other"] == 0.05
+    assert summary["shares"]["idle"] == 0.5
 
 
-def test_a_trace_without_kernels_or_operators_is_refused():
-    with pytest.raises(ValueError, match="no kernels and no CPU operators"):
-        summarize_trace({"traceEvents": [{"ph": "M", "name": "process_name"}]}, 1.0)
+def test_a_trace_without_decode_steps_says_the_requests_ended_first():
+    with pytest.raises(ValueError, match=r"no decode step: the requests ended before the profile began \(raise --output-tokens\)"):
+        summarize_trace({"traceEvents": [kernel("fused_moe_kernel", 0, 5), step(0, 5, mode="EXTEND")]})

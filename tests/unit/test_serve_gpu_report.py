@@ -68,16 +68,18 @@ def test_a_file_that_is_no_record_is_one_line(tmp_path, capsys, text, message):
 
 def test_profiles_print_as_a_table_and_stay_out_of_the_fixed_schema(tmp_path, capsys):
     profiled = record([row("mixtral-8x7b", "baseline", 32, 20.0)])
+    ms = {"expert_gemm": 14.0, "attention": 3.0, "idle": 1.5}
     profiled["profiles"] = [
-        {"arm": "baseline", "kernel": "sglang", "concurrency": 32,
-         "ms_per_step": {"expert_gemm": 14.0, "attention": 3.0, "idle": 1.5}},
-        {"arm": "budget:fraction=0.5", "kernel": "auto", "error": "TimeoutError: no complete trace"},
+        {"arm": "baseline", "kernel": "sglang", "concurrency": 32, "num_layers": 24, "steps_recorded": 16,
+         "batch_sizes": [32], "step_ms": 20.0, "ms_per_step": ms},
+        {"arm": "budget:fraction=0.5", "kernel": "auto", "concurrency": 32, "error": "TimeoutError: no complete trace"},
     ]  # fmt: skip
     path, merged = tmp_path / "mixtral-serve.json", tmp_path / "serve-gpu.json"
     path.write_text(json.dumps(profiled))
     assert report.main([str(path), "--json", str(merged)]) == 0
     out = capsys.readouterr().out
-    assert "| shape | arm | kernel | c | expert_gemm | attention | idle |" in out
-    assert "| mixtral-8x7b | baseline | sglang | 32 | 14.00 | 3.00 | 1.50 |" in out
-    assert "| mixtral-8x7b | budget:fraction=0.5 | auto |  | failed: TimeoutError: no complete trace |  |  |" in out
+    assert ("| shape | layers | arm | kernel | c | steps (batch) | ms per step | expert_gemm | moe_align | lynx_routing | "
+            "lynx_bookkeeping | model_routing | attention | dense_gemm | other | idle |") in out
+    assert "| mixtral-8x7b | 24 | baseline | sglang | 32 | 16 (32) | 20.00 | 14.00 | 0.00 | 0.00 | 0.00 | 0.00 | 3.00 |" in out
+    assert "| mixtral-8x7b |  | budget:fraction=0.5 | auto | 32 | failed: TimeoutError: no complete trace |" in out
     assert set(json.loads(merged.read_text())) == {"device", "commit", "command", "rows"}

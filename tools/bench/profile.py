@@ -3,9 +3,9 @@ with SGLang's own profiler (POST /start_profile) while C requests decode, and sp
 by category (expert GEMMs, MoE alignment, the model's routing, lynx's routing and bookkeeping,
 attention, dense GEMMs, the rest, and the device's idle time between kernels).
 
-On a GPU the trace holds kernels (inside CUDA graphs too); the split is of their time. On a CPU it
-holds operators, which nest: each counts its own time only, and the split is of operator time.
-Shares are of the trace's span; `ms_per_step` scales them by the level's median TPOT."""
+On a GPU the split is of the kernels' time (those replayed in CUDA graphs too); on a CPU of the
+operators' (they nest: each counts its own time only). SGLang's span around every forward step tells
+how many decode steps were recorded, at which batch sizes, and so the ms per step."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ CATEGORIES = (
 )
 OTHER = "other"
 IDLE = "idle"
+# SGLang's span around each forward step (model_runner.py, build_step_span_name)
+STEP_SPAN = re.compile(r"^step\[(\w+) bs=(\d+)")
 
 
 def category_of(name: str) -> str:
@@ -63,35 +65,47 @@ def own_times(events: list[dict]) -> list[tuple[str, float]]:
     return result
 
 
-def summarize_trace(trace: dict, tpot_median_ms: float | None, top: int = 12) -> dict:
-    """The split of one trace: shares of its span by category (with idle), ms per decode step at the
-    level's median TPOT, and the names that took the most time."""
+def summarize_trace(trace: dict, top: int = 12) -> dict:
+    """The split of one trace's decode steps by category, as shares and as ms per step, and the names
+    that took the most time. The steps are SGLang's `step[DECODE bs=N]` spans. On a GPU the window
+    is the kernels' span (idle: no kernel running); on a CPU the steps' own spans, with the operators
+    that ran inside them (idle: host time in no operator, Python's)."""
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e and "ts" in e]
+    steps = [(e, match) for e in events if e.get("cat") == "user_annotation" and (match := STEP_SPAN.match(e["name"]))]
+    decode = [e for e, match in steps if match.group(1) == "DECODE"]
     kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
-    source = "kernels" if kernels else "cpu operators"
-    timed = kernels or [e for e in events if e.get("cat") == "cpu_op"]
-    if not timed:
-        raise ValueError("the trace holds no kernels and no CPU operators")
-    span = max(e["ts"] + e["dur"] for e in timed) - min(e["ts"] for e in timed)
+    if kernels:
+        timed = kernels
+        span = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
+    else:
+        timed = [e for e in events if e.get("cat") == "cpu_op" and any(inside(e, step) for step in decode)]
+        span = sum(step["dur"] for step in decode)
+    if not decode or not timed:
+        raise ValueError("the trace holds no decode step: the requests ended before the profile began "
+                         "(raise --output-tokens)")
     by_name: dict[str, float] = {}
     for name, own in own_times(timed):
         by_name[name] = by_name.get(name, 0.0) + own
     by_category: dict[str, float] = {}
     for name, own in by_name.items():
         by_category[category_of(name)] = by_category.get(category_of(name), 0.0) + own
-    busy = sum(by_category.values())
-    if not kernels:  # CPU operators run on several threads: shares of their total, not of the span
-        span = busy
     shares = {category: round(by_category.get(category, 0.0) / span, 4) for category, _ in (*CATEGORIES, (OTHER, ""))}
-    shares[IDLE] = round(max(0.0, 1.0 - busy / span), 4) if span else 0.0
+    shares[IDLE] = round(max(0.0, 1.0 - sum(by_category.values()) / span), 4)
+    step_ms = span / 1000 / len(decode)
     return {
-        "source": source,
-        "span_ms": round(span / 1000, 3),
+        "source": "kernels" if kernels else "cpu operators",
+        "steps_recorded": len(decode),
+        "batch_sizes": sorted({int(match.group(2)) for e, match in steps if match.group(1) == "DECODE"}),
+        "step_ms": round(step_ms, 3),
         "shares": shares,
-        "ms_per_step": None if tpot_median_ms is None else {k: round(v * tpot_median_ms, 3) for k, v in shares.items()},
+        "ms_per_step": {category: round(share * step_ms, 3) for category, share in shares.items()},
         "top": [{"name": name[:120], "category": category_of(name), "share": round(own / span, 4)}
                 for name, own in sorted(by_name.items(), key=lambda item: -item[1])[:top]],
     }
+
+
+def inside(event: dict, span: dict) -> bool:
+    return span["ts"] <= event["ts"] < span["ts"] + span["dur"]
 
 
 def read_trace(path: Path) -> dict:
@@ -101,29 +115,43 @@ def read_trace(path: Path) -> dict:
 
 
 def profile_level(url: str, prompts: list[list[int]], output_tokens: int, trace_dir: Path, on_gpu: bool,
-                  tpot_median_ms: float | None, steps: int = PROFILE_STEPS) -> dict:
+                  steps: int = PROFILE_STEPS) -> dict:
     """One request per prompt decodes (up to `output_tokens`, what the KV cache was sized for); once
     every one has its first token (all prefills done), SGLang's profiler records `steps` forward steps,
     and the requests are let go once it has written its trace (requests that end first stop the
-    profile early: the trace then holds fewer steps)."""
+    profile early: the trace then holds fewer steps, which the summary says)."""
     profile_id = f"lynx-bench-{time.time_ns()}"
     started = threading.Semaphore(0)
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
         streams = [pool.submit(_decode_until, url, prompt, output_tokens, stop, started.release) for prompt in prompts]
         try:
-            for _ in prompts:
-                if not started.acquire(timeout=600):
-                    raise TimeoutError("the profiled requests did not all start decoding within 600 s")
+            _await_first_tokens(started, streams)
+            # CPU activity too: SGLang's step spans are host-side annotations
             _post(url, "/start_profile", {"output_dir": str(trace_dir), "num_steps": steps, "profile_id": profile_id,
-                                          "activities": ["GPU"] if on_gpu else ["CPU"], "with_stack": False,
+                                          "activities": ["CPU", "GPU"] if on_gpu else ["CPU"], "with_stack": False,
                                           "record_shapes": False})  # fmt: skip
-            trace = _wait_for_trace(url, trace_dir, profile_id, streams)
+            path, trace = _wait_for_trace(url, trace_dir, profile_id, streams)
         finally:
             stop.set()
         for stream in streams:
             stream.result()
-    return {"concurrency": len(prompts), "steps_asked": steps, **summarize_trace(trace, tpot_median_ms)}
+    return {"trace": str(path), **summarize_trace(trace)}
+
+
+def _await_first_tokens(started: threading.Semaphore, streams, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    for _ in streams:
+        while not started.acquire(timeout=0.5):
+            _raise_if_failed(streams)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the profiled requests did not all start decoding within {timeout_s:.0f} s")
+
+
+def _raise_if_failed(streams) -> None:
+    for stream in streams:
+        if stream.done() and stream.exception() is not None:
+            raise stream.exception()
 
 
 def _decode_until(url: str, prompt: list[int], output_tokens: int, stop: threading.Event, on_first_token) -> None:
@@ -148,15 +176,16 @@ def _post(url: str, path: str, body: dict | None) -> None:
         response.read()
 
 
-def _wait_for_trace(url: str, trace_dir: Path, profile_id: str, streams) -> dict:
+def _wait_for_trace(url: str, trace_dir: Path, profile_id: str, streams) -> tuple[Path, dict]:
     deadline = time.monotonic() + TRACE_WAIT_S
     stopped = False
     while time.monotonic() < deadline:
-        for path in sorted(trace_dir.glob(f"{profile_id}*.trace.json*")):
+        for path in sorted(trace_dir.glob(f"{profile_id}*.trace.json*")):  # tensor parallel: rank 0's first
             try:  # torch gzips into the final name as it goes: a file still being written does not parse
-                return read_trace(path)
+                return path, read_trace(path)
             except (EOFError, OSError, ValueError):
                 break
+        _raise_if_failed(streams)
         if not stopped and all(stream.done() for stream in streams):  # no step left to end the profile
             try:
                 _post(url, "/stop_profile", None)

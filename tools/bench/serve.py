@@ -41,7 +41,7 @@ from lynx_sglang.policy_setup import resolve_policy_or_error, validate_for_model
 from lynx_sglang.tiny_checkpoints.shapes import NAMED_SHAPES
 
 from .models import BenchError, BenchModel, describe_device, memory_flags, resolve_model
-from .profile import profile_level, shares_line
+from .profile import PROFILE_STEPS, profile_level, shares_line
 from .report import Record, Result, check_writable, print_table, record_rows, result_json, write_replacing
 
 DEFAULT_ARMS = "baseline;budget:fraction=0.5"
@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "KEY=VALUE,... overrides of the default built checkpoint, e.g. hidden_size=1024")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", type=int, default=0, metavar="C",
-                        help="after the level at concurrency C, record decode steps of each server with SGLang's "
-                             "profiler and split their time by category (in the record's `profiles`)")
+                        help=f"after the level at concurrency C, record {PROFILE_STEPS} decode steps of each server with "
+                             "SGLang's profiler and split their time by category: printed, and in full in --record's "
+                             "`profiles` (the traces stay in the run's log folder; default 0: none)")
     parser.add_argument("--record", help="write the rows (fixed schema, see docs) to this file, after every level")
     parser.add_argument("--json", help="also write the figures, ratios and before-figures to this file")
     parser.add_argument("serve_args", nargs="*", help="extra flags for `lynx-sglang serve` (after --)")
@@ -339,6 +340,9 @@ def run(argv: list[str]) -> int:
     check_counts(args, levels)
     if args.profile and args.profile not in levels:
         raise BenchError(f"--profile {args.profile}: not one of the --concurrency levels {levels}")
+    if args.profile and args.output_tokens < PROFILE_STEPS + 8:
+        raise BenchError(f"--profile needs --output-tokens {PROFILE_STEPS + 8} or more ({PROFILE_STEPS} decode steps are "
+                         f"recorded once every request has started), not {args.output_tokens}")
     check_arm_settings(args.serve_args)
     try:  # a --port or --host after `--` is where every arm's server listens, one after the other
         served_address(args.serve_args)
@@ -371,14 +375,21 @@ def run(argv: list[str]) -> int:
             record.write(record_rows(results, model), profiles if args.profile else None)
 
     def profile(server: ManagedServer, arm: Arm, kernel: str, concurrency: int, prompts, tpot_median_ms) -> None:
-        entry = {"arm": arm.spec, "kernel": "sglang" if arm.is_baseline else kernel}
-        try:  # a profile that fails costs its entry, never the benchmark
+        label = f"  {arm.spec}{'' if arm.is_baseline else f' [{kernel}]'} profile c={concurrency}"
+        entry = {"arm": arm.spec, "kernel": "sglang" if arm.is_baseline else kernel, "concurrency": concurrency,
+                 "num_layers": model.num_layers, "tpot_median_ms": round(tpot_median_ms, 3)}  # fmt: skip
+        try:
             entry.update(profile_level(server.url, prompts, args.output_tokens, logs / "profiles",
-                                       device.gpu_bytes is not None, tpot_median_ms))  # fmt: skip
-            print(f"  {arm.spec} profile c={concurrency}: {shares_line(entry['shares'])}", flush=True)
-        except (ServerError, OSError, TimeoutError, ValueError) as exc:
+                                       device.gpu_bytes is not None))  # fmt: skip
+            print(f"{label}: {shares_line(entry['shares'])}; {entry['step_ms']:.2f} ms per step; {entry['trace']}",
+                  flush=True)  # fmt: skip
+            if entry["steps_recorded"] < PROFILE_STEPS or entry["batch_sizes"] != [concurrency]:
+                entry["note"] = (f"{entry['steps_recorded']} decode steps at batch sizes {entry['batch_sizes']}, "
+                                 f"not {PROFILE_STEPS} at {concurrency}")  # fmt: skip
+                print(f"{label}: warning: {entry['note']}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - a profile that fails costs its entry, never the benchmark
             entry["error"] = f"{type(exc).__name__}: {exc}"
-            print(f"  {arm.spec} profile c={concurrency}: failed ({entry['error']})", flush=True)
+            print(f"{label}: failed ({entry['error']})", flush=True)
         profiles.append(entry)
         if record is not None:
             record.write(record_rows(results, model), profiles)

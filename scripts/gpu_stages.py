@@ -136,7 +136,7 @@ def qwen3(stage: Stage) -> None:
 def profile_flags() -> list[str]:
     """Where the step time goes at the targets' level (a few seconds per server), if that level runs."""
     level = os.environ.get("PROFILE", PROFILE_LEVEL)
-    levels = os.environ.get("CONCURRENCY", BENCH_LEVELS).split(",")
+    levels = [level.strip() for level in os.environ.get("CONCURRENCY", BENCH_LEVELS).split(",")]
     return ["--profile", level] if level != "0" and level in levels else []
 
 

@@ -15,6 +15,9 @@ from lynx_sglang.tools.bench.profile import category_of, own_times, shares_line,
     ("_fwd_grouped_kernel_stage1", "attention"), ("_fwd_kernel_stage2", "attention"),
     ("nvjet_tst_128x64_64x4_1x2_h_bz_coopA_NNT", "dense_gemm"), ("sm90_xmma_gemm_bf16bf16", "dense_gemm"),
     ("aten::mm", "dense_gemm"), ("void at::native::vectorized_elementwise_kernel<4>", "other"),
+    ("_moe_align_small_numel_kernel", "moe_align"),
+    ("cutlass3x_sm90_tensorop_s64x128x16gemm_bf16_bf16_f32_bf16_bf16_128x128x64_1x1x1_0_tnn_align8", "dense_gemm"),
+    ("void at::native::(anonymous namespace)::CatArrayBatchedCopy_aligned16_contig<int>", "other"),
 ])  # fmt: skip
 def test_kernel_and_operator_names_fall_in_their_category(name, category):
     assert category_of(name) == category
@@ -57,6 +60,15 @@ def test_cpu_operators_count_their_own_time_inside_the_decode_steps_and_the_rest
     assert summary["step_ms"] == 0.2
     assert summary["shares"]["dense_gemm"] == 0.45 and summary["shares"]["other"] == 0.05
     assert summary["shares"]["idle"] == 0.5
+
+
+def test_overlapping_streams_leave_idle_only_where_no_kernel_runs_and_a_gpu_trace_needs_kernels():
+    shared = dict(kernel("fused_moe_kernel", 10, 30), tid=8)  # another stream, beside the routed experts
+    trace = {"traceEvents": [step(0, 5), kernel("fused_moe_kernel", 0, 40), shared, kernel("nvjet_tst", 60, 40)]}
+    summary = summarize_trace(trace, on_gpu=True)
+    assert summary["shares"]["idle"] == 0.2 and summary["shares"]["expert_gemm"] == 0.7
+    with pytest.raises(ValueError, match="no GPU kernels"):
+        summarize_trace({"traceEvents": [step(0, 5), {**kernel("aten::mm", 0, 5), "cat": "cpu_op"}]}, on_gpu=True)
 
 
 def test_a_trace_without_decode_steps_says_the_requests_ended_first():

@@ -132,7 +132,12 @@ def test_every_replace_target_exists_and_its_replacement_takes_its_arguments(tar
     positional = [p for p in original.parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
     by_name = {p.name: None for p in original.parameters.values() if p.kind is p.KEYWORD_ONLY}
-    inspect.signature(sglang_patches.REPLACEMENTS[target]).bind(*[None] * len(positional), **by_name)
+    replacement = inspect.signature(sglang_patches.REPLACEMENTS[target])
+    replacement.bind(*[None] * len(positional), **by_name)
+    # and as SGLang may call it, leaving out what the original defaults
+    required = [p for p in positional if p.default is p.empty]
+    replacement.bind(*[None] * len(required), **{name: None for name, p in original.parameters.items()
+                                                   if p.kind is p.KEYWORD_ONLY and p.default is p.empty})
 
 
 def test_llama_mlp_would_import_cutlass_on_cuda_without_the_dual_gemm_hook():

@@ -26,7 +26,7 @@ TRACE_WAIT_S = 300  # the scheduler writes the trace after the last profiled ste
 CATEGORIES = (
     ("expert_gemm", r"fused_moe|_gate_up_activation|_down_weighted|_combine_topk|moe_sum_reduce|grouped_mm|"
                     r"fused_experts"),
-    ("moe_align", r"align"),
+    ("moe_align", r"moe_align|^_align_kernel|count_and_sort_expert"),  # not cuBLAS's `_align8` nor torch.cat's
     ("lynx_routing", r"routing_rows_kernel|routing_decide_kernel|lynx"),
     ("lynx_bookkeeping", r"^_layer_kernel|bookkeeping"),
     ("model_routing", r"router|moe_fused_gate|topk|top_k|softmax|sigmoid|sort"),
@@ -65,7 +65,7 @@ def own_times(events: list[dict]) -> list[tuple[str, float]]:
     return result
 
 
-def summarize_trace(trace: dict, top: int = 12) -> dict:
+def summarize_trace(trace: dict, on_gpu: bool = False, top: int = 12) -> dict:
     """The split of one trace's decode steps by category, as shares and as ms per step, and the names
     that took the most time. The steps are SGLang's `step[DECODE bs=N]` spans. On a GPU the window
     is the kernels' span (idle: no kernel running); on a CPU the steps' own spans, with the operators
@@ -74,6 +74,8 @@ def summarize_trace(trace: dict, top: int = 12) -> dict:
     steps = [(e, match) for e in events if e.get("cat") == "user_annotation" and (match := STEP_SPAN.match(e["name"]))]
     decode = [e for e, match in steps if match.group(1) == "DECODE"]
     kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    if on_gpu and not kernels:  # CUPTI recorded nothing: a split of host operators would pass for one
+        raise ValueError("the trace holds no GPU kernels (the profiler's CUPTI collected none)")
     if kernels:
         timed = kernels
         span = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
@@ -83,6 +85,8 @@ def summarize_trace(trace: dict, top: int = 12) -> dict:
     if not decode or not timed:
         raise ValueError("the trace holds no decode step: the requests ended before the profile began "
                          "(raise --output-tokens)")
+    if span <= 0:
+        raise ValueError("the trace's decode steps take no time")
     by_name: dict[str, float] = {}
     for name, own in own_times(timed):
         by_name[name] = by_name.get(name, 0.0) + own
@@ -90,7 +94,8 @@ def summarize_trace(trace: dict, top: int = 12) -> dict:
     for name, own in by_name.items():
         by_category[category_of(name)] = by_category.get(category_of(name), 0.0) + own
     shares = {category: round(by_category.get(category, 0.0) / span, 4) for category, _ in (*CATEGORIES, (OTHER, ""))}
-    shares[IDLE] = round(max(0.0, 1.0 - sum(by_category.values()) / span), 4)
+    # streams may overlap (copies, a shared expert beside the routed ones): idle is time covered by none
+    shares[IDLE] = round(max(0.0, 1.0 - covered(timed) / span), 4)
     step_ms = span / 1000 / len(decode)
     return {
         "source": "kernels" if kernels else "cpu operators",
@@ -106,6 +111,17 @@ def summarize_trace(trace: dict, top: int = 12) -> dict:
 
 def inside(event: dict, span: dict) -> bool:
     return span["ts"] <= event["ts"] < span["ts"] + span["dur"]
+
+
+def covered(events: list[dict]) -> float:
+    """The time (µs) at least one of the events runs: the union of their intervals."""
+    total, end = 0.0, float("-inf")
+    for event in sorted(events, key=lambda e: e["ts"]):
+        start, stop = max(event["ts"], end), event["ts"] + event["dur"]
+        if stop > start:
+            total += stop - start
+        end = max(end, stop)
+    return total
 
 
 def read_trace(path: Path) -> dict:
@@ -131,12 +147,19 @@ def profile_level(url: str, prompts: list[list[int]], output_tokens: int, trace_
             _post(url, "/start_profile", {"output_dir": str(trace_dir), "num_steps": steps, "profile_id": profile_id,
                                           "activities": ["CPU", "GPU"] if on_gpu else ["CPU"], "with_stack": False,
                                           "record_shapes": False})  # fmt: skip
-            path, trace = _wait_for_trace(url, trace_dir, profile_id, streams)
+            try:
+                path, trace = _wait_for_trace(url, trace_dir, profile_id, streams)
+            except Exception:
+                _stop_profile(url)  # else the next level would run under the profiler
+                raise
         finally:
             stop.set()
         for stream in streams:
             stream.result()
-    return {"trace": str(path), **summarize_trace(trace)}
+    try:
+        return {"trace": str(path), **summarize_trace(trace, on_gpu)}
+    except ValueError as error:
+        raise ValueError(f"{error}; trace {path}") from None
 
 
 def _await_first_tokens(started: threading.Semaphore, streams, timeout_s: float = 600) -> None:
@@ -167,6 +190,8 @@ def _decode_until(url: str, prompt: list[int], output_tokens: int, stop: threadi
                     on_first_token = None
                 if stop.is_set():
                     return
+    if on_first_token is not None:
+        raise ValueError("a profiled request ended without a token")
 
 
 def _post(url: str, path: str, body: dict | None) -> None:
@@ -187,13 +212,18 @@ def _wait_for_trace(url: str, trace_dir: Path, profile_id: str, streams) -> tupl
                 break
         _raise_if_failed(streams)
         if not stopped and all(stream.done() for stream in streams):  # no step left to end the profile
-            try:
-                _post(url, "/stop_profile", None)
-            except urllib.error.HTTPError:  # it ended by itself meanwhile
-                pass
+            _stop_profile(url)
             stopped = True
         time.sleep(0.5)
     raise TimeoutError(f"no complete trace {profile_id}* in {trace_dir} {TRACE_WAIT_S} s after the profile started")
+
+
+def _stop_profile(url: str) -> None:
+    try:
+        _post(url, "/stop_profile", None)
+    except (urllib.error.URLError, OSError):  # it ended by itself meanwhile (HTTP 500), or the server is gone
+        pass
+
 
 def shares_line(shares: dict) -> str:
     """`expert_gemm 41% · attention 18% · ...`, largest first, the categories under 1% left out."""

@@ -226,3 +226,9 @@ def test_serve_profiles_only_a_level_it_runs_with_requests_long_enough(capsys, n
     assert "--profile 2: not one of the --concurrency levels [1, 4]" in one_error_line(capsys, "serve")
     assert serve.main(["--concurrency", "1,4", "--profile", "4", "--output-tokens", "8"]) == 2
     assert "--profile needs --output-tokens 24 or more (16 decode steps" in one_error_line(capsys, "serve")
+
+
+@pytest.mark.parametrize("extra, flag", [(["--api-key", "k"], "--api-key"), (["--admin-api-key=k"], "--admin-api-key")])
+def test_serve_refuses_an_api_key_its_requests_would_not_send(extra, flag, capsys, no_arm_variables):
+    assert serve.main(["--concurrency", "1", "--", *extra]) == 2
+    assert f"{flag} after --: bench serve sends no key" in one_error_line(capsys, "serve")

@@ -158,6 +158,9 @@ def check_arm_settings(serve_args: list[str], environ=os.environ) -> None:
     for arg in serve_args:
         if (flag := arg.partition("=")[0]) in ARM_FLAGS:
             raise BenchError(f"{flag} after -- {how}")
+        if flag in ("--api-key", "--admin-api-key"):  # the requests would be refused, after a server start
+            raise BenchError(f"{flag} after --: bench serve sends no key to the servers it starts for itself "
+                             "(on 127.0.0.1); leave it out")
     for key in sglang_config_keys(serve_args):
         if (flag := "--" + key.replace("_", "-")) in ARM_FLAGS:
             raise BenchError(f"--config: key {key!r} ({flag}) {how}")

@@ -163,15 +163,16 @@ def merge_replies(op: str, replies: list[list[dict]]) -> dict:
         raise SchedulerError(NO_MOE_LAYERS)
     results = [[reply["result"] for reply in stages] for stages in layered]
     stage_ids = [reply.get("stage", number) for number, reply in enumerate(layered[0])]
+    stats = op in ("get_stats", "reset_stats")
     if len(replies[0]) == 1:
         joined = [stages[0] for stages in results]
-    elif op in ("get_stats", "reset_stats"):
+    elif stats:
         joined = [join_stage_stats(stages, stage_ids) for stages in results]
     else:
         joined = [join_stage_states(stages, len(replies[0])) for stages in results]
-    if op in ("get_stats", "reset_stats"):
-        return merge_stats(joined) if len(joined) > 1 else joined[0]
-    return merge_policy_states(joined) if len(joined) > 1 else joined[0]
+    if len(joined) == 1:
+        return joined[0]
+    return merge_stats(joined) if stats else merge_policy_states(joined)
 
 
 def policy_request_problem(body) -> str | None:

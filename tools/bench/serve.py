@@ -90,6 +90,10 @@ class Arm:
     def is_baseline(self) -> bool:
         return self.policy == "baseline"
 
+    def label(self, kernel: str) -> str:
+        """As printed: `lynx [auto]`; baseline's compute is always SGLang's (server_runs)."""
+        return self.spec + ("" if self.is_baseline else f" [{kernel}]")
+
     def serve_flags(self, kernel: str) -> list[str]:
         if self.is_baseline:
             # SGLang's own routing and fused MoE with no bookkeeping: what the pruned arms are compared to.
@@ -272,7 +276,7 @@ def kv_token_flags(args, levels: list[int], on_gpu: bool) -> list[str]:
 
 def serve_one(model: BenchModel, arm: Arm, kernel: str, args, levels, extra: list[str], log: Path,
               on_result, profile=None) -> None:
-    label = arm.spec + ("" if arm.is_baseline else f" [{kernel}]")
+    label = arm.label(kernel)
     server = ManagedServer(log, policy=None, model_path=str(model.path),
                            serve_args=["--dtype", "bfloat16", *model.serve_flags, *arm.serve_flags(kernel), *extra,
                                        *args.serve_args])  # fmt: skip
@@ -285,24 +289,27 @@ def serve_one(model: BenchModel, arm: Arm, kernel: str, args, levels, extra: lis
         for concurrency in levels:
             rng = random.Random(args.seed + concurrency)  # the same prompts for every arm at a level
             count = args.requests or 4 * concurrency
-            prompts = [[rng.randrange(*model.prompt_ids) for _ in range(args.prompt_tokens)]
-                       for _ in range(concurrency + count)]
+            prompts = draw_prompts(rng, model, args.prompt_tokens, concurrency + count)
             seconds, per_request, stats = run_level(server, admin, concurrency, prompts, args.output_tokens)
-            result = Result(arm.spec, "sglang" if arm.is_baseline else kernel, arm.is_baseline, concurrency,
+            result = Result(arm.spec, kernel, arm.is_baseline, concurrency,
                             count, sum(t for _, t in per_request), seconds, [tpot for tpot, _ in per_request], stats)
             experts = "" if stats is None else f", experts/layer {stats['distinct_experts_after']:.2f}"
             print(f"  {label} c={concurrency}: {count} requests in {seconds:.1f} s, {result.tokens_per_s:.1f} tok/s, "
                   f"TPOT median {result.tpot_median:.1f} ms, p90 {result.tpot_p90:.1f} ms{experts}", flush=True)
             on_result(result)
             if profile is not None and concurrency == args.profile:  # fresh prompts: nothing in the prefix cache
-                prompts = [[rng.randrange(*model.prompt_ids) for _ in range(args.prompt_tokens)] for _ in range(concurrency)]
-                profile(server, arm, kernel, concurrency, prompts, result.tpot_median)
+                profile(server, arm, kernel, concurrency, draw_prompts(rng, model, args.prompt_tokens, concurrency),
+                        result.tpot_median)  # fmt: skip
     except ServerError as exc:
         elapsed = time.perf_counter() - started
         raise ServerError(f"{label}: {exc} ({elapsed:.0f} s after the start; server log: {log})\n"
                           f"{server.log_tail()}") from None
     finally:
         server.stop()
+
+
+def draw_prompts(rng: random.Random, model: BenchModel, tokens: int, count: int) -> list[list[int]]:
+    return [[rng.randrange(*model.prompt_ids) for _ in range(tokens)] for _ in range(count)]
 
 
 def warn_if_kv_cache_short(url: str, label: str, concurrency: int, needed: int) -> None:
@@ -372,14 +379,17 @@ def run(argv: list[str]) -> int:
     results: list[Result] = []
     profiles: list[dict] = []
 
-    def on_result(result: Result) -> None:
-        results.append(result)
+    def save() -> None:  # the record, rewritten whole after every level and profile
         if record is not None:
             record.write(record_rows(results, model), profiles if args.profile else None)
 
+    def on_result(result: Result) -> None:
+        results.append(result)
+        save()
+
     def profile(server: ManagedServer, arm: Arm, kernel: str, concurrency: int, prompts, tpot_median_ms) -> None:
-        label = f"  {arm.spec}{'' if arm.is_baseline else f' [{kernel}]'} profile c={concurrency}"
-        entry = {"arm": arm.spec, "kernel": "sglang" if arm.is_baseline else kernel, "concurrency": concurrency,
+        label = f"  {arm.label(kernel)} profile c={concurrency}"
+        entry = {"arm": arm.spec, "kernel": kernel, "concurrency": concurrency,
                  "num_layers": model.num_layers, "tpot_median_ms": round(tpot_median_ms, 3)}  # fmt: skip
         try:
             entry.update(profile_level(server.url, prompts, args.output_tokens, logs / "profiles",
@@ -394,8 +404,7 @@ def run(argv: list[str]) -> int:
             entry["error"] = f"{type(exc).__name__}: {exc}"
             print(f"{label}: failed ({entry['error']})", flush=True)
         profiles.append(entry)
-        if record is not None:
-            record.write(record_rows(results, model), profiles)
+        save()
 
     failed = 0
     extra = kv_token_flags(args, levels, device.gpu_bytes is not None) + memory_flags(model, device, args.serve_args)

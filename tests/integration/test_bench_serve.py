@@ -77,12 +77,17 @@ def test_model_path_with_a_chosen_kernel_and_a_profile(tmp_path):
     proc = bench("--model-path", str(model), "--arms", "budget:fraction=0.5", "--kernels", "sglang", *load,
                  "--profile", "4", "--record", str(record), "--json", str(figures), "--", "--dtype", "float32")  # fmt: skip
     assert "KV cache holds" not in proc.stdout
-    # SGLang's profiler recorded decode steps while 4 requests decoded (48 tokens each: on 2 busy cores the
-    # first has decoded for a while when the last starts); its trace stays with the logs
+    # SGLang's profiler recorded decode steps while the 4 requests decoded; its trace stays with the logs.
+    # On 2 busy cores the first request may end before the last one starts (each is its own HTTP
+    # stream): the steps then hold fewer rows, and the profile says so.
     [profile] = json.loads(record.read_text())["profiles"]
     assert (profile["arm"], profile["kernel"], profile["concurrency"], profile["num_layers"]) == (
         "budget:fraction=0.5", "sglang", 4, 4)
-    assert profile["source"] == "cpu operators" and profile["batch_sizes"] == [4] and profile["steps_recorded"] >= 8
+    assert profile["source"] == "cpu operators" and 1 <= profile["steps_recorded"] <= 17
+    assert profile["batch_sizes"] and set(profile["batch_sizes"]) <= {1, 2, 3, 4}
+    if profile["batch_sizes"] != [4] or profile["steps_recorded"] < 16:
+        assert profile["note"].startswith(f"{profile['steps_recorded']} decode steps at batch sizes")
+        assert "profile c=4: warning: " in proc.stdout
     assert sum(profile["shares"].values()) == pytest.approx(1.0, abs=1e-3) and profile["shares"]["dense_gemm"] > 0
     assert sum(profile["ms_per_step"].values()) == pytest.approx(profile["step_ms"], rel=1e-2)
     assert 0 < profile["step_ms"] < 10 * profile["tpot_median_ms"]

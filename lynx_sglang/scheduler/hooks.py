@@ -6,7 +6,8 @@
     ForwardBatch.init_new                 AFTER   remember how many rows of a mixed batch are decode
     select_experts                        AROUND  apply the policy to the top-k of pruned steps
     UnquantizedFusedMoEMethod.create_weights  AROUND  with the expert cache: experts made in host memory
-    loader.initialize_dummy_weights       AROUND  with the expert cache: their random values made on the device
+    loader.initialize_dummy_weights       AROUND  routers' correction biases zeroed (dummy_routing.py); with the
+                                                  expert cache: their random values made on the device
     UnquantizedFusedMoEMethod.apply       AROUND  compute only the active experts (lynx kernels); the expert cache
     DecodeCudaGraphRunner.can_run_graph   AROUND  replay graphs only if they hold the current policy
     DecodeCudaGraphRunner.capture         AROUND  the target model's decode graphs are being captured
@@ -21,6 +22,7 @@ import logging
 
 from lynx_sglang.config import CONTROL_RPC_METHOD, LynxConfig
 from lynx_sglang.scheduler.control_reply import answer_control_request
+from lynx_sglang.scheduler.dummy_routing import zero_correction_biases
 from lynx_sglang.scheduler.introspection import routed_rows
 from lynx_sglang.scheduler.runtime import LynxRuntime
 from lynx_sglang.scheduler.step import StepScope, current_step, step_for_batch
@@ -141,7 +143,12 @@ def around_create_moe_weights(original, method, layer, *args, **kwargs):
 def around_dummy_weights(original, model, *args, **kwargs):
     if runtime is None:
         return original(model, *args, **kwargs)
-    return runtime.caches.fill_dummy_weights(original, model, *args, **kwargs)
+    result = runtime.caches.fill_dummy_weights(original, model, *args, **kwargs)
+    zeroed = zero_correction_biases(model)
+    if zeroed:
+        logger.info("dummy weights: the correction bias of %d routers zeroed, so the tokens choose their experts "
+                    "(SGLang's random bias would send every token to the same ones)", zeroed)
+    return result
 
 
 def around_moe_apply(original, method, layer=None, dispatch_output=None, *args, **kwargs):

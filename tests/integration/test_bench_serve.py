@@ -108,3 +108,18 @@ def test_a_kv_cache_below_the_highest_level_is_named(tmp_path):
     proc = bench("--model-path", str(model), "--arms", "baseline", *SMALL_LOAD, "--", "--dtype", "float32",
                  "--max-total-tokens", "64")  # fmt: skip
     assert re.search(r"warning: its KV cache holds \d+ tokens but concurrency 4 needs 88", proc.stdout), proc.stdout
+
+
+def test_a_biased_router_with_dummy_weights_routes_by_the_tokens(tmp_path):
+    # SGLang's random correction bias outweighs a dummy router's scores: unzeroed, all 4 rows of every
+    # step took the same 4 experts (experts per layer 4.00 = top-k), and no policy had anything to choose.
+    shape = ("glm-4.5-air,hidden_size=64,intermediate_size=128,moe_intermediate_size=32,num_attention_heads=4,"
+             "num_key_value_heads=2,head_dim=16,vocab_size=512,num_hidden_layers=2,n_routed_experts=16,"
+             "num_experts_per_tok=4")  # fmt: skip
+    record, figures = tmp_path / "record.json", tmp_path / "bench.json"
+    bench("--shape", shape, "--arms", "budget:experts=4", "--concurrency", "4", "--requests", "8",
+          "--prompt-tokens", "16", "--output-tokens", "8", "--record", str(record), "--json", str(figures))  # fmt: skip
+    (row,) = json.loads(record.read_text())["rows"]
+    assert (row["shape"], row["num_layers"], row["experts_per_layer"]) == ("glm-4.5-air", 2, 4.0)
+    (result,) = json.loads(figures.read_text())["results"]
+    assert 4 < result["distinct_experts_per_layer_before"] <= 16  # the model's own routing, before the policy

@@ -95,6 +95,9 @@ def check_consistent(fields: dict, name: str | None) -> None:
         raise ShapeError(f"--shape: {experts} experts do not split into n_group={groups} equal groups")
     if groups and top_groups and top_groups > groups:
         raise ShapeError(f"--shape: topk_group={top_groups} is more than n_group={groups}")
+    if experts and top_k and groups and top_groups and top_groups * (experts // groups) < top_k:
+        raise ShapeError(f"--shape: num_experts_per_tok={top_k} is more than the {top_groups * (experts // groups)} "
+                         f"experts its topk_group={top_groups} of n_group={groups} groups leave a token")
 
 
 def _typed_value(key: str, value: str, like):

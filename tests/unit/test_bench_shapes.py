@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lynx_sglang.tools.bench.models import DEFAULT_SHAPE_FIELDS, BenchError, Device, memory_flags, resolve_model
-from lynx_sglang.tools.bench.serve import build_parser, kv_token_flags, parse_arms, server_runs
+from lynx_sglang.tools.bench.serve import build_parser, check_arms_for_model, kv_token_flags, parse_arms, server_runs
 from lynx_sglang.tools.bench.report import Result, expert_figures, percentile, ratios
 from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, fit_layers, kv_bytes_per_token, parse_shape
 from lynx_sglang.tiny_checkpoints import weight_bytes
@@ -172,6 +172,8 @@ def test_percentile_interpolates_like_numpy():
     ("num_experts_per_tok=9", "num_experts_per_tok=9 is more than the 8 experts of the default shape"),
     ("num_key_value_heads=3", "num_attention_heads=16 is not a multiple of num_key_value_heads=3"),
     ("glm-4.5-air,n_group=3", "128 experts do not split into n_group=3 equal groups"),
+    ("glm-4.5-air,n_routed_experts=16,n_group=4,topk_group=1",
+     "num_experts_per_tok=8 is more than the 4 experts its topk_group=1 of n_group=4 groups leave a token"),
 ])
 def test_a_shape_no_model_could_have_is_refused_while_parsing(text, message):
     """They passed every check and failed later: a top-k above the experts as an arm's error."""
@@ -179,3 +181,11 @@ def test_a_shape_no_model_could_have_is_refused_while_parsing(text, message):
         parse_shape(text, DEFAULT_SHAPE_FIELDS)
     for name in NAMED_SHAPES:  # every named shape is one
         parse_shape(name, DEFAULT_SHAPE_FIELDS)
+
+
+@pytest.mark.parametrize("shape", ["glm-4.5-air,num_hidden_layers=1", "glm-4.5-air,num_hidden_layers=3,first_k_dense_replace=5"])
+def test_a_shape_without_moe_layers_is_refused_before_a_server_starts(shape, tmp_path):
+    """It served baseline, then failed at the first pruned arm (HTTP 409, exit 1)."""
+    with pytest.raises(BenchError, match=r"nothing to prune \(num_hidden_layers=\d, none with routed experts\)"):
+        resolve_model(None, shape, [], Device("CPU", None), tmp_path,
+                      check=lambda model_dir: check_arms_for_model(parse_arms("baseline;lynx"), model_dir))

@@ -204,6 +204,9 @@ def check_arms_for_model(arms: list[Arm], model_dir: Path) -> None:
         shape = MoeShape.from_checkpoint(model_dir)
     except ConfigError as exc:
         raise BenchError(f"--model-path: {exc}") from None
+    if shape is None or shape.moe_layers == ():
+        where = "no routed experts" if shape is None else f"num_hidden_layers={shape.num_layers}, none with routed experts"
+        raise BenchError(f"the model has nothing to prune ({where}): bench serve measures MoE decode")
     for arm in arms:
         try:
             validate_for_model(arm.config, shape)

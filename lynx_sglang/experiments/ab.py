@@ -25,6 +25,7 @@ from .analysis import LossBound, compare_arms, group_blocks, summarise_arm
 from .arms import Arm, ArmSpecError, arm_from_config_file, arm_from_flags, check_policy_names
 from .cli_args import add_common_arguments, command_parser, parse_command, parse_levels, prepare_items
 from .experiment import Experiment, run, say
+from .model_arms import refusals_before_start
 
 # The embedded model's calibrated setting (`lynx-sglang calibrate`, confirmed on 2,000 held-out items at
 # concurrency 8 and 32: docs/results/calibrate-shipped), shipped beside its checkpoint.
@@ -81,6 +82,10 @@ def main(argv=None, bound: LossBound | None = None, restore: bool = True) -> int
         check_policy_names(arms, running_server=bool(args.url))
         levels = parse_levels(args.concurrency)
         items = prepare_items(args)
+        refused = refusals_before_start(arms, args, EMBEDDED_MODEL_DIR)
+        if refused:
+            arm, why = refused[0]
+            raise ArmSpecError(f"arm {arm.label}: {why}")
     except ValueError as error:  # a bad arm, task file or --concurrency
         print(f"lynx-sglang ab: error: {error}", file=sys.stderr)
         return 2

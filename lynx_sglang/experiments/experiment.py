@@ -97,7 +97,8 @@ def measure_and_publish(experiment: Experiment, analyse: Analyse, publish: Publi
     status, message, skipped = measure(experiment, store, done, server, admin, url, console)
     failed = status in ("server-error", "refused")
     if message:
-        say(console, f"error: {message}" if failed else message, "red" if failed else "yellow")
+        say(console, f"lynx-sglang {experiment.tool}: error: {message}" if failed else message,
+            "red" if failed else "yellow")
     blocks = store.load()[1]
     if not blocks and status == "refused":  # a setting the model does not take: a bad input
         return 2

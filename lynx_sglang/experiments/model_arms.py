@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lynx_sglang.config import ConfigError, LynxConfig
+from lynx_sglang.config import ConfigError, LynxConfig, parse_setting
 from lynx_sglang.model_config import MoeShape
 from lynx_sglang.policy_setup import validate_for_model
 
@@ -92,7 +92,7 @@ def derived_spec(shape: ServedShape) -> str:
 def refusal(arm: Arm, shape: ServedShape) -> str | None:
     """Why the server would refuse `arm` on this model (its own validation), or None."""
     try:
-        config = LynxConfig(policy=arm.policy, params=dict(arm.params), budget=arm.budget)
+        config = arm_setting(arm)
         # num_layers 0: the decoder's layer count is not known here (moe_layers counts MoE layers only),
         # so layer ids are left to the server's own check
         checkpoint_shape = MoeShape(shape.num_experts, shape.top_k, 0, shape.renormalize, shape.model_name)
@@ -100,6 +100,25 @@ def refusal(arm: Arm, shape: ServedShape) -> str | None:
     except (ConfigError, ValueError) as error:
         return str(error)
     return None
+
+
+def arm_setting(arm: Arm) -> LynxConfig:
+    """The setting the server would take for `arm`: a config file's whole (its schedule too), or the policy,
+    its parameters and budget."""
+    if arm.config is not None:
+        return LynxConfig(**{key: parse_setting(key, value, key) for key, value in arm.config.items()})
+    return LynxConfig(policy=arm.policy, params=dict(arm.params), budget=arm.budget)
+
+
+def refusals_before_start(arms: list[Arm], args, embedded_model: Path) -> list[tuple[Arm, str]]:
+    """[(arm, why)] for each arm the model a command starts would refuse, read off its config.json before
+    the server starts (a large model loads for minutes); [] with --url, where the running server decides."""
+    if args.url:
+        return []
+    shape = served_shape(None, None, args.model_path, embedded_model)
+    if shape is None:
+        return []
+    return [(arm, why) for arm in arms if (why := refusal(arm, shape))]
 
 
 def cannot_prune(arm: Arm, shape: ServedShape) -> str | None:

@@ -27,7 +27,7 @@ from .arms import ArmSpecError, arm_from_config_file, check_policy_names, parse_
 from .client import ServerError
 from .cli_args import add_common_arguments, command_parser, parse_command, parse_levels, prepare_items
 from .experiment import Experiment, run, say
-from .model_arms import default_arms, served_shape
+from .model_arms import default_arms, refusals_before_start, served_shape
 
 GOAL_BYTES_RATIO = 0.4  # "at least 60 % fewer expert bytes per decode token"
 GOAL_POINTS = 0.01  # "... with accuracy within 1 point" (LossBound's default)
@@ -67,6 +67,7 @@ def main(argv=None, bound: LossBound | None = None, restore: bool = True) -> int
             raise ArmSpecError(f"nothing to compare with the reference {arms[0].label}: every candidate is it "
                                "(name others with --policies or --config)")
         check_policy_names(arms, running_server=bool(args.url))
+        check_refusals(arms, args)
         labels = [arm.label for arm in arms]
         if len(set(labels)) != len(labels):
             raise ArmSpecError(f"two arms share a label ({', '.join(sorted({l for l in labels if labels.count(l) > 1}))}): "
@@ -76,6 +77,18 @@ def main(argv=None, bound: LossBound | None = None, restore: bool = True) -> int
         return 2
     return run(Experiment("sweep", args, arms, levels, items, restore=restore), analyse, partial(publish, bound=bound or LossBound()),
                resume=args.resume)
+
+
+def check_refusals(arms: list, args) -> None:
+    """A reference, or every other arm, that the model this sweep starts would refuse ends it before the
+    server starts; an arm of several is left to the server, which skips it (the report says why)."""
+    refused = dict(refusals_before_start(arms, args, EMBEDDED_MODEL_DIR))
+    reference = arms[0]
+    if reference in refused:
+        raise ArmSpecError(f"the reference arm {reference.label}: {refused[reference]}")
+    if refused and len(refused) == len(arms) - 1:
+        reasons = "; ".join(f"{arm.label}: {why}" for arm, why in refused.items())
+        raise ArmSpecError(f"the model refuses every arm to compare with {reference.label} ({reasons})")
 
 
 def model_default_arms(args) -> list:

@@ -1,6 +1,7 @@
 """Task files, scoring rules and arm specs of `lynx-sglang ab` / `sweep` (no server)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -280,6 +281,31 @@ def test_a_run_with_nothing_to_compare_is_refused_before_a_server_starts(tool, a
 
     assert cli.main([tool, *argv, "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+TRAINED_16X4 = str(Path(__file__).resolve().parents[1] / "data" / "trained-16x4")
+
+
+@pytest.mark.parametrize("tool, argv, message", [
+    ("ab", ["--b", "budget", "--b-budget", "experts=17"],
+     "arm budget+experts=17: budget: experts=17 out of range: experts must be an integer in 1..16"),
+    ("ab", ["--b", "oea", "--b-param", "k0=5"], "arm oea:k0=5: policy 'oea'"),
+    ("sweep", ["--policies", "topn:num_experts_kept=3;lynx:alpha=0"],
+     "the model refuses every arm to compare with baseline (topn:num_experts_kept=3: policy 'topn'"),
+    ("sweep", ["--reference", "budget:num_experts_kept=17", "--policies", "lynx"],
+     "the reference arm budget:num_experts_kept=17: policy 'budget': parameter 'num_experts_kept'=17 out of range "
+     "(allowed: 4..16)"),
+    ("calibrate", ["--candidates", "static-topk:top_k_used=4"], "the model refuses every candidate (static-topk"),
+])
+def test_a_setting_the_model_refuses_ends_the_run_before_its_server_starts(tool, argv, message, tmp_path, capsys):
+    """Read off the model's config.json (16 experts, top-4): the server was started to refuse them (25 s
+    on a 2-core CPU, minutes for a large model), its log and a measurements file left behind."""
+    from lynx_sglang import cli
+
+    assert cli.main([tool, "--model-path", TRAINED_16X4, "--n", "8", *argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"lynx-sglang {tool}: error: {message}" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
 
 

@@ -226,6 +226,11 @@ def build_config(flags: Mapping[str, Any], environ: Mapping[str, str] = os.envir
     the settings given on the command line (name -> raw value), and optionally `config_file`;
     `flag_names` spells each the way its user gave it (`--lynx-budget`, the engine's `lynx_budget`), so
     an error names what to change."""
+    for name, value in flags.items():  # `--lynx-expert-cache $SLOTS` with SLOTS unset must not mean "off"
+        values = value if isinstance(value, (list, tuple)) else [value]  # --lynx-param: one per use
+        if any(isinstance(one, str) and not one.strip() for one in values):
+            label = (flag_names or {}).get(name, f"flag {name}")
+            raise ConfigError(f"{label}: empty value; leave it out for the default")
     file_path = flags.get("config_file") or environ.get(CONFIG_FILE_ENV) or None
     file_label = f"config file {file_path}"
     variable_of = {name: var for var, name in ENV_VARIABLES.items()}

@@ -4,7 +4,7 @@ import pytest
 
 from lynx_sglang.config import CONFIG_ENV, ConfigError, LynxConfig, build_config, parse_layers
 from lynx_sglang.launch_checks import LaunchError
-from lynx_sglang.serve import lynx_settings, parse_serve_args
+from lynx_sglang.serve import FLAG_NAMES, lynx_settings, parse_serve_args
 from lynx_sglang.setting_values import Budget
 
 
@@ -103,6 +103,18 @@ def test_precedence_flag_over_env_over_file(tmp_path):
     assert config.params == {"k0": 1, "alpha": 0.5, "beta": 1}  # merged key by key, flag wins
     assert config.budget == "experts=3"  # flag over env
     assert config.kernel == "sglang" and config.layers == (0, 1)  # only the file says so
+
+
+@pytest.mark.parametrize("argv, flag", [(["--lynx-expert-cache", ""], "--lynx-expert-cache"),
+                                        (["--lynx-budget= "], "--lynx-budget"),
+                                        (["--lynx-param", "alpha=1", "--lynx-param", ""], "--lynx-param"),
+                                        (["--lynx-config", ""], "--lynx-config")])
+def test_an_empty_flag_value_is_refused_while_an_empty_variable_is_unset(argv, flag):
+    """`--lynx-expert-cache $SLOTS` with SLOTS unset served with every expert resident, and said nothing."""
+    namespace, _ = parse_serve_args(argv)
+    with pytest.raises(ConfigError, match=f"^{flag}: empty value; leave it out for the default$"):
+        build_config(lynx_settings(namespace), {}, flag_names=FLAG_NAMES)
+    assert build_config({}, {"LYNX_EXPERT_CACHE": "", "LYNX_BUDGET": ""}) == LynxConfig()
 
 
 def test_json_config_file_and_its_errors(tmp_path):

@@ -75,7 +75,9 @@ def evaluate(
 def parse_args(argv=None):
     import argparse
 
-    ap = argparse.ArgumentParser(prog="lynx-sglang eval", description=__doc__.split("\n")[0])
+    from lynx_sglang.arg_parser import OneLineParser
+
+    ap = OneLineParser(prog="lynx-sglang eval", description=__doc__.split("\n")[0])
     ap.add_argument("--url", type=server_url, default="http://127.0.0.1:30000", help="base URL of a running server (default: %(default)s)")
     ap.add_argument("--api-key", help="the server's SGLang --api-key, if it has one")
     ap.add_argument("--count", type=int, default=2000, help="held-out problems to score, equal shares per kind (default: %(default)s)")

@@ -8,12 +8,12 @@ shape shown.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import re
 from pathlib import Path
 
+from lynx_sglang.arg_parser import OneLineParser
 from lynx_sglang.policies import PolicyConfigError, accepted_parameters, available_policies, get_policy
 from lynx_sglang.policies import resolve_policy_class
 
@@ -73,7 +73,7 @@ def describe(name: str, num_experts: int, top_k: int, model_name: str | None, ro
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lynx-sglang policies", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="lynx-sglang policies", description=__doc__.split("\n")[0])
     parser.add_argument("--model-path", help="show per-model defaults for this checkpoint "
                                              "(default: the embedded model)")
     parser.add_argument("--json", action="store_true", help="print JSON")

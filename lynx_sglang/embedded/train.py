@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from lynx_sglang.arg_parser import OneLineParser
 from lynx_sglang.embedded.task import (
     DISTRIBUTIONS,
     TASK_KINDS,
@@ -284,7 +285,7 @@ def checked_args(ap: argparse.ArgumentParser, argv) -> argparse.Namespace:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="lynx-sglang train-embedded", description=__doc__,
+    ap = OneLineParser(prog="lynx-sglang train-embedded", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     optimisation_arguments(ap, steps=8000)
     shape_arguments(ap, intermediate_flag="--intermediate", intermediate=MODEL_CONFIG["intermediate_size"],

@@ -7,6 +7,7 @@ import argparse
 import shlex
 import sys
 
+from lynx_sglang.arg_parser import OneLineParser
 from lynx_sglang.local_server import server_url
 
 from .client import ENDPOINTS
@@ -18,7 +19,7 @@ def command_parser(tool: str, doc: str) -> argparse.ArgumentParser:
     """`lynx-sglang TOOL`'s parser: the module docstring's first line as description, the rest as epilog."""
     first, _, rest = doc.partition("\n")
     # No abbreviated flags: a report could not tell that `--admin-tok T` holds a token to hide.
-    return argparse.ArgumentParser(prog=f"lynx-sglang {tool}", description=first, allow_abbrev=False,
+    return OneLineParser(prog=f"lynx-sglang {tool}", description=first, allow_abbrev=False,
                                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=rest.lstrip("\n"))
 
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from lynx_sglang.arg_parser import OneLineParser
 
-class Parser(argparse.ArgumentParser):
-    """A bad flag is one line, `PROG: error: ...`, and exit 2: argparse's usage dump above it would bury
-    the one line that says what is wrong (`--help` still shows the usage)."""
 
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+Parser = OneLineParser  # the benchmarks' parser is every command's
 
 
 def positive_int(text: str) -> int:

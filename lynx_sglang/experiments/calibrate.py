@@ -15,6 +15,7 @@ docs/calibration.md.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -95,6 +96,19 @@ def shared_flags(args, url: str, token: str, task: str, count: int) -> list[str]
     return ["--url", url, "--admin-token", token, *api_key, "--task", task, "--n", str(count), "--concurrency", args.concurrency,
             "--max-tokens", str(args.max_tokens), "--seed", str(args.seed), "--score", args.score,
             "--endpoint", args.endpoint, "--blocks", str(args.blocks), "--bootstrap", str(args.bootstrap)]
+
+
+def serve_with(args) -> list[str]:
+    """The config's header lines that name the model it was calibrated on: on another, its settings still
+    load (a budget of 5 experts fits most models) but say nothing of that model's accuracy."""
+    serve = "lynx-sglang serve{} --lynx-config lynx-config.yaml"
+    if args.url:
+        return [f"Calibrated on the model served at {args.url}; serve that model with:",
+                f"  {serve.format(' --model-path MODEL')}"]
+    if args.model_path:
+        return [f"Calibrated on {args.model_path}; serve it with:",
+                f"  {serve.format(' --model-path ' + shlex.quote(args.model_path))}"]
+    return ["Calibrated on the embedded model; serve it with:", f"  {serve.format('')}"]
 
 
 def loss_bound(max_loss: float, margin: float) -> LossBound:
@@ -197,8 +211,7 @@ def calibrate(args, out: Path, levels, url, token, candidates, calibration_items
     config_path = out / "lynx-config.yaml"
     config_path.write_text(config_yaml(config, [
         f"lynx-sglang calibrate: {args.task}, {len(calibration_items)} calibration items, concurrency {args.concurrency},",
-        f"max loss {args.max_loss:g} points (margin {args.margin:g}); evidence in report.md.",
-        "Serve with: lynx-sglang serve --lynx-config lynx-config.yaml"]))
+        f"max loss {args.max_loss:g} points (margin {args.margin:g}); evidence in report.md.", *serve_with(args)]))
     print(f"chosen: {config}; written to {config_path}", file=sys.stderr)
     confirmation = None
     if config["policy"] != "baseline":

@@ -103,5 +103,5 @@ def config_for(choice: dict) -> dict:
 
 
 def config_yaml(config: dict, header: list[str]) -> str:
-    lines = [f"# {line}" for line in header]
+    lines = [f"# {' '.join(line.splitlines())}" for line in header]  # a newline in a path would end the comment
     return "\n".join(lines) + "\n" + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)

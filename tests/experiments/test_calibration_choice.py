@@ -102,3 +102,14 @@ def test_calibrate_hands_its_bound_to_the_sweep(tmp_path, monkeypatch):
     assert calibrate.calibrate(args, tmp_path, [6], "http://x", "t", candidates, items, items, 0.0) == 3
     assert seen["bound"].points == pytest.approx(0.7)
     assert seen["bound"].why == "max loss 1 point less the 0.3-point margin"
+
+
+def test_the_config_header_names_the_model_it_was_calibrated_on():
+    Namespace, serve_with = argparse.Namespace, calibrate.serve_with
+    own = serve_with(Namespace(url=None, model_path="models/my moe"))
+    assert own == ["Calibrated on models/my moe; serve it with:",
+                   "  lynx-sglang serve --model-path 'models/my moe' --lynx-config lynx-config.yaml"]
+    assert serve_with(Namespace(url=None, model_path=None))[1] == "  lynx-sglang serve --lynx-config lynx-config.yaml"
+    assert "served at http://h:1" in serve_with(Namespace(url="http://h:1", model_path=None))[0]
+    text = config_yaml({"policy": "lynx"}, serve_with(Namespace(url=None, model_path="odd\npath")))
+    assert yaml.safe_load(text) == {"policy": "lynx"}  # a newline in the path stays inside the comment

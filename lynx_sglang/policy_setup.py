@@ -3,6 +3,8 @@ bad setting before SGLang starts) and the scheduler (to build the policies it ru
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from lynx_sglang.config import ConfigError, LynxConfig
 from lynx_sglang.model_config import MoeShape
 from lynx_sglang.policies import PolicyConfigError, accepted_parameters, get_policy, resolve_policy_class
@@ -111,6 +113,10 @@ def validate_for_experts(config: LynxConfig, num_experts: int, top_k: int, renor
                          model_name: str) -> None:  # fmt: skip
     """The budget's range and the policy's parameters against one MoE layer shape (each band's)."""
     if config.schedule:
+        try:  # the top level is built too (and serves again when a switch ends the schedule)
+            validate_for_experts(replace(config, schedule=None), num_experts, top_k, renormalize, model_name)
+        except ConfigError as error:
+            raise ConfigError(f"the top-level setting beside the schedule: {error}") from None
         for index, (_, band) in enumerate(config.bands()):
             try:
                 validate_for_experts(band, num_experts, top_k, renormalize, model_name)

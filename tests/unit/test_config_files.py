@@ -68,3 +68,21 @@ def test_an_error_in_a_band_names_the_band_and_a_variable_names_itself():
                                 "an integer in 1..64")
     with pytest.raises(ConfigError, match=r"^LYNX_KERNEL: 'cuda' is not one of auto, sglang, lynx, triton$"):
         build_config({}, {"LYNX_KERNEL": "cuda"})
+
+
+@pytest.mark.parametrize("top_level, message", [
+    ({"policy": "lynx", "params": {"beta": 9}}, "policy 'lynx': parameter 'beta'=9 out of range (allowed: 1..8)"),
+    ({"policy": "budget", "budget": "experts=17"}, "budget: experts=17 out of range: experts must be an integer in 1..16"),
+])
+def test_the_top_level_beside_a_schedule_is_checked_against_the_model_too(top_level, message):
+    """Every band overrode it, so no band's check saw it: the scheduler built it at start and died
+    (exit 247), and a switch that ended the schedule brought the out-of-range budget back."""
+    from lynx_sglang.policy_setup import validate_for_experts
+
+    params = {"beta": 2} if top_level["policy"] == "lynx" else {}
+    bands = [{"from_rows": 1, "params": params, "budget": "experts=6"},
+             {"from_rows": 4, "params": params, "budget": "experts=10"}]
+    config = LynxConfig(**top_level, schedule=bands)
+    with pytest.raises(ConfigError) as error:
+        validate_for_experts(config, 16, 4, True, "trained-16x4")
+    assert str(error.value) == f"the top-level setting beside the schedule: {message}"

@@ -31,6 +31,19 @@ def post_json(url: str, payload: dict, timeout: float = 120.0, api_key: str | No
         return json.loads(response.read())
 
 
+def error_detail(error: urllib.error.HTTPError) -> str:
+    """The server's own reason in an error's body (SGLang's OpenAI routes answer {"message": ...}, its
+    others {"error": ...}), else the status's phrase: "Bad Request" alone hid "chat_template is not set"."""
+    try:
+        body = json.loads(error.read())
+    except (ValueError, OSError, AttributeError):
+        return str(error.reason)
+    detail = body.get("message") or body.get("error") if isinstance(body, dict) else None
+    if isinstance(detail, dict):
+        detail = detail.get("message")
+    return " ".join(str(detail).split())[:300] if detail else str(error.reason)
+
+
 def complete(base_url: str, prompt: str, endpoint: str = "completions", api_key: str | None = None) -> str:
     if endpoint == "completions":
         body = {"model": "default", "prompt": prompt, "max_tokens": MAX_ANSWER_TOKENS, "temperature": 0}
@@ -126,7 +139,7 @@ def main(argv=None) -> int:
                           api_key=args.api_key)
     except urllib.error.HTTPError as exc:
         hint = "; pass the server's --api-key as --api-key" if exc.code == 401 else ""
-        print(f"lynx-sglang eval: error: {args.url} answered HTTP {exc.code} ({exc.reason}){hint}", file=sys.stderr)
+        print(f"lynx-sglang eval: error: {args.url} answered HTTP {exc.code} ({error_detail(exc)}){hint}", file=sys.stderr)
         return 2
     except (urllib.error.URLError, ConnectionError) as exc:
         print(f"lynx-sglang eval: error: cannot reach {args.url} ({exc})", file=sys.stderr)

@@ -137,3 +137,21 @@ def test_unreachable_server_is_an_error_not_a_score(capsys):
     rc = eval_main(["--url", url, "--count", "4"])
     assert rc == 2
     assert "cannot reach" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("body, detail", [
+    (b'{"object": "error", "message": "As of transformers v4.44, tokenizer.chat_template is not set", '
+     b'"type": "BadRequestError", "code": 400}', "As of transformers v4.44, tokenizer.chat_template is not set"),
+    (b'{"error": {"message": "bad ids"}}', "bad ids"),
+    (b'{"error": "Unauthorized"}', "Unauthorized"),
+    (b"<html>oops</html>", "Bad Request"),
+])
+def test_an_http_error_says_the_servers_reason(body, detail):
+    """`eval --endpoint chat` on a checkpoint without a chat template said only `HTTP 400 (Bad Request)`."""
+    import io
+    import urllib.error
+
+    from lynx_sglang.evaluate import error_detail
+
+    error = urllib.error.HTTPError("http://x/v1/chat/completions", 400, "Bad Request", {}, io.BytesIO(body))
+    assert error_detail(error) == detail

@@ -98,6 +98,24 @@ def test_per_launch_times_need_a_gpu(capsys):
     assert "--per-launch times the Triton launches on a GPU: it needs a CUDA device" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("num_experts, top_k, groups", [(256, 8, (8, 4)), (64, 8, (8, 4)), (60, 8, (4, 2)),
+                                                       (20, 8, (4, 2)), (12, 8, (4, 3)), (6, 2, (2, 1))])
+def test_the_grouped_router_splits_any_expert_count_it_can_and_leaves_a_token_its_k(num_experts, top_k, groups):
+    from lynx_sglang.tools.bench.batches import expert_groups
+
+    assert expert_groups(num_experts, top_k) == groups
+    assert groups[1] * (num_experts // groups[0]) >= top_k
+
+
+def test_a_grouped_router_an_expert_count_cannot_take_is_one_line(capsys):
+    """A fixed 8 groups, 4 kept (4 and 2 below 16 experts) crashed with a traceback at 6, 20 or 60 experts."""
+    with pytest.raises(SystemExit) as ended:
+        cli_main(["bench", "policies", "--experts", "8,3", "--router", "biased-grouped-sigmoid"])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == ("lynx-sglang bench policies: error: --router biased-grouped-sigmoid: 3 experts "
+                                       "do not split into 2, 4 or 8 equal groups of two or more\n")
+
+
 class RecordingTimer:
     """A timer that runs each call once, keeps it, and reports 1.0, 2.0, ... in the order it was asked."""
 

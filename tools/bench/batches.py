@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -16,14 +18,25 @@ ROUTER_KINDS = ("softmax", "sigmoid", "biased-sigmoid", "biased-grouped-sigmoid"
 
 def router_for(kind: str, num_experts: int, device, seed: int = 0):
     """The RouterModel of a benchmark's router kind (None for plain softmax): a random correction bias,
-    and for the grouped kind DeepSeek-V3's limit scaled down (8 groups, 4 kept; 4 and 2 below 16 experts)."""
+    and for the grouped kind DeepSeek-V3's limit scaled down (expert_groups)."""
     from lynx_sglang.policies import RouterModel
 
     if kind == "softmax":
         return None
     bias = torch.randn(num_experts, generator=torch.Generator().manual_seed(seed + 1)) * 0.1 if "biased" in kind else None
-    groups = (8, 4) if num_experts >= 16 else (4, 2)
-    return RouterModel("sigmoid", None if bias is None else bias.to(device), *(groups if "grouped" in kind else (None, None)))
+    groups = expert_groups(num_experts, top_k_for(num_experts)) if "grouped" in kind else (None, None)
+    return RouterModel("sigmoid", None if bias is None else bias.to(device), *groups)
+
+
+def expert_groups(num_experts: int, top_k: int) -> tuple[int, int]:
+    """(groups, groups kept) as DeepSeek-V3 limits a token, scaled down: the most of 8, 4 or 2 equal groups,
+    half of them kept, more where that would leave a token fewer than its k experts; ValueError when
+    no such split exists (a fixed 8 and 4 failed at 6, 20 or 60 experts)."""
+    for groups in (8, 4, 2):
+        if num_experts % groups == 0 and num_experts // groups >= 2:
+            kept = max(groups // 2, math.ceil(top_k / (num_experts // groups)))
+            return groups, kept
+    raise ValueError(f"{num_experts} experts do not split into 2, 4 or 8 equal groups of two or more")
 
 
 def make_batch(num_rows, num_experts, top_k, device, dtype, seed=0, ids="router", router=None):

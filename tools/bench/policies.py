@@ -39,7 +39,7 @@ from lynx_sglang.kernels.routing import fused_available
 from lynx_sglang.policies.registry import BUILTIN_POLICIES, get_policy, resolve_policy_class
 
 from ..launch_count import count_launches
-from .batches import ROUTER_KINDS, make_batch, router_for, top_k_for
+from .batches import ROUTER_KINDS, expert_groups, make_batch, router_for, top_k_for
 from .flags import Parser, positive_int, positive_ints
 from .timers import CALLS_PER_GRAPH, time_cpu, time_cuda_graph
 
@@ -110,6 +110,12 @@ def parse_args(argv=None):
         parser.error("--per-launch times the Triton launches on a GPU: it needs a CUDA device")
     args.repeats = args.repeats or (10 if args.device == "cuda" else 50)
     args.policies = policy_names(parser, args.policies)
+    if "grouped" in args.router:
+        for num_experts in args.experts:
+            try:
+                expert_groups(num_experts, top_k_for(num_experts))
+            except ValueError as error:
+                parser.error(f"--router {args.router}: {error}")
     return args
 
 

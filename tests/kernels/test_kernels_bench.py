@@ -75,6 +75,23 @@ def test_routing_covers_the_active_set():
     assert mask[topk_ids.long()].all()
 
 
+@pytest.mark.parametrize("shape_index, num_active, num_tokens", [(2, 32, 32), (2, 16, 32), (1, 17, 32), (0, 3, 5)])
+def test_a_tokens_experts_are_distinct_and_the_active_set_is_covered(shape_index, num_active, num_tokens):
+    """Slices of back-to-back permutations gave some tokens one expert twice (3 of 32 at deepseek-v2-lite's
+    64 experts top-6, half active), which no router does; SGLang's native MoE failed on it."""
+    shape = bench.MODEL_SHAPES[shape_index]
+    topk_ids, weights, mask, computed = bench.make_routing(num_tokens, shape, num_active, "cpu")
+    assert topk_ids.shape == (num_tokens, shape.top_k) and mask[topk_ids.long()].all()
+    assert all(len(set(row)) == shape.top_k for row in topk_ids.tolist())
+    assert computed == num_active and torch.allclose(weights.sum(dim=1), torch.ones(num_tokens))
+
+
+def test_fewer_active_experts_than_k_fill_the_spare_slots_as_the_remap_does():
+    topk_ids, weights, _, computed = bench.make_routing(4, bench.MODEL_SHAPES[1], 3, "cpu")  # top-8
+    assert computed == 3 and all(len(set(row)) == 3 for row in topk_ids.tolist())
+    assert (topk_ids[:, 3:] == topk_ids[:, :1]).all() and (weights[:, 3:] == 0).all()
+
+
 def test_extra_implementations_are_named_and_timed(capsys):
     def extra(device):
         return {"twice": ("ours called twice", lambda *a: [bench.grouped_mm_moe(*a[:5]) for _ in range(2)])}

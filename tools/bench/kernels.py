@@ -29,7 +29,6 @@ Ratios are "other time / our time": above 1 means ours is faster.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -70,15 +69,26 @@ PROG = "lynx-sglang bench kernels"  # `python -m` of this module names itself in
 
 
 def make_routing(num_tokens: int, shape: MoeShape, num_active: int, device, seed: int = 0):
-    """topk_ids over ``num_active`` random experts (each covered when B*k allows), weights, mask."""
+    """topk_ids over ``num_active`` random experts (each covered when B*k allows), weights, mask. A
+    token's k experts are distinct, as a router's are; with fewer active experts than k, the slots left
+    over repeat its first expert with weight 0, as the policies' remap fills them (policies/remap.py;
+    SGLang's native MoE, the CPU comparison, cannot take a row naming one expert twice: its cell fails).
+    (Slices of back-to-back permutations gave a token one expert twice at a seam: routing no model
+    makes, on which SGLang's native MoE failed.)"""
     gen = torch.Generator().manual_seed(seed)
     active = torch.randperm(shape.experts, generator=gen)[:num_active]
-    num_pairs = num_tokens * shape.top_k
-    rounds = math.ceil(num_pairs / num_active)
-    sequence = torch.cat([active[torch.randperm(num_active, generator=gen)] for _ in range(rounds)])
-    topk_ids = sequence[:num_pairs].view(num_tokens, shape.top_k).to(torch.int32)
-    topk_weights = torch.rand(num_tokens, shape.top_k, generator=gen) + 0.1
+    order = active[torch.randperm(num_active, generator=gen)]
+    used = min(shape.top_k, num_active)
+    # token t takes `used` consecutive experts of the cycle from t * used: distinct, the cycle covered
+    slots = (torch.arange(num_tokens).unsqueeze(1) * used + torch.arange(used)) % num_active
+    topk_ids = order[slots]
+    topk_weights = torch.rand(num_tokens, used, generator=gen) + 0.1
     topk_weights = topk_weights / topk_weights.sum(dim=1, keepdim=True)
+    if used < shape.top_k:
+        padding = shape.top_k - used
+        topk_ids = torch.cat([topk_ids, topk_ids[:, :1].expand(-1, padding)], dim=1)
+        topk_weights = torch.cat([topk_weights, torch.zeros(num_tokens, padding)], dim=1)
+    topk_ids = topk_ids.to(torch.int32)
     active_mask = torch.zeros(shape.experts, dtype=torch.bool)
     active_mask[active] = True
     computed = int(torch.unique(topk_ids).numel())

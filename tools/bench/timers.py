@@ -27,7 +27,8 @@ class Timer:
     def _prepare(self, closures):
         """Warm up (JIT compile outside any capture) and, on a GPU, capture one graph per closure."""
         if self.device.type != "cuda":
-            for i in range(self.warmup):
+            # at least one call here, so that one that fails is reported as its case's failure, as on a GPU
+            for i in range(max(self.warmup, 1)):
                 closures[i % len(closures)]()
             return closures
         runners = []

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lynx_sglang.embedded.task import DISTRIBUTIONS, Problem, Score, heldout_problems, score
-from lynx_sglang.experiments.client import api_headers
+from lynx_sglang.experiments.client import api_headers, error_reason
 from lynx_sglang.local_server import server_url
 
 MAX_ANSWER_TOKENS = 8  # the longest answer is 6 characters, plus EOS
@@ -32,16 +32,9 @@ def post_json(url: str, payload: dict, timeout: float = 120.0, api_key: str | No
 
 
 def error_detail(error: urllib.error.HTTPError) -> str:
-    """The server's own reason in an error's body (SGLang's OpenAI routes answer {"message": ...}, its
-    others {"error": ...}), else the status's phrase: "Bad Request" alone hid "chat_template is not set"."""
-    try:
-        body = json.loads(error.read())
-    except (ValueError, OSError, AttributeError):
-        return str(error.reason)
-    detail = body.get("message") or body.get("error") if isinstance(body, dict) else None
-    if isinstance(detail, dict):
-        detail = detail.get("message")
-    return " ".join(str(detail).split())[:300] if detail else str(error.reason)
+    """The server's reason, else the status's phrase: "Bad Request" alone hid "chat_template is not set"."""
+    reason = error_reason(error)
+    return " ".join(reason.split())[:300] if reason else str(error.reason)
 
 
 def complete(base_url: str, prompt: str, endpoint: str = "completions", api_key: str | None = None) -> str:

@@ -33,7 +33,7 @@ from .client import AdminClient, ServerError, describe_scope, served_scope, sett
 from .cli_args import add_common_arguments, command_parser, parse_command, parse_levels
 from .experiment import restore_setting
 from .launch import ManagedServer, terminate_as_interrupt
-from .model_arms import calibration_candidates, refusals_before_start, served_shape
+from .model_arms import calibration_candidates, check_not_all_refused, refusals_before_start, served_shape
 from .tasks import BUILTIN_TASK, builtin_items_excluding, load_items, make_scorer
 
 # Why a margin: the confirmation draws new items, so its interval moves by about its own half-width
@@ -131,9 +131,7 @@ def main(argv=None) -> int:
         if candidates is not None and all(arm == reference for arm in candidates):
             raise ArmSpecError("--candidates holds only baseline, the reference: name a policy to calibrate")
         refused = dict(refusals_before_start(candidates or [], args, EMBEDDED_MODEL_DIR))
-        if refused and len(refused) == len(set(candidates) - {reference}):
-            reasons = "; ".join(f"{arm.label}: {why}" for arm, why in refused.items())
-            raise ArmSpecError(f"the model refuses every candidate ({reasons})")
+        check_not_all_refused(refused, len(set(candidates or []) - {reference}), "every candidate")
     except ValueError as error:
         print(f"lynx-sglang calibrate: error: {error}", file=sys.stderr)
         return 2

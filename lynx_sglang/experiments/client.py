@@ -24,6 +24,19 @@ class ServerError(RuntimeError):
         self.status = status  # the HTTP status when the server answered one
 
 
+def error_reason(error: urllib.error.HTTPError) -> str | None:
+    """The server's own reason in an error's body (SGLang's OpenAI routes answer {"message": ...}, the
+    others and ours {"error": ...}); None where the body gives none."""
+    try:
+        body = json.loads(error.read())
+    except (ValueError, OSError, AttributeError):
+        return None
+    detail = body.get("message") or body.get("error") if isinstance(body, dict) else None
+    if isinstance(detail, dict):
+        detail = detail.get("message")
+    return str(detail) if detail else None
+
+
 class ArmRefused(ServerError):
     """The server refused an arm's setting (HTTP 400 from POST /lynx/policy): the server is fine, the
     setting does not fit the model; a sweep skips the arm and goes on."""
@@ -115,10 +128,7 @@ class AdminClient:
             raise ServerError(f"cannot reach {self.base_url} ({reason})") from None
 
     def _http_message(self, method: str, path: str, error: urllib.error.HTTPError) -> str:
-        try:
-            detail = json.loads(error.read()).get("error", "")
-        except (json.JSONDecodeError, AttributeError, OSError):
-            detail = ""
+        detail = error_reason(error) or ""
         if error.code == 401 and method == "POST":
             return (f"{self.base_url}{path} wants SGLang's admin key ({detail or 'HTTP 401'}); pass the server's "
                     "--admin-api-key as --admin-api-key, or its --api-key as --api-key where it has no admin key")

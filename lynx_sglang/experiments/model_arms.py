@@ -17,7 +17,7 @@ from lynx_sglang.config import ConfigError, LynxConfig, parse_setting
 from lynx_sglang.model_config import MoeShape
 from lynx_sglang.policy_setup import validate_for_model
 
-from .arms import Arm, parse_arms
+from .arms import Arm, ArmSpecError, parse_arms
 from .client import AdminClient
 
 # Per-layer anchor ratios calibrated on the embedded model (docs/results/calibration): they belong to
@@ -119,6 +119,13 @@ def refusals_before_start(arms: list[Arm], args, embedded_model: Path) -> list[t
     if shape is None:
         return []
     return [(arm, why) for arm in arms if (why := refusal(arm, shape))]
+
+
+def check_not_all_refused(refused: dict, others: int, what: str) -> None:
+    """End a run before its server starts where the model refuses all `others` arms it would compare."""
+    if refused and len(refused) == others:
+        reasons = "; ".join(f"{arm.label}: {why}" for arm, why in refused.items())
+        raise ArmSpecError(f"the model refuses {what} ({reasons})")
 
 
 def cannot_prune(arm: Arm, shape: ServedShape) -> str | None:

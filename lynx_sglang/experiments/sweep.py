@@ -27,7 +27,7 @@ from .arms import ArmSpecError, arm_from_config_file, check_policy_names, parse_
 from .client import ServerError
 from .cli_args import add_common_arguments, command_parser, parse_command, parse_levels, prepare_items
 from .experiment import Experiment, run, say
-from .model_arms import default_arms, refusals_before_start, served_shape
+from .model_arms import check_not_all_refused, default_arms, refusals_before_start, served_shape
 
 GOAL_BYTES_RATIO = 0.4  # "at least 60 % fewer expert bytes per decode token"
 GOAL_POINTS = 0.01  # "... with accuracy within 1 point" (LossBound's default)
@@ -86,9 +86,7 @@ def check_refusals(arms: list, args) -> None:
     reference = arms[0]
     if reference in refused:
         raise ArmSpecError(f"the reference arm {reference.label}: {refused[reference]}")
-    if refused and len(refused) == len(arms) - 1:
-        reasons = "; ".join(f"{arm.label}: {why}" for arm, why in refused.items())
-        raise ArmSpecError(f"the model refuses every arm to compare with {reference.label} ({reasons})")
+    check_not_all_refused(refused, len(arms) - 1, f"every arm to compare with {reference.label}")
 
 
 def model_default_arms(args) -> list:

@@ -65,6 +65,9 @@ def test_named_shape_with_dummy_weights_records_both_arms(tmp_path):
     assert baseline["experts_per_layer"] == before["distinct_experts_per_layer_before"]
     assert baseline["expert_bytes_per_decode_token"] == before["expert_bytes_per_decode_token_before"]
     assert by_arm["baseline"]["expert_figures_from"] == "pruned arms' before-figures"
+    # auto on a CPU without a measured table: lynx's kernel computed every pruned layer
+    assert (by_arm["baseline"]["expert_compute"], before["expert_compute"]) == (None, "lynx-cpu")
+    assert "what computed the pruned decode steps" in proc.stdout
     ratios = by_arm["budget:experts=1"]["ratios_to_baseline"]
     assert ratios["tpot_median"] == pytest.approx(pruned["tpot_median_ms"] / baseline["tpot_median_ms"])
     assert ratios["expert_bytes_per_decode_token"] < 1
@@ -99,6 +102,7 @@ def test_model_path_with_a_chosen_kernel_and_a_profile(tmp_path):
     assert (row["arm"], row["kernel"]) == ("budget:fraction=0.5", "sglang")
     [result] = json.loads(figures.read_text())["results"]  # --json keeps its own format
     assert result["ratios_to_baseline"] is None  # no baseline arm to compare with
+    assert result["expert_compute"] == "sglang"
     assert row["experts_per_layer"] <= 4 and row["experts_per_layer"] < result["distinct_experts_per_layer_before"]
 
 

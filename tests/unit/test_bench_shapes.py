@@ -8,7 +8,7 @@ import pytest
 
 from lynx_sglang.tools.bench.models import DEFAULT_SHAPE_FIELDS, BenchError, Device, memory_flags, resolve_model
 from lynx_sglang.tools.bench.serve import build_parser, check_arms_for_model, kv_token_flags, parse_arms, server_runs
-from lynx_sglang.tools.bench.report import Result, expert_figures, percentile, ratios
+from lynx_sglang.tools.bench.report import Result, compute_summary, expert_figures, percentile, ratios
 from lynx_sglang.tiny_checkpoints import NAMED_SHAPES, ShapeError, fit_layers, kv_bytes_per_token, parse_shape
 from lynx_sglang.tiny_checkpoints import weight_bytes
 
@@ -189,3 +189,11 @@ def test_a_shape_without_moe_layers_is_refused_before_a_server_starts(shape, tmp
     with pytest.raises(BenchError, match=r"nothing to prune \(num_hidden_layers=\d, none with routed experts\)"):
         resolve_model(None, shape, [], Device("CPU", None), tmp_path,
                       check=lambda model_dir: check_arms_for_model(parse_arms("baseline;lynx"), model_dir))
+
+
+def test_what_computed_the_pruned_steps_is_summarised_per_layer():
+    assert compute_summary({}) is None
+    assert compute_summary({"1": "lynx-triton", "2": "lynx-triton"}) == "lynx-triton"
+    # a layer lynx's kernel cannot compute keeps SGLang's, whatever --lynx-kernel said
+    assert compute_summary({"0": "sglang (expert biases)", "1": "sglang (expert biases)", "2": "lynx-cpu"}) == (
+        "sglang (expert biases) on 2 layers; lynx-cpu on 1 layer")

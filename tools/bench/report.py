@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class Result:
     seconds: float
     tpot_ms: list[float] = field(repr=False)
     stats: dict | None = None  # /lynx/stats after the level; None for baseline (no bookkeeping)
+    compute: str | None = None  # what computed the pruned steps (compute_summary); None for baseline
 
     @property
     def tokens_per_s(self) -> float:
@@ -55,6 +57,16 @@ class Result:
         if self.stats is None:
             return None, None
         return self.stats[f"distinct_experts_{when}"], self.stats[f"expert_bytes_per_decode_token_{when}"]
+
+
+def compute_summary(expert_compute: dict[str, str]) -> str | None:
+    """GET /lynx/policy's `expert_compute` (layer: what computes its pruned decode steps) in a few words.
+    It can differ from --lynx-kernel: a layer lynx's kernel cannot compute (expert biases, quantized
+    weights) keeps SGLang's compute, and `auto` picks per layer and batch."""
+    counts = Counter(expert_compute.values())
+    if len(counts) <= 1:
+        return next(iter(counts), None)
+    return "; ".join(f"{name} on {count} layer{'s' * (count > 1)}" for name, count in counts.most_common())
 
 
 def expert_figures(result: Result, results: list[Result]) -> tuple[float | None, float | None]:
@@ -106,7 +118,7 @@ def result_json(results: list[Result]) -> list[dict]:
             "distinct_experts_per_layer_before": before[0], "expert_bytes_per_decode_token_before": before[1],
             "expert_figures_from": ("pruned arms' before-figures" if experts is not None else None)
             if r.baseline else "own server",
-            "ratios_to_baseline": ratios(r, results),
+            "ratios_to_baseline": ratios(r, results), "expert_compute": r.compute,
         })  # fmt: skip
     return out
 
@@ -176,6 +188,11 @@ def print_table(results: list[Result]) -> None:
               f"{r.tpot_p90:11.1f} {_fmt(experts, '13.2f'):>13s}{mark} {_fmt(expert_bytes, '15.1f', 1e6):>15s}{mark}")
     if any(r.baseline for r in results):
         print(f"* {BORROWED_NOTE}; n/a: no pruned arm ran at that concurrency")
+    computes = {(r.arm, r.kernel): r.compute for r in results if r.compute is not None}
+    if computes:
+        print("\nthe kernel column is --lynx-kernel; what computed the pruned decode steps (GET /lynx/policy):")
+        for (arm, kernel), compute in computes.items():
+            print(f"  {arm:22s} {kernel:7s} {compute}")
     lines = [(r, ratios(r, results)) for r in results]
     lines = [(r, q) for r, q in lines if q is not None]
     if not lines:

@@ -42,7 +42,7 @@ from lynx_sglang.tiny_checkpoints.shapes import NAMED_SHAPES
 
 from .models import BenchError, BenchModel, describe_device, memory_flags, resolve_model
 from .profile import PROFILE_STEPS, profile_level, shares_line
-from .report import Record, Result, check_writable, print_table, record_rows, result_json, write_replacing
+from .report import Record, Result, check_writable, compute_summary, print_table, record_rows, result_json, write_replacing
 
 DEFAULT_ARMS = "baseline;budget:fraction=0.5"
 DEFAULT_CONCURRENCY = "1,16,32,64"
@@ -294,8 +294,9 @@ def serve_one(model: BenchModel, arm: Arm, kernel: str, args, levels, extra: lis
             count = args.requests or 4 * concurrency
             prompts = draw_prompts(rng, model, args.prompt_tokens, concurrency + count)
             seconds, per_request, stats = run_level(server, admin, concurrency, prompts, args.output_tokens)
-            result = Result(arm.spec, kernel, arm.is_baseline, concurrency,
-                            count, sum(t for _, t in per_request), seconds, [tpot for tpot, _ in per_request], stats)
+            compute = None if admin is None else compute_summary(admin.policy().get("expert_compute", {}))
+            result = Result(arm.spec, kernel, arm.is_baseline, concurrency, count, sum(t for _, t in per_request),
+                            seconds, [tpot for tpot, _ in per_request], stats, compute)
             experts = "" if stats is None else f", experts/layer {stats['distinct_experts_after']:.2f}"
             print(f"  {label} c={concurrency}: {count} requests in {seconds:.1f} s, {result.tokens_per_s:.1f} tok/s, "
                   f"TPOT median {result.tpot_median:.1f} ms, p90 {result.tpot_p90:.1f} ms{experts}", flush=True)

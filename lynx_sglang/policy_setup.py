@@ -98,6 +98,10 @@ def validate_settings(config: LynxConfig) -> None:
             validate_settings(band)
         return
     resolve_policy_or_error(config.policy)
+    if config.layers is not None and "layers" in config.params:
+        # the setting would replace the parameter (policy_params) without a word
+        raise ConfigError(f"layers: given twice, as the setting (layers {layer_list(config.layers)}) and as the "
+                          f"policy parameter layers={config.params['layers']!r}; give it once, as --lynx-layers")
     if config.params.get("prefer_resident") is True and config.expert_cache is None:
         raise ConfigError("prefer_resident: prefers the experts the expert cache holds on the device; start the "
                           "server with --lynx-expert-cache N (without a cache every expert is resident)")

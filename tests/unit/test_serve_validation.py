@@ -206,6 +206,7 @@ def test_bad_port_values(port):
     (["--lynx-policy", "budget", "--lynx-budget", "fast"], ["not a budget"]),
     (["--lynx-policy", "lynx", "--lynx-layers", "2-9"], ["layers", "not a layer of this model"]),
     (["--lynx-policy", "lynx", "--lynx-layers", "x"], ["layers", "'x'"]),
+    (["--lynx-policy", "lynx", "--lynx-layers", "1-2", "--lynx-param", "layers=3"], ["layers: given twice"]),
     (["--lynx-kernel", "cuda"], ["--lynx-kernel", "invalid choice"]),
     (["--lynx-budget", "experts=4"], ["has no effect with policy 'baseline'"]),
     (["--lynx-policy", "lynx", "--ep-size", "2"], ["expert parallelism", "--ep-size 2"]),

@@ -27,6 +27,10 @@ CPU_DEFAULTS = {
     "dtype": "float32",
 }
 CPU_DEFAULT_ENV = {"OMP_NUM_THREADS": "1", "SGLANG_USE_CPU_ENGINE": "1"}
+# Architectures whose attention SGLang builds in config.json's dtype whatever --dtype says (gpt_oss.py:
+# params_dtype=config.dtype): another --dtype fails at the first request (F.linear on two dtypes).
+DTYPE_FROM_CONFIG = ("GptOssForCausalLM",)
+DTYPE_SPELLINGS = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # SGLang replays a mixed batch on the prefill CUDA graphs, captured as extend forwards the policy does
 # not route: with --lynx-prune-mixed, prefill runs eagerly unless the user chose a prefill graph backend.
 PRUNE_MIXED_ON_CUDA = {"cuda_graph_backend_prefill": "disabled"}
@@ -48,6 +52,7 @@ def checked_config(settings: dict, model_path: Path, given: GivenSettings, envir
         raise LaunchError(str(exc)) from None
     from_hub = config_dir != model_path
     check_checkpoint(config_dir, weights_needed=given.value("load_format") != "dummy" and not from_hub)
+    check_dtype(config_dir, given.value("dtype"))
     try:
         config = build_config(settings, environ, flag_names=names)
         shape = MoeShape.from_checkpoint(model_path, revision)
@@ -153,6 +158,26 @@ def check_checkpoint(path: Path, weights_needed: bool = True) -> None:
             "(its answers would be garbage or NaN); serve the published Llama4ForConditionalGeneration "
             "checkpoint, or this one with --load-format dummy"
         )
+
+
+def checkpoint_dtype_needed(config_dir: Path) -> str | None:
+    """The only dtype SGLang serves this checkpoint in (DTYPE_FROM_CONFIG), or None: any."""
+    try:
+        config = read_model_config(config_dir)
+    except ConfigError:
+        return None  # check_checkpoint says what is wrong with it
+    own = config.get("torch_dtype") or config.get("dtype")
+    if not isinstance(own, str) or not set(config.get("architectures") or ()) & set(DTYPE_FROM_CONFIG):
+        return None
+    return DTYPE_SPELLINGS.get(own, own)
+
+
+def check_dtype(config_dir: Path, dtype: str | None) -> None:
+    needed = checkpoint_dtype_needed(config_dir)
+    if needed is not None and dtype not in (None, "auto") and DTYPE_SPELLINGS.get(dtype, dtype) != needed:
+        raise LaunchError(f"dtype {dtype}: SGLang builds this model's attention in its checkpoint's dtype "
+                          f"({needed}, config.json) and fails on another at the first request; serve it in {needed} "
+                          f"(--dtype {needed})")
 
 
 def check_parallelism(config: LynxConfig, given: GivenSettings) -> None:

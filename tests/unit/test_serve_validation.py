@@ -107,6 +107,17 @@ def test_deepseek_and_gpt_oss_get_triton_attention_interpreted_on_a_cpu(tmp_path
         plan_launch(wide, on_cpu=True)
 
 
+def test_a_dtype_sglang_cannot_build_gpt_oss_in_is_refused_before_it_starts(tmp_path):
+    # SGLang builds gpt-oss's attention in config.json's dtype: another fails at the first request
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_oss", "num_hidden_layers": 2,
+                                                      "architectures": ["GptOssForCausalLM"], "dtype": "float32"}))
+    argv = ["--model-path", str(tmp_path), "--port", str(free_port()), "--load-format", "dummy"]
+    with pytest.raises(LaunchError, match=r"dtype bfloat16: .* its checkpoint's dtype \(float32, config.json\)"):
+        plan_launch([*argv, "--dtype", "bfloat16"], on_cpu=True)
+    for dtype in (["--dtype", "float32"], ["--dtype=float"], []):
+        plan_launch([*argv, *dtype], on_cpu=True)
+
+
 @pytest.mark.parametrize("load_format", [["--load-format", "dummy"], ["--load-format=dummy"]])
 def test_checkpoint_without_weights_is_served_with_dummy_weights(tmp_path, load_format):
     config = {"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2, "num_hidden_layers": 2}

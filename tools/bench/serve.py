@@ -35,6 +35,7 @@ from lynx_sglang.config import CONFIG_FILE_ENV, ENV_VARIABLES, KERNELS, ConfigEr
 from lynx_sglang.experiments.client import AdminClient, ServerError
 from lynx_sglang.experiments.cli_args import parse_levels
 from lynx_sglang.experiments.launch import ManagedServer, served_address, terminate_as_interrupt
+from lynx_sglang.launch_checks import checkpoint_dtype_needed
 from lynx_sglang.model_config import MoeShape
 from lynx_sglang.policies import available_policies
 from lynx_sglang.policy_setup import resolve_policy_or_error, validate_for_model
@@ -412,6 +413,9 @@ def run(argv: list[str]) -> int:
 
     failed = 0
     extra = kv_token_flags(args, levels, device.gpu_bytes is not None) + memory_flags(model, device, args.serve_args)
+    if (dtype := checkpoint_dtype_needed(model.path)) not in (None, "bfloat16"):
+        print(f"model {model.name}: served in {dtype}, its checkpoint's: SGLang builds its attention in that dtype")
+        extra += ["--dtype", dtype]  # after bench's bfloat16, before the user's flags
     for number, (arm, kernel) in enumerate(runs):
         try:
             serve_one(model, arm, kernel, args, levels, extra, logs / f"{number}-{arm.policy}-{kernel}.log", on_result,

@@ -44,9 +44,8 @@ def cpu_model_settings(model_path: Path, revision: str | None, given) -> tuple[d
         return {}, {}  # the checkpoint checks say what is wrong with the folder, or SGLang will
     architectures = set(config.get("architectures") or ())
     named = f"{model_path} ({', '.join(sorted(architectures))})"
-    for names, why in CPU_UNSUPPORTED.items():
-        if architectures & set(names):
-            raise CpuModelError(f"{named} cannot be served on a CPU: {why} (docs/routers.md); serve it on a GPU")
+    if why := cpu_unsupported_reason(architectures):
+        raise CpuModelError(f"{named} cannot be served on a CPU: {why} (docs/routers.md); serve it on a GPU")
     text_config = config.get("text_config") or config
     why = triton_attention_reason(text_config, architectures)
     if why is None:
@@ -59,6 +58,11 @@ def cpu_model_settings(model_path: Path, revision: str | None, given) -> tuple[d
     check_mla_row(text_config, named)
     settings = {name: value for name, value in TRITON_ATTENTION_SETTINGS.items() if not given.given(name)}
     return settings, {"TRITON_INTERPRET": "1"}
+
+
+def cpu_unsupported_reason(architectures) -> str | None:
+    """Why a model of these architectures (config.json's) cannot be served on a CPU; None: it can."""
+    return next((why for names, why in CPU_UNSUPPORTED.items() if set(architectures) & set(names)), None)
 
 
 def triton_attention_reason(text_config: dict, architectures: set[str]) -> str | None:

@@ -197,3 +197,16 @@ def test_what_computed_the_pruned_steps_is_summarised_per_layer():
     # a layer lynx's kernel cannot compute keeps SGLang's, whatever --lynx-kernel said
     assert compute_summary({"0": "sglang (expert biases)", "1": "sglang (expert biases)", "2": "lynx-cpu"}) == (
         "sglang (expert biases) on 2 layers; lynx-cpu on 1 layer")
+
+
+def test_a_model_sglang_cannot_run_on_a_cpu_is_refused_there_before_a_server_starts(tmp_path):
+    """Llama-4 on a CPU: every arm's server refused it in turn, each after its own start."""
+    def check(on_cpu):
+        return lambda model_dir: check_arms_for_model(parse_arms("baseline;lynx"), model_dir, on_cpu)
+
+    with pytest.raises(BenchError, match=r"Llama4ForCausalLM cannot be served on a CPU: .*; run it on a GPU"):
+        resolve_model(None, "llama-4-scout,num_hidden_layers=2", [], Device("CPU", None), tmp_path / "cpu",
+                      check=check(True))
+    model = resolve_model(None, "llama-4-scout,num_hidden_layers=2", [], Device("CPU", None), tmp_path / "gpu",
+                          check=check(False))
+    assert model.num_layers == 2

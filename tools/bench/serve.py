@@ -32,11 +32,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lynx_sglang.config import CONFIG_FILE_ENV, ENV_VARIABLES, KERNELS, ConfigError, build_config
+from lynx_sglang.cpu_runtime.model_support import cpu_unsupported_reason
 from lynx_sglang.experiments.client import AdminClient, ServerError
 from lynx_sglang.experiments.cli_args import parse_levels
 from lynx_sglang.experiments.launch import ManagedServer, served_address, terminate_as_interrupt
 from lynx_sglang.launch_checks import checkpoint_dtype_needed
-from lynx_sglang.model_config import MoeShape
+from lynx_sglang.model_config import MoeShape, read_model_config
 from lynx_sglang.policies import available_policies
 from lynx_sglang.policy_setup import resolve_policy_or_error, validate_for_model
 from lynx_sglang.tiny_checkpoints.shapes import NAMED_SHAPES
@@ -199,12 +200,16 @@ def check_counts(args, levels: list[int]) -> None:
                          f"many requests in flight, so it needs at least as many (default: 4 x concurrency)")
 
 
-def check_arms_for_model(arms: list[Arm], model_dir: Path) -> None:
-    """Each arm against the model's config.json: resolve_model calls it before it builds a checkpoint."""
+def check_arms_for_model(arms: list[Arm], model_dir: Path, on_cpu: bool = False) -> None:
+    """The model, then each arm, against its config.json: resolve_model calls it before it builds a
+    checkpoint. on_cpu: a model SGLang cannot run on a CPU is refused here, not by every arm's server."""
     try:
         shape = MoeShape.from_checkpoint(model_dir)
+        architectures = read_model_config(model_dir).get("architectures") or ()
     except ConfigError as exc:
         raise BenchError(f"--model-path: {exc}") from None
+    if on_cpu and (why := cpu_unsupported_reason(architectures)):
+        raise BenchError(f"{', '.join(architectures)} cannot be served on a CPU: {why}; run it on a GPU")
     if shape is None or shape.moe_layers == ():
         where = "no routed experts" if shape is None else f"num_hidden_layers={shape.num_layers}, none with routed experts"
         raise BenchError(f"the model has nothing to prune ({where}): bench serve measures MoE decode")
@@ -370,7 +375,7 @@ def run(argv: list[str]) -> int:
     logs = Path(tempfile.mkdtemp(prefix="lynx-bench-serve-"))
     try:
         model = resolve_model(args.model_path, args.shape, args.serve_args, device, logs,
-                              check=lambda model_dir: check_arms_for_model(arms, model_dir),
+                              check=lambda model_dir: check_arms_for_model(arms, model_dir, device.gpu_bytes is None),
                               kv_tokens=kv_tokens_held(args, levels))
     except BenchError:
         shutil.rmtree(logs, ignore_errors=True)  # nothing ran: no folder of empty logs left behind

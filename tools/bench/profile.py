@@ -19,6 +19,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .streams import greedy_stream_request
+
 PROFILE_STEPS = 16
 TRACE_WAIT_S = 300  # the scheduler writes the trace after the last profiled step
 # First match wins. GPU kernel names (SGLang's Triton kernels, this repository's, torch's and cuBLAS's)
@@ -179,9 +181,7 @@ def _raise_if_failed(streams) -> None:
 
 def _decode_until(url: str, prompt: list[int], output_tokens: int, stop: threading.Event, on_first_token) -> None:
     """A greedy request that decodes until `stop` is set; closing the stream then aborts it in SGLang."""
-    body = {"input_ids": prompt, "stream": True,
-            "sampling_params": {"temperature": 0, "max_new_tokens": output_tokens, "ignore_eos": True}}
-    request = urllib.request.Request(url + "/generate", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    request = greedy_stream_request(url, prompt, output_tokens)
     with urllib.request.urlopen(request, timeout=600) as response:
         for line in response:
             if line.startswith(b"data:"):

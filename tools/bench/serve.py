@@ -45,6 +45,7 @@ from lynx_sglang.tiny_checkpoints.shapes import NAMED_SHAPES
 from .models import BenchError, BenchModel, describe_device, memory_flags, resolve_model
 from .profile import PROFILE_STEPS, profile_level, shares_line
 from .report import Record, Result, check_writable, compute_summary, print_table, record_rows, result_json, write_replacing
+from .streams import greedy_stream_request
 
 DEFAULT_ARMS = "baseline;budget:fraction=0.5"
 DEFAULT_CONCURRENCY = "1,16,32,64"
@@ -229,9 +230,7 @@ def server_runs(arms: list[Arm], kernels: list[str]) -> list[tuple[Arm, str]]:
 def stream_one(url: str, prompt: list[int], output_tokens: int) -> tuple[float, int]:
     """One streaming request: (TPOT in ms as sglang.bench_serving computes it, (latency - TTFT) /
     (output tokens - 1), and the output tokens received)."""
-    body = {"input_ids": prompt, "stream": True,
-            "sampling_params": {"temperature": 0, "max_new_tokens": output_tokens, "ignore_eos": True}}
-    request = urllib.request.Request(url + "/generate", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    request = greedy_stream_request(url, prompt, output_tokens)
     started = time.perf_counter()
     first, tokens = None, 0
     try:

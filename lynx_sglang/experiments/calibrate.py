@@ -101,14 +101,16 @@ def shared_flags(args, url: str, token: str, task: str, count: int) -> list[str]
 def serve_with(args) -> list[str]:
     """The config's header lines that name the model it was calibrated on: on another, its settings still
     load (a budget of 5 experts fits most models) but say nothing of that model's accuracy."""
-    serve = "lynx-sglang serve{} --lynx-config lynx-config.yaml"
+    # paths as given: they hold from the directory the calibration ran in
+    serve = "lynx-sglang serve{} --lynx-config " + shlex.quote(str(Path(args.out) / "lynx-config.yaml"))
     if args.url:
         return [f"Calibrated on the model served at {args.url}; serve that model with:",
                 f"  {serve.format(' --model-path MODEL')}"]
     if args.model_path:
-        return [f"Calibrated on {args.model_path}; serve it with:",
+        return [f"Calibrated on {args.model_path}; serve it, from where the calibration ran, with:",
                 f"  {serve.format(' --model-path ' + shlex.quote(args.model_path))}"]
-    return ["Calibrated on the embedded model; serve it with:", f"  {serve.format('')}"]
+    return ["Calibrated on the embedded model; serve it, from where the calibration ran, with:",
+            f"  {serve.format('')}"]
 
 
 def loss_bound(max_loss: float, margin: float) -> LossBound:

@@ -106,10 +106,13 @@ def test_calibrate_hands_its_bound_to_the_sweep(tmp_path, monkeypatch):
 
 def test_the_config_header_names_the_model_it_was_calibrated_on():
     Namespace, serve_with = argparse.Namespace, calibrate.serve_with
-    own = serve_with(Namespace(url=None, model_path="models/my moe"))
-    assert own == ["Calibrated on models/my moe; serve it with:",
-                   "  lynx-sglang serve --model-path 'models/my moe' --lynx-config lynx-config.yaml"]
-    assert serve_with(Namespace(url=None, model_path=None))[1] == "  lynx-sglang serve --lynx-config lynx-config.yaml"
-    assert "served at http://h:1" in serve_with(Namespace(url="http://h:1", model_path=None))[0]
-    text = config_yaml({"policy": "lynx"}, serve_with(Namespace(url=None, model_path="odd\npath")))
+    # both paths as given, so the command holds from where the calibration ran (the file's bare name
+    # held only in --out, where a relative model path did not)
+    own = serve_with(Namespace(url=None, model_path="models/my moe", out="runs/cal"))
+    assert own == ["Calibrated on models/my moe; serve it, from where the calibration ran, with:",
+                   "  lynx-sglang serve --model-path 'models/my moe' --lynx-config runs/cal/lynx-config.yaml"]
+    assert serve_with(Namespace(url=None, model_path=None, out="c"))[1] == (
+        "  lynx-sglang serve --lynx-config c/lynx-config.yaml")
+    assert "served at http://h:1" in serve_with(Namespace(url="http://h:1", model_path=None, out="c"))[0]
+    text = config_yaml({"policy": "lynx"}, serve_with(Namespace(url=None, model_path="odd\npath", out="c")))
     assert yaml.safe_load(text) == {"policy": "lynx"}  # a newline in the path stays inside the comment

@@ -10,10 +10,11 @@ an arm that provably cannot change the model's routing (cannot_prune) is dropped
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lynx_sglang.config import ConfigError, LynxConfig, parse_setting
+from lynx_sglang.config import LIVE_SETTINGS, ConfigError, LynxConfig, build_config, parse_setting
 from lynx_sglang.model_config import MoeShape
 from lynx_sglang.policy_setup import validate_for_model
 
@@ -89,10 +90,11 @@ def derived_spec(shape: ServedShape) -> str:
     return ";".join(group for group in groups if group)
 
 
-def refusal(arm: Arm, shape: ServedShape) -> str | None:
-    """Why the server would refuse `arm` on this model (its own validation), or None."""
+def refusal(arm: Arm, shape: ServedShape, started: LynxConfig | None = None) -> str | None:
+    """Why the server would refuse `arm` on this model (its own validation), or None. started: the
+    setting the server starts with (served_setting), whose fixed settings the arm keeps."""
     try:
-        config = arm_setting(arm)
+        config = arm_setting(arm, started or LynxConfig())
         # num_layers 0: the decoder's layer count is not known here (moe_layers counts MoE layers only),
         # so layer ids are left to the server's own check
         checkpoint_shape = MoeShape(shape.num_experts, shape.top_k, 0, shape.renormalize, shape.model_name)
@@ -102,12 +104,28 @@ def refusal(arm: Arm, shape: ServedShape) -> str | None:
     return None
 
 
-def arm_setting(arm: Arm) -> LynxConfig:
-    """The setting the server would take for `arm`: a config file's whole (its schedule too), or the policy,
-    its parameters and budget."""
+def arm_setting(arm: Arm, started: LynxConfig = LynxConfig()) -> LynxConfig:
+    """The setting the server would take for `arm`, switched to it from `started` as POST /lynx/policy
+    does: a config file's live settings whole (what it leaves out takes the default), or the policy, its
+    parameters and budget; the settings fixed at start (the expert cache, the kernel) stay."""
     if arm.config is not None:
-        return LynxConfig(**{key: parse_setting(key, value, key) for key, value in arm.config.items()})
-    return LynxConfig(policy=arm.policy, params=dict(arm.params), budget=arm.budget)
+        given = {key: parse_setting(key, value, key) for key, value in arm.config.items()}
+        live = {name: given.get(name, getattr(LynxConfig(), name)) for name in LIVE_SETTINGS}
+        return replace(started, **{**given, **live})
+    return replace(started, policy=arm.policy, params=dict(arm.params), budget=arm.budget, schedule=None)
+
+
+def served_setting(first_policy: str, serve_args, environ=os.environ) -> LynxConfig:
+    """The setting `lynx-sglang serve --lynx-policy first_policy SERVE_ARGS` starts with (its flags, the
+    LYNX_* variables and a --lynx-config file, as serve merges them), as an experiment starts its server."""
+    from lynx_sglang.launch_checks import LaunchError
+    from lynx_sglang.serve import FLAG_NAMES, lynx_settings, parse_serve_args
+
+    try:
+        namespace, _ = parse_serve_args(["--lynx-policy", first_policy, *serve_args])
+        return build_config(lynx_settings(namespace), environ, flag_names=FLAG_NAMES)
+    except (LaunchError, ConfigError) as error:
+        raise ArmSpecError(f"--serve-arg: {error}") from None
 
 
 def refusals_before_start(arms: list[Arm], args, embedded_model: Path) -> list[tuple[Arm, str]]:
@@ -116,9 +134,10 @@ def refusals_before_start(arms: list[Arm], args, embedded_model: Path) -> list[t
     if args.url:
         return []
     shape = served_shape(None, None, args.model_path, embedded_model)
-    if shape is None:
+    if shape is None or not arms:
         return []
-    return [(arm, why) for arm in arms if (why := refusal(arm, shape))]
+    started = served_setting(arms[0].policy, args.serve_arg)
+    return [(arm, why) for arm in arms if (why := refusal(arm, shape, started))]
 
 
 def check_not_all_refused(refused: dict, others: int, what: str) -> None:

@@ -77,3 +77,26 @@ def test_the_served_shape_of_a_checkpoint_counts_its_moe_layers_only():
     assert ServedShape.from_checkpoint(glm).describe() == "16 experts, top-4, 3 MoE layers"
     unknown_family = MoeShape(16, 4, num_layers=4, renormalize=True, model_name="x")
     assert ServedShape.from_checkpoint(unknown_family).moe_layers == 4
+
+
+def test_an_arm_is_checked_against_the_setting_its_server_starts_with():
+    """prefer_resident needs the expert cache the experiment's server starts with (--serve-arg): checked
+    alone, the arms of the documented offload A/B were refused before the server started."""
+    from argparse import Namespace
+
+    from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
+    from lynx_sglang.experiments.arms import ArmSpecError
+    from lynx_sglang.experiments.model_arms import refusals_before_start, served_setting
+
+    arms = parse_arms("baseline;lynx:alpha=0.5:prefer_resident=true")
+    assert "--lynx-expert-cache" in refusal(arms[1], ServedShape(8, 2, 4))
+    started = served_setting("baseline", ["--lynx-expert-cache=2", "--lynx-cache-policy", "activation"])
+    assert (started.expert_cache, started.cache_policy) == ("2", "activation")
+    assert refusal(arms[1], ServedShape(8, 2, 4), started) is None
+    args = Namespace(url=None, model_path=None, serve_arg=["--lynx-expert-cache=2"])
+    assert refusals_before_start(arms, args, EMBEDDED_MODEL_DIR) == []
+    # the server's own flags stay checked: too many slots for the model is the server's refusal
+    too_many = Namespace(url=None, model_path=None, serve_arg=["--lynx-expert-cache=9"])
+    assert "8 experts per layer" in refusals_before_start(arms, too_many, EMBEDDED_MODEL_DIR)[1][1]
+    with pytest.raises(ArmSpecError, match=r"--serve-arg: .*--lynx-expert-cache: empty value"):
+        served_setting("baseline", ["--lynx-expert-cache="])

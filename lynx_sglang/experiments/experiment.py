@@ -78,6 +78,8 @@ def run(experiment: Experiment, analyse: Analyse, publish: Publish, *, resume: b
 def measure_and_publish(experiment: Experiment, analyse: Analyse, publish: Publish, resume: bool) -> int:
     console = Console(stderr=True)
     store = MeasurementStore(experiment.out)
+    if resume and not store.path.exists():
+        say(console, f"--resume: nothing saved in {store.path}; starting from the first block", "yellow")
     try:
         header, done = store.plan(experiment.config(), resume=resume)
     except ResumeError as error:
@@ -99,11 +101,11 @@ def measure_and_publish(experiment: Experiment, analyse: Analyse, publish: Publi
     if message:
         say(console, f"lynx-sglang {experiment.tool}: error: {message}" if failed else message,
             "red" if failed else "yellow")
-    blocks = store.load()[1]
+    blocks = store.load()[1] if store.started else done
     if not blocks and status == "refused":  # a setting the model does not take: a bad input
         return 2
     if not blocks:
-        say(console, f"nothing was measured; {store.path} holds the configuration only")
+        say(console, f"nothing was measured; {store.path} was left as it was")
         return EXIT_INTERRUPTED if status == "interrupted" else 1
     run_info = {"status": status, "message": message, "seconds": time.monotonic() - started, "blocks": len(blocks),
                 "skipped_arms": skipped, "versions": versions(experiment),

@@ -73,6 +73,8 @@ def compact_cache_stats(cache: dict) -> dict:
 class MeasurementStore:
     def __init__(self, out_dir: Path):
         self.path = out_dir / MEASUREMENTS
+        self._planned: tuple[dict, list[Block]] | None = None  # begin()'s, written with the first new block
+        self.started = False  # whether this run has written the file
 
     def plan(self, config: dict, *, resume: bool) -> tuple[dict, list[Block]]:
         """(the file's first line, the blocks kept): (resume) the saved ones, else `config` and none. Reads
@@ -84,16 +86,22 @@ class MeasurementStore:
         return {"kind": "config", **config}, []
 
     def begin(self, header: dict, blocks: list[Block]) -> None:
-        """Write the planned start (for a resumed run this drops a line a crash cut short, so appends
-        stay parseable)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._rewrite(header, blocks)
+        """The planned start, written with the first new block (for a resumed run this drops a line a
+        crash cut short, so appends stay parseable): a run that measures nothing, its arm refused by the
+        server or interrupted at once, leaves an earlier run's file in --out as it was."""
+        self._planned = (header, blocks)
 
     def load(self) -> tuple[dict, list[Block]]:
         lines = self.path.read_text().splitlines()
         if not lines:
             raise ResumeError(f"{self.path} is empty")
-        config = json.loads(lines[0])
+        try:
+            config = json.loads(lines[0])
+        except json.JSONDecodeError:
+            config = None
+        if not isinstance(config, dict) or config.get("kind") != "config":
+            raise ResumeError(f"cannot resume: the first line of {self.path} is not a run's settings (cut short, or "
+                              "not this tool's file); run without --resume, or with another --out")
         blocks = []
         for line in lines[1:]:
             try:
@@ -107,6 +115,10 @@ class MeasurementStore:
         self.path.write_text("\n".join(lines) + "\n")
 
     def append(self, block: Block) -> None:
+        if not self.started:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._rewrite(*self._planned)
+            self.started = True
         with open(self.path, "a") as f:
             f.write(block.to_line() + "\n")
             f.flush()

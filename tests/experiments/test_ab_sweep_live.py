@@ -145,14 +145,18 @@ def test_sweep_skips_an_arm_the_server_refuses_and_runs_the_rest(server, tmp_pat
     assert "skipped budget:num_experts_kept=1" in done.stderr
     assert "## Skipped arms" in (out / "report.md").read_text()
 
-    # Nothing left to compare, or no reference to compare with: the sweep ends before measuring (exit 2).
+    # Nothing left to compare, or no reference to compare with: the sweep ends before measuring (exit 2),
+    # and an earlier run's measurements in the same --out stay as they were.
+    earlier = '{"kind": "config", "items": 8}\n{"kind": "block", "concurrency": 4}\n'
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "measurements.jsonl").write_text(earlier)
     for flags, needle in ((["--policies", "budget:num_experts_kept=1"], "refused every arm to compare with baseline"),
                           (["--reference", "budget:num_experts_kept=1", "--policies", "topn:num_experts_kept=2"],
                            "the reference arm budget:num_experts_kept=1")):
         ended = lynx_sglang("sweep", *against(server), *flags, "--n", "8", "--concurrency", "4", "--blocks", "1",
                             "--out", str(tmp_path / "none"))
         assert ended.returncode == 2 and needle in ended.stderr, ended.stderr
-        assert '"kind":"block"' not in (tmp_path / "none" / "measurements.jsonl").read_text()
+        assert (tmp_path / "none" / "measurements.jsonl").read_text() == earlier
 
 
 def blocks_in(out: Path) -> int:
@@ -247,7 +251,7 @@ def test_one_line_errors_before_any_request(server, tmp_path):
     refused = lynx_sglang("ab", *against(server), "--b", "budget", "--b-param", "num_experts_kept=1", "--n", "8",
                           "--concurrency", "4", "--blocks", "1", "--out", str(tmp_path / "r"))
     assert refused.returncode == 2 and "arm budget:num_experts_kept=1" in refused.stderr, refused.stderr
-    assert "allowed: 2..8" in refused.stderr and '"kind":"block"' not in (tmp_path / "r" / "measurements.jsonl").read_text()
+    assert "allowed: 2..8" in refused.stderr and not (tmp_path / "r" / "measurements.jsonl").exists()
 
     unreachable = lynx_sglang("ab", "--url", "http://127.0.0.1:9", "--admin-token", "t", "--n", "8", "--out",
                               str(tmp_path / "z"))

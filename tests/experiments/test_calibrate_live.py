@@ -50,7 +50,7 @@ def test_calibrate_writes_a_config_that_serves_and_ab_takes(tmp_path):
     config = yaml.safe_load((out / "lynx-config.yaml").read_text())
     assert config["policy"] in ("topn", "anchor") and results["confirmation"], config
     # the header names the model: the settings load on another, but say nothing of its accuracy
-    assert f"#   lynx-sglang serve --model-path {MODEL} --lynx-config lynx-config.yaml\n" in \
+    assert f"#   lynx-sglang serve --model-path {MODEL} --lynx-config {out / 'lynx-config.yaml'}\n" in \
         (out / "lynx-config.yaml").read_text()
     assert all(record["holds"] for record in results["confirmation"]), (results["bands"], results["confirmation"])
     assert max(record["accuracy_baseline"] for record in results["confirmation"]) > 0.3  # a model that answers

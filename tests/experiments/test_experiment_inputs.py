@@ -12,7 +12,7 @@ import pytest
 from lynx_sglang.experiments import ab, fmt, launch, model_arms
 from lynx_sglang.experiments.arms import parse_arms
 from lynx_sglang.experiments.model_arms import ServedShape
-from lynx_sglang.experiments.store import ResumeError, check_same_settings
+from lynx_sglang.experiments.store import MeasurementStore, ResumeError, check_same_settings
 from lynx_sglang.experiments.tasks import TaskError, jsonl_items
 
 
@@ -42,6 +42,14 @@ def test_a_resume_with_other_items_names_the_flag_not_the_lists():
     with pytest.raises(ResumeError, match=r"same --n, --seed and --task, but the task's items changed") as error:
         check_same_settings(saved_run(), edited)
     assert len(str(error.value)) < 300
+
+
+@pytest.mark.parametrize("first_line", ['{"kind": "config", "items": [[', '{"kind": "block"}', "[1, 2]"])
+def test_a_saved_run_whose_settings_line_is_cut_short_is_one_line(tmp_path, first_line):
+    """A JSONDecodeError traceback before: the settings line of a file cut mid-line (or another file)."""
+    (tmp_path / "measurements.jsonl").write_text(first_line + "\n")
+    with pytest.raises(ResumeError, match=r"cannot resume: the first line of .* is not a run's settings"):
+        MeasurementStore(tmp_path).plan({"kind": "config"}, resume=True)
 
 
 def test_port_and_host_among_the_server_flags_are_read_as_serve_reads_them():

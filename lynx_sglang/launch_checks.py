@@ -4,6 +4,7 @@ the same settings with the same one-line messages."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -150,6 +151,8 @@ def check_checkpoint(path: Path, weights_needed: bool = True) -> None:
     for w in weights:
         if not os.access(w, os.R_OK):
             raise LaunchError(f"cannot read weight file {w}: permission denied")
+    if weights_needed:
+        check_safetensors(path, [w for w in weights if w.suffix == ".safetensors"])
     if weights and weights_needed and "Llama4ForCausalLM" in (config.get("architectures") or ()):
         # Llama4ForCausalLM loads through LlamaForCausalLM.load_weights, which has no mapping for the
         # fused `feed_forward.experts.*` tensors: it skips them and the experts keep uninitialised memory.
@@ -158,6 +161,34 @@ def check_checkpoint(path: Path, weights_needed: bool = True) -> None:
             "(its answers would be garbage or NaN); serve the published Llama4ForConditionalGeneration "
             "checkpoint, or this one with --load-format dummy"
         )
+
+
+def check_safetensors(path: Path, files: list[Path]) -> None:
+    """Each file's header (8 bytes of length, then JSON naming every tensor's byte range) read as
+    SGLang's loader will, and the index's shards present: a cut or corrupt file otherwise started SGLang,
+    which died loading it (SafetensorError, exit 247) after its processes had started."""
+    for file in files:
+        try:
+            with open(file, "rb") as handle:
+                length = int.from_bytes(handle.read(8), "little")
+                size = file.stat().st_size
+                if length > size - 8:
+                    raise ValueError(f"its header claims {length} bytes, the file holds {size}")
+                header = json.loads(handle.read(length))
+            ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+            if 8 + length + max(ends, default=0) > size:
+                raise ValueError(f"its tensors end at byte {8 + length + max(ends)}, the file holds {size}: cut short")
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise LaunchError(f"weight file {file} is not a readable safetensors file ({exc})") from None
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise LaunchError(f"{index} is not a safetensors index ({exc})") from None
+        missing = sorted(shard for shard in shards if not (path / shard).is_file())
+        if missing:
+            raise LaunchError(f"{index} names {len(missing)} weight file(s) the folder lacks: {', '.join(missing[:3])}")
 
 
 def checkpoint_dtype_needed(config_dir: Path) -> str | None:

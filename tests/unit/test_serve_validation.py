@@ -63,6 +63,32 @@ def test_checkpoint_without_weights(tmp_path):
     assert_rejected(proc, "no weight files")
 
 
+def test_cut_or_corrupt_weights_are_refused_before_sglang_starts(tmp_path):
+    """SGLang started, then died loading them (SafetensorError, exit 247) after its processes had started."""
+    import shutil
+
+    def copy(name):
+        shutil.copytree(EMBEDDED_MODEL_DIR, tmp_path / name)
+        return tmp_path / name
+
+    garbage = copy("garbage")
+    (garbage / "model.safetensors").write_bytes(bytes(range(100)))
+    assert_rejected(run_serve("--model-path", str(garbage)), "is not a readable safetensors file",
+                    "its header claims")  # fmt: skip
+    cut = copy("cut")
+    size = (cut / "model.safetensors").stat().st_size
+    with open(cut / "model.safetensors", "r+b") as handle:
+        handle.truncate(size - 100)
+    assert_rejected(run_serve("--model-path", str(cut)), f"the file holds {size - 100}: cut short")
+    sharded = copy("sharded")
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    assert_rejected(run_serve("--model-path", str(sharded)), "names 1 weight file(s) the folder lacks",
+                    "model-00002-of-00002.safetensors")  # fmt: skip
+    # random weights need none of them
+    plan_launch(["--model-path", str(garbage), "--load-format", "dummy", "--port", str(free_port())], on_cpu=True)
+
+
 def test_llama4_is_refused_on_a_cpu_before_sglang_starts_and_planned_on_a_gpu(tmp_path):
     # SGLang starts it on CPU, then its first forward raises NotImplementedError (docs/routers.md).
     config = {"model_type": "llama4_text", "architectures": ["Llama4ForCausalLM"], "num_local_experts": 8,

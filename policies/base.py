@@ -375,6 +375,9 @@ class Policy:
                 f"policy '{self.name}': topk_ids and topk_weights must be {list(expected)}, got "
                 f"{list(topk_ids.shape)} and {list(topk_weights.shape)}"
             )
+        if topk_ids.dtype.is_floating_point or topk_ids.dtype.is_complex or topk_ids.dtype == torch.bool:
+            # the C++ and Triton paths read the ids' bits as integers: float ids gave another routing, silently
+            raise ValueError(f"policy '{self.name}': topk_ids must be integer expert ids, got {topk_ids.dtype}")
         if budget is not None and budget.num_experts != self.num_experts:
             raise ValueError(f"policy '{self.name}': budget is for {budget.num_experts} experts, the layer has {self.num_experts}")
 

@@ -90,8 +90,12 @@ class TopNPolicy(Policy):
     name = "topn"
 
     def __init__(self, num_experts, top_k, renormalize=True, layers=None, *, num_experts_kept=None,
-                 fraction=None):
+                 fraction=None, n=None):
         super().__init__(num_experts, top_k, renormalize, layers)
+        if n is not None:  # the N of its name, as `topn:n=3..7` spells it: num_experts_kept
+            if num_experts_kept is not None:
+                raise PolicyConfigError(f"policy '{self.name}': 'n' is 'num_experts_kept'; give one of them")
+            num_experts_kept = self.check_int("n", n, top_k, num_experts)
         self.num_experts_kept = experts_kept(self.name, num_experts, top_k, num_experts_kept, fraction)
         self.keeps_lone_row = self.num_experts_kept >= top_k  # a cap below k is an explicit budget
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lynx_sglang.policies import ExpertBudget, MASS_ONE, get_policy, ids_to_mask
+from lynx_sglang.policies import ExpertBudget, MASS_ONE, PolicyConfigError, get_policy, ids_to_mask
 from policies_testlib import (
     _rows,
     _voters,
@@ -197,3 +197,12 @@ def test_a_lone_real_row_keeps_its_routing(batch, data):
         policy = get_policy(name, num_experts, top_k, renormalize, num_experts_kept=max(union, top_k))
         decision = policy.select(logits, ids, weights)
         assert torch.equal(decision.topk_ids, ids) and torch.equal(decision.topk_weights, weights), name
+
+
+def test_topn_takes_its_n_as_the_sweep_example_spells_it():
+    """`topn:n=3..7` (the A/B issue's sweep example): n is num_experts_kept, in its range, not beside it."""
+    assert get_policy("topn", 16, 4, n=6).num_experts_kept == 6
+    with pytest.raises(PolicyConfigError, match=r"parameter 'n'=2 out of range \(allowed: 4\.\.16\)"):
+        get_policy("topn", 16, 4, n=2)
+    with pytest.raises(PolicyConfigError, match="'n' is 'num_experts_kept'; give one of them"):
+        get_policy("topn", 16, 4, n=6, num_experts_kept=6)

@@ -87,6 +87,10 @@ def test_select_rejects_wrong_shapes():
         policy.select(logits[:, :4], ids, weights)
     with pytest.raises(ValueError, match=r"topk_ids and topk_weights must be \[3, 2\]"):
         policy.select(logits, ids[:, :1], weights)
+    # float ids: the C++ and Triton paths read their bits as integers and gave another routing, silently
+    for implementation in ("torch", "auto"):
+        with pytest.raises(ValueError, match=r"topk_ids must be integer expert ids, got torch.float32"):
+            policy.select(logits, ids.float(), weights, implementation=implementation)
 
 
 def test_module_class_path():

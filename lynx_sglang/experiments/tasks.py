@@ -93,7 +93,7 @@ def parse_jsonl_line(line: str, line_number: int, path: Path | str = "<input>") 
 
 Scorer = Callable[[str, str], bool]  # (completion, answer) -> correct
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
 
 
 def exact_match(completion: str, answer: str) -> bool:
@@ -107,10 +107,11 @@ def last_number(text: str) -> str | None:
 
 
 def canonical_number(text: str) -> str:
-    text = text.replace(",", "")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    """One spelling per value: no separators, no leading zeros (".5" and "0.5", "007" and "7" match)."""
+    sign = "-" if text.startswith("-") else ""
+    whole, _, fraction = text.replace(",", "").lstrip("-").partition(".")
+    number = (whole.lstrip("0") or "0") + ("." + fraction.rstrip("0") if fraction.rstrip("0") else "")
+    return number if number == "0" else sign + number
 
 
 def number_match(completion: str, answer: str) -> bool:

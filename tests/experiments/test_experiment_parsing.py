@@ -77,7 +77,8 @@ def test_exact_match_uses_the_first_line_stripped():
 
 @pytest.mark.parametrize("text, number", [
     ("The answer is 42.", "42"), ("so 1,234 apples", "1234"), ("-7 then 3.50", "3.5"), ("x = -0", "0"),
-    ("#### 72", "72"), ("2.0", "2"), ("no digits", None),
+    ("#### 72", "72"), ("2.0", "2"), ("no digits", None), ("007", "7"), ("is .5", "0.5"), ("-0.50", "-0.5"),
+    ("-.0", "0"), ("0,001", "1"),
 ])
 def test_last_number(text, number):
     assert last_number(text) == number

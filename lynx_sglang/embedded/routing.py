@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lynx_sglang.arg_parser import OneLineParser
 from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
 from lynx_sglang.embedded.task import DISTRIBUTIONS, heldout_problems
 
@@ -145,15 +146,33 @@ def table(result: dict) -> str:
     return "\n".join(lines) + f"\n\nColumns 1..{n}: how many {b}-token decode batches touched that many experts."
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+positive_int.__name__ = "integer of at least 1"  # argparse names the type in its error
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = OneLineParser(prog="python -m lynx_sglang.embedded.routing", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-path", type=Path, default=EMBEDDED_MODEL_DIR)
-    ap.add_argument("--batches", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batches", type=positive_int, default=16)
+    ap.add_argument("--batch-size", type=positive_int, default=32)
     ap.add_argument("--distribution", choices=DISTRIBUTIONS, default="digits")
     ap.add_argument("--seed", type=int, default=4321)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    try:  # it runs the model in transformers' Mixtral class, as the embedded model and train-embedded's are
+        model_type = json.loads((args.model_path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        ap.error(f"--model-path {args.model_path}: no readable config.json ({exc})")
+    if model_type != "mixtral":
+        ap.error(f"--model-path {args.model_path}: a {model_type} model; this measures Mixtral checkpoints "
+                 "(the embedded model's kind)")
     import torch
 
     torch.set_num_threads(1)

@@ -36,3 +36,28 @@ def test_routing_of_the_committed_checkpoint_is_not_collapsed(routing):
     for layer, row in routing["layers"].items():
         assert row["decode_tokens"]["mean"] >= 4, (layer, row)
     assert "| 0 |" in table(routing)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "0"], "--batch-size: invalid integer of at least 1 value: '0'"),
+    (["--batches", "-1"], "--batches: invalid integer of at least 1 value: '-1'"),
+    (["--model-path", "no-such-folder"], "--model-path no-such-folder: no readable config.json"),
+])  # fmt: skip
+def test_bad_arguments_are_one_line_not_a_traceback(argv, message, capsys):
+    from lynx_sglang.embedded.routing import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("python -m lynx_sglang.embedded.routing: error: ") and message in error
+    assert len(error.splitlines()) == 1
+
+
+def test_a_model_of_another_kind_is_named(tmp_path, capsys):
+    from lynx_sglang.embedded.routing import main
+
+    (tmp_path / "config.json").write_text('{"model_type": "qwen3_moe"}')
+    with pytest.raises(SystemExit):
+        main(["--model-path", str(tmp_path)])
+    assert "a qwen3_moe model; this measures Mixtral checkpoints" in capsys.readouterr().err

@@ -80,7 +80,7 @@ def stream_completion(base_url: str, prompt: str, *, endpoint: str = "completion
     data = json.dumps(request_body(prompt, endpoint, max_tokens)).encode()
     request = urllib.request.Request(base_url + path, data=data, headers=api_headers(api_key))
     started = time.perf_counter()
-    arrivals: list[float] = []  # one chunk per decoded token, EOS included (its chunk has no text)
+    arrivals: list[float] = []  # chunks with text or the finish (EOS's has no text); one may carry several tokens
     pieces: list[str] = []
     usage_tokens = None
     with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
@@ -95,8 +95,10 @@ def stream_completion(base_url: str, prompt: str, *, endpoint: str = "completion
                 pieces.append(chunk_text(chunk, endpoint))
     ended = time.perf_counter()
     first = arrivals[0] if arrivals else ended
-    tpot = (arrivals[-1] - first) * 1000 / (len(arrivals) - 1) if len(arrivals) > 1 else None
     tokens = usage_tokens if usage_tokens is not None else len(arrivals)
+    # per token, not per chunk: a server that sends several tokens in one chunk (a busy one) made the
+    # per-chunk figure up to tokens/chunks too high
+    tpot = (arrivals[-1] - first) * 1000 / (tokens - 1) if tokens > 1 and arrivals else None
     return Completion("".join(pieces), tokens, (first - started) * 1000, tpot, (ended - started) * 1000)
 
 

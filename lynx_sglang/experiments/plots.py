@@ -117,18 +117,25 @@ def frontier(points: list[dict], level: int, path: Path, *, reference: str, x_ke
     axes[0][0].set_title(f"concurrency {level} (filled: frontier; hollow: dominated)", fontsize=9)
     if panels == 2:
         zoom = axes[0][1]
-        xs = [p[x_key] for p in near]
-        lows = [100 * p["accuracy_ci"][0] for p in near] + [100 * ref["accuracy"] - 1]
-        highs = [100 * p["accuracy_ci"][1] for p in near]
-        pad_x = 0.05 * (max(xs) - min(xs) or 1)
-        zoom.set_xlim(min(xs) - pad_x, max(xs) + pad_x)
-        zoom.set_ylim(min(lows) - 0.2, max(highs) + 0.2)
+        xlim, ylim = zoom_limits(near, ref, x_key)
+        zoom.set_xlim(*xlim)
+        zoom.set_ylim(*ylim)
         zoom.set_title("zoom: the arms within 2 points of the reference", fontsize=9)
     legend = axes[0][-1]
     legend.axis("off")
     legend.text(0, 1, "\n".join(legend_lines(points, reference)), va="top", family="monospace", fontsize=6.5,
                 transform=legend.transAxes)
     return _save(fig, path)
+
+
+def zoom_limits(near: list[dict], ref: dict, x_key: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The zoom panel's (x, y) limits: the arms near the reference and the 2 points below it. Their
+    accuracies bound the view, not their intervals: on a small run those span many points, and a view
+    that held them showed arms far below the reference as well."""
+    xs = [p[x_key] for p in near]
+    accuracies = [100 * p["accuracy"] for p in near] + [100 * ref["accuracy"]]
+    pad_x = 0.05 * (max(xs) - min(xs) or 1)
+    return (min(xs) - pad_x, max(xs) + pad_x), (min(accuracies + [accuracies[-1] - 2]) - 0.5, max(accuracies) + 0.5)
 
 
 def legend_lines(points: list[dict], reference: str) -> list[str]:

@@ -121,3 +121,16 @@ def test_the_frontier_plot_numbers_every_arm_and_zooms_where_they_crowd(tmp_path
     zoomed = matplotlib.image.imread(tmp_path / plots.frontier(crowded, 32, tmp_path / "z.png", reference="baseline"))
     plain = matplotlib.image.imread(tmp_path / plots.frontier(crowded[:3], 32, tmp_path / "p.png", reference="baseline"))
     assert zoomed.shape[1] > plain.shape[1] * 1.3  # the zoom panel is there only when arms crowd near the reference
+
+
+def test_the_zoom_holds_the_arms_near_the_reference_not_their_wide_intervals():
+    """A run of 40 items: intervals of +-12 points made the zoom span 10-35 %, arms 5-7 points below too."""
+    from lynx_sglang.experiments.plots import zoom_limits
+
+    def point(fraction, accuracy):
+        return {"bytes_fraction": fraction, "accuracy": accuracy, "accuracy_ci": [accuracy - 0.12, accuracy + 0.12]}
+
+    ref = point(1.0, 0.25)
+    (x_low, x_high), (y_low, y_high) = zoom_limits([point(0.5, 0.24), point(0.6, 0.26)], ref, "bytes_fraction")
+    assert x_low < 0.5 and 0.6 < x_high < 0.7
+    assert (y_low, y_high) == pytest.approx((22.5, 26.5))  # the 2 points below the reference, 0.5 around

@@ -151,8 +151,6 @@ def check_checkpoint(path: Path, weights_needed: bool = True) -> None:
     for w in weights:
         if not os.access(w, os.R_OK):
             raise LaunchError(f"cannot read weight file {w}: permission denied")
-    if weights_needed:
-        check_safetensors(path, [w for w in weights if w.suffix == ".safetensors"])
     if weights and weights_needed and "Llama4ForCausalLM" in (config.get("architectures") or ()):
         # Llama4ForCausalLM loads through LlamaForCausalLM.load_weights, which has no mapping for the
         # fused `feed_forward.experts.*` tensors: it skips them and the experts keep uninitialised memory.
@@ -161,6 +159,8 @@ def check_checkpoint(path: Path, weights_needed: bool = True) -> None:
             "(its answers would be garbage or NaN); serve the published Llama4ForConditionalGeneration "
             "checkpoint, or this one with --load-format dummy"
         )
+    if weights_needed:
+        check_safetensors(path, [w for w in weights if w.suffix == ".safetensors"])
 
 
 def check_safetensors(path: Path, files: list[Path]) -> None:

@@ -7,8 +7,9 @@ sequences in one request stall the scheduler past its watchdog. Every request, f
 point, passes through `TokenizerManager._init_req_state` once and `_validate_one_request` per prompt:
 a ValueError raised there is SGLang's own path to a 400 that names the problem. Three more hooks turn
 what SGLang reads unchecked (an empty `input_embeds`, a `sampling_params` list that is not one object
-per prompt, a bad `stop_regex`, a body its OpenAI request models' validators trip over) into that
-400, where it was a 500 or, streamed, a 200 cut off before its first event.
+per prompt, a `rid` of the wrong shape, a bad `stop_regex`, a body its OpenAI request models'
+validators trip over) into that 400, where it was a 500 or, streamed, a 200 cut off before its first
+event. `/detokenize` gets the same vocabulary check as the generation entry points.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ NORMALIZE_TARGET = "sglang.srt.managers.io_struct.GenerateReqInput.normalize_bat
 SAMPLING_NORMALIZE_TARGET = "sglang.srt.sampling.sampling_params.SamplingParams.normalize"
 # FastAPI's validation of a request body against an endpoint's model (fastapi is pinned).
 BODY_VALIDATION_TARGET = "fastapi._compat.v2.ModelField.validate"
+# `/detokenize` and `/v1/detokenize`: a ValueError raised here becomes the handler's 400.
+DETOKENIZE_TARGET = (
+    "sglang.srt.entrypoints.openai.serving_tokenize.OpenAIServingDetokenize._handle_non_streaming_request"
+)
 
 # What SGLang's normalisation code raises when it indexes into a request of the wrong shape.
 SHAPE_ERRORS = (IndexError, KeyError, TypeError, AttributeError)
@@ -53,6 +58,39 @@ def check_token_ids(token_ids, vocab_size: int) -> None:
     problem = first_invalid_token_id(token_ids, vocab_size)
     if problem is not None:
         raise ValueError(problem)
+
+
+def prompt_label(index: int, prompts: int, what: str = "prompt") -> str:
+    return f"{what} {index} (of {prompts}, counting from 0)"
+
+
+def check_batched_token_ids(batch, vocab_size: int, allow_empty: bool = False, what: str = "prompt") -> None:
+    """Each prompt of a batch of token-id prompts; the message names the prompt as well as the id.
+    An empty prompt is refused: the scheduler cannot run a prefill of no tokens (alone in its batch
+    it fails reshaping an empty tensor and takes the server down; next to other prompts it is
+    "served" from another prompt's logits)."""
+    for index, token_ids in enumerate(batch):
+        if not allow_empty and isinstance(token_ids, (list, tuple)) and not token_ids:
+            raise ValueError(
+                f"{prompt_label(index, len(batch), what)} is empty: every prompt needs at least one token id"
+            )
+        problem = first_invalid_token_id(token_ids, vocab_size)
+        if problem is not None:
+            raise ValueError(f"{prompt_label(index, len(batch), what)}: {problem}")
+
+
+def session_supplies_the_prompt(request) -> bool:
+    """SGLang's own rule (`input_ids: []` is accepted only then): a session's history may be the
+    whole prompt, and the scheduler refuses it if it is still empty after rebuilding it."""
+    params = getattr(request, "session_params", None)
+    return isinstance(params, dict) and bool(params.get("id"))
+
+
+def check_prompt_not_empty(request, input_ids) -> None:
+    """A prompt that tokenizes to nothing (`text: ""` with a tokenizer that adds no BOS) reaches the
+    scheduler as an empty prefill, which takes the server down."""
+    if input_ids is not None and len(input_ids) == 0 and not session_supplies_the_prompt(request):
+        raise ValueError("the prompt is empty: it has no tokens (after tokenization); a prompt needs at least one")
 
 
 def ids_bound_for_the_model(request, input_ids):
@@ -119,11 +157,12 @@ def check_logprob_params(request, vocab_size: int) -> None:
 
 
 def sequence_count(request) -> int:
-    """Sequences the scheduler will run for a normalised request: prompts times `n`."""
+    """Sequences the scheduler will run for a normalised request: prompts times `n` (a client's rid
+    list has one id per prompt, not per sequence, so it cannot be counted instead)."""
     if getattr(request, "is_single", True):
         return 1
-    rids = request.rid
-    return len(rids) if isinstance(rids, list) else request.batch_size
+    n = getattr(request, "parallel_sample_num", 1)
+    return request.batch_size * (n if isinstance(n, int) and not isinstance(n, bool) else 1)
 
 
 def check_sequence_count(request) -> None:
@@ -142,6 +181,7 @@ def check_sequence_count(request) -> None:
 
 def reject_what_the_scheduler_cannot_run(tokenizer_manager, request, input_ids, *args, **kwargs):
     vocab_size = tokenizer_manager.model_config.vocab_size
+    check_prompt_not_empty(request, input_ids)
     token_ids = ids_bound_for_the_model(request, input_ids)
     if token_ids is not None:
         check_token_ids(token_ids, vocab_size)
@@ -149,8 +189,22 @@ def reject_what_the_scheduler_cannot_run(tokenizer_manager, request, input_ids, 
     check_sampling_params(getattr(request, "sampling_params", None), vocab_size)
 
 
-def reject_too_many_sequences(tokenizer_manager, request, *args, **kwargs):
+def check_client_batch(request, vocab_size: int) -> None:
+    """The client's token-id prompts of a batch, all before the first is tokenized or sent (the
+    per-prompt check sees one prompt and cannot say which of the batch it is)."""
+    batch = getattr(request, "input_ids", None)
+    if getattr(request, "is_single", True) or not isinstance(batch, list):
+        return
+    # `n` > 1 repeats the list of prompts: the first batch_size entries are the client's.
+    prompts = getattr(request, "batch_size", len(batch))
+    check_batched_token_ids(batch[:prompts], vocab_size, allow_empty=session_supplies_the_prompt(request))
+
+
+def reject_what_no_sequence_of_the_request_can_run(tokenizer_manager, request, *args, **kwargs):
+    """Before `_init_req_state`, which keys a state per rid (an unhashable rid is a 500 there)."""
+    check_normalised_rid(request)
     check_sequence_count(request)
+    check_client_batch(request, tokenizer_manager.model_config.vocab_size)
 
 
 def prompt_count(request) -> int | None:
@@ -204,11 +258,47 @@ def check_sampling_params_shape(request) -> None:
         )
 
 
+RID_EXPECTED = "a string for a single prompt, or a list of strings with one per prompt for a batch"
+
+
+def check_rid_type(rid) -> None:
+    """Before normalisation, which puts the rids in a set (a list inside the list is a TypeError)."""
+    if rid is None or isinstance(rid, str):
+        return
+    if not isinstance(rid, list) or not all(isinstance(one, str) for one in rid):
+        raise ValueError(f"rid must be {RID_EXPECTED}; got {rid!r:.80}")
+
+
+def check_rid_count(rid, prompts: int | None) -> None:
+    """A list of rids for a batch: one per prompt (SGLang's own message gives neither count)."""
+    if isinstance(rid, list) and prompts is not None and len(rid) != prompts:
+        raise ValueError(
+            f"rid is a list of {len(rid)} string(s) for a batch of {prompts} prompts; it must be {RID_EXPECTED} "
+            "(a single string is expanded to one per prompt)"
+        )
+
+
+def check_normalised_rid(request) -> None:
+    """After normalisation, for every request type: SGLang keeps a list given for a single prompt,
+    then fails keying its request state by it ("unhashable type: 'list'": a 500, or streamed, a
+    stream cut off before its first event). With `n` > 1 one prompt is a batch of one: SGLang
+    accepts a one-string list there and expands it."""
+    rid = getattr(request, "rid", None)
+    if getattr(request, "is_single", True):
+        if not isinstance(rid, str):
+            what = f"a list of {len(rid)}" if isinstance(rid, list) else repr(rid)[:80]
+            raise ValueError(f"rid must be {RID_EXPECTED}; got {what} for a single prompt")
+    elif not isinstance(rid, list) or not all(isinstance(one, str) for one in rid):
+        raise ValueError(f"rid must be {RID_EXPECTED}; got {rid!r:.80}")
+
+
 def refuse_malformed_generate_requests(normalize, request, *args, **kwargs):
     """Around `GenerateReqInput.normalize_batch_and_arguments`: the shapes it cannot handle get a
     400 that says what is wrong, and any it still trips over a 400 rather than a 500."""
     check_input_embeds(request)
     check_sampling_params_shape(request)
+    check_rid_type(request.rid)
+    check_rid_count(request.rid, prompt_count(request))
     try:
         return normalize(request, *args, **kwargs)
     except SHAPE_ERRORS as exc:
@@ -250,12 +340,28 @@ def refuse_bodies_the_request_model_trips_over(validate, field, value, *args, lo
         return None, [{"type": "value_error", "loc": tuple(loc), "msg": message, "input": value}]
 
 
+def refuse_ids_outside_the_vocabulary_in_detokenize(serving, adapted_request, request, *args, **kwargs):
+    """Before `/detokenize` decodes: the tokenizer answers an id it does not know with "" (or fails
+    on a negative one), which hides a client's tokenizer mix-up; the generation entry points refuse
+    such ids, and so does this one."""
+    tokens = getattr(request, "tokens", None)
+    if not isinstance(tokens, list) or not tokens:
+        return  # SGLang answers these itself
+    vocab_size = serving.tokenizer_manager.model_config.vocab_size
+    if isinstance(tokens[0], list):
+        # Decoding an empty list is "" and harmless here: no scheduler is involved.
+        check_batched_token_ids(tokens, vocab_size, allow_empty=True, what="token list")
+    else:
+        check_token_ids(tokens, vocab_size)
+
+
 def register_hooks(register_hook, http: bool = True) -> None:
     """http=False in an offline engine's process: the checks of SGLang's own request path only, not
     the one on FastAPI's body validation, which would reach a caller's own FastAPI app there."""
     register_hook(VALIDATE_TARGET, reject_what_the_scheduler_cannot_run, "BEFORE")
-    register_hook(FAN_OUT_TARGET, reject_too_many_sequences, "BEFORE")
+    register_hook(FAN_OUT_TARGET, reject_what_no_sequence_of_the_request_can_run, "BEFORE")
     register_hook(NORMALIZE_TARGET, refuse_malformed_generate_requests, "AROUND")
     register_hook(SAMPLING_NORMALIZE_TARGET, refuse_malformed_sampling_params, "AROUND")
     if http:
         register_hook(BODY_VALIDATION_TARGET, refuse_bodies_the_request_model_trips_over, "AROUND")
+        register_hook(DETOKENIZE_TARGET, refuse_ids_outside_the_vocabulary_in_detokenize, "BEFORE")

@@ -122,9 +122,11 @@ prompts = st.one_of(
     token_ids,
     st.lists(texts, min_size=1, max_size=4),
     st.lists(token_ids, min_size=1, max_size=4),
-    st.sampled_from([[], [[]], [""], [7] * 5000]),
+    st.sampled_from([[], [[]], [""], [7] * 5000, [[5, 6], []]]),
 )
 stops = st.one_of(st.text(max_size=4), st.lists(st.text(max_size=4), max_size=3))
+# Request ids: right and wrong shapes for single prompts and batches (they may collide: a 400 too).
+rids = st.one_of(st.text(max_size=8), st.lists(st.text(max_size=4), max_size=3))
 
 
 def ints(low, high):
@@ -164,6 +166,7 @@ COMPLETION_FIELDS = {
     "echo": st.booleans(),
     "suffix": texts,
     "best_of": ints(1, 2),
+    "rid": rids,
 }
 CHAT_FIELDS = {
     **OPENAI_SAMPLING,
@@ -206,6 +209,7 @@ GENERATE_FIELDS = {
     "priority": extreme_ints,
     "lora_path": st.sampled_from([None, "adapter"]),
     "input_embeds": st.sampled_from([[[0.5] * 4], [], [[math.nan]]]),
+    "rid": rids,
 }
 
 
@@ -256,8 +260,9 @@ def chat_requests():
 def generate_requests():
     source = st.one_of(
         st.fixed_dictionaries({"text": st.one_of(texts, st.lists(texts, min_size=1, max_size=3))}),
-        st.fixed_dictionaries({"input_ids": st.one_of(token_ids, st.lists(token_ids, min_size=1, max_size=3))}),
-    )
+        st.fixed_dictionaries({"input_ids": st.one_of(
+            token_ids, st.lists(token_ids, min_size=1, max_size=3), st.sampled_from([[[]], [[5], []]]))}),
+    )  # fmt: skip
     sampling = st.one_of(some_of(GENERATE_SAMPLING), mutated(some_of(GENERATE_SAMPLING)))
     valid = st.builds(
         lambda src, params, extra: {**src, "sampling_params": {"max_new_tokens": 8, **params}, **extra},
@@ -315,7 +320,7 @@ CRASHED_THE_SCHEDULER = [
     ("/v1/completions", {"model": "default", "prompt": [99999999], "max_tokens": 4},
      f"token id 99999999 at position 0 is outside the model's vocabulary; valid token ids are 0 to {VOCAB_SIZE - 1}"),
     ("/v1/completions", {"model": "default", "prompt": [[5, 6], [99999999]], "max_tokens": 1},
-     "token id 99999999 at position 0 is outside the model's vocabulary"),
+     "prompt 1 (of 2, counting from 0): token id 99999999 at position 0 is outside the model's vocabulary"),
     ("/generate", {"input_ids": [-1], "sampling_params": {"max_new_tokens": 8}},
      "token id -1 at position 0 is outside the model's vocabulary"),
     ("/v1/completions", {"model": "default", "prompt": "1+1=", "max_tokens": 1, "logprobs": VOCAB_SIZE + 1},
@@ -336,9 +341,31 @@ CRASHED_THE_SCHEDULER = [
      "top_k 2147483648 is out of range; it must be -1 (all tokens) or 1 to 2147483647"),
     ("/generate", {"text": "1+1=", "sampling_params": {"max_new_tokens": 1, "n": 100_000}},
      "this request asks for 100000 sequences (prompts x n); at most 4096"),
+    # An empty prompt inside a batch: alone in a prefill batch, "cannot reshape tensor of 0 elements"
+    # in the scheduler; next to another prompt, "served" from that prompt's logits.
+    ("/generate", {"input_ids": [[]], "sampling_params": {"max_new_tokens": 2}},
+     "prompt 0 (of 1, counting from 0) is empty: every prompt needs at least one token id"),
+    ("/generate", {"input_ids": [[]], "sampling_params": {"max_new_tokens": 2}, "stream": True},
+     "prompt 0 (of 1, counting from 0) is empty"),
+    ("/generate", {"input_ids": [[1, 2], []], "sampling_params": {"max_new_tokens": 2}},
+     "prompt 1 (of 2, counting from 0) is empty"),
+    ("/generate", {"input_ids": [[], [1]], "sampling_params": {"max_new_tokens": 2, "n": 2}},
+     "prompt 0 (of 2, counting from 0) is empty"),
+    ("/v1/completions", {"model": "default", "prompt": [[1, 2], []], "max_tokens": 2},
+     "prompt 1 (of 2, counting from 0) is empty"),
+    ("/v1/completions", {"model": "default", "prompt": [[], [1, 2]], "max_tokens": 2, "stream": True},
+     "prompt 0 (of 2, counting from 0) is empty"),
+    # A list of rids with one per prompt let n past the sequence limit (5000 sequences were served).
+    ("/generate", {"text": ["1+1="], "rid": ["big"], "sampling_params": {"max_new_tokens": 1, "n": 5000}},
+     "this request asks for 5000 sequences (prompts x n); at most 4096"),
 ]  # fmt: skip
 
-# Requests the fuzzing found answered with a 500 (the server stayed up) or an unclear 400, or, streamed, with a 200
+RID_SINGLE = (
+    "rid must be a string for a single prompt, or a list of strings with one per prompt for a batch; "
+    "got a list of"
+)
+
+# Requests the fuzzing or an audit found answered with a 500 (the server stayed up) or an unclear 400, or, streamed, with a 200
 # whose stream was cut off before its first event; now a 400 (streamed: a 200 whose one event is
 # the 400 error).
 ANSWERED_WITH_A_500 = [
@@ -357,7 +384,24 @@ ANSWERED_WITH_A_500 = [
                               "max_tokens": 1, "response_format": -(2**63)},
      "malformed request: a field has the wrong type"),
     ("/v1/chat/completions", [], "malformed request: a field has the wrong type"),
-]
+    # A rid list for a single prompt: "unhashable type: 'list'" (/generate streamed: cut off before any event).
+    ("/v1/completions", {"model": "default", "prompt": [1, 2], "max_tokens": 2, "rid": ["a", "b"]}, RID_SINGLE),
+    ("/v1/completions", {"model": "default", "prompt": [1, 2], "max_tokens": 2, "rid": ["a", "b"], "stream": True},
+     RID_SINGLE),
+    ("/generate", {"input_ids": [1, 2], "rid": ["a", "b"], "sampling_params": {"max_new_tokens": 2}}, RID_SINGLE),
+    ("/generate", {"text": "1+1=", "rid": ["a", "b"], "stream": True, "sampling_params": {"max_new_tokens": 2}},
+     RID_SINGLE),
+    ("/v1/chat/completions", {"model": "default", "messages": [{"role": "user", "content": "1+1="}],
+                              "max_tokens": 1, "rid": ["a"]}, RID_SINGLE),
+    ("/generate", {"text": ["1+1=", "2+2="], "rid": ["a"], "sampling_params": {"max_new_tokens": 2}},
+     "rid is a list of 1 string(s) for a batch of 2 prompts"),
+    # Ids outside the vocabulary decoded to "" with a 200 (a negative one: a 500).
+    ("/v1/detokenize", {"model": "default", "tokens": [100000]},
+     f"token id 100000 at position 0 is outside the model's vocabulary; valid token ids are 0 to {VOCAB_SIZE - 1}"),
+    ("/detokenize", {"model": "default", "tokens": [-1]}, "token id -1 at position 0 is outside the model's vocabulary"),
+    ("/detokenize", {"model": "default", "tokens": [[5], [6, VOCAB_SIZE]]},
+     f"token list 1 (of 2, counting from 0): token id {VOCAB_SIZE} at position 1 is outside"),
+]  # fmt: skip
 
 
 def error_message(reply):
@@ -372,7 +416,8 @@ def error_message(reply):
 def test_a_request_found_by_fuzzing_gets_a_400_naming_the_value(target, path, body, message):
     target.ensure_running()
     status, reply = send(target.url, path, body)
-    streamed = isinstance(body, dict) and body.get("stream")
+    # A streamed /generate error is the first event of a 200 stream; /v1/* answer a 400 before streaming.
+    streamed = isinstance(body, dict) and body.get("stream") and path == "/generate"
     assert status == (200 if streamed else 400), (status, reply)
     assert message in error_message(reply)
     target.answered_after_last_batch = False

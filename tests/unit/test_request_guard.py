@@ -8,6 +8,7 @@ import pytest
 
 from lynx_sglang.server.request_guard import (
     BODY_VALIDATION_TARGET,
+    DETOKENIZE_TARGET,
     FAN_OUT_TARGET,
     MAX_SEQUENCES_PER_REQUEST,
     NORMALIZE_TARGET,
@@ -304,4 +305,5 @@ def test_the_checks_run_before_and_the_shape_guards_around_sglangs_own_methods()
     register_hooks(lambda *args: registered.append(args))
     assert [(name, kind) for name, _, kind in registered] == [
         (VALIDATE_TARGET, "BEFORE"), (FAN_OUT_TARGET, "BEFORE"),
-        (NORMALIZE_TARGET, "AROUND"), (SAMPLING_NORMALIZE_TARGET, "AROUND"), (BODY_VALIDATION_TARGET, "AROUND")]  # fmt: skip
+        (NORMALIZE_TARGET, "AROUND"), (SAMPLING_NORMALIZE_TARGET, "AROUND"), (BODY_VALIDATION_TARGET, "AROUND"),
+        (DETOKENIZE_TARGET, "BEFORE")]  # fmt: skip

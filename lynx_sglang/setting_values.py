@@ -136,7 +136,10 @@ def strict_json(text):
     def no_constant(name):
         raise ValueError(f"{name} is not a JSON number; give a finite number")
 
-    return json.loads(text, object_pairs_hook=unique, parse_constant=no_constant)
+    try:
+        return json.loads(text, object_pairs_hook=unique, parse_constant=no_constant)
+    except RecursionError:  # a body nested thousands deep: a 500 from the admin endpoint before
+        raise ValueError("nested too deeply to be a setting") from None
 
 
 # ---- budgets, schedules and the expert cache ---------------------------------------------------

@@ -57,6 +57,11 @@ def _import_path(path: str) -> type:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise PolicyConfigError(f"policy '{path}': cannot import module '{module_name}': {error}") from None
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - its top-level code runs in the scheduler
+        # a module that fails, or exits, as it is imported (a script: idlelib parses the scheduler's own
+        # argv and calls sys.exit) must not take the process that imports it down
+        raise PolicyConfigError(f"policy '{path}': importing module '{module_name}' failed: "
+                                f"{type(error).__name__}: {error}") from None
     try:
         return getattr(module, attribute)
     except AttributeError:

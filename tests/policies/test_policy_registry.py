@@ -107,6 +107,9 @@ def test_module_class_path():
         get_policy("no_such_module_xyz:Thing", num_experts=16, top_k=2)
     with pytest.raises(PolicyConfigError, match="has no 'Missing'"):
         get_policy("policies_testlib:Missing", num_experts=16, top_k=2)
+    # a module that exits as it is imported (a script parsing argv) took the scheduler down with it
+    with pytest.raises(PolicyConfigError, match=r"importing module 'venv.__main__' failed: SystemExit: 2"):
+        get_policy("venv.__main__:Thing", num_experts=16, top_k=2)
 
 
 def test_entry_point_policies(monkeypatch):

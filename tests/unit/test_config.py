@@ -269,3 +269,11 @@ def test_prefer_resident_needs_the_expert_cache():
         validate_settings(LynxConfig(policy="lynx", params={"prefer_resident": True}))
     validate_settings(LynxConfig(policy="lynx", params={"prefer_resident": True}, expert_cache="2"))
     validate_settings(LynxConfig(policy="lynx", params={"prefer_resident": False}))
+
+
+def test_a_setting_nested_too_deeply_is_a_value_error_not_a_recursion_error():
+    """POST /lynx/policy with a body nested 100,000 deep answered a 500 (RecursionError)."""
+    from lynx_sglang.setting_values import strict_json
+
+    with pytest.raises(ValueError, match="nested too deeply to be a setting"):
+        strict_json('{"params": ' + "[" * 100_000 + "]" * 100_000 + "}")

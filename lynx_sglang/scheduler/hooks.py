@@ -14,6 +14,8 @@
     DecodeCudaGraphRunner.load_batch      AFTER   the replayed graph's real rows (its padding does not vote)
     Scheduler.handle_rpc_request          AROUND  answer lynx control requests between steps (control_reply.py)
     Scheduler.on_idle                     AFTER   an idle scheduler: no step interval spans the gap
+    Scheduler.expert_distribution_handle, .send_weights_to_remote_instance  AROUND  a bad call fails, the
+                                                  server stays (control_requests.py)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 
 from lynx_sglang.config import CONTROL_RPC_METHOD, LynxConfig
+from lynx_sglang.scheduler import control_requests
 from lynx_sglang.scheduler.control_reply import answer_control_request
 from lynx_sglang.scheduler.dummy_routing import zero_correction_biases
 from lynx_sglang.scheduler.introspection import routed_rows
@@ -55,6 +58,7 @@ def register(register_hook, config: LynxConfig) -> None:
     register_hook("sglang.srt.managers.scheduler.Scheduler.handle_rpc_request", around_handle_rpc_request,
                   "AROUND")
     register_hook("sglang.srt.managers.scheduler.Scheduler.on_idle", after_scheduler_idle, "AFTER")
+    control_requests.register(register_hook)
 
 
 def around_forward_context(original, ctx, *args, forward_batch=None, **kwargs):

@@ -124,3 +124,20 @@ def test_malformed_requests_get_4xx_and_server_stays_healthy(server, payload):
     assert server.healthy()
     status, _ = post(server.url + "/v1/completions", {"model": "default", "prompt": "1+1=", "max_tokens": 4})
     assert status == 200
+
+
+def test_sglangs_management_requests_called_wrongly_fail_without_stopping_the_server(server):
+    """Open unless --admin-api-key is set, and each stopped the scheduler, so the server, when called
+    on a server not set up for it."""
+    for path in ("/start_expert_distribution_record", "/stop_expert_distribution_record",
+                 "/dump_expert_distribution_record"):  # fmt: skip
+        with urllib.request.urlopen(server.url + path, timeout=60) as reply:
+            assert reply.status == 200  # SGLang's own answer; the scheduler logs why it did nothing
+        assert server.healthy()
+    status, body = post(server.url + "/send_weights_to_remote_instance",
+                        {"master_address": "x", "ports": "1", "group_name": "g"})  # fmt: skip
+    assert (status, body["success"]) == (400, False) and "KeyError" in body["message"]
+    assert server.healthy()
+    status, reply = post(server.url + "/v1/completions", {"model": "default", "prompt": "123+45=", "max_tokens": 8,
+                                                          "temperature": 0})  # fmt: skip
+    assert status == 200 and reply["choices"][0]["text"] == "168"

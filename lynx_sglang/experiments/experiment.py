@@ -114,8 +114,8 @@ def measure_and_publish(experiment: Experiment, analyse: Analyse, publish: Publi
     write_json(experiment.out / "results.json", results)
     publish(experiment, results, console)
     if status != "complete":
-        say(console, f"partial results ({len(blocks)} blocks) written to {experiment.out}; "
-                     f"`--resume` continues from {store.path.name}")
+        resumable = f"; `--resume` continues from {store.path.name}" if experiment.tool == "sweep" else ""
+        say(console, f"partial results ({len(blocks)} blocks) written to {experiment.out}{resumable}")
     return {"complete": 0, "interrupted": EXIT_INTERRUPTED}.get(status, 1)
 
 

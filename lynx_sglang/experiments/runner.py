@@ -84,7 +84,7 @@ class Runner:
         ServerError or KeyboardInterrupt that propagates loses no finished block."""
         finished = {block.key for block in done}
         todo = [step for step in steps if step.key not in finished]
-        self.check_arms(todo)
+        self.check_arms(todo, measured={block.arm for block in done})
         warmed: set[int] = set()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn())
@@ -104,10 +104,11 @@ class Runner:
                     self.skip(step.arm.label, error)
                     progress.advance(task, step.count)
 
-    def check_arms(self, steps: list[PlannedBlock]) -> None:
+    def check_arms(self, steps: list[PlannedBlock], measured: set[str] = frozenset()) -> None:
         """Put the server in each arm's setting once before measuring anything, so that a setting it
         refuses (an unknown policy, a parameter out of range for this model) ends the run, or is
-        skipped, in seconds rather than after the blocks of the arms before it."""
+        skipped, in seconds rather than after the blocks of the arms before it. measured: the labels of
+        arms a resumed run holds blocks of (they count as compared, though none of their steps is left)."""
         arms = {step.arm.label: step.arm for step in steps}
         for label, arm in arms.items():
             try:
@@ -116,7 +117,7 @@ class Runner:
                 if self.skip_refused and label == self.reference:
                     raise ArmRefused(f"the reference {error}") from None
                 self.skip(label, error)
-        if self.skip_refused and self.refused and set(arms) - set(self.refused) <= {self.reference}:
+        if self.skip_refused and self.refused and (set(arms) | measured) - set(self.refused) <= {self.reference}:
             raise ArmRefused(f"the server refused every arm to compare with {self.reference}; see above")
 
     def skip(self, label: str, error: ArmRefused) -> None:

@@ -144,6 +144,12 @@ def test_sweep_skips_an_arm_the_server_refuses_and_runs_the_rest(server, tmp_pat
     assert {p["arm"] for p in frontier["points"]} == {"baseline", "topn:num_experts_kept=2"}
     assert "skipped budget:num_experts_kept=1" in done.stderr
     assert "## Skipped arms" in (out / "report.md").read_text()
+    # resumed once finished: the refused arm is the only one left to run, the others are measured
+    resumed = lynx_sglang("sweep", *against(server), "--policies", "budget:num_experts_kept=1;topn:num_experts_kept=2",
+                          "--n", "8", "--concurrency", "4", "--blocks", "1", "--bootstrap", "100", "--out", str(out),
+                          "--resume")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "results.json").read_text())["status"] == "complete"
 
     # Nothing left to compare, or no reference to compare with: the sweep ends before measuring (exit 2),
     # and an earlier run's measurements in the same --out stay as they were.
@@ -192,7 +198,7 @@ def test_ctrl_c_writes_what_was_measured(server, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "interrupted" and results["blocks"] >= 2
     assert "Partial results" in (out / "report.md").read_text()
-    assert "partial results" in stderr
+    assert "partial results" in stderr and "--resume" not in stderr  # a sweep's flag: ab has none
 
 
 def test_sigterm_writes_what_was_measured_and_stops_the_server_it_started(tmp_path):

@@ -7,7 +7,8 @@ sequences in one request stall the scheduler past its watchdog. Every request, f
 point, passes through `TokenizerManager._init_req_state` once and `_validate_one_request` per prompt:
 a ValueError raised there is SGLang's own path to a 400 that names the problem. Three more hooks turn
 what SGLang reads unchecked (an empty `input_embeds`, a `sampling_params` list that is not one object
-per prompt, a `rid` of the wrong shape, a bad `stop_regex`, a body its OpenAI request models'
+per prompt or any other per-prompt field of the wrong shape (request_shapes), a `rid` of the wrong
+shape, a `logit_bias` beyond float32, a bad `stop_regex`, a body its OpenAI request models'
 validators trip over) into that 400, where it was a 500 or, streamed, a 200 cut off before its first
 event. `/detokenize` gets the same vocabulary check as the generation entry points.
 """
@@ -16,6 +17,14 @@ from __future__ import annotations
 
 import operator
 import re
+
+from lynx_sglang.server.request_shapes import (
+    check_embed_overrides,
+    check_per_prompt_fields,
+    has_a_first_vector,
+    prompt_count,
+    settle_per_prompt_fields,
+)
 
 VALIDATE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
 FAN_OUT_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._init_req_state"
@@ -204,27 +213,8 @@ def reject_what_no_sequence_of_the_request_can_run(tokenizer_manager, request, *
     """Before `_init_req_state`, which keys a state per rid (an unhashable rid is a 500 there)."""
     check_normalised_rid(request)
     check_sequence_count(request)
+    check_embed_overrides(request)
     check_client_batch(request, tokenizer_manager.model_config.vocab_size)
-
-
-def prompt_count(request) -> int | None:
-    """Prompts in a `/generate` request as SGLang's normalisation counts them (None: a single one)."""
-    if request.text is not None:
-        return None if isinstance(request.text, str) else len(request.text)
-    if request.input_ids is not None:
-        ids = request.input_ids
-        if not isinstance(ids, list) or not ids or isinstance(ids[0], int):
-            return None
-        return len(ids)
-    embeds = request.input_embeds
-    if has_a_first_vector(embeds):
-        return None if not isinstance(embeds[0][0], list) else len(embeds)
-    return None
-
-
-def has_a_first_vector(embeds) -> bool:
-    """`embeds[0][0]` exists: what SGLang reads first to tell a single prompt from a batch."""
-    return isinstance(embeds, list) and bool(embeds) and isinstance(embeds[0], list) and bool(embeds[0])
 
 
 def check_input_embeds(request) -> None:
@@ -235,26 +225,6 @@ def check_input_embeds(request) -> None:
         raise ValueError(
             "input_embeds must be a non-empty list of embedding vectors (a list of floats per "
             f"token), or a list of such lists for a batch; got {embeds!r:.80}"
-        )
-
-
-def check_sampling_params_shape(request) -> None:
-    """`sampling_params` is one object, or a list of one object per prompt. A one-object list for
-    a single prompt is read as that object (SGLang serves it only when n > 1)."""
-    params = request.sampling_params
-    if params is None or isinstance(params, dict):
-        return
-    if not isinstance(params, list) or not all(isinstance(entry, dict) for entry in params):
-        raise ValueError(
-            f"sampling_params must be an object, or a list of objects with one per prompt; got {params!r:.80}"
-        )
-    prompts = prompt_count(request)
-    if prompts is None and len(params) == 1:
-        request.sampling_params = params[0]
-    elif len(params) != (prompts or 1):
-        raise ValueError(
-            f"sampling_params is a list of {len(params)} objects for {prompts or 1} prompt(s); give one "
-            "object per prompt, or a single object for all of them"
         )
 
 
@@ -296,13 +266,15 @@ def refuse_malformed_generate_requests(normalize, request, *args, **kwargs):
     """Around `GenerateReqInput.normalize_batch_and_arguments`: the shapes it cannot handle get a
     400 that says what is wrong, and any it still trips over a 400 rather than a 500."""
     check_input_embeds(request)
-    check_sampling_params_shape(request)
+    check_per_prompt_fields(request, prompt_count(request))
     check_rid_type(request.rid)
     check_rid_count(request.rid, prompt_count(request))
     try:
-        return normalize(request, *args, **kwargs)
+        result = normalize(request, *args, **kwargs)
     except SHAPE_ERRORS as exc:
         raise ValueError(f"malformed request: SGLang could not read it ({type(exc).__name__}: {exc})") from exc
+    settle_per_prompt_fields(request)
+    return result
 
 
 def check_stop_regex(stop_regex) -> None:
@@ -316,10 +288,28 @@ def check_stop_regex(stop_regex) -> None:
             raise ValueError(f"stop_regex {pattern!r:.80} is not a valid regular expression: {exc}") from exc
 
 
+# The largest finite float32. The scheduler adds logit_bias to float32 logits: a larger bias becomes
+# inf, the sampler's probabilities NaN, and every step samples token 0 (a 200 with wrong output).
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_logit_bias(logit_bias) -> None:
+    if not isinstance(logit_bias, dict):
+        return  # SGLang reads or refuses it itself
+    for token_id, bias in logit_bias.items():
+        if isinstance(bias, (int, float)) and not isinstance(bias, bool) and not abs(bias) <= FLOAT32_MAX:
+            raise ValueError(
+                f"logit_bias {bias!r:.40} for token {token_id} is out of range; a bias must be a finite number "
+                f"from -{FLOAT32_MAX:.6g} to {FLOAT32_MAX:.6g} (it is added to float32 logits)"
+            )
+
+
 def refuse_malformed_sampling_params(normalize, sampling_params, *args, **kwargs):
-    """Around `SamplingParams.normalize`: it compiles `stop_regex` unchecked."""
+    """Around `SamplingParams.normalize`: it compiles `stop_regex` unchecked. Every entry point's
+    sampling parameters pass through here, `logit_bias` of the OpenAI endpoints included."""
     if sampling_params.stop_regex_strs is not None:
         check_stop_regex(sampling_params.stop_regex_strs)
+    check_logit_bias(getattr(sampling_params, "logit_bias", None))
     try:
         return normalize(sampling_params, *args, **kwargs)
     except SHAPE_ERRORS + (re.error,) as exc:

@@ -1,6 +1,7 @@
 """Requests that would crash the scheduler are refused in the HTTP process, before the scheduler sees them."""
 
 import inspect
+import math
 import pkgutil
 
 import numpy as np
@@ -307,3 +308,22 @@ def test_the_checks_run_before_and_the_shape_guards_around_sglangs_own_methods()
         (VALIDATE_TARGET, "BEFORE"), (FAN_OUT_TARGET, "BEFORE"),
         (NORMALIZE_TARGET, "AROUND"), (SAMPLING_NORMALIZE_TARGET, "AROUND"), (BODY_VALIDATION_TARGET, "AROUND"),
         (DETOKENIZE_TARGET, "BEFORE")]  # fmt: skip
+
+
+@pytest.mark.parametrize("bias", [1e39, -1e39, 1e308, math.inf, math.nan, 10**400])
+def test_a_logit_bias_beyond_float32_is_refused(bias):
+    # Added to float32 logits it became inf, the probabilities NaN: token 0 at every step, a 200.
+    from lynx_sglang.server.request_guard import check_logit_bias
+
+    with pytest.raises(ValueError, match="logit_bias .* for token 30 is out of range; a bias must be a finite number"):
+        check_logit_bias({"30": bias})
+
+
+def test_a_logit_bias_within_float32_passes_and_the_sampling_hook_checks_it():
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    from lynx_sglang.server.request_guard import check_logit_bias
+
+    check_logit_bias({"30": 1e38, "31": -100.0, "32": 0})
+    with pytest.raises(ValueError, match="logit_bias 1e\\+39 for token 30"):
+        refuse_malformed_sampling_params(lambda params, *a: None, SamplingParams(logit_bias={"30": 1e39}))

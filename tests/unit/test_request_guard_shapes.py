@@ -204,3 +204,74 @@ def test_detokenize_is_guarded_in_the_http_server_only():
     register_hooks(lambda target, hook, kind: http.append((target, kind)))
     assert DETOKENIZE_TARGET not in offline and {VALIDATE_TARGET, FAN_OUT_TARGET} <= set(offline)
     assert (DETOKENIZE_TARGET, "BEFORE") in http
+
+
+# ---- per-prompt fields: a list for a single prompt, a list shorter than the batch ---------------
+
+
+def test_the_per_prompt_fields_are_read_from_sglangs_request_type():
+    from sglang.srt.managers.io_struct import GenerateReqInput
+
+    from lynx_sglang.server.request_shapes import per_prompt_fields
+
+    fields = per_prompt_fields(GenerateReqInput)
+    scalar = {name for name, (shape, _) in fields.items() if shape == "scalar"}
+    assert {"return_logprob", "top_logprobs_num", "logprob_start_len", "lora_path", "sampling_logprobs_mode",
+            "return_sampling_mask", "bootstrap_host", "bootstrap_room", "sampling_params"} <= scalar  # fmt: skip
+    assert fields["token_ids_logprob"][0] == "list" and "positional_embed_overrides" in fields
+
+
+@pytest.mark.parametrize(
+    "field,value,expected",
+    [("top_logprobs_num", [5], 5), ("logprob_start_len", [0], 0), ("return_logprob", [False], False),
+     ("return_sampling_mask", [True], True), ("lora_path", [None], None), ("token_ids_logprob", [[1, 2]], [1, 2])],
+)  # fmt: skip
+def test_a_one_value_list_for_a_single_prompt_is_read_as_that_value(field, value, expected):
+    # [5] or [0] reached the scheduler as a list and killed it; [false] counted as true.
+    request = guarded(text="1+1=", **{"return_logprob": True, field: value})
+    assert getattr(request, field) == expected
+
+
+@pytest.mark.parametrize("field,value", [("top_logprobs_num", [5, 5]), ("logprob_start_len", []), ("bootstrap_room", [1, 2])])
+def test_a_longer_list_for_a_single_prompt_is_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"{field} is a list of {len(value)} values for 1 prompt\(s\)"):
+        guarded(text="1+1=", **{"return_logprob": True, field: value})
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("return_logprob", [True]), ("top_logprobs_num", [1]), ("logprob_start_len", [0]), ("token_ids_logprob", [[1]]),
+     ("sampling_logprobs_mode", ["selected"]), ("return_sampling_mask", [True]), ("lora_path", [None]),
+     ("bootstrap_host", ["h"]), ("bootstrap_room", [1]), ("video_data", [])],
+)  # fmt: skip
+def test_a_per_prompt_list_shorter_than_the_batch_is_refused_with_the_counts(field, value):
+    # An IndexError in GenerateReqInput.__getitem__: a 500, or streamed, a 200 cut off before its first event.
+    with pytest.raises(ValueError, match=rf"{field} is a list of {len(value)} values for 2 prompt\(s\)"):
+        guarded(text=["a", "b"], **{field: value})
+
+
+def test_per_prompt_lists_of_the_batch_size_and_single_values_pass():
+    request = guarded(text=["a", "b"], return_logprob=[True, False], top_logprobs_num=2, token_ids_logprob=[1],
+                      lora_path=[None, None], bootstrap_room=7)  # fmt: skip
+    assert request.return_logprob == [True, False] and request.top_logprobs_num == [2, 2]
+    assert request.bootstrap_room == [7, 8]
+    guarded(text="a", sampling_params={"n": 2}, lora_path=["x"])  # a batch of one, as SGLang reads it
+
+
+def test_a_per_prompt_value_of_the_wrong_type_is_refused():
+    with pytest.raises(ValueError, match="sampling_logprobs_mode must be one of 'selected', 'support'"):
+        guarded(text="a", sampling_logprobs_mode=["bad"])
+
+
+@pytest.mark.parametrize("value", [{"x": 1}, [1], "x", 5])
+def test_positional_embed_overrides_other_than_positional_embeds_are_refused(value):
+    # The scheduler calls .reconstruct() on it: AttributeError, and the server died.
+    with pytest.raises(ValueError, match="positional_embed_overrides must be a PositionalEmbeds object"):
+        fan_out(text="1+1=", positional_embed_overrides=value)
+
+
+def test_positional_embeds_pass():
+    import torch
+    from sglang.srt.managers.embed_types import PositionalEmbeds
+
+    fan_out(text="1+1=", positional_embed_overrides=PositionalEmbeds(embeds=torch.zeros(1, 4), positions=[0]))

@@ -148,3 +148,33 @@ def solve_heldout(server: RunningServer, count: int, seed: int, concurrency: int
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         answers = list(pool.map(lambda p: complete(server.url, p.prompt), problems))
     return sum(normalise_completion(a) == p.answer for a, p in zip(answers, problems))
+
+
+# ---- the request fuzzing modules' probes --------------------------------------------------------
+
+# A problem the embedded model answers "168": asked after a bad request, the server still serves.
+KNOWN_PROBLEM = {"model": "default", "prompt": "123+45=", "max_tokens": 8, "temperature": 0}
+
+
+def send(url: str, path: str, body):
+    """post(), or (None, why) where the connection failed: refused, reset, cut short (the server went down)."""
+    import http.client
+
+    try:
+        return post(url + path, body, timeout=120)
+    except (OSError, http.client.HTTPException) as exc:
+        return None, repr(exc)
+
+
+def known_problem_answer(url: str):
+    status, reply = send(url, "/v1/completions", KNOWN_PROBLEM)
+    return reply["choices"][0]["text"].strip() if status == 200 else (status, reply)
+
+
+def error_message(reply) -> str:
+    """The message of an error reply: a JSON error, or a streamed one (its first event)."""
+    if isinstance(reply, str) and reply.startswith("data: "):
+        reply = json.loads(reply.split("\n", 1)[0].removeprefix("data: "))
+    if isinstance(reply, dict):
+        return reply.get("message") or reply.get("error", {}).get("message", "")
+    return str(reply)

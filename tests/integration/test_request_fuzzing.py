@@ -8,7 +8,6 @@ server down fails the example, the server is started again, and hypothesis shrin
 request that did it; each request found that way is kept below as a plain test that expects its 400.
 """
 
-import http.client
 import json
 import math
 import os
@@ -19,14 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from live_server import RunningServer, post
+from live_server import RunningServer, error_message, known_problem_answer, send
 
 from lynx_sglang.embedded import EMBEDDED_MODEL_DIR
 
 pytestmark = pytest.mark.slow
 
 VOCAB_SIZE = json.loads((EMBEDDED_MODEL_DIR / "config.json").read_text())["vocab_size"]
-KNOWN_PROBLEM = {"model": "default", "prompt": "123+45=", "max_tokens": 8, "temperature": 0}
 KNOWN_ANSWER = "168"
 
 # 100 batches of 2.7 requests on average per endpoint: over 800 requests per run, under a minute on a
@@ -287,16 +285,6 @@ def batches(requests):
 # ---- checks -------------------------------------------------------------------------------------
 
 
-def send(url, path, body):
-    try:
-        return post(url + path, body, timeout=120)
-    except (OSError, http.client.HTTPException) as exc:  # refused, reset, cut short: the server went down
-        return None, repr(exc)
-
-
-def known_problem_answer(url):
-    status, reply = send(url, "/v1/completions", KNOWN_PROBLEM)
-    return reply["choices"][0]["text"].strip() if status == 200 else (status, reply)
 
 
 def check_server_survives(target, batch):
@@ -403,13 +391,6 @@ ANSWERED_WITH_A_500 = [
      f"token list 1 (of 2, counting from 0): token id {VOCAB_SIZE} at position 1 is outside"),
 ]  # fmt: skip
 
-
-def error_message(reply):
-    if isinstance(reply, str) and reply.startswith("data: "):  # a streamed error: its first event
-        reply = json.loads(reply.split("\n", 1)[0].removeprefix("data: "))
-    if isinstance(reply, dict):
-        return reply.get("message") or reply.get("error", {}).get("message", "")
-    return str(reply)
 
 
 @pytest.mark.parametrize("path,body,message", CRASHED_THE_SCHEDULER + ANSWERED_WITH_A_500)

@@ -3,15 +3,11 @@ real `lynx-sglang serve` (docs/reliability.md). Each request once killed the sch
 streamed, a 200 cut off before its first event), or a 200 with wrong output; now it gets a 400
 naming the field, and the server still solves a known problem afterwards."""
 
-import http.client
-import json
-
 import pytest
-from live_server import RunningServer, post
+from live_server import RunningServer, error_message, known_problem_answer, send
 
 pytestmark = pytest.mark.slow
 
-KNOWN_PROBLEM = {"model": "default", "prompt": "123+45=", "max_tokens": 8, "temperature": 0}
 KNOWN_ANSWER = "168"
 LOGPROBS = {"text": "1+1=", "sampling_params": {"max_new_tokens": 3}, "return_logprob": True}
 BATCH = {"text": ["a", "b"], "sampling_params": {"max_new_tokens": 2}}
@@ -29,19 +25,6 @@ def server(tmp_path_factory):
         running.stop()
 
 
-def send(url, path, body):
-    try:
-        return post(url + path, body, timeout=120)
-    except (OSError, http.client.HTTPException) as exc:  # refused, reset, cut short: the server went down
-        return None, repr(exc)
-
-
-def error_message(reply):
-    if isinstance(reply, str) and reply.startswith("data: "):  # a streamed error: its first event
-        reply = json.loads(reply.split("\n", 1)[0].removeprefix("data: "))
-    if isinstance(reply, dict):
-        return reply.get("message") or reply.get("error", {}).get("message", "")
-    return str(reply)
 
 
 # Killed the scheduler: a single prompt's list reached it where it reads a scalar (TypeError in the
@@ -84,10 +67,6 @@ def test_a_malformed_per_prompt_field_gets_a_400_naming_it(server, path, body, m
     assert message in error_message(reply), reply
     assert known_problem_answer(server.url) == KNOWN_ANSWER
 
-
-def known_problem_answer(url):
-    status, reply = send(url, "/v1/completions", KNOWN_PROBLEM)
-    return reply["choices"][0]["text"].strip() if status == 200 else (status, reply)
 
 
 def test_a_one_value_list_for_a_single_prompt_is_read_as_that_value(server):

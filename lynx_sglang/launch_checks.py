@@ -52,11 +52,11 @@ def checked_config(settings: dict, model_path: Path, given: GivenSettings, envir
     except ConfigError as exc:
         raise LaunchError(str(exc)) from None
     from_hub = config_dir != model_path
-    check_checkpoint(config_dir, weights_needed=given.value("load_format") != "dummy" and not from_hub)
-    check_dtype(config_dir, given.value("dtype"))
+    checkpoint = check_checkpoint(config_dir, weights_needed=given.value("load_format") != "dummy" and not from_hub)
+    check_dtype(checkpoint, given.value("dtype"))
     try:
         config = build_config(settings, environ, flag_names=names)
-        shape = MoeShape.from_checkpoint(model_path, revision)
+        shape = MoeShape.from_config(checkpoint, model_path)
         validate_for_model(config, shape)
     except ConfigError as exc:
         raise LaunchError(str(exc)) from None
@@ -133,9 +133,9 @@ def cpu_defaults(config: LynxConfig, given: GivenSettings, environ) -> tuple[dic
     return defaults_not_given(CPU_DEFAULTS, given), env
 
 
-def check_checkpoint(path: Path, weights_needed: bool = True) -> None:
-    """Not `weights_needed`: SGLang makes random weights from config.json alone (`--load-format dummy`),
-    or downloads a Hub model's weights itself."""
+def check_checkpoint(path: Path, weights_needed: bool = True) -> dict:
+    """The checkpoint's config.json, once the folder passed the checks. Not `weights_needed`: SGLang makes
+    random weights from config.json alone (`--load-format dummy`), or downloads a Hub model's weights itself."""
     try:
         config = read_model_config(path)
     except ConfigError as exc:
@@ -161,6 +161,7 @@ def check_checkpoint(path: Path, weights_needed: bool = True) -> None:
         )
     if weights_needed:
         check_safetensors(path, [w for w in weights if w.suffix == ".safetensors"])
+    return config
 
 
 def check_safetensors(path: Path, files: list[Path]) -> None:
@@ -191,20 +192,16 @@ def check_safetensors(path: Path, files: list[Path]) -> None:
             raise LaunchError(f"{index} names {len(missing)} weight file(s) the folder lacks: {', '.join(missing[:3])}")
 
 
-def checkpoint_dtype_needed(config_dir: Path) -> str | None:
-    """The only dtype SGLang serves this checkpoint in (DTYPE_FROM_CONFIG), or None: any."""
-    try:
-        config = read_model_config(config_dir)
-    except ConfigError:
-        return None  # check_checkpoint says what is wrong with it
+def checkpoint_dtype_needed(config: dict) -> str | None:
+    """The only dtype SGLang serves a checkpoint of this config.json in (DTYPE_FROM_CONFIG), or None: any."""
     own = config.get("torch_dtype") or config.get("dtype")
     if not isinstance(own, str) or not set(config.get("architectures") or ()) & set(DTYPE_FROM_CONFIG):
         return None
     return DTYPE_SPELLINGS.get(own, own)
 
 
-def check_dtype(config_dir: Path, dtype: str | None) -> None:
-    needed = checkpoint_dtype_needed(config_dir)
+def check_dtype(config: dict, dtype: str | None) -> None:
+    needed = checkpoint_dtype_needed(config)
     if needed is not None and dtype not in (None, "auto") and DTYPE_SPELLINGS.get(dtype, dtype) != needed:
         raise LaunchError(f"dtype {dtype}: SGLang builds this model's attention in its checkpoint's dtype "
                           f"({needed}, config.json) and fails on another at the first request; serve it in {needed} "

@@ -27,7 +27,11 @@ class MoeShape:
     @classmethod
     def from_checkpoint(cls, model_dir: Path, revision: str | None = None) -> "MoeShape | None":
         """None when the model has no routed experts (nothing to prune). model_dir: a folder or a Hub id."""
-        config = read_model_config(Path(model_dir), revision)
+        return cls.from_config(read_model_config(Path(model_dir), revision), Path(model_dir))
+
+    @classmethod
+    def from_config(cls, config: dict, model_dir: Path) -> "MoeShape | None":
+        """As from_checkpoint, from its config.json already read (model_dir names the model)."""
         config = config.get("text_config", config)  # multimodal wrappers nest the language model
         num_experts = next(
             (config[key] for key in ("num_local_experts", "num_experts", "n_routed_experts") if config.get(key)),

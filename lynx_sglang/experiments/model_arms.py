@@ -90,11 +90,11 @@ def derived_spec(shape: ServedShape) -> str:
     return ";".join(group for group in groups if group)
 
 
-def refusal(arm: Arm, shape: ServedShape, started: LynxConfig | None = None) -> str | None:
+def refusal(arm: Arm, shape: ServedShape, started: LynxConfig = LynxConfig()) -> str | None:
     """Why the server would refuse `arm` on this model (its own validation), or None. started: the
     setting the server starts with (served_setting), whose fixed settings the arm keeps."""
     try:
-        config = arm_setting(arm, started or LynxConfig())
+        config = arm_setting(arm, started)
         # num_layers 0: the decoder's layer count is not known here (moe_layers counts MoE layers only),
         # so layer ids are left to the server's own check
         checkpoint_shape = MoeShape(shape.num_experts, shape.top_k, 0, shape.renormalize, shape.model_name)

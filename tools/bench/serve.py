@@ -205,10 +205,10 @@ def check_arms_for_model(arms: list[Arm], model_dir: Path, on_cpu: bool = False)
     """The model, then each arm, against its config.json: resolve_model calls it before it builds a
     checkpoint. on_cpu: a model SGLang cannot run on a CPU is refused here, not by every arm's server."""
     try:
-        shape = MoeShape.from_checkpoint(model_dir)
-        architectures = read_model_config(model_dir).get("architectures") or ()
+        config = read_model_config(model_dir)
     except ConfigError as exc:
         raise BenchError(f"--model-path: {exc}") from None
+    shape, architectures = MoeShape.from_config(config, model_dir), config.get("architectures") or ()
     if on_cpu and (why := cpu_unsupported_reason(architectures)):
         raise BenchError(f"{', '.join(architectures)} cannot be served on a CPU: {why}; run it on a GPU")
     if shape is None or shape.moe_layers == ():
@@ -417,7 +417,7 @@ def run(argv: list[str]) -> int:
 
     failed = 0
     extra = kv_token_flags(args, levels, device.gpu_bytes is not None) + memory_flags(model, device, args.serve_args)
-    if (dtype := checkpoint_dtype_needed(model.path)) not in (None, "bfloat16"):
+    if (dtype := checkpoint_dtype_needed(read_model_config(model.path))) not in (None, "bfloat16"):
         print(f"model {model.name}: served in {dtype}, its checkpoint's: SGLang builds its attention in that dtype")
         extra += ["--dtype", dtype]  # after bench's bfloat16, before the user's flags
     for number, (arm, kernel) in enumerate(runs):
